@@ -1,0 +1,174 @@
+"""The backend HTTP API (aiohttp) on its own port.
+
+JSON in and out. Every error is ``{"error": {"code", "message"}}`` with the
+status from the error catalogue, produced by one middleware; exception text
+from inside the server never reaches the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ..auth import ApiKeys, TokenAuthority
+from ..config import Settings
+from ..errors import BadRequest, TidingsError, TooLarge, Unauthorized
+from ..metrics import Metrics
+from ..node import Node
+from ..protocol.frames import message_fields, Encoding
+from ..protocol.topics import TopicError, validate_topic
+from ..types import parse_offset
+
+__all__ = ["build_app"]
+
+log = logging.getLogger("tidings.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_PUBLIC = {"/healthz", "/readyz", "/metrics"}
+_KEY_ID = web.RequestKey("key_id", str)
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return _json({"error": {"code": code, "message": message}}, status)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise TooLarge("request body too large") from None
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest("body must be JSON", code="malformed") from None
+    if not isinstance(obj, dict):
+        raise BadRequest("body must be a JSON object", code="malformed")
+    return obj
+
+
+def _field(obj: dict[str, Any], key: str, types: type | tuple[type, ...], *,
+           required: bool = False, default: Any = None) -> Any:
+    if key not in obj or obj[key] is None:
+        if required:
+            raise BadRequest(f"{key} is required")
+        return default
+    value = obj[key]
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise BadRequest(f"{key} has the wrong type")
+    if not isinstance(value, types):
+        raise BadRequest(f"{key} has the wrong type")
+    return value
+
+
+def build_app(settings: Settings, node: Node, keys: ApiKeys, tokens: TokenAuthority,
+              metrics: Metrics, ready: Callable[[], Awaitable[bool]]) -> web.Application:
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            if request.path not in _PUBLIC:
+                auth = request.headers.get("Authorization", "")
+                scheme, _, key = auth.partition(" ")
+                key_id = keys.check(key.strip()) if scheme.lower() == "bearer" else None
+                if key_id is None:
+                    raise Unauthorized("a valid API key is required (Authorization: Bearer)")
+                request[_KEY_ID] = key_id
+            return await handler(request)
+        except TidingsError as e:
+            metrics.inc("tidings_errors_total", code=e.code)
+            return _error(e.status, e.code, e.message)
+        except web.HTTPRequestEntityTooLarge:
+            metrics.inc("tidings_errors_total", code="too_large")
+            return _error(413, "too_large", "request body too large")
+        except web.HTTPException as e:
+            code = {404: "not_found", 405: "method_not_allowed"}.get(e.status, "http_error")
+            return _error(e.status, code, e.reason or code)
+        except Exception:
+            log.exception("internal error on %s %s", request.method, request.path)
+            metrics.inc("tidings_errors_total", code="internal")
+            return _error(500, "internal", "internal error")
+
+    app = web.Application(middlewares=[errors], client_max_size=settings.api.max_body_size)
+
+    def topic_arg(value: Any) -> str:
+        t = settings.topics
+        try:
+            return validate_topic(value, max_length=t.max_length, max_depth=t.max_depth)
+        except TopicError as e:
+            raise BadRequest(f"topic: {e}", code="bad_topic") from None
+
+    async def publish(request: web.Request) -> web.Response:
+        body = await _body(request)
+        topic = topic_arg(_field(body, "topic", str, required=True))
+        if "data" not in body:
+            raise BadRequest("data is required")
+        retain = _field(body, "retain", bool, default=False)
+        payload = orjson.dumps(body["data"])
+        from ..types import PayloadKind
+
+        idem = request.headers.get("Idempotency-Key")
+        if idem is not None and not 0 < len(idem) <= 255:
+            raise BadRequest("Idempotency-Key must be 1-255 characters")
+        scope = f"publish:{request[_KEY_ID]}:{idem}" if idem else None
+        result = await node.publish(topic, payload, PayloadKind.JSON, retain=retain,
+                                    idempotency_key=scope)
+        return _json({"offset": result.publication.offset})
+
+    async def history(request: web.Request) -> web.Response:
+        topic = topic_arg(request.match_info["topic"])
+        since = request.query.get("since") or None
+        if since is not None and parse_offset(since) is None:
+            raise BadRequest("since is not an offset")
+        try:
+            limit = int(request.query.get("limit", "100"))
+        except ValueError:
+            raise BadRequest("limit must be an integer") from None
+        if not 1 <= limit <= 1000:
+            raise BadRequest("limit must be between 1 and 1000")
+        page = await node.store.history(topic, since, limit)
+        return _json({
+            "topic": topic,
+            "offset": page.offset,
+            "complete": page.complete,
+            "items": [message_fields(p, Encoding.JSON) for p in page.items],
+        })
+
+    async def make_token(request: web.Request) -> web.Response:
+        body = await _body(request)
+        user = _field(body, "user", str, required=True)
+        ttl = _field(body, "ttl", int)
+        grants = {}
+        for key in ("subscribe", "publish"):
+            value = _field(body, key, list)
+            if value is not None and not all(isinstance(v, str) for v in value):
+                raise BadRequest(f"{key} must be a list of topic filters")
+            grants[key] = value
+        token = tokens.issue(user, ttl=ttl, **grants)
+        return _json({"token": token, "expires_in": ttl or tokens.default_ttl})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return _json({"status": "ok", "node": node.name})
+
+    async def readyz(request: web.Request) -> web.Response:
+        if await ready():
+            return _json({"status": "ready", "node": node.name})
+        return _error(503, "unavailable", "not ready")
+
+    async def prometheus(request: web.Request) -> web.Response:
+        return web.Response(text=metrics.render(), content_type="text/plain",
+                            headers={"X-Content-Type-Options": "nosniff"})
+
+    app.router.add_post("/v1/publish", publish)
+    app.router.add_get("/v1/topics/{topic:.+}/history", history)
+    app.router.add_post("/v1/tokens", make_token)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", prometheus)
+    return app

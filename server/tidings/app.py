@@ -1,0 +1,160 @@
+"""Composition root: build a node from settings, start and stop its listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from .api.http import build_app
+from .auth import Acl, ApiKeys, TokenAuthority
+from .bus.base import Bus
+from .bus.memory import MemoryBus
+from .config import Settings
+from .edges.ws import WsEdge
+from .errors import Unavailable
+from .metrics import Metrics
+from .node import Node
+from .store.base import Store
+from .store.sqlite import SqliteStore
+
+__all__ = ["App", "Secrets", "load_secrets"]
+
+log = logging.getLogger("tidings")
+
+
+@dataclass(frozen=True)
+class Secrets:
+    jwt_secret: str
+    api_keys: list[str]
+    dev_key: bool  # True: the API key was made here for development
+
+    def __repr__(self) -> str:
+        return f"Secrets(api_keys={len(self.api_keys)}, dev_key={self.dev_key})"
+
+
+def load_secrets(settings: Settings) -> Secrets:
+    """The JWT secret and API keys: from settings, else made once and kept in the data folder.
+
+    The file is created mode 0600 so other local users cannot read it.
+    """
+    folder = Path(settings.store.path)
+    path = folder / "secrets.json"
+    stored: dict[str, str] = {}
+    need = not settings.auth.jwt_secret or not settings.api.keys
+    if need:
+        if path.exists():
+            stored = json.loads(path.read_text())
+        changed = False
+        if not settings.auth.jwt_secret and "jwt_secret" not in stored:
+            stored["jwt_secret"] = secrets.token_urlsafe(32)
+            changed = True
+        if not settings.api.keys and "dev_api_key" not in stored:
+            stored["dev_api_key"] = "dev_" + secrets.token_urlsafe(24)
+            changed = True
+        if changed:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(stored, f)
+    return Secrets(
+        jwt_secret=settings.auth.jwt_secret or stored["jwt_secret"],
+        api_keys=list(settings.api.keys) or [stored["dev_api_key"]],
+        dev_key=not settings.api.keys,
+    )
+
+
+def _tls(cert: str, key: str) -> ssl.SSLContext | None:
+    if not cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def _make_store(settings: Settings) -> Store:
+    if settings.store.backend == "sqlite":
+        return SqliteStore(settings.store.path, idempotency_ttl=settings.store.idempotency_ttl)
+    raise Unavailable(f"store backend {settings.store.backend!r} is not available in this build")
+
+
+def _make_bus(settings: Settings) -> Bus:
+    if settings.bus.backend == "memory":
+        return MemoryBus()
+    raise Unavailable(f"bus backend {settings.bus.backend!r} is not available in this build")
+
+
+class App:
+    """One node with its listeners. ``start()``, then ``stop()`` (idempotent)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.secrets = load_secrets(settings)
+        name = settings.node.name or f"{socket.gethostname()}-{os.getpid()}"
+        self.metrics = Metrics()
+        self.node = Node(name, _make_store(settings), _make_bus(settings), settings.history,
+                         self.metrics)
+        self.tokens = TokenAuthority(self.secrets.jwt_secret,
+                                     max_ttl=settings.auth.max_token_ttl,
+                                     default_ttl=settings.auth.default_token_ttl)
+        self.acl = Acl(settings.acl)
+        self.ws = WsEdge(settings, self.node, self.tokens, self.acl, self.metrics)
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._stopped = False
+        for name_, text in (
+            ("tidings_connections_total", "connections accepted, by edge"),
+            ("tidings_messages_in_total", "messages published"),
+            ("tidings_messages_out_total", "frames written to clients"),
+            ("tidings_deliveries_total", "messages handed to subscribers"),
+            ("tidings_slow_consumers_total", "sessions closed for exceeding the outbound bound"),
+            ("tidings_errors_total", "errors by code"),
+        ):
+            self.metrics.describe(name_, text)
+
+    @property
+    def ws_port(self) -> int:
+        return self.ws.port
+
+    @property
+    def api_port(self) -> int:
+        assert self._site is not None and self._site._server is not None
+        server = self._site._server
+        return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+    async def ready(self) -> bool:
+        return self.node.bus.healthy and await self.node.store.ping()
+
+    async def start(self) -> None:
+        s = self.settings
+        await self.node.start()
+        await self.ws.start(ssl=_tls(s.ws.tls_cert, s.ws.tls_key))
+        api = build_app(s, self.node, ApiKeys(self.secrets.api_keys), self.tokens,
+                        self.metrics, self.ready)
+        self._runner = web.AppRunner(api, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, s.api.host, s.api.port,
+                                 ssl_context=_tls(s.api.tls_cert, s.api.tls_key))
+        await self._site.start()
+        log.info("node %s: ws on %s:%d, api on %s:%d", self.node.name, s.ws.host,
+                 self.ws_port, s.api.host, self.api_port)
+
+    async def stop(self) -> None:
+        """Stop accepting, ask clients to reconnect, close 1001, flush the store."""
+        if self._stopped:
+            return
+        self._stopped = True
+        timeout = self.settings.node.shutdown_timeout
+        await self.ws.shutdown(timeout)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.node.close()
+        log.info("node %s stopped", self.node.name)

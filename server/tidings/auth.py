@@ -1,0 +1,184 @@
+"""Tokens (HS256 JWT), API keys, and the permission questions edges ask.
+
+Who may do what:
+
+* ``$`` topics are reserved; only ``$SYS/...`` may be subscribed to, and
+  nothing starting with ``$`` may be published by a client.
+* ``users/{uid}/...`` is private: only user ``uid`` may subscribe; the
+  server-written ``notifications``, ``unread`` and ``events`` leaves are not
+  client-publishable. Wildcard filters are allowed but the hub never delivers
+  another user's private topic through them.
+* ``[[acl]]`` rules, first match deciding, may allow or deny.
+* A token's ``subscribe`` / ``publish`` claims, when present, are grants: a
+  request must be covered by one of them (a wildcard cannot widen a grant).
+* Without a claim or an allowing rule: subscribe is allowed, publish denied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import jwt
+
+from .config import AclRule
+from .errors import BadRequest, Unauthorized
+from .protocol.topics import covers, private_owner
+from .types import UserId
+
+__all__ = ["Acl", "ApiKeys", "Principal", "TokenAuthority"]
+
+_SERVER_LEAVES = frozenset({"notifications", "unread", "events"})
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a session acts for. ``user`` is None for an anonymous session."""
+
+    user: UserId | None
+    subscribe: tuple[str, ...] | None = None  # token grants, None: no claim
+    publish: tuple[str, ...] | None = None
+    expires: float | None = None
+
+
+class TokenAuthority:
+    """Issues and verifies user tokens: HS256 only, ``sub`` and ``exp`` required."""
+
+    def __init__(self, secret: str, *, max_ttl: int, default_ttl: int,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._secret = secret
+        self.max_ttl = max_ttl
+        self.default_ttl = default_ttl
+        self._clock = clock
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"TokenAuthority(max_ttl={self.max_ttl})"
+
+    def issue(self, user: str, *, ttl: int | None = None,
+              subscribe: Sequence[str] | None = None,
+              publish: Sequence[str] | None = None) -> str:
+        if not isinstance(user, str) or not user or "/" in user or "+" in user or "#" in user:
+            raise BadRequest("user must be a non-empty string without '/', '+' or '#'")
+        ttl = self.default_ttl if ttl is None else ttl
+        if not 0 < ttl <= self.max_ttl:
+            raise BadRequest(f"ttl must be between 1 and {self.max_ttl} seconds")
+        now = int(self._clock())
+        claims: dict[str, object] = {"sub": user, "iat": now, "exp": now + ttl}
+        if subscribe is not None:
+            claims["subscribe"] = list(subscribe)
+        if publish is not None:
+            claims["publish"] = list(publish)
+        return jwt.encode(claims, self._secret, algorithm="HS256")
+
+    def verify(self, token: object) -> Principal:
+        if not isinstance(token, str) or not token:
+            raise Unauthorized("a token is required", code="token_missing")
+        try:
+            claims = jwt.decode(
+                token, self._secret, algorithms=["HS256"],  # algorithm pinned
+                options={"require": ["sub", "exp"]},
+                leeway=0,
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("token expired", code="token_expired") from None
+        except jwt.InvalidTokenError:
+            raise Unauthorized("token invalid", code="token_invalid") from None
+        sub, exp = claims.get("sub"), claims.get("exp")
+        if not isinstance(sub, str) or not sub or "/" in sub or "+" in sub or "#" in sub:
+            raise Unauthorized("token invalid: bad sub", code="token_invalid")
+        iat = claims.get("iat", self._clock())
+        if not isinstance(exp, (int, float)) or not isinstance(iat, (int, float)) \
+                or exp - iat > self.max_ttl + 1:
+            raise Unauthorized("token lifetime exceeds the maximum", code="token_invalid")
+        grants: list[tuple[str, ...] | None] = []
+        for key in ("subscribe", "publish"):
+            value = claims.get(key)
+            if value is None:
+                grants.append(None)
+            elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+                grants.append(tuple(value))
+            else:
+                raise Unauthorized(f"token invalid: {key} must be a list of filters",
+                                   code="token_invalid")
+        return Principal(UserId(sub), grants[0], grants[1], float(exp))
+
+
+class ApiKeys:
+    """Backend API keys, compared in constant time against every configured key."""
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self._digests = [hashlib.sha256(k.encode()).digest() for k in keys]
+
+    def __repr__(self) -> str:
+        return f"ApiKeys({len(self._digests)} keys)"
+
+    def check(self, presented: str) -> str | None:
+        """A stable, non-secret id of the matching key (for idempotency scopes), or None."""
+        digest = hashlib.sha256(presented.encode("utf-8", "surrogatepass")).digest()
+        found: str | None = None
+        for d in self._digests:  # no early exit: time does not depend on which key
+            if hmac.compare_digest(d, digest):
+                found = d.hex()[:16]
+        return found
+
+
+class Acl:
+    def __init__(self, rules: Sequence[AclRule]) -> None:
+        self._rules = list(rules)
+
+    def _rule(self, p: Principal, flt: str, action: str) -> bool | None:
+        for r in self._rules:
+            decision = getattr(r, action)
+            if decision is None:
+                continue
+            if p.user is None:
+                if "anonymous" not in r.users:
+                    continue
+                grant = r.filter
+                if "{uid}" in grant:
+                    continue
+            else:
+                if "*" not in r.users and p.user not in r.users:
+                    continue
+                grant = r.filter.replace("{uid}", p.user)
+            if covers(grant, flt):
+                return bool(decision)
+        return None
+
+    def can_subscribe(self, p: Principal, flt: str) -> bool:
+        if flt.startswith("$"):
+            if not (flt == "$SYS" or flt.startswith("$SYS/")):
+                return False
+        first, _, rest = flt.partition("/")
+        if first == "users":
+            owner = rest.partition("/")[0]
+            if p.user is None or owner != p.user:
+                return False  # 'users/+/...' and other users' topics
+        decision = self._rule(p, flt, "subscribe")
+        if decision is False:
+            return False
+        if p.subscribe is not None:
+            return any(covers(g, flt) for g in p.subscribe)
+        return True
+
+    def can_publish(self, p: Principal, topic: str) -> bool:
+        if topic.startswith("$"):
+            return False
+        owner = private_owner(topic)
+        if owner is not None:
+            if p.user is None or owner != p.user:
+                return False
+            parts = topic.split("/")
+            if len(parts) == 3 and parts[2] in _SERVER_LEAVES:
+                return False
+        decision = self._rule(p, topic, "publish")
+        if decision is False:
+            return False
+        if p.publish is not None and any(covers(g, topic) for g in p.publish):
+            return True
+        if decision is True:
+            return True
+        return owner is not None  # a user may publish under their own users/{uid}/

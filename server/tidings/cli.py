@@ -1,0 +1,156 @@
+"""``tidings serve | token | publish``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+
+from . import config
+from .app import App, load_secrets
+from .auth import TokenAuthority
+from .errors import BadRequest
+
+__all__ = ["main"]
+
+
+def _settings(path: str | None) -> config.Settings:
+    path = path or os.environ.get("TIDINGS_CONFIG") or None
+    try:
+        return config.load(path)
+    except config.ConfigError as e:
+        print(f"tidings: invalid configuration: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _settings(args.config)
+    logging.basicConfig(level=settings.node.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        uvloop = None
+
+    async def run() -> None:
+        app = App(settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await app.start()
+        except OSError as e:
+            print(f"tidings: cannot listen: {e}", file=sys.stderr)
+            await app.stop()
+            raise SystemExit(1) from None
+        scheme_ws = "wss" if settings.ws.tls_cert else "ws"
+        scheme_api = "https" if settings.api.tls_cert else "http"
+        ws_url = f"{scheme_ws}://{settings.ws.host}:{app.ws_port}{settings.ws.path}"
+        api_url = f"{scheme_api}://{settings.api.host}:{app.api_port}"
+        lines = [
+            f"Tidings node {app.node.name} is up.",
+            f"  WebSocket: {ws_url}",
+            f"  HTTP API:  {api_url}",
+        ]
+        if settings.ws.demo_page:
+            lines.append(f"  Demo page: http{'s' if settings.ws.tls_cert else ''}://"
+                         f"{settings.ws.host}:{app.ws_port}/")
+        if app.secrets.dev_key:
+            lines.append(f"  Dev API key (made for this data folder): {app.secrets.api_keys[0]}")
+            token = app.tokens.issue("demo", ttl=min(86400, settings.auth.max_token_ttl),
+                                     publish=["demo/#", "news/#"])
+            lines.append(f"  Sample token for user 'demo' (24 h): {token}")
+        print("\n".join(lines), flush=True)
+        try:
+            await stop.wait()
+        finally:
+            logging.getLogger("tidings").info("shutting down")
+            await app.stop()
+
+    if uvloop is not None:
+        uvloop.run(run())
+    else:  # pragma: no cover
+        asyncio.run(run())
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    settings = _settings(args.config)
+    secrets_ = load_secrets(settings)
+    authority = TokenAuthority(secrets_.jwt_secret, max_ttl=settings.auth.max_token_ttl,
+                               default_ttl=settings.auth.default_token_ttl)
+    try:
+        print(authority.issue(args.user, ttl=args.ttl, subscribe=args.subscribe or None,
+                              publish=args.publish or None))
+    except BadRequest as e:
+        print(f"tidings: {e.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    settings = _settings(args.config)
+    try:
+        data = json.loads(args.json)
+    except json.JSONDecodeError as e:
+        print(f"tidings: JSON argument is not valid JSON: {e}", file=sys.stderr)
+        return 2
+    key = args.key or os.environ.get("TIDINGS_API_KEY") or load_secrets(settings).api_keys[0]
+    scheme = "https" if settings.api.tls_cert else "http"
+    url = args.url or f"{scheme}://{settings.api.host}:{settings.api.port}"
+    body = json.dumps({"topic": args.topic, "data": data, "retain": args.retain}).encode()
+    req = urllib.request.Request(f"{url}/v1/publish", data=body, method="POST", headers={
+        "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            print(resp.read().decode())
+            return 0
+    except urllib.error.HTTPError as e:
+        print(f"tidings: {e.code}: {e.read().decode()}", file=sys.stderr)
+        return 1
+    except urllib.error.URLError as e:
+        print(f"tidings: cannot reach {url}: {e.reason}", file=sys.stderr)
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tidings", description="Tidings push server")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run a node")
+    p.add_argument("--config", help="TOML settings file (default: built-in embedded mode)")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("token", help="print a user token signed with the configured secret")
+    p.add_argument("user")
+    p.add_argument("--ttl", type=int, help="lifetime in seconds")
+    p.add_argument("--subscribe", action="append", metavar="FILTER",
+                   help="grant subscribing to FILTER (repeatable)")
+    p.add_argument("--publish", action="append", metavar="FILTER",
+                   help="grant publishing to FILTER (repeatable)")
+    p.add_argument("--config")
+    p.set_defaults(func=_token)
+
+    p = sub.add_parser("publish", help="publish a JSON value through the HTTP API")
+    p.add_argument("topic")
+    p.add_argument("json", help="the data, as JSON")
+    p.add_argument("--retain", action="store_true")
+    p.add_argument("--url", help="API base URL (default: from the config)")
+    p.add_argument("--key", help="API key (default: TIDINGS_API_KEY, then the dev key)")
+    p.add_argument("--config")
+    p.set_defaults(func=_publish)
+
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,326 @@
+"""Settings: TOML file, then ``TIDINGS_<SECTION>_<KEY>`` environment overrides.
+
+Every bound the server enforces is a setting here, with a default that is
+safe for a small public deployment. ``load()`` validates everything before
+the server binds a socket; an invalid value raises :class:`ConfigError`
+naming the key (``ws.port``), never a traceback from deep inside.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+__all__ = [
+    "AclRule",
+    "ConfigError",
+    "HistoryRule",
+    "Settings",
+    "load",
+]
+
+
+class ConfigError(Exception):
+    """A setting is missing, malformed or out of range; the message names it."""
+
+
+@dataclass
+class NodeSettings:
+    name: str = ""  # empty: derived from the host name and pid
+    shutdown_timeout: float = 5.0
+    log_level: str = "INFO"
+
+
+@dataclass
+class WsSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    path: str = "/ws"
+    origins: list[str] = field(default_factory=list)  # empty: any Origin
+    tls_cert: str = ""
+    tls_key: str = ""
+    max_message_size: int = 65536  # bytes per incoming frame; over it: close 1009
+    connect_timeout: float = 10.0
+    commands_per_second: float = 50.0
+    commands_burst: int = 100
+    max_subscriptions: int = 256
+    outbound_buffer: int = 1048576  # unsent bytes per session; over it: close 4008
+    compression: bool = False  # permessage-deflate; compressed sessions take a slower path
+    ping_interval: float = 20.0
+    max_connections_per_ip: int = 1000
+    demo_page: bool = True
+
+
+@dataclass
+class ApiSettings:
+    host: str = "127.0.0.1"
+    port: int = 8081
+    keys: list[str] = field(default_factory=list)  # empty: a dev key is made and printed
+    tls_cert: str = ""
+    tls_key: str = ""
+    max_body_size: int = 1048576
+
+
+@dataclass
+class MqttSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+
+
+@dataclass
+class StoreSettings:
+    backend: str = "sqlite"
+    path: str = "./tidings-data"
+    idempotency_ttl: float = 86400.0
+
+
+@dataclass
+class BusSettings:
+    backend: str = "memory"
+
+
+@dataclass
+class RedisSettings:
+    url: str = "redis://127.0.0.1:6379/0"
+
+
+@dataclass
+class AuthSettings:
+    jwt_secret: str = ""  # empty: a secret is made once and kept in the data folder
+    allow_anonymous: bool = False
+    max_token_ttl: int = 86400 * 30
+    default_token_ttl: int = 3600
+
+
+@dataclass
+class TopicSettings:
+    max_length: int = 256
+    max_depth: int = 16
+
+
+@dataclass
+class HistoryRule:
+    pattern: str
+    size: int
+    ttl: float
+
+
+@dataclass
+class HistorySettings:
+    size: int = 100  # messages kept per topic; 0 keeps none (offsets still count)
+    ttl: float = 86400.0  # seconds a message stays in history
+    rules: list[HistoryRule] = field(default_factory=list)
+
+
+@dataclass
+class AclRule:
+    """One ``[[acl]]`` entry. The first rule whose filter covers the request decides.
+
+    ``users``: user ids, ``"*"`` for any authenticated user, ``"anonymous"``.
+    ``subscribe`` / ``publish``: True allows, False denies, None leaves the
+    action to later rules. ``{uid}`` in a filter stands for the user's id.
+    """
+
+    filter: str
+    users: list[str] = field(default_factory=lambda: ["*"])
+    subscribe: bool | None = None
+    publish: bool | None = None
+
+
+@dataclass
+class Settings:
+    node: NodeSettings = field(default_factory=NodeSettings)
+    ws: WsSettings = field(default_factory=WsSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    bus: BusSettings = field(default_factory=BusSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    topics: TopicSettings = field(default_factory=TopicSettings)
+    history: HistorySettings = field(default_factory=HistorySettings)
+    acl: list[AclRule] = field(default_factory=list)
+
+
+_SECTIONS = {f.name for f in dataclasses.fields(Settings)}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _convert(key: str, hint: Any, value: Any, *, from_env: bool) -> Any:
+    """Turn a TOML or environment value into the field's type, or say which key is wrong."""
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if from_env and isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_env and isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if from_env and isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if get_origin(hint) is list and get_args(hint) == (str,):
+        if from_env and isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+    if hint == (bool | None):
+        if value is None or isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    raise ConfigError(f"{key}: cannot be set here")  # pragma: no cover
+
+
+def _fill(obj: Any, section: str, table: Mapping[str, Any]) -> None:
+    hints = get_type_hints(type(obj))
+    for k, v in table.items():
+        key = f"{section}.{k}"
+        if k not in hints or k == "rules":
+            if k == "rules" and section == "history":
+                obj.rules = [_rule(HistoryRule, f"{key}[{i}]", r) for i, r in enumerate(v)]
+                continue
+            raise ConfigError(f"{key}: unknown setting")
+        setattr(obj, k, _convert(key, hints[k], v, from_env=False))
+
+
+def _rule(cls: type[Any], key: str, table: Any) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{key}: expected a table")
+    hints = get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for k, v in table.items():
+        if k not in hints:
+            raise ConfigError(f"{key}.{k}: unknown setting")
+        kwargs[k] = _convert(f"{key}.{k}", hints[k], v, from_env=False)
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.name not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{key}.{missing[0]}: required")
+    return cls(**kwargs)
+
+
+def _apply_env(settings: Settings, env: Mapping[str, str]) -> None:
+    for name, value in env.items():
+        if not name.startswith("TIDINGS_"):
+            continue
+        rest = name[len("TIDINGS_"):].lower()
+        section, _, key = rest.partition("_")
+        if section not in _SECTIONS or section == "acl" or not key:
+            continue  # not ours to judge (e.g. TIDINGS_CONFIG)
+        obj = getattr(settings, section)
+        hints = get_type_hints(type(obj))
+        if key not in hints or key == "rules":
+            raise ConfigError(f"{section}.{key}: unknown setting (from {name})")
+        setattr(obj, key, _convert(f"{section}.{key}", hints[key], value, from_env=True))
+
+
+def _positive(key: str, value: float, *, zero_ok: bool = False) -> None:
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ConfigError(f"{key}: must be {'>= 0' if zero_ok else '> 0'}, got {value!r}")
+
+
+def _validate(s: Settings) -> None:
+    from .protocol.topics import TopicError, validate_filter
+
+    for key, port in (("ws.port", s.ws.port), ("api.port", s.api.port),
+                      ("mqtt.port", s.mqtt.port)):
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{key}: must be a port number 0-65535, got {port}")
+    if not s.ws.path.startswith("/"):
+        raise ConfigError(f"ws.path: must start with '/', got {s.ws.path!r}")
+    for key in ("max_message_size", "connect_timeout", "commands_per_second",
+                "commands_burst", "max_subscriptions", "outbound_buffer",
+                "max_connections_per_ip"):
+        _positive(f"ws.{key}", getattr(s.ws, key))
+    _positive("ws.ping_interval", s.ws.ping_interval, zero_ok=True)
+    _positive("api.max_body_size", s.api.max_body_size)
+    _positive("node.shutdown_timeout", s.node.shutdown_timeout)
+    _positive("topics.max_length", s.topics.max_length)
+    _positive("topics.max_depth", s.topics.max_depth)
+    _positive("history.size", s.history.size, zero_ok=True)
+    _positive("history.ttl", s.history.ttl)
+    _positive("auth.max_token_ttl", s.auth.max_token_ttl)
+    _positive("auth.default_token_ttl", s.auth.default_token_ttl)
+    _positive("store.idempotency_ttl", s.store.idempotency_ttl)
+    if s.auth.default_token_ttl > s.auth.max_token_ttl:
+        raise ConfigError("auth.default_token_ttl: must not exceed auth.max_token_ttl")
+    if s.store.backend not in ("sqlite", "redis"):
+        raise ConfigError(f"store.backend: 'sqlite' or 'redis', got {s.store.backend!r}")
+    if s.bus.backend not in ("memory", "redis"):
+        raise ConfigError(f"bus.backend: 'memory' or 'redis', got {s.bus.backend!r}")
+    if s.node.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"node.log_level: DEBUG, INFO, WARNING or ERROR, got "
+                          f"{s.node.log_level!r}")
+    for section in (s.ws, s.api):
+        name = "ws" if section is s.ws else "api"
+        if bool(section.tls_cert) != bool(section.tls_key):
+            raise ConfigError(f"{name}.tls_cert: tls_cert and tls_key go together")
+        for k in ("tls_cert", "tls_key"):
+            p = getattr(section, k)
+            if p and not Path(p).is_file():
+                raise ConfigError(f"{name}.{k}: no such file {p!r}")
+    for i, r in enumerate(s.history.rules):
+        _positive(f"history.rules[{i}].size", r.size, zero_ok=True)
+        _positive(f"history.rules[{i}].ttl", r.ttl)
+        try:
+            validate_filter(r.pattern, max_length=1 << 16, max_depth=1 << 10)
+        except TopicError as e:
+            raise ConfigError(f"history.rules[{i}].pattern: {e}") from None
+    for i, a in enumerate(s.acl):
+        try:
+            validate_filter(a.filter.replace("{uid}", "u"), max_length=1 << 16,
+                            max_depth=1 << 10)
+        except TopicError as e:
+            raise ConfigError(f"acl[{i}].filter: {e}") from None
+
+
+def load(path: str | os.PathLike[str] | None = None,
+         env: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from ``path`` (optional) and the environment; validate them."""
+    env = os.environ if env is None else env
+    settings = Settings()
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        for section, table in data.items():
+            if section == "acl":
+                if not isinstance(table, list):
+                    raise ConfigError("acl: expected [[acl]] tables")
+                settings.acl = [_rule(AclRule, f"acl[{i}]", t) for i, t in enumerate(table)]
+                continue
+            if section not in _SECTIONS or not isinstance(table, dict):
+                raise ConfigError(f"{section}: unknown section")
+            _fill(getattr(settings, section), section, table)
+    _apply_env(settings, env)
+    _validate(settings)
+    return settings

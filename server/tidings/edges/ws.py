@@ -1,0 +1,565 @@
+"""The WebSocket edge: ``/ws`` on the edge port, the client protocol of DESIGN.md.
+
+How the fast path coexists with the ``websockets`` library
+-----------------------------------------------------------
+``websockets`` stays in charge of the opening handshake, of reading and
+parsing every incoming frame (including the ``max_size`` check that closes
+with 1009), of control frames (it answers pings and sends keepalive pings
+itself), and of the closing handshake.
+
+Everything *we* send (replies and pushes) goes through one bounded outbound
+buffer per session. For an uncompressed connection a server frame is the
+same bytes for every client (servers do not mask, RFC 6455 section 5.1), so
+the hub builds the frame once and each session appends those bytes to its
+buffer; the :class:`~tidings.hub.Flusher` then writes each buffer with one
+``transport.writelines`` per loop iteration. These writes bypass
+``Protocol.send_*`` but are always whole frames, and ``websockets`` also
+writes whole frames, so the byte stream stays a valid sequence of frames.
+We never call ``Connection.send`` (which could fragment a message), and we
+stop writing as soon as the protocol leaves the OPEN state, so nothing
+follows a close frame. A session that negotiated permessage-deflate gets
+payloads instead of frames and flushes them through ``protocol.send_text``
+/ ``send_binary`` (compression is per connection), a slower path that does
+not slow the others.
+
+If a session's unsent bytes (our buffer plus the transport's) would exceed
+``ws.outbound_buffer``, it is closed with 4008 and counted; no one else waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import mimetypes
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+import orjson
+import websockets
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from ..auth import Acl, Principal, TokenAuthority
+from ..config import Settings
+from ..errors import (
+    CLOSE_BAD_REQUEST,
+    CLOSE_GOING_AWAY,
+    CLOSE_POLICY,
+    CLOSE_RATE_LIMITED,
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_UNAUTHORIZED,
+    BadRequest,
+    Forbidden,
+    TidingsError,
+    TooLarge,
+    Unauthorized,
+)
+from ..hub import Flusher
+from ..metrics import Metrics
+from ..node import Node
+from ..protocol.frames import (
+    Command,
+    Encoding,
+    decode_command,
+    encode,
+    encode_message,
+    error_reply,
+    message_fields,
+    ok_reply,
+    ws_frame,
+)
+from ..protocol.topics import TopicError, is_wildcard, matches, validate_filter, validate_topic
+from ..types import PayloadKind, Publication, UserId, parse_offset
+
+__all__ = ["WsEdge", "WsSession"]
+
+log = logging.getLogger("tidings.ws")
+
+_MAX_MALFORMED = 10  # consecutive malformed frames before the stream counts as broken
+_MAX_SINCE_TOPICS = 1000
+_RECOVER_LIMIT = 1000
+
+
+def _wire(encoding: Encoding, framed: bool) -> str:
+    return f"ws-{encoding.name.lower()}{'' if framed else '-payload'}"
+
+
+def register_wires(node: Node) -> None:
+    """Teach the hub how to encode a message for each WS wire form."""
+    for enc in Encoding:
+        text = enc is Encoding.JSON
+        node.hub.register_wire(_wire(enc, False), lambda p, e=enc: encode_message(p, e))
+        node.hub.register_wire(
+            _wire(enc, True),
+            lambda p, e=enc, t=text: ws_frame(encode_message(p, e), text=t))
+
+
+class WsSession:
+    """One WebSocket connection after the handshake."""
+
+    def __init__(self, edge: WsEdge, conn: ServerConnection, encoding: Encoding) -> None:
+        self.edge = edge
+        self.conn = conn
+        self.encoding = encoding
+        self.framed = conn.protocol.extensions == []
+        self.wire = _wire(encoding, self.framed)
+        self.user: UserId | None = None
+        self.principal: Principal | None = None
+        self.device = ""
+        self.since = time.time()
+        self.subscriptions: set[str] = set()
+        self._text = encoding is Encoding.JSON
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._dirty = False
+        self._closing = False
+        self._hold: list[tuple[Publication, bytes]] | None = None
+        self._limit = edge.settings.ws.outbound_buffer
+        self._tokens = float(edge.settings.ws.commands_burst)
+        self._refill = time.monotonic()
+        self._expiry: asyncio.TimerHandle | None = None
+
+    # -- outbound ---------------------------------------------------------------
+
+    def deliver(self, publication: Publication, data: bytes) -> None:
+        """Hub callback: ``data`` is already this session's wire form."""
+        if self._hold is not None:
+            self._hold.append((publication, data))
+        else:
+            self._enqueue(data)
+
+    def _enqueue(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._pending.append(data)
+        self._pending_size += len(data)
+        transport = self.conn.transport
+        if self._pending_size + transport.get_write_buffer_size() > self._limit:
+            self.edge.metrics.inc("tidings_slow_consumers_total")
+            log.warning("slow consumer %s (%s): over %d queued bytes, closing",
+                        self.device, self.user, self._limit)
+            self._pending.clear()
+            self._pending_size = 0
+            self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+            return
+        if not self._dirty:
+            self._dirty = True
+            self.edge.flusher.mark(self)
+
+    def flush(self) -> None:
+        self._dirty = False
+        chunks, self._pending = self._pending, []
+        self._pending_size = 0
+        if not chunks or self.conn.protocol.state is not State.OPEN:
+            return
+        n = len(chunks)
+        self.edge.metrics.inc("tidings_messages_out_total", n)
+        if self.framed:
+            transport = self.conn.transport
+            if n == 1:
+                transport.write(chunks[0])
+            else:
+                transport.writelines(chunks)
+        else:  # permessage-deflate: the protocol compresses each message
+            send = self.conn.protocol.send_text if self._text else self.conn.protocol.send_binary
+            for payload in chunks:
+                send(payload)
+            self.conn.send_data()
+
+    def send(self, obj: dict[str, Any]) -> None:
+        payload = encode(obj, self.encoding)
+        self._enqueue(ws_frame(payload, text=self._text) if self.framed else payload)
+
+    def close(self, code: int, reason: str) -> None:
+        """Flush what is queued, then close with ``code``. Idempotent, never blocks."""
+        if self._closing:
+            return
+        if self._dirty:
+            self.flush()
+        self._closing = True
+        self.edge.spawn(self.conn.close(code, reason))
+
+    # -- inbound ----------------------------------------------------------------
+
+    def _rate_ok(self) -> bool:
+        ws = self.edge.settings.ws
+        now = time.monotonic()
+        self._tokens = min(float(ws.commands_burst),
+                           self._tokens + (now - self._refill) * ws.commands_per_second)
+        self._refill = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    def _decode(self, raw: str | bytes) -> Command:
+        if isinstance(raw, str) != self._text:
+            kind = "text" if isinstance(raw, str) else "binary"
+            raise _Broken(f"{kind} frame on {self.encoding.value}")
+        return decode_command(raw, self.encoding)
+
+    async def run(self) -> None:
+        """Connect, then serve commands until the connection ends."""
+        try:
+            raw = await asyncio.wait_for(self.conn.recv(),
+                                         self.edge.settings.ws.connect_timeout)
+        except TimeoutError:
+            self.close(CLOSE_POLICY, "connect timeout")
+            return
+        try:
+            cmd = self._decode(raw)
+            if cmd.op != "connect":
+                raise BadRequest("the first frame must be connect", code="connect_required")
+            await self._connect(cmd)
+        except _Broken as e:
+            self.close(CLOSE_BAD_REQUEST, str(e))
+            return
+        except TidingsError as e:
+            self._reply_error(e.request_id, e)
+            close_code = e.close_code if isinstance(e, Unauthorized) else CLOSE_BAD_REQUEST
+            self.close(close_code, e.code)
+            return
+        malformed = 0
+        async for raw in self.conn:
+            if self._closing:
+                break
+            if not self._rate_ok():
+                self.edge.metrics.inc("tidings_errors_total", code="rate_limited")
+                self.close(CLOSE_RATE_LIMITED, "rate limited")
+                break
+            try:
+                cmd = self._decode(raw)
+                malformed = 0
+                await self._dispatch(cmd)
+            except _Broken as e:
+                self.close(CLOSE_BAD_REQUEST, str(e))
+                break
+            except TidingsError as e:
+                if e.code in ("malformed", "unknown_op", "bad_request"):
+                    malformed += 1
+                self._reply_error(e.request_id, e)
+                if malformed >= _MAX_MALFORMED:
+                    self.close(CLOSE_BAD_REQUEST, "too many malformed frames")
+                    break
+
+    def _reply_error(self, rid: int | None, e: TidingsError) -> None:
+        self.edge.metrics.inc("tidings_errors_total", code=e.code)
+        self.send(error_reply(rid, e.code, e.message))
+
+    async def _dispatch(self, cmd: Command) -> None:
+        handler = getattr(self, f"_op_{cmd.op}", None)
+        if handler is None:
+            raise BadRequest(f"{cmd.op} is not available on this server", code="unsupported")
+        try:
+            await handler(cmd)
+        except TidingsError as e:
+            e.request_id = cmd.id
+            raise
+
+    # -- ops ----------------------------------------------------------------------
+
+    async def _connect(self, cmd: Command) -> None:
+        token = cmd.args.get("token")
+        edge = self.edge
+        if token is None and edge.settings.auth.allow_anonymous:
+            principal = Principal(None)
+        else:
+            try:
+                principal = edge.tokens.verify(token)
+            except Unauthorized as e:
+                e.request_id = cmd.id
+                raise
+        self.principal = principal
+        self.user = principal.user
+        device = cmd.args.get("device")
+        if device is not None and not (0 < len(device) <= 128 and device.isprintable()):
+            raise BadRequest("connect: device must be 1-128 printable characters")
+        self.device = device or secrets.token_hex(8)
+        if principal.expires is not None:
+            delay = max(0.0, principal.expires - time.time())
+            self._expiry = asyncio.get_running_loop().call_later(
+                delay, self.close, CLOSE_UNAUTHORIZED, "token expired")
+        edge.sessions.add(self)
+        self.send(ok_reply(cmd.id, user=self.user, device=self.device, node=edge.node.name,
+                           unread=0, offset=None, recovered=[], complete=True))
+
+    async def _op_ping(self, cmd: Command) -> None:
+        self.send(ok_reply(cmd.id))
+
+    def _filter(self, value: str) -> str:
+        t = self.edge.settings.topics
+        try:
+            return validate_filter(value, max_length=t.max_length, max_depth=t.max_depth)
+        except TopicError as e:
+            raise BadRequest(f"topic: {e}", code="bad_topic") from None
+
+    def _since_map(self, flt: str, since: Any) -> dict[str, str]:
+        if isinstance(since, str):
+            if is_wildcard(flt):
+                raise BadRequest("subscribe: since for a wildcard filter must be an object "
+                                 "mapping topics to offsets")
+            since = {flt: since}
+        if len(since) > _MAX_SINCE_TOPICS:
+            raise BadRequest(f"subscribe: since names more than {_MAX_SINCE_TOPICS} topics")
+        for topic, offset in since.items():
+            if not isinstance(offset, str) or parse_offset(offset) is None:
+                raise BadRequest(f"subscribe: since[{topic[:64]!r}] is not an offset")
+            if not matches(flt, topic):
+                raise BadRequest(f"subscribe: since names {topic[:64]!r}, "
+                                 f"which the filter does not match")
+        return since
+
+    async def _op_subscribe(self, cmd: Command) -> None:
+        edge = self.edge
+        flt = self._filter(cmd.args["topic"])
+        since = cmd.args.get("since")
+        since_map = self._since_map(flt, since) if since is not None else {}
+        assert self.principal is not None
+        if not edge.acl.can_subscribe(self.principal, flt):
+            raise Forbidden(f"not allowed to subscribe to {flt!r}")
+        new = flt not in self.subscriptions
+        if new and len(self.subscriptions) >= edge.settings.ws.max_subscriptions:
+            raise BadRequest(f"more than {edge.settings.ws.max_subscriptions} subscriptions",
+                             code="too_many_subscriptions")
+        self._hold = []  # live messages wait until the reply and recovery are out
+        try:
+            if new:
+                self.subscriptions.add(flt)
+                await edge.node.subscribe(flt, self)
+            store = edge.node.store
+            recovered: list[Publication] = []
+            complete = True
+            for topic, offset in since_map.items():
+                page = await store.history(topic, offset, _RECOVER_LIMIT)
+                recovered.extend(page.items)
+                complete = complete and page.complete
+            offset_now = None if is_wildcard(flt) else await store.latest(flt)
+            retained = await store.retained(flt) if since is None else []
+        except BaseException:
+            if new:
+                self.subscriptions.discard(flt)
+                await edge.node.unsubscribe(flt, self)
+            self._release_hold({})
+            raise
+        seen: dict[str, str] = {}
+        for pub in recovered:
+            seen[pub.topic] = pub.offset
+        self.send(ok_reply(cmd.id, offset=offset_now, complete=complete,
+                           recovered=[message_fields(p, self.encoding) for p in recovered]))
+        for pub in retained:
+            self._push_one(pub)
+            seen[pub.topic] = pub.offset
+        self._release_hold(seen)
+
+    def _push_one(self, pub: Publication) -> None:
+        self.edge.metrics.inc("tidings_deliveries_total")
+        self._enqueue(self.edge.node.hub.encode(self.wire, pub))
+
+    def _release_hold(self, seen: dict[str, str]) -> None:
+        """Send what arrived while subscribing, minus what recovery already sent."""
+        held, self._hold = self._hold or [], None
+        for pub, data in held:
+            last = seen.get(pub.topic)
+            if last is not None:
+                a, b = parse_offset(last), parse_offset(pub.offset)
+                if a is not None and b is not None and a[0] == b[0] and b[1] <= a[1]:
+                    continue
+            self._enqueue(data)
+
+    async def _op_unsubscribe(self, cmd: Command) -> None:
+        flt = self._filter(cmd.args["topic"])
+        if flt in self.subscriptions:
+            self.subscriptions.discard(flt)
+            await self.edge.node.unsubscribe(flt, self)
+        self.send(ok_reply(cmd.id))
+
+    async def _op_publish(self, cmd: Command) -> None:
+        edge = self.edge
+        t = edge.settings.topics
+        try:
+            topic = validate_topic(cmd.args["topic"], max_length=t.max_length,
+                                   max_depth=t.max_depth)
+        except TopicError as e:
+            raise BadRequest(f"topic: {e}", code="bad_topic") from None
+        assert self.principal is not None
+        if not edge.acl.can_publish(self.principal, topic):
+            raise Forbidden(f"not allowed to publish to {topic!r}")
+        payload, kind = payload_of(cmd.args["data"])
+        if len(payload) > edge.settings.ws.max_message_size:
+            raise TooLarge(f"data over {edge.settings.ws.max_message_size} bytes")
+        result = await edge.node.publish(topic, payload, kind,
+                                         retain=bool(cmd.args.get("retain", False)))
+        self.send(ok_reply(cmd.id, offset=result.publication.offset))
+
+    # -- end ----------------------------------------------------------------------
+
+    async def cleanup(self) -> None:
+        self._closing = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self.edge.sessions.discard(self)
+        subs, self.subscriptions = self.subscriptions, set()
+        for flt in subs:
+            await self.edge.node.unsubscribe(flt, self)
+
+    def goodbye(self, reason: str) -> None:
+        """Server going away: say so, then close 1001 so the client reconnects."""
+        if self._closing:
+            return
+        self.send({"type": "disconnect", "reason": reason, "reconnect": True})
+        self.close(CLOSE_GOING_AWAY, reason)
+
+
+class _Broken(Exception):
+    """The frame stream itself is unusable (e.g. binary frames on the JSON subprotocol)."""
+
+
+def payload_of(data: Any) -> tuple[bytes, PayloadKind]:
+    """A client's ``data`` as stored bytes: JSON values as JSON, raw bytes (msgpack) as is."""
+    if isinstance(data, (bytes, bytearray)):
+        return bytes(data), PayloadKind.BINARY
+    try:
+        return orjson.dumps(data), PayloadKind.JSON
+    except TypeError:
+        raise BadRequest("data must be a JSON value") from None
+
+
+class WsEdge:
+    def __init__(self, settings: Settings, node: Node, tokens: TokenAuthority, acl: Acl,
+                 metrics: Metrics, http_routes: dict[str, Callable[[Request], Response]]
+                 | None = None) -> None:
+        self.settings = settings
+        self.node = node
+        self.tokens = tokens
+        self.acl = acl
+        self.metrics = metrics
+        self.flusher = Flusher()
+        self.sessions: set[WsSession] = set()
+        self.connections = 0
+        self._per_ip: Counter[str] = Counter()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._server: Server | None = None
+        self._routes = http_routes or {}
+        register_wires(node)
+        metrics.gauge("tidings_ws_connections", "open WebSocket connections",
+                      lambda: float(self.connections))
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self, ssl: Any = None) -> None:
+        ws = self.settings.ws
+        origins: list[str | None] | None = None
+        if ws.origins:
+            origins = [*ws.origins, None]  # non-browser clients send no Origin
+        self._server = await serve(
+            self._handler, ws.host, ws.port,
+            ssl=ssl,
+            origins=origins,  # type: ignore[arg-type]
+            subprotocols=[websockets.Subprotocol(e.value) for e in Encoding],
+            select_subprotocol=self._select,
+            process_request=self._process_request,
+            compression="deflate" if ws.compression else None,
+            max_size=ws.max_message_size,
+            max_queue=4,
+            ping_interval=ws.ping_interval or None,
+            ping_timeout=ws.ping_interval or None,
+            close_timeout=2,
+            server_header=None,
+        )
+
+    @staticmethod
+    def _select(conn: ServerConnection, offered: Any) -> Any:
+        for e in Encoding:
+            if e.value in offered:
+                return websockets.Subprotocol(e.value)
+        return None  # none offered (or none of ours): JSON, the default
+
+    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == self.settings.ws.path:
+            ip = str(conn.remote_address[0]) if conn.remote_address else ""
+            if self._per_ip[ip] >= self.settings.ws.max_connections_per_ip:
+                self.metrics.inc("tidings_errors_total", code="too_many_connections")
+                return conn.respond(http.HTTPStatus.TOO_MANY_REQUESTS,
+                                    "too many connections from this address\n")
+            return None
+        route = self._routes.get(path)
+        if route is not None:
+            return route(request)
+        return static_response(path) if self.settings.ws.demo_page else _not_found(conn)
+
+    async def _handler(self, conn: ServerConnection) -> None:
+        ip = str(conn.remote_address[0]) if conn.remote_address else ""
+        self._per_ip[ip] += 1
+        self.connections += 1
+        self.metrics.inc("tidings_connections_total", edge="ws")
+        encoding = Encoding(conn.subprotocol) if conn.subprotocol else Encoding.JSON
+        session = WsSession(self, conn, encoding)
+        try:
+            await session.run()
+        except ConnectionClosed:
+            pass
+        finally:
+            self.connections -= 1
+            self._per_ip[ip] -= 1
+            if self._per_ip[ip] <= 0:
+                del self._per_ip[ip]
+            await session.cleanup()
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop accepting; tell every client to reconnect; close 1001; wait (bounded)."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.close(close_connections=False)
+        for s in list(self.sessions):
+            s.goodbye("shutdown")
+        server.close(close_connections=True)
+        try:
+            await asyncio.wait_for(server.wait_closed(), timeout)
+        except TimeoutError:
+            log.warning("connections still open after %.1fs; dropping them", timeout)
+            for conn in list(server.connections):
+                conn.transport.abort()
+
+
+def _not_found(conn: ServerConnection) -> Response:
+    return conn.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
+
+
+def static_response(path: str) -> Response:
+    """Files of the demo page shipped in the package (``tidings/static``)."""
+    name = "index.html" if path in ("/", "") else path.lstrip("/")
+    if ".." in name.split("/") or name.startswith("."):
+        return _plain(http.HTTPStatus.NOT_FOUND, b"not found\n")
+    try:
+        body = resources.files("tidings").joinpath("static", name).read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return _plain(http.HTTPStatus.NOT_FOUND, b"not found\n")
+    ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    if ctype.startswith("text/") or ctype == "application/javascript":
+        ctype += "; charset=utf-8"
+    return _plain(http.HTTPStatus.OK, body, ctype)
+
+
+def _plain(status: http.HTTPStatus, body: bytes, ctype: str = "text/plain; charset=utf-8"
+           ) -> Response:
+    headers = Headers([("Content-Type", ctype), ("Content-Length", str(len(body))),
+                       ("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff")])
+    return Response(status.value, status.phrase, headers, body)

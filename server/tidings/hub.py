@@ -1,0 +1,109 @@
+"""Node-local subscriptions and encode-once delivery.
+
+The hub maps topic filters to local subscribers (a :class:`Trie`). To deliver
+a publication it finds the matching subscribers, encodes the publication once
+per *wire form* (e.g. "WS frame, JSON"), and hands the same bytes to each
+subscriber's ``deliver``. It never awaits and never creates a task per
+subscriber: subscribers append to a bounded outbound buffer and ask the
+:class:`Flusher` to write it out once per loop iteration.
+
+Private topics (``users/{uid}/...``) reach only that user's subscribers,
+whatever filter matched them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Hashable
+from typing import Protocol
+
+from .protocol.topics import Trie, private_owner
+from .types import Publication
+
+__all__ = ["Flushable", "Flusher", "Hub", "Subscriber"]
+
+
+class Subscriber(Hashable, Protocol):
+    """What the hub needs of a session."""
+
+    wire: str  # the key of the encoder that makes this subscriber's bytes
+    user: str | None
+
+    def deliver(self, publication: Publication, data: bytes) -> None:
+        """Queue ``data`` (pre-encoded for ``wire``); must not block or raise."""
+
+
+class Flushable(Protocol):
+    def flush(self) -> None: ...
+
+
+class Flusher:
+    """Coalesces writes: each dirty buffer is flushed once per loop iteration.
+
+    ``mark`` is called by a buffer the first time it gets data after a flush;
+    one ``call_soon`` per iteration then flushes every marked buffer, so a
+    burst of messages to one connection costs one write system call.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop
+        self._dirty: list[Flushable] = []
+
+    def mark(self, buf: Flushable) -> None:
+        if not self._dirty:
+            (self._loop or asyncio.get_running_loop()).call_soon(self._run)
+        self._dirty.append(buf)
+
+    def _run(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for buf in dirty:
+            buf.flush()
+
+
+Encoder = Callable[[Publication], bytes]
+
+
+class Hub:
+    def __init__(self) -> None:
+        self._trie: Trie[Subscriber] = Trie()
+        self._encoders: dict[str, Encoder] = {}
+        self.deliveries = 0  # messages handed to subscribers (for /metrics)
+
+    def register_wire(self, wire: str, encoder: Encoder) -> None:
+        self._encoders[wire] = encoder
+
+    def encode(self, wire: str, publication: Publication) -> bytes:
+        return self._encoders[wire](publication)
+
+    def add(self, flt: str, sub: Subscriber) -> None:
+        self._trie.add(flt, sub)
+
+    def remove(self, flt: str, sub: Subscriber) -> None:
+        self._trie.remove(flt, sub)
+
+    def subscribers(self, topic: str) -> set[Subscriber]:
+        return self._trie.match(topic)
+
+    def deliver(self, pub: Publication) -> int:
+        """Hand ``pub`` to every matching local subscriber; return how many."""
+        subs = self._trie.match(pub.topic)
+        if not subs:
+            return 0
+        owner = private_owner(pub.topic)
+        encoded: dict[str, bytes] = {}
+        encoders = self._encoders
+        n = 0
+        for sub in subs:
+            if owner is not None and sub.user != owner:
+                continue
+            wire = sub.wire
+            data = encoded.get(wire)
+            if data is None:
+                data = encoded[wire] = encoders[wire](pub)
+            sub.deliver(pub, data)
+            n += 1
+        self.deliveries += n
+        return n
+
+    def __len__(self) -> int:
+        return len(self._trie)

@@ -1,0 +1,81 @@
+"""Identifiers and the values that travel between layers."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, NewType
+
+import orjson
+
+__all__ = [
+    "Offset",
+    "PayloadKind",
+    "Publication",
+    "UserId",
+    "classify_payload",
+    "format_offset",
+    "parse_offset",
+]
+
+UserId = NewType("UserId", str)
+Offset = NewType("Offset", str)
+"""Opaque to clients: ``"<epoch>:<seq>"``. The epoch changes when a topic's
+history is lost (a store wiped), so an offset from before is never mistaken
+for one after."""
+
+
+class PayloadKind(enum.IntEnum):
+    JSON = 0  # payload is one UTF-8 JSON document
+    TEXT = 1  # UTF-8 text that is not JSON
+    BINARY = 2  # anything else
+
+
+def classify_payload(payload: bytes) -> PayloadKind:
+    """How bytes from a publisher (e.g. an MQTT device) travel to WS clients."""
+    try:
+        orjson.loads(payload)
+        return PayloadKind.JSON
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        payload.decode("utf-8")
+        return PayloadKind.TEXT
+    except UnicodeDecodeError:
+        return PayloadKind.BINARY
+
+
+def format_offset(epoch: str, seq: int) -> Offset:
+    return Offset(f"{epoch}:{seq}")
+
+
+def parse_offset(offset: str) -> tuple[str, int] | None:
+    """``(epoch, seq)``, or None for a string that is not an offset of ours."""
+    epoch, sep, seq = offset.rpartition(":")
+    if not sep or not epoch or not seq.isdigit() or len(seq) > 19:
+        return None
+    return epoch, int(seq)
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """One message on a topic, as stored and as fanned out."""
+
+    topic: str
+    offset: Offset
+    payload: bytes
+    kind: PayloadKind
+    ts: int  # milliseconds since the epoch, assigned by the store
+    retained: bool = False  # True only when delivered as the retained message
+
+    @property
+    def seq(self) -> int:
+        return int(self.offset.rpartition(":")[2])
+
+    def data(self) -> Any:
+        """The payload as a JSON value (TEXT as a string; BINARY has none)."""
+        if self.kind is PayloadKind.JSON:
+            return orjson.loads(self.payload)
+        if self.kind is PayloadKind.TEXT:
+            return self.payload.decode("utf-8")
+        return None
