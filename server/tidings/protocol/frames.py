@@ -30,6 +30,7 @@ __all__ = [
     "encode_message",
     "error_reply",
     "ok_reply",
+    "push_fields",
     "ws_frame",
 ]
 
@@ -122,7 +123,7 @@ def decode_command(raw: bytes | str, encoding: Encoding) -> Command:
                 raise BadRequest(f"{op}: {key} must be {_TYPE_NAMES[types[0]]}")
             args[key] = value
         for key, (_, required) in spec.items():
-            if required and key not in obj:
+            if required and key not in args:  # a null counts as missing, not as given
                 raise BadRequest(f"{op}: {key} is required")
     except BadRequest as e:
         e.request_id = rid
@@ -161,8 +162,32 @@ def message_fields(pub: Publication, encoding: Encoding) -> dict[str, Any]:
     return out
 
 
+def _stream_leaf(topic: str) -> str | None:
+    """``notifications`` / ``events`` for a user's stream topic, else None."""
+    if topic.startswith("users/") and topic.count("/") == 2:
+        leaf = topic.rpartition("/")[2]
+        if leaf in ("notifications", "events"):
+            return leaf
+    return None
+
+
+def push_fields(pub: Publication, encoding: Encoding) -> dict[str, Any]:
+    """The WS push for ``pub``: a ``notification`` or ``read``-family event on a
+    user's stream topics (their payload is the push, the store wrote it), else
+    a ``message``."""
+    leaf = _stream_leaf(pub.topic)
+    if leaf is None or pub.kind is not PayloadKind.JSON:
+        return message_fields(pub, encoding)
+    fields = orjson.loads(pub.payload)
+    if not isinstance(fields, dict):
+        return message_fields(pub, encoding)
+    if leaf == "notifications":
+        return {"type": "notification", **fields, "offset": pub.offset}
+    return {**fields, "offset": pub.offset}
+
+
 def encode_message(pub: Publication, encoding: Encoding) -> bytes:
-    return encode(message_fields(pub, encoding), encoding)
+    return encode(push_fields(pub, encoding), encoding)
 
 
 _OP_TEXT = 0x1
