@@ -23,6 +23,8 @@ from .edges.ws import WsEdge
 from .errors import Unavailable
 from .metrics import Metrics
 from .node import Node
+from .notify import Notifier
+from .presence import Presence
 from .store.base import Store
 from .store.sqlite import SqliteStore
 
@@ -106,7 +108,10 @@ class App:
                                      max_ttl=settings.auth.max_token_ttl,
                                      default_ttl=settings.auth.default_token_ttl)
         self.acl = Acl(settings.acl)
-        self.ws = WsEdge(settings, self.node, self.tokens, self.acl, self.metrics)
+        self.notifier = Notifier(self.node, settings.notify)
+        self.presence = Presence(name, settings.presence, self.metrics)
+        self.ws = WsEdge(settings, self.node, self.tokens, self.acl, self.metrics,
+                         self.notifier, self.presence)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._stopped = False
@@ -117,6 +122,7 @@ class App:
             ("tidings_deliveries_total", "messages handed to subscribers"),
             ("tidings_slow_consumers_total", "sessions closed for exceeding the outbound bound"),
             ("tidings_errors_total", "errors by code"),
+            ("tidings_notifications_total", "notifications accepted by /v1/notify"),
         ):
             self.metrics.describe(name_, text)
 
@@ -138,7 +144,7 @@ class App:
         await self.node.start()
         await self.ws.start(ssl=_tls(s.ws.tls_cert, s.ws.tls_key))
         api = build_app(s, self.node, ApiKeys(self.secrets.api_keys), self.tokens,
-                        self.metrics, self.ready)
+                        self.metrics, self.ready, self.notifier, self.presence)
         self._runner = web.AppRunner(api, access_log=None, handle_signals=False)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, s.api.host, s.api.port,
@@ -156,5 +162,6 @@ class App:
         await self.ws.shutdown(timeout)
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.presence.close()
         await self.node.close()
         log.info("node %s stopped", self.node.name)

@@ -104,6 +104,20 @@ class TopicSettings:
 
 
 @dataclass
+class NotifySettings:
+    max_users: int = 10000  # ids per POST /v1/notify
+    max_ttl: float = 86400.0 * 365
+
+
+@dataclass
+class PresenceSettings:
+    webhook: str = ""  # URL; empty: no webhook
+    webhook_secret: str = ""  # HMAC-SHA256 key for X-Tidings-Signature; empty: unsigned
+    debounce: float = 5.0  # seconds the last device must be gone before "offline"
+    retries: int = 5
+
+
+@dataclass
 class HistoryRule:
     pattern: str
     size: int
@@ -144,6 +158,8 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     topics: TopicSettings = field(default_factory=TopicSettings)
     history: HistorySettings = field(default_factory=HistorySettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
+    presence: PresenceSettings = field(default_factory=PresenceSettings)
     acl: list[AclRule] = field(default_factory=list)
 
 
@@ -267,6 +283,12 @@ def _validate(s: Settings) -> None:
     _positive("auth.max_token_ttl", s.auth.max_token_ttl)
     _positive("auth.default_token_ttl", s.auth.default_token_ttl)
     _positive("store.idempotency_ttl", s.store.idempotency_ttl)
+    _positive("notify.max_users", s.notify.max_users)
+    _positive("notify.max_ttl", s.notify.max_ttl)
+    _positive("presence.debounce", s.presence.debounce, zero_ok=True)
+    _positive("presence.retries", s.presence.retries, zero_ok=True)
+    if s.presence.webhook and not s.presence.webhook.startswith(("http://", "https://")):
+        raise ConfigError(f"presence.webhook: must be an http(s) URL, got {s.presence.webhook!r}")
     if s.auth.default_token_ttl > s.auth.max_token_ttl:
         raise ConfigError("auth.default_token_ttl: must not exceed auth.max_token_ttl")
     if s.store.backend not in ("sqlite", "redis"):

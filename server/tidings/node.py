@@ -67,6 +67,11 @@ class Node:
             await self.bus.publish(result.publication)
         return result
 
+    async def fan_out(self, publications: list[Publication]) -> None:
+        """Send already-stored publications (e.g. an inbox change) to every node."""
+        for pub in publications:
+            await self.bus.publish(pub)
+
     async def subscribe(self, flt: str, sub: Subscriber) -> None:
         """Route publications matching ``flt`` to ``sub`` from now on."""
         self.hub.add(flt, sub)

@@ -19,9 +19,11 @@ from ..config import Settings
 from ..errors import BadRequest, TidingsError, TooLarge, Unauthorized
 from ..metrics import Metrics
 from ..node import Node
+from ..notify import Notifier, valid_user
+from ..presence import Presence
 from ..protocol.frames import message_fields, Encoding
 from ..protocol.topics import TopicError, validate_topic
-from ..types import parse_offset
+from ..types import PayloadKind, parse_offset
 
 __all__ = ["build_app"]
 
@@ -69,7 +71,8 @@ def _field(obj: dict[str, Any], key: str, types: type | tuple[type, ...], *,
 
 
 def build_app(settings: Settings, node: Node, keys: ApiKeys, tokens: TokenAuthority,
-              metrics: Metrics, ready: Callable[[], Awaitable[bool]]) -> web.Application:
+              metrics: Metrics, ready: Callable[[], Awaitable[bool]], notifier: Notifier,
+              presence: Presence) -> web.Application:
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
@@ -111,27 +114,72 @@ def build_app(settings: Settings, node: Node, keys: ApiKeys, tokens: TokenAuthor
             raise BadRequest("data is required")
         retain = _field(body, "retain", bool, default=False)
         payload = orjson.dumps(body["data"])
-        from ..types import PayloadKind
-
-        idem = request.headers.get("Idempotency-Key")
-        if idem is not None and not 0 < len(idem) <= 255:
-            raise BadRequest("Idempotency-Key must be 1-255 characters")
-        scope = f"publish:{request[_KEY_ID]}:{idem}" if idem else None
+        scope = idempotency_scope(request, "publish")
         result = await node.publish(topic, payload, PayloadKind.JSON, retain=retain,
                                     idempotency_key=scope)
         return _json({"offset": result.publication.offset})
+
+    def idempotency_scope(request: web.Request, what: str) -> str | None:
+        idem = request.headers.get("Idempotency-Key")
+        if idem is None:
+            return None
+        if not 0 < len(idem) <= 255:
+            raise BadRequest("Idempotency-Key must be 1-255 characters")
+        return f"{what}:{request[_KEY_ID]}:{idem}"
+
+    def int_query(request: web.Request, key: str, default: int, lo: int, hi: int) -> int:
+        try:
+            value = int(request.query.get(key, str(default)))
+        except ValueError:
+            raise BadRequest(f"{key} must be an integer") from None
+        if not lo <= value <= hi:
+            raise BadRequest(f"{key} must be between {lo} and {hi}")
+        return value
+
+    async def notify(request: web.Request) -> web.Response:
+        body = await _body(request)
+        result = await notifier.notify(body, idempotency_scope(request, "notify"))
+        return _json({"id": result.id, "targets": result.targets})
+
+    async def inbox(request: web.Request) -> web.Response:
+        user = valid_user(request.match_info["uid"])
+        limit = int_query(request, "limit", 20, 1, 100)
+        unread_only = request.query.get("unread_only", "false").lower() in ("1", "true", "yes")
+        page = await node.store.inbox(user, limit=limit, before=request.query.get("before"),
+                                      unread_only=unread_only)
+        return _json({"items": [i.to_dict() for i in page.items], "unread": page.unread,
+                      "next": page.next})
+
+    async def unread(request: web.Request) -> web.Response:
+        user = valid_user(request.match_info["uid"])
+        return _json({"user": user, "unread": await node.store.unread(user)})
+
+    async def mark(request: web.Request) -> web.Response:
+        user = valid_user(request.match_info["uid"])
+        action = request.match_info["action"]
+        body = await _body(request)
+        ids = _field(body, "ids", list)
+        everything = _field(body, "all", bool, default=False)
+        device = _field(body, "device", str, default="api")
+        change = await notifier.mark(user, action, ids, everything, device)  # type: ignore[arg-type]
+        return _json({"unread": change.unread, "changed": change.changed})
+
+    async def devices(request: web.Request) -> web.Response:
+        user = valid_user(request.match_info["uid"])
+        return _json({"user": user, "devices": presence.devices(user)})
+
+    async def notification_stats(request: web.Request) -> web.Response:
+        return _json(await notifier.stats(request.match_info["nid"]))
+
+    async def category_stats(request: web.Request) -> web.Response:
+        return _json({"categories": await node.store.category_stats()})
 
     async def history(request: web.Request) -> web.Response:
         topic = topic_arg(request.match_info["topic"])
         since = request.query.get("since") or None
         if since is not None and parse_offset(since) is None:
             raise BadRequest("since is not an offset")
-        try:
-            limit = int(request.query.get("limit", "100"))
-        except ValueError:
-            raise BadRequest("limit must be an integer") from None
-        if not 1 <= limit <= 1000:
-            raise BadRequest("limit must be between 1 and 1000")
+        limit = int_query(request, "limit", 100, 1, 1000)
         page = await node.store.history(topic, since, limit)
         return _json({
             "topic": topic,
@@ -168,6 +216,13 @@ def build_app(settings: Settings, node: Node, keys: ApiKeys, tokens: TokenAuthor
     app.router.add_post("/v1/publish", publish)
     app.router.add_get("/v1/topics/{topic:.+}/history", history)
     app.router.add_post("/v1/tokens", make_token)
+    app.router.add_post("/v1/notify", notify)
+    app.router.add_get("/v1/users/{uid}/inbox", inbox)
+    app.router.add_get("/v1/users/{uid}/unread", unread)
+    app.router.add_post("/v1/users/{uid}/{action:read|unread|archive}", mark)
+    app.router.add_get("/v1/users/{uid}/devices", devices)
+    app.router.add_get("/v1/notifications/{nid}/stats", notification_stats)
+    app.router.add_get("/v1/stats/categories", category_stats)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", prometheus)

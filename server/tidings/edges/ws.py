@@ -72,11 +72,14 @@ from ..protocol.frames import (
     encode,
     encode_message,
     error_reply,
-    message_fields,
     ok_reply,
+    push_fields,
     ws_frame,
 )
 from ..protocol.topics import TopicError, is_wildcard, matches, validate_filter, validate_topic
+from ..notify import Notifier
+from ..presence import Presence
+from ..store.base import events_topic, notifications_topic
 from ..types import PayloadKind, Publication, UserId, parse_offset
 
 __all__ = ["WsEdge", "WsSession"]
@@ -116,6 +119,7 @@ class WsSession:
         self.device = ""
         self.since = time.time()
         self.subscriptions: set[str] = set()
+        self._streams: set[str] = set()  # the user's own stream topics, followed at connect
         self._text = encoding is Encoding.JSON
         self._pending: list[bytes] = []
         self._pending_size = 0
@@ -288,8 +292,51 @@ class WsSession:
             self._expiry = asyncio.get_running_loop().call_later(
                 delay, self.close, CLOSE_UNAUTHORIZED, "token expired")
         edge.sessions.add(self)
-        self.send(ok_reply(cmd.id, user=self.user, device=self.device, node=edge.node.name,
-                           unread=0, offset=None, recovered=[], complete=True))
+        if self.user is None:
+            self.send(ok_reply(cmd.id, user=None, device=self.device, node=edge.node.name,
+                               unread=0, offset=None, recovered=[], complete=True))
+            return
+        since = cmd.args.get("since")
+        if since is not None and parse_offset(since) is None:
+            raise BadRequest("connect: since is not an offset")
+        edge.presence.online(self.user, self, self.device, "ws")
+        await self._open_stream(cmd, since)
+
+    async def _open_stream(self, cmd: Command, since: str | None) -> None:
+        """Follow the user's notifications and events; reply with unread and what was missed."""
+        assert self.user is not None
+        store = self.edge.node.store
+        topic = notifications_topic(self.user)
+        self._hold = []
+        try:
+            for t in (topic, events_topic(self.user)):
+                self._streams.add(t)
+                await self.edge.node.subscribe(t, self)
+            recovered: list[dict[str, Any]] = []
+            complete = True
+            seen: dict[str, str] = {}
+            if since is not None:
+                page = await store.history(topic, since, _RECOVER_LIMIT)
+                complete = page.complete
+                states = await store.read_states(self.user, [str(p.data()["id"])
+                                                             for p in page.items])
+                for p in page.items:
+                    fields = push_fields(p, self.encoding)
+                    nid = fields.get("id")
+                    if nid not in states:
+                        continue  # archived, expired or collapsed since
+                    fields["read"] = states[nid]
+                    recovered.append(fields)
+                    seen[topic] = p.offset
+            offset = await store.latest(topic)
+            unread = await store.unread(self.user)
+        except BaseException:
+            self._release_hold({})
+            raise
+        self.send(ok_reply(cmd.id, user=self.user, device=self.device,
+                           node=self.edge.node.name, unread=unread, offset=offset,
+                           recovered=recovered, complete=complete))
+        self._release_hold(seen)
 
     async def _op_ping(self, cmd: Command) -> None:
         self.send(ok_reply(cmd.id))
@@ -325,7 +372,7 @@ class WsSession:
         assert self.principal is not None
         if not edge.acl.can_subscribe(self.principal, flt):
             raise Forbidden(f"not allowed to subscribe to {flt!r}")
-        new = flt not in self.subscriptions
+        new = flt not in self.subscriptions and flt not in self._streams
         if new and len(self.subscriptions) >= edge.settings.ws.max_subscriptions:
             raise BadRequest(f"more than {edge.settings.ws.max_subscriptions} subscriptions",
                              code="too_many_subscriptions")
@@ -353,7 +400,7 @@ class WsSession:
         for pub in recovered:
             seen[pub.topic] = pub.offset
         self.send(ok_reply(cmd.id, offset=offset_now, complete=complete,
-                           recovered=[message_fields(p, self.encoding) for p in recovered]))
+                           recovered=[push_fields(p, self.encoding) for p in recovered]))
         for pub in retained:
             self._push_one(pub)
             seen[pub.topic] = pub.offset
@@ -376,7 +423,7 @@ class WsSession:
 
     async def _op_unsubscribe(self, cmd: Command) -> None:
         flt = self._filter(cmd.args["topic"])
-        if flt in self.subscriptions:
+        if flt in self.subscriptions and flt not in self._streams:
             self.subscriptions.discard(flt)
             await self.edge.node.unsubscribe(flt, self)
         self.send(ok_reply(cmd.id))
@@ -399,14 +446,50 @@ class WsSession:
                                          retain=bool(cmd.args.get("retain", False)))
         self.send(ok_reply(cmd.id, offset=result.publication.offset))
 
+    def _me(self, op: str) -> UserId:
+        if self.user is None:
+            raise Forbidden(f"{op} needs a signed-in user")
+        return self.user
+
+    async def _op_inbox(self, cmd: Command) -> None:
+        user = self._me("inbox")
+        limit = cmd.args.get("limit", 20)
+        if not 1 <= limit <= 100:
+            raise BadRequest("inbox: limit must be between 1 and 100")
+        page = await self.edge.node.store.inbox(user, limit=limit, before=cmd.args.get("before"),
+                                                unread_only=cmd.args.get("unread_only", False))
+        self.send(ok_reply(cmd.id, items=[i.to_dict() for i in page.items], unread=page.unread,
+                           next=page.next))
+
+    async def _mark(self, cmd: Command) -> None:
+        user = self._me(cmd.op)
+        change = await self.edge.notifier.mark(user, cmd.op, cmd.args.get("ids"),  # type: ignore[arg-type]
+                                               bool(cmd.args.get("all")), self.device)
+        self.send(ok_reply(cmd.id, unread=change.unread, changed=change.changed))
+
+    _op_read = _op_unread = _op_archive = _mark
+
+    async def _op_track(self, cmd: Command) -> None:
+        user = self._me("track")
+        recorded = await self.edge.notifier.track(user, cmd.args["notification"],
+                                                  cmd.args["event"])
+        self.send(ok_reply(cmd.id, recorded=recorded))
+
+    async def _op_devices(self, cmd: Command) -> None:
+        user = self._me("devices")
+        self.send(ok_reply(cmd.id, devices=self.edge.presence.devices(user)))
+
     # -- end ----------------------------------------------------------------------
 
     async def cleanup(self) -> None:
         self._closing = True
         if self._expiry is not None:
             self._expiry.cancel()
+        if self in self.edge.sessions and self.user is not None:
+            self.edge.presence.offline(self.user, self)
         self.edge.sessions.discard(self)
-        subs, self.subscriptions = self.subscriptions, set()
+        subs = self.subscriptions | self._streams
+        self.subscriptions, self._streams = set(), set()
         for flt in subs:
             await self.edge.node.unsubscribe(flt, self)
 
@@ -434,10 +517,12 @@ def payload_of(data: Any) -> tuple[bytes, PayloadKind]:
 
 class WsEdge:
     def __init__(self, settings: Settings, node: Node, tokens: TokenAuthority, acl: Acl,
-                 metrics: Metrics, http_routes: dict[str, Callable[[Request], Response]]
-                 | None = None) -> None:
+                 metrics: Metrics, notifier: Notifier, presence: Presence,
+                 http_routes: dict[str, Callable[[Request], Response]] | None = None) -> None:
         self.settings = settings
         self.node = node
+        self.notifier = notifier
+        self.presence = presence
         self.tokens = tokens
         self.acl = acl
         self.metrics = metrics

@@ -16,6 +16,12 @@ same contract tests (``tests/test_store_contract.py``). The rules:
 * Idempotency: a publish carrying an ``idempotency_key`` already seen within
   the idempotency TTL stores nothing and returns the first publication with
   ``duplicate=True``.
+* Inbox: each user's notifications (newest first), with read / archived
+  flags and an optional expiry. The unread count is always the number of
+  the user's unread, non-archived, unexpired items. ``notify`` and ``mark``
+  change items, count, the user's stream (``users/{uid}/notifications`` or
+  ``users/{uid}/events`` history) and the retained ``users/{uid}/unread``
+  in one atomic step per user, and return the publications to fan out.
 * Methods raise :class:`tidings.errors.Unavailable` when the backend cannot
   answer within its bound; they never report success for what was not stored.
 """
@@ -23,11 +29,41 @@ same contract tests (``tests/test_store_contract.py``). The rules:
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from ..types import Offset, PayloadKind, Publication
 
-__all__ = ["HistoryPage", "HistoryPolicy", "PublishResult", "Store"]
+__all__ = [
+    "HistoryPage",
+    "HistoryPolicy",
+    "InboxItem",
+    "InboxPage",
+    "MarkAction",
+    "NotifyResult",
+    "PublishResult",
+    "Store",
+    "UserChange",
+    "events_topic",
+    "notifications_topic",
+    "unread_topic",
+]
+
+MarkAction = Literal["read", "unread", "archive"]
+TRACK_EVENTS = ("delivered", "opened", "clicked", "dismissed")
+
+
+def notifications_topic(user: str) -> str:
+    return f"users/{user}/notifications"
+
+
+def events_topic(user: str) -> str:
+    return f"users/{user}/events"
+
+
+def unread_topic(user: str) -> str:
+    return f"users/{user}/unread"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +83,44 @@ class HistoryPage:
     items: list[Publication]  # oldest first
     offset: Offset | None  # the topic's latest offset (None: never published)
     complete: bool  # False: history no longer reaches back to ``since``
+
+
+@dataclass(frozen=True, slots=True)
+class UserChange:
+    """What one atomic inbox change did for one user."""
+
+    user: str
+    unread: int  # the count after the change
+    changed: list[str] = field(default_factory=list)  # notification ids affected
+    publications: list[Publication] = field(default_factory=list)  # to fan out, in order
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyResult:
+    id: str
+    targets: int
+    changes: list[UserChange]
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InboxItem:
+    fields: dict[str, Any]  # id, title, body, data, category, priority, media, ts
+    read: bool
+    archived: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.fields, "read": self.read, "archived": self.archived}
+
+
+@dataclass(frozen=True, slots=True)
+class InboxPage:
+    items: list[InboxItem]  # newest first
+    unread: int
+    next: str | None  # cursor for the next (older) page, None at the end
+
+
+PolicyFor = Callable[[str], HistoryPolicy]
 
 
 class Store(abc.ABC):
@@ -91,9 +165,69 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def latest(self, topic: str) -> Offset | None:
-        """The topic's latest offset, None if nothing was ever published to it."""
+    async def latest(self, topic: str) -> Offset:
+        """The topic's latest offset. For a topic never published to, this starts
+        its stream (a new epoch at sequence 0), so a client can recover from
+        the very first message with ``since`` set to this offset."""
 
     @abc.abstractmethod
     async def retained(self, flt: str) -> list[Publication]:
         """The retained message of every topic matching the filter ``flt``."""
+
+    # -- inbox ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def notify(
+        self,
+        users: Sequence[str],
+        notification: dict[str, Any],
+        *,
+        ttl: float | None,
+        collapse_key: str | None,
+        policy: PolicyFor,
+        idempotency_key: str | None = None,
+    ) -> NotifyResult:
+        """Write ``notification`` (with ``id`` and ``category``) to every user's inbox.
+
+        Per user, atomically: a newer item with the same ``collapse_key``
+        replaces that user's older unread one; the item is inserted; the
+        notification (its fields plus ``unread``) is appended to
+        ``users/{uid}/notifications``; the retained ``users/{uid}/unread``
+        becomes ``{"count": N}``. A repeated ``idempotency_key`` returns the
+        first result with ``duplicate=True`` and changes nothing.
+        """
+
+    @abc.abstractmethod
+    async def inbox(self, user: str, *, limit: int, before: str | None = None,
+                    unread_only: bool = False) -> InboxPage:
+        """The user's unarchived, unexpired items, newest first, paged by cursor."""
+
+    @abc.abstractmethod
+    async def unread(self, user: str) -> int:
+        """The number of unread, non-archived, unexpired items."""
+
+    @abc.abstractmethod
+    async def read_states(self, user: str, ids: Sequence[str]) -> dict[str, bool]:
+        """Whether each of ``ids`` (the user's, still in the inbox) is read."""
+
+    @abc.abstractmethod
+    async def mark(self, user: str, action: MarkAction, ids: Sequence[str] | None, *,
+                   device: str, policy: PolicyFor) -> UserChange:
+        """Mark ``ids`` (None: all) read / unread / archived, atomically.
+
+        When anything changed, appends ``{"type": action, "ids" | "all",
+        "unread", "device"}`` to ``users/{uid}/events`` and updates the retained
+        unread count; the publications are returned to fan out.
+        """
+
+    @abc.abstractmethod
+    async def track(self, notification_id: str, user: str, event: str) -> bool:
+        """Record ``event`` (one of ``TRACK_EVENTS``) once per user; False if already."""
+
+    @abc.abstractmethod
+    async def stats(self, notification_id: str) -> dict[str, Any] | None:
+        """``{id, category, targets, delivered, opened, clicked, dismissed}`` or None."""
+
+    @abc.abstractmethod
+    async def category_stats(self) -> dict[str, dict[str, int]]:
+        """Totals by category: notifications, targets and each tracked event."""

@@ -11,14 +11,32 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import orjson
 
 from ..errors import Unavailable
 from ..protocol.topics import is_wildcard, matches
 from ..types import Offset, PayloadKind, Publication, format_offset, parse_offset
-from .base import HistoryPage, HistoryPolicy, PublishResult, Store
+from .base import (
+    TRACK_EVENTS,
+    HistoryPage,
+    HistoryPolicy,
+    InboxItem,
+    InboxPage,
+    MarkAction,
+    NotifyResult,
+    PolicyFor,
+    PublishResult,
+    Store,
+    UserChange,
+    events_topic,
+    notifications_topic,
+    unread_topic,
+)
 
 __all__ = ["SqliteStore"]
 
@@ -48,9 +66,33 @@ CREATE TABLE IF NOT EXISTS retained (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS idempotency (
     key TEXT PRIMARY KEY,
-    topic TEXT NOT NULL,
-    offset TEXT NOT NULL,
+    value BLOB NOT NULL,
     expires INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS inbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    user TEXT NOT NULL,
+    id TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    expires INTEGER,
+    read INTEGER NOT NULL DEFAULT 0,
+    archived INTEGER NOT NULL DEFAULT 0,
+    collapse_key TEXT,
+    fields BLOB NOT NULL,
+    UNIQUE (user, id)
+);
+CREATE INDEX IF NOT EXISTS inbox_user ON inbox (user, archived, read, seq);
+CREATE TABLE IF NOT EXISTS notifications (
+    id TEXT PRIMARY KEY,
+    category TEXT NOT NULL,
+    targets INTEGER NOT NULL,
+    created INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tracks (
+    id TEXT NOT NULL,
+    user TEXT NOT NULL,
+    event TEXT NOT NULL,
+    PRIMARY KEY (id, user, event)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_expires ON idempotency (expires);
 """
@@ -121,6 +163,48 @@ class SqliteStore(Store):
 
     # -- topics ---------------------------------------------------------------
 
+    def _append(self, db: sqlite3.Connection, topic: str, payload: bytes, kind: PayloadKind,
+                now: int, policy: HistoryPolicy, retain: bool) -> Publication:
+        """Inside a transaction: next offset, history append and trim, retained."""
+        row = db.execute("SELECT epoch, seq FROM topics WHERE topic = ?", (topic,)).fetchone()
+        if row is None:
+            epoch, seq = secrets.token_hex(4), 1
+            db.execute("INSERT INTO topics (topic, epoch, seq) VALUES (?, ?, 1)", (topic, epoch))
+        else:
+            epoch, seq = row[0], row[1] + 1
+            db.execute("UPDATE topics SET seq = ? WHERE topic = ?", (seq, topic))
+        offset = format_offset(epoch, seq)
+        if policy.size > 0:
+            db.execute(
+                "INSERT INTO history (topic, seq, ts, expires, kind, payload)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (topic, seq, now, now + int(policy.ttl * 1000), int(kind), payload),
+            )
+        db.execute("DELETE FROM history WHERE topic = ? AND (seq <= ? OR expires <= ?)",
+                   (topic, seq - policy.size, now))
+        if retain:
+            if payload:
+                db.execute(
+                    "INSERT OR REPLACE INTO retained (topic, offset, ts, kind, payload)"
+                    " VALUES (?, ?, ?, ?, ?)", (topic, offset, now, int(kind), payload))
+            else:
+                db.execute("DELETE FROM retained WHERE topic = ?", (topic,))
+        return Publication(topic, offset, payload, kind, now)
+
+    def _idem_get(self, db: sqlite3.Connection, key: str | None, now: int) -> Any:
+        if key is None:
+            return None
+        row = db.execute("SELECT value FROM idempotency WHERE key = ? AND expires > ?",
+                         (key, now)).fetchone()
+        return None if row is None else orjson.loads(row[0])
+
+    def _idem_put(self, db: sqlite3.Connection, key: str | None, now: int, value: Any) -> None:
+        if key is None:
+            return
+        db.execute("DELETE FROM idempotency WHERE expires <= ?", (now,))
+        db.execute("INSERT OR REPLACE INTO idempotency (key, value, expires) VALUES (?, ?, ?)",
+                   (key, orjson.dumps(value), now + int(self._idempotency_ttl * 1000)))
+
     async def publish(
         self,
         topic: str,
@@ -134,49 +218,13 @@ class SqliteStore(Store):
         now = self._now_ms()
 
         def tx(db: sqlite3.Connection) -> PublishResult:
-            if idempotency_key is not None:
-                row = db.execute(
-                    "SELECT topic, offset FROM idempotency WHERE key = ? AND expires > ?",
-                    (idempotency_key, now),
-                ).fetchone()
-                if row is not None:
-                    return PublishResult(self._find(db, row[0], row[1], payload, kind),
-                                         duplicate=True)
-            row = db.execute("SELECT epoch, seq FROM topics WHERE topic = ?",
-                             (topic,)).fetchone()
-            if row is None:
-                epoch, seq = secrets.token_hex(4), 1
-                db.execute("INSERT INTO topics (topic, epoch, seq) VALUES (?, ?, 1)",
-                           (topic, epoch))
-            else:
-                epoch, seq = row[0], row[1] + 1
-                db.execute("UPDATE topics SET seq = ? WHERE topic = ?", (seq, topic))
-            offset = format_offset(epoch, seq)
-            if policy.size > 0:
-                db.execute(
-                    "INSERT INTO history (topic, seq, ts, expires, kind, payload)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (topic, seq, now, now + int(policy.ttl * 1000), int(kind), payload),
-                )
-            db.execute("DELETE FROM history WHERE topic = ? AND (seq <= ? OR expires <= ?)",
-                       (topic, seq - policy.size, now))
-            if retain:
-                if payload:
-                    db.execute(
-                        "INSERT OR REPLACE INTO retained (topic, offset, ts, kind, payload)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (topic, offset, now, int(kind), payload),
-                    )
-                else:
-                    db.execute("DELETE FROM retained WHERE topic = ?", (topic,))
-            if idempotency_key is not None:
-                db.execute("DELETE FROM idempotency WHERE expires <= ?", (now,))
-                db.execute(
-                    "INSERT INTO idempotency (key, topic, offset, expires) VALUES (?, ?, ?, ?)",
-                    (idempotency_key, topic, offset,
-                     now + int(self._idempotency_ttl * 1000)),
-                )
-            return PublishResult(Publication(topic, offset, payload, kind, now))
+            first = self._idem_get(db, idempotency_key, now)
+            if first is not None:
+                return PublishResult(self._find(db, first["topic"], first["offset"], payload,
+                                                kind), duplicate=True)
+            pub = self._append(db, topic, payload, kind, now, policy, retain)
+            self._idem_put(db, idempotency_key, now, {"topic": topic, "offset": pub.offset})
+            return PublishResult(pub)
 
         return await self._run(tx)
 
@@ -209,7 +257,7 @@ class SqliteStore(Store):
                     "SELECT seq, ts, kind, payload FROM history WHERE topic = ? AND expires > ?"
                     " ORDER BY seq DESC LIMIT ?", (topic, now, limit)).fetchall()
                 rows.reverse()
-                complete = bool(rows) and rows[0][0] == 1
+                complete = rows[0][0] == 1 if rows else last == 0
             else:
                 cutoff = parsed[1] if same_epoch and parsed is not None else 0
                 rows = db.execute(
@@ -229,11 +277,15 @@ class SqliteStore(Store):
 
         return await self._run(tx)
 
-    async def latest(self, topic: str) -> Offset | None:
-        def tx(db: sqlite3.Connection) -> Offset | None:
+    async def latest(self, topic: str) -> Offset:
+        def tx(db: sqlite3.Connection) -> Offset:
             row = db.execute("SELECT epoch, seq FROM topics WHERE topic = ?",
                              (topic,)).fetchone()
-            return None if row is None else format_offset(row[0], row[1])
+            if row is None:
+                row = (secrets.token_hex(4), 0)
+                db.execute("INSERT INTO topics (topic, epoch, seq) VALUES (?, ?, 0)",
+                           (topic, row[0]))
+            return format_offset(row[0], row[1])
 
         return await self._run(tx)
 
@@ -252,3 +304,202 @@ class SqliteStore(Store):
                     for t, o, ts, k, p in rows if matches(flt, t)]
 
         return await self._run(tx)
+
+    # -- inbox ------------------------------------------------------------------
+
+    @staticmethod
+    def _count(db: sqlite3.Connection, user: str, now: int) -> int:
+        row = db.execute(
+            "SELECT COUNT(*) FROM inbox WHERE user = ? AND archived = 0 AND read = 0"
+            " AND (expires IS NULL OR expires > ?)", (user, now)).fetchone()
+        return int(row[0])
+
+    def _unread_retained(self, db: sqlite3.Connection, user: str, count: int, now: int
+                         ) -> Publication:
+        return self._append(db, unread_topic(user), orjson.dumps({"count": count}),
+                            PayloadKind.JSON, now, _NO_HISTORY, True)
+
+    async def notify(
+        self,
+        users: Sequence[str],
+        notification: dict[str, Any],
+        *,
+        ttl: float | None,
+        collapse_key: str | None,
+        policy: PolicyFor,
+        idempotency_key: str | None = None,
+    ) -> NotifyResult:
+        now = self._now_ms()
+        nid = str(notification["id"])
+        expires = None if ttl is None else now + int(ttl * 1000)
+        fields = {**notification, "ts": now}
+        fields_json = orjson.dumps(fields)
+
+        def tx(db: sqlite3.Connection) -> NotifyResult:
+            first = self._idem_get(db, idempotency_key, now)
+            if first is not None:
+                return NotifyResult(first["id"], first["targets"], [], duplicate=True)
+            db.execute("INSERT INTO notifications (id, category, targets, created)"
+                       " VALUES (?, ?, ?, ?)",
+                       (nid, str(notification.get("category", "")), len(users), now))
+            changes = []
+            for user in users:
+                replaced: list[str] = []
+                if collapse_key is not None:
+                    rows = db.execute(
+                        "SELECT id FROM inbox WHERE user = ? AND collapse_key = ? AND read = 0"
+                        " AND archived = 0", (user, collapse_key)).fetchall()
+                    replaced = [r[0] for r in rows]
+                    db.execute("DELETE FROM inbox WHERE user = ? AND collapse_key = ?"
+                               " AND read = 0 AND archived = 0", (user, collapse_key))
+                db.execute(
+                    "INSERT INTO inbox (user, id, created, expires, collapse_key, fields)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (user, nid, now, expires, collapse_key, fields_json))
+                count = self._count(db, user, now)
+                push = {**fields, "unread": count}
+                if replaced:
+                    push["replaces"] = replaced
+                topic = notifications_topic(user)
+                pubs = [self._append(db, topic, orjson.dumps(push), PayloadKind.JSON, now,
+                                     policy(topic), False),
+                        self._unread_retained(db, user, count, now)]
+                changes.append(UserChange(user, count, [nid], pubs))
+            self._idem_put(db, idempotency_key, now, {"id": nid, "targets": len(users)})
+            return NotifyResult(nid, len(users), changes)
+
+        return await self._run(tx)
+
+    async def inbox(self, user: str, *, limit: int, before: str | None = None,
+                    unread_only: bool = False) -> InboxPage:
+        now = self._now_ms()
+        cursor = int(before) if before is not None and before.isdigit() else None
+
+        def tx(db: sqlite3.Connection) -> InboxPage:
+            sql = ("SELECT seq, fields, read, archived FROM inbox WHERE user = ?"
+                   " AND archived = 0 AND (expires IS NULL OR expires > ?)")
+            args: list[Any] = [user, now]
+            if unread_only:
+                sql += " AND read = 0"
+            if cursor is not None:
+                sql += " AND seq < ?"
+                args.append(cursor)
+            sql += " ORDER BY seq DESC LIMIT ?"
+            args.append(limit + 1)
+            rows = db.execute(sql, args).fetchall()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            items = [InboxItem(orjson.loads(f), bool(r), bool(a)) for _, f, r, a in rows]
+            nxt = str(rows[-1][0]) if more and rows else None
+            return InboxPage(items, self._count(db, user, now), nxt)
+
+        return await self._run(tx)
+
+    async def unread(self, user: str) -> int:
+        now = self._now_ms()
+        return await self._run(lambda db: self._count(db, user, now))
+
+    async def read_states(self, user: str, ids: Sequence[str]) -> dict[str, bool]:
+        ids = list(ids)
+
+        def tx(db: sqlite3.Connection) -> dict[str, bool]:
+            out: dict[str, bool] = {}
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                for nid, read in db.execute(
+                        f"SELECT id, read FROM inbox WHERE user = ? AND id IN ({marks})",
+                        (user, *chunk)):
+                    out[nid] = bool(read)
+            return out
+
+        return await self._run(tx)
+
+    async def mark(self, user: str, action: MarkAction, ids: Sequence[str] | None, *,
+                   device: str, policy: PolicyFor) -> UserChange:
+        now = self._now_ms()
+        column, value = {"read": ("read", 1), "unread": ("read", 0),
+                         "archive": ("archived", 1)}[action]
+        id_list = None if ids is None else list(dict.fromkeys(ids))
+
+        def tx(db: sqlite3.Connection) -> UserChange:
+            where = (f"user = ? AND {column} != ? AND archived = 0"
+                     " AND (expires IS NULL OR expires > ?)")
+            args: list[Any] = [user, value, now]
+            changed: list[str] = []
+            if id_list is None:
+                changed = [r[0] for r in db.execute(f"SELECT id FROM inbox WHERE {where}", args)]
+                db.execute(f"UPDATE inbox SET {column} = ? WHERE {where}", [value, *args])
+            else:
+                for i in range(0, len(id_list), 500):
+                    chunk = id_list[i:i + 500]
+                    marks = ",".join("?" * len(chunk))
+                    w = f"{where} AND id IN ({marks})"
+                    changed += [r[0] for r in db.execute(f"SELECT id FROM inbox WHERE {w}",
+                                                         [*args, *chunk])]
+                    db.execute(f"UPDATE inbox SET {column} = ? WHERE {w}",
+                               [value, *args, *chunk])
+            count = self._count(db, user, now)
+            if not changed:
+                return UserChange(user, count)
+            event: dict[str, Any] = {"type": action}
+            if id_list is None:
+                event["all"] = True
+            event.update(ids=changed, unread=count, device=device)
+            topic = events_topic(user)
+            pubs = [self._append(db, topic, orjson.dumps(event), PayloadKind.JSON, now,
+                                 policy(topic), False),
+                    self._unread_retained(db, user, count, now)]
+            return UserChange(user, count, changed, pubs)
+
+        return await self._run(tx)
+
+    async def track(self, notification_id: str, user: str, event: str) -> bool:
+        if event not in TRACK_EVENTS:
+            raise ValueError(f"unknown event {event!r}")
+
+        def tx(db: sqlite3.Connection) -> bool:
+            known = db.execute("SELECT 1 FROM inbox WHERE user = ? AND id = ?",
+                               (user, notification_id)).fetchone()
+            if known is None:
+                return False
+            cur = db.execute("INSERT OR IGNORE INTO tracks (id, user, event) VALUES (?, ?, ?)",
+                             (notification_id, user, event))
+            return cur.rowcount == 1
+
+        return await self._run(tx)
+
+    async def stats(self, notification_id: str) -> dict[str, Any] | None:
+        def tx(db: sqlite3.Connection) -> dict[str, Any] | None:
+            row = db.execute("SELECT category, targets, created FROM notifications WHERE id = ?",
+                             (notification_id,)).fetchone()
+            if row is None:
+                return None
+            out: dict[str, Any] = {"id": notification_id, "category": row[0],
+                                   "targets": row[1], "created": row[2]}
+            out.update({e: 0 for e in TRACK_EVENTS})
+            for event, n in db.execute("SELECT event, COUNT(*) FROM tracks WHERE id = ?"
+                                       " GROUP BY event", (notification_id,)):
+                out[event] = n
+            return out
+
+        return await self._run(tx)
+
+    async def category_stats(self) -> dict[str, dict[str, int]]:
+        def tx(db: sqlite3.Connection) -> dict[str, dict[str, int]]:
+            out: dict[str, dict[str, int]] = {}
+            for cat, n, targets in db.execute(
+                    "SELECT category, COUNT(*), SUM(targets) FROM notifications"
+                    " GROUP BY category"):
+                out[cat] = {"notifications": n, "targets": int(targets or 0),
+                            **{e: 0 for e in TRACK_EVENTS}}
+            for cat, event, n in db.execute(
+                    "SELECT n.category, t.event, COUNT(*) FROM tracks t"
+                    " JOIN notifications n ON n.id = t.id GROUP BY n.category, t.event"):
+                out.setdefault(cat, {"notifications": 0, "targets": 0})[event] = n
+            return out
+
+        return await self._run(tx)
+
+
+_NO_HISTORY = HistoryPolicy(0, 1.0)

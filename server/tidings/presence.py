@@ -1,0 +1,159 @@
+"""Which devices of each user are online, and the presence webhook.
+
+When a user's first device comes online the webhook gets ``online``; when the
+last one has been gone for ``presence.debounce`` seconds it gets ``offline``
+(a reconnect inside the debounce sends nothing). Events are POSTed as JSON,
+signed with HMAC-SHA256 over the body (``X-Tidings-Signature: sha256=<hex>``)
+when ``presence.webhook_secret`` is set, retried with exponential backoff,
+from one background worker: delivery never waits for the webhook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from .config import PresenceSettings
+from .metrics import Metrics
+
+__all__ = ["Device", "Presence", "sign"]
+
+log = logging.getLogger("tidings.presence")
+_QUEUE_MAX = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    device: str
+    edge: str  # "ws" | "mqtt"
+    node: str
+    since: float  # seconds since the epoch
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "edge": self.edge, "node": self.node,
+                "since": self.since}
+
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class Presence:
+    def __init__(self, node: str, settings: PresenceSettings, metrics: Metrics) -> None:
+        self.node = node
+        self.settings = settings
+        self.metrics = metrics
+        self._online: dict[str, dict[object, Device]] = {}
+        self._announced: set[str] = set()
+        self._pending_offline: dict[str, asyncio.TimerHandle] = {}
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(_QUEUE_MAX)
+        self._worker: asyncio.Task[None] | None = None
+        self._http: aiohttp.ClientSession | None = None
+
+    def online(self, user: str, key: object, device: str, edge: str) -> None:
+        """``key`` identifies the connection (a device may reconnect before it leaves)."""
+        devices = self._online.setdefault(user, {})
+        devices[key] = Device(device, edge, self.node, time.time())
+        pending = self._pending_offline.pop(user, None)
+        if pending is not None:
+            pending.cancel()
+        if user not in self._announced:
+            self._announced.add(user)
+            self._emit("online", user)
+
+    def offline(self, user: str, key: object) -> None:
+        devices = self._online.get(user)
+        if devices is None or devices.pop(key, None) is None:
+            return
+        if devices:
+            return
+        del self._online[user]
+        if self.settings.debounce <= 0:
+            self._gone(user)
+        else:
+            self._pending_offline[user] = asyncio.get_running_loop().call_later(
+                self.settings.debounce, self._gone, user)
+
+    def _gone(self, user: str) -> None:
+        self._pending_offline.pop(user, None)
+        if user in self._online or user not in self._announced:
+            return
+        self._announced.discard(user)
+        self._emit("offline", user)
+
+    def devices(self, user: str) -> list[dict[str, Any]]:
+        seen: dict[str, Device] = {}
+        for d in self._online.get(user, {}).values():
+            if d.device not in seen or d.since < seen[d.device].since:
+                seen[d.device] = d
+        return [d.to_dict() for d in sorted(seen.values(), key=lambda d: d.since)]
+
+    def is_online(self, user: str) -> bool:
+        return user in self._online
+
+    # -- webhook ----------------------------------------------------------------
+
+    def _emit(self, event: str, user: str) -> None:
+        if not self.settings.webhook:
+            return
+        body = {"event": event, "user": user, "node": self.node, "ts": time.time()}
+        try:
+            self._queue.put_nowait(body)
+        except asyncio.QueueFull:
+            self.metrics.inc("tidings_webhook_dropped_total")
+            log.warning("presence webhook queue full; dropping %s for a user", event)
+            return
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+
+    async def _work(self) -> None:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        while not self._queue.empty():
+            event = self._queue.get_nowait()
+            await self._post(event)
+
+    async def _post(self, event: dict[str, Any]) -> None:
+        assert self._http is not None
+        body = orjson.dumps(event)
+        headers = {"Content-Type": "application/json", "User-Agent": "tidings-presence"}
+        if self.settings.webhook_secret:
+            headers["X-Tidings-Signature"] = sign(self.settings.webhook_secret, body)
+        delay = 0.5
+        for attempt in range(self.settings.retries + 1):
+            try:
+                async with self._http.post(self.settings.webhook, data=body,
+                                           headers=headers) as r:
+                    if r.status < 300:
+                        self.metrics.inc("tidings_webhook_sent_total")
+                        return
+                    reason = f"status {r.status}"
+            except (aiohttp.ClientError, TimeoutError) as e:
+                reason = type(e).__name__
+            if attempt < self.settings.retries:
+                log.warning("presence webhook failed (%s); retry in %.1fs", reason, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        self.metrics.inc("tidings_webhook_failed_total")
+        log.warning("presence webhook gave up on a %s event", event["event"])
+
+    async def close(self) -> None:
+        for handle in self._pending_offline.values():
+            handle.cancel()
+        self._pending_offline.clear()
+        if self._worker is not None and not self._worker.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._worker), 2.0)
+            except TimeoutError:
+                self._worker.cancel()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
