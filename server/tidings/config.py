@@ -9,6 +9,7 @@ naming the key (``ws.port``), never a traceback from deep inside.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -256,6 +257,8 @@ def _apply_env(settings: Settings, env: Mapping[str, str]) -> None:
 
 
 def _positive(key: str, value: float, *, zero_ok: bool = False) -> None:
+    if not math.isfinite(value):  # 'nan' and 'inf' parse as floats but bound nothing
+        raise ConfigError(f"{key}: must be a finite number, got {value!r}")
     if value < 0 or (value == 0 and not zero_ok):
         raise ConfigError(f"{key}: must be {'>= 0' if zero_ok else '> 0'}, got {value!r}")
 
