@@ -7,6 +7,8 @@ filter/topic pair the trie gets wrong is found and shrunk to a short example.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,6 +19,7 @@ from tidings.protocol.topics import (
     covers,
     is_wildcard,
     matches,
+    overlaps,
     private_owner,
     validate_filter,
     validate_topic,
@@ -231,6 +234,52 @@ def test_covers_implies_every_matched_topic_is_granted(grant: str, levels: list[
     for flt in ("a/b", "a/+", "a/#", "+/b", "#", "+", "+/+", "$S/b", "$S/#", topic):
         if covers(grant, flt) and matches(flt, topic):
             assert matches(grant, topic), (grant, flt, topic)
+
+
+# -- overlaps: some topic is matched by both filters (used for denials) -----------
+
+@pytest.mark.parametrize("a, b, expected", [
+    ("secret/#", "#", True),
+    ("secret/#", "+/plans", True),
+    ("secret/#", "secret", True),  # both match "secret"
+    ("secret/#", "+/+/+", True),
+    ("secret/#", "secrets/#", False),
+    ("secret/a", "secret/b", False),
+    ("a/+", "+/b", True),  # a/b
+    ("a/+", "a", False),
+    ("a/+", "a/+/c", False),
+    ("a/+/#", "a", False),
+    ("a/#", "a", True),
+    ("a/b/#", "a", False),
+    ("#", "$SYS/#", False),  # [MQTT-4.7.2-1]
+    ("+/x", "$SYS/x", False),
+    ("$SYS/#", "$SYS/+", True),
+    ("#", "/", True),
+])
+def test_overlaps(a: str, b: str, expected: bool) -> None:
+    assert overlaps(a, b) is expected
+    assert overlaps(b, a) is expected
+
+
+def _short_filter(levels: list[str], hash_last: bool) -> str:
+    if hash_last:
+        levels = [*levels[:-1], "#"]
+    return "/".join(levels)
+
+
+_FILTER3 = st.builds(_short_filter,
+                     st.lists(st.sampled_from(["a", "", "$x", "+"]), min_size=1, max_size=3),
+                     st.booleans())
+# every topic of up to 4 levels over the filters' literals plus one they never name
+_UNIVERSE = ["/".join(p) for n in range(1, 5)
+             for p in itertools.product(["a", "", "$x", "z"], repeat=n)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(_FILTER3, _FILTER3)
+def test_overlaps_equals_a_common_topic(a: str, b: str) -> None:
+    witness = any(matches(a, t) and matches(b, t) for t in _UNIVERSE)
+    assert overlaps(a, b) is witness
 
 
 # -- private_owner ---------------------------------------------------------------

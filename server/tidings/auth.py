@@ -8,7 +8,9 @@ Who may do what:
   server-written ``notifications``, ``unread`` and ``events`` leaves are not
   client-publishable. Wildcard filters are allowed but the hub never delivers
   another user's private topic through them.
-* ``[[acl]]`` rules, first match deciding, may allow or deny.
+* ``[[acl]]`` rules, first match deciding, may allow or deny. An allowing
+  rule matches a request it covers; a denying rule matches any request that
+  overlaps it, so ``#`` cannot reach around a deny on ``secret/#``.
 * A token's ``subscribe`` / ``publish`` claims, when present, are grants: a
   request must be covered by one of them (a wildcard cannot widen a grant).
 * Without a claim or an allowing rule: subscribe is allowed, publish denied.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,12 +29,18 @@ import jwt
 
 from .config import AclRule
 from .errors import BadRequest, Unauthorized
-from .protocol.topics import covers, private_owner
+from .protocol.topics import covers, overlaps, private_owner
 from .types import UserId
 
 __all__ = ["Acl", "ApiKeys", "Principal", "TokenAuthority"]
 
 _SERVER_LEAVES = frozenset({"notifications", "unread", "events"})
+
+
+def _is_time(value: object) -> bool:
+    """Whether a JWT time claim is a finite number of seconds (a bool is not)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,17 +88,26 @@ class TokenAuthority:
         try:
             claims = jwt.decode(
                 token, self._secret, algorithms=["HS256"],  # algorithm pinned
-                options={"require": ["sub", "exp"]},
-                leeway=0,
+                # time claims are checked below against self._clock, the same clock
+                # issue() stamps them with (PyJWT would read the wall clock)
+                options={"require": ["sub", "exp"], "verify_exp": False,
+                         "verify_nbf": False, "verify_iat": False},
             )
-        except jwt.ExpiredSignatureError:
-            raise Unauthorized("token expired", code="token_expired") from None
         except jwt.InvalidTokenError:
             raise Unauthorized("token invalid", code="token_invalid") from None
+        now = self._clock()
         sub, exp = claims.get("sub"), claims.get("exp")
+        if not _is_time(exp):
+            raise Unauthorized("token invalid: bad exp", code="token_invalid")
+        if exp <= now:  # RFC 7519 4.1.4: not accepted on or after exp
+            raise Unauthorized("token expired", code="token_expired")
+        for key in ("nbf", "iat"):  # RFC 7519 4.1.5: not accepted before nbf
+            t = claims.get(key)
+            if t is not None and (not _is_time(t) or t > now):
+                raise Unauthorized(f"token invalid: {key} in the future", code="token_invalid")
         if not isinstance(sub, str) or not sub or "/" in sub or "+" in sub or "#" in sub:
             raise Unauthorized("token invalid: bad sub", code="token_invalid")
-        iat = claims.get("iat", self._clock())
+        iat = claims.get("iat", now)
         if not isinstance(exp, (int, float)) or not isinstance(iat, (int, float)) \
                 or exp - iat > self.max_ttl + 1:
             raise Unauthorized("token lifetime exceeds the maximum", code="token_invalid")
@@ -110,13 +128,16 @@ class ApiKeys:
     """Backend API keys, compared in constant time against every configured key."""
 
     def __init__(self, keys: Sequence[str]) -> None:
-        self._digests = [hashlib.sha256(k.encode()).digest() for k in keys]
+        # an empty key would let an empty credential in: never a key
+        self._digests = [hashlib.sha256(k.encode()).digest() for k in keys if k]
 
     def __repr__(self) -> str:
         return f"ApiKeys({len(self._digests)} keys)"
 
     def check(self, presented: str) -> str | None:
         """A stable, non-secret id of the matching key (for idempotency scopes), or None."""
+        if not presented:
+            return None
         digest = hashlib.sha256(presented.encode("utf-8", "surrogatepass")).digest()
         found: str | None = None
         for d in self._digests:  # no early exit: time does not depend on which key
@@ -144,7 +165,9 @@ class Acl:
                 if "*" not in r.users and p.user not in r.users:
                     continue
                 grant = r.filter.replace("{uid}", p.user)
-            if covers(grant, flt):
+            # an allow must cover the whole request (a wildcard cannot widen it);
+            # a deny applies to any request that reaches into it
+            if covers(grant, flt) or (not decision and overlaps(grant, flt)):
                 return bool(decision)
         return None
 

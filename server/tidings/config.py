@@ -134,7 +134,10 @@ class HistorySettings:
 
 @dataclass
 class AclRule:
-    """One ``[[acl]]`` entry. The first rule whose filter covers the request decides.
+    """One ``[[acl]]`` entry. The first rule that matches the request decides.
+
+    An allow matches a request its filter covers; a deny matches any request
+    whose filter overlaps it (see :class:`tidings.auth.Acl`).
 
     ``users``: user ids, ``"*"`` for any authenticated user, ``"anonymous"``.
     ``subscribe`` / ``publish``: True allows, False denies, None leaves the

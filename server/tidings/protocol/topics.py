@@ -17,6 +17,7 @@ __all__ = [
     "covers",
     "is_wildcard",
     "matches",
+    "overlaps",
     "private_owner",
     "validate_filter",
     "validate_topic",
@@ -114,6 +115,28 @@ def covers(grant: str, flt: str) -> bool:
         if f != g:  # '+' in the request is not covered by a literal
             return False
     return len(g_levels) == len(f_levels)
+
+
+def overlaps(a: str, b: str) -> bool:
+    """Whether some topic is matched by both filters ``a`` and ``b``.
+
+    Used for denials: a deny must stop every request that could receive what
+    it denies (``#`` reaches into ``secret/#``), not only requests inside it.
+    """
+    a_levels, b_levels = a.split("/"), b.split("/")
+    for i, (x, y) in enumerate(zip(a_levels, b_levels)):
+        if i == 0 and ((x in ("+", "#") and y.startswith("$"))
+                       or (y in ("+", "#") and x.startswith("$"))):
+            return False  # [MQTT-4.7.2-1]
+        if x == "#" or y == "#":
+            return True
+        if x != y and x != "+" and y != "+":
+            return False
+    if len(a_levels) == len(b_levels):
+        return True
+    longer = a_levels if len(a_levels) > len(b_levels) else b_levels
+    # the shorter one ended: only a final '#' also matches the parent [MQTT-4.7.1-2]
+    return len(longer) == min(len(a_levels), len(b_levels)) + 1 and longer[-1] == "#"
 
 
 def private_owner(topic: str) -> str | None:
