@@ -401,15 +401,19 @@ class SqliteStore(Store):
 
     async def read_states(self, user: str, ids: Sequence[str]) -> dict[str, bool]:
         ids = list(ids)
+        now = self._now_ms()
 
         def tx(db: sqlite3.Connection) -> dict[str, bool]:
             out: dict[str, bool] = {}
             for i in range(0, len(ids), 500):
                 chunk = ids[i:i + 500]
                 marks = ",".join("?" * len(chunk))
+                # Only items still in the inbox: recovery must not resurrect
+                # archived or expired notifications.
                 for nid, read in db.execute(
-                        f"SELECT id, read FROM inbox WHERE user = ? AND id IN ({marks})",
-                        (user, *chunk)):
+                        f"SELECT id, read FROM inbox WHERE user = ? AND archived = 0"
+                        f" AND (expires IS NULL OR expires > ?) AND id IN ({marks})",
+                        (user, now, *chunk)):
                     out[nid] = bool(read)
             return out
 

@@ -1,0 +1,386 @@
+"""The inbox part of the store contract (``tidings.store.base.Store``), per backend.
+
+Every backend runs these tests through the parametrized ``store`` fixture
+(add a backend to ``BACKENDS``). Time is a fake clock the test moves, so
+expiry is checked without waiting. The rule under test throughout (store
+contract, "Inbox"): the unread count is always the number of the user's
+unread, non-archived, unexpired items, and every change that alters it also
+returns the publications that tell the user's devices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tidings.store.base import (
+    HistoryPolicy,
+    NotifyResult,
+    Store,
+    UserChange,
+    events_topic,
+    notifications_topic,
+    unread_topic,
+)
+from tidings.store.sqlite import SqliteStore
+from tidings.types import parse_offset
+
+POLICY = HistoryPolicy(100, 86400.0)
+
+
+def policy(topic: str) -> HistoryPolicy:
+    return POLICY
+
+
+class FakeClock:
+    """Seconds since the epoch, moved only by the test."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Backend:
+    """A way to make (and re-open) one backend's store on a fake clock."""
+
+    def __init__(self, name: str, make: Callable[[Path, FakeClock], Store]) -> None:
+        self.name = name
+        self.make = make
+
+
+BACKENDS = [Backend("sqlite", lambda path, clock: SqliteStore(path, clock=clock))]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(params=BACKENDS, ids=lambda b: b.name)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def store(backend: Backend, tmp_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
+    s = backend.make(tmp_path / "data", clock)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def note(title: str = "hello", *, category: str = "general", **extra: Any) -> dict[str, Any]:
+    """A notification as the pipeline hands it to the store (fresh id)."""
+    return {"id": "n_" + secrets.token_hex(8), "title": title, "body": "", "data": None,
+            "category": category, "priority": "normal", "media": None, **extra}
+
+
+async def send(store: Store, users: list[str], *, ttl: float | None = None,
+               collapse_key: str | None = None, key: str | None = None,
+               **fields: Any) -> NotifyResult:
+    return await store.notify(users, note(**fields), ttl=ttl, collapse_key=collapse_key,
+                              policy=policy, idempotency_key=key)
+
+
+async def ids_in(store: Store, user: str) -> list[str]:
+    page = await store.inbox(user, limit=100)
+    return [i.fields["id"] for i in page.items]
+
+
+def payload(change: UserChange, topic: str) -> dict[str, Any]:
+    (pub,) = [p for p in change.publications if p.topic == topic]
+    data = pub.data()
+    assert isinstance(data, dict)
+    return data
+
+
+# -- notify ---------------------------------------------------------------------------
+
+
+async def test_notify_writes_every_target_inbox_and_counts(store: Store) -> None:
+    r = await send(store, ["alice", "bob"], title="Your order shipped", category="orders")
+    assert (r.targets, r.duplicate) == (2, False)
+    assert [c.user for c in r.changes] == ["alice", "bob"]
+    for user in ("alice", "bob"):
+        page = await store.inbox(user, limit=10)
+        assert [i.fields["id"] for i in page.items] == [r.id]
+        item = page.items[0]
+        assert (item.read, item.archived) == (False, False)
+        assert item.fields["title"] == "Your order shipped"
+        assert item.fields["category"] == "orders"
+        assert isinstance(item.fields["ts"], int)
+        assert page.unread == 1 and await store.unread(user) == 1
+    assert await store.unread("carol") == 0
+
+
+async def test_notify_publishes_the_push_and_the_retained_count(store: Store) -> None:
+    await send(store, ["alice"])
+    r = await send(store, ["alice"], title="second")
+    change = r.changes[0]
+    assert change.unread == 2 and change.changed == [r.id]
+    push = payload(change, notifications_topic("alice"))
+    assert push["id"] == r.id and push["title"] == "second" and push["unread"] == 2
+    assert "replaces" not in push
+    assert payload(change, unread_topic("alice")) == {"count": 2}
+    retained = await store.retained(unread_topic("alice"))
+    assert [orjson.loads(p.payload) for p in retained] == [{"count": 2}]
+    # The user's stream keeps the pushes, so a device can recover them by offset.
+    page = await store.history(notifications_topic("alice"), None, 10)
+    assert [p.data()["id"] for p in page.items][-1] == r.id
+    assert page.offset == [p for p in change.publications
+                           if p.topic == notifications_topic("alice")][0].offset
+
+
+async def test_stream_offsets_increase_per_user(store: Store) -> None:
+    offsets = []
+    for _ in range(3):
+        r = await send(store, ["alice"])
+        (pub,) = [p for p in r.changes[0].publications
+                  if p.topic == notifications_topic("alice")]
+        offsets.append(parse_offset(pub.offset))
+    assert all(o is not None for o in offsets)
+    assert [o[1] for o in offsets] == sorted({o[1] for o in offsets})  # type: ignore[index]
+    assert len({o[0] for o in offsets}) == 1  # type: ignore[index]
+    assert await store.latest(notifications_topic("alice")) == (
+        f"{offsets[-1][0]}:{offsets[-1][1]}")  # type: ignore[index]
+
+
+async def test_inbox_is_newest_first_and_pages_by_cursor(store: Store) -> None:
+    sent = [(await send(store, ["alice"], title=f"t{i}")).id for i in range(5)]
+    seen: list[str] = []
+    before = None
+    pages = 0
+    while True:
+        page = await store.inbox("alice", limit=2, before=before)
+        pages += 1
+        seen += [i.fields["id"] for i in page.items]
+        assert page.unread == 5
+        if page.next is None:
+            break
+        before = page.next
+    assert seen == list(reversed(sent)) and pages == 3
+
+
+async def test_inbox_unread_only(store: Store) -> None:
+    a = (await send(store, ["alice"])).id
+    b = (await send(store, ["alice"])).id
+    await store.mark("alice", "read", [a], device="d", policy=policy)
+    page = await store.inbox("alice", limit=10, unread_only=True)
+    assert [i.fields["id"] for i in page.items] == [b] and page.unread == 1
+
+
+# -- mark -----------------------------------------------------------------------------
+
+
+async def test_read_changes_count_and_publishes_an_event(store: Store) -> None:
+    a = (await send(store, ["alice"])).id
+    b = (await send(store, ["alice"])).id
+    change = await store.mark("alice", "read", [a], device="phone", policy=policy)
+    assert change.unread == 1 and change.changed == [a]
+    event = payload(change, events_topic("alice"))
+    assert event == {"type": "read", "ids": [a], "unread": 1, "device": "phone"}
+    assert payload(change, unread_topic("alice")) == {"count": 1}
+    assert await store.read_states("alice", [a, b]) == {a: True, b: False}
+
+
+async def test_mark_twice_changes_nothing_the_second_time(store: Store) -> None:
+    a = (await send(store, ["alice"])).id
+    await store.mark("alice", "read", [a, a], device="phone", policy=policy)
+    again = await store.mark("alice", "read", [a], device="laptop", policy=policy)
+    assert again.changed == [] and again.publications == [] and again.unread == 0
+
+
+async def test_ids_of_another_user_change_nothing(store: Store) -> None:
+    mine = (await send(store, ["alice"])).id
+    for action in ("read", "archive", "unread"):
+        change = await store.mark("bob", action, [mine, "n_unknown"], device="x",
+                                  policy=policy)
+        assert change.changed == [] and change.publications == []
+    assert await store.unread("alice") == 1
+    assert await ids_in(store, "alice") == [mine]
+    assert await store.read_states("bob", [mine]) == {}
+
+
+async def test_mark_all(store: Store) -> None:
+    ids = [(await send(store, ["alice"])).id for _ in range(3)]
+    await send(store, ["bob"])
+    change = await store.mark("alice", "read", None, device="laptop", policy=policy)
+    assert change.unread == 0 and sorted(change.changed) == sorted(ids)
+    event = payload(change, events_topic("alice"))
+    assert event["all"] is True and event["unread"] == 0 and event["device"] == "laptop"
+    assert await store.unread("bob") == 1
+    back = await store.mark("alice", "unread", None, device="laptop", policy=policy)
+    assert back.unread == 3 and payload(back, events_topic("alice"))["type"] == "unread"
+
+
+async def test_unread_makes_an_item_count_again(store: Store) -> None:
+    a = (await send(store, ["alice"])).id
+    await store.mark("alice", "read", [a], device="d", policy=policy)
+    change = await store.mark("alice", "unread", [a], device="tablet", policy=policy)
+    assert change.unread == 1 and change.changed == [a]
+    assert payload(change, events_topic("alice")) == {
+        "type": "unread", "ids": [a], "unread": 1, "device": "tablet"}
+
+
+async def test_archive_removes_from_inbox_and_count(store: Store) -> None:
+    a = (await send(store, ["alice"])).id
+    b = (await send(store, ["alice"])).id
+    c = (await send(store, ["alice"])).id
+    await store.mark("alice", "read", [b], device="d", policy=policy)
+    change = await store.mark("alice", "archive", [a, b], device="phone", policy=policy)
+    assert sorted(change.changed) == sorted([a, b]) and change.unread == 1
+    assert payload(change, events_topic("alice"))["type"] == "archive"
+    assert await ids_in(store, "alice") == [c]
+    # An archived item can be neither read nor made unread again.
+    for action in ("read", "unread", "archive"):
+        nothing = await store.mark("alice", action, [a], device="d", policy=policy)
+        assert nothing.changed == [] and nothing.unread == 1
+    assert a not in await store.read_states("alice", [a, c])
+
+
+# -- collapse, ttl, idempotency ---------------------------------------------------------
+
+
+async def test_collapse_key_replaces_the_older_unread_item(store: Store) -> None:
+    old = (await send(store, ["alice", "bob"], collapse_key="score")).id
+    new = await send(store, ["alice"], collapse_key="score", title="2-1")
+    push = payload(new.changes[0], notifications_topic("alice"))
+    assert push["replaces"] == [old] and push["unread"] == 1
+    assert await ids_in(store, "alice") == [new.id]
+    assert await store.unread("alice") == 1
+    assert await ids_in(store, "bob") == [old]  # per user
+
+
+async def test_collapse_key_keeps_a_read_item(store: Store) -> None:
+    old = (await send(store, ["alice"], collapse_key="score")).id
+    await store.mark("alice", "read", [old], device="d", policy=policy)
+    new = await send(store, ["alice"], collapse_key="score")
+    assert "replaces" not in payload(new.changes[0], notifications_topic("alice"))
+    assert await ids_in(store, "alice") == [new.id, old]
+    assert await store.unread("alice") == 1
+
+
+async def test_ttl_expires_items_from_inbox_and_count(store: Store, clock: FakeClock) -> None:
+    short = (await send(store, ["alice"], ttl=60)).id
+    keep = (await send(store, ["alice"])).id
+    assert await store.unread("alice") == 2
+    clock.advance(59)
+    assert await store.unread("alice") == 2
+    clock.advance(2)
+    assert await store.unread("alice") == 1
+    page = await store.inbox("alice", limit=10)
+    assert [i.fields["id"] for i in page.items] == [keep] and page.unread == 1
+    # An expired item can no longer be marked, and is not reported as in the inbox.
+    change = await store.mark("alice", "read", [short], device="d", policy=policy)
+    assert change.changed == [] and change.unread == 1
+    assert short not in await store.read_states("alice", [short, keep])
+    assert (await store.mark("alice", "read", None, device="d", policy=policy)).changed == [keep]
+
+
+async def test_idempotency_key_stores_nothing_twice(store: Store) -> None:
+    first = await send(store, ["alice", "bob"], key="k1")
+    again = await send(store, ["alice", "bob"], key="k1", title="retry")
+    assert (again.id, again.targets, again.duplicate) == (first.id, 2, True)
+    assert again.changes == []
+    assert await ids_in(store, "alice") == [first.id]
+    assert await store.unread("alice") == 1
+    other = await send(store, ["alice"], key="k2")
+    assert other.id != first.id and await store.unread("alice") == 2
+
+
+# -- read_states, track, stats ------------------------------------------------------------
+
+
+async def test_read_states_only_for_the_users_items(store: Store) -> None:
+    a = (await send(store, ["alice"])).id
+    b = (await send(store, ["bob"])).id
+    await store.mark("alice", "read", [a], device="d", policy=policy)
+    assert await store.read_states("alice", [a, b, "n_unknown"]) == {a: True}
+
+
+async def test_track_counts_once_per_user_and_event(store: Store) -> None:
+    r = await send(store, ["alice", "bob"], category="orders")
+    assert await store.track(r.id, "alice", "delivered") is True
+    assert await store.track(r.id, "alice", "delivered") is False
+    assert await store.track(r.id, "bob", "delivered") is True
+    assert await store.track(r.id, "alice", "opened") is True
+    assert await store.track(r.id, "alice", "clicked") is True
+    assert await store.track(r.id, "bob", "dismissed") is True
+    assert await store.track(r.id, "carol", "opened") is False  # not a target
+    assert await store.track("n_unknown", "alice", "opened") is False
+    stats = await store.stats(r.id)
+    assert stats is not None
+    assert {k: stats[k] for k in ("id", "category", "targets", "delivered", "opened",
+                                  "clicked", "dismissed")} == {
+        "id": r.id, "category": "orders", "targets": 2, "delivered": 2, "opened": 1,
+        "clicked": 1, "dismissed": 1}
+    assert await store.stats("n_unknown") is None
+
+
+async def test_category_stats(store: Store) -> None:
+    a = await send(store, ["alice", "bob"], category="orders")
+    await send(store, ["alice"], category="orders")
+    await send(store, ["alice"], category="news")
+    await store.track(a.id, "alice", "opened")
+    await store.track(a.id, "bob", "opened")
+    cats = await store.category_stats()
+    assert cats["orders"]["notifications"] == 2 and cats["orders"]["targets"] == 3
+    assert cats["orders"]["opened"] == 2 and cats["orders"]["clicked"] == 0
+    assert cats["news"]["notifications"] == 1 and cats["news"]["opened"] == 0
+
+
+# -- durability and atomicity ---------------------------------------------------------
+
+
+async def test_inbox_and_counts_survive_reopen(backend: Backend, tmp_path: Path,
+                                               clock: FakeClock) -> None:
+    s = backend.make(tmp_path / "data", clock)
+    await s.open()
+    ids = [(await send(s, ["alice"])).id for _ in range(3)]
+    await s.mark("alice", "read", [ids[0]], device="d", policy=policy)
+    await s.mark("alice", "archive", [ids[1]], device="d", policy=policy)
+    offset = await s.latest(notifications_topic("alice"))
+    await s.close()
+    s = backend.make(tmp_path / "data", clock)
+    await s.open()
+    try:
+        assert await s.unread("alice") == 1
+        assert await ids_in(s, "alice") == [ids[2], ids[0]]
+        assert await s.latest(notifications_topic("alice")) == offset
+        assert await s.track(ids[2], "alice", "opened") is True
+    finally:
+        await s.close()
+
+
+async def test_concurrent_changes_keep_the_count_exact(store: Store) -> None:
+    """Many overlapping notify / read / unread / archive calls: count == model at the end."""
+    ids = [(await send(store, ["alice"])).id for _ in range(20)]
+    calls = []
+    for i, nid in enumerate(ids):
+        calls.append(store.mark("alice", "read", [nid], device=f"d{i % 3}", policy=policy))
+        calls.append(store.mark("alice", "read", [nid], device="dup", policy=policy))
+        if i % 4 == 0:
+            calls.append(store.mark("alice", "archive", [nid], device="d", policy=policy))
+    calls += [send(store, ["alice"]) for _ in range(5)]
+    results = await asyncio.gather(*calls)
+    # No read was applied twice: each id appears in at most one read change.
+    read_ids = [nid for r in results if isinstance(r, UserChange) and r.publications
+                and payload(r, events_topic("alice"))["type"] == "read" for nid in r.changed]
+    assert len(read_ids) == len(set(read_ids))
+    page = await store.inbox("alice", limit=100)
+    truth = sum(1 for i in page.items if not i.read)
+    assert truth == 5 and page.unread == 5 and await store.unread("alice") == 5
+    assert len(page.items) == 20 - 5 + 5
