@@ -130,6 +130,7 @@ class WsSession:
         self._tokens = float(edge.settings.ws.commands_burst)
         self._refill = time.monotonic()
         self._expiry: asyncio.TimerHandle | None = None
+        self._pong: Any = None  # the last keepalive ping's pong waiter
 
     # -- outbound ---------------------------------------------------------------
 
@@ -189,7 +190,15 @@ class WsSession:
         if self._dirty:
             self.flush()
         self._closing = True
-        self.edge.spawn(self.conn.close(code, reason))
+        # Send the close frame now, not from a task: the handler may return first and
+        # websockets would then close with 1000, losing our code. A peer that stops
+        # reading never answers (and Connection.close would wait in drain() for ever),
+        # so the transport is cut after close_timeout ("slow consumers are disconnected").
+        if self.conn.protocol.state is State.OPEN:
+            self.conn.protocol.send_close(code, reason)
+            self.conn.send_data()
+        asyncio.get_running_loop().call_later(self.conn.close_timeout or 2.0,
+                                              self.conn.transport.abort)
 
     # -- inbound ----------------------------------------------------------------
 
@@ -218,8 +227,10 @@ class WsSession:
         except TimeoutError:
             self.close(CLOSE_POLICY, "connect timeout")
             return
+        rid: int | None = None
         try:
             cmd = self._decode(raw)
+            rid = cmd.id
             if cmd.op != "connect":
                 raise BadRequest("the first frame must be connect", code="connect_required")
             await self._connect(cmd)
@@ -227,7 +238,7 @@ class WsSession:
             self.close(CLOSE_BAD_REQUEST, str(e))
             return
         except TidingsError as e:
-            self._reply_error(e.request_id, e)
+            self._reply_error(e.request_id if e.request_id is not None else rid, e)
             close_code = e.close_code if isinstance(e, Unauthorized) else CLOSE_BAD_REQUEST
             self.close(close_code, e.code)
             return
@@ -493,6 +504,19 @@ class WsSession:
         for flt in subs:
             await self.edge.node.unsubscribe(flt, self)
 
+    async def keepalive(self) -> None:
+        """Called by the edge's sweep: close if the previous ping got no pong, else ping."""
+        if self._closing or self.conn.protocol.state is not State.OPEN:
+            return
+        if self._pong is not None and not self._pong.done():
+            self.edge.metrics.inc("tidings_errors_total", code="keepalive_timeout")
+            self.close(1011, "keepalive ping timeout")
+            return
+        try:
+            self._pong = await self.conn.ping()
+        except ConnectionClosed:
+            pass
+
     def goodbye(self, reason: str) -> None:
         """Server going away: say so, then close 1001 so the client reconnects."""
         if self._closing:
@@ -532,6 +556,7 @@ class WsEdge:
         self._per_ip: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: Server | None = None
+        self._keepalive_task: asyncio.Task[None] | None = None
         self._routes = http_routes or {}
         register_wires(node)
         metrics.gauge("tidings_ws_connections", "open WebSocket connections",
@@ -562,11 +587,24 @@ class WsEdge:
             compression="deflate" if ws.compression else None,
             max_size=ws.max_message_size,
             max_queue=4,
-            ping_interval=ws.ping_interval or None,
-            ping_timeout=ws.ping_interval or None,
+            ping_interval=None,  # one sweep for all sessions, see _keepalive
+            ping_timeout=None,
             close_timeout=2,
             server_header=None,
         )
+
+        if ws.ping_interval:
+            self._keepalive_task = asyncio.get_running_loop().create_task(
+                self._keepalive(ws.ping_interval))
+
+    async def _keepalive(self, interval: float) -> None:
+        """Ping every session once per ``interval``; close those whose last ping
+        went unanswered. One task for the node instead of one per connection
+        (the library's own keepalive), which keeps idle connections small."""
+        while True:
+            await asyncio.sleep(interval)
+            for session in list(self.sessions):
+                await session.keepalive()
 
     @staticmethod
     def _select(conn: ServerConnection, offered: Any) -> Any:
@@ -595,6 +633,10 @@ class WsEdge:
         self.connections += 1
         self.metrics.inc("tidings_connections_total", edge="ws")
         encoding = Encoding(conn.subprotocol) if conn.subprotocol else Encoding.JSON
+        # Handshake done: keep no headers around (websockets only checks that a
+        # request was received, so a bare one stands in for it).
+        conn.request = _BARE_REQUEST
+        conn.response = None
         session = WsSession(self, conn, encoding)
         try:
             await session.run()
@@ -609,6 +651,8 @@ class WsEdge:
 
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting; tell every client to reconnect; close 1001; wait (bounded)."""
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
         if self._server is None:
             return
         server, self._server = self._server, None
@@ -622,6 +666,9 @@ class WsEdge:
             log.warning("connections still open after %.1fs; dropping them", timeout)
             for conn in list(server.connections):
                 conn.transport.abort()
+
+
+_BARE_REQUEST = Request("/", Headers())
 
 
 def _not_found(conn: ServerConnection) -> Response:
