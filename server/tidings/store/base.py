@@ -43,6 +43,7 @@ __all__ = [
     "MarkAction",
     "NotifyResult",
     "PublishResult",
+    "QueuedMessage",
     "Store",
     "UserChange",
     "events_topic",
@@ -121,6 +122,25 @@ class InboxPage:
 
 
 PolicyFor = Callable[[str], HistoryPolicy]
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    """A message held for an MQTT session: queued while offline, or in flight.
+
+    ``packet_id`` is set once the message was sent (it is then resent with
+    DUP on reconnect [MQTT-4.4.0-1]); ``pubrel`` marks an outgoing QoS 2
+    message whose PUBREC arrived (resend PUBREL, not PUBLISH).
+    """
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool = False
+    packet_id: int | None = None
+    pubrel: bool = False
+    expires: int | None = None  # ms since the epoch (v5 message expiry)
+    properties: dict[str, Any] = field(default_factory=dict)
 
 
 class Store(abc.ABC):
@@ -231,3 +251,29 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def category_stats(self) -> dict[str, dict[str, int]]:
         """Totals by category: notifications, targets and each tracked event."""
+
+    # -- MQTT sessions --------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def mqtt_session(self, client_id: str) -> tuple[dict[str, Any], list[QueuedMessage]
+                                                          ] | None:
+        """The persistent session's state and its queue (oldest first), or None."""
+
+    @abc.abstractmethod
+    async def mqtt_save(self, client_id: str, state: dict[str, Any],
+                        queue: list[QueuedMessage] | None = None) -> None:
+        """Create or replace the session state; with ``queue``, replace its queue too."""
+
+    @abc.abstractmethod
+    async def mqtt_delete(self, client_id: str) -> None:
+        """Forget the session and its queue."""
+
+    @abc.abstractmethod
+    async def mqtt_enqueue(self, items: Sequence[tuple[str, QueuedMessage]], limit: int
+                           ) -> int:
+        """Append to offline sessions' queues (one call for a batch). A queue at
+        ``limit`` drops the new message; returns how many were dropped."""
+
+    @abc.abstractmethod
+    async def mqtt_sessions(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every stored session (client id, state), to re-register at start."""

@@ -31,6 +31,7 @@ from .base import (
     NotifyResult,
     PolicyFor,
     PublishResult,
+    QueuedMessage,
     Store,
     UserChange,
     events_topic,
@@ -88,6 +89,17 @@ CREATE TABLE IF NOT EXISTS notifications (
     targets INTEGER NOT NULL,
     created INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS mqtt_sessions (
+    client_id TEXT PRIMARY KEY,
+    state BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS mqtt_queue (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    client_id TEXT NOT NULL,
+    message BLOB NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mqtt_queue_client ON mqtt_queue (client_id, seq);
 CREATE TABLE IF NOT EXISTS tracks (
     id TEXT NOT NULL,
     user TEXT NOT NULL,
@@ -295,7 +307,8 @@ class SqliteStore(Store):
                 rows = db.execute("SELECT topic, offset, ts, kind, payload FROM retained "
                                   "WHERE topic = ?", (flt,)).fetchall()
             else:
-                prefix = flt.split("+", 1)[0].split("#", 1)[0]
+                # 'home/#' also matches 'home' [MQTT-4.7.1-2]: the prefix stops before the '/'
+                prefix = flt.split("+", 1)[0].split("#", 1)[0].rstrip("/")
                 rows = db.execute(
                     "SELECT topic, offset, ts, kind, payload FROM retained "
                     "WHERE substr(topic, 1, ?) = ? ORDER BY topic",
@@ -502,6 +515,83 @@ class SqliteStore(Store):
                     " JOIN notifications n ON n.id = t.id GROUP BY n.category, t.event"):
                 out.setdefault(cat, {"notifications": 0, "targets": 0})[event] = n
             return out
+
+        return await self._run(tx)
+
+    # -- MQTT sessions --------------------------------------------------------------
+
+    @staticmethod
+    def _queued_row(m: QueuedMessage) -> tuple[bytes, bytes]:
+        meta = {"topic": m.topic, "qos": m.qos, "retain": m.retain, "packet_id": m.packet_id,
+                "pubrel": m.pubrel, "expires": m.expires, "properties": m.properties}
+        return orjson.dumps(meta), m.payload
+
+    @staticmethod
+    def _queued(meta: bytes, payload: bytes) -> QueuedMessage:
+        d = orjson.loads(meta)
+        return QueuedMessage(d["topic"], bytes(payload), d["qos"], d["retain"], d["packet_id"],
+                             d["pubrel"], d["expires"], d["properties"])
+
+    async def mqtt_session(self, client_id: str) -> tuple[dict[str, Any], list[QueuedMessage]
+                                                          ] | None:
+        def tx(db: sqlite3.Connection) -> tuple[dict[str, Any], list[QueuedMessage]] | None:
+            row = db.execute("SELECT state FROM mqtt_sessions WHERE client_id = ?",
+                             (client_id,)).fetchone()
+            if row is None:
+                return None
+            queue = [self._queued(m, p) for m, p in db.execute(
+                "SELECT message, payload FROM mqtt_queue WHERE client_id = ? ORDER BY seq",
+                (client_id,))]
+            return orjson.loads(row[0]), queue
+
+        return await self._run(tx)
+
+    async def mqtt_save(self, client_id: str, state: dict[str, Any],
+                        queue: list[QueuedMessage] | None = None) -> None:
+        def tx(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO mqtt_sessions (client_id, state) VALUES (?, ?)",
+                       (client_id, orjson.dumps(state)))
+            if queue is not None:
+                db.execute("DELETE FROM mqtt_queue WHERE client_id = ?", (client_id,))
+                db.executemany(
+                    "INSERT INTO mqtt_queue (client_id, message, payload) VALUES (?, ?, ?)",
+                    [(client_id, *self._queued_row(m)) for m in queue])
+
+        await self._run(tx)
+
+    async def mqtt_delete(self, client_id: str) -> None:
+        def tx(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM mqtt_sessions WHERE client_id = ?", (client_id,))
+            db.execute("DELETE FROM mqtt_queue WHERE client_id = ?", (client_id,))
+
+        await self._run(tx)
+
+    async def mqtt_enqueue(self, items: Sequence[tuple[str, QueuedMessage]], limit: int
+                           ) -> int:
+        items = list(items)
+
+        def tx(db: sqlite3.Connection) -> int:
+            dropped = 0
+            sizes: dict[str, int] = {}
+            for client_id, m in items:
+                if client_id not in sizes:
+                    sizes[client_id] = db.execute(
+                        "SELECT COUNT(*) FROM mqtt_queue WHERE client_id = ?",
+                        (client_id,)).fetchone()[0]
+                if sizes[client_id] >= limit:
+                    dropped += 1
+                    continue
+                sizes[client_id] += 1
+                db.execute("INSERT INTO mqtt_queue (client_id, message, payload) VALUES (?, ?, ?)",
+                           (client_id, *self._queued_row(m)))
+            return dropped
+
+        return await self._run(tx)
+
+    async def mqtt_sessions(self) -> list[tuple[str, dict[str, Any]]]:
+        def tx(db: sqlite3.Connection) -> list[tuple[str, dict[str, Any]]]:
+            return [(c, orjson.loads(st)) for c, st in
+                    db.execute("SELECT client_id, state FROM mqtt_sessions")]
 
         return await self._run(tx)
 
