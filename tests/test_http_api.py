@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 
@@ -313,8 +312,7 @@ async def test_wrong_method_is_a_json_405(node: Node) -> None:
 
 
 async def test_errors_are_json_with_the_content_type(node: Node) -> None:
-    async with aiohttp.ClientSession() as s:
-        async with s.post(node.api_url + "/v1/publish", data=b"{}") as r:
-            assert r.status == 401 and r.content_type == "application/json"
-            body = orjson.loads(await r.read())
+    async with node.http.post(node.api_url + "/v1/publish", data=b"{}") as r:
+        assert r.status == 401 and r.content_type == "application/json"
+        body = orjson.loads(await r.read())
     assert_error(r.status, body, 401, "unauthorized")

@@ -103,12 +103,11 @@ def run_cli(sp: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
 async def api(sp: ServerProcess, method: str, path: str, body: Any = None, *,
               key: str = API_KEY, base: str | None = None,
               ssl_context: ssl.SSLContext | None = None) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as s:
-        async with s.request(method, (base or sp.api_url) + path,
-                             data=orjson.dumps(body) if body is not None else None,
-                             headers={"Authorization": f"Bearer {key}"},
-                             ssl=ssl_context if ssl_context is not None else True) as r:
-            return r.status, orjson.loads(await r.read())
+    async with aiohttp.ClientSession() as s, s.request(method, (base or sp.api_url) + path,
+                         data=orjson.dumps(body) if body is not None else None,
+                         headers={"Authorization": f"Bearer {key}"},
+                         ssl=ssl_context if ssl_context is not None else True) as r:
+        return r.status, orjson.loads(await r.read())
 
 
 async def ws_client(url: str, token: str, **kw: Any) -> Client:
@@ -121,7 +120,7 @@ async def ws_client(url: str, token: str, **kw: Any) -> Client:
 
 
 def token(user: str, **kw: Any) -> str:
-    return TokenAuthority(JWT_SECRET, max_ttl=86400, default_ttl=600).issue(user, **kw)
+    return str(TokenAuthority(JWT_SECRET, max_ttl=86400, default_ttl=600).issue(user, **kw))
 
 
 # -- the banner ----------------------------------------------------------------------------
@@ -199,7 +198,8 @@ async def test_restart_keeps_history_and_retained(server_process: ServerProcess)
     start(sp)
     status, h = await api(sp, "GET", "/v1/topics/feed/r/history")
     assert status == 200
-    assert [(i["offset"], i["data"]) for i in h["items"]] == list(zip(before, range(3)))
+    assert [(i["offset"], i["data"]) for i in h["items"]] == [
+        (off, n) for n, off in enumerate(before)]
     c = await ws_client(sp.ws_url, token("alice"))
     assert (await c.request("subscribe", topic="status/r"))["ok"]
     m = await c.push()
@@ -291,7 +291,7 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
         return cert, key
     pk = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     crt = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
            .public_key(pk.public_key()).serial_number(x509.random_serial_number())
            .not_valid_before(now - datetime.timedelta(minutes=5))

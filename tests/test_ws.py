@@ -229,7 +229,7 @@ async def test_wildcard_and_exact_routing(node: Node) -> None:
     for t in topics:
         await node.publish(t, {"t": t})
     got = await until_marker(node, *clients.values())
-    seen = {f: [p["topic"] for p in pushes] for f, pushes in zip(filters, got)}
+    seen = {f: [p["topic"] for p in pushes] for f, pushes in zip(filters, got, strict=True)}
     assert seen == {
         "news/+": ["news/sports", "news/tech"],
         "news/#": ["news/sports", "news/tech", "news/sports/live", "news"],
