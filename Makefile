@@ -1,0 +1,46 @@
+# Everyday tasks. Each target sets up what it needs (a .venv in the repo,
+# reused when present; see scripts/lib.sh), so `make test` on a fresh clone works.
+#
+#   make run     Tidings on its embedded default (scripts/run.sh)
+#   make test    the whole test suite (scripts/test.sh, the README's test command)
+#   make style   ruff over server/ and tests/
+#   make types   mypy --strict over server/
+#   make check   style + types + test
+#   make bench   the benchmark harness (bench/harness.py)
+
+SHELL := /bin/bash
+export TIDINGS_VENV ?= $(CURDIR)/.venv
+PY := $(TIDINGS_VENV)/bin/python
+DEV_EXTRAS := test,dev
+# $(call install,EXTRAS): the venv with `pip install -e '.[EXTRAS]'` (scripts/lib.sh).
+install = source scripts/lib.sh && ensure_venv && ensure_installed $(1)
+
+.PHONY: help run test style types check bench dev clean
+
+help:
+	@sed -n 's/^#   make /make /p' Makefile
+
+run:
+	./scripts/run.sh
+
+test:
+	./scripts/test.sh
+
+dev:
+	@$(call install,$(DEV_EXTRAS))
+
+style: dev
+	$(PY) -m ruff check server tests
+
+types: dev
+	$(PY) -m mypy --strict server/
+
+check: style types test
+
+bench:
+	@$(call install,bench)
+	@if [ -x bench/setup.sh ]; then bench/setup.sh; fi
+	$(PY) bench/harness.py
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist
