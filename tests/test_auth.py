@@ -124,8 +124,8 @@ def test_missing_token(tokens: TokenAuthority, token: object) -> None:
 
 
 def test_wrong_secret(tokens: TokenAuthority) -> None:
-    other = TokenAuthority("another-secret-" + "0123456789abcdef" * 2, max_ttl=86400, default_ttl=60,
-                           clock=Clock())
+    other = TokenAuthority("another-secret-" + "0123456789abcdef" * 2, max_ttl=86400,
+                           default_ttl=60, clock=Clock())
     assert _code(tokens, other.issue("alice")) == "token_invalid"
     assert _code(tokens, forge(HS256, _claims(), secret="wrong")) == "token_invalid"
 

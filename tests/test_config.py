@@ -258,8 +258,8 @@ def test_tls_files_must_exist(tmp_path: Path) -> None:
     ("[[history.rules]]\npattern = \"a/#/b\"\nsize = 1\nttl = 1\n", "history.rules[0].pattern"),
     ("[[history.rules]]\npattern = \"a+\"\nsize = 1\nttl = 1\n", "history.rules[0].pattern"),
     ("[[history.rules]]\npattern = \"\"\nsize = 1\nttl = 1\n", "history.rules[0].pattern"),
-    ("[[history.rules]]\npattern = \"a\"\nsize = 1\nttl = 1\n"
-     "[[history.rules]]\npattern = \"b\"\nsize = -1\nttl = 1\n", "history.rules[1].size"),
+    (("[[history.rules]]\npattern = \"a\"\nsize = 1\nttl = 1\n"
+      "[[history.rules]]\npattern = \"b\"\nsize = -1\nttl = 1\n"), "history.rules[1].size"),
     ("[[history.rules]]\npattern = \"a\"\nsize = 1\nttl = 0\n", "history.rules[0].ttl"),
     ("[[history.rules]]\npattern = \"a\"\nttl = 1\n", "history.rules[0].size"),  # required
     ("[[history.rules]]\npattern = \"a\"\nsize = 1\nttl = 1\nextra = 2\n",

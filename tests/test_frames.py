@@ -69,8 +69,8 @@ VALID = [
      b"\x83\xa2op\xa7archive\xa2id\t\xa3ids\x92\xa2n1\xa2n2",
      Command("archive", 9, {"ids": ["n1", "n2"]})),
     (b'{"op":"track","id":10,"notification":"n1","event":"clicked","action":"open"}',
-     b"\x85\xa2op\xa5track\xa2id\n\xacnotification\xa2n1\xa5event\xa7clicked"
-     b"\xa6action\xa4open",
+     (b"\x85\xa2op\xa5track\xa2id\n\xacnotification\xa2n1\xa5event\xa7clicked"
+      b"\xa6action\xa4open"),
      Command("track", 10, {"notification": "n1", "event": "clicked", "action": "open"})),
     (b'{"op":"devices","id":11}',
      b"\x82\xa2op\xa7devices\xa2id\x0b",

@@ -24,6 +24,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import jwt
 
@@ -37,7 +38,7 @@ __all__ = ["Acl", "ApiKeys", "Principal", "TokenAuthority"]
 _SERVER_LEAVES = frozenset({"notifications", "unread", "events"})
 
 
-def _is_time(value: object) -> bool:
+def _is_time(value: object) -> TypeGuard[float]:
     """Whether a JWT time claim is a finite number of seconds (a bool is not)."""
     return (isinstance(value, (int, float)) and not isinstance(value, bool)
             and math.isfinite(value))
@@ -172,9 +173,8 @@ class Acl:
         return None
 
     def can_subscribe(self, p: Principal, flt: str) -> bool:
-        if flt.startswith("$"):
-            if not (flt == "$SYS" or flt.startswith("$SYS/")):
-                return False
+        if flt.startswith("$") and not (flt == "$SYS" or flt.startswith("$SYS/")):
+            return False  # '$' is reserved; only '$SYS' may be read
         first, _, rest = flt.partition("/")
         if first == "users":
             owner = rest.partition("/")[0]

@@ -22,13 +22,14 @@ from ..errors import BadRequest
 from ..types import PayloadKind, Publication
 
 __all__ = [
+    "OPS",
     "Command",
     "Encoding",
-    "OPS",
     "decode_command",
     "encode",
     "encode_message",
     "error_reply",
+    "message_fields",
     "ok_reply",
     "push_fields",
     "ws_frame",
@@ -95,8 +96,8 @@ def decode_command(raw: bytes | str, encoding: Encoding) -> Command:
         else:
             obj = msgpack.unpackb(raw, raw=False, strict_map_key=True)
     except (orjson.JSONDecodeError, ValueError, msgpack.UnpackException, TypeError):
-        raise BadRequest(f"frame is not valid {'JSON' if encoding is Encoding.JSON else 'MessagePack'}",
-                         code="malformed") from None
+        name = "JSON" if encoding is Encoding.JSON else "MessagePack"
+        raise BadRequest(f"frame is not valid {name}", code="malformed") from None
     if not isinstance(obj, dict):
         raise BadRequest("frame must be an object", code="malformed")
     rid = obj.get("id")
@@ -134,7 +135,8 @@ def decode_command(raw: bytes | str, encoding: Encoding) -> Command:
 def encode(obj: dict[str, Any], encoding: Encoding) -> bytes:
     if encoding is Encoding.JSON:
         return orjson.dumps(obj)
-    return msgpack.packb(obj, use_bin_type=True)
+    out: bytes = msgpack.packb(obj, use_bin_type=True)  # typed Any by msgpack; no copy
+    return out
 
 
 def ok_reply(rid: int | None, **fields: Any) -> dict[str, Any]:

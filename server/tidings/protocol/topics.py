@@ -100,9 +100,8 @@ def covers(grant: str, flt: str) -> bool:
     f_levels = flt.split("/")
     for i, g in enumerate(g_levels):
         if g == "#":
-            if i == 0 and flt.startswith("$"):
-                return False  # a '#' grant does not reach '$' topics
-            return True
+            # a leading '#' grant does not reach '$' topics [MQTT-4.7.2-1]
+            return not (i == 0 and flt.startswith("$"))
         if i >= len(f_levels):
             return False
         f = f_levels[i]
@@ -124,7 +123,7 @@ def overlaps(a: str, b: str) -> bool:
     it denies (``#`` reaches into ``secret/#``), not only requests inside it.
     """
     a_levels, b_levels = a.split("/"), b.split("/")
-    for i, (x, y) in enumerate(zip(a_levels, b_levels)):
+    for i, (x, y) in enumerate(zip(a_levels, b_levels, strict=False)):  # up to the shorter
         if i == 0 and ((x in ("+", "#") and y.startswith("$"))
                        or (y in ("+", "#") and x.startswith("$"))):
             return False  # [MQTT-4.7.2-1]
@@ -148,7 +147,7 @@ def private_owner(topic: str) -> str | None:
 
 
 class _Node(Generic[V]):
-    __slots__ = ("children", "values", "hash_values")
+    __slots__ = ("children", "hash_values", "values")
 
     def __init__(self) -> None:
         self.children: dict[str, _Node[V]] = {}

@@ -1,0 +1,485 @@
+"""The Store contract (``tidings/store/base.py``), one suite for every implementation.
+
+Each test takes the ``store`` fixture and nothing that knows which backend it
+is. To run the suite against another implementation, add its name to
+``params`` of :func:`open_store` and one branch that builds it over shared
+backing data (the same folder, the same Redis database) with ``clock`` and
+``IDEMPOTENCY_TTL``; clean that data up after the yield. Nothing else changes.
+
+Time is the fake ``clock`` (seconds since the epoch, moved by hand); the
+store must take all its time (``ts``, history TTL, idempotency TTL) from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from tidings.errors import Unavailable
+from tidings.store.base import HistoryPage, HistoryPolicy, Store
+from tidings.store.sqlite import SqliteStore
+from tidings.types import Offset, PayloadKind, format_offset, parse_offset
+
+T0 = 1_700_000_000.0
+IDEMPOTENCY_TTL = 60.0
+KEEP = HistoryPolicy(size=1000, ttl=3600.0)  # large enough not to trim in a test
+
+OpenStore = Callable[[], Awaitable[Store]]
+
+
+class Clock:
+    """A fake clock in seconds; ``advance`` moves it."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=["sqlite"])
+async def open_store(request: pytest.FixtureRequest, tmp_path: Path,
+                     clock: Clock) -> AsyncIterator[OpenStore]:
+    """Opens a new Store over the same backing data each call (for reopen tests)."""
+    opened: list[Store] = []
+
+    async def make() -> Store:
+        s: Store
+        if request.param == "sqlite":
+            s = SqliteStore(tmp_path / "store", idempotency_ttl=IDEMPOTENCY_TTL, clock=clock)
+        else:  # pragma: no cover - a new backend adds its branch here
+            raise AssertionError(f"no store backend {request.param!r}")
+        await s.open()
+        opened.append(s)
+        return s
+
+    yield make
+    for s in opened:
+        await s.close()
+
+
+@pytest.fixture
+async def store(open_store: OpenStore) -> Store:
+    return await open_store()
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+async def pub(store: Store, topic: str, data: bytes, *, retain: bool = False,
+              policy: HistoryPolicy = KEEP, kind: PayloadKind = PayloadKind.JSON,
+              key: str | None = None) -> Offset:
+    r = await store.publish(topic, data, kind, retain=retain, policy=policy,
+                            idempotency_key=key)
+    assert r.duplicate is False
+    return r.publication.offset
+
+
+def seq(offset: str) -> int:
+    parsed = parse_offset(offset)
+    assert parsed is not None, offset
+    return parsed[1]
+
+
+def epoch(offset: str) -> str:
+    parsed = parse_offset(offset)
+    assert parsed is not None, offset
+    return parsed[0]
+
+
+def payloads(page: HistoryPage) -> list[bytes]:
+    return [p.payload for p in page.items]
+
+
+async def publish_n(store: Store, topic: str, n: int, policy: HistoryPolicy = KEEP
+                    ) -> list[Offset]:
+    return [await pub(store, topic, b"%d" % i, policy=policy) for i in range(1, n + 1)]
+
+
+# -- offsets ----------------------------------------------------------------------------
+
+
+async def test_offsets_strictly_increase_per_topic(store: Store) -> None:
+    offsets = await publish_n(store, "a", 5)
+    assert len({epoch(o) for o in offsets}) == 1
+    seqs = [seq(o) for o in offsets]
+    assert seqs == list(range(seqs[0], seqs[0] + 5))  # consecutive: a gap is detectable
+    assert await store.latest("a") == offsets[-1]
+
+
+async def test_offsets_are_independent_across_topics(store: Store) -> None:
+    a1 = await pub(store, "a", b"1")
+    b1 = await pub(store, "b", b"1")
+    a2 = await pub(store, "a", b"2")
+    a3 = await pub(store, "a", b"3")
+    b2 = await pub(store, "b", b"2")
+    assert [seq(a2), seq(a3)] == [seq(a1) + 1, seq(a1) + 2]
+    assert seq(b2) == seq(b1) + 1  # publishing to 'a' did not advance 'b'
+    assert await store.latest("a") == a3
+    assert await store.latest("b") == b2
+
+
+async def test_latest_of_a_topic_never_published_starts_its_stream(store: Store) -> None:
+    start = await store.latest("fresh")
+    assert seq(start) == 0
+    assert await store.latest("fresh") == start  # stable until something is published
+    o1 = await pub(store, "fresh", b"1")
+    assert epoch(o1) == epoch(start) and seq(o1) == 1
+    # a client that saw the start offset recovers the very first message
+    page = await store.history("fresh", start, 10)
+    assert payloads(page) == [b"1"] and page.complete is True
+
+
+async def test_history_since_the_start_offset_before_any_publish(store: Store) -> None:
+    start = await store.latest("fresh")
+    page = await store.history("fresh", start, 10)
+    assert page.items == [] and page.complete is True and page.offset == start
+    page = await store.history("fresh", None, 10)
+    assert page.items == [] and page.complete is True
+
+
+async def test_publication_fields(store: Store, clock: Clock) -> None:
+    r = await store.publish("home/kitchen/temp", b"\x00\xff", PayloadKind.BINARY,
+                            retain=False, policy=KEEP)
+    p = r.publication
+    assert (p.topic, p.payload, p.kind, p.retained) == (
+        "home/kitchen/temp", b"\x00\xff", PayloadKind.BINARY, False)
+    assert p.ts == int(T0 * 1000)  # the store's time is the clock's
+    assert r.duplicate is False
+
+
+# -- history ----------------------------------------------------------------------------
+
+
+async def test_history_after_since_oldest_first(store: Store) -> None:
+    offsets = await publish_n(store, "t", 5)
+    page = await store.history("t", offsets[1], 10)
+    assert payloads(page) == [b"3", b"4", b"5"]
+    assert [p.offset for p in page.items] == offsets[2:]
+    assert all(p.topic == "t" and p.kind is PayloadKind.JSON for p in page.items)
+    assert page.complete is True
+    assert page.offset == offsets[-1]
+
+
+async def test_history_since_latest_is_empty_and_complete(store: Store) -> None:
+    offsets = await publish_n(store, "t", 3)
+    page = await store.history("t", offsets[-1], 10)
+    assert page.items == [] and page.complete is True and page.offset == offsets[-1]
+
+
+async def test_history_keeps_kind_payload_and_ts(store: Store, clock: Clock) -> None:
+    first = await pub(store, "t", b'{"a":1}')
+    clock.advance(1.5)
+    await pub(store, "t", b"plain text", kind=PayloadKind.TEXT)
+    clock.advance(1.5)
+    await pub(store, "t", b"\x00\x01\xfe", kind=PayloadKind.BINARY)
+    page = await store.history("t", None, 10)
+    assert [(p.payload, p.kind, p.ts) for p in page.items] == [
+        (b'{"a":1}', PayloadKind.JSON, int(T0 * 1000)),
+        (b"plain text", PayloadKind.TEXT, int(T0 * 1000) + 1500),
+        (b"\x00\x01\xfe", PayloadKind.BINARY, int(T0 * 1000) + 3000),
+    ]
+    assert page.items[0].offset == first
+    assert all(p.retained is False for p in page.items)
+
+
+async def test_history_since_none_returns_the_newest_limit(store: Store) -> None:
+    offsets = await publish_n(store, "t", 5)
+    page = await store.history("t", None, 2)
+    assert payloads(page) == [b"4", b"5"]  # the newest two, oldest first
+    assert page.complete is False  # more than 'limit' exist
+    assert page.offset == offsets[-1]
+    page = await store.history("t", None, 10)
+    assert payloads(page) == [b"1", b"2", b"3", b"4", b"5"]
+    assert page.complete is True
+
+
+async def test_history_limit_smaller_than_available(store: Store) -> None:
+    offsets = await publish_n(store, "t", 5)
+    page = await store.history("t", offsets[0], 2)
+    assert payloads(page) == [b"2", b"3"]
+    assert page.complete is False  # more than 'limit' follow 'since'
+    # paging on from the last item reaches the end
+    page = await store.history("t", page.items[-1].offset, 2)
+    assert payloads(page) == [b"4", b"5"]
+    assert page.complete is True
+    page = await store.history("t", offsets[2], 2)  # exactly 'limit' follow
+    assert payloads(page) == [b"4", b"5"] and page.complete is True
+
+
+async def test_history_of_a_topic_never_published(store: Store) -> None:
+    """No publish and no latest(): nothing is known about the topic."""
+    page = await store.history("never", None, 10)
+    assert page == HistoryPage([], None, True)
+    page = await store.history("never", "abcd:3", 10)
+    assert page.items == [] and page.offset is None
+    assert page.complete is False  # 'since' claims messages this store never had
+
+
+async def test_history_trimmed_by_size(store: Store) -> None:
+    small = HistoryPolicy(size=3, ttl=3600.0)
+    offsets = await publish_n(store, "t", 5, policy=small)
+    page = await store.history("t", None, 10)
+    assert payloads(page) == [b"3", b"4", b"5"]
+    assert page.complete is False  # the oldest two are gone
+    # since points before the trimmed part: the client must know it missed some
+    page = await store.history("t", offsets[0], 10)
+    assert payloads(page) == [b"3", b"4", b"5"] and page.complete is False
+    # since is the last trimmed one: everything after it is still there
+    page = await store.history("t", offsets[1], 10)
+    assert payloads(page) == [b"3", b"4", b"5"] and page.complete is True
+
+
+async def test_history_size_zero_keeps_nothing_but_offsets_count(store: Store) -> None:
+    none = HistoryPolicy(size=0, ttl=3600.0)
+    offsets = await publish_n(store, "t", 3, policy=none)
+    assert [seq(o) for o in offsets] == [seq(offsets[0]) + i for i in range(3)]
+    page = await store.history("t", offsets[0], 10)
+    assert page.items == [] and page.complete is False
+    page = await store.history("t", offsets[-1], 10)
+    assert page.items == [] and page.complete is True
+    assert (await store.history("t", None, 10)).items == []
+
+
+async def test_history_ttl_expiry(store: Store, clock: Clock) -> None:
+    short = HistoryPolicy(size=100, ttl=10.0)
+    o1 = await pub(store, "t", b"1", policy=short)
+    clock.now = T0 + 5
+    o2 = await pub(store, "t", b"2", policy=short)
+    clock.now = T0 + 9.999
+    assert payloads(await store.history("t", None, 10)) == [b"1", b"2"]
+    clock.now = T0 + 10  # the first is exactly ttl old: expired
+    page = await store.history("t", None, 10)
+    assert payloads(page) == [b"2"] and page.complete is False
+    page = await store.history("t", o1, 10)
+    assert payloads(page) == [b"2"] and page.complete is True  # nothing after o1 expired
+    before = format_offset(epoch(o1), seq(o1) - 1)
+    page = await store.history("t", before, 10)
+    assert payloads(page) == [b"2"] and page.complete is False  # o1 itself expired
+    clock.now = T0 + 15  # both expired
+    page = await store.history("t", None, 10)
+    assert page.items == [] and page.complete is False and page.offset == o2
+    page = await store.history("t", o1, 10)
+    assert page.items == [] and page.complete is False
+    page = await store.history("t", o2, 10)
+    assert page.items == [] and page.complete is True  # nothing was published after o2
+    # offsets keep counting after expiry
+    o3 = await pub(store, "t", b"3", policy=short)
+    assert epoch(o3) == epoch(o1) and seq(o3) == seq(o2) + 1
+
+
+@pytest.mark.parametrize("foreign", [
+    "other-epoch:1",  # an epoch this topic never had
+    "not an offset",
+    "",
+    "abc:",
+    "abc:-1",
+    ":5",
+])
+async def test_history_foreign_since_is_incomplete(store: Store, foreign: str) -> None:
+    offsets = await publish_n(store, "t", 3)
+    page = await store.history("t", foreign, 10)
+    assert page.complete is False
+    assert page.offset == offsets[-1]
+    seqs = [seq(p.offset) for p in page.items]
+    assert seqs == sorted(seqs)  # whatever is returned is oldest first
+
+
+async def test_history_since_from_another_topic_is_incomplete(store: Store) -> None:
+    other = await publish_n(store, "other", 2)
+    await publish_n(store, "t", 2)
+    page = await store.history("t", other[0], 10)
+    assert page.complete is False
+
+
+# -- retained ---------------------------------------------------------------------------
+
+
+async def test_retained_set_replace_clear(store: Store) -> None:
+    assert await store.retained("dev/1/state") == []
+    o1 = await pub(store, "dev/1/state", b'"on"', retain=True)
+    got = await store.retained("dev/1/state")
+    assert [(p.topic, p.offset, p.payload, p.retained) for p in got] == [
+        ("dev/1/state", o1, b'"on"', True)]
+    o2 = await pub(store, "dev/1/state", b"off", retain=True, kind=PayloadKind.TEXT)
+    got = await store.retained("dev/1/state")
+    assert [(p.offset, p.payload, p.kind) for p in got] == [(o2, b"off", PayloadKind.TEXT)]
+    # a publish without retain leaves the retained message alone
+    await pub(store, "dev/1/state", b'"blink"')
+    assert [p.offset for p in await store.retained("dev/1/state")] == [o2]
+    # an empty payload with retain clears it (as in MQTT 3.3.1.3)
+    await pub(store, "dev/1/state", b"", retain=True)
+    assert await store.retained("dev/1/state") == []
+    # clearing what is not there is fine
+    await pub(store, "dev/2/state", b"", retain=True)
+    assert await store.retained("dev/2/state") == []
+
+
+async def test_retained_by_exact_and_wildcard_filters(store: Store) -> None:
+    topics = ["home/kitchen/temp", "home/bath/temp", "home/kitchen/humidity", "home",
+              "office/temp", "ho_e/x", "hom%/y", "$SYS/uptime"]
+    for t in topics:
+        await pub(store, t, b'"%s"' % t.encode(), retain=True)
+    await pub(store, "home/garage/temp", b"1")  # never retained
+
+    async def found(flt: str) -> set[str]:
+        got = await store.retained(flt)
+        assert all(p.retained and p.payload == b'"%s"' % p.topic.encode() for p in got)
+        assert len(got) == len({p.topic for p in got})  # one per topic
+        return {p.topic for p in got}
+
+    assert await found("home/kitchen/temp") == {"home/kitchen/temp"}
+    assert await found("home/+/temp") == {"home/kitchen/temp", "home/bath/temp"}
+    assert await found("home/#") == {"home/kitchen/temp", "home/bath/temp",
+                                     "home/kitchen/humidity", "home"}  # [MQTT-4.7.1-2]
+    assert await found("+/kitchen/#") == {"home/kitchen/temp", "home/kitchen/humidity"}
+    assert await found("+/temp") == {"office/temp"}
+    assert await found("#") == set(topics) - {"$SYS/uptime"}  # [MQTT-4.7.2-1]
+    assert await found("$SYS/#") == {"$SYS/uptime"}
+    # SQL wildcard characters in names are literal
+    assert await found("ho_e/#") == {"ho_e/x"}
+    assert await found("hom%/#") == {"hom%/y"}
+    assert await found("hom%/x") == set()
+    assert await found("nothing/+") == set()
+
+
+async def test_retained_hash_filter_includes_the_parent_level(store: Store) -> None:
+    await pub(store, "home", b"1", retain=True)
+    await pub(store, "home/kitchen", b"2", retain=True)
+    await pub(store, "homestead", b"3", retain=True)
+    # 'home/#' matches 'home' itself [MQTT-4.7.1-2], so a new subscriber gets its
+    # retained message too
+    assert {p.topic for p in await store.retained("home/#")} == {"home", "home/kitchen"}
+
+
+# -- idempotency ------------------------------------------------------------------------
+
+
+async def test_idempotency_key_stores_once(store: Store, clock: Clock) -> None:
+    first = await store.publish("t", b"1", PayloadKind.JSON, retain=False, policy=KEEP,
+                                idempotency_key="req-1")
+    assert first.duplicate is False
+    clock.advance(IDEMPOTENCY_TTL - 1)
+    again = await store.publish("t", b"1", PayloadKind.JSON, retain=False, policy=KEEP,
+                                idempotency_key="req-1")
+    assert again.duplicate is True
+    assert again.publication.offset == first.publication.offset
+    assert again.publication.payload == b"1"
+    assert await store.latest("t") == first.publication.offset
+    assert payloads(await store.history("t", None, 10)) == [b"1"]  # nothing stored twice
+    # another key is another publish
+    other = await store.publish("t", b"1", PayloadKind.JSON, retain=False, policy=KEEP,
+                                idempotency_key="req-2")
+    assert other.duplicate is False
+    assert seq(other.publication.offset) == seq(first.publication.offset) + 1
+
+
+async def test_idempotent_retry_does_not_touch_retained(store: Store) -> None:
+    await store.publish("t", b"1", PayloadKind.JSON, retain=True, policy=KEEP,
+                        idempotency_key="k")
+    o2 = await pub(store, "t", b"2", retain=True)
+    r = await store.publish("t", b"1", PayloadKind.JSON, retain=True, policy=KEEP,
+                            idempotency_key="k")
+    assert r.duplicate is True
+    assert [p.offset for p in await store.retained("t")] == [o2]
+
+
+async def test_idempotency_key_expires(store: Store, clock: Clock) -> None:
+    first = await store.publish("t", b"1", PayloadKind.JSON, retain=False, policy=KEEP,
+                                idempotency_key="req-1")
+    clock.advance(IDEMPOTENCY_TTL + 1)
+    later = await store.publish("t", b"1", PayloadKind.JSON, retain=False, policy=KEEP,
+                                idempotency_key="req-1")
+    assert later.duplicate is False
+    assert seq(later.publication.offset) == seq(first.publication.offset) + 1
+    assert payloads(await store.history("t", None, 10)) == [b"1", b"1"]
+    # and the key now dedupes against the new publication
+    again = await store.publish("t", b"1", PayloadKind.JSON, retain=False, policy=KEEP,
+                                idempotency_key="req-1")
+    assert again.duplicate is True
+    assert again.publication.offset == later.publication.offset
+
+
+# -- concurrency ------------------------------------------------------------------------
+
+
+async def test_concurrent_publishes_get_distinct_consecutive_offsets(store: Store) -> None:
+    n = 200
+    results = await asyncio.gather(*(
+        store.publish("hot", b"%d" % i, PayloadKind.JSON, retain=False, policy=KEEP)
+        for i in range(n)))
+    offsets = [r.publication.offset for r in results]
+    assert len(set(offsets)) == n
+    assert len({epoch(o) for o in offsets}) == 1
+    seqs = sorted(seq(o) for o in offsets)
+    assert seqs == list(range(seqs[0], seqs[0] + n))
+    # history holds each publication once, in offset order, with its own payload
+    page = await store.history("hot", None, n)
+    assert page.complete is True
+    assert [p.offset for p in page.items] == sorted(offsets, key=seq)
+    by_offset = {r.publication.offset: r.publication.payload for r in results}
+    assert all(p.payload == by_offset[p.offset] for p in page.items)
+
+
+async def test_concurrent_publishes_to_many_topics(store: Store) -> None:
+    results = await asyncio.gather(*(
+        store.publish(f"t/{i % 4}", b"1", PayloadKind.JSON, retain=False, policy=KEEP)
+        for i in range(40)))
+    for t in range(4):
+        seqs = sorted(seq(r.publication.offset) for r in results
+                      if r.publication.topic == f"t/{t}")
+        assert seqs == list(range(seqs[0], seqs[0] + 10))
+
+
+# -- lifecycle --------------------------------------------------------------------------
+
+
+async def test_reopen_keeps_history_offsets_and_retained(open_store: OpenStore) -> None:
+    s1 = await open_store()
+    offsets = await publish_n(s1, "t", 3)
+    o_ret = await pub(s1, "r/1", b'"kept"', retain=True)
+    await s1.close()
+    s2 = await open_store()
+    assert await s2.ping() is True
+    assert await s2.latest("t") == offsets[-1]
+    page = await s2.history("t", offsets[0], 10)
+    assert payloads(page) == [b"2", b"3"] and page.complete is True
+    assert [(p.offset, p.payload) for p in await s2.retained("r/+")] == [(o_ret, b'"kept"')]
+    # offsets go on from where they were, in the same epoch
+    o4 = await pub(s2, "t", b"4")
+    assert epoch(o4) == epoch(offsets[0]) and seq(o4) == seq(offsets[-1]) + 1
+
+
+async def test_reopen_keeps_idempotency_keys(open_store: OpenStore) -> None:
+    s1 = await open_store()
+    first = await s1.publish("t", b"1", PayloadKind.JSON, retain=False, policy=KEEP,
+                             idempotency_key="k")
+    await s1.close()
+    s2 = await open_store()
+    again = await s2.publish("t", b"1", PayloadKind.JSON, retain=False, policy=KEEP,
+                             idempotency_key="k")
+    assert again.duplicate is True and again.publication.offset == first.publication.offset
+
+
+async def test_ping_when_open(store: Store) -> None:
+    assert await store.ping() is True
+
+
+async def test_close_is_idempotent_and_closed_store_stores_nothing(store: Store) -> None:
+    await store.close()
+    await store.close()
+    assert await store.ping() is False
+    with pytest.raises(Unavailable):
+        await store.publish("t", b"1", PayloadKind.JSON, retain=False, policy=KEEP)
+
