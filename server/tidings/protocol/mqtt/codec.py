@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from .errors import (
@@ -746,7 +747,8 @@ class PublishTemplate:
     (5.0 section 3.3.2.3.3).
     """
 
-    __slots__ = ("_cache", "_props_body", "_topic_bytes", "payload", "properties", "topic")
+    __slots__ = ("_cache", "_props_high", "_props_low", "_topic_bytes", "payload", "properties",
+                 "topic")
 
     def __init__(self, topic: str, payload: bytes = b"",
                  properties: Properties = NO_PROPERTIES) -> None:
@@ -757,7 +759,13 @@ class PublishTemplate:
         self.payload = bytes(payload)
         self.properties = properties
         self._topic_bytes = encode_str(topic)
-        self._props_body = properties_body(properties, PacketType.PUBLISH)
+        # The encoder writes properties in identifier order. The per-hop ones
+        # (Subscription Identifier 0x0B, Topic Alias 0x23) go between the
+        # message's properties below 0x0B and its User Properties (0x26), so
+        # a rendering is byte for byte what encode() gives.
+        low = replace(properties, user_properties=())
+        self._props_low = properties_body(low, PacketType.PUBLISH)
+        self._props_high = properties_body(Properties(user_properties=properties.user_properties))
         # (version, qos, retain, dup) -> (bytes before the packet id, bytes after it)
         self._cache: dict[tuple[int, int, bool, bool], tuple[bytes, bytes]] = {}
 
@@ -766,7 +774,6 @@ class PublishTemplate:
         """A template for what ``publish`` carries, minus its per-hop properties."""
         props = publish.properties
         if props.topic_alias is not None or props.subscription_identifiers:
-            from dataclasses import replace
             props = replace(props, topic_alias=None, subscription_identifiers=())
         return cls(publish.topic, publish.payload, props)
 
@@ -775,7 +782,6 @@ class PublishTemplate:
         """The :class:`Publish` that :meth:`render` with the same arguments encodes."""
         props = self.properties
         if subscription_ids:
-            from dataclasses import replace
             props = replace(props, subscription_identifiers=tuple(subscription_ids))
         return Publish(self.topic, self.payload, QoS(qos), retain, dup, packet_id, props)
 
@@ -783,7 +789,7 @@ class PublishTemplate:
                extra_props: bytes, topic: bytes) -> tuple[bytes, bytes]:
         first = 0x30 | (0x08 if dup else 0) | (qos << 1) | (0x01 if retain else 0)
         if version == Version.V5:
-            props = self._props_body + extra_props
+            props = self._props_low + extra_props + self._props_high
             rest = encode_vbi(len(props)) + props
         else:
             rest = b""
@@ -801,11 +807,9 @@ class PublishTemplate:
              send_topic: bool) -> tuple[bytes, bytes]:
         if version != Version.V5:
             return b"", self._topic_bytes
-        extra = b""
+        extra = b"".join(b"\x0b" + encode_vbi(s) for s in subscription_ids)
         if topic_alias is not None:
             extra += b"\x23" + _U16.pack(topic_alias)  # Topic Alias, section 3.3.2.3.4
-        if subscription_ids:
-            extra += b"".join(b"\x0b" + encode_vbi(s) for s in subscription_ids)
         topic = self._topic_bytes if send_topic or topic_alias is None else b"\x00\x00"
         return extra, topic
 
