@@ -13,8 +13,9 @@
 #   4. runs pytest over tests/ and, when client_js has tests, `node --test`.
 #
 # CI=true (set by .ci/run's caller) is exported to the tests: under CI a
-# missing service is a failure, never a skip. Here too: a package that cannot
-# be installed, or pytest collecting no tests, fails the run.
+# missing service is a failure, never a skip. Here too: under CI a package
+# that cannot be installed, or any skipped test, fails the run; and pytest
+# collecting no tests always does.
 set -euo pipefail
 
 SCRIPT_NAME="test.sh"
@@ -83,12 +84,23 @@ client_js_tests() {
         -print | sort
 }
 
+# pytest over tests/ (or the given ARGS). Exit 5 (nothing collected) is a
+# failure. Under CI a skipped test is a failure too: the summary line is read
+# back from a copy of the output.
 run_pytest() {
-    local rc=0
-    if (($# > 0)); then
+    local rc=0 log
+    (($# > 0)) || set -- tests/
+    if ! is_ci; then
         "$VENV/bin/python" -m pytest "$@" || rc=$?
     else
-        "$VENV/bin/python" -m pytest tests/ || rc=$?
+        log="$(mktemp)"
+        "$VENV/bin/python" -m pytest --color=no "$@" 2>&1 | tee "$log" || rc=${PIPESTATUS[0]}
+        if ((rc == 0)) && grep -E '[0-9]+ (passed|skipped|deselected).* in [0-9.]+s' "$log" \
+                | tail -n 1 | grep -Eq '[0-9]+ skipped'; then
+            rm -f "$log"
+            die "FAILED: tests were skipped under CI=$CI (see the skip reasons above)"
+        fi
+        rm -f "$log"
     fi
     case "$rc" in
         0) ;;
