@@ -30,7 +30,7 @@ import jwt
 
 from .config import AclRule
 from .errors import BadRequest, Unauthorized
-from .protocol.topics import covers, overlaps, private_owner
+from .protocol.topics import TopicError, validate_filter, covers, overlaps, private_owner
 from .types import UserId
 
 __all__ = ["Acl", "ApiKeys", "Principal", "TokenAuthority"]
@@ -77,10 +77,13 @@ class TokenAuthority:
             raise BadRequest(f"ttl must be between 1 and {self.max_ttl} seconds")
         now = int(self._clock())
         claims: dict[str, object] = {"sub": user, "iat": now, "exp": now + ttl}
-        if subscribe is not None:
-            claims["subscribe"] = list(subscribe)
-        if publish is not None:
-            claims["publish"] = list(publish)
+        for key, grant in (("subscribe", subscribe), ("publish", publish)):
+            if grant is None:
+                continue
+            if not _grants_ok(grant):
+                raise BadRequest(f"{key} must be a list of valid topic filters",
+                                 code="bad_topic")
+            claims[key] = list(grant)
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
     def verify(self, token: object) -> Principal:
@@ -117,12 +120,24 @@ class TokenAuthority:
             value = claims.get(key)
             if value is None:
                 grants.append(None)
-            elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            elif isinstance(value, list) and _grants_ok(value):
                 grants.append(tuple(value))
             else:
                 raise Unauthorized(f"token invalid: {key} must be a list of filters",
                                    code="token_invalid")
         return Principal(UserId(sub), grants[0], grants[1], float(exp))
+
+
+def _grants_ok(grants: object) -> bool:
+    """Every grant a valid filter: a malformed one ('a/#/b') must not be read as a wider one."""
+    if isinstance(grants, (str, bytes)) or not isinstance(grants, (list, tuple)):
+        return False
+    try:
+        for g in grants:
+            validate_filter(g, max_length=1 << 16, max_depth=1 << 10)
+    except TopicError:
+        return False
+    return True
 
 
 class ApiKeys:

@@ -243,27 +243,27 @@ class WsSession:
             self.close(close_code, e.code)
             return
         malformed = 0
+        # After close() keep reading (and dropping) frames until the peer's close
+        # frame arrives, so the closing handshake completes at once.
         async for raw in self.conn:
             if self._closing:
-                break
+                continue
             if not self._rate_ok():
                 self.edge.metrics.inc("tidings_errors_total", code="rate_limited")
                 self.close(CLOSE_RATE_LIMITED, "rate limited")
-                break
+                continue
             try:
                 cmd = self._decode(raw)
                 malformed = 0
                 await self._dispatch(cmd)
             except _Broken as e:
                 self.close(CLOSE_BAD_REQUEST, str(e))
-                break
             except TidingsError as e:
                 if e.code in ("malformed", "unknown_op", "bad_request"):
                     malformed += 1
                 self._reply_error(e.request_id, e)
                 if malformed >= _MAX_MALFORMED:
                     self.close(CLOSE_BAD_REQUEST, "too many malformed frames")
-                    break
 
     def _reply_error(self, rid: int | None, e: TidingsError) -> None:
         self.edge.metrics.inc("tidings_errors_total", code=e.code)
@@ -504,18 +504,27 @@ class WsSession:
         for flt in subs:
             await self.edge.node.unsubscribe(flt, self)
 
-    async def keepalive(self) -> None:
-        """Called by the edge's sweep: close if the previous ping got no pong, else ping."""
-        if self._closing or self.conn.protocol.state is not State.OPEN:
+    def keepalive(self) -> None:
+        """Called by the edge's sweep: close if the previous ping got no pong, else ping.
+
+        Never waits: the ping is queued behind whatever is unsent, and the
+        library resolves its waiter when the pong arrives (as ``Connection.ping``
+        does, minus the wait for the write buffer to drain, which would let one
+        backlogged peer stall the sweep for everyone).
+        """
+        conn = self.conn
+        if self._closing or conn.protocol.state is not State.OPEN:
             return
         if self._pong is not None and not self._pong.done():
             self.edge.metrics.inc("tidings_errors_total", code="keepalive_timeout")
             self.close(1011, "keepalive ping timeout")
             return
-        try:
-            self._pong = await self.conn.ping()
-        except ConnectionClosed:
-            pass
+        data = secrets.token_bytes(4)
+        loop = asyncio.get_running_loop()
+        self._pong = loop.create_future()
+        conn.pending_pings[data] = (self._pong, loop.time())
+        conn.protocol.send_ping(data)
+        conn.send_data()
 
     def goodbye(self, reason: str) -> None:
         """Server going away: say so, then close 1001 so the client reconnects."""
@@ -604,7 +613,7 @@ class WsEdge:
         while True:
             await asyncio.sleep(interval)
             for session in list(self.sessions):
-                await session.keepalive()
+                session.keepalive()
 
     @staticmethod
     def _select(conn: ServerConnection, offered: Any) -> Any:

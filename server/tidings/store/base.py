@@ -82,7 +82,7 @@ class PublishResult:
 @dataclass(frozen=True, slots=True)
 class HistoryPage:
     items: list[Publication]  # oldest first
-    offset: Offset | None  # the topic's latest offset (None: never published)
+    offset: Offset | None  # the topic's latest offset (as latest() gives it)
     complete: bool  # False: history no longer reaches back to ``since``
 
 
@@ -186,9 +186,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def latest(self, topic: str) -> Offset:
-        """The topic's latest offset. For a topic never published to, this starts
-        its stream (a new epoch at sequence 0), so a client can recover from
-        the very first message with ``since`` set to this offset."""
+        """The topic's latest offset. For a topic never published to it is the
+        start offset (sequence 0), so a client can recover from the very first
+        message with ``since`` set to it. Never writes."""
 
     @abc.abstractmethod
     async def retained(self, flt: str) -> list[Publication]:

@@ -7,6 +7,7 @@ disk and every call is one transaction (the atomicity the contract asks for).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 import sqlite3
 import time
@@ -89,6 +90,10 @@ CREATE TABLE IF NOT EXISTS notifications (
     targets INTEGER NOT NULL,
     created INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS mqtt_sessions (
     client_id TEXT PRIMARY KEY,
     state BLOB NOT NULL
@@ -123,6 +128,7 @@ class SqliteStore(Store):
         self._idempotency_ttl = idempotency_ttl
         self._clock = clock
         self._db: sqlite3.Connection | None = None
+        self._epoch = ""  # made once per store: a wiped store gets a new one
         self._executor: ThreadPoolExecutor | None = None
 
     # -- plumbing -------------------------------------------------------------
@@ -141,6 +147,12 @@ class SqliteStore(Store):
 
         return await asyncio.get_running_loop().run_in_executor(executor, job)
 
+    def _topic_epoch(self, topic: str) -> str:
+        """A topic's epoch, derived from the store's (so it needs no row until the
+        first publish, and differs between topics and between stores)."""
+        digest = hashlib.sha256(f"{self._epoch}\0{topic}".encode()).hexdigest()
+        return digest[:8]
+
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
@@ -154,6 +166,9 @@ class SqliteStore(Store):
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA)
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
+                       (secrets.token_hex(4),))
+            self._epoch = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
             db.isolation_level = ""  # 'with db' opens a transaction per call
             return db
 
@@ -180,7 +195,7 @@ class SqliteStore(Store):
         """Inside a transaction: next offset, history append and trim, retained."""
         row = db.execute("SELECT epoch, seq FROM topics WHERE topic = ?", (topic,)).fetchone()
         if row is None:
-            epoch, seq = secrets.token_hex(4), 1
+            epoch, seq = self._topic_epoch(topic), 1
             db.execute("INSERT INTO topics (topic, epoch, seq) VALUES (?, ?, 1)", (topic, epoch))
         else:
             epoch, seq = row[0], row[1] + 1
@@ -260,7 +275,8 @@ class SqliteStore(Store):
                              (topic,)).fetchone()
             if row is None:
                 # Never published: complete unless 'since' claims messages we never had.
-                return HistoryPage([], None, since is None)
+                start = format_offset(self._topic_epoch(topic), 0)
+                return HistoryPage([], start, since is None or since == start)
             epoch, last = row
             parsed = parse_offset(since) if since is not None else None
             same_epoch = parsed is not None and parsed[0] == epoch
@@ -278,7 +294,9 @@ class SqliteStore(Store):
                     (topic, cutoff, now, limit + 1)).fetchall()
                 if not same_epoch:
                     complete = False
-                elif cutoff >= last:
+                elif cutoff > last:
+                    complete = False  # an offset from the future: a store restored from backup
+                elif cutoff == last:
                     complete = True
                 else:
                     complete = bool(rows) and rows[0][0] == cutoff + 1 and len(rows) <= limit
@@ -293,11 +311,10 @@ class SqliteStore(Store):
         def tx(db: sqlite3.Connection) -> Offset:
             row = db.execute("SELECT epoch, seq FROM topics WHERE topic = ?",
                              (topic,)).fetchone()
-            if row is None:
-                row = (secrets.token_hex(4), 0)
-                db.execute("INSERT INTO topics (topic, epoch, seq) VALUES (?, ?, 0)",
-                           (topic, row[0]))
-            return format_offset(row[0], row[1])
+            # A topic never published to is at the store's epoch, sequence 0:
+            # nothing is written, so subscribing to new names costs no storage.
+            return format_offset(*row) if row is not None else \
+                format_offset(self._topic_epoch(topic), 0)
 
         return await self._run(tx)
 
