@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for scripts/run.sh, scripts/test.sh and the Makefile.
 # Sourced, not run: it defines functions and the variables below, nothing else.
 #
@@ -54,7 +55,10 @@ ensure_debs() {
     fi
     say "installing Debian packages: $*"
     local rc=0
-    "${sudo[@]}" apt-get update -qq || rc=$?
+    if [[ -z "${_TIDINGS_APT_UPDATED:-}" ]]; then
+        "${sudo[@]}" apt-get update -qq || rc=$?
+        _TIDINGS_APT_UPDATED=1
+    fi
     if ((rc == 0)); then
         "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
             apt-get install -y -qq --no-install-recommends "$@" >/dev/null || rc=$?
@@ -74,12 +78,21 @@ missing_debs() {
     done
 }
 
+venv_ok() {
+    [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -m pip --version >/dev/null 2>&1
+}
+
+# venv_debs: print the Debian package needed to create the virtualenv, if any
+# (Debian's python3 lacks ensurepip until python3-venv is installed).
+venv_debs() {
+    venv_ok && return 0
+    "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1 || echo python3-venv
+}
+
 # ensure_venv: create $VENV with $PY unless it already works. On Debian the
 # venv module needs the python3-venv package; it is installed when missing.
 ensure_venv() {
-    if [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
-        return 0
-    fi
+    venv_ok && return 0
     command -v "$PY" >/dev/null 2>&1 || die "no $PY on PATH (Tidings needs Python >= 3.11)"
     "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
         || die "$PY is $("$PY" -V 2>&1); Tidings needs Python >= 3.11 (set PYTHON=...)"
@@ -98,7 +111,7 @@ ensure_venv() {
 # when pyproject.toml has not changed since the last install of those extras.
 ensure_installed() {
     local extras="${1:-}" spec="$ROOT" stamp hash
-    [[ -z "$extras" ]] || spec="$ROOT[$extras]"
+    [[ -z "$extras" ]] || spec="${ROOT}[${extras}]"
     stamp="$VENV/.tidings-installed${extras:+-${extras//,/-}}"
     hash="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) $ROOT"
     if [[ -f "$stamp" && "$(cat "$stamp")" == "$hash" ]]; then

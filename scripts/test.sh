@@ -37,7 +37,7 @@ fi
 
 install_system_deps() {
     local missing
-    mapfile -t missing < <(missing_debs "${DEB_DEPS[@]}")
+    mapfile -t missing < <(missing_debs "${DEB_DEPS[@]}"; venv_debs)
     ((${#missing[@]} > 0)) || return 0
     if ! ensure_debs "${missing[@]}"; then
         is_ci && die "cannot install ${missing[*]} under CI"
