@@ -29,6 +29,7 @@ DEB_DEPS=(
     "mosquitto:mosquitto"                # reference broker (MQTT issue)
     "mosquitto_sub:mosquitto-clients"    # real MQTT clients (MQTT issue)
     "chromium:chromium"                  # browser tests of client_js
+    "openssl:openssl"                    # self-signed certificates for the TLS tests
 )
 
 if [[ -v CI ]]; then
