@@ -530,7 +530,7 @@ class Connection:
 
     def _send_connack(self, packet: Connack) -> None:
         assert self.version is not None
-        if self.version == Version.V5:
+        if self.version == Version.V5 and packet.reason_code < 0x80:
             packet = replace(packet, properties=self._announce(packet))
         if packet.reason_code >= 0x80:
             self._write(replace(packet, session_present=False))  # [MQTT-3.2.2-6]
