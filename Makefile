@@ -6,12 +6,13 @@
 #   make style   ruff over server/ and tests/
 #   make types   mypy --strict over server/
 #   make check   style + types + test
-#   make bench   the benchmark harness (bench/harness.py)
+#   make bench   the benchmark harness (bench/harness.py; BENCH_ARGS=--quick for a short run)
 
 SHELL := /bin/bash
 export TIDINGS_VENV ?= $(CURDIR)/.venv
 PY := $(TIDINGS_VENV)/bin/python
 DEV_EXTRAS := test,dev
+BENCH_ARGS ?=
 # $(call install,EXTRAS): the venv with `pip install -e '.[EXTRAS]'` (scripts/lib.sh).
 install = source scripts/lib.sh && ensure_venv && ensure_installed $(1)
 
@@ -40,7 +41,7 @@ check: style types test
 bench:
 	@$(call install,bench)
 	@if [ -x bench/setup.sh ]; then bench/setup.sh; fi
-	$(PY) bench/harness.py
+	$(PY) bench/harness.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist
