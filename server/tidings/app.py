@@ -19,6 +19,7 @@ from .auth import Acl, ApiKeys, TokenAuthority
 from .bus.base import Bus
 from .bus.memory import MemoryBus
 from .config import Settings
+from .edges.mqtt import MqttBroker, serve_websocket
 from .edges.ws import WsEdge
 from .errors import Unavailable
 from .metrics import Metrics
@@ -112,6 +113,12 @@ class App:
         self.presence = Presence(name, settings.presence, self.metrics)
         self.ws = WsEdge(settings, self.node, self.tokens, self.acl, self.metrics,
                          self.notifier, self.presence)
+        self.mqtt: MqttBroker | None = None
+        if settings.mqtt.enabled:
+            self.mqtt = MqttBroker(settings, self.node, self.tokens, self.acl, self.notifier,
+                                   self.presence, self.metrics)
+            broker = self.mqtt
+            self.ws.mqtt_handler = lambda conn: serve_websocket(broker, conn)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._stopped = False
@@ -131,6 +138,11 @@ class App:
         return self.ws.port
 
     @property
+    def mqtt_port(self) -> int:
+        assert self.mqtt is not None
+        return self.mqtt.ports[0]
+
+    @property
     def api_port(self) -> int:
         assert self._site is not None and self._site._server is not None
         server = self._site._server
@@ -142,6 +154,8 @@ class App:
     async def start(self) -> None:
         s = self.settings
         await self.node.start()
+        if self.mqtt is not None:
+            await self.mqtt.start()
         await self.ws.start(ssl=_tls(s.ws.tls_cert, s.ws.tls_key))
         api = build_app(s, self.node, ApiKeys(self.secrets.api_keys), self.tokens,
                         self.metrics, self.ready, self.notifier, self.presence)
@@ -160,6 +174,8 @@ class App:
         self._stopped = True
         timeout = self.settings.node.shutdown_timeout
         await self.ws.shutdown(timeout)
+        if self.mqtt is not None:
+            await self.mqtt.shutdown(timeout)
         if self._runner is not None:
             await self._runner.cleanup()
         await self.presence.close()

@@ -60,6 +60,10 @@ def _serve(args: argparse.Namespace) -> int:
             f"  WebSocket: {ws_url}",
             f"  HTTP API:  {api_url}",
         ]
+        if app.mqtt is not None:
+            lines.append(f"  MQTT:      mqtt://{settings.mqtt.host}:{app.mqtt_port}"
+                         f" (and ws://{settings.ws.host}:{app.ws_port}"
+                         f"{settings.mqtt.websocket_path})")
         if settings.ws.demo_page:
             lines.append(f"  Demo page: http{'s' if settings.ws.tls_cert else ''}://"
                          f"{settings.ws.host}:{app.ws_port}/")

@@ -71,6 +71,18 @@ class ApiSettings:
 class MqttSettings:
     host: str = "127.0.0.1"
     port: int = 1883
+    enabled: bool = True
+    tls_port: int = 8883  # used only when tls_cert and tls_key are set
+    tls_cert: str = ""
+    tls_key: str = ""
+    max_packet_size: int = 268435455  # bytes, whole packet; the 5.0 maximum by default
+    max_keepalive: int = 3600  # seconds; a longer requested keepalive is lowered (5.0)
+    receive_maximum: int = 64  # QoS 1/2 messages in flight per direction per client
+    max_queued: int = 1000  # messages kept per offline persistent session; more are dropped
+    max_session_expiry: int = 86400 * 7  # seconds a persistent session outlives its client
+    max_subscriptions: int = 256
+    sys_interval: float = 10.0  # seconds between $SYS/broker/... updates; 0 turns them off
+    websocket_path: str = "/mqtt"  # MQTT over WebSocket on the WS edge; empty turns it off
 
 
 @dataclass
@@ -290,6 +302,19 @@ def _validate(s: Settings) -> None:
     _positive("auth.default_token_ttl", s.auth.default_token_ttl)
     _positive("store.idempotency_ttl", s.store.idempotency_ttl)
     _positive("notify.max_users", s.notify.max_users)
+    for key in ("max_packet_size", "receive_maximum", "max_queued", "max_subscriptions"):
+        _positive(f"mqtt.{key}", getattr(s.mqtt, key))
+    if not 0 < s.mqtt.receive_maximum <= 65535:
+        raise ConfigError("mqtt.receive_maximum: must be 1-65535")
+    if s.mqtt.max_packet_size > 268435455:
+        raise ConfigError("mqtt.max_packet_size: at most 268435455 (the protocol's limit)")
+    _positive("mqtt.max_keepalive", s.mqtt.max_keepalive, zero_ok=True)
+    _positive("mqtt.max_session_expiry", s.mqtt.max_session_expiry, zero_ok=True)
+    _positive("mqtt.sys_interval", s.mqtt.sys_interval, zero_ok=True)
+    if not 0 <= s.mqtt.tls_port <= 65535:
+        raise ConfigError(f"mqtt.tls_port: must be a port number 0-65535, got {s.mqtt.tls_port}")
+    if s.mqtt.websocket_path and not s.mqtt.websocket_path.startswith("/"):
+        raise ConfigError("mqtt.websocket_path: must start with '/' (or be empty)")
     _positive("notify.max_ttl", s.notify.max_ttl)
     _positive("presence.debounce", s.presence.debounce, zero_ok=True)
     _positive("presence.retries", s.presence.retries, zero_ok=True)
@@ -304,8 +329,7 @@ def _validate(s: Settings) -> None:
     if s.node.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"node.log_level: DEBUG, INFO, WARNING or ERROR, got "
                           f"{s.node.log_level!r}")
-    for section in (s.ws, s.api):
-        name = "ws" if section is s.ws else "api"
+    for name, section in (("ws", s.ws), ("api", s.api), ("mqtt", s.mqtt)):
         if bool(section.tls_cert) != bool(section.tls_key):
             raise ConfigError(f"{name}.tls_cert: tls_cert and tls_key go together")
         for k in ("tls_cert", "tls_key"):

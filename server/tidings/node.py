@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import replace
+from typing import Any
 
 from .bus.base import Bus
 from .config import HistorySettings
@@ -16,6 +18,7 @@ from .types import PayloadKind, Publication
 __all__ = ["Node"]
 
 log = logging.getLogger("tidings.node")
+_NO_HISTORY = HistoryPolicy(0, 1.0)
 
 
 class Node:
@@ -46,6 +49,8 @@ class Node:
         policy = self._policies.get(topic)
         if policy is None:
             policy = HistoryPolicy(self._history.size, self._history.ttl)
+            if topic.startswith("$"):
+                policy = _NO_HISTORY  # broker statistics: retained only
             for rule in self._history.rules:
                 if matches(rule.pattern, topic):
                     policy = HistoryPolicy(rule.size, rule.ttl)
@@ -56,7 +61,8 @@ class Node:
         return policy
 
     async def publish(self, topic: str, payload: bytes, kind: PayloadKind, *,
-                      retain: bool = False, idempotency_key: str | None = None
+                      retain: bool = False, idempotency_key: str | None = None,
+                      qos: int = 1, origin: str | None = None, meta: Any = None
                       ) -> PublishResult:
         """Store, then fan out. Raises ``Unavailable`` if either cannot take it."""
         result = await self.store.publish(topic, payload, kind, retain=retain,
@@ -64,7 +70,10 @@ class Node:
                                           idempotency_key=idempotency_key)
         if not result.duplicate:
             self.metrics.inc("tidings_messages_in_total")
-            await self.bus.publish(result.publication)
+            pub = result.publication
+            if qos != 1 or retain or origin is not None or meta is not None:
+                pub = replace(pub, qos=qos, published_retain=retain, origin=origin, meta=meta)
+            await self.bus.publish(pub)
         return result
 
     async def fan_out(self, publications: list[Publication]) -> None:

@@ -67,6 +67,12 @@ class Publication:
     kind: PayloadKind
     ts: int  # milliseconds since the epoch, assigned by the store
     retained: bool = False  # True only when delivered as the retained message
+    # What the publisher asked for; not stored with history (recovered
+    # messages get the defaults).
+    qos: int = 1  # MQTT QoS it travels with (subscribers get at most this)
+    published_retain: bool = False  # the publisher's RETAIN flag (for retain-as-published)
+    origin: str | None = None  # the publishing MQTT client id (for no-local)
+    meta: Any = None  # MQTT 5.0 properties of the message, when published over MQTT
 
     @property
     def seq(self) -> int:

@@ -35,7 +35,7 @@ import mimetypes
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
@@ -566,6 +566,8 @@ class WsEdge:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: Server | None = None
         self._keepalive_task: asyncio.Task[None] | None = None
+        # MQTT over WebSocket (set by the app when the MQTT broker runs)
+        self.mqtt_handler: Callable[[ServerConnection], Awaitable[None]] | None = None
         self._routes = http_routes or {}
         register_wires(node)
         metrics.gauge("tidings_ws_connections", "open WebSocket connections",
@@ -615,16 +617,23 @@ class WsEdge:
             for session in list(self.sessions):
                 session.keepalive()
 
-    @staticmethod
-    def _select(conn: ServerConnection, offered: Any) -> Any:
+    def _select(self, conn: ServerConnection, offered: Any) -> Any:
+        if self._is_mqtt(conn.request.path if conn.request else ""):
+            # MQTT over WebSocket: the subprotocol is "mqtt" [MQTT-6.0.0-3]
+            return websockets.Subprotocol("mqtt") if "mqtt" in offered else None
         for e in Encoding:
             if e.value in offered:
                 return websockets.Subprotocol(e.value)
         return None  # none offered (or none of ours): JSON, the default
 
+    def _is_mqtt(self, path: str) -> bool:
+        mqtt_path = self.settings.mqtt.websocket_path
+        return bool(mqtt_path) and self.mqtt_handler is not None and \
+            path.split("?", 1)[0] == mqtt_path
+
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
-        if path == self.settings.ws.path:
+        if path == self.settings.ws.path or self._is_mqtt(path):
             ip = str(conn.remote_address[0]) if conn.remote_address else ""
             if self._per_ip[ip] >= self.settings.ws.max_connections_per_ip:
                 self.metrics.inc("tidings_errors_total", code="too_many_connections")
@@ -641,6 +650,16 @@ class WsEdge:
         self._per_ip[ip] += 1
         self.connections += 1
         self.metrics.inc("tidings_connections_total", edge="ws")
+        if conn.request is not None and self._is_mqtt(conn.request.path):
+            assert self.mqtt_handler is not None
+            try:
+                await self.mqtt_handler(conn)
+            finally:
+                self.connections -= 1
+                self._per_ip[ip] -= 1
+                if self._per_ip[ip] <= 0:
+                    del self._per_ip[ip]
+            return
         encoding = Encoding(conn.subprotocol) if conn.subprotocol else Encoding.JSON
         # Handshake done: keep no headers around (websockets only checks that a
         # request was received, so a bare one stands in for it).

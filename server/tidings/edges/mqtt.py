@@ -1,0 +1,1063 @@
+"""The MQTT edge: a 3.1.1 / 5.0 broker in the shared topic space.
+
+Layers: the sans-I/O :class:`~tidings.protocol.mqtt.Connection` parses and
+runs the per-connection protocol (acks, QoS flows, aliases, keepalive
+deadline); :class:`MqttSession` is what outlives a connection (client id,
+subscriptions, in-flight messages) and is the hub's subscriber;
+:class:`MqttBroker` holds the sessions of this node, authenticates, answers
+the permission questions, and connects the two to the node (publish, the
+inbox's ``users/{uid}/read``). :class:`MqttConnection` is the thin asyncio
+driver, over TCP or over a WebSocket (``/mqtt`` on the WS edge) via a
+:class:`Link`.
+
+Delivery: the hub builds one :class:`PublishTemplate` per message. A QoS 0
+delivery to a plain 3.1.1/5.0 session appends the template's cached bytes
+(the same object for every subscriber) to the session's bounded outbound
+buffer; QoS 1/2 go through the state machine, which adds the packet id.
+Buffers are flushed once per loop iteration (:class:`~tidings.hub.Flusher`).
+A session over ``ws.outbound_buffer`` unsent bytes is disconnected and
+counted, as on the WS edge.
+
+Persistent sessions (3.1.1 clean session 0; 5.0 session expiry > 0) keep
+their subscriptions registered while offline; their QoS 1/2 messages are
+appended to the store's queue in batches, and everything is re-read from
+the store on reconnect, so sessions survive a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import ssl as ssl_module
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import orjson
+
+from ..auth import Acl, Principal, TokenAuthority
+from ..config import Settings
+from ..errors import TidingsError, Unauthorized
+from ..hub import Flusher
+from ..metrics import Metrics
+from ..node import Node
+from ..notify import Notifier
+from ..presence import Presence
+from ..protocol.frames import Encoding, push_fields, ws_frame
+from ..protocol.mqtt import (
+    NO_PROPERTIES,
+    Connack,
+    Connect,
+    Connection,
+    Disconnect,
+    InFlight,
+    MessageAcknowledged,
+    Outcome,
+    PingReq,
+    Properties,
+    ProtocolViolation,
+    PublishTemplate,
+    PubAck,
+    PubRec,
+    Publish,
+    ReasonCode,
+    State,
+    SubAck,
+    Subscribe,
+    UnsubAck,
+    Unsubscribe,
+    Version,
+    Will,
+)
+from ..protocol.mqtt.connection import FlowState
+from ..protocol.topics import TopicError, matches, validate_filter, validate_topic
+from ..store.base import QueuedMessage
+from ..types import Publication, classify_payload
+
+__all__ = ["Link", "MqttBroker", "MqttConnection", "MqttSession", "mqtt_payload",
+           "serve_websocket"]
+
+log = logging.getLogger("tidings.mqtt")
+
+_WIRE = "mqtt"
+_VERSION = "tidings-0.1"
+_PAUSE_EVENTS = 256  # inbound packets waiting for the worker before reading pauses
+
+
+def mqtt_payload(pub: Publication) -> bytes:
+    """What an MQTT subscriber receives: the payload, or for a user's stream
+    topics the same JSON object a WS client gets as its push."""
+    leaf = pub.topic.rpartition("/")[2] if pub.topic.startswith("users/") else ""
+    if leaf in ("notifications", "events") and pub.topic.count("/") == 2:
+        return orjson.dumps(push_fields(pub, Encoding.JSON))
+    return pub.payload
+
+
+def _template(pub: Publication) -> PublishTemplate:
+    props = pub.meta if isinstance(pub.meta, Properties) else NO_PROPERTIES
+    return PublishTemplate(pub.topic, mqtt_payload(pub), props)
+
+
+class Link(Protocol):
+    """The byte pipe under an MQTT connection (a TCP transport or a WebSocket)."""
+
+    def write(self, chunks: list[bytes]) -> None: ...
+    def buffered(self) -> int: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+
+
+class _TcpLink:
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+
+    def write(self, chunks: list[bytes]) -> None:
+        if len(chunks) == 1:
+            self.transport.write(chunks[0])
+        else:
+            self.transport.writelines(chunks)
+
+    def buffered(self) -> int:
+        return self.transport.get_write_buffer_size()
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def abort(self) -> None:
+        self.transport.abort()
+
+    def pause(self) -> None:
+        self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
+
+class _WsLink:
+    """MQTT over WebSocket: each flush is one binary frame [MQTT-6.0.0-1]."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def write(self, chunks: list[bytes]) -> None:
+        from websockets.protocol import State as WsState
+
+        conn = self.conn
+        if conn.protocol.state is not WsState.OPEN:
+            return
+        data = b"".join(chunks)
+        if conn.protocol.extensions:
+            conn.protocol.send_binary(data)
+            conn.send_data()
+        else:
+            conn.transport.write(ws_frame(data, text=False))
+
+    def buffered(self) -> int:
+        return int(self.conn.transport.get_write_buffer_size())
+
+    def close(self) -> None:
+        asyncio.get_running_loop().create_task(self.conn.close())
+
+    def abort(self) -> None:
+        self.conn.transport.abort()
+
+    def pause(self) -> None:
+        return None  # the library's own read queue bounds what it reads
+
+    def resume(self) -> None:
+        return None
+
+
+async def serve_websocket(broker: MqttBroker, conn: Any) -> None:
+    """Run one MQTT connection over an accepted WebSocket (``/mqtt``)."""
+    mc = MqttConnection(broker, "mqtt-ws")
+    mc.attach(_WsLink(conn))
+    try:
+        async for message in conn:
+            if isinstance(message, str):  # [MQTT-6.0.0-1]: binary frames only
+                break
+            mc.data_received(message)
+            if mc.proto.state is State.CLOSED:
+                break
+    except Exception as e:  # the socket went away mid-read
+        log.debug("MQTT over WebSocket ended: %s", type(e).__name__)
+    finally:
+        mc.connection_lost(None)
+        await conn.close()
+
+
+@dataclass(slots=True)
+class Sub:
+    qos: int
+    no_local: bool = False
+    retain_as_published: bool = False
+    subscription_id: int | None = None
+
+
+@dataclass(eq=False)
+class MqttSession:
+    """What outlives a connection; the hub's subscriber for this client."""
+
+    broker: MqttBroker
+    client_id: str
+    principal: Principal
+    persistent: bool = False
+    expiry: int = 0  # seconds the session outlives its connection
+    subs: dict[str, Sub] = field(default_factory=dict)
+    conn: MqttConnection | None = None
+    wire: str = _WIRE
+    disconnected_at: float | None = None
+    expiry_timer: asyncio.TimerHandle | None = None
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    @property
+    def user(self) -> str | None:
+        return self.principal.user
+
+    def _grant(self, topic: str, origin: str | None) -> tuple[int, bool, tuple[int, ...]] | None:
+        """(QoS, retain-as-published, subscription ids) over every matching
+        subscription; None when only no-local ones match this client's own message."""
+        best, rap, ids, any_match = -1, False, [], False
+        for flt, sub in self.subs.items():
+            if not matches(flt, topic):
+                continue
+            if sub.no_local and origin == self.client_id:
+                continue  # [MQTT-3.8.3-3]
+            any_match = True
+            best = max(best, sub.qos)
+            rap = rap or sub.retain_as_published
+            if sub.subscription_id is not None:
+                ids.append(sub.subscription_id)
+        if not any_match:
+            return None
+        return best, rap, tuple(ids)
+
+    def deliver(self, pub: Publication, template: Any) -> None:
+        grant = self._grant(pub.topic, pub.origin)
+        if grant is None:
+            return
+        sub_qos, rap, ids = grant
+        qos = min(sub_qos, pub.qos)
+        retain = pub.published_retain and rap  # [MQTT-3.3.1-9], [MQTT-3.3.1-12]
+        self.send(template, qos, retain, ids)
+
+    def send(self, template: PublishTemplate, qos: int, retain: bool,
+             ids: tuple[int, ...] = ()) -> None:
+        conn = self.conn
+        if conn is not None:
+            conn.publish(template, qos, retain, ids)
+        elif self.persistent and qos > 0:
+            self.broker.enqueue_offline(self.client_id, QueuedMessage(
+                template.topic, template.payload, qos, retain,
+                properties=_props_to_json(template.properties, ids)))
+        else:
+            self.broker.metrics.inc("tidings_mqtt_dropped_total", reason="offline")
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "user": self.principal.user,
+            "subscribe": list(self.principal.subscribe) if self.principal.subscribe is not None
+            else None,
+            "publish": list(self.principal.publish) if self.principal.publish is not None
+            else None,
+            "expiry": self.expiry,
+            "disconnected_at": self.disconnected_at,
+            "subs": {f: [s.qos, s.no_local, s.retain_as_published, s.subscription_id]
+                     for f, s in self.subs.items()},
+        }
+
+
+def _props_to_json(props: Properties, ids: tuple[int, ...] = ()) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if props.content_type is not None:
+        out["content_type"] = props.content_type
+    if props.payload_format_indicator is not None:
+        out["payload_format_indicator"] = props.payload_format_indicator
+    if props.response_topic is not None:
+        out["response_topic"] = props.response_topic
+    if props.correlation_data is not None:
+        out["correlation_data"] = props.correlation_data.hex()
+    if props.user_properties:
+        out["user_properties"] = [list(p) for p in props.user_properties]
+    if ids:
+        out["subscription_ids"] = list(ids)
+    return out
+
+
+def _props_from_json(d: dict[str, Any]) -> tuple[Properties, tuple[int, ...]]:
+    props = Properties(
+        content_type=d.get("content_type"),
+        payload_format_indicator=d.get("payload_format_indicator"),
+        response_topic=d.get("response_topic"),
+        correlation_data=bytes.fromhex(d["correlation_data"]) if "correlation_data" in d
+        else None,
+        user_properties=tuple(tuple(p) for p in d.get("user_properties", ())),  # type: ignore[misc]
+    )
+    return props, tuple(d.get("subscription_ids", ()))
+
+
+class _ShareGroup:
+    """``$share/{group}/{filter}``: each message goes to one member (5.0 section 4.8.2),
+    round robin, preferring connected members."""
+
+    wire = _WIRE
+    user = None
+
+    def __init__(self, name: str, flt: str) -> None:
+        self.name = name
+        self.filter = flt
+        self.members: dict[MqttSession, Sub] = {}
+        self._next = 0
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def deliver(self, pub: Publication, template: Any) -> None:
+        members = [m for m in self.members if m.conn is not None] or [
+            m for m in self.members if m.persistent]
+        if not members:
+            return
+        self._next = (self._next + 1) % len(members)
+        member = members[self._next]
+        sub = self.members[member]
+        ids = (sub.subscription_id,) if sub.subscription_id is not None else ()
+        member.send(template, min(sub.qos, pub.qos),
+                    pub.published_retain and sub.retain_as_published, ids)
+
+
+class MqttConnection(asyncio.Protocol):
+    """One client connection: bytes to the state machine, events to the broker."""
+
+    def __init__(self, broker: MqttBroker, edge: str = "mqtt") -> None:
+        s = broker.settings.mqtt
+        self.broker = broker
+        self.edge = edge
+        self.proto = Connection(max_packet_size=s.max_packet_size,
+                                receive_maximum=s.receive_maximum,
+                                max_inflight=s.receive_maximum)
+        self.link: Link | None = None
+        self.session: MqttSession | None = None
+        self.pending: deque[tuple[PublishTemplate, int, bool, tuple[int, ...]]] = deque()
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._dirty = False
+        self._events: deque[Any] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._paused = False
+        self._closed = False
+        self.taken_over = False
+        self.graceful = False  # DISCONNECT received (no will unless 0x04)
+        self.will: Will | None = None
+        self._fast = False  # QoS 0 may bypass the state machine (see publish)
+        self._limit = broker.settings.ws.outbound_buffer
+
+    # -- asyncio.Protocol -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.attach(_TcpLink(transport))
+
+    def attach(self, link: Link) -> None:
+        self.link = link
+        self.broker.connections.add(self)
+        self.broker.metrics.inc("tidings_connections_total", edge=self.edge)
+        self.broker.connect_deadlines[self] = time.monotonic() + \
+            self.broker.settings.ws.connect_timeout
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self.proto.receive_data(data, time.monotonic())
+        self._events.extend(self.proto.events_received())
+        self._pump()
+        if self._events and (self._worker is None or self._worker.done()):
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+        if len(self._events) > _PAUSE_EVENTS and not self._paused and self.link is not None:
+            self._paused = True
+            self.link.pause()
+        self._check_closed()
+
+    def eof_received(self) -> bool | None:
+        return None  # close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.broker.connections.discard(self)
+        self.broker.connect_deadlines.pop(self, None)
+        if self._worker is not None and not self._worker.done():
+            self._worker.cancel()
+        self.broker.detached(self)
+
+    # -- outbound -----------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Move what the state machine wrote into our buffer (keeps order)."""
+        data = self.proto.data_to_send()
+        if data:
+            self._append(data)
+
+    def _append(self, data: bytes) -> None:
+        if self._closed or self.link is None:
+            return
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size + self.link.buffered() > self._limit:
+            self.broker.metrics.inc("tidings_slow_consumers_total")
+            log.warning("slow MQTT consumer %s: over %d queued bytes, disconnecting",
+                        self.session.client_id if self.session else "?", self._limit)
+            self._out.clear()
+            self._out_size = 0
+            self.link.abort()
+            return
+        if not self._dirty:
+            self._dirty = True
+            self.broker.flusher.mark(self)
+
+    def flush(self) -> None:
+        self._dirty = False
+        chunks, self._out = self._out, []
+        self._out_size = 0
+        if chunks and self.link is not None and not self._closed:
+            self.broker.metrics.inc("tidings_messages_out_total", len(chunks))
+            self.link.write(chunks)
+
+    def publish(self, template: PublishTemplate, qos: int, retain: bool,
+                ids: tuple[int, ...]) -> None:
+        """Deliver one message (the hub's hot path for this client)."""
+        if qos == 0 and self._fast and not ids:
+            self._append(template.render(self.proto.version or Version.V311, retain=retain))
+            return
+        if self.proto.state is not State.CONNECTED:
+            if self.proto.state is State.CONNECTING and qos:
+                self.pending.append((template, qos, retain, ids))
+            return
+        if qos and self.pending:
+            self.pending.append((template, qos, retain, ids))  # keep order behind the queue
+            return
+        result = self.proto.send_publish(template, qos=qos, retain=retain, subscription_ids=ids)
+        if result.outcome is Outcome.NO_QUOTA:
+            self.pending.append((template, qos, retain, ids))
+        elif result.outcome is Outcome.TOO_LARGE:
+            self.broker.metrics.inc("tidings_mqtt_dropped_total", reason="too_large")
+        self._pump()
+
+    def _drain_pending(self) -> None:
+        while self.pending and self.proto.send_quota > 0 and \
+                self.proto.state is State.CONNECTED:
+            template, qos, retain, ids = self.pending.popleft()
+            self.proto.send_publish(template, qos=qos, retain=retain, subscription_ids=ids)
+        self._pump()
+
+    def close(self, reason: int | None = None) -> None:
+        """Close now: a 5.0 DISCONNECT with ``reason`` first when one may be sent."""
+        if reason is not None and self.proto.state is State.CONNECTED:
+            self.proto.send(Disconnect(reason))
+            self._pump()
+        if self._dirty:
+            self.flush()
+        if self.link is not None:
+            self.link.close()
+
+    def _check_closed(self) -> None:
+        if self.proto.state is State.CLOSED and not self._closed and self.link is not None:
+            if self._dirty:
+                self.flush()
+            self.link.close()
+
+    # -- inbound --------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        """Handle queued events in order; one task per busy connection, none when idle."""
+        try:
+            while self._events:
+                event = self._events.popleft()
+                try:
+                    await self.broker.handle(self, event)
+                except TidingsError as e:
+                    log.info("MQTT request failed: %s", e.code)
+                except Exception:
+                    log.exception("MQTT event handling failed")
+                    self.close(ReasonCode.UNSPECIFIED_ERROR)
+                    return
+                self._pump()
+                self._check_closed()
+                if self._paused and len(self._events) < _PAUSE_EVENTS // 2 and self.link:
+                    self._paused = False
+                    self.link.resume()
+        finally:
+            self._pump()
+
+
+class MqttBroker:
+    """The MQTT sessions of this node and the rules between them and the node."""
+
+    def __init__(self, settings: Settings, node: Node, tokens: TokenAuthority, acl: Acl,
+                 notifier: Notifier, presence: Presence, metrics: Metrics) -> None:
+        self.settings = settings
+        self.node = node
+        self.tokens = tokens
+        self.acl = acl
+        self.notifier = notifier
+        self.presence = presence
+        self.metrics = metrics
+        self.flusher = Flusher()
+        self.sessions: dict[str, MqttSession] = {}
+        self.groups: dict[tuple[str, str], _ShareGroup] = {}
+        self.connections: set[MqttConnection] = set()
+        self.connect_deadlines: dict[MqttConnection, float] = {}
+        self._servers: list[asyncio.Server] = []
+        self._offline: list[tuple[str, QueuedMessage]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self._sys: asyncio.Task[None] | None = None
+        self._will_timers: dict[str, asyncio.TimerHandle] = {}
+        self.started = time.time()
+        node.hub.register_wire(_WIRE, _template)
+        metrics.gauge("tidings_mqtt_connections", "open MQTT connections",
+                      lambda: float(len(self.connections)))
+        metrics.describe("tidings_mqtt_dropped_total", "MQTT messages not delivered, by reason")
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    @property
+    def ports(self) -> list[int]:
+        return [int(s.sockets[0].getsockname()[1]) for s in self._servers]
+
+    async def start(self) -> None:
+        s = self.settings.mqtt
+        await self._restore()
+        loop = asyncio.get_running_loop()
+        self._servers.append(await loop.create_server(
+            lambda: MqttConnection(self), s.host, s.port, reuse_address=True))
+        if s.tls_cert:
+            ctx = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(s.tls_cert, s.tls_key)
+            self._servers.append(await loop.create_server(
+                lambda: MqttConnection(self, "mqtts"), s.host, s.tls_port, ssl=ctx,
+                reuse_address=True))
+        self._ticker = loop.create_task(self._tick())
+        if s.sys_interval:
+            self._sys = loop.create_task(self._sys_loop(s.sys_interval))
+
+    async def shutdown(self, timeout: float) -> None:
+        for server in self._servers:
+            server.close()
+        for task in (self._ticker, self._sys):
+            if task is not None:
+                task.cancel()
+        for conn in list(self.connections):
+            conn.close(ReasonCode.SERVER_SHUTTING_DOWN)
+        deadline = time.monotonic() + timeout
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            if conn.link is not None:
+                conn.link.abort()
+        for timer in self._will_timers.values():
+            timer.cancel()
+        await self._flush_offline()
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _restore(self) -> None:
+        """Re-register the stored persistent sessions (after a restart)."""
+        now = time.time()
+        for client_id, state in await self.node.store.mqtt_sessions():
+            gone = state.get("disconnected_at") or now
+            if gone + state.get("expiry", 0) <= now:
+                await self.node.store.mqtt_delete(client_id)
+                continue
+            session = self._session_from_state(client_id, state)
+            session.disconnected_at = gone
+            self.sessions[client_id] = session
+            for flt, sub in session.subs.items():
+                await self._register(session, flt, sub)
+            self._schedule_expiry(session)
+
+    def _session_from_state(self, client_id: str, state: dict[str, Any]) -> MqttSession:
+        principal = Principal(state.get("user"),
+                              tuple(state["subscribe"]) if state.get("subscribe") else None,
+                              tuple(state["publish"]) if state.get("publish") else None)
+        session = MqttSession(self, client_id, principal, persistent=True,
+                              expiry=int(state.get("expiry", 0)))
+        for flt, (qos, nl, rap, sid) in state.get("subs", {}).items():
+            session.subs[flt] = Sub(qos, nl, rap, sid)
+        return session
+
+    async def _tick(self) -> None:
+        """Once a second: keepalive deadlines, connect timeouts, the offline queue."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for conn in list(self.connections):
+                if conn.proto.check_keepalive(now):
+                    self.metrics.inc("tidings_errors_total", code="keepalive_timeout")
+                    conn._pump()
+                    conn._check_closed()
+            for conn, deadline in list(self.connect_deadlines.items()):
+                if now > deadline and conn.proto.state is not State.CONNECTED:
+                    self.connect_deadlines.pop(conn, None)
+                    if conn.link is not None:
+                        conn.link.abort()  # no CONNECT in time [MQTT-3.1.4-x]: just close
+
+    async def _sys_loop(self, interval: float) -> None:
+        """``$SYS/broker/...`` statistics, retained, as Mosquitto publishes them."""
+        while True:
+            stats = {
+                "version": _VERSION,
+                "uptime": f"{int(time.time() - self.started)} seconds",
+                "clients/connected": len(self.connections),
+                "clients/total": len(self.sessions),
+                "messages/received": self.metrics.get("tidings_messages_in_total"),
+                "messages/sent": self.metrics.get("tidings_messages_out_total"),
+                "subscriptions/count": len(self.node.hub),
+                "retained messages/count": "n/a",
+            }
+            stats.pop("retained messages/count")
+            for key, value in stats.items():
+                try:
+                    await self.node.publish(f"$SYS/broker/{key}", str(value).encode(),
+                                            classify_payload(str(value).encode()),
+                                            retain=True, qos=0)
+                except TidingsError:
+                    pass
+            await asyncio.sleep(interval)
+
+    # -- offline queue ------------------------------------------------------------------
+
+    def enqueue_offline(self, client_id: str, message: QueuedMessage) -> None:
+        if not self._offline:
+            self.spawn(self._flush_offline_soon())
+        self._offline.append((client_id, message))
+
+    async def _flush_offline_soon(self) -> None:
+        await asyncio.sleep(0)
+        await self._flush_offline()
+
+    async def _flush_offline(self) -> None:
+        batch, self._offline = self._offline, []
+        if not batch:
+            return
+        try:
+            dropped = await self.node.store.mqtt_enqueue(batch, self.settings.mqtt.max_queued)
+        except TidingsError:
+            dropped = len(batch)
+        if dropped:
+            self.metrics.inc("tidings_mqtt_dropped_total", dropped, reason="queue_full")
+
+    # -- events ---------------------------------------------------------------------------
+
+    async def handle(self, conn: MqttConnection, event: Any) -> None:
+        if isinstance(event, Connect):
+            await self._connect(conn, event)
+        elif isinstance(event, Publish):
+            await self._publish(conn, event)
+        elif isinstance(event, Subscribe):
+            await self._subscribe(conn, event)
+        elif isinstance(event, Unsubscribe):
+            await self._unsubscribe(conn, event)
+        elif isinstance(event, MessageAcknowledged):
+            conn._drain_pending()
+        elif isinstance(event, Disconnect):
+            self._disconnect(conn, event)
+        elif isinstance(event, ProtocolViolation):
+            self.metrics.inc("tidings_errors_total", code="mqtt_protocol")
+            log.warning("MQTT protocol violation from %s: %s",
+                        conn.session.client_id if conn.session else "a client", event.error)
+        elif isinstance(event, PingReq):
+            pass
+
+    def _refuse(self, conn: MqttConnection, v5: int) -> None:
+        self.metrics.inc("tidings_errors_total", code=f"mqtt_connack_{v5:#x}")
+        conn.proto.send(Connack(reason_code=v5))
+        conn._pump()
+
+    async def _connect(self, conn: MqttConnection, packet: Connect) -> None:
+        s = self.settings
+        self.connect_deadlines.pop(conn, None)
+        v5 = packet.version == Version.V5
+        # Authenticate: the password is a Tidings token (the username is informational).
+        if packet.password is None:
+            if not s.auth.allow_anonymous:
+                self._refuse(conn, ReasonCode.NOT_AUTHORIZED if packet.username is None
+                             else ReasonCode.BAD_USER_NAME_OR_PASSWORD)
+                return
+            principal = Principal(None)
+        else:
+            try:
+                principal = self.tokens.verify(packet.password.decode("utf-8", "replace"))
+            except Unauthorized:
+                self._refuse(conn, ReasonCode.BAD_USER_NAME_OR_PASSWORD)
+                return
+        client_id = packet.client_id
+        assigned = None
+        if not client_id:
+            client_id = assigned = "auto-" + secrets.token_hex(8)
+        if len(client_id) > 256:
+            self._refuse(conn, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID)
+            return
+        old = self.sessions.get(client_id)
+        if old is not None and old.principal.user != principal.user:
+            # A token cannot take over another user's session.
+            self._refuse(conn, ReasonCode.NOT_AUTHORIZED)
+            return
+        # Session expiry: 3.1.1 clean session 0 lives on (bounded by the setting).
+        if v5:
+            expiry = packet.properties.session_expiry_interval or 0
+        else:
+            expiry = 0 if packet.clean_start else s.mqtt.max_session_expiry
+        expiry = min(expiry, s.mqtt.max_session_expiry)
+        # Take over a live connection of the same client id [MQTT-3.1.4-2].
+        if old is not None and old.conn is not None:
+            prev = old.conn
+            prev.taken_over = True
+            old.conn = None
+            prev.close(ReasonCode.SESSION_TAKEN_OVER)
+            if not packet.clean_start:
+                conn.proto.attach_session(prev.proto.session)
+                conn.pending.extend(prev.pending)
+            self.metrics.inc("tidings_mqtt_takeovers_total")
+        timer = self._will_timers.pop(client_id, None)
+        if timer is not None:
+            timer.cancel()  # the client is back before its will delay ran out
+        session_present = False
+        if packet.clean_start or old is None:
+            if old is not None:
+                await self._end_session(old)
+            session = MqttSession(self, client_id, principal)
+            if not packet.clean_start:
+                stored = await self.node.store.mqtt_session(client_id)
+                if stored is not None:  # a session kept by another node or before a restart
+                    session = self._session_from_state(client_id, stored[0])
+                    session_present = True
+                    await self._resume_queue(conn, stored[1])
+                    for flt, sub in session.subs.items():
+                        await self._register(session, flt, sub)
+        else:
+            session = old
+            session.principal = principal
+            session_present = True
+            if session.expiry_timer is not None:
+                session.expiry_timer.cancel()
+                session.expiry_timer = None
+            stored = await self.node.store.mqtt_session(client_id)
+            if stored is not None:
+                await self._resume_queue(conn, stored[1])
+        session.persistent = expiry > 0
+        session.expiry = expiry
+        session.disconnected_at = None
+        session.conn = conn
+        conn.session = session
+        conn.will = packet.will
+        self.sessions[client_id] = session
+        if session.persistent:
+            await self.node.store.mqtt_save(client_id, session.state(), [])
+        else:
+            await self.node.store.mqtt_delete(client_id)
+        props = NO_PROPERTIES
+        if v5:
+            keep = packet.keep_alive
+            server_keep = None
+            if s.mqtt.max_keepalive and (keep == 0 or keep > s.mqtt.max_keepalive):
+                server_keep = s.mqtt.max_keepalive
+            props = Properties(
+                assigned_client_identifier=assigned,
+                server_keep_alive=server_keep,
+                maximum_qos=None,
+                retain_available=None,
+                wildcard_subscription_available=1,
+                subscription_identifier_available=1,
+                shared_subscription_available=1,
+            )
+        conn.proto.send(Connack(session_present=session_present, properties=props))
+        conn._fast = not v5 or conn.proto.client_max_packet_size is None
+        conn._drain_pending()
+        if principal.user is not None:
+            self.presence.online(principal.user, conn, client_id, "mqtt")
+        conn._pump()
+
+    async def _resume_queue(self, conn: MqttConnection, queue: list[QueuedMessage]) -> None:
+        """Messages kept in the store: in-flight ones are redelivered with DUP at the
+        CONNACK [MQTT-4.4.0-1]; the others wait for send quota."""
+        now_ms = int(time.time() * 1000)
+        state = conn.proto.session
+        for m in queue:
+            if m.expires is not None and m.expires <= now_ms:
+                continue
+            props, ids = _props_from_json(m.properties)
+            template = PublishTemplate(m.topic, m.payload, props)
+            if m.packet_id is not None and m.packet_id not in state.outbound:
+                flow = (FlowState.AWAIT_PUBCOMP if m.pubrel else
+                        FlowState.AWAIT_PUBACK if m.qos == 1 else FlowState.AWAIT_PUBREC)
+                state.outbound[m.packet_id] = InFlight(m.packet_id, template, m.qos, m.retain,
+                                                       ids, flow)
+            else:
+                conn.pending.append((template, m.qos, m.retain, ids))
+
+    def _disconnect(self, conn: MqttConnection, packet: Disconnect) -> None:
+        conn.graceful = packet.reason_code != ReasonCode.DISCONNECT_WITH_WILL
+        session = conn.session
+        expiry = packet.properties.session_expiry_interval
+        if session is not None and expiry is not None:
+            session.expiry = min(expiry, self.settings.mqtt.max_session_expiry)
+            session.persistent = session.expiry > 0
+
+    def detached(self, conn: MqttConnection) -> None:
+        """The connection is gone: will, presence, and keep or end the session."""
+        session = conn.session
+        if session is None or conn.taken_over:
+            return
+        if session.user is not None:
+            self.presence.offline(session.user, conn)
+        if not conn.graceful and conn.will is not None:
+            self._schedule_will(session, conn.will)
+        session.conn = None
+        if session.persistent:
+            session.disconnected_at = time.time()
+            queue = _queue_of(conn)
+            self.spawn(self.node.store.mqtt_save(session.client_id, session.state(), queue))
+            self._schedule_expiry(session)
+        else:
+            self.spawn(self._end_session(session))
+
+    def _schedule_will(self, session: MqttSession, will: Will) -> None:
+        delay = will.properties.will_delay_interval or 0
+        delay = min(delay, session.expiry) if session.persistent else 0
+        if delay <= 0:
+            self.spawn(self._publish_will(session, will))
+            return
+        self._will_timers[session.client_id] = asyncio.get_running_loop().call_later(
+            delay, lambda: self.spawn(self._publish_will(session, will)))
+
+    async def _publish_will(self, session: MqttSession, will: Will) -> None:
+        self._will_timers.pop(session.client_id, None)
+        if not self.acl.can_publish(session.principal, will.topic):
+            return
+        props = will.properties
+        meta = replace(props, will_delay_interval=None) if props else None
+        try:
+            await self.node.publish(will.topic, will.payload, classify_payload(will.payload),
+                                    retain=will.retain, qos=int(will.qos),
+                                    origin=session.client_id, meta=meta)
+            self.metrics.inc("tidings_mqtt_wills_total")
+        except TidingsError:
+            log.warning("could not publish a will (store unavailable)")
+
+    def _schedule_expiry(self, session: MqttSession) -> None:
+        if session.expiry_timer is not None:
+            session.expiry_timer.cancel()
+        gone = session.disconnected_at or time.time()
+        delay = max(0.0, gone + session.expiry - time.time())
+        session.expiry_timer = asyncio.get_running_loop().call_later(
+            delay, lambda: self.spawn(self._expire(session)))
+
+    async def _expire(self, session: MqttSession) -> None:
+        if session.conn is None and self.sessions.get(session.client_id) is session:
+            await self._end_session(session)
+
+    async def _end_session(self, session: MqttSession) -> None:
+        if self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+        if session.expiry_timer is not None:
+            session.expiry_timer.cancel()
+        for flt in list(session.subs):
+            await self._unregister(session, flt)
+        session.subs.clear()
+        if session.persistent or session.conn is None:
+            await self.node.store.mqtt_delete(session.client_id)
+
+    # -- publish --------------------------------------------------------------------------
+
+    async def _publish(self, conn: MqttConnection, packet: Publish) -> None:
+        session = conn.session
+        assert session is not None
+        v5 = conn.proto.version == Version.V5
+        t = self.settings.topics
+        code = ReasonCode.SUCCESS
+        try:
+            topic = validate_topic(packet.topic, max_length=t.max_length, max_depth=t.max_depth)
+        except TopicError:
+            topic = ""
+            code = ReasonCode.TOPIC_NAME_INVALID
+        if code == ReasonCode.SUCCESS and not self.acl.can_publish(session.principal, topic):
+            code = ReasonCode.NOT_AUTHORIZED
+            self.metrics.inc("tidings_errors_total", code="forbidden")
+        if code == ReasonCode.SUCCESS:
+            try:
+                await self._accept(session, topic, packet)
+            except TidingsError:
+                code = ReasonCode.SERVER_UNAVAILABLE if v5 else ReasonCode.SUCCESS
+                if not v5:
+                    conn.close()  # 3.1.1 has no way to say it: close, the client retries
+                    return
+        if packet.qos == 1:
+            conn.proto.send(PubAck(packet.packet_id or 0, code if v5 else 0))
+        elif packet.qos == 2:
+            conn.proto.send(PubRec(packet.packet_id or 0, code if v5 else 0))
+        conn._pump()
+
+    async def _accept(self, session: MqttSession, topic: str, packet: Publish) -> None:
+        user = session.user
+        if user is not None and topic == f"users/{user}/read":
+            await self._device_read(session, packet.payload)
+            return
+        props = packet.properties
+        meta = props if props else None
+        await self.node.publish(topic, packet.payload, classify_payload(packet.payload),
+                                retain=packet.retain, qos=int(packet.qos),
+                                origin=session.client_id, meta=meta)
+
+    async def _device_read(self, session: MqttSession, payload: bytes) -> None:
+        """``users/{uid}/read``: ``{"ids": [...]}`` or ``{"all": true}``; applied, not forwarded."""
+        assert session.user is not None
+        try:
+            body = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            self.metrics.inc("tidings_errors_total", code="bad_read")
+            return
+        if not isinstance(body, dict):
+            return
+        try:
+            await self.notifier.mark(session.user, "read", body.get("ids"),
+                                     body.get("all") is True, session.client_id)
+        except TidingsError as e:
+            if e.status >= 500:
+                raise
+            self.metrics.inc("tidings_errors_total", code=e.code)
+
+    # -- subscribe -------------------------------------------------------------------------
+
+    async def _register(self, session: MqttSession, flt: str, sub: Sub) -> None:
+        if flt.startswith("$share/"):
+            _, group, inner = flt.split("/", 2)
+            key = (group, inner)
+            g = self.groups.get(key)
+            if g is None:
+                g = self.groups[key] = _ShareGroup(group, inner)
+                await self.node.subscribe(inner, g)
+            g.members[session] = sub
+        else:
+            await self.node.subscribe(flt, session)
+
+    async def _unregister(self, session: MqttSession, flt: str) -> None:
+        if flt.startswith("$share/"):
+            _, group, inner = flt.split("/", 2)
+            g = self.groups.get((group, inner))
+            if g is not None:
+                g.members.pop(session, None)
+                if not g.members:
+                    del self.groups[(group, inner)]
+                    await self.node.unsubscribe(inner, g)
+        else:
+            await self.node.unsubscribe(flt, session)
+
+    def _check_filter(self, session: MqttSession, flt: str) -> tuple[int, str]:
+        """(reason code, the filter to check permissions on)."""
+        t = self.settings.topics
+        inner = flt
+        if flt.startswith("$share/"):
+            parts = flt.split("/", 2)
+            if len(parts) < 3 or not parts[1] or "+" in parts[1] or "#" in parts[1]:
+                return ReasonCode.TOPIC_FILTER_INVALID, flt
+            inner = parts[2]
+        try:
+            validate_filter(inner, max_length=t.max_length, max_depth=t.max_depth)
+        except TopicError:
+            return ReasonCode.TOPIC_FILTER_INVALID, inner
+        if not self.acl.can_subscribe(session.principal, inner):
+            return ReasonCode.NOT_AUTHORIZED, inner
+        return ReasonCode.SUCCESS, inner
+
+    async def _subscribe(self, conn: MqttConnection, packet: Subscribe) -> None:
+        session = conn.session
+        assert session is not None
+        sub_id = packet.properties.subscription_identifiers[0] \
+            if packet.properties.subscription_identifiers else None
+        codes: list[int] = []
+        retained_jobs: list[tuple[str, Sub]] = []
+        for s in packet.subscriptions:
+            code, inner = self._check_filter(session, s.topic_filter)
+            shared = s.topic_filter.startswith("$share/")
+            if code == ReasonCode.SUCCESS and shared and s.no_local:
+                code = ReasonCode.PROTOCOL_ERROR  # [MQTT-3.8.3-4]
+            new = s.topic_filter not in session.subs
+            if code == ReasonCode.SUCCESS and new and \
+                    len(session.subs) >= self.settings.mqtt.max_subscriptions:
+                code = ReasonCode.QUOTA_EXCEEDED
+            if code != ReasonCode.SUCCESS:
+                self.metrics.inc("tidings_errors_total", code=f"mqtt_suback_{code:#x}")
+                codes.append(code)
+                continue
+            sub = Sub(int(s.qos), s.no_local, s.retain_as_published, sub_id)
+            if new:
+                session.subs[s.topic_filter] = sub
+                await self._register(session, s.topic_filter, sub)
+            else:
+                session.subs[s.topic_filter] = sub  # replaces options [MQTT-3.8.4-3]
+                if shared:
+                    g = self.groups.get(tuple(s.topic_filter.split("/", 2)[1:]))  # type: ignore[arg-type]
+                    if g is not None:
+                        g.members[session] = sub
+            codes.append(int(s.qos))
+            rh = int(s.retain_handling)
+            if not shared and (rh == 0 or (rh == 1 and new)):  # [MQTT-3.3.1-9..11]
+                retained_jobs.append((inner, sub))
+        conn.proto.send(SubAck(packet.packet_id, tuple(codes)))
+        conn._pump()
+        if session.persistent:
+            await self.node.store.mqtt_save(session.client_id, session.state())
+        for inner, sub in retained_jobs:
+            for pub in await self.node.store.retained(inner):
+                if pub.topic.startswith("users/") and pub.topic.split("/")[1] != session.user:
+                    continue
+                ids = (sub.subscription_id,) if sub.subscription_id is not None else ()
+                conn.publish(_template(pub), min(sub.qos, pub.qos), True, ids)  # [MQTT-3.3.1-8]
+
+    async def _unsubscribe(self, conn: MqttConnection, packet: Unsubscribe) -> None:
+        session = conn.session
+        assert session is not None
+        codes = []
+        for flt in packet.topic_filters:
+            if flt in session.subs:
+                del session.subs[flt]
+                await self._unregister(session, flt)
+                codes.append(ReasonCode.SUCCESS)
+            else:
+                codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
+        conn.proto.send(UnsubAck(packet.packet_id, tuple(codes)))
+        conn._pump()
+        if session.persistent:
+            await self.node.store.mqtt_save(session.client_id, session.state())
+
+
+def _queue_of(conn: MqttConnection) -> list[QueuedMessage]:
+    """What a persistent session keeps when its connection ends: in-flight first
+    (with their packet ids, to resend with DUP), then what waited for quota."""
+    out: list[QueuedMessage] = []
+    for flight in conn.proto.session.outbound.values():
+        out.append(QueuedMessage(flight.message.topic, flight.message.payload, flight.qos,
+                                 flight.retain, flight.packet_id,
+                                 flight.flow is FlowState.AWAIT_PUBCOMP,
+                                 properties=_props_to_json(flight.message.properties,
+                                                           flight.subscription_ids)))
+    for template, qos, retain, ids in conn.pending:
+        if qos:
+            out.append(QueuedMessage(template.topic, template.payload, qos, retain,
+                                     properties=_props_to_json(template.properties, ids)))
+    return out
+

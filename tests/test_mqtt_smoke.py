@@ -1,0 +1,88 @@
+"""MQTT headline: a device gets notifications and unread; WS <-> MQTT share topics."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+from typing import Any
+
+import orjson
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from conftest import WAIT, Node
+
+
+class Device:
+    """A real paho-mqtt client on its own network thread; messages land in a queue."""
+
+    def __init__(self, port: int, client_id: str, *, token: str | None,
+                 version: int = mqtt.MQTTv311, clean: bool = True) -> None:
+        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.connected: queue.Queue[Any] = queue.Queue()
+        kw: dict[str, Any] = {"protocol": version}
+        if version != mqtt.MQTTv5:
+            kw["clean_session"] = clean
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, **kw)
+        if token is not None:
+            self.c.username_pw_set("device", token)
+        self.c.on_message = lambda c, u, m: self.messages.put(m)
+        self.c.on_connect = lambda c, u, f, rc, p: self.connected.put(rc)
+        self.c.on_subscribe = lambda c, u, mid, rcs, p: self.connected.put(rcs)
+        self.c.connect("127.0.0.1", port, keepalive=30)
+        self.c.loop_start()
+
+    async def get(self, q: queue.Queue[Any]) -> Any:
+        return await asyncio.to_thread(q.get, True, WAIT)
+
+    async def message(self) -> mqtt.MQTTMessage:
+        return await self.get(self.messages)
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+async def test_device_gets_notifications_unread_and_reads(node: Node) -> None:
+    port = node.app.mqtt_port
+    tab = await node.client("alice", device="tab")
+    d = Device(port, "kitchen", token=node.token("alice"))
+    try:
+        rc = await d.get(d.connected)
+        assert rc == 0
+        d.c.subscribe([("users/alice/notifications", 1), ("users/alice/unread", 1)])
+        codes = await d.get(d.connected)
+        assert [int(c.value) if hasattr(c, "value") else c for c in codes] == [1, 1]
+        status, body = await node.api("POST", "/v1/notify", {"users": ["alice"], "title": "hi"})
+        assert status == 200
+        got = {}
+        for _ in range(2):
+            m = await d.message()
+            got[m.topic] = orjson.loads(m.payload)
+        assert got["users/alice/notifications"]["id"] == body["id"]
+        assert got["users/alice/unread"] == {"count": 1}
+        await tab.push()
+        d.c.publish("users/alice/read", orjson.dumps({"ids": [body["id"]]}), qos=1)
+        ev = await tab.push()
+        assert ev["type"] == "read" and ev["unread"] == 0 and ev["device"] == "kitchen"
+    finally:
+        d.close()
+
+
+async def test_sensor_to_browser_and_back(node: Node) -> None:
+    port = node.app.mqtt_port
+    browser = await node.client("alice")
+    await browser.request("subscribe", topic="home/+/temp")
+    sensor = Device(port, "sensor-1", token=node.token("alice", publish=["home/#"]))
+    try:
+        assert await sensor.get(sensor.connected) == 0
+        sensor.c.publish("home/kitchen/temp", b"21.5", qos=1)
+        m = await browser.push()
+        assert m["topic"] == "home/kitchen/temp" and m["data"] == 21.5
+        sensor.c.subscribe("news/#", qos=0)
+        await sensor.get(sensor.connected)
+        await node.publish("news/sports", {"score": "2-1"})
+        got = await sensor.message()
+        assert got.topic == "news/sports" and orjson.loads(got.payload) == {"score": "2-1"}
+    finally:
+        sensor.close()
