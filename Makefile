@@ -3,9 +3,10 @@
 #
 #   make run     Tidings on its embedded default (scripts/run.sh)
 #   make test    the whole test suite (scripts/test.sh, the README's test command)
-#   make style   ruff over server/ and tests/
+#   make style   ruff over server/, tests/ and scripts/
 #   make types   mypy --strict over server/
-#   make check   style + types + test
+#   make check   style + types + config-doc + test
+#   make config-doc   config/single.toml documents every setting of config.py
 #   make bench   the benchmark harness (bench/harness.py; BENCH_ARGS=--quick for a short run)
 
 SHELL := /bin/bash
@@ -16,7 +17,7 @@ BENCH_ARGS ?=
 # $(call install,EXTRAS): the venv with `pip install -e '.[EXTRAS]'` (scripts/lib.sh).
 install = source scripts/lib.sh && ensure_venv && ensure_installed $(1)
 
-.PHONY: help run test style types check bench dev clean
+.PHONY: help run test style types config-doc check bench dev clean
 
 help:
 	@sed -n 's/^#   make /make /p' Makefile
@@ -31,12 +32,15 @@ dev:
 	@$(call install,$(DEV_EXTRAS))
 
 style: dev
-	$(PY) -m ruff check server tests
+	$(PY) -m ruff check server tests scripts
 
 types: dev
 	$(PY) -m mypy --strict server/
 
-check: style types test
+config-doc: dev
+	$(PY) scripts/check_config_doc.py
+
+check: style types config-doc test
 
 bench:
 	@$(call install,bench)
