@@ -12,7 +12,11 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from urllib.parse import parse_qs
+
 from aiohttp import web
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
 
 from .api.http import build_app
 from .auth import Acl, ApiKeys, TokenAuthority
@@ -21,7 +25,7 @@ from .bus.memory import MemoryBus
 from .config import Settings
 from .edges.mqtt import MqttBroker, serve_websocket
 from .edges.ws import WsEdge
-from .errors import Unavailable
+from .errors import TidingsError, Unavailable
 from .metrics import Metrics
 from .node import Node
 from .notify import Notifier
@@ -111,8 +115,9 @@ class App:
         self.acl = Acl(settings.acl)
         self.notifier = Notifier(self.node, settings.notify)
         self.presence = Presence(name, settings.presence, self.metrics)
+        routes = {"/dev/token": self._dev_token} if self.secrets.dev_key else {}
         self.ws = WsEdge(settings, self.node, self.tokens, self.acl, self.metrics,
-                         self.notifier, self.presence)
+                         self.notifier, self.presence, routes)
         self.mqtt: MqttBroker | None = None
         if settings.mqtt.enabled:
             self.mqtt = MqttBroker(settings, self.node, self.tokens, self.acl, self.notifier,
@@ -132,6 +137,24 @@ class App:
             ("tidings_notifications_total", "notifications accepted by /v1/notify"),
         ):
             self.metrics.describe(name_, text)
+
+    def _dev_token(self, request: Request) -> Response:
+        """``GET /dev/token?user=NAME``: a token for the demo page, in development only.
+
+        Served only while no API key is configured (the dev key was made for
+        this data folder): a deployment with real keys never has this route.
+        """
+        query = parse_qs(request.path.partition("?")[2])
+        user = (query.get("user") or ["demo"])[0]
+        try:
+            token = self.tokens.issue(user, ttl=min(3600, self.settings.auth.max_token_ttl),
+                                      publish=["demo/#", "news/#"])
+            body, status = json.dumps({"token": token, "user": user}).encode(), 200
+        except TidingsError as e:
+            body, status = json.dumps({"error": e.to_dict()}).encode(), e.status
+        headers = Headers([("Content-Type", "application/json"),
+                           ("Content-Length", str(len(body))), ("Cache-Control", "no-store")])
+        return Response(status, "OK" if status == 200 else "Bad Request", headers, body)
 
     @property
     def ws_port(self) -> int:
