@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from dataclasses import replace
@@ -13,12 +14,15 @@ from .hub import Hub, Subscriber
 from .metrics import Metrics
 from .protocol.topics import matches
 from .store.base import HistoryPolicy, PublishResult, Store
-from .types import PayloadKind, Publication
+from .errors import TidingsError
+from .types import PayloadKind, Publication, format_offset, parse_offset
 
 __all__ = ["Node"]
 
 log = logging.getLogger("tidings.node")
 _NO_HISTORY = HistoryPolicy(0, 1.0)
+_MAX_TRACKED = 100_000  # topics whose last offset is remembered for gap detection
+_FILL_LIMIT = 1000
 
 
 class Node:
@@ -35,13 +39,22 @@ class Node:
         self._history = history
         self._policies: dict[str, HistoryPolicy] = {}
         self._refs: Counter[str] = Counter()
+        # Per topic, the (epoch, seq) last delivered here: a later one that skips
+        # ahead is a gap the bus dropped, filled from history before going on;
+        # one at or before it is a duplicate. Topics being filled hold what arrives.
+        self._last: dict[str, tuple[str, int]] = {}
+        self._filling: dict[str, list[Publication]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self.store.open()
+        self.bus.on_resubscribed = self.resync
         await self.bus.start(self._on_bus)
 
     async def close(self) -> None:
         await self.bus.close()
+        for task in list(self._tasks):
+            task.cancel()
         await self.store.close()
 
     def policy(self, topic: str) -> HistoryPolicy:
@@ -73,11 +86,14 @@ class Node:
             pub = result.publication
             if qos != 1 or retain or origin is not None or meta is not None:
                 pub = replace(pub, qos=qos, published_retain=retain, origin=origin, meta=meta)
-            await self.bus.publish(pub)
+            if not self.store.announces:
+                await self.bus.publish(pub)
         return result
 
     async def fan_out(self, publications: list[Publication]) -> None:
         """Send already-stored publications (e.g. an inbox change) to every node."""
+        if self.store.announces:
+            return  # the store's own atomic step already put them on the bus
         for pub in publications:
             await self.bus.publish(pub)
 
@@ -97,6 +113,28 @@ class Node:
             self._refs[flt] -= 1
 
     def _on_bus(self, pub: Publication) -> None:
+        """A publication from the bus: deliver it in offset order, once."""
+        held = self._filling.get(pub.topic)
+        if held is not None:
+            held.append(pub)
+            return
+        position = parse_offset(pub.offset)
+        last = self._last.get(pub.topic)
+        if position is not None and last is not None and last[0] == position[0]:
+            if position[1] <= last[1]:
+                self.metrics.inc("tidings_bus_duplicates_total")
+                return
+            if position[1] > last[1] + 1:
+                self.metrics.inc("tidings_bus_gaps_total")
+                self._fill(pub.topic, format_offset(*last), [pub])
+                return
+        self._deliver(pub, position)
+
+    def _deliver(self, pub: Publication, position: tuple[str, int] | None) -> None:
+        if position is not None:
+            if len(self._last) >= _MAX_TRACKED and pub.topic not in self._last:
+                self._last.clear()  # bounded: forget the oldest knowledge wholesale
+            self._last[pub.topic] = position
         try:
             n = self.hub.deliver(pub)
         except Exception:  # our bug: never let it kill the bus reader
@@ -104,3 +142,35 @@ class Node:
             self.metrics.inc("tidings_errors_total", code="internal")
             return
         self.metrics.inc("tidings_deliveries_total", n)
+
+    def _fill(self, topic: str, since: str, held: list[Publication]) -> None:
+        """Deliver what history has after ``since``, then what arrived meanwhile."""
+        self._filling[topic] = held
+        task = asyncio.get_running_loop().create_task(self._fill_from_history(topic, since))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fill_from_history(self, topic: str, since: str) -> None:
+        items: list[Publication] = []
+        try:
+            page = await self.store.history(topic, since, _FILL_LIMIT)
+            items = page.items
+            if not page.complete:
+                self.metrics.inc("tidings_bus_gaps_unfilled_total")
+                log.warning("history no longer reaches back to fill a gap on %r", topic)
+        except TidingsError:
+            self.metrics.inc("tidings_bus_gaps_unfilled_total")
+        held = self._filling.pop(topic, [])
+        for pub in sorted([*items, *held], key=lambda p: p.seq):
+            position = parse_offset(pub.offset)
+            last = self._last.get(topic)
+            if position is not None and last is not None and last[0] == position[0] \
+                    and position[1] <= last[1]:
+                continue
+            self._deliver(pub, position)
+
+    def resync(self) -> None:
+        """After the bus reconnected: fill whatever was missed on subscribed topics."""
+        for topic, last in list(self._last.items()):
+            if topic not in self._filling and self.hub.subscribers(topic):
+                self._fill(topic, format_offset(*last), [])

@@ -25,6 +25,10 @@ Deliver = Callable[[Publication], None]
 
 
 class Bus(abc.ABC):
+    on_resubscribed: Callable[[], None] | None = None
+    """Set by the node: called after the bus reconnected and resubscribed, so
+    the node can fill from history whatever was published meanwhile."""
+
     @abc.abstractmethod
     async def start(self, deliver: Deliver) -> None:
         """Connect and begin calling ``deliver`` for every publication received."""

@@ -146,6 +146,11 @@ class QueuedMessage:
 class Store(abc.ABC):
     """Durable state of a Tidings deployment."""
 
+    announces: bool = False
+    """True when the store itself puts every publication it writes on the bus,
+    inside the same atomic step (Redis: the script PUBLISHes); the node then
+    does not publish again."""
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Connect / create the schema. Called once before any other method."""
