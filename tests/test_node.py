@@ -28,7 +28,7 @@ class LossyBus(MemoryBus):
         super().__init__()
         self.drop, self.dup = drop, dup
 
-    async def publish(self, publication: Publication) -> None:
+    async def publish(self, publication: Publication, *, announced: bool = False) -> None:
         if publication.seq in self.drop:
             return
         await super().publish(publication)

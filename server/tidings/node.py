@@ -86,16 +86,13 @@ class Node:
             pub = result.publication
             if qos != 1 or retain or origin is not None or meta is not None:
                 pub = replace(pub, qos=qos, published_retain=retain, origin=origin, meta=meta)
-            if not self.store.announces:
-                await self.bus.publish(pub)
+            await self.bus.publish(pub, announced=self.store.announces)
         return result
 
     async def fan_out(self, publications: list[Publication]) -> None:
         """Send already-stored publications (e.g. an inbox change) to every node."""
-        if self.store.announces:
-            return  # the store's own atomic step already put them on the bus
         for pub in publications:
-            await self.bus.publish(pub)
+            await self.bus.publish(pub, announced=self.store.announces)
 
     async def subscribe(self, flt: str, sub: Subscriber) -> None:
         """Route publications matching ``flt`` to ``sub`` from now on."""

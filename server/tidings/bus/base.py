@@ -38,8 +38,12 @@ class Bus(abc.ABC):
         """Stop delivering and release connections. Idempotent."""
 
     @abc.abstractmethod
-    async def publish(self, publication: Publication) -> None:
-        """Send to every subscribed node; raises ``Unavailable`` if it cannot."""
+    async def publish(self, publication: Publication, *, announced: bool = False) -> None:
+        """Send to every subscribed node; raises ``Unavailable`` if it cannot.
+
+        ``announced``: the store already sent it on the topic's own channel in
+        its atomic step (``Store.announces``); the bus does only the rest.
+        """
 
     @abc.abstractmethod
     async def subscribe(self, flt: str) -> None:

@@ -25,7 +25,7 @@ class MemoryBus(Bus):
     async def close(self) -> None:
         self._deliver = None
 
-    async def publish(self, publication: Publication) -> None:
+    async def publish(self, publication: Publication, *, announced: bool = False) -> None:
         if self._deliver is None:
             raise Unavailable("bus is closed")
         self._deliver(publication)
