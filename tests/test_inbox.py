@@ -292,8 +292,9 @@ async def test_archive_op_and_its_push(node: Node) -> None:
 
 async def test_mark_needs_ids_or_all(node: Node) -> None:
     phone = await node.client("alice", device="phone")
-    for args in ({}, {"ids": []}, {"ids": ["n_1"], "all": True}, {"ids": [1]},
-                 {"all": False}):
+    cases: list[dict[str, Any]] = [{}, {"ids": []}, {"ids": ["n_1"], "all": True},
+                                   {"ids": [1]}, {"all": False}]
+    for args in cases:
         r = await phone.request("read", **args)
         assert not r["ok"] and r["error"]["code"] == "bad_request", (args, r)
     r = await phone.request("archive", ids="n_1")
@@ -596,7 +597,7 @@ async def test_track_and_stats(node: Node) -> None:
 
 
 async def test_devices_op_and_endpoint(node: Node) -> None:
-    laptop, phone, tablet, bob = await alice_and_bob(node)
+    laptop, _, tablet, _ = await alice_and_bob(node)
     r = await laptop.request("devices")
     assert r["ok"]
     assert sorted(d["device"] for d in r["devices"]) == ["laptop", "phone", "tablet"]

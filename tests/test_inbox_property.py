@@ -232,7 +232,7 @@ class Run:
         stream = self.model.stream
         # Negative picks count from the newest: most marks hit recent items.
         ids = [stream[p % len(stream)] for p in picks] if stream else ["n_unknown"]
-        return ids + [self.foreign_id] if foreign else ids
+        return [*ids, self.foreign_id] if foreign else ids
 
     async def issue(self, s: tuple[Any, ...]) -> asyncio.Future[Outcome]:
         """Send one notify / mark; return a future of its observed outcome."""
@@ -414,7 +414,7 @@ async def test_every_device_count_matches_store_and_model(
             await run.run(s)
         # A closing notify: nothing unexpected is still queued before it on any device.
         await run.run(("notify", None))
-        status, outsider = await node.api("GET", "/v1/users/outsider/unread")
+        _, outsider = await node.api("GET", "/v1/users/outsider/unread")
         assert outsider["unread"] == 1
     finally:
         await run.stop()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -140,8 +140,8 @@ async def test_notify_publishes_the_push_and_the_retained_count(store: Store) ->
     # The user's stream keeps the pushes, so a device can recover them by offset.
     page = await store.history(notifications_topic("alice"), None, 10)
     assert [p.data()["id"] for p in page.items][-1] == r.id
-    assert page.offset == [p for p in change.publications
-                           if p.topic == notifications_topic("alice")][0].offset
+    assert page.offset == next(p for p in change.publications
+                               if p.topic == notifications_topic("alice")).offset
 
 
 async def test_stream_offsets_increase_per_user(store: Store) -> None:
@@ -368,7 +368,7 @@ async def test_inbox_and_counts_survive_reopen(backend: Backend, tmp_path: Path,
 async def test_concurrent_changes_keep_the_count_exact(store: Store) -> None:
     """Many overlapping notify / read / unread / archive calls: count == model at the end."""
     ids = [(await send(store, ["alice"])).id for _ in range(20)]
-    calls = []
+    calls: list[Coroutine[Any, Any, UserChange | NotifyResult]] = []
     for i, nid in enumerate(ids):
         calls.append(store.mark("alice", "read", [nid], device=f"d{i % 3}", policy=policy))
         calls.append(store.mark("alice", "read", [nid], device="dup", policy=policy))
