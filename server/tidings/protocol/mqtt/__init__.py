@@ -17,6 +17,7 @@ from .codec import DEFAULT_MAX_PACKET_SIZE, Decoder, PublishTemplate, decode, en
 from .connection import (
     Connection,
     Event,
+    FlowState,
     InFlight,
     MessageAcknowledged,
     Outcome,
@@ -77,6 +78,7 @@ __all__ = [
     "Decoder",
     "Disconnect",
     "Event",
+    "FlowState",
     "InFlight",
     "LocalProtocolError",
     "MQTTError",

@@ -100,6 +100,7 @@ DEFAULT_MAX_PACKET_SIZE = 1 + 4 + VBI_MAX
 _U16 = struct.Struct(">H")
 _PUBREL, _SUBSCRIBE, _UNSUBSCRIBE = 6, 8, 10
 _PROTOCOL_NAME = "MQTT"
+_QOS = tuple(QoS)  # index -> member, cheaper than QoS(n) on the hot path
 
 
 # --- fixed header --------------------------------------------------------------
@@ -223,7 +224,7 @@ def _decode_connect_rest(v: Version, body: bytes, pos: int) -> Connect:
             raise MalformedPacket("empty will topic")  # [MQTT-4.7.3-1]
         _check_topic_name(topic, "will topic")  # [MQTT-3.1.2-9]
         payload, pos = decode_bin(body, pos, end)
-        will = Will(topic, payload, QoS(will_qos), will_retain, will_props)
+        will = Will(topic, payload, _QOS[will_qos], will_retain, will_props)
     username = password = None
     if has_username:
         username, pos = decode_str(body, pos, end)
@@ -269,7 +270,7 @@ def _decode_publish(flags: int, body: bytes, version: Version | None) -> Publish
             raise ProtocolError("empty topic and no topic alias")  # 5.0 section 3.3.2.1
     elif not topic:
         raise MalformedPacket("empty PUBLISH topic")  # 3.1.1 [MQTT-4.7.3-1]
-    return Publish(topic, body[pos:], QoS(qos), bool(flags & 0x01), bool(flags & 0x08),
+    return Publish(topic, body[pos:], _QOS[qos], bool(flags & 0x01), bool(flags & 0x08),
                    packet_id, props)
 
 
@@ -319,7 +320,7 @@ def _subscription(topic_filter: str, options: int, version: Version | None) -> S
     if version != Version.V5:
         if options & 0xFC:
             raise MalformedPacket("reserved subscription bits set")  # 3.1.1 [MQTT-3-8.3-4]
-        return Subscription(topic_filter, QoS(qos))
+        return Subscription(topic_filter, _QOS[qos])
     if options & 0xC0:
         raise MalformedPacket("reserved subscription option bits set")  # [MQTT-3.8.3-5]
     handling = (options >> 4) & 0x03
@@ -328,7 +329,7 @@ def _subscription(topic_filter: str, options: int, version: Version | None) -> S
     no_local = bool(options & 0x04)
     if no_local and topic_filter.startswith("$share/"):
         raise ProtocolError("no local on a shared subscription")  # [MQTT-3.8.3-4]
-    return Subscription(topic_filter, QoS(qos), no_local, bool(options & 0x08),
+    return Subscription(topic_filter, _QOS[qos], no_local, bool(options & 0x08),
                         RetainHandling(handling))
 
 

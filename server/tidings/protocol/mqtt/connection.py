@@ -72,6 +72,7 @@ from .reason_codes import VALID_REASON_CODES, ReasonCode
 __all__ = [
     "Connection",
     "Event",
+    "FlowState",
     "InFlight",
     "MessageAcknowledged",
     "Outcome",
@@ -589,7 +590,8 @@ class Connection:
 
         ``message`` is normally the hub's :class:`PublishTemplate` (encoded
         once for all subscribers); a :class:`Publish` is accepted too, its
-        QoS, RETAIN and subscription identifiers being the defaults. A
+        QoS, RETAIN and subscription identifiers being the defaults (its
+        packet id and DUP are ignored: packet ids are ours to allocate). A
         message over the client's Maximum Packet Size is dropped as if sent
         [MQTT-3.1.2-24], [MQTT-3.1.2-25].
         """
