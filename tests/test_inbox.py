@@ -13,14 +13,16 @@ marker got nothing before it.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
-from conftest import API_KEY, WAIT, Client, Node, start_node, stop_node
+from conftest import API_KEY, WAIT, Client, Node, ServerProcess, start_node, stop_node
 
 MakeNode = Callable[..., Awaitable[Node]]
 NOTIFICATION_FIELDS = {"type", "id", "offset", "title", "body", "data", "category", "priority",
@@ -390,6 +392,29 @@ async def test_idempotency_key_on_notify(node: Node) -> None:
     assert status == 400 and body["error"]["code"] == "bad_request"
 
 
+async def test_concurrent_retries_with_one_key_store_one_item(node: Node) -> None:
+    phone = await node.client("alice", device="phone")
+    answers = await asyncio.gather(*(notify(node, ["alice"], key="double-submit")
+                                     for _ in range(5)))
+    assert all(a == answers[0] for a in answers)
+    page = await inbox(node, "alice")
+    assert [i["id"] for i in page["items"]] == [answers[0]["id"]] and page["unread"] == 1
+    assert (await phone.push())["id"] == answers[0]["id"]
+    await nothing_before_marker(node, "alice", phone)
+
+
+async def test_msgpack_devices_get_the_same_pushes(node: Node) -> None:
+    json_dev = await node.client("alice", device="json")
+    mp_dev = await node.client("alice", device="msgpack", encoding="msgpack")
+    sent = await notify(node, ["alice"], data={"order": 42}, title="shipped")
+    a, b = await json_dev.push(), await mp_dev.push()
+    assert a == b and b["id"] == sent["id"] and b["data"] == {"order": 42}
+    r = await mp_dev.request("read", ids=[sent["id"]])
+    assert r["ok"] and r["unread"] == 0
+    a, b = await json_dev.push(), await mp_dev.push()
+    assert a == b and b["device"] == "msgpack" and b["type"] == "read"
+
+
 # -- offline recovery and restart ---------------------------------------------------------
 
 
@@ -476,6 +501,33 @@ async def test_restart_keeps_inbox_counts_and_offsets(tmp_path: Path) -> None:
         assert p["id"] == n4["id"] and p["unread"] == 2
     finally:
         await stop_node(node)
+
+
+async def test_a_killed_process_keeps_every_answered_notification(
+        server_process: ServerProcess) -> None:
+    """``kill -9`` right after the answers: what was acknowledged is in the inbox on restart."""
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    api = server_process.api_url
+    server_process.start()
+    async with aiohttp.ClientSession(headers=headers) as http:
+        ids = []
+        for i in range(3):
+            async with http.post(f"{api}/v1/notify", json={"users": ["alice"],
+                                                           "title": f"n{i}"}) as r:
+                assert r.status == 200
+                ids.append((await r.json())["id"])
+        async with http.post(f"{api}/v1/users/alice/read", json={"ids": [ids[0]]}) as r:
+            assert r.status == 200
+        server_process.stop(signal.SIGKILL)
+        server_process.start()
+        try:
+            async with http.get(f"{api}/v1/users/alice/inbox") as r:
+                page = await r.json()
+            assert [(i["id"], i["read"]) for i in page["items"]] == [
+                (ids[2], False), (ids[1], False), (ids[0], True)]
+            assert page["unread"] == 2
+        finally:
+            server_process.stop()
 
 
 # -- HTTP API and its errors -------------------------------------------------------------
