@@ -82,7 +82,8 @@ class Node:
                                           policy=self.policy(topic),
                                           idempotency_key=idempotency_key)
         if not result.duplicate:
-            self.metrics.inc("tidings_messages_in_total")
+            if not topic.startswith("$"):  # broker statistics are not traffic
+                self.metrics.inc("tidings_messages_in_total")
             pub = result.publication
             if qos != 1 or retain or origin is not None or meta is not None:
                 pub = replace(pub, qos=qos, published_retain=retain, origin=origin, meta=meta)
