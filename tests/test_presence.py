@@ -204,6 +204,20 @@ async def test_reconnect_inside_the_debounce_sends_nothing(make_node: MakeNode,
     await phone.close()
 
 
+async def test_shutdown_reports_its_users_offline(make_node: MakeNode, hook: Hook) -> None:
+    """A stopping node cannot see its users come back: it says they left, not nothing."""
+    node = await make_node(presence__debounce=5.0)
+    await node.client("alice", device="phone")
+    await node.client("bob", device="bob-phone")
+    assert {(await hook.next()).event["user"] for _ in range(2)} == {"alice", "bob"}
+    await stop_node(node)
+    events = [hook.delivered.get_nowait() for _ in range(hook.delivered.qsize())]
+    assert sorted((r.event["event"], r.event["user"]) for r in events) == [
+        ("offline", "alice"), ("offline", "bob")]
+    for r in events:
+        assert_signed(r)
+
+
 async def test_unsigned_without_a_secret(make_node: MakeNode, hook: Hook) -> None:
     node = await make_node(presence__webhook_secret="")
     phone = await node.client("alice", device="phone")

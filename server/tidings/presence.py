@@ -146,9 +146,15 @@ class Presence:
         log.warning("presence webhook gave up on a %s event", event["event"])
 
     async def close(self) -> None:
+        """Report every announced user offline (this node can no longer see them come
+        back, and a backend told nothing would wait for ever), then flush (bounded)."""
         for handle in self._pending_offline.values():
             handle.cancel()
         self._pending_offline.clear()
+        self._online.clear()
+        for user in sorted(self._announced):
+            self._emit("offline", user)
+        self._announced.clear()
         if self._worker is not None and not self._worker.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self._worker), 2.0)
