@@ -1,0 +1,1209 @@
+"""The MQTT broker with real clients: paho-mqtt (3.1.1 and 5.0) and raw sockets.
+
+Every test runs a whole in-process node (real sockets, real SQLite) and
+talks to it as a device would. paho-mqtt runs on its own network thread;
+its callbacks land in queues the test awaits with bounded timeouts. Where
+the exact bytes matter (the QoS 2 exactly-once flow, DUP, reason codes,
+malformed input) a :class:`Raw` client writes literal packets over a real
+TCP socket and parses what comes back.
+
+Restarts and offline queues are in ``test_mqtt_persist.py``; the Debian
+``mosquitto_pub`` / ``mosquitto_sub`` clients in ``test_mqtt_clients.py``.
+Both import the client helpers from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import queue
+import re
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties as PahoProperties
+
+from conftest import WAIT, Node, make_settings, stop_node
+from tidings.app import App
+from tidings.config import AclRule, Settings
+
+__all__ = ["Paho", "Raw", "RawPacket", "connect_packet", "metric", "paho", "publish_packet",
+           "raw", "start_with", "subscribe_packet", "wait_until"]
+
+QUIET = min(0.5, WAIT / 10)  # how long a negative check listens
+
+
+# --- waiting ---------------------------------------------------------------------
+
+async def wait_until(check: Any, timeout: float = WAIT, what: str = "condition") -> None:
+    """Poll ``check()`` (sync or async) until true, at most ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        got = check()
+        if asyncio.iscoroutine(got):
+            got = await got
+        if got:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def metric(node: Node, name: str, **labels: str) -> float:
+    """One sample of ``GET /metrics`` (0 when the series is absent)."""
+    status, text = await node.api("GET", "/metrics")
+    assert status == 200
+    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+                   if labels else "")
+    for line in text.splitlines():
+        if line.startswith(want + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+# --- raw packets ---------------------------------------------------------------------
+# Builders for the packets a test needs in many shapes. Tests whose subject is
+# the bytes themselves write them out literally instead.
+
+def vbi(n: int) -> bytes:
+    """A Variable Byte Integer (section 1.5.5)."""
+    out = bytearray()
+    while True:
+        n, byte = divmod(n, 128)
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def utf8(s: str | bytes) -> bytes:
+    b = s.encode() if isinstance(s, str) else s
+    return len(b).to_bytes(2, "big") + b
+
+
+def frame(first: int, body: bytes) -> bytes:
+    return bytes([first]) + vbi(len(body)) + body
+
+
+def props(*items: bytes) -> bytes:
+    """A 5.0 property block from encoded properties (see ``u16``/``u32``)."""
+    body = b"".join(items)
+    return vbi(len(body)) + body
+
+
+def u16(pid: int, value: int) -> bytes:
+    return bytes([pid]) + value.to_bytes(2, "big")
+
+
+def u32(pid: int, value: int) -> bytes:
+    return bytes([pid]) + value.to_bytes(4, "big")
+
+
+SESSION_EXPIRY, WILL_DELAY, SERVER_KEEP_ALIVE = 0x11, 0x18, 0x13
+RECEIVE_MAXIMUM, TOPIC_ALIAS, MAXIMUM_PACKET_SIZE = 0x21, 0x23, 0x27
+CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 2, 3, 4, 5, 6, 7
+SUBACK, UNSUBACK, PINGRESP, DISCONNECT = 9, 11, 13, 14
+
+
+def connect_packet(client_id: str, *, v5: bool = False, keepalive: int = 60,
+                   clean: bool = True, username: str | None = None,
+                   password: str | None = None,
+                   will: tuple[str, bytes, int, bool] | None = None,
+                   properties: bytes = b"\x00", will_properties: bytes = b"\x00") -> bytes:
+    flags = 0x02 if clean else 0
+    payload = utf8(client_id)
+    if will is not None:
+        topic, message, qos, retain = will
+        flags |= 0x04 | qos << 3 | (0x20 if retain else 0)
+        payload += (will_properties if v5 else b"") + utf8(topic) + utf8(message)
+    if username is not None:
+        flags |= 0x80
+        payload += utf8(username)
+    if password is not None:
+        flags |= 0x40
+        payload += utf8(password)
+    var = utf8("MQTT") + bytes([5 if v5 else 4, flags]) + keepalive.to_bytes(2, "big")
+    return frame(0x10, var + (properties if v5 else b"") + payload)
+
+
+def subscribe_packet(pid: int, *filters: tuple[str, int], v5: bool = False,
+                     properties: bytes = b"\x00") -> bytes:
+    body = pid.to_bytes(2, "big") + (properties if v5 else b"")
+    body += b"".join(utf8(f) + bytes([options]) for f, options in filters)
+    return frame(0x82, body)
+
+
+def publish_packet(topic: str, payload: bytes, *, qos: int = 0, pid: int | None = None,
+                   retain: bool = False, dup: bool = False, v5: bool = False,
+                   properties: bytes = b"\x00") -> bytes:
+    first = 0x30 | (0x08 if dup else 0) | qos << 1 | (0x01 if retain else 0)
+    body = utf8(topic) + (pid.to_bytes(2, "big") if qos and pid else b"")
+    return frame(first, body + (properties if v5 else b"") + payload)
+
+
+def ack_packet(ptype: int, pid: int) -> bytes:
+    return frame(ptype << 4 | (0x02 if ptype == PUBREL else 0), pid.to_bytes(2, "big"))
+
+
+def parse_props(data: bytes, pos: int) -> tuple[dict[int, list[Any]], int]:
+    """Read a 5.0 property block at ``pos``; return ({id: [values]}, the position after)."""
+    length, shift = 0, 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    end = pos + length
+    out: dict[int, list[Any]] = {}
+    while pos < end:
+        pid = data[pos]
+        pos += 1
+        value: Any
+        if pid in (0x01, 0x17, 0x19, 0x24, 0x25, 0x28, 0x29, 0x2A):
+            value, pos = data[pos], pos + 1
+        elif pid in (0x13, 0x21, 0x22, 0x23):
+            value, pos = int.from_bytes(data[pos:pos + 2], "big"), pos + 2
+        elif pid in (0x02, 0x11, 0x18, 0x27):
+            value, pos = int.from_bytes(data[pos:pos + 4], "big"), pos + 4
+        elif pid == 0x0B:
+            value, shift = 0, 0
+            while True:
+                byte = data[pos]
+                pos += 1
+                value |= (byte & 0x7F) << shift
+                shift += 7
+                if not byte & 0x80:
+                    break
+        elif pid == 0x26:
+            n = int.from_bytes(data[pos:pos + 2], "big")
+            k = data[pos + 2:pos + 2 + n].decode()
+            pos += 2 + n
+            m = int.from_bytes(data[pos:pos + 2], "big")
+            value, pos = (k, data[pos + 2:pos + 2 + m].decode()), pos + 2 + m
+        else:  # strings and binary data
+            n = int.from_bytes(data[pos:pos + 2], "big")
+            value, pos = data[pos + 2:pos + 2 + n], pos + 2 + n
+        out.setdefault(pid, []).append(value)
+    return out, end
+
+
+@dataclass
+class RawPacket:
+    """One packet from the server, split by its fixed header."""
+
+    type: int
+    flags: int
+    body: bytes
+    v5: bool
+
+    @property
+    def reason(self) -> int:
+        """The reason code of a 5.0 ack / DISCONNECT / CONNACK (return code in 3.1.1)."""
+        if self.type == CONNACK:
+            return self.body[1]
+        if self.type == DISCONNECT:
+            return self.body[0] if self.body else 0
+        if self.type in (PUBACK, PUBREC, PUBREL, PUBCOMP):
+            return self.body[2] if len(self.body) > 2 else 0
+        raise ValueError(f"packet type {self.type} has no single reason code")
+
+    @property
+    def pid(self) -> int:
+        if self.type == PUBLISH:
+            return self.publish()[4]
+        return int.from_bytes(self.body[:2], "big")
+
+    @property
+    def session_present(self) -> bool:
+        assert self.type == CONNACK
+        return bool(self.body[0] & 1)
+
+    def properties(self) -> dict[int, list[Any]]:
+        assert self.v5
+        pos = {CONNACK: 2, SUBACK: 2, UNSUBACK: 2, DISCONNECT: 1}.get(self.type)
+        if self.type == PUBLISH:
+            return self.publish()[5]
+        if pos is None or len(self.body) <= pos:
+            return {}
+        return parse_props(self.body, pos)[0]
+
+    def codes(self) -> list[int]:
+        """SUBACK / UNSUBACK reason codes."""
+        pos = parse_props(self.body, 2)[1] if self.v5 else 2
+        return list(self.body[pos:])
+
+    def publish(self) -> tuple[str, bytes, int, bool, int | None, dict[int, list[Any]], bool]:
+        """(topic, payload, qos, retain, packet id, properties, dup)."""
+        assert self.type == PUBLISH
+        n = int.from_bytes(self.body[:2], "big")
+        topic = self.body[2:2 + n].decode()
+        pos = 2 + n
+        qos = (self.flags >> 1) & 3
+        pid = None
+        if qos:
+            pid = int.from_bytes(self.body[pos:pos + 2], "big")
+            pos += 2
+        properties: dict[int, list[Any]] = {}
+        if self.v5:
+            properties, pos = parse_props(self.body, pos)
+        return (topic, self.body[pos:], qos, bool(self.flags & 1), pid, properties,
+                bool(self.flags & 8))
+
+
+class Raw:
+    """A hand-driven MQTT client over a real TCP socket."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 v5: bool) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.v5 = v5
+
+    @classmethod
+    async def open(cls, port: int, *, v5: bool = False) -> Raw:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port), WAIT)
+        return cls(reader, writer, v5)
+
+    @classmethod
+    async def connect(cls, port: int, client_id: str, *, v5: bool = False,
+                      expect: int = 0, **kw: Any) -> tuple[Raw, RawPacket]:
+        """Open, send CONNECT, read the CONNACK and check its code is ``expect``."""
+        raw = await cls.open(port, v5=v5)
+        await raw.send(connect_packet(client_id, v5=v5, **kw))
+        ack = await raw.recv()
+        assert ack.type == CONNACK and ack.reason == expect, ack
+        return raw, ack
+
+    async def send(self, *data: bytes) -> None:
+        for d in data:
+            self.writer.write(d)
+        await self.writer.drain()
+
+    async def recv(self, timeout: float = WAIT) -> RawPacket:
+        async def read() -> RawPacket:
+            first = (await self.reader.readexactly(1))[0]
+            length, shift = 0, 0
+            while True:
+                byte = (await self.reader.readexactly(1))[0]
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                if not byte & 0x80:
+                    break
+            body = await self.reader.readexactly(length)
+            return RawPacket(first >> 4, first & 0x0F, body, self.v5)
+
+        return await asyncio.wait_for(read(), timeout)
+
+    async def recv_publish(self, timeout: float = WAIT) -> RawPacket:
+        p = await self.recv(timeout)
+        assert p.type == PUBLISH, p
+        return p
+
+    async def closed(self, timeout: float = WAIT) -> list[RawPacket]:
+        """Read until the server closes; return what came before the close."""
+        got: list[RawPacket] = []
+        try:
+            while True:
+                got.append(await self.recv(timeout))
+        except (asyncio.IncompleteReadError, ConnectionResetError):
+            return got
+
+    async def silent(self, within: float = QUIET) -> None:
+        """Assert no packet arrives within ``within`` seconds (a bounded negative check)."""
+        try:
+            p = await self.recv(within)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected packet {p!r}")
+
+    def abort(self) -> None:
+        """Drop the connection without DISCONNECT (a network failure, for the server)."""
+        self.writer.transport.abort()
+
+    async def disconnect(self) -> None:
+        await self.send(b"\xe0\x00")
+        self.writer.close()
+
+
+# --- paho ----------------------------------------------------------------------------
+
+@dataclass
+class Connacked:
+    code: int
+    session_present: bool
+    properties: Any
+
+
+class Paho:
+    """A real paho-mqtt client on its own network thread; callbacks land in queues.
+
+    It never reconnects on its own during a test (a reconnect would hide a
+    takeover or a close the test is checking).
+    """
+
+    def __init__(self, port: int, client_id: str = "", *, token: str | None = None,
+                 username: str = "device", v5: bool = False, clean: bool = True,
+                 keepalive: int = 30, transport: str = "tcp", ws_path: str = "/mqtt",
+                 will: tuple[str, bytes, int, bool] | None = None,
+                 will_props: dict[str, Any] | None = None,
+                 connect_props: dict[str, Any] | None = None) -> None:
+        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.connacks: queue.Queue[Connacked] = queue.Queue()
+        self.subacks: queue.Queue[list[int]] = queue.Queue()
+        self.acks: queue.Queue[tuple[int, int]] = queue.Queue()
+        self.disconnects: queue.Queue[tuple[int, Any]] = queue.Queue()
+        self.v5 = v5
+        kw: dict[str, Any] = {"protocol": mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+                              "transport": transport}
+        if not v5:
+            kw["clean_session"] = clean
+        c = self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, **kw)
+        c.reconnect_delay_set(3600, 3600)
+        if transport == "websockets":
+            c.ws_set_options(path=ws_path)
+        if token is not None:
+            c.username_pw_set(username, token)
+        if will is not None:
+            c.will_set(*will, properties=_paho_props(PacketTypes.WILLMESSAGE, will_props))
+        c.on_message = lambda _c, _u, m: self.messages.put(m)
+        c.on_connect = lambda _c, _u, f, rc, p: self.connacks.put(
+            Connacked(int(rc.value), bool(f.session_present), p))
+        c.on_subscribe = lambda _c, _u, mid, rcs, p: self.subacks.put(
+            [int(r.value) for r in rcs])
+        c.on_publish = lambda _c, _u, mid, rc, p: self.acks.put((mid, int(rc.value)))
+        c.on_disconnect = lambda _c, _u, f, rc, p: self.disconnects.put((int(rc.value), p))
+        kwargs: dict[str, Any] = {"keepalive": keepalive}
+        if v5:
+            kwargs["clean_start"] = clean
+            kwargs["properties"] = _paho_props(PacketTypes.CONNECT, connect_props)
+        c.connect_async("127.0.0.1", port, **kwargs)
+        c.loop_start()
+
+    @staticmethod
+    async def get(q: queue.Queue[Any], timeout: float = WAIT) -> Any:
+        try:
+            return await asyncio.to_thread(q.get, True, timeout)
+        except queue.Empty:
+            raise AssertionError(f"nothing arrived within {timeout}s") from None
+
+    @staticmethod
+    async def nothing(q: queue.Queue[Any], within: float = QUIET) -> None:
+        try:
+            got = await asyncio.to_thread(q.get, True, within)
+        except queue.Empty:
+            return
+        raise AssertionError(f"unexpected {got!r}")
+
+    async def connack(self, expect: int = 0) -> Connacked:
+        ack: Connacked = await self.get(self.connacks)
+        assert ack.code == expect, ack
+        return ack
+
+    async def subscribe(self, *topics: tuple[str, int], props: dict[str, Any] | None = None,
+                        options: Any = None) -> list[int]:
+        if options is not None:
+            self.c.subscribe([(t, options(q)) for t, q in topics],
+                             properties=_paho_props(PacketTypes.SUBSCRIBE, props))
+        else:
+            self.c.subscribe(list(topics),
+                             properties=_paho_props(PacketTypes.SUBSCRIBE, props))
+        codes: list[int] = await self.get(self.subacks)
+        return codes
+
+    async def publish(self, topic: str, payload: bytes | str, qos: int = 0,
+                      retain: bool = False, props: dict[str, Any] | None = None) -> int:
+        """Publish; for QoS 1/2 wait for the flow to finish and return its reason code."""
+        info = self.c.publish(topic, payload, qos, retain,
+                              properties=_paho_props(PacketTypes.PUBLISH, props))
+        assert info.rc == mqtt.MQTT_ERR_SUCCESS, info.rc
+        if qos == 0:
+            return 0
+        while True:
+            mid, rc = await self.get(self.acks)
+            if mid == info.mid:
+                return rc
+
+    async def message(self, timeout: float = WAIT) -> mqtt.MQTTMessage:
+        m: mqtt.MQTTMessage = await self.get(self.messages, timeout)
+        return m
+
+    async def no_message(self, within: float = QUIET) -> None:
+        await self.nothing(self.messages, within)
+
+    async def disconnected(self) -> tuple[int, Any]:
+        got: tuple[int, Any] = await self.get(self.disconnects)
+        return got
+
+    def drop(self) -> None:
+        """Lose the network: stop the thread and close the socket without DISCONNECT."""
+        self.c.loop_stop()
+        sock = self.c.socket()
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def _paho_props(ptype: int, values: dict[str, Any] | None) -> PahoProperties | None:
+    if not values:
+        return None
+    p = PahoProperties(ptype)
+    for k, v in values.items():
+        setattr(p, k, v)
+    return p
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[Any]]:
+    """Closes every Paho / Raw client a test appends, even when it fails."""
+    made: list[Any] = []
+    yield made
+    for c in made:
+        if isinstance(c, Paho):
+            await asyncio.to_thread(c.close)
+        else:
+            c.abort()
+
+
+async def start_with(settings: Settings) -> Node:
+    """A node from ready-made settings (e.g. with ``[[acl]]`` rules or from a TOML file)."""
+    app = App(settings)
+    await app.start()
+    return Node(app, settings, aiohttp.ClientSession())
+
+
+NodeMaker = Callable[..., Awaitable[Node]]
+
+
+@pytest.fixture
+async def make_node(tmp_path: Path) -> AsyncIterator[NodeMaker]:
+    """``await make_node(acl=[...], mqtt__max_queued=3, ...)``: a node with overrides,
+    stopped at the end of the test (after the clients, when requested before them)."""
+    made: list[Node] = []
+
+    async def make(*, acl: list[AclRule] | None = None, **overrides: Any) -> Node:
+        settings = make_settings(tmp_path, **overrides)
+        if acl is not None:
+            settings.acl = acl
+        n = await start_with(settings)
+        made.append(n)
+        return n
+
+    yield make
+    for n in made:
+        await stop_node(n)
+
+
+async def paho(clients: list[Any], port: int, client_id: str = "", *,
+               expect: int = 0, **kw: Any) -> Paho:
+    """A connected Paho client (CONNACK checked), closed at the end of the test."""
+    p = Paho(port, client_id, **kw)
+    clients.append(p)
+    await p.connack(expect)
+    return p
+
+
+async def raw(clients: list[Any], port: int, client_id: str, *, v5: bool = False,
+              expect: int = 0, **kw: Any) -> Raw:
+    r, _ = await Raw.connect(port, client_id, v5=v5, expect=expect, **kw)
+    clients.append(r)
+    return r
+
+
+def code(value: Any) -> int:
+    return int(value.value) if hasattr(value, "value") else int(value)
+
+
+def pub_token(node: Node, user: str = "alice") -> str:
+    """A token that may publish anywhere outside ``users/`` and ``$``."""
+    return node.token(user, publish=["#"])
+
+
+# --- QoS 0, 1, 2 both directions ---------------------------------------------------------
+
+@pytest.mark.parametrize("v5", [False, True], ids=["3.1.1", "5.0"])
+async def test_qos_levels_both_directions(node: Node, clients: list[Any], v5: bool) -> None:
+    """Each publish QoS to each subscription QoS arrives once, at the lower of the two
+    [MQTT-3.8.4-8]; the publisher's QoS 1/2 flows complete with success."""
+    port = node.app.mqtt_port
+    sub = await paho(clients, port, "sub", token=node.token("alice"), v5=v5)
+    pub = await paho(clients, port, "pub", token=pub_token(node), v5=v5)
+    assert await sub.subscribe(("qos/0", 0), ("qos/1", 1), ("qos/2", 2)) == [0, 1, 2]
+    for pub_qos in (0, 1, 2):
+        for sub_qos in (0, 1, 2):
+            payload = f"{pub_qos}->{sub_qos}".encode()
+            assert await pub.publish(f"qos/{sub_qos}", payload, pub_qos) == 0
+            m = await sub.message()
+            assert (m.topic, m.payload, m.qos) == (f"qos/{sub_qos}", payload,
+                                                   min(pub_qos, sub_qos))
+    await sub.no_message()
+
+
+@pytest.mark.parametrize("v5", [False, True], ids=["3.1.1", "5.0"])
+async def test_qos2_duplicate_publish_is_delivered_once(v5: bool, make_node: NodeMaker,
+                                                       clients: list[Any]) -> None:
+    """[MQTT-4.3.3-10] (3.1.1 [MQTT-4.3.3-2]): a PUBLISH resent with the same packet id
+    while the broker awaits PUBREL is acknowledged again and not delivered twice."""
+    n = await make_node(auth__allow_anonymous=True,
+                        acl=[AclRule("qos2/#", users=["anonymous"], publish=True)])
+    port = n.app.mqtt_port
+    sub = await paho(clients, port, "q2sub", token=n.token("alice"), v5=True)
+    assert await sub.subscribe(("qos2/#", 2)) == [2]
+    r = await Raw.open(port, v5=v5)
+    clients.append(r)
+    if v5:  # CONNECT "q2pub", level 5, clean start, keepalive 60, no properties
+        await r.send(bytes.fromhex("1012 0004 4d515454 05 02 003c 00 0005 7132707562"))
+    else:  # the same in 3.1.1 (level 4, no property length)
+        await r.send(bytes.fromhex("1011 0004 4d515454 04 02 003c 0005 7132707562"))
+    assert (await r.recv()).body[:2] == b"\x00\x00"  # CONNACK, accepted
+    props = "00" if v5 else ""
+    length = "0f" if v5 else "0e"
+    # PUBLISH QoS 2, packet id 7, topic "qos2/t", payload "once"
+    first = bytes.fromhex(f"34 {length} 0006 716f73322f74 0007 {props} 6f6e6365")
+    again = bytes.fromhex(f"3c {length} 0006 716f73322f74 0007 {props} 6f6e6365")  # DUP
+    await r.send(first)
+    assert await r.recv() == RawPacket(PUBREC, 0, b"\x00\x07", v5)
+    await r.send(again)
+    assert await r.recv() == RawPacket(PUBREC, 0, b"\x00\x07", v5)  # acknowledged again
+    await r.send(bytes.fromhex("6202 0007"))  # PUBREL 7
+    assert await r.recv() == RawPacket(PUBCOMP, 0, b"\x00\x07", v5)
+    # The id is free again: a PUBLISH with it now is a new message.
+    await r.send(bytes.fromhex(f"34 {length} 0006 716f73322f74 0007 {props} 6e657874"))
+    assert await r.recv() == RawPacket(PUBREC, 0, b"\x00\x07", v5)
+    await r.send(bytes.fromhex("6202 0007"))
+    assert await r.recv() == RawPacket(PUBCOMP, 0, b"\x00\x07", v5)
+    got = [(await sub.message()).payload for _ in range(2)]
+    assert got == [b"once", b"next"]
+    await sub.no_message()
+
+
+@pytest.mark.parametrize("v5", [False, True], ids=["3.1.1", "5.0"])
+async def test_qos2_flow_to_a_subscriber(node: Node, clients: list[Any], v5: bool) -> None:
+    """The broker's side of an outgoing QoS 2 flow: PUBLISH, PUBREC -> PUBREL, PUBCOMP
+    [MQTT-4.3.3-1..4]; a second message then goes out under a fresh flow."""
+    r = await raw(clients, node.app.mqtt_port, "q2out", v5=v5, username="d",
+                  password=node.token("alice"))
+    await r.send(subscribe_packet(1, ("out/q2", 2), v5=v5))
+    assert (await r.recv()).codes() == [2]
+    await node.publish("out/q2", "first")  # HTTP publications travel at QoS 1
+    p = await r.recv_publish()
+    topic, payload, qos, _, pid, _, dup = p.publish()
+    assert (topic, payload, qos, dup) == ("out/q2", b'"first"', 1, False)
+    await r.send(ack_packet(PUBACK, pid or 0))
+    # A QoS 2 publication from a device reaches the QoS 2 subscriber at QoS 2.
+    pub = await paho(clients, node.app.mqtt_port, "q2src", token=pub_token(node), v5=v5)
+    await pub.publish("out/q2", b"two", 2)
+    p = await r.recv_publish()
+    topic, payload, qos, _, pid, _, _ = p.publish()
+    assert (topic, payload, qos) == ("out/q2", b"two", 2) and pid
+    await r.send(ack_packet(PUBREC, pid))
+    rel = await r.recv()
+    assert (rel.type, rel.flags, rel.pid) == (PUBREL, 2, pid)
+    await r.send(ack_packet(PUBCOMP, pid))
+    await pub.publish("out/q2", b"three", 2)
+    p = await r.recv_publish()
+    assert p.publish()[:3] == ("out/q2", b"three", 2)
+
+
+# --- retained messages ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("v5", [False, True], ids=["3.1.1", "5.0"])
+async def test_retained_set_replace_clear(node: Node, clients: list[Any], v5: bool) -> None:
+    """A retained message is sent with RETAIN=1 to each new subscription [MQTT-3.3.1-6];
+    a newer one replaces it [MQTT-3.3.1-5]; an empty one clears it [MQTT-3.3.1-10/11].
+    Live subscribers get RETAIN=0 (3.1.1 [MQTT-3.3.1-9]; 5.0 without retain-as-published)."""
+    port = node.app.mqtt_port
+    token = node.token("alice")
+    pub = await paho(clients, port, "rpub", token=pub_token(node), v5=v5)
+    live = await paho(clients, port, "rlive", token=token, v5=v5)
+    assert await live.subscribe(("ret/#", 1)) == [1]
+    await pub.publish("ret/a", b"one", 1, retain=True)
+    m = await live.message()
+    assert (m.payload, m.retain) == (b"one", False)
+
+    first = await paho(clients, port, "rsub1", token=token, v5=v5)
+    await first.subscribe(("ret/a", 1))
+    m = await first.message()
+    assert (m.topic, m.payload, m.retain, m.qos) == ("ret/a", b"one", True, 1)
+
+    await pub.publish("ret/a", b"two", 1, retain=True)
+    await pub.publish("ret/b", b"bee", 0, retain=True)
+    await pub.publish("ret/c", b"not kept", 1, retain=False)
+    second = await paho(clients, port, "rsub2", token=token, v5=v5)
+    await second.subscribe(("ret/+", 1))
+    got = sorted([(m.topic, m.payload, m.retain) for m in
+                  [await second.message(), await second.message()]])
+    assert got == [("ret/a", b"two", True), ("ret/b", b"bee", True)]
+    await second.no_message()
+
+    await pub.publish("ret/a", b"", 1, retain=True)  # clears
+    third = await paho(clients, port, "rsub3", token=token, v5=v5)
+    await third.subscribe(("ret/#", 1))
+    m = await third.message()
+    assert (m.topic, m.payload) == ("ret/b", b"bee")
+    await third.no_message()
+
+
+async def test_retain_handling_and_retain_as_published(node: Node, clients: list[Any]) -> None:
+    """5.0 subscription options: Retain Handling 0 sends retained messages on every
+    SUBSCRIBE, 1 only when the subscription is new, 2 never [MQTT-3.3.1-9..11];
+    Retain As Published keeps the publisher's RETAIN on live deliveries [MQTT-3.3.1-12]."""
+    port = node.app.mqtt_port
+    pub = await paho(clients, port, "rhpub", token=pub_token(node), v5=True)
+    await pub.publish("rh/x", b"kept", 1, retain=True)
+    sub = await paho(clients, port, "rhsub", token=node.token("alice"), v5=True)
+
+    def opts(rh: int, rap: bool = False) -> Any:
+        return lambda q: mqtt.SubscribeOptions(qos=q, retainHandling=rh,
+                                               retainAsPublished=rap)
+
+    for _ in range(2):  # 0: at every subscribe, new or not
+        await sub.subscribe(("rh/x", 1), options=opts(0))
+        assert (await sub.message()).payload == b"kept"
+    await sub.subscribe(("rh/+", 1), options=opts(1))  # 1: the first time only
+    assert (await sub.message()).payload == b"kept"
+    await sub.subscribe(("rh/+", 1), options=opts(1))
+    await sub.subscribe(("rh/#", 1), options=opts(2))  # 2: never
+    await sub.no_message()
+
+    plain = await paho(clients, port, "rhplain", token=node.token("alice"), v5=True)
+    rap = await paho(clients, port, "rhrap", token=node.token("alice"), v5=True)
+    await plain.subscribe(("rap/t", 1), options=opts(0, False))
+    await rap.subscribe(("rap/t", 1), options=opts(0, True))
+    await pub.publish("rap/t", b"r", 1, retain=True)
+    await pub.publish("rap/t", b"n", 1, retain=False)
+    assert [(m.payload, m.retain) for m in [await plain.message(), await plain.message()]] \
+        == [(b"r", False), (b"n", False)]
+    assert [(m.payload, m.retain) for m in [await rap.message(), await rap.message()]] \
+        == [(b"r", True), (b"n", False)]
+
+
+# --- wills -------------------------------------------------------------------------------
+
+async def will_watcher(clients: list[Any], node: Node) -> Paho:
+    w = await paho(clients, node.app.mqtt_port, "watcher", token=node.token("alice"))
+    assert await w.subscribe(("wills/#", 1)) == [1]
+    return w
+
+
+async def no_will(node: Node, watcher: Paho, within: float = QUIET) -> None:
+    """No will arrives: a marker published now comes first, and none was counted."""
+    await node.publish("wills/marker", "m")
+    assert (await watcher.message()).topic == "wills/marker"
+    await watcher.no_message(within)
+    assert await metric(node, "tidings_mqtt_wills_total") == 0
+
+
+@pytest.mark.parametrize("v5", [False, True], ids=["3.1.1", "5.0"])
+async def test_will_on_network_failure_not_on_disconnect(node: Node, clients: list[Any],
+                                                         v5: bool) -> None:
+    """The will is published when the connection ends without DISCONNECT [MQTT-3.1.2-8],
+    with its QoS and RETAIN; a DISCONNECT discards it [MQTT-3.1.2-10]."""
+    port = node.app.mqtt_port
+    watcher = await will_watcher(clients, node)
+    polite = await paho(clients, port, "polite", token=pub_token(node), v5=v5,
+                        will=("wills/polite", b"gone", 1, False))
+    await asyncio.to_thread(polite.close)
+    await wait_until(lambda: "polite" not in node.app.mqtt.sessions, what="session end")
+    await no_will(node, watcher)
+
+    dev = await paho(clients, port, "dev", token=pub_token(node), v5=v5,
+                     will=("wills/dev", b"offline", 1, True))
+    await asyncio.to_thread(dev.drop)
+    m = await watcher.message()
+    assert (m.topic, m.payload, m.qos) == ("wills/dev", b"offline", 1)
+    late = await paho(clients, port, "late", token=node.token("alice"), v5=v5)
+    await late.subscribe(("wills/dev", 1))
+    m = await late.message()
+    assert (m.payload, m.retain) == (b"offline", True)  # the will was retained
+
+
+async def test_will_delay(node: Node, clients: list[Any]) -> None:
+    """5.0 Will Delay Interval: a client back within the delay cancels the will
+    [MQTT-3.1.3-9]; one that stays away gets its will published after the delay."""
+    port = node.app.mqtt_port
+    watcher = await will_watcher(clients, node)
+    token = pub_token(node)
+    will = ("wills/delayed", b"late", 1, False)
+    session = props(u32(SESSION_EXPIRY, 60))
+    delay = props(u32(WILL_DELAY, 1))
+    r = await raw(clients, port, "wd", v5=True, username="d", password=token, will=will,
+                  properties=session, will_properties=delay)
+    r.abort()
+    r2, ack = await Raw.connect(port, "wd", v5=True, clean=False, username="d",
+                                password=token, properties=session)
+    clients.append(r2)
+    assert ack.session_present
+    await no_will(node, watcher, within=1.5)  # past the delay: cancelled, not late
+
+    r3 = await raw(clients, port, "wd2", v5=True, username="d", password=token, will=will,
+                   properties=session, will_properties=delay)
+    loop = asyncio.get_running_loop()
+    gone = loop.time()
+    r3.abort()
+    m = await watcher.message()
+    assert m.payload == b"late" and loop.time() - gone >= 0.9
+
+
+@pytest.mark.parametrize("v5", [False, True], ids=["3.1.1", "5.0"])
+async def test_takeover_closes_old_connection_without_will(node: Node, clients: list[Any],
+                                                           v5: bool) -> None:
+    """A CONNECT with a client id in use closes the old connection [MQTT-3.1.4-3]; 5.0
+    tells it with DISCONNECT 0x8E; the old connection's will is not published."""
+    port = node.app.mqtt_port
+    watcher = await will_watcher(clients, node)
+    token = pub_token(node)
+    old = await raw(clients, port, "same", v5=v5, username="d", password=token,
+                    will=("wills/same", b"x", 0, False))
+    new = await raw(clients, port, "same", v5=v5, username="d", password=token)
+    before_close = await old.closed()
+    if v5:
+        assert [(p.type, p.reason) for p in before_close] == [(DISCONNECT, 0x8E)]
+    else:
+        assert before_close == []
+    await no_will(node, watcher)
+    await new.send(subscribe_packet(1, ("after/takeover", 0), v5=v5))  # the new one works
+    assert (await new.recv()).codes() == [0]
+
+
+# --- keepalive -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("v5", [False, True], ids=["3.1.1", "5.0"])
+async def test_silent_client_is_dropped_and_its_will_sent(node: Node, clients: list[Any],
+                                                         v5: bool) -> None:
+    """Silent for 1.5 x Keep Alive: disconnected as on a network failure, so the will
+    goes out [MQTT-3.1.2-24] (5.0 [MQTT-3.1.2-22], with DISCONNECT 0x8D)."""
+    watcher = await will_watcher(clients, node)
+    r = await raw(clients, node.app.mqtt_port, "sleepy", v5=v5, keepalive=1, username="d",
+                  password=pub_token(node), will=("wills/sleepy", b"timeout", 0, False))
+    await r.send(b"\xc0\x00")  # PINGREQ
+    assert (await r.recv()).type == PINGRESP
+    loop = asyncio.get_running_loop()
+    quiet_since = loop.time()
+    before_close = await r.closed(timeout=WAIT)
+    assert loop.time() - quiet_since >= 1.4
+    assert [(p.type, p.reason) for p in before_close] == ([(DISCONNECT, 0x8D)] if v5 else [])
+    assert (await watcher.message()).payload == b"timeout"
+
+
+async def test_server_keep_alive_caps_the_keepalive(make_node: NodeMaker,
+                                                    clients: list[Any]) -> None:
+    """5.0: a Keep Alive over ``mqtt.max_keepalive`` (or 0) is answered with Server Keep
+    Alive [MQTT-3.2.2-21], and the server holds the client to it."""
+    n = await make_node(mqtt__max_keepalive=1)
+    r = await Raw.open(n.app.mqtt_port, v5=True)
+    clients.append(r)
+    await r.send(connect_packet("ka", v5=True, keepalive=120, username="d",
+                                password=n.token("alice")))
+    ack = await r.recv()
+    assert ack.reason == 0 and ack.properties()[SERVER_KEEP_ALIVE] == [1]
+    assert [(p.type, p.reason) for p in await r.closed()] == [(DISCONNECT, 0x8D)]
+    p = await paho(clients, n.app.mqtt_port, "ka2", token=n.token("alice"), v5=True,
+                   keepalive=0)
+    assert p.c._keepalive == 1  # paho adopts it and pings in time
+    await p.subscribe(("k", 0))
+
+
+# --- wildcards, $SYS, shared subscriptions --------------------------------------------------
+
+async def collect(client: Paho, count: int) -> list[tuple[str, bytes]]:
+    """Exactly ``count`` messages (then nothing more), as (topic, payload)."""
+    got = [(m.topic, m.payload) for m in [await client.message() for _ in range(count)]]
+    await client.no_message()
+    return got
+
+
+async def test_wildcards(node: Node, clients: list[Any]) -> None:
+    """``+`` matches one level, ``#`` the rest including the parent [MQTT-4.7.1-2];
+    ``#`` does not reach ``$`` topics [MQTT-4.7.2-1] nor other users' private topics."""
+    port = node.app.mqtt_port
+    token = node.token("alice")
+    subs = {}
+    for i, flt in enumerate(["home/+/temp", "home/#", "+/kitchen/+", "#"]):
+        subs[flt] = await paho(clients, port, f"wc{i}", token=token)
+        assert await subs[flt].subscribe((flt, 1)) == [1]
+    pub = await paho(clients, port, "wcpub", token=pub_token(node))
+    topics = ["home/kitchen/temp", "home/hall/temp", "home", "home/kitchen/light",
+              "office/kitchen/x", "home/kitchen/temp/raw"]
+    for t in topics:
+        await pub.publish(t, t.encode(), 1)
+    await node.publish("users/bob/secret", "for bob only")
+    expected = {
+        "home/+/temp": ["home/kitchen/temp", "home/hall/temp"],
+        "home/#": ["home/kitchen/temp", "home/hall/temp", "home", "home/kitchen/light",
+                   "home/kitchen/temp/raw"],
+        "+/kitchen/+": ["home/kitchen/temp", "home/kitchen/light", "office/kitchen/x"],
+        "#": topics,
+    }
+    for flt, want in expected.items():
+        got = await collect(subs[flt], len(want))
+        assert [t for t, _ in got] == want, flt
+    # '$SYS/broker/...' is retained from the start, yet '#' got none of it above.
+    assert await node.app.node.store.retained("$SYS/broker/version")
+
+
+async def test_sys_topics(make_node: NodeMaker, clients: list[Any]) -> None:
+    """``$SYS/broker/...`` statistics are retained and kept current; a client cannot
+    publish there."""
+    n = await make_node(mqtt__sys_interval=0.1)
+    port = n.app.mqtt_port
+    watcher = await paho(clients, port, "sys", token=n.token("alice"))
+    assert await watcher.subscribe(("$SYS/broker/#", 0)) == [0]
+    first: dict[str, bytes] = {}
+    while len(first) < 7:
+        m = await watcher.message()
+        if m.retain:
+            first[m.topic] = m.payload
+    assert set(first) >= {"$SYS/broker/version", "$SYS/broker/uptime",
+                          "$SYS/broker/clients/connected", "$SYS/broker/messages/received",
+                          "$SYS/broker/messages/sent", "$SYS/broker/subscriptions/count"}
+    assert first["$SYS/broker/version"].startswith(b"tidings")
+
+    pub = await paho(clients, port, "syspub", token=pub_token(n))
+    await pub.publish("$SYS/broker/version", b"fake", 1)
+    for i in range(3):
+        await pub.publish("sys/count", str(i).encode(), 1)
+
+    async def current(key: str) -> bytes:
+        while True:
+            m = await watcher.message()
+            if m.topic == f"$SYS/broker/{key}":
+                return m.payload
+
+    received = int(await current("messages/received"))
+    while received < 3:
+        received = int(await current("messages/received"))
+    assert int(await current("clients/connected")) == 2
+    late = await paho(clients, port, "syslate", token=n.token("alice"))
+    await late.subscribe(("$SYS/broker/version", 0))
+    m = await late.message()
+    assert m.retain and m.payload.startswith(b"tidings")  # not b"fake"
+
+
+async def test_shared_subscription(node: Node, clients: list[Any]) -> None:
+    """``$share/g/jobs/#``: each message goes to exactly one member of the group
+    [MQTT-4.8.2-x], 5.0 and 3.1.1 members alike; a plain subscriber gets every one."""
+    port = node.app.mqtt_port
+    token = node.token("alice")
+    a = await paho(clients, port, "worker-a", token=token, v5=True)
+    b = await paho(clients, port, "worker-b", token=token)
+    everyone = await paho(clients, port, "audit", token=token, v5=True)
+    assert await a.subscribe(("$share/g/jobs/#", 1)) == [1]
+    assert await b.subscribe(("$share/g/jobs/#", 1)) == [1]
+    assert await everyone.subscribe(("jobs/#", 1)) == [1]
+    pub = await paho(clients, port, "boss", token=pub_token(node))
+    sent = [f"job-{i}".encode() for i in range(10)]
+    for payload in sent:
+        await pub.publish("jobs/run", payload, 1)
+    assert [p for _, p in await collect(everyone, 10)] == sent
+    got_a: list[bytes] = []
+    got_b: list[bytes] = []
+    while len(got_a) + len(got_b) < len(sent):
+        for q, into in ((a, got_a), (b, got_b)):
+            try:
+                into.append((await q.message(QUIET)).payload)
+            except AssertionError:
+                pass
+    await a.no_message()
+    await b.no_message()
+    assert sorted(got_a + got_b) == sorted(sent)
+    assert got_a and got_b
+
+
+# --- 5.0 features ------------------------------------------------------------------------
+
+async def test_no_local(node: Node, clients: list[Any]) -> None:
+    """No Local: a client's own publications are not sent back to it [MQTT-3.8.3-3];
+    other clients' are."""
+    port = node.app.mqtt_port
+    me = await paho(clients, port, "nl-me", token=pub_token(node), v5=True)
+    other = await paho(clients, port, "nl-other", token=pub_token(node), v5=True)
+    await me.subscribe(("nl/t", 1), options=lambda q: mqtt.SubscribeOptions(q, noLocal=True))
+    await other.subscribe(("nl/t", 1))
+    await me.publish("nl/t", b"mine", 1)
+    assert (await other.message()).payload == b"mine"
+    await other.publish("nl/t", b"theirs", 1)
+    assert (await me.message()).payload == b"theirs"
+    assert (await other.message()).payload == b"theirs"  # no No Local: own comes back
+    await me.no_message()
+
+
+async def test_subscription_identifiers(node: Node, clients: list[Any]) -> None:
+    """A message carries the Subscription Identifier of every matching subscription
+    [MQTT-3.3.4-3], and none for a subscription made without one."""
+    port = node.app.mqtt_port
+    c = await paho(clients, port, "sid", token=pub_token(node), v5=True)
+    await c.subscribe(("sid/+", 1), props={"SubscriptionIdentifier": 7})
+    await c.subscribe(("sid/#", 1), props={"SubscriptionIdentifier": 300})
+    await c.subscribe(("other/x", 1))
+    await c.publish("sid/a", b"1", 1)
+    m = await c.message()
+    assert sorted(m.properties.SubscriptionIdentifier) == [7, 300]
+    await c.publish("other/x", b"2", 1)
+    m = await c.message()
+    assert not hasattr(m.properties, "SubscriptionIdentifier")
+
+
+async def test_topic_alias_from_the_client(node: Node, clients: list[Any]) -> None:
+    """A client sets a Topic Alias with a topic, then publishes with the alias alone
+    [MQTT-3.3.2-12]; subscribers see the full topic. An alias over the announced
+    Topic Alias Maximum is a protocol error: DISCONNECT 0x94 [MQTT-3.3.2-9]."""
+    port = node.app.mqtt_port
+    sub = await paho(clients, port, "ta-sub", token=node.token("alice"), v5=True)
+    await sub.subscribe(("ta/#", 1))
+    pub = await paho(clients, port, "ta-pub", token=pub_token(node), v5=True)
+    await pub.publish("ta/a/rather/long/topic/name", b"1", 1, props={"TopicAlias": 1})
+    await pub.publish("", b"2", 1, props={"TopicAlias": 1})
+    got = [(m.topic, m.payload) for m in [await sub.message(), await sub.message()]]
+    assert got == [("ta/a/rather/long/topic/name", b"1"), ("ta/a/rather/long/topic/name", b"2")]
+
+    r, ack = await Raw.connect(port, "ta-raw", v5=True, username="d", password=pub_token(node))
+    clients.append(r)
+    limit = ack.properties()[0x22][0]
+    assert limit >= 1
+    await r.send(publish_packet("ta/b", b"x", v5=True, properties=props(u16(TOPIC_ALIAS,
+                                                                              limit + 1))))
+    assert [(p.type, p.reason) for p in await r.closed()] == [(DISCONNECT, 0x94)]
+
+
+async def test_receive_maximum(make_node: NodeMaker, clients: list[Any]) -> None:
+    """The client's Receive Maximum bounds our unacknowledged QoS 1 sends [MQTT-4.9.0-2]:
+    the rest wait, in order, for acks. Ours (``mqtt.receive_maximum``) is announced and
+    a client over it is disconnected with 0x93 [MQTT-3.3.4-9]."""
+    n = await make_node(mqtt__receive_maximum=2)
+    port = n.app.mqtt_port
+    r, ack = await Raw.connect(port, "rm", v5=True, username="d", password=pub_token(n),
+                               properties=props(u16(RECEIVE_MAXIMUM, 2)))
+    clients.append(r)
+    assert ack.properties()[RECEIVE_MAXIMUM] == [2]
+    await r.send(subscribe_packet(1, ("rm/t", 1), v5=True))
+    assert (await r.recv()).codes() == [1]
+    for i in range(4):
+        await n.publish("rm/t", i)
+    first = [await r.recv_publish() for _ in range(2)]
+    assert [p.publish()[1] for p in first] == [b"0", b"1"]
+    await r.silent()
+    await r.send(ack_packet(PUBACK, first[0].pid))
+    third = await r.recv_publish()
+    assert third.publish()[1] == b"2"
+    await r.silent()
+    await r.send(ack_packet(PUBACK, first[1].pid), ack_packet(PUBACK, third.pid))
+    assert (await r.recv_publish()).publish()[1] == b"3"
+
+    # Three QoS 2 PUBLISHes without PUBREL: one more than we allow in flight.
+    await r.send(*(publish_packet("rm/in", b"x", qos=2, pid=i, v5=True) for i in (1, 2, 3)))
+    got = await r.closed()
+    assert {p.type for p in got[:-1]} <= {PUBREC}  # the first two may be acknowledged
+    assert (got[-1].type, got[-1].reason) == (DISCONNECT, 0x93)
+
+
+@pytest.mark.parametrize("v5", [False, True], ids=["3.1.1", "5.0"])
+async def test_maximum_packet_size(make_node: NodeMaker, clients: list[Any],
+                                   v5: bool) -> None:
+    """Over ``mqtt.max_packet_size``: 5.0 DISCONNECT 0x95 [MQTT-3.2.2-15], 3.1.1 close;
+    the broker and the other clients go on."""
+    n = await make_node(mqtt__max_packet_size=1024)
+    port = n.app.mqtt_port
+    watcher = await paho(clients, port, "mps-w", token=n.token("alice"), v5=True)
+    await watcher.subscribe(("mps/#", 1))
+    r, ack = await Raw.connect(port, "mps", v5=v5, username="d", password=pub_token(n))
+    clients.append(r)
+    if v5:
+        assert ack.properties()[MAXIMUM_PACKET_SIZE] == [1024]
+    await r.send(publish_packet("mps/ok", b"x" * 900, qos=1, pid=1, v5=v5))
+    assert (await r.recv()).type == PUBACK
+    await r.send(publish_packet("mps/big", b"x" * 1100, qos=1, pid=2, v5=v5))
+    got = await r.closed()
+    assert [(p.type, p.reason) for p in got] == ([(DISCONNECT, 0x95)] if v5 else [])
+    assert (await watcher.message()).payload == b"x" * 900
+    other = await paho(clients, port, "mps-o", token=pub_token(n), v5=v5)
+    await other.publish("mps/after", b"still here", 1)
+    m = await watcher.message()
+    assert (m.topic, m.payload) == ("mps/after", b"still here")
+
+
+async def test_client_maximum_packet_size(node: Node, clients: list[Any]) -> None:
+    """A message over the client's Maximum Packet Size is not sent to it [MQTT-3.1.2-24]
+    (counted as dropped); smaller ones are."""
+    r = await raw(clients, node.app.mqtt_port, "small", v5=True, username="d",
+                  password=node.token("alice"), properties=props(u32(MAXIMUM_PACKET_SIZE, 64)))
+    await r.send(subscribe_packet(1, ("cmps/#", 1), v5=True))
+    assert (await r.recv()).codes() == [1]
+    await node.publish("cmps/big", "y" * 100)
+    await node.publish("cmps/small", "ok")
+    p = await r.recv_publish()
+    assert p.publish()[:2] == ("cmps/small", b'"ok"')
+    assert await metric(node, "tidings_mqtt_dropped_total", reason="too_large") == 1
+
+
+# --- auth ---------------------------------------------------------------------------------
+
+async def test_token_auth_v5(node: Node, clients: list[Any]) -> None:
+    """The password is a Tidings token; a bad one is refused with 0x86, none at all
+    (anonymous not allowed) with 0x87."""
+    port = node.app.mqtt_port
+    ok = await paho(clients, port, "t-ok", token=node.token("alice"), v5=True)
+    assert await ok.subscribe(("users/alice/notifications", 1)) == [1]
+    await paho(clients, port, "t-bad", token="not-a-token", v5=True, expect=0x86)
+    expired_issuer = node.app.tokens
+    forged = expired_issuer.issue("alice")[:-4] + "AAAA"
+    await paho(clients, port, "t-forged", token=forged, v5=True, expect=0x86)
+    await paho(clients, port, "t-none", v5=True, expect=0x87)
+
+
+async def test_token_auth_v311_return_codes(node: Node, clients: list[Any]) -> None:
+    """3.1.1 CONNACK return codes: 0x04 bad user name or password, 0x05 not authorized."""
+    port = node.app.mqtt_port
+    for kw, code in (({"username": "d", "password": "nope"}, 0x04), ({}, 0x05)):
+        r = await Raw.open(port)
+        clients.append(r)
+        await r.send(connect_packet("rc", **kw))
+        ack = await r.recv()
+        assert (ack.type, ack.body) == (CONNACK, bytes([0, code]))
+        assert await r.closed() == []
+
+
+async def test_anonymous_when_allowed(make_node: NodeMaker, clients: list[Any]) -> None:
+    """``auth.allow_anonymous``: no password connects; anonymous clients still cannot
+    reach ``users/``."""
+    n = await make_node(auth__allow_anonymous=True)
+    port = n.app.mqtt_port
+    anon = await paho(clients, port, "anon")
+    assert await anon.subscribe(("news/#", 0), ("users/alice/notifications", 1)) == [0, 0x80]
+    await n.publish("news/x", "hello")
+    assert (await anon.message()).payload == b'"hello"'
+    anon5 = await paho(clients, port, "anon5", v5=True)
+    assert await anon5.subscribe(("users/alice/#", 1)) == [0x87]
+
+
+@pytest.mark.parametrize("v5", [False, True], ids=["3.1.1", "5.0"])
+async def test_no_takeover_of_another_users_session(node: Node, clients: list[Any],
+                                                    v5: bool) -> None:
+    """A client id held by alice cannot be taken by bob's token (0x87 / 0x05); alice's
+    connection is untouched. Alice herself can take it over."""
+    port = node.app.mqtt_port
+    alice = await paho(clients, port, "phone", token=node.token("alice"), v5=v5)
+    await alice.subscribe(("users/alice/notifications", 1))
+    # paho reports 3.1.1's return code 0x05 as 0x87 too; the raw client below sees the byte
+    await paho(clients, port, "phone", token=node.token("bob"), v5=v5, expect=0x87)
+    r = await Raw.open(port, v5=v5)
+    clients.append(r)
+    await r.send(connect_packet("phone", v5=v5, username="d", password=node.token("bob")))
+    assert (await r.recv()).reason == (0x87 if v5 else 0x05)
+    status, body = await node.api("POST", "/v1/notify", {"users": ["alice"], "title": "t"})
+    assert status == 200
+    m = await alice.message()
+    assert orjson.loads(m.payload)["id"] == body["id"]
+    await paho(clients, port, "phone", token=node.token("alice"), v5=v5)
+    await alice.disconnected()
+
+
+# --- ACL -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("v5", [False, True], ids=["3.1.1", "5.0"])
+async def test_acl_subscribe_denied(node: Node, clients: list[Any], v5: bool) -> None:
+    """A denied filter gets 0x80 (3.1.1) / 0x87 (5.0) in its SUBACK slot, the others are
+    granted; nothing from the denied topic arrives."""
+    denied = 0x87 if v5 else 0x80
+    c = await paho(clients, node.app.mqtt_port, "acl-s", token=node.token("alice"), v5=v5)
+    codes = await c.subscribe(("users/bob/x", 1), ("users/alice/x", 1), ("users/+/x", 1),
+                              ("$internal/x", 0), ("$SYS/broker/version", 0))
+    assert codes == [denied, 1, denied, denied, 0]
+    await node.publish("users/bob/x", "secret")
+    await node.publish("users/alice/x", "mine")
+    msgs = [await c.message() for _ in range(2)]
+    assert sorted(m.topic for m in msgs) == ["$SYS/broker/version", "users/alice/x"]
+    await c.no_message()
+
+
+@pytest.mark.parametrize("v5", [False, True], ids=["3.1.1", "5.0"])
+async def test_acl_publish_denied(node: Node, clients: list[Any], v5: bool) -> None:
+    """A denied publish is dropped (3.1.1, still acknowledged) or refused with PUBACK
+    0x87 (5.0), and never delivered."""
+    port = node.app.mqtt_port
+    spy = await paho(clients, port, "acl-spy", token=node.token("bob"), v5=True)
+    await spy.subscribe(("users/bob/#", 1), ("news/#", 1), ("$SYS/fake", 0))
+    c = await paho(clients, port, "acl-p", token=node.token("alice", publish=["home/#"]),
+                   v5=v5)
+    expect = 0x87 if v5 else 0
+    for topic in ("users/bob/x", "news/x", "$SYS/fake", "users/alice/notifications",
+                  "users/alice/unread"):
+        assert await c.publish(topic, b"no", 1) == expect, topic
+    assert await c.publish("home/x", b"yes", 1) == 0
+    await spy.no_message()
+
+
+async def test_grants_cannot_be_widened(node: Node, clients: list[Any]) -> None:
+    """A token's grants are covers, not overlaps: ``+``, ``#`` and ``$`` reach nothing
+    beyond them."""
+    token = node.token("alice", subscribe=["home/kitchen/#"], publish=["home/kitchen/+"])
+    c = await paho(clients, node.app.mqtt_port, "grant", token=token, v5=True)
+    codes = await c.subscribe(("home/kitchen/temp", 1), ("home/kitchen/#", 1), ("#", 1),
+                              ("home/#", 1), ("+/kitchen/temp", 1), ("home/+/temp", 1),
+                              ("$SYS/#", 0), ("$share/g/home/kitchen/temp", 1),
+                              ("$share/g/#", 1))
+    assert codes == [1, 1, 0x87, 0x87, 0x87, 0x87, 0x87, 1, 0x87]
+    assert await c.publish("home/kitchen/temp", b"1", 1) == 0
+    assert await c.publish("home/kitchen/temp/raw", b"1", 1) == 0x87
+    assert await c.publish("home/hall", b"1", 1) == 0x87
+
+
+async def test_acl_rules_from_toml(tmp_path: Path, clients: list[Any]) -> None:
+    """``[[acl]]`` rules read from a config file: first match decides, ``{uid}`` is the
+    user, a deny cannot be reached around with a wider filter."""
+    path = tmp_path / "acl.toml"
+    path.write_text('''
+[[acl]]
+filter = "secret/#"
+users = ["*"]
+subscribe = false
+publish = false
+
+[[acl]]
+filter = "sensors/{uid}/#"
+users = ["*"]
+publish = true
+
+[[acl]]
+filter = "board/#"
+users = ["alice"]
+publish = true
+''')
+    from tidings import config
+    loaded = config.load(path, {})
+    settings = make_settings(tmp_path)
+    settings.acl = loaded.acl
+    n = await start_with(settings)
+    try:
+        port = n.app.mqtt_port
+        alice = await paho(clients, port, "toml-a", token=n.token("alice"), v5=True)
+        bob = await paho(clients, port, "toml-b", token=n.token("bob"), v5=True)
+        assert await alice.subscribe(("secret/x", 1), ("#", 1), ("secret/+", 1),
+                                     ("sensors/#", 1)) == [0x87, 0x87, 0x87, 1]
+        assert await bob.publish("sensors/bob/t", b"b", 1) == 0
+        assert await bob.publish("sensors/alice/t", b"b", 1) == 0x87
+        assert await bob.publish("board/x", b"b", 1) == 0x87
+        assert await alice.publish("board/x", b"a", 1) == 0
+        assert await alice.publish("secret/x", b"a", 1) == 0x87
+        got = [(m.topic, m.payload) for m in [await alice.message()]]
+        assert got == [("sensors/bob/t", b"b")]
+        await alice.no_message()
+    finally:
+        for c in clients:
+            await asyncio.to_thread(c.close)
+        clients.clear()
+        await stop_node(n)
