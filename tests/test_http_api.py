@@ -316,3 +316,30 @@ async def test_errors_are_json_with_the_content_type(node: Node) -> None:
         assert r.status == 401 and r.content_type == "application/json"
         body = orjson.loads(await r.read())
     assert_error(r.status, body, 401, "unauthorized")
+
+
+async def test_publish_batch_stores_and_delivers_each_in_order(node: Node) -> None:
+    c = await node.client("alice")
+    assert (await c.request("subscribe", topic="b/+"))["ok"]
+    msgs = [{"topic": f"b/{i % 3}", "data": {"i": i}} for i in range(30)]
+    status, body = await node.api("POST", "/v1/publish/batch", {"messages": msgs})
+    assert status == 200, body
+    assert len(body["offsets"]) == 30 and body["errors"] == []
+    got = [await c.push() for _ in range(30)]
+    for t in ("b/0", "b/1", "b/2"):
+        mine = [m["data"]["i"] for m in got if m["topic"] == t]
+        assert mine == sorted(mine)  # each topic in publish order
+    assert sorted(m["data"]["i"] for m in got) == list(range(30))
+    status, hist = await node.api("GET", "/v1/topics/b/0/history")
+    assert [m["data"]["i"] for m in hist["items"]] == list(range(0, 30, 3))
+
+
+async def test_publish_batch_is_validated_before_anything_is_stored(node: Node) -> None:
+    msgs = [{"topic": "ok/1", "data": 1}, {"topic": "bad/+", "data": 2}]
+    status, body = await node.api("POST", "/v1/publish/batch", {"messages": msgs})
+    assert status == 400 and "messages[1]" in body["error"]["message"]
+    status, hist = await node.api("GET", "/v1/topics/ok/1/history")
+    assert hist["items"] == []
+    for bad in ({"messages": []}, {"messages": "x"}, {"messages": [1]}):
+        status, body = await node.api("POST", "/v1/publish/batch", bad)
+        assert status == 400, bad

@@ -7,6 +7,7 @@ from inside the server never reaches the client.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,7 +17,7 @@ from aiohttp import web
 
 from ..auth import ApiKeys, TokenAuthority
 from ..config import Settings
-from ..errors import BadRequest, TidingsError, TooLarge, Unauthorized
+from ..errors import BadRequest, TidingsError, TooLarge, Unauthorized, Unavailable
 from ..metrics import Metrics
 from ..node import Node
 from ..notify import Notifier, valid_user
@@ -31,6 +32,7 @@ log = logging.getLogger("tidings.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _PUBLIC = {"/healthz", "/readyz", "/metrics"}
+_MAX_BATCH = 1000
 _KEY_ID = web.RequestKey("key_id", str)
 
 
@@ -107,17 +109,55 @@ def build_app(settings: Settings, node: Node, keys: ApiKeys, tokens: TokenAuthor
         except TopicError as e:
             raise BadRequest(f"topic: {e}", code="bad_topic") from None
 
+    def message_arg(body: Any, where: str = "") -> tuple[str, bytes, bool]:
+        if not isinstance(body, dict):
+            raise BadRequest(f"{where}must be a JSON object")
+        try:
+            topic = topic_arg(_field(body, "topic", str, required=True))
+            if "data" not in body:
+                raise BadRequest("data is required")
+            retain = _field(body, "retain", bool, default=False)
+        except BadRequest as e:
+            raise BadRequest(f"{where}{e.message}", code=e.code) from None
+        return topic, orjson.dumps(body["data"]), retain
+
     async def publish(request: web.Request) -> web.Response:
-        body = await _body(request)
-        topic = topic_arg(_field(body, "topic", str, required=True))
-        if "data" not in body:
-            raise BadRequest("data is required")
-        retain = _field(body, "retain", bool, default=False)
-        payload = orjson.dumps(body["data"])
+        topic, payload, retain = message_arg(await _body(request))
         scope = idempotency_scope(request, "publish")
         result = await node.publish(topic, payload, PayloadKind.JSON, retain=retain,
                                     idempotency_key=scope)
         return _json({"offset": result.publication.offset})
+
+    async def publish_batch(request: web.Request) -> web.Response:
+        """``{"messages": [{topic, data, retain}, ...]}`` -> ``{"offsets": [...]}``, in order.
+
+        All messages are validated before any is stored. They are stored
+        concurrently, so one batch costs about one group commit; each message
+        is still published (and delivered) on its own, in the order given per topic.
+        """
+        body = await _body(request)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise BadRequest("messages must be a non-empty list")
+        if len(messages) > _MAX_BATCH:
+            raise BadRequest(f"messages holds at most {_MAX_BATCH} entries")
+        parsed = [message_arg(m, f"messages[{i}]: ") for i, m in enumerate(messages)]
+        results = await asyncio.gather(*[
+            node.publish(t, p, PayloadKind.JSON, retain=r) for t, p, r in parsed],
+            return_exceptions=True)
+        offsets: list[str | None] = []
+        errors = []
+        for i, r in enumerate(results):
+            if isinstance(r, BaseException):
+                if not isinstance(r, TidingsError):
+                    raise r
+                offsets.append(None)
+                errors.append({"index": i, **r.to_dict()})
+            else:
+                offsets.append(r.publication.offset)
+        if errors and len(errors) == len(results):
+            raise Unavailable("no message of the batch could be stored")
+        return _json({"offsets": offsets, "errors": errors}, 207 if errors else 200)
 
     def idempotency_scope(request: web.Request, what: str) -> str | None:
         idem = request.headers.get("Idempotency-Key")
@@ -214,6 +254,7 @@ def build_app(settings: Settings, node: Node, keys: ApiKeys, tokens: TokenAuthor
                             headers={"X-Content-Type-Options": "nosniff"})
 
     app.router.add_post("/v1/publish", publish)
+    app.router.add_post("/v1/publish/batch", publish_batch)
     app.router.add_get("/v1/topics/{topic:.+}/history", history)
     app.router.add_post("/v1/tokens", make_token)
     app.router.add_post("/v1/notify", notify)
