@@ -504,7 +504,9 @@ class Connection:
         """Queue ``packet`` for the client (a PUBLISH goes through :meth:`send_publish`).
 
         Raises :class:`LocalProtocolError` for a packet not allowed in the
-        current state. In CLOSED nothing is written.
+        current state. In CLOSED nothing is written. A successful CONNACK
+        releases what the client sent after its CONNECT: call
+        :meth:`events_received` again after sending it.
         """
         if isinstance(packet, Publish):
             self.send_publish(packet)
