@@ -599,3 +599,21 @@ def test_paho_packets_decode_and_our_connack_is_accepted(protocol: int) -> None:
 def test_no_properties_default_is_shared() -> None:
     assert Publish("a").properties is NO_PROPERTIES
     assert not NO_PROPERTIES and Properties(topic_alias=1)
+
+
+def test_codec_does_no_io() -> None:
+    """STYLE habit 1: nothing under protocol/mqtt imports asyncio or a socket module."""
+    import ast
+    from pathlib import Path
+
+    import tidings.protocol.mqtt as package
+
+    forbidden = {"asyncio", "socket", "selectors", "ssl", "threading", "trio", "uvloop"}
+    for path in Path(package.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            assert not {n.split(".")[0] for n in names} & forbidden, (path.name, names)
