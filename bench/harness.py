@@ -1,7 +1,7 @@
 """The benchmark harness: Tidings against reference servers, in one run, as ratios.
 
     python bench/harness.py                  # every scenario, every server (a few minutes)
-    python bench/harness.py --quick          # smaller and shorter (about a minute)
+    python bench/harness.py --quick          # 1,000 connections, short windows (~1.5 min)
     python bench/harness.py --scenarios broadcast --sizes 1000,5000 --servers tidings,nats-ws
 
 Each server runs pinned to one CPU (``--server-cpu``, default 0) and the load
@@ -59,6 +59,7 @@ RESULTS = HERE / "results"
 PAYLOAD = 100
 ALL_SCENARIOS = ("broadcast", "latency", "idle", "personal")
 REFERENCES = ("websockets", "node-ws", "nats-ws", "nats-mqtt", "mosquitto")
+TIDINGS = ("tidings", "tidings-mqtt")
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class Scenario:
 @dataclass
 class Options:
     scenarios: tuple[str, ...] = ALL_SCENARIOS
-    servers: tuple[str, ...] = ("tidings", *REFERENCES)
+    servers: tuple[str, ...] = (*TIDINGS, *REFERENCES)
     sizes: tuple[int, ...] = (1000, 5000, 10000)
     latency_rates: tuple[float, ...] = (20_000.0, 200_000.0)
     latency_subscribers: int = 1000
@@ -154,8 +155,6 @@ async def run_scenario(target: Target, sc: Scenario, o: Options) -> dict[str, An
         res.update(ready=conn.ready, failed=conn.failed,
                    connect_seconds=round(conn.seconds, 3),
                    connections_per_s=round(conn.per_second, 1))
-        if conn.failed:
-            res["errors"] = list(lg.errors()) or ["see failed"]
         if conn.ready == 0:
             res["note"] = "no connection became ready"
             return res
@@ -168,15 +167,14 @@ async def run_scenario(target: Target, sc: Scenario, o: Options) -> dict[str, An
         return res
     finally:
         reports = await lg.finish() if lg.pids else []
-        if reports and sc.kind != "idle":
+        if reports and sc.kind not in ("idle", "ceiling") and "deliveries_per_s" in res:
             samples = lg.samples()
-            if sc.kind != "ceiling":
-                res.update(percentiles(samples))
-                res["latency_samples"] = len(samples)
+            res.update(percentiles(samples))
+            res["latency_samples"] = len(samples)
             res["closed_during_run"] = sum(r.closed for r in reports)
-            errs = lg.errors()
-            if errs:
-                res.setdefault("errors", errs)
+        errs = lg.errors()
+        if errs:
+            res["errors"] = errs
         lg.close()
 
 
@@ -362,21 +360,29 @@ def _headline(r: dict[str, Any]) -> tuple[float | None, str]:
     return None, ""
 
 
-def ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Tidings / reference on each scenario's headline figure."""
+def ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Tidings / reference on each scenario's headline figure.
+
+    ``{"tidings": {scenario: {reference: ratio}}, "tidings-mqtt": {...}}``:
+    Tidings over WebSocket against every reference, Tidings over MQTT
+    against the MQTT references.
+    """
     by: dict[tuple[str, str], dict[str, Any]] = {(r["server"], r["scenario"]): r
                                                  for r in results}
-    out: dict[str, dict[str, float]] = {}
-    for (server, scen), r in by.items():
-        if server == "tidings":
-            continue
-        mine = by.get(("tidings", scen))
-        if mine is None:
-            continue
-        a, _ = _headline(mine)
-        b, _ = _headline(r)
-        if a is not None and b:
-            out.setdefault(scen, {})[server] = round(a / b, 3)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for mine_name in TIDINGS:
+        for (server, scen), r in by.items():
+            if server in TIDINGS:
+                continue
+            if mine_name == "tidings-mqtt" and r.get("protocol") != "mqtt":
+                continue
+            mine = by.get((mine_name, scen))
+            if mine is None:
+                continue
+            a, _ = _headline(mine)
+            b, _ = _headline(r)
+            if a is not None and b:
+                out.setdefault(mine_name, {}).setdefault(scen, {})[server] = round(a / b, 3)
     return out
 
 
@@ -387,6 +393,8 @@ def _fmt(r: dict[str, Any] | None) -> str:
         return "n/a"
     if "error" in r:
         return "error"
+    if "bytes_per_connection" not in r and "deliveries_per_s" not in r:
+        return f"failed ({r.get('ready', 0)}/{r.get('connections')})"
     kind = r.get("kind")
     flag = ""
     if r.get("failed"):
@@ -423,16 +431,18 @@ def table(results: list[dict[str, Any]], ceiling: dict[str, Any]) -> str:
               "idle: server RSS per connection, connections/s")
     out = ["\n".join(lines), legend]
     rat = ratios(results)
-    if rat:
-        refs = [s for s in servers if s != "tidings"]
-        rcells = [["Tidings / reference", *refs]]
-        for s in scens:
-            if s in rat:
-                rcells.append([s, *[f"{rat[s][v]:.2f}" if v in rat[s] else "-" for v in refs]])
+    for mine_name, per in rat.items():
+        refs = [v for v in servers if v not in TIDINGS and any(v in x for x in per.values())]
+        rcells = [[f"{mine_name} / reference", *refs]]
+        for sc in scens:
+            if sc in per:
+                rcells.append([sc, *[f"{per[sc][v]:.2f}" if v in per[sc] else "-"
+                                     for v in refs]])
         rw = [max(len(row[i]) for row in rcells) for i in range(len(rcells[0]))]
         rl = ["  ".join(c.ljust(w) for c, w in zip(row, rw)).rstrip() for row in rcells]
         rl.insert(1, "  ".join("-" * w for w in rw))
         out.append("\n".join(rl))
+    if rat:
         out.append("ratios: deliveries/s (higher is better for Tidings); latency p99 and "
                    "memory per connection (lower is better for Tidings)")
     for mode, c in ceiling.items():
@@ -546,7 +556,7 @@ def parse(argv: list[str] | None = None) -> Options:
                    help="smaller sizes and shorter windows (about a minute)")
     p.add_argument("--scenarios", default=",".join(ALL_SCENARIOS),
                    help="comma list of: " + ", ".join(ALL_SCENARIOS))
-    p.add_argument("--servers", default=",".join(("tidings", *REFERENCES)),
+    p.add_argument("--servers", default=",".join((*TIDINGS, *REFERENCES)),
                    help="comma list of: " + ", ".join(TARGETS))
     p.add_argument("--sizes", help="broadcast subscriber counts (default 1000,5000,10000)")
     p.add_argument("--idle", type=int, help="connections in the idle scenario (10000)")
@@ -568,12 +578,12 @@ def parse(argv: list[str] | None = None) -> Options:
     o = Options()
     if a.quick:
         o.quick = True
-        o.sizes = (1000, 5000)
+        o.sizes = (1000,)
         o.latency_rates = (20_000.0,)
-        o.idle = 2000
-        o.personal = 2000
-        o.warmup = 0.5
-        o.measure = 1.5
+        o.idle = 1000
+        o.personal = 1000
+        o.warmup = 0.3
+        o.measure = 1.0
     o.scenarios = tuple(s for s in a.scenarios.split(",") if s)
     bad = [s for s in o.scenarios if s not in ALL_SCENARIOS]
     if bad:
@@ -609,9 +619,17 @@ def parse(argv: list[str] | None = None) -> Options:
 
 def finish(record: dict[str, Any], o: Options) -> Path:
     """Print the table, write the JSON and the plot; return the JSON's path."""
+    path = write(record, o)
+    run = record["run"]
+    m = run["machine"]
+    print()
+    print(f"command: {run['command']}")
+    print(f"machine: {m['cpu']} x{m['cpus']}, kernel {m['kernel']}, Python {m['python']}; "
+          f"servers on CPU {run['server_cpu']}, load generator on CPUs {run['client_cpus']} "
+          f"({run['workers']} processes); {run['payload_bytes']}-byte messages"
+          + (f"; best of {run['repeat']} interleaved rounds" if run.get("repeat", 1) > 1 else ""))
     print()
     print(table(record["results"], record["ceiling"]))
-    path = write(record, o)
     print(f"\nJSON: {path}")
     if o.plot:
         try:

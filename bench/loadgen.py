@@ -51,6 +51,7 @@ __all__ = [
     "WorkerReport",
     "client_frame",
     "make_payload",
+    "mqtt_connect",
     "now_us",
     "raise_nofile",
 ]
@@ -122,7 +123,8 @@ class Endpoint:
       * ``nats``: WebSocket carrying the NATS protocol; ``CONNECT``, ``SUB``,
         ``PING``; ready on ``PONG``;
       * ``mqtt``: MQTT 3.1.1 over TCP; CONNECT, then SUBSCRIBE QoS 0; ready
-        on SUBACK.
+        on SUBACK. With ``jwt_secret`` set (Tidings) the CONNECT carries a
+        token as the password.
     ``topic`` may hold ``{i}``, the connection's index in the run (personal topics).
     """
 
@@ -422,12 +424,10 @@ class MqttSub(_Sub):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        cid = f"bench-{os.getpid()}-{self.index}".encode()
-        # Section 3.1: protocol name, level 4, flags: clean session; keepalive 0 (off).
-        var = b"\x00\x04MQTT\x04\x02\x00\x00"
-        body = var + struct.pack("!H", len(cid)) + cid
-        assert self.transport is not None
-        self.transport.write(b"\x10" + _remaining(len(body)) + body)
+        secret = self.w.spec.endpoint.jwt_secret
+        user = f"b{self.index}"
+        token = _mint(secret, user) if secret else None
+        self.transport.write(mqtt_connect(f"bench-{os.getpid()}-{self.index}", user, token))
 
     def _subscribe(self) -> None:
         topic = self.w.spec.endpoint.topic.format(i=self.index).encode()
@@ -492,6 +492,26 @@ class MqttSub(_Sub):
         if i:
             del buf[:i]
         w.shared[w.base + _RECEIVED] = w.received
+
+
+def mqtt_connect(client_id: str, user: str | None = None, password: str | None = None
+                 ) -> bytes:
+    """An MQTT 3.1.1 CONNECT (section 3.1): clean session, keepalive 0 (off).
+
+    With ``password`` (a Tidings token) the username and password flags are set.
+    """
+    flags = 0x02
+    payload = _utf8(client_id)
+    if password is not None:
+        flags |= 0xC0
+        payload += _utf8(user or "") + _utf8(password)
+    body = b"\x00\x04MQTT\x04" + bytes((flags,)) + b"\x00\x00" + payload
+    return b"\x10" + _remaining(len(body)) + body
+
+
+def _utf8(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack("!H", len(raw)) + raw
 
 
 def _remaining(n: int) -> bytes:

@@ -18,8 +18,9 @@ from typing import Any
 __all__ = ["plot"]
 
 
-def _bars(ax: Any, groups: list[str], servers: list[str],
+def _bars(ax: Any, groups: list[str], servers: list[str], colors: dict[str, str],
           value: dict[tuple[str, str], float], ylabel: str, log: bool) -> None:
+    servers = [v for v in servers if any((v, g) in value for g in groups)]
     width = 0.8 / max(1, len(servers))
     for k, server in enumerate(servers):
         xs, ys = [], []
@@ -28,7 +29,7 @@ def _bars(ax: Any, groups: list[str], servers: list[str],
             if v is not None:
                 xs.append(g + k * width)
                 ys.append(v)
-        bars = ax.bar(xs, ys, width, label=server)
+        bars = ax.bar(xs, ys, width, label=server, color=colors[server])
         for b, y in zip(bars, ys):
             ax.annotate(f"{y:,.0f}" if y >= 100 else f"{y:.2g}",
                         (b.get_x() + b.get_width() / 2, y), ha="center", va="bottom",
@@ -39,6 +40,7 @@ def _bars(ax: Any, groups: list[str], servers: list[str],
     if log:
         ax.set_yscale("log")
     ax.grid(axis="y", alpha=0.3)
+    ax.margins(y=0.15)
 
 
 def plot(record: dict[str, Any], out: Path) -> Path:
@@ -57,10 +59,12 @@ def plot(record: dict[str, Any], out: Path) -> Path:
     thr_groups = list(dict.fromkeys(s for _, s in thr))
     lat_groups = list(dict.fromkeys(s for _, s in lat))
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
-    _bars(axes[0], thr_groups, servers, thr, "deliveries/s (higher is better)", log=False)
+    colors = {v: f"C{k % 10}" for k, v in enumerate(servers)}
+    _bars(axes[0], thr_groups, servers, colors, thr, "deliveries/s (higher is better)",
+          log=False)
     axes[0].set_title("Throughput at saturation, 100-byte messages")
-    _bars(axes[1], lat_groups, servers, lat, "p99 publish-to-deliver, ms (lower is better)",
-          log=True)
+    _bars(axes[1], lat_groups, servers, colors, lat,
+          "p99 publish-to-deliver, ms (lower is better)", log=True)
     axes[1].set_title("p99 latency at a fixed delivery rate")
     axes[0].legend(fontsize=8)
     run = record.get("run", {})

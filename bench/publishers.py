@@ -31,7 +31,7 @@ import aiohttp
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from loadgen import make_payload
+from loadgen import make_payload, mqtt_connect
 
 __all__ = [
     "HttpPublisher",
@@ -274,12 +274,21 @@ def _remaining(n: int) -> bytes:
 class MqttPublisher(_StreamPublisher):
     """A raw MQTT 3.1.1 client publishing QoS 0 (section 3.3, no packet id)."""
 
+    def __init__(self, host: str, port: int, secret: str = "") -> None:
+        super().__init__(host, port)
+        self.secret = secret
+
     async def start(self) -> None:
         await self._open()
         assert self.reader_stream is not None and self.writer is not None
-        cid = b"bench-publisher"
-        body = b"\x00\x04MQTT\x04\x02\x00\x00" + struct.pack("!H", len(cid)) + cid
-        self.writer.write(b"\x10" + _remaining(len(body)) + body)
+        token = None
+        if self.secret:  # Tidings: the password is a token allowed to publish bench/#
+            import jwt
+
+            now = int(time.time())
+            token = jwt.encode({"sub": "bench-publisher", "iat": now, "exp": now + 3600,
+                                "publish": ["bench/#"]}, self.secret, algorithm="HS256")
+        self.writer.write(mqtt_connect("bench-publisher", "bench-publisher", token))
         ack = await asyncio.wait_for(self.reader_stream.readexactly(4), 10)
         if ack[0] != 0x20 or ack[3] != 0:
             raise RuntimeError(f"mqtt: CONNACK refused: {ack!r}")

@@ -6,6 +6,7 @@ A :class:`Target` is one server speaking one subscriber protocol:
 name           what runs                                                subscribers
 =============  =======================================================  ==========
 tidings        ``python -m tidings.cli serve`` (TIDINGS_* environment)   WebSocket
+tidings-mqtt   the same, subscribers on its MQTT listener                 MQTT
 websockets     ``refservers/ws_broadcast.py`` (websockets + uvloop)      WebSocket
 node-ws        ``refservers/node_ws/server.js`` (Node, ``ws``)           WebSocket
 nats-ws        Debian's ``nats-server``, websocket listener               WebSocket
@@ -208,6 +209,33 @@ class Tidings(Target):
         return HttpPublisher(f"http://{HOST}:{self.api_port}", API_KEY)
 
 
+class TidingsMqtt(Tidings):
+    """The same Tidings node, its subscribers on MQTT 3.1.1 (token as password)."""
+
+    name = "tidings-mqtt"
+    protocol = "mqtt"
+
+    def available(self) -> str | None:
+        import importlib.util
+
+        try:
+            found = importlib.util.find_spec("tidings.edges.mqtt") is not None
+        except ImportError:
+            found = False
+        return None if found else "this Tidings has no MQTT edge"
+
+    def ports(self) -> list[int]:
+        return [self.port, self.api_port, self.mqtt_port]
+
+    def endpoint(self, topic: str) -> Endpoint:
+        return Endpoint("mqtt", HOST, self.mqtt_port, "/", topic, JWT_SECRET)
+
+    def publisher(self, scenario: str) -> Publisher:
+        if scenario == "personal":
+            return MqttPublisher(HOST, self.mqtt_port, JWT_SECRET)
+        return HttpPublisher(f"http://{HOST}:{self.api_port}", API_KEY)
+
+
 class WebsocketsRef(Target):
     name = "websockets"
 
@@ -366,7 +394,8 @@ class Flood(Target):
 
 
 TARGETS: dict[str, type[Target]] = {
-    t.name: t for t in (Tidings, WebsocketsRef, NodeWs, NatsWs, NatsMqtt, Mosquitto)
+    t.name: t for t in (Tidings, TidingsMqtt, WebsocketsRef, NodeWs, NatsWs, NatsMqtt,
+                        Mosquitto)
 }
 
 
