@@ -1,24 +1,25 @@
 """The inbox part of the store contract (``tidings.store.base.Store``), per backend.
 
-Every backend runs these tests through the parametrized ``store`` fixture
-(add a backend to ``BACKENDS``). Time is a fake clock the test moves, so
-expiry is checked without waiting. The rule under test throughout (store
-contract, "Inbox"): the unread count is always the number of the user's
-unread, non-archived, unexpired items, and every change that alters it also
-returns the publications that tell the user's devices.
+Reuses the parametrized ``store`` / ``open_store`` / ``clock`` fixtures of
+``test_store_contract.py``, so every backend added there runs these tests
+too. Time is that fake clock, so expiry is checked without waiting. The rule
+under test throughout (store contract, "Inbox"): the unread count is always
+the number of the user's unread, non-archived, unexpired items, and every
+change that alters it also returns the publications that tell the user's
+devices.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Callable, Coroutine
-from pathlib import Path
+from collections.abc import Coroutine
 from typing import Any
 
 import orjson
-import pytest
 
+import test_store_contract as contract
+from test_store_contract import Clock, OpenStore
 from tidings.store.base import (
     HistoryPolicy,
     NotifyResult,
@@ -28,58 +29,18 @@ from tidings.store.base import (
     notifications_topic,
     unread_topic,
 )
-from tidings.store.sqlite import SqliteStore
 from tidings.types import parse_offset
 
 POLICY = HistoryPolicy(100, 86400.0)
 
+# The contract suite's fixtures, so its backends (params of ``open_store``) run here too.
+clock = contract.clock
+open_store = contract.open_store
+store = contract.store
+
 
 def policy(topic: str) -> HistoryPolicy:
     return POLICY
-
-
-class FakeClock:
-    """Seconds since the epoch, moved only by the test."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class Backend:
-    """A way to make (and re-open) one backend's store on a fake clock."""
-
-    def __init__(self, name: str, make: Callable[[Path, FakeClock], Store]) -> None:
-        self.name = name
-        self.make = make
-
-
-BACKENDS = [Backend("sqlite", lambda path, clock: SqliteStore(path, clock=clock))]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(params=BACKENDS, ids=lambda b: b.name)
-def backend(request: pytest.FixtureRequest) -> Backend:
-    return request.param  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-async def store(backend: Backend, tmp_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
-    s = backend.make(tmp_path / "data", clock)
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def note(title: str = "hello", *, category: str = "general", **extra: Any) -> dict[str, Any]:
@@ -273,7 +234,7 @@ async def test_collapse_key_keeps_a_read_item(store: Store) -> None:
     assert await store.unread("alice") == 1
 
 
-async def test_ttl_expires_items_from_inbox_and_count(store: Store, clock: FakeClock) -> None:
+async def test_ttl_expires_items_from_inbox_and_count(store: Store, clock: Clock) -> None:
     short = (await send(store, ["alice"], ttl=60)).id
     keep = (await send(store, ["alice"])).id
     assert await store.unread("alice") == 2
@@ -345,24 +306,18 @@ async def test_category_stats(store: Store) -> None:
 # -- durability and atomicity ---------------------------------------------------------
 
 
-async def test_inbox_and_counts_survive_reopen(backend: Backend, tmp_path: Path,
-                                               clock: FakeClock) -> None:
-    s = backend.make(tmp_path / "data", clock)
-    await s.open()
+async def test_inbox_and_counts_survive_reopen(open_store: OpenStore) -> None:
+    s = await open_store()
     ids = [(await send(s, ["alice"])).id for _ in range(3)]
     await s.mark("alice", "read", [ids[0]], device="d", policy=policy)
     await s.mark("alice", "archive", [ids[1]], device="d", policy=policy)
     offset = await s.latest(notifications_topic("alice"))
     await s.close()
-    s = backend.make(tmp_path / "data", clock)
-    await s.open()
-    try:
-        assert await s.unread("alice") == 1
-        assert await ids_in(s, "alice") == [ids[2], ids[0]]
-        assert await s.latest(notifications_topic("alice")) == offset
-        assert await s.track(ids[2], "alice", "opened") is True
-    finally:
-        await s.close()
+    s = await open_store()
+    assert await s.unread("alice") == 1
+    assert await ids_in(s, "alice") == [ids[2], ids[0]]
+    assert await s.latest(notifications_topic("alice")) == offset
+    assert await s.track(ids[2], "alice", "opened") is True
 
 
 async def test_concurrent_changes_keep_the_count_exact(store: Store) -> None:
