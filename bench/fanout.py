@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import harness  # noqa: E402
+import harness
 
 __all__ = ["main"]
 
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="one round, 1.5 s windows")
     p.add_argument("--measure", type=float, default=3.0, help="seconds measured (3.0)")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--tidings-src", help="folder holding the tidings package to run")
     a = p.parse_args(argv)
     args = ["--servers", "tidings,websockets", "--scenarios", "broadcast",
             "--sizes", a.sizes, "--repeat", str(1 if a.quick else a.rounds),
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         args += ["--warmup", "0.5"]
     if a.no_plot:
         args.append("--no-plot")
+    if a.tidings_src:
+        args += ["--tidings-src", a.tidings_src]
     o = harness.parse(args)
     o.label = "fanout"
     atexit.register(harness.stop_all)

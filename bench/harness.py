@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import contextlib
 import json
 import os
 import platform
@@ -40,7 +41,7 @@ import random
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,15 @@ if str(HERE) not in sys.path:
 
 from loadgen import Endpoint, LoadGen, percentiles, raise_nofile  # noqa: E402
 from publishers import PaceResult, closed_loop, fixed_rate, random_topic  # noqa: E402
-from servers import TARGETS, Flood, Target, make_target, rss_bytes, settle_rss  # noqa: E402
-from servers import tool_versions  # noqa: E402
+from servers import (  # noqa: E402
+    TARGETS,
+    Flood,
+    Target,
+    make_target,
+    rss_bytes,
+    settle_rss,
+    tool_versions,
+)
 
 __all__ = ["Options", "Scenario", "best_of", "finish", "main", "parse", "ratios", "run", "stop_all"]
 
@@ -105,6 +113,7 @@ class Options:
     quick: bool = False
     label: str = "harness"
     repeat: int = 1  # rounds over every server, interleaved; the best round is kept
+    tidings_src: Path | None = None  # folder with the tidings package; None: ../server
 
 
 def plan(o: Options) -> list[Scenario]:
@@ -224,7 +233,7 @@ async def _publish_and_measure(target: Target, sc: Scenario, o: Options, lg: Loa
             await pub.flush()
             # Let what is in flight arrive (bounded), then count what never did.
             deadline = time.monotonic() + 2.0
-            while lg.received() < pace.expected and time.monotonic() < deadline:
+            while lg.received() < pace.expected and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
             res["published"] = pace.published
             res["lost"] = max(0, pace.expected - lg.received())
@@ -285,7 +294,7 @@ async def run_target(name: str, scenarios: list[Scenario], o: Options,
                      log: Any) -> list[dict[str, Any]]:
     """Every scenario against one server; the server restarts if it dies."""
     out: list[dict[str, Any]] = []
-    target = make_target(name, o.server_cpu)
+    target = make_target(name, o.server_cpu, o.tidings_src)
     why = target.available()
     if why:
         return [{"server": name, "scenario": sc.key, "kind": sc.kind, "na": why}
@@ -424,7 +433,8 @@ def table(results: list[dict[str, Any]], ceiling: dict[str, Any]) -> str:
     for s in scens:
         cells.append([s, *[_fmt(by.get((v, s))) for v in servers]])
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     legend = ("broadcast/personal: deliveries/s at saturation, p99 publish-to-deliver; "
               "latency-R: p50/p99/p99.9 at R deliveries/s (OVER: server could not hold R); "
@@ -439,7 +449,8 @@ def table(results: list[dict[str, Any]], ceiling: dict[str, Any]) -> str:
                 rcells.append([sc, *[f"{per[sc][v]:.2f}" if v in per[sc] else "-"
                                      for v in refs]])
         rw = [max(len(row[i]) for row in rcells) for i in range(len(rcells[0]))]
-        rl = ["  ".join(c.ljust(w) for c, w in zip(row, rw)).rstrip() for row in rcells]
+        rl = ["  ".join(c.ljust(w) for c, w in zip(row, rw, strict=True)).rstrip()
+              for row in rcells]
         rl.insert(1, "  ".join("-" * w for w in rw))
         out.append("\n".join(rl))
     if rat:
@@ -481,16 +492,14 @@ def machine() -> dict[str, Any]:
 async def run(o: Options) -> dict[str, Any]:
     """Run the plan; return the record that is also written as JSON."""
     raise_nofile()
-    try:
+    with contextlib.suppress(OSError):
         os.sched_setaffinity(0, o.client_cpus)
-    except OSError:
-        pass
     scenarios = plan(o)
     log = sys.stderr
     record: dict[str, Any] = {
         "run": {"label": o.label, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "command": "", "quick": o.quick, "repeat": o.repeat, "window": o.window,
-                "server_cpu": o.server_cpu,
+                "server_cpu": o.server_cpu, "tidings_src": str(o.tidings_src or "server/"),
                 "client_cpus": list(o.client_cpus), "workers": o.workers,
                 "payload_bytes": PAYLOAD, "machine": machine(), "versions": tool_versions()},
         "ceiling": {}, "results": []}
@@ -571,6 +580,8 @@ def parse(argv: list[str] | None = None) -> Options:
                    help="interleaved rounds over every server; the best is kept (1)")
     p.add_argument("--window", type=int,
                    help="broadcast: messages in flight per subscriber (8)")
+    p.add_argument("--tidings-src", type=Path,
+                   help="folder holding the tidings package to run (default: server/ here)")
     p.add_argument("--no-ceiling", action="store_true", help="skip the flood-server ceiling")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -609,6 +620,7 @@ def parse(argv: list[str] | None = None) -> Options:
         o.client_cpus = others or (o.server_cpu,)
     o.workers = a.workers or max(2, len(o.client_cpus))
     o.repeat = max(1, a.repeat)
+    o.tidings_src = a.tidings_src.resolve() if a.tidings_src else None
     if a.window:
         o.window = a.window
     o.ceiling = not a.no_ceiling

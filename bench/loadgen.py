@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import multiprocessing as mp
 import os
@@ -279,10 +280,8 @@ class _Sub(asyncio.Protocol):
             return
         sock = t.get_extra_info("socket")
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            except OSError:
-                pass
         t.abort()
 
 
@@ -427,6 +426,7 @@ class MqttSub(_Sub):
         secret = self.w.spec.endpoint.jwt_secret
         user = f"b{self.index}"
         token = _mint(secret, user) if secret else None
+        assert self.transport is not None
         self.transport.write(mqtt_connect(f"bench-{os.getpid()}-{self.index}", user, token))
 
     def _subscribe(self) -> None:
@@ -474,10 +474,8 @@ class MqttSub(_Sub):
                     w.next_sample = w.received + w.every
                     k = buf.find(MARKER, j, end) + 4
                     if k >= 4 and len(w.samples) < w.max_samples:
-                        try:
+                        with contextlib.suppress(ValueError):
                             w.samples.append(now - int(buf[k:k + _TS_DIGITS]))
-                        except ValueError:
-                            pass
             elif kind == 2:  # CONNACK: return code in the second byte (section 3.2.2.3)
                 if ln >= 2 and buf[j + 1] != 0:
                     self._bad(f"CONNACK refused: {buf[j + 1]}")
@@ -546,10 +544,8 @@ def _mint(secret: str, user: str) -> str:
 
 def _worker_main(spec: WorkerSpec, shared: Any, pipe: Connection) -> None:
     """Entry point of a worker process: pin, raise limits, run the loop, report."""
-    try:
+    with contextlib.suppress(AttributeError, OSError):
         os.sched_setaffinity(0, spec.cpus)
-    except (AttributeError, OSError):
-        pass
     raise_nofile()
     import uvloop
 
@@ -559,7 +555,8 @@ def _worker_main(spec: WorkerSpec, shared: Any, pipe: Connection) -> None:
 
 
 async def _wait_phase(shared: Any, phase: int, poll: float = 0.005) -> None:
-    while shared[0] < phase:
+    """The phase lives in shared memory written by another process: poll it."""
+    while shared[0] < phase:  # noqa: ASYNC110 - no Event crosses processes
         await asyncio.sleep(poll)
 
 
@@ -595,11 +592,9 @@ async def _worker(spec: WorkerSpec, shared: Any) -> WorkerReport:
                 return
             # Hold the slot until this connection is ready or gone, so the
             # concurrency bound covers handshakes too.
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(proto.settled),
                                        max(0.0, deadline - loop.time()))
-            except TimeoutError:
-                pass
 
     tasks = [loop.create_task(one(i)) for i in range(spec.first, spec.first + spec.count)]
     await asyncio.gather(*tasks)
@@ -684,7 +679,7 @@ class LoadGen:
     def alive(self) -> int:
         return self.ready() - self.closed()
 
-    async def start(self, timeout: float = 30.0) -> None:
+    async def start(self, within: float = 30.0) -> None:
         """Spawn the workers and wait until each is prepared (imports done, tokens minted)."""
         for spec in self._specs:
             parent, child = self._ctx.Pipe(duplex=False)
@@ -694,11 +689,12 @@ class LoadGen:
             child.close()
             self._procs.append(proc)
             self._pipes.append(parent)
-        await self._until(lambda: self._sum(_PREPARED) >= len(self._specs), timeout,
+        await self._until(lambda: self._sum(_PREPARED) >= len(self._specs), within,
                           "workers did not start")
 
-    async def _until(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
+    async def _until(self, cond: Callable[[], bool], within: float, what: str) -> None:
+        """Poll ``cond`` (shared-memory counters) until true; bounded by ``within`` s."""
+        deadline = time.monotonic() + within
         while not cond():
             if time.monotonic() > deadline:
                 raise TimeoutError(what)
@@ -720,20 +716,18 @@ class LoadGen:
         """Open the measurement window: workers start sampling latency."""
         self.shared[0] = PHASE_MEASURE
 
-    async def finish(self, timeout: float = 30.0) -> list[WorkerReport]:
+    async def finish(self, within: float = 30.0) -> list[WorkerReport]:
         """Close the window, collect every worker's report, reap the workers."""
         self.shared[0] = PHASE_STOP
         loop = asyncio.get_running_loop()
         reports: list[WorkerReport] = []
-        deadline = time.monotonic() + timeout
-        for pipe, proc in zip(self._pipes, self._procs):
+        deadline = time.monotonic() + within
+        for pipe in self._pipes:
             left = max(0.1, deadline - time.monotonic())
             ok = await loop.run_in_executor(None, pipe.poll, left)
             if ok:
-                try:
+                with contextlib.suppress(EOFError):
                     reports.append(pipe.recv())
-                except EOFError:
-                    pass
         self.reports = reports
         self.close()
         return reports

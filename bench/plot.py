@@ -30,7 +30,7 @@ def _bars(ax: Any, groups: list[str], servers: list[str], colors: dict[str, str]
                 xs.append(g + k * width)
                 ys.append(v)
         bars = ax.bar(xs, ys, width, label=server, color=colors[server])
-        for b, y in zip(bars, ys):
+        for b, y in zip(bars, ys, strict=False):
             ax.annotate(f"{y:,.0f}" if y >= 100 else f"{y:.2g}",
                         (b.get_x() + b.get_width() / 2, y), ha="center", va="bottom",
                         fontsize=6, rotation=90)

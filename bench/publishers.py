@@ -21,6 +21,7 @@ adding load if the server falls more than a second behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import struct
 import time
@@ -29,9 +30,8 @@ from dataclasses import dataclass
 
 import aiohttp
 import websockets
-from websockets.asyncio.client import ClientConnection, connect
-
 from loadgen import make_payload, mqtt_connect
+from websockets.asyncio.client import ClientConnection, connect
 
 __all__ = [
     "HttpPublisher",
@@ -176,7 +176,7 @@ class TidingsWsPublisher(_WsPublisher):
         now = int(time.time())
         token = jwt.encode({"sub": "bench-publisher", "iat": now, "exp": now + 3600,
                             "publish": ["bench/#"]}, self.secret, algorithm="HS256")
-        await self.ws.send('{"op":"connect","id":1,"token":"%s"}' % token)
+        await self.ws.send(f'{{"op":"connect","id":1,"token":"{token}"}}')
         reply = await asyncio.wait_for(self.ws.recv(), 10)
         if '"ok":true' not in str(reply):
             raise RuntimeError(f"tidings publisher connect failed: {reply!r:.200}")
@@ -186,8 +186,8 @@ class TidingsWsPublisher(_WsPublisher):
         assert self.ws is not None
         self.next_id += 1
         self.sent += 1
-        await self.ws.send('{"op":"publish","id":%d,"topic":"%s","data":%s}'
-                           % (self.next_id, topic, payload.decode()))
+        await self.ws.send(f'{{"op":"publish","id":{self.next_id},"topic":"{topic}",'
+                           f'"data":{payload.decode()}}}')
 
 
 class _StreamPublisher(Publisher):
@@ -230,10 +230,8 @@ class _StreamPublisher(Publisher):
             self.reader.cancel()
         if self.writer is not None:
             self.writer.close()
-            try:
+            with contextlib.suppress(OSError, TimeoutError):
                 await asyncio.wait_for(self.writer.wait_closed(), 5)
-            except (OSError, TimeoutError):
-                pass
 
 
 class NatsPublisher(_StreamPublisher):

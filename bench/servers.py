@@ -24,6 +24,7 @@ SIGKILL after a bounded wait). Ports are free loopback ports picked at start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -120,7 +121,7 @@ class Target:
     def start(self, timeout: float = 20.0) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
         argv, env = self.command()
-        self._log = open(self.tmp / "server.log", "wb")
+        self._log = open(self.tmp / "server.log", "wb")  # noqa: SIM115 - lives with the process
         self.proc = subprocess.Popen(
             ["taskset", "-c", str(self.server_cpu), *argv], env={**os.environ, **env},
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -168,8 +169,13 @@ class Target:
 
 
 class Tidings(Target):
+    """``src``: the folder holding the ``tidings`` package (default: this checkout's
+    ``server/``); e.g. a ``git archive`` of a commit, to measure it while the
+    working tree changes."""
+
     name = "tidings"
     scenarios = _ALL
+    src: Path = REPO / "server"
 
     def __init__(self, server_cpu: int) -> None:
         super().__init__(server_cpu)
@@ -193,7 +199,7 @@ class Tidings(Target):
             "TIDINGS_WS_COMMANDS_BURST": "1000000",
             "TIDINGS_WS_CONNECT_TIMEOUT": "60",
             "TIDINGS_WS_DEMO_PAGE": "false",
-            "PYTHONPATH": str(REPO / "server") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "PYTHONPATH": str(self.src) + os.pathsep + os.environ.get("PYTHONPATH", ""),
         }
         return [sys.executable, "-m", "tidings.cli", "serve"], env
 
@@ -216,12 +222,7 @@ class TidingsMqtt(Tidings):
     protocol = "mqtt"
 
     def available(self) -> str | None:
-        import importlib.util
-
-        try:
-            found = importlib.util.find_spec("tidings.edges.mqtt") is not None
-        except ImportError:
-            found = False
+        found = (self.src / "tidings" / "edges" / "mqtt.py").is_file()
         return None if found else "this Tidings has no MQTT edge"
 
     def ports(self) -> list[int]:
@@ -399,19 +400,21 @@ TARGETS: dict[str, type[Target]] = {
 }
 
 
-def make_target(name: str, server_cpu: int) -> Target:
-    return TARGETS[name](server_cpu)
+def make_target(name: str, server_cpu: int, tidings_src: Path | None = None) -> Target:
+    target = TARGETS[name](server_cpu)
+    if tidings_src is not None and isinstance(target, Tidings):
+        target.src = tidings_src
+    return target
 
 
 def tool_versions() -> dict[str, str]:
     """Versions of what ran, for the JSON record."""
     out: dict[str, str] = {"python": sys.version.split()[0]}
-    try:
-        import websockets
+    from importlib.metadata import PackageNotFoundError, version
 
-        out["websockets"] = websockets.__version__
-    except ImportError:
-        pass
+    for dist in ("websockets", "uvloop"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[dist] = version(dist)
     for name, argv in (("nats-server", [_nats_binary() or "nats-server", "--version"]),
                        ("mosquitto", [_mosquitto_binary() or "mosquitto", "-h"]),
                        ("node", ["node", "--version"])):

@@ -29,7 +29,7 @@ from typing import cast
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from loadgen import make_payload  # noqa: E402
+from loadgen import make_payload
 
 __all__ = ["main"]
 
@@ -68,7 +68,7 @@ class Flood(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        transport.set_write_buffer_limits(high=65536)
+        self.transport.set_write_buffer_limits(high=65536)
 
     def data_received(self, data: bytes) -> None:
         if self.flooding:
