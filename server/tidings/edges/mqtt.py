@@ -139,7 +139,10 @@ class _TcpLink:
 
 
 class _WsLink:
-    """MQTT over WebSocket: each flush is one binary frame [MQTT-6.0.0-1]."""
+    """MQTT over WebSocket: each flush is one binary frame [MQTT-6.0.0-1].
+
+    ``conn`` is the WS edge's connection driver (``tidings.edges.ws.WsConnection``).
+    """
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
@@ -148,7 +151,7 @@ class _WsLink:
         from websockets.protocol import State as WsState
 
         conn = self.conn
-        if conn.protocol.state is not WsState.OPEN:
+        if conn.protocol.state is not WsState.OPEN or conn.transport is None:
             return
         data = b"".join(chunks)
         if conn.protocol.extensions:
@@ -158,37 +161,47 @@ class _WsLink:
             conn.transport.write(ws_frame(data, text=False))
 
     def buffered(self) -> int:
-        return int(self.conn.transport.get_write_buffer_size())
+        t = self.conn.transport
+        return int(t.get_write_buffer_size()) if t is not None else 0
 
     def close(self) -> None:
-        asyncio.get_running_loop().create_task(self.conn.close())
+        self.conn.close(1000, "")
 
     def abort(self) -> None:
-        self.conn.transport.abort()
+        if self.conn.transport is not None:
+            self.conn.transport.abort()
 
     def pause(self) -> None:
-        return None  # the library's own read queue bounds what it reads
+        self.conn.pause_reading()
 
     def resume(self) -> None:
+        self.conn.resume_reading()
+
+
+class _MqttOverWs:
+    """The WS edge's handler for ``/mqtt``: WebSocket messages in, MQTT bytes out."""
+
+    def __init__(self, broker: MqttBroker, conn: Any) -> None:
+        self.mc = MqttConnection(broker, "mqtt-ws")
+        self.mc.attach(_WsLink(conn))
+        self.conn = conn
+
+    def on_message(self, data: bytes, text: bool) -> None:
+        if text:  # [MQTT-6.0.0-1]: MQTT travels in binary frames only
+            self.conn.close(1003, "MQTT needs binary frames")
+            return
+        self.mc.data_received(data)
+
+    def on_pong(self, data: bytes) -> None:
         return None
 
+    def on_close(self) -> None:
+        self.mc.connection_lost(None)
 
-async def serve_websocket(broker: MqttBroker, conn: Any) -> None:
-    """Run one MQTT connection over an accepted WebSocket (``/mqtt``)."""
-    mc = MqttConnection(broker, "mqtt-ws")
-    mc.attach(_WsLink(conn))
-    try:
-        async for message in conn:
-            if isinstance(message, str):  # [MQTT-6.0.0-1]: binary frames only
-                break
-            mc.data_received(message)
-            if mc.proto.state is State.CLOSED:
-                break
-    except Exception as e:  # the socket went away mid-read
-        log.debug("MQTT over WebSocket ended: %s", type(e).__name__)
-    finally:
-        mc.connection_lost(None)
-        await conn.close()
+
+def serve_websocket(broker: MqttBroker, conn: Any) -> _MqttOverWs:
+    """The handler for one MQTT connection over an accepted WebSocket (``/mqtt``)."""
+    return _MqttOverWs(broker, conn)
 
 
 @dataclass(slots=True)
@@ -361,8 +374,7 @@ class MqttConnection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.attach(_TcpLink(transport))
+        self.attach(_TcpLink(transport))  # type: ignore[arg-type]  # uvloop's is no subclass
 
     def attach(self, link: Link) -> None:
         self.link = link

@@ -2,10 +2,15 @@
 
 How the fast path coexists with the ``websockets`` library
 -----------------------------------------------------------
-``websockets`` stays in charge of the opening handshake, of reading and
-parsing every incoming frame (including the ``max_size`` check that closes
-with 1009), of control frames (it answers pings and sends keepalive pings
-itself), and of the closing handshake.
+``websockets``' sans-I/O ``ServerProtocol`` stays in charge of the opening
+handshake (parsing, Origin check, subprotocol and extension negotiation,
+the 101 response), of parsing every incoming frame (including the
+``max_size`` check that fails the connection with 1009), of control frames
+(it queues the pong for every ping) and of the closing handshake.
+:class:`WsConnection` is our thin asyncio driver around it (as the
+library's own asyncio layer is, minus a task, a receive queue and the
+handshake headers per connection): it feeds received bytes in, writes what
+the protocol wants sent, and hands whole messages to a :class:`WsSession`.
 
 Everything *we* send (replies and pushes) goes through one bounded outbound
 buffer per session. For an uncompressed connection a server frame is the
@@ -13,14 +18,13 @@ same bytes for every client (servers do not mask, RFC 6455 section 5.1), so
 the hub builds the frame once and each session appends those bytes to its
 buffer; the :class:`~tidings.hub.Flusher` then writes each buffer with one
 ``transport.writelines`` per loop iteration. These writes bypass
-``Protocol.send_*`` but are always whole frames, and ``websockets`` also
-writes whole frames, so the byte stream stays a valid sequence of frames.
-We never call ``Connection.send`` (which could fragment a message), and we
-stop writing as soon as the protocol leaves the OPEN state, so nothing
-follows a close frame. A session that negotiated permessage-deflate gets
-payloads instead of frames and flushes them through ``protocol.send_text``
-/ ``send_binary`` (compression is per connection), a slower path that does
-not slow the others.
+``Protocol.send_*`` but are always whole frames, and the protocol also
+writes whole frames (pongs, close), so the byte stream stays a valid
+sequence of frames. We never send fragmented messages, and we stop writing
+as soon as the protocol leaves the OPEN state, so nothing follows a close
+frame. A session that negotiated permessage-deflate gets payloads instead
+of frames and flushes them through ``protocol.send_text`` / ``send_binary``
+(compression is per connection), a slower path that does not slow the others.
 
 If a session's unsent bytes (our buffer plus the transport's) would exceed
 ``ws.outbound_buffer``, it is closed with 4008 and counted; no one else waits.
@@ -34,18 +38,19 @@ import logging
 import mimetypes
 import secrets
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections import Counter, deque
+from collections.abc import Callable
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
-import websockets
-from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
 from ..auth import Acl, Principal, TokenAuthority
 from ..config import Settings
@@ -89,6 +94,8 @@ log = logging.getLogger("tidings.ws")
 _MAX_MALFORMED = 10  # consecutive malformed frames before the stream counts as broken
 _MAX_SINCE_TOPICS = 1000
 _RECOVER_LIMIT = 1000
+_MAX_QUEUED_COMMANDS = 64  # frames waiting for the worker before the socket is paused
+_CLOSE_TIMEOUT = 2.0  # seconds a closing handshake may take before the transport is cut
 
 
 def _wire(encoding: Encoding, framed: bool) -> str:
@@ -108,7 +115,7 @@ def register_wires(node: Node) -> None:
 class WsSession:
     """One WebSocket connection after the handshake."""
 
-    def __init__(self, edge: WsEdge, conn: ServerConnection, encoding: Encoding) -> None:
+    def __init__(self, edge: WsEdge, conn: WsConnection, encoding: Encoding) -> None:
         self.edge = edge
         self.conn = conn
         self.encoding = encoding
@@ -130,7 +137,13 @@ class WsSession:
         self._tokens = float(edge.settings.ws.commands_burst)
         self._refill = time.monotonic()
         self._expiry: asyncio.TimerHandle | None = None
-        self._pong: Any = None  # the last keepalive ping's pong waiter
+        self._ping: bytes | None = None  # the keepalive ping still waiting for its pong
+        self._inbox: deque[bytes] = deque()  # frames waiting for the worker
+        self._worker: asyncio.Task[None] | None = None
+        self._connected = False
+        self._malformed = 0
+        self._connect_timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            edge.settings.ws.connect_timeout, self._connect_timeout)
 
     # -- outbound ---------------------------------------------------------------
 
@@ -190,15 +203,8 @@ class WsSession:
         if self._dirty:
             self.flush()
         self._closing = True
-        # Send the close frame now, not from a task: the handler may return first and
-        # websockets would then close with 1000, losing our code. A peer that stops
-        # reading never answers (and Connection.close would wait in drain() for ever),
-        # so the transport is cut after close_timeout ("slow consumers are disconnected").
-        if self.conn.protocol.state is State.OPEN:
-            self.conn.protocol.send_close(code, reason)
-            self.conn.send_data()
-        asyncio.get_running_loop().call_later(self.conn.close_timeout or 2.0,
-                                              self.conn.transport.abort)
+        self._inbox.clear()
+        self.conn.close(code, reason)
 
     # -- inbound ----------------------------------------------------------------
 
@@ -213,57 +219,78 @@ class WsSession:
         self._tokens -= 1.0
         return True
 
-    def _decode(self, raw: str | bytes) -> Command:
-        if isinstance(raw, str) != self._text:
-            kind = "text" if isinstance(raw, str) else "binary"
-            raise _Broken(f"{kind} frame on {self.encoding.value}")
-        return decode_command(raw, self.encoding)
+    def on_message(self, data: bytes, text: bool) -> None:
+        """A whole message from the client (driver callback, never blocks).
 
-    async def run(self) -> None:
-        """Connect, then serve commands until the connection ends."""
-        try:
-            raw = await asyncio.wait_for(self.conn.recv(),
-                                         self.edge.settings.ws.connect_timeout)
-        except TimeoutError:
-            self.close(CLOSE_POLICY, "connect timeout")
+        Commands are handled in order by one worker task that exists only
+        while there is work, so an idle connection costs no task. A client
+        that sends faster than its commands complete is paused at the socket.
+        """
+        if self._closing:
+            return  # keep reading until the peer's close frame: the handshake ends at once
+        if text != self._text:
+            kind = "text" if text else "binary"
+            self.close(CLOSE_BAD_REQUEST, f"{kind} frame on {self.encoding.value}")
             return
+        if not self._rate_ok():
+            self.edge.metrics.inc("tidings_errors_total", code="rate_limited")
+            self.close(CLOSE_RATE_LIMITED, "rate limited")
+            return
+        self._inbox.append(data)
+        if len(self._inbox) > _MAX_QUEUED_COMMANDS:
+            self.conn.pause_reading()
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+
+    def _connect_timeout(self) -> None:
+        self._connect_timer = None
+        if not self._connected and not self._inbox and self._worker is None:
+            self.close(CLOSE_POLICY, "connect timeout")
+
+    async def _work(self) -> None:
+        while self._inbox and not self._closing:
+            raw = self._inbox.popleft()
+            try:
+                await self._handle(raw)
+            except Exception:
+                log.exception("command handling failed")
+                self.edge.metrics.inc("tidings_errors_total", code="internal")
+                self.send(error_reply(None, "internal", "internal error"))
+            if len(self._inbox) <= _MAX_QUEUED_COMMANDS // 2:
+                self.conn.resume_reading()
+
+    async def _handle(self, raw: bytes) -> None:
+        if not self._connected:
+            await self._first(raw)
+            return
+        try:
+            cmd = decode_command(raw, self.encoding)
+            self._malformed = 0
+            await self._dispatch(cmd)
+        except TidingsError as e:
+            if e.code in ("malformed", "unknown_op", "bad_request"):
+                self._malformed += 1
+            self._reply_error(e.request_id, e)
+            if self._malformed >= _MAX_MALFORMED:
+                self.close(CLOSE_BAD_REQUEST, "too many malformed frames")
+
+    async def _first(self, raw: bytes) -> None:
+        """The first frame must be ``connect``; anything else ends the connection."""
+        if self._connect_timer is not None:
+            self._connect_timer.cancel()
+            self._connect_timer = None
         rid: int | None = None
         try:
-            cmd = self._decode(raw)
+            cmd = decode_command(raw, self.encoding)
             rid = cmd.id
             if cmd.op != "connect":
                 raise BadRequest("the first frame must be connect", code="connect_required")
             await self._connect(cmd)
-        except _Broken as e:
-            self.close(CLOSE_BAD_REQUEST, str(e))
-            return
+            self._connected = True
         except TidingsError as e:
             self._reply_error(e.request_id if e.request_id is not None else rid, e)
             close_code = e.close_code if isinstance(e, Unauthorized) else CLOSE_BAD_REQUEST
             self.close(close_code, e.code)
-            return
-        malformed = 0
-        # After close() keep reading (and dropping) frames until the peer's close
-        # frame arrives, so the closing handshake completes at once.
-        async for raw in self.conn:
-            if self._closing:
-                continue
-            if not self._rate_ok():
-                self.edge.metrics.inc("tidings_errors_total", code="rate_limited")
-                self.close(CLOSE_RATE_LIMITED, "rate limited")
-                continue
-            try:
-                cmd = self._decode(raw)
-                malformed = 0
-                await self._dispatch(cmd)
-            except _Broken as e:
-                self.close(CLOSE_BAD_REQUEST, str(e))
-            except TidingsError as e:
-                if e.code in ("malformed", "unknown_op", "bad_request"):
-                    malformed += 1
-                self._reply_error(e.request_id, e)
-                if malformed >= _MAX_MALFORMED:
-                    self.close(CLOSE_BAD_REQUEST, "too many malformed frames")
 
     def _reply_error(self, rid: int | None, e: TidingsError) -> None:
         self.edge.metrics.inc("tidings_errors_total", code=e.code)
@@ -492,6 +519,15 @@ class WsSession:
 
     # -- end ----------------------------------------------------------------------
 
+    def on_close(self) -> None:
+        """Driver callback: the connection is gone."""
+        self._closing = True
+        if self._connect_timer is not None:
+            self._connect_timer.cancel()
+        if self._worker is not None and not self._worker.done():
+            self._worker.cancel()
+        self.edge.spawn(self.cleanup())
+
     async def cleanup(self) -> None:
         self._closing = True
         if self._expiry is not None:
@@ -507,24 +543,21 @@ class WsSession:
     def keepalive(self) -> None:
         """Called by the edge's sweep: close if the previous ping got no pong, else ping.
 
-        Never waits: the ping is queued behind whatever is unsent, and the
-        library resolves its waiter when the pong arrives (as ``Connection.ping``
-        does, minus the wait for the write buffer to drain, which would let one
-        backlogged peer stall the sweep for everyone).
+        Never waits: the ping is queued behind whatever is unsent.
         """
-        conn = self.conn
-        if self._closing or conn.protocol.state is not State.OPEN:
+        if self._closing or self.conn.protocol.state is not State.OPEN:
             return
-        if self._pong is not None and not self._pong.done():
+        if self._ping is not None:
             self.edge.metrics.inc("tidings_errors_total", code="keepalive_timeout")
             self.close(1011, "keepalive ping timeout")
             return
-        data = secrets.token_bytes(4)
-        loop = asyncio.get_running_loop()
-        self._pong = loop.create_future()
-        conn.pending_pings[data] = (self._pong, loop.time())
-        conn.protocol.send_ping(data)
-        conn.send_data()
+        self._ping = secrets.token_bytes(4)
+        self.conn.protocol.send_ping(self._ping)
+        self.conn.send_data()
+
+    def on_pong(self, data: bytes) -> None:
+        if data == self._ping:
+            self._ping = None
 
     def goodbye(self, reason: str) -> None:
         """Server going away: say so, then close 1001 so the client reconnects."""
@@ -548,6 +581,172 @@ def payload_of(data: Any) -> tuple[bytes, PayloadKind]:
         raise BadRequest("data must be a JSON value") from None
 
 
+class Handler(Protocol):
+    """What a :class:`WsConnection` drives after the handshake (a session, or MQTT)."""
+
+    def on_message(self, data: bytes, text: bool) -> None: ...
+    def on_pong(self, data: bytes) -> None: ...
+    def on_close(self) -> None: ...
+
+
+class WsConnection(asyncio.Protocol):
+    """The asyncio driver of one connection over websockets' sans-I/O ``ServerProtocol``.
+
+    The library parses the handshake and every frame, answers pings, runs the
+    closing handshake and enforces ``max_size`` (1009); this class only moves
+    bytes and hands whole messages to its :class:`Handler`. Compared with the
+    library's own asyncio connection it keeps no task, no receive queue and no
+    handshake headers per connection, which is most of an idle connection's memory.
+    """
+
+    def __init__(self, edge: WsEdge) -> None:
+        ws = edge.settings.ws
+        self.edge = edge
+        self.protocol = ServerProtocol(
+            origins=edge.origins,  # type: ignore[arg-type]
+            extensions=[ServerPerMessageDeflateFactory()] if ws.compression else None,
+            subprotocols=[Subprotocol(e.value) for e in Encoding] + [Subprotocol("mqtt")],
+            # the library binds this to the protocol, so it gets (protocol, offered)
+            select_subprotocol=lambda _protocol, offered: self._select(offered),
+            max_size=ws.max_message_size,
+        )
+        self.transport: asyncio.Transport | None = None
+        self.handler: Handler | None = None
+        self.ip = ""
+        self._path = ""
+        self._frames: list[bytes] | None = None  # a fragmented message being assembled
+        self._frames_text = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._counted = False
+        self._paused = False
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        peer = transport.get_extra_info("peername")
+        self.ip = str(peer[0]) if peer else ""
+        self.edge.connections_open.add(self)
+        self._timer = asyncio.get_running_loop().call_later(
+            self.edge.settings.ws.connect_timeout, transport.abort)  # handshake deadline
+
+    def data_received(self, data: bytes) -> None:
+        self.protocol.receive_data(data)
+        for event in self.protocol.events_received():
+            if isinstance(event, Request):
+                self._on_request(event)
+            else:
+                self._on_frame(event)
+        self.send_data()
+
+    def eof_received(self) -> bool | None:
+        self.protocol.receive_eof()
+        self.send_data()
+        return None  # the closing handshake never needs to write after EOF
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.edge.connections_open.discard(self)
+        if self._counted:
+            self.edge.release(self.ip)
+        if self.handler is not None:
+            handler, self.handler = self.handler, None
+            handler.on_close()
+
+    # -- handshake ---------------------------------------------------------------------
+
+    def _select(self, offered: Any) -> Any:
+        if self.edge.is_mqtt(self._path):
+            # MQTT over WebSocket: the subprotocol is "mqtt" [MQTT-6.0.0-3]
+            return Subprotocol("mqtt") if "mqtt" in offered else None
+        for e in Encoding:
+            if e.value in offered:
+                return Subprotocol(e.value)
+        return None  # none offered (or none of ours): JSON, the default
+
+    def _on_request(self, request: Request) -> None:
+        self._path = request.path.split("?", 1)[0]
+        response = self.edge.process_request(self, request)
+        if response is None:
+            response = self.protocol.accept(request)
+        self.protocol.send_response(response)
+        if response.status_code != 101:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.edge.admit(self.ip)
+        self._counted = True
+        if self.edge.is_mqtt(self._path):
+            assert self.edge.mqtt_handler is not None
+            self.handler = self.edge.mqtt_handler(self)
+            return
+        sub = self.protocol.subprotocol
+        encoding = Encoding(sub) if sub in (e.value for e in Encoding) else Encoding.JSON
+        self.handler = WsSession(self.edge, self, encoding)
+
+    # -- frames --------------------------------------------------------------------------
+
+    def _on_frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if frame.fin:
+                self._message(bytes(frame.data), opcode is Opcode.TEXT)
+            else:
+                self._frames, self._frames_text = [bytes(frame.data)], opcode is Opcode.TEXT
+        elif opcode is Opcode.CONT:
+            if self._frames is not None:
+                self._frames.append(bytes(frame.data))
+                if frame.fin:
+                    data, self._frames = b"".join(self._frames), None
+                    self._message(data, self._frames_text)
+        elif opcode is Opcode.PONG and self.handler is not None:
+            self.handler.on_pong(bytes(frame.data))
+
+    def _message(self, data: bytes, text: bool) -> None:
+        if self.handler is not None:
+            self.handler.on_message(data, text)
+
+    # -- writing and closing --------------------------------------------------------------
+
+    def send_data(self) -> None:
+        """Write what the protocol produced (handshake, pongs, close frames)."""
+        transport = self.transport
+        if transport is None:
+            return
+        for data in self.protocol.data_to_send():
+            if data:
+                transport.write(data)
+            elif transport.can_write_eof():
+                transport.write_eof()  # half-close; the peer closes the TCP connection
+            else:
+                transport.close()
+        if self.protocol.close_expected() and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(
+                _CLOSE_TIMEOUT, transport.abort)
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake; the transport is cut if it has not ended in time
+        (a peer that stopped reading never answers)."""
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_close(code, reason)
+        self.send_data()
+        if self._timer is None and self.transport is not None:
+            self._timer = asyncio.get_running_loop().call_later(
+                _CLOSE_TIMEOUT, self.transport.abort)
+
+    def pause_reading(self) -> None:
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._paused and self.transport is not None and not self.transport.is_closing():
+            self._paused = False
+            self.transport.resume_reading()
+
+
 class WsEdge:
     def __init__(self, settings: Settings, node: Node, tokens: TokenAuthority, acl: Acl,
                  metrics: Metrics, notifier: Notifier, presence: Presence,
@@ -561,13 +760,17 @@ class WsEdge:
         self.metrics = metrics
         self.flusher = Flusher()
         self.sessions: set[WsSession] = set()
-        self.connections = 0
+        self.connections = 0  # after the handshake (the gauge)
+        self.connections_open: set[WsConnection] = set()  # every TCP connection
+        self.origins: list[str | None] | None = None
+        if settings.ws.origins:
+            self.origins = [*settings.ws.origins, None]  # non-browser clients send no Origin
         self._per_ip: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._server: Server | None = None
+        self._server: asyncio.Server | None = None
         self._keepalive_task: asyncio.Task[None] | None = None
         # MQTT over WebSocket (set by the app when the MQTT broker runs)
-        self.mqtt_handler: Callable[[ServerConnection], Awaitable[None]] | None = None
+        self.mqtt_handler: Callable[[WsConnection], Handler] | None = None
         self._routes = http_routes or {}
         register_wires(node)
         metrics.gauge("tidings_ws_connections", "open WebSocket connections",
@@ -585,97 +788,51 @@ class WsEdge:
 
     async def start(self, ssl: Any = None) -> None:
         ws = self.settings.ws
-        origins: list[str | None] | None = None
-        if ws.origins:
-            origins = [*ws.origins, None]  # non-browser clients send no Origin
-        self._server = await serve(
-            self._handler, ws.host, ws.port,
-            ssl=ssl,
-            origins=origins,  # type: ignore[arg-type]
-            subprotocols=[websockets.Subprotocol(e.value) for e in Encoding],
-            select_subprotocol=self._select,
-            process_request=self._process_request,
-            compression="deflate" if ws.compression else None,
-            max_size=ws.max_message_size,
-            max_queue=4,
-            ping_interval=None,  # one sweep for all sessions, see _keepalive
-            ping_timeout=None,
-            close_timeout=2,
-            server_header=None,
-        )
-
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: WsConnection(self), ws.host, ws.port, ssl=ssl, reuse_address=True,
+            backlog=4096)
         if ws.ping_interval:
             self._keepalive_task = asyncio.get_running_loop().create_task(
                 self._keepalive(ws.ping_interval))
 
     async def _keepalive(self, interval: float) -> None:
         """Ping every session once per ``interval``; close those whose last ping
-        went unanswered. One task for the node instead of one per connection
-        (the library's own keepalive), which keeps idle connections small."""
+        went unanswered. One task for the node, none per connection."""
         while True:
             await asyncio.sleep(interval)
             for session in list(self.sessions):
                 session.keepalive()
 
-    def _select(self, conn: ServerConnection, offered: Any) -> Any:
-        if self._is_mqtt(conn.request.path if conn.request else ""):
-            # MQTT over WebSocket: the subprotocol is "mqtt" [MQTT-6.0.0-3]
-            return websockets.Subprotocol("mqtt") if "mqtt" in offered else None
-        for e in Encoding:
-            if e.value in offered:
-                return websockets.Subprotocol(e.value)
-        return None  # none offered (or none of ours): JSON, the default
-
-    def _is_mqtt(self, path: str) -> bool:
+    def is_mqtt(self, path: str) -> bool:
         mqtt_path = self.settings.mqtt.websocket_path
-        return bool(mqtt_path) and self.mqtt_handler is not None and \
-            path.split("?", 1)[0] == mqtt_path
+        return bool(mqtt_path) and self.mqtt_handler is not None and path == mqtt_path
 
-    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+    def process_request(self, conn: WsConnection, request: Request) -> Response | None:
+        """Our answer to a request before the upgrade; None lets the upgrade go on."""
         path = request.path.split("?", 1)[0]
-        if path == self.settings.ws.path or self._is_mqtt(path):
-            ip = str(conn.remote_address[0]) if conn.remote_address else ""
-            if self._per_ip[ip] >= self.settings.ws.max_connections_per_ip:
+        if path == self.settings.ws.path or self.is_mqtt(path):
+            if self._per_ip[conn.ip] >= self.settings.ws.max_connections_per_ip:
                 self.metrics.inc("tidings_errors_total", code="too_many_connections")
-                return conn.respond(http.HTTPStatus.TOO_MANY_REQUESTS,
-                                    "too many connections from this address\n")
+                return _plain(http.HTTPStatus.TOO_MANY_REQUESTS,
+                              b"too many connections from this address\n")
             return None
         route = self._routes.get(path)
         if route is not None:
             return route(request)
-        return static_response(path) if self.settings.ws.demo_page else _not_found(conn)
+        if self.settings.ws.demo_page:
+            return static_response(path)
+        return _plain(http.HTTPStatus.NOT_FOUND, b"not found\n")
 
-    async def _handler(self, conn: ServerConnection) -> None:
-        ip = str(conn.remote_address[0]) if conn.remote_address else ""
+    def admit(self, ip: str) -> None:
         self._per_ip[ip] += 1
         self.connections += 1
         self.metrics.inc("tidings_connections_total", edge="ws")
-        if conn.request is not None and self._is_mqtt(conn.request.path):
-            assert self.mqtt_handler is not None
-            try:
-                await self.mqtt_handler(conn)
-            finally:
-                self.connections -= 1
-                self._per_ip[ip] -= 1
-                if self._per_ip[ip] <= 0:
-                    del self._per_ip[ip]
-            return
-        encoding = Encoding(conn.subprotocol) if conn.subprotocol else Encoding.JSON
-        # Handshake done: keep no headers around (websockets only checks that a
-        # request was received, so a bare one stands in for it).
-        conn.request = _BARE_REQUEST
-        conn.response = None
-        session = WsSession(self, conn, encoding)
-        try:
-            await session.run()
-        except ConnectionClosed:
-            pass
-        finally:
-            self.connections -= 1
-            self._per_ip[ip] -= 1
-            if self._per_ip[ip] <= 0:
-                del self._per_ip[ip]
-            await session.cleanup()
+
+    def release(self, ip: str) -> None:
+        self.connections -= 1
+        self._per_ip[ip] -= 1
+        if self._per_ip[ip] <= 0:
+            del self._per_ip[ip]
 
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting; tell every client to reconnect; close 1001; wait (bounded)."""
@@ -684,23 +841,23 @@ class WsEdge:
         if self._server is None:
             return
         server, self._server = self._server, None
-        server.close(close_connections=False)
+        server.close()
         for s in list(self.sessions):
             s.goodbye("shutdown")
-        server.close(close_connections=True)
-        try:
-            await asyncio.wait_for(server.wait_closed(), timeout)
-        except TimeoutError:
+        for conn in list(self.connections_open):
+            if conn.handler is None or not isinstance(conn.handler, WsSession):
+                conn.close(CLOSE_GOING_AWAY, "shutdown")
+        deadline = time.monotonic() + timeout
+        while self.connections_open and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self.connections_open:
             log.warning("connections still open after %.1fs; dropping them", timeout)
-            for conn in list(server.connections):
-                conn.transport.abort()
-
-
-_BARE_REQUEST = Request("/", Headers())
-
-
-def _not_found(conn: ServerConnection) -> Response:
-    return conn.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
+            for conn in list(self.connections_open):
+                if conn.transport is not None:
+                    conn.transport.abort()
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
 
 
 def static_response(path: str) -> Response:
