@@ -31,6 +31,8 @@ from tidings.store.base import (
 )
 from tidings.types import parse_offset
 
+pytest_plugins = ["redis_servers"]  # the redis backends' session servers
+
 POLICY = HistoryPolicy(100, 86400.0)
 
 # The contract suite's fixtures, so its backends (params of ``open_store``) run here too.

@@ -20,8 +20,11 @@ import pytest
 
 from tidings.errors import Unavailable
 from tidings.store.base import HistoryPage, HistoryPolicy, Store
+from tidings.store.redis import RedisStore
 from tidings.store.sqlite import SqliteStore
 from tidings.types import Offset, PayloadKind, format_offset, parse_offset
+
+pytest_plugins = ["redis_servers"]  # session-wide redis-server / cluster fixtures
 
 T0 = 1_700_000_000.0
 IDEMPOTENCY_TTL = 60.0
@@ -48,16 +51,25 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 async def open_store(request: pytest.FixtureRequest, tmp_path: Path,
                      clock: Clock) -> AsyncIterator[OpenStore]:
     """Opens a new Store over the same backing data each call (for reopen tests)."""
     opened: list[Store] = []
+    url = ""
+    if request.param in ("redis", "redis-cluster"):
+        # one server (or cluster) per session, emptied before each test
+        server = request.getfixturevalue(
+            "redis_server" if request.param == "redis" else "redis_cluster")
+        server.flushall()
+        url = server.url
 
     async def make() -> Store:
         s: Store
         if request.param == "sqlite":
             s = SqliteStore(tmp_path / "store", idempotency_ttl=IDEMPOTENCY_TTL, clock=clock)
+        elif url:
+            s = RedisStore(url, idempotency_ttl=IDEMPOTENCY_TTL, clock=clock)
         else:  # pragma: no cover - a new backend adds its branch here
             raise AssertionError(f"no store backend {request.param!r}")
         await s.open()

@@ -1,0 +1,815 @@
+"""The Redis store: the store contract on one Redis or a Redis Cluster.
+
+The same contract tests as the SQLite store (``tests/test_store_contract.py``,
+``tests/test_inbox_store.py``) run against one Redis and a 3-master cluster.
+
+URL: ``redis://host:port/db`` (one server) or ``redis+cluster://host:port``
+(any node of a Redis Cluster; ``rediss`` for TLS in both). Every call is
+bounded by ``timeout`` seconds (socket timeouts and an overall deadline) and
+raises :class:`tidings.errors.Unavailable` when Redis does not answer in time;
+commands are never retried by the client, so a write whose reply was lost is
+reported as failed, never applied twice by us. Time comes from ``clock`` (the
+scripts take "now" as an argument, never Redis ``TIME``).
+
+Atomicity
+---------
+Every multi-key change is one Lua script (EVALSHA via ``register_script``,
+see :mod:`.redis_lua`) over keys that share one hash tag, so it runs on one
+slot of a cluster: a publish (offset, history append and trim, retained,
+idempotency key, and the PUBLISH / SPUBLISH on the topic's channel), a
+user's notify or mark (items, counts, the user's stream topic, the retained
+``users/{uid}/unread``, and their announcements), a notification's tracking,
+an MQTT session with its queue.
+
+Key layout (``P`` is the key prefix, ``tidings:`` by default; ``B`` is a
+topic's base, :func:`tidings.bus.wire.topic_base`: ``{t:<topic>}``, or
+``{u:<uid>}:t:<topic>`` for ``users/{uid}/...``; tags escape ``%`` and ``}``)
+
+=============================  ======  ===============================================
+key                            type    what
+=============================  ======  ===============================================
+``P epoch``                    string  the store's epoch; topic epochs derive from it
+``P B:m``                      hash    topic: ``e`` epoch, ``s`` last sequence
+``P B:h``                      zset    history: score seq, member entry (PEXPIRE ttl)
+``P B:r``                      string  retained message
+``P B:i`` / ``P B:ie``         hash /  idempotency keys -> offset / -> expiry (ms)
+                               zset
+``P {u:<uid>}:items``          hash    inbox item by id (flags, expiry, fields)
+``P {u:<uid>}:order``          zset    unarchived items by seq (listing, paging)
+``P {u:<uid>}:unread``         zset    unread unarchived items by expiry (+inf: none);
+                                       the count is ``ZCOUNT (now +inf``: O(log n)
+``P {u:<uid>}:useq``           zset    unread unarchived items by seq
+``P {u:<uid>}:exp``            zset    items with an expiry, by expiry (collection)
+``P {u:<uid>}:ck``             zset    ``collapse_key \\0 id`` of unread items (lex)
+``P {u:<uid>}:meta``           hash    ``seq``: the inbox sequence
+``P {u:<uid>}:ret``            zset    the user's topics with a retained message (lex)
+``P {r}:firsts``               zset    first levels that have retained topics
+``P {r:<level>}:topics``       zset    retained topics of a first level (lex)
+``P {r:<level>}:seen``         hash    topic -> when its index entry was refreshed
+``P {r}:users``                zset    users with retained topics
+``P {n:<id>}:m``               hash    notification: category, targets, created,
+                                       and a counter per tracked event
+``P {n:<id>}:tr``              set     ``event \\0 user`` tracked (once each)
+``P {nk:<key>}``               string  a notify idempotency key: id, targets, done
+``P {s}:categories``           hash    ``category \\0 field`` -> total
+``P {ms:<bucket>}:state``      hash    MQTT session state by client id (64 buckets)
+``P {ms:<bucket>}:q:<client>`` list    the session's queue, oldest first
+=============================  ======  ===============================================
+
+Channels: :func:`tidings.bus.wire.channel_for` (``tidings:`` + B), in the
+slot of the topic's keys; the scripts PUBLISH (one Redis) or SPUBLISH
+(cluster) the :mod:`tidings.bus.wire` encoding unless ``announce=False``.
+
+Trade-offs (what one slot per topic / per user costs)
+-----------------------------------------------------
+* Retained index for wildcard filters. On one Redis the scripts keep the
+  index exact. On a cluster a topic's keys and the index cannot share a slot,
+  so the index is a superset kept outside the script: a publish that sets a
+  retained message first adds the topic to ``{r}:firsts`` and
+  ``{r:<level>}:topics`` (stamped in ``:seen``), then runs its script; a
+  clear leaves the entry. ``retained(filter)`` reads the index, checks every
+  candidate's message, and drops an entry whose message is gone only if it
+  was not refreshed for ``RETAINED_GRACE`` (far longer than a call's bound),
+  then re-checks the message and restores the entry if a publish set it
+  meanwhile. A wildcard read costs one index read per first level it can
+  match plus one GET per candidate. A user's topics are indexed in the user's
+  own slot (exact, atomic); ``{r}:users`` lists the users, added before the
+  script (remembered per process) and never removed.
+* Idempotency keys of publishes live in the topic's slot (atomic with the
+  publish), so a key is scoped to its topic: the same key on another topic
+  is another request.
+* Notify is atomic per user (as the contract asks), not across users. With
+  an idempotency key, a notify claims the key first and marks it done last;
+  a retry of one that failed half-way re-runs the per-user steps, each of
+  which skips a user who already has the notification, so every user gets it
+  exactly once. Without a key a retry after a failure is a new notification.
+* Category totals (``{s}:categories``) are bumped right after the
+  per-notification script, in a second call: a crash between the two leaves
+  a category total one short, while the per-notification stats are exact.
+* Expired inbox items are forgotten (up to 100 per notify / mark); reads skip
+  the rest. ``track`` of a forgotten item returns False.
+* MQTT sessions are spread over 64 bucket slots; a session's state, its queue
+  and the bucket's list of client ids share the slot, so save / delete /
+  enqueue are atomic and ``mqtt_sessions`` reads 64 hashes.
+* The store epoch is one key. A topic created after Redis lost its data gets
+  a new epoch only if that key was lost too; the store re-reads it after any
+  connection error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import msgpack
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+
+from ..bus.wire import (
+    channel_for,
+    escape_tag,
+    topic_base,
+    user_of,
+    user_tag,
+    wire_head,
+    wire_tail,
+)
+from ..errors import Unavailable
+from ..protocol.topics import is_wildcard, matches
+from ..types import Offset, PayloadKind, Publication, format_offset, parse_offset
+from . import redis_lua as lua
+from .base import (
+    TRACK_EVENTS,
+    HistoryPage,
+    HistoryPolicy,
+    InboxItem,
+    InboxPage,
+    MarkAction,
+    NotifyResult,
+    PolicyFor,
+    PublishResult,
+    QueuedMessage,
+    Store,
+    UserChange,
+    events_topic,
+    notifications_topic,
+    unread_topic,
+)
+
+__all__ = ["MQTT_BUCKETS", "RETAINED_GRACE", "RedisStore", "parse_url"]
+
+log = logging.getLogger("tidings.store.redis")
+
+T = TypeVar("T")
+
+MQTT_BUCKETS = 64  # slots the MQTT sessions are spread over
+RETAINED_GRACE = 300.0  # seconds an unconfirmed retained-index entry is kept (cluster)
+_IN_FLIGHT = 64  # calls of one store in flight at once (each holds a connection)
+_KNOWN_USERS_MAX = 100_000  # users remembered as listed in {r}:users
+_NOT_JSON_KEYS = ("unread", "replaces")  # added to a push by the script
+# Redis errors that say "not now" rather than "your script is wrong".
+_TRANSIENT = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY",
+              "NOREPLICAS", "MOVED", "ASK", "NOSCRIPT", "UNBLOCKED")
+
+
+def parse_url(url: str) -> tuple[str, bool]:
+    """``(url for redis-py, is a cluster)``: ``redis+cluster://`` names a Redis Cluster."""
+    for scheme in ("redis+cluster://", "rediss+cluster://"):
+        if url.startswith(scheme):
+            return url.replace("+cluster", "", 1), True
+    return url, False
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def _lex_range(prefix: str) -> tuple[bytes, bytes]:
+    """ZRANGEBYLEX bounds of every member starting with ``prefix`` (UTF-8 has no 0xff)."""
+    if not prefix:
+        return b"-", b"+"
+    p = prefix.encode()
+    return b"[" + p, b"[" + p + b"\xff"
+
+
+def _unpack(header: bytes, value: bytes) -> list[Any]:
+    """Objects stored as concatenated msgpack values (see :mod:`.redis_lua`)."""
+    out: list[Any] = msgpack.unpackb(header + value, raw=False)
+    return out
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisStore(Store):
+    """The store contract on Redis. ``announce``: the scripts put every publication
+    they write on its channel (see :attr:`announces`)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        cluster: bool | None = None,
+        idempotency_ttl: float = 86400.0,
+        clock: Callable[[], float] = time.time,
+        timeout: float = 2.0,
+        announce: bool = True,
+        prefix: str = "tidings:",
+    ) -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError("the key prefix must not contain a hash tag")
+        self._url, from_url = parse_url(url)
+        self._cluster = from_url if cluster is None else cluster
+        self._idempotency_ttl = idempotency_ttl
+        self._clock = clock
+        self._timeout = timeout
+        self._announce = announce
+        self._mode = 0 if not announce else 2 if self._cluster else 1
+        self._p = prefix
+        self._client: Any = None
+        self._scripts: dict[str, Any] = {}
+        self._epoch = ""
+        self._epoch_stale = True
+        self._known_users: set[str] = set()
+        self._gate = asyncio.Semaphore(_IN_FLIGHT)
+
+    def __repr__(self) -> str:
+        return f"RedisStore(cluster={self._cluster})"  # the URL may hold a password
+
+    @property
+    def announces(self) -> bool:  # type: ignore[override]
+        """True when the scripts PUBLISH what they write: the node must not again."""
+        return self._announce
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _make_client(self) -> Any:
+        kw: dict[str, Any] = {"socket_timeout": self._timeout,
+                              "socket_connect_timeout": self._timeout,
+                              "retry": Retry(NoBackoff(), 0),
+                              "max_connections": _IN_FLIGHT + 8}
+        if self._cluster:
+            return RedisCluster.from_url(self._url, **kw)
+        return aioredis.Redis.from_url(self._url, **kw)
+
+    async def _io(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``fn(client)`` within the bound; Redis failures become ``Unavailable``."""
+        client = self._client
+        if client is None:
+            raise Unavailable("store is closed")
+        try:
+            async with asyncio.timeout(self._timeout), self._gate:
+                if self._epoch_stale:
+                    await self._load_epoch(client)
+                return await fn(client)
+        except ResponseError as e:
+            if not str(e).startswith(_TRANSIENT):
+                raise  # a bug of ours (a script error): not the backend's state
+            self._epoch_stale = True
+            raise Unavailable("store unavailable") from e
+        except (RedisError, OSError, TimeoutError) as e:
+            self._epoch_stale = True
+            raise Unavailable("store unavailable") from e
+
+    async def _load_epoch(self, client: Any) -> None:
+        key = self._p + "epoch"
+        await client.set(key, secrets.token_hex(4), nx=True)
+        value = await client.get(key)
+        if value is None:
+            raise Unavailable("store epoch missing")
+        self._epoch = _text(value)
+        self._epoch_stale = False
+
+    def _topic_epoch(self, topic: str) -> str:
+        """A topic's epoch, derived from the store's as the SQLite store does, so a
+        topic needs no key until its first publish and ``latest`` never writes."""
+        digest = hashlib.sha256(f"{self._epoch}\0{topic}".encode()).hexdigest()
+        return digest[:8]
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def _tk(self, topic: str, suffix: str) -> str:
+        return self._p + topic_base(topic) + suffix
+
+    def _uk(self, user: str, suffix: str) -> str:
+        return self._p + user_tag(user) + suffix
+
+    async def open(self) -> None:
+        self._client = self._make_client()
+        self._scripts = {name: self._client.register_script(getattr(lua, name))
+                         for name in lua.__all__}
+        try:
+            await self._io(self._load_epoch)
+        except Unavailable:
+            log.warning("redis store: not reachable yet; calls fail until it is")
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._io(lambda c: c.ping()))
+        except Unavailable:
+            return False
+
+    def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]
+                ) -> Awaitable[Any]:
+        return self._scripts[name](keys=keys, args=args)  # type: ignore[no-any-return]
+
+    # -- topics ---------------------------------------------------------------------------
+
+    def _retained_index_keys(self, topic: str) -> list[str]:
+        """Extra script keys that index a retained topic inside the script: the
+        user's own index always; on one Redis also the global ones."""
+        user = user_of(topic)
+        if user is not None:
+            keys = [self._uk(user, ":ret")]
+            if not self._cluster:
+                keys.append(self._p + "{r}:users")
+            return keys
+        if self._cluster:
+            return []
+        first = topic.split("/", 1)[0]
+        return [self._p + "{r:" + escape_tag(first) + "}:topics", self._p + "{r}:firsts"]
+
+    async def _index_before(self, client: Any, topic: str, now: int) -> None:
+        """Cluster: list a topic about to get a retained message in the global index
+        (before its script: the index is a superset)."""
+        user = user_of(topic)
+        if user is not None:
+            await self._register_user(client, user)
+            return
+        first = topic.split("/", 1)[0]
+        group = self._p + "{r:" + escape_tag(first) + "}"
+        pipe = client.pipeline(transaction=False)
+        pipe.zadd(self._p + "{r}:firsts", {first: 0})
+        pipe.zadd(group + ":topics", {topic: 0})
+        pipe.hset(group + ":seen", topic, now)
+        await pipe.execute()
+
+    async def _register_user(self, client: Any, user: str) -> None:
+        if user in self._known_users:
+            return
+        await client.zadd(self._p + "{r}:users", {user: 0})
+        if len(self._known_users) >= _KNOWN_USERS_MAX:
+            self._known_users.clear()
+        self._known_users.add(user)
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        kind: PayloadKind,
+        *,
+        retain: bool,
+        policy: HistoryPolicy,
+        idempotency_key: str | None = None,
+        qos: int = 1,
+        origin: str | None = None,
+        meta: Any = None,
+    ) -> PublishResult:
+        """As :meth:`Store.publish`. ``qos``, ``origin`` and ``meta`` only travel
+        with the announcement (they are not stored)."""
+        now = self._now_ms()
+        keys = [self._tk(topic, s) for s in (":m", ":h", ":r", ":i", ":ie")]
+        keys.append(channel_for(topic))
+        member = ""
+        if retain:
+            keys += self._retained_index_keys(topic)
+            member = user_of(topic) or topic.split("/", 1)[0]
+        head = wire_head(topic) if self._mode else b""
+        tail = wire_tail(kind, qos, retain, origin, meta) if self._mode else b""
+
+        async def run(client: Any) -> Any:
+            if retain and payload and self._cluster:
+                await self._index_before(client, topic, now)
+            args = [now, self._topic_epoch(topic), policy.size, _ms(policy.ttl), int(kind),
+                    payload, 1 if retain else 0, idempotency_key or "",
+                    _ms(self._idempotency_ttl), self._mode, head, tail, topic, member]
+            return await self._script("PUBLISH", keys, args)
+
+        result = await self._io(run)
+        offset = Offset(_text(result[1]))
+        if result[0] == 1:
+            return PublishResult(self._first(topic, offset, result[2], payload, kind),
+                                 duplicate=True)
+        return PublishResult(Publication(topic, offset, payload, kind, now))
+
+    @staticmethod
+    def _first(topic: str, offset: Offset, entry: bytes | None, payload: bytes,
+               kind: PayloadKind) -> Publication:
+        """The publication an idempotency key points at (payload from history if kept)."""
+        if entry is None:
+            return Publication(topic, offset, payload, kind, 0)
+        _, ts, _, k, p = _unpack(b"\x95", entry)
+        return Publication(topic, offset, p, PayloadKind(k), ts)
+
+    async def history(self, topic: str, since: str | None, limit: int) -> HistoryPage:
+        now = self._now_ms()
+        parsed = parse_offset(since) if since is not None else None
+        keys = [self._tk(topic, ":m"), self._tk(topic, ":h")]
+        if since is None:
+            args: list[Any] = [now, "", -1, limit]
+        elif parsed is None:
+            args = [now, "", 0, limit]  # not an offset: everything kept, incomplete
+        else:
+            args = [now, parsed[0], parsed[1], limit]
+        raw = await self._io(lambda c: self._script("HISTORY", keys, args))
+        if raw[0] is None:
+            # Never published: complete unless 'since' claims messages we never had.
+            start = format_offset(self._topic_epoch(topic), 0)
+            return HistoryPage([], start, since is None or since == start)
+        epoch, last = _text(raw[0]), int(raw[1])
+        rows = [_unpack(b"\x95", e) for e in raw[2:]]
+        same_epoch = parsed is not None and parsed[0] == epoch
+        if since is None:
+            rows.reverse()
+            complete = rows[0][0] == 1 if rows else last == 0
+        else:
+            cutoff = parsed[1] if same_epoch and parsed is not None else 0
+            if not same_epoch:
+                complete = False
+            elif cutoff > last:
+                complete = False  # an offset from the future: a store restored from backup
+            elif cutoff == last:
+                complete = True
+            else:
+                complete = bool(rows) and rows[0][0] == cutoff + 1 and len(rows) <= limit
+            rows = rows[:limit]
+        items = [Publication(topic, format_offset(epoch, s), p, PayloadKind(k), ts)
+                 for s, ts, _, k, p in rows]
+        return HistoryPage(items, format_offset(epoch, last), complete)
+
+    async def latest(self, topic: str) -> Offset:
+        key = self._tk(topic, ":m")
+        epoch, seq = await self._io(lambda c: c.hmget(key, "e", "s"))
+        # Never published: the derived epoch, sequence 0 (nothing is written).
+        if epoch is None:
+            return format_offset(self._topic_epoch(topic), 0)
+        return format_offset(_text(epoch), int(seq))
+
+    async def retained(self, flt: str) -> list[Publication]:
+        if not is_wildcard(flt):
+            key = self._tk(flt, ":r")
+            raw = await self._io(lambda c: c.get(key))
+            return [] if raw is None else [self._retained_pub(flt, raw)]
+        now = self._now_ms()
+
+        async def run(client: Any) -> list[Publication]:
+            topics, groups = await self._candidates(client, flt)
+            if not topics:
+                return []
+            pipe = client.pipeline(transaction=False)
+            for t in topics:
+                pipe.get(self._tk(t, ":r"))
+            values = await pipe.execute()
+            out, missing = [], []
+            for t, raw in zip(topics, values, strict=True):
+                if raw is not None:
+                    out.append(self._retained_pub(t, raw))
+                elif t in groups:
+                    missing.append(t)
+            if missing and self._cluster:
+                await self._prune(client, missing, groups, now)
+            return out
+
+        return await self._io(run)
+
+    def _retained_pub(self, topic: str, raw: bytes) -> Publication:
+        offset, ts, kind, payload = _unpack(b"\x94", raw)
+        return Publication(topic, Offset(offset), payload, PayloadKind(kind), ts, retained=True)
+
+    async def _candidates(self, client: Any, flt: str) -> tuple[list[str], dict[str, str]]:
+        """Topics from the retained indexes that match ``flt`` (sorted), and for the
+        ones from a first-level index the name of that index."""
+        levels = flt.split("/")
+        first = levels[0]
+        prefix = flt.split("+", 1)[0].split("#", 1)[0].rstrip("/")
+        wild_first = first in ("+", "#")
+        if wild_first:
+            firsts = [_text(f) for f in await client.zrange(self._p + "{r}:firsts", 0, -1)]
+        else:
+            firsts = [first]
+        users: list[str] = []
+        if wild_first or first == "users":
+            if first == "users" and len(levels) > 1 and levels[1] not in ("+", "#"):
+                users = [levels[1]]
+            else:
+                users = [_text(u) for u in await client.zrange(self._p + "{r}:users", 0, -1)]
+        pipe = client.pipeline(transaction=False)
+        for level in firsts:
+            group = self._p + "{r:" + escape_tag(level) + "}"
+            pipe.zrangebylex(group + ":topics", *_lex_range(level if wild_first else prefix))
+        for user in users:
+            literal = not wild_first and len(levels) > 1 and levels[1] == user
+            pipe.zrangebylex(self._uk(user, ":ret"), *_lex_range(prefix if literal else ""))
+        found = await pipe.execute() if firsts or users else []
+        groups: dict[str, str] = {}
+        topics: set[str] = set()
+        for level, names in zip(firsts, found, strict=False):
+            for n in names:
+                t = _text(n)
+                if matches(flt, t):
+                    topics.add(t)
+                    groups[t] = level
+        for names in found[len(firsts):]:
+            topics.update(t for t in map(_text, names) if matches(flt, t))
+        return sorted(topics), groups
+
+    async def _prune(self, client: Any, missing: list[str], groups: dict[str, str],
+                     now: int) -> None:
+        """Cluster: drop index entries whose retained message is gone and that no
+        publish refreshed within the grace period; restore any set meanwhile."""
+        cutoff = now - _ms(RETAINED_GRACE)
+        for t in missing:
+            group = self._p + "{r:" + escape_tag(groups[t]) + "}"
+            dropped = await self._script("PRUNE", [group + ":topics", group + ":seen"],
+                                         [t, cutoff])
+            if dropped and await client.exists(self._tk(t, ":r")):
+                await self._index_before(client, t, now)
+
+    # -- inbox ----------------------------------------------------------------------------
+
+    def _inbox_keys(self, user: str, stream: str) -> list[str]:
+        """KEYS of the notify / mark scripts (see :mod:`.redis_lua`)."""
+        unread = unread_topic(user)
+        keys = [self._uk(user, s) for s in (":items", ":order", ":unread", ":useq", ":exp",
+                                            ":ck", ":meta")]
+        keys += [self._tk(stream, ":m"), self._tk(stream, ":h"),
+                 self._tk(unread, ":m"), self._tk(unread, ":h"), self._tk(unread, ":r"),
+                 self._uk(user, ":ret"), channel_for(stream), channel_for(unread)]
+        if not self._cluster:
+            keys.append(self._p + "{r}:users")
+        return keys
+
+    def _inbox_args(self, user: str, stream: str, now: int, policy: PolicyFor) -> list[Any]:
+        unread = unread_topic(user)
+        p = policy(stream)
+        json_tail = wire_tail(PayloadKind.JSON) if self._mode else b""
+        return [now, self._mode, self._topic_epoch(stream), p.size, _ms(p.ttl),
+                wire_head(stream) if self._mode else b"", json_tail,
+                self._topic_epoch(unread), wire_head(unread) if self._mode else b"",
+                json_tail, unread, user]
+
+    def _change(self, user: str, stream: str, now: int, raw: list[Any], changed: list[str]
+                ) -> UserChange:
+        count, soffset, spayload, uoffset, upayload = raw[:5]
+        pubs = [Publication(stream, Offset(_text(soffset)), spayload, PayloadKind.JSON, now),
+                Publication(unread_topic(user), Offset(_text(uoffset)), upayload,
+                            PayloadKind.JSON, now)]
+        return UserChange(user, int(count), changed, pubs)
+
+    async def notify(
+        self,
+        users: Sequence[str],
+        notification: dict[str, Any],
+        *,
+        ttl: float | None,
+        collapse_key: str | None,
+        policy: PolicyFor,
+        idempotency_key: str | None = None,
+    ) -> NotifyResult:
+        now = self._now_ms()
+        users = list(users)
+        nid = str(notification["id"])
+        claim_key = None
+        if idempotency_key is not None:
+            claim_key = self._p + "{nk:" + escape_tag(idempotency_key) + "}"
+            first = await self._io(lambda c: self._script(
+                "CLAIM", [claim_key], [now, nid, len(users), _ms(self._idempotency_ttl)]))
+            if first is not None:
+                first_id, first_targets, done = _text(first[0]), int(first[1]), first[2]
+                if done:
+                    return NotifyResult(first_id, first_targets, [], duplicate=True)
+                # the first attempt failed half-way (or runs now): finish it, once per user
+                nid = first_id
+                await self._note(nid, str(notification.get("category", "")), first_targets,
+                                 now)
+                changes = await self._deliver(users, {**notification, "id": nid}, now, ttl,
+                                              collapse_key, policy)
+                await self._claim_done(claim_key, nid, first_targets, now)
+                return NotifyResult(nid, first_targets, changes, duplicate=not changes)
+        await self._note(nid, str(notification.get("category", "")), len(users), now)
+        changes = await self._deliver(users, notification, now, ttl, collapse_key, policy)
+        if claim_key is not None:
+            await self._claim_done(claim_key, nid, len(users), now)
+        return NotifyResult(nid, len(users), changes)
+
+    async def _note(self, nid: str, category: str, targets: int, now: int) -> None:
+        """The notification's stats record, and its category's totals when new."""
+        key = self._p + "{n:" + escape_tag(nid) + "}:m"
+        cats = self._p + "{s}:categories"
+
+        async def run(client: Any) -> None:
+            if await self._script("NOTE", [key], [category, targets, now]):
+                pipe = client.pipeline(transaction=False)
+                pipe.hincrby(cats, category + "\0notifications", 1)
+                pipe.hincrby(cats, category + "\0targets", targets)
+                await pipe.execute()
+
+        await self._io(run)
+
+    async def _claim_done(self, key: str, nid: str, targets: int, now: int) -> None:
+        value = b"".join(msgpack.packb(v) for v in (nid, targets,
+                                                    now + _ms(self._idempotency_ttl), 1))
+        await self._io(lambda c: c.set(key, value, keepttl=True))
+
+    async def _deliver(self, users: list[str], notification: dict[str, Any], now: int,
+                       ttl: float | None, collapse_key: str | None, policy: PolicyFor
+                       ) -> list[UserChange]:
+        """One atomic step per user (bounded concurrency); raises ``Unavailable`` if
+        any failed (the others are stored: see the module doc on retries)."""
+        nid = str(notification["id"])
+        fields = {**notification, "ts": now}
+        fields_json = orjson.dumps(fields)
+        push_base = orjson.dumps({k: v for k, v in fields.items() if k not in _NOT_JSON_KEYS})
+        expires = -1 if ttl is None else now + int(ttl * 1000)
+        own = [nid, expires, 0 if collapse_key is None else 1, collapse_key or "",
+               fields_json, push_base]
+        async def one(user: str) -> UserChange | None:
+            stream = notifications_topic(user)
+            keys = self._inbox_keys(user, stream)
+            args = [*self._inbox_args(user, stream, now, policy), *own]
+
+            async def run(client: Any) -> Any:
+                if self._cluster:
+                    await self._register_user(client, user)
+                return await self._script("NOTIFY", keys, args)
+
+            raw = await self._io(run)
+            return None if raw is None else self._change(user, stream, now, raw, [nid])
+
+        results = await asyncio.gather(*(one(u) for u in users), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return [r for r in results if isinstance(r, UserChange)]
+
+    async def inbox(self, user: str, *, limit: int, before: str | None = None,
+                    unread_only: bool = False) -> InboxPage:
+        now = self._now_ms()
+        cursor = before if before is not None and before.isdigit() else ""
+        keys = [self._uk(user, s) for s in (":items", ":order", ":useq", ":unread")]
+        raw = await self._io(lambda c: self._script(
+            "INBOX", keys, [now, cursor, limit, 1 if unread_only else 0]))
+        rows = [_unpack(b"\x97", e) for e in raw[1:]]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        items = [InboxItem(orjson.loads(f), bool(r), bool(a)) for _, _, _, r, a, _, f in rows]
+        nxt = str(rows[-1][0]) if more and rows else None
+        return InboxPage(items, int(raw[0]), nxt)
+
+    async def unread(self, user: str) -> int:
+        now = self._now_ms()
+        key = self._uk(user, ":unread")
+        return int(await self._io(lambda c: c.zcount(key, f"({now}", "+inf")))
+
+    async def read_states(self, user: str, ids: Sequence[str]) -> dict[str, bool]:
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            return {}
+        now = self._now_ms()
+        key = self._uk(user, ":items")
+
+        async def run(client: Any) -> list[Any]:
+            out: list[Any] = []
+            for i in range(0, len(ids), 500):
+                out += await client.hmget(key, ids[i:i + 500])
+            return out
+
+        out: dict[str, bool] = {}
+        for nid, entry in zip(ids, await self._io(run), strict=True):
+            if entry is None:
+                continue
+            _, _, expires, read, archived, _, _ = _unpack(b"\x97", entry)
+            # Only items still in the inbox: recovery must not resurrect
+            # archived or expired notifications.
+            if not archived and (expires < 0 or expires > now):
+                out[nid] = bool(read)
+        return out
+
+    async def mark(self, user: str, action: MarkAction, ids: Sequence[str] | None, *,
+                   device: str, policy: PolicyFor) -> UserChange:
+        if action not in ("read", "unread", "archive"):
+            raise ValueError(f"unknown action {action!r}")
+        now = self._now_ms()
+        stream = events_topic(user)
+        keys = self._inbox_keys(user, stream)
+        id_list = [] if ids is None else list(dict.fromkeys(ids))
+        args = [*self._inbox_args(user, stream, now, policy), action,
+                1 if ids is None else 0, orjson.dumps(device), *id_list]
+
+        async def run(client: Any) -> Any:
+            if self._cluster:
+                await self._register_user(client, user)
+            return await self._script("MARK", keys, args)
+
+        raw = await self._io(run)
+        if len(raw) == 1:
+            return UserChange(user, int(raw[0]))
+        return self._change(user, stream, now, raw, [_text(i) for i in raw[5]])
+
+    async def track(self, notification_id: str, user: str, event: str) -> bool:
+        if event not in TRACK_EVENTS:
+            raise ValueError(f"unknown event {event!r}")
+        items = self._uk(user, ":items")
+        note = self._p + "{n:" + escape_tag(notification_id) + "}"
+
+        async def run(client: Any) -> bool:
+            if not await client.hexists(items, notification_id):
+                return False
+            category = await self._script("TRACK", [note + ":m", note + ":tr"], [event, user])
+            if category is None:
+                return False
+            await client.hincrby(self._p + "{s}:categories", _text(category) + "\0" + event, 1)
+            return True
+
+        return await self._io(run)
+
+    async def stats(self, notification_id: str) -> dict[str, Any] | None:
+        key = self._p + "{n:" + escape_tag(notification_id) + "}:m"
+        raw = await self._io(lambda c: c.hgetall(key))
+        record = {_text(k): _text(v) for k, v in raw.items()}
+        if "category" not in record:
+            return None
+        out: dict[str, Any] = {"id": notification_id, "category": record["category"],
+                               "targets": int(record["targets"]),
+                               "created": int(record["created"])}
+        out.update({e: int(record.get(e, 0)) for e in TRACK_EVENTS})
+        return out
+
+    async def category_stats(self) -> dict[str, dict[str, int]]:
+        raw = await self._io(lambda c: c.hgetall(self._p + "{s}:categories"))
+        out: dict[str, dict[str, int]] = {}
+        for k, v in raw.items():
+            category, _, name = _text(k).rpartition("\0")
+            totals = out.setdefault(category, {"notifications": 0, "targets": 0,
+                                               **{e: 0 for e in TRACK_EVENTS}})
+            totals[name] = int(v)
+        return out
+
+    # -- MQTT sessions --------------------------------------------------------------------
+
+    def _mqtt_keys(self, client_id: str) -> list[str]:
+        bucket = zlib.crc32(client_id.encode()) % MQTT_BUCKETS
+        tag = self._p + "{ms:" + str(bucket) + "}"
+        return [tag + ":state", tag + ":q:" + client_id]
+
+    @staticmethod
+    def _queued_entry(m: QueuedMessage) -> bytes:
+        meta = {"topic": m.topic, "qos": m.qos, "retain": m.retain, "packet_id": m.packet_id,
+                "pubrel": m.pubrel, "expires": m.expires, "properties": m.properties}
+        return msgpack.packb([orjson.dumps(meta), m.payload])  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _queued(entry: bytes) -> QueuedMessage:
+        meta, payload = msgpack.unpackb(entry)
+        d = orjson.loads(meta)
+        return QueuedMessage(d["topic"], payload, d["qos"], d["retain"], d["packet_id"],
+                             d["pubrel"], d["expires"], d["properties"])
+
+    async def mqtt_session(self, client_id: str) -> tuple[dict[str, Any], list[QueuedMessage]
+                                                          ] | None:
+        raw = await self._io(lambda c: self._script("MQTT_GET", self._mqtt_keys(client_id),
+                                                    [client_id]))
+        if raw is None:
+            return None
+        state, queue = raw
+        return orjson.loads(state), [self._queued(e) for e in queue]
+
+    async def mqtt_save(self, client_id: str, state: dict[str, Any],
+                        queue: list[QueuedMessage] | None = None) -> None:
+        entries = [] if queue is None else [self._queued_entry(m) for m in queue]
+        args = [client_id, orjson.dumps(state), 0 if queue is None else 1, *entries]
+        await self._io(lambda c: self._script("MQTT_SAVE", self._mqtt_keys(client_id), args))
+
+    async def mqtt_delete(self, client_id: str) -> None:
+        await self._io(lambda c: self._script("MQTT_DELETE", self._mqtt_keys(client_id),
+                                              [client_id]))
+
+    async def mqtt_enqueue(self, items: Sequence[tuple[str, QueuedMessage]], limit: int
+                           ) -> int:
+        per_client: dict[str, list[bytes]] = {}
+        for client_id, m in items:
+            per_client.setdefault(client_id, []).append(self._queued_entry(m))
+
+        async def one(cid: str, entries: list[bytes]) -> int:
+            key = self._mqtt_keys(cid)[1:]
+            return int(await self._io(lambda c: self._script("MQTT_ENQUEUE", key,
+                                                             [limit, *entries])))
+
+        # atomic per client (the queue's limit holds); a failure raises after the rest
+        results = await asyncio.gather(*(one(c, e) for c, e in per_client.items()),
+                                       return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return sum(r for r in results if isinstance(r, int))
+
+    async def mqtt_sessions(self) -> list[tuple[str, dict[str, Any]]]:
+        async def run(client: Any) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for b in range(MQTT_BUCKETS):
+                pipe.hgetall(self._p + "{ms:" + str(b) + "}:state")
+            return await pipe.execute()  # type: ignore[no-any-return]
+
+        out: list[tuple[str, dict[str, Any]]] = []
+        for bucket in await self._io(run):
+            out += [(_text(cid), orjson.loads(state)) for cid, state in bucket.items()]
+        return out

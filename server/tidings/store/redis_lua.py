@@ -1,0 +1,460 @@
+"""The Lua scripts of the Redis store (:mod:`tidings.store.redis`).
+
+Each script is one atomic step on one hash slot: every key it names shares
+one hash tag (a topic's ``{t:...}``, a user's ``{u:...}``, a notification's
+``{n:...}``, an MQTT session bucket's ``{ms:...}``), except in single-Redis
+mode, where the publish, notify and mark scripts also update the global
+retained indexes (there is no slot rule on one server). Time ("now", in
+milliseconds) is always an argument from the store's clock, never Redis
+``TIME``, so a fake clock drives expiry in tests.
+
+Value encodings (msgpack objects concatenated; Python prepends an array
+header and unpacks them in one call):
+
+* history entry:  seq, ts, expires, kind, payload(bin)      (zset, score seq)
+* retained:       offset, ts, kind, payload(bin)
+* inbox item:     seq, created, expires (-1: none), read, archived,
+                  collapse key (false: none), fields JSON (bin)
+* live message:   :mod:`tidings.bus.wire` (head .. offset, ts .. payload .. tail)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CLAIM",
+    "HISTORY",
+    "INBOX",
+    "MARK",
+    "MQTT_DELETE",
+    "MQTT_ENQUEUE",
+    "MQTT_GET",
+    "MQTT_SAVE",
+    "NOTE",
+    "NOTIFY",
+    "PRUNE",
+    "PUBLISH",
+    "TRACK",
+]
+
+# Shared functions, prepended to the scripts that append to a topic.
+_COMMON = r"""
+-- msgpack bin header for n bytes (bin8 / bin16 / bin32), as Python's msgpack writes it
+local function binhdr(n)
+  if n < 256 then return '\196' .. string.char(n) end
+  if n < 65536 then return '\197' .. string.char(math.floor(n / 256), n % 256) end
+  return '\198' .. string.char(math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
+                               math.floor(n / 256) % 256, n % 256)
+end
+
+-- The topic's next offset; the history append and its trim (size, then expired
+-- entries oldest first). A new topic takes the epoch it is given (derived by the
+-- store, as latest() reports it before any publish); an old one keeps its own.
+local function append(mk, hk, now, epoch, size, ttl, kind, payload)
+  local seq
+  local cur = redis.call('HGET', mk, 'e')
+  if cur then
+    epoch = cur
+    seq = redis.call('HINCRBY', mk, 's', 1)
+  else
+    redis.call('HSET', mk, 'e', epoch, 's', 1)
+    seq = 1
+  end
+  if size > 0 then
+    redis.call('ZADD', hk, seq,
+               cmsgpack.pack(seq, now, now + ttl, kind) .. binhdr(#payload) .. payload)
+  end
+  redis.call('ZREMRANGEBYSCORE', hk, '-inf', seq - size)
+  for _ = 1, 100 do
+    local first = redis.call('ZRANGE', hk, 0, 0)
+    if #first == 0 then break end
+    local _, _, _, expires = cmsgpack.unpack_limit(first[1], 3)
+    if expires > now then break end
+    redis.call('ZREMRANGEBYRANK', hk, 0, 0)
+  end
+  if size > 0 then redis.call('PEXPIRE', hk, ttl) end
+  return seq, epoch
+end
+
+-- Set (non-empty payload) or clear the retained message; ik / lk: the index of
+-- retained topics and the set of index names, when they live in this script.
+local function retain(rk, offset, now, kind, payload, ik, lk, topic, member)
+  if #payload > 0 then
+    redis.call('SET', rk, cmsgpack.pack(offset, now, kind) .. binhdr(#payload) .. payload)
+    if ik then redis.call('ZADD', ik, 0, topic) end
+    if lk then redis.call('ZADD', lk, 0, member) end
+  else
+    redis.call('DEL', rk)
+    if ik then redis.call('ZREM', ik, topic) end
+  end
+end
+
+-- Put the publication on the topic's channel (1: PUBLISH, 2: SPUBLISH, 0: not at all).
+local function announce(mode, channel, head, offset, ts, payload, tail)
+  if mode == 0 then return end
+  local msg = head .. cmsgpack.pack(offset, ts) .. binhdr(#payload) .. payload .. tail
+  if mode == 2 then
+    redis.call('SPUBLISH', channel, msg)
+  else
+    redis.call('PUBLISH', channel, msg)
+  end
+end
+"""
+
+PUBLISH = _COMMON + r"""
+-- KEYS: meta, history, retained, idempotency hash, idempotency expiry zset, channel
+--       [, retained index [, index names]]
+-- ARGV: now, epoch, size, ttl, kind, payload, retain, idempotency key ('' none),
+--       idempotency ttl, announce mode, wire head, wire tail, topic, index member
+local now = tonumber(ARGV[1])
+local key = ARGV[8]
+if key ~= '' then
+  local stale = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 100)
+  if #stale > 0 then
+    redis.call('HDEL', KEYS[4], unpack(stale))
+    redis.call('ZREM', KEYS[5], unpack(stale))
+  end
+  local expires = redis.call('ZSCORE', KEYS[5], key)
+  if expires and tonumber(expires) > now then
+    local first = redis.call('HGET', KEYS[4], key)
+    local seq = tonumber(string.match(first, ':(%d+)$'))
+    local found = redis.call('ZRANGEBYSCORE', KEYS[2], seq, seq)
+    return {1, first, found[1] or false}
+  end
+end
+local kind = tonumber(ARGV[5])
+local payload = ARGV[6]
+local seq, epoch = append(KEYS[1], KEYS[2], now, ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]),
+                          kind, payload)
+local offset = epoch .. ':' .. seq
+if ARGV[7] == '1' then
+  retain(KEYS[3], offset, now, kind, payload, KEYS[7], KEYS[8], ARGV[13], ARGV[14])
+end
+if key ~= '' then
+  local ttl = tonumber(ARGV[9])
+  redis.call('HSET', KEYS[4], key, offset)
+  redis.call('ZADD', KEYS[5], now + ttl, key)
+  redis.call('PEXPIRE', KEYS[4], ttl)
+  redis.call('PEXPIRE', KEYS[5], ttl)
+end
+announce(tonumber(ARGV[10]), KEYS[6], ARGV[11], offset, now, payload, ARGV[12])
+return {0, offset}
+"""
+
+HISTORY = r"""
+-- KEYS: meta, history.  ARGV: now, since epoch ('' and seq -1: the newest), since seq, limit
+-- Returns {epoch or false, last seq, entries...}: the unexpired entries after 'since'
+-- (oldest first, at most limit + 1; from the start when 'since' is of another
+-- epoch), or the newest 'limit' (newest first).
+local now = tonumber(ARGV[1])
+local newest = ARGV[3] == '-1'
+local limit = tonumber(ARGV[4])
+local meta = redis.call('HMGET', KEYS[1], 'e', 's')
+if not meta[1] then return {false, 0} end
+local out = {meta[1], tonumber(meta[2])}
+local after = '(0'
+if ARGV[2] == meta[1] then after = '(' .. ARGV[3] end
+local want = limit + 1
+if newest then want = limit end
+local got, skip, batch = 0, 0, want + 16
+while got < want do
+  local page
+  if newest then
+    page = redis.call('ZREVRANGE', KEYS[2], skip, skip + batch - 1)
+  else
+    page = redis.call('ZRANGEBYSCORE', KEYS[2], after, '+inf', 'LIMIT', skip, batch)
+  end
+  for _, entry in ipairs(page) do
+    local _, _, _, expires = cmsgpack.unpack_limit(entry, 3)
+    if expires > now then
+      got = got + 1
+      out[#out + 1] = entry
+      if got >= want then break end
+    end
+  end
+  if #page < batch then break end
+  skip = skip + batch
+end
+return out
+"""
+
+PRUNE = r"""
+-- KEYS: retained index, its last-seen hash.  ARGV: topic, cutoff
+-- Drops an index entry not refreshed since 'cutoff' (its retained message was
+-- found missing). Returns 1 if dropped.
+local seen = redis.call('HGET', KEYS[2], ARGV[1])
+if seen and tonumber(seen) < tonumber(ARGV[2]) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# -- inbox ---------------------------------------------------------------------------------
+
+# KEYS (notify and mark): 1 items, 2 order, 3 unread, 4 unread by seq, 5 expiry,
+#   6 collapse index, 7 user meta, 8 stream meta, 9 stream history, 10 unread-topic
+#   meta, 11 unread-topic history, 12 unread-topic retained, 13 the user's retained
+#   index, 14 stream channel, 15 unread-topic channel [, 16 users with retained topics]
+# ARGV: 1 now, 2 announce mode, 3 stream epoch, 4 stream size, 5 stream ttl, 6 stream
+#   head, 7 stream tail, 8 unread-topic epoch, 9 unread head, 10 unread tail,
+#   11 unread topic, 12 user id; then the script's own from 13.
+_INBOX_COMMON = _COMMON + r"""
+local function drop(nid, ck)
+  redis.call('HDEL', KEYS[1], nid)
+  redis.call('ZREM', KEYS[2], nid)
+  redis.call('ZREM', KEYS[3], nid)
+  redis.call('ZREM', KEYS[4], nid)
+  redis.call('ZREM', KEYS[5], nid)
+  if ck then redis.call('ZREM', KEYS[6], ck .. '\0' .. nid) end
+end
+
+-- forget up to 100 expired items (reads skip the rest)
+local function collect(now)
+  local old = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 100)
+  for _, nid in ipairs(old) do
+    local entry = redis.call('HGET', KEYS[1], nid)
+    local ck = false
+    if entry then
+      local _, _, _, _, _, _, c = cmsgpack.unpack_limit(entry, 6)
+      ck = c
+    end
+    drop(nid, ck)
+  end
+end
+
+-- the stream append and the retained unread count, each on its channel
+local function finish(now, count, payload)
+  local mode = tonumber(ARGV[2])
+  local sseq, sepoch = append(KEYS[8], KEYS[9], now, ARGV[3], tonumber(ARGV[4]),
+                              tonumber(ARGV[5]), 0, payload)
+  local soffset = sepoch .. ':' .. sseq
+  announce(mode, KEYS[14], ARGV[6], soffset, now, payload, ARGV[7])
+  local upayload = '{"count":' .. count .. '}'
+  local useq, uepoch = append(KEYS[10], KEYS[11], now, ARGV[8], 0, 1000, 0, upayload)
+  local uoffset = uepoch .. ':' .. useq
+  retain(KEYS[12], uoffset, now, 0, upayload, KEYS[13], KEYS[16], ARGV[11], ARGV[12])
+  announce(mode, KEYS[15], ARGV[9], uoffset, now, upayload, ARGV[10])
+  return soffset, payload, uoffset, upayload
+end
+
+local function count_unread(now)
+  return redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf')
+end
+"""
+
+NOTIFY = _INBOX_COMMON + r"""
+-- ARGV from 13: id, expires (-1 none), has collapse key, collapse key, fields JSON,
+--   push JSON without 'unread' / 'replaces'
+-- Returns false when the user already has this notification (a retried notify),
+-- else {count, stream offset, push, unread offset, unread payload}.
+local now = tonumber(ARGV[1])
+local nid = ARGV[13]
+if redis.call('HEXISTS', KEYS[1], nid) == 1 then return false end
+collect(now)
+local expires = tonumber(ARGV[14])
+local ck = false
+if ARGV[15] == '1' then ck = ARGV[16] end
+local replaced = {}
+if ck then
+  local members = redis.call('ZRANGEBYLEX', KEYS[6], '[' .. ck .. '\0', '[' .. ck .. '\0\255')
+  for _, m in ipairs(members) do
+    local id = string.sub(m, #ck + 2)
+    local entry = redis.call('HGET', KEYS[1], id)
+    if entry then
+      local _, _, _, _, rd, ar, c = cmsgpack.unpack_limit(entry, 6)
+      if c == ck and rd == 0 and ar == 0 then
+        drop(id, c)
+        replaced[#replaced + 1] = id
+      end
+    end
+  end
+end
+local seq = redis.call('HINCRBY', KEYS[7], 'seq', 1)
+local fields = ARGV[17]
+redis.call('HSET', KEYS[1], nid,
+           cmsgpack.pack(seq, now, expires, 0, 0, ck) .. binhdr(#fields) .. fields)
+redis.call('ZADD', KEYS[2], seq, nid)
+if expires < 0 then
+  redis.call('ZADD', KEYS[3], '+inf', nid)
+else
+  redis.call('ZADD', KEYS[3], expires, nid)
+  redis.call('ZADD', KEYS[5], expires, nid)
+end
+redis.call('ZADD', KEYS[4], seq, nid)
+if ck then redis.call('ZADD', KEYS[6], 0, ck .. '\0' .. nid) end
+local count = count_unread(now)
+local base = ARGV[18]
+local push = string.sub(base, 1, -2)
+if #base > 2 then push = push .. ',' end
+push = push .. '"unread":' .. count
+if #replaced > 0 then push = push .. ',"replaces":' .. cjson.encode(replaced) end
+push = push .. '}'
+local soffset, spayload, uoffset, upayload = finish(now, count, push)
+return {count, soffset, spayload, uoffset, upayload}
+"""
+
+MARK = _INBOX_COMMON + r"""
+-- ARGV from 13: action (read / unread / archive), all (1 / 0), device JSON, ids...
+-- Returns {count} when nothing changed, else
+-- {count, events offset, event, unread offset, unread payload, {changed ids}}.
+local now = tonumber(ARGV[1])
+local action = ARGV[13]
+local all = ARGV[14] == '1'
+collect(now)
+local ids
+if not all then
+  ids = {}
+  for i = 16, #ARGV do ids[#ids + 1] = ARGV[i] end
+elseif action == 'read' then
+  ids = redis.call('ZRANGE', KEYS[4], 0, -1)
+else
+  ids = redis.call('ZRANGE', KEYS[2], 0, -1)
+end
+local changed = {}
+for _, nid in ipairs(ids) do
+  local entry = redis.call('HGET', KEYS[1], nid)
+  if entry then
+    local at, seq, created, expires, rd, ar, ck = cmsgpack.unpack_limit(entry, 6)
+    if ar == 0 and (expires < 0 or expires > now) then
+      local nrd, nar = rd, ar
+      if action == 'read' and rd == 0 then
+        nrd = 1
+        redis.call('ZREM', KEYS[3], nid)
+        redis.call('ZREM', KEYS[4], nid)
+        if ck then redis.call('ZREM', KEYS[6], ck .. '\0' .. nid) end
+      elseif action == 'unread' and rd == 1 then
+        nrd = 0
+        if expires < 0 then
+          redis.call('ZADD', KEYS[3], '+inf', nid)
+        else
+          redis.call('ZADD', KEYS[3], expires, nid)
+        end
+        redis.call('ZADD', KEYS[4], seq, nid)
+        if ck then redis.call('ZADD', KEYS[6], 0, ck .. '\0' .. nid) end
+      elseif action == 'archive' then
+        nar = 1
+        redis.call('ZREM', KEYS[2], nid)
+        redis.call('ZREM', KEYS[3], nid)
+        redis.call('ZREM', KEYS[4], nid)
+        if ck then redis.call('ZREM', KEYS[6], ck .. '\0' .. nid) end
+      end
+      if nrd ~= rd or nar ~= ar then
+        redis.call('HSET', KEYS[1], nid,
+                   cmsgpack.pack(seq, created, expires, nrd, nar, ck) .. string.sub(entry, at + 1))
+        changed[#changed + 1] = nid
+      end
+    end
+  end
+end
+local count = count_unread(now)
+if #changed == 0 then return {count} end
+local event = '{"type":"' .. action .. '"'
+if all then event = event .. ',"all":true' end
+event = event .. ',"ids":' .. cjson.encode(changed) .. ',"unread":' .. count
+        .. ',"device":' .. ARGV[15] .. '}'
+local soffset, spayload, uoffset, upayload = finish(now, count, event)
+return {count, soffset, spayload, uoffset, upayload, changed}
+"""
+
+INBOX = r"""
+-- KEYS: items, order, unread by seq, unread.  ARGV: now, before ('' none), limit, unread only
+-- Returns {count, entries...}: unexpired items newest first, at most limit + 1.
+local now = tonumber(ARGV[1])
+local limit = tonumber(ARGV[3])
+local src = KEYS[2]
+if ARGV[4] == '1' then src = KEYS[3] end
+local top = '+inf'
+if ARGV[2] ~= '' then top = '(' .. ARGV[2] end
+local out = {redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf')}
+local want = limit + 1
+local got, skip, batch = 0, 0, want + 16
+while got < want do
+  local page = redis.call('ZREVRANGEBYSCORE', src, top, '-inf', 'LIMIT', skip, batch)
+  for _, nid in ipairs(page) do
+    local entry = redis.call('HGET', KEYS[1], nid)
+    if entry then
+      local _, _, _, expires = cmsgpack.unpack_limit(entry, 3)
+      if expires < 0 or expires > now then
+        got = got + 1
+        out[#out + 1] = entry
+        if got >= want then break end
+      end
+    end
+  end
+  if #page < batch then break end
+  skip = skip + batch
+end
+return out
+"""
+
+# -- notifications: stats and idempotency ---------------------------------------------------
+
+NOTE = r"""
+-- KEYS: notification record.  ARGV: category, targets, created.  Returns 1 if new.
+if redis.call('HSETNX', KEYS[1], 'category', ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'targets', ARGV[2], 'created', ARGV[3])
+return 1
+"""
+
+TRACK = r"""
+-- KEYS: notification record, its tracked set.  ARGV: event, user
+-- Returns false if already recorded, else the notification's category.
+if redis.call('SADD', KEYS[2], ARGV[1] .. '\0' .. ARGV[2]) == 0 then return false end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+return redis.call('HGET', KEYS[1], 'category') or ''
+"""
+
+CLAIM = r"""
+-- KEYS: the idempotency record of a notify.  ARGV: now, id, targets, ttl
+-- Returns {id, targets, done} of an unexpired earlier claim, else claims it: false.
+local now = tonumber(ARGV[1])
+local v = redis.call('GET', KEYS[1])
+if v then
+  local id, targets, expires, done = cmsgpack.unpack(v)
+  if expires > now then return {id, targets, done} end
+end
+redis.call('SET', KEYS[1], cmsgpack.pack(ARGV[2], tonumber(ARGV[3]), now + tonumber(ARGV[4]), 0),
+           'PX', ARGV[4])
+return false
+"""
+
+# -- MQTT sessions --------------------------------------------------------------------------
+
+MQTT_GET = r"""
+-- KEYS: the bucket's states, the client's queue.  ARGV: client id
+local state = redis.call('HGET', KEYS[1], ARGV[1])
+if not state then return false end
+return {state, redis.call('LRANGE', KEYS[2], 0, -1)}
+"""
+
+MQTT_SAVE = r"""
+-- KEYS: the bucket's states, the client's queue.
+-- ARGV: client id, state, replace the queue (1 / 0), entries...
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[3] == '1' then
+  redis.call('DEL', KEYS[2])
+  for i = 4, #ARGV, 1000 do
+    redis.call('RPUSH', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+  end
+end
+return 1
+"""
+
+MQTT_ENQUEUE = r"""
+-- KEYS: the client's queue.  ARGV: limit, entries...  Returns how many were dropped.
+local room = tonumber(ARGV[1]) - redis.call('LLEN', KEYS[1])
+local n = #ARGV - 1
+local take = math.max(0, math.min(room, n))
+for i = 2, take + 1, 1000 do
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, take + 1)))
+end
+return n - take
+"""
+
+MQTT_DELETE = r"""
+-- KEYS: the bucket's states, the client's queue.  ARGV: client id
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+return 1
+"""
