@@ -26,6 +26,7 @@ cd "$ROOT"
 # Programs the tests drive, as "program:debian-package". Later issues append here.
 DEB_DEPS=(
     "redis-server:redis-server"          # Redis store and bus (cluster issue)
+    "redis-cli:redis-tools"              # --cluster create for the Redis Cluster tests
     "mosquitto:mosquitto"                # reference broker (MQTT issue)
     "mosquitto_sub:mosquitto-clients"    # real MQTT clients (MQTT issue)
     "chromium:chromium"                  # browser tests of client_js
