@@ -31,6 +31,7 @@ from .node import Node
 from .notify import Notifier
 from .presence import Presence
 from .store.base import Store
+from .store.redis import RedisStore
 from .store.sqlite import SqliteStore
 
 __all__ = ["App", "Secrets", "load_secrets"]
@@ -90,6 +91,9 @@ def _tls(cert: str, key: str) -> ssl.SSLContext | None:
 def _make_store(settings: Settings) -> Store:
     if settings.store.backend == "sqlite":
         return SqliteStore(settings.store.path, idempotency_ttl=settings.store.idempotency_ttl)
+    if settings.store.backend == "redis":
+        # redis://host:port/db (one Redis) or redis+cluster://host:port (a Redis Cluster)
+        return RedisStore(settings.redis.url, idempotency_ttl=settings.store.idempotency_ttl)
     raise Unavailable(f"store backend {settings.store.backend!r} is not available in this build")
 
 

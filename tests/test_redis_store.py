@@ -1,0 +1,406 @@
+"""What the Redis store does beyond the shared contract (``test_store_contract.py``).
+
+Against real ``redis-server`` processes (``redis_servers.py``), one Redis and a
+3-master Redis Cluster:
+
+* the scripts put every publication they store on the topic's channel
+  (PUBLISH / SPUBLISH, in the bus's wire encoding), or nothing with
+  ``announce=False``;
+* names that need escaping inside a hash tag stay apart and work;
+* retained messages are found by wildcard filters across topics in many
+  slots, users' topics included, and cleared ones leave the index;
+* failures: Redis stopped, killed or hanging makes calls raise
+  ``Unavailable`` within the store's bound; when Redis comes back (same port,
+  ``appendfsync always``) the store works again and every acknowledged
+  publish is still there, in order.
+"""
+
+# ruff: noqa: E402  (redis_servers is marked for assertion rewriting before it is imported)
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+
+pytest.register_assert_rewrite("redis_servers")  # imported here before pytest_plugins
+
+from conftest import WAIT, start_node, stop_node
+from redis_servers import RedisClusterProcs, RedisFactory, RedisServer
+from tidings.app import _make_store
+from tidings.bus.wire import channel_for, decode_publication, encode_publication
+from tidings.errors import Unavailable
+from tidings.store.base import HistoryPolicy, notifications_topic, unread_topic
+from tidings.store.redis import RETAINED_GRACE, RedisStore
+from tidings.types import PayloadKind, Publication, parse_offset
+
+pytest_plugins = ["redis_servers"]
+
+KEEP = HistoryPolicy(1000, 3600.0)
+BOUND = 1.0  # the store's timeout in these tests
+SLACK = 1.0  # scheduling slack on top of it on a busy 2-core machine
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def policy(topic: str) -> HistoryPolicy:
+    return KEEP
+
+
+Target = RedisServer | RedisClusterProcs
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def target(request: pytest.FixtureRequest) -> Target:
+    server: Target = request.getfixturevalue(
+        "redis_server" if request.param == "redis" else "redis_cluster")
+    server.flushall()
+    return server
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def store(target: Target, clock: Clock) -> AsyncIterator[RedisStore]:
+    s = RedisStore(target.url, clock=clock, timeout=BOUND)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def listen(target: Target, *topics: str) -> tuple[aioredis.Redis, PubSub]:
+    """A subscriber to the topics' channels (sharded on a cluster, on the owning master)."""
+    channels = [channel_for(t) for t in topics]
+    if isinstance(target, RedisClusterProcs):
+        server = target.server_for(channels[0])
+        assert all(target.server_for(c) is server for c in channels)
+        client = aioredis.Redis(host="127.0.0.1", port=server.port)
+        pubsub = client.pubsub()
+        await pubsub.ssubscribe(*channels)
+    else:
+        client = aioredis.Redis(host="127.0.0.1", port=target.port)
+        pubsub = client.pubsub()
+        await pubsub.subscribe(*channels)
+    return client, pubsub
+
+
+async def received(pubsub: PubSub) -> bytes:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        m = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if m is not None and m["type"] in ("message", "smessage"):
+            data: bytes = m["data"]
+            return data
+    raise AssertionError("no message on the channel")
+
+
+def same(a: Publication, b: Publication) -> bool:
+    return (a.topic, a.offset, a.payload, a.kind, a.ts) == (b.topic, b.offset, b.payload,
+                                                             b.kind, b.ts)
+
+
+# -- announcements ----------------------------------------------------------------------
+
+
+async def test_publish_announces_the_stored_publication(target: Target,
+                                                        store: RedisStore) -> None:
+    assert store.announces is True
+    client, pubsub = await listen(target, "home/kitchen/temp")
+    try:
+        r = await store.publish("home/kitchen/temp", b"\x00\xff", PayloadKind.BINARY,
+                                retain=True, policy=KEEP, qos=0, origin="sensor-1")
+        data = await received(pubsub)
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await client.aclose()
+    expected = Publication("home/kitchen/temp", r.publication.offset, b"\x00\xff",
+                           PayloadKind.BINARY, r.publication.ts, qos=0,
+                           published_retain=True, origin="sensor-1")
+    assert data == encode_publication(expected)  # Lua and Python write the same bytes
+    assert decode_publication(data) == expected
+
+
+async def test_announce_false_puts_nothing_on_the_channel(target: Target, store: RedisStore,
+                                                          clock: Clock) -> None:
+    quiet = RedisStore(target.url, clock=clock, announce=False)
+    await quiet.open()
+    client, pubsub = await listen(target, "t")
+    try:
+        assert quiet.announces is False
+        first = await quiet.publish("t", b"1", PayloadKind.JSON, retain=False, policy=KEEP)
+        second = await store.publish("t", b"2", PayloadKind.JSON, retain=False, policy=KEEP)
+        got = decode_publication(await received(pubsub))
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await client.aclose()
+        await quiet.close()
+    assert got.offset == second.publication.offset != first.publication.offset
+
+
+async def test_notify_and_mark_announce_the_users_publications(target: Target,
+                                                               store: RedisStore) -> None:
+    client, pubsub = await listen(target, notifications_topic("alice"), unread_topic("alice"),
+                                  "users/alice/events")
+    try:
+        r = await store.notify(["alice"], {"id": "n_1", "title": "hi", "category": "c"},
+                               ttl=None, collapse_key=None, policy=policy)
+        sent = r.changes[0].publications
+        got = [decode_publication(await received(pubsub)) for _ in sent]
+        change = await store.mark("alice", "read", ["n_1"], device="phone", policy=policy)
+        got += [decode_publication(await received(pubsub)) for _ in change.publications]
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await client.aclose()
+    expected = sent + change.publications
+    assert [p.topic for p in expected] == [notifications_topic("alice"), unread_topic("alice"),
+                                           "users/alice/events", unread_topic("alice")]
+    assert all(same(a, b) for a, b in zip(got, expected, strict=True))
+
+
+# -- names ------------------------------------------------------------------------------
+
+
+async def test_names_that_need_escaping_stay_apart(store: RedisStore) -> None:
+    users = ["a", "a}b", "a%7Db", "{u:a}"]
+    for user in users:
+        await store.notify([user], {"id": f"n_{user}", "category": "c"}, ttl=None,
+                           collapse_key=None, policy=policy)
+    for user in users:
+        page = await store.inbox(user, limit=10)
+        assert [i.fields["id"] for i in page.items] == [f"n_{user}"] and page.unread == 1
+        assert [p.topic for p in await store.retained(f"users/{user}/#")] == [
+            unread_topic(user)]
+    topics = ["x}", "x%7D", "x", "{t:x}"]
+    for i, t in enumerate(topics):
+        await store.publish(t, b"%d" % i, PayloadKind.JSON, retain=True, policy=KEEP)
+    for i, t in enumerate(topics):
+        history = await store.history(t, None, 10)
+        assert [p.payload for p in history.items] == [b"%d" % i]
+        assert [p.payload for p in await store.retained(t)] == [b"%d" % i]
+    assert {p.topic for p in await store.retained("#")} >= set(topics)
+
+
+# -- retained index -----------------------------------------------------------------------
+
+
+async def test_retained_wildcards_reach_users_topics(store: RedisStore) -> None:
+    for user in ("alice", "bob"):
+        await store.notify([user], {"id": f"n_{user}", "category": "c"}, ttl=None,
+                           collapse_key=None, policy=policy)
+    await store.publish("users/alice/state", b'"away"', PayloadKind.JSON, retain=True,
+                        policy=KEEP)
+    await store.publish("home/lamp", b"1", PayloadKind.JSON, retain=True, policy=KEEP)
+
+    async def found(flt: str) -> set[str]:
+        return {p.topic for p in await store.retained(flt)}
+
+    assert await found("users/+/unread") == {"users/alice/unread", "users/bob/unread"}
+    assert await found("users/alice/#") == {"users/alice/unread", "users/alice/state"}
+    assert await found("+/bob/+") == {"users/bob/unread"}
+    assert await found("#") == {"users/alice/unread", "users/bob/unread",
+                                "users/alice/state", "home/lamp"}
+    counts = [p.data() for p in await store.retained("users/alice/unread")]
+    assert counts == [{"count": 1}]
+
+
+async def test_a_cleared_retained_topic_leaves_the_index(target: Target, store: RedisStore,
+                                                         clock: Clock) -> None:
+    await store.publish("a/b", b"1", PayloadKind.JSON, retain=True, policy=KEEP)
+    await store.publish("a/b", b"", PayloadKind.JSON, retain=True, policy=KEEP)
+    assert await store.retained("a/#") == []
+    index = "tidings:{r:a}:topics"
+    if isinstance(target, RedisClusterProcs):
+        # The cluster's index is a superset: the entry goes once the grace has passed.
+        clock.now += RETAINED_GRACE + 1
+        assert await store.retained("a/#") == []
+        owner = target.server_for(index)
+    else:
+        owner = target
+    with owner.client() as c:
+        assert c.zrange(index, 0, -1) == []
+    await store.publish("a/b", b"2", PayloadKind.JSON, retain=True, policy=KEEP)
+    assert [p.payload for p in await store.retained("a/+")] == [b"2"]
+
+
+# -- failures -----------------------------------------------------------------------------
+
+
+async def publish_raises_within_the_bound(store: RedisStore, topic: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(Unavailable):
+        await store.publish(topic, b'"lost?"', PayloadKind.JSON, retain=False, policy=KEEP)
+    assert time.monotonic() - started < BOUND + SLACK
+
+
+async def eventually_publishes(store: RedisStore, topic: str, data: bytes) -> str:
+    """The first publish after Redis is back may meet a connection it closed."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            r = await store.publish(topic, data, PayloadKind.JSON, retain=False, policy=KEEP)
+            return str(r.publication.offset)
+        except Unavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def assert_kept(store: RedisStore, topic: str, acked: dict[str, bytes]) -> None:
+    """Every acknowledged publish is in history with its payload, in offset order."""
+    page = await store.history(topic, None, 1000)
+    kept: dict[str, bytes] = {p.offset: p.payload for p in page.items}
+    assert {o: kept.get(o) for o in acked} == acked
+    seqs = [p.seq for p in page.items]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    epochs = {parse_offset(o)[0] for o in acked}  # type: ignore[index]
+    assert len(epochs) == 1  # the topic kept its epoch across the restart
+
+
+async def test_redis_stopped_then_restarted(redis_factory: RedisFactory, clock: Clock) -> None:
+    server = redis_factory.server(appendonly=True, appendfsync="always")
+    store = RedisStore(server.url, clock=clock, timeout=BOUND)
+    await store.open()
+    try:
+        acked: dict[str, bytes] = {}
+        for i in range(5):
+            r = await store.publish("t", b"%d" % i, PayloadKind.JSON, retain=False,
+                                    policy=KEEP)
+            acked[r.publication.offset] = b"%d" % i
+        server.kill()  # SIGKILL: only what was fsynced survives
+        await publish_raises_within_the_bound(store, "t")
+        assert await store.ping() is False
+        with pytest.raises(Unavailable):
+            await store.history("t", None, 10)
+        server.start()  # same port, same folder: the AOF is replayed
+        offset = await eventually_publishes(store, "t", b'"after"')
+        acked[offset] = b'"after"'
+        assert await store.ping() is True
+        await assert_kept(store, "t", acked)
+    finally:
+        await store.close()
+
+
+async def test_redis_hanging_is_bounded(redis_factory: RedisFactory, clock: Clock) -> None:
+    server = redis_factory.server()
+    store = RedisStore(server.url, clock=clock, timeout=BOUND)
+    await store.open()
+    try:
+        await store.publish("t", b"1", PayloadKind.JSON, retain=False, policy=KEEP)
+        server.pause()  # SIGSTOP: connections stay open, nothing answers
+        try:
+            await publish_raises_within_the_bound(store, "t")
+            started = time.monotonic()
+            with pytest.raises(Unavailable):
+                await store.notify(["alice"], {"id": "n_1", "category": "c"}, ttl=None,
+                                   collapse_key=None, policy=policy)
+            assert time.monotonic() - started < BOUND * 2 + SLACK
+            assert await store.ping() is False
+        finally:
+            server.resume()
+        await eventually_publishes(store, "t", b"2")
+    finally:
+        await store.close()
+
+
+async def test_publishes_through_a_restart_lose_nothing_acknowledged(
+        redis_factory: RedisFactory, clock: Clock) -> None:
+    """A publisher keeps going while Redis is killed and restarted mid-stream."""
+    server = redis_factory.server(appendonly=True, appendfsync="always")
+    store = RedisStore(server.url, clock=clock, timeout=BOUND)
+    await store.open()
+    acked: dict[str, bytes] = {}
+    failed = 0
+    halfway = asyncio.Event()
+
+    async def publisher() -> None:
+        nonlocal failed
+        deadline = time.monotonic() + WAIT * 4
+        i = 0
+        while len(acked) < 300 and time.monotonic() < deadline:
+            i += 1
+            try:
+                r = await store.publish("stream", b"%d" % i, PayloadKind.JSON, retain=False,
+                                        policy=KEEP)
+                acked[r.publication.offset] = b"%d" % i
+                if len(acked) == 100:
+                    halfway.set()
+            except Unavailable:
+                failed += 1
+                await asyncio.sleep(0.01)
+
+    try:
+        task = asyncio.create_task(publisher())
+        await asyncio.wait_for(halfway.wait(), WAIT)
+        server.kill()
+        await asyncio.sleep(0.2)
+        server.start()
+        await task
+        assert len(acked) >= 300 and failed > 0
+        await assert_kept(store, "stream", acked)
+    finally:
+        await store.close()
+
+
+async def test_a_cluster_master_down_then_back(redis_factory: RedisFactory,
+                                               clock: Clock) -> None:
+    cluster = redis_factory.cluster(appendonly=True, appendfsync="always")
+    store = RedisStore(cluster.url, clock=clock, timeout=BOUND)
+    await store.open()
+    try:
+        down = cluster.server_for(channel_for("t"))
+        other = next(t for t in (f"o{i}" for i in range(100))
+                     if cluster.server_for(channel_for(t)) is not down)
+        acked: dict[str, bytes] = {}
+        for i in range(3):
+            r = await store.publish("t", b"%d" % i, PayloadKind.JSON, retain=False,
+                                    policy=KEEP)
+            acked[r.publication.offset] = b"%d" % i
+        down.kill()
+        await publish_raises_within_the_bound(store, "t")
+        # the other masters go on serving their slots
+        await eventually_publishes(store, other, b"1")
+        down.start()
+        cluster.wait_ok()
+        offset = await eventually_publishes(store, "t", b'"after"')
+        acked[offset] = b'"after"'
+        await assert_kept(store, "t", acked)
+    finally:
+        await store.close()
+
+
+# -- composition ------------------------------------------------------------------------
+
+
+async def test_a_node_on_the_redis_store(target: Target, tmp_path: Path) -> None:
+    """TIDINGS_STORE_BACKEND=redis TIDINGS_REDIS_URL=...: a node stores in Redis."""
+    node = await start_node(tmp_path, store__backend="redis", redis__url=target.url)
+    try:
+        store: Any = node.app.node.store
+        assert isinstance(store, RedisStore)
+        first = await node.publish("news/sports", {"score": "1-0"})
+        second = await node.publish("news/sports", {"score": "2-0"})
+        status, body = await node.api("GET", f"/v1/topics/news/sports/history?since={first}")
+        assert status == 200, body
+        assert [m["data"] for m in body["items"]] == [{"score": "2-0"}]
+        assert body["items"][0]["offset"] == second
+    finally:
+        await stop_node(node)
+    settings = node.settings
+    assert isinstance(_make_store(settings), RedisStore)
