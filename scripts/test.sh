@@ -72,17 +72,14 @@ install_client_js() {
     touch "$stamp"
 }
 
-# The files `node --test` (Node 20) runs when given none: *.test.js, *-test.js,
-# *_test.js, test-*.js, test.js (and .mjs/.cjs), and any script under a test/ folder.
+# The client's test files: *.test.js (and .mjs/.cjs) anywhere in client_js but
+# node_modules: unit tests in test/, integration tests against a real server in
+# test/integration/, browser tests (Chromium) in test/browser/. Helper modules
+# (test/helpers/) are not test files.
 client_js_tests() {
     [[ -d client_js ]] || return 0
     find client_js -name node_modules -prune -o -type f \
-        \( -name '*.test.js' -o -name '*.test.mjs' -o -name '*.test.cjs' \
-        -o -name '*-test.js' -o -name '*-test.mjs' -o -name '*-test.cjs' \
-        -o -name '*_test.js' -o -name '*_test.mjs' -o -name '*_test.cjs' \
-        -o -name 'test-*.js' -o -name 'test-*.mjs' -o -name 'test-*.cjs' \
-        -o -name 'test.js' -o -name 'test.mjs' -o -name 'test.cjs' \
-        -o -path '*/test/*.js' -o -path '*/test/*.mjs' -o -path '*/test/*.cjs' \) \
+        \( -name '*.test.js' -o -name '*.test.mjs' -o -name '*.test.cjs' \) \
         -print | sort
 }
 
@@ -119,8 +116,14 @@ run_node_tests() {
         return 0
     fi
     have_bin node || die "client_js tests need node (Node 20) on PATH"
-    local rc=0
-    (cd client_js && node --test "${files[@]#client_js/}") || rc=$?
+    local rc=0 log
+    log="$(mktemp)"
+    (cd client_js && node --test "${files[@]#client_js/}") 2>&1 | tee "$log" || rc=${PIPESTATUS[0]}
+    if ((rc == 0)) && is_ci && grep -Eq '^# skipped [1-9]' "$log"; then
+        rm -f "$log"
+        die "FAILED: client_js tests were skipped under CI=$CI"
+    fi
+    rm -f "$log"
     ((rc == 0)) || die "FAILED: node --test exit $rc"
 }
 
