@@ -172,6 +172,8 @@ export class Core extends Emitter {
     /** @type {TidingsError | null} the error reply to the last connect */
     this.connectError = null;
     this.goingAway = false;
+    /** @type {(() => void) | null} */
+    this.onOnline = null;
   }
 
   // -- lifecycle ---------------------------------------------------------------
@@ -186,6 +188,17 @@ export class Core extends Emitter {
     if (token) this.prefetched = token;
     this.attempt = 0;
     this.refused = null;
+    const g = /** @type {any} */ (globalThis);
+    if (!this.onOnline && typeof g.addEventListener === "function") {
+      // The browser says the network is back: retry now instead of at the end of the backoff.
+      this.onOnline = () => {
+        if (this.state === "connecting" && this.timer !== null) {
+          this.timers.clearTimeout(this.timer);
+          this.#open();
+        }
+      };
+      g.addEventListener("online", this.onOnline);
+    }
     this.#open();
   }
 
@@ -195,6 +208,7 @@ export class Core extends Emitter {
     this.state = "closed";
     if (this.timer !== null) this.timers.clearTimeout(this.timer);
     this.timer = null;
+    if (this.onOnline) /** @type {any} */ (globalThis).removeEventListener("online", this.onOnline);
     const err = () => new TidingsError("closed", "the client was closed");
     for (const cmd of [...this.pending.values(), ...this.queue]) cmd.reject(err());
     this.pending.clear();

@@ -80,6 +80,8 @@ export class SharedLink {
     this.token = options.token;
     /** @type {(() => void) | null} releases the lock */
     this.release = null;
+    /** @type {((ev: any) => void) | null} */
+    this.onPageHide = null;
     this.channel = new options.BroadcastChannel(this.name);
     this.channel.onmessage = (/** @type {{data: any}} */ ev) => this.#receive(ev.data);
   }
@@ -94,6 +96,15 @@ export class SharedLink {
       this.#lead();
     })).catch(() => { /* the lock manager went away with the page */ });
     this.#post({ t: "hello", from: this.tab });
+    // A follower that goes away says so, so the leader drops its subscriptions
+    // (a leader's lock is released by the browser itself).
+    const g = /** @type {any} */ (globalThis);
+    if (typeof g.addEventListener === "function") {
+      this.onPageHide = (/** @type {any} */ ev) => {
+        if (!ev.persisted && !this.isLeader) this.#post({ t: "bye", from: this.tab });
+      };
+      g.addEventListener("pagehide", this.onPageHide);
+    }
   }
 
   /** Leave: a leader lets the next tab take over; a follower's calls fail with `closed`. */
@@ -107,6 +118,8 @@ export class SharedLink {
     this.calls.clear();
     this.release?.();
     this.channel.close();
+    const g = /** @type {any} */ (globalThis);
+    if (this.onPageHide) g.removeEventListener("pagehide", this.onPageHide);
   }
 
   /** @param {any} msg */

@@ -102,7 +102,8 @@ export class Tidings extends Emitter {
       ];
     });
     if (this.role === null) this._starting ??= this.#start();
-    else if (this._core && this.role !== "follower") this._core.start();
+    else if (this._core) this._core.start();
+    else this._link?.call("connect", []).catch(() => {}); // a follower restarts the leader's
     return /** @type {Promise<void>} */ (done);
   }
 
@@ -315,6 +316,7 @@ export class Tidings extends Emitter {
       case "track": return core.request("track", { notification: args[0], event: args[1], action: args[2] });
       case "devices": return (await core.request("devices")).devices;
       case "ping": return core.request("ping");
+      case "connect": return core.start();
       case "inbox.read": return core.mark("read", args[0]);
       case "inbox.readAll": return core.mark("read", null);
       case "inbox.markUnread": return core.mark("unread", args[0]);
