@@ -405,9 +405,10 @@ class MqttConnection(asyncio.Protocol):
         self._closed = True
         self.broker.connections.discard(self)
         self.broker.connect_deadlines.pop(self, None)
-        if self._worker is not None and not self._worker.done():
-            self._worker.cancel()
-        self.broker.detached(self)
+        if self._worker is None or self._worker.done():
+            self.broker.detached(self)
+        # else the worker first handles what was received before the close (a
+        # PUBLISH sent just before it is still published), then detaches: see _work
 
     # -- outbound -----------------------------------------------------------------
 
@@ -500,6 +501,9 @@ class MqttConnection(asyncio.Protocol):
                     log.exception("MQTT event handling failed")
                     self.close(ReasonCode.UNSPECIFIED_ERROR)
                     return
+                # packets the client sent right after CONNECT were held until our
+                # CONNACK (5.0 section 3.1.4): they are events now
+                self._events.extend(self.proto.events_received())
                 self._pump()
                 self._check_closed()
                 if self._paused and len(self._events) < _PAUSE_EVENTS // 2 and self.link:
@@ -507,6 +511,8 @@ class MqttConnection(asyncio.Protocol):
                     self.link.resume()
         finally:
             self._pump()
+            if self._closed:
+                self.broker.detached(self)
 
 
 class MqttBroker:
@@ -566,11 +572,15 @@ class MqttBroker:
         for task in (self._ticker, self._sys):
             if task is not None:
                 task.cancel()
-        for conn in list(self.connections):
+        closing = list(self.connections)
+        for conn in closing:
             conn.close(ReasonCode.SERVER_SHUTTING_DOWN)
         deadline = time.monotonic() + timeout
         while self.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+        workers = [c._worker for c in closing if c._worker is not None and not c._worker.done()]
+        if workers:  # they detach their sessions (and save them) when done
+            await asyncio.wait(workers, timeout=max(0.0, deadline - time.monotonic()))
         for conn in list(self.connections):
             if conn.link is not None:
                 conn.link.abort()
