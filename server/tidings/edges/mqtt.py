@@ -807,6 +807,9 @@ class MqttBroker:
                 shared_subscription_available=1,
             )
         conn.proto.send(Connack(session_present=session_present, properties=props))
+        # What the client sent right after CONNECT was held until our CONNACK
+        # (5.0 section 3.1.4): the machine has read it now; handle it next.
+        conn._events.extend(conn.proto.events_received())
         conn._fast = not v5 or conn.proto.client_max_packet_size is None
         conn._drain_pending()
         if principal.user is not None:
@@ -842,10 +845,12 @@ class MqttBroker:
     def detached(self, conn: MqttConnection) -> None:
         """The connection is gone: will, presence, and keep or end the session."""
         session = conn.session
-        if session is None or conn.taken_over:
+        if session is None:
             return
         if session.user is not None:
-            self.presence.offline(session.user, conn)
+            self.presence.offline(session.user, conn)  # taken over too: this connection left
+        if conn.taken_over:
+            return
         if not conn.graceful and conn.will is not None:
             self._schedule_will(session, conn.will)
         session.conn = None
