@@ -767,6 +767,7 @@ class MqttBroker:
                 if stored is not None:  # a session kept by another node or before a restart
                     session = self._session_from_state(client_id, stored[0])
                     session_present = True
+                    session.conn = conn  # what arrives from now on waits in conn.pending
                     await self._resume_queue(conn, stored[1])
                     for flt, sub in session.subs.items():
                         await self._register(session, flt, sub)
@@ -777,6 +778,11 @@ class MqttBroker:
             if session.expiry_timer is not None:
                 session.expiry_timer.cancel()
                 session.expiry_timer = None
+            # From now on new messages wait in conn.pending (behind the stored queue),
+            # not in the store's queue, which is read once here and then emptied; what
+            # was queued but not yet written goes to the store before that read.
+            session.conn = conn
+            await self._flush_offline()
             stored = await self.node.store.mqtt_session(client_id)
             if stored is not None:
                 await self._resume_queue(conn, stored[1])
@@ -807,9 +813,6 @@ class MqttBroker:
                 shared_subscription_available=1,
             )
         conn.proto.send(Connack(session_present=session_present, properties=props))
-        # What the client sent right after CONNECT was held until our CONNACK
-        # (5.0 section 3.1.4): the machine has read it now; handle it next.
-        conn._events.extend(conn.proto.events_received())
         conn._fast = not v5 or conn.proto.client_max_packet_size is None
         conn._drain_pending()
         if principal.user is not None:
@@ -821,10 +824,13 @@ class MqttBroker:
         CONNACK [MQTT-4.4.0-1]; the others wait for send quota."""
         now_ms = int(time.time() * 1000)
         state = conn.proto.session
+        waiting = []
         for m in queue:
             if m.expires is not None and m.expires <= now_ms:
-                continue
+                continue  # [MQTT-3.3.2-5]
             props, ids = _props_from_json(m.properties)
+            if m.expires is not None:  # what is left of it [MQTT-3.3.2-6]
+                props = replace(props, message_expiry_interval=-(-(m.expires - now_ms) // 1000))
             template = PublishTemplate(m.topic, m.payload, props)
             if m.packet_id is not None and m.packet_id not in state.outbound:
                 flow = (FlowState.AWAIT_PUBCOMP if m.pubrel else
@@ -832,7 +838,8 @@ class MqttBroker:
                 state.outbound[m.packet_id] = InFlight(m.packet_id, template, m.qos, m.retain,
                                                        ids, flow)
             else:
-                conn.pending.append((template, m.qos, m.retain, ids))
+                waiting.append((template, m.qos, m.retain, ids))
+        conn.pending.extendleft(reversed(waiting))  # older than what arrived meanwhile
 
     def _disconnect(self, conn: MqttConnection, packet: Disconnect) -> None:
         conn.graceful = packet.reason_code != ReasonCode.DISCONNECT_WITH_WILL
