@@ -93,7 +93,11 @@ Trade-offs (what one slot per topic / per user costs)
   enqueue are atomic and ``mqtt_sessions`` reads 64 hashes.
 * The store epoch is one key. A topic created after Redis lost its data gets
   a new epoch only if that key was lost too; the store re-reads it after any
-  connection error.
+  connection error (keeping the one it has while its master is down).
+* Reconnecting: on one Redis a pooled connection the server closed is
+  replaced before use, so the first call after a restart works. The cluster
+  client learns that a restarted master is back through one failed call (the
+  caller gets ``Unavailable`` once and retries).
 """
 
 from __future__ import annotations
@@ -115,6 +119,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from ..bus.wire import (
     channel_for,
@@ -239,7 +244,12 @@ class RedisStore(Store):
         kw: dict[str, Any] = {"socket_timeout": self._timeout,
                               "socket_connect_timeout": self._timeout,
                               "retry": Retry(NoBackoff(), 0),
-                              "max_connections": _IN_FLIGHT + 8}
+                              "max_connections": _IN_FLIGHT + 8,
+                              # off: with it on ("auto"), redis-py skips its check of a
+                              # pooled connection, so the first call after a Redis
+                              # restart fails on a connection the old server closed
+                              "maint_notifications_config":
+                                  MaintNotificationsConfig(enabled=False)}
         if self._cluster:
             return RedisCluster.from_url(self._url, **kw)
         return aioredis.Redis.from_url(self._url, **kw)
@@ -252,7 +262,7 @@ class RedisStore(Store):
         try:
             async with asyncio.timeout(self._timeout), self._gate:
                 if self._epoch_stale:
-                    await self._load_epoch(client)
+                    await self._recheck_epoch(client)
                 return await fn(client)
         except ResponseError as e:
             if not str(e).startswith(_TRANSIENT):
@@ -262,6 +272,19 @@ class RedisStore(Store):
         except (RedisError, OSError, TimeoutError) as e:
             self._epoch_stale = True
             raise Unavailable("store unavailable") from e
+
+    async def _recheck_epoch(self, client: Any) -> None:
+        """Re-read the store epoch after a failure (Redis may have lost it). With one
+        already known, a master that is down (on a cluster, the one holding the
+        epoch) must not stop calls to the others: keep it and check again later."""
+        if not self._epoch:
+            await self._load_epoch(client)
+            return
+        try:
+            async with asyncio.timeout(self._timeout / 4):
+                await self._load_epoch(client)
+        except (RedisError, OSError, TimeoutError):
+            pass
 
     async def _load_epoch(self, client: Any) -> None:
         key = self._p + "epoch"
