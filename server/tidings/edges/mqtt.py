@@ -450,8 +450,8 @@ class MqttConnection(asyncio.Protocol):
             self._append(template.render(self.proto.version or Version.V311, retain=retain))
             return
         if self.proto.state is not State.CONNECTED:
-            if self.proto.state is State.CONNECTING and qos:
-                self.pending.append((template, qos, retain, ids))
+            if qos:  # connecting: sent after the CONNACK; closing: the session keeps it
+                self.pending.append((template, qos, retain, ids))  # (see _queue_of)
             return
         if qos and self.pending:
             self.pending.append((template, qos, retain, ids))  # keep order behind the queue
