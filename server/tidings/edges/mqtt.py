@@ -226,6 +226,9 @@ class MqttSession:
     wire: str = _WIRE
     disconnected_at: float | None = None
     expiry_timer: asyncio.TimerHandle | None = None
+    # inbound QoS 2 ids PUBRECed but not yet released: session state (section 4.1),
+    # so a PUBLISH resent after a reconnect is not delivered twice [MQTT-4.3.3-10]
+    awaiting_pubrel: set[int] = field(default_factory=set)
 
     def __hash__(self) -> int:
         return id(self)
@@ -284,6 +287,7 @@ class MqttSession:
             "disconnected_at": self.disconnected_at,
             "subs": {f: [s.qos, s.no_local, s.retain_as_published, s.subscription_id]
                      for f, s in self.subs.items()},
+            "awaiting_pubrel": sorted(self.awaiting_pubrel),
         }
 
 
@@ -440,7 +444,7 @@ class MqttConnection(asyncio.Protocol):
         chunks, self._out = self._out, []
         self._out_size = 0
         if chunks and self.link is not None and not self._closed:
-            self.broker.metrics.inc("tidings_messages_out_total", len(chunks))
+            self.broker.frames_out += len(chunks)
             self.link.write(chunks)
 
     def publish(self, template: PublishTemplate, qos: int, retain: bool,
@@ -531,6 +535,7 @@ class MqttBroker:
         self.sessions: dict[str, MqttSession] = {}
         self.groups: dict[tuple[str, str], _ShareGroup] = {}
         self.connections: set[MqttConnection] = set()
+        self.frames_out = 0  # packets written to clients (a plain int: hot path)
         self.connect_deadlines: dict[MqttConnection, float] = {}
         self._servers: list[asyncio.Server] = []
         self._offline: list[tuple[str, QueuedMessage]] = []
@@ -619,6 +624,7 @@ class MqttBroker:
                               expiry=int(state.get("expiry", 0)))
         for flt, (qos, nl, rap, sid) in state.get("subs", {}).items():
             session.subs[flt] = Sub(qos, nl, rap, sid)
+        session.awaiting_pubrel = set(state.get("awaiting_pubrel", ()))
         return session
 
     async def _tick(self) -> None:
@@ -646,7 +652,7 @@ class MqttBroker:
                 "clients/connected": len(self.connections),
                 "clients/total": len(self.sessions),
                 "messages/received": self.metrics.get("tidings_messages_in_total"),
-                "messages/sent": self.metrics.get("tidings_messages_out_total"),
+                "messages/sent": self.frames_out,
                 "subscriptions/count": len(self.node.hub),
                 "retained messages/count": "n/a",
             }
@@ -812,6 +818,8 @@ class MqttBroker:
                 subscription_identifier_available=1,
                 shared_subscription_available=1,
             )
+        if session_present:
+            conn.proto.session.awaiting_pubrel |= session.awaiting_pubrel
         conn.proto.send(Connack(session_present=session_present, properties=props))
         conn._fast = not v5 or conn.proto.client_max_packet_size is None
         conn._drain_pending()
@@ -863,6 +871,7 @@ class MqttBroker:
         session.conn = None
         if session.persistent:
             session.disconnected_at = time.time()
+            session.awaiting_pubrel = set(conn.proto.session.awaiting_pubrel)
             queue = _queue_of(conn)
             self.spawn(self.node.store.mqtt_save(session.client_id, session.state(), queue))
             self._schedule_expiry(session)
