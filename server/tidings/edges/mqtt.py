@@ -272,6 +272,7 @@ class MqttSession:
         elif self.persistent and qos > 0:
             self.broker.enqueue_offline(self.client_id, QueuedMessage(
                 template.topic, template.payload, qos, retain,
+                expires=_expires(template.properties),
                 properties=_props_to_json(template.properties, ids)))
         else:
             self.broker.metrics.inc("tidings_mqtt_dropped_total", reason="offline")
@@ -289,6 +290,12 @@ class MqttSession:
                      for f, s in self.subs.items()},
             "awaiting_pubrel": sorted(self.awaiting_pubrel),
         }
+
+
+def _expires(props: Properties) -> int | None:
+    """When a message with 5.0 Message Expiry Interval runs out (ms since the epoch)."""
+    interval = props.message_expiry_interval
+    return None if interval is None else int(time.time() * 1000) + interval * 1000
 
 
 def _props_to_json(props: Properties, ids: tuple[int, ...] = ()) -> dict[str, Any]:
@@ -1096,11 +1103,13 @@ def _queue_of(conn: MqttConnection) -> list[QueuedMessage]:
         out.append(QueuedMessage(flight.message.topic, flight.message.payload, flight.qos,
                                  flight.retain, flight.packet_id,
                                  flight.flow is FlowState.AWAIT_PUBCOMP,
+                                 expires=_expires(flight.message.properties),
                                  properties=_props_to_json(flight.message.properties,
                                                            flight.subscription_ids)))
     for template, qos, retain, ids in conn.pending:
         if qos:
             out.append(QueuedMessage(template.topic, template.payload, qos, retain,
+                                     expires=_expires(template.properties),
                                      properties=_props_to_json(template.properties, ids)))
     return out
 
