@@ -174,6 +174,27 @@ async def test_notify_and_mark_announce_the_users_publications(target: Target,
     assert all(same(a, b) for a, b in zip(got, expected, strict=True))
 
 
+async def test_scripts_are_loaded_again_when_redis_forgot_them(target: Target,
+                                                                store: RedisStore) -> None:
+    """A restarted Redis has an empty script cache: single calls and pipelines reload."""
+    servers = target.servers if isinstance(target, RedisClusterProcs) else [target]
+    await store.notify(["alice"], {"id": "n_0", "category": "c"}, ttl=None,
+                       collapse_key=None, policy=policy)
+    for server in servers:
+        with server.client() as c:
+            c.script_flush()
+    users = [f"u{i}" for i in range(250)]  # several pipelines, every master
+    r = await store.notify(users, {"id": "n_1", "category": "c"}, ttl=None,
+                           collapse_key=None, policy=policy)
+    assert [c.user for c in r.changes] == users and all(c.unread == 1 for c in r.changes)
+    for server in servers:
+        with server.client() as c:
+            c.script_flush()
+    change = await store.mark("u7", "read", None, device="d", policy=policy)
+    assert change.changed == ["n_1"] and change.unread == 0
+    assert await store.unread("u8") == 1
+
+
 # -- names ------------------------------------------------------------------------------
 
 

@@ -118,7 +118,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from ..bus.wire import (
@@ -161,6 +161,7 @@ T = TypeVar("T")
 MQTT_BUCKETS = 64  # slots the MQTT sessions are spread over
 RETAINED_GRACE = 300.0  # seconds an unconfirmed retained-index entry is kept (cluster)
 _IN_FLIGHT = 64  # calls of one store in flight at once (each holds a connection)
+_BATCH = 100  # per-user notify scripts sent in one pipeline
 _KNOWN_USERS_MAX = 100_000  # users remembered as listed in {r}:users
 _NOT_JSON_KEYS = ("unread", "replaces")  # added to a push by the script
 # Redis errors that say "not now" rather than "your script is wrong".
@@ -367,12 +368,18 @@ class RedisStore(Store):
         await pipe.execute()
 
     async def _register_user(self, client: Any, user: str) -> None:
-        if user in self._known_users:
+        await self._register_users(client, [user])
+
+    async def _register_users(self, client: Any, users: list[str]) -> None:
+        """Cluster: list users about to get a retained topic in ``{r}:users`` (before
+        their scripts; remembered per process, so once per user)."""
+        new = [u for u in users if u not in self._known_users]
+        if not new:
             return
-        await client.zadd(self._p + "{r}:users", {user: 0})
-        if len(self._known_users) >= _KNOWN_USERS_MAX:
+        await client.zadd(self._p + "{r}:users", dict.fromkeys(new, 0))
+        if len(self._known_users) + len(new) > _KNOWN_USERS_MAX:
             self._known_users.clear()
-        self._known_users.add(user)
+        self._known_users.update(new)
 
     async def publish(
         self,
@@ -645,24 +652,58 @@ class RedisStore(Store):
         expires = -1 if ttl is None else now + int(ttl * 1000)
         own = [nid, expires, 0 if collapse_key is None else 1, collapse_key or "",
                fields_json, push_base]
-        async def one(user: str) -> UserChange | None:
-            stream = notifications_topic(user)
-            keys = self._inbox_keys(user, stream)
-            args = [*self._inbox_args(user, stream, now, policy), *own]
 
-            async def run(client: Any) -> Any:
+        async def batch(chunk: list[str]) -> list[UserChange]:
+            calls = []
+            for user in chunk:
+                stream = notifications_topic(user)
+                calls.append((self._inbox_keys(user, stream),
+                              [*self._inbox_args(user, stream, now, policy), *own]))
+
+            async def run(client: Any) -> list[Any]:
                 if self._cluster:
-                    await self._register_user(client, user)
-                return await self._script("NOTIFY", keys, args)
+                    await self._register_users(client, chunk)
+                return await self._eval_many(client, "NOTIFY", calls)
 
-            raw = await self._io(run)
-            return None if raw is None else self._change(user, stream, now, raw, [nid])
+            raws = await self._io(run)
+            return [self._change(user, notifications_topic(user), now, raw, [nid])
+                    for user, raw in zip(chunk, raws, strict=True) if raw is not None]
 
-        results = await asyncio.gather(*(one(u) for u in users), return_exceptions=True)
+        chunks = [users[i:i + _BATCH] for i in range(0, len(users), _BATCH)]
+        results = await asyncio.gather(*(batch(c) for c in chunks), return_exceptions=True)
+        changes: list[UserChange] = []
         for r in results:
             if isinstance(r, BaseException):
                 raise r
-        return [r for r in results if isinstance(r, UserChange)]
+            changes += r
+        return changes
+
+    async def _eval_many(self, client: Any, name: str,
+                         calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run script ``name`` once per (keys, args) in one pipeline (a round trip per
+        node); those that met an empty script cache run again once it is loaded."""
+        script = self._scripts[name]
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            pipe = client.pipeline(transaction=False)
+            for i in todo:
+                keys, args = calls[i]
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            replies = await pipe.execute(raise_on_error=False)
+            missing = []
+            for i, reply in zip(todo, replies, strict=True):
+                if isinstance(reply, NoScriptError) and attempt == 0:
+                    missing.append(i)
+                elif isinstance(reply, BaseException):
+                    raise reply
+                else:
+                    results[i] = reply
+            if not missing:
+                break
+            await client.script_load(script.script)
+            todo = missing
+        return results
 
     async def inbox(self, user: str, *, limit: int, before: str | None = None,
                     unread_only: bool = False) -> InboxPage:
