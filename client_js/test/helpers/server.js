@@ -55,10 +55,11 @@ export async function until(check, what, ms = WAIT) {
 }
 
 export class TestServer {
-  /** @param {{name?: string}} [options] */
+  /** @param {{name?: string, env?: Record<string, string>}} [options] env: more TIDINGS_* settings */
   constructor(options = {}) {
     this.dir = mkdtempSync(join(tmpdir(), "tidings-js-"));
     this.name = options.name ?? "js-node";
+    this.env = options.env ?? {};
     /** @type {import("node:child_process").ChildProcess | null} */
     this.proc = null;
     this.output = "";
@@ -91,7 +92,7 @@ export class TestServer {
       TIDINGS_MQTT_HOST: "127.0.0.1", TIDINGS_MQTT_PORT: String(this.mqttPort),
       TIDINGS_STORE_PATH: join(this.dir, "data"), TIDINGS_NODE_NAME: this.name,
       TIDINGS_NODE_SHUTDOWN_TIMEOUT: "2",
-    });
+    }, this.env);
     const proc = spawn(PYTHON, ["-m", "tidings.cli", "serve"], {
       cwd: ROOT, env, stdio: ["ignore", "pipe", "pipe"] });
     this.proc = proc;

@@ -8,7 +8,8 @@ import WebSocket from "ws";
 import { Tidings, TidingsError } from "../../src/index.js";
 import { TestServer, until, WAIT } from "../helpers/server.js";
 
-const server = new TestServer({ name: "js-it" });
+const HISTORY_SIZE = 40; // what each topic keeps for recovery
+const server = new TestServer({ name: "js-it", env: { TIDINGS_HISTORY_SIZE: String(HISTORY_SIZE) } });
 /** @type {Tidings[]} */
 const clients = [];
 
@@ -187,17 +188,18 @@ test("a refused token: no retry with the same token, a retry once the callback h
   const bad = client("gil", { token: "not-a-jwt" });
   const seen = record(bad);
   await assert.rejects(bad.connect(), (e) => e instanceof TidingsError && e.code === "unauthorized");
-  assert.equal(seen.disconnected.at(-1).code, 4001);
+  const events = JSON.stringify(seen);
+  assert.equal(seen.disconnected.at(-1).code, 4001, events);
   assert.equal(seen.disconnected.at(-1).willRetry, false);
-  assert.equal(seen.error[0].code, "token_invalid", "the server's reason, as a TidingsError");
-  assert.equal(seen.connecting.length, 1, "one attempt only");
+  assert.equal(seen.error[0].code, "token_invalid", events);
+  assert.equal(seen.connecting.length, 1, `one attempt only: ${events}`);
 
   let calls = 0;
   const fresh = client("gil", { token: async () => (++calls === 1 ? "expired.or.bad" : server.devToken("gil")) });
   const seen2 = record(fresh);
   await fresh.connect();
-  assert.equal(calls, 2, "the callback was asked again after 4001");
-  assert.equal(seen2.disconnected[0].willRetry, true);
+  assert.equal(calls, 2, `the callback was asked again after 4001: ${JSON.stringify(seen2)}`);
+  assert.equal(seen2.disconnected[0].willRetry, true, JSON.stringify(seen2));
   assert.equal(fresh.session?.user, "gil");
 });
 
@@ -228,3 +230,31 @@ test("a publish whose reply is lost fails with connection_lost; idempotent comma
   await ping; // resent after the reconnect
   assert.equal(a.state, "connected");
 }, { timeout: 4 * WAIT });
+
+test("history trimmed while away: recovery is partial and says so (incomplete)", async () => {
+  /** @type {Promise<void> | null} */
+  let gate = null;
+  let open = () => {};
+  const a = client("ivy", {
+    token: async () => { if (gate) await gate; return server.devToken("ivy"); },
+  });
+  const seen = record(a);
+  /** @type {any[]} */
+  const got = [];
+  await a.connect();
+  await a.subscribe("demo/trim", (m) => got.push(m.data));
+  await server.publish("demo/trim", -1);
+  await until(() => got.length === 1, "live before the gap");
+  gate = new Promise((r) => { open = r; });
+  /** @type {any} */ (a)._core.ws.terminate(); // a network loss
+  await until(() => seen.disconnected.length === 1, "the loss is seen");
+  const batch = Array.from({ length: HISTORY_SIZE + 10 }, (_, i) => ({ topic: "demo/trim", data: i }));
+  await server.api("POST", "/v1/publish/batch", { messages: batch });
+  gate = null;
+  open();
+  await until(() => seen.incomplete.length === 1, "an incomplete event");
+  assert.equal(seen.incomplete[0].scope, "topic");
+  assert.equal(seen.incomplete[0].topic, "demo/trim");
+  await until(() => got.length === 1 + HISTORY_SIZE, "what history still had");
+  assert.deepEqual(got.slice(1), batch.slice(-HISTORY_SIZE).map((m) => m.data), "the newest, in order");
+});

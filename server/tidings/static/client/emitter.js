@@ -73,8 +73,12 @@ export class Emitter {
   }
 }
 
-/** @param {unknown} err */
-function report(err) {
+/**
+ * Report an error thrown by app code (a listener, a message handler) without
+ * letting it stop the client.
+ * @param {unknown} err
+ */
+export function report(err) {
   const g = /** @type {any} */ (globalThis);
   if (typeof g.reportError === "function") g.reportError(err);
   else console.error("tidings: a listener threw", err);

@@ -10,7 +10,7 @@
  */
 
 import { Core, tokenSubject } from "./core.js";
-import { Emitter } from "./emitter.js";
+import { Emitter, report } from "./emitter.js";
 import { TidingsError } from "./errors.js";
 import { Inbox, InboxState } from "./inbox.js";
 import { Ledger } from "./ledger.js";
@@ -264,7 +264,7 @@ export class Tidings extends Emitter {
       if (!matches(filter, msg.topic)) continue;
       for (const handler of [...handlers]) {
         any = true;
-        try { handler(msg); } catch (err) { this.emit("error", err); }
+        try { handler(msg); } catch (err) { report(err); }
       }
     }
     if (any) this.emit("message", msg);
