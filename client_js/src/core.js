@@ -488,7 +488,8 @@ export class Core extends Emitter {
   /** @param {any} ev a read / unread / archive push */
   #stateEvent(ev) {
     if (!this.ledger.acceptEvent(ev)) return;
-    const ids = ev.all ? null : (Array.isArray(ev.ids) ? ev.ids : []);
+    // The server lists the changed ids even for `all: true`; without them, all.
+    const ids = Array.isArray(ev.ids) ? ev.ids : (ev.all ? null : []);
     const dismissed = this.inbox.applyChange(ev.type, ids);
     if (typeof ev.unread === "number") this.inbox.unread = ev.unread;
     this.emit("read", ev);
