@@ -36,7 +36,7 @@ from redis_servers import RedisClusterProcs, RedisFactory, RedisServer
 from tidings.app import _make_store
 from tidings.bus.wire import channel_for, decode_publication, encode_publication
 from tidings.errors import Unavailable
-from tidings.store.base import HistoryPolicy, notifications_topic, unread_topic
+from tidings.store.base import HistoryPolicy, events_topic, notifications_topic, unread_topic
 from tidings.store.redis import RETAINED_GRACE, RedisStore
 from tidings.types import PayloadKind, Publication, parse_offset
 
@@ -318,6 +318,32 @@ async def test_redis_stopped_then_restarted(redis_factory: RedisFactory, clock: 
         await assert_kept(store, "t", acked)
     finally:
         await store.close()
+
+
+async def test_a_store_opened_before_redis_is_up(redis_factory: RedisFactory,
+                                                 clock: Clock) -> None:
+    """A node that starts while Redis is down works once it is up, in the same epochs
+    as the other nodes (a client's start offset from another node stays valid)."""
+    server = redis_factory.server(appendonly=True, appendfsync="always")
+    other = RedisStore(server.url, clock=clock, timeout=BOUND)
+    await other.open()
+    await other.notify(["alice"], {"id": "n_1", "category": "c"}, ttl=None,
+                       collapse_key=None, policy=policy)
+    events = events_topic("alice")
+    start = await other.latest(events)
+    server.stop()
+    late = RedisStore(server.url, clock=clock, timeout=BOUND)
+    await late.open()  # does not raise: calls fail until Redis is up
+    try:
+        await publish_raises_within_the_bound(late, "t")
+        server.start()
+        change = await late.mark("alice", "read", None, device="d", policy=policy)
+        event = next(p for p in change.publications if p.topic == events)
+        assert parse_offset(event.offset) == (parse_offset(start)[0], 1)  # type: ignore[index]
+        assert (await other.history(events, start, 10)).complete is True
+    finally:
+        await late.close()
+        await other.close()
 
 
 async def test_redis_hanging_is_bounded(redis_factory: RedisFactory, clock: Clock) -> None:

@@ -316,7 +316,7 @@ class RedisStore(Store):
         self._scripts = {name: self._client.register_script(getattr(lua, name))
                          for name in lua.__all__}
         try:
-            await self._io(self._load_epoch)
+            await self._io(lambda c: c.ping())  # loads the store epoch on the way
         except Unavailable:
             log.warning("redis store: not reachable yet; calls fail until it is")
 
@@ -654,15 +654,14 @@ class RedisStore(Store):
                fields_json, push_base]
 
         async def batch(chunk: list[str]) -> list[UserChange]:
-            calls = []
-            for user in chunk:
-                stream = notifications_topic(user)
-                calls.append((self._inbox_keys(user, stream),
-                              [*self._inbox_args(user, stream, now, policy), *own]))
-
             async def run(client: Any) -> list[Any]:
                 if self._cluster:
                     await self._register_users(client, chunk)
+                calls = []  # made here: topic epochs need the store epoch _io ensured
+                for user in chunk:
+                    stream = notifications_topic(user)
+                    calls.append((self._inbox_keys(user, stream),
+                                  [*self._inbox_args(user, stream, now, policy), *own]))
                 return await self._eval_many(client, "NOTIFY", calls)
 
             raws = await self._io(run)
@@ -756,12 +755,12 @@ class RedisStore(Store):
         stream = events_topic(user)
         keys = self._inbox_keys(user, stream)
         id_list = [] if ids is None else list(dict.fromkeys(ids))
-        args = [*self._inbox_args(user, stream, now, policy), action,
-                1 if ids is None else 0, orjson.dumps(device), *id_list]
 
         async def run(client: Any) -> Any:
             if self._cluster:
                 await self._register_user(client, user)
+            args = [*self._inbox_args(user, stream, now, policy), action,
+                    1 if ids is None else 0, orjson.dumps(device), *id_list]
             return await self._script("MARK", keys, args)
 
         raw = await self._io(run)
