@@ -264,7 +264,8 @@ class ServerProcess:
 @pytest.fixture
 def server_process(tmp_path: Path) -> Iterator[ServerProcess]:
     ws_port, api_port = free_port(), free_port()
-    env = dict(os.environ)
+    # the developer's own TIDINGS_* settings must not leak into the test server
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
     env.update({
         "TIDINGS_WS_PORT": str(ws_port), "TIDINGS_API_PORT": str(api_port),
         "TIDINGS_MQTT_PORT": str(free_port()),

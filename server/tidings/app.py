@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import http
 import json
 import logging
 import os
@@ -128,13 +128,15 @@ class App:
                                    self.presence, self.metrics)
             broker = self.mqtt
             self.ws.mqtt_handler = lambda conn: serve_websocket(broker, conn)
+        self.metrics.counter_fn(
+            "tidings_messages_out_total", "frames and packets written to clients",
+            lambda: float(self.ws.frames_out + (self.mqtt.frames_out if self.mqtt else 0)))
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._stopped = False
         for name_, text in (
             ("tidings_connections_total", "connections accepted, by edge"),
             ("tidings_messages_in_total", "messages published"),
-            ("tidings_messages_out_total", "frames written to clients"),
             ("tidings_deliveries_total", "messages handed to subscribers"),
             ("tidings_slow_consumers_total", "sessions closed for exceeding the outbound bound"),
             ("tidings_errors_total", "errors by code"),
@@ -158,7 +160,7 @@ class App:
             body, status = json.dumps({"error": e.to_dict()}).encode(), e.status
         headers = Headers([("Content-Type", "application/json"),
                            ("Content-Length", str(len(body))), ("Cache-Control", "no-store")])
-        return Response(status, "OK" if status == 200 else "Bad Request", headers, body)
+        return Response(status, http.HTTPStatus(status).phrase, headers, body)
 
     @property
     def ws_port(self) -> int:

@@ -184,8 +184,11 @@ def build_app(settings: Settings, node: Node, keys: ApiKeys, tokens: TokenAuthor
     async def inbox(request: web.Request) -> web.Response:
         user = valid_user(request.match_info["uid"])
         limit = int_query(request, "limit", 20, 1, 100)
+        before = request.query.get("before")
+        if before is not None and not before.isdigit():
+            raise BadRequest("before must be a cursor from a previous page's next")
         unread_only = request.query.get("unread_only", "false").lower() in ("1", "true", "yes")
-        page = await node.store.inbox(user, limit=limit, before=request.query.get("before"),
+        page = await node.store.inbox(user, limit=limit, before=before,
                                       unread_only=unread_only)
         return _json({"items": [i.to_dict() for i in page.items], "unread": page.unread,
                       "next": page.next})
@@ -201,6 +204,8 @@ def build_app(settings: Settings, node: Node, keys: ApiKeys, tokens: TokenAuthor
         ids = _field(body, "ids", list)
         everything = _field(body, "all", bool, default=False)
         device = _field(body, "device", str, default="api")
+        if not (0 < len(device) <= 128 and device.isprintable()):
+            raise BadRequest("device must be 1-128 printable characters")
         change = await notifier.mark(user, action, ids, everything, device)  # type: ignore[arg-type]
         return _json({"unread": change.unread, "changed": change.changed})
 

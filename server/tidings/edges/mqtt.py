@@ -74,7 +74,7 @@ from ..protocol.mqtt import (
 from ..protocol.mqtt.connection import FlowState
 from ..protocol.topics import TopicError, matches, validate_filter, validate_topic
 from ..store.base import QueuedMessage
-from ..types import Publication, classify_payload
+from ..types import Publication, classify_payload, parse_offset
 
 __all__ = ["Link", "MqttBroker", "MqttConnection", "MqttSession", "mqtt_payload",
            "serve_websocket"]
@@ -229,6 +229,10 @@ class MqttSession:
     # inbound QoS 2 ids PUBRECed but not yet released: session state (section 4.1),
     # so a PUBLISH resent after a reconnect is not delivered twice [MQTT-4.3.3-10]
     awaiting_pubrel: set[int] = field(default_factory=set)
+    # While a SUBSCRIBE is being answered: the offset last delivered live per
+    # topic, so a retained message read from the store just after is not sent
+    # again (nor an older one after a newer live one).
+    live_seen: dict[str, str] | None = None
 
     def __hash__(self) -> int:
         return id(self)
@@ -259,6 +263,8 @@ class MqttSession:
         grant = self._grant(pub.topic, pub.origin)
         if grant is None:
             return
+        if self.live_seen is not None:
+            self.live_seen[pub.topic] = pub.offset
         sub_qos, rap, ids = grant
         qos = min(sub_qos, pub.qos)
         retain = pub.published_retain and rap  # [MQTT-3.3.1-9], [MQTT-3.3.1-12]
@@ -1038,6 +1044,14 @@ class MqttBroker:
         assert session is not None
         sub_id = packet.properties.subscription_identifiers[0] \
             if packet.properties.subscription_identifiers else None
+        session.live_seen = {}
+        try:
+            await self._subscribe_all(conn, session, packet, sub_id)
+        finally:
+            session.live_seen = None
+
+    async def _subscribe_all(self, conn: MqttConnection, session: MqttSession,
+                             packet: Subscribe, sub_id: int | None) -> None:
         codes: list[int] = []
         retained_jobs: list[tuple[str, Sub]] = []
         for s in packet.subscriptions:
@@ -1075,6 +1089,9 @@ class MqttBroker:
             for pub in await self.node.store.retained(inner):
                 if pub.topic.startswith("users/") and pub.topic.split("/")[1] != session.user:
                     continue
+                live = (session.live_seen or {}).get(pub.topic)
+                if live is not None and _not_after(pub.offset, live):
+                    continue  # the live delivery already carried this (or newer)
                 ids = (sub.subscription_id,) if sub.subscription_id is not None else ()
                 conn.publish(_template(pub), min(sub.qos, pub.qos), True, ids)  # [MQTT-3.3.1-8]
 
@@ -1093,6 +1110,12 @@ class MqttBroker:
         conn._pump()
         if session.persistent:
             await self.node.store.mqtt_save(session.client_id, session.state())
+
+
+def _not_after(offset: str, other: str) -> bool:
+    """Whether ``offset`` is at or before ``other`` (same topic and epoch)."""
+    a, b = parse_offset(offset), parse_offset(other)
+    return a is not None and b is not None and a[0] == b[0] and a[1] <= b[1]
 
 
 def _queue_of(conn: MqttConnection) -> list[QueuedMessage]:

@@ -154,7 +154,7 @@ class WsSession:
     # -- outbound ---------------------------------------------------------------
 
     def deliver(self, publication: Publication, data: bytes) -> None:
-        """Hub callback: ``data`` is already this session's wire form."""
+        """Hub callback: ``data`` is already this session's wire form (the hot path)."""
         if self._hold is not None:
             self._hold.append((publication, data))
         else:
@@ -165,38 +165,49 @@ class WsSession:
             return
         self._pending.append(data)
         self._pending_size += len(data)
-        transport = self.conn.transport
-        if self._pending_size + transport.get_write_buffer_size() > self._limit:
-            self.edge.metrics.inc("tidings_slow_consumers_total")
-            log.warning("slow consumer %s (%s): over %d queued bytes, closing",
-                        self.device, self.user, self._limit)
-            self._pending.clear()
-            self._pending_size = 0
-            self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
-            return
-        if not self._dirty:
+        if self._pending_size > self._limit:
+            self._overflow()
+        elif not self._dirty:
             self._dirty = True
             self.edge.flusher.mark(self)
 
-    def flush(self) -> None:
-        self._dirty = False
-        chunks, self._pending = self._pending, []
+    def _overflow(self) -> None:
+        self.edge.metrics.inc("tidings_slow_consumers_total")
+        log.warning("slow consumer %s (%s): over %d queued bytes, closing",
+                    self.device, self.user, self._limit)
+        self._pending = []
         self._pending_size = 0
-        if not chunks or self.conn.protocol.state is not State.OPEN:
+        self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+
+    def flush(self) -> None:
+        """Write everything queued since the last pass with one system call.
+
+        The bound counts what the transport still holds too: checked here,
+        once per pass, rather than per message on the hot path.
+        """
+        self._dirty = False
+        chunks = self._pending
+        if not chunks:
             return
-        n = len(chunks)
-        self.edge.metrics.inc("tidings_messages_out_total", n)
+        size = self._pending_size
+        self._pending = []
+        self._pending_size = 0
+        conn = self.conn
+        if conn.protocol.state is not State.OPEN or self._closing:
+            return
+        transport = conn.transport
+        assert transport is not None
+        if size + transport.get_write_buffer_size() > self._limit:
+            self._overflow()
+            return
+        self.edge.frames_out += len(chunks)
         if self.framed:
-            transport = self.conn.transport
-            if n == 1:
-                transport.write(chunks[0])
-            else:
-                transport.writelines(chunks)
+            transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         else:  # permessage-deflate: the protocol compresses each message
-            send = self.conn.protocol.send_text if self._text else self.conn.protocol.send_binary
+            send = conn.protocol.send_text if self._text else conn.protocol.send_binary
             for payload in chunks:
                 send(payload)
-            self.conn.send_data()
+            conn.send_data()
 
     def send(self, obj: dict[str, Any]) -> None:
         payload = encode(obj, self.encoding)
@@ -304,10 +315,13 @@ class WsSession:
         self.send(error_reply(rid, e.code, e.message))
 
     async def _dispatch(self, cmd: Command) -> None:
-        handler = getattr(self, f"_op_{cmd.op}", None)
-        if handler is None:
-            raise BadRequest(f"{cmd.op} is not available on this server", code="unsupported")
         try:
+            if cmd.op == "connect":
+                raise BadRequest("already connected")
+            handler = getattr(self, f"_op_{cmd.op}", None)
+            if handler is None:
+                raise BadRequest(f"{cmd.op} is not available on this server",
+                                 code="unsupported")
             await handler(cmd)
         except TidingsError as e:
             e.request_id = cmd.id
@@ -501,6 +515,9 @@ class WsSession:
         limit = cmd.args.get("limit", 20)
         if not 1 <= limit <= 100:
             raise BadRequest("inbox: limit must be between 1 and 100")
+        before = cmd.args.get("before")
+        if before is not None and not before.isdigit():
+            raise BadRequest("inbox: before must be a cursor from a previous page's next")
         page = await self.edge.node.store.inbox(user, limit=limit, before=cmd.args.get("before"),
                                                 unread_only=cmd.args.get("unread_only", False))
         self.send(ok_reply(cmd.id, items=[i.to_dict() for i in page.items], unread=page.unread,
@@ -774,6 +791,7 @@ class WsEdge:
         self.flusher = Flusher()
         self.sessions: set[WsSession] = set()
         self.connections = 0  # after the handshake (the gauge)
+        self.frames_out = 0  # frames written by sessions (a plain int: hot path)
         self.connections_open: set[WsConnection] = set()  # every TCP connection
         self.origins: list[str | None] | None = None
         if settings.ws.origins:
@@ -829,10 +847,10 @@ class WsEdge:
                 return _plain(http.HTTPStatus.TOO_MANY_REQUESTS,
                               b"too many connections from this address\n")
             return None
-        route = self._routes.get(path)
-        if route is not None:
-            return route(request)
         if self.settings.ws.demo_page:
+            route = self._routes.get(path)  # the demo page's helpers (/dev/token)
+            if route is not None:
+                return route(request)
             return static_response(path)
         return _plain(http.HTTPStatus.NOT_FOUND, b"not found\n")
 
