@@ -47,6 +47,7 @@ __all__ = [
     "decode_publication",
     "encode_publication",
     "escape_tag",
+    "parse_redis_url",
     "topic_base",
     "user_of",
     "user_tag",
@@ -58,6 +59,16 @@ CHANNEL_PREFIX = "tidings:"
 _ARRAY_9 = b"\x99"  # msgpack fixarray of 9 elements
 _TUPLE_FIELDS = frozenset({"subscription_identifiers", "user_properties"})
 _PROPERTY_FIELDS = frozenset(f.name for f in fields(Properties))
+
+
+def parse_redis_url(url: str) -> tuple[str, bool]:
+    """``(url for redis-py, is a cluster)``. ``redis+cluster://host:port`` (or
+    ``rediss+cluster://``) names any node of a Redis Cluster; ``redis://`` and
+    ``rediss://`` one server. Store and bus read ``redis.url`` the same way."""
+    for scheme in ("redis+cluster://", "rediss+cluster://"):
+        if url.startswith(scheme):
+            return url.replace("+cluster", "", 1), True
+    return url, False
 
 
 def escape_tag(name: str) -> str:

@@ -124,6 +124,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 from ..bus.wire import (
     channel_for,
     escape_tag,
+    parse_redis_url,
     topic_base,
     user_of,
     user_tag,
@@ -152,7 +153,7 @@ from .base import (
     unread_topic,
 )
 
-__all__ = ["MQTT_BUCKETS", "RETAINED_GRACE", "RedisStore", "parse_url"]
+__all__ = ["MQTT_BUCKETS", "RETAINED_GRACE", "RedisStore"]
 
 log = logging.getLogger("tidings.store.redis")
 
@@ -167,14 +168,6 @@ _NOT_JSON_KEYS = ("unread", "replaces")  # added to a push by the script
 # Redis errors that say "not now" rather than "your script is wrong".
 _TRANSIENT = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY",
               "NOREPLICAS", "MOVED", "ASK", "NOSCRIPT", "UNBLOCKED")
-
-
-def parse_url(url: str) -> tuple[str, bool]:
-    """``(url for redis-py, is a cluster)``: ``redis+cluster://`` names a Redis Cluster."""
-    for scheme in ("redis+cluster://", "rediss+cluster://"):
-        if url.startswith(scheme):
-            return url.replace("+cluster", "", 1), True
-    return url, False
 
 
 def _ms(seconds: float) -> int:
@@ -216,7 +209,7 @@ class RedisStore(Store):
     ) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError("the key prefix must not contain a hash tag")
-        self._url, from_url = parse_url(url)
+        self._url, from_url = parse_redis_url(url)
         self._cluster = from_url if cluster is None else cluster
         self._idempotency_ttl = idempotency_ttl
         self._clock = clock
