@@ -58,7 +58,9 @@ key                            type    what
 
 Channels: :func:`tidings.bus.wire.channel_for` (``tidings:`` + B), in the
 slot of the topic's keys; the scripts PUBLISH (one Redis) or SPUBLISH
-(cluster) the :mod:`tidings.bus.wire` encoding unless ``announce=False``.
+(cluster) the :mod:`tidings.bus.wire` encoding unless ``announce=False``, so
+no node sees a publication that history does not have. ``publish`` takes
+``qos``, ``origin`` and ``meta`` for that announcement only (not stored).
 
 Trade-offs (what one slot per topic / per user costs)
 -----------------------------------------------------
@@ -78,7 +80,8 @@ Trade-offs (what one slot per topic / per user costs)
 * Idempotency keys of publishes live in the topic's slot (atomic with the
   publish), so a key is scoped to its topic: the same key on another topic
   is another request.
-* Notify is atomic per user (as the contract asks), not across users. With
+* Notify is atomic per user (as the contract asks), not across users; the
+  per-user scripts go out in pipelines of 100 (one round trip per node). With
   an idempotency key, a notify claims the key first and marks it done last;
   a retry of one that failed half-way re-runs the per-user steps, each of
   which skips a user who already has the notification, so every user gets it
@@ -88,6 +91,9 @@ Trade-offs (what one slot per topic / per user costs)
   a category total one short, while the per-notification stats are exact.
 * Expired inbox items are forgotten (up to 100 per notify / mark); reads skip
   the rest. ``track`` of a forgotten item returns False.
+* A script runs alone on its Redis: ``mark`` with ``all`` walks the user's
+  whole inbox in one script (as SQLite does in one transaction), so a user
+  with a very large inbox costs Redis that long.
 * MQTT sessions are spread over 64 bucket slots; a session's state, its queue
   and the bucket's list of client ids share the slot, so save / delete /
   enqueue are atomic and ``mqtt_sessions`` reads 64 hashes.
