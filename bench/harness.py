@@ -1,7 +1,7 @@
 """The benchmark harness: Tidings against reference servers, in one run, as ratios.
 
-    python bench/harness.py                  # every scenario, every server (a few minutes)
-    python bench/harness.py --quick          # 1,000 connections, short windows (~1.5 min)
+    python bench/harness.py                  # every scenario, every server (~8 min)
+    python bench/harness.py --quick          # 1,000 connections, short windows (~2 min)
     python bench/harness.py --scenarios broadcast --sizes 1000,5000 --servers tidings,nats-ws
 
 Each server runs pinned to one CPU (``--server-cpu``, default 0) and the load
@@ -102,7 +102,7 @@ class Options:
     personal: int = 10_000
     warmup: float = 1.0
     measure: float = 3.0
-    window: int = 8  # broadcast: messages in flight per subscriber
+    window: int = 16  # broadcast: messages in flight per subscriber
     personal_window: int = 2000  # personal: deliveries in flight
     server_cpu: int = 0
     client_cpus: tuple[int, ...] = (1,)
@@ -236,7 +236,7 @@ async def _publish_and_measure(target: Target, sc: Scenario, o: Options, lg: Loa
             while lg.received() < pace.expected and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
             res["published"] = pace.published
-            res["lost"] = max(0, pace.expected - lg.received())
+            res["undelivered"] = max(0, pace.expected - lg.received())
             res["stalls"] = pace.stalls
             res["publish_errors"] = pub.errors
             if pub.errors:
@@ -345,8 +345,8 @@ def _brief(r: dict[str, Any]) -> str:
         parts.append(f"{r['connections_per_s']:,.0f} conn/s")
     if "server_cpu_pct" in r:
         parts.append(f"server cpu {r['server_cpu_pct']}%")
-    if r.get("lost"):
-        parts.append(f"lost {r['lost']}")
+    if r.get("undelivered"):
+        parts.append(f"undelivered after 2 s {r['undelivered']}")
     if r.get("errors"):
         parts.append(f"errors {r['errors'][:2]}")
     return ", ".join(parts)
@@ -579,7 +579,7 @@ def parse(argv: list[str] | None = None) -> Options:
     p.add_argument("--repeat", type=int, default=1,
                    help="interleaved rounds over every server; the best is kept (1)")
     p.add_argument("--window", type=int,
-                   help="broadcast: messages in flight per subscriber (8)")
+                   help="broadcast: messages in flight per subscriber (16)")
     p.add_argument("--tidings-src", type=Path,
                    help="folder holding the tidings package to run (default: server/ here)")
     p.add_argument("--no-ceiling", action="store_true", help="skip the flood-server ceiling")

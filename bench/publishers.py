@@ -75,7 +75,7 @@ class Publisher:
 class HttpPublisher(Publisher):
     """Tidings' HTTP API, a few requests in flight on keep-alive connections."""
 
-    def __init__(self, base: str, key: str, concurrency: int = 8) -> None:
+    def __init__(self, base: str, key: str, concurrency: int = 64) -> None:
         super().__init__()
         self.base = base
         self.key = key
