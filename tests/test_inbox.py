@@ -703,3 +703,15 @@ async def test_api_key_header_is_required_even_for_reads(node: Node) -> None:
     status, _ = await node.api("GET", "/v1/stats/categories",
                                headers={"Authorization": f"Basic {API_KEY}"}, key=None)
     assert status == 401
+
+
+async def test_notification_data_is_bounded(tmp_path: Path) -> None:
+    node = await start_node(tmp_path, notify__max_data_size=100)
+    try:
+        status, body = await node.api("POST", "/v1/notify",
+                                      {"users": ["alice"], "data": {"x": "y" * 200}})
+        assert status == 413 and body["error"]["code"] == "too_large"
+        status, body = await node.api("GET", "/v1/users/alice/inbox")
+        assert body["items"] == []
+    finally:
+        await stop_node(node)

@@ -119,6 +119,7 @@ class TopicSettings:
 @dataclass
 class NotifySettings:
     max_users: int = 10000  # ids per POST /v1/notify
+    max_data_size: int = 65536  # bytes of a notification's data, as JSON (stored per user)
     max_ttl: float = 86400.0 * 365
 
 
@@ -302,6 +303,7 @@ def _validate(s: Settings) -> None:
     _positive("auth.default_token_ttl", s.auth.default_token_ttl)
     _positive("store.idempotency_ttl", s.store.idempotency_ttl)
     _positive("notify.max_users", s.notify.max_users)
+    _positive("notify.max_data_size", s.notify.max_data_size)
     for key in ("max_packet_size", "receive_maximum", "max_queued", "max_subscriptions"):
         _positive(f"mqtt.{key}", getattr(s.mqtt, key))
     if not 0 < s.mqtt.receive_maximum <= 65535:

@@ -15,7 +15,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .config import NotifySettings
-from .errors import BadRequest, NotFound
+import orjson
+
+from .errors import BadRequest, NotFound, TooLarge
 from .node import Node
 from .store.base import TRACK_EVENTS, MarkAction, NotifyResult, UserChange
 
@@ -74,6 +76,8 @@ class Notifier:
             "priority": _str(body, "priority", 16, default="normal"),
             "media": self._media(body.get("media")),
         }
+        if len(orjson.dumps(fields["data"])) > self.settings.max_data_size:
+            raise TooLarge(f"data is over {self.settings.max_data_size} bytes as JSON")
         if fields["priority"] not in PRIORITIES:
             raise BadRequest(f"priority must be one of {', '.join(PRIORITIES)}")
         ttl = body.get("ttl")
