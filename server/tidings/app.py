@@ -191,6 +191,7 @@ class App:
         self._runner = web.AppRunner(api, access_log=None, handle_signals=False)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, s.api.host, s.api.port,
+                                 reuse_port=s.node.reuse_port or None,
                                  ssl_context=_tls(s.api.tls_cert, s.api.tls_key))
         await self._site.start()
         log.info("node %s: ws on %s:%d, api on %s:%d", self.node.name, s.ws.host,

@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import signal
+import socket
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -30,8 +32,46 @@ def _settings(path: str | None) -> config.Settings:
         raise SystemExit(2) from None
 
 
+def _serve_workers(args: argparse.Namespace, settings: config.Settings) -> int:
+    """``serve --workers N``: N node processes sharing the ports (SO_REUSEPORT).
+
+    Each is a node of its own on the shared bus and store, so this needs the
+    Redis backends; the kernel spreads new connections over the workers. The
+    parent forwards SIGTERM/SIGINT and exits when every worker has.
+    """
+    if settings.bus.backend != "redis" or settings.store.backend != "redis":
+        print("tidings: --workers needs bus.backend = \"redis\" and store.backend = "
+              "\"redis\" (workers are nodes of one cluster)", file=sys.stderr)
+        return 2
+    if 0 in (settings.ws.port, settings.api.port, settings.mqtt.port):
+        print("tidings: --workers needs fixed ports (not 0)", file=sys.stderr)
+        return 2
+    load_secrets(settings)  # made once here, so the workers agree on them
+    base = settings.node.name or f"{socket.gethostname()}-{os.getpid()}"
+    children = []
+    for i in range(args.workers):
+        env = dict(os.environ, TIDINGS_NODE_NAME=f"{base}-{i + 1}",
+                   TIDINGS_NODE_REUSE_PORT="true")
+        argv = [sys.executable, "-m", "tidings.cli", "serve"]
+        if args.config:
+            argv += ["--config", args.config]
+        children.append(subprocess.Popen(argv, env=env))
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, key=abs) if any(codes) else 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
+    if args.workers > 1:
+        return _serve_workers(args, settings)
     logging.basicConfig(level=settings.node.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -131,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = sub.add_parser("serve", help="run a node")
     p.add_argument("--config", help="TOML settings file (default: built-in embedded mode)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run N node processes sharing the ports (needs the Redis backends)")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("token", help="print a user token signed with the configured secret")

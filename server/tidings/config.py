@@ -35,6 +35,7 @@ class NodeSettings:
     name: str = ""  # empty: derived from the host name and pid
     shutdown_timeout: float = 5.0
     log_level: str = "INFO"
+    reuse_port: bool = False  # SO_REUSEPORT on every listener (set by serve --workers)
 
 
 @dataclass

@@ -573,13 +573,14 @@ class MqttBroker:
         await self._restore()
         loop = asyncio.get_running_loop()
         self._servers.append(await loop.create_server(
-            lambda: MqttConnection(self), s.host, s.port, reuse_address=True))
+            lambda: MqttConnection(self), s.host, s.port, reuse_address=True,
+            reuse_port=self.settings.node.reuse_port or None))
         if s.tls_cert:
             ctx = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(s.tls_cert, s.tls_key)
             self._servers.append(await loop.create_server(
                 lambda: MqttConnection(self, "mqtts"), s.host, s.tls_port, ssl=ctx,
-                reuse_address=True))
+                reuse_address=True, reuse_port=self.settings.node.reuse_port or None))
         self._ticker = loop.create_task(self._tick())
         if s.sys_interval:
             self._sys = loop.create_task(self._sys_loop(s.sys_interval))

@@ -821,7 +821,7 @@ class WsEdge:
         ws = self.settings.ws
         self._server = await asyncio.get_running_loop().create_server(
             lambda: WsConnection(self), ws.host, ws.port, ssl=ssl, reuse_address=True,
-            backlog=4096)
+            reuse_port=self.settings.node.reuse_port or None, backlog=4096)
         if ws.ping_interval:
             self._keepalive_task = asyncio.get_running_loop().create_task(
                 self._keepalive(ws.ping_interval))
