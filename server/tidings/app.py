@@ -118,7 +118,7 @@ class App:
                                      default_ttl=settings.auth.default_token_ttl)
         self.acl = Acl(settings.acl)
         self.notifier = Notifier(self.node, settings.notify)
-        self.presence = Presence(name, settings.presence, self.metrics)
+        self.presence = Presence(name, settings.presence, self.metrics, self.node.store)
         routes = {"/dev/token": self._dev_token} if self.secrets.dev_key else {}
         self.ws = WsEdge(settings, self.node, self.tokens, self.acl, self.metrics,
                          self.notifier, self.presence, routes)

@@ -129,6 +129,7 @@ class PresenceSettings:
     webhook: str = ""  # URL; empty: no webhook
     webhook_secret: str = ""  # HMAC-SHA256 key for X-Tidings-Signature; empty: unsigned
     debounce: float = 5.0  # seconds the last device must be gone before "offline"
+    ttl: float = 30.0  # cluster: a node's entries vanish this long after it dies
     retries: int = 5
 
 
@@ -321,6 +322,7 @@ def _validate(s: Settings) -> None:
     _positive("notify.max_ttl", s.notify.max_ttl)
     _positive("presence.debounce", s.presence.debounce, zero_ok=True)
     _positive("presence.retries", s.presence.retries, zero_ok=True)
+    _positive("presence.ttl", s.presence.ttl)
     if s.presence.webhook and not s.presence.webhook.startswith(("http://", "https://")):
         raise ConfigError(f"presence.webhook: must be an http(s) URL, got {s.presence.webhook!r}")
     if s.auth.default_token_ttl > s.auth.max_token_ttl:

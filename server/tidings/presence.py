@@ -22,6 +22,8 @@ import aiohttp
 import orjson
 
 from .config import PresenceSettings
+from .errors import TidingsError
+from .store.base import Store
 from .metrics import Metrics
 
 __all__ = ["Device", "Presence", "sign"]
@@ -42,15 +44,34 @@ class Device:
                 "since": self.since}
 
 
+def _dedupe(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per device id (the earliest), oldest first."""
+    seen: dict[str, dict[str, Any]] = {}
+    for d in entries:
+        if d["device"] not in seen or d["since"] < seen[d["device"]]["since"]:
+            seen[d["device"]] = d
+    return sorted(seen.values(), key=lambda d: d["since"])
+
+
 def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 class Presence:
-    def __init__(self, node: str, settings: PresenceSettings, metrics: Metrics) -> None:
+    """Online devices. With a store that has ``shared_presence`` (Redis) each node
+    writes its entries there, refreshes them every ``ttl / 3`` and removes them
+    when devices leave, so every node lists every device and a killed node's
+    entries vanish within ``ttl``; the webhook then fires on the cluster-wide
+    transitions (first entry, last entry), from whichever node saw them."""
+
+    def __init__(self, node: str, settings: PresenceSettings, metrics: Metrics,
+                 store: Store | None = None) -> None:
         self.node = node
         self.settings = settings
         self.metrics = metrics
+        self.store = store if store is not None and store.shared_presence else None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._heartbeat: asyncio.Task[None] | None = None
         self._online: dict[str, dict[object, Device]] = {}
         self._announced: set[str] = set()
         self._pending_offline: dict[str, asyncio.TimerHandle] = {}
@@ -61,11 +82,13 @@ class Presence:
     def online(self, user: str, key: object, device: str, edge: str) -> None:
         """``key`` identifies the connection (a device may reconnect before it leaves)."""
         devices = self._online.setdefault(user, {})
-        devices[key] = Device(device, edge, self.node, time.time())
+        entry = devices[key] = Device(device, edge, self.node, time.time())
         pending = self._pending_offline.pop(user, None)
         if pending is not None:
             pending.cancel()
-        if user not in self._announced:
+        if self.store is not None:
+            self._spawn(self._put(user, key, entry))
+        elif user not in self._announced:
             self._announced.add(user)
             self._emit("online", user)
 
@@ -73,9 +96,15 @@ class Presence:
         devices = self._online.get(user)
         if devices is None or devices.pop(key, None) is None:
             return
+        if self.store is not None:
+            self._spawn(self._remove(user, key))
         if devices:
             return
         del self._online[user]
+        if self.store is None:
+            self._debounce(user)
+
+    def _debounce(self, user: str) -> None:
         if self.settings.debounce <= 0:
             self._gone(user)
         else:
@@ -86,15 +115,76 @@ class Presence:
         self._pending_offline.pop(user, None)
         if user in self._online or user not in self._announced:
             return
+        if self.store is not None:
+            self._spawn(self._gone_everywhere(user))
+            return
         self._announced.discard(user)
         self._emit("offline", user)
 
-    def devices(self, user: str) -> list[dict[str, Any]]:
-        seen: dict[str, Device] = {}
-        for d in self._online.get(user, {}).values():
-            if d.device not in seen or d.since < seen[d.device].since:
-                seen[d.device] = d
-        return [d.to_dict() for d in sorted(seen.values(), key=lambda d: d.since)]
+    async def devices(self, user: str) -> list[dict[str, Any]]:
+        if self.store is not None:
+            try:
+                return _dedupe(await self.store.presence_list(user))
+            except TidingsError:
+                self.metrics.inc("tidings_errors_total", code="presence_unavailable")
+        return _dedupe([d.to_dict() for d in self._online.get(user, {}).values()])
+
+    # -- shared presence ----------------------------------------------------------
+
+    def _entry(self, key: object) -> str:
+        return f"{self.node}:{id(key):x}"
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.get_running_loop().create_task(self._refresh())
+
+    async def _put(self, user: str, key: object, entry: Device) -> None:
+        assert self.store is not None
+        try:
+            count = await self.store.presence_put(user, self._entry(key), entry.to_dict(),
+                                                  self.settings.ttl)
+        except TidingsError:
+            return
+        if count == 1 and user not in self._announced:  # the first device anywhere
+            self._announced.add(user)
+            self._emit("online", user)
+        else:
+            self._announced.add(user)
+
+    async def _remove(self, user: str, key: object) -> None:
+        assert self.store is not None
+        try:
+            left = await self.store.presence_remove(user, self._entry(key))
+        except TidingsError:
+            return
+        if left == 0 and user not in self._online:
+            self._debounce(user)
+
+    async def _gone_everywhere(self, user: str) -> None:
+        assert self.store is not None
+        try:
+            still = await self.store.presence_list(user)
+        except TidingsError:
+            return
+        if not still and user not in self._online:
+            self._announced.discard(user)
+            self._emit("offline", user)
+
+    async def _refresh(self) -> None:
+        """Keep this node's entries alive; they expire ``ttl`` after the node dies."""
+        assert self.store is not None
+        while True:
+            await asyncio.sleep(self.settings.ttl / 3)
+            for user, devices in list(self._online.items()):
+                for key, entry in list(devices.items()):
+                    try:
+                        await self.store.presence_put(user, self._entry(key), entry.to_dict(),
+                                                      self.settings.ttl)
+                    except TidingsError:
+                        break
 
     def is_online(self, user: str) -> bool:
         return user in self._online
@@ -151,6 +241,15 @@ class Presence:
         for handle in self._pending_offline.values():
             handle.cancel()
         self._pending_offline.clear()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        if self.store is not None:
+            for user, devices in list(self._online.items()):
+                for key in list(devices):
+                    try:
+                        await self.store.presence_remove(user, self._entry(key))
+                    except TidingsError:
+                        break
         self._online.clear()
         for user in sorted(self._announced):
             self._emit("offline", user)

@@ -211,7 +211,7 @@ def build_app(settings: Settings, node: Node, keys: ApiKeys, tokens: TokenAuthor
 
     async def devices(request: web.Request) -> web.Response:
         user = valid_user(request.match_info["uid"])
-        return _json({"user": user, "devices": presence.devices(user)})
+        return _json({"user": user, "devices": await presence.devices(user)})
 
     async def notification_stats(request: web.Request) -> web.Response:
         return _json(await notifier.stats(request.match_info["nid"]))

@@ -539,7 +539,7 @@ class WsSession:
 
     async def _op_devices(self, cmd: Command) -> None:
         user = self._me("devices")
-        self.send(ok_reply(cmd.id, devices=self.edge.presence.devices(user)))
+        self.send(ok_reply(cmd.id, devices=await self.edge.presence.devices(user)))
 
     # -- end ----------------------------------------------------------------------
 

@@ -146,6 +146,10 @@ class QueuedMessage:
 class Store(abc.ABC):
     """Durable state of a Tidings deployment."""
 
+    shared_presence: bool = False
+    """True when presence entries live in the store (every node sees them);
+    False: each node knows only its own devices (one node: everything)."""
+
     announces: bool = False
     """True when the store itself puts every publication it writes on the bus,
     inside the same atomic step (Redis: the script PUBLISHes); the node then
@@ -282,3 +286,19 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def mqtt_sessions(self) -> list[tuple[str, dict[str, Any]]]:
         """Every stored session (client id, state), to re-register at start."""
+
+    # -- presence (stores with ``shared_presence``) -------------------------------------
+
+    async def presence_put(self, user: str, entry: str, info: dict[str, Any],
+                           ttl: float) -> int:
+        """Add or refresh one online device entry that lives ``ttl`` seconds unless
+        refreshed; returns how many live entries the user has now."""
+        raise NotImplementedError
+
+    async def presence_remove(self, user: str, entry: str) -> int:
+        """Remove an entry; returns how many live entries the user has left."""
+        raise NotImplementedError
+
+    async def presence_list(self, user: str) -> list[dict[str, Any]]:
+        """The user's live entries' infos."""
+        raise NotImplementedError
