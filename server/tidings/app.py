@@ -22,6 +22,8 @@ from .api.http import build_app
 from .auth import Acl, ApiKeys, TokenAuthority
 from .bus.base import Bus
 from .bus.memory import MemoryBus
+from .bus.redis import RedisBus
+from .bus.wire import parse_redis_url
 from .config import Settings
 from .edges.mqtt import MqttBroker, serve_websocket
 from .edges.ws import WsEdge
@@ -100,6 +102,9 @@ def _make_store(settings: Settings) -> Store:
 def _make_bus(settings: Settings) -> Bus:
     if settings.bus.backend == "memory":
         return MemoryBus()
+    if settings.bus.backend == "redis":
+        url, cluster = parse_redis_url(settings.redis.url)
+        return RedisBus(url, cluster=cluster)
     raise Unavailable(f"bus backend {settings.bus.backend!r} is not available in this build")
 
 
