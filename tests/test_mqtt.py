@@ -32,12 +32,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties as PahoProperties
 
-from conftest import WAIT, Node, make_settings, stop_node
+from conftest import API_KEY, JWT_SECRET, WAIT, Node, make_settings, stop_node
+from tidings import config
 from tidings.app import App
 from tidings.config import AclRule, Settings
 
-__all__ = ["Paho", "Raw", "RawPacket", "connect_packet", "metric", "paho", "publish_packet",
-           "raw", "start_with", "subscribe_packet", "wait_until"]
+__all__ = ["OPEN_BROKER", "Paho", "Raw", "RawPacket", "connect_packet", "metric", "open_broker",
+           "paho", "publish_packet", "raw", "start_with", "subscribe_packet", "wait_until"]
 
 QUIET = min(0.5, WAIT / 10)  # how long a negative check listens
 
@@ -505,6 +506,27 @@ async def make_node(tmp_path: Path) -> AsyncIterator[NodeMaker]:
 
     yield make
     for n in made:
+        await stop_node(n)
+
+
+OPEN_BROKER = Path(__file__).resolve().parent.parent / "config" / "open-broker.toml"
+
+
+@pytest.fixture
+async def open_broker(tmp_path: Path) -> AsyncIterator[Node]:
+    """A node from ``config/open-broker.toml`` as shipped, moved to loopback ports and
+    a temporary data folder by environment variables (as a deployment would)."""
+    env = {
+        "TIDINGS_WS_HOST": "127.0.0.1", "TIDINGS_WS_PORT": "0",
+        "TIDINGS_API_HOST": "127.0.0.1", "TIDINGS_API_PORT": "0",
+        "TIDINGS_MQTT_HOST": "127.0.0.1", "TIDINGS_MQTT_PORT": "0",
+        "TIDINGS_STORE_PATH": str(tmp_path / "data"),
+        "TIDINGS_AUTH_JWT_SECRET": JWT_SECRET, "TIDINGS_API_KEYS": API_KEY,
+    }
+    n = await start_with(config.load(OPEN_BROKER, env))
+    try:
+        yield n
+    finally:
         await stop_node(n)
 
 
@@ -1563,3 +1585,44 @@ async def test_no_connect_in_time(make_node: NodeMaker, clients: list[Any]) -> N
     clients.append(r)
     await r.send(b"\x10")  # half a fixed header, then nothing
     assert await r.closed(timeout=WAIT) == []
+
+
+# --- config/open-broker.toml ----------------------------------------------------------------
+
+def test_open_broker_config_loads() -> None:
+    """The shipped file loads and says what it promises: anonymous, every interface for
+    MQTT, the deny rule first, then '#' for everyone."""
+    s = config.load(OPEN_BROKER, {})
+    assert s.auth.allow_anonymous and s.mqtt.host == "0.0.0.0" and s.mqtt.port == 1883
+    assert [(r.filter, r.users, r.subscribe, r.publish) for r in s.acl] == [
+        ("test/nosubscribe", ["anonymous", "*"], False, None),
+        ("#", ["anonymous", "*"], True, True)]
+
+
+@pytest.mark.parametrize("v5", [False, True], ids=["3.1.1", "5.0"])
+async def test_open_broker(open_broker: Node, clients: list[Any], v5: bool) -> None:
+    """Anonymous clients publish and subscribe anywhere outside ``users/`` and ``$``;
+    ``test/nosubscribe`` (and filters overlapping it) cannot be subscribed; a token
+    holder still has its own ``users/{uid}/...``."""
+    n = open_broker
+    port = n.app.mqtt_port
+    denied = 0x87 if v5 else 0x80
+    sensor = await paho(clients, port, "sensor", v5=v5)
+    board = await paho(clients, port, "board", v5=v5)
+    assert await board.subscribe(("home/#", 1), ("garden/+/humidity", 1)) == [1, 1]
+    stats = await paho(clients, port, "stats", v5=v5)
+    assert await stats.subscribe(("$SYS/broker/#", 0)) == [0]
+    assert await board.subscribe(("test/nosubscribe", 1), ("users/x", 1), ("users/+/x", 1),
+                                 ("#", 1), ("test/#", 1)) == [denied] * 5
+    assert await sensor.publish("home/kitchen/temp", b"21.5", 1) == 0
+    assert await sensor.publish("garden/bed-1/humidity", b"40", 1) == 0
+    assert await sensor.publish("test/nosubscribe", b"allowed", 1) == 0
+    expect_refused = 0x87 if v5 else 0
+    assert await sensor.publish("users/x/notifications", b"no", 1) == expect_refused
+    assert await sensor.publish("users/x/stuff", b"no", 1) == expect_refused
+    assert await sensor.publish("$SYS/broker/version", b"no", 1) == expect_refused
+    got = [(m.topic, m.payload) for m in [await board.message(), await board.message()]]
+    assert got == [("home/kitchen/temp", b"21.5"), ("garden/bed-1/humidity", b"40")]
+    await board.no_message()
+    alice = await paho(clients, port, "alice-dev", token=n.token("alice"), v5=v5)
+    assert await alice.subscribe(("users/alice/notifications", 1), ("home/#", 0)) == [1, 0]

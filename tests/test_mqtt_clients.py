@@ -19,9 +19,9 @@ import orjson
 import pytest
 
 from conftest import WAIT, Node
-from test_mqtt import NodeMaker, make_node, metric, pub_token, wait_until
+from test_mqtt import NodeMaker, make_node, metric, open_broker, pub_token, wait_until
 
-_FIXTURES = (make_node,)
+_FIXTURES = (make_node, open_broker)
 PROGRAMS = ("mosquitto_pub", "mosquitto_sub")
 FORMAT = "MSG|%t|%q|%r|%p"  # one line per message: topic, QoS, RETAIN, payload
 
@@ -303,3 +303,22 @@ async def test_device_notifications(node: Node, subs: list[Sub]) -> None:
     ev = await tab.push()
     assert (ev["type"], ev["unread"]) == ("read", 0)
     assert await s.message() == ("users/alice/unread", 1, False, '{"count":0}')
+
+
+async def test_open_broker_with_anonymous_clients(open_broker: Node, subs: list[Sub]) -> None:
+    """config/open-broker.toml: anonymous mosquitto_pub / mosquitto_sub work as with an
+    open Mosquitto; test/nosubscribe and users/... are refused."""
+    n = open_broker
+    s = await start_sub(subs, n, "-q", "1", "-t", "home/#", "-t", "sensors/+/temp")
+    await pub(n, "-q", "1", "-t", "home/hall/light", "-m", "on", token=None)
+    await pub(n, "-V", "mqttv5", "-t", "sensors/s1/temp", "-m", "19", token=None)
+    await pub(n, "-t", "test/nosubscribe", "-m", "fine to publish", token=None)
+    assert await s.message() == ("home/hall/light", 1, False, "on")
+    assert await s.message() == ("sensors/s1/temp", 0, False, "19")
+    for topic in ("test/nosubscribe", "users/alice/notifications"):
+        rc, out, err = await run("mosquitto_sub", "-h", "127.0.0.1", "-p",
+                                 str(n.app.mqtt_port), "-t", topic, "-C", "1")
+        assert "all subscription requests were denied" in (out + err).lower(), (topic, out)
+    rc, out, err = await run("mosquitto_pub", "-h", "127.0.0.1", "-p", str(n.app.mqtt_port),
+                             "-V", "mqttv5", "-q", "1", "-t", "users/alice/x", "-m", "no")
+    assert "not authori" in (out + err).lower(), (rc, out, err)
