@@ -260,6 +260,35 @@ async def test_a_cleared_retained_topic_leaves_the_index(target: Target, store: 
     assert [p.payload for p in await store.retained("a/+")] == [b"2"]
 
 
+# -- presence ---------------------------------------------------------------------------
+
+
+async def test_presence_is_shared_and_expires(target: Target, store: RedisStore,
+                                              clock: Clock) -> None:
+    """Two nodes' device entries for one user; a node that stops refreshing (killed)
+    loses its entries within the ttl."""
+    assert store.shared_presence is True
+    other = RedisStore(target.url, clock=clock)
+    await other.open()
+    try:
+        assert await store.presence_list("alice") == []
+        assert await store.presence_put("alice", "n1/phone", {"device": "phone"}, 30) == 1
+        assert await other.presence_put("alice", "n2/laptop", {"device": "laptop"}, 30) == 2
+        assert await other.presence_put("bob", "n2/tv", {"device": "tv"}, 30) == 1
+        assert sorted(d["device"] for d in await store.presence_list("alice")) == [
+            "laptop", "phone"]
+        clock.now += 20
+        assert await store.presence_put("alice", "n1/phone", {"device": "phone"}, 30) == 2
+        clock.now += 15  # n2 stopped refreshing 35 s ago: its laptop is gone
+        assert await other.presence_list("alice") == [{"device": "phone"}]
+        assert await other.presence_list("bob") == []
+        assert await store.presence_remove("alice", "n1/phone") == 0
+        assert await store.presence_remove("alice", "never") == 0
+        assert await store.presence_list("alice") == []
+    finally:
+        await other.close()
+
+
 # -- failures -----------------------------------------------------------------------------
 
 

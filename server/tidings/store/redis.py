@@ -43,6 +43,8 @@ key                            type    what
 ``P {u:<uid>}:ck``             zset    ``collapse_key \\0 id`` of unread items (lex)
 ``P {u:<uid>}:meta``           hash    ``seq``: the inbox sequence
 ``P {u:<uid>}:ret``            zset    the user's topics with a retained message (lex)
+``P {u:<uid>}:pres``           zset    online device entries by expiry (presence)
+``P {u:<uid>}:pinfo``          hash    entry -> its info (JSON)
 ``P {r}:firsts``               zset    first levels that have retained topics
 ``P {r:<level>}:topics``       zset    retained topics of a first level (lex)
 ``P {r:<level>}:seen``         hash    topic -> when its index entry was refreshed
@@ -201,6 +203,8 @@ def _text(value: bytes | str) -> str:
 class RedisStore(Store):
     """The store contract on Redis. ``announce``: the scripts put every publication
     they write on its channel (see :attr:`announces`)."""
+
+    shared_presence = True  # every node sees every node's devices
 
     def __init__(
         self,
@@ -875,3 +879,27 @@ class RedisStore(Store):
         for bucket in await self._io(run):
             out += [(_text(cid), orjson.loads(state)) for cid, state in bucket.items()]
         return out
+
+    # -- presence -------------------------------------------------------------------------
+
+    def _presence_keys(self, user: str) -> list[str]:
+        return [self._uk(user, ":pres"), self._uk(user, ":pinfo")]
+
+    async def presence_put(self, user: str, entry: str, info: dict[str, Any],
+                           ttl: float) -> int:
+        now = self._now_ms()
+        args = [now, entry, orjson.dumps(info), _ms(ttl)]
+        keys = self._presence_keys(user)
+        return int(await self._io(lambda c: self._script("PRESENCE_PUT", keys, args)))
+
+    async def presence_remove(self, user: str, entry: str) -> int:
+        now = self._now_ms()
+        keys = self._presence_keys(user)
+        return int(await self._io(lambda c: self._script("PRESENCE_REMOVE", keys,
+                                                         [now, entry])))
+
+    async def presence_list(self, user: str) -> list[dict[str, Any]]:
+        now = self._now_ms()
+        keys = self._presence_keys(user)
+        raw = await self._io(lambda c: self._script("PRESENCE_LIST", keys, [now]))
+        return [orjson.loads(info) for info in raw if info is not None]

@@ -31,6 +31,9 @@ __all__ = [
     "MQTT_SAVE",
     "NOTE",
     "NOTIFY",
+    "PRESENCE_LIST",
+    "PRESENCE_PUT",
+    "PRESENCE_REMOVE",
     "PRUNE",
     "PUBLISH",
     "TRACK",
@@ -457,4 +460,43 @@ MQTT_DELETE = r"""
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
 return 1
+"""
+
+# -- presence -------------------------------------------------------------------------------
+
+_PRESENCE_COMMON = r"""
+-- KEYS: the user's entries by expiry (zset), their infos (hash)
+local function forget_expired(now)
+  local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+  if #old > 0 then
+    redis.call('ZREM', KEYS[1], unpack(old))
+    redis.call('HDEL', KEYS[2], unpack(old))
+  end
+end
+"""
+
+PRESENCE_PUT = _PRESENCE_COMMON + r"""
+-- ARGV: now, entry, info JSON, ttl.  Returns the user's live entries.
+local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[4])
+forget_expired(now)
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
+return redis.call('ZCARD', KEYS[1])
+"""
+
+PRESENCE_REMOVE = _PRESENCE_COMMON + r"""
+-- ARGV: now, entry.  Returns the user's live entries left.
+forget_expired(tonumber(ARGV[1]))
+redis.call('ZREM', KEYS[1], ARGV[2])
+redis.call('HDEL', KEYS[2], ARGV[2])
+return redis.call('ZCARD', KEYS[1])
+"""
+
+PRESENCE_LIST = r"""
+-- KEYS: the user's entries by expiry, their infos.  ARGV: now.  Returns live infos.
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')
+if #live == 0 then return {} end
+return redis.call('HMGET', KEYS[2], unpack(live))
 """
