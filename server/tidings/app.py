@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http
 import json
 import logging
@@ -11,7 +12,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-
+from typing import cast
 from urllib.parse import parse_qs
 
 from aiohttp import web
@@ -179,8 +180,8 @@ class App:
     @property
     def api_port(self) -> int:
         assert self._site is not None and self._site._server is not None
-        server = self._site._server
-        return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        server = cast(asyncio.Server, self._site._server)
+        return int(server.sockets[0].getsockname()[1])
 
     async def ready(self) -> bool:
         return self.node.bus.healthy and await self.node.store.ping()

@@ -30,7 +30,7 @@ import jwt
 
 from .config import AclRule
 from .errors import BadRequest, Unauthorized
-from .protocol.topics import TopicError, validate_filter, covers, overlaps, private_owner
+from .protocol.topics import TopicError, covers, overlaps, private_owner, validate_filter
 from .types import UserId
 
 __all__ = ["Acl", "ApiKeys", "Principal", "TokenAuthority"]

@@ -15,6 +15,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
+import uvloop
+
 from . import config
 from .app import App, load_secrets
 from .auth import TokenAuthority
@@ -74,10 +76,6 @@ def _serve(args: argparse.Namespace) -> int:
         return _serve_workers(args, settings)
     logging.basicConfig(level=settings.node.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        uvloop = None
 
     async def run() -> None:
         app = App(settings)
@@ -119,10 +117,7 @@ def _serve(args: argparse.Namespace) -> int:
             logging.getLogger("tidings").info("shutting down")
             await app.stop()
 
-    if uvloop is not None:
-        uvloop.run(run())
-    else:  # pragma: no cover
-        asyncio.run(run())
+    uvloop.run(run())
     return 0
 
 

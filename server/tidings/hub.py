@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Hashable
-from typing import Protocol
+from typing import Any, Protocol
 
 from .protocol.topics import Trie, private_owner
 from .types import Publication
@@ -26,10 +26,15 @@ __all__ = ["Flushable", "Flusher", "Hub", "Subscriber"]
 class Subscriber(Hashable, Protocol):
     """What the hub needs of a session."""
 
-    wire: str  # the key of the encoder that makes this subscriber's bytes
-    user: str | None
+    @property
+    def wire(self) -> str:
+        """The key of the encoder that makes this subscriber's bytes."""
 
-    def deliver(self, publication: Publication, data: bytes) -> None:
+    @property
+    def user(self) -> str | None:
+        """The user it belongs to: private topics reach only that user."""
+
+    def deliver(self, publication: Publication, data: Any) -> None:
         """Queue ``data`` (pre-encoded for ``wire``); must not block or raise."""
 
 
@@ -60,7 +65,7 @@ class Flusher:
             buf.flush()
 
 
-Encoder = Callable[[Publication], bytes]
+Encoder = Callable[[Publication], Any]  # bytes (WS frames) or a template (MQTT)
 
 
 class Hub:
@@ -72,7 +77,7 @@ class Hub:
     def register_wire(self, wire: str, encoder: Encoder) -> None:
         self._encoders[wire] = encoder
 
-    def encode(self, wire: str, publication: Publication) -> bytes:
+    def encode(self, wire: str, publication: Publication) -> Any:
         return self._encoders[wire](publication)
 
     def add(self, flt: str, sub: Subscriber) -> None:
@@ -90,7 +95,7 @@ class Hub:
         if not subs:
             return 0
         owner = private_owner(pub.topic)
-        encoded: dict[str, bytes] = {}
+        encoded: dict[str, Any] = {}
         encoders = self._encoders
         n = 0
         for sub in subs:

@@ -10,11 +10,11 @@ from typing import Any
 
 from .bus.base import Bus
 from .config import HistorySettings
+from .errors import TidingsError
 from .hub import Hub, Subscriber
 from .metrics import Metrics
 from .protocol.topics import matches
 from .store.base import HistoryPolicy, PublishResult, Store
-from .errors import TidingsError
 from .types import PayloadKind, Publication, format_offset, parse_offset
 
 __all__ = ["Node"]

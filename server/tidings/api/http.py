@@ -22,7 +22,7 @@ from ..metrics import Metrics
 from ..node import Node
 from ..notify import Notifier, valid_user
 from ..presence import Presence
-from ..protocol.frames import message_fields, Encoding
+from ..protocol.frames import Encoding, message_fields
 from ..protocol.topics import TopicError, validate_topic
 from ..types import PayloadKind, parse_offset
 

@@ -32,6 +32,7 @@ reconnects at once does not cost two round trips.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from typing import Any
@@ -133,20 +134,14 @@ class RedisBus(Bus):
             timer.cancel()
         if self._reader is not None:
             self._reader.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader
-            except (asyncio.CancelledError, Exception):
-                pass
         if self._pubsub is not None:
-            try:
+            with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.aclose()
-            except (RedisError, OSError):
-                pass
         if self._client is not None:
-            try:
+            with contextlib.suppress(RedisError, OSError):
                 await self._client.aclose()
-            except (RedisError, OSError):
-                pass
 
     @property
     def healthy(self) -> bool:
@@ -180,10 +175,8 @@ class RedisBus(Bus):
                             type(e).__name__)
                 self._healthy = False
                 old, self._pubsub = self._pubsub, None
-                try:
+                with contextlib.suppress(RedisError, OSError):
                     await old.aclose()
-                except (RedisError, OSError):
-                    pass
                 continue
             if message is None or message.get("type") not in ("message", "pmessage",
                                                                 "smessage"):

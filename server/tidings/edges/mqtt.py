@@ -58,10 +58,10 @@ from ..protocol.mqtt import (
     PingReq,
     Properties,
     ProtocolViolation,
-    PublishTemplate,
     PubAck,
-    PubRec,
     Publish,
+    PublishTemplate,
+    PubRec,
     ReasonCode,
     State,
     SubAck,
@@ -328,7 +328,7 @@ def _props_from_json(d: dict[str, Any]) -> tuple[Properties, tuple[int, ...]]:
         response_topic=d.get("response_topic"),
         correlation_data=bytes.fromhex(d["correlation_data"]) if "correlation_data" in d
         else None,
-        user_properties=tuple(tuple(p) for p in d.get("user_properties", ())),  # type: ignore[misc]
+        user_properties=tuple((str(k), str(v)) for k, v in d.get("user_properties", ())),
     )
     return props, tuple(d.get("subscription_ids", ()))
 

@@ -33,15 +33,16 @@ If a session's unsent bytes (our buffer plus the transport's) would exceed
 from __future__ import annotations
 
 import asyncio
+import functools
 import http
 import logging
 import mimetypes
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 from websockets.datastructures import Headers
@@ -70,6 +71,8 @@ from ..errors import (
 from ..hub import Flusher
 from ..metrics import Metrics
 from ..node import Node
+from ..notify import Notifier
+from ..presence import Presence
 from ..protocol.frames import (
     Command,
     Encoding,
@@ -82,8 +85,6 @@ from ..protocol.frames import (
     ws_frame,
 )
 from ..protocol.topics import TopicError, is_wildcard, matches, validate_filter, validate_topic
-from ..notify import Notifier
-from ..presence import Presence
 from ..store.base import events_topic, notifications_topic
 from ..types import PayloadKind, Publication, UserId, parse_offset
 
@@ -94,6 +95,7 @@ log = logging.getLogger("tidings.ws")
 _MAX_MALFORMED = 10  # consecutive malformed frames before the stream counts as broken
 _MAX_SINCE_TOPICS = 1000
 _RECOVER_LIMIT = 1000
+_ENCODINGS = frozenset(e.value for e in Encoding)
 _MAX_QUEUED_COMMANDS = 64  # frames waiting for the worker before the socket is paused
 _CLOSE_TIMEOUT = 2.0  # seconds a closing handshake may take before the transport is cut
 
@@ -105,21 +107,48 @@ def _wire(encoding: Encoding, framed: bool) -> str:
 def register_wires(node: Node) -> None:
     """Teach the hub how to encode a message for each WS wire form."""
     for enc in Encoding:
-        text = enc is Encoding.JSON
-        node.hub.register_wire(_wire(enc, False), lambda p, e=enc: encode_message(p, e))
-        node.hub.register_wire(
-            _wire(enc, True),
-            lambda p, e=enc, t=text: ws_frame(encode_message(p, e), text=t))
+        node.hub.register_wire(_wire(enc, False), functools.partial(encode_message,
+                                                                    encoding=enc))
+        node.hub.register_wire(_wire(enc, True), functools.partial(_framed, encoding=enc))
+
+
+def _framed(pub: Publication, encoding: Encoding) -> bytes:
+    return ws_frame(encode_message(pub, encoding), text=encoding is Encoding.JSON)
 
 
 class WsSession:
     """One WebSocket connection after the handshake."""
 
-    __slots__ = ("_closing", "_connect_timer", "_connected", "_dirty", "_expiry", "_hold",
-                 "_inbox", "_limit", "_malformed", "_pending", "_pending_size", "_ping",
-                 "_refill", "_streams", "_text", "_tokens", "_worker", "conn", "device",
-                 "edge", "encoding", "framed", "principal", "since", "subscriptions", "user",
-                 "wire", "__weakref__")
+    __slots__ = (
+        "__weakref__",
+        "_closing",
+        "_connect_timer",
+        "_connected",
+        "_dirty",
+        "_expiry",
+        "_hold",
+        "_inbox",
+        "_limit",
+        "_malformed",
+        "_pending",
+        "_pending_size",
+        "_ping",
+        "_refill",
+        "_streams",
+        "_text",
+        "_tokens",
+        "_worker",
+        "conn",
+        "device",
+        "edge",
+        "encoding",
+        "framed",
+        "principal",
+        "since",
+        "subscriptions",
+        "user",
+        "wire",
+    )
 
     def __init__(self, edge: WsEdge, conn: WsConnection, encoding: Encoding) -> None:
         self.edge = edge
@@ -421,7 +450,7 @@ class WsSession:
             if not matches(flt, topic):
                 raise BadRequest(f"subscribe: since names {topic[:64]!r}, "
                                  f"which the filter does not match")
-        return since
+        return dict(since)
 
     async def _op_subscribe(self, cmd: Command) -> None:
         edge = self.edge
@@ -650,19 +679,19 @@ class WsConnection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
-        peer = transport.get_extra_info("peername")
+        self.transport = t = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        peer = t.get_extra_info("peername")
         self.ip = str(peer[0]) if peer else ""
         self.edge.connections_open.add(self)
         self._timer = asyncio.get_running_loop().call_later(
-            self.edge.settings.ws.connect_timeout, transport.abort)  # handshake deadline
+            self.edge.settings.ws.connect_timeout, t.abort)  # handshake deadline
 
     def data_received(self, data: bytes) -> None:
         self.protocol.receive_data(data)
         for event in self.protocol.events_received():
             if isinstance(event, Request):
                 self._on_request(event)
-            else:
+            elif isinstance(event, Frame):
                 self._on_frame(event)
         self.send_data()
 
@@ -713,7 +742,7 @@ class WsConnection(asyncio.Protocol):
             self.handler = self.edge.mqtt_handler(self)
             return
         sub = self.protocol.subprotocol
-        encoding = Encoding(sub) if sub in (e.value for e in Encoding) else Encoding.JSON
+        encoding = Encoding(sub) if sub in _ENCODINGS else Encoding.JSON
         self.handler = WsSession(self.edge, self, encoding)
 
     # -- frames --------------------------------------------------------------------------
@@ -780,7 +809,8 @@ class WsConnection(asyncio.Protocol):
 class WsEdge:
     def __init__(self, settings: Settings, node: Node, tokens: TokenAuthority, acl: Acl,
                  metrics: Metrics, notifier: Notifier, presence: Presence,
-                 http_routes: dict[str, Callable[[Request], Response]] | None = None) -> None:
+                 http_routes: Mapping[str, Callable[[Request], Response]] | None = None
+                 ) -> None:
         self.settings = settings
         self.node = node
         self.notifier = notifier
