@@ -80,7 +80,8 @@ class Node:
         """Store, then fan out. Raises ``Unavailable`` if either cannot take it."""
         result = await self.store.publish(topic, payload, kind, retain=retain,
                                           policy=self.policy(topic),
-                                          idempotency_key=idempotency_key)
+                                          idempotency_key=idempotency_key,
+                                          qos=qos, origin=origin, meta=meta)
         if not result.duplicate:
             if not topic.startswith("$"):  # broker statistics are not traffic
                 self.metrics.inc("tidings_messages_in_total")

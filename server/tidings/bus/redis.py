@@ -38,6 +38,9 @@ import random
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.maint_notifications import MaintNotificationsConfig
 from redis.exceptions import RedisError
 
 from ..errors import Unavailable
@@ -95,10 +98,18 @@ class RedisBus(Bus):
 
     def _make_client(self) -> Any:
         kw: dict[str, Any] = {"socket_timeout": self._timeout,
-                              "socket_connect_timeout": self._timeout}
+                              "socket_connect_timeout": self._timeout,
+                              # never re-send a PUBLISH on our own: a timeout may
+                              # hide one that went through (the node dedupes, but
+                              # the caller must hear the failure)
+                              "retry": Retry(NoBackoff(), 0),
+                              # as in the store: with it on, a pooled connection is
+                              # not checked and the first call after a restart fails
+                              "maint_notifications_config":
+                                  MaintNotificationsConfig(enabled=False)}
         if self._cluster:
             return aioredis.RedisCluster.from_url(self._url, **kw)
-        return aioredis.from_url(self._url, health_check_interval=5, **kw)
+        return aioredis.Redis.from_url(self._url, health_check_interval=5, **kw)
 
     async def start(self, deliver: Deliver) -> None:
         self._deliver = deliver

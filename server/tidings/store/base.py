@@ -177,10 +177,15 @@ class Store(abc.ABC):
         retain: bool,
         policy: HistoryPolicy,
         idempotency_key: str | None = None,
+        qos: int = 1,
+        origin: str | None = None,
+        meta: Any = None,
     ) -> PublishResult:
         """Assign the topic's next offset, append to history, update retained.
 
         All in one atomic step, together with recording ``idempotency_key``.
+        ``qos``, ``origin`` and ``meta`` are not stored; a store that
+        ``announces`` sends them with the publication it puts on the bus.
         """
 
     @abc.abstractmethod

@@ -280,6 +280,9 @@ class SqliteStore(Store):
         retain: bool,
         policy: HistoryPolicy,
         idempotency_key: str | None = None,
+        qos: int = 1,
+        origin: str | None = None,
+        meta: Any = None,
     ) -> PublishResult:
         now = self._now_ms()
 
