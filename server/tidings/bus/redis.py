@@ -22,9 +22,25 @@ A node may receive a publication twice (exact and wildcard channel) or miss
 one (pub/sub is a doorbell); the node delivers by offset, once, and fills a
 gap from history (see :mod:`tidings.node`).
 
-Connections: one pub/sub connection (per shard on a cluster), with a health
-check; when it drops the bus reconnects with backoff, resubscribes
+Connections
+-----------
+One pub/sub connection (a *link*) on a single Redis. On a cluster, one link
+per master that owns a subscribed exact channel (SSUBSCRIBE must go to the
+channel's shard), plus the link of the wildcard channels (classic pub/sub
+reaches every shard, so any master serves it; the one that owns the slot of
+``tidings:w:*``). Each link has its own reader task. The clients never
+reconnect on their own (``Retry(NoBackoff(), 0)``): a silent reconnect would
+hide a gap from the node.
+
+Liveness: a link that has heard nothing for ``probe_interval`` seconds sends
+PING on the pub/sub connection; with no answer ``timeout`` seconds later (a
+Redis that hangs, a half-open connection) the link counts as lost. When any
+link is lost (an error, the probe, or a shard channel moved to another master
+in a resharding: an ``sunsubscribe`` we did not ask for) the bus is
+unhealthy (``/readyz`` fails), drops every link, reconnects with jittered
+exponential backoff (the cluster's slot map re-read first), resubscribes
 everything, then calls ``on_resubscribed`` so the node fills what was missed.
+
 Unsubscribing waits ``unsubscribe_delay`` and re-checks, so a client that
 reconnects at once does not cost two round trips.
 """
@@ -36,12 +52,13 @@ import contextlib
 import logging
 import random
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
 from redis.maint_notifications import MaintNotificationsConfig
-from redis.exceptions import RedisError
 
 from ..errors import Unavailable
 from ..protocol.topics import is_wildcard
@@ -54,6 +71,11 @@ __all__ = ["RedisBus", "wildcard_channel"]
 log = logging.getLogger("tidings.bus.redis")
 
 _WILD = "tidings:w:"
+_IDLE = _WILD + "\x00idle"  # keeps a link with nothing to hear connected (and probed)
+_POLL = 1.0  # seconds a reader waits for a message before checking the probe
+_BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
+_ERRORS = (RedisError, RedisClusterException, OSError)
+_PUBLISHED = ("message", "pmessage", "smessage")
 
 
 def wildcard_channel(topic: str) -> str:
@@ -69,17 +91,62 @@ def _wild_subscription(flt: str) -> tuple[str, bool]:
     return _WILD + first, False
 
 
+def _node_url(url: str, host: str, port: int) -> str:
+    """``url`` pointed at ``host:port`` (a cluster master), credentials and options kept."""
+    parts = urlsplit(url)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return urlunsplit(parts._replace(netloc=userinfo + at + address))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+class _LinkLost(Exception):
+    """A link stopped working in a way Redis did not raise (probe, moved slot)."""
+
+
+class _Link:
+    """One pub/sub connection (the one Redis, or one cluster master) and its reader."""
+
+    __slots__ = ("client", "heard", "name", "own_client", "pinged", "pubsub", "task")
+
+    def __init__(self, name: str, client: Any, own_client: bool) -> None:
+        self.name = name
+        self.client = client
+        self.own_client = own_client  # a per-master client, closed with the link
+        self.pubsub: Any = client.pubsub()
+        self.task: asyncio.Task[None] | None = None
+        self.heard = asyncio.get_running_loop().time()
+        self.pinged = False
+
+    async def aclose(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+        with contextlib.suppress(*_ERRORS):
+            await self.pubsub.aclose()
+        if self.own_client:
+            with contextlib.suppress(*_ERRORS):
+                await self.client.aclose()
+
+
 class RedisBus(Bus):
     def __init__(self, url: str, *, cluster: bool = False, timeout: float = 2.0,
-                 unsubscribe_delay: float = 5.0) -> None:
+                 unsubscribe_delay: float = 5.0, probe_interval: float = 5.0) -> None:
         self._url = url
         self._cluster = cluster
         self._timeout = timeout
         self._unsubscribe_delay = unsubscribe_delay
+        self._probe_interval = probe_interval
         self._deliver: Deliver | None = None
         self._client: Any = None
-        self._pubsub: Any = None
-        self._reader: asyncio.Task[None] | None = None
+        self._links: dict[str, _Link] = {}
+        self._runner: asyncio.Task[None] | None = None
+        self._broken = asyncio.Event()
+        self._up = asyncio.Event()  # set while every link is connected
         self._healthy = False
         self._closed = False
         # What we want to receive: exact channels, classic channels, patterns.
@@ -88,6 +155,7 @@ class RedisBus(Bus):
         self._patterns: dict[str, int] = {}
         self._filters: set[str] = set()
         self._pending_unsub: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
         self.publishes = 0  # Redis PUBLISH commands sent (for the bench)
 
@@ -96,125 +164,202 @@ class RedisBus(Bus):
 
     # -- lifecycle ------------------------------------------------------------------
 
+    def _client_kwargs(self) -> dict[str, Any]:
+        return {"socket_timeout": self._timeout,
+                "socket_connect_timeout": self._timeout,
+                # never re-send a PUBLISH on our own: a timeout may hide one that
+                # went through (the node dedupes, but the caller must hear the
+                # failure); and a pub/sub connection that reconnected by itself
+                # would hide the gap from the node
+                "retry": Retry(NoBackoff(), 0),
+                # as in the store: with it on, a pooled connection is not checked
+                # and the first call after a restart fails
+                "maint_notifications_config": MaintNotificationsConfig(enabled=False)}
+
     def _make_client(self) -> Any:
-        kw: dict[str, Any] = {"socket_timeout": self._timeout,
-                              "socket_connect_timeout": self._timeout,
-                              # never re-send a PUBLISH on our own: a timeout may
-                              # hide one that went through (the node dedupes, but
-                              # the caller must hear the failure)
-                              "retry": Retry(NoBackoff(), 0),
-                              # as in the store: with it on, a pooled connection is
-                              # not checked and the first call after a restart fails
-                              "maint_notifications_config":
-                                  MaintNotificationsConfig(enabled=False)}
         if self._cluster:
-            return aioredis.RedisCluster.from_url(self._url, **kw)
-        return aioredis.Redis.from_url(self._url, health_check_interval=5, **kw)
+            return aioredis.RedisCluster.from_url(self._url, **self._client_kwargs())
+        return aioredis.Redis.from_url(self._url, **self._client_kwargs())
 
     async def start(self, deliver: Deliver) -> None:
+        """Connect in the background; wait (at most ``timeout``) for the first link, so a
+        node that starts with Redis up is ready at once and one without it still starts."""
         self._deliver = deliver
         self._client = self._make_client()
+        self._runner = asyncio.get_running_loop().create_task(self._run())
         try:
-            await self._connect()
-        except (RedisError, OSError) as e:
-            log.warning("redis bus: cannot connect yet (%s); retrying", type(e).__name__)
-        self._reader = asyncio.get_running_loop().create_task(self._read())
-
-    async def _connect(self) -> None:
-        """A fresh pub/sub connection with every wanted subscription."""
-        pubsub = self._client.pubsub()
-        if self._exact:
-            if self._cluster:
-                await pubsub.ssubscribe(*self._exact)
-            else:
-                await pubsub.subscribe(*self._exact)
-        if self._classic:
-            await pubsub.subscribe(*self._classic)
-        if self._patterns:
-            await pubsub.psubscribe(*self._patterns)
-        if not (self._exact or self._classic or self._patterns):
-            # keep the connection open (and its health checked) with nothing to hear
-            await pubsub.subscribe(_WILD + "\x00idle")
-        self._pubsub = pubsub
-        self._healthy = True
+            await asyncio.wait_for(self._up.wait(), self._timeout)
+        except TimeoutError:
+            log.warning("redis bus: cannot connect yet; retrying")
 
     async def close(self) -> None:
         self._closed = True
         self._healthy = False
         for timer in self._pending_unsub.values():
             timer.cancel()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
-        if self._pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.aclose()
+        self._pending_unsub.clear()
+        for task in [self._runner, *self._tasks]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await self._drop_links()
         if self._client is not None:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*_ERRORS):
                 await self._client.aclose()
 
     @property
     def healthy(self) -> bool:
         return self._healthy and not self._closed
 
+    async def _run(self) -> None:
+        """Connect, wait until a link is lost, drop everything, reconnect; for ever."""
+        backoff = _BACKOFF_MIN
+        while not self._closed:
+            try:
+                async with self._lock:
+                    await self._connect()
+            except _ERRORS as e:
+                await self._drop_links()
+                delay = random.uniform(0, backoff)  # full jitter
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                log.debug("redis bus: connect failed (%s)", type(e).__name__)
+                await asyncio.sleep(delay)
+                continue
+            backoff = _BACKOFF_MIN
+            log.info("redis bus: connected and subscribed (%d links)", len(self._links))
+            if self.on_resubscribed is not None:
+                self.on_resubscribed()
+            await self._broken.wait()
+            self._healthy = False
+            self._up.clear()
+            await self._drop_links()
+
+    async def _connect(self) -> None:
+        """Fresh links carrying every wanted subscription (called with the lock held)."""
+        self._broken.clear()
+        if self._cluster:
+            await self._client.initialize()  # the first time only
+            await self._client.nodes_manager.initialize()  # the slot map, as it is now
+        by_link: dict[str, list[str]] = {}
+        for channel in self._exact:
+            by_link.setdefault(self._link_name(channel), []).append(channel)
+        main = self._link(self._link_name(_WILD + "*"))
+        for name, channels in by_link.items():
+            await self._subscribe_exact(self._link(name), channels)
+        if self._classic:
+            await main.pubsub.subscribe(*self._classic)
+        if self._patterns:
+            await main.pubsub.psubscribe(*self._patterns)
+        if not (self._classic or self._patterns or main.name in by_link):
+            await main.pubsub.subscribe(_IDLE)
+        for link in self._links.values():
+            self._start_reader(link)
+        self._healthy = True
+        self._up.set()
+
+    async def _drop_links(self) -> None:
+        links, self._links = list(self._links.values()), {}
+        for link in links:
+            await link.aclose()
+
+    def _link_name(self, channel: str) -> str:
+        """Which link carries ``channel``: the master owning its slot on a cluster."""
+        if not self._cluster:
+            return "redis"
+        node = self._client.get_node_from_key(channel)
+        return str(node.name)
+
+    def _link(self, name: str) -> _Link:
+        """The link called ``name``, made (not yet connected) if there is none."""
+        link = self._links.get(name)
+        if link is None:
+            if self._cluster:
+                node = self._client.get_node(node_name=name)
+                client = aioredis.Redis.from_url(_node_url(self._url, node.host, node.port),
+                                                 **self._client_kwargs())
+                link = _Link(name, client, own_client=True)
+            else:
+                link = _Link(name, self._client, own_client=False)
+            self._links[name] = link
+        return link
+
+    async def _subscribe_exact(self, link: _Link, channels: list[str]) -> None:
+        if not self._cluster:
+            await link.pubsub.subscribe(*channels)
+            return
+        for channel in channels:  # one SSUBSCRIBE per channel: they may be in other slots
+            await link.pubsub.ssubscribe(channel)
+
+    def _start_reader(self, link: _Link) -> None:
+        if link.task is None:
+            link.task = asyncio.get_running_loop().create_task(self._read(link))
+
+    def _lost(self, why: str) -> None:
+        if not self._broken.is_set() and not self._closed:
+            log.warning("redis bus: %s; reconnecting", why)
+            self._healthy = False
+            self._up.clear()
+            self._broken.set()
+
     # -- reading ----------------------------------------------------------------------
 
-    async def _read(self) -> None:
-        backoff = 0.05
-        while not self._closed:
-            if self._pubsub is None or not self._healthy:
-                try:
-                    async with self._lock:
-                        await self._connect()
-                    backoff = 0.05
-                    log.info("redis bus: connected and resubscribed")
-                    if self.on_resubscribed is not None:
-                        self.on_resubscribed()
-                except (RedisError, OSError) as e:
-                    self._healthy = False
-                    delay = random.uniform(0, backoff)  # full jitter
-                    backoff = min(backoff * 2, 2.0)
-                    log.debug("redis bus: reconnect failed (%s)", type(e).__name__)
-                    await asyncio.sleep(delay)
+    async def _read(self, link: _Link) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                message = await link.pubsub.get_message(timeout=_POLL)
+                now = loop.time()
+                if message is None:
+                    await self._probe(link, now)
                     continue
-            try:
-                message = await self._pubsub.get_message(ignore_subscribe_messages=True,
-                                                         timeout=1.0)
-            except (RedisError, OSError) as e:
-                log.warning("redis bus: pub/sub connection lost (%s); reconnecting",
-                            type(e).__name__)
-                self._healthy = False
-                old, self._pubsub = self._pubsub, None
-                with contextlib.suppress(RedisError, OSError):
-                    await old.aclose()
-                continue
-            if message is None or message.get("type") not in ("message", "pmessage",
-                                                                "smessage"):
-                continue
-            try:
-                pub = decode_publication(message["data"])
-            except Exception:
-                log.warning("redis bus: undecodable message on %r", message.get("channel"))
-                continue
-            if self._deliver is not None:
-                self._deliver(pub)
+                link.heard, link.pinged = now, False
+                kind = message.get("type")
+                if kind in _PUBLISHED:
+                    self._on_message(message)
+                elif kind == "sunsubscribe" and _text(message["channel"]) in self._exact:
+                    raise _LinkLost("a shard channel moved to another master")
+        except asyncio.CancelledError:
+            raise
+        except _ERRORS as e:
+            self._lost(f"pub/sub connection to {link.name} lost ({type(e).__name__})")
+        except _LinkLost as e:
+            self._lost(f"pub/sub link to {link.name}: {e}")
+
+    async def _probe(self, link: _Link, now: float) -> None:
+        """PING a quiet link; no answer within ``timeout`` means it is gone."""
+        quiet = now - link.heard
+        if link.pinged and quiet > self._probe_interval + self._timeout:
+            raise _LinkLost(f"no answer to the liveness probe in {quiet:.1f}s")
+        if not link.pinged and quiet > self._probe_interval:
+            link.pinged = True
+            await link.pubsub.ping()
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        try:
+            pub = decode_publication(message["data"])
+        except ValueError:
+            log.warning("redis bus: undecodable message on %r", message.get("channel"))
+            return
+        if self._deliver is not None:
+            self._deliver(pub)
 
     # -- publishing and subscribing -----------------------------------------------------
 
     async def publish(self, publication: Publication, *, announced: bool = False) -> None:
         data = encode_publication(publication)
         try:
-            if not announced:
-                channel = channel_for(publication.topic)
-                if self._cluster:
-                    await self._client.execute_command("SPUBLISH", channel, data)
-                else:
-                    await self._client.publish(channel, data)
+            async with asyncio.timeout(self._timeout):  # a cluster client may retry inside
+                if not announced:
+                    channel = channel_for(publication.topic)
+                    if self._cluster:
+                        await self._client.execute_command("SPUBLISH", channel, data)
+                    else:
+                        await self._client.publish(channel, data)
+                    self.publishes += 1
+                await self._client.publish(wildcard_channel(publication.topic), data)
                 self.publishes += 1
-            await self._client.publish(wildcard_channel(publication.topic), data)
-            self.publishes += 1
-        except (RedisError, OSError) as e:
+        except (*_ERRORS, TimeoutError) as e:
             raise Unavailable("bus unavailable") from e
 
     async def subscribe(self, flt: str) -> None:
@@ -226,63 +371,76 @@ class RedisBus(Bus):
         async with self._lock:
             try:
                 await self._add(flt)
-            except (RedisError, OSError):
-                self._healthy = False  # the reader reconnects with everything wanted
+            except _ERRORS as e:
+                # the runner reconnects with everything wanted, this included
+                self._lost(f"subscribe failed ({type(e).__name__})")
 
     async def _add(self, flt: str) -> None:
-        pubsub = self._pubsub if self._healthy else None
+        live = self._healthy
         if not is_wildcard(flt):
             channel = channel_for(flt)
             if channel in self._exact:
                 return
             self._exact.add(channel)
-            if pubsub is not None:
-                if self._cluster:
-                    await pubsub.ssubscribe(channel)
-                else:
-                    await pubsub.subscribe(channel)
+            if live:
+                link = self._link(self._link_name(channel))
+                await self._subscribe_exact(link, [channel])
+                self._start_reader(link)
             return
         name, pattern = _wild_subscription(flt)
         table = self._patterns if pattern else self._classic
         table[name] = table.get(name, 0) + 1
-        if table[name] == 1 and pubsub is not None:
+        if table[name] == 1 and live:
+            main = self._link(self._link_name(_WILD + "*"))
             if pattern:
-                await pubsub.psubscribe(name)
+                await main.pubsub.psubscribe(name)
             else:
-                await pubsub.subscribe(name)
+                await main.pubsub.subscribe(name)
 
     async def unsubscribe(self, flt: str) -> None:
         if flt not in self._filters or flt in self._pending_unsub:
             return
         loop = asyncio.get_running_loop()
-        self._pending_unsub[flt] = loop.call_later(
-            self._unsubscribe_delay, lambda: loop.create_task(self._remove_later(flt)))
+        self._pending_unsub[flt] = loop.call_later(self._unsubscribe_delay,
+                                                   self._spawn_remove, flt)
+
+    def _spawn_remove(self, flt: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._remove_later(flt))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _remove_later(self, flt: str) -> None:
         if self._pending_unsub.pop(flt, None) is None or self._closed:
             return
         self._filters.discard(flt)
         async with self._lock:
-            pubsub = self._pubsub if self._healthy else None
             try:
-                if not is_wildcard(flt):
-                    channel = channel_for(flt)
-                    self._exact.discard(channel)
-                    if pubsub is not None:
-                        if self._cluster:
-                            await pubsub.sunsubscribe(channel)
-                        else:
-                            await pubsub.unsubscribe(channel)
-                    return
-                name, pattern = _wild_subscription(flt)
-                table = self._patterns if pattern else self._classic
-                table[name] -= 1
-                if table[name] <= 0:
-                    del table[name]
-                    if pubsub is not None:
-                        if pattern:
-                            await pubsub.punsubscribe(name)
-                        else:
-                            await pubsub.unsubscribe(name)
-            except (RedisError, OSError):
-                self._healthy = False
+                await self._remove(flt)
+            except _ERRORS as e:
+                self._lost(f"unsubscribe failed ({type(e).__name__})")
+
+    async def _remove(self, flt: str) -> None:
+        live = self._healthy
+        if not is_wildcard(flt):
+            channel = channel_for(flt)
+            self._exact.discard(channel)
+            if live:
+                link = self._links.get(self._link_name(channel))
+                if link is not None:
+                    if self._cluster:
+                        await link.pubsub.sunsubscribe(channel)
+                    else:
+                        await link.pubsub.unsubscribe(channel)
+            return
+        name, pattern = _wild_subscription(flt)
+        table = self._patterns if pattern else self._classic
+        table[name] -= 1
+        if table[name] > 0:
+            return
+        del table[name]
+        main = self._links.get(self._link_name(_WILD + "*")) if live else None
+        if main is not None:
+            if pattern:
+                await main.pubsub.punsubscribe(name)
+            else:
+                await main.pubsub.unsubscribe(name)
