@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import queue
-import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -31,11 +31,13 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties as PahoProperties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from conftest import API_KEY, JWT_SECRET, WAIT, Node, make_settings, stop_node
 from tidings import config
 from tidings.app import App
 from tidings.config import AclRule, Settings
+from tidings.edges.mqtt import MqttBroker
 
 __all__ = ["OPEN_BROKER", "Paho", "Raw", "RawPacket", "connect_packet", "metric", "open_broker",
            "paho", "publish_packet", "raw", "start_with", "subscribe_packet", "wait_until"]
@@ -45,9 +47,9 @@ QUIET = min(0.5, WAIT / 10)  # how long a negative check listens
 
 # --- waiting ---------------------------------------------------------------------
 
-async def wait_until(check: Any, timeout: float = WAIT, what: str = "condition") -> None:
-    """Poll ``check()`` (sync or async) until true, at most ``timeout`` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_until(check: Any, limit: float = WAIT, what: str = "condition") -> None:
+    """Poll ``check()`` (sync or async) until true, at most ``limit`` seconds."""
+    deadline = asyncio.get_running_loop().time() + limit
     while True:
         got = check()
         if asyncio.iscoroutine(got):
@@ -221,7 +223,9 @@ class RawPacket:
     @property
     def pid(self) -> int:
         if self.type == PUBLISH:
-            return self.publish()[4]
+            pid = self.publish()[4]
+            assert pid is not None, "a QoS 0 PUBLISH has no packet id"
+            return pid
         return int.from_bytes(self.body[:2], "big")
 
     @property
@@ -291,7 +295,7 @@ class Raw:
             self.writer.write(d)
         await self.writer.drain()
 
-    async def recv(self, timeout: float = WAIT) -> RawPacket:
+    async def recv(self, within: float = WAIT) -> RawPacket:
         async def read() -> RawPacket:
             first = (await self.reader.readexactly(1))[0]
             length, shift = 0, 0
@@ -304,19 +308,19 @@ class Raw:
             body = await self.reader.readexactly(length)
             return RawPacket(first >> 4, first & 0x0F, body, self.v5)
 
-        return await asyncio.wait_for(read(), timeout)
+        return await asyncio.wait_for(read(), within)
 
-    async def recv_publish(self, timeout: float = WAIT) -> RawPacket:
-        p = await self.recv(timeout)
+    async def recv_publish(self, within: float = WAIT) -> RawPacket:
+        p = await self.recv(within)
         assert p.type == PUBLISH, p
         return p
 
-    async def closed(self, timeout: float = WAIT) -> list[RawPacket]:
+    async def closed(self, within: float = WAIT) -> list[RawPacket]:
         """Read until the server closes; return what came before the close."""
         got: list[RawPacket] = []
         try:
             while True:
-                got.append(await self.recv(timeout))
+                got.append(await self.recv(within))
         except (asyncio.IncompleteReadError, ConnectionResetError):
             return got
 
@@ -392,11 +396,11 @@ class Paho:
         c.loop_start()
 
     @staticmethod
-    async def get(q: queue.Queue[Any], timeout: float = WAIT) -> Any:
+    async def get(q: queue.Queue[Any], within: float = WAIT) -> Any:
         try:
-            return await asyncio.to_thread(q.get, True, timeout)
+            return await asyncio.to_thread(q.get, True, within)
         except queue.Empty:
-            raise AssertionError(f"nothing arrived within {timeout}s") from None
+            raise AssertionError(f"nothing arrived within {within}s") from None
 
     @staticmethod
     async def nothing(q: queue.Queue[Any], within: float = QUIET) -> None:
@@ -433,10 +437,10 @@ class Paho:
         while True:
             mid, rc = await self.get(self.acks)
             if mid == info.mid:
-                return rc
+                return int(rc)
 
-    async def message(self, timeout: float = WAIT) -> mqtt.MQTTMessage:
-        m: mqtt.MQTTMessage = await self.get(self.messages, timeout)
+    async def message(self, within: float = WAIT) -> mqtt.MQTTMessage:
+        m: mqtt.MQTTMessage = await self.get(self.messages, within)
         return m
 
     async def no_message(self, within: float = QUIET) -> None:
@@ -450,7 +454,7 @@ class Paho:
         """Lose the network: stop the thread and close the socket without DISCONNECT."""
         self.c.loop_stop()
         sock = self.c.socket()
-        if sock is not None:
+        if isinstance(sock, socket.socket):
             sock.shutdown(socket.SHUT_RDWR)
             sock.close()
 
@@ -462,7 +466,7 @@ class Paho:
 def _paho_props(ptype: int, values: dict[str, Any] | None) -> PahoProperties | None:
     if not values:
         return None
-    p = PahoProperties(ptype)
+    p = PahoProperties(ptype)  # type: ignore[no-untyped-call]
     for k, v in values.items():
         setattr(p, k, v)
     return p
@@ -478,6 +482,18 @@ async def clients() -> AsyncIterator[list[Any]]:
             await asyncio.to_thread(c.close)
         else:
             c.abort()
+
+
+def broker(node: Node) -> MqttBroker:
+    """The node's MQTT broker (for its session table)."""
+    assert node.app.mqtt is not None
+    return node.app.mqtt
+
+
+def prop(m: mqtt.MQTTMessage, name: str) -> Any:
+    """A 5.0 property of a received message (paho keeps them as attributes)."""
+    assert m.properties is not None
+    return getattr(m.properties, name)
 
 
 async def start_with(settings: Settings) -> Node:
@@ -690,7 +706,7 @@ async def test_retain_handling_and_retain_as_published(node: Node, clients: list
     sub = await paho(clients, port, "rhsub", token=node.token("alice"), v5=True)
 
     def opts(rh: int, rap: bool = False) -> Any:
-        return lambda q: mqtt.SubscribeOptions(qos=q, retainHandling=rh,
+        return lambda q: SubscribeOptions(qos=q, retainHandling=rh,
                                                retainAsPublished=rap)
 
     for _ in range(2):  # 0: at every subscribe, new or not
@@ -740,7 +756,7 @@ async def test_will_on_network_failure_not_on_disconnect(node: Node, clients: li
     polite = await paho(clients, port, "polite", token=pub_token(node), v5=v5,
                         will=("wills/polite", b"gone", 1, False))
     await asyncio.to_thread(polite.close)
-    await wait_until(lambda: "polite" not in node.app.mqtt.sessions, what="session end")
+    await wait_until(lambda: "polite" not in broker(node).sessions, what="session end")
     await no_will(node, watcher)
 
     dev = await paho(clients, port, "dev", token=pub_token(node), v5=v5,
@@ -818,7 +834,7 @@ async def test_takeover_leaves_one_device_online(node: Node, clients: list[Any])
 
     assert await devices() == ["lamp", "tab"]
     await newer.disconnect()
-    await wait_until(lambda: "lamp" not in node.app.mqtt.sessions, what="lamp gone")
+    await wait_until(lambda: "lamp" not in broker(node).sessions, what="lamp gone")
 
     async def only_tab() -> bool:
         return await devices() == ["tab"]
@@ -869,10 +885,10 @@ async def test_v5_properties_travel_with_the_message(node: Node, clients: list[A
         "ResponseTopic": "resp/light", "CorrelationData": b"\x01\x02",
         "PayloadFormatIndicator": 1})
     m = await sub.message()
-    p = m.properties
-    assert (p.UserProperty, p.ContentType, p.ResponseTopic, p.CorrelationData,
-            p.PayloadFormatIndicator) == ([("room", "hall"), ("by", "test")], "text/plain",
-                                          "resp/light", b"\x01\x02", 1)
+    names = ("UserProperty", "ContentType", "ResponseTopic", "CorrelationData",
+             "PayloadFormatIndicator")
+    assert tuple(prop(m, k) for k in names) == (
+        [("room", "hall"), ("by", "test")], "text/plain", "resp/light", b"\x01\x02", 1)
     assert (await old.message()).payload == b"on"
 
 
@@ -884,7 +900,7 @@ async def test_assigned_client_identifier(node: Node, clients: list[Any]) -> Non
                                password=node.token("alice"))
     clients.append(r)
     assigned = ack.properties()[0x12][0].decode()
-    assert assigned and assigned in node.app.mqtt.sessions
+    assert assigned and assigned in broker(node).sessions
     await raw(clients, node.app.mqtt_port, "", username="d", password=node.token("alice"))
     await raw(clients, node.app.mqtt_port, "", clean=False, expect=0x02, username="d",
               password=node.token("alice"))
@@ -914,7 +930,7 @@ async def test_silent_client_is_dropped_and_its_will_sent(node: Node, clients: l
     assert (await r.recv()).type == PINGRESP
     loop = asyncio.get_running_loop()
     quiet_since = loop.time()
-    before_close = await r.closed(timeout=WAIT)
+    before_close = await r.closed()
     assert loop.time() - quiet_since >= 1.4
     assert [(p.type, p.reason) for p in before_close] == ([(DISCONNECT, 0x8D)] if v5 else [])
     assert (await watcher.message()).payload == b"timeout"
@@ -942,7 +958,7 @@ async def test_server_keep_alive_caps_the_keepalive(make_node: NodeMaker,
 
 async def collect(client: Paho, count: int) -> list[tuple[str, bytes]]:
     """Exactly ``count`` messages (then nothing more), as (topic, payload)."""
-    got = [(m.topic, m.payload) for m in [await client.message() for _ in range(count)]]
+    got = [(m.topic, bytes(m.payload)) for m in [await client.message() for _ in range(count)]]
     await client.no_message()
     return got
 
@@ -995,7 +1011,7 @@ async def test_sys_topics(make_node: NodeMaker, clients: list[Any]) -> None:
     for _ in range(200):  # retained copies, mixed with live updates (RETAIN=0)
         m = await watcher.message()
         if m.retain:
-            first[m.topic] = m.payload
+            first[m.topic] = bytes(m.payload)
         if set(first) >= want:
             break
     assert set(first) >= want, first
@@ -1010,7 +1026,7 @@ async def test_sys_topics(make_node: NodeMaker, clients: list[Any]) -> None:
         while True:
             m = await watcher.message()
             if m.topic == f"$SYS/broker/{key}":
-                return m.payload
+                return bytes(m.payload)
 
     received = int(await current("messages/received"))
     while received < 3:
@@ -1042,10 +1058,8 @@ async def test_shared_subscription(node: Node, clients: list[Any]) -> None:
     got_b: list[bytes] = []
     while len(got_a) + len(got_b) < len(sent):
         for q, into in ((a, got_a), (b, got_b)):
-            try:
-                into.append((await q.message(QUIET)).payload)
-            except AssertionError:
-                pass
+            with contextlib.suppress(AssertionError):  # nothing for this one just now
+                into.append(bytes((await q.message(QUIET)).payload))
     await a.no_message()
     await b.no_message()
     assert sorted(got_a + got_b) == sorted(sent)
@@ -1060,7 +1074,7 @@ async def test_no_local(node: Node, clients: list[Any]) -> None:
     port = node.app.mqtt_port
     me = await paho(clients, port, "nl-me", token=pub_token(node), v5=True)
     other = await paho(clients, port, "nl-other", token=pub_token(node), v5=True)
-    await me.subscribe(("nl/t", 1), options=lambda q: mqtt.SubscribeOptions(q, noLocal=True))
+    await me.subscribe(("nl/t", 1), options=lambda q: SubscribeOptions(q, noLocal=True))
     await other.subscribe(("nl/t", 1))
     await me.publish("nl/t", b"mine", 1)
     assert (await other.message()).payload == b"mine"
@@ -1080,7 +1094,7 @@ async def test_subscription_identifiers(node: Node, clients: list[Any]) -> None:
     await c.subscribe(("other/x", 1))
     await c.publish("sid/a", b"1", 1)
     m = await c.message()
-    assert sorted(m.properties.SubscriptionIdentifier) == [7, 300]
+    assert sorted(prop(m, "SubscriptionIdentifier")) == [7, 300]
     await c.publish("other/x", b"2", 1)
     m = await c.message()
     assert not hasattr(m.properties, "SubscriptionIdentifier")
@@ -1196,10 +1210,10 @@ async def test_token_auth_v5(node: Node, clients: list[Any]) -> None:
 async def test_token_auth_v311_return_codes(node: Node, clients: list[Any]) -> None:
     """3.1.1 CONNACK return codes: 0x04 bad user name or password, 0x05 not authorized."""
     port = node.app.mqtt_port
-    for kw, code in (({"username": "d", "password": "nope"}, 0x04), ({}, 0x05)):
+    for creds, code in ((("d", "nope"), 0x04), ((None, None), 0x05)):
         r = await Raw.open(port)
         clients.append(r)
-        await r.send(connect_packet("rc", **kw))
+        await r.send(connect_packet("rc", username=creds[0], password=creds[1]))
         ack = await r.recv()
         assert (ack.type, ack.body) == (CONNACK, bytes([0, code]))
         assert await r.closed() == []
@@ -1584,7 +1598,7 @@ async def test_no_connect_in_time(make_node: NodeMaker, clients: list[Any]) -> N
     r = await Raw.open(n.app.mqtt_port)
     clients.append(r)
     await r.send(b"\x10")  # half a fixed header, then nothing
-    assert await r.closed(timeout=WAIT) == []
+    assert await r.closed() == []
 
 
 # --- config/open-broker.toml ----------------------------------------------------------------

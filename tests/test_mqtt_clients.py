@@ -13,13 +13,12 @@ import os
 import shutil
 import signal
 from collections.abc import AsyncIterator
-from typing import Any
 
 import orjson
 import pytest
 
 from conftest import WAIT, Node
-from test_mqtt import NodeMaker, make_node, metric, open_broker, pub_token, wait_until
+from test_mqtt import NodeMaker, broker, make_node, metric, open_broker, pub_token, wait_until
 
 _FIXTURES = (make_node, open_broker)
 PROGRAMS = ("mosquitto_pub", "mosquitto_sub")
@@ -43,17 +42,17 @@ def auth(token: str | None) -> list[str]:
 
 
 async def run(*args: str, stdin: bytes | None = None,
-              timeout: float = WAIT) -> tuple[int, str, str]:
+              within: float = WAIT) -> tuple[int, str, str]:
     """Run a client to completion (bounded); (exit code, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
         *args, stdin=asyncio.subprocess.PIPE if stdin is not None else None,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+        out, err = await asyncio.wait_for(proc.communicate(stdin), within)
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        raise AssertionError(f"{args[0]} did not finish within {timeout}s") from None
+        raise AssertionError(f"{args[0]} did not finish within {within}s") from None
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 
@@ -70,8 +69,8 @@ class Sub:
                     wait_suback: bool = True) -> Sub:
         proc = await asyncio.create_subprocess_exec(
             # line-buffered stdout, or the SUBACK line waits in stdio's buffer
-            "stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-d", "-F", FORMAT,
-            *auth(token), *args,
+            "stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-d",
+            "-F", FORMAT, *auth(token), *args,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         sub = cls(proc)
         if wait_suback:
@@ -154,9 +153,9 @@ async def test_many_lines_in_order(node: Node, subs: list[Sub]) -> None:
     s = await start_sub(subs, node, "-q", "1", "-t", "lines", "-C", str(count),
                         token=node.token("alice"))
     lines = "".join(f"line {i}\n" for i in range(count)).encode()
-    rc, out, err = await run("mosquitto_pub", "-h", "127.0.0.1", "-p",
-                             str(node.app.mqtt_port), *auth(pub_token(node)),
-                             "-q", "1", "-t", "lines", "-l", stdin=lines)
+    rc, _, err = await run("mosquitto_pub", "-h", "127.0.0.1", "-p",
+                           str(node.app.mqtt_port), *auth(pub_token(node)),
+                           "-q", "1", "-t", "lines", "-l", stdin=lines)
     assert rc == 0, err
     got = [(await s.message())[3] for _ in range(count)]
     assert got == [f"line {i}" for i in range(count)]
@@ -237,7 +236,7 @@ async def test_persistent_session(node: Node, subs: list[Sub], version: str) -> 
     assert await s.exit_code() == 0
 
     def offline() -> bool:
-        sess = node.app.mqtt.sessions.get(f"persist-{version}") if node.app.mqtt else None
+        sess = broker(node).sessions.get(f"persist-{version}")
         return sess is not None and sess.conn is None
 
     await wait_until(offline, what="the session offline")

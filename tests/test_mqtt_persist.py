@@ -30,10 +30,12 @@ from test_mqtt import (
     Paho,
     Raw,
     ack_packet,
+    broker,
     clients,
     make_node,
     metric,
     paho,
+    prop,
     props,
     pub_token,
     publish_packet,
@@ -50,7 +52,7 @@ _FIXTURES = (clients, make_node)  # re-exported fixtures from test_mqtt
 async def offline(node: Node, client_id: str) -> None:
     """Wait until the broker has seen the client go (its session is then offline)."""
     def gone() -> bool:
-        s = node.app.mqtt.sessions.get(client_id) if node.app.mqtt else None
+        s = broker(node).sessions.get(client_id)
         return s is None or s.conn is None
 
     await wait_until(gone, what=f"{client_id} offline")
@@ -110,7 +112,7 @@ async def test_v5_session_expiry(node: Node, clients: list[Any]) -> None:
     assert (await c.connack()).session_present
     assert (await c.message()).payload == b'"while away"'
     await asyncio.to_thread(c.close)
-    await wait_until(lambda: "expiring" not in node.app.mqtt.sessions, timeout=WAIT + 1,
+    await wait_until(lambda: "expiring" not in broker(node).sessions, limit=WAIT + 1,
                      what="the session to expire after 1 s")
     c = Paho(port, "expiring", token=token, v5=True, clean=False,
              connect_props={"SessionExpiryInterval": 60})
@@ -125,7 +127,7 @@ async def test_v5_session_expiry(node: Node, clients: list[Any]) -> None:
     assert ack.session_present
     await r.send(bytes.fromhex("e0 07 00 05 11 00000000"))  # DISCONNECT, expiry 0
     await r.closed()
-    await wait_until(lambda: "expiring" not in node.app.mqtt.sessions,
+    await wait_until(lambda: "expiring" not in broker(node).sessions,
                      what="the session to end at DISCONNECT")
 
 
@@ -201,7 +203,7 @@ async def test_message_expiry_while_queued(node: Node, clients: list[Any]) -> No
     assert (await c.connack()).session_present
     m = await c.message()
     assert (m.topic, m.payload) == ("mx/long", b"fresh")
-    assert 90 <= m.properties.MessageExpiryInterval <= 98
+    assert 90 <= prop(m, "MessageExpiryInterval") <= 98
     await c.no_message()
 
 
@@ -223,8 +225,9 @@ async def test_redelivery_with_dup_on_reconnect(node: Node, clients: list[Any],
     assert (await r.recv()).codes() == [2]
     await node.publish("dup/one", "first")
     p = await r.recv_publish()
-    topic, payload, qos, _, pid, _, dup = p.publish()
+    topic, payload, qos, _, _, _, dup = p.publish()
     assert (topic, payload, qos, dup) == ("dup/one", b'"first"', 1, False)
+    pid = p.pid
     pub = await paho(clients, port, "dup-src", token=pub_token(node), v5=v5)
     await pub.publish("dup/two", b"second", 2)
     p2 = await r.recv_publish()
