@@ -27,8 +27,13 @@ if [ ! -d "$here/refservers/node_ws/node_modules/ws" ]; then
     (cd "$here/refservers/node_ws" && npm install --no-audit --no-fund --silent)
 fi
 
-python - <<'PY' || python -m pip install -q 'matplotlib>=3.7'
-import matplotlib  # noqa: F401
-PY
-python -c "import uvloop, websockets, aiohttp, jwt" || python -m pip install -q -e "$here/..[bench]"
+# The Python that runs the harness: $PYTHON, else the project venv that the
+# Makefile exports (TIDINGS_VENV), else `python` on PATH.
+py="${PYTHON:-}"
+if [ -z "$py" ] && [ -n "${TIDINGS_VENV:-}" ] && [ -x "$TIDINGS_VENV/bin/python" ]; then
+    py="$TIDINGS_VENV/bin/python"
+fi
+py="${py:-python}"
+"$py" -c "import matplotlib" 2>/dev/null || "$py" -m pip install -q 'matplotlib>=3.7'
+"$py" -c "import uvloop, websockets, aiohttp, jwt" || "$py" -m pip install -q -e "$here/..[bench]"
 echo "bench setup done"
