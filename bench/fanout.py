@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     o = harness.parse(args)
     o.label = "fanout"
     atexit.register(harness.stop_all)
+    signal.signal(signal.SIGTERM, harness.on_terminate)
     import uvloop
 
     try:

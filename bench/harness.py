@@ -61,7 +61,8 @@ from servers import (  # noqa: E402
     tool_versions,
 )
 
-__all__ = ["Options", "Scenario", "best_of", "finish", "main", "parse", "ratios", "run", "stop_all"]
+__all__ = ["Options", "Scenario", "best_of", "finish", "main", "on_terminate", "parse", "ratios",
+           "run", "stop_all"]
 
 RESULTS = HERE / "results"
 PAYLOAD = 100
@@ -654,9 +655,15 @@ def finish(record: dict[str, Any], o: Options) -> Path:
     return path
 
 
+def on_terminate(signum: int, frame: Any) -> None:
+    """SIGTERM unwinds like Ctrl-C, so every ``finally`` stops what it started."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     o = parse(argv)
     atexit.register(stop_all)
+    signal.signal(signal.SIGTERM, on_terminate)
     import uvloop
 
     try:
