@@ -22,7 +22,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
@@ -362,7 +362,7 @@ class Paho:
                  keepalive: int = 30, transport: str = "tcp", ws_path: str = "/mqtt",
                  will: tuple[str, bytes, int, bool] | None = None,
                  will_props: dict[str, Any] | None = None,
-                 connect_props: dict[str, Any] | None = None) -> None:
+                 connect_props: dict[str, Any] | None = None, tls_ca: str | None = None) -> None:
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.connacks: queue.Queue[Connacked] = queue.Queue()
         self.subacks: queue.Queue[list[int]] = queue.Queue()
@@ -377,6 +377,8 @@ class Paho:
         c.reconnect_delay_set(3600, 3600)
         if transport == "websockets":
             c.ws_set_options(path=ws_path)
+        if tls_ca is not None:
+            c.tls_set(ca_certs=tls_ca)
         if token is not None:
             c.username_pw_set(username, token)
         if will is not None:
@@ -1190,6 +1192,68 @@ async def test_client_maximum_packet_size(node: Node, clients: list[Any]) -> Non
     p = await r.recv_publish()
     assert p.publish()[:2] == ("cmps/small", b'"ok"')
     assert await metric(node, "tidings_mqtt_dropped_total", reason="too_large") == 1
+
+
+async def test_subscription_limit(make_node: NodeMaker, clients: list[Any]) -> None:
+    """Over ``mqtt.max_subscriptions``: 0x97 Quota exceeded (5.0) / 0x80 (3.1.1); a
+    filter already held may be subscribed again (its options replaced)."""
+    n = await make_node(mqtt__max_subscriptions=2)
+    for v5, over in ((True, 0x97), (False, 0x80)):
+        c = await paho(clients, n.app.mqtt_port, f"lim-{v5}", token=n.token("alice"), v5=v5)
+        assert await c.subscribe(("a", 0), ("b", 0), ("c", 0)) == [0, 0, over]
+        assert await c.subscribe(("a", 1)) == [1]
+
+
+async def test_slow_consumer_is_disconnected(make_node: NodeMaker, clients: list[Any]) -> None:
+    """A subscriber that stops reading is dropped once its unsent bytes pass
+    ``ws.outbound_buffer`` (counted as a slow consumer); the others keep receiving."""
+    n = await make_node(ws__outbound_buffer=65536)
+    port = n.app.mqtt_port
+    fine = await paho(clients, port, "fast", token=n.token("alice"))
+    await fine.subscribe(("flood/#", 0))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    stuck = Raw(reader, writer, False)
+    clients.append(stuck)
+    await stuck.send(connect_packet("stuck", username="d", password=n.token("alice")))
+    assert (await stuck.recv()).type == CONNACK
+    await stuck.send(subscribe_packet(1, ("flood/#", 0)))
+    assert (await stuck.recv()).type == SUBACK
+    cast(asyncio.Transport, writer.transport).pause_reading()  # and never read again
+    pub = await paho(clients, port, "flooder", token=pub_token(n))
+    chunk = b"z" * 8192
+    slow = "tidings_slow_consumers_total"
+    for i in range(2000):
+        await pub.publish("flood/x", chunk, 0)
+        if i % 50 == 49 and await metric(n, slow) >= 1:
+            break
+    await wait_until(lambda: "stuck" not in broker(n).sessions, what="the stuck client dropped")
+    assert await metric(n, slow) == 1
+    await pub.publish("flood/after", b"still", 1)
+    while (m := await fine.message()).topic != "flood/after":
+        pass
+    assert m.payload == b"still"
+
+
+async def test_tls_listener(make_node: NodeMaker, clients: list[Any], tmp_path: Path) -> None:
+    """With ``mqtt.tls_cert`` and ``tls_key`` a second listener speaks MQTT over TLS."""
+    from test_process import _self_signed
+
+    cert, key = _self_signed(tmp_path)
+    n = await make_node(mqtt__tls_cert=str(cert), mqtt__tls_key=str(key), mqtt__tls_port=0)
+    plain_port, tls_port = broker(n).ports
+    p = Paho(tls_port, "secure", token=n.token("alice"), tls_ca=str(cert))
+    clients.append(p)
+    await p.connack()
+    assert await p.subscribe(("secure/#", 1)) == [1]
+    await n.publish("secure/x", "over tls")
+    assert (await p.message()).payload == b'"over tls"'
+    plain = await paho(clients, plain_port, "plain", token=pub_token(n))
+    await plain.publish("secure/y", b"from plain", 1)
+    assert (await p.message()).payload == b"from plain"
 
 
 # --- auth ---------------------------------------------------------------------------------

@@ -252,6 +252,26 @@ async def test_redelivery_with_dup_on_reconnect(node: Node, clients: list[Any],
     assert (await r.recv_publish()).publish()[:2] == ("dup/three", b'"third"')
 
 
+async def test_takeover_carries_unacknowledged_messages(node: Node, clients: list[Any]) -> None:
+    """A takeover with clean session 0 resumes the session: what the old connection had
+    not acknowledged is resent with DUP on the new one."""
+    port = node.app.mqtt_port
+    token = node.token("alice")
+    old, _ = await Raw.connect(port, "roaming", clean=False, username="d", password=token)
+    clients.append(old)
+    await old.send(subscribe_packet(1, ("roam/#", 1)))
+    await old.recv()
+    await node.publish("roam/x", "unacked")
+    first = await old.recv_publish()
+    new, ack = await Raw.connect(port, "roaming", clean=False, username="d", password=token)
+    clients.append(new)
+    assert ack.session_present
+    again = await new.recv_publish()
+    assert (again.pid, again.publish()[1], again.publish()[6]) == (first.pid, b'"unacked"',
+                                                                   True)
+    assert await old.closed() == []
+
+
 @pytest.mark.parametrize("v5", [False, True], ids=["3.1.1", "5.0"])
 async def test_inbound_qos2_state_survives_reconnect(node: Node, clients: list[Any],
                                                      v5: bool) -> None:
