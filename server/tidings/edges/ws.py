@@ -96,7 +96,8 @@ _MAX_MALFORMED = 10  # consecutive malformed frames before the stream counts as 
 _MAX_SINCE_TOPICS = 1000
 _RECOVER_LIMIT = 1000
 _ENCODINGS = frozenset(e.value for e in Encoding)
-_MAX_QUEUED_COMMANDS = 64  # frames waiting for the worker before the socket is paused
+_MAX_QUEUED_COMMANDS = 64
+_PIPELINE = 32  # publishes to distinct topics in flight per session  # frames waiting for the worker before the socket is paused
 _CLOSE_TIMEOUT = 2.0  # seconds a closing handshake may take before the transport is cut
 
 
@@ -294,32 +295,62 @@ class WsSession:
             self.close(CLOSE_POLICY, "connect timeout")
 
     async def _work(self) -> None:
-        while self._inbox and not self._closing:
-            raw = self._inbox.pop(0)
-            try:
-                await self._handle(raw)
-            except Exception:
-                log.exception("command handling failed")
-                self.edge.metrics.inc("tidings_errors_total", code="internal")
-                self.send(error_reply(None, "internal", "internal error"))
-            if len(self._inbox) <= _MAX_QUEUED_COMMANDS // 2:
-                self.conn.resume_reading()
-        self._worker = None  # an idle session holds no task
+        """Commands in order. ``publish`` commands to different topics are pipelined
+        (up to ``_PIPELINE`` at once), so a backend publishing to many personal
+        topics shares one store commit between them; any other command, or a
+        publish to a topic already in flight, first waits for those in flight."""
+        inflight: list[tuple[str, asyncio.Task[None]]] = []
+        loop = asyncio.get_running_loop()
+        try:
+            while self._inbox and not self._closing:
+                raw = self._inbox.pop(0)
+                if not self._connected:
+                    await self._first(raw)
+                    continue
+                cmd = self._decode(raw)
+                if cmd is not None:
+                    topic = cmd.args.get("topic") if cmd.op == "publish" else None
+                    if not isinstance(topic, str) or any(t == topic for t, _ in inflight):
+                        await _drain(inflight)
+                    if isinstance(topic, str):
+                        inflight.append((topic, loop.create_task(self._run(cmd))))
+                        if len(inflight) >= _PIPELINE:
+                            await inflight.pop(0)[1]
+                    else:
+                        await self._run(cmd)
+                if len(self._inbox) <= _MAX_QUEUED_COMMANDS // 2:
+                    self.conn.resume_reading()
+            await _drain(inflight)
+        finally:
+            for _, task in inflight:
+                task.cancel()
+            self._worker = None  # an idle session holds no task
 
-    async def _handle(self, raw: bytes) -> None:
-        if not self._connected:
-            await self._first(raw)
-            return
+    def _decode(self, raw: bytes) -> Command | None:
         try:
             cmd = decode_command(raw, self.encoding)
-            self._malformed = 0
+        except TidingsError as e:
+            self._failed(e)
+            return None
+        self._malformed = 0
+        return cmd
+
+    async def _run(self, cmd: Command) -> None:
+        try:
             await self._dispatch(cmd)
         except TidingsError as e:
-            if e.code in ("malformed", "unknown_op", "bad_request"):
-                self._malformed += 1
-            self._reply_error(e.request_id, e)
-            if self._malformed >= _MAX_MALFORMED:
-                self.close(CLOSE_BAD_REQUEST, "too many malformed frames")
+            self._failed(e)
+        except Exception:
+            log.exception("command handling failed")
+            self.edge.metrics.inc("tidings_errors_total", code="internal")
+            self.send(error_reply(cmd.id, "internal", "internal error"))
+
+    def _failed(self, e: TidingsError) -> None:
+        if e.code in ("malformed", "unknown_op", "bad_request"):
+            self._malformed += 1
+        self._reply_error(e.request_id, e)
+        if self._malformed >= _MAX_MALFORMED:
+            self.close(CLOSE_BAD_REQUEST, "too many malformed frames")
 
     async def _first(self, raw: bytes) -> None:
         """The first frame must be ``connect``; anything else ends the connection."""
@@ -620,8 +651,9 @@ class WsSession:
         self.close(CLOSE_GOING_AWAY, reason)
 
 
-class _Broken(Exception):
-    """The frame stream itself is unusable (e.g. binary frames on the JSON subprotocol)."""
+async def _drain(inflight: list[tuple[str, asyncio.Task[None]]]) -> None:
+    while inflight:
+        await inflight.pop(0)[1]
 
 
 def payload_of(data: Any) -> tuple[bytes, PayloadKind]:
