@@ -219,7 +219,7 @@ class RedisBus(Bus):
             try:
                 async with self._lock:
                     await self._connect()
-            except _ERRORS as e:
+            except (*_ERRORS, TimeoutError) as e:
                 await self._drop_links()
                 delay = random.uniform(0, backoff)  # full jitter
                 backoff = min(backoff * 2, _BACKOFF_MAX)
@@ -245,6 +245,7 @@ class RedisBus(Bus):
         for channel in self._exact:
             by_link.setdefault(self._link_name(channel), []).append(channel)
         main = self._link(self._link_name(_WILD + "*"))
+        sent = {name: len(channels) for name, channels in by_link.items()}
         for name, channels in by_link.items():
             await self._subscribe_exact(self._link(name), channels)
         if self._classic:
@@ -253,10 +254,26 @@ class RedisBus(Bus):
             await main.pubsub.psubscribe(*self._patterns)
         if not (self._classic or self._patterns or main.name in by_link):
             await main.pubsub.subscribe(_IDLE)
+        sent[main.name] = (sent.get(main.name, 0) + len(self._classic) + len(self._patterns)
+                           or 1)
+        for link in self._links.values():
+            await self._confirm(link, sent[link.name])
         for link in self._links.values():
             self._start_reader(link)
         self._healthy = True
         self._up.set()
+
+    async def _confirm(self, link: _Link, expected: int) -> None:
+        """Read until Redis confirmed ``expected`` subscriptions on ``link``: healthy
+        means subscribed, not just sent (a refused SUBSCRIBE raises here)."""
+        async with asyncio.timeout(self._timeout):
+            while expected > 0:
+                message = await link.pubsub.get_message(timeout=self._timeout)
+                kind = None if message is None else message.get("type")
+                if kind in ("subscribe", "psubscribe", "ssubscribe"):
+                    expected -= 1
+                elif kind in _PUBLISHED:
+                    self._on_message(message)
 
     async def _drop_links(self) -> None:
         links, self._links = list(self._links.values()), {}
