@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from dataclasses import replace
 from typing import Any
@@ -13,7 +14,7 @@ from .config import HistorySettings
 from .errors import TidingsError
 from .hub import Hub, Subscriber
 from .metrics import Metrics
-from .protocol.topics import matches
+from .protocol.topics import is_wildcard, matches
 from .store.base import HistoryPolicy, PublishResult, Store
 from .types import PayloadKind, Publication, format_offset, parse_offset
 
@@ -44,6 +45,10 @@ class Node:
         # one at or before it is a duplicate. Topics being filled hold what arrives.
         self._last: dict[str, tuple[str, int]] = {}
         self._filling: dict[str, list[Publication]] = {}
+        # Exact filters followed here -> when (ms) this node began to follow them:
+        # after a bus outage, a topic that had delivered nothing yet (so has no
+        # entry in _last) is filled with what history has from that time on.
+        self._watched: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -101,12 +106,15 @@ class Node:
         self.hub.add(flt, sub)
         self._refs[flt] += 1
         if self._refs[flt] == 1:
+            if not is_wildcard(flt):
+                self._watched[flt] = int(time.time() * 1000)
             await self.bus.subscribe(flt)
 
     async def unsubscribe(self, flt: str, sub: Subscriber) -> None:
         self.hub.remove(flt, sub)
         if self._refs[flt] <= 1:
             self._refs.pop(flt, None)
+            self._watched.pop(flt, None)
             await self.bus.unsubscribe(flt)
         else:
             self._refs[flt] -= 1
@@ -142,19 +150,22 @@ class Node:
             return
         self.metrics.inc("tidings_deliveries_total", n)
 
-    def _fill(self, topic: str, since: str, held: list[Publication]) -> None:
-        """Deliver what history has after ``since``, then what arrived meanwhile."""
+    def _fill(self, topic: str, since: str | None, held: list[Publication], *,
+              after_ms: int = 0) -> None:
+        """Deliver what history has after ``since`` (None: its newest messages stamped
+        ``after_ms`` or later), then what arrived meanwhile."""
         self._filling[topic] = held
-        task = asyncio.get_running_loop().create_task(self._fill_from_history(topic, since))
+        task = asyncio.get_running_loop().create_task(
+            self._fill_from_history(topic, since, after_ms))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _fill_from_history(self, topic: str, since: str) -> None:
+    async def _fill_from_history(self, topic: str, since: str | None, after_ms: int) -> None:
         items: list[Publication] = []
         try:
             page = await self.store.history(topic, since, _FILL_LIMIT)
-            items = page.items
-            if not page.complete:
+            items = [p for p in page.items if p.ts >= after_ms]
+            if since is not None and not page.complete:
                 self.metrics.inc("tidings_bus_gaps_unfilled_total")
                 log.warning("history no longer reaches back to fill a gap on %r", topic)
         except TidingsError:
@@ -173,3 +184,10 @@ class Node:
         for topic, last in list(self._last.items()):
             if topic not in self._filling and self.hub.subscribers(topic):
                 self._fill(topic, format_offset(*last), [])
+        # Followed topics that had delivered nothing here before the outage: what
+        # was published since this node began to follow them (by the store's
+        # timestamps; nodes' clocks are assumed in sync to well under a second).
+        for topic, since_ms in list(self._watched.items()):
+            if topic not in self._last and topic not in self._filling \
+                    and self.hub.subscribers(topic):
+                self._fill(topic, None, [], after_ms=since_ms)
