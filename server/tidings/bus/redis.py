@@ -216,14 +216,19 @@ class RedisBus(Bus):
         """Connect, wait until a link is lost, drop everything, reconnect; for ever."""
         backoff = _BACKOFF_MIN
         while not self._closed:
-            try:
-                async with self._lock:
+            failed: BaseException | None = None
+            # Links change only under the lock: a subscribe in flight never finds
+            # its link dropped under it, nor adds one to a set being replaced.
+            async with self._lock:
+                try:
                     await self._connect()
-            except (*_ERRORS, TimeoutError) as e:
-                await self._drop_links()
+                except (*_ERRORS, TimeoutError) as e:
+                    failed = e
+                    await self._drop_links()
+            if failed is not None:
                 delay = random.uniform(0, backoff)  # full jitter
                 backoff = min(backoff * 2, _BACKOFF_MAX)
-                log.debug("redis bus: connect failed (%s)", type(e).__name__)
+                log.debug("redis bus: connect failed (%s)", type(failed).__name__)
                 await asyncio.sleep(delay)
                 continue
             backoff = _BACKOFF_MIN
@@ -233,7 +238,8 @@ class RedisBus(Bus):
             await self._broken.wait()
             self._healthy = False
             self._up.clear()
-            await self._drop_links()
+            async with self._lock:
+                await self._drop_links()
 
     async def _connect(self) -> None:
         """Fresh links carrying every wanted subscription (called with the lock held)."""
