@@ -40,6 +40,7 @@ import pytest
 import websockets
 
 from conftest import API_KEY, JWT_SECRET, WAIT, Client, free_port
+from redis_servers import RedisClusterProcs, RedisServer
 from tidings.auth import TokenAuthority
 
 __all__ = [
@@ -47,10 +48,16 @@ __all__ = [
     "NodeFactory",
     "TidingsNode",
     "cluster",
+    "masters",
     "redis_env",
     "tidings_nodes",
     "wait_for",
 ]
+
+
+def masters(target: RedisServer | RedisClusterProcs) -> list[RedisServer]:
+    """The one server, or every master of a cluster."""
+    return target.servers if isinstance(target, RedisClusterProcs) else [target]
 
 
 def redis_env(url: str, **settings: str) -> dict[str, str]:

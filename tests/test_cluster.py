@@ -39,6 +39,7 @@ from cluster_nodes import (
     NodeFactory,
     TidingsNode,
     cluster,
+    masters,
     redis_env,
     tidings_nodes,
     wait_for,
@@ -47,6 +48,7 @@ from conftest import Client
 from redis_servers import RedisClusterProcs, RedisFactory, RedisServer
 from test_mqtt import Paho, clients, paho
 from tidings import config
+from tidings.bus.wire import channel_for
 
 pytest_plugins = ["redis_servers"]
 __all__ = ["clients", "cluster", "tidings_nodes"]  # fixtures used here, defined elsewhere
@@ -115,6 +117,25 @@ async def test_a_publish_through_any_node_reaches_subscribers_on_every_node(
             (topic, offsets[i], {"goal": i}) for i in range(3)], name
     for client, _ in subs.values():
         await client.no_push()  # once each, although node 1 hears two channels
+    assert_channel_placement(deployment, topic)
+
+
+def assert_channel_placement(deployment: Deployment, topic: str) -> None:
+    """On a Redis Cluster the topic's channel is a shard channel, subscribed only on the
+    master that owns its slot (so a message goes to that shard alone); on one Redis a
+    classic channel."""
+    channel = channel_for(topic)
+    owner = (deployment.redis.server_for(channel)
+             if isinstance(deployment.redis, RedisClusterProcs) else None)
+    for server in masters(deployment.redis):
+        with server.client() as c:
+            shard = {x.decode() for x in c.execute_command("PUBSUB", "SHARDCHANNELS")}
+            classic = {x.decode() for x in c.execute_command("PUBSUB", "CHANNELS")}
+        if owner is None:
+            assert channel in classic
+        else:
+            assert (channel in shard) == (server is owner), server.port
+            assert channel not in classic
 
 
 async def test_a_publish_reaches_only_matching_filters_across_nodes(

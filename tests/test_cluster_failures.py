@@ -39,6 +39,7 @@ from cluster_nodes import (
     NodeFactory,
     TidingsNode,
     cluster,
+    masters,
     redis_env,
     tidings_nodes,
     wait_for,
@@ -243,10 +244,6 @@ async def test_redis_hanging_then_restarted_loses_nothing_acknowledged(
 
 
 # -- pub/sub connections killed ------------------------------------------------------------
-
-
-def masters(target: RedisServer | RedisClusterProcs) -> list[RedisServer]:
-    return target.servers if isinstance(target, RedisClusterProcs) else [target]
 
 
 def kill_pubsub(target: RedisServer | RedisClusterProcs) -> int:
