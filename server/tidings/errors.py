@@ -23,15 +23,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
-    "BadRequest",
-    "Conflict",
-    "Forbidden",
-    "NotFound",
-    "RateLimited",
-    "TidingsError",
-    "TooLarge",
-    "Unauthorized",
-    "Unavailable",
     "CLOSE_BAD_REQUEST",
     "CLOSE_FORBIDDEN",
     "CLOSE_GOING_AWAY",
@@ -41,6 +32,15 @@ __all__ = [
     "CLOSE_SLOW_CONSUMER",
     "CLOSE_TOO_BIG",
     "CLOSE_UNAUTHORIZED",
+    "BadRequest",
+    "Conflict",
+    "Forbidden",
+    "NotFound",
+    "RateLimited",
+    "TidingsError",
+    "TooLarge",
+    "Unauthorized",
+    "Unavailable",
 ]
 
 # WebSocket close codes (DESIGN.md, "Close codes").

@@ -14,14 +14,14 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlparse
 
-from .config import NotifySettings
 import orjson
 
+from .config import NotifySettings
 from .errors import BadRequest, NotFound, TooLarge
 from .node import Node
 from .store.base import TRACK_EVENTS, MarkAction, NotifyResult, UserChange
 
-__all__ = ["Notifier", "PRIORITIES"]
+__all__ = ["PRIORITIES", "Notifier"]
 
 PRIORITIES = ("low", "normal", "high")
 _MEDIA = ("image", "video", "audio")

@@ -23,8 +23,8 @@ import orjson
 
 from .config import PresenceSettings
 from .errors import TidingsError
-from .store.base import Store
 from .metrics import Metrics
+from .store.base import Store
 
 __all__ = ["Device", "Presence", "sign"]
 
@@ -174,20 +174,18 @@ class Presence:
             self._emit("offline", user)
 
     async def _refresh(self) -> None:
-        """Keep this node's entries alive; they expire ``ttl`` after the node dies."""
+        """Keep this node's entries alive; they expire ``ttl`` after the node dies.
+
+        All entries are refreshed at once, so a slow store costs one timeout per
+        pass, not one per device (which could outlast the ttl)."""
         assert self.store is not None
         while True:
             await asyncio.sleep(self.settings.ttl / 3)
-            for user, devices in list(self._online.items()):
-                for key, entry in list(devices.items()):
-                    try:
-                        await self.store.presence_put(user, self._entry(key), entry.to_dict(),
-                                                      self.settings.ttl)
-                    except TidingsError:
-                        break
-
-    def is_online(self, user: str) -> bool:
-        return user in self._online
+            await asyncio.gather(*[
+                self.store.presence_put(user, self._entry(key), entry.to_dict(),
+                                        self.settings.ttl)
+                for user, devices in list(self._online.items())
+                for key, entry in list(devices.items())], return_exceptions=True)
 
     # -- webhook ----------------------------------------------------------------
 
