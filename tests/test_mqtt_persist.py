@@ -409,6 +409,7 @@ async def test_restart_of_the_process(server_process: ServerProcess,
     c = await paho(clients, port, "proc-dev", token=token, clean=False)
     await c.subscribe(("proc/#", 1))
     await asyncio.to_thread(c.close)
+    await c.disconnected()  # its socket is closed: nothing more can reach this client
 
     async def publish(value: int) -> None:
         async with aiohttp.ClientSession() as http, http.post(
@@ -424,5 +425,12 @@ async def test_restart_of_the_process(server_process: ServerProcess,
     c = Paho(port, "proc-dev", token=token, clean=False)
     clients.append(c)
     assert (await c.connack()).session_present
-    assert [orjson.loads((await c.message()).payload) for _ in range(2)] == [1, 2]
+    got = []
+    try:
+        for _ in range(2):
+            got.append(orjson.loads((await c.message()).payload))
+    except AssertionError:
+        server_process.stop()
+        raise AssertionError(f"got {got}; server said: {server_process.output[-3000:]}")
+    assert got == [1, 2]
     await c.no_message()
