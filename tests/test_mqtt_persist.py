@@ -431,6 +431,6 @@ async def test_restart_of_the_process(server_process: ServerProcess,
             got.append(orjson.loads((await c.message()).payload))
     except AssertionError:
         server_process.stop()
-        raise AssertionError(f"got {got}; server said: {server_process.output[-3000:]}")
+        raise AssertionError(f"got {got}; server said: {server_process.output[-3000:]}") from None
     assert got == [1, 2]
     await c.no_message()
