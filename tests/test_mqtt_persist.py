@@ -20,6 +20,7 @@ import pytest
 
 from conftest import API_KEY, JWT_SECRET, WAIT, Node, ServerProcess, start_node, stop_node
 from test_mqtt import (
+    CONNACK,
     DISCONNECT,
     PUBACK,
     PUBCOMP,
@@ -32,6 +33,7 @@ from test_mqtt import (
     ack_packet,
     broker,
     clients,
+    connect_packet,
     make_node,
     metric,
     paho,
@@ -205,6 +207,29 @@ async def test_message_expiry_while_queued(node: Node, clients: list[Any]) -> No
     assert (m.topic, m.payload) == ("mx/long", b"fresh")
     assert 90 <= prop(m, "MessageExpiryInterval") <= 98
     await c.no_message()
+
+
+async def test_stored_session_of_another_user_is_refused(make_node: NodeMaker,
+                                                         clients: list[Any]) -> None:
+    """A persistent session another node keeps in the shared store (here: two nodes on
+    one data folder) cannot be resumed, nor wiped with a clean start, with another
+    user's token (0x05); its owner resumes it."""
+    a = await make_node()
+    b = await make_node()  # started before alice's session exists: it only has the store
+    alice = await paho(clients, a.app.mqtt_port, "phone", token=a.token("alice"), clean=False)
+    await alice.subscribe(("users/alice/notifications", 1))
+    await asyncio.to_thread(alice.close)
+    await offline(a, "phone")
+    for clean in (False, True):  # neither resume it nor wipe it
+        r = await Raw.open(b.app.mqtt_port)
+        clients.append(r)
+        await r.send(connect_packet("phone", clean=clean, username="d",
+                                    password=b.token("bob")))
+        ack = await r.recv()
+        assert (ack.type, ack.body) == (CONNACK, b"\x00\x05")
+    back = Paho(b.app.mqtt_port, "phone", token=b.token("alice"), clean=False)
+    clients.append(back)
+    assert (await back.connack()).session_present
 
 
 # --- redelivery ----------------------------------------------------------------------------

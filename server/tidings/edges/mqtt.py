@@ -758,6 +758,12 @@ class MqttBroker:
             # A token cannot take over another user's session.
             self._refuse(conn, ReasonCode.NOT_AUTHORIZED)
             return
+        stored = None
+        if old is None:  # kept by another node (a shared store) or not kept at all
+            stored = await self.node.store.mqtt_session(client_id)
+            if stored is not None and stored[0].get("user") != principal.user:
+                self._refuse(conn, ReasonCode.NOT_AUTHORIZED)  # nor resume, nor wipe it
+                return
         # Session expiry: 3.1.1 clean session 0 lives on (bounded by the setting).
         if v5:
             expiry = packet.properties.session_expiry_interval or 0
@@ -782,15 +788,15 @@ class MqttBroker:
             if old is not None:
                 await self._end_session(old)
             session = MqttSession(self, client_id, principal)
-            if not packet.clean_start:
-                stored = await self.node.store.mqtt_session(client_id)
-                if stored is not None:  # a session kept by another node or before a restart
-                    session = self._session_from_state(client_id, stored[0])
-                    session_present = True
-                    session.conn = conn  # what arrives from now on waits in conn.pending
-                    await self._resume_queue(conn, stored[1])
-                    for flt, sub in session.subs.items():
-                        await self._register(session, flt, sub)
+            if not packet.clean_start and stored is not None:
+                # a session kept by another node or before a restart
+                session = self._session_from_state(client_id, stored[0])
+                session.principal = principal  # the grants of the token presented now
+                session_present = True
+                session.conn = conn  # what arrives from now on waits in conn.pending
+                await self._resume_queue(conn, stored[1])
+                for flt, sub in session.subs.items():
+                    await self._register(session, flt, sub)
         else:
             session = old
             session.principal = principal
