@@ -244,6 +244,12 @@ class MqttSession:
     def _grant(self, topic: str, origin: str | None) -> tuple[int, bool, tuple[int, ...]] | None:
         """(QoS, retain-as-published, subscription ids) over every matching
         subscription; None when only no-local ones match this client's own message."""
+        if len(self.subs) == 1:  # the common case: the hub matched this one filter
+            sub = next(iter(self.subs.values()))
+            if sub.no_local and origin == self.client_id:
+                return None  # [MQTT-3.8.3-3]
+            sid = sub.subscription_id
+            return sub.qos, sub.retain_as_published, (sid,) if sid is not None else ()
         best, rap, ids, any_match = -1, False, [], False
         for flt, sub in self.subs.items():
             if not matches(flt, topic):
@@ -404,7 +410,11 @@ class MqttConnection(asyncio.Protocol):
         if self._closed:
             return
         self.proto.receive_data(data, time.monotonic())
-        self._events.extend(self.proto.events_received())
+        for event in self.proto.events_received():
+            if type(event) is MessageAcknowledged and not self._events:
+                self._drain_pending()  # a PUBACK/PUBCOMP only frees quota: no task for it
+            else:
+                self._events.append(event)
         self._pump()
         if self._events and (self._worker is None or self._worker.done()):
             self._worker = asyncio.get_running_loop().create_task(self._work())
@@ -440,23 +450,33 @@ class MqttConnection(asyncio.Protocol):
             return
         self._out.append(data)
         self._out_size += len(data)
-        if self._out_size + self.link.buffered() > self._limit:
-            self.broker.metrics.inc("tidings_slow_consumers_total")
-            log.warning("slow MQTT consumer %s: over %d queued bytes, disconnecting",
-                        self.session.client_id if self.session else "?", self._limit)
-            self._out.clear()
-            self._out_size = 0
-            self.link.abort()
+        if self._out_size > self._limit:
+            self._overflow()
             return
         if not self._dirty:
             self._dirty = True
             self.broker.flusher.mark(self)
 
+    def _overflow(self) -> None:
+        assert self.link is not None
+        self.broker.metrics.inc("tidings_slow_consumers_total")
+        log.warning("slow MQTT consumer %s: over %d queued bytes, disconnecting",
+                    self.session.client_id if self.session else "?", self._limit)
+        self._out = []
+        self._out_size = 0
+        self.link.abort()
+
     def flush(self) -> None:
+        """One write per loop pass; the transport's backlog joins the bound here
+        (once per pass, not per message)."""
         self._dirty = False
-        chunks, self._out = self._out, []
+        chunks, size = self._out, self._out_size
+        self._out = []
         self._out_size = 0
         if chunks and self.link is not None and not self._closed:
+            if size + self.link.buffered() > self._limit:
+                self._overflow()
+                return
             self.broker.frames_out += len(chunks)
             self.link.write(chunks)
 
