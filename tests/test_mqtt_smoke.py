@@ -86,3 +86,13 @@ async def test_sensor_to_browser_and_back(node: Node) -> None:
         assert got.topic == "news/sports" and orjson.loads(got.payload) == {"score": "2-1"}
     finally:
         sensor.close()
+
+
+async def test_a_huge_connect_is_refused_before_authentication(node: Node) -> None:
+    """An unauthenticated peer cannot make the broker buffer a large packet: a CONNECT
+    announcing more than 64 KiB is refused from its fixed header alone."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.app.mqtt_port)
+    writer.write(bytes.fromhex("10f0ffff7f") + b"\x00" * 1024)  # remaining length ~256 MiB
+    await writer.drain()
+    assert await asyncio.wait_for(reader.read(), WAIT) == b""  # closed, nothing buffered
+    writer.close()

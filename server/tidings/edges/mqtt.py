@@ -83,7 +83,8 @@ log = logging.getLogger("tidings.mqtt")
 
 _WIRE = "mqtt"
 _VERSION = "tidings-0.1"
-_PAUSE_EVENTS = 256  # inbound packets waiting for the worker before reading pauses
+_PAUSE_EVENTS = 256
+_MAX_CONNECT_SIZE = 65536  # bytes a packet may have before the client is authenticated  # inbound packets waiting for the worker before reading pauses
 
 
 def mqtt_payload(pub: Publication) -> bytes:
@@ -376,6 +377,7 @@ class MqttConnection(asyncio.Protocol):
         self.broker = broker
         self.edge = edge
         self.proto = Connection(max_packet_size=s.max_packet_size,
+                                connect_max_packet_size=_MAX_CONNECT_SIZE,
                                 receive_maximum=s.receive_maximum,
                                 max_inflight=s.receive_maximum)
         self.link: Link | None = None

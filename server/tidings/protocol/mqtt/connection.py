@@ -224,7 +224,8 @@ class Connection:
 
     def __init__(self, *, max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
                  receive_maximum: int = 65535, topic_alias_maximum: int = 16,
-                 max_inflight: int = 65535, outbound_topic_aliases: bool = False) -> None:
+                 max_inflight: int = 65535, outbound_topic_aliases: bool = False,
+                 connect_max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> None:
         self._decoder = Decoder(max_packet_size=max_packet_size)
         self._state = State.AWAIT_CONNECT
         self._out: list[bytes] = []
@@ -233,6 +234,9 @@ class Connection:
         self.connect: Connect | None = None  # the client's CONNECT, once received
         self.session = SessionState()
         self.max_packet_size = max_packet_size
+        # Until the CONNACK, packets are also bounded by this (a CONNECT is small;
+        # an unauthenticated peer must not make us buffer a huge packet).
+        self._decoder.max_packet_size = min(max_packet_size, connect_max_packet_size)
         self.receive_maximum = receive_maximum
         self.topic_alias_maximum = topic_alias_maximum
         self.max_inflight = max_inflight
@@ -540,6 +544,7 @@ class Connection:
             self._state = State.CLOSED  # [MQTT-3.2.2-7] / 3.1.1 [MQTT-3.2.2-5]
             return
         self._write(packet)
+        self._decoder.max_packet_size = self.max_packet_size  # the CONNECT-phase bound ends
         self._state = _TRANSITIONS[(State.CONNECTING, T.CONNACK, False)]
         self._redeliver()
         self._read_packets()  # what the client sent after CONNECT can be read now
@@ -555,7 +560,6 @@ class Connection:
             props = replace(props, topic_alias_maximum=self.topic_alias_maximum)
         if props.maximum_packet_size is not None:
             self.max_packet_size = props.maximum_packet_size
-            self._decoder.max_packet_size = props.maximum_packet_size
         self.receive_maximum = props.receive_maximum or 65535
         self.topic_alias_maximum = props.topic_alias_maximum or _NO_TOPIC_ALIAS_MAXIMUM
         if props.maximum_qos is not None:
