@@ -96,3 +96,31 @@ async def test_a_huge_connect_is_refused_before_authentication(node: Node) -> No
     await writer.drain()
     assert await asyncio.wait_for(reader.read(), WAIT) == b""  # closed, nothing buffered
     writer.close()
+
+
+async def test_a_qos0_retained_message_is_not_upgraded(node: Node) -> None:
+    """[MQTT-3.8.4-8]: delivered at the lower of its own QoS and the granted one."""
+    port = node.app.mqtt_port
+    token = node.token("alice", publish=["keep/#"])
+    pub = Device(port, "ret-pub", token=token)
+    sub = None
+    try:
+        assert await pub.get(pub.connected) == 0
+        info = pub.c.publish("keep/zero", b"z", qos=0, retain=True)
+        info.wait_for_publish(WAIT)
+        status, hist = await node.api("GET", "/v1/topics/keep/zero/history")
+        for _ in range(50):  # QoS 0 has no ack: wait until it is stored
+            if hist.get("items"):
+                break
+            await asyncio.sleep(0.05)
+            status, hist = await node.api("GET", "/v1/topics/keep/zero/history")
+        sub = Device(port, "ret-sub", token=token)
+        assert await sub.get(sub.connected) == 0
+        sub.c.subscribe("keep/zero", qos=1)
+        await sub.get(sub.connected)
+        m = await sub.message()
+        assert (m.topic, m.retain, m.qos) == ("keep/zero", True, 0)
+    finally:
+        pub.close()
+        if sub is not None:
+            sub.close()

@@ -552,3 +552,14 @@ async def test_mqtt_delete_and_list_sessions(open_store: OpenStore) -> None:
     assert sorted(await s2.mqtt_sessions()) == [(f"client-{i}", {"n": i}) for i in (0, 1, 2, 4)]
     got = await s2.mqtt_session("client-4")
     assert got == ({"n": 4}, [queued(4)])
+
+
+async def test_retained_keeps_the_qos_it_was_published_at(store: Store) -> None:
+    """[MQTT-3.8.4-8]: a subscriber gets a retained message at most at its original QoS."""
+    for topic, qos in (("q/0", 0), ("q/1", 1), ("q/2", 2)):
+        r = await store.publish(topic, b"x", PayloadKind.TEXT, retain=True, policy=KEEP,
+                                qos=qos)
+        assert r.duplicate is False
+    found = {p.topic: p.qos for p in await store.retained("q/+")}
+    assert found == {"q/0": 0, "q/1": 1, "q/2": 2}
+    assert [p.qos for p in await store.retained("q/0")] == [0]

@@ -11,8 +11,9 @@ same contract tests (``tests/test_store_contract.py``). The rules:
 * History is bounded by a :class:`HistoryPolicy` per publish: at most
   ``size`` messages, none older than ``ttl`` seconds. Reads never return an
   expired message.
-* Retained: at most one message per topic; publishing an empty payload with
-  ``retain=True`` clears it (as in MQTT).
+* Retained: at most one message per topic, with the QoS it was published at
+  (a subscriber gets at most that [MQTT-3.8.4-8]); publishing an empty
+  payload with ``retain=True`` clears it (as in MQTT).
 * Idempotency: a publish carrying an ``idempotency_key`` already seen within
   the idempotency TTL stores nothing and returns the first publication with
   ``duplicate=True``.

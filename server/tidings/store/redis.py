@@ -414,7 +414,7 @@ class RedisStore(Store):
                 await self._index_before(client, topic, now)
             args = [now, self._topic_epoch(topic), policy.size, _ms(policy.ttl), int(kind),
                     payload, 1 if retain else 0, idempotency_key or "",
-                    _ms(self._idempotency_ttl), self._mode, head, tail, topic, member]
+                    _ms(self._idempotency_ttl), self._mode, head, tail, topic, member, qos]
             return await self._script("PUBLISH", keys, args)
 
         result = await self._io(run)
@@ -505,8 +505,9 @@ class RedisStore(Store):
         return await self._io(run)
 
     def _retained_pub(self, topic: str, raw: bytes) -> Publication:
-        offset, ts, kind, payload = _unpack(b"\x94", raw)
-        return Publication(topic, Offset(offset), payload, PayloadKind(kind), ts, retained=True)
+        offset, ts, kind, qos, payload = _unpack(b"\x95", raw)
+        return Publication(topic, Offset(offset), payload, PayloadKind(kind), ts, retained=True,
+                           qos=qos)
 
     async def _candidates(self, client: Any, flt: str) -> tuple[list[str], dict[str, str]]:
         """Topics from the retained indexes that match ``flt`` (sorted), and for the

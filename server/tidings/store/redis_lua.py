@@ -12,7 +12,7 @@ Value encodings (msgpack objects concatenated; Python prepends an array
 header and unpacks them in one call):
 
 * history entry:  seq, ts, expires, kind, payload(bin)      (zset, score seq)
-* retained:       offset, ts, kind, payload(bin)
+* retained:       offset, ts, kind, qos, payload(bin)
 * inbox item:     seq, created, expires (-1: none), read, archived,
                   collapse key (false: none), fields JSON (bin)
 * live message:   :mod:`tidings.bus.wire` (head .. offset, ts .. payload .. tail)
@@ -80,9 +80,9 @@ end
 
 -- Set (non-empty payload) or clear the retained message; ik / lk: the index of
 -- retained topics and the set of index names, when they live in this script.
-local function retain(rk, offset, now, kind, payload, ik, lk, topic, member)
+local function retain(rk, offset, now, kind, qos, payload, ik, lk, topic, member)
   if #payload > 0 then
-    redis.call('SET', rk, cmsgpack.pack(offset, now, kind) .. binhdr(#payload) .. payload)
+    redis.call('SET', rk, cmsgpack.pack(offset, now, kind, qos) .. binhdr(#payload) .. payload)
     if ik then redis.call('ZADD', ik, 0, topic) end
     if lk then redis.call('ZADD', lk, 0, member) end
   else
@@ -107,7 +107,7 @@ PUBLISH = _COMMON + r"""
 -- KEYS: meta, history, retained, idempotency hash, idempotency expiry zset, channel
 --       [, retained index [, index names]]
 -- ARGV: now, epoch, size, ttl, kind, payload, retain, idempotency key ('' none),
---       idempotency ttl, announce mode, wire head, wire tail, topic, index member
+--       idempotency ttl, announce mode, wire head, wire tail, topic, index member, qos
 local now = tonumber(ARGV[1])
 local key = ARGV[8]
 if key ~= '' then
@@ -130,7 +130,8 @@ local seq, epoch = append(KEYS[1], KEYS[2], now, ARGV[2], tonumber(ARGV[3]), ton
                           kind, payload)
 local offset = epoch .. ':' .. seq
 if ARGV[7] == '1' then
-  retain(KEYS[3], offset, now, kind, payload, KEYS[7], KEYS[8], ARGV[13], ARGV[14])
+  retain(KEYS[3], offset, now, kind, tonumber(ARGV[15]), payload, KEYS[7], KEYS[8], ARGV[13],
+         ARGV[14])
 end
 if key ~= '' then
   local ttl = tonumber(ARGV[9])
@@ -236,7 +237,7 @@ local function finish(now, count, payload)
   local upayload = '{"count":' .. count .. '}'
   local useq, uepoch = append(KEYS[10], KEYS[11], now, ARGV[8], 0, 1000, 0, upayload)
   local uoffset = uepoch .. ':' .. useq
-  retain(KEYS[12], uoffset, now, 0, upayload, KEYS[13], KEYS[16], ARGV[11], ARGV[12])
+  retain(KEYS[12], uoffset, now, 0, 1, upayload, KEYS[13], KEYS[16], ARGV[11], ARGV[12])
   announce(mode, KEYS[15], ARGV[9], uoffset, now, upayload, ARGV[10])
   return soffset, payload, uoffset, upayload
 end

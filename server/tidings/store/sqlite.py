@@ -63,7 +63,8 @@ CREATE TABLE IF NOT EXISTS retained (
     offset TEXT NOT NULL,
     ts INTEGER NOT NULL,
     kind INTEGER NOT NULL,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL DEFAULT 1
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS idempotency (
     key TEXT PRIMARY KEY,
@@ -206,6 +207,9 @@ class SqliteStore(Store):
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(retained)")}
+            if "qos" not in columns:  # a data folder from before retained kept its QoS
+                db.execute("ALTER TABLE retained ADD COLUMN qos INTEGER NOT NULL DEFAULT 1")
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
                        (secrets.token_hex(4),))
             self._epoch = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
@@ -230,7 +234,7 @@ class SqliteStore(Store):
     # -- topics ---------------------------------------------------------------
 
     def _append(self, db: sqlite3.Connection, topic: str, payload: bytes, kind: PayloadKind,
-                now: int, policy: HistoryPolicy, retain: bool) -> Publication:
+                now: int, policy: HistoryPolicy, retain: bool, qos: int = 1) -> Publication:
         """Inside a transaction: next offset, history append and trim, retained."""
         row = db.execute("SELECT epoch, seq FROM topics WHERE topic = ?", (topic,)).fetchone()
         if row is None:
@@ -251,8 +255,8 @@ class SqliteStore(Store):
         if retain:
             if payload:
                 db.execute(
-                    "INSERT OR REPLACE INTO retained (topic, offset, ts, kind, payload)"
-                    " VALUES (?, ?, ?, ?, ?)", (topic, offset, now, int(kind), payload))
+                    "INSERT OR REPLACE INTO retained (topic, offset, ts, kind, payload, qos)"
+                    " VALUES (?, ?, ?, ?, ?, ?)", (topic, offset, now, int(kind), payload, qos))
             else:
                 db.execute("DELETE FROM retained WHERE topic = ?", (topic,))
         return Publication(topic, offset, payload, kind, now)
@@ -291,7 +295,7 @@ class SqliteStore(Store):
             if first is not None:
                 return PublishResult(self._find(db, first["topic"], first["offset"], payload,
                                                 kind), duplicate=True)
-            pub = self._append(db, topic, payload, kind, now, policy, retain)
+            pub = self._append(db, topic, payload, kind, now, policy, retain, qos)
             self._idem_put(db, idempotency_key, now, {"topic": topic, "offset": pub.offset})
             return PublishResult(pub)
 
@@ -363,17 +367,18 @@ class SqliteStore(Store):
     async def retained(self, flt: str) -> list[Publication]:
         def tx(db: sqlite3.Connection) -> list[Publication]:
             if not is_wildcard(flt):
-                rows = db.execute("SELECT topic, offset, ts, kind, payload FROM retained "
+                rows = db.execute("SELECT topic, offset, ts, kind, payload, qos FROM retained "
                                   "WHERE topic = ?", (flt,)).fetchall()
             else:
                 # 'home/#' also matches 'home' [MQTT-4.7.1-2]: the prefix stops before the '/'
                 prefix = flt.split("+", 1)[0].split("#", 1)[0].rstrip("/")
                 rows = db.execute(
-                    "SELECT topic, offset, ts, kind, payload FROM retained "
+                    "SELECT topic, offset, ts, kind, payload, qos FROM retained "
                     "WHERE substr(topic, 1, ?) = ? ORDER BY topic",
                     (len(prefix), prefix)).fetchall()
-            return [Publication(t, Offset(o), bytes(p), PayloadKind(k), ts, retained=True)
-                    for t, o, ts, k, p in rows if matches(flt, t)]
+            return [Publication(t, Offset(o), bytes(p), PayloadKind(k), ts, retained=True,
+                                qos=q)
+                    for t, o, ts, k, p, q in rows if matches(flt, t)]
 
         return await self._run(tx)
 
