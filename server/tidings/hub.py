@@ -72,7 +72,6 @@ class Hub:
     def __init__(self) -> None:
         self._trie: Trie[Subscriber] = Trie()
         self._encoders: dict[str, Encoder] = {}
-        self.deliveries = 0  # messages handed to subscribers (for /metrics)
 
     def register_wire(self, wire: str, encoder: Encoder) -> None:
         self._encoders[wire] = encoder
@@ -107,7 +106,6 @@ class Hub:
                 data = encoded[wire] = encoders[wire](pub)
             sub.deliver(pub, data)
             n += 1
-        self.deliveries += n
         return n
 
     def __len__(self) -> int:

@@ -157,7 +157,6 @@ class RedisBus(Bus):
         self._pending_unsub: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
-        self.publishes = 0  # Redis PUBLISH commands sent (for the bench)
 
     def __repr__(self) -> str:
         return f"RedisBus(cluster={self._cluster})"  # the URL may hold a password
@@ -379,9 +378,7 @@ class RedisBus(Bus):
                         await self._client.execute_command("SPUBLISH", channel, data)
                     else:
                         await self._client.publish(channel, data)
-                    self.publishes += 1
                 await self._client.publish(wildcard_channel(publication.topic), data)
-                self.publishes += 1
         except (*_ERRORS, TimeoutError) as e:
             raise Unavailable("bus unavailable") from e
 
