@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,8 +169,8 @@ class Client:
         """The next reply that matched no request (e.g. an error for an id-less frame)."""
         return await asyncio.wait_for(self._errors.get(), WAIT)
 
-    async def push(self, timeout: float = WAIT) -> dict[str, Any]:
-        return await asyncio.wait_for(self.pushes.get(), timeout)
+    async def push(self, within: float = WAIT) -> dict[str, Any]:
+        return await asyncio.wait_for(self.pushes.get(), within)
 
     async def no_push(self, within: float = 0.3) -> None:
         """Assert nothing arrives within ``within`` seconds (a bounded negative check)."""
@@ -190,11 +190,15 @@ class Client:
         self._reader.cancel()
 
 
-async def start_node(tmp_path: Path, **overrides: Any) -> Node:
-    settings = make_settings(tmp_path, **overrides)
+async def start_with(settings: config.Settings) -> Node:
+    """A node from ready-made settings (e.g. with ``[[acl]]`` rules or from a TOML file)."""
     app = App(settings)
     await app.start()
     return Node(app, settings, aiohttp.ClientSession())
+
+
+async def start_node(tmp_path: Path, **overrides: Any) -> Node:
+    return await start_with(make_settings(tmp_path, **overrides))
 
 
 async def stop_node(n: Node) -> None:
@@ -211,6 +215,27 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
         yield n
     finally:
         await stop_node(n)
+
+
+MakeNode = Callable[..., Awaitable[Node]]
+
+
+@pytest.fixture
+async def make_node(tmp_path: Path) -> AsyncIterator[MakeNode]:
+    """``await make_node(ws__max_subscriptions=2)``: nodes with setting overrides, each
+    in its own data folder, stopped after the test."""
+    nodes: list[Node] = []
+
+    async def make(**overrides: Any) -> Node:
+        n = await start_node(tmp_path / f"node{len(nodes)}", **overrides)
+        nodes.append(n)
+        return n
+
+    try:
+        yield make
+    finally:
+        for n in nodes:
+            await stop_node(n)
 
 
 @dataclass
@@ -231,12 +256,13 @@ class ServerProcess:
         deadline = time.monotonic() + WAIT * 3
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", self.api_port), timeout=0.2):
-                    with socket.create_connection(("127.0.0.1", self.ws_port), timeout=0.2):
-                        return
+                with socket.create_connection(("127.0.0.1", self.api_port), timeout=0.2), \
+                        socket.create_connection(("127.0.0.1", self.ws_port), timeout=0.2):
+                    return
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited: {self.proc.stdout.read()}")  # type: ignore[union-attr]
+                    out = self.proc.stdout.read() if self.proc.stdout else ""
+                    raise RuntimeError(f"server exited: {out}") from None
                 time.sleep(0.05)
         raise RuntimeError("server did not start listening")
 

@@ -6,33 +6,12 @@ every error is ``{"error": {"code", "message"}}`` with a fitting status.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from conftest import API_KEY, Node, start_node, stop_node
-
-MakeNode = Callable[..., Awaitable[Node]]
-
-
-@pytest.fixture
-async def make_node(tmp_path: Path) -> AsyncIterator[MakeNode]:
-    """Start nodes with setting overrides (``api__max_body_size=1024``); stop them after."""
-    nodes: list[Node] = []
-
-    async def make(**overrides: Any) -> Node:
-        n = await start_node(tmp_path / f"node{len(nodes)}", **overrides)
-        nodes.append(n)
-        return n
-
-    try:
-        yield make
-    finally:
-        for n in nodes:
-            await stop_node(n)
+from conftest import API_KEY, MakeNode, Node
 
 
 def assert_error(status: int, body: Any, want_status: int, want_code: str) -> str:
@@ -340,6 +319,7 @@ async def test_publish_batch_is_validated_before_anything_is_stored(node: Node) 
     assert status == 400 and "messages[1]" in body["error"]["message"]
     status, hist = await node.api("GET", "/v1/topics/ok/1/history")
     assert hist["items"] == []
+    bad: dict[str, Any]
     for bad in ({"messages": []}, {"messages": "x"}, {"messages": [1]}):
         status, body = await node.api("POST", "/v1/publish/batch", bad)
         assert status == 400, bad

@@ -15,38 +15,21 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from conftest import API_KEY, WAIT, Client, Node, ServerProcess, start_node, stop_node
+from conftest import API_KEY, WAIT, Client, MakeNode, Node, ServerProcess, start_node, stop_node
 
-MakeNode = Callable[..., Awaitable[Node]]
 NOTIFICATION_FIELDS = {"type", "id", "offset", "title", "body", "data", "category", "priority",
                        "media", "ts", "unread"}
 
 
 # -- helpers ---------------------------------------------------------------------------
 
-
-@pytest.fixture
-async def make_node(tmp_path: Path) -> AsyncIterator[MakeNode]:
-    """Start nodes with setting overrides (``notify__max_users=3``); stop them after."""
-    nodes: list[Node] = []
-
-    async def make(**overrides: Any) -> Node:
-        n = await start_node(tmp_path / f"node{len(nodes)}", **overrides)
-        nodes.append(n)
-        return n
-
-    try:
-        yield make
-    finally:
-        for n in nodes:
-            await stop_node(n)
 
 
 async def notify(node: Node, users: list[str], *, key: str | None = None,

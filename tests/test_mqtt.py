@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import aiohttp
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
@@ -33,10 +32,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties as PahoProperties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from conftest import API_KEY, JWT_SECRET, WAIT, Node, make_settings, stop_node
+from conftest import API_KEY, JWT_SECRET, WAIT, Node, make_settings, start_with, stop_node
 from tidings import config
-from tidings.app import App
-from tidings.config import AclRule, Settings
+from tidings.config import AclRule
 from tidings.edges.mqtt import MqttBroker
 
 __all__ = ["OPEN_BROKER", "Paho", "Raw", "RawPacket", "connect_packet", "metric", "open_broker",
@@ -496,13 +494,6 @@ def prop(m: mqtt.MQTTMessage, name: str) -> Any:
     """A 5.0 property of a received message (paho keeps them as attributes)."""
     assert m.properties is not None
     return getattr(m.properties, name)
-
-
-async def start_with(settings: Settings) -> Node:
-    """A node from ready-made settings (e.g. with ``[[acl]]`` rules or from a TOML file)."""
-    app = App(settings)
-    await app.start()
-    return Node(app, settings, aiohttp.ClientSession())
 
 
 NodeMaker = Callable[..., Awaitable[Node]]

@@ -18,19 +18,17 @@ import asyncio
 import hashlib
 import hmac
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
 
-from conftest import WAIT, Node, start_node, stop_node
+from conftest import WAIT, MakeNode, Node, stop_node
 
 SECRET = "webhook-secret-0123456789"
-MakeNode = Callable[..., Awaitable[Node]]
 
 
 @dataclass
@@ -100,22 +98,17 @@ async def hook() -> AsyncIterator[Hook]:
 
 
 @pytest.fixture
-async def make_node(tmp_path: Path, hook: Hook) -> AsyncIterator[MakeNode]:
-    """Nodes whose presence webhook is ``hook`` (stopped before the hook server)."""
-    nodes: list[Node] = []
+async def make_node(hook: Hook, make_node: MakeNode) -> MakeNode:
+    """Nodes whose presence webhook is ``hook``. ``hook`` is set up first, so the
+    nodes stop before the hook server."""
 
     async def make(**overrides: Any) -> Node:
-        settings = {"presence__webhook": hook.url, "presence__webhook_secret": SECRET,
-                    "presence__debounce": 0.3, "presence__retries": 3, **overrides}
-        n = await start_node(tmp_path / f"node{len(nodes)}", **settings)
-        nodes.append(n)
-        return n
+        return await make_node(**{"presence__webhook": hook.url,
+                                  "presence__webhook_secret": SECRET,
+                                  "presence__debounce": 0.3, "presence__retries": 3,
+                                  **overrides})
 
-    try:
-        yield make
-    finally:
-        for n in nodes:
-            await stop_node(n)
+    return make
 
 
 def assert_signed(r: Received, secret: str = SECRET) -> None:

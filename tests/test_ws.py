@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
@@ -24,31 +23,14 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.typing import Origin, Subprotocol
 
-from conftest import JWT_SECRET, WAIT, Client, Node, start_node, stop_node
+from conftest import JWT_SECRET, WAIT, Client, MakeNode, Node
 from tidings.auth import TokenAuthority
 
 MARKER = "sync/marker"
-MakeNode = Callable[..., Awaitable[Node]]
 
 
 # -- helpers -------------------------------------------------------------------------
 
-
-@pytest.fixture
-async def make_node(tmp_path: Path) -> AsyncIterator[MakeNode]:
-    """Start nodes with setting overrides (``ws__max_subscriptions=2``); stop them after."""
-    nodes: list[Node] = []
-
-    async def make(**overrides: Any) -> Node:
-        n = await start_node(tmp_path / f"node{len(nodes)}", **overrides)
-        nodes.append(n)
-        return n
-
-    try:
-        yield make
-    finally:
-        for n in nodes:
-            await stop_node(n)
 
 
 async def with_marker(c: Client) -> Client:
