@@ -83,8 +83,8 @@ log = logging.getLogger("tidings.mqtt")
 
 _WIRE = "mqtt"
 _VERSION = "tidings-0.1"
-_PAUSE_EVENTS = 256
-_MAX_CONNECT_SIZE = 65536  # bytes a packet may have before the client is authenticated  # inbound packets waiting for the worker before reading pauses
+_PAUSE_EVENTS = 256  # inbound packets waiting for the worker before reading pauses
+_MAX_CONNECT_SIZE = 65536  # bytes a packet may have before the client is authenticated
 
 
 def mqtt_payload(pub: Publication) -> bytes:
@@ -690,9 +690,7 @@ class MqttBroker:
                 "messages/received": self.metrics.get("tidings_messages_in_total"),
                 "messages/sent": self.frames_out,
                 "subscriptions/count": len(self.node.hub),
-                "retained messages/count": "n/a",
             }
-            stats.pop("retained messages/count")
             for key, value in stats.items():
                 try:
                     await self.node.publish(f"$SYS/broker/{key}", str(value).encode(),

@@ -96,8 +96,8 @@ _MAX_MALFORMED = 10  # consecutive malformed frames before the stream counts as 
 _MAX_SINCE_TOPICS = 1000
 _RECOVER_LIMIT = 1000
 _ENCODINGS = frozenset(e.value for e in Encoding)
-_MAX_QUEUED_COMMANDS = 64
-_PIPELINE = 32  # publishes to distinct topics in flight per session  # frames waiting for the worker before the socket is paused
+_MAX_QUEUED_COMMANDS = 64  # frames waiting for the worker before the socket is paused
+_PIPELINE = 32  # publishes to distinct topics in flight per session
 _CLOSE_TIMEOUT = 2.0  # seconds a closing handshake may take before the transport is cut
 
 
@@ -145,7 +145,6 @@ class WsSession:
         "encoding",
         "framed",
         "principal",
-        "since",
         "subscriptions",
         "user",
         "wire",
@@ -160,7 +159,6 @@ class WsSession:
         self.user: UserId | None = None
         self.principal: Principal | None = None
         self.device = ""
-        self.since = time.time()
         self.subscriptions: set[str] = set()
         self._streams: tuple[str, ...] = ()  # the user's own stream topics, followed at connect
         self._text = encoding is Encoding.JSON
