@@ -48,7 +48,7 @@ from conftest import Client
 from redis_servers import RedisClusterProcs, RedisFactory, RedisServer
 from test_mqtt import Paho, clients, paho
 from tidings import config
-from tidings.bus.wire import channel_for
+from tidings.redis_wire import channel_for
 
 pytest_plugins = ["redis_servers"]
 __all__ = ["clients", "cluster", "tidings_nodes"]  # fixtures used here, defined elsewhere

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,9 @@ pytest.register_assert_rewrite("redis_servers")  # imported here before pytest_p
 from conftest import WAIT, start_node, stop_node
 from redis_servers import RedisClusterProcs, RedisFactory, RedisServer
 from tidings.app import _make_store
-from tidings.bus.wire import channel_for, decode_publication, encode_publication
 from tidings.errors import Unavailable
+from tidings.protocol.mqtt.properties import PROPERTIES_MAP, Properties
+from tidings.redis_wire import channel_for, decode_publication, encode_publication
 from tidings.store.base import HistoryPolicy, events_topic, notifications_topic, unread_topic
 from tidings.store.redis import RETAINED_GRACE, RedisStore
 from tidings.types import PayloadKind, Publication, parse_offset
@@ -135,6 +137,26 @@ async def test_publish_announces_the_stored_publication(target: Target,
                            published_retain=True, origin="sensor-1")
     assert data == encode_publication(expected)  # Lua and Python write the same bytes
     assert decode_publication(data) == expected
+
+
+async def test_mqtt_properties_ride_with_the_announcement_through_the_meta_codec(
+        target: Target, clock: Clock) -> None:
+    # the Lua scripts append the tail Python encoded: the same bytes as the bus writes
+    props = Properties(content_type="text/plain", user_properties=(("k", "v"),))
+    store = RedisStore(target.url, clock=clock, timeout=BOUND, meta_codec=PROPERTIES_MAP)
+    await store.open()
+    client, pubsub = await listen(target, "home/kitchen/temp")
+    try:
+        r = await store.publish("home/kitchen/temp", b"21", PayloadKind.JSON, retain=False,
+                                policy=KEEP, qos=1, origin="sensor-1", meta=props)
+        data = await received(pubsub)
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await client.aclose()
+        await store.close()
+    expected = replace(r.publication, qos=1, origin="sensor-1", meta=props)
+    assert data == encode_publication(expected, PROPERTIES_MAP)
+    assert decode_publication(data, PROPERTIES_MAP).meta == props
 
 
 async def test_announce_false_puts_nothing_on_the_channel(target: Target, store: RedisStore,

@@ -24,7 +24,6 @@ from .auth import Acl, ApiKeys, TokenAuthority
 from .bus.base import Bus
 from .bus.memory import MemoryBus
 from .bus.redis import RedisBus
-from .bus.wire import parse_redis_url
 from .config import Settings
 from .edges.mqtt import MqttBroker, serve_websocket
 from .edges.ws import WsEdge
@@ -33,6 +32,8 @@ from .metrics import Metrics
 from .node import Node
 from .notify import Notifier
 from .presence import Presence
+from .protocol.mqtt.properties import PROPERTIES_MAP
+from .redis_wire import parse_redis_url
 from .store.base import Store
 from .store.redis import RedisStore
 from .store.sqlite import SqliteStore
@@ -95,8 +96,10 @@ def _make_store(settings: Settings) -> Store:
     if settings.store.backend == "sqlite":
         return SqliteStore(settings.store.path, idempotency_ttl=settings.store.idempotency_ttl)
     if settings.store.backend == "redis":
-        # redis://host:port/db (one Redis) or redis+cluster://host:port (a Redis Cluster)
-        return RedisStore(settings.redis.url, idempotency_ttl=settings.store.idempotency_ttl)
+        # redis://host:port/db (one Redis) or redis+cluster://host:port (a Redis Cluster);
+        # MQTT 5.0 properties ride with announcements through the meta codec
+        return RedisStore(settings.redis.url, idempotency_ttl=settings.store.idempotency_ttl,
+                          meta_codec=PROPERTIES_MAP)
     raise Unavailable(f"store backend {settings.store.backend!r} is not available in this build")
 
 
@@ -105,7 +108,7 @@ def _make_bus(settings: Settings) -> Bus:
         return MemoryBus()
     if settings.bus.backend == "redis":
         url, cluster = parse_redis_url(settings.redis.url)
-        return RedisBus(url, cluster=cluster)
+        return RedisBus(url, cluster=cluster, meta_codec=PROPERTIES_MAP)
     raise Unavailable(f"bus backend {settings.bus.backend!r} is not available in this build")
 
 

@@ -2,7 +2,7 @@
 
 Channels
 --------
-* Exact topics: ``channel_for(topic)`` (:mod:`.wire`), hash-tagged like the
+* Exact topics: ``channel_for(topic)`` (:mod:`tidings.redis_wire`), hash-tagged like the
   topic's keys. With the Redis store, the store's publish script PUBLISHes
   (single Redis) or SPUBLISHes (Redis Cluster: sharded pub/sub, so a message
   goes only to the shard that owns its channel) there, in the same atomic
@@ -17,6 +17,10 @@ Channels
   a first level it has wildcard interest in, however many wildcard
   subscribers it has (the subscription index is per node, not per session).
   On a cluster, classic pub/sub is broadcast to every shard.
+
+Messages are :mod:`tidings.redis_wire` envelopes, the same bytes the Redis
+store's scripts announce; ``meta`` (MQTT 5.0 properties) travels through the
+``meta_codec`` the bus is given, so the bus does not know MQTT.
 
 A node may receive a publication twice (exact and wildcard channel) or miss
 one (pub/sub is a doorbell); the node delivers by offset, once, and fills a
@@ -62,9 +66,9 @@ from redis.maint_notifications import MaintNotificationsConfig
 
 from ..errors import Unavailable
 from ..protocol.topics import is_wildcard
+from ..redis_wire import MetaCodec, channel_for, decode_publication, encode_publication
 from ..types import Publication
 from .base import Bus, Deliver
-from .wire import channel_for, decode_publication, encode_publication
 
 __all__ = ["RedisBus", "wildcard_channel"]
 
@@ -135,8 +139,10 @@ class _Link:
 
 class RedisBus(Bus):
     def __init__(self, url: str, *, cluster: bool = False, timeout: float = 2.0,
-                 unsubscribe_delay: float = 5.0, probe_interval: float = 5.0) -> None:
+                 unsubscribe_delay: float = 5.0, probe_interval: float = 5.0,
+                 meta_codec: MetaCodec | None = None) -> None:
         self._url = url
+        self._meta_codec = meta_codec
         self._cluster = cluster
         self._timeout = timeout
         self._unsubscribe_delay = unsubscribe_delay
@@ -359,7 +365,7 @@ class RedisBus(Bus):
 
     def _on_message(self, message: dict[str, Any]) -> None:
         try:
-            pub = decode_publication(message["data"])
+            pub = decode_publication(message["data"], self._meta_codec)
         except ValueError:
             log.warning("redis bus: undecodable message on %r", message.get("channel"))
             return
@@ -369,7 +375,7 @@ class RedisBus(Bus):
     # -- publishing and subscribing -----------------------------------------------------
 
     async def publish(self, publication: Publication, *, announced: bool = False) -> None:
-        data = encode_publication(publication)
+        data = encode_publication(publication, self._meta_codec)
         try:
             async with asyncio.timeout(self._timeout):  # a cluster client may retry inside
                 if not announced:

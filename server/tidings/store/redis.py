@@ -22,7 +22,7 @@ user's notify or mark (items, counts, the user's stream topic, the retained
 an MQTT session with its queue.
 
 Key layout (``P`` is the key prefix, ``tidings:`` by default; ``B`` is a
-topic's base, :func:`tidings.bus.wire.topic_base`: ``{t:<topic>}``, or
+topic's base, :func:`tidings.redis_wire.topic_base`: ``{t:<topic>}``, or
 ``{u:<uid>}:t:<topic>`` for ``users/{uid}/...``; tags escape ``%`` and ``}``)
 
 =============================  ======  ===============================================
@@ -58,11 +58,12 @@ key                            type    what
 ``P {ms:<bucket>}:q:<client>`` list    the session's queue, oldest first
 =============================  ======  ===============================================
 
-Channels: :func:`tidings.bus.wire.channel_for` (``tidings:`` + B), in the
+Channels: :func:`tidings.redis_wire.channel_for` (``tidings:`` + B), in the
 slot of the topic's keys; the scripts PUBLISH (one Redis) or SPUBLISH
-(cluster) the :mod:`tidings.bus.wire` encoding unless ``announce=False``, so
+(cluster) the :mod:`tidings.redis_wire` envelope unless ``announce=False``, so
 no node sees a publication that history does not have. ``publish`` takes
-``qos``, ``origin`` and ``meta`` for that announcement only (not stored).
+``qos``, ``origin`` and ``meta`` for that announcement only (not stored);
+``meta`` is encoded by the ``meta_codec`` the store was given.
 
 Trade-offs (what one slot per topic / per user costs)
 -----------------------------------------------------
@@ -129,7 +130,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.maint_notifications import MaintNotificationsConfig
 
-from ..bus.wire import (
+from ..errors import Unavailable
+from ..protocol.topics import is_wildcard, matches
+from ..redis_wire import (
+    MetaCodec,
     channel_for,
     escape_tag,
     parse_redis_url,
@@ -139,8 +143,6 @@ from ..bus.wire import (
     wire_head,
     wire_tail,
 )
-from ..errors import Unavailable
-from ..protocol.topics import is_wildcard, matches
 from ..types import Offset, PayloadKind, Publication, format_offset, parse_offset
 from . import redis_lua as lua
 from .base import (
@@ -202,7 +204,8 @@ def _text(value: bytes | str) -> str:
 
 class RedisStore(Store):
     """The store contract on Redis. ``announce``: the scripts put every publication
-    they write on its channel (see :attr:`announces`)."""
+    they write on its channel (see :attr:`announces`); ``meta_codec`` encodes
+    ``meta`` in those announcements (without one it travels as nil)."""
 
     shared_presence = True  # every node sees every node's devices
 
@@ -216,6 +219,7 @@ class RedisStore(Store):
         timeout: float = 2.0,
         announce: bool = True,
         prefix: str = "tidings:",
+        meta_codec: MetaCodec | None = None,
     ) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError("the key prefix must not contain a hash tag")
@@ -227,6 +231,7 @@ class RedisStore(Store):
         self._announce = announce
         self._mode = 0 if not announce else 2 if self._cluster else 1
         self._p = prefix
+        self._meta_codec = meta_codec
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
         self._epoch = ""
@@ -407,7 +412,7 @@ class RedisStore(Store):
             keys += self._retained_index_keys(topic)
             member = user_of(topic) or topic.split("/", 1)[0]
         head = wire_head(topic) if self._mode else b""
-        tail = wire_tail(kind, qos, retain, origin, meta) if self._mode else b""
+        tail = wire_tail(kind, qos, retain, origin, meta, self._meta_codec) if self._mode else b""
 
         async def run(client: Any) -> Any:
             if retain and payload and self._cluster:

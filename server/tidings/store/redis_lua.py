@@ -15,7 +15,7 @@ header and unpacks them in one call):
 * retained:       offset, ts, kind, qos, payload(bin)
 * inbox item:     seq, created, expires (-1: none), read, archived,
                   collapse key (false: none), fields JSON (bin)
-* live message:   :mod:`tidings.bus.wire` (head .. offset, ts .. payload .. tail)
+* live message:   :mod:`tidings.redis_wire` (head .. offset, ts .. payload .. tail)
 """
 
 from __future__ import annotations

@@ -30,11 +30,13 @@ from .errors import MalformedPacket, ProtocolError
 
 __all__ = [
     "NO_PROPERTIES",
+    "PROPERTIES_MAP",
     "SPECS",
     "VBI_MAX",
     "WILL",
     "Kind",
     "Properties",
+    "PropertiesMap",
     "PropertyId",
     "PropertySpec",
     "decode_bin",
@@ -428,3 +430,55 @@ def decode_properties(buf: bytes | memoryview, pos: int, end: int,
     if "authentication_data" in found and "authentication_method" not in found:
         raise ProtocolError("authentication data without a method")  # 3.1.2.11.10
     return Properties(**found), pos
+
+
+# --- as a map of plain values (between nodes) --------------------------------
+
+_FIELD_NAMES = frozenset(f.name for f in fields(Properties))
+
+
+class PropertiesMap:
+    """The properties of a message as a map of plain values, and back.
+
+    How MQTT 5.0 properties ride with a publication from one node to another:
+    the server gives :data:`PROPERTIES_MAP` to the Redis store and bus as
+    their meta codec (``tidings.redis_wire.MetaCodec``), so neither imports
+    MQTT. The map holds the present properties only, field name -> value,
+    tuples as lists (user properties as ``[name, value]`` pairs).
+    """
+
+    __slots__ = ()
+
+    def encode(self, meta: Any) -> dict[str, Any] | None:
+        """``meta`` as a map; None unless it is :class:`Properties` with one present."""
+        if not isinstance(meta, Properties) or not meta:
+            return None
+        out: dict[str, Any] = {}
+        for f in fields(meta):
+            value = getattr(meta, f.name)
+            if value is None or value == ():
+                continue
+            if f.name == "user_properties":
+                value = [list(pair) for pair in value]
+            elif f.name in _TUPLE_FIELDS:
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    def decode(self, data: dict[str, Any]) -> Properties:
+        """The properties in ``data``. A name this node does not know (a newer
+        node's property) is ignored; a value of the wrong shape raises
+        ``TypeError`` or ``ValueError``."""
+        kw: dict[str, Any] = {}
+        for name, value in data.items():
+            if name not in _FIELD_NAMES:
+                continue
+            if name == "user_properties":
+                value = tuple((str(k), str(v)) for k, v in value)
+            elif name in _TUPLE_FIELDS:
+                value = tuple(value)
+            kw[name] = value
+        return Properties(**kw)
+
+
+PROPERTIES_MAP = PropertiesMap()

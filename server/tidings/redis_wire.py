@@ -1,8 +1,9 @@
-"""How a publication travels between nodes over Redis, and on which channel.
+"""How Tidings lays out its data on Redis: key names, channels, the envelope.
 
 Shared by the Redis store (whose scripts PUBLISH / SPUBLISH in the same atomic
 step as the history append) and the Redis bus (which subscribes to the same
-channels and decodes the same bytes). Nothing here does I/O.
+channels and decodes the same bytes), so it belongs to neither: it sits below
+both and imports no protocol. Nothing here does I/O.
 
 Hash tags
 ---------
@@ -19,30 +20,34 @@ slot of a Redis Cluster:
 Inside a tag, ``%`` and ``}`` are escaped (``%25``, ``%7D``) so the tag ends
 at the first ``}`` and two different names never make the same key.
 
-Wire format
------------
-A msgpack array (strings as str, the payload as bin)::
+Envelope
+--------
+A publication between nodes is a msgpack array (strings as str, the payload
+as bin)::
 
     [topic, offset, ts, payload, kind, qos, published_retain, origin, meta]
 
-``meta`` is nil or a map of the MQTT 5.0 properties that are present (field
-name -> value; tuples as arrays). The store's Lua scripts build the same
-bytes from :func:`wire_head` + offset + ts + payload + :func:`wire_tail`, so
-a publication is encoded identically by Python and by Redis.
+``meta`` is nil or a map of plain values: what the :class:`MetaCodec` given
+by the caller makes of ``Publication.meta``. The server passes the MQTT edge's
+codec (:data:`tidings.protocol.mqtt.properties.PROPERTIES_MAP`: the MQTT 5.0
+properties that are present, field name -> value, tuples as arrays); without
+a codec ``meta`` travels as nil and arrives as None. The store's Lua scripts
+build the same bytes from :func:`wire_head` + offset + ts + payload +
+:func:`wire_tail`, so a publication is encoded identically by Python and by
+Redis.
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 
-from ..protocol.mqtt.properties import NO_PROPERTIES, Properties
-from ..types import Offset, PayloadKind, Publication
+from .types import Offset, PayloadKind, Publication
 
 __all__ = [
     "CHANNEL_PREFIX",
+    "MetaCodec",
     "channel_for",
     "decode_publication",
     "encode_publication",
@@ -57,8 +62,22 @@ __all__ = [
 
 CHANNEL_PREFIX = "tidings:"
 _ARRAY_9 = b"\x99"  # msgpack fixarray of 9 elements
-_TUPLE_FIELDS = frozenset({"subscription_identifiers", "user_properties"})
-_PROPERTY_FIELDS = frozenset(f.name for f in fields(Properties))
+
+
+class MetaCodec(Protocol):
+    """Turns ``Publication.meta`` (protocol metadata, such as MQTT 5.0
+    properties) into the envelope's ``meta`` map and back.
+
+    The hook through which an edge's metadata crosses nodes without this module
+    (or the bus, or the store) knowing the protocol. ``encode`` returns None
+    for a value it does not carry (absent, empty, or not its type); ``decode``
+    gets a non-empty map, ignores names it does not know (a newer node's) and
+    raises ``ValueError`` or ``TypeError`` for a map it cannot read.
+    """
+
+    def encode(self, meta: Any) -> dict[str, Any] | None: ...
+
+    def decode(self, data: dict[str, Any]) -> Any: ...
 
 
 def parse_redis_url(url: str) -> tuple[str, bool]:
@@ -109,57 +128,33 @@ def _pack(value: Any) -> bytes:
     return out
 
 
-def _meta_to_wire(meta: Any) -> dict[str, Any] | None:
-    if not isinstance(meta, Properties) or meta is NO_PROPERTIES or not meta:
-        return None
-    out: dict[str, Any] = {}
-    for f in fields(meta):
-        value = getattr(meta, f.name)
-        if value is None or value == ():
-            continue
-        if f.name == "user_properties":
-            value = [list(pair) for pair in value]
-        elif f.name in _TUPLE_FIELDS:
-            value = list(value)
-        out[f.name] = value
-    return out
-
-
-def _meta_from_wire(data: Any) -> Properties | None:
-    if not isinstance(data, dict) or not data:
-        return None
-    kw: dict[str, Any] = {}
-    for name, value in data.items():
-        if name not in _PROPERTY_FIELDS:
-            continue  # a property a newer node knows: ignore it
-        if name == "user_properties":
-            value = tuple((str(k), str(v)) for k, v in value)
-        elif name in _TUPLE_FIELDS:
-            value = tuple(value)
-        kw[name] = value
-    return Properties(**kw)
-
-
 def wire_head(topic: str) -> bytes:
     """The bytes before the offset: the array header and the topic."""
     return _ARRAY_9 + _pack(topic)
 
 
 def wire_tail(kind: PayloadKind, qos: int = 1, published_retain: bool = False,
-              origin: str | None = None, meta: Any = None) -> bytes:
-    """The bytes after the payload: kind, qos, published_retain, origin, meta."""
+              origin: str | None = None, meta: Any = None,
+              meta_codec: MetaCodec | None = None) -> bytes:
+    """The bytes after the payload: kind, qos, published_retain, origin, meta
+    (as ``meta_codec`` encodes it; nil without one)."""
+    meta_map = meta_codec.encode(meta) if meta_codec is not None and meta is not None else None
     return (_pack(int(kind)) + _pack(qos) + _pack(published_retain) + _pack(origin)
-            + _pack(_meta_to_wire(meta)))
+            + _pack(meta_map or None))
 
 
-def encode_publication(pub: Publication) -> bytes:
+def encode_publication(pub: Publication, meta_codec: MetaCodec | None = None) -> bytes:
     """The bytes of ``pub`` on the wire (``retained`` is not carried: a live message)."""
     return (wire_head(pub.topic) + _pack(pub.offset) + _pack(pub.ts) + _pack(pub.payload)
-            + wire_tail(pub.kind, pub.qos, pub.published_retain, pub.origin, pub.meta))
+            + wire_tail(pub.kind, pub.qos, pub.published_retain, pub.origin, pub.meta,
+                        meta_codec))
 
 
-def decode_publication(data: bytes) -> Publication:
-    """The publication in ``data``; raises ``ValueError`` for anything else."""
+def decode_publication(data: bytes, meta_codec: MetaCodec | None = None) -> Publication:
+    """The publication in ``data``; raises ``ValueError`` for anything else.
+
+    ``meta`` is decoded by ``meta_codec``; without one (or when the map is
+    nil or empty) the publication's ``meta`` is None."""
     try:
         items = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False)
     except Exception as e:  # msgpack raises several types; callers need one
@@ -176,8 +171,9 @@ def decode_publication(data: bytes) -> Publication:
         raise ValueError("not a publication")
     try:
         payload_kind = PayloadKind(kind)
-        properties = _meta_from_wire(meta)
+        decoded = (meta_codec.decode(meta)
+                   if meta_codec is not None and isinstance(meta, dict) and meta else None)
     except (ValueError, TypeError) as e:
         raise ValueError("not a publication") from e
     return Publication(topic, Offset(offset), payload, payload_kind, ts, qos=qos,
-                       published_retain=published_retain, origin=origin, meta=properties)
+                       published_retain=published_retain, origin=origin, meta=decoded)
