@@ -41,7 +41,6 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from importlib import resources
 from typing import Any, Protocol, cast
 
 import orjson
@@ -55,6 +54,7 @@ from websockets.typing import Subprotocol
 
 from ..auth import Acl, Principal, TokenAuthority
 from ..config import Settings
+from ..demo_files import demo_file
 from ..errors import (
     CLOSE_BAD_REQUEST,
     CLOSE_GOING_AWAY,
@@ -952,13 +952,12 @@ class WsEdge:
 
 
 def static_response(path: str) -> Response:
-    """Files of the demo page shipped in the package (``tidings/static``)."""
+    """Files of the demo page and its JS client (:mod:`tidings.demo_files`)."""
     name = "index.html" if path in ("/", "") else path.lstrip("/")
     if ".." in name.split("/") or name.startswith("."):
         return _plain(http.HTTPStatus.NOT_FOUND, b"not found\n")
-    try:
-        body = resources.files("tidings").joinpath("static", name).read_bytes()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+    body = demo_file(name)
+    if body is None:
         return _plain(http.HTTPStatus.NOT_FOUND, b"not found\n")
     ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
     if ctype.startswith("text/") or ctype == "application/javascript":
