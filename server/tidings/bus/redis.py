@@ -375,6 +375,8 @@ class RedisBus(Bus):
     # -- publishing and subscribing -----------------------------------------------------
 
     async def publish(self, publication: Publication, *, announced: bool = False) -> None:
+        if self._client is None or self._closed:
+            raise Unavailable("bus is closed")  # or never started
         data = encode_publication(publication, self._meta_codec)
         try:
             async with asyncio.timeout(self._timeout):  # a cluster client may retry inside
