@@ -28,10 +28,10 @@ as bin)::
     [topic, offset, ts, payload, kind, qos, published_retain, origin, meta]
 
 ``meta`` is nil or a map of plain values: what the :class:`MetaCodec` given
-by the caller makes of ``Publication.meta``. The server passes the MQTT edge's
-codec (:data:`tidings.protocol.mqtt.properties.PROPERTIES_MAP`: the MQTT 5.0
-properties that are present, field name -> value, tuples as arrays); without
-a codec ``meta`` travels as nil and arrives as None. The store's Lua scripts
+by the caller makes of ``Publication.meta``. ``app.py`` gives both Redis
+backends the MQTT one (:data:`tidings.protocol.mqtt.properties.PROPERTIES_MAP`:
+the MQTT 5.0 properties that are present, field name -> value, tuples as
+arrays); without a codec ``meta`` travels as nil and arrives as None. The store's Lua scripts
 build the same bytes from :func:`wire_head` + offset + ts + payload +
 :func:`wire_tail`, so a publication is encoded identically by Python and by
 Redis.
