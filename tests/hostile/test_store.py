@@ -26,7 +26,7 @@ import redis
 
 from conftest import WAIT, Client, Node, make_settings, stop_node
 from tidings.app import App
-from tidings.store.base import HistoryPolicy
+from tidings.store.base import PRUNE_STEP, HistoryPolicy
 from tidings.store.redis import RedisStore
 from tidings.store.sqlite import SqliteStore
 from tidings.types import PayloadKind
@@ -154,6 +154,47 @@ async def test_the_inbox_is_capped_and_devices_hear_what_was_pruned(start: Any) 
     assert status == 200
     assert [i["id"] for i in inbox["items"]] == list(reversed(ids[5:]))
     assert inbox["unread"] == 20
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_a_lower_cap_shrinks_a_big_inbox_in_bounded_steps(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """An inbox kept under a higher cap (or from before the cap) is pruned at most
+    PRUNE_STEP items per notify: no notify holds the store long, no push is huge."""
+    url = ""
+    if backend == "redis":
+        server = request.getfixturevalue("redis_server")
+        server.flushall()
+        url = server.url
+
+    def make(cap: int) -> Any:
+        if url:
+            return RedisStore(url, max_inbox=cap)
+        return SqliteStore(tmp_path, max_inbox=cap)
+
+    store = make(1000)
+    await store.open()
+    for _ in range(3):
+        await asyncio.gather(*(store.notify(["alice"], note(), ttl=None, collapse_key=None,
+                                            policy=policy) for _ in range(100)))
+    await store.close()
+    store = make(50)
+    await store.open()
+    try:
+        pruned = []
+        for _ in range(4):
+            r = await store.notify(["alice"], note(), ttl=None, collapse_key=None,
+                                   policy=policy)
+            push = r.changes[0].publications[0].data()
+            assert isinstance(push, dict)
+            pruned.append(len(push.get("pruned", [])))
+        # 300 items: 301 - 100, 202 - 100, 103 down to the cap of 50, then 51 - 1
+        assert pruned == [PRUNE_STEP, PRUNE_STEP, 303 - 2 * PRUNE_STEP - 50, 1]
+        assert await store.unread("alice") == 50
+        page = await store.inbox("alice", limit=100)
+        assert len(page.items) == 50 and page.unread == 50
+    finally:
+        await store.close()
 
 
 # -- the sweeper --------------------------------------------------------------------------

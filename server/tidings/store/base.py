@@ -29,7 +29,9 @@ same contract tests (``tests/test_store_contract.py``). The rules:
   argument; archived ones included). A notify that goes over prunes the
   oldest read or archived items first, then the oldest unread ones; a pruned
   unread item no longer counts, so the count drops with it. The push names
-  the pruned unarchived ids in ``pruned``.
+  the pruned unarchived ids in ``pruned``. One notify prunes at most
+  ``PRUNE_STEP`` items, so an inbox from before a lower cap shrinks over a
+  few notifies and no push grows large.
 * Expiry: :meth:`Store.sweep` deletes what is past its time (history,
   inbox items, idempotency keys), bounded per call, and for each user who
   lost unarchived items appends ``{"type": "expire", "ids", "unread"}`` to
@@ -48,6 +50,7 @@ from typing import Any, Literal
 from ..types import Offset, PayloadKind, Publication
 
 __all__ = [
+    "PRUNE_STEP",
     "HistoryPage",
     "HistoryPolicy",
     "InboxItem",
@@ -65,6 +68,7 @@ __all__ = [
 ]
 
 MarkAction = Literal["read", "unread", "archive"]
+PRUNE_STEP = 100  # items one notify prunes at most (see "Inbox cap")
 TRACK_EVENTS = ("delivered", "opened", "clicked", "dismissed")
 
 

@@ -157,6 +157,7 @@ from ..protocol.topics import is_wildcard, matches
 from ..types import Offset, PayloadKind, Publication, format_offset, parse_offset
 from . import redis_lua as lua
 from .base import (
+    PRUNE_STEP,
     TRACK_EVENTS,
     HistoryPage,
     HistoryPolicy,
@@ -674,7 +675,7 @@ class RedisStore(Store):
         push_base = orjson.dumps({k: v for k, v in fields.items() if k not in _NOT_JSON_KEYS})
         expires = -1 if ttl is None else now + int(ttl * 1000)
         own = [nid, expires, 0 if collapse_key is None else 1, collapse_key or "",
-               fields_json, push_base, self._max_inbox]
+               fields_json, push_base, self._max_inbox, PRUNE_STEP]
 
         async def batch(chunk: list[str]) -> list[UserChange]:
             async def run(client: Any) -> list[Any]:

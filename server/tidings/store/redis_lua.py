@@ -263,7 +263,8 @@ end
 
 NOTIFY = _INBOX_COMMON + r"""
 -- ARGV from 13: id, expires (-1 none), has collapse key, collapse key, fields JSON,
---   push JSON without 'unread' / 'replaces', the cap on the user's items
+--   push JSON without 'unread' / 'replaces', the cap on the user's items, the most
+--   items to prune in this call
 -- Returns false when the user already has this notification (a retried notify),
 -- else {count, stream offset, push, unread offset, unread payload}.
 local now = tonumber(ARGV[1])
@@ -304,7 +305,7 @@ if ck then redis.call('ZADD', KEYS[6], 0, ck .. '\0' .. nid) end
 -- over the cap: the oldest read or archived items go first, then the oldest unread
 -- (then any unarchived item: one read before the done index existed)
 local pruned = {}
-local over = redis.call('HLEN', KEYS[1]) - tonumber(ARGV[19])
+local over = math.min(redis.call('HLEN', KEYS[1]) - tonumber(ARGV[19]), tonumber(ARGV[20]))
 while over > 0 do
   local victim = redis.call('ZRANGE', KEYS[16], 0, 0)[1] or redis.call('ZRANGE', KEYS[4], 0, 0)[1]
                  or redis.call('ZRANGE', KEYS[2], 0, 0)[1]

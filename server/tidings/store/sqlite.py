@@ -22,6 +22,7 @@ from ..errors import Unavailable
 from ..protocol.topics import is_wildcard, matches
 from ..types import Offset, PayloadKind, Publication, format_offset, parse_offset
 from .base import (
+    PRUNE_STEP,
     TRACK_EVENTS,
     HistoryPage,
     HistoryPolicy,
@@ -447,7 +448,7 @@ class SqliteStore(Store):
         oldest unread; return the unarchived ids dropped (the user's devices
         list those)."""
         row = db.execute("SELECT total FROM inbox_counts WHERE user = ?", (user,)).fetchone()
-        over = 0 if row is None else int(row[0]) - self._max_inbox
+        over = 0 if row is None else min(int(row[0]) - self._max_inbox, PRUNE_STEP)
         if over <= 0:
             return []
         sql = ("SELECT seq, id, read, archived FROM inbox WHERE user = ? AND archived = ?"
