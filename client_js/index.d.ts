@@ -102,21 +102,22 @@ export interface Notification {
 }
 
 export interface ReadEvent {
-  type: "read" | "unread" | "archive";
+  /** "expire": notifications that reached their ttl left the inbox (no device). */
+  type: "read" | "unread" | "archive" | "expire";
   ids?: string[];
   all?: boolean;
   unread: number;
-  device: string;
+  device?: string;
   offset?: Offset;
 }
 
 export interface DismissEvent {
-  /** Notifications read or archived (on any device of the user). */
+  /** Notifications read, archived or expired (on any device of the user). */
   ids: string[];
   all: boolean;
-  /** The device that did it ("api" for a backend). */
+  /** The device that did it ("api" for a backend; null when they expired). */
   device: string | null;
-  action: "read" | "archive";
+  action: "read" | "archive" | "expire";
 }
 
 export interface IncompleteEvent {

@@ -341,3 +341,143 @@ async def test_concurrent_changes_keep_the_count_exact(store: Store) -> None:
     truth = sum(1 for i in page.items if not i.read)
     assert truth == 5 and page.unread == 5 and await store.unread("alice") == 5
     assert len(page.items) == 20 - 5 + 5
+
+
+# -- the cap (issue 10: an unbounded inbox) --------------------------------------------
+
+
+async def test_inbox_cap_prunes_read_and_archived_first_then_oldest_unread(
+        store: Store) -> None:
+    cap = contract.MAX_INBOX
+    ids = [(await send(store, ["alice"])).id for _ in range(cap)]
+    await store.mark("alice", "read", [ids[20], ids[10]], device="d", policy=policy)
+    await store.mark("alice", "archive", [ids[30]], device="d", policy=policy)  # was unread
+    assert await store.unread("alice") == cap - 3
+    pushes = []
+    for _ in range(4):
+        r = await send(store, ["alice"])
+        pushes.append(payload(r.changes[0], notifications_topic("alice")))
+    # Oldest read / archived first, by age: 10, 20, then 30 (archived: not listed),
+    # then the oldest unread item, 0, which no longer counts.
+    assert [p.get("pruned") for p in pushes] == [[ids[10]], [ids[20]], None, [ids[0]]]
+    assert [p["unread"] for p in pushes] == [cap - 2, cap - 1, cap, cap]
+    page = await store.inbox("alice", limit=2 * cap)
+    listed = [i.fields["id"] for i in page.items]
+    assert len(listed) == cap and page.unread == cap == await store.unread("alice")
+    assert not {ids[0], ids[10], ids[20], ids[30]} & set(listed)
+    assert ids[1] in listed
+    # A pruned item is gone: it can be neither marked nor tracked.
+    gone = await store.mark("alice", "read", [ids[0], ids[10]], device="d", policy=policy)
+    assert gone.changed == [] and gone.unread == cap
+    assert await store.read_states("alice", [ids[0], ids[10]]) == {}
+
+
+async def test_inbox_cap_is_per_user(store: Store) -> None:
+    cap = contract.MAX_INBOX
+    await send(store, ["bob"])
+    for _ in range(cap + 2):
+        await send(store, ["alice"])
+    assert await store.unread("alice") == cap and await store.unread("bob") == 1
+
+
+async def test_count_stays_exact_through_every_change(store: Store, clock: Clock) -> None:
+    """The counter follows notify, collapse, read, unread, archive, expiry and the cap."""
+    a = (await send(store, ["alice"], collapse_key="k")).id
+    b = (await send(store, ["alice"], ttl=30)).id
+    c = (await send(store, ["alice"])).id
+    assert await store.unread("alice") == 3
+    await send(store, ["alice"], collapse_key="k")  # replaces a
+    assert await store.unread("alice") == 3
+    await store.mark("alice", "read", [c, c, "n_unknown"], device="d", policy=policy)
+    await store.mark("alice", "read", [c], device="d", policy=policy)  # no change
+    assert await store.unread("alice") == 2
+    await store.mark("alice", "archive", [c], device="d", policy=policy)  # read: no change
+    assert await store.unread("alice") == 2
+    clock.advance(31)  # b expires
+    assert await store.unread("alice") == 1
+    await store.mark("alice", "unread", [b], device="d", policy=policy)  # expired: nothing
+    assert await store.unread("alice") == 1
+    await store.sweep(policy=policy, limit=100)
+    assert await store.unread("alice") == 1
+    r = await send(store, ["alice"])
+    assert r.changes[0].unread == 2 == await store.unread("alice")
+    assert a not in await ids_in(store, "alice")
+
+
+# -- the sweeper (issue 10: expired rows kept forever) ---------------------------------
+
+
+async def test_sweep_deletes_expired_items_and_tells_the_user(store: Store,
+                                                              clock: Clock) -> None:
+    soon = [(await send(store, ["alice"], ttl=60)).id for _ in range(3)]
+    keep = (await send(store, ["alice"])).id
+    await store.mark("alice", "read", [soon[0]], device="d", policy=policy)
+    await store.mark("alice", "archive", [soon[1]], device="d", policy=policy)
+    before = await store.sweep(policy=policy, limit=100)
+    assert (before.inbox, before.changes) == (0, [])
+    clock.advance(61)
+    result = await store.sweep(policy=policy, limit=100)
+    assert result.inbox == 3 and result.more is False
+    (change,) = result.changes
+    # The archived item was deleted too, but devices no longer list it.
+    assert change.user == "alice" and sorted(change.changed) == sorted([soon[0], soon[2]])
+    event = payload(change, events_topic("alice"))
+    assert event["type"] == "expire" and sorted(event["ids"]) == sorted([soon[0], soon[2]])
+    assert event["unread"] == 1 == change.unread
+    assert payload(change, unread_topic("alice")) == {"count": 1}
+    retained = await store.retained(unread_topic("alice"))
+    assert [orjson.loads(p.payload) for p in retained] == [{"count": 1}]
+    page = await store.history(events_topic("alice"), None, 10)
+    assert page.items[-1].data() == event
+    assert await ids_in(store, "alice") == [keep]
+    again = await store.sweep(policy=policy, limit=100)
+    assert (again.inbox, again.changes) == (0, [])
+    # The item is gone, not hidden: marking it unread changes nothing.
+    nothing = await store.mark("alice", "unread", [soon[0]], device="d", policy=policy)
+    assert nothing.changed == [] and nothing.unread == 1
+
+
+async def test_sweep_tells_nobody_when_only_archived_items_expired(
+        store: Store, clock: Clock) -> None:
+    a = (await send(store, ["alice"], ttl=10)).id
+    await store.mark("alice", "archive", [a], device="d", policy=policy)
+    clock.advance(11)
+    result = await store.sweep(policy=policy, limit=100)
+    assert result.inbox == 1 and result.changes == []
+
+
+async def test_sweep_is_bounded_per_call_and_finishes(store: Store, clock: Clock) -> None:
+    users = [f"u{i}" for i in range(5)]
+    for user in users:
+        await send(store, [user], ttl=5)
+    await send(store, ["alice"], ttl=500)  # not due
+    clock.advance(6)
+    told: list[str] = []
+    calls = 0
+    while True:
+        calls += 1
+        assert calls <= 10
+        result = await store.sweep(policy=policy, limit=2)
+        told += [c.user for c in result.changes]
+        if not result.more:
+            break
+    assert sorted(told) == users and calls >= 3
+    for user in users:
+        assert await store.unread(user) == 0 and await ids_in(store, user) == []
+    assert await store.unread("alice") == 1
+
+
+async def test_sweep_after_a_later_notify_of_the_same_user(store: Store,
+                                                           clock: Clock) -> None:
+    """An item with an earlier expiry notified after a later one is still swept on time."""
+    late = (await send(store, ["alice"], ttl=1000)).id
+    clock.advance(1)
+    await store.sweep(policy=policy, limit=100)
+    early = (await send(store, ["alice"], ttl=10)).id
+    clock.advance(11)
+    result = await store.sweep(policy=policy, limit=100)
+    assert [c.changed for c in result.changes] == [[early]]
+    clock.advance(1000)
+    result = await store.sweep(policy=policy, limit=100)
+    assert [c.changed for c in result.changes] == [[late]]
+    assert await store.unread("alice") == 0

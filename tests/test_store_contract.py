@@ -4,7 +4,8 @@ Each test takes the ``store`` fixture and nothing that knows which backend it
 is. To run the suite against another implementation, add its name to
 ``params`` of :func:`open_store` and one branch that builds it over shared
 backing data (the same folder, the same Redis database) with ``clock`` and
-``IDEMPOTENCY_TTL``; clean that data up after the yield. Nothing else changes.
+``IDEMPOTENCY_TTL`` (and ``MAX_INBOX``); clean that data up after the yield.
+Nothing else changes.
 
 Time is the fake ``clock`` (seconds since the epoch, moved by hand); the
 store must take all its time (``ts``, history TTL, idempotency TTL) from it.
@@ -30,6 +31,7 @@ pytest_plugins = ["redis_servers"]  # session-wide redis-server / cluster fixtur
 T0 = 1_700_000_000.0
 IDEMPOTENCY_TTL = 60.0
 KEEP = HistoryPolicy(size=1000, ttl=3600.0)  # large enough not to trim in a test
+MAX_INBOX = 50  # items per user (the inbox cap); more than any test but the cap's own
 
 OpenStore = Callable[[], Awaitable[Store]]
 
@@ -68,9 +70,11 @@ async def open_store(request: pytest.FixtureRequest, tmp_path: Path,
     async def make() -> Store:
         s: Store
         if request.param == "sqlite":
-            s = SqliteStore(tmp_path / "store", idempotency_ttl=IDEMPOTENCY_TTL, clock=clock)
+            s = SqliteStore(tmp_path / "store", idempotency_ttl=IDEMPOTENCY_TTL, clock=clock,
+                            max_inbox=MAX_INBOX)
         elif url:
-            s = RedisStore(url, idempotency_ttl=IDEMPOTENCY_TTL, clock=clock)
+            s = RedisStore(url, idempotency_ttl=IDEMPOTENCY_TTL, clock=clock,
+                           max_inbox=MAX_INBOX)
         else:  # pragma: no cover - a new backend adds its branch here
             raise AssertionError(f"no store backend {request.param!r}")
         await s.open()

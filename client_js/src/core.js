@@ -459,6 +459,7 @@ export class Core extends Emitter {
       case "read":
       case "unread":
       case "archive":
+      case "expire": // reached its ttl: gone from the inbox, and the new count
         this.pushSeq++;
         this.#stateEvent(push);
         break;
@@ -485,7 +486,7 @@ export class Core extends Emitter {
     if (live) this.#emitInbox();
   }
 
-  /** @param {any} ev a read / unread / archive push */
+  /** @param {any} ev a read / unread / archive / expire push */
   #stateEvent(ev) {
     if (!this.ledger.acceptEvent(ev)) return;
     // The server lists the changed ids even for `all: true`; without them, all.

@@ -100,16 +100,18 @@ export class InboxState {
    * @param {any} n
    */
   applyNotification(n) {
-    const replaces = Array.isArray(n.replaces) ? new Set(n.replaces) : null;
-    this.items = this.items.filter((i) => i.id !== n.id && !(replaces && replaces.has(i.id)));
+    // `replaces`: collapsed by this one; `pruned`: dropped for the inbox cap
+    const gone = new Set([...(Array.isArray(n.replaces) ? n.replaces : []),
+      ...(Array.isArray(n.pruned) ? n.pruned : [])]);
+    this.items = this.items.filter((i) => i.id !== n.id && !gone.has(i.id));
     this.items.unshift(toItem(n));
     if (typeof n.unread === "number") this.unread = n.unread;
   }
 
   /**
-   * A change of state: a `read`/`unread`/`archive` push, or the `changed` ids
-   * of this client's own command.
-   * @param {"read" | "unread" | "archive"} action
+   * A change of state: a `read`/`unread`/`archive`/`expire` push, or the
+   * `changed` ids of this client's own command.
+   * @param {"read" | "unread" | "archive" | "expire"} action
    * @param {string[] | null} ids null for all
    * @returns {string[]} the ids to dismiss (read or archived, known here and
    *   unread before; all of `ids` when they are not known here)
@@ -119,7 +121,7 @@ export class InboxState {
     const hit = (/** @type {InboxItem} */ i) => !chosen || chosen.has(i.id);
     /** @type {string[]} */
     let dismissed = [];
-    if (action === "archive") {
+    if (action === "archive" || action === "expire") {
       dismissed = ids ? [...ids] : this.items.map((i) => i.id);
       this.items = this.items.filter((i) => !hit(i));
     } else if (action === "read") {

@@ -62,6 +62,16 @@ test("inbox state: pushes on top, the unread count is the server's, changes by i
   assert.deepEqual(t.snapshot(), s.snapshot());
 });
 
+test("inbox state: pruned and expired notifications leave the list", () => {
+  const s = new InboxState();
+  s.applyPage({ items: [{ id: "b", ts: 2, read: false }, { id: "a", ts: 1, read: true }],
+    next: null }, false);
+  s.applyNotification({ id: "c", title: "C", ts: 3, unread: 2, pruned: ["a"] });
+  assert.deepEqual(s.items.map((i) => i.id), ["c", "b"], "pruned for the inbox cap");
+  assert.deepEqual(s.applyChange("expire", ["b"]), ["b"]);
+  assert.deepEqual(s.items.map((i) => i.id), ["c"], "expired (its ttl)");
+});
+
 test("a reloaded first page keeps newer pushed items on top", () => {
   const s = new InboxState();
   s.applyNotification({ id: "new", ts: 10, unread: 1 });

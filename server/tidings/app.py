@@ -10,6 +10,8 @@ import os
 import secrets
 import socket
 import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -37,6 +39,7 @@ from .redis_wire import parse_redis_url
 from .store.base import Store
 from .store.redis import RedisStore
 from .store.sqlite import SqliteStore
+from .sweeper import Sweeper
 
 __all__ = ["App", "Secrets", "load_secrets"]
 
@@ -92,14 +95,16 @@ def _tls(cert: str, key: str) -> ssl.SSLContext | None:
     return ctx
 
 
-def _make_store(settings: Settings) -> Store:
+def _make_store(settings: Settings, clock: Callable[[], float] = time.time) -> Store:
     if settings.store.backend == "sqlite":
-        return SqliteStore(settings.store.path, idempotency_ttl=settings.store.idempotency_ttl)
+        return SqliteStore(settings.store.path, idempotency_ttl=settings.store.idempotency_ttl,
+                           max_inbox=settings.notify.max_inbox, clock=clock)
     if settings.store.backend == "redis":
         # redis://host:port/db (one Redis) or redis+cluster://host:port (a Redis Cluster);
         # MQTT 5.0 properties ride with announcements through the meta codec
         return RedisStore(settings.redis.url, idempotency_ttl=settings.store.idempotency_ttl,
-                          meta_codec=PROPERTIES_MAP)
+                          meta_codec=PROPERTIES_MAP, max_inbox=settings.notify.max_inbox,
+                          clock=clock)
     raise Unavailable(f"store backend {settings.store.backend!r} is not available in this build")
 
 
@@ -113,15 +118,20 @@ def _make_bus(settings: Settings) -> Bus:
 
 
 class App:
-    """One node with its listeners. ``start()``, then ``stop()`` (idempotent)."""
+    """One node with its listeners. ``start()``, then ``stop()`` (idempotent).
 
-    def __init__(self, settings: Settings) -> None:
+    ``clock`` is the store's time (tests pass a fake one to expire things).
+    """
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.secrets = load_secrets(settings)
         name = settings.node.name or f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = Metrics()
-        self.node = Node(name, _make_store(settings), _make_bus(settings), settings.history,
-                         self.metrics)
+        self.node = Node(name, _make_store(settings, clock), _make_bus(settings),
+                         settings.history, self.metrics)
+        self.sweeper = Sweeper(self.node, settings.store.sweep_interval,
+                               settings.store.sweep_batch)
         self.tokens = TokenAuthority(self.secrets.jwt_secret,
                                      max_ttl=settings.auth.max_token_ttl,
                                      default_ttl=settings.auth.default_token_ttl)
@@ -150,6 +160,7 @@ class App:
             ("tidings_slow_consumers_total", "sessions closed for exceeding the outbound bound"),
             ("tidings_errors_total", "errors by code"),
             ("tidings_notifications_total", "notifications accepted by /v1/notify"),
+            ("tidings_swept_total", "expired rows deleted by the sweeper, by kind"),
         ):
             self.metrics.describe(name_, text)
 
@@ -192,6 +203,7 @@ class App:
     async def start(self) -> None:
         s = self.settings
         await self.node.start()
+        self.sweeper.start()
         if self.mqtt is not None:
             await self.mqtt.start()
         await self.ws.start(ssl=_tls(s.ws.tls_cert, s.ws.tls_key))
@@ -218,5 +230,6 @@ class App:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.presence.close()
+        await self.sweeper.close()
         await self.node.close()
         log.info("node %s stopped", self.node.name)

@@ -91,6 +91,8 @@ class StoreSettings:
     backend: str = "sqlite"
     path: str = "./tidings-data"
     idempotency_ttl: float = 86400.0
+    sweep_interval: float = 30.0  # seconds between sweeps of expired rows (per node)
+    sweep_batch: int = 1000  # rows of each kind deleted per sweep step
 
 
 @dataclass
@@ -122,6 +124,7 @@ class NotifySettings:
     max_users: int = 10000  # ids per POST /v1/notify
     max_data_size: int = 65536  # bytes of a notification's data, as JSON (stored per user)
     max_ttl: float = 86400.0 * 365
+    max_inbox: int = 1000  # items kept per user; over it the oldest read ones go first
 
 
 @dataclass
@@ -306,6 +309,9 @@ def _validate(s: Settings) -> None:
     _positive("store.idempotency_ttl", s.store.idempotency_ttl)
     _positive("notify.max_users", s.notify.max_users)
     _positive("notify.max_data_size", s.notify.max_data_size)
+    _positive("notify.max_inbox", s.notify.max_inbox)
+    _positive("store.sweep_interval", s.store.sweep_interval)
+    _positive("store.sweep_batch", s.store.sweep_batch)
     for key in ("max_packet_size", "receive_maximum", "max_queued", "max_subscriptions"):
         _positive(f"mqtt.{key}", getattr(s.mqtt, key))
     if not 0 < s.mqtt.receive_maximum <= 65535:

@@ -23,6 +23,19 @@ same contract tests (``tests/test_store_contract.py``). The rules:
   change items, count, the user's stream (``users/{uid}/notifications`` or
   ``users/{uid}/events`` history) and the retained ``users/{uid}/unread``
   in one atomic step per user, and return the publications to fan out.
+  The count is kept as a counter per user (never by counting rows), so a
+  notify costs the same with 0 or 50,000 unread items.
+* Inbox cap: a user keeps at most ``max_inbox`` items (a constructor
+  argument; archived ones included). A notify that goes over prunes the
+  oldest read or archived items first, then the oldest unread ones; a pruned
+  unread item no longer counts, so the count drops with it. The push names
+  the pruned unarchived ids in ``pruned``. One notify prunes at most
+  ``PRUNE_STEP`` items, so an inbox from before a lower cap shrinks over a
+  few notifies and no push grows large.
+* Expiry: :meth:`Store.sweep` deletes what is past its time (history,
+  inbox items, idempotency keys), bounded per call, and for each user who
+  lost unarchived items appends ``{"type": "expire", "ids", "unread"}`` to
+  ``users/{uid}/events`` and updates the retained count, as ``mark`` does.
 * Methods raise :class:`tidings.errors.Unavailable` when the backend cannot
   answer within its bound; they never report success for what was not stored.
 """
@@ -37,6 +50,7 @@ from typing import Any, Literal
 from ..types import Offset, PayloadKind, Publication
 
 __all__ = [
+    "PRUNE_STEP",
     "HistoryPage",
     "HistoryPolicy",
     "InboxItem",
@@ -46,6 +60,7 @@ __all__ = [
     "PublishResult",
     "QueuedMessage",
     "Store",
+    "SweepResult",
     "UserChange",
     "events_topic",
     "notifications_topic",
@@ -53,6 +68,7 @@ __all__ = [
 ]
 
 MarkAction = Literal["read", "unread", "archive"]
+PRUNE_STEP = 100  # items one notify prunes at most (see "Inbox cap")
 TRACK_EVENTS = ("delivered", "opened", "clicked", "dismissed")
 
 
@@ -123,6 +139,21 @@ class InboxPage:
 
 
 PolicyFor = Callable[[str], HistoryPolicy]
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    """What one :meth:`Store.sweep` call deleted.
+
+    Counts are what this call removed itself; a backend whose keys also expire
+    on their own (Redis TTLs) does not count what the backend dropped.
+    """
+
+    history: int = 0  # expired history messages
+    inbox: int = 0  # expired inbox items
+    keys: int = 0  # expired idempotency keys
+    changes: list[UserChange] = field(default_factory=list)  # users told (fan these out)
+    more: bool = False  # the limit was reached: more may be due now
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +284,20 @@ class Store(abc.ABC):
         When anything changed, appends ``{"type": action, "ids" | "all",
         "unread", "device"}`` to ``users/{uid}/events`` and updates the retained
         unread count; the publications are returned to fan out.
+        """
+
+    @abc.abstractmethod
+    async def sweep(self, *, policy: PolicyFor, limit: int) -> SweepResult:
+        """Delete expired history messages, inbox items and idempotency keys.
+
+        At most about ``limit`` of each kind per call (``more`` says whether
+        some were left), so one call holds the backend briefly; call again
+        while ``more``. Expired items are already invisible to every read;
+        this frees their space and tells the user: per user who lost
+        unarchived items, atomically with the deletion, ``{"type": "expire",
+        "ids", "unread"}`` is appended to ``users/{uid}/events`` and the
+        retained ``users/{uid}/unread`` updated; the publications are
+        returned to fan out (as ``mark`` returns them).
         """
 
     @abc.abstractmethod

@@ -41,6 +41,7 @@ key                            type    what
 ``P {u:<uid>}:useq``           zset    unread unarchived items by seq
 ``P {u:<uid>}:exp``            zset    items with an expiry, by expiry (collection)
 ``P {u:<uid>}:ck``             zset    ``collapse_key \\0 id`` of unread items (lex)
+``P {u:<uid>}:done``           zset    read or archived items by seq (pruned first)
 ``P {u:<uid>}:meta``           hash    ``seq``: the inbox sequence
 ``P {u:<uid>}:ret``            zset    the user's topics with a retained message (lex)
 ``P {u:<uid>}:pres``           zset    online device entries by expiry (presence)
@@ -54,6 +55,8 @@ key                            type    what
 ``P {n:<id>}:tr``              set     ``event \\0 user`` tracked (once each)
 ``P {nk:<key>}``               string  a notify idempotency key: id, targets, done
 ``P {s}:categories``           hash    ``category \\0 field`` -> total
+``P {due}:at`` / ``P {due}:v`` zset /  users with expiring items, by (at most) their
+                               hash    earliest expiry / a version per user (sweeper)
 ``P {ms:<bucket>}:state``      hash    MQTT session state by client id (64 buckets)
 ``P {ms:<bucket>}:q:<client>`` list    the session's queue, oldest first
 =============================  ======  ===============================================
@@ -92,8 +95,18 @@ Trade-offs (what one slot per topic / per user costs)
 * Category totals (``{s}:categories``) are bumped right after the
   per-notification script, in a second call: a crash between the two leaves
   a category total one short, while the per-notification stats are exact.
-* Expired inbox items are forgotten (up to 100 per notify / mark); reads skip
-  the rest. ``track`` of a forgotten item returns False.
+* Expired inbox items are forgotten (up to 100 per notify / mark), and by
+  :meth:`sweep`, which finds the users through ``{due}:at``: a superset
+  updated after each notify with a TTL (a crash between the two leaves an
+  item to the next notify or mark of its user); reads skip the rest.
+  ``track`` of a forgotten item returns False.
+* Expired history and idempotency keys are left to Redis: a topic's history
+  key gets the TTL of its newest message on every publish (so a topic never
+  published again is gone at that TTL), each publish trims expired entries
+  at its head, and idempotency keys expire by TTL. ``sweep`` counts none of
+  those.
+* The inbox cap: ``HLEN`` of the items hash is the total; over the cap a
+  notify drops from ``:done``, then ``:useq``, then ``:order``.
 * A script runs alone on its Redis: ``mark`` with ``all`` walks the user's
   whole inbox in one script (as SQLite does in one transaction), so a user
   with a very large inbox costs Redis that long.
@@ -146,6 +159,7 @@ from ..redis_wire import (
 from ..types import Offset, PayloadKind, Publication, format_offset, parse_offset
 from . import redis_lua as lua
 from .base import (
+    PRUNE_STEP,
     TRACK_EVENTS,
     HistoryPage,
     HistoryPolicy,
@@ -157,6 +171,7 @@ from .base import (
     PublishResult,
     QueuedMessage,
     Store,
+    SweepResult,
     UserChange,
     events_topic,
     notifications_topic,
@@ -220,9 +235,13 @@ class RedisStore(Store):
         announce: bool = True,
         prefix: str = "tidings:",
         meta_codec: MetaCodec | None = None,
+        max_inbox: int = 1000,
     ) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError("the key prefix must not contain a hash tag")
+        if max_inbox < 1:
+            raise ValueError("max_inbox must be at least 1")
+        self._max_inbox = max_inbox
         self._url, from_url = parse_redis_url(url)
         self._cluster = from_url if cluster is None else cluster
         self._idempotency_ttl = idempotency_ttl
@@ -572,7 +591,8 @@ class RedisStore(Store):
                                             ":ck", ":meta")]
         keys += [self._tk(stream, ":m"), self._tk(stream, ":h"),
                  self._tk(unread, ":m"), self._tk(unread, ":h"), self._tk(unread, ":r"),
-                 self._uk(user, ":ret"), channel_for(stream), channel_for(unread)]
+                 self._uk(user, ":ret"), channel_for(stream), channel_for(unread),
+                 self._uk(user, ":done")]
         if not self._cluster:
             keys.append(self._p + "{r}:users")
         return keys
@@ -660,7 +680,7 @@ class RedisStore(Store):
         push_base = orjson.dumps({k: v for k, v in fields.items() if k not in _NOT_JSON_KEYS})
         expires = -1 if ttl is None else now + int(ttl * 1000)
         own = [nid, expires, 0 if collapse_key is None else 1, collapse_key or "",
-               fields_json, push_base]
+               fields_json, push_base, self._max_inbox, PRUNE_STEP]
 
         async def batch(chunk: list[str]) -> list[UserChange]:
             async def run(client: Any) -> list[Any]:
@@ -671,7 +691,11 @@ class RedisStore(Store):
                     stream = notifications_topic(user)
                     calls.append((self._inbox_keys(user, stream),
                                   [*self._inbox_args(user, stream, now, policy), *own]))
-                return await self._eval_many(client, "NOTIFY", calls)
+                raws = await self._eval_many(client, "NOTIFY", calls)
+                added = [u for u, r in zip(chunk, raws, strict=True) if r is not None]
+                if expires >= 0 and added:  # after the items exist: see DUE_ADD
+                    await self._script("DUE_ADD", self._due_keys(), [expires, *added])
+                return raws
 
             raws = await self._io(run)
             return [self._change(user, notifications_topic(user), now, raw, [nid])
@@ -776,6 +800,43 @@ class RedisStore(Store):
         if len(raw) == 1:
             return UserChange(user, int(raw[0]))
         return self._change(user, stream, now, raw, [_text(i) for i in raw[5]])
+
+    def _due_keys(self) -> list[str]:
+        return [self._p + "{due}:at", self._p + "{due}:v"]
+
+    def _due_set(self, args: list[Any]) -> Callable[[Any], Awaitable[Any]]:
+        return lambda c: self._script("DUE_SET", self._due_keys(), args)
+
+    async def sweep(self, *, policy: PolicyFor, limit: int) -> SweepResult:
+        """Expired inbox items of the users due in ``{due}:at`` (history and
+        idempotency keys expire by Redis TTL: see the module doc)."""
+        now = self._now_ms()
+        raw = await self._io(lambda c: self._script("DUE_TAKE", self._due_keys(),
+                                                    [now, limit]))
+        due = [(_text(raw[i]), _text(raw[i + 1])) for i in range(0, len(raw), 2)]
+        changes: list[UserChange] = []
+        deleted, more = 0, len(due) >= limit
+        for user, version in due:
+            stream = events_topic(user)
+            keys = self._inbox_keys(user, stream)
+
+            async def run(client: Any, user: str = user, stream: str = stream,
+                          keys: list[str] = keys) -> Any:
+                if self._cluster:
+                    await self._register_user(client, user)
+                # made here: topic epochs need the store epoch _io ensured
+                args = [*self._inbox_args(user, stream, now, policy), limit]
+                return await self._script("SWEEP", keys, args)
+
+            r = await self._io(run)
+            deleted += int(r[0])
+            more = more or int(r[0]) >= limit
+            nxt = "" if r[1] is None else _text(r[1])
+            await self._io(self._due_set([user, version, nxt]))
+            if len(r) > 3:
+                ids = [_text(i) for i in r[7]]
+                changes.append(self._change(user, stream, now, [r[2], *r[3:7]], ids))
+        return SweepResult(0, deleted, 0, changes, more)
 
     async def track(self, notification_id: str, user: str, event: str) -> bool:
         if event not in TRACK_EVENTS:

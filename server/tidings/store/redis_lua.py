@@ -22,6 +22,9 @@ from __future__ import annotations
 
 __all__ = [
     "CLAIM",
+    "DUE_ADD",
+    "DUE_SET",
+    "DUE_TAKE",
     "HISTORY",
     "INBOX",
     "MARK",
@@ -36,6 +39,7 @@ __all__ = [
     "PRESENCE_REMOVE",
     "PRUNE",
     "PUBLISH",
+    "SWEEP",
     "TRACK",
 ]
 
@@ -199,7 +203,8 @@ return 0
 # KEYS (notify and mark): 1 items, 2 order, 3 unread, 4 unread by seq, 5 expiry,
 #   6 collapse index, 7 user meta, 8 stream meta, 9 stream history, 10 unread-topic
 #   meta, 11 unread-topic history, 12 unread-topic retained, 13 the user's retained
-#   index, 14 stream channel, 15 unread-topic channel [, 16 users with retained topics]
+#   index, 14 stream channel, 15 unread-topic channel, 16 read or archived items by seq
+#   (pruned first when over the cap) [, 17 users with retained topics]
 # ARGV: 1 now, 2 announce mode, 3 stream epoch, 4 stream size, 5 stream ttl, 6 stream
 #   head, 7 stream tail, 8 unread-topic epoch, 9 unread head, 10 unread tail,
 #   11 unread topic, 12 user id; then the script's own from 13.
@@ -210,7 +215,16 @@ local function drop(nid, ck)
   redis.call('ZREM', KEYS[3], nid)
   redis.call('ZREM', KEYS[4], nid)
   redis.call('ZREM', KEYS[5], nid)
+  redis.call('ZREM', KEYS[16], nid)
   if ck then redis.call('ZREM', KEYS[6], ck .. '\0' .. nid) end
+end
+
+-- an item's archived flag and collapse key (1, false when it is gone)
+local function flags(nid)
+  local entry = redis.call('HGET', KEYS[1], nid)
+  if not entry then return 1, false end
+  local _, _, _, _, _, ar, ck = cmsgpack.unpack_limit(entry, 6)
+  return ar, ck
 end
 
 -- forget up to 100 expired items (reads skip the rest)
@@ -237,7 +251,7 @@ local function finish(now, count, payload)
   local upayload = '{"count":' .. count .. '}'
   local useq, uepoch = append(KEYS[10], KEYS[11], now, ARGV[8], 0, 1000, 0, upayload)
   local uoffset = uepoch .. ':' .. useq
-  retain(KEYS[12], uoffset, now, 0, 1, upayload, KEYS[13], KEYS[16], ARGV[11], ARGV[12])
+  retain(KEYS[12], uoffset, now, 0, 1, upayload, KEYS[13], KEYS[17], ARGV[11], ARGV[12])
   announce(mode, KEYS[15], ARGV[9], uoffset, now, upayload, ARGV[10])
   return soffset, payload, uoffset, upayload
 end
@@ -249,7 +263,8 @@ end
 
 NOTIFY = _INBOX_COMMON + r"""
 -- ARGV from 13: id, expires (-1 none), has collapse key, collapse key, fields JSON,
---   push JSON without 'unread' / 'replaces'
+--   push JSON without 'unread' / 'replaces', the cap on the user's items, the most
+--   items to prune in this call
 -- Returns false when the user already has this notification (a retried notify),
 -- else {count, stream offset, push, unread offset, unread payload}.
 local now = tonumber(ARGV[1])
@@ -287,12 +302,26 @@ else
 end
 redis.call('ZADD', KEYS[4], seq, nid)
 if ck then redis.call('ZADD', KEYS[6], 0, ck .. '\0' .. nid) end
+-- over the cap: the oldest read or archived items go first, then the oldest unread
+-- (then any unarchived item: one read before the done index existed)
+local pruned = {}
+local over = math.min(redis.call('HLEN', KEYS[1]) - tonumber(ARGV[19]), tonumber(ARGV[20]))
+while over > 0 do
+  local victim = redis.call('ZRANGE', KEYS[16], 0, 0)[1] or redis.call('ZRANGE', KEYS[4], 0, 0)[1]
+                 or redis.call('ZRANGE', KEYS[2], 0, 0)[1]
+  if not victim then break end
+  local ar, c = flags(victim)
+  drop(victim, c)
+  if ar == 0 then pruned[#pruned + 1] = victim end
+  over = over - 1
+end
 local count = count_unread(now)
 local base = ARGV[18]
 local push = string.sub(base, 1, -2)
 if #base > 2 then push = push .. ',' end
 push = push .. '"unread":' .. count
 if #replaced > 0 then push = push .. ',"replaces":' .. cjson.encode(replaced) end
+if #pruned > 0 then push = push .. ',"pruned":' .. cjson.encode(pruned) end
 push = push .. '}'
 local soffset, spayload, uoffset, upayload = finish(now, count, push)
 return {count, soffset, spayload, uoffset, upayload}
@@ -326,6 +355,7 @@ for _, nid in ipairs(ids) do
         nrd = 1
         redis.call('ZREM', KEYS[3], nid)
         redis.call('ZREM', KEYS[4], nid)
+        redis.call('ZADD', KEYS[16], seq, nid)
         if ck then redis.call('ZREM', KEYS[6], ck .. '\0' .. nid) end
       elseif action == 'unread' and rd == 1 then
         nrd = 0
@@ -335,9 +365,11 @@ for _, nid in ipairs(ids) do
           redis.call('ZADD', KEYS[3], expires, nid)
         end
         redis.call('ZADD', KEYS[4], seq, nid)
+        redis.call('ZREM', KEYS[16], nid)
         if ck then redis.call('ZADD', KEYS[6], 0, ck .. '\0' .. nid) end
       elseif action == 'archive' then
         nar = 1
+        redis.call('ZADD', KEYS[16], seq, nid)
         redis.call('ZREM', KEYS[2], nid)
         redis.call('ZREM', KEYS[3], nid)
         redis.call('ZREM', KEYS[4], nid)
@@ -359,6 +391,68 @@ event = event .. ',"ids":' .. cjson.encode(changed) .. ',"unread":' .. count
         .. ',"device":' .. ARGV[15] .. '}'
 local soffset, spayload, uoffset, upayload = finish(now, count, event)
 return {count, soffset, spayload, uoffset, upayload, changed}
+"""
+
+SWEEP = _INBOX_COMMON + r"""
+-- ARGV from 13: limit
+-- Deletes up to 'limit' expired items. Returns {deleted, next expiry or false, count}
+-- when no unarchived item went, else also {events offset, event, unread offset,
+-- unread payload, {ids}} after the count.
+local now = tonumber(ARGV[1])
+local old = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, tonumber(ARGV[13]))
+local ids = {}
+for _, nid in ipairs(old) do
+  local ar, ck = flags(nid)
+  drop(nid, ck)
+  if ar == 0 then ids[#ids + 1] = nid end
+end
+local first = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
+local nexp = first[2] or false
+local count = count_unread(now)
+if #ids == 0 then return {#old, nexp, count} end
+local event = '{"type":"expire","ids":' .. cjson.encode(ids) .. ',"unread":' .. count .. '}'
+local soffset, spayload, uoffset, upayload = finish(now, count, event)
+return {#old, nexp, count, soffset, spayload, uoffset, upayload, ids}
+"""
+
+# The due index: users who have items with an expiry, scored at or before the
+# earliest (a superset: kept beside the per-user scripts, which live in other
+# slots). A version per user, bumped by every notify that adds an expiry,
+# lets the sweeper move or drop an entry only if no such notify came between
+# its read and its write.
+
+DUE_ADD = r"""
+-- KEYS: due zset, versions hash.  ARGV: expires, users...  (after their notify ran)
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], 'LT', ARGV[1], ARGV[i])
+  redis.call('HINCRBY', KEYS[2], ARGV[i], 1)
+end
+return 1
+"""
+
+DUE_TAKE = r"""
+-- KEYS: due zset, versions hash.  ARGV: now, limit.  Returns {user, version, ...} due.
+local users = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0,
+                         tonumber(ARGV[2]))
+local out = {}
+for _, u in ipairs(users) do
+  out[#out + 1] = u
+  out[#out + 1] = redis.call('HGET', KEYS[2], u) or '0'
+end
+return out
+"""
+
+DUE_SET = r"""
+-- KEYS: due zset, versions hash.  ARGV: user, version read, next expiry ('' none)
+-- Re-scores (or drops) the user unless a notify bumped the version meanwhile.
+if (redis.call('HGET', KEYS[2], ARGV[1]) or '0') ~= ARGV[2] then return 0 end
+if ARGV[3] == '' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+end
+return 1
 """
 
 INBOX = r"""

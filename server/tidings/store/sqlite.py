@@ -22,6 +22,7 @@ from ..errors import Unavailable
 from ..protocol.topics import is_wildcard, matches
 from ..types import Offset, PayloadKind, Publication, format_offset, parse_offset
 from .base import (
+    PRUNE_STEP,
     TRACK_EVENTS,
     HistoryPage,
     HistoryPolicy,
@@ -33,6 +34,7 @@ from .base import (
     PublishResult,
     QueuedMessage,
     Store,
+    SweepResult,
     UserChange,
     events_topic,
     notifications_topic,
@@ -112,6 +114,26 @@ CREATE TABLE IF NOT EXISTS tracks (
     PRIMARY KEY (id, user, event)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_expires ON idempotency (expires);
+CREATE TABLE IF NOT EXISTS inbox_counts (
+    user TEXT PRIMARY KEY,
+    unread INTEGER NOT NULL,
+    total INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS inbox_user_expires ON inbox (user, expires)
+    WHERE expires IS NOT NULL;
+CREATE INDEX IF NOT EXISTS inbox_expires ON inbox (expires) WHERE expires IS NOT NULL;
+CREATE INDEX IF NOT EXISTS inbox_collapse ON inbox (user, collapse_key)
+    WHERE collapse_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS history_expires ON history (expires);
+"""
+
+# inbox_counts: per user, ``unread`` counts the unread, unarchived items still
+# stored (expired ones too, until swept: reads subtract those, found through
+# inbox_user_expires), ``total`` every stored item. A table added after the
+# inbox: filled from it once when missing (_COUNTS_FILL).
+_COUNTS_FILL = """
+INSERT INTO inbox_counts (user, unread, total)
+SELECT user, SUM(read = 0 AND archived = 0), COUNT(*) FROM inbox GROUP BY user
 """
 
 
@@ -123,9 +145,13 @@ class SqliteStore(Store):
         idempotency_ttl: float = 86400.0,
         clock: Callable[[], float] = time.time,
         filename: str = "tidings.sqlite3",
+        max_inbox: int = 1000,
     ) -> None:
+        if max_inbox < 1:
+            raise ValueError("max_inbox must be at least 1")
         self.path = Path(folder) / filename
         self._idempotency_ttl = idempotency_ttl
+        self._max_inbox = max_inbox
         self._clock = clock
         self._db: sqlite3.Connection | None = None
         self._epoch = ""  # made once per store: a wiped store gets a new one
@@ -206,7 +232,11 @@ class SqliteStore(Store):
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=5000")
+            counted = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'"
+                                 " AND name = 'inbox_counts'").fetchone() is not None
             db.executescript(_SCHEMA)
+            if not counted:  # a data folder from before the counters: count once
+                db.execute(_COUNTS_FILL)
             columns = {row[1] for row in db.execute("PRAGMA table_info(retained)")}
             if "qos" not in columns:  # a data folder from before retained kept its QoS
                 db.execute("ALTER TABLE retained ADD COLUMN qos INTEGER NOT NULL DEFAULT 1")
@@ -386,10 +416,51 @@ class SqliteStore(Store):
 
     @staticmethod
     def _count(db: sqlite3.Connection, user: str, now: int) -> int:
-        row = db.execute(
-            "SELECT COUNT(*) FROM inbox WHERE user = ? AND archived = 0 AND read = 0"
-            " AND (expires IS NULL OR expires > ?)", (user, now)).fetchone()
-        return int(row[0])
+        """The unread count: the counter, less the expired items not swept yet
+        (an index range over those only, however large the inbox)."""
+        row = db.execute("SELECT unread FROM inbox_counts WHERE user = ?", (user,)).fetchone()
+        if row is None:
+            return 0
+        expired = db.execute(
+            "SELECT COUNT(*) FROM inbox INDEXED BY inbox_user_expires WHERE user = ?"
+            " AND expires IS NOT NULL AND expires <= ? AND read = 0 AND archived = 0",
+            (user, now)).fetchone()
+        return int(row[0]) - int(expired[0])
+
+    @staticmethod
+    def _bump(db: sqlite3.Connection, user: str, unread: int, total: int) -> None:
+        """Move the user's counters by these amounts (in the caller's transaction)."""
+        db.execute("INSERT INTO inbox_counts (user, unread, total) VALUES (?, ?, ?)"
+                   " ON CONFLICT (user) DO UPDATE SET unread = unread + excluded.unread,"
+                   " total = total + excluded.total", (user, unread, total))
+
+    def _delete_items(self, db: sqlite3.Connection, user: str,
+                      rows: Sequence[tuple[int, str, int, int]]) -> None:
+        """Delete items given as (seq, id, read, archived), keeping the counters."""
+        if not rows:
+            return
+        db.executemany("DELETE FROM inbox WHERE seq = ?", [(r[0],) for r in rows])
+        unread = sum(1 for _, _, read, archived in rows if not read and not archived)
+        self._bump(db, user, -unread, -len(rows))
+
+    def _prune(self, db: sqlite3.Connection, user: str) -> list[str]:
+        """Over ``max_inbox``: drop the oldest read or archived items, then the
+        oldest unread; return the unarchived ids dropped (the user's devices
+        list those)."""
+        row = db.execute("SELECT total FROM inbox_counts WHERE user = ?", (user,)).fetchone()
+        over = 0 if row is None else min(int(row[0]) - self._max_inbox, PRUNE_STEP)
+        if over <= 0:
+            return []
+        sql = ("SELECT seq, id, read, archived FROM inbox WHERE user = ? AND archived = ?"
+               " AND read = ? ORDER BY seq LIMIT ?")
+        done = (db.execute(sql, (user, 1, 1, over)).fetchall()
+                + db.execute(sql, (user, 1, 0, over)).fetchall()
+                + db.execute(sql, (user, 0, 1, over)).fetchall())
+        victims = sorted(done)[:over]
+        if len(victims) < over:
+            victims += db.execute(sql, (user, 0, 0, over - len(victims))).fetchall()
+        self._delete_items(db, user, victims)
+        return [nid for _, nid, _, archived in victims if not archived]
 
     def _unread_retained(self, db: sqlite3.Connection, user: str, count: int, now: int
                          ) -> Publication:
@@ -424,19 +495,23 @@ class SqliteStore(Store):
                 replaced: list[str] = []
                 if collapse_key is not None:
                     rows = db.execute(
-                        "SELECT id FROM inbox WHERE user = ? AND collapse_key = ? AND read = 0"
-                        " AND archived = 0", (user, collapse_key)).fetchall()
-                    replaced = [r[0] for r in rows]
-                    db.execute("DELETE FROM inbox WHERE user = ? AND collapse_key = ?"
-                               " AND read = 0 AND archived = 0", (user, collapse_key))
+                        "SELECT seq, id, read, archived FROM inbox INDEXED BY inbox_collapse"
+                        " WHERE user = ? AND collapse_key = ? AND read = 0 AND archived = 0",
+                        (user, collapse_key)).fetchall()
+                    replaced = [r[1] for r in rows]
+                    self._delete_items(db, user, rows)
                 db.execute(
                     "INSERT INTO inbox (user, id, created, expires, collapse_key, fields)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
                     (user, nid, now, expires, collapse_key, fields_json))
+                self._bump(db, user, 1, 1)
+                pruned = self._prune(db, user)
                 count = self._count(db, user, now)
                 push = {**fields, "unread": count}
                 if replaced:
                     push["replaces"] = replaced
+                if pruned:
+                    push["pruned"] = pruned
                 topic = notifications_topic(user)
                 pubs = [self._append(db, topic, orjson.dumps(push), PayloadKind.JSON, now,
                                      policy(topic), False),
@@ -507,19 +582,25 @@ class SqliteStore(Store):
             where = (f"user = ? AND {column} != ? AND archived = 0"
                      " AND (expires IS NULL OR expires > ?)")
             args: list[Any] = [user, value, now]
-            changed: list[str] = []
+            rows: list[tuple[str, int]] = []
             if id_list is None:
-                changed = [r[0] for r in db.execute(f"SELECT id FROM inbox WHERE {where}", args)]
+                rows = db.execute(f"SELECT id, read FROM inbox WHERE {where}", args).fetchall()
                 db.execute(f"UPDATE inbox SET {column} = ? WHERE {where}", [value, *args])
             else:
                 for i in range(0, len(id_list), 500):
                     chunk = id_list[i:i + 500]
                     marks = ",".join("?" * len(chunk))
                     w = f"{where} AND id IN ({marks})"
-                    changed += [r[0] for r in db.execute(f"SELECT id FROM inbox WHERE {w}",
-                                                         [*args, *chunk])]
+                    rows += db.execute(f"SELECT id, read FROM inbox WHERE {w}",
+                                       [*args, *chunk]).fetchall()
                     db.execute(f"UPDATE inbox SET {column} = ? WHERE {w}",
                                [value, *args, *chunk])
+            changed = [r[0] for r in rows]
+            # read: every change was unread; unread: none was; archive: those that were
+            delta = {"read": -len(rows), "unread": len(rows),
+                     "archive": -sum(1 for _, read in rows if not read)}[action]
+            if delta:
+                self._bump(db, user, delta, 0)
             count = self._count(db, user, now)
             if not changed:
                 return UserChange(user, count)
@@ -534,6 +615,46 @@ class SqliteStore(Store):
             return UserChange(user, count, changed, pubs)
 
         return await self._run(tx)
+
+    async def sweep(self, *, policy: PolicyFor, limit: int) -> SweepResult:
+        now = self._now_ms()
+
+        def tx(db: sqlite3.Connection) -> SweepResult:
+            history = db.execute(
+                "DELETE FROM history WHERE (topic, seq) IN (SELECT topic, seq FROM history"
+                " WHERE expires <= ? ORDER BY expires LIMIT ?)", (now, limit)).rowcount
+            keys = db.execute(
+                "DELETE FROM idempotency WHERE key IN (SELECT key FROM idempotency"
+                " WHERE expires <= ? ORDER BY expires LIMIT ?)", (now, limit)).rowcount
+            due = db.execute(
+                "SELECT user, seq, id, read, archived FROM inbox INDEXED BY inbox_expires"
+                " WHERE expires IS NOT NULL AND expires <= ? ORDER BY expires LIMIT ?",
+                (now, limit)).fetchall()
+            per_user: dict[str, list[tuple[int, str, int, int]]] = {}
+            for user, *row in due:
+                per_user.setdefault(user, []).append((row[0], row[1], row[2], row[3]))
+            changes = []
+            for user, rows in per_user.items():
+                self._delete_items(db, user, rows)
+                ids = [nid for _, nid, _, archived in rows if not archived]
+                if ids:
+                    changes.append(self._told(db, user, {"type": "expire"}, ids, now, policy))
+            more = max(history, keys, len(due)) >= limit
+            return SweepResult(history, len(due), keys, changes, more)
+
+        return await self._run(tx)
+
+    def _told(self, db: sqlite3.Connection, user: str, event: dict[str, Any],
+              ids: list[str], now: int, policy: PolicyFor) -> UserChange:
+        """Append ``event`` (with ``ids`` and the new count) to the user's events
+        stream and update the retained count: the publications that tell devices."""
+        count = self._count(db, user, now)
+        topic = events_topic(user)
+        body = {**event, "ids": ids, "unread": count}
+        pubs = [self._append(db, topic, orjson.dumps(body), PayloadKind.JSON, now,
+                             policy(topic), False),
+                self._unread_retained(db, user, count, now)]
+        return UserChange(user, count, ids, pubs)
 
     async def track(self, notification_id: str, user: str, event: str) -> bool:
         if event not in TRACK_EVENTS:
