@@ -181,6 +181,11 @@ class WsSession:
 
     # -- outbound ---------------------------------------------------------------
 
+    def may_see(self, topic: str) -> bool:
+        """Hub callback: whether this session may be handed a message on ``topic``."""
+        p = self.principal
+        return p is not None and self.edge.acl.may_see(p, topic)
+
     def deliver(self, publication: Publication, data: bytes) -> None:
         """Hub callback: ``data`` is already this session's wire form (the hot path)."""
         if self._hold is not None:
@@ -473,22 +478,26 @@ class WsSession:
             since = {flt: since}
         if len(since) > _MAX_SINCE_TOPICS:
             raise BadRequest(f"subscribe: since names more than {_MAX_SINCE_TOPICS} topics")
+        assert self.principal is not None
         for topic, offset in since.items():
             if not isinstance(offset, str) or parse_offset(offset) is None:
                 raise BadRequest(f"subscribe: since[{topic[:64]!r}] is not an offset")
             if not matches(flt, topic):
                 raise BadRequest(f"subscribe: since names {topic[:64]!r}, "
                                  f"which the filter does not match")
+            # checked before any history is read: recovery hands out messages too
+            if not self.edge.acl.may_see(self.principal, topic):
+                raise Forbidden(f"not allowed to read {topic[:64]!r}")
         return dict(since)
 
     async def _op_subscribe(self, cmd: Command) -> None:
         edge = self.edge
         flt = self._filter(cmd.args["topic"])
         since = cmd.args.get("since")
-        since_map = self._since_map(flt, since) if since is not None else {}
         assert self.principal is not None
         if not edge.acl.can_subscribe(self.principal, flt):
             raise Forbidden(f"not allowed to subscribe to {flt!r}")
+        since_map = self._since_map(flt, since) if since is not None else {}
         new = flt not in self.subscriptions and flt not in self._streams
         if new and len(self.subscriptions) >= edge.settings.ws.max_subscriptions:
             raise BadRequest(f"more than {edge.settings.ws.max_subscriptions} subscriptions",
@@ -519,8 +528,9 @@ class WsSession:
         self.send(ok_reply(cmd.id, offset=offset_now, complete=complete,
                            recovered=[push_fields(p, self.encoding) for p in recovered]))
         for pub in retained:
-            self._push_one(pub)
-            seen[pub.topic] = pub.offset
+            if self.may_see(pub.topic):  # a wildcard matches other users' topics too
+                self._push_one(pub)
+                seen[pub.topic] = pub.offset
         self._release_hold(seen)
 
     def _push_one(self, pub: Publication) -> None:
