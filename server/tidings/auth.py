@@ -39,15 +39,31 @@ from .errors import BadRequest, Unauthorized
 from .protocol.topics import TopicError, covers, overlaps, private_owner, validate_filter
 from .types import UserId
 
-__all__ = ["Acl", "ApiKeys", "Principal", "TokenAuthority"]
+__all__ = ["Acl", "ApiKeys", "Principal", "TokenAuthority", "is_reserved"]
 
 _SERVER_LEAVES = frozenset({"notifications", "unread", "events"})
 
 
+def is_reserved(topic: str) -> bool:
+    """Whether ``topic`` is reserved for the server (``$SYS/...`` and every other
+    ``$`` topic): no client, not even the backend's API key, may publish there."""
+    return topic[:1] == "$"
+
+
+_MAX_TIME = 2 ** 53  # seconds: beyond any real date, and exact as a float
+
+
 def _is_time(value: object) -> TypeGuard[float]:
-    """Whether a JWT time claim is a finite number of seconds (a bool is not)."""
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
+    """Whether a JWT time claim is a finite number of seconds (a bool is not).
+
+    JSON ints are unbounded: ``exp = 10**400`` must be refused here, before
+    anything converts it to a float (OverflowError, not a token error).
+    """
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -_MAX_TIME < value < _MAX_TIME
+    return isinstance(value, float) and math.isfinite(value) and abs(value) < _MAX_TIME
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +255,7 @@ class Acl:
         return True
 
     def can_publish(self, p: Principal, topic: str) -> bool:
-        if topic.startswith("$"):
+        if is_reserved(topic):
             return False
         owner = private_owner(topic)
         if owner is not None:

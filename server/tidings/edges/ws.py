@@ -58,6 +58,7 @@ from ..config import Settings
 from ..errors import (
     CLOSE_BAD_REQUEST,
     CLOSE_GOING_AWAY,
+    CLOSE_INVALID_DATA,
     CLOSE_POLICY,
     CLOSE_RATE_LIMITED,
     CLOSE_SLOW_CONSUMER,
@@ -86,7 +87,7 @@ from ..protocol.frames import (
 )
 from ..protocol.topics import TopicError, is_wildcard, matches, validate_filter, validate_topic
 from ..store.base import events_topic, notifications_topic
-from ..types import PayloadKind, Publication, UserId, parse_offset
+from ..types import PayloadKind, Publication, UserId, is_cursor, parse_offset
 
 __all__ = ["WsEdge", "WsSession"]
 
@@ -372,6 +373,11 @@ class WsSession:
             self._reply_error(e.request_id if e.request_id is not None else rid, e)
             close_code = e.close_code if isinstance(e, Unauthorized) else CLOSE_BAD_REQUEST
             self.close(close_code, e.code)
+        except Exception:  # our bug: the client still gets an answer and a close
+            log.exception("connect handling failed")
+            self.edge.metrics.inc("tidings_errors_total", code="internal")
+            self.send(error_reply(rid, "internal", "internal error"))
+            self.close(1011, "internal")
 
     def _reply_error(self, rid: int | None, e: TidingsError) -> None:
         self.edge.metrics.inc("tidings_errors_total", code=e.code)
@@ -584,7 +590,7 @@ class WsSession:
         if not 1 <= limit <= 100:
             raise BadRequest("inbox: limit must be between 1 and 100")
         before = cmd.args.get("before")
-        if before is not None and not before.isdigit():
+        if before is not None and not is_cursor(before):
             raise BadRequest("inbox: before must be a cursor from a previous page's next")
         page = await self.edge.node.store.inbox(user, limit=limit, before=cmd.args.get("before"),
                                                 unread_only=cmd.args.get("unread_only", False))
@@ -804,8 +810,17 @@ class WsConnection(asyncio.Protocol):
             self.handler.on_pong(bytes(frame.data))
 
     def _message(self, data: bytes, text: bool) -> None:
-        if self.handler is not None:
-            self.handler.on_message(data, text)
+        if self.handler is None or self.protocol.state is not State.OPEN:
+            return  # nothing is handled once the closing handshake has begun
+        if text:
+            # The library checks UTF-8 only in its own receive path, which we bypass:
+            # "MUST _Fail the WebSocket Connection_" with 1007 (RFC 6455 sections 8.1, 7.4.1)
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                self.close(CLOSE_INVALID_DATA, "invalid UTF-8 in a text frame")
+                return
+        self.handler.on_message(data, text)
 
     # -- writing and closing --------------------------------------------------------------
 
