@@ -500,10 +500,10 @@ class WsSession:
         edge = self.edge
         flt = self._filter(cmd.args["topic"])
         since = cmd.args.get("since")
+        since_map = self._since_map(flt, since) if since is not None else {}
         assert self.principal is not None
         if not edge.acl.can_subscribe(self.principal, flt):
             raise Forbidden(f"not allowed to subscribe to {flt!r}")
-        since_map = self._since_map(flt, since) if since is not None else {}
         new = flt not in self.subscriptions and flt not in self._streams
         if new and len(self.subscriptions) >= edge.settings.ws.max_subscriptions:
             raise BadRequest(f"more than {edge.settings.ws.max_subscriptions} subscriptions",
