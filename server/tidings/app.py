@@ -177,6 +177,20 @@ class App:
         ):
             self.metrics.describe(name_, text)
 
+    def exposure_warning(self) -> str | None:
+        """A warning when a listener is beyond loopback while the API key or the JWT
+        secret is the one made for the data folder (anyone given the printed key or
+        a sample token is in); None when there is nothing to warn about."""
+        made = [name for name, dev in (("API key", self.secrets.dev_key),
+                                       ("JWT secret", self.secrets.dev_secret)) if dev]
+        if not self.exposed or not made:
+            return None
+        return (f"WARNING: listening beyond loopback ({', '.join(self.exposed)}) with the "
+                f"development {' and '.join(made)} made for this data folder "
+                f"({self.settings.store.path}/secrets.json): set api.keys and "
+                f"auth.jwt_secret before a node is reachable from a network. "
+                f"/dev/token is off.")
+
     def _dev_token(self, request: Request) -> Response:
         """``GET /dev/token?user=NAME``: a token for the demo page, in development only.
 
@@ -229,15 +243,9 @@ class App:
                                  reuse_port=s.node.reuse_port or None,
                                  ssl_context=_tls(s.api.tls_cert, s.api.tls_key))
         await self._site.start()
-        if self.exposed and (self.secrets.dev_key or self.secrets.dev_secret):
-            made = " and ".join(name for name, dev in (("API key", self.secrets.dev_key),
-                                                     ("JWT secret", self.secrets.dev_secret))
-                                if dev)
-            log.warning("WARNING: listening beyond loopback (%s) with the development %s "
-                        "made for this data folder (%s/secrets.json, printed at startup): "
-                        "set api.keys and auth.jwt_secret before a node is reachable from "
-                        "a network. /dev/token is off.",
-                        ", ".join(self.exposed), made, s.store.path)
+        warning = self.exposure_warning()
+        if warning is not None:
+            log.warning("%s", warning)
         log.info("node %s: ws on %s:%d, api on %s:%d", self.node.name, s.ws.host,
                  self.ws_port, s.api.host, self.api_port)
 
