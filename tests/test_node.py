@@ -38,12 +38,14 @@ class LossyBus(MemoryBus):
 
 class Sink:
     wire = "raw"
-    user = None
 
     def __init__(self) -> None:
         self.seqs: list[int] = []
         self.done = asyncio.Event()
         self.want = 0
+
+    def may_see(self, topic: str) -> bool:
+        return True
 
     def deliver(self, pub: Publication, data: bytes) -> None:
         self.seqs.append(pub.seq)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import http
+import ipaddress
 import json
 import logging
 import os
@@ -41,7 +42,7 @@ from .store.redis import RedisStore
 from .store.sqlite import SqliteStore
 from .sweeper import Sweeper
 
-__all__ = ["App", "Secrets", "load_secrets"]
+__all__ = ["App", "Secrets", "exposed_listeners", "load_secrets"]
 
 log = logging.getLogger("tidings")
 
@@ -51,9 +52,30 @@ class Secrets:
     jwt_secret: str
     api_keys: list[str]
     dev_key: bool  # True: the API key was made here for development
+    dev_secret: bool = False  # True: the JWT secret was made here for development
 
     def __repr__(self) -> str:
-        return f"Secrets(api_keys={len(self.api_keys)}, dev_key={self.dev_key})"
+        return (f"Secrets(api_keys={len(self.api_keys)}, dev_key={self.dev_key}, "
+                f"dev_secret={self.dev_secret})")
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether a listener bound to ``host`` is reachable from this machine only.
+    An empty host, a wildcard address or a name other than ``localhost`` is not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposed_listeners(settings: Settings) -> list[str]:
+    """The settings of every listener that is not on loopback (``ws.host`` ...)."""
+    hosts = {"ws.host": settings.ws.host, "api.host": settings.api.host}
+    if settings.mqtt.enabled:  # the TLS listener (mqtt.tls_port) binds mqtt.host too
+        hosts["mqtt.host"] = settings.mqtt.host
+    return [f"{name} = {host!r}" for name, host in hosts.items() if not _is_loopback(host)]
 
 
 def load_secrets(settings: Settings) -> Secrets:
@@ -84,6 +106,7 @@ def load_secrets(settings: Settings) -> Secrets:
         jwt_secret=settings.auth.jwt_secret or stored["jwt_secret"],
         api_keys=list(settings.api.keys) or [stored["dev_api_key"]],
         dev_key=not settings.api.keys,
+        dev_secret=not settings.auth.jwt_secret,
     )
 
 
@@ -138,7 +161,11 @@ class App:
         self.acl = Acl(settings.acl)
         self.notifier = Notifier(self.node, settings.notify)
         self.presence = Presence(name, settings.presence, self.metrics, self.node.store)
-        routes = {"/dev/token": self._dev_token} if self.secrets.dev_key else {}
+        # /dev/token hands anyone a token for any user: only on a development
+        # node, where the secrets were made here and nothing listens beyond loopback
+        self.exposed = exposed_listeners(settings)
+        dev = self.secrets.dev_key and self.secrets.dev_secret and not self.exposed
+        routes = {"/dev/token": self._dev_token} if dev else {}
         self.ws = WsEdge(settings, self.node, self.tokens, self.acl, self.metrics,
                          self.notifier, self.presence, routes)
         self.mqtt: MqttBroker | None = None
@@ -164,11 +191,27 @@ class App:
         ):
             self.metrics.describe(name_, text)
 
+    def exposure_warning(self) -> str | None:
+        """A warning when a listener is beyond loopback while the API key or the JWT
+        secret is the one made for the data folder (anyone given the printed key or
+        a sample token is in); None when there is nothing to warn about."""
+        made = [name for name, dev in (("API key", self.secrets.dev_key),
+                                       ("JWT secret", self.secrets.dev_secret)) if dev]
+        if not self.exposed or not made:
+            return None
+        return (f"WARNING: listening beyond loopback ({', '.join(self.exposed)}) with the "
+                f"development {' and '.join(made)} made for this data folder "
+                f"({self.settings.store.path}/secrets.json): set api.keys and "
+                f"auth.jwt_secret before a node is reachable from a network. "
+                f"/dev/token is off.")
+
     def _dev_token(self, request: Request) -> Response:
         """``GET /dev/token?user=NAME``: a token for the demo page, in development only.
 
-        Served only while no API key is configured (the dev key was made for
-        this data folder): a deployment with real keys never has this route.
+        Served only while neither API keys nor a JWT secret are configured (both
+        were made for this data folder) and every listener (WS, API, MQTT) is
+        on loopback: a deployment with real keys, or one reachable from the
+        network, never has this route.
         """
         query = parse_qs(request.path.partition("?")[2])
         user = (query.get("user") or ["demo"])[0]
@@ -215,6 +258,9 @@ class App:
                                  reuse_port=s.node.reuse_port or None,
                                  ssl_context=_tls(s.api.tls_cert, s.api.tls_key))
         await self._site.start()
+        warning = self.exposure_warning()
+        if warning is not None:
+            log.warning("%s", warning)
         log.info("node %s: ws on %s:%d, api on %s:%d", self.node.name, s.ws.host,
                  self.ws_port, s.api.host, self.api_port)
 

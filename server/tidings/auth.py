@@ -14,6 +14,12 @@ Who may do what:
 * A token's ``subscribe`` / ``publish`` claims, when present, are grants: a
   request must be covered by one of them (a wildcard cannot widen a grant).
 * Without a claim or an allowing rule: subscribe is allowed, publish denied.
+
+Subscribing is asked of a filter; whether a message may be handed to a
+session is asked of its concrete topic, by :meth:`Acl.may_see` alone. Every
+path that gives a client a message (live delivery in the hub, retained
+messages, ``since`` recovery, MQTT shared subscriptions) calls it, so a
+wildcard, a ``since`` map or a share group can never reach around a rule.
 """
 
 from __future__ import annotations
@@ -33,15 +39,31 @@ from .errors import BadRequest, Unauthorized
 from .protocol.topics import TopicError, covers, overlaps, private_owner, validate_filter
 from .types import UserId
 
-__all__ = ["Acl", "ApiKeys", "Principal", "TokenAuthority"]
+__all__ = ["Acl", "ApiKeys", "Principal", "TokenAuthority", "is_reserved"]
 
 _SERVER_LEAVES = frozenset({"notifications", "unread", "events"})
 
 
+def is_reserved(topic: str) -> bool:
+    """Whether ``topic`` is reserved for the server (``$SYS/...`` and every other
+    ``$`` topic): no client, not even the backend's API key, may publish there."""
+    return topic[:1] == "$"
+
+
+_MAX_TIME = 2 ** 53  # seconds: beyond any real date, and exact as a float
+
+
 def _is_time(value: object) -> TypeGuard[float]:
-    """Whether a JWT time claim is a finite number of seconds (a bool is not)."""
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
+    """Whether a JWT time claim is a finite number of seconds (a bool is not).
+
+    JSON ints are unbounded: ``exp = 10**400`` must be refused here, before
+    anything converts it to a float (OverflowError, not a token error).
+    """
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -_MAX_TIME < value < _MAX_TIME
+    return isinstance(value, float) and math.isfinite(value) and abs(value) < _MAX_TIME
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +185,39 @@ class ApiKeys:
 
 
 class Acl:
+    """The ``[[acl]]`` rules, with the reserved-topic rules and token grants: who may
+    subscribe to a filter, publish to a topic, and see a message on a topic."""
+
     def __init__(self, rules: Sequence[AclRule]) -> None:
         self._rules = list(rules)
+
+    def may_see(self, p: Principal, topic: str) -> bool:
+        """Whether a session acting for ``p`` may be handed a message on ``topic``.
+
+        The one privacy decision, asked of a concrete topic name on every path
+        that hands a client a message. In order: ``$`` topics other than
+        ``$SYS/...`` are seen by no one; ``users/{uid}/...`` only by ``uid``
+        (who always sees the server-written stream of their own inbox:
+        ``notifications``, ``unread``, ``events``); a denying ``[[acl]]`` rule
+        for the topic hides it; a token's ``subscribe`` grants, when present,
+        must cover it.
+        """
+        first = topic[:1]  # the hub asks this per subscriber: cheap tests first
+        if first == "$":
+            if not topic.startswith("$SYS/"):
+                return False
+        elif first == "u" and topic.startswith("users/"):
+            owner = private_owner(topic)
+            if owner is not None:
+                if owner != p.user:
+                    return False
+                leaf = topic[7 + len(owner):]
+                if leaf in _SERVER_LEAVES:
+                    return True  # the user's own inbox stream
+        if self._rules and self._rule(p, topic, "subscribe") is False:
+            return False
+        grants = p.subscribe
+        return grants is None or any(covers(g, topic) for g in grants)
 
     def _rule(self, p: Principal, flt: str, action: str) -> bool | None:
         for r in self._rules:
@@ -203,7 +256,7 @@ class Acl:
         return True
 
     def can_publish(self, p: Principal, topic: str) -> bool:
-        if topic.startswith("$"):
+        if is_reserved(topic):
             return False
         owner = private_owner(topic)
         if owner is not None:

@@ -110,6 +110,9 @@ def _serve(args: argparse.Namespace) -> int:
             token = app.tokens.issue("demo", ttl=min(86400, settings.auth.max_token_ttl),
                                      publish=["demo/#", "news/#"])
             lines.append(f"  Sample token for user 'demo' (24 h): {token}")
+        warning = app.exposure_warning()  # also logged; here where a newcomer looks
+        if warning is not None:
+            lines.append(f"  {warning}")
         print("\n".join(lines), flush=True)
         try:
             await stop.wait()

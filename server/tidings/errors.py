@@ -26,6 +26,7 @@ __all__ = [
     "CLOSE_BAD_REQUEST",
     "CLOSE_FORBIDDEN",
     "CLOSE_GOING_AWAY",
+    "CLOSE_INVALID_DATA",
     "CLOSE_NORMAL",
     "CLOSE_POLICY",
     "CLOSE_RATE_LIMITED",
@@ -46,6 +47,7 @@ __all__ = [
 # WebSocket close codes (DESIGN.md, "Close codes").
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001  # reconnect elsewhere
+CLOSE_INVALID_DATA = 1007  # a text message that is not UTF-8 (RFC 6455 section 8.1)
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_UNAUTHORIZED = 4001  # do not retry with the same token

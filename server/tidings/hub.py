@@ -7,8 +7,10 @@ subscriber's ``deliver``. It never awaits and never creates a task per
 subscriber: subscribers append to a bounded outbound buffer and ask the
 :class:`Flusher` to write it out once per loop iteration.
 
-Private topics (``users/{uid}/...``) reach only that user's subscribers,
-whatever filter matched them.
+Every matching subscriber is asked :meth:`Subscriber.may_see` before it
+gets a message, and answers with :meth:`tidings.auth.Acl.may_see`: private
+topics (``users/{uid}/...``) reach only that user's subscribers, whatever
+filter matched them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import asyncio
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
-from .protocol.topics import Trie, private_owner
+from .protocol.topics import Trie
 from .types import Publication
 
 __all__ = ["Flushable", "Flusher", "Hub", "Subscriber"]
@@ -30,9 +32,9 @@ class Subscriber(Hashable, Protocol):
     def wire(self) -> str:
         """The key of the encoder that makes this subscriber's bytes."""
 
-    @property
-    def user(self) -> str | None:
-        """The user it belongs to: private topics reach only that user."""
+    def may_see(self, topic: str) -> bool:
+        """Whether it may be handed a message on ``topic`` (the session's
+        :meth:`~tidings.auth.Acl.may_see`; a share group asks its members)."""
 
     def deliver(self, publication: Publication, data: Any) -> None:
         """Queue ``data`` (pre-encoded for ``wire``); must not block or raise."""
@@ -93,12 +95,12 @@ class Hub:
         subs = self._trie.match(pub.topic)
         if not subs:
             return 0
-        owner = private_owner(pub.topic)
+        topic = pub.topic
         encoded: dict[str, Any] = {}
         encoders = self._encoders
         n = 0
         for sub in subs:
-            if owner is not None and sub.user != owner:
+            if not sub.may_see(topic):
                 continue
             wire = sub.wire
             data = encoded.get(wire)

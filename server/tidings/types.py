@@ -15,6 +15,7 @@ __all__ = [
     "UserId",
     "classify_payload",
     "format_offset",
+    "is_cursor",
     "parse_offset",
 ]
 
@@ -49,10 +50,20 @@ def format_offset(epoch: str, seq: int) -> Offset:
     return Offset(f"{epoch}:{seq}")
 
 
+def is_cursor(value: object) -> bool:
+    """Whether ``value`` is a sequence number as we write them: 1-19 ASCII digits.
+
+    ``str.isdigit`` alone also accepts digits ``int()`` refuses (``"²"``) and
+    other scripts' digits, which must be a clear bad request, not an internal error.
+    """
+    return (isinstance(value, str) and 0 < len(value) <= 19 and value.isascii()
+            and value.isdigit())
+
+
 def parse_offset(offset: str) -> tuple[str, int] | None:
     """``(epoch, seq)``, or None for a string that is not an offset of ours."""
     epoch, sep, seq = offset.rpartition(":")
-    if not sep or not epoch or not seq.isdigit() or len(seq) > 19:
+    if not sep or not epoch or not is_cursor(seq):
         return None
     return epoch, int(seq)
 

@@ -15,16 +15,16 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ..auth import ApiKeys, TokenAuthority
+from ..auth import ApiKeys, TokenAuthority, is_reserved
 from ..config import Settings
-from ..errors import BadRequest, TidingsError, TooLarge, Unauthorized, Unavailable
+from ..errors import BadRequest, Forbidden, TidingsError, TooLarge, Unauthorized, Unavailable
 from ..metrics import Metrics
 from ..node import Node
 from ..notify import Notifier, valid_user
 from ..presence import Presence
 from ..protocol.frames import Encoding, message_fields
 from ..protocol.topics import TopicError, validate_topic
-from ..types import PayloadKind, parse_offset
+from ..types import PayloadKind, is_cursor, parse_offset
 
 __all__ = ["build_app"]
 
@@ -119,6 +119,9 @@ def build_app(settings: Settings, node: Node, keys: ApiKeys, tokens: TokenAuthor
             retain = _field(body, "retain", bool, default=False)
         except BadRequest as e:
             raise BadRequest(f"{where}{e.message}", code=e.code) from None
+        if is_reserved(topic):
+            raise Forbidden(f"{where}topics starting with '$' are written by the server only",
+                            code="reserved_topic")
         return topic, orjson.dumps(body["data"]), retain
 
     async def publish(request: web.Request) -> web.Response:
@@ -185,7 +188,7 @@ def build_app(settings: Settings, node: Node, keys: ApiKeys, tokens: TokenAuthor
         user = valid_user(request.match_info["uid"])
         limit = int_query(request, "limit", 20, 1, 100)
         before = request.query.get("before")
-        if before is not None and not before.isdigit():
+        if before is not None and not is_cursor(before):
             raise BadRequest("before must be a cursor from a previous page's next")
         unread_only = request.query.get("unread_only", "false").lower() in ("1", "true", "yes")
         page = await node.store.inbox(user, limit=limit, before=before,

@@ -242,6 +242,10 @@ class MqttSession:
     def user(self) -> str | None:
         return self.principal.user
 
+    def may_see(self, topic: str) -> bool:
+        """Hub callback: whether this session may be handed a message on ``topic``."""
+        return self.broker.acl.may_see(self.principal, topic)
+
     def _grant(self, topic: str, origin: str | None) -> tuple[int, bool, tuple[int, ...]] | None:
         """(QoS, retain-as-published, subscription ids) over every matching
         subscription; None when only no-local ones match this client's own message."""
@@ -345,7 +349,6 @@ class _ShareGroup:
     round robin, preferring connected members."""
 
     wire = _WIRE
-    user = None
 
     def __init__(self, name: str, flt: str) -> None:
         self.name = name
@@ -356,9 +359,14 @@ class _ShareGroup:
     def __hash__(self) -> int:
         return id(self)
 
+    def may_see(self, topic: str) -> bool:
+        """Whether any member may see ``topic``; :meth:`deliver` picks among those."""
+        return any(m.may_see(topic) for m in self.members)
+
     def deliver(self, pub: Publication, template: Any) -> None:
-        members = [m for m in self.members if m.conn is not None] or [
-            m for m in self.members if m.persistent]
+        allowed = [m for m in self.members if m.may_see(pub.topic)]
+        members = [m for m in allowed if m.conn is not None] or [
+            m for m in allowed if m.persistent]
         if not members:
             return
         self._next = (self._next + 1) % len(members)
@@ -1114,8 +1122,8 @@ class MqttBroker:
             await self.node.store.mqtt_save(session.client_id, session.state())
         for inner, sub in retained_jobs:
             for pub in await self.node.store.retained(inner):
-                if pub.topic.startswith("users/") and pub.topic.split("/")[1] != session.user:
-                    continue
+                if not session.may_see(pub.topic):
+                    continue  # a wildcard matches other users' topics too
                 live = (session.live_seen or {}).get(pub.topic)
                 if live is not None and _not_after(pub.offset, live):
                     continue  # the live delivery already carried this (or newer)

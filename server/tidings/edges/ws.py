@@ -58,6 +58,7 @@ from ..demo_files import demo_file
 from ..errors import (
     CLOSE_BAD_REQUEST,
     CLOSE_GOING_AWAY,
+    CLOSE_INVALID_DATA,
     CLOSE_POLICY,
     CLOSE_RATE_LIMITED,
     CLOSE_SLOW_CONSUMER,
@@ -86,7 +87,7 @@ from ..protocol.frames import (
 )
 from ..protocol.topics import TopicError, is_wildcard, matches, validate_filter, validate_topic
 from ..store.base import events_topic, notifications_topic
-from ..types import PayloadKind, Publication, UserId, parse_offset
+from ..types import PayloadKind, Publication, UserId, is_cursor, parse_offset
 
 __all__ = ["WsEdge", "WsSession"]
 
@@ -180,6 +181,11 @@ class WsSession:
             edge.settings.ws.connect_timeout, self._connect_timeout)
 
     # -- outbound ---------------------------------------------------------------
+
+    def may_see(self, topic: str) -> bool:
+        """Hub callback: whether this session may be handed a message on ``topic``."""
+        p = self.principal
+        return p is not None and self.edge.acl.may_see(p, topic)
 
     def deliver(self, publication: Publication, data: bytes) -> None:
         """Hub callback: ``data`` is already this session's wire form (the hot path)."""
@@ -367,6 +373,11 @@ class WsSession:
             self._reply_error(e.request_id if e.request_id is not None else rid, e)
             close_code = e.close_code if isinstance(e, Unauthorized) else CLOSE_BAD_REQUEST
             self.close(close_code, e.code)
+        except Exception:  # our bug: the client still gets an answer and a close
+            log.exception("connect handling failed")
+            self.edge.metrics.inc("tidings_errors_total", code="internal")
+            self.send(error_reply(rid, "internal", "internal error"))
+            self.close(1011, "internal")
 
     def _reply_error(self, rid: int | None, e: TidingsError) -> None:
         self.edge.metrics.inc("tidings_errors_total", code=e.code)
@@ -473,12 +484,16 @@ class WsSession:
             since = {flt: since}
         if len(since) > _MAX_SINCE_TOPICS:
             raise BadRequest(f"subscribe: since names more than {_MAX_SINCE_TOPICS} topics")
+        assert self.principal is not None
         for topic, offset in since.items():
             if not isinstance(offset, str) or parse_offset(offset) is None:
                 raise BadRequest(f"subscribe: since[{topic[:64]!r}] is not an offset")
             if not matches(flt, topic):
                 raise BadRequest(f"subscribe: since names {topic[:64]!r}, "
                                  f"which the filter does not match")
+            # checked before any history is read: recovery hands out messages too
+            if not self.edge.acl.may_see(self.principal, topic):
+                raise Forbidden(f"not allowed to read {topic[:64]!r}")
         return dict(since)
 
     async def _op_subscribe(self, cmd: Command) -> None:
@@ -519,8 +534,9 @@ class WsSession:
         self.send(ok_reply(cmd.id, offset=offset_now, complete=complete,
                            recovered=[push_fields(p, self.encoding) for p in recovered]))
         for pub in retained:
-            self._push_one(pub)
-            seen[pub.topic] = pub.offset
+            if self.may_see(pub.topic):  # a wildcard matches other users' topics too
+                self._push_one(pub)
+                seen[pub.topic] = pub.offset
         self._release_hold(seen)
 
     def _push_one(self, pub: Publication) -> None:
@@ -574,7 +590,7 @@ class WsSession:
         if not 1 <= limit <= 100:
             raise BadRequest("inbox: limit must be between 1 and 100")
         before = cmd.args.get("before")
-        if before is not None and not before.isdigit():
+        if before is not None and not is_cursor(before):
             raise BadRequest("inbox: before must be a cursor from a previous page's next")
         page = await self.edge.node.store.inbox(user, limit=limit, before=cmd.args.get("before"),
                                                 unread_only=cmd.args.get("unread_only", False))
@@ -794,8 +810,17 @@ class WsConnection(asyncio.Protocol):
             self.handler.on_pong(bytes(frame.data))
 
     def _message(self, data: bytes, text: bool) -> None:
-        if self.handler is not None:
-            self.handler.on_message(data, text)
+        if self.handler is None or self.protocol.state is not State.OPEN:
+            return  # nothing is handled once the closing handshake has begun
+        if text:
+            # The library checks UTF-8 only in its own receive path, which we bypass:
+            # "MUST _Fail the WebSocket Connection_" with 1007 (RFC 6455 sections 8.1, 7.4.1)
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                self.close(CLOSE_INVALID_DATA, "invalid UTF-8 in a text frame")
+                return
+        self.handler.on_message(data, text)
 
     # -- writing and closing --------------------------------------------------------------
 

@@ -20,11 +20,11 @@ function storedDevice() {
   return id;
 }
 
-/** A token for `user` from the dev-only endpoint (served while no API key is configured). */
+/** A token for `user` from the dev-only endpoint (served only on a development node: no API keys or JWT secret configured, every listener on loopback). */
 async function devToken() {
   const res = await fetch(`/dev/token?user=${encodeURIComponent(user)}`, { cache: "no-store" });
   if (res.status === 404) {
-    showStatus("closed", "no dev token: this server has API keys configured");
+    showStatus("closed", "no dev token: this server is not a loopback-only development node");
     throw new Error("dev token endpoint not available");
   }
   const body = await res.json();
