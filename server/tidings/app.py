@@ -118,7 +118,8 @@ class App:
         name = settings.node.name or f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = Metrics()
         self.node = Node(name, _make_store(settings), _make_bus(settings), settings.history,
-                         self.metrics)
+                         self.metrics,
+                         max_user_subscriptions=settings.topics.max_user_subscriptions)
         self.tokens = TokenAuthority(self.secrets.jwt_secret,
                                      max_ttl=settings.auth.max_token_ttl,
                                      default_ttl=settings.auth.default_token_ttl)

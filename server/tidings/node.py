@@ -10,11 +10,12 @@ from dataclasses import replace
 from typing import Any
 
 from .bus.base import Bus
-from .config import HistorySettings
+from .config import HistorySettings, TopicSettings
 from .errors import TidingsError
 from .hub import Hub, Subscriber
 from .metrics import Metrics
 from .protocol.topics import is_wildcard, matches
+from .quota import Tally
 from .store.base import HistoryPolicy, PublishResult, Store
 from .types import PayloadKind, Publication, format_offset, parse_offset
 
@@ -31,11 +32,16 @@ class Node:
     for topic traffic. Bus subscriptions are reference-counted per filter."""
 
     def __init__(self, name: str, store: Store, bus: Bus, history: HistorySettings,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, *,
+                 max_user_subscriptions: int = TopicSettings.max_user_subscriptions) -> None:
         self.name = name
         self.store = store
         self.bus = bus
         self.hub = Hub()
+        # Subscriptions per user over every edge (topics.max_user_subscriptions):
+        # the edges take one before adding a filter for a user and give it back
+        # when the filter goes, so no user can fill the trie through many connections.
+        self.user_subscriptions: Tally[str] = Tally(max_user_subscriptions)
         self.metrics = metrics
         self._history = history
         self._policies: dict[str, HistoryPolicy] = {}
