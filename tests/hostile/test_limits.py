@@ -29,7 +29,6 @@ from test_mqtt import (
     vbi,
     wait_until,
 )
-
 from tidings.protocol.mqtt import ReasonCode
 
 _FIXTURES = (clients, make_node)

@@ -20,7 +20,6 @@ import orjson
 import websockets
 
 from conftest import JWT_SECRET, WAIT, ServerProcess
-
 from tidings.auth import TokenAuthority
 
 CONNECTIONS = 100
