@@ -18,7 +18,7 @@ from tidings.protocol.topics import Trie
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--filters", type=int, default=20000)
     parser.add_argument("--depth", type=int, default=16)
     args = parser.parse_args()
