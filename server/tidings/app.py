@@ -118,14 +118,14 @@ class App:
         name = settings.node.name or f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = Metrics()
         self.node = Node(name, _make_store(settings), _make_bus(settings), settings.history,
-                         self.metrics,
-                         max_user_subscriptions=settings.topics.max_user_subscriptions)
+                         self.metrics)
         self.tokens = TokenAuthority(self.secrets.jwt_secret,
                                      max_ttl=settings.auth.max_token_ttl,
                                      default_ttl=settings.auth.default_token_ttl)
         self.acl = Acl(settings.acl)
         self.notifier = Notifier(self.node, settings.notify)
         self.presence = Presence(name, settings.presence, self.metrics, self.node.store)
+        self.node.limit_user_subscriptions(settings.topics.max_user_subscriptions)
         routes = {"/dev/token": self._dev_token} if self.secrets.dev_key else {}
         self.ws = WsEdge(settings, self.node, self.tokens, self.acl, self.metrics,
                          self.notifier, self.presence, routes)

@@ -306,6 +306,8 @@ def _validate(s: Settings) -> None:
     _positive("api.header_timeout", s.api.header_timeout)
     _positive("api.body_timeout", s.api.body_timeout)
     _positive("topics.max_user_subscriptions", s.topics.max_user_subscriptions)
+    _positive("mqtt.max_connections_per_ip", s.mqtt.max_connections_per_ip)
+    _positive("mqtt.max_sessions_per_user", s.mqtt.max_sessions_per_user)
     _positive("node.shutdown_timeout", s.node.shutdown_timeout)
     _positive("topics.max_length", s.topics.max_length)
     _positive("topics.max_depth", s.topics.max_depth)
@@ -316,8 +318,7 @@ def _validate(s: Settings) -> None:
     _positive("store.idempotency_ttl", s.store.idempotency_ttl)
     _positive("notify.max_users", s.notify.max_users)
     _positive("notify.max_data_size", s.notify.max_data_size)
-    for key in ("max_packet_size", "receive_maximum", "max_queued", "max_subscriptions",
-                "max_connections_per_ip", "max_sessions_per_user"):
+    for key in ("max_packet_size", "receive_maximum", "max_queued", "max_subscriptions"):
         _positive(f"mqtt.{key}", getattr(s.mqtt, key))
     if not 0 < s.mqtt.receive_maximum <= 65535:
         raise ConfigError("mqtt.receive_maximum: must be 1-65535")

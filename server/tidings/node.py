@@ -32,8 +32,7 @@ class Node:
     for topic traffic. Bus subscriptions are reference-counted per filter."""
 
     def __init__(self, name: str, store: Store, bus: Bus, history: HistorySettings,
-                 metrics: Metrics, *,
-                 max_user_subscriptions: int = TopicSettings.max_user_subscriptions) -> None:
+                 metrics: Metrics) -> None:
         self.name = name
         self.store = store
         self.bus = bus
@@ -41,7 +40,7 @@ class Node:
         # Subscriptions per user over every edge (topics.max_user_subscriptions):
         # the edges take one before adding a filter for a user and give it back
         # when the filter goes, so no user can fill the trie through many connections.
-        self.user_subscriptions: Tally[str] = Tally(max_user_subscriptions)
+        self.user_subscriptions: Tally[str] = Tally(TopicSettings.max_user_subscriptions)
         self.metrics = metrics
         self._history = history
         self._policies: dict[str, HistoryPolicy] = {}
@@ -56,6 +55,10 @@ class Node:
         # entry in _last) is filled with what history has from that time on.
         self._watched: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def limit_user_subscriptions(self, limit: int) -> None:
+        """Set topics.max_user_subscriptions (before any session subscribes)."""
+        self.user_subscriptions = Tally(limit)
 
     async def start(self) -> None:
         await self.store.open()
