@@ -11,6 +11,8 @@ their token runs out. Real sockets and clients; every loop is bounded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from typing import Any
 
 from conftest import WAIT, Node
@@ -158,21 +160,38 @@ async def test_a_packet_over_the_maximum_is_refused_from_its_fixed_header(
             assert got == []
 
 
-async def test_bytes_sent_with_the_connect_wait_for_the_connack(
+async def test_bytes_sent_behind_a_connect_are_not_read_until_the_connack(
         make_node: Any, clients: list[Any]) -> None:
-    """What a client sends right behind its CONNECT is not read while the CONNECT is
-    answered (it would be buffered unparsed); once connected, an oversized header is
-    refused as above."""
+    """While a CONNECT is being answered, what the client sends behind it cannot be
+    parsed yet (5.0 section 3.1.4); reading it anyway buffered it without bound.
+    Here the CONNECT's answer is held up for real (another SQLite connection holds
+    the write lock, so the session write waits), and the client keeps sending: the
+    server must leave it in the socket (TCP pushes back) rather than take it all."""
     node = await make_node(mqtt__max_packet_size=1 << 20)
     port = broker(node).ports[0]
-    r = await Raw.open(port, v5=True)
-    clients.append(r)
-    body = b"\x00\x01t" + bytes(256 * 1024)
-    await r.send(connect_packet("eager", v5=True, password=node.token("alice"), username="d")
-                 + b"\x30" + vbi(150_000_000) + body)
+    db = sqlite3.connect(node.app.node.store.path, timeout=WAIT, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")  # the server's next write waits (busy_timeout)
+        r = await Raw.open(port, v5=True)
+        clients.append(r)
+        await r.send(connect_packet("eager", v5=True, password=node.token("alice"),
+                                    username="d") + b"\x30" + vbi(150_000_000) + b"\x00\x01t")
+        chunk, sent, total = bytes(1 << 20), 0, 48 << 20
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.5
+        with contextlib.suppress(TimeoutError):
+            while sent < total and loop.time() < deadline:
+                r.writer.write(chunk)
+                await asyncio.wait_for(r.writer.drain(), max(0.01, deadline - loop.time()))
+                sent += len(chunk)
+        # the kernel's socket buffers take a few MiB; the server took none of it
+        assert sent < 24 << 20, f"the server read {sent >> 20} MiB before its CONNACK"
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
     got = [(p.type, p.reason) for p in await r.closed()]
-    # the DISCONNECT 0x95 may be lost to the reset that closing a socket with
-    # unread bytes causes; the CONNACK always arrives, and the close
+    # once connected, the oversized header is refused; the DISCONNECT 0x95 may be
+    # lost to the reset that closing a socket with unread bytes causes
     assert got in ([(CONNACK, 0), (DISCONNECT, 0x95)], [(CONNACK, 0)])
     assert await metric(node, "tidings_errors_total", code="mqtt_protocol") == 1
 
