@@ -451,3 +451,43 @@ def test_trie_match_equals_brute_force(subs: list[tuple[str, int]], removed: lis
     assert len(t) == len(live)
     for topic in topics:
         assert t.match(topic) == {v for (f, v) in live if matches(f, topic)}, topic
+
+
+def _assert_compact(t: Trie[int]) -> None:
+    """Every node below the root holds subscribers or is a fork: a run of levels
+    without either is one node (what keeps deep filters cheap)."""
+    stack = list((t._root.children or {}).values())
+    while stack:
+        node = stack.pop()
+        forks = len(node.children or {})
+        assert node.values or node.hash_values or forks >= 2, node.rest
+        stack.extend((node.children or {}).values())
+
+
+@settings(max_examples=300, deadline=None)
+@given(subs=st.lists(st.tuples(_filters(), st.integers(0, 3)), max_size=12),
+       removed=st.lists(st.integers(0, 11), max_size=8))
+def test_trie_stays_compact_and_lists_its_filters(subs: list[tuple[str, int]],
+                                                  removed: list[int]) -> None:
+    t: Trie[int] = Trie()
+    for flt, v in subs:
+        t.add(flt, v)
+    _assert_compact(t)
+    live = set(subs)
+    for i in removed:
+        if i < len(subs):
+            t.remove(*subs[i])
+            live.discard(subs[i])
+            _assert_compact(t)
+    assert set(t.filters()) == {f for f, _ in live}
+
+
+def test_trie_deep_filters_share_one_node_per_run() -> None:
+    """256 deep wildcard filters (the hostile probe's shape) cost one node each."""
+    t: Trie[int] = Trie()
+    for i in range(256):
+        t.add(f"a/f{i}/" + "/".join(["+", "x"] * 6) + "/l/#", i)
+    fork = t._root.children["a"] if t._root.children else None
+    assert fork is not None and len(fork.children or {}) == 256
+    assert all(not c.children for c in (fork.children or {}).values())
+    assert t.match("a/f7/" + "/".join(["q", "x"] * 6) + "/l/z") == {7}

@@ -161,6 +161,7 @@ class App:
         self.acl = Acl(settings.acl)
         self.notifier = Notifier(self.node, settings.notify)
         self.presence = Presence(name, settings.presence, self.metrics, self.node.store)
+        self.node.limit_user_subscriptions(settings.topics.max_user_subscriptions)
         # /dev/token hands anyone a token for any user: only on a development
         # node, where the secrets were made here and nothing listens beyond loopback
         self.exposed = exposed_listeners(settings)
@@ -252,7 +253,13 @@ class App:
         await self.ws.start(ssl=_tls(s.ws.tls_cert, s.ws.tls_key))
         api = build_app(s, self.node, ApiKeys(self.secrets.api_keys), self.tokens,
                         self.metrics, self.ready, self.notifier, self.presence)
-        self._runner = web.AppRunner(api, access_log=None, handle_signals=False)
+        # keepalive_timeout: aiohttp closes a connection whose next request has not
+        # been fully received this long after the connection opened or the last
+        # response, which is what api.header_timeout promises (slow-header clients);
+        # lingering_time 0: a body cut short by api.body_timeout is not read on.
+        self._runner = web.AppRunner(api, access_log=None, handle_signals=False,
+                                     keepalive_timeout=s.api.header_timeout, lingering_time=0,
+                                     shutdown_timeout=s.node.shutdown_timeout)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, s.api.host, s.api.port,
                                  reuse_port=s.node.reuse_port or None,
@@ -270,11 +277,24 @@ class App:
             return
         self._stopped = True
         timeout = self.settings.node.shutdown_timeout
-        await self.ws.shutdown(timeout)
+        # The edges and the API wind down side by side against one deadline, so
+        # node.shutdown_timeout bounds the whole stop, not each part of it.
+        steps = [self.ws.shutdown(timeout)]
         if self.mqtt is not None:
-            await self.mqtt.shutdown(timeout)
+            steps.append(self.mqtt.shutdown(timeout))
         if self._runner is not None:
-            await self._runner.cleanup()
+            steps.append(self._runner.cleanup())
+        tasks = [asyncio.ensure_future(step) for step in steps]
+        done, pending = await asyncio.wait(tasks, timeout=timeout)
+        if pending:
+            log.warning("shutdown: %d of %d parts still busy after %.1fs; cut short",
+                        len(pending), len(tasks), timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("shutdown step failed", exc_info=task.exception())
         await self.presence.close()
         await self.sweeper.close()
         await self.node.close()

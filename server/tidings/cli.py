@@ -81,8 +81,20 @@ def _serve(args: argparse.Namespace) -> int:
         app = App(settings)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def again(signum: int) -> None:
+            # a second SIGTERM/Ctrl-C during the shutdown: the operator wants out now
+            print("tidings: second signal, exiting without finishing the shutdown",
+                  file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+
+        def first(_signum: int) -> None:
+            stop.set()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, again, sig)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, first, sig)
         try:
             await app.start()
         except OSError as e:

@@ -66,6 +66,8 @@ class ApiSettings:
     tls_cert: str = ""
     tls_key: str = ""
     max_body_size: int = 1048576
+    header_timeout: float = 10.0  # seconds to send a request's headers; then the socket closes
+    body_timeout: float = 30.0  # seconds to send a request's body; then 408
 
 
 @dataclass
@@ -84,6 +86,8 @@ class MqttSettings:
     max_subscriptions: int = 256
     sys_interval: float = 10.0  # seconds between $SYS/broker/... updates; 0 turns them off
     websocket_path: str = "/mqtt"  # MQTT over WebSocket on the WS edge; empty turns it off
+    max_connections_per_ip: int = 1000  # open MQTT connections per client address
+    max_sessions_per_user: int = 100  # persistent sessions one user may keep; more: 0x97
 
 
 @dataclass
@@ -117,6 +121,9 @@ class AuthSettings:
 class TopicSettings:
     max_length: int = 256
     max_depth: int = 16
+    # subscriptions one user holds on this node, over all its connections and
+    # persistent MQTT sessions (WS and MQTT together); more: refused
+    max_user_subscriptions: int = 2048
 
 
 @dataclass
@@ -299,6 +306,11 @@ def _validate(s: Settings) -> None:
         _positive(f"ws.{key}", getattr(s.ws, key))
     _positive("ws.ping_interval", s.ws.ping_interval, zero_ok=True)
     _positive("api.max_body_size", s.api.max_body_size)
+    _positive("api.header_timeout", s.api.header_timeout)
+    _positive("api.body_timeout", s.api.body_timeout)
+    _positive("topics.max_user_subscriptions", s.topics.max_user_subscriptions)
+    _positive("mqtt.max_connections_per_ip", s.mqtt.max_connections_per_ip)
+    _positive("mqtt.max_sessions_per_user", s.mqtt.max_sessions_per_user)
     _positive("node.shutdown_timeout", s.node.shutdown_timeout)
     _positive("topics.max_length", s.topics.max_length)
     _positive("topics.max_depth", s.topics.max_depth)

@@ -10,6 +10,7 @@ Hierarchy::
       +-- Conflict
       +-- TooLarge          a frame, body or payload over its limit
       +-- RateLimited
+      +-- RequestTimeout    the peer took too long to send its request
       +-- Unavailable       a backend (store, bus) cannot take the request now
 
 Each edge turns a ``TidingsError`` into its wire form in exactly one place
@@ -38,6 +39,7 @@ __all__ = [
     "Forbidden",
     "NotFound",
     "RateLimited",
+    "RequestTimeout",
     "TidingsError",
     "TooLarge",
     "Unauthorized",
@@ -115,6 +117,12 @@ class RateLimited(TidingsError):
     code = "rate_limited"
     status = 429
     close_code = CLOSE_RATE_LIMITED
+
+
+class RequestTimeout(TidingsError):
+    code = "request_timeout"
+    status = 408
+    close_code = CLOSE_POLICY
 
 
 class Unavailable(TidingsError):

@@ -10,11 +10,12 @@ from dataclasses import replace
 from typing import Any
 
 from .bus.base import Bus
-from .config import HistorySettings
+from .config import HistorySettings, TopicSettings
 from .errors import TidingsError
 from .hub import Hub, Subscriber
 from .metrics import Metrics
 from .protocol.topics import is_wildcard, matches
+from .quota import Tally
 from .store.base import HistoryPolicy, PublishResult, Store
 from .types import PayloadKind, Publication, format_offset, parse_offset
 
@@ -36,6 +37,10 @@ class Node:
         self.store = store
         self.bus = bus
         self.hub = Hub()
+        # Subscriptions per user over every edge (topics.max_user_subscriptions):
+        # the edges take one before adding a filter for a user and give it back
+        # when the filter goes, so no user can fill the trie through many connections.
+        self.user_subscriptions: Tally[str] = Tally(TopicSettings.max_user_subscriptions)
         self.metrics = metrics
         self._history = history
         self._policies: dict[str, HistoryPolicy] = {}
@@ -50,6 +55,10 @@ class Node:
         # entry in _last) is filled with what history has from that time on.
         self._watched: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def limit_user_subscriptions(self, limit: int) -> None:
+        """Set topics.max_user_subscriptions (before any session subscribes)."""
+        self.user_subscriptions = Tally(limit)
 
     async def start(self) -> None:
         await self.store.open()

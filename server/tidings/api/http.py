@@ -17,7 +17,15 @@ from aiohttp import web
 
 from ..auth import ApiKeys, TokenAuthority, is_reserved
 from ..config import Settings
-from ..errors import BadRequest, Forbidden, TidingsError, TooLarge, Unauthorized, Unavailable
+from ..errors import (
+    BadRequest,
+    Forbidden,
+    RequestTimeout,
+    TidingsError,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+)
 from ..metrics import Metrics
 from ..node import Node
 from ..notify import Notifier, valid_user
@@ -100,7 +108,21 @@ def build_app(settings: Settings, node: Node, keys: ApiKeys, tokens: TokenAuthor
             metrics.inc("tidings_errors_total", code="internal")
             return _error(500, "internal", "internal error")
 
-    app = web.Application(middlewares=[errors], client_max_size=settings.api.max_body_size)
+    @web.middleware
+    async def body_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Read the whole body within api.body_timeout (a slow-body client gets 408
+        and the connection closes); handlers then read it from memory."""
+        if request.body_exists:
+            try:
+                async with asyncio.timeout(settings.api.body_timeout):
+                    await request.read()
+            except TimeoutError:
+                raise RequestTimeout(f"request body not received within "
+                                     f"{settings.api.body_timeout:g}s") from None
+        return await handler(request)
+
+    app = web.Application(middlewares=[errors, body_deadline],
+                          client_max_size=settings.api.max_body_size)
 
     def topic_arg(value: Any) -> str:
         t = settings.topics

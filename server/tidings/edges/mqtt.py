@@ -33,7 +33,7 @@ import ssl as ssl_module
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 
@@ -73,6 +73,7 @@ from ..protocol.mqtt import (
 )
 from ..protocol.mqtt.connection import FlowState
 from ..protocol.topics import TopicError, matches, validate_filter, validate_topic
+from ..quota import Tally
 from ..store.base import QueuedMessage
 from ..types import Publication, classify_payload, parse_offset
 
@@ -403,10 +404,22 @@ class MqttConnection(asyncio.Protocol):
         self.will: Will | None = None
         self._fast = False  # QoS 0 may bypass the state machine (see publish)
         self._limit = broker.settings.ws.outbound_buffer
+        self._ip: str | None = None  # counted against mqtt.max_connections_per_ip (TCP only)
+        self.expiry: asyncio.TimerHandle | None = None  # the token's end (see MqttBroker)
 
     # -- asyncio.Protocol -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        ip = str(peer[0]) if peer else ""
+        if not self.broker.per_ip.take(ip):
+            # mqtt.max_connections_per_ip: closed before a byte is read, so a flood
+            # from one address costs a socket for an instant and nothing more
+            self._closed = True
+            self.broker.metrics.inc("tidings_errors_total", code="too_many_connections")
+            cast(asyncio.Transport, transport).abort()
+            return
+        self._ip = ip
         self.attach(_TcpLink(transport))  # type: ignore[arg-type]  # uvloop's is no subclass
 
     def attach(self, link: Link) -> None:
@@ -428,7 +441,11 @@ class MqttConnection(asyncio.Protocol):
         self._pump()
         if self._events and (self._worker is None or self._worker.done()):
             self._worker = asyncio.get_running_loop().create_task(self._work())
-        if len(self._events) > _PAUSE_EVENTS and not self._paused and self.link is not None:
+        if not self._paused and self.link is not None and (
+                len(self._events) > _PAUSE_EVENTS or self.proto.state is State.CONNECTING):
+            # Also while the CONNECT is being answered: what the client sends after
+            # it waits for the CONNACK unparsed (5.0 section 3.1.4), so reading on
+            # would buffer without bound; TCP holds it instead. The worker resumes.
             self._paused = True
             self.link.pause()
         self._check_closed()
@@ -440,6 +457,12 @@ class MqttConnection(asyncio.Protocol):
         if self._closed:
             return
         self._closed = True
+        if self._ip is not None:
+            self.broker.per_ip.give(self._ip)
+            self._ip = None
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
         self.broker.connections.discard(self)
         self.broker.connect_deadlines.pop(self, None)
         if self._worker is None or self._worker.done():
@@ -580,6 +603,9 @@ class MqttBroker:
         self.connections: set[MqttConnection] = set()
         self.frames_out = 0  # packets written to clients (a plain int: hot path)
         self.connect_deadlines: dict[MqttConnection, float] = {}
+        self.per_ip: Tally[str] = Tally(settings.mqtt.max_connections_per_ip)
+        # user -> client ids of its persistent sessions here (mqtt.max_sessions_per_user)
+        self._kept: dict[str, set[str]] = {}
         self._servers: list[asyncio.Server] = []
         self._offline: list[tuple[str, QueuedMessage]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -656,6 +682,8 @@ class MqttBroker:
             session = self._session_from_state(client_id, state)
             session.disconnected_at = gone
             self.sessions[client_id] = session
+            self._keep(session, True)
+            self._hold_subs(session)
             for flt, sub in session.subs.items():
                 await self._register(session, flt, sub)
             self._schedule_expiry(session)
@@ -798,6 +826,14 @@ class MqttBroker:
         else:
             expiry = 0 if packet.clean_start else s.mqtt.max_session_expiry
         expiry = min(expiry, s.mqtt.max_session_expiry)
+        if expiry > 0 and principal.user is not None:
+            kept = self._kept.get(principal.user, set())
+            if client_id not in kept and len(kept) >= s.mqtt.max_sessions_per_user:
+                # mqtt.max_sessions_per_user: each kept session may queue max_queued
+                # messages; 0x97 "an implementation or administrative imposed limit
+                # has been exceeded" (5.0 section 3.2.2.2; 3.1.1: 0x03)
+                self._refuse(conn, ReasonCode.QUOTA_EXCEEDED)
+                return
         # Take over a live connection of the same client id [MQTT-3.1.4-2].
         if old is not None and old.conn is not None:
             prev = old.conn
@@ -823,6 +859,7 @@ class MqttBroker:
                 session_present = True
                 session.conn = conn  # what arrives from now on waits in conn.pending
                 await self._resume_queue(conn, stored[1])
+                self._hold_subs(session)
                 for flt, sub in session.subs.items():
                     await self._register(session, flt, sub)
         else:
@@ -840,13 +877,14 @@ class MqttBroker:
             stored = await self.node.store.mqtt_session(client_id)
             if stored is not None:
                 await self._resume_queue(conn, stored[1])
-        session.persistent = expiry > 0
         session.expiry = expiry
         session.disconnected_at = None
         session.conn = conn
         conn.session = session
         conn.will = packet.will
         self.sessions[client_id] = session
+        self._keep(session, expiry > 0)
+        self._end_at_token_expiry(conn, principal)
         if session.persistent:
             await self.node.store.mqtt_save(client_id, session.state(), [])
         else:
@@ -903,7 +941,7 @@ class MqttBroker:
         expiry = packet.properties.session_expiry_interval
         if session is not None and expiry is not None:
             session.expiry = min(expiry, self.settings.mqtt.max_session_expiry)
-            session.persistent = session.expiry > 0
+            self._keep(session, session.expiry > 0)
 
     def detached(self, conn: MqttConnection) -> None:
         """The connection is gone: will, presence, and keep or end the session."""
@@ -925,6 +963,42 @@ class MqttBroker:
             self._schedule_expiry(session)
         else:
             self.spawn(self._end_session(session))
+
+    def _keep(self, session: MqttSession, persistent: bool) -> None:
+        """Set whether ``session`` outlives its connection, and count it per user."""
+        session.persistent = persistent
+        user = session.user
+        if user is None:
+            return
+        kept = self._kept.setdefault(user, set())
+        if persistent:
+            kept.add(session.client_id)
+        else:
+            kept.discard(session.client_id)
+        if not kept:
+            del self._kept[user]
+
+    def _end_at_token_expiry(self, conn: MqttConnection, principal: Principal) -> None:
+        """Close the connection when its token runs out, as the WS edge does (4001).
+
+        5.0: DISCONNECT 0xA0 Maximum connect time ("the maximum connection time
+        authorized for this connection has been exceeded", section 3.14.2.1);
+        3.1.1 has no server DISCONNECT: the connection is closed. The session
+        itself lives on as any other; the client needs a new token to resume it.
+        """
+        if conn.expiry is not None:
+            conn.expiry.cancel()
+            conn.expiry = None
+        if principal.expires is None:
+            return
+        delay = max(0.0, principal.expires - time.time())
+
+        def expired() -> None:
+            conn.expiry = None
+            self.metrics.inc("tidings_errors_total", code="token_expired")
+            conn.close(ReasonCode.MAXIMUM_CONNECT_TIME)
+
+        conn.expiry = asyncio.get_running_loop().call_later(delay, expired)
 
     def _schedule_will(self, session: MqttSession, will: Will) -> None:
         delay = will.properties.will_delay_interval or 0
@@ -964,8 +1038,11 @@ class MqttBroker:
     async def _end_session(self, session: MqttSession) -> None:
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
+            self._keep(session, False)
         if session.expiry_timer is not None:
             session.expiry_timer.cancel()
+        if session.user is not None and session.subs:
+            self.node.user_subscriptions.give(session.user, len(session.subs))
         for flt in list(session.subs):
             await self._unregister(session, flt)
         session.subs.clear()
@@ -1057,6 +1134,12 @@ class MqttBroker:
         else:
             await self.node.unsubscribe(flt, session)
 
+    def _hold_subs(self, session: MqttSession) -> None:
+        """Count a stored session's subscriptions against its user (they were
+        allowed when made, so they are kept even over a since lowered limit)."""
+        if session.user is not None and session.subs:
+            self.node.user_subscriptions.force(session.user, len(session.subs))
+
     def _check_filter(self, session: MqttSession, flt: str) -> tuple[int, str]:
         """(reason code, the filter to check permissions on)."""
         t = self.settings.topics
@@ -1098,6 +1181,9 @@ class MqttBroker:
             if code == ReasonCode.SUCCESS and new and \
                     len(session.subs) >= self.settings.mqtt.max_subscriptions:
                 code = ReasonCode.QUOTA_EXCEEDED
+            if code == ReasonCode.SUCCESS and new and session.user is not None and \
+                    not self.node.user_subscriptions.take(session.user):
+                code = ReasonCode.QUOTA_EXCEEDED  # topics.max_user_subscriptions
             if code != ReasonCode.SUCCESS:
                 self.metrics.inc("tidings_errors_total", code=f"mqtt_suback_{code:#x}")
                 codes.append(code)
@@ -1137,6 +1223,8 @@ class MqttBroker:
         for flt in packet.topic_filters:
             if flt in session.subs:
                 del session.subs[flt]
+                if session.user is not None:
+                    self.node.user_subscriptions.give(session.user)
                 await self._unregister(session, flt)
                 codes.append(ReasonCode.SUCCESS)
             else:

@@ -508,6 +508,10 @@ class WsSession:
         if new and len(self.subscriptions) >= edge.settings.ws.max_subscriptions:
             raise BadRequest(f"more than {edge.settings.ws.max_subscriptions} subscriptions",
                              code="too_many_subscriptions")
+        tally = edge.node.user_subscriptions
+        if new and self.user is not None and not tally.take(self.user):
+            raise BadRequest(f"more than {tally.limit} subscriptions for this user on this "
+                             "node", code="too_many_subscriptions")
         self._hold = []  # live messages wait until the reply and recovery are out
         try:
             if new:
@@ -525,6 +529,7 @@ class WsSession:
         except BaseException:
             if new:
                 self.subscriptions.discard(flt)
+                self._give_back(1)
                 await edge.node.unsubscribe(flt, self)
             self._release_hold({})
             raise
@@ -558,6 +563,7 @@ class WsSession:
         flt = self._filter(cmd.args["topic"])
         if flt in self.subscriptions and flt not in self._streams:
             self.subscriptions.discard(flt)
+            self._give_back(1)
             await self.edge.node.unsubscribe(flt, self)
         self.send(ok_reply(cmd.id))
 
@@ -634,9 +640,15 @@ class WsSession:
             self.edge.presence.offline(self.user, self)
         self.edge.sessions.discard(self)
         subs = self.subscriptions | set(self._streams)
+        self._give_back(len(self.subscriptions))
         self.subscriptions, self._streams = set(), ()
         for flt in subs:
             await self.edge.node.unsubscribe(flt, self)
+
+    def _give_back(self, n: int) -> None:
+        """Release ``n`` of this user's subscriptions (topics.max_user_subscriptions)."""
+        if self.user is not None and n:
+            self.edge.node.user_subscriptions.give(self.user, n)
 
     def keepalive(self) -> None:
         """Called by the edge's sweep: close if the previous ping got no pong, else ping.

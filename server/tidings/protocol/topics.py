@@ -147,19 +147,36 @@ def private_owner(topic: str) -> str | None:
 
 
 class _Node(Generic[V]):
-    __slots__ = ("children", "hash_values", "values")
+    """A run of filter levels with no branch in it (a radix trie node).
 
-    def __init__(self) -> None:
-        self.children: dict[str, _Node[V]] = {}
-        self.values: set[V] = set()  # subscribers whose filter ends here
-        self.hash_values: set[V] = set()  # subscribers of "<this>/#"
+    The node is reached from its parent by one level (the key in the parent's
+    ``children``) and spans ``rest`` further levels: a chain of levels that
+    only one subscribed filter prefix uses costs one node, not one per level.
+    Subscribers and children hang off the end of the run only. Containers are
+    made on first use, so a leaf holds no empty dict or set.
+    """
+
+    __slots__ = ("children", "hash_values", "rest", "values")
+
+    def __init__(self, rest: tuple[str, ...] = ()) -> None:
+        self.rest = rest
+        self.children: dict[str, _Node[V]] | None = None
+        self.values: set[V] | None = None  # subscribers whose filter ends here
+        self.hash_values: set[V] | None = None  # subscribers of "<this>/#"
+
+    def empty(self) -> bool:
+        return not (self.children or self.values or self.hash_values)
 
 
 class Trie(Generic[V]):
     """Subscriptions by filter: add, remove, and find the subscribers of a topic.
 
-    Exact filters live in a dict (one lookup); wildcard filters in a trie whose
-    walk visits at most two branches per level (the literal and ``+``).
+    Exact filters live in a dict (one lookup); wildcard filters in a radix
+    trie whose walk visits at most two branches per level (the literal and
+    ``+``). Runs of levels without a branch are kept in one node, so a deep
+    filter that shares little with the others costs a few hundred bytes
+    rather than a node per level (memory per subscription is bounded by what
+    a user may subscribe to, not by how deep the filters are).
     """
 
     def __init__(self) -> None:
@@ -167,24 +184,53 @@ class Trie(Generic[V]):
         self._root: _Node[V] = _Node()
         self._wild = 0
 
+    @staticmethod
+    def _split(flt: str) -> tuple[list[str], bool]:
+        """(the levels that lead to the node holding ``flt``, whether it ends in ``#``)."""
+        levels = flt.split("/")
+        if levels[-1] == "#":
+            return levels[:-1], True
+        return levels, False
+
     def add(self, flt: str, value: V) -> None:
         if not is_wildcard(flt):
             self._exact.setdefault(flt, set()).add(value)
             return
+        path, hashed = self._split(flt)
         node = self._root
-        levels = flt.split("/")
-        for level in levels[:-1]:
-            node = node.children.setdefault(level, _Node())
-        last = levels[-1]
-        if last == "#":
-            if value not in node.hash_values:
-                node.hash_values.add(value)
-                self._wild += 1
+        i, n = 0, len(path)
+        while i < n:
+            children = node.children
+            if children is None:
+                children = node.children = {}
+            child = children.get(path[i])
+            if child is None:
+                child = children[path[i]] = _Node(tuple(path[i + 1:]))
+                node = child
+                break
+            rest = child.rest
+            j = 0
+            while j < len(rest) and i + 1 + j < n and rest[j] == path[i + 1 + j]:
+                j += 1
+            if j < len(rest):  # the run forks (or ends) inside this node: split it
+                mid: _Node[V] = _Node(rest[:j])
+                mid.children = {rest[j]: child}
+                child.rest = rest[j + 1:]
+                children[path[i]] = mid
+                child = mid
+            node = child
+            i += 1 + j
+        if hashed:
+            if node.hash_values is None:
+                node.hash_values = set()
+            target = node.hash_values
         else:
-            node = node.children.setdefault(last, _Node())
-            if value not in node.values:
-                node.values.add(value)
-                self._wild += 1
+            if node.values is None:
+                node.values = set()
+            target = node.values
+        if value not in target:
+            target.add(value)
+            self._wild += 1
 
     def remove(self, flt: str, value: V) -> None:
         if not is_wildcard(flt):
@@ -194,33 +240,44 @@ class Trie(Generic[V]):
                 if not subs:
                     del self._exact[flt]
             return
-        path: list[tuple[_Node[V], str]] = []
+        path, hashed = self._split(flt)
+        trail: list[tuple[_Node[V], str]] = []
         node = self._root
-        levels = flt.split("/")
-        for level in levels[:-1]:
-            child = node.children.get(level)
+        i, n = 0, len(path)
+        while i < n:
+            child = node.children.get(path[i]) if node.children else None
             if child is None:
                 return
-            path.append((node, level))
-            node = child
-        last = levels[-1]
-        if last == "#":
-            if value in node.hash_values:
-                node.hash_values.discard(value)
-                self._wild -= 1
-        else:
-            child = node.children.get(last)
-            if child is None or value not in child.values:
+            end = i + 1 + len(child.rest)
+            if end > n or tuple(path[i + 1:end]) != child.rest:
                 return
-            child.values.discard(value)
-            self._wild -= 1
-            path.append((node, last))
-            node = child
-        # prune empty branches
-        while path and not (node.children or node.values or node.hash_values):
-            parent, key = path.pop()
+            trail.append((node, path[i]))
+            node, i = child, end
+        target = node.hash_values if hashed else node.values
+        if not target or value not in target:
+            return
+        target.discard(value)
+        self._wild -= 1
+        if not target:
+            if hashed:
+                node.hash_values = None
+            else:
+                node.values = None
+        # prune branches left empty, then join a run that lost its only fork
+        while trail and node.empty():
+            parent, key = trail.pop()
+            assert parent.children is not None
             del parent.children[key]
+            if not parent.children:
+                parent.children = None
             node = parent
+        if trail and not (node.values or node.hash_values) and node.children \
+                and len(node.children) == 1:
+            (key, child), = node.children.items()
+            child.rest = (*node.rest, key, *child.rest)
+            parent, parent_key = trail[-1]
+            assert parent.children is not None
+            parent.children[parent_key] = child
 
     def match(self, topic: str) -> set[V]:
         """Every subscriber with a filter matching ``topic`` (each once)."""
@@ -237,30 +294,46 @@ class Trie(Generic[V]):
             if node.hash_values and not (i == 0 and dollar):
                 out |= node.hash_values  # [MQTT-4.7.1-2]: '#' matches the parent too
             if i == n:
-                out |= node.values
+                if node.values:
+                    out |= node.values
                 continue
-            child = node.children.get(levels[i])
-            if child is not None:
-                stack.append((child, i + 1))
-            if not (i == 0 and dollar):  # [MQTT-4.7.2-1]
-                plus = node.children.get("+")
-                if plus is not None:
-                    stack.append((plus, i + 1))
+            children = node.children
+            if children is None:
+                continue
+            literal = children.get(levels[i])
+            plus = children.get("+") if not (i == 0 and dollar) else None  # [MQTT-4.7.2-1]
+            for child in (literal, plus) if plus is not None else (literal,):
+                if child is None:
+                    continue
+                rest = child.rest
+                if not rest:
+                    stack.append((child, i + 1))
+                    continue
+                end = i + 1 + len(rest)
+                if end > n:
+                    continue  # every filter below is deeper than the topic
+                k = i + 1
+                for f in rest:  # the run: literals must equal the topic's levels
+                    if f != "+" and f != levels[k]:
+                        break
+                    k += 1
+                else:
+                    stack.append((child, end))
         return out
 
     def filters(self) -> Iterator[str]:
         """Every filter with at least one subscriber (for diagnostics and resubscribe)."""
         yield from self._exact
-        stack: list[tuple[_Node[V], str]] = [(self._root, "")]
+        stack: list[tuple[_Node[V], tuple[str, ...]]] = [(self._root, ())]
         while stack:
             node, prefix = stack.pop()
             if node.hash_values:
-                yield f"{prefix}/#" if prefix else "#"
-            for key, child in node.children.items():
-                name = f"{prefix}/{key}" if prefix else key
+                yield "/".join((*prefix, "#"))
+            for key, child in (node.children or {}).items():
+                levels = (*prefix, key, *child.rest)
                 if child.values:
-                    yield name
-                stack.append((child, name))
+                    yield "/".join(levels)
+                stack.append((child, levels))
 
     def __len__(self) -> int:
         return sum(len(s) for s in self._exact.values()) + self._wild
