@@ -119,7 +119,11 @@ def build_app(settings: Settings, node: Node, keys: ApiKeys, tokens: TokenAuthor
             retain = _field(body, "retain", bool, default=False)
         except BadRequest as e:
             raise BadRequest(f"{where}{e.message}", code=e.code) from None
-        return topic, orjson.dumps(body["data"]), retain
+        payload = orjson.dumps(body["data"])
+        if len(payload) > settings.limits.max_message_size:
+            raise TooLarge(f"{where}data over limits.max_message_size "
+                           f"({settings.limits.max_message_size} bytes)")
+        return topic, payload, retain
 
     async def publish(request: web.Request) -> web.Response:
         topic, payload, retain = message_arg(await _body(request))

@@ -85,6 +85,7 @@ _WIRE = "mqtt"
 _VERSION = "tidings-0.1"
 _PAUSE_EVENTS = 256  # inbound packets waiting for the worker before reading pauses
 _MAX_CONNECT_SIZE = 65536  # bytes a packet may have before the client is authenticated
+_PACE_CHUNK = 65536  # bytes of a paced burst (retained messages) queued before waiting
 
 
 def mqtt_payload(pub: Publication) -> bytes:
@@ -395,6 +396,7 @@ class MqttConnection(asyncio.Protocol):
         self.will: Will | None = None
         self._fast = False  # QoS 0 may bypass the state machine (see publish)
         self._limit = broker.settings.ws.outbound_buffer
+        self._gate: asyncio.Future[None] | None = None  # set while the TCP transport is full
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -428,7 +430,27 @@ class MqttConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return None  # close
 
+    def pause_writing(self) -> None:
+        """The TCP transport passed its high-water mark: paced senders wait."""
+        if self._gate is None:
+            self._gate = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None and not gate.done():
+            gate.set_result(None)
+
+    async def drained(self) -> None:
+        """Write what is queued; return once the link has room again (or is gone)."""
+        if self._dirty:
+            self.flush()
+        if isinstance(self.link, _WsLink):
+            await self.link.conn.drained()
+        elif self._gate is not None:
+            await asyncio.shield(self._gate)
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self.resume_writing()  # wake paced senders: they see the connection closed
         if self._closed:
             return
         self._closed = True
@@ -971,6 +993,14 @@ class MqttBroker:
         assert session is not None
         v5 = conn.proto.version == Version.V5
         t = self.settings.topics
+        if len(packet.payload) > self.settings.limits.max_message_size:
+            # Within the packet size (which leaves room for the topic and
+            # properties) but over the data limit: the same refusal as a packet
+            # over Maximum Packet Size [MQTT-3.2.2-15]: DISCONNECT 0x95 in 5.0 (4.13);
+            # 3.1.1 has no way to say it and closes.
+            self.metrics.inc("tidings_errors_total", code="too_large")
+            conn.close(ReasonCode.PACKET_TOO_LARGE if v5 else None)
+            return
         code = ReasonCode.SUCCESS
         try:
             topic = validate_topic(packet.topic, max_length=t.max_length, max_depth=t.max_depth)
@@ -1121,6 +1151,12 @@ class MqttBroker:
                     continue  # the live delivery already carried this (or newer)
                 ids = (sub.subscription_id,) if sub.subscription_id is not None else ()
                 conn.publish(_template(pub), min(sub.qos, pub.qos), True, ids)  # [MQTT-3.3.1-8]
+                if conn._out_size >= _PACE_CHUNK:
+                    # a burst the server chose: no faster than the client reads, so
+                    # the outbound bound only ever sees live traffic
+                    await conn.drained()
+                    if conn._closed:
+                        return
 
     async def _unsubscribe(self, conn: MqttConnection, packet: Unsubscribe) -> None:
         session = conn.session
