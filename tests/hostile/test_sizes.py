@@ -293,3 +293,24 @@ async def test_retained_burst_is_paced_over_websocket_and_mqtt(node: Node,
     while (p := await c.push())["topic"] != "ret/live":
         pass
     await still_served(node, c)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "websockets"])
+async def test_resumed_session_queue_is_paced(node: Node, clients: list[Any],  # noqa: F811
+                                              transport: str) -> None:
+    """A persistent session's queue (100 x 60 KiB, QoS 1) used to be sent at once on
+    reconnect, one quota of it (64 messages, 3.8 MB) past the outbound bound: the
+    client was dropped on every reconnect and could never catch up."""
+    port = node.app.mqtt_port if transport == "tcp" else node.app.ws_port
+    kw: dict[str, Any] = {"token": node.token("alice"), "clean": False,
+                          "transport": transport}
+    p = await paho(clients, port, f"persist-{transport}", **kw)
+    await p.subscribe(("q/#", 1))
+    await asyncio.to_thread(p.close)
+    data = "d" * (60 * KIB)
+    sent = await batch(node, [{"topic": "q/x", "data": data}] * 100)
+    again = await paho(clients, port, f"persist-{transport}", **kw)
+    for _ in sent:
+        m = await again.message()
+        assert (m.topic, len(m.payload)) == ("q/x", len(data) + 2)
+    assert await metric(node, SLOW) == 0

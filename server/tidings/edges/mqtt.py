@@ -200,6 +200,10 @@ class _MqttOverWs:
     def on_close(self) -> None:
         self.mc.connection_lost(None)
 
+    def on_writable(self) -> None:
+        """The WebSocket's transport drained: send more of a paced queue."""
+        self.mc.resume_writing()
+
 
 def serve_websocket(broker: MqttBroker, conn: Any) -> _MqttOverWs:
     """The handler for one MQTT connection over an accepted WebSocket (``/mqtt``)."""
@@ -397,6 +401,10 @@ class MqttConnection(asyncio.Protocol):
         self._fast = False  # QoS 0 may bypass the state machine (see publish)
         self._limit = broker.settings.ws.outbound_buffer
         self._gate: asyncio.Future[None] | None = None  # set while the TCP transport is full
+        # queued QoS 1/2 messages beyond which the client counts as slow: a resumed
+        # queue, one quota in flight, and as much again of live traffic behind them
+        s = broker.settings.mqtt
+        self._max_pending = 2 * s.max_queued + s.receive_maximum
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -439,6 +447,8 @@ class MqttConnection(asyncio.Protocol):
         gate, self._gate = self._gate, None
         if gate is not None and not gate.done():
             gate.set_result(None)
+        if self.pending and not self._closed:
+            self._drain_pending()
 
     async def drained(self) -> None:
         """Write what is queued; return once the link has room again (or is gone)."""
@@ -503,6 +513,8 @@ class MqttConnection(asyncio.Protocol):
                 return
             self.broker.frames_out += len(chunks)
             self.link.write(chunks)
+        if self.pending:
+            self._drain_pending()  # the link took what it had: send more of the queue
 
     def publish(self, template: PublishTemplate, qos: int, retain: bool,
                 ids: tuple[int, ...]) -> None:
@@ -514,8 +526,12 @@ class MqttConnection(asyncio.Protocol):
             if qos:  # connecting: sent after the CONNACK; closing: the session keeps it
                 self.pending.append((template, qos, retain, ids))  # (see _queue_of)
             return
-        if qos and self.pending:
-            self.pending.append((template, qos, retain, ids))  # keep order behind the queue
+        if qos and (self.pending or not self._room()):
+            # keep order behind the queue; wait while the link is half full, so
+            # a burst (a resumed session's queue) goes out as fast as it is read
+            self.pending.append((template, qos, retain, ids))
+            if len(self.pending) > self._max_pending:
+                self._overflow()  # not read (or not acknowledged) for this long: slow
             return
         result = self.proto.send_publish(template, qos=qos, retain=retain, subscription_ids=ids)
         if result.outcome is Outcome.NO_QUOTA:
@@ -524,11 +540,19 @@ class MqttConnection(asyncio.Protocol):
             self.broker.metrics.inc("tidings_mqtt_dropped_total", reason="too_large")
         self._pump()
 
+    def _room(self) -> bool:
+        """Whether the link is less than half full (QoS 1/2 sends wait otherwise)."""
+        buffered = self.link.buffered() if self.link is not None else 0
+        return self._out_size + buffered < self._limit // 2
+
     def _drain_pending(self) -> None:
+        """Send queued QoS 1/2 messages while the client's quota and the link allow;
+        called again on each acknowledgement, flush and drain of the link."""
         while self.pending and self.proto.send_quota > 0 and \
-                self.proto.state is State.CONNECTED:
+                self.proto.state is State.CONNECTED and self._room():
             template, qos, retain, ids = self.pending.popleft()
             self.proto.send_publish(template, qos=qos, retain=retain, subscription_ids=ids)
+            self._pump()  # counted in _out_size, so _room() sees it
         self._pump()
 
     def close(self, reason: int | None = None) -> None:

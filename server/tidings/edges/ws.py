@@ -842,6 +842,9 @@ class WsConnection(asyncio.Protocol):
         gate, self._gate = self._gate, None
         if gate is not None and not gate.done():
             gate.set_result(None)
+        writable = getattr(self.handler, "on_writable", None)  # MQTT over WebSocket
+        if writable is not None:
+            writable()
 
     async def drained(self) -> None:
         """Return once the transport's buffer is below its low-water mark (or gone)."""
