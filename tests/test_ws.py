@@ -597,7 +597,7 @@ async def test_slow_consumer_is_disconnected_and_others_get_everything(make_node
     assert (await healthy.request("subscribe", topic="firehose"))["ok"]
     slow = await _paused_subscriber(node, "firehose")
     assert await metric(node, "tidings_ws_connections") == 2
-    chunk = "x" * 8192
+    chunk = "x" * 4000  # under limits.max_message_size
     sent: list[str] = []
     deadline = time.monotonic() + WAIT * 2
     for n in range(2000):  # bounded: ~16 MB at most, far beyond any loopback buffer
