@@ -335,8 +335,11 @@ def test_old_size_settings_keep_working_or_say_what_to_set(tmp_path: Any) -> Non
     with pytest.raises(config.ConfigError, match=r"ws\.max_message_size: 65536 cannot hold "
                                                  r".* set at least \d+, or 0 to derive it"):
         config.load(None, {"TIDINGS_WS_MAX_MESSAGE_SIZE": "65536"})
+    mib = {"TIDINGS_LIMITS_MAX_MESSAGE_SIZE": str(1024 * KIB)}
+    with pytest.raises(config.ConfigError, match=r"limits\.max_reply_size: .*set at least"):
+        config.load(None, mib)
+    mib["TIDINGS_LIMITS_MAX_REPLY_SIZE"] = str(2048 * KIB)
     with pytest.raises(config.ConfigError, match=r"ws\.outbound_buffer: .*set at least \d+"):
-        config.load(None, {"TIDINGS_LIMITS_MAX_MESSAGE_SIZE": str(1024 * KIB)})
-    big = config.load(None, {"TIDINGS_LIMITS_MAX_MESSAGE_SIZE": str(1024 * KIB),
-                             "TIDINGS_WS_OUTBOUND_BUFFER": str(8 * 1024 * KIB)})
+        config.load(None, mib)
+    big = config.load(None, {**mib, "TIDINGS_WS_OUTBOUND_BUFFER": str(8 * 1024 * KIB)})
     assert big.mqtt.max_packet_size > 1024 * KIB
