@@ -15,6 +15,8 @@ from typing import Any
 import orjson
 import pytest
 
+import test_inbox_store as inbox_store
+import test_store_contract as contract
 from conftest import WAIT, MakeNode, Node
 from test_mqtt import (
     DISCONNECT,
@@ -28,8 +30,15 @@ from test_mqtt import (
     publish_packet,
 )
 
+pytest_plugins = ["redis_servers"]  # the redis backends' session servers
+
 KIB = 1024
 SLOW = "tidings_slow_consumers_total"
+
+# the store contract's fixtures: the read-all event test runs on every backend
+clock = contract.clock
+open_store = contract.open_store
+store = contract.store
 
 
 async def batch(node: Node, messages: list[dict[str, Any]]) -> list[str]:
@@ -343,3 +352,20 @@ def test_old_size_settings_keep_working_or_say_what_to_set(tmp_path: Any) -> Non
         config.load(None, mib)
     big = config.load(None, {**mib, "TIDINGS_WS_OUTBOUND_BUFFER": str(8 * 1024 * KIB)})
     assert big.mqtt.max_packet_size > 1024 * KIB
+
+
+async def test_read_all_event_lists_no_ids_past_1000_on_every_store(store: Any) -> None:
+    """SQLite and Redis (plain and cluster) alike: an `all` change of more than
+    MAX_EVENT_IDS items publishes an event without ids; up to it, with them."""
+    from tidings.store.base import MAX_EVENT_IDS, events_topic
+
+    for n in (3, MAX_EVENT_IDS + 1):
+        user = f"u{n}"
+        for i in range(0, n, 200):
+            await asyncio.gather(*[inbox_store.send(store, [user])
+                                   for _ in range(i, min(n, i + 200))])
+        change = await store.mark(user, "read", None, device="d", policy=inbox_store.policy)
+        assert len(change.changed) == n and change.unread == 0
+        event = inbox_store.payload(change, events_topic(user))
+        assert event["all"] is True and event["unread"] == 0
+        assert ("ids" in event) is (n <= MAX_EVENT_IDS)
