@@ -147,6 +147,8 @@ export interface TidingsEvents {
 
 export interface SubscribeReply {
   offset: Offset | null;
+  /** The last page's messages: the client follows the server's `next` pages itself
+   * and emits every recovered message as a `message` event. */
   recovered: MessagePush[];
   complete: boolean;
   /** True when this tab (or another) already held the filter. */
@@ -174,7 +176,10 @@ export interface InboxChange {
 
 export interface MarkReply {
   unread: number;
-  changed: string[];
+  /** The ids whose state changed; absent when `all: true` changed more than 1000. */
+  changed?: string[];
+  /** Set instead of `changed` when an `all: true` change was over 1000 items. */
+  all?: boolean;
 }
 
 export interface Device {

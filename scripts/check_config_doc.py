@@ -31,7 +31,7 @@ def problems(path: Path) -> list[str]:
     except config.ConfigError as e:
         return [f"does not load: {e}"]
     table = tomllib.loads(text)
-    defaults = config.Settings()
+    defaults = config.load(None, {})  # with the sizes derived from [limits] filled in
     for section in dataclasses.fields(config.Settings):
         if section.name == "acl":
             continue

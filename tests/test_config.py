@@ -87,6 +87,8 @@ port = 9001
 keys = ["k1", "k2"]
 [mqtt]
 port = 1884
+[limits]
+max_message_size = 512
 [store]
 path = "/var/lib/tidings"
 idempotency_ttl = 60.5
@@ -194,7 +196,12 @@ def test_env_override(name: str, value: str, section: str, key: str, expected: o
     ({"TIDINGS_API_PORT": "8.5"}, "api.port"),
     ({"TIDINGS_MQTT_PORT": "100000"}, "mqtt.port"),
     ({"TIDINGS_WS_MAX_MESSAGE_SIZE": "-5"}, "ws.max_message_size"),
-    ({"TIDINGS_WS_MAX_MESSAGE_SIZE": "0"}, "ws.max_message_size"),
+    ({"TIDINGS_WS_MAX_MESSAGE_SIZE": "1000"}, "ws.max_message_size"),  # < limits + envelope
+    ({"TIDINGS_MQTT_MAX_PACKET_SIZE": "1000"}, "mqtt.max_packet_size"),
+    ({"TIDINGS_WS_OUTBOUND_BUFFER": "65536"}, "ws.outbound_buffer"),  # < a reply + a burst
+    ({"TIDINGS_LIMITS_MAX_MESSAGE_SIZE": "0"}, "limits.max_message_size"),
+    ({"TIDINGS_LIMITS_MAX_REPLY_SIZE": "1024"}, "limits.max_reply_size"),
+    ({"TIDINGS_LIMITS_MAX_SINCE_TOPICS": "0"}, "limits.max_since_topics"),
     ({"TIDINGS_WS_OUTBOUND_BUFFER": "-1"}, "ws.outbound_buffer"),
     ({"TIDINGS_HISTORY_SIZE": "-1"}, "history.size"),
     ({"TIDINGS_HISTORY_TTL": "0"}, "history.ttl"),

@@ -1151,7 +1151,7 @@ async def test_maximum_packet_size(make_node: NodeMaker, clients: list[Any],
                                    v5: bool) -> None:
     """Over ``mqtt.max_packet_size``: 5.0 DISCONNECT 0x95 [MQTT-3.2.2-15], 3.1.1 close;
     the broker and the other clients go on."""
-    n = await make_node(mqtt__max_packet_size=1024)
+    n = await make_node(mqtt__max_packet_size=1024, limits__max_message_size=960)
     port = n.app.mqtt_port
     watcher = await paho(clients, port, "mps-w", token=n.token("alice"), v5=True)
     await watcher.subscribe(("mps/#", 1))
@@ -1198,7 +1198,8 @@ async def test_subscription_limit(make_node: NodeMaker, clients: list[Any]) -> N
 async def test_slow_consumer_is_disconnected(make_node: NodeMaker, clients: list[Any]) -> None:
     """A subscriber that stops reading is dropped once its unsent bytes pass
     ``ws.outbound_buffer`` (counted as a slow consumer); the others keep receiving."""
-    n = await make_node(ws__outbound_buffer=65536)
+    n = await make_node(ws__outbound_buffer=65536, limits__max_message_size=4096,
+                        limits__max_reply_size=16384, notify__max_data_size=4096)
     port = n.app.mqtt_port
     fine = await paho(clients, port, "fast", token=n.token("alice"))
     await fine.subscribe(("flood/#", 0))
@@ -1215,7 +1216,7 @@ async def test_slow_consumer_is_disconnected(make_node: NodeMaker, clients: list
     assert (await stuck.recv()).type == SUBACK
     cast(asyncio.Transport, writer.transport).pause_reading()  # and never read again
     pub = await paho(clients, port, "flooder", token=pub_token(n))
-    chunk = b"z" * 8192
+    chunk = b"z" * 4096  # limits.max_message_size
     slow = "tidings_slow_consumers_total"
     for i in range(2000):
         await pub.publish("flood/x", chunk, 0)
@@ -1540,9 +1541,10 @@ async def test_mqtt_over_websocket(node: Node, clients: list[Any], v5: bool) -> 
     tcp = await paho(clients, node.app.mqtt_port, "over-tcp", token=pub_token(node), v5=v5)
     assert await ws.subscribe(("bridge/#", 2)) == [2]
     assert await tcp.subscribe(("bridge/#", 1)) == [1]
-    await tcp.publish("bridge/from-tcp", b"a" * 70000, 1)  # over one frame's 64 KiB
+    big = node.settings.limits.max_message_size  # the largest: a frame over 64 KiB
+    await tcp.publish("bridge/from-tcp", b"a" * big, 1)
     m = await ws.message()
-    assert (m.topic, len(m.payload), m.qos) == ("bridge/from-tcp", 70000, 1)
+    assert (m.topic, len(m.payload), m.qos) == ("bridge/from-tcp", big, 1)
     assert (await tcp.message()).topic == "bridge/from-tcp"
     assert await ws.publish("bridge/from-ws", b"b", 2) == 0
     assert [(await c.message()).payload for c in (tcp, ws)] == [b"b", b"b"]
@@ -1615,7 +1617,7 @@ for _v5 in (False, True):
 
 @pytest.fixture
 async def hardened(make_node: NodeMaker) -> Node:
-    return await make_node(mqtt__max_packet_size=1024)
+    return await make_node(mqtt__max_packet_size=1024, limits__max_message_size=512)
 
 
 @pytest.mark.parametrize("case,v5,connect_first,data,expect", BAD_INPUT,

@@ -483,7 +483,7 @@ async def test_connect_timeout_closes_1008(make_node: MakeNode) -> None:
 
 
 async def test_oversized_frame_closes_1009(make_node: MakeNode) -> None:
-    node = await make_node(ws__max_message_size=1024)
+    node = await make_node(ws__max_message_size=1024, limits__max_message_size=512)
     c = await node.client("alice")
     await c.send_raw(orjson.dumps({"op": "ping", "id": 99, "pad": "x" * 2048}).decode())
     assert (await c.closed())[0] == 1009
@@ -591,12 +591,13 @@ async def _paused_subscriber(node: Node, topic: str) -> ClientConnection:
 
 async def test_slow_consumer_is_disconnected_and_others_get_everything(make_node: MakeNode
                                                                        ) -> None:
-    node = await make_node(ws__outbound_buffer=64 * 1024)
+    node = await make_node(ws__outbound_buffer=64 * 1024, limits__max_message_size=4096,
+                           limits__max_reply_size=16384, notify__max_data_size=4096)
     healthy = await node.client("alice")
     assert (await healthy.request("subscribe", topic="firehose"))["ok"]
     slow = await _paused_subscriber(node, "firehose")
     assert await metric(node, "tidings_ws_connections") == 2
-    chunk = "x" * 8192
+    chunk = "x" * 4000  # under limits.max_message_size
     sent: list[str] = []
     deadline = time.monotonic() + WAIT * 2
     for n in range(2000):  # bounded: ~16 MB at most, far beyond any loopback buffer

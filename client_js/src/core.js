@@ -309,6 +309,8 @@ export class Core extends Emitter {
     if (typeof reply.offset === "string") this.ledger.userOffset = reply.offset;
     this.emit("offsets", { user: this.ledger.userOffset });
     if (reply.complete === false) {
+      // History no longer reaches back, or more was missed than one reply holds
+      // (`next`): the inbox, reloaded just below, has every notification.
       this.emit("incomplete", { scope: "inbox", since: null });
     }
     for (const [filter, sub] of this.subs) {
@@ -489,7 +491,7 @@ export class Core extends Emitter {
   /** @param {any} ev a read / unread / archive / expire push */
   #stateEvent(ev) {
     if (!this.ledger.acceptEvent(ev)) return;
-    // The server lists the changed ids even for `all: true`; without them, all.
+    // The server lists the changed ids for `all: true` up to 1000; without them, all.
     const ids = Array.isArray(ev.ids) ? ev.ids : (ev.all ? null : []);
     const dismissed = this.inbox.applyChange(ev.type, ids);
     if (typeof ev.unread === "number") this.inbox.unread = ev.unread;
@@ -564,17 +566,24 @@ export class Core extends Emitter {
   /**
    * @param {string} filter
    * @param {Sub} sub
+   * @param {any} [resume] a reply's `next`: the rest of a recovery bigger than one reply
    */
-  #sendSubscribe(filter, sub) {
+  #sendSubscribe(filter, sub, resume) {
     sub.inflight = true;
-    const since = sub.established ? this.ledger.sinceFor(filter) : undefined;
+    const since = resume ?? (sub.established ? this.ledger.sinceFor(filter) : undefined);
     this.#sendNow({ op: "subscribe", args: defined({ topic: filter, since }),
       resolve: (reply) => {
-        sub.inflight = false;
-        sub.established = true;
         for (const m of reply.recovered ?? []) {
           if (this.ledger.acceptMessage(m)) this.emit("message", m);
         }
+        if (reply.next && this.subs.get(filter) === sub) {
+          // The server pages a recovery that does not fit one reply (limits.max_reply_size):
+          // ask for the rest with the `since` it gave; the waiters get the last reply.
+          this.#sendSubscribe(filter, sub, reply.next);
+          return;
+        }
+        sub.inflight = false;
+        sub.established = true;
         if (typeof reply.offset === "string") {
           this.ledger.recordTopicOffset(filter, reply.offset);
           this.emit("offsets", { topics: { [filter]: reply.offset } });
@@ -629,6 +638,8 @@ export class Core extends Emitter {
     const reply = await this.request(op, ids ? { ids } : { all: true });
     if (Array.isArray(reply.changed) && reply.changed.length) {
       this.inbox.applyChange(op, reply.changed);
+    } else if (!ids && reply.all === true) {
+      this.inbox.applyChange(op, null); // over 1000 changed: the reply lists none, it says all
     }
     this.#emitInbox();
     return reply;

@@ -13,7 +13,7 @@
 import { isWildcard, matches } from "./topics.js";
 
 /** The server reads at most this many topics from one `since` object. */
-export const MAX_SINCE_TOPICS = 1000;
+export const MAX_SINCE_TOPICS = 100; // the server's limits.max_since_topics default
 
 /** A set that forgets its oldest keys beyond `limit`. */
 export class BoundedSet {
@@ -138,7 +138,7 @@ export class Ledger {
   /**
    * The `since` to resubscribe `filter` with: the last offset of an exact
    * topic, or `{topic: offset}` of the topics seen under a wildcard filter
-   * (the most recent 1000); undefined when nothing was seen.
+   * (the most recent MAX_SINCE_TOPICS); undefined when nothing was seen.
    * @param {string} filter
    * @returns {string | Record<string, string> | undefined}
    */

@@ -23,6 +23,7 @@ __all__ = [
     "HistoryRule",
     "Settings",
     "load",
+    "push_frame_bound",
 ]
 
 
@@ -46,7 +47,7 @@ class WsSettings:
     origins: list[str] = field(default_factory=list)  # empty: any Origin
     tls_cert: str = ""
     tls_key: str = ""
-    max_message_size: int = 65536  # bytes per incoming frame; over it: close 1009
+    max_message_size: int = 0  # bytes per incoming frame (over it: close 1009); 0: derived
     connect_timeout: float = 10.0
     commands_per_second: float = 50.0
     commands_burst: int = 100
@@ -78,7 +79,7 @@ class MqttSettings:
     tls_port: int = 8883  # used only when tls_cert and tls_key are set
     tls_cert: str = ""
     tls_key: str = ""
-    max_packet_size: int = 268435455  # bytes, whole packet; the 5.0 maximum by default
+    max_packet_size: int = 0  # bytes, whole packet; 0: derived from limits.max_message_size
     max_keepalive: int = 3600  # seconds; a longer requested keepalive is lowered (5.0)
     receive_maximum: int = 64  # QoS 1/2 messages in flight per direction per client
     max_queued: int = 1000  # messages kept per offline persistent session; more are dropped
@@ -88,6 +89,15 @@ class MqttSettings:
     websocket_path: str = "/mqtt"  # MQTT over WebSocket on the WS edge; empty turns it off
     max_connections_per_ip: int = 1000  # open MQTT connections per client address
     max_sessions_per_user: int = 100  # persistent sessions one user may keep; more: 0x97
+
+
+@dataclass
+class LimitsSettings:
+    """Sizes that hold on every edge (see :func:`derive_sizes` for what follows from them)."""
+
+    max_message_size: int = 65536  # bytes of one message's data at publish, on every edge
+    max_reply_size: int = 262144  # bytes of messages / items in one reply; more: paged
+    max_since_topics: int = 100  # topics in one subscribe's since map
 
 
 @dataclass
@@ -181,6 +191,7 @@ class Settings:
     ws: WsSettings = field(default_factory=WsSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     bus: BusSettings = field(default_factory=BusSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
@@ -291,6 +302,67 @@ def _positive(key: str, value: float, *, zero_ok: bool = False) -> None:
         raise ConfigError(f"{key}: must be {'>= 0' if zero_ok else '> 0'}, got {value!r}")
 
 
+_PUBLISH_ENVELOPE = 128  # bytes of a WS publish command around its topic and data
+_PUSH_ENVELOPE = 4096  # bytes of a push around its data (a notification's title, body...)
+_MQTT_PROPERTIES = 4096  # room for a 5.0 PUBLISH's properties in the derived packet size
+_MQTT_PUBLISH_HEADER = 9  # fixed header (5), topic length (2), packet id (2)
+OUTBOUND_BURST = 4  # largest pushes the outbound bound holds beyond one full reply
+
+
+def push_frame_bound(s: Settings) -> int:
+    """The largest frame the server sends for one message or notification.
+
+    JSON carries binary data as base64 (4/3 of its size); the envelope holds
+    the topic, offset, timestamps and a notification's other fields.
+    """
+    data = max(s.limits.max_message_size, s.notify.max_data_size)
+    return data * 4 // 3 + s.topics.max_length + _PUSH_ENVELOPE
+
+
+def _derive_sizes(s: Settings) -> None:
+    """Fill in the sizes derived from ``limits.max_message_size`` (a 0 setting),
+    and refuse explicit ones that could not carry a message of that size.
+
+    - ``ws.max_message_size`` (the incoming frame): twice the data plus the
+      envelope, so a publish a little over the limit (or JSON with escapes)
+      still gets a ``too_large`` reply rather than a 1009 close.
+    - ``mqtt.max_packet_size``: the data, the topic and room for 5.0 properties;
+      advertised in CONNACK (Maximum Packet Size).
+    - ``ws.outbound_buffer`` (WS and MQTT) must hold one full reply and
+      ``OUTBOUND_BURST`` of the largest pushes, so a client that reads is
+      never closed as slow for what the server chose to send at once.
+    """
+    lim = s.limits
+    topic = s.topics.max_length
+    ws_min = lim.max_message_size + topic + _PUBLISH_ENVELOPE
+    if s.ws.max_message_size == 0:
+        s.ws.max_message_size = 2 * lim.max_message_size + topic + 1024
+    elif s.ws.max_message_size < ws_min:
+        raise ConfigError(
+            f"ws.max_message_size: {s.ws.max_message_size} cannot hold a publish of "
+            f"limits.max_message_size ({lim.max_message_size}) bytes with its envelope; "
+            f"set at least {ws_min}, or 0 to derive it")
+    mqtt_min = lim.max_message_size + topic + _MQTT_PUBLISH_HEADER
+    if s.mqtt.max_packet_size == 0:
+        s.mqtt.max_packet_size = min(268435455, mqtt_min + _MQTT_PROPERTIES)
+    elif s.mqtt.max_packet_size < mqtt_min:
+        raise ConfigError(
+            f"mqtt.max_packet_size: {s.mqtt.max_packet_size} cannot hold a PUBLISH of "
+            f"limits.max_message_size ({lim.max_message_size}) bytes; set at least "
+            f"{mqtt_min}, or 0 to derive it")
+    frame = push_frame_bound(s)
+    if lim.max_reply_size < frame:
+        raise ConfigError(
+            f"limits.max_reply_size: {lim.max_reply_size} cannot hold one message of "
+            f"limits.max_message_size / notify.max_data_size; set at least {frame}")
+    floor = lim.max_reply_size + OUTBOUND_BURST * frame
+    if s.ws.outbound_buffer < floor:
+        raise ConfigError(
+            f"ws.outbound_buffer: {s.ws.outbound_buffer} cannot hold a full reply "
+            f"(limits.max_reply_size) and {OUTBOUND_BURST} of the largest pushes; set at "
+            f"least {floor}, or lower limits.max_message_size / limits.max_reply_size")
+
+
 def _validate(s: Settings) -> None:
     from .protocol.topics import TopicError, validate_filter
 
@@ -300,11 +372,14 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"{key}: must be a port number 0-65535, got {port}")
     if not s.ws.path.startswith("/"):
         raise ConfigError(f"ws.path: must start with '/', got {s.ws.path!r}")
-    for key in ("max_message_size", "connect_timeout", "commands_per_second",
+    for key in ("connect_timeout", "commands_per_second",
                 "commands_burst", "max_subscriptions", "outbound_buffer",
                 "max_connections_per_ip"):
         _positive(f"ws.{key}", getattr(s.ws, key))
     _positive("ws.ping_interval", s.ws.ping_interval, zero_ok=True)
+    _positive("ws.max_message_size", s.ws.max_message_size, zero_ok=True)
+    for key in ("max_message_size", "max_reply_size", "max_since_topics"):
+        _positive(f"limits.{key}", getattr(s.limits, key))
     _positive("api.max_body_size", s.api.max_body_size)
     _positive("api.header_timeout", s.api.header_timeout)
     _positive("api.body_timeout", s.api.body_timeout)
@@ -324,12 +399,15 @@ def _validate(s: Settings) -> None:
     _positive("notify.max_inbox", s.notify.max_inbox)
     _positive("store.sweep_interval", s.store.sweep_interval)
     _positive("store.sweep_batch", s.store.sweep_batch)
-    for key in ("max_packet_size", "receive_maximum", "max_queued", "max_subscriptions"):
+    for key in ("receive_maximum", "max_queued", "max_subscriptions"):
         _positive(f"mqtt.{key}", getattr(s.mqtt, key))
+    _positive("mqtt.max_packet_size", s.mqtt.max_packet_size, zero_ok=True)
     if not 0 < s.mqtt.receive_maximum <= 65535:
         raise ConfigError("mqtt.receive_maximum: must be 1-65535")
     if s.mqtt.max_packet_size > 268435455:
         raise ConfigError("mqtt.max_packet_size: at most 268435455 (the protocol's limit)")
+    if s.limits.max_message_size > 268435455 - 4096:
+        raise ConfigError("limits.max_message_size: must fit an MQTT packet (under 256 MiB)")
     _positive("mqtt.max_keepalive", s.mqtt.max_keepalive, zero_ok=True)
     _positive("mqtt.max_session_expiry", s.mqtt.max_session_expiry, zero_ok=True)
     _positive("mqtt.sys_interval", s.mqtt.sys_interval, zero_ok=True)
@@ -372,6 +450,7 @@ def _validate(s: Settings) -> None:
                             max_depth=1 << 10)
         except TopicError as e:
             raise ConfigError(f"acl[{i}].filter: {e}") from None
+    _derive_sizes(s)
 
 
 def load(path: str | os.PathLike[str] | None = None,

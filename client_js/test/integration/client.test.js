@@ -258,3 +258,54 @@ test("history trimmed while away: recovery is partial and says so (incomplete)",
   await until(() => got.length === 1 + HISTORY_SIZE, "what history still had");
   assert.deepEqual(got.slice(1), batch.slice(-HISTORY_SIZE).map((m) => m.data), "the newest, in order");
 });
+
+test("a recovery bigger than one reply is followed to the end (next), in order", async () => {
+  /** @type {Promise<void> | null} */
+  let gate = null;
+  let open = () => {};
+  const a = client("kim", {
+    token: async () => { if (gate) await gate; return server.devToken("kim"); },
+  });
+  const seen = record(a);
+  /** @type {any[]} */
+  const got = [];
+  await a.connect();
+  await a.subscribe("demo/paged", (m) => got.push(m.data));
+  await server.publish("demo/paged", { n: -1 });
+  await until(() => got.length === 1, "live before the loss");
+  gate = new Promise((r) => { open = r; });
+  /** @type {any} */ (a)._core.ws.terminate();
+  await until(() => seen.disconnected.length === 1, "the loss is seen");
+  // 40 x 16 KiB: more than one reply holds (limits.max_reply_size, 256 KiB)
+  const pad = "p".repeat(16 * 1024);
+  const batch = Array.from({ length: HISTORY_SIZE }, (_, i) => ({ topic: "demo/paged", data: { n: i, pad } }));
+  await server.api("POST", "/v1/publish/batch", { messages: batch });
+  gate = null;
+  open();
+  await until(() => got.length === 1 + HISTORY_SIZE, "every missed message", 4 * WAIT);
+  assert.deepEqual(got.slice(1).map((d) => d.n), batch.map((m) => m.data.n), "in order, once");
+  assert.equal(seen.incomplete.length, 0, "nothing was lost: paging is not a gap");
+}, { timeout: 8 * WAIT });
+
+test("read all on more than 1000 unread: the bounded event (all, no ids) reads everything", async () => {
+  const phone = client("lee", { device: "phone" });
+  const laptop = client("lee", { device: "laptop" });
+  await Promise.all([phone.connect(), laptop.connect()]);
+  for (let i = 0; i < 1100; i += 100) {
+    await Promise.all(Array.from({ length: 100 }, (_, j) => server.notify("lee", { title: `n${i + j}` })));
+  }
+  await until(() => phone.inbox.unread === 1100 && laptop.inbox.unread === 1100, "1100 unread on both",
+    4 * WAIT);
+  /** @type {any[]} */
+  const events = [];
+  laptop.on("read", (ev) => events.push(ev));
+  const reply = await phone.inbox.readAll();
+  assert.equal(reply.all, true);
+  assert.equal(reply.changed, undefined, "over 1000: the reply lists no ids");
+  assert.ok(phone.inbox.items.every((i) => i.read), "the reply alone marks the loaded items read");
+  await until(() => events.length === 1, "the read event on the other device");
+  assert.equal(events[0].all, true);
+  assert.equal(events[0].ids, undefined, "over 1000: the event lists no ids");
+  await until(() => laptop.inbox.unread === 0, "the other device's badge");
+  assert.ok(laptop.inbox.items.every((i) => i.read), "and its loaded items read");
+}, { timeout: 8 * WAIT });

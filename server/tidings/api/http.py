@@ -144,7 +144,11 @@ def build_app(settings: Settings, node: Node, keys: ApiKeys, tokens: TokenAuthor
         if is_reserved(topic):
             raise Forbidden(f"{where}topics starting with '$' are written by the server only",
                             code="reserved_topic")
-        return topic, orjson.dumps(body["data"]), retain
+        payload = orjson.dumps(body["data"])
+        if len(payload) > settings.limits.max_message_size:
+            raise TooLarge(f"{where}data over limits.max_message_size "
+                           f"({settings.limits.max_message_size} bytes)")
+        return topic, payload, retain
 
     async def publish(request: web.Request) -> web.Response:
         topic, payload, retain = message_arg(await _body(request))

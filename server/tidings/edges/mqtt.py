@@ -86,6 +86,7 @@ _WIRE = "mqtt"
 _VERSION = "tidings-0.1"
 _PAUSE_EVENTS = 256  # inbound packets waiting for the worker before reading pauses
 _MAX_CONNECT_SIZE = 65536  # bytes a packet may have before the client is authenticated
+_PACE_CHUNK = 65536  # bytes of a paced burst (retained messages) queued before waiting
 
 
 def mqtt_payload(pub: Publication) -> bytes:
@@ -199,6 +200,10 @@ class _MqttOverWs:
 
     def on_close(self) -> None:
         self.mc.connection_lost(None)
+
+    def on_writable(self) -> None:
+        """The WebSocket's transport drained: send more of a paced queue."""
+        self.mc.resume_writing()
 
 
 def serve_websocket(broker: MqttBroker, conn: Any) -> _MqttOverWs:
@@ -406,6 +411,11 @@ class MqttConnection(asyncio.Protocol):
         self._limit = broker.settings.ws.outbound_buffer
         self._ip: str | None = None  # counted against mqtt.max_connections_per_ip (TCP only)
         self.expiry: asyncio.TimerHandle | None = None  # the token's end (see MqttBroker)
+        self._gate: asyncio.Future[None] | None = None  # set while the TCP transport is full
+        # queued QoS 1/2 messages beyond which the client counts as slow: a resumed
+        # queue, one quota in flight, and as much again of live traffic behind them
+        s = broker.settings.mqtt
+        self._max_pending = 2 * s.max_queued + s.receive_maximum
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -453,7 +463,29 @@ class MqttConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return None  # close
 
+    def pause_writing(self) -> None:
+        """The TCP transport passed its high-water mark: paced senders wait."""
+        if self._gate is None:
+            self._gate = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None and not gate.done():
+            gate.set_result(None)
+        if self.pending and not self._closed:
+            self._drain_pending()
+
+    async def drained(self) -> None:
+        """Write what is queued; return once the link has room again (or is gone)."""
+        if self._dirty:
+            self.flush()
+        if isinstance(self.link, _WsLink):
+            await self.link.conn.drained()
+        elif self._gate is not None:
+            await asyncio.shield(self._gate)
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self.resume_writing()  # wake paced senders: they see the connection closed
         if self._closed:
             return
         self._closed = True
@@ -512,6 +544,8 @@ class MqttConnection(asyncio.Protocol):
                 return
             self.broker.frames_out += len(chunks)
             self.link.write(chunks)
+        if self.pending:
+            self._drain_pending()  # the link took what it had: send more of the queue
 
     def publish(self, template: PublishTemplate, qos: int, retain: bool,
                 ids: tuple[int, ...]) -> None:
@@ -523,8 +557,12 @@ class MqttConnection(asyncio.Protocol):
             if qos:  # connecting: sent after the CONNACK; closing: the session keeps it
                 self.pending.append((template, qos, retain, ids))  # (see _queue_of)
             return
-        if qos and self.pending:
-            self.pending.append((template, qos, retain, ids))  # keep order behind the queue
+        if qos and (self.pending or not self._room()):
+            # keep order behind the queue; wait while the link is half full, so
+            # a burst (a resumed session's queue) goes out as fast as it is read
+            self.pending.append((template, qos, retain, ids))
+            if len(self.pending) > self._max_pending:
+                self._overflow()  # not read (or not acknowledged) for this long: slow
             return
         result = self.proto.send_publish(template, qos=qos, retain=retain, subscription_ids=ids)
         if result.outcome is Outcome.NO_QUOTA:
@@ -533,11 +571,19 @@ class MqttConnection(asyncio.Protocol):
             self.broker.metrics.inc("tidings_mqtt_dropped_total", reason="too_large")
         self._pump()
 
+    def _room(self) -> bool:
+        """Whether the link is less than half full (QoS 1/2 sends wait otherwise)."""
+        buffered = self.link.buffered() if self.link is not None else 0
+        return self._out_size + buffered < self._limit // 2
+
     def _drain_pending(self) -> None:
+        """Send queued QoS 1/2 messages while the client's quota and the link allow;
+        called again on each acknowledgement, flush and drain of the link."""
         while self.pending and self.proto.send_quota > 0 and \
-                self.proto.state is State.CONNECTED:
+                self.proto.state is State.CONNECTED and self._room():
             template, qos, retain, ids = self.pending.popleft()
             self.proto.send_publish(template, qos=qos, retain=retain, subscription_ids=ids)
+            self._pump()  # counted in _out_size, so _room() sees it
         self._pump()
 
     def close(self, reason: int | None = None) -> None:
@@ -1056,6 +1102,14 @@ class MqttBroker:
         assert session is not None
         v5 = conn.proto.version == Version.V5
         t = self.settings.topics
+        if len(packet.payload) > self.settings.limits.max_message_size:
+            # Within the packet size (which leaves room for the topic and
+            # properties) but over the data limit: the same refusal as a packet
+            # over Maximum Packet Size [MQTT-3.2.2-15]: DISCONNECT 0x95 in 5.0 (4.13);
+            # 3.1.1 has no way to say it and closes.
+            self.metrics.inc("tidings_errors_total", code="too_large")
+            conn.close(ReasonCode.PACKET_TOO_LARGE if v5 else None)
+            return
         code = ReasonCode.SUCCESS
         try:
             topic = validate_topic(packet.topic, max_length=t.max_length, max_depth=t.max_depth)
@@ -1215,6 +1269,12 @@ class MqttBroker:
                     continue  # the live delivery already carried this (or newer)
                 ids = (sub.subscription_id,) if sub.subscription_id is not None else ()
                 conn.publish(_template(pub), min(sub.qos, pub.qos), True, ids)  # [MQTT-3.3.1-8]
+                if conn._out_size >= _PACE_CHUNK:
+                    # a burst the server chose: no faster than the client reads, so
+                    # the outbound bound only ever sees live traffic
+                    await conn.drained()
+                    if conn._closed:
+                        return
 
     async def _unsubscribe(self, conn: MqttConnection, packet: Unsubscribe) -> None:
         session = conn.session

@@ -94,11 +94,13 @@ __all__ = ["WsEdge", "WsSession"]
 log = logging.getLogger("tidings.ws")
 
 _MAX_MALFORMED = 10  # consecutive malformed frames before the stream counts as broken
-_MAX_SINCE_TOPICS = 1000
-_RECOVER_LIMIT = 1000
+_RECOVER_LIMIT = 1000  # notifications recovered at connect, at most (then bytes bound it)
+_RECOVER_PAGE = 64  # messages read from history at once while recovering
+_MAX_LISTED_IDS = 1000  # ids listed in a read-family reply's ``changed``
 _ENCODINGS = frozenset(e.value for e in Encoding)
 _MAX_QUEUED_COMMANDS = 64  # frames waiting for the worker before the socket is paused
 _PIPELINE = 32  # publishes to distinct topics in flight per session
+_PACE_CHUNK = 65536  # bytes of a paced burst written before waiting for the transport
 _CLOSE_TIMEOUT = 2.0  # seconds a closing handshake may take before the transport is cut
 
 
@@ -442,18 +444,26 @@ class WsSession:
                 await self.edge.node.subscribe(t, self)
             recovered: list[dict[str, Any]] = []
             complete = True
+            more: dict[str, Any] = {}
             seen: dict[str, str] = {}
             if since is not None:
                 page = await store.history(topic, since, _RECOVER_LIMIT)
                 complete = page.complete
                 states = await store.read_states(self.user, [str(p.data()["id"])
                                                              for p in page.items])
+                budget = self.edge.settings.limits.max_reply_size
                 for p in page.items:
                     fields = push_fields(p, self.encoding)
                     nid = fields.get("id")
                     if nid not in states:
                         continue  # archived, expired or collapsed since
                     fields["read"] = states[nid]
+                    budget -= len(encode(fields, self.encoding))
+                    if recovered and budget < 0:
+                        # the rest does not fit one reply: the inbox has them all
+                        complete = False
+                        more = {"next": seen[topic]}
+                        break
                     recovered.append(fields)
                     seen[topic] = p.offset
             offset = await store.latest(topic)
@@ -463,7 +473,7 @@ class WsSession:
             raise
         self.send(ok_reply(cmd.id, user=self.user, device=self.device,
                            node=self.edge.node.name, unread=unread, offset=offset,
-                           recovered=recovered, complete=complete))
+                           recovered=recovered, complete=complete, **more))
         self._release_hold(seen)
 
     async def _op_ping(self, cmd: Command) -> None:
@@ -482,8 +492,10 @@ class WsSession:
                 raise BadRequest("subscribe: since for a wildcard filter must be an object "
                                  "mapping topics to offsets")
             since = {flt: since}
-        if len(since) > _MAX_SINCE_TOPICS:
-            raise BadRequest(f"subscribe: since names more than {_MAX_SINCE_TOPICS} topics")
+        most = self.edge.settings.limits.max_since_topics
+        if len(since) > most:
+            raise BadRequest(f"subscribe: since names more than {most} topics "
+                             f"(limits.max_since_topics)")
         assert self.principal is not None
         for topic, offset in since.items():
             if not isinstance(offset, str) or parse_offset(offset) is None:
@@ -518,12 +530,7 @@ class WsSession:
                 self.subscriptions.add(flt)
                 await edge.node.subscribe(flt, self)
             store = edge.node.store
-            recovered: list[Publication] = []
-            complete = True
-            for topic, offset in since_map.items():
-                page = await store.history(topic, offset, _RECOVER_LIMIT)
-                recovered.extend(page.items)
-                complete = complete and page.complete
+            recovered, complete, rest = await self._recover(since_map)
             offset_now = None if is_wildcard(flt) else await store.latest(flt)
             retained = await store.retained(flt) if since is None else []
         except BaseException:
@@ -534,19 +541,88 @@ class WsSession:
             self._release_hold({})
             raise
         seen: dict[str, str] = {}
-        for pub in recovered:
+        for pub, _ in recovered:
             seen[pub.topic] = pub.offset
-        self.send(ok_reply(cmd.id, offset=offset_now, complete=complete,
-                           recovered=[push_fields(p, self.encoding) for p in recovered]))
-        for pub in retained:
-            if self.may_see(pub.topic):  # a wildcard matches other users' topics too
-                self._push_one(pub)
-                seen[pub.topic] = pub.offset
-        self._release_hold(seen)
+        more = {"next": rest} if rest else {}
+        self.send(ok_reply(cmd.id, offset=offset_now, complete=complete and not rest,
+                           recovered=[fields for _, fields in recovered], **more))
+        try:
+            await self._push_paced(retained, seen)
+        finally:
+            self._release_hold(seen)
+
+    async def _recover(self, since: dict[str, str]
+                       ) -> tuple[list[tuple[Publication, dict[str, Any]]], bool, dict[str, str]]:
+        """History after each ``since`` offset, at most ``limits.max_reply_size`` bytes
+        of pushes (always at least one), read a page at a time so one request
+        never loads more than that from the store.
+
+        Returns (publications with their push fields, whether history reached
+        back everywhere, ``next``: the since map to continue with, empty when
+        everything was recovered).
+        """
+        budget = self.edge.settings.limits.max_reply_size
+        store = self.edge.node.store
+        got: list[tuple[Publication, dict[str, Any]]] = []
+        used = 0
+        complete = True
+        rest: dict[str, str] = {}
+        for topic, offset in since.items():
+            cursor = offset
+            first = True
+            while True:
+                if used >= budget:
+                    rest[topic] = cursor
+                    break
+                page = await store.history(topic, cursor, _RECOVER_PAGE)
+                items = page.items
+                if first and not page.complete and not (items and _follows(cursor,
+                                                                         items[0].offset)):
+                    complete = False  # trimmed or expired: history no longer reaches back
+                first = False
+                full = False
+                for pub in items:
+                    fields = push_fields(pub, self.encoding)
+                    size = len(encode(fields, self.encoding))
+                    if got and used + size > budget:
+                        full = True
+                        break
+                    got.append((pub, fields))
+                    used += size
+                    cursor = pub.offset
+                if full:
+                    rest[topic] = cursor
+                    break
+                if not items or items[-1].offset == page.offset:
+                    break  # caught up with the topic's latest offset
+        return got, complete, rest
+
+    async def _push_paced(self, pubs: list[Publication], seen: dict[str, str]) -> None:
+        """Push server-chosen bursts (retained messages) no faster than the client
+        reads: after each ``_PACE_CHUNK`` bytes, flush and wait until the transport
+        has drained, so the outbound bound only ever sees live traffic."""
+        for pub in pubs:
+            if self._closing:
+                return
+            if not self.may_see(pub.topic):  # a wildcard matches other users' topics too
+                continue
+            self._push_one(pub)
+            seen[pub.topic] = pub.offset
+            if self._pending_size >= _PACE_CHUNK:
+                self.flush()
+                await self.conn.drained()
+                self._check_hold()
 
     def _push_one(self, pub: Publication) -> None:
         self.edge.metrics.inc("tidings_deliveries_total")
         self._enqueue(self.edge.node.hub.encode(self.wire, pub))
+
+    def _check_hold(self) -> None:
+        """Live messages held while a burst is paced count against the bound too."""
+        if self._hold is not None and \
+                sum(len(d) for _, d in self._hold) > self._limit:  # rare: only while pacing
+            self._hold = []
+            self._overflow()
 
     def _release_hold(self, seen: dict[str, str]) -> None:
         """Send what arrived while subscribing, minus what recovery already sent."""
@@ -579,8 +655,9 @@ class WsSession:
         if not edge.acl.can_publish(self.principal, topic):
             raise Forbidden(f"not allowed to publish to {topic!r}")
         payload, kind = payload_of(cmd.args["data"])
-        if len(payload) > edge.settings.ws.max_message_size:
-            raise TooLarge(f"data over {edge.settings.ws.max_message_size} bytes")
+        if len(payload) > edge.settings.limits.max_message_size:
+            raise TooLarge(f"data over limits.max_message_size "
+                           f"({edge.settings.limits.max_message_size} bytes)")
         result = await edge.node.publish(topic, payload, kind,
                                          retain=bool(cmd.args.get("retain", False)))
         self.send(ok_reply(cmd.id, offset=result.publication.offset))
@@ -598,15 +675,26 @@ class WsSession:
         before = cmd.args.get("before")
         if before is not None and not is_cursor(before):
             raise BadRequest("inbox: before must be a cursor from a previous page's next")
-        page = await self.edge.node.store.inbox(user, limit=limit, before=cmd.args.get("before"),
-                                                unread_only=cmd.args.get("unread_only", False))
-        self.send(ok_reply(cmd.id, items=[i.to_dict() for i in page.items], unread=page.unread,
-                           next=page.next))
+        store = self.edge.node.store
+        unread_only = cmd.args.get("unread_only", False)
+        page = await store.inbox(user, limit=limit, before=before, unread_only=unread_only)
+        items = [i.to_dict() for i in page.items]
+        fits = _fitting(items, self.edge.settings.limits.max_reply_size, self.encoding)
+        if fits < len(items):
+            # Over limits.max_reply_size: a shorter page, whose `next` continues
+            # right after its last item (the store makes the cursor).
+            page = await store.inbox(user, limit=fits, before=before, unread_only=unread_only)
+            items = [i.to_dict() for i in page.items]
+        self.send(ok_reply(cmd.id, items=items, unread=page.unread, next=page.next))
 
     async def _mark(self, cmd: Command) -> None:
         user = self._me(cmd.op)
         change = await self.edge.notifier.mark(user, cmd.op, cmd.args.get("ids"),  # type: ignore[arg-type]
                                                bool(cmd.args.get("all")), self.device)
+        if len(change.changed) > _MAX_LISTED_IDS:
+            # only `all: true` changes this many: the reply says all, not each id
+            self.send(ok_reply(cmd.id, unread=change.unread, all=True))
+            return
         self.send(ok_reply(cmd.id, unread=change.unread, changed=change.changed))
 
     _op_read = _op_unread = _op_archive = _mark
@@ -677,6 +765,21 @@ class WsSession:
         self.close(CLOSE_GOING_AWAY, reason)
 
 
+def _fitting(items: list[dict[str, Any]], budget: int, encoding: Encoding) -> int:
+    """How many of ``items`` (at least one) fit in ``budget`` bytes once encoded."""
+    for n, item in enumerate(items):
+        budget -= len(encode(item, encoding))
+        if budget < 0:
+            return max(1, n)
+    return len(items)
+
+
+def _follows(before: str, offset: str) -> bool:
+    """Whether ``offset`` is the one right after ``before`` (same epoch, next sequence)."""
+    a, b = parse_offset(before), parse_offset(offset)
+    return a is not None and b is not None and a[0] == b[0] and b[1] == a[1] + 1
+
+
 async def _drain(inflight: list[tuple[str, asyncio.Task[None]]]) -> None:
     while inflight:
         await inflight.pop(0)[1]
@@ -710,8 +813,8 @@ class WsConnection(asyncio.Protocol):
     handshake headers per connection, which is most of an idle connection's memory.
     """
 
-    __slots__ = ("_counted", "_frames", "_frames_text", "_path", "_paused", "_timer", "edge",
-                 "handler", "ip", "protocol", "transport")
+    __slots__ = ("_counted", "_frames", "_frames_text", "_gate", "_path", "_paused", "_timer",
+                 "edge", "handler", "ip", "protocol", "transport")
 
     def __init__(self, edge: WsEdge) -> None:
         ws = edge.settings.ws
@@ -733,6 +836,7 @@ class WsConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._counted = False
         self._paused = False
+        self._gate: asyncio.Future[None] | None = None  # set while the transport is full
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -758,7 +862,26 @@ class WsConnection(asyncio.Protocol):
         self.send_data()
         return None  # the closing handshake never needs to write after EOF
 
+    def pause_writing(self) -> None:
+        """The transport's buffer passed its high-water mark: paced senders wait."""
+        if self._gate is None:
+            self._gate = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None and not gate.done():
+            gate.set_result(None)
+        writable = getattr(self.handler, "on_writable", None)  # MQTT over WebSocket
+        if writable is not None:
+            writable()
+
+    async def drained(self) -> None:
+        """Return once the transport's buffer is below its low-water mark (or gone)."""
+        if self._gate is not None:
+            await asyncio.shield(self._gate)
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self.resume_writing()  # wake paced senders: they see the session closing
         if self._timer is not None:
             self._timer.cancel()
         self.edge.connections_open.discard(self)

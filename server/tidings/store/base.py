@@ -50,6 +50,7 @@ from typing import Any, Literal
 from ..types import Offset, PayloadKind, Publication
 
 __all__ = [
+    "MAX_EVENT_IDS",
     "PRUNE_STEP",
     "HistoryPage",
     "HistoryPolicy",
@@ -74,6 +75,12 @@ TRACK_EVENTS = ("delivered", "opened", "clicked", "dismissed")
 
 def notifications_topic(user: str) -> str:
     return f"users/{user}/notifications"
+
+
+MAX_EVENT_IDS = 1000
+"""Most ids a read-family event lists: an ``all: true`` change of more lists
+none (the event still says ``all``), so the push stays bounded whatever the
+inbox holds (Redis's script has the same number)."""
 
 
 def events_topic(user: str) -> str:

@@ -387,7 +387,9 @@ local count = count_unread(now)
 if #changed == 0 then return {count} end
 local event = '{"type":"' .. action .. '"'
 if all then event = event .. ',"all":true' end
-event = event .. ',"ids":' .. cjson.encode(changed) .. ',"unread":' .. count
+-- MAX_EVENT_IDS (store/base.py): a bigger "all" change lists no ids
+if not all or #changed <= 1000 then event = event .. ',"ids":' .. cjson.encode(changed) end
+event = event .. ',"unread":' .. count
         .. ',"device":' .. ARGV[15] .. '}'
 local soffset, spayload, uoffset, upayload = finish(now, count, event)
 return {count, soffset, spayload, uoffset, upayload, changed}

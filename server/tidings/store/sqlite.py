@@ -22,6 +22,7 @@ from ..errors import Unavailable
 from ..protocol.topics import is_wildcard, matches
 from ..types import Offset, PayloadKind, Publication, format_offset, parse_offset
 from .base import (
+    MAX_EVENT_IDS,
     PRUNE_STEP,
     TRACK_EVENTS,
     HistoryPage,
@@ -607,7 +608,9 @@ class SqliteStore(Store):
             event: dict[str, Any] = {"type": action}
             if id_list is None:
                 event["all"] = True
-            event.update(ids=changed, unread=count, device=device)
+            if id_list is not None or len(changed) <= MAX_EVENT_IDS:
+                event["ids"] = changed  # a bigger "all" change lists none: a bounded push
+            event.update(unread=count, device=device)
             topic = events_topic(user)
             pubs = [self._append(db, topic, orjson.dumps(event), PayloadKind.JSON, now,
                                  policy(topic), False),
