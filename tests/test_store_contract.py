@@ -33,7 +33,7 @@ IDEMPOTENCY_TTL = 60.0
 KEEP = HistoryPolicy(size=1000, ttl=3600.0)  # large enough not to trim in a test
 MAX_INBOX = 50  # items per user (the inbox cap); more than any test but the cap's own
 
-OpenStore = Callable[[], Awaitable[Store]]
+OpenStore = Callable[..., Awaitable[Store]]
 
 
 class Clock:
@@ -67,14 +67,14 @@ async def open_store(request: pytest.FixtureRequest, tmp_path: Path,
         server.flushall()
         url = server.url
 
-    async def make() -> Store:
+    async def make(max_inbox: int = MAX_INBOX) -> Store:
         s: Store
         if request.param == "sqlite":
             s = SqliteStore(tmp_path / "store", idempotency_ttl=IDEMPOTENCY_TTL, clock=clock,
-                            max_inbox=MAX_INBOX)
+                            max_inbox=max_inbox)
         elif url:
             s = RedisStore(url, idempotency_ttl=IDEMPOTENCY_TTL, clock=clock,
-                           max_inbox=MAX_INBOX)
+                           max_inbox=max_inbox)
         else:  # pragma: no cover - a new backend adds its branch here
             raise AssertionError(f"no store backend {request.param!r}")
         await s.open()
