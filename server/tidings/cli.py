@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import logging
 import os
@@ -14,11 +15,12 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 
 import uvloop
 
 from . import config
-from .app import App, load_secrets
+from .app import App, SecretsError, StartupError, load_secrets, read_secrets
 from .auth import TokenAuthority
 from .errors import BadRequest
 
@@ -85,8 +87,8 @@ def _serve(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         try:
             await app.start()
-        except OSError as e:
-            print(f"tidings: cannot listen: {e}", file=sys.stderr)
+        except StartupError as e:
+            print(f"tidings: {e}", file=sys.stderr)
             await app.stop()
             raise SystemExit(1) from None
         scheme_ws = "wss" if settings.ws.tls_cert else "ws"
@@ -117,14 +119,40 @@ def _serve(args: argparse.Namespace) -> int:
             logging.getLogger("tidings").info("shutting down")
             await app.stop()
 
-    uvloop.run(run())
+    try:
+        uvloop.run(run())
+    except SecretsError as e:  # from App(): the secrets file is unreadable
+        print(f"tidings: {e}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _existing_secret(settings: config.Settings, what: str, setting: str, env: str,
+                     stored_key: str) -> str:
+    """A secret for ``token`` / ``publish``: from the settings, else the server's
+    ``secrets.json``. These commands never make one: a secret made here would
+    sign tokens (or name a key) that the running server rejects."""
+    try:
+        value = read_secrets(settings).get(stored_key)
+    except SecretsError as e:
+        print(f"tidings: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if not value:
+        folder = Path(settings.store.path).resolve()
+        where = (f"{folder / 'secrets.json'} does not exist" if folder.is_dir()
+                 else f"there is no data folder {folder}")
+        print(f"tidings: no {what}: {setting} ({env}) is not set and {where}.\n"
+              f"Run this where the server runs (its data folder is store.path, "
+              f"TIDINGS_STORE_PATH), or give the server's --config.", file=sys.stderr)
+        raise SystemExit(2)
+    return value
 
 
 def _token(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
-    secrets_ = load_secrets(settings)
-    authority = TokenAuthority(secrets_.jwt_secret, max_ttl=settings.auth.max_token_ttl,
+    secret = settings.auth.jwt_secret or _existing_secret(
+        settings, "JWT secret", "auth.jwt_secret", "TIDINGS_AUTH_JWT_SECRET", "jwt_secret")
+    authority = TokenAuthority(secret, max_ttl=settings.auth.max_token_ttl,
                                default_ttl=settings.auth.default_token_ttl)
     try:
         print(authority.issue(args.user, ttl=args.ttl, subscribe=args.subscribe or None,
@@ -142,7 +170,10 @@ def _publish(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as e:
         print(f"tidings: JSON argument is not valid JSON: {e}", file=sys.stderr)
         return 2
-    key = args.key or os.environ.get("TIDINGS_API_KEY") or load_secrets(settings).api_keys[0]
+    key = (args.key or os.environ.get("TIDINGS_API_KEY")
+           or (settings.api.keys[0] if settings.api.keys else "")
+           or _existing_secret(settings, "API key", "api.keys", "TIDINGS_API_KEYS",
+                               "dev_api_key"))
     scheme = "https" if settings.api.tls_cert else "http"
     url = args.url or f"{scheme}://{settings.api.host}:{settings.api.port}"
     body = json.dumps({"topic": args.topic, "data": data, "retain": args.retain}).encode()
@@ -160,8 +191,16 @@ def _publish(args: argparse.Namespace) -> int:
         return 1
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("tidings")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tidings", description="Tidings push server")
+    parser.add_argument("--version", action="version", version=f"tidings {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run a node")
