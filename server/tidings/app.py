@@ -32,6 +32,7 @@ from .config import Settings
 from .edges.mqtt import MqttBroker, serve_websocket
 from .edges.ws import WsEdge
 from .errors import TidingsError, Unavailable
+from .health import StoreHealth
 from .metrics import Metrics
 from .node import Node
 from .notify import Notifier
@@ -222,6 +223,8 @@ class App:
         self.metrics = Metrics()
         self.node = Node(name, _make_store(settings), _make_bus(settings), settings.history,
                          self.metrics)
+        self.store_health = StoreHealth(self.metrics)
+        self.node.store.monitor = self.store_health
         self.tokens = TokenAuthority(self.secrets.jwt_secret,
                                      max_ttl=settings.auth.max_token_ttl,
                                      default_ttl=settings.auth.default_token_ttl)
@@ -289,7 +292,10 @@ class App:
         return int(server.sockets[0].getsockname()[1])
 
     async def ready(self) -> bool:
-        return self.node.bus.healthy and await self.node.store.ping()
+        """Bus connected, store answering, and its last commit (the ping is one,
+        a write on SQLite) succeeded: a store that cannot write is not ready."""
+        return self.node.bus.healthy and await self.node.store.ping() \
+            and self.store_health.ok
 
     async def start(self) -> None:
         s = self.settings

@@ -9,7 +9,9 @@ while ``/readyz`` said ready, library chatter in the log, the hand-written
 
 from __future__ import annotations
 
+import logging
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -17,9 +19,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import orjson
 import pytest
 
-from conftest import WAIT, Node, ServerProcess
+from conftest import API_KEY, WAIT, Node, ServerProcess
+
+pytest.register_assert_rewrite("redis_servers")
+pytest_plugins = ["redis_servers"]
 
 CLI = [sys.executable, "-m", "tidings.cli"]
 
@@ -29,6 +36,18 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
     env.update(extra)
     return env
+
+
+async def api_get(sp: ServerProcess, path: str) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as s, s.get(sp.api_url + path) as r:
+        return r.status, await r.read()
+
+
+async def api_post(sp: ServerProcess, path: str, body: Any) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as s, s.post(
+            sp.api_url + path, data=orjson.dumps(body),
+            headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+        return r.status, orjson.loads(await r.read())
 
 
 def run(args: list[str], *, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -178,3 +197,137 @@ async def test_a_refused_misspelt_publish_stores_nothing(node: Node) -> None:
     # the same request spelt right goes through
     assert (await node.api("POST", "/v1/publish",
                            {"topic": "news/a", "data": 1, "retain": True}))[0] == 200
+
+
+# -- /readyz while the store cannot write ----------------------------------------------------
+
+
+def _grow_limit(pid: int, folder: Path, headroom: int) -> None:
+    """Let process ``pid`` write files only ``headroom`` bytes past the largest one in
+    ``folder`` (RLIMIT_FSIZE): a disk that fills up, for this process alone."""
+    biggest = max(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (biggest + headroom, resource.RLIM_INFINITY))
+
+
+async def test_readyz_fails_while_sqlite_cannot_write_and_logs_once(
+        server_process: ServerProcess) -> None:
+    """The probe: a full disk left /readyz at 200 and logged nothing while every
+    write answered 503. Here the server process may not grow its files (its
+    disk is full for it), then may again."""
+    sp = server_process
+    sp.start()
+    assert sp.proc is not None
+    assert (await api_get(sp, "/readyz"))[0] == 200
+    _grow_limit(sp.proc.pid, sp.data, 64 * 1024)
+    big = {"blob": "x" * 16384}
+    statuses = []
+    for i in range(200):  # bounded: 16 KiB each, the limit is 64 KiB past the largest file
+        status = (await api_post(sp, "/v1/publish", {"topic": f"fill/{i}", "data": big}))[0]
+        statuses.append(status)
+        if status == 503:
+            break
+    assert statuses[-1] == 503, statuses  # the store refused, and said so
+    assert (await api_get(sp, "/readyz"))[0] == 503
+    for i in range(20):  # more failed writes: still one log line for the whole outage
+        assert (await api_post(sp, "/v1/publish", {"topic": f"more/{i}", "data": big}))[0] == 503
+    assert (await api_get(sp, "/readyz"))[0] == 503
+
+    resource.prlimit(sp.proc.pid, resource.RLIMIT_FSIZE,
+                     (resource.RLIM_INFINITY, resource.RLIM_INFINITY))  # space again
+    assert (await api_get(sp, "/readyz"))[0] == 200  # the probe wrote
+    assert (await api_post(sp, "/v1/publish", {"topic": "fill/after", "data": 1}))[0] == 200
+    assert sp.stop() == 0
+    log = sp.output
+    assert log.count("store: cannot write") == 1, log
+    assert "disk I/O error" in log, log  # EFBIG past the limit, as SQLite reports it
+    assert log.count("store: writes work again") == 1
+    assert "Traceback" not in log
+
+
+async def test_readyz_fails_while_redis_is_down_and_logs_once(
+        make_node: Any, redis_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
+    server = redis_factory.server()
+    n = await make_node(store__backend="redis", redis__url=server.url)
+    assert (await n.api("GET", "/readyz", key=None))[0] == 200
+    server.stop()
+    with caplog.at_level(logging.INFO, logger="tidings"):
+        for i in range(10):
+            status, reply = await n.api("POST", "/v1/publish", {"topic": f"t/{i}", "data": i})
+            assert status == 503 and reply["error"]["code"] == "unavailable"
+        assert (await n.api("GET", "/readyz", key=None))[0] == 503
+        status, text = await n.api("GET", "/metrics", key=None)
+        assert "tidings_store_up 0.0" in text
+        server.start()
+        assert (await n.api("GET", "/readyz", key=None))[0] == 200
+        assert (await n.api("POST", "/v1/publish", {"topic": "t/x", "data": 1}))[0] == 200
+    store_lines = [r for r in caplog.records if r.name == "tidings.store"]
+    assert [r.levelname for r in store_lines] == ["ERROR", "WARNING"], store_lines
+    assert "cannot write" in store_lines[0].getMessage()
+    assert "writes work again" in store_lines[1].getMessage()
+
+
+# -- /metrics through prometheus_client ------------------------------------------------------
+
+
+def parse_metrics(text: str) -> tuple[dict[str, str], dict[str, str], dict[str, float]]:
+    """(HELP by family, TYPE by family, value by series) from the exposition text."""
+    helps: dict[str, str] = {}
+    types: dict[str, str] = {}
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            name, _, doc = line[7:].partition(" ")
+            helps[name] = doc
+        elif line.startswith("# TYPE "):
+            name, _, kind = line[7:].partition(" ")
+            types[name] = kind
+        elif line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            samples[series] = float(value)
+    return helps, types, samples
+
+
+async def test_metrics_have_histograms_process_metrics_and_help(node: Node) -> None:
+    c = await node.client("alice")
+    assert (await c.request("subscribe", topic="m/+"))["ok"]
+    for i in range(3):
+        await node.publish("m/a", i)
+        await c.push()
+    status, text = await node.api("GET", "/metrics", key=None)
+    assert status == 200
+    helps, types, samples = parse_metrics(text)
+    # histograms: publish-to-deliver latency and store commit time
+    assert types["tidings_publish_deliver_seconds"] == "histogram"
+    assert samples["tidings_publish_deliver_seconds_count"] == 3
+    assert samples['tidings_publish_deliver_seconds_bucket{le="+Inf"}'] == 3
+    assert 0 <= samples["tidings_publish_deliver_seconds_sum"] < 3 * WAIT
+    assert types["tidings_store_commit_seconds"] == "histogram"
+    assert samples["tidings_store_commit_seconds_count"] >= 3
+    buckets = [v for k, v in samples.items() if k.startswith("tidings_store_commit_seconds_b")]
+    assert buckets == sorted(buckets)  # cumulative
+    # process metrics, from prometheus_client's collectors
+    assert samples["process_resident_memory_bytes"] > 10 * 2**20
+    assert samples["process_open_fds"] > 0
+    assert samples["tidings_store_up"] == 1
+    # a real HELP text on every family, ours and the library's
+    assert len(helps) >= 20
+    for name, doc in helps.items():
+        assert doc and doc != name and "no description" not in doc, (name, doc)
+
+
+def test_every_counter_the_server_increments_has_a_help_text() -> None:
+    """A new ``metrics.inc("tidings_...")`` without a HELP entry fails here."""
+    import re
+
+    import tidings
+    from tidings.metrics import HELP
+    root = Path(tidings.__file__).parent
+    used = set()
+    described = set(HELP)
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        used |= set(re.findall(r'\.inc\(\s*"(tidings_[a-z_]+)"', text))
+        described |= set(re.findall(r'(?:describe|gauge|counter_fn|histogram)\(\s*'
+                                    r'"(tidings_[a-z_]+)"', text))
+    assert used, "the pattern no longer finds the counters"
+    assert used <= described, sorted(used - described)
