@@ -19,7 +19,7 @@ from pathlib import Path
 
 import uvloop
 
-from . import config
+from . import config, logs
 from .app import App, SecretsError, StartupError, load_secrets, read_secrets
 from .auth import TokenAuthority
 from .errors import BadRequest
@@ -76,8 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
     if args.workers > 1:
         return _serve_workers(args, settings)
-    logging.basicConfig(level=settings.node.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.node)
 
     async def run() -> None:
         app = App(settings)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import resource
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,12 @@ async def api_post(sp: ServerProcess, path: str, body: Any) -> tuple[int, Any]:
             sp.api_url + path, data=orjson.dumps(body),
             headers={"Authorization": f"Bearer {API_KEY}"}) as r:
         return r.status, orjson.loads(await r.read())
+
+
+def _free() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def run(args: list[str], *, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -331,3 +339,120 @@ def test_every_counter_the_server_increments_has_a_help_text() -> None:
                                     r'"(tidings_[a-z_]+)"', text))
     assert used, "the pattern no longer finds the counters"
     assert used <= described, sorted(used - described)
+
+
+# -- logging policy -------------------------------------------------------------------------
+
+
+def _send_garbage(port: int, data: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        while s.recv(4096):  # until the server closes: it has handled the bytes
+            pass
+
+
+def _wait_for_line(sp: ServerProcess, needle: str) -> str:
+    """Stop the server once ``needle`` is logged (bounded by WAIT); return the output."""
+    assert sp.proc is not None and sp.proc.stdout is not None
+    os.set_blocking(sp.proc.stdout.fileno(), False)
+    deadline = time.monotonic() + WAIT
+    while needle not in sp.output and time.monotonic() < deadline:
+        chunk = sp.proc.stdout.read()
+        if chunk:
+            sp.output += chunk
+        else:
+            time.sleep(0.02)
+    os.set_blocking(sp.proc.stdout.fileno(), True)
+    sp.stop()
+    return sp.output
+
+
+def test_garbage_connections_are_summarised_not_traced(server_process: ServerProcess) -> None:
+    """The probe: 300 garbage connections to the API port wrote 64 MB of ERROR
+    tracebacks. Now: one line per kind per interval, then one line with the count."""
+    sp = server_process
+    sp.env["TIDINGS_NODE_LOG_SUMMARY_INTERVAL"] = "1"
+    sp.env["TIDINGS_MQTT_PORT"] = mqtt_port = str(_free())
+    sp.start()
+    started = time.monotonic()
+    kinds = [b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+             b"BLAH\x00\x01 / HTTP/1.1\r\n\r\n", b"\x16\x03\x01\x02\x00garbage\r\n\r\n"]
+    for i in range(300):  # bounded: 300 connections, each closed by the server
+        _send_garbage(sp.api_port, kinds[i % 3])
+    for _ in range(50):
+        _send_garbage(int(mqtt_port), b"\xff\xff\xff\xff")  # not a CONNECT
+        _send_garbage(sp.ws_port, b"\x16\x03\x01garbage\r\n\r\n")  # TLS on the WS port
+    while time.monotonic() - started <= 1.2:  # bounded: just past the 1 s interval
+        time.sleep(0.05)
+    _send_garbage(sp.api_port, kinds[0])  # the first after the interval reports the count
+    out = _wait_for_line(sp, "more in the last")
+    lines = [line for line in out.splitlines() if " tidings.garbage: " in line]
+    assert "Traceback" not in out and "aiohttp.server" not in out
+    assert "websockets.server" not in out  # per-connection chatter is DEBUG
+    api_lines = [line for line in lines if "HTTP request on the API port" in line]
+    assert len(api_lines) == 3, api_lines  # first, summary, first of the next interval
+    # every refused request is counted (aiohttp answers 400 to all three kinds and
+    # reports the Content-Length one, 100 times: 1 logged, 99 counted)
+    more = re.search(r": (\d+) more in the last", api_lines[1])
+    assert more is not None and 99 <= int(more.group(1)) <= 299, api_lines[1]
+    assert sum("MQTT packet" in line for line in lines) == 1
+    assert len(out.encode()) < 4096, len(out.encode())
+
+
+def test_debug_level_shows_the_library_chatter(server_process: ServerProcess) -> None:
+    sp = server_process
+    sp.env["TIDINGS_NODE_LOG_LEVEL"] = "DEBUG"
+    sp.start()
+    _send_garbage(sp.ws_port, b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")  # no upgrade: 426
+    out = _wait_for_line(sp, "connection rejected")
+    assert "DEBUG websockets.server: connection rejected" in out
+
+
+def test_json_log_format(server_process: ServerProcess) -> None:
+    sp = server_process
+    sp.env["TIDINGS_NODE_LOG_FORMAT"] = "json"
+    sp.start()
+    _send_garbage(sp.api_port, b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n")
+    out = _wait_for_line(sp, "garbage HTTP request")
+    entries = [orjson.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert {e["message"] for e in entries} >= {"node proc-node stopped"}
+    garbage = [e for e in entries if e["logger"] == "tidings.garbage"]
+    assert garbage and garbage[0]["level"] == "WARNING"
+    assert "Content-Length" in garbage[0]["message"]
+    for e in entries:
+        assert set(e) >= {"ts", "level", "logger", "message"}
+    # every log line is JSON; only the banner (stdout, for people) is not
+    others = [line for line in out.splitlines() if not line.startswith("{")]
+    assert all(not re.match(r"\d{4}-\d\d-\d\d ", line) for line in others), others
+
+
+def test_log_format_is_validated(tmp_path: Path) -> None:
+    res = run(["serve"], cwd=tmp_path, env=clean_env(TIDINGS_NODE_LOG_FORMAT="xml"))
+    assert res.returncode == 2 and "node.log_format" in res.stderr
+
+
+def test_garbage_log_counts_within_an_interval() -> None:
+    """The summariser with a fake clock: one line, then a count, per interval."""
+    from tidings.logs import GarbageLog
+    now = [100.0]
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    handler = Keep()
+    logging.getLogger("tidings.garbage").addHandler(handler)
+    try:
+        g = GarbageLog(10.0, clock=lambda: now[0])
+        for i in range(50):
+            g.note("MQTT packet", "a client", f"bad {i}")
+        assert len(records) == 1 and "bad 0" in records[0]
+        now[0] += 10.5
+        g.note("MQTT packet", "a client", "bad again")
+        assert len(records) == 3
+        assert "49 more in the last 10 s (the last: bad 49)" in records[1]
+        assert "bad again" in records[2]
+    finally:
+        logging.getLogger("tidings.garbage").removeHandler(handler)
