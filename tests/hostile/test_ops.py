@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import re
 import resource
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,8 @@ import aiohttp
 import orjson
 import pytest
 
-from conftest import API_KEY, WAIT, Node, ServerProcess
+from conftest import API_KEY, JWT_SECRET, WAIT, Node, ServerProcess
+from tidings.auth import TokenAuthority
 
 pytest.register_assert_rewrite("redis_servers")
 pytest_plugins = ["redis_servers"]
@@ -456,3 +459,94 @@ def test_garbage_log_counts_within_an_interval() -> None:
         assert "bad again" in records[2]
     finally:
         logging.getLogger("tidings.garbage").removeHandler(handler)
+
+
+# -- the README tour ------------------------------------------------------------------------
+
+
+class Listener:
+    """README's ``listen.py``, as printed there, run against the test server."""
+
+    def __init__(self, script: Path, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(script), *args], text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+
+    def wait_for(self, prefix: str) -> str:
+        """The next line starting with ``prefix``, waiting at most WAIT seconds."""
+        deadline = time.monotonic() + WAIT
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            self.lines.append(line)
+            if line.startswith(prefix):
+                return line
+        raise AssertionError(f"no line starting {prefix!r} in {self.lines!r}")
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def readme_listener(folder: Path, ws_url: str) -> Path:
+    """``listen.py`` exactly as the README prints it, pointed at ``ws_url``."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = readme.split("save this as\n`listen.py`", 1)[1].split("```python\n", 1)[1]
+    code = code.split("```", 1)[0]
+    assert '"ws://127.0.0.1:8080/ws"' in code
+    script = folder / "listen.py"
+    script.write_text(code.replace("ws://127.0.0.1:8080/ws", ws_url))
+    return script
+
+
+async def test_readme_tour_listener_prints_complete_and_retained(
+        server_process: ServerProcess, tmp_path: Path) -> None:
+    sp = server_process
+    script = readme_listener(tmp_path, sp.ws_url)
+    sp.start()
+    token = TokenAuthority(JWT_SECRET, max_ttl=3600, default_ttl=600).issue("demo")
+
+    first = Listener(script, token)
+    try:
+        assert first.wait_for("connected:") == "connected: True"
+        assert first.wait_for("subscribed:") == "subscribed: complete = True"
+        status, reply = await api_post(sp, "/v1/publish",
+                                       {"topic": "news/sports", "data": {"score": "2-1"}})
+        assert status == 200
+        offset1 = reply["offset"]
+        assert first.wait_for("live:") == f"live: news/sports {offset1} {{'score': '2-1'}}"
+    finally:
+        first.stop()
+    offsets = []
+    for score in ("3-1", "3-2"):
+        offsets.append((await api_post(sp, "/v1/publish",
+                                       {"topic": "news/sports", "data": {"score": score}}))[1]
+                       ["offset"])
+    # step 4 as written, with the offset the first curl printed in place of EPOCH:1
+    again = Listener(script, token, orjson.dumps({"news/sports": offset1}).decode())
+    try:
+        assert again.wait_for("recovered:") == \
+            f"recovered: news/sports {offsets[0]} {{'score': '3-1'}}"
+        assert again.wait_for("recovered:") == \
+            f"recovered: news/sports {offsets[1]} {{'score': '3-2'}}"
+        assert again.wait_for("subscribed:") == "subscribed: complete = True"
+    finally:
+        again.stop()
+    status, reply = await api_post(sp, "/v1/publish",
+                                   {"topic": "news/weather", "data": "sunny", "retain": True})
+    assert status == 200
+    later = Listener(script, token)
+    try:
+        assert later.wait_for("retained:") == f"retained: news/weather {reply['offset']} sunny"
+    finally:
+        later.stop()
+    assert sp.stop() == 0
