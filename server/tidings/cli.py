@@ -50,7 +50,11 @@ def _serve_workers(args: argparse.Namespace, settings: config.Settings) -> int:
     if 0 in (settings.ws.port, settings.api.port, settings.mqtt.port):
         print("tidings: --workers needs fixed ports (not 0)", file=sys.stderr)
         return 2
-    load_secrets(settings)  # made once here, so the workers agree on them
+    try:
+        load_secrets(settings)  # made once here, so the workers agree on them
+    except SecretsError as e:
+        print(f"tidings: {e}", file=sys.stderr)
+        return 1
     base = settings.node.name or f"{socket.gethostname()}-{os.getpid()}"
     children = []
     for i in range(args.workers):
