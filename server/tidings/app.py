@@ -126,10 +126,11 @@ def load_secrets(settings: Settings) -> Secrets:
 
 
 class DataFolderLock:
-    """An exclusive ``flock`` on ``tidings.lock`` in the data folder, held while a
-    node runs on the SQLite store: a second ``tidings serve`` on the same folder
+    """An exclusive ``flock`` on ``tidings.lock`` in the data folder, held by
+    ``tidings serve`` on the SQLite store: a second server on the same folder
     would otherwise start silently and split deliveries with the first. The
     kernel drops the lock when the process dies, so a crash leaves nothing stale.
+    (The CLI takes it, not :class:`App`: tests run several nodes on one folder.)
     """
 
     def __init__(self, folder: str) -> None:
@@ -246,8 +247,6 @@ class App:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._stopped = False
-        self._lock = DataFolderLock(settings.store.path) \
-            if settings.store.backend == "sqlite" else None
         for name_, text in (
             ("tidings_connections_total", "connections accepted, by edge"),
             ("tidings_messages_in_total", "messages published"),
@@ -299,8 +298,6 @@ class App:
 
     async def start(self) -> None:
         s = self.settings
-        if self._lock is not None:
-            self._lock.acquire()
         await self.node.start()
         if self.mqtt is not None:
             await _listen(self.mqtt.start(), [("mqtt.port", s.mqtt.host, s.mqtt.port),
@@ -331,6 +328,4 @@ class App:
             await self._runner.cleanup()
         await self.presence.close()
         await self.node.close()
-        if self._lock is not None:
-            self._lock.release()
         log.info("node %s stopped", self.node.name)

@@ -20,7 +20,7 @@ from pathlib import Path
 import uvloop
 
 from . import config, logs
-from .app import App, SecretsError, StartupError, load_secrets, read_secrets
+from .app import App, DataFolderLock, SecretsError, StartupError, load_secrets, read_secrets
 from .auth import TokenAuthority
 from .errors import BadRequest
 
@@ -76,11 +76,30 @@ def _serve_workers(args: argparse.Namespace, settings: config.Settings) -> int:
     return max(codes, key=abs) if any(codes) else 0
 
 
+_held: list[DataFolderLock] = []  # kept for the life of the process
+
+
+def _lock_data_folder(settings: config.Settings) -> bool:
+    """One ``tidings serve`` per data folder (SQLite store); False: another has it."""
+    if settings.store.backend != "sqlite":
+        return True
+    lock = DataFolderLock(settings.store.path)
+    try:
+        lock.acquire()
+    except StartupError as e:
+        print(f"tidings: {e}", file=sys.stderr)
+        return False
+    _held.append(lock)
+    return True
+
+
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
     if args.workers > 1:
         return _serve_workers(args, settings)
     logs.configure(settings.node)
+    if not _lock_data_folder(settings):
+        return 1
 
     async def run() -> None:
         app = App(settings)
