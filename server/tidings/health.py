@@ -6,7 +6,8 @@ corrupt SQLite page, Redis down; not a request the store refused). While the
 last commit failed, ``/readyz`` answers 503, so a load balancer stops sending
 writes that would all answer 503. The change of state is logged once each way
 (ERROR when writes start failing, WARNING with the count when they work
-again), never once per failed request.
+again), never once per failed request. A corrupt SQLite file does not heal:
+it keeps the node unready until it is repaired and the node restarted.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class StoreHealth:
 
     def __init__(self, metrics: Metrics) -> None:
         self.ok = True
+        self.lasting: str | None = None  # a failure that does not heal (a corrupt file)
         self.failures = 0  # failed commits since writes last worked
         self._since = 0.0
         self._commits = metrics.histogram(
@@ -45,15 +47,26 @@ class StoreHealth:
     def committed(self, seconds: float) -> None:
         """A commit succeeded in ``seconds``."""
         self._commits.observe(seconds)
-        if not self.ok:
+        if not self.ok and self.lasting is None:
             log.warning("store: writes work again (%d failed over %.1f s)", self.failures,
                         time.monotonic() - self._since)
             self.ok = True
             self.failures = 0
 
-    def failed(self, reason: str) -> None:
-        """A commit failed because of the backend; ``reason`` is for the operator's log."""
+    def failed(self, reason: str, *, lasting: bool = False) -> None:
+        """A commit failed because of the backend; ``reason`` is for the operator's log.
+
+        ``lasting``: the failure does not heal by itself (SQLite reports the file
+        corrupt), so later commits that happen to work (on pages that are fine)
+        do not make the node ready again; a restart after the repair does.
+        """
         self.failures += 1
+        if lasting and self.lasting is None:
+            self.lasting = reason
+            self.ok = False
+            log.error("store: the database is corrupt (%s); /readyz answers 503 until it "
+                      "is repaired and the node restarted", reason)
+            return
         if self.ok:
             self.ok = False
             self._since = time.monotonic()

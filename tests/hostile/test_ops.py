@@ -16,6 +16,7 @@ import re
 import resource
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -253,6 +254,38 @@ async def test_readyz_fails_while_sqlite_cannot_write_and_logs_once(
     assert "disk I/O error" in log, log  # EFBIG past the limit, as SQLite reports it
     assert log.count("store: writes work again") == 1
     assert "Traceback" not in log
+
+
+async def test_corrupt_sqlite_page_makes_writes_503_and_the_node_unready(
+        server_process: ServerProcess) -> None:
+    """The probe: a corrupt SQLite page left /readyz at 200 and logged nothing. Here
+    the root page of the history table is overwritten in the stopped server's file."""
+    sp = server_process
+    sp.start()
+    for i in range(3):
+        assert (await api_post(sp, "/v1/publish", {"topic": "news/a", "data": i}))[0] == 200
+    assert sp.stop() == 0  # the last connection's close checkpoints the WAL into the file
+    path = sp.data / "tidings.sqlite3"
+    with sqlite3.connect(path) as db:
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'history'"
+                          ).fetchone()[0]
+    db.close()
+    assert root > 1
+    with path.open("r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xff" * page_size)  # not a b-tree page: SQLITE_CORRUPT when read
+
+    sp.output = ""
+    sp.start()
+    for i in range(5):
+        status, reply = await api_post(sp, "/v1/publish", {"topic": "news/a", "data": i})
+        assert status == 503 and reply["error"]["code"] == "unavailable", reply
+    assert (await api_get(sp, "/readyz"))[0] == 503  # the probe row is fine, the file is not
+    assert (await api_get(sp, "/readyz"))[0] == 503
+    assert sp.stop() == 0
+    assert sp.output.count("store: the database is corrupt") == 1, sp.output
+    assert "malformed" in sp.output and "Traceback" not in sp.output
 
 
 async def test_readyz_fails_while_redis_is_down_and_logs_once(

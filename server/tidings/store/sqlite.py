@@ -118,6 +118,7 @@ CREATE INDEX IF NOT EXISTS idempotency_expires ON idempotency (expires);
 
 
 _PROBE_SIZE = 65536  # bytes written by each ping (see SqliteStore.ping)
+_CORRUPT = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
 
 
 class SqliteStore(Store):
@@ -172,7 +173,7 @@ class SqliteStore(Store):
         hears how long it took, or that SQLite failed it (full disk, corrupt page)."""
         results: list[tuple[Any, Any, BaseException | None]] = []
         started = time.perf_counter()
-        failure: str | None = None
+        failure: sqlite3.Error | None = None
         try:
             db.execute("BEGIN IMMEDIATE")
             for fn, fut in jobs:
@@ -183,7 +184,7 @@ class SqliteStore(Store):
                     db.execute("ROLLBACK TO job")
                     db.execute("RELEASE job")
                     if isinstance(e, sqlite3.Error):  # the database's fault, not the call's
-                        failure = str(e)
+                        failure = e
                         e = Unavailable("store unavailable")
                     results.append((fut, None, e))
                     continue
@@ -194,7 +195,7 @@ class SqliteStore(Store):
             if db.in_transaction:  # SQLite may have rolled back on its own (SQLITE_FULL)
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
-            failure = str(e)
+            failure = e
             results = [(fut, None, Unavailable("store unavailable")) for _, fut in jobs]
         elapsed = time.perf_counter() - started
         loop.call_soon_threadsafe(_resolve, results, monitor, elapsed, failure)
@@ -681,12 +682,15 @@ class SqliteStore(Store):
 
 
 def _resolve(results: list[tuple[Any, Any, BaseException | None]],
-             monitor: StoreHealth | None, elapsed: float, failure: str | None) -> None:
+             monitor: StoreHealth | None, elapsed: float, failure: sqlite3.Error | None
+             ) -> None:
     if monitor is not None:
         if failure is None:
             monitor.committed(elapsed)
         else:
-            monitor.failed(failure)
+            # a corrupt file does not heal: not ready until repaired and restarted
+            monitor.failed(str(failure), lasting=getattr(failure, "sqlite_errorcode", 0)
+                           in _CORRUPT)
     for fut, value, error in results:
         if fut.done():  # the caller was cancelled; the work was done all the same
             continue
