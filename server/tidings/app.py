@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import errno
 import fcntl
 import http
@@ -12,7 +13,6 @@ import os
 import secrets
 import socket
 import ssl
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -179,7 +179,8 @@ def _listen_error(e: OSError, settings: list[tuple[str, str, int]]) -> StartupEr
     return StartupError(f"cannot listen: {why}")
 
 
-async def _listen(start: Awaitable[None], settings: list[tuple[str, str, int]]) -> None:
+async def _listen(start: collections.abc.Awaitable[None],
+                  settings: list[tuple[str, str, int]]) -> None:
     """Await a listener's start; a failed bind becomes a :class:`StartupError`
     naming the setting (see :func:`_listen_error`)."""
     try:
@@ -224,14 +225,14 @@ class App:
         self.metrics = Metrics()
         self.node = Node(name, _make_store(settings), _make_bus(settings), settings.history,
                          self.metrics)
-        self.store_health = StoreHealth(self.metrics)
-        self.node.store.monitor = self.store_health
         self.tokens = TokenAuthority(self.secrets.jwt_secret,
                                      max_ttl=settings.auth.max_token_ttl,
                                      default_ttl=settings.auth.default_token_ttl)
         self.acl = Acl(settings.acl)
         self.notifier = Notifier(self.node, settings.notify)
         self.presence = Presence(name, settings.presence, self.metrics, self.node.store)
+        self.store_health = StoreHealth(self.metrics)  # the store reports its commits
+        self.node.store.monitor = self.store_health
         routes = {"/dev/token": self._dev_token} if self.secrets.dev_key else {}
         self.ws = WsEdge(settings, self.node, self.tokens, self.acl, self.metrics,
                          self.notifier, self.presence, routes)
