@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import collections.abc
+import errno
+import fcntl
 import http
 import ipaddress
 import json
@@ -31,6 +34,7 @@ from .config import Settings
 from .edges.mqtt import MqttBroker, serve_websocket
 from .edges.ws import WsEdge
 from .errors import TidingsError, Unavailable
+from .health import StoreHealth
 from .metrics import Metrics
 from .node import Node
 from .notify import Notifier
@@ -42,7 +46,8 @@ from .store.redis import RedisStore
 from .store.sqlite import SqliteStore
 from .sweeper import Sweeper
 
-__all__ = ["App", "Secrets", "exposed_listeners", "load_secrets"]
+__all__ = ["App", "DataFolderLock", "Secrets", "SecretsError", "StartupError",
+           "exposed_listeners", "load_secrets", "read_secrets"]
 
 log = logging.getLogger("tidings")
 
@@ -78,18 +83,55 @@ def exposed_listeners(settings: Settings) -> list[str]:
     return [f"{name} = {host!r}" for name, host in hosts.items() if not _is_loopback(host)]
 
 
+class StartupError(Exception):
+    """A node cannot start as configured; the message names the setting, file or
+    folder to fix (the CLI prints it and exits 1)."""
+
+
+class SecretsError(StartupError):
+    """The secrets file cannot be read, or a command that must not make one found none."""
+
+
+def secrets_path(settings: Settings) -> Path:
+    return Path(settings.store.path) / "secrets.json"
+
+
+def read_secrets(settings: Settings) -> dict[str, str]:
+    """What ``secrets.json`` in the data folder holds (``{}`` when there is none).
+
+    Never creates anything. A file that is not a JSON object of strings is an
+    error naming the file, never a traceback (and never quoting its contents).
+    """
+    path = secrets_path(settings)
+    try:
+        stored = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        raise SecretsError(f"cannot read the secrets file {path}: {e.strerror}") from None
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        raise SecretsError(f"the secrets file {path} is corrupt (not JSON); restore it "
+                           "from a backup, or remove it to make new secrets (tokens and "
+                           "keys made with the old ones stop working)") from None
+    if not isinstance(stored, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in stored.items()):
+        raise SecretsError(f"the secrets file {path} is corrupt (not a JSON object of "
+                           "strings)")
+    return stored
+
+
 def load_secrets(settings: Settings) -> Secrets:
     """The JWT secret and API keys: from settings, else made once and kept in the data folder.
 
-    The file is created mode 0600 so other local users cannot read it.
+    The file is created mode 0600 so other local users cannot read it. Only a
+    server makes it: ``tidings token`` and ``publish`` use :func:`read_secrets`.
     """
     folder = Path(settings.store.path)
-    path = folder / "secrets.json"
+    path = secrets_path(settings)
     stored: dict[str, str] = {}
     need = not settings.auth.jwt_secret or not settings.api.keys
     if need:
-        if path.exists():
-            stored = json.loads(path.read_text())
+        stored = read_secrets(settings)
         changed = False
         if not settings.auth.jwt_secret and "jwt_secret" not in stored:
             stored["jwt_secret"] = secrets.token_urlsafe(32)
@@ -108,6 +150,70 @@ def load_secrets(settings: Settings) -> Secrets:
         dev_key=not settings.api.keys,
         dev_secret=not settings.auth.jwt_secret,
     )
+
+
+class DataFolderLock:
+    """An exclusive ``flock`` on ``tidings.lock`` in the data folder, held by
+    ``tidings serve`` on the SQLite store: a second server on the same folder
+    would otherwise start silently and split deliveries with the first. The
+    kernel drops the lock when the process dies, so a crash leaves nothing stale.
+    (The CLI takes it, not :class:`App`: tests run several nodes on one folder.)
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / "tidings.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise StartupError(f"the data folder {self.folder} is in use by another "
+                               f"tidings serve{who}; stop it, or set store.path "
+                               "(TIDINGS_STORE_PATH) to another folder") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor drops the flock
+
+
+def _listen_error(e: OSError, settings: list[tuple[str, str, int]]) -> StartupError:
+    """``ws.port 8080 is in use``: a failed bind named by the setting that asked for it.
+
+    ``settings`` holds (port setting, host, port) for each socket the failed
+    call binds; the error text names the address, which picks the setting.
+    """
+    name, host, port = next((c for c in settings if f", {c[2]})" in str(e)), settings[0])
+    host_setting = name.split(".")[0] + ".host"
+    if e.errno == errno.EADDRINUSE:
+        why = f"{name} {port} is in use (on {host})"
+    elif e.errno == errno.EADDRNOTAVAIL:
+        why = f"{host_setting} {host} is not an address of this machine ({name} {port})"
+    elif e.errno == errno.EACCES:
+        why = f"{name} {port} on {host} needs privileges this process lacks"
+    else:
+        why = f"{name} {port} on {host}: {e.strerror or e}"
+    return StartupError(f"cannot listen: {why}")
+
+
+async def _listen(start: collections.abc.Awaitable[None],
+                  settings: list[tuple[str, str, int]]) -> None:
+    """Await a listener's start; a failed bind becomes a :class:`StartupError`
+    naming the setting (see :func:`_listen_error`)."""
+    try:
+        await start
+    except OSError as e:
+        raise _listen_error(e, settings) from None
 
 
 def _tls(cert: str, key: str) -> ssl.SSLContext | None:
@@ -162,6 +268,8 @@ class App:
         self.notifier = Notifier(self.node, settings.notify)
         self.presence = Presence(name, settings.presence, self.metrics, self.node.store)
         self.node.limit_user_subscriptions(settings.topics.max_user_subscriptions)
+        self.store_health = StoreHealth(self.metrics)  # the store reports its commits
+        self.node.store.monitor = self.store_health
         # /dev/token hands anyone a token for any user: only on a development
         # node, where the secrets were made here and nothing listens beyond loopback
         self.exposed = exposed_listeners(settings)
@@ -242,15 +350,20 @@ class App:
         return int(server.sockets[0].getsockname()[1])
 
     async def ready(self) -> bool:
-        return self.node.bus.healthy and await self.node.store.ping()
+        """Bus connected, store answering, and its last commit (the ping is one,
+        a write on SQLite) succeeded: a store that cannot write is not ready."""
+        return self.node.bus.healthy and await self.node.store.ping() \
+            and self.store_health.ok
 
     async def start(self) -> None:
         s = self.settings
         await self.node.start()
         self.sweeper.start()
         if self.mqtt is not None:
-            await self.mqtt.start()
-        await self.ws.start(ssl=_tls(s.ws.tls_cert, s.ws.tls_key))
+            await _listen(self.mqtt.start(), [("mqtt.port", s.mqtt.host, s.mqtt.port),
+                                              ("mqtt.tls_port", s.mqtt.host, s.mqtt.tls_port)])
+        await _listen(self.ws.start(ssl=_tls(s.ws.tls_cert, s.ws.tls_key)),
+                      [("ws.port", s.ws.host, s.ws.port)])
         api = build_app(s, self.node, ApiKeys(self.secrets.api_keys), self.tokens,
                         self.metrics, self.ready, self.notifier, self.presence)
         # keepalive_timeout: aiohttp closes a connection whose next request has not
@@ -264,7 +377,7 @@ class App:
         self._site = web.TCPSite(self._runner, s.api.host, s.api.port,
                                  reuse_port=s.node.reuse_port or None,
                                  ssl_context=_tls(s.api.tls_cert, s.api.tls_key))
-        await self._site.start()
+        await _listen(self._site.start(), [("api.port", s.api.host, s.api.port)])
         warning = self.exposure_warning()
         if warning is not None:
             log.warning("%s", warning)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import logging
 import os
@@ -14,11 +15,12 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 
 import uvloop
 
-from . import config
-from .app import App, load_secrets
+from . import config, logs
+from .app import App, DataFolderLock, SecretsError, StartupError, load_secrets, read_secrets
 from .auth import TokenAuthority
 from .errors import BadRequest
 
@@ -48,7 +50,11 @@ def _serve_workers(args: argparse.Namespace, settings: config.Settings) -> int:
     if 0 in (settings.ws.port, settings.api.port, settings.mqtt.port):
         print("tidings: --workers needs fixed ports (not 0)", file=sys.stderr)
         return 2
-    load_secrets(settings)  # made once here, so the workers agree on them
+    try:
+        load_secrets(settings)  # made once here, so the workers agree on them
+    except SecretsError as e:
+        print(f"tidings: {e}", file=sys.stderr)
+        return 1
     base = settings.node.name or f"{socket.gethostname()}-{os.getpid()}"
     children = []
     for i in range(args.workers):
@@ -70,12 +76,30 @@ def _serve_workers(args: argparse.Namespace, settings: config.Settings) -> int:
     return max(codes, key=abs) if any(codes) else 0
 
 
+_held: list[DataFolderLock] = []  # kept for the life of the process
+
+
+def _lock_data_folder(settings: config.Settings) -> bool:
+    """One ``tidings serve`` per data folder (SQLite store); False: another has it."""
+    if settings.store.backend != "sqlite":
+        return True
+    lock = DataFolderLock(settings.store.path)
+    try:
+        lock.acquire()
+    except StartupError as e:
+        print(f"tidings: {e}", file=sys.stderr)
+        return False
+    _held.append(lock)
+    return True
+
+
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
     if args.workers > 1:
         return _serve_workers(args, settings)
-    logging.basicConfig(level=settings.node.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.node)
+    if not _lock_data_folder(settings):
+        return 1
 
     async def run() -> None:
         app = App(settings)
@@ -97,8 +121,8 @@ def _serve(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, first, sig)
         try:
             await app.start()
-        except OSError as e:
-            print(f"tidings: cannot listen: {e}", file=sys.stderr)
+        except StartupError as e:
+            print(f"tidings: {e}", file=sys.stderr)
             await app.stop()
             raise SystemExit(1) from None
         scheme_ws = "wss" if settings.ws.tls_cert else "ws"
@@ -132,14 +156,40 @@ def _serve(args: argparse.Namespace) -> int:
             logging.getLogger("tidings").info("shutting down")
             await app.stop()
 
-    uvloop.run(run())
+    try:
+        uvloop.run(run())
+    except SecretsError as e:  # from App(): the secrets file is unreadable
+        print(f"tidings: {e}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _existing_secret(settings: config.Settings, what: str, setting: str, env: str,
+                     stored_key: str) -> str:
+    """A secret for ``token`` / ``publish``: from the settings, else the server's
+    ``secrets.json``. These commands never make one: a secret made here would
+    sign tokens (or name a key) that the running server rejects."""
+    try:
+        value = read_secrets(settings).get(stored_key)
+    except SecretsError as e:
+        print(f"tidings: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if not value:
+        folder = Path(settings.store.path).resolve()
+        where = (f"{folder / 'secrets.json'} does not exist" if folder.is_dir()
+                 else f"there is no data folder {folder}")
+        print(f"tidings: no {what}: {setting} ({env}) is not set and {where}.\n"
+              f"Run this where the server runs (its data folder is store.path, "
+              f"TIDINGS_STORE_PATH), or give the server's --config.", file=sys.stderr)
+        raise SystemExit(2)
+    return value
 
 
 def _token(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
-    secrets_ = load_secrets(settings)
-    authority = TokenAuthority(secrets_.jwt_secret, max_ttl=settings.auth.max_token_ttl,
+    secret = settings.auth.jwt_secret or _existing_secret(
+        settings, "JWT secret", "auth.jwt_secret", "TIDINGS_AUTH_JWT_SECRET", "jwt_secret")
+    authority = TokenAuthority(secret, max_ttl=settings.auth.max_token_ttl,
                                default_ttl=settings.auth.default_token_ttl)
     try:
         print(authority.issue(args.user, ttl=args.ttl, subscribe=args.subscribe or None,
@@ -157,7 +207,10 @@ def _publish(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as e:
         print(f"tidings: JSON argument is not valid JSON: {e}", file=sys.stderr)
         return 2
-    key = args.key or os.environ.get("TIDINGS_API_KEY") or load_secrets(settings).api_keys[0]
+    key = (args.key or os.environ.get("TIDINGS_API_KEY")
+           or (settings.api.keys[0] if settings.api.keys else "")
+           or _existing_secret(settings, "API key", "api.keys", "TIDINGS_API_KEYS",
+                               "dev_api_key"))
     scheme = "https" if settings.api.tls_cert else "http"
     url = args.url or f"{scheme}://{settings.api.host}:{settings.api.port}"
     body = json.dumps({"topic": args.topic, "data": data, "retain": args.retain}).encode()
@@ -175,8 +228,16 @@ def _publish(args: argparse.Namespace) -> int:
         return 1
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("tidings")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tidings", description="Tidings push server")
+    parser.add_argument("--version", action="version", version=f"tidings {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run a node")

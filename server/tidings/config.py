@@ -36,6 +36,10 @@ class NodeSettings:
     name: str = ""  # empty: derived from the host name and pid
     shutdown_timeout: float = 5.0
     log_level: str = "INFO"
+    log_format: str = "text"  # "json": one JSON object per line (logs.py)
+    # seconds: garbage input (unparsable HTTP, broken MQTT) logs one line per
+    # kind and port per interval, plus a count of the rest (logs.py)
+    log_summary_interval: float = 60.0
     reuse_port: bool = False  # SO_REUSEPORT on every listener (set by serve --workers)
 
 
@@ -430,6 +434,10 @@ def _validate(s: Settings) -> None:
     if s.node.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"node.log_level: DEBUG, INFO, WARNING or ERROR, got "
                           f"{s.node.log_level!r}")
+    if s.node.log_format not in ("text", "json"):
+        raise ConfigError(f"node.log_format: \"text\" or \"json\", got {s.node.log_format!r}")
+    if not 0 < s.node.log_summary_interval <= 86400:
+        raise ConfigError("node.log_summary_interval: seconds in (0, 86400]")
     for name, section in (("ws", s.ws), ("api", s.api), ("mqtt", s.mqtt)):
         if bool(section.tls_cert) != bool(section.tls_key):
             raise ConfigError(f"{name}.tls_cert: tls_cert and tls_key go together")

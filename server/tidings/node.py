@@ -25,6 +25,8 @@ log = logging.getLogger("tidings.node")
 _NO_HISTORY = HistoryPolicy(0, 1.0)
 _MAX_TRACKED = 100_000  # topics whose last offset is remembered for gap detection
 _FILL_LIMIT = 1000
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0)
 
 
 class Node:
@@ -55,6 +57,11 @@ class Node:
         # entry in _last) is filled with what history has from that time on.
         self._watched: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._latency = metrics.histogram(
+            "tidings_publish_deliver_seconds",
+            "Time from a publication's store timestamp to its hand-over to this node's "
+            "subscribers (store commit, bus and routing; not the client's socket).",
+            _LATENCY_BUCKETS)
 
     def limit_user_subscriptions(self, limit: int) -> None:
         """Set topics.max_user_subscriptions (before any session subscribes)."""
@@ -158,6 +165,8 @@ class Node:
             self.metrics.inc("tidings_errors_total", code="internal")
             return
         self.metrics.inc("tidings_deliveries_total", n)
+        if n and pub.ts:
+            self._latency.observe(max(0.0, time.time() - pub.ts / 1000))
 
     def _fill(self, topic: str, since: str | None, held: list[Publication], *,
               after_ms: int = 0) -> None:

@@ -21,11 +21,15 @@ from .errors import BadRequest, NotFound, TooLarge
 from .node import Node
 from .store.base import TRACK_EVENTS, MarkAction, NotifyResult, UserChange
 
-__all__ = ["PRIORITIES", "Notifier"]
+__all__ = ["NOTIFY_FIELDS", "PRIORITIES", "Notifier"]
 
 PRIORITIES = ("low", "normal", "high")
 _MEDIA = ("image", "video", "audio")
 _UNSUPPORTED = ("tags", "segment", "send_at", "variants")
+# Every field a notify request may carry (the unsupported ones are refused by
+# name in ``parse``); anything else is a 400 naming it.
+NOTIFY_FIELDS = frozenset({"users", "title", "body", "data", "category", "priority", "media",
+                           "ttl", "collapse_key", *_UNSUPPORTED})
 
 
 def _str(body: dict[str, Any], key: str, limit: int, *, required: bool = False,

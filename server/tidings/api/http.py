@@ -28,7 +28,7 @@ from ..errors import (
 )
 from ..metrics import Metrics
 from ..node import Node
-from ..notify import Notifier, valid_user
+from ..notify import NOTIFY_FIELDS, Notifier, valid_user
 from ..presence import Presence
 from ..protocol.frames import Encoding, message_fields
 from ..protocol.topics import TopicError, validate_topic
@@ -64,6 +64,20 @@ async def _body(request: web.Request) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise BadRequest("body must be a JSON object", code="malformed")
     return obj
+
+
+def _only(obj: dict[str, Any], allowed: frozenset[str], where: str = "") -> None:
+    """Refuse fields this endpoint does not know: a misspelt ``retian`` must not
+    silently publish a message that is not retained."""
+    for key in obj:
+        if key not in allowed:
+            raise BadRequest(f"{where}unknown field {str(key)[:64]!r}")
+
+
+_MESSAGE_FIELDS = frozenset({"topic", "data", "retain"})
+_BATCH_FIELDS = frozenset({"messages"})
+_TOKEN_FIELDS = frozenset({"user", "ttl", "subscribe", "publish"})
+_MARK_FIELDS = frozenset({"ids", "all", "device"})
 
 
 def _field(obj: dict[str, Any], key: str, types: type | tuple[type, ...], *,
@@ -134,6 +148,7 @@ def build_app(settings: Settings, node: Node, keys: ApiKeys, tokens: TokenAuthor
     def message_arg(body: Any, where: str = "") -> tuple[str, bytes, bool]:
         if not isinstance(body, dict):
             raise BadRequest(f"{where}must be a JSON object")
+        _only(body, _MESSAGE_FIELDS, where)
         try:
             topic = topic_arg(_field(body, "topic", str, required=True))
             if "data" not in body:
@@ -165,6 +180,7 @@ def build_app(settings: Settings, node: Node, keys: ApiKeys, tokens: TokenAuthor
         is still published (and delivered) on its own, in the order given per topic.
         """
         body = await _body(request)
+        _only(body, _BATCH_FIELDS)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise BadRequest("messages must be a non-empty list")
@@ -207,6 +223,7 @@ def build_app(settings: Settings, node: Node, keys: ApiKeys, tokens: TokenAuthor
 
     async def notify(request: web.Request) -> web.Response:
         body = await _body(request)
+        _only(body, NOTIFY_FIELDS)
         result = await notifier.notify(body, idempotency_scope(request, "notify"))
         return _json({"id": result.id, "targets": result.targets})
 
@@ -230,6 +247,7 @@ def build_app(settings: Settings, node: Node, keys: ApiKeys, tokens: TokenAuthor
         user = valid_user(request.match_info["uid"])
         action = request.match_info["action"]
         body = await _body(request)
+        _only(body, _MARK_FIELDS)
         ids = _field(body, "ids", list)
         everything = _field(body, "all", bool, default=False)
         device = _field(body, "device", str, default="api")
@@ -264,6 +282,7 @@ def build_app(settings: Settings, node: Node, keys: ApiKeys, tokens: TokenAuthor
 
     async def make_token(request: web.Request) -> web.Response:
         body = await _body(request)
+        _only(body, _TOKEN_FIELDS)
         user = _field(body, "user", str, required=True)
         ttl = _field(body, "ttl", int)
         grants = {}

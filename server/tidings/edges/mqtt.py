@@ -41,6 +41,7 @@ from ..auth import Acl, Principal, TokenAuthority
 from ..config import Settings
 from ..errors import TidingsError, Unauthorized
 from ..hub import Flusher
+from ..logs import garbage
 from ..metrics import Metrics
 from ..node import Node
 from ..notify import Notifier
@@ -821,8 +822,8 @@ class MqttBroker:
             self._disconnect(conn, event)
         elif isinstance(event, ProtocolViolation):
             self.metrics.inc("tidings_errors_total", code="mqtt_protocol")
-            log.warning("MQTT protocol violation from %s: %s",
-                        conn.session.client_id if conn.session else "a client", event.error)
+            garbage.note("MQTT packet", conn.session.client_id if conn.session else "a client",
+                         str(event.error))  # rate-limited: see logs.py
         elif isinstance(event, PingReq):
             pass
 

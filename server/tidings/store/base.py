@@ -47,6 +47,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..health import StoreHealth
 from ..types import Offset, PayloadKind, Publication
 
 __all__ = [
@@ -193,6 +194,9 @@ class Store(abc.ABC):
     """True when the store itself puts every publication it writes on the bus,
     inside the same atomic step (Redis: the script PUBLISHes); the node then
     does not publish again."""
+
+    monitor: StoreHealth | None = None
+    """Told of every commit: its time, or that the backend failed it (see health.py)."""
 
     @abc.abstractmethod
     async def open(self) -> None:

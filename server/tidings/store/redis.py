@@ -291,15 +291,25 @@ class RedisStore(Store):
             async with asyncio.timeout(self._timeout), self._gate:
                 if self._epoch_stale:
                     await self._recheck_epoch(client)
-                return await fn(client)
+                started = time.perf_counter()
+                result = await fn(client)
         except ResponseError as e:
             if not str(e).startswith(_TRANSIENT):
                 raise  # a bug of ours (a script error): not the backend's state
-            self._epoch_stale = True
+            self._failed(e)
             raise Unavailable("store unavailable") from e
         except (RedisError, OSError, TimeoutError) as e:
-            self._epoch_stale = True
+            self._failed(e)
             raise Unavailable("store unavailable") from e
+        if self.monitor is not None:
+            self.monitor.committed(time.perf_counter() - started)
+        return result
+
+    def _failed(self, e: BaseException) -> None:
+        self._epoch_stale = True
+        if self.monitor is not None:
+            self.monitor.failed(f"{type(e).__name__}: {str(e)[:200]}" if str(e)
+                                else type(e).__name__)
 
     async def _recheck_epoch(self, client: Any) -> None:
         """Re-read the store epoch after a failure (Redis may have lost it). With one

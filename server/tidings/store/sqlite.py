@@ -7,6 +7,7 @@ disk and every call is one transaction (the atomicity the contract asks for).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import secrets
 import sqlite3
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 import orjson
 
 from ..errors import Unavailable
+from ..health import StoreHealth
 from ..protocol.topics import is_wildcard, matches
 from ..types import Offset, PayloadKind, Publication, format_offset, parse_offset
 from .base import (
@@ -138,6 +140,10 @@ SELECT user, SUM(read = 0 AND archived = 0), COUNT(*) FROM inbox GROUP BY user
 """
 
 
+_PROBE_SIZE = 65536  # bytes written by each ping (see SqliteStore.ping)
+_CORRUPT = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
 class SqliteStore(Store):
     def __init__(
         self,
@@ -181,17 +187,20 @@ class SqliteStore(Store):
                     fut.set_exception(Unavailable("store is closed"))
             return
         loop = asyncio.get_running_loop()
-        executor.submit(self._commit_batch, db, jobs, loop)
+        executor.submit(self._commit_batch, db, jobs, loop, self.monitor)
 
     @staticmethod
     def _commit_batch(db: sqlite3.Connection, jobs: list[tuple[Any, Any]],
-                      loop: asyncio.AbstractEventLoop) -> None:
+                      loop: asyncio.AbstractEventLoop, monitor: StoreHealth | None) -> None:
         """Group commit, on the store's thread: every call queued during one loop
         pass runs in one transaction, each in its own savepoint (a failing call
         rolls back alone), and all are answered after the single COMMIT. Under
         load this turns many small transactions into one, at no cost in
-        durability: nobody hears "stored" before the commit."""
+        durability: nobody hears "stored" before the commit. The ``monitor``
+        hears how long it took, or that SQLite failed it (full disk, corrupt page)."""
         results: list[tuple[Any, Any, BaseException | None]] = []
+        started = time.perf_counter()
+        failure: sqlite3.Error | None = None
         try:
             db.execute("BEGIN IMMEDIATE")
             for fn, fut in jobs:
@@ -201,19 +210,22 @@ class SqliteStore(Store):
                 except Exception as e:
                     db.execute("ROLLBACK TO job")
                     db.execute("RELEASE job")
-                    if isinstance(e, sqlite3.OperationalError):
+                    if isinstance(e, sqlite3.Error):  # the database's fault, not the call's
+                        failure = e
                         e = Unavailable("store unavailable")
                     results.append((fut, None, e))
                     continue
                 db.execute("RELEASE job")
                 results.append((fut, value, None))
             db.execute("COMMIT")
-        except sqlite3.Error:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            failure = Unavailable("store unavailable")
-            results = [(fut, None, failure) for _, fut in jobs]
-        loop.call_soon_threadsafe(_resolve, results)
+        except sqlite3.Error as e:
+            if db.in_transaction:  # SQLite may have rolled back on its own (SQLITE_FULL)
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            failure = e
+            results = [(fut, None, Unavailable("store unavailable")) for _, fut in jobs]
+        elapsed = time.perf_counter() - started
+        loop.call_soon_threadsafe(_resolve, results, monitor, elapsed, failure)
 
     def _topic_epoch(self, topic: str) -> str:
         """A topic's epoch, derived from the store's (so it needs no row until the
@@ -257,8 +269,17 @@ class SqliteStore(Store):
         executor.shutdown(wait=True)
 
     async def ping(self) -> bool:
+        """A write probe: a store that answers reads but cannot write (a full
+        disk, a corrupt page) is not ready. It rewrites one 64 KiB row (a large
+        message), so a disk with room for a few pages only is not taken for
+        healthy while real messages fail."""
+        def probe(db: sqlite3.Connection) -> bool:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('ping', zeroblob(?))",
+                       (_PROBE_SIZE,))
+            return True
+
         try:
-            return await self._run(lambda db: db.execute("SELECT 1").fetchone() == (1,))
+            return await self._run(probe)
         except Unavailable:
             return False
 
@@ -784,7 +805,16 @@ class SqliteStore(Store):
         return await self._run(tx)
 
 
-def _resolve(results: list[tuple[Any, Any, BaseException | None]]) -> None:
+def _resolve(results: list[tuple[Any, Any, BaseException | None]],
+             monitor: StoreHealth | None, elapsed: float, failure: sqlite3.Error | None
+             ) -> None:
+    if monitor is not None:
+        if failure is None:
+            monitor.committed(elapsed)
+        else:
+            # a corrupt file does not heal: not ready until repaired and restarted
+            monitor.failed(str(failure), lasting=getattr(failure, "sqlite_errorcode", 0)
+                           in _CORRUPT)
     for fut, value, error in results:
         if fut.done():  # the caller was cancelled; the work was done all the same
             continue
