@@ -9,7 +9,11 @@ import { Tidings, TidingsError } from "../../src/index.js";
 import { TestServer, until, WAIT } from "../helpers/server.js";
 
 const HISTORY_SIZE = 40; // what each topic keeps for recovery
-const server = new TestServer({ name: "js-it", env: { TIDINGS_HISTORY_SIZE: String(HISTORY_SIZE) } });
+const server = new TestServer({ name: "js-it", env: {
+  TIDINGS_HISTORY_SIZE: String(HISTORY_SIZE),
+  // room for the read-all test's 1100 unread (notify.max_inbox is 1000 by default)
+  TIDINGS_NOTIFY_MAX_INBOX: "2000",
+} });
 /** @type {Tidings[]} */
 const clients = [];
 
