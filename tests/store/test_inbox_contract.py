@@ -1,9 +1,9 @@
-"""The inbox part of the store contract (``tidings.store.base.Store``), per backend.
+"""The inbox contract (``tidings.store.contracts.inbox.InboxStore``, and ``sweep``), per backend.
 
-Reuses the parametrized ``store`` / ``open_store`` / ``clock`` fixtures of
-``test_store_contract.py``, so every backend added there runs these tests
-too. Time is that fake clock, so expiry is checked without waiting. The rule
-under test throughout (store contract, "Inbox"): the unread count is always
+Runs on the one ``store`` / ``open_store`` / ``clock`` fixture of
+``support/stores.py``, so every backend added there runs these tests too.
+Time is that fake clock, so expiry is checked without waiting. The rule
+under test throughout (the inbox contract): the unread count is always
 the number of the user's unread, non-archived, unexpired items, and every
 change that alters it also returns the publications that tell the user's
 devices.
@@ -18,8 +18,7 @@ from typing import Any
 
 import orjson
 
-import test_store_contract as contract
-from test_store_contract import Clock, OpenStore
+from support.stores import MAX_INBOX, Clock, OpenStore
 from tidings.store.base import (
     HistoryPolicy,
     NotifyResult,
@@ -34,11 +33,6 @@ from tidings.types import parse_offset
 pytest_plugins = ["redis_servers"]  # the redis backends' session servers
 
 POLICY = HistoryPolicy(100, 86400.0)
-
-# The contract suite's fixtures, so its backends (params of ``open_store``) run here too.
-clock = contract.clock
-open_store = contract.open_store
-store = contract.store
 
 
 def policy(topic: str) -> HistoryPolicy:
@@ -348,7 +342,7 @@ async def test_concurrent_changes_keep_the_count_exact(store: Store) -> None:
 
 async def test_inbox_cap_prunes_read_and_archived_first_then_oldest_unread(
         store: Store) -> None:
-    cap = contract.MAX_INBOX
+    cap = MAX_INBOX
     ids = [(await send(store, ["alice"])).id for _ in range(cap)]
     await store.mark("alice", "read", [ids[20], ids[10]], device="d", policy=policy)
     await store.mark("alice", "archive", [ids[30]], device="d", policy=policy)  # was unread
@@ -373,7 +367,7 @@ async def test_inbox_cap_prunes_read_and_archived_first_then_oldest_unread(
 
 
 async def test_inbox_cap_is_per_user(store: Store) -> None:
-    cap = contract.MAX_INBOX
+    cap = MAX_INBOX
     await send(store, ["bob"])
     for _ in range(cap + 2):
         await send(store, ["alice"])
