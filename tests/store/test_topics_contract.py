@@ -313,6 +313,23 @@ async def test_retained_hash_filter_includes_the_parent_level(store: Store) -> N
     assert {p.topic for p in await store.retained("home/#")} == {"home", "home/kitchen"}
 
 
+async def test_pattern_characters_in_names_are_literal(store: Store) -> None:
+    """Characters that are wildcards to SQL LIKE / GLOB or Redis SCAN / KEYS match
+    only themselves."""
+    topics = ["a*/x", "a?/x", "a[b]/x", "ab/x", "a\\/x", "a^/x"]
+    for t in topics:
+        await pub(store, t, b"1", retain=True)
+
+    async def found(flt: str) -> set[str]:
+        return {p.topic for p in await store.retained(flt)}
+
+    for t in topics:
+        assert await found(t) == {t}
+        assert await found(t.replace("/x", "/+")) == {t}
+    assert await found("+/x") == set(topics)
+    assert await found("a*/#") == {"a*/x"}
+
+
 # -- idempotency ------------------------------------------------------------------------
 
 
