@@ -12,15 +12,14 @@ devices.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Coroutine
 from typing import Any
 
 import orjson
 
+from support.inbox import ids_in, payload, policy, send
 from support.stores import MAX_INBOX, Clock, OpenStore
 from tidings.store.base import (
-    HistoryPolicy,
     NotifyResult,
     Store,
     UserChange,
@@ -31,38 +30,6 @@ from tidings.store.base import (
 from tidings.types import parse_offset
 
 pytest_plugins = ["redis_servers"]  # the redis backends' session servers
-
-POLICY = HistoryPolicy(100, 86400.0)
-
-
-def policy(topic: str) -> HistoryPolicy:
-    return POLICY
-
-
-def note(title: str = "hello", *, category: str = "general", **extra: Any) -> dict[str, Any]:
-    """A notification as the pipeline hands it to the store (fresh id)."""
-    return {"id": "n_" + secrets.token_hex(8), "title": title, "body": "", "data": None,
-            "category": category, "priority": "normal", "media": None, **extra}
-
-
-async def send(store: Store, users: list[str], *, ttl: float | None = None,
-               collapse_key: str | None = None, key: str | None = None,
-               **fields: Any) -> NotifyResult:
-    return await store.notify(users, note(**fields), ttl=ttl, collapse_key=collapse_key,
-                              policy=policy, idempotency_key=key)
-
-
-async def ids_in(store: Store, user: str) -> list[str]:
-    page = await store.inbox(user, limit=100)
-    return [i.fields["id"] for i in page.items]
-
-
-def payload(change: UserChange, topic: str) -> dict[str, Any]:
-    (pub,) = [p for p in change.publications if p.topic == topic]
-    data = pub.data()
-    assert isinstance(data, dict)
-    return data
-
 
 # -- notify ---------------------------------------------------------------------------
 

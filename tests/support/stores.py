@@ -5,11 +5,11 @@
 same folder, the same Redis database), for reopen and two-node tests; ``clock``
 is the fake time every store opened here reads. ``tests/store/conftest.py``
 makes these fixtures available to ``tests/store/``; a module elsewhere imports
-them by name (``from support.stores import clock, open_store, store``).
+them by name (``from support.stores import clock, max_inbox, open_store, store``).
 
 To run every contract against another implementation, add its name to
 ``params`` of :func:`open_store` and one branch that builds it over shared
-backing data with ``clock`` and ``IDEMPOTENCY_TTL`` (and ``MAX_INBOX``); clean
+backing data with ``clock`` and ``IDEMPOTENCY_TTL`` (and ``max_inbox``); clean
 that data up after the yield. Nothing else changes.
 
 Time is the fake ``clock`` (seconds since the epoch, moved by hand); the
@@ -39,6 +39,7 @@ __all__ = [
     "Clock",
     "OpenStore",
     "clock",
+    "max_inbox",
     "open_store",
     "store",
 ]
@@ -70,9 +71,16 @@ def clock() -> Clock:
     return Clock()
 
 
+@pytest.fixture
+def max_inbox() -> int:
+    """The inbox cap of the stores ``open_store`` opens; a module that fills one
+    inbox past :data:`MAX_INBOX` overrides this fixture."""
+    return MAX_INBOX
+
+
 @pytest.fixture(params=BACKENDS)
-async def open_store(request: pytest.FixtureRequest, tmp_path: Path,
-                     clock: Clock) -> AsyncIterator[OpenStore]:
+async def open_store(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock,
+                     max_inbox: int) -> AsyncIterator[OpenStore]:
     """Opens a new Store over the same backing data each call (for reopen tests)."""
     opened: list[Store] = []
     url = ""
@@ -87,10 +95,10 @@ async def open_store(request: pytest.FixtureRequest, tmp_path: Path,
         s: Store
         if request.param == "sqlite":
             s = SqliteStore(tmp_path / "store", idempotency_ttl=IDEMPOTENCY_TTL, clock=clock,
-                            max_inbox=MAX_INBOX)
+                            max_inbox=max_inbox)
         elif url:
             s = RedisStore(url, idempotency_ttl=IDEMPOTENCY_TTL, clock=clock,
-                           max_inbox=MAX_INBOX)
+                           max_inbox=max_inbox)
         else:  # pragma: no cover - a new backend adds its branch here
             raise AssertionError(f"no store backend {request.param!r}")
         await s.open()
