@@ -29,6 +29,7 @@ import abc
 from dataclasses import dataclass, field
 
 from .contracts import (
+    MAX_EVENT_IDS,
     PRUNE_STEP,
     TRACK_EVENTS,
     HistoryPage,
@@ -51,6 +52,7 @@ from .contracts import (
 )
 
 __all__ = [
+    "MAX_EVENT_IDS",
     "PRUNE_STEP",
     "TRACK_EVENTS",
     "HistoryPage",

@@ -19,6 +19,7 @@ topic policy), never a backend.
 from __future__ import annotations
 
 from .inbox import (
+    MAX_EVENT_IDS,
     PRUNE_STEP,
     TRACK_EVENTS,
     InboxItem,
@@ -36,6 +37,7 @@ from .presence import PresenceStore
 from .topics import HistoryPage, HistoryPolicy, PolicyFor, PublishResult, TopicStore
 
 __all__ = [
+    "MAX_EVENT_IDS",
     "PRUNE_STEP",
     "TRACK_EVENTS",
     "HistoryPage",

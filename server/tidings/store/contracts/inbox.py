@@ -38,6 +38,7 @@ from ...types import Publication
 from .topics import PolicyFor
 
 __all__ = [
+    "MAX_EVENT_IDS",
     "PRUNE_STEP",
     "TRACK_EVENTS",
     "InboxItem",
@@ -54,6 +55,11 @@ __all__ = [
 MarkAction = Literal["read", "unread", "archive"]
 PRUNE_STEP = 100  # items one notify prunes at most (see "Inbox cap")
 TRACK_EVENTS = ("delivered", "opened", "clicked", "dismissed")
+
+MAX_EVENT_IDS = 1000
+"""Most ids a read-family event lists: an ``all: true`` change of more lists
+none (the event still says ``all``), so the push stays bounded whatever the
+inbox holds (Redis's script has the same number)."""
 
 
 def notifications_topic(user: str) -> str:
@@ -160,7 +166,9 @@ class InboxStore(abc.ABC):
         changes nothing). When anything changed, appends ``{"type": action,
         "ids" | "all", "unread", "device"}`` to ``users/{uid}/events`` and
         updates the retained unread count; the publications are returned to fan
-        out. When nothing changed, nothing is published.
+        out (an ``all`` change of more than :data:`MAX_EVENT_IDS` items lists no
+        ``ids``, so the push stays bounded). When nothing changed, nothing is
+        published.
         """
 
     @abc.abstractmethod
