@@ -2,7 +2,7 @@
 envelope of a publication between nodes, its channel, key hash tags.
 
 No I/O: bytes in, publications out. What the Redis scripts write is checked
-against a real Redis in ``test_redis_store.py``. MQTT 5.0 properties travel
+against a real Redis in ``store/test_redis_store.py``. MQTT 5.0 properties travel
 through the meta codec the server gives both Redis backends
 (``PROPERTIES_MAP``); the envelope itself knows no protocol.
 """

@@ -24,7 +24,7 @@ import orjson
 from .config import PresenceSettings
 from .errors import TidingsError
 from .metrics import Metrics
-from .store.base import Store
+from .store.base import PresenceStore
 
 __all__ = ["Device", "Presence", "sign"]
 
@@ -65,7 +65,7 @@ class Presence:
     transitions (first entry, last entry), from whichever node saw them."""
 
     def __init__(self, node: str, settings: PresenceSettings, metrics: Metrics,
-                 store: Store | None = None) -> None:
+                 store: PresenceStore | None = None) -> None:
         self.node = node
         self.settings = settings
         self.metrics = metrics

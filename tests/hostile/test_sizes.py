@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 import pytest
 
-import test_inbox_store as inbox_store
-import test_store_contract as contract
 from conftest import WAIT, MakeNode, Node
+from support import inbox as inbox_store
+from support.stores import clock, open_store, store
 from test_mqtt import (
     DISCONNECT,
     MAXIMUM_PACKET_SIZE,
@@ -36,9 +36,15 @@ KIB = 1024
 SLOW = "tidings_slow_consumers_total"
 
 # the store contract's fixtures: the read-all event test runs on every backend
-clock = contract.clock
-open_store = contract.open_store
-store = contract.store
+_STORE_FIXTURES = (clock, open_store, store)
+
+
+@pytest.fixture
+def max_inbox() -> int:
+    """The stores' inbox cap here: above MAX_EVENT_IDS, so one inbox can pass it."""
+    from tidings.store.base import MAX_EVENT_IDS
+
+    return 2 * MAX_EVENT_IDS
 
 
 async def batch(node: Node, messages: list[dict[str, Any]]) -> list[str]:
@@ -254,8 +260,8 @@ async def test_read_all_event_is_bounded(make_node: MakeNode) -> None:
     reply and the event, past the outbound bound. Now an `all` change of more than
     1000 lists none: the reply and the event say `all: true`."""
     node = await make_node(ws__outbound_buffer=64 * KIB, limits__max_message_size=4 * KIB,
-                           limits__max_reply_size=16 * KIB, notify__max_data_size=4 * KIB,
-                           notify__max_inbox=4000)
+                           notify__max_inbox=5000,  # above MAX_EVENT_IDS: 3000 stay
+                           limits__max_reply_size=16 * KIB, notify__max_data_size=4 * KIB)
     for i in range(0, 3000, 100):
         await asyncio.gather(*[node.api("POST", "/v1/notify", {
             "users": ["alice"], "title": "t"}) for _ in range(i, i + 100)])
@@ -355,12 +361,10 @@ def test_old_size_settings_keep_working_or_say_what_to_set(tmp_path: Any) -> Non
     assert big.mqtt.max_packet_size > 1024 * KIB
 
 
-async def test_read_all_event_lists_no_ids_past_1000_on_every_store(open_store: Any) -> None:
+async def test_read_all_event_lists_no_ids_past_1000_on_every_store(store: Any) -> None:
     """SQLite and Redis (plain and cluster) alike: an `all` change of more than
     MAX_EVENT_IDS items publishes an event without ids; up to it, with them."""
     from tidings.store.base import MAX_EVENT_IDS, events_topic
-
-    store = await open_store(max_inbox=2 * MAX_EVENT_IDS)  # room for more than one event's ids
 
     for n in (3, MAX_EVENT_IDS + 1):
         user = f"u{n}"

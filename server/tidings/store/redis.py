@@ -1,7 +1,7 @@
 """The Redis store: the store contract on one Redis or a Redis Cluster.
 
-The same contract tests as the SQLite store (``tests/test_store_contract.py``,
-``tests/test_inbox_store.py``) run against one Redis and a 3-master cluster.
+The same contract tests as the SQLite store (``tests/store/test_*_contract.py``)
+run against one Redis and a 3-master cluster.
 
 URL: ``redis://host:port/db`` (one server) or ``redis+cluster://host:port``
 (any node of a Redis Cluster; ``rediss`` for TLS in both). Every call is

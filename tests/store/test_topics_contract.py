@@ -1,11 +1,9 @@
-"""The Store contract (``tidings/store/base.py``), one suite for every implementation.
+"""The topics-and-history contract (``tidings.store.contracts.topics.TopicStore``).
 
-Each test takes the ``store`` fixture and nothing that knows which backend it
-is. To run the suite against another implementation, add its name to
-``params`` of :func:`open_store` and one branch that builds it over shared
-backing data (the same folder, the same Redis database) with ``clock`` and
-``IDEMPOTENCY_TTL`` (and ``MAX_INBOX``); clean that data up after the yield.
-Nothing else changes.
+Offsets, bounded history, retained messages and idempotent publish, on every
+backend through the one ``store`` fixture (``support/stores.py``: SQLite, Redis,
+Redis Cluster). Each test takes ``store`` (or ``open_store``) and nothing that
+knows which backend it is.
 
 Time is the fake ``clock`` (seconds since the epoch, moved by hand); the
 store must take all its time (``ts``, history TTL, idempotency TTL) from it.
@@ -14,81 +12,14 @@ store must take all its time (``ts``, history TTL, idempotency TTL) from it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tidings.errors import Unavailable
-from tidings.store.base import HistoryPage, HistoryPolicy, QueuedMessage, Store
-from tidings.store.redis import RedisStore
-from tidings.store.sqlite import SqliteStore
+from support.stores import IDEMPOTENCY_TTL, KEEP, T0, Clock, OpenStore
+from tidings.store.base import HistoryPage, HistoryPolicy, Store
 from tidings.types import Offset, PayloadKind, format_offset, parse_offset
 
 pytest_plugins = ["redis_servers"]  # session-wide redis-server / cluster fixtures
-
-T0 = 1_700_000_000.0
-IDEMPOTENCY_TTL = 60.0
-KEEP = HistoryPolicy(size=1000, ttl=3600.0)  # large enough not to trim in a test
-MAX_INBOX = 50  # items per user (the inbox cap); more than any test but the cap's own
-
-OpenStore = Callable[..., Awaitable[Store]]
-
-
-class Clock:
-    """A fake clock in seconds; ``advance`` moves it."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
-async def open_store(request: pytest.FixtureRequest, tmp_path: Path,
-                     clock: Clock) -> AsyncIterator[OpenStore]:
-    """Opens a new Store over the same backing data each call (for reopen tests)."""
-    opened: list[Store] = []
-    url = ""
-    if request.param in ("redis", "redis-cluster"):
-        # one server (or cluster) per session, emptied before each test
-        server = request.getfixturevalue(
-            "redis_server" if request.param == "redis" else "redis_cluster")
-        server.flushall()
-        url = server.url
-
-    async def make(max_inbox: int = MAX_INBOX) -> Store:
-        s: Store
-        if request.param == "sqlite":
-            s = SqliteStore(tmp_path / "store", idempotency_ttl=IDEMPOTENCY_TTL, clock=clock,
-                            max_inbox=max_inbox)
-        elif url:
-            s = RedisStore(url, idempotency_ttl=IDEMPOTENCY_TTL, clock=clock,
-                           max_inbox=max_inbox)
-        else:  # pragma: no cover - a new backend adds its branch here
-            raise AssertionError(f"no store backend {request.param!r}")
-        await s.open()
-        opened.append(s)
-        return s
-
-    yield make
-    for s in opened:
-        await s.close()
-
-
-@pytest.fixture
-async def store(open_store: OpenStore) -> Store:
-    return await open_store()
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -382,6 +313,23 @@ async def test_retained_hash_filter_includes_the_parent_level(store: Store) -> N
     assert {p.topic for p in await store.retained("home/#")} == {"home", "home/kitchen"}
 
 
+async def test_pattern_characters_in_names_are_literal(store: Store) -> None:
+    """Characters that are wildcards to SQL LIKE / GLOB or Redis SCAN / KEYS match
+    only themselves."""
+    topics = ["a*/x", "a?/x", "a[b]/x", "ab/x", "a\\/x", "a^/x"]
+    for t in topics:
+        await pub(store, t, b"1", retain=True)
+
+    async def found(flt: str) -> set[str]:
+        return {p.topic for p in await store.retained(flt)}
+
+    for t in topics:
+        assert await found(t) == {t}
+        assert await found(t.replace("/x", "/+")) == {t}
+    assert await found("+/x") == set(topics)
+    assert await found("a*/#") == {"a*/x"}
+
+
 # -- idempotency ------------------------------------------------------------------------
 
 
@@ -489,73 +437,6 @@ async def test_reopen_keeps_idempotency_keys(open_store: OpenStore) -> None:
     again = await s2.publish("t", b"1", PayloadKind.JSON, retain=False, policy=KEEP,
                              idempotency_key="k")
     assert again.duplicate is True and again.publication.offset == first.publication.offset
-
-
-async def test_ping_when_open(store: Store) -> None:
-    assert await store.ping() is True
-
-
-async def test_close_is_idempotent_and_closed_store_stores_nothing(store: Store) -> None:
-    await store.close()
-    await store.close()
-    assert await store.ping() is False
-    with pytest.raises(Unavailable):
-        await store.publish("t", b"1", PayloadKind.JSON, retain=False, policy=KEEP)
-
-
-
-# -- MQTT sessions ----------------------------------------------------------------------
-
-
-def queued(n: int, **kw: Any) -> QueuedMessage:
-    return QueuedMessage(f"dev/{n}", b"\x00payload %d\xff" % n, 1, **kw)
-
-
-async def test_mqtt_session_state_and_queue_round_trip(store: Store) -> None:
-    assert await store.mqtt_session("c1") is None
-    state = {"subscriptions": {"home/#": 1}, "expiry": 3600}
-    await store.mqtt_save("c1", state)
-    assert await store.mqtt_session("c1") == (state, [])
-    inflight = queued(1, retain=True, packet_id=7, pubrel=True, expires=1_700_000_060_000,
-                      properties={"content_type": "text/plain"})
-    await store.mqtt_save("c1", state, [inflight, queued(2)])
-    got = await store.mqtt_session("c1")
-    assert got is not None and got[1] == [inflight, queued(2)]
-    # saving the state alone keeps the queue; saving a queue replaces it
-    await store.mqtt_save("c1", {**state, "expiry": 60})
-    got = await store.mqtt_session("c1")
-    assert got == ({**state, "expiry": 60}, [inflight, queued(2)])
-    await store.mqtt_save("c1", state, [])
-    assert await store.mqtt_session("c1") == (state, [])
-
-
-async def test_mqtt_enqueue_keeps_order_and_drops_over_the_limit(store: Store) -> None:
-    for client_id in ("c1", "c2"):
-        await store.mqtt_save(client_id, {"id": client_id})
-    dropped = await store.mqtt_enqueue([("c1", queued(1)), ("c2", queued(2)),
-                                        ("c1", queued(3)), ("c1", queued(4))], limit=2)
-    assert dropped == 1  # c1's third: its queue was at the limit
-    c1, c2 = await store.mqtt_session("c1"), await store.mqtt_session("c2")
-    assert c1 is not None and c1[1] == [queued(1), queued(3)]
-    assert c2 is not None and c2[1] == [queued(2)]
-    assert await store.mqtt_enqueue([("c2", queued(5))], limit=2) == 0
-    assert await store.mqtt_enqueue([("c2", queued(6))], limit=2) == 1
-    assert await store.mqtt_enqueue([], limit=2) == 0
-
-
-async def test_mqtt_delete_and_list_sessions(open_store: OpenStore) -> None:
-    s1 = await open_store()
-    assert await s1.mqtt_sessions() == []
-    for i in range(5):
-        await s1.mqtt_save(f"client-{i}", {"n": i}, [queued(i)])
-    await s1.mqtt_delete("client-3")
-    await s1.mqtt_delete("never-saved")
-    assert await s1.mqtt_session("client-3") is None
-    await s1.close()
-    s2 = await open_store()  # sessions outlive the process
-    assert sorted(await s2.mqtt_sessions()) == [(f"client-{i}", {"n": i}) for i in (0, 1, 2, 4)]
-    got = await s2.mqtt_session("client-4")
-    assert got == ({"n": 4}, [queued(4)])
 
 
 async def test_retained_keeps_the_qos_it_was_published_at(store: Store) -> None:

@@ -1,9 +1,9 @@
-"""The inbox part of the store contract (``tidings.store.base.Store``), per backend.
+"""The inbox contract (``tidings.store.contracts.inbox.InboxStore``, and ``sweep``), per backend.
 
-Reuses the parametrized ``store`` / ``open_store`` / ``clock`` fixtures of
-``test_store_contract.py``, so every backend added there runs these tests
-too. Time is that fake clock, so expiry is checked without waiting. The rule
-under test throughout (store contract, "Inbox"): the unread count is always
+Runs on the one ``store`` / ``open_store`` / ``clock`` fixture of
+``support/stores.py``, so every backend added there runs these tests too.
+Time is that fake clock, so expiry is checked without waiting. The rule
+under test throughout (the inbox contract): the unread count is always
 the number of the user's unread, non-archived, unexpired items, and every
 change that alters it also returns the publications that tell the user's
 devices.
@@ -12,16 +12,14 @@ devices.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Coroutine
 from typing import Any
 
 import orjson
 
-import test_store_contract as contract
-from test_store_contract import Clock, OpenStore
+from support.inbox import ids_in, payload, policy, send
+from support.stores import MAX_INBOX, Clock, OpenStore
 from tidings.store.base import (
-    HistoryPolicy,
     NotifyResult,
     Store,
     UserChange,
@@ -32,43 +30,6 @@ from tidings.store.base import (
 from tidings.types import parse_offset
 
 pytest_plugins = ["redis_servers"]  # the redis backends' session servers
-
-POLICY = HistoryPolicy(100, 86400.0)
-
-# The contract suite's fixtures, so its backends (params of ``open_store``) run here too.
-clock = contract.clock
-open_store = contract.open_store
-store = contract.store
-
-
-def policy(topic: str) -> HistoryPolicy:
-    return POLICY
-
-
-def note(title: str = "hello", *, category: str = "general", **extra: Any) -> dict[str, Any]:
-    """A notification as the pipeline hands it to the store (fresh id)."""
-    return {"id": "n_" + secrets.token_hex(8), "title": title, "body": "", "data": None,
-            "category": category, "priority": "normal", "media": None, **extra}
-
-
-async def send(store: Store, users: list[str], *, ttl: float | None = None,
-               collapse_key: str | None = None, key: str | None = None,
-               **fields: Any) -> NotifyResult:
-    return await store.notify(users, note(**fields), ttl=ttl, collapse_key=collapse_key,
-                              policy=policy, idempotency_key=key)
-
-
-async def ids_in(store: Store, user: str) -> list[str]:
-    page = await store.inbox(user, limit=100)
-    return [i.fields["id"] for i in page.items]
-
-
-def payload(change: UserChange, topic: str) -> dict[str, Any]:
-    (pub,) = [p for p in change.publications if p.topic == topic]
-    data = pub.data()
-    assert isinstance(data, dict)
-    return data
-
 
 # -- notify ---------------------------------------------------------------------------
 
@@ -348,7 +309,7 @@ async def test_concurrent_changes_keep_the_count_exact(store: Store) -> None:
 
 async def test_inbox_cap_prunes_read_and_archived_first_then_oldest_unread(
         store: Store) -> None:
-    cap = contract.MAX_INBOX
+    cap = MAX_INBOX
     ids = [(await send(store, ["alice"])).id for _ in range(cap)]
     await store.mark("alice", "read", [ids[20], ids[10]], device="d", policy=policy)
     await store.mark("alice", "archive", [ids[30]], device="d", policy=policy)  # was unread
@@ -373,7 +334,7 @@ async def test_inbox_cap_prunes_read_and_archived_first_then_oldest_unread(
 
 
 async def test_inbox_cap_is_per_user(store: Store) -> None:
-    cap = contract.MAX_INBOX
+    cap = MAX_INBOX
     await send(store, ["bob"])
     for _ in range(cap + 2):
         await send(store, ["alice"])

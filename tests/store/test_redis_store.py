@@ -1,4 +1,4 @@
-"""What the Redis store does beyond the shared contract (``test_store_contract.py``).
+"""What the Redis store does beyond the shared contracts (``test_*_contract.py``).
 
 Against real ``redis-server`` processes (``redis_servers.py``), one Redis and a
 3-master Redis Cluster:
@@ -34,6 +34,7 @@ pytest.register_assert_rewrite("redis_servers")  # imported here before pytest_p
 
 from conftest import WAIT, start_node, stop_node
 from redis_servers import RedisClusterProcs, RedisFactory, RedisServer
+from support.stores import Clock
 from tidings.app import _make_store
 from tidings.errors import Unavailable
 from tidings.protocol.mqtt.properties import PROPERTIES_MAP, Properties
@@ -47,14 +48,6 @@ pytest_plugins = ["redis_servers"]
 KEEP = HistoryPolicy(1000, 3600.0)
 BOUND = 1.0  # the store's timeout in these tests
 SLACK = 1.0  # scheduling slack on top of it on a busy 2-core machine
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def policy(topic: str) -> HistoryPolicy:
@@ -73,12 +66,8 @@ def target(request: pytest.FixtureRequest) -> Target:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
 async def store(target: Target, clock: Clock) -> AsyncIterator[RedisStore]:
+    """A RedisStore with a short bound (overrides the contracts' ``store`` here)."""
     s = RedisStore(target.url, clock=clock, timeout=BOUND)
     await s.open()
     try:
@@ -285,30 +274,9 @@ async def test_a_cleared_retained_topic_leaves_the_index(target: Target, store: 
 # -- presence ---------------------------------------------------------------------------
 
 
-async def test_presence_is_shared_and_expires(target: Target, store: RedisStore,
-                                              clock: Clock) -> None:
-    """Two nodes' device entries for one user; a node that stops refreshing (killed)
-    loses its entries within the ttl."""
+async def test_redis_shares_presence(store: RedisStore) -> None:
+    """Redis keeps every node's device entries (tested in ``test_presence_contract.py``)."""
     assert store.shared_presence is True
-    other = RedisStore(target.url, clock=clock)
-    await other.open()
-    try:
-        assert await store.presence_list("alice") == []
-        assert await store.presence_put("alice", "n1/phone", {"device": "phone"}, 30) == 1
-        assert await other.presence_put("alice", "n2/laptop", {"device": "laptop"}, 30) == 2
-        assert await other.presence_put("bob", "n2/tv", {"device": "tv"}, 30) == 1
-        assert sorted(d["device"] for d in await store.presence_list("alice")) == [
-            "laptop", "phone"]
-        clock.now += 20
-        assert await store.presence_put("alice", "n1/phone", {"device": "phone"}, 30) == 2
-        clock.now += 15  # n2 stopped refreshing 35 s ago: its laptop is gone
-        assert await other.presence_list("alice") == [{"device": "phone"}]
-        assert await other.presence_list("bob") == []
-        assert await store.presence_remove("alice", "n1/phone") == 0
-        assert await store.presence_remove("alice", "never") == 0
-        assert await store.presence_list("alice") == []
-    finally:
-        await other.close()
 
 
 # -- failures -----------------------------------------------------------------------------

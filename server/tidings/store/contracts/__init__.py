@@ -1,0 +1,60 @@
+"""The store's contracts, one per concern; :class:`tidings.store.base.Store` is their union.
+
+* :mod:`.topics`: offsets, history, retained messages and idempotent publish
+  (:class:`TopicStore`);
+* :mod:`.inbox`: each user's notifications, the unread counter, read / archive
+  marks and tracking (:class:`InboxStore`);
+* :mod:`.mqtt_sessions`: persistent MQTT sessions and their offline queues
+  (:class:`MqttSessionStore`);
+* :mod:`.presence`: online device entries shared by every node
+  (:class:`PresenceStore`).
+
+Each is tested on its own, on every backend, by ``tests/store/test_*_contract.py``.
+Callers that need one concern may take that contract rather than the whole store
+(``tidings.presence.Presence`` takes a :class:`PresenceStore`). Modules here import
+only :mod:`tidings.types`, :mod:`tidings.errors` and each other (inbox uses the
+topic policy), never a backend.
+"""
+
+from __future__ import annotations
+
+from .inbox import (
+    MAX_EVENT_IDS,
+    PRUNE_STEP,
+    TRACK_EVENTS,
+    InboxItem,
+    InboxPage,
+    InboxStore,
+    MarkAction,
+    NotifyResult,
+    UserChange,
+    events_topic,
+    notifications_topic,
+    unread_topic,
+)
+from .mqtt_sessions import MqttSessionStore, QueuedMessage
+from .presence import PresenceStore
+from .topics import HistoryPage, HistoryPolicy, PolicyFor, PublishResult, TopicStore
+
+__all__ = [
+    "MAX_EVENT_IDS",
+    "PRUNE_STEP",
+    "TRACK_EVENTS",
+    "HistoryPage",
+    "HistoryPolicy",
+    "InboxItem",
+    "InboxPage",
+    "InboxStore",
+    "MarkAction",
+    "MqttSessionStore",
+    "NotifyResult",
+    "PolicyFor",
+    "PresenceStore",
+    "PublishResult",
+    "QueuedMessage",
+    "TopicStore",
+    "UserChange",
+    "events_topic",
+    "notifications_topic",
+    "unread_topic",
+]

@@ -1,0 +1,114 @@
+"""The topics-and-history contract: offsets, bounded history, retained, idempotency.
+
+The rules every backend keeps (``tests/store/test_topics_contract.py``):
+
+* Offsets are per topic, strictly increasing and consecutive (a gap is
+  detectable), opaque strings (:func:`tidings.types.format_offset`). A topic's
+  epoch changes only if its history is lost, so a stale offset is detected,
+  never misread. Concurrent publishes to one topic get distinct consecutive
+  offsets, and history holds them in offset order.
+* History is bounded by a :class:`HistoryPolicy` per publish: at most
+  ``size`` messages, none older than ``ttl`` seconds (the store's clock). Reads
+  never return an expired message.
+* Retained: at most one message per topic, with the QoS it was published at
+  (a subscriber gets at most that [MQTT-3.8.4-8]); publishing an empty
+  payload with ``retain=True`` clears it (as in MQTT 3.3.1.3).
+* Idempotency: a publish carrying an ``idempotency_key`` already seen within
+  the store's idempotency TTL stores nothing and returns the first publication
+  with ``duplicate=True``. Keys survive a reopen.
+* Every call raises :class:`tidings.errors.Unavailable` when the backend cannot
+  answer within its bound (a closed store included); none reports success for
+  what was not stored.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ...types import Offset, PayloadKind, Publication
+
+__all__ = ["HistoryPage", "HistoryPolicy", "PolicyFor", "PublishResult", "TopicStore"]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPolicy:
+    size: int  # messages kept; 0 keeps none
+    ttl: float  # seconds
+
+
+PolicyFor = Callable[[str], HistoryPolicy]
+"""The history policy of a topic (the node's per-topic rules), for calls that
+write to topics they choose themselves (a user's streams)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    publication: Publication
+    duplicate: bool = False  # an idempotent retry: nothing was stored
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    items: list[Publication]  # oldest first
+    offset: Offset | None  # the topic's latest offset (as latest() gives it)
+    complete: bool  # False: history no longer reaches back to ``since``
+
+
+class TopicStore(abc.ABC):
+    """Topics: their offsets, history and retained message."""
+
+    @abc.abstractmethod
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        kind: PayloadKind,
+        *,
+        retain: bool,
+        policy: HistoryPolicy,
+        idempotency_key: str | None = None,
+        qos: int = 1,
+        origin: str | None = None,
+        meta: Any = None,
+    ) -> PublishResult:
+        """Assign the topic's next offset, append to history, update retained.
+
+        One atomic step, together with recording ``idempotency_key``: a reader
+        sees all of it or none. The history is trimmed to ``policy`` in the same
+        step. A key seen within the idempotency TTL changes nothing (retained
+        included) and returns the first publication with ``duplicate=True``.
+        ``qos``, ``origin`` and ``meta`` are not stored, except that the retained
+        message keeps ``qos``; a store that ``announces`` sends them with the
+        publication it puts on the bus.
+        """
+
+    @abc.abstractmethod
+    async def history(self, topic: str, since: str | None, limit: int) -> HistoryPage:
+        """Messages of ``topic`` after ``since`` (oldest first, at most ``limit``).
+
+        With ``since`` None: the newest ``limit`` messages. ``complete`` is False
+        when messages after ``since`` are no longer all kept (trimmed, expired,
+        or ``since`` is from another epoch or topic, or not an offset), or when
+        more than ``limit`` follow it. Never returns an expired message; never
+        writes.
+        """
+
+    @abc.abstractmethod
+    async def latest(self, topic: str) -> Offset:
+        """The topic's latest offset. For a topic never published to it is the
+        start offset (sequence 0), so a client can recover from the very first
+        message with ``since`` set to it. Stable until the next publish; never
+        writes."""
+
+    @abc.abstractmethod
+    async def retained(self, flt: str) -> list[Publication]:
+        """The retained message of every topic matching the filter ``flt``.
+
+        One per topic, in no particular order. ``#`` also matches the parent
+        level [MQTT-4.7.1-2]; filters starting with a wildcard do not match
+        topics starting with ``$`` [MQTT-4.7.2-1]; characters that are
+        wildcards in SQL or Redis patterns are literal.
+        """

@@ -1,0 +1,130 @@
+"""What the SQLite store does beyond the shared contracts (``test_*_contract.py``).
+
+On a real SQLite file in a temp folder, read and altered with ``sqlite3`` from
+outside where a test needs an older data folder:
+
+* the file is in WAL mode (readers never wait for the writer);
+* SQL runs on the store's own thread: the event loop goes on while a call runs;
+* calls made in one loop pass commit together, yet a failing call rolls back
+  alone and the others are stored;
+* a data folder from an older version opens: the unread counters are filled
+  from the inbox once, retained messages get their QoS column (QoS 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from support.stores import KEEP, Clock
+from tidings.store.base import HistoryPolicy
+from tidings.store.sqlite import SqliteStore
+from tidings.types import PayloadKind
+
+
+def policy(topic: str) -> HistoryPolicy:
+    return KEEP
+
+
+async def opened(folder: Path, clock: Clock) -> SqliteStore:
+    store = SqliteStore(folder, clock=clock)
+    await store.open()
+    return store
+
+
+async def test_the_file_is_in_wal_mode(tmp_path: Path, clock: Clock) -> None:
+    store = await opened(tmp_path / "data", clock)
+    await store.close()
+    assert store.path == tmp_path / "data" / "tidings.sqlite3"
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+async def test_the_loop_runs_while_a_call_runs(tmp_path: Path, clock: Clock) -> None:
+    """A notify to many users runs on the store's thread: a task started with it gets
+    the loop before the notify returns."""
+    store = await opened(tmp_path, clock)
+    try:
+        ran = asyncio.Event()
+
+        async def other_work() -> None:
+            ran.set()
+
+        task = asyncio.create_task(other_work())
+        result = await store.notify([f"u{i}" for i in range(500)], {"id": "n_1",
+                                    "category": "c"}, ttl=None, collapse_key=None,
+                                    policy=policy)
+        assert ran.is_set() and len(result.changes) == 500
+        await task
+    finally:
+        await store.close()
+
+
+async def test_a_failing_call_rolls_back_alone(tmp_path: Path, clock: Clock) -> None:
+    """Calls of one loop pass share a transaction, each in its own savepoint."""
+    store = await opened(tmp_path, clock)
+    try:
+        await store.mqtt_save("c1", {"n": 1})
+        results = await asyncio.gather(
+            store.publish("t", b"1", PayloadKind.JSON, retain=True, policy=KEEP),
+            store.mqtt_save("c1", {"n": object()}),  # not JSON: fails inside the transaction
+            store.mqtt_save("c2", {"n": 2}),
+            return_exceptions=True)
+        assert isinstance(results[1], TypeError)
+        assert not isinstance(results[0], BaseException) and results[2] is None
+        assert [p.payload for p in await store.retained("t")] == [b"1"]
+        assert await store.mqtt_session("c1") == ({"n": 1}, [])  # unchanged
+        assert await store.mqtt_session("c2") == ({"n": 2}, [])
+    finally:
+        await store.close()
+
+
+async def test_a_folder_from_before_the_counters_is_counted_once(tmp_path: Path,
+                                                                 clock: Clock) -> None:
+    store = await opened(tmp_path, clock)
+    ids = [(await store.notify(["alice"], {"id": f"n_{i}", "category": "c"}, ttl=None,
+                               collapse_key=None, policy=policy)).id for i in range(4)]
+    await store.mark("alice", "read", [ids[0]], device="d", policy=policy)
+    await store.mark("alice", "archive", [ids[1]], device="d", policy=policy)
+    await store.notify(["bob"], {"id": "n_b", "category": "c"}, ttl=None, collapse_key=None,
+                       policy=policy)
+    await store.close()
+    with sqlite3.connect(store.path) as db:
+        db.execute("DROP TABLE inbox_counts")  # as an older version left the folder
+    store = await opened(tmp_path, clock)
+    try:
+        assert (await store.unread("alice"), await store.unread("bob")) == (2, 1)
+        await store.notify(["alice"], {"id": "n_new", "category": "c"}, ttl=None,
+                           collapse_key=None, policy=policy)
+        await store.close()
+        store = await opened(tmp_path, clock)  # filled once: not counted again
+        assert (await store.unread("alice"), await store.unread("bob")) == (3, 1)
+    finally:
+        await store.close()
+
+
+async def test_a_folder_from_before_retained_kept_its_qos(tmp_path: Path,
+                                                          clock: Clock) -> None:
+    store = await opened(tmp_path, clock)
+    r = await store.publish("dev/1", b"on", PayloadKind.TEXT, retain=True, policy=KEEP, qos=0)
+    await store.close()
+    with sqlite3.connect(store.path) as db:
+        db.execute("ALTER TABLE retained DROP COLUMN qos")
+    store = await opened(tmp_path, clock)
+    try:
+        got = await store.retained("dev/+")
+        assert [(p.offset, p.payload, p.qos) for p in got] == [
+            (r.publication.offset, b"on", 1)]  # unknown then: QoS 1, as before
+        await store.publish("dev/1", b"off", PayloadKind.TEXT, retain=True, policy=KEEP, qos=2)
+        assert [(p.payload, p.qos) for p in await store.retained("dev/1")] == [(b"off", 2)]
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("max_inbox", [0, -1])
+def test_a_cap_below_one_is_refused(tmp_path: Path, max_inbox: int) -> None:
+    with pytest.raises(ValueError, match="max_inbox"):
+        SqliteStore(tmp_path, max_inbox=max_inbox)
