@@ -28,6 +28,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 
+from ..health import StoreHealth
 from .contracts import (
     MAX_EVENT_IDS,
     PRUNE_STEP,
@@ -99,6 +100,9 @@ class Store(TopicStore, InboxStore, MqttSessionStore, PresenceStore, abc.ABC):
     """True when the store itself puts every publication it writes (publish,
     notify, mark, sweep) on the bus, inside the same atomic step (Redis: the
     script PUBLISHes); the node then does not publish again."""
+
+    monitor: StoreHealth | None = None
+    """Told of every commit: its time, or that the backend failed it (see health.py)."""
 
     @abc.abstractmethod
     async def open(self) -> None:
