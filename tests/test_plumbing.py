@@ -2,18 +2,22 @@
 
 Each outbox and pump here drives a real asyncio transport on a socketpair, the
 other end read (or not read) by a real stream reader; the task and connection
-sets run real tasks and real TCP connections on loopback. Nothing is faked.
+sets run real tasks and real TCP connections on loopback. Nothing is faked. The
+transport scenarios run again on uvloop, the loop ``tidings serve`` runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
+import uvloop
 
 from conftest import WAIT
 from test_mqtt import wait_until
@@ -83,17 +87,20 @@ class Pair:
                       gate=self.driver.gate)
 
 
-@pytest.fixture
-async def pair() -> AsyncIterator[Pair]:
+@contextlib.asynccontextmanager
+async def open_pair() -> AsyncIterator[Pair]:
+    """A real transport driven by :class:`Driver`, and a stream reading its peer."""
     ours, theirs = socket.socketpair()
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
     theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
     loop = asyncio.get_running_loop()
     transport, driver = await loop.create_connection(Driver, sock=ours)
     reader, writer = await asyncio.open_connection(sock=theirs)
-    yield Pair(transport, driver, reader, writer, CountingSink(transport))
-    transport.abort()
-    writer.close()
+    try:
+        yield Pair(transport, driver, reader, writer, CountingSink(transport))
+    finally:
+        transport.abort()
+        writer.close()
 
 
 async def next_pass() -> None:
@@ -106,109 +113,116 @@ async def next_pass() -> None:
 # -- Outbox -----------------------------------------------------------------------------
 
 
-async def test_a_burst_in_one_pass_is_one_write_in_order(pair: Pair) -> None:
-    outbox = pair.outbox(1 << 20)
-    chunks = [f"message {i};".encode() for i in range(200)]
-    for chunk in chunks:
-        outbox.append(chunk)
-    expected = b"".join(chunks)
-    got = await asyncio.wait_for(pair.reader.readexactly(len(expected)), WAIT)
-    assert got == expected
-    assert pair.sink.writes == 1
-    assert outbox.size == 0
+async def test_a_burst_in_one_pass_is_one_write_in_order() -> None:
+    async with open_pair() as pair:
+        outbox = pair.outbox(1 << 20)
+        chunks = [f"message {i};".encode() for i in range(200)]
+        for chunk in chunks:
+            outbox.append(chunk)
+        expected = b"".join(chunks)
+        got = await asyncio.wait_for(pair.reader.readexactly(len(expected)), WAIT)
+        assert got == expected
+        assert pair.sink.writes == 1
+        assert outbox.size == 0
 
 
-async def test_over_the_bound_on_append_closes_once_and_drops_the_rest(pair: Pair) -> None:
-    outbox = pair.outbox(1000)
-    outbox.append(b"x" * 600)
-    outbox.append(b"y" * 600)  # 1200 queued > 1000
-    outbox.append(b"z" * 10)  # after the overflow: dropped
-    await next_pass()
-    assert pair.overflows == 1
-    assert pair.metrics.get("tidings_slow_consumers_total") == 1
-    assert outbox.closed and outbox.size == 0
-    assert pair.sink.writes == 0
-    await asyncio.wait_for(pair.driver.lost, WAIT)
-    assert await asyncio.wait_for(pair.reader.read(), WAIT) == b""  # not a byte went out
-
-
-async def test_a_peer_that_stops_reading_is_a_slow_consumer(pair: Pair) -> None:
-    """Each pass queues far less than the bound; what the transport holds counts too."""
-    limit = 256 * 1024
-    outbox = pair.outbox(limit)
-    passes = 0
-    while pair.overflows == 0 and passes < 200:  # bounded: 200 x 16 KiB = 3.2 MiB at most
-        outbox.append(b"m" * 16384)
+async def test_over_the_bound_on_append_closes_once_and_drops_the_rest() -> None:
+    async with open_pair() as pair:
+        outbox = pair.outbox(1000)
+        outbox.append(b"x" * 600)
+        outbox.append(b"y" * 600)  # 1200 queued > 1000
+        outbox.append(b"z" * 10)  # after the overflow: dropped
         await next_pass()
-        passes += 1
-    assert pair.overflows == 1, "a peer that reads nothing was never cut off"
-    assert pair.metrics.get("tidings_slow_consumers_total") == 1
-    # cut off near the bound (plus what the kernel's socket buffers absorbed)
-    assert passes <= 2 * limit // 16384
+        assert pair.overflows == 1
+        assert pair.metrics.get("tidings_slow_consumers_total") == 1
+        assert outbox.closed and outbox.size == 0
+        assert pair.sink.writes == 0
+        await asyncio.wait_for(pair.driver.lost, WAIT)
+        assert await asyncio.wait_for(pair.reader.read(), WAIT) == b""  # not a byte went out
 
 
-async def test_close_writes_what_is_queued_and_nothing_after(pair: Pair) -> None:
-    outbox = pair.outbox(1 << 20)
-    outbox.append(b"goodbye")
-    outbox.close()  # e.g. the close frame was queued last
-    outbox.append(b"after the close")
-    outbox.close()  # idempotent
-    await next_pass()
-    pair.transport.close()
-    assert await asyncio.wait_for(pair.reader.read(), WAIT) == b"goodbye"
-    assert pair.overflows == 0
+async def test_a_peer_that_stops_reading_is_a_slow_consumer() -> None:
+    """Each pass queues far less than the bound; what the transport holds counts too."""
+    async with open_pair() as pair:
+        limit = 256 * 1024
+        outbox = pair.outbox(limit)
+        passes = 0
+        while pair.overflows == 0 and passes < 200:  # bounded: 200 x 16 KiB = 3.2 MiB at most
+            outbox.append(b"m" * 16384)
+            await next_pass()
+            passes += 1
+        assert pair.overflows == 1, "a peer that reads nothing was never cut off"
+        assert pair.metrics.get("tidings_slow_consumers_total") == 1
+        # cut off near the bound (plus what the kernel's socket buffers absorbed)
+        assert passes <= 2 * limit // 16384
 
 
-async def test_a_paced_burst_goes_as_fast_as_the_peer_reads(pair: Pair) -> None:
+async def test_close_writes_what_is_queued_and_nothing_after() -> None:
+    async with open_pair() as pair:
+        outbox = pair.outbox(1 << 20)
+        outbox.append(b"goodbye")
+        outbox.close()  # e.g. the close frame was queued last
+        outbox.append(b"after the close")
+        outbox.close()  # idempotent
+        await next_pass()
+        pair.transport.close()
+        assert await asyncio.wait_for(pair.reader.read(), WAIT) == b"goodbye"
+        assert pair.overflows == 0
+
+
+async def test_a_paced_burst_goes_as_fast_as_the_peer_reads() -> None:
     """A server-chosen burst (e.g. retained messages) far over the bound never
     trips it: the sender waits for the transport to drain between chunks."""
-    limit = 512 * 1024
-    outbox = pair.outbox(limit)
-    message = b"r" * 4096
-    count = 1024  # 4 MiB: eight times the bound
-    high = 0
+    async with open_pair() as pair:
+        limit = 512 * 1024
+        outbox = pair.outbox(limit)
+        message = b"r" * 4096
+        count = 1024  # 4 MiB: eight times the bound
+        high = 0
 
-    async def burst() -> None:
-        nonlocal high
-        for _ in range(count):
-            outbox.append(message)
-            high = max(high, outbox.size + pair.sink.buffered())
-            await outbox.pace()
+        async def burst() -> None:
+            nonlocal high
+            for _ in range(count):
+                outbox.append(message)
+                high = max(high, outbox.size + pair.sink.buffered())
+                await outbox.pace()
 
-    sender = asyncio.create_task(burst())
-    await wait_until(lambda: pair.driver.gate.paused, what="the transport to push back")
-    await wait_until(lambda: pair.sink.buffered() > 0 and not outbox.size,
-                     what="the sender to wait with nothing queued")
-    assert not sender.done()
-    got = await asyncio.wait_for(pair.reader.readexactly(len(message) * count), WAIT)
-    await asyncio.wait_for(sender, WAIT)
-    assert got == message * count
-    assert pair.overflows == 0
-    assert high < limit // 2  # the paced burst used a fraction of the bound
-    assert high >= PACE_CHUNK  # and did fill a chunk before each wait
-
-
-async def test_a_paced_sender_wakes_when_the_connection_is_lost(pair: Pair) -> None:
-    outbox = pair.outbox(64 << 20)
-    for _ in range(200):  # bounded: 200 x 64 KiB
-        outbox.append(b"p" * 65536)
-        outbox.flush()
-        if pair.driver.gate.paused:
-            break
-    assert pair.driver.gate.paused
-    waiter = asyncio.create_task(outbox.drained())
-    await next_pass()
-    assert not waiter.done()
-    pair.transport.abort()
-    await asyncio.wait_for(waiter, WAIT)
+        sender = asyncio.create_task(burst())
+        await wait_until(lambda: pair.driver.gate.paused, what="the transport to push back")
+        await wait_until(lambda: pair.sink.buffered() > 0 and not outbox.size,
+                         what="the sender to wait with nothing queued")
+        assert not sender.done()
+        got = await asyncio.wait_for(pair.reader.readexactly(len(message) * count), WAIT)
+        await asyncio.wait_for(sender, WAIT)
+        assert got == message * count
+        assert pair.overflows == 0
+        assert high < limit // 2  # the paced burst used a fraction of the bound
+        assert high >= PACE_CHUNK  # and did fill a chunk before each wait
 
 
-async def test_room_says_whether_less_than_half_the_bound_is_used(pair: Pair) -> None:
-    outbox = pair.outbox(1000)
-    outbox.append(b"a" * 499)
-    assert outbox.room()
-    outbox.append(b"a")
-    assert not outbox.room()
+async def test_a_paced_sender_wakes_when_the_connection_is_lost() -> None:
+    async with open_pair() as pair:
+        outbox = pair.outbox(64 << 20)
+        for _ in range(200):  # bounded: 200 x 64 KiB
+            outbox.append(b"p" * 65536)
+            outbox.flush()
+            if pair.driver.gate.paused:
+                break
+        assert pair.driver.gate.paused
+        waiter = asyncio.create_task(outbox.drained())
+        await next_pass()
+        assert not waiter.done()
+        pair.transport.abort()
+        await asyncio.wait_for(waiter, WAIT)
+
+
+async def test_room_says_whether_less_than_half_the_bound_is_used() -> None:
+    async with open_pair() as pair:
+        outbox = pair.outbox(1000)
+        outbox.append(b"a" * 499)
+        assert outbox.room()
+        outbox.append(b"a")
+        assert not outbox.room()
 
 
 # -- Pump -------------------------------------------------------------------------------
@@ -250,40 +264,42 @@ async def test_items_are_handled_in_order_one_at_a_time_by_one_worker() -> None:
     await wait_until(lambda: not pump.busy, what="the worker to end")
 
 
-async def test_reading_pauses_over_high_and_resumes_at_low(pair: Pair) -> None:
-    handle = Recorder()
-    handle.go.clear()
-    depth_at_resume: list[int] = []
+async def test_reading_pauses_over_high_and_resumes_at_low() -> None:
+    async with open_pair() as pair:
+        handle = Recorder()
+        handle.go.clear()
+        depth_at_resume: list[int] = []
 
-    class Reading:
-        def pause_reading(self) -> None:
-            pair.transport.pause_reading()
+        class Reading:
+            def pause_reading(self) -> None:
+                pair.transport.pause_reading()
 
-        def resume_reading(self) -> None:
-            depth_at_resume.append(len(pump))
-            pair.transport.resume_reading()
+            def resume_reading(self) -> None:
+                depth_at_resume.append(len(pump))
+                pair.transport.resume_reading()
 
-    pump: Pump[int] = Pump(handle, Reading(), high=8, low=2)
-    for i in range(8):
-        pump.put(i)
-    assert pair.transport.is_reading()
-    pump.put(8)  # nine waiting: over high
-    assert not pair.transport.is_reading() and pump.paused
-    handle.go.set()
-    await wait_until(pair.transport.is_reading, what="reading to resume")
-    assert depth_at_resume == [2]
-    await wait_until(lambda: len(handle.items) == 9, what="every item")
+        pump: Pump[int] = Pump(handle, Reading(), high=8, low=2)
+        for i in range(8):
+            pump.put(i)
+        assert pair.transport.is_reading()
+        pump.put(8)  # nine waiting: over high
+        assert not pair.transport.is_reading() and pump.paused
+        handle.go.set()
+        await wait_until(pair.transport.is_reading, what="reading to resume")
+        assert depth_at_resume == [2]
+        await wait_until(lambda: len(handle.items) == 9, what="every item")
 
 
-async def test_pause_holds_reading_until_the_worker_caught_up(pair: Pair) -> None:
+async def test_pause_holds_reading_until_the_worker_caught_up() -> None:
     """E.g. while a CONNECT is answered: what follows it waits in the socket."""
-    handle = Recorder()
-    pump: Pump[int] = Pump(handle, pair.transport, high=100)
-    pump.put(1)
-    pump.pause()
-    assert not pair.transport.is_reading()
-    await wait_until(pair.transport.is_reading, what="reading to resume")
-    assert handle.items == [1]
+    async with open_pair() as pair:
+        handle = Recorder()
+        pump: Pump[int] = Pump(handle, pair.transport, high=100)
+        pump.put(1)
+        pump.pause()
+        assert not pair.transport.is_reading()
+        await wait_until(pair.transport.is_reading, what="reading to resume")
+        assert handle.items == [1]
 
 
 async def test_the_idle_step_runs_before_the_worker_ends_and_keeps_it_for_new_items() -> None:
@@ -433,3 +449,18 @@ async def test_wait_empty_returns_when_the_last_real_connection_closes() -> None
     assert len(connections) == 0
     server.close()
     await server.wait_closed()
+
+
+# -- on uvloop (what ``tidings serve`` runs) ------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", [
+    test_a_burst_in_one_pass_is_one_write_in_order,
+    test_a_peer_that_stops_reading_is_a_slow_consumer,
+    test_a_paced_burst_goes_as_fast_as_the_peer_reads,
+    test_a_paced_sender_wakes_when_the_connection_is_lost,
+    test_reading_pauses_over_high_and_resumes_at_low,
+], ids=lambda f: f.__name__.removeprefix("test_"))
+def test_the_transport_scenarios_on_uvloop(
+        scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    uvloop.run(scenario())
