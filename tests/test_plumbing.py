@@ -364,6 +364,23 @@ async def test_cancel_stops_the_worker_and_calls_done() -> None:
     assert not pump.busy and len(pump) == 0 and handle.items == []
 
 
+async def test_a_worker_cancelled_before_it_ran_leaves_the_pump_usable() -> None:
+    handle = Recorder()
+    ended = 0
+
+    def done() -> None:
+        nonlocal ended
+        ended += 1
+
+    pump: Pump[int] = Pump(handle, None, high=10, done=done)
+    pump.put(1)
+    pump.cancel()  # in the same pass: the worker task never started
+    await wait_until(lambda: ended == 1, what="the cancelled worker to end")
+    assert not pump.busy and handle.items == []
+    pump.put(2)
+    await wait_until(lambda: handle.items == [2], what="a new worker")
+
+
 # -- TaskSet ------------------------------------------------------------------------------
 
 

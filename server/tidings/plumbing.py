@@ -303,13 +303,15 @@ class Pump(Generic[T]):
         self._idle = idle
         self._done = done
         self._tasks = tasks  # where the worker is tracked (e.g. to await it at shutdown)
-        self._queue: deque[T] = deque()
+        # made by the first put and dropped when the worker ends: an idle
+        # connection holds no deque (about 760 bytes) either
+        self._queue: deque[T] | None = None
         self._task: asyncio.Task[None] | None = None
         self._paused = False
 
     def __len__(self) -> int:
         """Items waiting (not counting one being handled)."""
-        return len(self._queue)
+        return 0 if self._queue is None else len(self._queue)
 
     @property
     def busy(self) -> bool:
@@ -321,15 +323,14 @@ class Pump(Generic[T]):
         return self._paused
 
     def put(self, item: T) -> None:
-        self._queue.append(item)
-        if len(self._queue) > self._high:
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        queue.append(item)
+        if len(queue) > self._high:
             self.pause()
         if self._task is None:
-            coro = self._work()
-            if self._tasks is not None:
-                self._task = self._tasks.spawn(coro)
-            else:
-                self._task = asyncio.get_running_loop().create_task(coro)
+            self._start()
 
     def pause(self) -> None:
         """Stop reading until the worker has brought the queue down to ``low``."""
@@ -338,15 +339,40 @@ class Pump(Generic[T]):
             self._reader.pause_reading()
 
     def clear(self) -> None:
-        self._queue.clear()
+        if self._queue is not None:
+            self._queue.clear()
 
     def cancel(self) -> None:
-        self._queue.clear()
+        self.clear()
         if self._task is not None:
             self._task.cancel()
 
+    def _start(self) -> None:
+        coro = self._work()
+        if self._tasks is not None:
+            task = self._tasks.spawn(coro)
+        else:
+            task = asyncio.get_running_loop().create_task(coro)
+        task.add_done_callback(self._reap)
+        self._task = task
+
+    def _reap(self, task: asyncio.Task[None]) -> None:
+        """A worker cancelled before it ran never reached its ``finally``: end it here."""
+        if self._task is task:
+            self._ended()
+            if self._queue:
+                self._start()  # put after the cancel: handled, not stuck
+
+    def _ended(self) -> None:
+        self._task = None
+        if not self._queue:
+            self._queue = None
+        if self._done is not None:
+            self._done()
+
     async def _work(self) -> None:
         queue = self._queue
+        assert queue is not None  # made by the put that started this worker
         try:
             while True:
                 while queue:
@@ -369,9 +395,7 @@ class Pump(Generic[T]):
                 if not queue:
                     return
         finally:
-            self._task = None
-            if self._done is not None:
-                self._done()
+            self._ended()
 
 
 # -- tasks and connections --------------------------------------------------------------
