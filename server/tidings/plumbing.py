@@ -167,8 +167,8 @@ class Outbox:
       instead (``on_flush`` is called after each write, to send more of them).
     """
 
-    __slots__ = ("_chunks", "_closed", "_dirty", "_flusher", "_gate", "_metrics",
-                 "_on_flush", "_on_overflow", "_size", "limit", "sink")
+    __slots__ = ("_chunks", "_closed", "_dirty", "_flusher", "_metrics", "_on_flush",
+                 "_on_overflow", "_size", "gate", "limit", "sink")
 
     def __init__(self, sink: Sink, limit: int, flusher: Flusher, metrics: Metrics,
                  on_overflow: Callable[[], None], *, gate: WriteGate | None = None,
@@ -179,7 +179,8 @@ class Outbox:
         self._metrics = metrics
         self._on_overflow = on_overflow
         self._on_flush = on_flush
-        self._gate = gate
+        # the transport's flow control; may be set later (when a link is attached)
+        self.gate = gate
         self._chunks: list[bytes] = []
         self._size = 0
         self._dirty = False
@@ -241,8 +242,8 @@ class Outbox:
         low-water mark, or the connection is gone (at once without a gate)."""
         if self._dirty:
             self.flush()
-        if self._gate is not None:
-            await self._gate.wait()
+        if self.gate is not None:
+            await self.gate.wait()
 
     async def pace(self, chunk: int = PACE_CHUNK) -> None:
         """:meth:`drained` once ``chunk`` bytes are queued; else return at once."""
