@@ -287,6 +287,8 @@ class Pump(Generic[T]):
       dropped and the worker ends. ``handle`` maps the errors it expects itself.
     * :meth:`clear` drops what waits (the connection is closing); :meth:`cancel`
       also cancels the worker (the connection is gone).
+    * With ``tasks``, the worker is spawned in that :class:`TaskSet`, so a
+      shutdown can await every connection's worker at once.
     """
 
     __slots__ = ("_done", "_handle", "_high", "_idle", "_low", "_paused", "_queue",
