@@ -173,18 +173,14 @@ class Outbox:
     def __init__(self, sink: Sink, limit: int, flusher: Flusher, metrics: Metrics,
                  on_overflow: Callable[[], None], *, gate: WriteGate | None = None,
                  on_flush: Callable[[], None] | None = None) -> None:
-        self.sink = sink
-        self.limit = limit
-        self._flusher = flusher
-        self._metrics = metrics
-        self._on_overflow = on_overflow
-        self._on_flush = on_flush
+        self.sink, self.limit = sink, limit
+        self._flusher, self._metrics = flusher, metrics
+        self._on_overflow, self._on_flush = on_overflow, on_flush
         # the transport's flow control; may be set later (when a link is attached)
         self.gate = gate
         self._chunks: list[bytes] = []
         self._size = 0
-        self._dirty = False
-        self._closed = False
+        self._dirty = self._closed = False
 
     @property
     def size(self) -> int:
