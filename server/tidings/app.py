@@ -38,6 +38,7 @@ from .health import StoreHealth
 from .metrics import Metrics
 from .node import Node
 from .notify import Notifier
+from .plumbing import TaskSet
 from .presence import Presence
 from .protocol.mqtt.properties import PROPERTIES_MAP
 from .redis_wire import parse_redis_url
@@ -392,22 +393,22 @@ class App:
         timeout = self.settings.node.shutdown_timeout
         # The edges and the API wind down side by side against one deadline, so
         # node.shutdown_timeout bounds the whole stop, not each part of it.
-        steps = [self.ws.shutdown(timeout)]
+        # A step that fails is logged by the task set; one still busy at the
+        # deadline is cancelled.
+        steps = TaskSet("shutdown")
+        steps.spawn(self.ws.shutdown(timeout))
         if self.mqtt is not None:
-            steps.append(self.mqtt.shutdown(timeout))
+            steps.spawn(self.mqtt.shutdown(timeout))
         if self._runner is not None:
-            steps.append(self._runner.cleanup())
-        tasks = [asyncio.ensure_future(step) for step in steps]
-        done, pending = await asyncio.wait(tasks, timeout=timeout)
-        if pending:
+            steps.spawn(self._runner.cleanup())
+        parts = len(steps)
+        try:
+            async with asyncio.timeout(timeout):
+                await steps.wait()
+        except TimeoutError:
             log.warning("shutdown: %d of %d parts still busy after %.1fs; cut short",
-                        len(pending), len(tasks), timeout)
-            for task in pending:
-                task.cancel()
-            await asyncio.wait(pending)
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                log.error("shutdown step failed", exc_info=task.exception())
+                        len(steps), parts, timeout)
+        await steps.close()
         await self.presence.close()
         await self.sweeper.close()
         await self.node.close()

@@ -4,8 +4,8 @@ The hub maps topic filters to local subscribers (a :class:`Trie`). To deliver
 a publication it finds the matching subscribers, encodes the publication once
 per *wire form* (e.g. "WS frame, JSON"), and hands the same bytes to each
 subscriber's ``deliver``. It never awaits and never creates a task per
-subscriber: subscribers append to a bounded outbound buffer and ask the
-:class:`Flusher` to write it out once per loop iteration.
+subscriber: subscribers append to a bounded outbound buffer
+(:class:`tidings.plumbing.Outbox`) that is written out once per loop iteration.
 
 Every matching subscriber is asked :meth:`Subscriber.may_see` before it
 gets a message, and answers with :meth:`tidings.auth.Acl.may_see`: private
@@ -15,10 +15,10 @@ filter matched them.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
+from .plumbing import Flushable, Flusher  # here for the edges that import them from the hub
 from .protocol.topics import Trie
 from .types import Publication
 
@@ -38,33 +38,6 @@ class Subscriber(Hashable, Protocol):
 
     def deliver(self, publication: Publication, data: Any) -> None:
         """Queue ``data`` (pre-encoded for ``wire``); must not block or raise."""
-
-
-class Flushable(Protocol):
-    def flush(self) -> None: ...
-
-
-class Flusher:
-    """Coalesces writes: each dirty buffer is flushed once per loop iteration.
-
-    ``mark`` is called by a buffer the first time it gets data after a flush;
-    one ``call_soon`` per iteration then flushes every marked buffer, so a
-    burst of messages to one connection costs one write system call.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self._loop = loop
-        self._dirty: list[Flushable] = []
-
-    def mark(self, buf: Flushable) -> None:
-        if not self._dirty:
-            (self._loop or asyncio.get_running_loop()).call_soon(self._run)
-        self._dirty.append(buf)
-
-    def _run(self) -> None:
-        dirty, self._dirty = self._dirty, []
-        for buf in dirty:
-            buf.flush()
 
 
 Encoder = Callable[[Publication], Any]  # bytes (WS frames) or a template (MQTT)

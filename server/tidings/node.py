@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import Counter
@@ -14,6 +13,7 @@ from .config import HistorySettings, TopicSettings
 from .errors import TidingsError
 from .hub import Hub, Subscriber
 from .metrics import Metrics
+from .plumbing import TaskSet
 from .protocol.topics import is_wildcard, matches
 from .quota import Tally
 from .store.base import HistoryPolicy, PublishResult, Store
@@ -56,7 +56,7 @@ class Node:
         # after a bus outage, a topic that had delivered nothing yet (so has no
         # entry in _last) is filled with what history has from that time on.
         self._watched: dict[str, int] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("node")  # gap fills from history
         self._latency = metrics.histogram(
             "tidings_publish_deliver_seconds",
             "Time from a publication's store timestamp to its hand-over to this node's "
@@ -74,8 +74,7 @@ class Node:
 
     async def close(self) -> None:
         await self.bus.close()
-        for task in list(self._tasks):
-            task.cancel()
+        await self._tasks.close()  # no fill reads the store after it is closed
         await self.store.close()
 
     def policy(self, topic: str) -> HistoryPolicy:
@@ -173,10 +172,7 @@ class Node:
         """Deliver what history has after ``since`` (None: its newest messages stamped
         ``after_ms`` or later), then what arrived meanwhile."""
         self._filling[topic] = held
-        task = asyncio.get_running_loop().create_task(
-            self._fill_from_history(topic, since, after_ms))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._fill_from_history(topic, since, after_ms))
 
     async def _fill_from_history(self, topic: str, since: str | None, after_ms: int) -> None:
         items: list[Publication] = []

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,12 +25,14 @@ import orjson
 from .config import PresenceSettings
 from .errors import TidingsError
 from .metrics import Metrics
+from .plumbing import Pump, TaskSet
 from .store.base import PresenceStore
 
 __all__ = ["Device", "Presence", "sign"]
 
 log = logging.getLogger("tidings.presence")
-_QUEUE_MAX = 10000
+_QUEUE_MAX = 10000  # webhook events waiting; more are dropped (and counted)
+_CLOSE_GRACE = 2.0  # seconds a closing node gives store writes and webhook posts to end
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,13 +73,15 @@ class Presence:
         self.settings = settings
         self.metrics = metrics
         self.store = store if store is not None and store.shared_presence else None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet("presence")  # shared-presence writes and the heartbeat
         self._heartbeat: asyncio.Task[None] | None = None
         self._online: dict[str, dict[object, Device]] = {}
         self._announced: set[str] = set()
         self._pending_offline: dict[str, asyncio.TimerHandle] = {}
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(_QUEUE_MAX)
-        self._worker: asyncio.Task[None] | None = None
+        self._posting = TaskSet("presence webhook")
+        # one poster while there are events: delivery never waits for the webhook
+        self._webhook: Pump[dict[str, Any]] = Pump(self._post, None, high=_QUEUE_MAX,
+                                                   tasks=self._posting)
         self._http: aiohttp.ClientSession | None = None
 
     def online(self, user: str, key: object, device: str, edge: str) -> None:
@@ -134,12 +139,10 @@ class Presence:
     def _entry(self, key: object) -> str:
         return f"{self.node}:{id(key):x}"
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks.spawn(coro)
         if self._heartbeat is None:
-            self._heartbeat = asyncio.get_running_loop().create_task(self._refresh())
+            self._heartbeat = self._tasks.spawn(self._refresh())
 
     async def _put(self, user: str, key: object, entry: Device) -> None:
         assert self.store is not None
@@ -192,25 +195,15 @@ class Presence:
     def _emit(self, event: str, user: str) -> None:
         if not self.settings.webhook:
             return
-        body = {"event": event, "user": user, "node": self.node, "ts": time.time()}
-        try:
-            self._queue.put_nowait(body)
-        except asyncio.QueueFull:
+        if len(self._webhook) >= _QUEUE_MAX:
             self.metrics.inc("tidings_webhook_dropped_total")
             log.warning("presence webhook queue full; dropping %s for a user", event)
             return
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.get_running_loop().create_task(self._work())
-
-    async def _work(self) -> None:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-        while not self._queue.empty():
-            event = self._queue.get_nowait()
-            await self._post(event)
+        self._webhook.put({"event": event, "user": user, "node": self.node, "ts": time.time()})
 
     async def _post(self, event: dict[str, Any]) -> None:
-        assert self._http is not None
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         body = orjson.dumps(event)
         headers = {"Content-Type": "application/json", "User-Agent": "tidings-presence"}
         if self.settings.webhook_secret:
@@ -236,11 +229,13 @@ class Presence:
     async def close(self) -> None:
         """Report every announced user offline (this node can no longer see them come
         back, and a backend told nothing would wait for ever), then flush (bounded)."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        # writes in flight land before the removals below, not after them
+        await self._tasks.close(grace=_CLOSE_GRACE)
         for handle in self._pending_offline.values():
             handle.cancel()
         self._pending_offline.clear()
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
         if self.store is not None:
             for user, devices in list(self._online.items()):
                 for key in list(devices):
@@ -252,11 +247,7 @@ class Presence:
         for user in sorted(self._announced):
             self._emit("offline", user)
         self._announced.clear()
-        if self._worker is not None and not self._worker.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(self._worker), 2.0)
-            except TimeoutError:
-                self._worker.cancel()
+        await self._posting.close(grace=_CLOSE_GRACE)
         if self._http is not None:
             await self._http.close()
             self._http = None

@@ -16,12 +16,12 @@ there, so an item expires (and is announced) once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 
 from .errors import TidingsError
 from .node import Node
+from .plumbing import TaskSet
 
 __all__ = ["SweepTotals", "Sweeper"]
 
@@ -48,19 +48,15 @@ class Sweeper:
         self.node = node
         self.interval = interval
         self.batch = batch
-        self._task: asyncio.Task[None] | None = None
+        self._tasks = TaskSet("sweeper")  # the one sweeping loop, while started
         self._failing = False  # log a failing store once per state change
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop())
+        if not self._tasks:
+            self._tasks.spawn(self._loop())
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._tasks.close()
 
     async def run_once(self) -> SweepTotals:
         """Sweep until nothing more is due (or ``MAX_STEPS``); fan out each step's

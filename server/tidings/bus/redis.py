@@ -65,6 +65,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from ..errors import Unavailable
+from ..plumbing import TaskSet
 from ..protocol.topics import is_wildcard
 from ..redis_wire import MetaCodec, channel_for, decode_publication, encode_publication
 from ..types import Publication
@@ -114,22 +115,19 @@ class _LinkLost(Exception):
 class _Link:
     """One pub/sub connection (the one Redis, or one cluster master) and its reader."""
 
-    __slots__ = ("client", "heard", "name", "own_client", "pinged", "pubsub", "task")
+    __slots__ = ("client", "heard", "name", "own_client", "pinged", "pubsub", "reader")
 
     def __init__(self, name: str, client: Any, own_client: bool) -> None:
         self.name = name
         self.client = client
         self.own_client = own_client  # a per-master client, closed with the link
         self.pubsub: Any = client.pubsub()
-        self.task: asyncio.Task[None] | None = None
+        self.reader = TaskSet(f"redis bus link {name}")  # its one reader task, once started
         self.heard = asyncio.get_running_loop().time()
         self.pinged = False
 
     async def aclose(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
+        await self.reader.close()
         with contextlib.suppress(*_ERRORS):
             await self.pubsub.aclose()
         if self.own_client:
@@ -150,7 +148,6 @@ class RedisBus(Bus):
         self._deliver: Deliver | None = None
         self._client: Any = None
         self._links: dict[str, _Link] = {}
-        self._runner: asyncio.Task[None] | None = None
         self._broken = asyncio.Event()
         self._up = asyncio.Event()  # set while every link is connected
         self._healthy = False
@@ -161,7 +158,7 @@ class RedisBus(Bus):
         self._patterns: dict[str, int] = {}
         self._filters: set[str] = set()
         self._pending_unsub: dict[str, asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("redis bus")  # the connect loop and delayed unsubscribes
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -191,7 +188,7 @@ class RedisBus(Bus):
         node that starts with Redis up is ready at once and one without it still starts."""
         self._deliver = deliver
         self._client = self._make_client()
-        self._runner = asyncio.get_running_loop().create_task(self._run())
+        self._tasks.spawn(self._run())
         try:
             await asyncio.wait_for(self._up.wait(), self._timeout)
         except TimeoutError:
@@ -203,11 +200,7 @@ class RedisBus(Bus):
         for timer in self._pending_unsub.values():
             timer.cancel()
         self._pending_unsub.clear()
-        for task in [self._runner, *self._tasks]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await self._tasks.close()
         await self._drop_links()
         if self._client is not None:
             with contextlib.suppress(*_ERRORS):
@@ -320,8 +313,8 @@ class RedisBus(Bus):
             await link.pubsub.ssubscribe(channel)
 
     def _start_reader(self, link: _Link) -> None:
-        if link.task is None:
-            link.task = asyncio.get_running_loop().create_task(self._read(link))
+        if not link.reader:
+            link.reader.spawn(self._read(link))
 
     def _lost(self, why: str) -> None:
         if not self._broken.is_set() and not self._closed:
@@ -433,9 +426,7 @@ class RedisBus(Bus):
                                                    self._spawn_remove, flt)
 
     def _spawn_remove(self, flt: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._remove_later(flt))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._remove_later(flt))
 
     async def _remove_later(self, flt: str) -> None:
         if self._pending_unsub.pop(flt, None) is None or self._closed:
