@@ -15,13 +15,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tidings.errors import Unavailable
-from tidings.store.base import HistoryPage, HistoryPolicy, QueuedMessage, Store
+from tidings.store.base import (
+    HistoryPage,
+    HistoryPolicy,
+    MqttSessionState,
+    MqttSubscription,
+    QueuedMessage,
+    Store,
+)
 from tidings.store.redis import RedisStore
 from tidings.store.sqlite import SqliteStore
 from tidings.types import Offset, PayloadKind, format_offset, parse_offset
@@ -513,7 +521,9 @@ def queued(n: int, **kw: Any) -> QueuedMessage:
 
 async def test_mqtt_session_state_and_queue_round_trip(store: Store) -> None:
     assert await store.mqtt_session("c1") is None
-    state = {"subscriptions": {"home/#": 1}, "expiry": 3600}
+    state = MqttSessionState(user="alice", subscribe=("home/#",), publish=(),
+                             subs={"home/#": MqttSubscription(1, True, False, 7)},
+                             expiry=3600, awaiting_pubrel=(3, 9))
     await store.mqtt_save("c1", state)
     assert await store.mqtt_session("c1") == (state, [])
     inflight = queued(1, retain=True, packet_id=7, pubrel=True, expires=1_700_000_060_000,
@@ -522,16 +532,16 @@ async def test_mqtt_session_state_and_queue_round_trip(store: Store) -> None:
     got = await store.mqtt_session("c1")
     assert got is not None and got[1] == [inflight, queued(2)]
     # saving the state alone keeps the queue; saving a queue replaces it
-    await store.mqtt_save("c1", {**state, "expiry": 60})
+    await store.mqtt_save("c1", replace(state, expiry=60))
     got = await store.mqtt_session("c1")
-    assert got == ({**state, "expiry": 60}, [inflight, queued(2)])
+    assert got == (replace(state, expiry=60), [inflight, queued(2)])
     await store.mqtt_save("c1", state, [])
     assert await store.mqtt_session("c1") == (state, [])
 
 
 async def test_mqtt_enqueue_keeps_order_and_drops_over_the_limit(store: Store) -> None:
     for client_id in ("c1", "c2"):
-        await store.mqtt_save(client_id, {"id": client_id})
+        await store.mqtt_save(client_id, MqttSessionState(user=client_id))
     dropped = await store.mqtt_enqueue([("c1", queued(1)), ("c2", queued(2)),
                                         ("c1", queued(3)), ("c1", queued(4))], limit=2)
     assert dropped == 1  # c1's third: its queue was at the limit
@@ -547,15 +557,16 @@ async def test_mqtt_delete_and_list_sessions(open_store: OpenStore) -> None:
     s1 = await open_store()
     assert await s1.mqtt_sessions() == []
     for i in range(5):
-        await s1.mqtt_save(f"client-{i}", {"n": i}, [queued(i)])
+        await s1.mqtt_save(f"client-{i}", MqttSessionState(expiry=i), [queued(i)])
     await s1.mqtt_delete("client-3")
     await s1.mqtt_delete("never-saved")
     assert await s1.mqtt_session("client-3") is None
     await s1.close()
     s2 = await open_store()  # sessions outlive the process
-    assert sorted(await s2.mqtt_sessions()) == [(f"client-{i}", {"n": i}) for i in (0, 1, 2, 4)]
+    assert sorted(await s2.mqtt_sessions(), key=lambda cs: cs[0]) == [
+        (f"client-{i}", MqttSessionState(expiry=i)) for i in (0, 1, 2, 4)]
     got = await s2.mqtt_session("client-4")
-    assert got == ({"n": 4}, [queued(4)])
+    assert got == (MqttSessionState(expiry=4), [queued(4)])
 
 
 async def test_retained_keeps_the_qos_it_was_published_at(store: Store) -> None:
