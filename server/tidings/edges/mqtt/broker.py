@@ -54,6 +54,7 @@ from ...protocol.mqtt import (
     State,
     SubAck,
     Subscribe,
+    Subscription,
     UnsubAck,
     Unsubscribe,
     Version,
@@ -683,44 +684,58 @@ class MqttBroker:
 
     async def _subscribe_all(self, conn: MqttConnection, session: MqttSession,
                              packet: Subscribe, sub_id: int | None) -> None:
+        """Each filter granted or refused in its SUBACK slot; then the retained
+        messages of the granted ones."""
         codes: list[int] = []
         retained_jobs: list[tuple[str, Sub]] = []
         for s in packet.subscriptions:
-            shared = s.topic_filter.startswith("$share/")
-            new = s.topic_filter not in session.subs
-            try:
-                if shared and s.no_local:
-                    # [MQTT-3.8.3-4]: a Protocol Error, not a refusal of ours; said
-                    # in its slot (after the filter's own checks)
-                    self._check_filter(session, s.topic_filter)
-                    code = int(ReasonCode.PROTOCOL_ERROR)
-                else:
-                    inner = self._admit(session, s.topic_filter)
-                    code = int(s.qos)
-            except TidingsError as e:
-                code = reason_code(e, PacketType.SUBACK)
-            if code >= 0x80:
-                self.metrics.inc("tidings_errors_total", code=f"mqtt_suback_{code:#x}")
-                codes.append(code)
-                continue
-            sub = Sub(int(s.qos), s.no_local, s.retain_as_published, sub_id)
-            if new:
-                session.subs[s.topic_filter] = sub
-                await self._register(session, s.topic_filter, sub)
-            else:
-                session.subs[s.topic_filter] = sub  # replaces options [MQTT-3.8.4-3]
-                if shared:
-                    g = self.groups.get(tuple(s.topic_filter.split("/", 2)[1:]))  # type: ignore[arg-type]
-                    if g is not None:
-                        g.members[session] = sub
-            codes.append(int(s.qos))
-            rh = int(s.retain_handling)
-            if not shared and (rh == 0 or (rh == 1 and new)):  # [MQTT-3.3.1-9..11]
-                retained_jobs.append((inner, sub))
+            code, job = await self._subscribe_one(session, s, sub_id)
+            codes.append(code)
+            if job is not None:
+                retained_jobs.append(job)
         conn.send(SubAck(packet.packet_id, tuple(codes)))
         if session.persistent:
             await self.node.store.mqtt_save(session.client_id, session.state())
-        for inner, sub in retained_jobs:
+        await self._send_retained(conn, session, retained_jobs)
+
+    async def _subscribe_one(self, session: MqttSession, s: Subscription, sub_id: int | None
+                             ) -> tuple[int, tuple[str, Sub] | None]:
+        """(SUBACK code, (filter, options) whose retained messages to send, if any)."""
+        shared = s.topic_filter.startswith("$share/")
+        new = s.topic_filter not in session.subs
+        try:
+            if shared and s.no_local:
+                # [MQTT-3.8.3-4]: a Protocol Error, not a refusal of ours; said
+                # in its slot (after the filter's own checks)
+                self._check_filter(session, s.topic_filter)
+                code = int(ReasonCode.PROTOCOL_ERROR)
+            else:
+                inner = self._admit(session, s.topic_filter)
+                code = int(s.qos)
+        except TidingsError as e:
+            code = reason_code(e, PacketType.SUBACK)
+        if code >= 0x80:
+            self.metrics.inc("tidings_errors_total", code=f"mqtt_suback_{code:#x}")
+            return code, None
+        sub = Sub(int(s.qos), s.no_local, s.retain_as_published, sub_id)
+        session.subs[s.topic_filter] = sub  # an existing one's options are replaced [MQTT-3.8.4-3]
+        if new:
+            await self._register(session, s.topic_filter, sub)
+        elif shared:
+            _, group, rest = s.topic_filter.split("/", 2)
+            g = self.groups.get((group, rest))
+            if g is not None:
+                g.members[session] = sub
+        rh = int(s.retain_handling)
+        if not shared and (rh == 0 or (rh == 1 and new)):  # [MQTT-3.3.1-9..11]
+            return code, (inner, sub)
+        return code, None
+
+    async def _send_retained(self, conn: MqttConnection, session: MqttSession,
+                             jobs: list[tuple[str, Sub]]) -> None:
+        """The retained messages matching newly granted filters [MQTT-3.3.1-8], those
+        the session may see and live delivery has not already carried, paced."""
+        for inner, sub in jobs:
             for pub in await self.node.store.retained(inner):
                 if not session.may_see(pub.topic):
                     continue  # a wildcard matches other users' topics too
@@ -728,7 +743,7 @@ class MqttBroker:
                 if live is not None and _not_after(pub.offset, live):
                     continue  # the live delivery already carried this (or newer)
                 ids = (sub.subscription_id,) if sub.subscription_id is not None else ()
-                conn.publish(template(pub), min(sub.qos, pub.qos), True, ids)  # [MQTT-3.3.1-8]
+                conn.publish(template(pub), min(sub.qos, pub.qos), True, ids)
                 if not await conn.pace():  # a burst the server chose: as fast as it is read
                     return
 
