@@ -22,6 +22,7 @@ from tidings.protocol.mqtt import (
     Connect,
     Connection,
     Disconnect,
+    FlowState,
     LocalProtocolError,
     MalformedPacket,
     MessageAcknowledged,
@@ -392,6 +393,66 @@ def test_redelivery_survives_a_version_change() -> None:
     second.attach_session(session)
     second.send(Connack(session_present=True))
     assert packets_out(second)[1] == Publish("a", b"1", QoS(1), dup=True, packet_id=1)
+
+
+def _connecting(version: Version = V5) -> Connection:
+    conn = Connection()
+    conn.receive_data(encode(Connect("c1", version, clean_start=False), version), 0.0)
+    conn.events_received()
+    return conn
+
+
+def test_take_over_hands_the_session_to_the_next_connection() -> None:
+    """detach_session / attach_session: the unacknowledged messages move, in order,
+    and are redelivered with DUP [MQTT-4.4.0-1]; the old connection keeps nothing."""
+    first = connected(V5)
+    first.send_publish(PublishTemplate("a", b"1"), qos=1)
+    first.data_to_send()
+    second = _connecting()
+    second.attach_session(first.detach_session())
+    assert first.in_flight == () and first.awaiting_pubrel == frozenset()
+    second.send(Connack(session_present=True))
+    assert packets_out(second)[1] == Publish("a", b"1", QoS(1), dup=True, packet_id=1)
+
+
+def test_restored_in_flight_messages_are_redelivered() -> None:
+    """A stored session's in-flight messages, restored before the CONNACK: the CONNACK
+    resends the PUBLISH with DUP and the PUBREL of a released one, with their ids, and
+    later ids skip them [MQTT-2.2.1-3]."""
+    conn = _connecting()
+    assert conn.restore_in_flight(7, PublishTemplate("a", b"1"), 1, False, ())
+    assert conn.restore_in_flight(9, PublishTemplate("b", b"2"), 2, True, (), released=True)
+    assert not conn.restore_in_flight(7, PublishTemplate("c", b"3"), 1, False, ())  # in use
+    assert [(f.packet_id, f.flow) for f in conn.in_flight] == [
+        (7, FlowState.AWAIT_PUBACK), (9, FlowState.AWAIT_PUBCOMP)]
+    conn.send(Connack(session_present=True))
+    assert packets_out(conn)[1:] == [Publish("a", b"1", QoS(1), dup=True, packet_id=7),
+                                     PubRel(9)]
+    conn.receive_data(encode(PubAck(7), V5) + encode(PubComp(9), V5), 1.0)
+    assert [e.packet_id for e in conn.events_received()] == [7, 9]  # type: ignore[union-attr]
+    assert conn.in_flight == ()
+
+
+def test_restored_awaiting_pubrel_is_not_delivered_twice() -> None:
+    """[MQTT-4.3.3-10]: a QoS 2 PUBLISH resent after a reconnect with an id the stored
+    session had PUBRECed is acknowledged again, not delivered a second time."""
+    conn = _connecting()
+    conn.restore_awaiting_pubrel([4])
+    conn.send(Connack(session_present=True))
+    packets_out(conn)
+    conn.receive_data(encode(Publish("t", b"x", QoS(2), dup=True, packet_id=4), V5), 1.0)
+    assert conn.events_received() == []
+    assert packets_out(conn) == [PubRec(4)]
+    conn.receive_data(encode(PubRel(4), V5), 1.0)
+    assert packets_out(conn) == [PubComp(4)] and conn.awaiting_pubrel == frozenset()
+
+
+def test_state_is_restored_only_before_the_connack() -> None:
+    conn = connected(V5)
+    with pytest.raises(LocalProtocolError):
+        conn.restore_in_flight(1, PublishTemplate("a", b"1"), 1, False, ())
+    with pytest.raises(LocalProtocolError):
+        conn.restore_awaiting_pubrel([1])
 
 
 # --- maximum packet size of the client -----------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 
 from support.stores import KEEP
 from tidings.errors import Unavailable
-from tidings.store.base import QueuedMessage, Store
+from tidings.store.base import MqttSessionState, QueuedMessage, Store
 from tidings.types import PayloadKind
 
 pytest_plugins = ["redis_servers"]  # session-wide redis-server / cluster fixtures
@@ -42,7 +42,7 @@ async def test_a_closed_store_answers_no_concern(store: Store) -> None:
                              collapse_key=None, policy=lambda topic: KEEP),
         lambda: store.unread("alice"),
         lambda: store.mark("alice", "read", None, device="d", policy=lambda topic: KEEP),
-        lambda: store.mqtt_save("c1", {"n": 1}),
+        lambda: store.mqtt_save("c1", MqttSessionState(expiry=1)),
         lambda: store.mqtt_session("c1"),
         lambda: store.mqtt_enqueue([("c1", QueuedMessage("t", b"x", 1))], limit=10),
         lambda: store.sweep(policy=lambda topic: KEEP, limit=10),

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from support.stores import KEEP, Clock
-from tidings.store.base import HistoryPolicy
+from tidings.store.base import HistoryPolicy, MqttSessionState
 from tidings.store.sqlite import SqliteStore
 from tidings.types import PayloadKind
 
@@ -67,17 +67,18 @@ async def test_a_failing_call_rolls_back_alone(tmp_path: Path, clock: Clock) -> 
     """Calls of one loop pass share a transaction, each in its own savepoint."""
     store = await opened(tmp_path, clock)
     try:
-        await store.mqtt_save("c1", {"n": 1})
+        await store.mqtt_save("c1", MqttSessionState(expiry=1))
         results = await asyncio.gather(
             store.publish("t", b"1", PayloadKind.JSON, retain=True, policy=KEEP),
-            store.mqtt_save("c1", {"n": object()}),  # not JSON: fails inside the transaction
-            store.mqtt_save("c2", {"n": 2}),
+            store.mqtt_save("c1", MqttSessionState(user=object())),  # type: ignore[arg-type]
+            # ^ not JSON: fails inside the transaction
+            store.mqtt_save("c2", MqttSessionState(expiry=2)),
             return_exceptions=True)
         assert isinstance(results[1], TypeError)
         assert not isinstance(results[0], BaseException) and results[2] is None
         assert [p.payload for p in await store.retained("t")] == [b"1"]
-        assert await store.mqtt_session("c1") == ({"n": 1}, [])  # unchanged
-        assert await store.mqtt_session("c2") == ({"n": 2}, [])
+        assert await store.mqtt_session("c1") == (MqttSessionState(expiry=1), [])  # unchanged
+        assert await store.mqtt_session("c2") == (MqttSessionState(expiry=2), [])
     finally:
         await store.close()
 

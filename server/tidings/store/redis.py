@@ -166,6 +166,7 @@ from .base import (
     InboxItem,
     InboxPage,
     MarkAction,
+    MqttSessionState,
     NotifyResult,
     PolicyFor,
     PublishResult,
@@ -907,19 +908,19 @@ class RedisStore(Store):
         return QueuedMessage(d["topic"], payload, d["qos"], d["retain"], d["packet_id"],
                              d["pubrel"], d["expires"], d["properties"])
 
-    async def mqtt_session(self, client_id: str) -> tuple[dict[str, Any], list[QueuedMessage]
-                                                          ] | None:
+    async def mqtt_session(self, client_id: str
+                           ) -> tuple[MqttSessionState, list[QueuedMessage]] | None:
         raw = await self._io(lambda c: self._script("MQTT_GET", self._mqtt_keys(client_id),
                                                     [client_id]))
         if raw is None:
             return None
         state, queue = raw
-        return orjson.loads(state), [self._queued(e) for e in queue]
+        return MqttSessionState.from_json(orjson.loads(state)), [self._queued(e) for e in queue]
 
-    async def mqtt_save(self, client_id: str, state: dict[str, Any],
+    async def mqtt_save(self, client_id: str, state: MqttSessionState,
                         queue: list[QueuedMessage] | None = None) -> None:
         entries = [] if queue is None else [self._queued_entry(m) for m in queue]
-        args = [client_id, orjson.dumps(state), 0 if queue is None else 1, *entries]
+        args = [client_id, orjson.dumps(state.to_json()), 0 if queue is None else 1, *entries]
         await self._io(lambda c: self._script("MQTT_SAVE", self._mqtt_keys(client_id), args))
 
     async def mqtt_delete(self, client_id: str) -> None:
@@ -945,16 +946,17 @@ class RedisStore(Store):
                 raise r
         return sum(r for r in results if isinstance(r, int))
 
-    async def mqtt_sessions(self) -> list[tuple[str, dict[str, Any]]]:
+    async def mqtt_sessions(self) -> list[tuple[str, MqttSessionState]]:
         async def run(client: Any) -> list[Any]:
             pipe = client.pipeline(transaction=False)
             for b in range(MQTT_BUCKETS):
                 pipe.hgetall(self._p + "{ms:" + str(b) + "}:state")
             return await pipe.execute()  # type: ignore[no-any-return]
 
-        out: list[tuple[str, dict[str, Any]]] = []
+        out: list[tuple[str, MqttSessionState]] = []
         for bucket in await self._io(run):
-            out += [(_text(cid), orjson.loads(state)) for cid, state in bucket.items()]
+            out += [(_text(cid), MqttSessionState.from_json(orjson.loads(state)))
+                    for cid, state in bucket.items()]
         return out
 
     # -- presence -------------------------------------------------------------------------

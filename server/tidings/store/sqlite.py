@@ -32,6 +32,7 @@ from .base import (
     InboxItem,
     InboxPage,
     MarkAction,
+    MqttSessionState,
     NotifyResult,
     PolicyFor,
     PublishResult,
@@ -741,9 +742,9 @@ class SqliteStore(Store):
         return QueuedMessage(d["topic"], bytes(payload), d["qos"], d["retain"], d["packet_id"],
                              d["pubrel"], d["expires"], d["properties"])
 
-    async def mqtt_session(self, client_id: str) -> tuple[dict[str, Any], list[QueuedMessage]
-                                                          ] | None:
-        def tx(db: sqlite3.Connection) -> tuple[dict[str, Any], list[QueuedMessage]] | None:
+    async def mqtt_session(self, client_id: str
+                           ) -> tuple[MqttSessionState, list[QueuedMessage]] | None:
+        def tx(db: sqlite3.Connection) -> tuple[MqttSessionState, list[QueuedMessage]] | None:
             row = db.execute("SELECT state FROM mqtt_sessions WHERE client_id = ?",
                              (client_id,)).fetchone()
             if row is None:
@@ -751,15 +752,15 @@ class SqliteStore(Store):
             queue = [self._queued(m, p) for m, p in db.execute(
                 "SELECT message, payload FROM mqtt_queue WHERE client_id = ? ORDER BY seq",
                 (client_id,))]
-            return orjson.loads(row[0]), queue
+            return MqttSessionState.from_json(orjson.loads(row[0])), queue
 
         return await self._run(tx)
 
-    async def mqtt_save(self, client_id: str, state: dict[str, Any],
+    async def mqtt_save(self, client_id: str, state: MqttSessionState,
                         queue: list[QueuedMessage] | None = None) -> None:
         def tx(db: sqlite3.Connection) -> None:
             db.execute("INSERT OR REPLACE INTO mqtt_sessions (client_id, state) VALUES (?, ?)",
-                       (client_id, orjson.dumps(state)))
+                       (client_id, orjson.dumps(state.to_json())))
             if queue is not None:
                 db.execute("DELETE FROM mqtt_queue WHERE client_id = ?", (client_id,))
                 db.executemany(
@@ -797,9 +798,9 @@ class SqliteStore(Store):
 
         return await self._run(tx)
 
-    async def mqtt_sessions(self) -> list[tuple[str, dict[str, Any]]]:
-        def tx(db: sqlite3.Connection) -> list[tuple[str, dict[str, Any]]]:
-            return [(c, orjson.loads(st)) for c, st in
+    async def mqtt_sessions(self) -> list[tuple[str, MqttSessionState]]:
+        def tx(db: sqlite3.Connection) -> list[tuple[str, MqttSessionState]]:
+            return [(c, MqttSessionState.from_json(orjson.loads(st))) for c, st in
                     db.execute("SELECT client_id, state FROM mqtt_sessions")]
 
         return await self._run(tx)

@@ -12,6 +12,14 @@ clock, seconds), so tests drive it with a fake clock::
     transport.write(conn.data_to_send())
     if conn.state is State.CLOSED: close the socket
 
+A session that outlives its connection is handed over with
+:meth:`Connection.detach_session` / :meth:`Connection.attach_session` (a
+take-over), or, read back from a store, restored between CONNECT and
+CONNACK with :meth:`Connection.restore_in_flight` and
+:meth:`Connection.restore_awaiting_pubrel`; :attr:`Connection.in_flight`
+and :attr:`Connection.awaiting_pubrel` say what to keep when it ends.
+The broker never reads or writes ``session`` itself.
+
 Rules for changing this module (as in h11):
 
 1. There is one enum of states, :class:`State`, and three tables: which
@@ -35,7 +43,7 @@ dropping what is over the client's Maximum Packet Size.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -503,6 +511,51 @@ class Connection:
         if self._state is not State.CONNECTING:
             raise LocalProtocolError("a session is attached between CONNECT and CONNACK")
         self.session = session
+
+    def detach_session(self) -> SessionState:
+        """Give up this connection's session state (a take-over hands it to the
+        next connection of the client id); this connection keeps an empty one."""
+        session, self.session = self.session, SessionState()
+        return session
+
+    def restore_in_flight(self, packet_id: int, message: PublishTemplate, qos: int,
+                          retain: bool, subscription_ids: tuple[int, ...] = (), *,
+                          released: bool = False) -> bool:
+        """Take back an outgoing QoS 1/2 message a stored session had in flight.
+
+        Call between CONNECT and CONNACK: the CONNACK redelivers it with DUP, or
+        its PUBREL when ``released`` (its PUBREC had arrived) [MQTT-4.4.0-1].
+        (Also taken when the connection closed meanwhile: the broker then keeps
+        it with the session, see :attr:`in_flight`.)
+        False, and nothing changed, when ``packet_id`` is already in flight
+        (the caller sends the message as a new one instead).
+        """
+        if self._state not in (State.CONNECTING, State.CLOSED):
+            raise LocalProtocolError("in-flight state is restored between CONNECT and CONNACK")
+        if packet_id in self.session.outbound:
+            return False
+        flow = (FlowState.AWAIT_PUBCOMP if released else
+                FlowState.AWAIT_PUBACK if qos == 1 else FlowState.AWAIT_PUBREC)
+        self.session.outbound[packet_id] = InFlight(packet_id, message, qos, retain,
+                                                    subscription_ids, flow)
+        return True
+
+    def restore_awaiting_pubrel(self, packet_ids: Iterable[int]) -> None:
+        """Take back the inbound QoS 2 ids a stored session had PUBRECed but not seen
+        released, so a PUBLISH resent with one is not delivered twice [MQTT-4.3.3-10]."""
+        if self._state not in (State.CONNECTING, State.CLOSED):
+            raise LocalProtocolError("PUBREL state is restored between CONNECT and CONNACK")
+        self.session.awaiting_pubrel.update(packet_ids)
+
+    @property
+    def in_flight(self) -> tuple[InFlight, ...]:
+        """The outgoing QoS 1/2 messages not yet fully acknowledged, in send order."""
+        return tuple(self.session.outbound.values())
+
+    @property
+    def awaiting_pubrel(self) -> frozenset[int]:
+        """The inbound QoS 2 packet ids PUBRECed and not yet released."""
+        return frozenset(self.session.awaiting_pubrel)
 
     def send(self, packet: Packet) -> None:
         """Queue ``packet`` for the client (a PUBLISH goes through :meth:`send_publish`).

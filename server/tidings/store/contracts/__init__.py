@@ -32,7 +32,7 @@ from .inbox import (
     notifications_topic,
     unread_topic,
 )
-from .mqtt_sessions import MqttSessionStore, QueuedMessage
+from .mqtt_sessions import MqttSessionState, MqttSessionStore, MqttSubscription, QueuedMessage
 from .presence import PresenceStore
 from .topics import HistoryPage, HistoryPolicy, PolicyFor, PublishResult, TopicStore
 
@@ -46,7 +46,9 @@ __all__ = [
     "InboxPage",
     "InboxStore",
     "MarkAction",
+    "MqttSessionState",
     "MqttSessionStore",
+    "MqttSubscription",
     "NotifyResult",
     "PolicyFor",
     "PresenceStore",

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MqttSessionStore", "QueuedMessage"]
+__all__ = ["MqttSessionState", "MqttSessionStore", "MqttSubscription", "QueuedMessage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,19 +48,83 @@ class QueuedMessage:
     properties: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class MqttSubscription:
+    """One filter of an MQTT session and its options (5.0 section 3.8.3.1)."""
+
+    qos: int
+    no_local: bool = False
+    retain_as_published: bool = False
+    subscription_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSessionState:
+    """What a persistent MQTT session keeps between connections, besides its queue.
+
+    ``subscribe`` / ``publish`` are the token's grants when the session was
+    saved (None: no restriction, as in :class:`tidings.auth.Principal`);
+    ``expiry`` the seconds it outlives its connection, from
+    ``disconnected_at`` (seconds since the epoch; None while connected);
+    ``awaiting_pubrel`` the inbound QoS 2 ids PUBRECed and not yet released
+    [MQTT-4.3.3-10].
+
+    Stored as JSON (:meth:`to_json`) in the format written before this class
+    existed, so a session saved by an older server still loads
+    (:meth:`from_json` takes a missing field as its default).
+    """
+
+    user: str | None = None
+    subscribe: tuple[str, ...] | None = None
+    publish: tuple[str, ...] | None = None
+    expiry: int = 0
+    disconnected_at: float | None = None
+    subs: dict[str, MqttSubscription] = field(default_factory=dict)
+    awaiting_pubrel: tuple[int, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored form: a JSON object (``subs`` as ``{filter: [qos, no_local,
+        retain_as_published, subscription_id]}``)."""
+        return {
+            "user": self.user,
+            "subscribe": None if self.subscribe is None else list(self.subscribe),
+            "publish": None if self.publish is None else list(self.publish),
+            "expiry": self.expiry,
+            "disconnected_at": self.disconnected_at,
+            "subs": {f: [s.qos, s.no_local, s.retain_as_published, s.subscription_id]
+                     for f, s in self.subs.items()},
+            "awaiting_pubrel": sorted(self.awaiting_pubrel),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> MqttSessionState:
+        """Read the stored form; a field it lacks gets its default."""
+        subscribe, publish = d.get("subscribe"), d.get("publish")
+        return cls(
+            user=d.get("user"),
+            subscribe=None if subscribe is None else tuple(subscribe),
+            publish=None if publish is None else tuple(publish),
+            expiry=int(d.get("expiry") or 0),
+            disconnected_at=d.get("disconnected_at"),
+            subs={f: MqttSubscription(int(qos), bool(nl), bool(rap), sid)
+                  for f, (qos, nl, rap, sid) in (d.get("subs") or {}).items()},
+            awaiting_pubrel=tuple(d.get("awaiting_pubrel") or ()),
+        )
+
+
 class MqttSessionStore(abc.ABC):
     """Persistent MQTT sessions: their state and the queue held for each."""
 
     @abc.abstractmethod
-    async def mqtt_session(self, client_id: str) -> tuple[dict[str, Any], list[QueuedMessage]
-                                                          ] | None:
+    async def mqtt_session(self, client_id: str
+                           ) -> tuple[MqttSessionState, list[QueuedMessage]] | None:
         """The persistent session's state and its queue (oldest first), or None.
 
         State and queue are read in one step (a concurrent save is seen whole
         or not at all)."""
 
     @abc.abstractmethod
-    async def mqtt_save(self, client_id: str, state: dict[str, Any],
+    async def mqtt_save(self, client_id: str, state: MqttSessionState,
                         queue: list[QueuedMessage] | None = None) -> None:
         """Create or replace the session state; with ``queue``, replace its queue too.
 
@@ -82,6 +146,6 @@ class MqttSessionStore(abc.ABC):
         done."""
 
     @abc.abstractmethod
-    async def mqtt_sessions(self) -> list[tuple[str, dict[str, Any]]]:
+    async def mqtt_sessions(self) -> list[tuple[str, MqttSessionState]]:
         """Every stored session (client id, state), in no particular order, to
         re-register at start."""

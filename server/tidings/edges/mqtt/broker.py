@@ -1,0 +1,773 @@
+"""The MQTT broker: this node's MQTT sessions and the rules between them and the node.
+
+:class:`MqttBroker` listens (TCP, TLS; WebSocket connections come from the WS
+edge through :func:`~.transport.serve_websocket`), authenticates, answers the
+permission questions, and connects sessions to the node (publish, the
+inbox's ``users/{uid}/read``). It talks to each connection through
+:class:`~.transport.MqttConnection`'s public methods, and maps errors to
+reason codes only through :func:`~.codes.reason_code`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import ssl as ssl_module
+import time
+from dataclasses import replace
+from typing import Any
+
+import orjson
+
+from ...auth import Acl, Principal, TokenAuthority
+from ...config import Settings
+from ...errors import (
+    BadClientId,
+    BadTopic,
+    Forbidden,
+    QuotaExceeded,
+    TidingsError,
+    TooLarge,
+    Unauthorized,
+)
+from ...hub import Flusher
+from ...logs import garbage
+from ...metrics import Metrics
+from ...node import Node
+from ...notify import Notifier
+from ...presence import Presence
+from ...protocol.mqtt import (
+    NO_PROPERTIES,
+    Connack,
+    Connect,
+    Disconnect,
+    MessageAcknowledged,
+    PacketType,
+    PingReq,
+    Properties,
+    ProtocolViolation,
+    PubAck,
+    Publish,
+    PubRec,
+    ReasonCode,
+    State,
+    SubAck,
+    Subscribe,
+    Subscription,
+    UnsubAck,
+    Unsubscribe,
+    Version,
+    Will,
+)
+from ...protocol.topics import TopicError, validate_filter, validate_topic
+from ...quota import Tally
+from ...store.base import MqttSessionState, QueuedMessage
+from ...types import classify_payload, parse_offset
+from .codes import reason_code
+from .session import WIRE, MqttSession, ShareGroup, Sub, template
+from .sys import sys_loop
+from .transport import MqttConnection
+
+__all__ = ["MqttBroker"]
+
+log = logging.getLogger("tidings.mqtt")
+
+
+class MqttBroker:
+    """The MQTT sessions of this node and the rules between them and the node."""
+
+    def __init__(self, settings: Settings, node: Node, tokens: TokenAuthority, acl: Acl,
+                 notifier: Notifier, presence: Presence, metrics: Metrics) -> None:
+        self.settings = settings
+        self.node = node
+        self.tokens = tokens
+        self.acl = acl
+        self.notifier = notifier
+        self.presence = presence
+        self.metrics = metrics
+        self.flusher = Flusher()
+        self.sessions: dict[str, MqttSession] = {}
+        self.groups: dict[tuple[str, str], ShareGroup] = {}
+        self.connections: set[MqttConnection] = set()
+        self.frames_out = 0  # packets written to clients (a plain int: hot path)
+        self.connect_deadlines: dict[MqttConnection, float] = {}
+        self.per_ip: Tally[str] = Tally(settings.mqtt.max_connections_per_ip)
+        # user -> client ids of its persistent sessions here (mqtt.max_sessions_per_user)
+        self._kept: dict[str, set[str]] = {}
+        self._servers: list[asyncio.Server] = []
+        self._offline: list[tuple[str, QueuedMessage]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self._sys: asyncio.Task[None] | None = None
+        self._will_timers: dict[str, asyncio.TimerHandle] = {}
+        self.started = time.time()
+        node.hub.register_wire(WIRE, template)
+        metrics.gauge("tidings_mqtt_connections", "open MQTT connections",
+                      lambda: float(len(self.connections)))
+        metrics.describe("tidings_mqtt_dropped_total", "MQTT messages not delivered, by reason")
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    @property
+    def ports(self) -> list[int]:
+        return [int(s.sockets[0].getsockname()[1]) for s in self._servers]
+
+    async def start(self) -> None:
+        s = self.settings.mqtt
+        await self._restore()
+        loop = asyncio.get_running_loop()
+        self._servers.append(await loop.create_server(
+            lambda: MqttConnection(self), s.host, s.port, reuse_address=True,
+            reuse_port=self.settings.node.reuse_port or None))
+        if s.tls_cert:
+            ctx = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(s.tls_cert, s.tls_key)
+            self._servers.append(await loop.create_server(
+                lambda: MqttConnection(self, "mqtts"), s.host, s.tls_port, ssl=ctx,
+                reuse_address=True, reuse_port=self.settings.node.reuse_port or None))
+        self._ticker = loop.create_task(self._tick())
+        if s.sys_interval:
+            self._sys = loop.create_task(sys_loop(self, s.sys_interval))
+
+    async def shutdown(self, timeout: float) -> None:
+        for server in self._servers:
+            server.close()
+        for task in (self._ticker, self._sys):
+            if task is not None:
+                task.cancel()
+        closing = list(self.connections)
+        for conn in closing:
+            conn.close(ReasonCode.SERVER_SHUTTING_DOWN)
+        deadline = time.monotonic() + timeout
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        workers = [c.worker for c in closing if c.worker is not None]
+        if workers:  # they detach their sessions (and save them) when done
+            await asyncio.wait(workers, timeout=max(0.0, deadline - time.monotonic()))
+        for conn in list(self.connections):
+            if conn.link is not None:
+                conn.link.abort()
+        for timer in self._will_timers.values():
+            timer.cancel()
+        await self._flush_offline()
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _restore(self) -> None:
+        """Re-register the stored persistent sessions (after a restart)."""
+        now = time.time()
+        for client_id, state in await self.node.store.mqtt_sessions():
+            gone = state.disconnected_at or now
+            if gone + state.expiry <= now:
+                await self.node.store.mqtt_delete(client_id)
+                continue
+            session = MqttSession.from_state(self, client_id, state)
+            session.disconnected_at = gone
+            self.sessions[client_id] = session
+            self._keep(session, True)
+            self._hold_subs(session)
+            for flt, sub in session.subs.items():
+                await self._register(session, flt, sub)
+            self._schedule_expiry(session)
+
+    async def _tick(self) -> None:
+        """Once a second: keepalive deadlines, connect timeouts, the offline queue."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for conn in list(self.connections):
+                if conn.check_keepalive(now):
+                    self.metrics.inc("tidings_errors_total", code="keepalive_timeout")
+            for conn, deadline in list(self.connect_deadlines.items()):
+                if now > deadline and conn.proto.state is not State.CONNECTED:
+                    self.connect_deadlines.pop(conn, None)
+                    if conn.link is not None:
+                        conn.link.abort()  # no CONNECT in time [MQTT-3.1.4-x]: just close
+
+    # -- offline queue ------------------------------------------------------------------
+
+    def enqueue_offline(self, client_id: str, message: QueuedMessage) -> None:
+        if not self._offline:
+            self.spawn(self._flush_offline_soon())
+        self._offline.append((client_id, message))
+
+    async def _flush_offline_soon(self) -> None:
+        await asyncio.sleep(0)
+        await self._flush_offline()
+
+    async def _flush_offline(self) -> None:
+        batch, self._offline = self._offline, []
+        if not batch:
+            return
+        try:
+            dropped = await self.node.store.mqtt_enqueue(batch, self.settings.mqtt.max_queued)
+        except TidingsError:
+            dropped = len(batch)
+        if dropped:
+            self.metrics.inc("tidings_mqtt_dropped_total", dropped, reason="queue_full")
+
+    # -- events ---------------------------------------------------------------------------
+
+    async def handle(self, conn: MqttConnection, event: Any) -> None:
+        if isinstance(event, Connect):
+            await self._connect(conn, event)
+        elif isinstance(event, Publish):
+            await self._publish(conn, event)
+        elif isinstance(event, Subscribe):
+            await self._subscribe(conn, event)
+        elif isinstance(event, Unsubscribe):
+            await self._unsubscribe(conn, event)
+        elif isinstance(event, MessageAcknowledged):
+            conn.send_queued()
+        elif isinstance(event, Disconnect):
+            self._disconnect(conn, event)
+        elif isinstance(event, ProtocolViolation):
+            self.metrics.inc("tidings_errors_total", code="mqtt_protocol")
+            garbage.note("MQTT packet", conn.session.client_id if conn.session else "a client",
+                         str(event.error))  # rate-limited: see logs.py
+        elif isinstance(event, PingReq):
+            pass
+
+    def _refuse(self, conn: MqttConnection, error: TidingsError) -> None:
+        """Refuse the CONNECT: a CONNACK with the reason code for ``error`` (the codec
+        writes a 3.1.1 client's return code), then close [MQTT-3.2.2-7] (5.0) /
+        [MQTT-3.2.2-5] (3.1.1)."""
+        code = reason_code(error, PacketType.CONNACK)
+        self.metrics.inc("tidings_errors_total", code=f"mqtt_connack_{code:#x}")
+        conn.send(Connack(reason_code=code))
+
+    async def _connect(self, conn: MqttConnection, packet: Connect) -> None:
+        """CONNECT: authenticate, find the client's session, take over its live
+        connection, resume or start the session, acknowledge."""
+        self.connect_deadlines.pop(conn, None)
+        try:
+            principal = self._authenticate(packet)
+            client_id, assigned = self._client_id(packet)
+            old, stored = await self._find_session(client_id, principal)
+            expiry = self._session_expiry(packet, client_id, principal)
+        except (Unauthorized, Forbidden, BadClientId, QuotaExceeded) as e:
+            self._refuse(conn, e)
+            return
+        if old is not None and old.conn is not None:
+            self._take_over(conn, old, resume=not packet.clean_start)
+        timer = self._will_timers.pop(client_id, None)
+        if timer is not None:
+            timer.cancel()  # the client is back before its will delay ran out
+        if old is not None and not packet.clean_start:
+            session, present = await self._resume_here(conn, old, principal), True
+        else:
+            if old is not None:
+                await self._end_session(old)
+            session, present = MqttSession(self, client_id, principal), False
+            if not packet.clean_start and stored is not None:
+                session, present = await self._resume_stored(conn, client_id, principal,
+                                                             stored), True
+        await self._open(conn, session, packet, expiry)
+        self._acknowledge(conn, packet, session, present, assigned)
+
+    def _authenticate(self, packet: Connect) -> Principal:
+        """The password is a Tidings token (the username is informational); none:
+        anonymous, if ``auth.allow_anonymous``."""
+        if packet.password is not None:
+            return self.tokens.verify(packet.password.decode("utf-8", "replace"))
+        if self.settings.auth.allow_anonymous:
+            return Principal(None)
+        if packet.username is None:
+            raise Forbidden("anonymous connections are not allowed")
+        raise Unauthorized("a user name without a password")
+
+    @staticmethod
+    def _client_id(packet: Connect) -> tuple[str, str | None]:
+        """(client id, the one we assigned to an empty one, if we did)."""
+        if not packet.client_id:
+            assigned = "auto-" + secrets.token_hex(8)
+            return assigned, assigned
+        if len(packet.client_id) > 256:
+            raise BadClientId("client id over 256 characters")
+        return packet.client_id, None
+
+    async def _find_session(self, client_id: str, principal: Principal
+                            ) -> tuple[MqttSession | None,
+                                       tuple[MqttSessionState, list[QueuedMessage]] | None]:
+        """(the session held here, else the one kept in the store); a token cannot
+        take over, resume or wipe another user's session."""
+        old = self.sessions.get(client_id)
+        if old is not None:
+            if old.principal.user != principal.user:
+                raise Forbidden("the client id is another user's session")
+            return old, None
+        # kept by another node (a shared store), before a restart, or not kept at all
+        stored = await self.node.store.mqtt_session(client_id)
+        if stored is not None and stored[0].user != principal.user:
+            raise Forbidden("the client id is another user's session")
+        return None, stored
+
+    def _session_expiry(self, packet: Connect, client_id: str, principal: Principal) -> int:
+        """Seconds the session outlives the connection: 5.0 Session Expiry Interval,
+        3.1.1 clean session 0 for as long as we keep any (``mqtt.max_session_expiry``)."""
+        s = self.settings.mqtt
+        if packet.version == Version.V5:
+            expiry = packet.properties.session_expiry_interval or 0
+        else:
+            expiry = 0 if packet.clean_start else s.max_session_expiry
+        expiry = min(expiry, s.max_session_expiry)
+        if expiry > 0 and principal.user is not None:
+            kept = self._kept.get(principal.user, set())
+            if client_id not in kept and len(kept) >= s.max_sessions_per_user:
+                # each kept session may queue max_queued messages: 0x97 "an
+                # implementation or administrative imposed limit has been
+                # exceeded" (5.0 section 3.2.2.2; 3.1.1: 0x03)
+                raise QuotaExceeded(f"over mqtt.max_sessions_per_user ({s.max_sessions_per_user})")
+        return expiry
+
+    def _take_over(self, conn: MqttConnection, old: MqttSession, *, resume: bool) -> None:
+        """Close the live connection of the same client id [MQTT-3.1.4-2]; with
+        ``resume`` its unacknowledged messages move to ``conn``."""
+        prev, old.conn = old.conn, None
+        assert prev is not None
+        conn.take_over(prev, resume=resume)
+        self.metrics.inc("tidings_mqtt_takeovers_total")
+
+    async def _resume_here(self, conn: MqttConnection, session: MqttSession,
+                           principal: Principal) -> MqttSession:
+        """Resume a session held on this node, with the grants of the token presented now."""
+        session.principal = principal
+        if session.expiry_timer is not None:
+            session.expiry_timer.cancel()
+            session.expiry_timer = None
+        # From now on new messages wait in the connection (behind the stored queue),
+        # not in the store's queue, which is read once here and then emptied; what
+        # was queued but not yet written goes to the store before that read.
+        session.conn = conn
+        await self._flush_offline()
+        stored = await self.node.store.mqtt_session(session.client_id)
+        if stored is not None:
+            conn.resume_queue(stored[1])
+        return session
+
+    async def _resume_stored(self, conn: MqttConnection, client_id: str, principal: Principal,
+                             stored: tuple[MqttSessionState, list[QueuedMessage]]
+                             ) -> MqttSession:
+        """Resume a session kept by another node or before a restart."""
+        session = MqttSession.from_state(self, client_id, stored[0])
+        session.principal = principal  # the grants of the token presented now
+        session.conn = conn  # what arrives from now on waits in the connection
+        conn.resume_queue(stored[1])
+        self._hold_subs(session)
+        for flt, sub in session.subs.items():
+            await self._register(session, flt, sub)
+        return session
+
+    async def _open(self, conn: MqttConnection, session: MqttSession, packet: Connect,
+                    expiry: int) -> None:
+        """Bind ``session`` to ``conn`` and store (or forget) it."""
+        session.expiry = expiry
+        session.disconnected_at = None
+        session.conn = conn
+        conn.session = session
+        conn.will = packet.will
+        self.sessions[session.client_id] = session
+        self._keep(session, expiry > 0)
+        self._end_at_token_expiry(conn, session.principal)
+        if session.persistent:
+            await self.node.store.mqtt_save(session.client_id, session.state(), [])
+        else:
+            await self.node.store.mqtt_delete(session.client_id)
+
+    def _acknowledge(self, conn: MqttConnection, packet: Connect, session: MqttSession,
+                     present: bool, assigned: str | None) -> None:
+        """CONNACK, then what waited for it; the user is online."""
+        if present:
+            conn.proto.restore_awaiting_pubrel(session.awaiting_pubrel)
+        props = self._connack_properties(packet, assigned)
+        conn.acknowledge(Connack(session_present=present, properties=props))
+        if session.user is not None:
+            self.presence.online(session.user, conn, session.client_id, "mqtt")
+
+    def _connack_properties(self, packet: Connect, assigned: str | None) -> Properties:
+        """5.0 CONNACK properties: what we assigned and what we support (3.2.2.3)."""
+        if packet.version != Version.V5:
+            return NO_PROPERTIES
+        max_keep = self.settings.mqtt.max_keepalive
+        keep = packet.keep_alive
+        return Properties(
+            assigned_client_identifier=assigned,
+            server_keep_alive=max_keep if max_keep and (keep == 0 or keep > max_keep) else None,
+            maximum_qos=None,
+            retain_available=None,
+            wildcard_subscription_available=1,
+            subscription_identifier_available=1,
+            shared_subscription_available=1,
+        )
+
+    def _disconnect(self, conn: MqttConnection, packet: Disconnect) -> None:
+        conn.graceful = packet.reason_code != ReasonCode.DISCONNECT_WITH_WILL
+        session = conn.session
+        expiry = packet.properties.session_expiry_interval
+        if session is not None and expiry is not None:
+            session.expiry = min(expiry, self.settings.mqtt.max_session_expiry)
+            self._keep(session, session.expiry > 0)
+
+    def detached(self, conn: MqttConnection) -> None:
+        """The connection is gone: will, presence, and keep or end the session."""
+        session = conn.session
+        if session is None:
+            return
+        if session.user is not None:
+            self.presence.offline(session.user, conn)  # taken over too: this connection left
+        if conn.taken_over:
+            return
+        if not conn.graceful and conn.will is not None:
+            self._schedule_will(session, conn.will)
+        session.conn = None
+        if session.persistent:
+            session.disconnected_at = time.time()
+            session.awaiting_pubrel = set(conn.proto.awaiting_pubrel)
+            queue = conn.unsent()
+            self.spawn(self.node.store.mqtt_save(session.client_id, session.state(), queue))
+            self._schedule_expiry(session)
+        else:
+            self.spawn(self._end_session(session))
+
+    def _keep(self, session: MqttSession, persistent: bool) -> None:
+        """Set whether ``session`` outlives its connection, and count it per user."""
+        session.persistent = persistent
+        user = session.user
+        if user is None:
+            return
+        kept = self._kept.setdefault(user, set())
+        if persistent:
+            kept.add(session.client_id)
+        else:
+            kept.discard(session.client_id)
+        if not kept:
+            del self._kept[user]
+
+    def _end_at_token_expiry(self, conn: MqttConnection, principal: Principal) -> None:
+        """Close the connection when its token runs out, as the WS edge does (4001).
+
+        5.0: DISCONNECT 0xA0 Maximum connect time ("the maximum connection time
+        authorized for this connection has been exceeded", section 3.14.2.1);
+        3.1.1 has no server DISCONNECT: the connection is closed. The session
+        itself lives on as any other; the client needs a new token to resume it.
+        """
+        if conn.expiry is not None:
+            conn.expiry.cancel()
+            conn.expiry = None
+        if principal.expires is None:
+            return
+        delay = max(0.0, principal.expires - time.time())
+
+        def expired() -> None:
+            conn.expiry = None
+            self.metrics.inc("tidings_errors_total", code="token_expired")
+            conn.close(ReasonCode.MAXIMUM_CONNECT_TIME)
+
+        conn.expiry = asyncio.get_running_loop().call_later(delay, expired)
+
+    def _schedule_will(self, session: MqttSession, will: Will) -> None:
+        delay = will.properties.will_delay_interval or 0
+        delay = min(delay, session.expiry) if session.persistent else 0
+        if delay <= 0:
+            self.spawn(self._publish_will(session, will))
+            return
+        self._will_timers[session.client_id] = asyncio.get_running_loop().call_later(
+            delay, lambda: self.spawn(self._publish_will(session, will)))
+
+    async def _publish_will(self, session: MqttSession, will: Will) -> None:
+        self._will_timers.pop(session.client_id, None)
+        if not self.acl.can_publish(session.principal, will.topic):
+            return
+        props = will.properties
+        meta = replace(props, will_delay_interval=None) if props else None
+        try:
+            await self.node.publish(will.topic, will.payload, classify_payload(will.payload),
+                                    retain=will.retain, qos=int(will.qos),
+                                    origin=session.client_id, meta=meta)
+            self.metrics.inc("tidings_mqtt_wills_total")
+        except TidingsError:
+            log.warning("could not publish a will (store unavailable)")
+
+    def _schedule_expiry(self, session: MqttSession) -> None:
+        if session.expiry_timer is not None:
+            session.expiry_timer.cancel()
+        gone = session.disconnected_at or time.time()
+        delay = max(0.0, gone + session.expiry - time.time())
+        session.expiry_timer = asyncio.get_running_loop().call_later(
+            delay, lambda: self.spawn(self._expire(session)))
+
+    async def _expire(self, session: MqttSession) -> None:
+        if session.conn is None and self.sessions.get(session.client_id) is session:
+            await self._end_session(session)
+
+    async def _end_session(self, session: MqttSession) -> None:
+        if self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+            self._keep(session, False)
+        if session.expiry_timer is not None:
+            session.expiry_timer.cancel()
+        if session.user is not None and session.subs:
+            self.node.user_subscriptions.give(session.user, len(session.subs))
+        for flt in list(session.subs):
+            await self._unregister(session, flt)
+        session.subs.clear()
+        if session.persistent or session.conn is None:
+            await self.node.store.mqtt_delete(session.client_id)
+
+    # -- publish --------------------------------------------------------------------------
+
+    async def _publish(self, conn: MqttConnection, packet: Publish) -> None:
+        """PUBLISH from the client: checked, published (or applied), acknowledged.
+
+        A refusal is the error's reason code in the 5.0 PUBACK / PUBREC
+        (:func:`~.codes.reason_code`). 3.1.1 cannot refuse in an acknowledgement:
+        a refused message is acknowledged and dropped, and one the server could
+        not take closes the connection, so the client sends it again.
+        """
+        session = conn.session
+        assert session is not None
+        v5 = conn.proto.version == Version.V5
+        try:
+            topic = self._check_publish(session, packet)
+            await self._accept(session, topic, packet)
+        except TooLarge as e:
+            # Within the packet size (which leaves room for the topic and
+            # properties) but over the data limit: the same refusal as a packet
+            # over Maximum Packet Size [MQTT-3.2.2-15]: DISCONNECT 0x95 in 5.0 (4.13);
+            # 3.1.1 has no way to say it and closes.
+            self.metrics.inc("tidings_errors_total", code="too_large")
+            conn.close(reason_code(e, PacketType.DISCONNECT) if v5 else None)
+        except (BadTopic, Forbidden) as e:
+            self._ack_publish(conn, packet, e)
+        except TidingsError as e:
+            if v5:
+                self._ack_publish(conn, packet, e)
+            else:
+                conn.close()
+        else:
+            self._ack_publish(conn, packet, None)
+
+    def _check_publish(self, session: MqttSession, packet: Publish) -> str:
+        """The PUBLISH's topic, once its size, topic name and permission are checked."""
+        if len(packet.payload) > self.settings.limits.max_message_size:
+            raise TooLarge("payload over limits.max_message_size")
+        t = self.settings.topics
+        try:
+            topic = validate_topic(packet.topic, max_length=t.max_length, max_depth=t.max_depth)
+        except TopicError as e:
+            raise BadTopic(f"topic: {e}") from None
+        if not self.acl.can_publish(session.principal, topic):
+            self.metrics.inc("tidings_errors_total", code="forbidden")
+            raise Forbidden(f"not allowed to publish to {topic[:64]!r}")
+        return topic
+
+    @staticmethod
+    def _ack_publish(conn: MqttConnection, packet: Publish, error: TidingsError | None) -> None:
+        """PUBACK (QoS 1) or PUBREC (QoS 2): success, or in 5.0 the refusal's code."""
+        code = 0
+        if error is not None and conn.proto.version == Version.V5:
+            code = reason_code(error, PacketType.PUBACK)
+        if packet.qos == 1:
+            conn.send(PubAck(packet.packet_id or 0, code))
+        elif packet.qos == 2:
+            conn.send(PubRec(packet.packet_id or 0, code))
+
+    async def _accept(self, session: MqttSession, topic: str, packet: Publish) -> None:
+        user = session.user
+        if user is not None and topic == f"users/{user}/read":
+            await self._device_read(session, packet.payload)
+            return
+        props = packet.properties
+        meta = props if props else None
+        await self.node.publish(topic, packet.payload, classify_payload(packet.payload),
+                                retain=packet.retain, qos=int(packet.qos),
+                                origin=session.client_id, meta=meta)
+
+    async def _device_read(self, session: MqttSession, payload: bytes) -> None:
+        """``users/{uid}/read``: ``{"ids": [...]}`` or ``{"all": true}``; applied, not forwarded."""
+        assert session.user is not None
+        try:
+            body = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            self.metrics.inc("tidings_errors_total", code="bad_read")
+            return
+        if not isinstance(body, dict):
+            return
+        try:
+            await self.notifier.mark(session.user, "read", body.get("ids"),
+                                     body.get("all") is True, session.client_id)
+        except TidingsError as e:
+            if e.status >= 500:
+                raise
+            self.metrics.inc("tidings_errors_total", code=e.code)
+
+    # -- subscribe -------------------------------------------------------------------------
+
+    async def _register(self, session: MqttSession, flt: str, sub: Sub) -> None:
+        if flt.startswith("$share/"):
+            _, group, inner = flt.split("/", 2)
+            key = (group, inner)
+            g = self.groups.get(key)
+            if g is None:
+                g = self.groups[key] = ShareGroup(group, inner)
+                await self.node.subscribe(inner, g)
+            g.members[session] = sub
+        else:
+            await self.node.subscribe(flt, session)
+
+    async def _unregister(self, session: MqttSession, flt: str) -> None:
+        if flt.startswith("$share/"):
+            _, group, inner = flt.split("/", 2)
+            g = self.groups.get((group, inner))
+            if g is not None:
+                g.members.pop(session, None)
+                if not g.members:
+                    del self.groups[(group, inner)]
+                    await self.node.unsubscribe(inner, g)
+        else:
+            await self.node.unsubscribe(flt, session)
+
+    def _hold_subs(self, session: MqttSession) -> None:
+        """Count a stored session's subscriptions against its user (they were
+        allowed when made, so they are kept even over a since lowered limit)."""
+        if session.user is not None and session.subs:
+            self.node.user_subscriptions.force(session.user, len(session.subs))
+
+    def _check_filter(self, session: MqttSession, flt: str) -> str:
+        """The filter to check permissions on (a shared one's inner filter), once
+        its syntax and the permission are checked."""
+        t = self.settings.topics
+        inner = flt
+        if flt.startswith("$share/"):
+            parts = flt.split("/", 2)
+            if len(parts) < 3 or not parts[1] or "+" in parts[1] or "#" in parts[1]:
+                raise BadTopic("a shared subscription is $share/{group}/{filter}")
+            inner = parts[2]
+        try:
+            validate_filter(inner, max_length=t.max_length, max_depth=t.max_depth)
+        except TopicError as e:
+            raise BadTopic(f"topic filter: {e}") from None
+        if not self.acl.can_subscribe(session.principal, inner):
+            raise Forbidden(f"not allowed to subscribe to {inner[:64]!r}")
+        return inner
+
+    def _admit(self, session: MqttSession, flt: str) -> str:
+        """The filter to check permissions on, once ``flt`` may be subscribed: checked,
+        and when new, counted against the session's and the user's limits."""
+        inner = self._check_filter(session, flt)
+        if flt in session.subs:
+            return inner
+        if len(session.subs) >= self.settings.mqtt.max_subscriptions:
+            raise QuotaExceeded(f"over mqtt.max_subscriptions "
+                                f"({self.settings.mqtt.max_subscriptions})")
+        if session.user is not None and not self.node.user_subscriptions.take(session.user):
+            raise QuotaExceeded("over topics.max_user_subscriptions")
+        return inner
+
+    async def _subscribe(self, conn: MqttConnection, packet: Subscribe) -> None:
+        session = conn.session
+        assert session is not None
+        sub_id = packet.properties.subscription_identifiers[0] \
+            if packet.properties.subscription_identifiers else None
+        session.live_seen = {}
+        try:
+            await self._subscribe_all(conn, session, packet, sub_id)
+        finally:
+            session.live_seen = None
+
+    async def _subscribe_all(self, conn: MqttConnection, session: MqttSession,
+                             packet: Subscribe, sub_id: int | None) -> None:
+        """Each filter granted or refused in its SUBACK slot; then the retained
+        messages of the granted ones."""
+        codes: list[int] = []
+        retained_jobs: list[tuple[str, Sub]] = []
+        for s in packet.subscriptions:
+            code, job = await self._subscribe_one(session, s, sub_id)
+            codes.append(code)
+            if job is not None:
+                retained_jobs.append(job)
+        conn.send(SubAck(packet.packet_id, tuple(codes)))
+        if session.persistent:
+            await self.node.store.mqtt_save(session.client_id, session.state())
+        await self._send_retained(conn, session, retained_jobs)
+
+    async def _subscribe_one(self, session: MqttSession, s: Subscription, sub_id: int | None
+                             ) -> tuple[int, tuple[str, Sub] | None]:
+        """(SUBACK code, (filter, options) whose retained messages to send, if any)."""
+        shared = s.topic_filter.startswith("$share/")
+        new = s.topic_filter not in session.subs
+        try:
+            if shared and s.no_local:
+                # [MQTT-3.8.3-4]: a Protocol Error, not a refusal of ours; said
+                # in its slot (after the filter's own checks)
+                self._check_filter(session, s.topic_filter)
+                code = int(ReasonCode.PROTOCOL_ERROR)
+            else:
+                inner = self._admit(session, s.topic_filter)
+                code = int(s.qos)
+        except TidingsError as e:
+            code = reason_code(e, PacketType.SUBACK)
+        if code >= 0x80:
+            self.metrics.inc("tidings_errors_total", code=f"mqtt_suback_{code:#x}")
+            return code, None
+        sub = Sub(int(s.qos), s.no_local, s.retain_as_published, sub_id)
+        session.subs[s.topic_filter] = sub  # an existing one's options are replaced [MQTT-3.8.4-3]
+        if new:
+            await self._register(session, s.topic_filter, sub)
+        elif shared:
+            _, group, rest = s.topic_filter.split("/", 2)
+            g = self.groups.get((group, rest))
+            if g is not None:
+                g.members[session] = sub
+        rh = int(s.retain_handling)
+        if not shared and (rh == 0 or (rh == 1 and new)):  # [MQTT-3.3.1-9..11]
+            return code, (inner, sub)
+        return code, None
+
+    async def _send_retained(self, conn: MqttConnection, session: MqttSession,
+                             jobs: list[tuple[str, Sub]]) -> None:
+        """The retained messages matching newly granted filters [MQTT-3.3.1-8], those
+        the session may see and live delivery has not already carried, paced."""
+        for inner, sub in jobs:
+            for pub in await self.node.store.retained(inner):
+                if not session.may_see(pub.topic):
+                    continue  # a wildcard matches other users' topics too
+                live = (session.live_seen or {}).get(pub.topic)
+                if live is not None and _not_after(pub.offset, live):
+                    continue  # the live delivery already carried this (or newer)
+                ids = (sub.subscription_id,) if sub.subscription_id is not None else ()
+                conn.publish(template(pub), min(sub.qos, pub.qos), True, ids)
+                if not await conn.pace():  # a burst the server chose: as fast as it is read
+                    return
+
+    async def _unsubscribe(self, conn: MqttConnection, packet: Unsubscribe) -> None:
+        session = conn.session
+        assert session is not None
+        codes = []
+        for flt in packet.topic_filters:
+            if flt in session.subs:
+                del session.subs[flt]
+                if session.user is not None:
+                    self.node.user_subscriptions.give(session.user)
+                await self._unregister(session, flt)
+                codes.append(ReasonCode.SUCCESS)
+            else:
+                codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
+        conn.send(UnsubAck(packet.packet_id, tuple(codes)))
+        if session.persistent:
+            await self.node.store.mqtt_save(session.client_id, session.state())
+
+
+def _not_after(offset: str, other: str) -> bool:
+    """Whether ``offset`` is at or before ``other`` (same topic and epoch)."""
+    a, b = parse_offset(offset), parse_offset(other)
+    return a is not None and b is not None and a[0] == b[0] and a[1] <= b[1]
+
+
