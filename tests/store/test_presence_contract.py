@@ -4,7 +4,8 @@ On the one ``store`` / ``open_store`` fixture of ``support/stores.py``. A store
 whose ``shared_presence`` is True (Redis, Redis Cluster) keeps every node's
 device entries: two stores over the same data stand for two nodes. A store
 without it (SQLite: one node keeps its devices in memory) must say so and
-refuse the calls; the tests of shared entries skip on it.
+refuse the calls; the tests of shared entries run on the backends that share
+(no test skips: a skip fails the suite under CI).
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from tidings.store.base import Store
 pytest_plugins = ["redis_servers"]  # session-wide redis-server / cluster fixtures
 
 
+SHARING = ["redis", "redis-cluster"]  # the backends whose shared_presence is True
+shared_only = pytest.mark.parametrize("open_store", SHARING, indirect=True)
+
+
 async def two_nodes(open_store: OpenStore) -> tuple[Store, Store]:
-    """Two stores over the same data (two nodes' views); skip when presence is not shared."""
+    """Two stores over the same data (two nodes' views) of a store that shares presence."""
     store = await open_store()
-    if not store.shared_presence:
-        pytest.skip("this store keeps no presence (shared_presence is False)")
+    assert store.shared_presence, "run on a backend of SHARING only"
     return store, await open_store()
 
 
@@ -42,6 +46,7 @@ async def test_shared_presence_says_whether_the_store_keeps_presence(store: Stor
                 await call()
 
 
+@shared_only
 async def test_presence_is_shared_and_expires(open_store: OpenStore, clock: Clock) -> None:
     """Two nodes' device entries for one user; a node that stops refreshing (killed)
     loses its entries within the ttl."""
@@ -62,6 +67,7 @@ async def test_presence_is_shared_and_expires(open_store: OpenStore, clock: Cloc
     assert await store.presence_list("alice") == []
 
 
+@shared_only
 async def test_a_refresh_replaces_the_info_and_counts_once(open_store: OpenStore) -> None:
     store, other = await two_nodes(open_store)
     assert await store.presence_put("alice", "n1/phone", {"device": "phone", "v": 1}, 30) == 1
@@ -69,6 +75,7 @@ async def test_a_refresh_replaces_the_info_and_counts_once(open_store: OpenStore
     assert await other.presence_list("alice") == [{"device": "phone", "v": 2}]
 
 
+@shared_only
 async def test_an_entry_lives_exactly_its_ttl(open_store: OpenStore, clock: Clock) -> None:
     """Gone once ``ttl`` seconds of the store's clock passed without a refresh, from
     lists and from the counts the other calls return."""
@@ -84,6 +91,7 @@ async def test_an_entry_lives_exactly_its_ttl(open_store: OpenStore, clock: Cloc
     assert await other.presence_remove("alice", "n2/laptop") == 1
 
 
+@shared_only
 async def test_users_never_mix(open_store: OpenStore) -> None:
     """User names that look like key syntax or differ only by escaping stay apart."""
     store, other = await two_nodes(open_store)
