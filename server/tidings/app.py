@@ -332,7 +332,8 @@ class App:
         except TidingsError as e:
             body, status = json.dumps({"error": e.to_dict()}).encode(), e.status
         headers = Headers([("Content-Type", "application/json"),
-                           ("Content-Length", str(len(body))), ("Cache-Control", "no-store")])
+                           ("Content-Length", str(len(body))), ("Cache-Control", "no-store"),
+                           ("Connection", "close")])  # the WS port answers one request
         return Response(status, http.HTTPStatus(status).phrase, headers, body)
 
     @property

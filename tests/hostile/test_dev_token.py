@@ -70,6 +70,19 @@ async def test_dev_token_on_a_loopback_dev_node(build: Build,
     assert not [r for r in caplog.records if "beyond loopback" in r.getMessage()]
 
 
+async def test_plain_http_on_the_ws_port_says_the_connection_closes(build: Build) -> None:
+    """The WS port answers one plain request per connection (the demo page, /dev/token,
+    a 404) and closes it: the response says so, so a client that pools connections
+    (Node's fetch, aiohttp) never sends its next request on a closed one. Without
+    the header, back-to-back requests failed now and then with a dropped connection."""
+    n = await build(LOOPBACK)
+    base = f"http://127.0.0.1:{n.app.ws_port}"
+    for path in ("/dev/token?user=bob", "/", "/no-such-page") * 10:
+        async with n.http.get(base + path) as r:
+            assert r.headers.get("Connection", "").lower() == "close", (path, r.headers)
+            await r.read()
+
+
 async def test_open_broker_config_has_no_dev_token(build: Build,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     """config/open-broker.toml binds WS and MQTT on 0.0.0.0 with no keys."""

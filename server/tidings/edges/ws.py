@@ -1127,6 +1127,9 @@ def static_response(path: str) -> Response:
 
 def _plain(status: http.HTTPStatus, body: bytes, ctype: str = "text/plain; charset=utf-8"
            ) -> Response:
+    # The connection ends after this response (only an upgrade keeps it): say so,
+    # or a client that pools connections reuses one the server has closed.
     headers = Headers([("Content-Type", ctype), ("Content-Length", str(len(body))),
-                       ("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff")])
+                       ("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff"),
+                       ("Connection", "close")])
     return Response(status.value, status.phrase, headers, body)
