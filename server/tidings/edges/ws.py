@@ -28,6 +28,12 @@ of frames and flushes them through ``protocol.send_text`` / ``send_binary``
 
 If a session's unsent bytes (our buffer plus the transport's) would exceed
 ``ws.outbound_buffer``, it is closed with 4008 and counted; no one else waits.
+
+What a client may do, and doing it, is the :mod:`tidings.sessions` layer's:
+a :class:`WsSession` is its :class:`~tidings.sessions.Transport` and only
+translates (a command frame into a :class:`~tidings.sessions.Session` call,
+the result into a reply, a :class:`~tidings.errors.TidingsError` into a reply
+error or close code). Its lifecycle is one :class:`WsState`.
 """
 
 from __future__ import annotations
