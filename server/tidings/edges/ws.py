@@ -698,14 +698,9 @@ class WsEdge:
                  metrics: Metrics, notifier: Notifier, presence: Presence,
                  http_routes: Mapping[str, Callable[[Request], Response]] | None = None
                  ) -> None:
-        self.settings = settings
-        self.node = node
-        self.notifier = notifier
-        self.presence = presence
-        self.tokens = tokens
-        self.acl = acl
-        self.metrics = metrics
+        # what sessions may do is the sessions layer's; the edge keeps its own settings
         self.ops = Operations(settings, node, tokens, acl, notifier, presence, metrics)
+        self.settings, self.node, self.metrics = settings, node, metrics
         self.flusher = Flusher()
         self.sessions: set[WsSession] = set()
         self.connections = 0  # after the handshake (the gauge)

@@ -13,7 +13,8 @@ so each edge keeps telling the peer which part of its request was wrong.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..auth import Acl, Principal, TokenAuthority, is_reserved
@@ -33,34 +34,33 @@ __all__ = ["INBOX_LIMIT", "Operations", "fitting"]
 INBOX_LIMIT = 100  # items in one inbox page, at most
 
 
+@dataclass(frozen=True, slots=True, eq=False)
 class Operations:
     """The node's services with every client-facing check in front of them."""
 
-    def __init__(self, settings: Settings, node: Node, tokens: TokenAuthority, acl: Acl,
-                 notifier: Notifier, presence: Presence, metrics: Metrics) -> None:
-        self.settings = settings
-        self.node = node
-        self.tokens = tokens
-        self.acl = acl
-        self.notifier = notifier
-        self.presence = presence
-        self.metrics = metrics
+    settings: Settings
+    node: Node
+    tokens: TokenAuthority
+    acl: Acl
+    notifier: Notifier
+    presence: Presence
+    metrics: Metrics
 
     # -- topics -------------------------------------------------------------------------
 
     def topic(self, value: Any) -> str:
         """``value`` as a topic name (no wildcards), or ``bad_topic``."""
-        t = self.settings.topics
-        try:
-            return validate_topic(value, max_length=t.max_length, max_depth=t.max_depth)
-        except TopicError as e:
-            raise BadRequest(f"topic: {e}", code="bad_topic") from None
+        return self._valid(validate_topic, value)
 
     def filter(self, value: Any) -> str:
         """``value`` as a topic filter (wildcards allowed), or ``bad_topic``."""
+        return self._valid(validate_filter, value)
+
+    def _valid(self, validate: Callable[..., str], value: Any) -> str:
+        """The one place a bad topic or filter becomes ``bad_topic`` (topics.* limits)."""
         t = self.settings.topics
         try:
-            return validate_filter(value, max_length=t.max_length, max_depth=t.max_depth)
+            return validate(value, max_length=t.max_length, max_depth=t.max_depth)
         except TopicError as e:
             raise BadRequest(f"topic: {e}", code="bad_topic") from None
 
