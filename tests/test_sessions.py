@@ -48,7 +48,7 @@ class Recorder:
         self.closing = False
         self.changed = asyncio.Event()  # set whenever something is handed over
 
-    def deliver(self, data: bytes) -> None:
+    def deliver(self, publication: Publication | None, data: bytes) -> None:
         self.log.append(("push", data))
         self.changed.set()
 

@@ -206,7 +206,7 @@ class WsSession:
     def bound(self) -> int:
         return self._limit
 
-    def deliver(self, data: bytes) -> None:
+    def deliver(self, publication: Publication | None, data: bytes) -> None:
         """Queue bytes already in this connection's wire form (the hot path)."""
         if self.state is WsState.CLOSING or self.state is WsState.CLOSED:
             return
@@ -267,7 +267,7 @@ class WsSession:
 
     def send(self, obj: dict[str, Any]) -> None:
         payload = encode(obj, self.encoding)
-        self.deliver(ws_frame(payload, text=self._text) if self.framed else payload)
+        self.deliver(None, ws_frame(payload, text=self._text) if self.framed else payload)
 
     def end(self, error: TidingsError) -> None:
         """The session ends the connection (its token expired): ``error``'s close code."""

@@ -60,8 +60,11 @@ class Transport(Protocol):
     def bound(self) -> int:
         """The outbound bound in bytes (messages held while subscribing count too)."""
 
-    def deliver(self, data: bytes) -> None:
-        """Queue bytes already in this transport's wire form (bounded; never blocks)."""
+    def deliver(self, publication: Publication | None, data: Any) -> None:
+        """Queue ``data``, already in this transport's wire form (bounded; never blocks).
+
+        ``publication`` is what it encodes (None for a reply): a transport whose
+        wire form depends on the subscription (MQTT: QoS, retain flag) needs it."""
 
     def send(self, obj: dict[str, Any]) -> None:
         """Encode and queue a reply or push."""
@@ -94,7 +97,7 @@ class Session:
         self.device = ""
         self.subscriptions: set[str] = set()
         self._streams: tuple[str, ...] = ()  # the user's own stream topics, followed at connect
-        self._hold: list[tuple[Publication, bytes]] | None = None
+        self._hold: list[tuple[Publication, Any]] | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._edge = edge
         self._max_subscriptions = max_subscriptions
@@ -108,12 +111,12 @@ class Session:
         p = self.principal
         return p is not None and self.ops.acl.may_see(p, topic)
 
-    def deliver(self, publication: Publication, data: bytes) -> None:
+    def deliver(self, publication: Publication, data: Any) -> None:
         """Hub callback: ``data`` is already this session's wire form (the hot path)."""
         if self._hold is not None:
             self._hold.append((publication, data))
         else:
-            self.transport.deliver(data)
+            self.transport.deliver(publication, data)
 
     # -- quotas -------------------------------------------------------------------------
 
@@ -336,7 +339,7 @@ class Session:
             if not self.may_see(pub.topic):  # a wildcard matches other users' topics too
                 continue
             self.ops.metrics.inc("tidings_deliveries_total")
-            transport.deliver(hub.encode(self.wire, pub))
+            transport.deliver(pub, hub.encode(self.wire, pub))
             seen[pub.topic] = pub.offset
             if await transport.pace():
                 self._check_hold()
@@ -357,7 +360,7 @@ class Session:
                 a, b = parse_offset(last), parse_offset(pub.offset)
                 if a is not None and b is not None and a[0] == b[0] and b[1] <= a[1]:
                     continue
-            self.transport.deliver(data)
+            self.transport.deliver(pub, data)
 
     async def unsubscribe(self, value: Any) -> None:
         """Stop following a filter (the user's own streams stay)."""
