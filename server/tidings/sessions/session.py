@@ -148,10 +148,6 @@ class Session:
 
     # -- connect ------------------------------------------------------------------------
 
-    @property
-    def connected(self) -> bool:
-        return self.principal is not None
-
     async def connect(self, token: Any, device: Any, since: Any, reply: Reply) -> None:
         """Authenticate, follow the user's streams, reply with what was missed."""
         ops = self.ops
