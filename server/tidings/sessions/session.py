@@ -131,8 +131,10 @@ class Session:
         self._tokens -= 1.0
         return True
 
-    def _take_subscription(self) -> None:
-        """Count one more filter against this session and its user, or refuse."""
+    def take_subscription(self) -> None:
+        """Count one more filter against this session and its user, or refuse with
+        ``too_many_subscriptions`` (public for an edge whose subscribe carries more
+        than a filter, e.g. MQTT's per-filter options and reason codes)."""
         if len(self.subscriptions) >= self._max_subscriptions:
             raise BadRequest(f"more than {self._max_subscriptions} subscriptions",
                              code="too_many_subscriptions")
@@ -141,7 +143,7 @@ class Session:
             raise BadRequest(f"more than {tally.limit} subscriptions for this user on this "
                              "node", code="too_many_subscriptions")
 
-    def _give_back(self, n: int) -> None:
+    def give_back(self, n: int) -> None:
         """Release ``n`` of this user's subscriptions (topics.max_user_subscriptions)."""
         if self.user is not None and n:
             self.ops.node.user_subscriptions.give(self.user, n)
@@ -250,7 +252,7 @@ class Session:
             raise Forbidden(f"not allowed to subscribe to {flt!r}")
         new = flt not in self.subscriptions and flt not in self._streams
         if new:
-            self._take_subscription()
+            self.take_subscription()
         self._hold = []  # live messages wait until the reply and recovery are out
         try:
             if new:
@@ -262,7 +264,7 @@ class Session:
         except BaseException:
             if new:
                 self.subscriptions.discard(flt)
-                self._give_back(1)
+                self.give_back(1)
                 await ops.node.unsubscribe(flt, self)
             self._release_hold({})
             raise
@@ -363,7 +365,7 @@ class Session:
         flt = self.ops.filter(value)
         if flt in self.subscriptions and flt not in self._streams:
             self.subscriptions.discard(flt)
-            self._give_back(1)
+            self.give_back(1)
             await self.ops.node.unsubscribe(flt, self)
 
     # -- publish ------------------------------------------------------------------------
@@ -414,7 +416,7 @@ class Session:
         if self.user is not None:
             self.ops.presence.offline(self.user, self)
         subs = self.subscriptions | set(self._streams)
-        self._give_back(len(self.subscriptions))
+        self.give_back(len(self.subscriptions))
         self.subscriptions, self._streams = set(), ()
         for flt in subs:
             await node.unsubscribe(flt, self)
