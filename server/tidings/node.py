@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -16,8 +17,8 @@ from .metrics import Metrics
 from .plumbing import TaskSet
 from .protocol.topics import is_wildcard, matches
 from .quota import Tally
-from .store.base import HistoryPolicy, PublishResult, Store
-from .types import PayloadKind, Publication, format_offset, parse_offset
+from .store.base import HistoryPage, HistoryPolicy, InboxPage, PublishResult, Store
+from .types import Offset, PayloadKind, Publication, format_offset, parse_offset
 
 __all__ = ["Node"]
 
@@ -133,6 +134,43 @@ class Node:
             await self.bus.unsubscribe(flt)
         else:
             self._refs[flt] -= 1
+
+    # -- reads for sessions and the API ---------------------------------------------
+    # The sessions layer and the HTTP API read topics and inboxes through these,
+    # never through ``store``: one place to add caching, metrics or routing later.
+
+    async def history(self, topic: str, since: str | None, limit: int) -> HistoryPage:
+        """Up to ``limit`` messages on ``topic`` after ``since`` (:meth:`Store.history`)."""
+        return await self.store.history(topic, since, limit)
+
+    async def latest(self, topic: str) -> Offset:
+        """The offset of ``topic``'s newest message (None: nothing published yet)."""
+        return await self.store.latest(topic)
+
+    async def retained(self, flt: str) -> list[Publication]:
+        """The retained message of every topic ``flt`` matches (unchecked: callers
+        ask :meth:`tidings.auth.Acl.may_see` of each)."""
+        return await self.store.retained(flt)
+
+    async def inbox(self, user: str, *, limit: int, before: str | None = None,
+                    unread_only: bool = False) -> InboxPage:
+        """One page of ``user``'s inbox, newest first."""
+        return await self.store.inbox(user, limit=limit, before=before,
+                                      unread_only=unread_only)
+
+    async def unread(self, user: str) -> int:
+        """``user``'s unread count."""
+        return await self.store.unread(user)
+
+    async def read_states(self, user: str, ids: Sequence[str]) -> dict[str, bool]:
+        """Whether each of ``ids`` still in ``user``'s inbox is read (absent: gone)."""
+        return await self.store.read_states(user, ids)
+
+    async def category_stats(self) -> dict[str, dict[str, int]]:
+        """Notification counts per category (``/v1/stats/categories``)."""
+        return await self.store.category_stats()
+
+    # -- bus traffic -------------------------------------------------------------------
 
     def _on_bus(self, pub: Publication) -> None:
         """A publication from the bus: deliver it in offset order, once."""

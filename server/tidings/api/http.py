@@ -15,11 +15,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ..auth import ApiKeys, TokenAuthority, is_reserved
+from ..auth import Acl, ApiKeys, TokenAuthority
 from ..config import Settings
 from ..errors import (
     BadRequest,
-    Forbidden,
     RequestTimeout,
     TidingsError,
     TooLarge,
@@ -31,8 +30,8 @@ from ..node import Node
 from ..notify import NOTIFY_FIELDS, Notifier, valid_user
 from ..presence import Presence
 from ..protocol.frames import Encoding, message_fields
-from ..protocol.topics import TopicError, validate_topic
-from ..types import PayloadKind, is_cursor, parse_offset
+from ..sessions import Operations
+from ..types import PayloadKind, parse_offset
 
 __all__ = ["build_app"]
 
@@ -138,38 +137,30 @@ def build_app(settings: Settings, node: Node, keys: ApiKeys, tokens: TokenAuthor
     app = web.Application(middlewares=[errors, body_deadline],
                           client_max_size=settings.api.max_body_size)
 
-    def topic_arg(value: Any) -> str:
-        t = settings.topics
-        try:
-            return validate_topic(value, max_length=t.max_length, max_depth=t.max_depth)
-        except TopicError as e:
-            raise BadRequest(f"topic: {e}", code="bad_topic") from None
+    # every check a client's request passes, shared with the WS and MQTT sessions
+    ops = Operations(settings, node, tokens, Acl(settings.acl), notifier, presence, metrics)
 
     def message_arg(body: Any, where: str = "") -> tuple[str, bytes, bool]:
         if not isinstance(body, dict):
             raise BadRequest(f"{where}must be a JSON object")
         _only(body, _MESSAGE_FIELDS, where)
         try:
-            topic = topic_arg(_field(body, "topic", str, required=True))
+            topic = ops.topic(_field(body, "topic", str, required=True))
             if "data" not in body:
                 raise BadRequest("data is required")
             retain = _field(body, "retain", bool, default=False)
         except BadRequest as e:
             raise BadRequest(f"{where}{e.message}", code=e.code) from None
-        if is_reserved(topic):
-            raise Forbidden(f"{where}topics starting with '$' are written by the server only",
-                            code="reserved_topic")
+        ops.authorize_publish(None, topic, where)  # the backend: anything but '$'
         payload = orjson.dumps(body["data"])
-        if len(payload) > settings.limits.max_message_size:
-            raise TooLarge(f"{where}data over limits.max_message_size "
-                           f"({settings.limits.max_message_size} bytes)")
+        ops.check_size(payload, where)
         return topic, payload, retain
 
     async def publish(request: web.Request) -> web.Response:
         topic, payload, retain = message_arg(await _body(request))
         scope = idempotency_scope(request, "publish")
-        result = await node.publish(topic, payload, PayloadKind.JSON, retain=retain,
-                                    idempotency_key=scope)
+        result = await ops.publish(topic, payload, PayloadKind.JSON, retain=retain,
+                                   idempotency_key=scope)
         return _json({"offset": result.publication.offset})
 
     async def publish_batch(request: web.Request) -> web.Response:
@@ -188,7 +179,7 @@ def build_app(settings: Settings, node: Node, keys: ApiKeys, tokens: TokenAuthor
             raise BadRequest(f"messages holds at most {_MAX_BATCH} entries")
         parsed = [message_arg(m, f"messages[{i}]: ") for i, m in enumerate(messages)]
         results = await asyncio.gather(*[
-            node.publish(t, p, PayloadKind.JSON, retain=r) for t, p, r in parsed],
+            ops.publish(t, p, PayloadKind.JSON, retain=r) for t, p, r in parsed],
             return_exceptions=True)
         offsets: list[str | None] = []
         errors = []
@@ -212,12 +203,13 @@ def build_app(settings: Settings, node: Node, keys: ApiKeys, tokens: TokenAuthor
             raise BadRequest("Idempotency-Key must be 1-255 characters")
         return f"{what}:{request[_KEY_ID]}:{idem}"
 
-    def int_query(request: web.Request, key: str, default: int, lo: int, hi: int) -> int:
+    def int_query(request: web.Request, key: str, default: int, lo: int | None = None,
+                  hi: int | None = None) -> int:
         try:
             value = int(request.query.get(key, str(default)))
         except ValueError:
             raise BadRequest(f"{key} must be an integer") from None
-        if not lo <= value <= hi:
+        if lo is not None and hi is not None and not lo <= value <= hi:
             raise BadRequest(f"{key} must be between {lo} and {hi}")
         return value
 
@@ -229,19 +221,14 @@ def build_app(settings: Settings, node: Node, keys: ApiKeys, tokens: TokenAuthor
 
     async def inbox(request: web.Request) -> web.Response:
         user = valid_user(request.match_info["uid"])
-        limit = int_query(request, "limit", 20, 1, 100)
-        before = request.query.get("before")
-        if before is not None and not is_cursor(before):
-            raise BadRequest("before must be a cursor from a previous page's next")
+        limit = int_query(request, "limit", 20)  # its range is the sessions layer's
         unread_only = request.query.get("unread_only", "false").lower() in ("1", "true", "yes")
-        page = await node.store.inbox(user, limit=limit, before=before,
-                                      unread_only=unread_only)
-        return _json({"items": [i.to_dict() for i in page.items], "unread": page.unread,
-                      "next": page.next})
+        return _json(await ops.inbox(user, limit=limit, before=request.query.get("before"),
+                                     unread_only=unread_only))
 
     async def unread(request: web.Request) -> web.Response:
         user = valid_user(request.match_info["uid"])
-        return _json({"user": user, "unread": await node.store.unread(user)})
+        return _json({"user": user, "unread": await ops.unread(user)})
 
     async def mark(request: web.Request) -> web.Response:
         user = valid_user(request.match_info["uid"])
@@ -250,29 +237,27 @@ def build_app(settings: Settings, node: Node, keys: ApiKeys, tokens: TokenAuthor
         _only(body, _MARK_FIELDS)
         ids = _field(body, "ids", list)
         everything = _field(body, "all", bool, default=False)
-        device = _field(body, "device", str, default="api")
-        if not (0 < len(device) <= 128 and device.isprintable()):
-            raise BadRequest("device must be 1-128 printable characters")
-        change = await notifier.mark(user, action, ids, everything, device)  # type: ignore[arg-type]
+        device = ops.device(_field(body, "device", str, default="api"))
+        change = await ops.mark(user, action, ids, everything, device)  # type: ignore[arg-type]
         return _json({"unread": change.unread, "changed": change.changed})
 
     async def devices(request: web.Request) -> web.Response:
         user = valid_user(request.match_info["uid"])
-        return _json({"user": user, "devices": await presence.devices(user)})
+        return _json({"user": user, "devices": await ops.devices(user)})
 
     async def notification_stats(request: web.Request) -> web.Response:
         return _json(await notifier.stats(request.match_info["nid"]))
 
     async def category_stats(request: web.Request) -> web.Response:
-        return _json({"categories": await node.store.category_stats()})
+        return _json({"categories": await node.category_stats()})
 
     async def history(request: web.Request) -> web.Response:
-        topic = topic_arg(request.match_info["topic"])
+        topic = ops.topic(request.match_info["topic"])
         since = request.query.get("since") or None
         if since is not None and parse_offset(since) is None:
             raise BadRequest("since is not an offset")
         limit = int_query(request, "limit", 100, 1, 1000)
-        page = await node.store.history(topic, since, limit)
+        page = await node.history(topic, since, limit)
         return _json({
             "topic": topic,
             "offset": page.offset,

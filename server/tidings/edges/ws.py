@@ -28,11 +28,18 @@ of frames and flushes them through ``protocol.send_text`` / ``send_binary``
 
 If a session's unsent bytes (our buffer plus the transport's) would exceed
 ``ws.outbound_buffer``, it is closed with 4008 and counted; no one else waits.
+
+What a client may do, and doing it, is the :mod:`tidings.sessions` layer's:
+a :class:`WsSession` is its :class:`~tidings.sessions.Transport` and only
+translates (a command frame into a :class:`~tidings.sessions.Session` call,
+the result into a reply, a :class:`~tidings.errors.TidingsError` into a reply
+error or close code). Its lifecycle is one :class:`WsState`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import http
 import logging
@@ -43,7 +50,6 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, cast
 
-import orjson
 from websockets.datastructures import Headers
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
@@ -52,7 +58,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from ..auth import Acl, Principal, TokenAuthority
+from ..auth import Acl, TokenAuthority
 from ..config import Settings
 from ..demo_files import demo_file
 from ..errors import (
@@ -62,11 +68,8 @@ from ..errors import (
     CLOSE_POLICY,
     CLOSE_RATE_LIMITED,
     CLOSE_SLOW_CONSUMER,
-    CLOSE_UNAUTHORIZED,
     BadRequest,
-    Forbidden,
     TidingsError,
-    TooLarge,
     Unauthorized,
 )
 from ..hub import Flusher
@@ -82,14 +85,12 @@ from ..protocol.frames import (
     encode_message,
     error_reply,
     ok_reply,
-    push_fields,
     ws_frame,
 )
-from ..protocol.topics import TopicError, is_wildcard, matches, validate_filter, validate_topic
-from ..store.base import events_topic, notifications_topic
-from ..types import PayloadKind, Publication, UserId, is_cursor, parse_offset
+from ..sessions import Operations, Session
+from ..types import Publication, UserId
 
-__all__ = ["WsEdge", "WsSession"]
+__all__ = ["WsEdge", "WsSession", "WsState"]
 
 log = logging.getLogger("tidings.ws")
 
@@ -120,36 +121,47 @@ def _framed(pub: Publication, encoding: Encoding) -> bytes:
     return ws_frame(encode_message(pub, encoding), text=encoding is Encoding.JSON)
 
 
+class WsState(enum.Enum):
+    """A WebSocket session's lifecycle (the handshake is :class:`WsConnection`'s).
+
+    CONNECTING -> OPEN -> CLOSING -> CLOSED; any state may go to CLOSING or
+    CLOSED, and nothing leaves CLOSED. Frames are handled in CONNECTING (the
+    first must be ``connect``) and OPEN; nothing is written from CLOSING on.
+    """
+
+    CONNECTING = "connecting"  # upgraded; waiting for (or running) the connect command
+    OPEN = "open"  # connected: commands are handled
+    CLOSING = "closing"  # our close frame is queued; waiting for the peer's
+    CLOSED = "closed"  # the connection is gone
+
+
 class WsSession:
-    """One WebSocket connection after the handshake."""
+    """One WebSocket connection after the handshake: the :class:`Transport` of a
+    :class:`~tidings.sessions.Session` and the translator of its frames.
+
+    It owns the bounded outbound buffer, the command worker and the keepalive;
+    every decision about what the client may do is the session's. Errors become
+    reply errors or close codes in :meth:`_failed` and :meth:`_first` only.
+    """
 
     __slots__ = (
         "__weakref__",
-        "_closing",
         "_connect_timer",
-        "_connected",
         "_dirty",
-        "_expiry",
-        "_hold",
         "_inbox",
         "_limit",
         "_malformed",
         "_pending",
         "_pending_size",
         "_ping",
-        "_refill",
-        "_streams",
         "_text",
-        "_tokens",
         "_worker",
         "conn",
-        "device",
         "edge",
         "encoding",
         "framed",
-        "principal",
-        "subscriptions",
-        "user",
+        "session",
+        "state",
         "wire",
     )
 
@@ -159,55 +171,54 @@ class WsSession:
         self.encoding = encoding
         self.framed = conn.protocol.extensions == []
         self.wire = _wire(encoding, self.framed)
-        self.user: UserId | None = None
-        self.principal: Principal | None = None
-        self.device = ""
-        self.subscriptions: set[str] = set()
-        self._streams: tuple[str, ...] = ()  # the user's own stream topics, followed at connect
+        self.state = WsState.CONNECTING
+        ws = edge.settings.ws
+        self.session = Session(edge.ops, self, self.wire, edge="ws",
+                               max_subscriptions=ws.max_subscriptions,
+                               burst=ws.commands_burst)
         self._text = encoding is Encoding.JSON
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._dirty = False
-        self._closing = False
-        self._hold: list[tuple[Publication, bytes]] | None = None
-        self._limit = edge.settings.ws.outbound_buffer
-        self._tokens = float(edge.settings.ws.commands_burst)
-        self._refill = time.monotonic()
-        self._expiry: asyncio.TimerHandle | None = None
+        self._limit = ws.outbound_buffer
         self._ping: bytes | None = None  # the keepalive ping still waiting for its pong
         self._inbox: list[bytes] = []  # frames waiting for the worker (a few at most)
         self._worker: asyncio.Task[None] | None = None
-        self._connected = False
         self._malformed = 0
         self._connect_timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
-            edge.settings.ws.connect_timeout, self._connect_timeout)
+            ws.connect_timeout, self._connect_timeout)
 
-    # -- outbound ---------------------------------------------------------------
+    @property
+    def user(self) -> UserId | None:
+        return self.session.user
 
-    def may_see(self, topic: str) -> bool:
-        """Hub callback: whether this session may be handed a message on ``topic``."""
-        p = self.principal
-        return p is not None and self.edge.acl.may_see(p, topic)
+    @property
+    def device(self) -> str:
+        return self.session.device
 
-    def deliver(self, publication: Publication, data: bytes) -> None:
-        """Hub callback: ``data`` is already this session's wire form (the hot path)."""
-        if self._hold is not None:
-            self._hold.append((publication, data))
-        else:
-            self._enqueue(data)
+    # -- Transport: outbound ------------------------------------------------------------
 
-    def _enqueue(self, data: bytes) -> None:
-        if self._closing:
+    @property
+    def closing(self) -> bool:
+        return self.state is WsState.CLOSING or self.state is WsState.CLOSED
+
+    @property
+    def bound(self) -> int:
+        return self._limit
+
+    def deliver(self, publication: Publication | None, data: bytes) -> None:
+        """Queue bytes already in this connection's wire form (the hot path)."""
+        if self.state is WsState.CLOSING or self.state is WsState.CLOSED:
             return
         self._pending.append(data)
         self._pending_size += len(data)
         if self._pending_size > self._limit:
-            self._overflow()
+            self.overflow()
         elif not self._dirty:
             self._dirty = True
             self.edge.flusher.mark(self)
 
-    def _overflow(self) -> None:
+    def overflow(self) -> None:
         self.edge.metrics.inc("tidings_slow_consumers_total")
         log.warning("slow consumer %s (%s): over %d queued bytes, closing",
                     self.device, self.user, self._limit)
@@ -229,12 +240,12 @@ class WsSession:
         self._pending = []
         self._pending_size = 0
         conn = self.conn
-        if conn.protocol.state is not State.OPEN or self._closing:
+        if conn.protocol.state is not State.OPEN or self.closing:
             return
         transport = conn.transport
         assert transport is not None
         if size + transport.get_write_buffer_size() > self._limit:
-            self._overflow()
+            self.overflow()
             return
         self.edge.frames_out += len(chunks)
         if self.framed:
@@ -245,32 +256,34 @@ class WsSession:
                 send(payload)
             conn.send_data()
 
+    async def pace(self) -> bool:
+        """After each ``_PACE_CHUNK`` bytes of a server-chosen burst, flush and wait
+        until the transport has drained."""
+        if self._pending_size < _PACE_CHUNK:
+            return False
+        self.flush()
+        await self.conn.drained()
+        return True
+
     def send(self, obj: dict[str, Any]) -> None:
         payload = encode(obj, self.encoding)
-        self._enqueue(ws_frame(payload, text=self._text) if self.framed else payload)
+        self.deliver(None, ws_frame(payload, text=self._text) if self.framed else payload)
+
+    def end(self, error: TidingsError) -> None:
+        """The session ends the connection (its token expired): ``error``'s close code."""
+        self.close(error.close_code, error.message)
 
     def close(self, code: int, reason: str) -> None:
         """Flush what is queued, then close with ``code``. Idempotent, never blocks."""
-        if self._closing:
+        if self.closing:
             return
         if self._dirty:
             self.flush()
-        self._closing = True
+        self.state = WsState.CLOSING
         self._inbox.clear()
         self.conn.close(code, reason)
 
-    # -- inbound ----------------------------------------------------------------
-
-    def _rate_ok(self) -> bool:
-        ws = self.edge.settings.ws
-        now = time.monotonic()
-        self._tokens = min(float(ws.commands_burst),
-                           self._tokens + (now - self._refill) * ws.commands_per_second)
-        self._refill = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
+    # -- inbound ------------------------------------------------------------------------
 
     def on_message(self, data: bytes, text: bool) -> None:
         """A whole message from the client (driver callback, never blocks).
@@ -279,13 +292,14 @@ class WsSession:
         while there is work, so an idle connection costs no task. A client
         that sends faster than its commands complete is paused at the socket.
         """
-        if self._closing:
+        if self.closing:
             return  # keep reading until the peer's close frame: the handshake ends at once
         if text != self._text:
             kind = "text" if text else "binary"
             self.close(CLOSE_BAD_REQUEST, f"{kind} frame on {self.encoding.value}")
             return
-        if not self._rate_ok():
+        ws = self.edge.settings.ws
+        if not self.session.allow_command(ws.commands_burst, ws.commands_per_second):
             self.edge.metrics.inc("tidings_errors_total", code="rate_limited")
             self.close(CLOSE_RATE_LIMITED, "rate limited")
             return
@@ -297,7 +311,7 @@ class WsSession:
 
     def _connect_timeout(self) -> None:
         self._connect_timer = None
-        if not self._connected and not self._inbox and self._worker is None:
+        if self.state is WsState.CONNECTING and not self._inbox and self._worker is None:
             self.close(CLOSE_POLICY, "connect timeout")
 
     async def _work(self) -> None:
@@ -308,9 +322,9 @@ class WsSession:
         inflight: list[tuple[str, asyncio.Task[None]]] = []
         loop = asyncio.get_running_loop()
         try:
-            while self._inbox and not self._closing:
+            while self._inbox and not self.closing:
                 raw = self._inbox.pop(0)
-                if not self._connected:
+                if self.state is WsState.CONNECTING:
                     await self._first(raw)
                     continue
                 cmd = self._decode(raw)
@@ -345,6 +359,7 @@ class WsSession:
         try:
             await self._dispatch(cmd)
         except TidingsError as e:
+            e.request_id = cmd.id
             self._failed(e)
         except Exception:
             log.exception("command handling failed")
@@ -352,6 +367,7 @@ class WsSession:
             self.send(error_reply(cmd.id, "internal", "internal error"))
 
     def _failed(self, e: TidingsError) -> None:
+        """A command failed: reply with its error; close after too many malformed."""
         if e.code in ("malformed", "unknown_op", "bad_request"):
             self._malformed += 1
         self._reply_error(e.request_id, e)
@@ -369,8 +385,12 @@ class WsSession:
             rid = cmd.id
             if cmd.op != "connect":
                 raise BadRequest("the first frame must be connect", code="connect_required")
-            await self._connect(cmd)
-            self._connected = True
+            args = cmd.args
+            self.edge.sessions.add(self)
+            await self.session.connect(args.get("token"), args.get("device"), args.get("since"),
+                                       functools.partial(self._ok, rid))
+            if self.state is WsState.CONNECTING:
+                self.state = WsState.OPEN
         except TidingsError as e:
             self._reply_error(e.request_id if e.request_id is not None else rid, e)
             close_code = e.close_code if isinstance(e, Unauthorized) else CLOSE_BAD_REQUEST
@@ -381,339 +401,53 @@ class WsSession:
             self.send(error_reply(rid, "internal", "internal error"))
             self.close(1011, "internal")
 
+    def _ok(self, rid: int | None, fields: dict[str, Any]) -> None:
+        self.send(ok_reply(rid, **fields))
+
     def _reply_error(self, rid: int | None, e: TidingsError) -> None:
         self.edge.metrics.inc("tidings_errors_total", code=e.code)
         self.send(error_reply(rid, e.code, e.message))
 
     async def _dispatch(self, cmd: Command) -> None:
-        try:
-            if cmd.op == "connect":
-                raise BadRequest("already connected")
-            handler = getattr(self, f"_op_{cmd.op}", None)
-            if handler is None:
-                raise BadRequest(f"{cmd.op} is not available on this server",
-                                 code="unsupported")
-            await handler(cmd)
-        except TidingsError as e:
-            e.request_id = cmd.id
-            raise
-
-    # -- ops ----------------------------------------------------------------------
-
-    async def _connect(self, cmd: Command) -> None:
-        token = cmd.args.get("token")
-        edge = self.edge
-        if token is None and edge.settings.auth.allow_anonymous:
-            principal = Principal(None)
+        """One command of a connected session: arguments to a session call, its
+        result to the reply."""
+        s, a, rid = self.session, cmd.args, cmd.id
+        op = cmd.op
+        if op == "ping":
+            self._ok(rid, {})
+        elif op == "subscribe":
+            await s.subscribe(a["topic"], a.get("since"), functools.partial(self._ok, rid))
+        elif op == "unsubscribe":
+            await s.unsubscribe(a["topic"])
+            self._ok(rid, {})
+        elif op == "publish":
+            offset = await s.publish(a["topic"], a["data"], bool(a.get("retain", False)))
+            self._ok(rid, {"offset": offset})
+        elif op == "inbox":
+            page = await s.inbox(a.get("limit", 20), a.get("before"),
+                                 a.get("unread_only", False))
+            self._ok(rid, page)
+        elif op in ("read", "unread", "archive"):
+            unread, changed = await s.mark(op, a.get("ids"), bool(a.get("all")))  # type: ignore[arg-type]
+            if len(changed) > _MAX_LISTED_IDS:
+                # only `all: true` changes this many: the reply says all, not each id
+                self._ok(rid, {"unread": unread, "all": True})
+            else:
+                self._ok(rid, {"unread": unread, "changed": changed})
+        elif op == "track":
+            self._ok(rid, {"recorded": await s.track(a["notification"], a["event"])})
+        elif op == "devices":
+            self._ok(rid, {"devices": await s.devices()})
+        elif op == "connect":
+            raise BadRequest("already connected")
         else:
-            try:
-                principal = edge.tokens.verify(token)
-            except Unauthorized as e:
-                e.request_id = cmd.id
-                raise
-        self.principal = principal
-        self.user = principal.user
-        device = cmd.args.get("device")
-        if device is not None and not (0 < len(device) <= 128 and device.isprintable()):
-            raise BadRequest("connect: device must be 1-128 printable characters")
-        self.device = device or secrets.token_hex(8)
-        if principal.expires is not None:
-            delay = max(0.0, principal.expires - time.time())
-            self._expiry = asyncio.get_running_loop().call_later(
-                delay, self.close, CLOSE_UNAUTHORIZED, "token expired")
-        edge.sessions.add(self)
-        if self.user is None:
-            self.send(ok_reply(cmd.id, user=None, device=self.device, node=edge.node.name,
-                               unread=0, offset=None, recovered=[], complete=True))
-            return
-        since = cmd.args.get("since")
-        if since is not None and parse_offset(since) is None:
-            raise BadRequest("connect: since is not an offset")
-        edge.presence.online(self.user, self, self.device, "ws")
-        await self._open_stream(cmd, since)
+            raise BadRequest(f"{op} is not available on this server", code="unsupported")
 
-    async def _open_stream(self, cmd: Command, since: str | None) -> None:
-        """Follow the user's notifications and events; reply with unread and what was missed."""
-        assert self.user is not None
-        store = self.edge.node.store
-        topic = notifications_topic(self.user)
-        self._hold = []
-        try:
-            for t in (topic, events_topic(self.user)):
-                self._streams += (t,)
-                await self.edge.node.subscribe(t, self)
-            recovered: list[dict[str, Any]] = []
-            complete = True
-            more: dict[str, Any] = {}
-            seen: dict[str, str] = {}
-            if since is not None:
-                page = await store.history(topic, since, _RECOVER_LIMIT)
-                complete = page.complete
-                states = await store.read_states(self.user, [str(p.data()["id"])
-                                                             for p in page.items])
-                budget = self.edge.settings.limits.max_reply_size
-                for p in page.items:
-                    fields = push_fields(p, self.encoding)
-                    nid = fields.get("id")
-                    if nid not in states:
-                        continue  # archived, expired or collapsed since
-                    fields["read"] = states[nid]
-                    budget -= len(encode(fields, self.encoding))
-                    if recovered and budget < 0:
-                        # the rest does not fit one reply: the inbox has them all
-                        complete = False
-                        more = {"next": seen[topic]}
-                        break
-                    recovered.append(fields)
-                    seen[topic] = p.offset
-            offset = await store.latest(topic)
-            unread = await store.unread(self.user)
-        except BaseException:
-            self._release_hold({})
-            raise
-        self.send(ok_reply(cmd.id, user=self.user, device=self.device,
-                           node=self.edge.node.name, unread=unread, offset=offset,
-                           recovered=recovered, complete=complete, **more))
-        self._release_hold(seen)
-
-    async def _op_ping(self, cmd: Command) -> None:
-        self.send(ok_reply(cmd.id))
-
-    def _filter(self, value: str) -> str:
-        t = self.edge.settings.topics
-        try:
-            return validate_filter(value, max_length=t.max_length, max_depth=t.max_depth)
-        except TopicError as e:
-            raise BadRequest(f"topic: {e}", code="bad_topic") from None
-
-    def _since_map(self, flt: str, since: Any) -> dict[str, str]:
-        if isinstance(since, str):
-            if is_wildcard(flt):
-                raise BadRequest("subscribe: since for a wildcard filter must be an object "
-                                 "mapping topics to offsets")
-            since = {flt: since}
-        most = self.edge.settings.limits.max_since_topics
-        if len(since) > most:
-            raise BadRequest(f"subscribe: since names more than {most} topics "
-                             f"(limits.max_since_topics)")
-        assert self.principal is not None
-        for topic, offset in since.items():
-            if not isinstance(offset, str) or parse_offset(offset) is None:
-                raise BadRequest(f"subscribe: since[{topic[:64]!r}] is not an offset")
-            if not matches(flt, topic):
-                raise BadRequest(f"subscribe: since names {topic[:64]!r}, "
-                                 f"which the filter does not match")
-            # checked before any history is read: recovery hands out messages too
-            if not self.edge.acl.may_see(self.principal, topic):
-                raise Forbidden(f"not allowed to read {topic[:64]!r}")
-        return dict(since)
-
-    async def _op_subscribe(self, cmd: Command) -> None:
-        edge = self.edge
-        flt = self._filter(cmd.args["topic"])
-        since = cmd.args.get("since")
-        since_map = self._since_map(flt, since) if since is not None else {}
-        assert self.principal is not None
-        if not edge.acl.can_subscribe(self.principal, flt):
-            raise Forbidden(f"not allowed to subscribe to {flt!r}")
-        new = flt not in self.subscriptions and flt not in self._streams
-        if new and len(self.subscriptions) >= edge.settings.ws.max_subscriptions:
-            raise BadRequest(f"more than {edge.settings.ws.max_subscriptions} subscriptions",
-                             code="too_many_subscriptions")
-        tally = edge.node.user_subscriptions
-        if new and self.user is not None and not tally.take(self.user):
-            raise BadRequest(f"more than {tally.limit} subscriptions for this user on this "
-                             "node", code="too_many_subscriptions")
-        self._hold = []  # live messages wait until the reply and recovery are out
-        try:
-            if new:
-                self.subscriptions.add(flt)
-                await edge.node.subscribe(flt, self)
-            store = edge.node.store
-            recovered, complete, rest = await self._recover(since_map)
-            offset_now = None if is_wildcard(flt) else await store.latest(flt)
-            retained = await store.retained(flt) if since is None else []
-        except BaseException:
-            if new:
-                self.subscriptions.discard(flt)
-                self._give_back(1)
-                await edge.node.unsubscribe(flt, self)
-            self._release_hold({})
-            raise
-        seen: dict[str, str] = {}
-        for pub, _ in recovered:
-            seen[pub.topic] = pub.offset
-        more = {"next": rest} if rest else {}
-        self.send(ok_reply(cmd.id, offset=offset_now, complete=complete and not rest,
-                           recovered=[fields for _, fields in recovered], **more))
-        try:
-            await self._push_paced(retained, seen)
-        finally:
-            self._release_hold(seen)
-
-    async def _recover(self, since: dict[str, str]
-                       ) -> tuple[list[tuple[Publication, dict[str, Any]]], bool, dict[str, str]]:
-        """History after each ``since`` offset, at most ``limits.max_reply_size`` bytes
-        of pushes (always at least one), read a page at a time so one request
-        never loads more than that from the store.
-
-        Returns (publications with their push fields, whether history reached
-        back everywhere, ``next``: the since map to continue with, empty when
-        everything was recovered).
-        """
-        budget = self.edge.settings.limits.max_reply_size
-        store = self.edge.node.store
-        got: list[tuple[Publication, dict[str, Any]]] = []
-        used = 0
-        complete = True
-        rest: dict[str, str] = {}
-        for topic, offset in since.items():
-            cursor = offset
-            first = True
-            while True:
-                if used >= budget:
-                    rest[topic] = cursor
-                    break
-                page = await store.history(topic, cursor, _RECOVER_PAGE)
-                items = page.items
-                if first and not page.complete and not (items and _follows(cursor,
-                                                                         items[0].offset)):
-                    complete = False  # trimmed or expired: history no longer reaches back
-                first = False
-                full = False
-                for pub in items:
-                    fields = push_fields(pub, self.encoding)
-                    size = len(encode(fields, self.encoding))
-                    if got and used + size > budget:
-                        full = True
-                        break
-                    got.append((pub, fields))
-                    used += size
-                    cursor = pub.offset
-                if full:
-                    rest[topic] = cursor
-                    break
-                if not items or items[-1].offset == page.offset:
-                    break  # caught up with the topic's latest offset
-        return got, complete, rest
-
-    async def _push_paced(self, pubs: list[Publication], seen: dict[str, str]) -> None:
-        """Push server-chosen bursts (retained messages) no faster than the client
-        reads: after each ``_PACE_CHUNK`` bytes, flush and wait until the transport
-        has drained, so the outbound bound only ever sees live traffic."""
-        for pub in pubs:
-            if self._closing:
-                return
-            if not self.may_see(pub.topic):  # a wildcard matches other users' topics too
-                continue
-            self._push_one(pub)
-            seen[pub.topic] = pub.offset
-            if self._pending_size >= _PACE_CHUNK:
-                self.flush()
-                await self.conn.drained()
-                self._check_hold()
-
-    def _push_one(self, pub: Publication) -> None:
-        self.edge.metrics.inc("tidings_deliveries_total")
-        self._enqueue(self.edge.node.hub.encode(self.wire, pub))
-
-    def _check_hold(self) -> None:
-        """Live messages held while a burst is paced count against the bound too."""
-        if self._hold is not None and \
-                sum(len(d) for _, d in self._hold) > self._limit:  # rare: only while pacing
-            self._hold = []
-            self._overflow()
-
-    def _release_hold(self, seen: dict[str, str]) -> None:
-        """Send what arrived while subscribing, minus what recovery already sent."""
-        held, self._hold = self._hold or [], None
-        for pub, data in held:
-            last = seen.get(pub.topic)
-            if last is not None:
-                a, b = parse_offset(last), parse_offset(pub.offset)
-                if a is not None and b is not None and a[0] == b[0] and b[1] <= a[1]:
-                    continue
-            self._enqueue(data)
-
-    async def _op_unsubscribe(self, cmd: Command) -> None:
-        flt = self._filter(cmd.args["topic"])
-        if flt in self.subscriptions and flt not in self._streams:
-            self.subscriptions.discard(flt)
-            self._give_back(1)
-            await self.edge.node.unsubscribe(flt, self)
-        self.send(ok_reply(cmd.id))
-
-    async def _op_publish(self, cmd: Command) -> None:
-        edge = self.edge
-        t = edge.settings.topics
-        try:
-            topic = validate_topic(cmd.args["topic"], max_length=t.max_length,
-                                   max_depth=t.max_depth)
-        except TopicError as e:
-            raise BadRequest(f"topic: {e}", code="bad_topic") from None
-        assert self.principal is not None
-        if not edge.acl.can_publish(self.principal, topic):
-            raise Forbidden(f"not allowed to publish to {topic!r}")
-        payload, kind = payload_of(cmd.args["data"])
-        if len(payload) > edge.settings.limits.max_message_size:
-            raise TooLarge(f"data over limits.max_message_size "
-                           f"({edge.settings.limits.max_message_size} bytes)")
-        result = await edge.node.publish(topic, payload, kind,
-                                         retain=bool(cmd.args.get("retain", False)))
-        self.send(ok_reply(cmd.id, offset=result.publication.offset))
-
-    def _me(self, op: str) -> UserId:
-        if self.user is None:
-            raise Forbidden(f"{op} needs a signed-in user")
-        return self.user
-
-    async def _op_inbox(self, cmd: Command) -> None:
-        user = self._me("inbox")
-        limit = cmd.args.get("limit", 20)
-        if not 1 <= limit <= 100:
-            raise BadRequest("inbox: limit must be between 1 and 100")
-        before = cmd.args.get("before")
-        if before is not None and not is_cursor(before):
-            raise BadRequest("inbox: before must be a cursor from a previous page's next")
-        store = self.edge.node.store
-        unread_only = cmd.args.get("unread_only", False)
-        page = await store.inbox(user, limit=limit, before=before, unread_only=unread_only)
-        items = [i.to_dict() for i in page.items]
-        fits = _fitting(items, self.edge.settings.limits.max_reply_size, self.encoding)
-        if fits < len(items):
-            # Over limits.max_reply_size: a shorter page, whose `next` continues
-            # right after its last item (the store makes the cursor).
-            page = await store.inbox(user, limit=fits, before=before, unread_only=unread_only)
-            items = [i.to_dict() for i in page.items]
-        self.send(ok_reply(cmd.id, items=items, unread=page.unread, next=page.next))
-
-    async def _mark(self, cmd: Command) -> None:
-        user = self._me(cmd.op)
-        change = await self.edge.notifier.mark(user, cmd.op, cmd.args.get("ids"),  # type: ignore[arg-type]
-                                               bool(cmd.args.get("all")), self.device)
-        if len(change.changed) > _MAX_LISTED_IDS:
-            # only `all: true` changes this many: the reply says all, not each id
-            self.send(ok_reply(cmd.id, unread=change.unread, all=True))
-            return
-        self.send(ok_reply(cmd.id, unread=change.unread, changed=change.changed))
-
-    _op_read = _op_unread = _op_archive = _mark
-
-    async def _op_track(self, cmd: Command) -> None:
-        user = self._me("track")
-        recorded = await self.edge.notifier.track(user, cmd.args["notification"],
-                                                  cmd.args["event"])
-        self.send(ok_reply(cmd.id, recorded=recorded))
-
-    async def _op_devices(self, cmd: Command) -> None:
-        user = self._me("devices")
-        self.send(ok_reply(cmd.id, devices=await self.edge.presence.devices(user)))
-
-    # -- end ----------------------------------------------------------------------
+    # -- end ------------------------------------------------------------------------------
 
     def on_close(self) -> None:
         """Driver callback: the connection is gone."""
-        self._closing = True
+        self.state = WsState.CLOSED
         if self._connect_timer is not None:
             self._connect_timer.cancel()
         if self._worker is not None and not self._worker.done():
@@ -721,29 +455,16 @@ class WsSession:
         self.edge.spawn(self.cleanup())
 
     async def cleanup(self) -> None:
-        self._closing = True
-        if self._expiry is not None:
-            self._expiry.cancel()
-        if self in self.edge.sessions and self.user is not None:
-            self.edge.presence.offline(self.user, self)
+        self.state = WsState.CLOSED
         self.edge.sessions.discard(self)
-        subs = self.subscriptions | set(self._streams)
-        self._give_back(len(self.subscriptions))
-        self.subscriptions, self._streams = set(), ()
-        for flt in subs:
-            await self.edge.node.unsubscribe(flt, self)
-
-    def _give_back(self, n: int) -> None:
-        """Release ``n`` of this user's subscriptions (topics.max_user_subscriptions)."""
-        if self.user is not None and n:
-            self.edge.node.user_subscriptions.give(self.user, n)
+        await self.session.close()
 
     def keepalive(self) -> None:
         """Called by the edge's sweep: close if the previous ping got no pong, else ping.
 
         Never waits: the ping is queued behind whatever is unsent.
         """
-        if self._closing or self.conn.protocol.state is not State.OPEN:
+        if self.closing or self.conn.protocol.state is not State.OPEN:
             return
         if self._ping is not None:
             self.edge.metrics.inc("tidings_errors_total", code="keepalive_timeout")
@@ -759,40 +480,16 @@ class WsSession:
 
     def goodbye(self, reason: str) -> None:
         """Server going away: say so, then close 1001 so the client reconnects."""
-        if self._closing:
+        if self.closing:
             return
         self.send({"type": "disconnect", "reason": reason, "reconnect": True})
         self.close(CLOSE_GOING_AWAY, reason)
-
-
-def _fitting(items: list[dict[str, Any]], budget: int, encoding: Encoding) -> int:
-    """How many of ``items`` (at least one) fit in ``budget`` bytes once encoded."""
-    for n, item in enumerate(items):
-        budget -= len(encode(item, encoding))
-        if budget < 0:
-            return max(1, n)
-    return len(items)
-
-
-def _follows(before: str, offset: str) -> bool:
-    """Whether ``offset`` is the one right after ``before`` (same epoch, next sequence)."""
-    a, b = parse_offset(before), parse_offset(offset)
-    return a is not None and b is not None and a[0] == b[0] and b[1] == a[1] + 1
 
 
 async def _drain(inflight: list[tuple[str, asyncio.Task[None]]]) -> None:
     while inflight:
         await inflight.pop(0)[1]
 
-
-def payload_of(data: Any) -> tuple[bytes, PayloadKind]:
-    """A client's ``data`` as stored bytes: JSON values as JSON, raw bytes (msgpack) as is."""
-    if isinstance(data, (bytes, bytearray)):
-        return bytes(data), PayloadKind.BINARY
-    try:
-        return orjson.dumps(data), PayloadKind.JSON
-    except TypeError:
-        raise BadRequest("data must be a JSON value") from None
 
 
 class Handler(Protocol):
@@ -1001,13 +698,9 @@ class WsEdge:
                  metrics: Metrics, notifier: Notifier, presence: Presence,
                  http_routes: Mapping[str, Callable[[Request], Response]] | None = None
                  ) -> None:
-        self.settings = settings
-        self.node = node
-        self.notifier = notifier
-        self.presence = presence
-        self.tokens = tokens
-        self.acl = acl
-        self.metrics = metrics
+        # what sessions may do is the sessions layer's; the edge keeps its own settings
+        self.ops = Operations(settings, node, tokens, acl, notifier, presence, metrics)
+        self.settings, self.node, self.metrics = settings, node, metrics
         self.flusher = Flusher()
         self.sessions: set[WsSession] = set()
         self.connections = 0  # after the handshake (the gauge)

@@ -1,0 +1,145 @@
+"""What any client may ask of the server, checked in one place.
+
+:class:`Operations` is shared by every :class:`~tidings.sessions.Session`
+and by the HTTP API (a backend acts with full rights for a user it names).
+Topic and filter validation (``bad_topic``), the ``$`` refusal, the publish
+ACL, the message size limit, inbox paging and its cursor check, and the
+``device`` check live here and nowhere else; an edge only turns wire into
+these calls and :class:`~tidings.errors.TidingsError` into its wire codes.
+
+``where`` arguments prefix error messages (``"inbox: "``, ``"messages[3]: "``)
+so each edge keeps telling the peer which part of its request was wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..auth import Acl, Principal, TokenAuthority, is_reserved
+from ..config import Settings
+from ..errors import BadRequest, Forbidden, TooLarge
+from ..metrics import Metrics
+from ..node import Node
+from ..notify import Notifier
+from ..presence import Presence
+from ..protocol.frames import Encoding, encode
+from ..protocol.topics import TopicError, validate_filter, validate_topic
+from ..store.base import MarkAction, PublishResult, UserChange
+from ..types import PayloadKind, is_cursor
+
+__all__ = ["INBOX_LIMIT", "Operations", "fitting"]
+
+INBOX_LIMIT = 100  # items in one inbox page, at most
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Operations:
+    """The node's services with every client-facing check in front of them."""
+
+    settings: Settings
+    node: Node
+    tokens: TokenAuthority
+    acl: Acl
+    notifier: Notifier
+    presence: Presence
+    metrics: Metrics
+
+    # -- topics -------------------------------------------------------------------------
+
+    def topic(self, value: Any) -> str:
+        """``value`` as a topic name (no wildcards), or ``bad_topic``."""
+        return self._valid(validate_topic, value)
+
+    def filter(self, value: Any) -> str:
+        """``value`` as a topic filter (wildcards allowed), or ``bad_topic``."""
+        return self._valid(validate_filter, value)
+
+    def _valid(self, validate: Callable[..., str], value: Any) -> str:
+        """The one place a bad topic or filter becomes ``bad_topic`` (topics.* limits)."""
+        t = self.settings.topics
+        try:
+            return validate(value, max_length=t.max_length, max_depth=t.max_depth)
+        except TopicError as e:
+            raise BadRequest(f"topic: {e}", code="bad_topic") from None
+
+    # -- publish ------------------------------------------------------------------------
+
+    def authorize_publish(self, principal: Principal | None, topic: str,
+                          where: str = "") -> None:
+        """Whether ``principal`` may publish to ``topic``; None is the backend,
+        which may publish anywhere but to the server's own ``$`` topics."""
+        if principal is None:
+            if is_reserved(topic):
+                raise Forbidden(f"{where}topics starting with '$' are written by the server "
+                                "only", code="reserved_topic")
+        elif not self.acl.can_publish(principal, topic):  # refuses '$' topics too
+            raise Forbidden(f"{where}not allowed to publish to {topic!r}")
+
+    def check_size(self, payload: bytes, where: str = "") -> None:
+        """``limits.max_message_size`` on a message's stored bytes."""
+        most = self.settings.limits.max_message_size
+        if len(payload) > most:
+            raise TooLarge(f"{where}data over limits.max_message_size ({most} bytes)")
+
+    async def publish(self, topic: str, payload: bytes, kind: PayloadKind, *,
+                      retain: bool = False, idempotency_key: str | None = None
+                      ) -> PublishResult:
+        """Store and fan out a message already passed through the checks above."""
+        return await self.node.publish(topic, payload, kind, retain=retain,
+                                       idempotency_key=idempotency_key)
+
+    # -- inbox --------------------------------------------------------------------------
+
+    def device(self, value: Any, where: str = "") -> str:
+        """A device name as clients give it: 1-128 printable characters."""
+        if not (isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable()):
+            raise BadRequest(f"{where}device must be 1-128 printable characters")
+        return value
+
+    async def inbox(self, user: str, *, limit: int, before: Any, unread_only: bool,
+                    where: str = "", encoding: Encoding | None = None) -> dict[str, Any]:
+        """One page of ``user``'s inbox as ``{items, unread, next}``.
+
+        With ``encoding``, a page over ``limits.max_reply_size`` once encoded is
+        read again shorter, so its ``next`` continues right after its last item
+        (the store makes the cursor).
+        """
+        if not 1 <= limit <= INBOX_LIMIT:
+            raise BadRequest(f"{where}limit must be between 1 and {INBOX_LIMIT}")
+        if before is not None and not is_cursor(before):
+            raise BadRequest(f"{where}before must be a cursor from a previous page's next")
+        page = await self.node.inbox(user, limit=limit, before=before,
+                                     unread_only=unread_only)
+        items = [i.to_dict() for i in page.items]
+        if encoding is not None:
+            fits = fitting(items, self.settings.limits.max_reply_size, encoding)
+            if fits < len(items):
+                page = await self.node.inbox(user, limit=fits, before=before,
+                                             unread_only=unread_only)
+                items = [i.to_dict() for i in page.items]
+        return {"items": items, "unread": page.unread, "next": page.next}
+
+    async def unread(self, user: str) -> int:
+        return await self.node.unread(user)
+
+    async def mark(self, user: str, action: MarkAction, ids: Sequence[Any] | None,
+                   everything: bool, device: str) -> UserChange:
+        """Mark notifications read, unread or archived on every device of ``user``."""
+        return await self.notifier.mark(user, action, ids, everything, device)
+
+    async def track(self, user: str, notification: Any, event: Any) -> bool:
+        return await self.notifier.track(user, notification, event)
+
+    async def devices(self, user: str) -> list[dict[str, Any]]:
+        return await self.presence.devices(user)
+
+
+def fitting(items: list[dict[str, Any]], budget: int, encoding: Encoding) -> int:
+    """How many of ``items`` (at least one) fit in ``budget`` bytes once encoded."""
+    for n, item in enumerate(items):
+        budget -= len(encode(item, encoding))
+        if budget < 0:
+            return max(1, n)
+    return len(items)

@@ -1,0 +1,438 @@
+"""One client's session, whatever carries it: what it may do, and doing it.
+
+A :class:`Session` is created when a connection is accepted and lives until
+it closes. It authenticates (token or anonymous, device id, token expiry),
+holds the client's subscriptions and quotas, recovers missed messages,
+delivers retained ones, publishes, and runs the inbox operations. It talks
+to the node, the notifier and presence through :class:`Operations`, never to
+the store. It is the hub's :class:`~tidings.hub.Subscriber`: ``may_see`` is
+the one visibility check on every path that hands a client a message.
+
+It reaches its client only through a :class:`Transport` (after centrifuge's
+``Transport``): pre-encoded bytes onto a bounded outbox, a reply or push
+object, an end with a :class:`~tidings.errors.TidingsError` the transport
+turns into its protocol's close. An edge decodes frames into calls on a
+session and turns its results and errors into wire replies.
+
+Operations that answer before they push (``connect`` and ``subscribe``) take
+a ``reply`` callback: live messages arriving meanwhile are held, and released
+after the reply and what recovery sent, without duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import orjson
+
+from ..auth import Principal
+from ..errors import BadRequest, Forbidden, TidingsError, Unauthorized
+from ..protocol.frames import Encoding, encode, push_fields
+from ..protocol.topics import is_wildcard, matches
+from ..store.base import MarkAction, events_topic, notifications_topic
+from ..types import PayloadKind, Publication, UserId, parse_offset
+from .operations import Operations
+
+__all__ = ["Reply", "Session", "Transport", "payload_of"]
+
+_RECOVER_LIMIT = 1000  # notifications recovered at connect, at most (then bytes bound it)
+_RECOVER_PAGE = 64  # messages read from history at once while recovering
+
+Reply = Callable[[dict[str, Any]], None]  # sends a successful reply's fields
+
+
+class Transport(Protocol):
+    """What a session needs of the connection that carries it."""
+
+    @property
+    def encoding(self) -> Encoding:
+        """How replies and recovered pushes are encoded."""
+
+    @property
+    def closing(self) -> bool:
+        """Whether the connection is closing: nothing more is sent."""
+
+    @property
+    def bound(self) -> int:
+        """The outbound bound in bytes (messages held while subscribing count too)."""
+
+    def deliver(self, publication: Publication | None, data: Any) -> None:
+        """Queue ``data``, already in this transport's wire form (bounded; never blocks).
+
+        ``publication`` is what it encodes (None for a reply): a transport whose
+        wire form depends on the subscription (MQTT: QoS, retain flag) needs it."""
+
+    def send(self, obj: dict[str, Any]) -> None:
+        """Encode and queue a reply or push."""
+
+    async def pace(self) -> bool:
+        """After a push the server chose (retained messages): once a chunk is
+        queued, write it and wait for the peer to read it. True if it waited."""
+
+    def overflow(self) -> None:
+        """The session holds more than ``bound`` bytes for its client: close it."""
+
+    def end(self, error: TidingsError) -> None:
+        """Close because of ``error`` (e.g. the token expired), in the protocol's terms."""
+
+
+class Session:
+    """A client's session (see the module docstring); the hub's subscriber."""
+
+    __slots__ = ("__weakref__", "_edge", "_expiry", "_hold", "_max_subscriptions", "_refill",
+                 "_streams", "_tokens", "device", "ops", "principal", "subscriptions",
+                 "transport", "user", "wire")
+
+    def __init__(self, ops: Operations, transport: Transport, wire: str, *, edge: str,
+                 max_subscriptions: int, burst: int = 0) -> None:
+        self.ops = ops
+        self.transport = transport
+        self.wire = wire  # the hub's key for this session's wire form
+        self.user: UserId | None = None
+        self.principal: Principal | None = None
+        self.device = ""
+        self.subscriptions: set[str] = set()
+        self._streams: tuple[str, ...] = ()  # the user's own stream topics, followed at connect
+        self._hold: list[tuple[Publication, Any]] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._edge = edge
+        self._max_subscriptions = max_subscriptions
+        self._tokens = float(burst)
+        self._refill = time.monotonic()
+
+    # -- the hub's subscriber -----------------------------------------------------------
+
+    def may_see(self, topic: str) -> bool:
+        """Whether this session may be handed a message on ``topic`` (every path)."""
+        p = self.principal
+        return p is not None and self.ops.acl.may_see(p, topic)
+
+    def deliver(self, publication: Publication, data: Any) -> None:
+        """Hub callback: ``data`` is already this session's wire form (the hot path)."""
+        if self._hold is not None:
+            self._hold.append((publication, data))
+        else:
+            self.transport.deliver(publication, data)
+
+    # -- quotas -------------------------------------------------------------------------
+
+    def allow_command(self, burst: int, per_second: float) -> bool:
+        """Take one command from the session's token bucket (``burst`` deep,
+        refilled at ``per_second``); False when it is empty."""
+        now = time.monotonic()
+        self._tokens = min(float(burst), self._tokens + (now - self._refill) * per_second)
+        self._refill = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    def take_subscription(self) -> None:
+        """Count one more filter against this session and its user, or refuse with
+        ``too_many_subscriptions`` (public for an edge whose subscribe carries more
+        than a filter, e.g. MQTT's per-filter options and reason codes)."""
+        if len(self.subscriptions) >= self._max_subscriptions:
+            raise BadRequest(f"more than {self._max_subscriptions} subscriptions",
+                             code="too_many_subscriptions")
+        tally = self.ops.node.user_subscriptions
+        if self.user is not None and not tally.take(self.user):
+            raise BadRequest(f"more than {tally.limit} subscriptions for this user on this "
+                             "node", code="too_many_subscriptions")
+
+    def give_back(self, n: int) -> None:
+        """Release ``n`` of this user's subscriptions (topics.max_user_subscriptions)."""
+        if self.user is not None and n:
+            self.ops.node.user_subscriptions.give(self.user, n)
+
+    # -- connect ------------------------------------------------------------------------
+
+    async def connect(self, token: Any, device: Any, since: Any, reply: Reply) -> None:
+        """Authenticate, follow the user's streams, reply with what was missed."""
+        ops = self.ops
+        if token is None and ops.settings.auth.allow_anonymous:
+            principal = Principal(None)
+        else:
+            principal = ops.tokens.verify(token)
+        self.principal = principal
+        self.user = principal.user
+        if device is not None:
+            ops.device(device, "connect: ")
+        self.device = device or secrets.token_hex(8)
+        if principal.expires is not None:
+            delay = max(0.0, principal.expires - time.time())
+            self._expiry = asyncio.get_running_loop().call_later(
+                delay, self.transport.end, Unauthorized("token expired", code="token_expired"))
+        if self.user is None:
+            reply({"user": None, "device": self.device, "node": ops.node.name, "unread": 0,
+                   "offset": None, "recovered": [], "complete": True})
+            return
+        if since is not None and parse_offset(since) is None:
+            raise BadRequest("connect: since is not an offset")
+        ops.presence.online(self.user, self, self.device, self._edge)
+        await self._open_stream(since, reply)
+
+    async def _open_stream(self, since: str | None, reply: Reply) -> None:
+        """Follow the user's notifications and events; reply with unread and what was missed."""
+        assert self.user is not None
+        node = self.ops.node
+        topic = notifications_topic(self.user)
+        encoding = self.transport.encoding
+        self._hold = []
+        try:
+            for t in (topic, events_topic(self.user)):
+                self._streams += (t,)
+                await node.subscribe(t, self)
+            recovered: list[dict[str, Any]] = []
+            complete = True
+            more: dict[str, Any] = {}
+            seen: dict[str, str] = {}
+            if since is not None:
+                page = await node.history(topic, since, _RECOVER_LIMIT)
+                complete = page.complete
+                states = await node.read_states(self.user, [str(p.data()["id"])
+                                                            for p in page.items])
+                budget = self.ops.settings.limits.max_reply_size
+                for p in page.items:
+                    fields = push_fields(p, encoding)
+                    nid = fields.get("id")
+                    if nid not in states:
+                        continue  # archived, expired or collapsed since
+                    fields["read"] = states[nid]
+                    budget -= len(encode(fields, encoding))
+                    if recovered and budget < 0:
+                        # the rest does not fit one reply: the inbox has them all
+                        complete = False
+                        more = {"next": seen[topic]}
+                        break
+                    recovered.append(fields)
+                    seen[topic] = p.offset
+            offset = await node.latest(topic)
+            unread = await node.unread(self.user)
+        except BaseException:
+            self._release_hold({})
+            raise
+        reply({"user": self.user, "device": self.device, "node": node.name, "unread": unread,
+               "offset": offset, "recovered": recovered, "complete": complete, **more})
+        self._release_hold(seen)
+
+    # -- subscribe ----------------------------------------------------------------------
+
+    def _since_map(self, flt: str, since: Any) -> dict[str, str]:
+        if isinstance(since, str):
+            if is_wildcard(flt):
+                raise BadRequest("subscribe: since for a wildcard filter must be an object "
+                                 "mapping topics to offsets")
+            since = {flt: since}
+        most = self.ops.settings.limits.max_since_topics
+        if len(since) > most:
+            raise BadRequest(f"subscribe: since names more than {most} topics "
+                             f"(limits.max_since_topics)")
+        for topic, offset in since.items():
+            if not isinstance(offset, str) or parse_offset(offset) is None:
+                raise BadRequest(f"subscribe: since[{topic[:64]!r}] is not an offset")
+            if not matches(flt, topic):
+                raise BadRequest(f"subscribe: since names {topic[:64]!r}, "
+                                 f"which the filter does not match")
+            # checked before any history is read: recovery hands out messages too
+            if not self.may_see(topic):
+                raise Forbidden(f"not allowed to read {topic[:64]!r}")
+        return dict(since)
+
+    async def subscribe(self, value: Any, since: Any, reply: Reply) -> None:
+        """Follow a filter; reply with what ``since`` missed, then push retained messages."""
+        ops = self.ops
+        flt = ops.filter(value)
+        since_map = self._since_map(flt, since) if since is not None else {}
+        assert self.principal is not None
+        if not ops.acl.can_subscribe(self.principal, flt):
+            raise Forbidden(f"not allowed to subscribe to {flt!r}")
+        new = flt not in self.subscriptions and flt not in self._streams
+        if new:
+            self.take_subscription()
+        self._hold = []  # live messages wait until the reply and recovery are out
+        try:
+            if new:
+                self.subscriptions.add(flt)
+                await ops.node.subscribe(flt, self)
+            recovered, complete, rest = await self._recover(since_map)
+            offset_now = None if is_wildcard(flt) else await ops.node.latest(flt)
+            retained = await ops.node.retained(flt) if since is None else []
+        except BaseException:
+            if new:
+                self.subscriptions.discard(flt)
+                self.give_back(1)
+                await ops.node.unsubscribe(flt, self)
+            self._release_hold({})
+            raise
+        seen: dict[str, str] = {}
+        for pub, _ in recovered:
+            seen[pub.topic] = pub.offset
+        more = {"next": rest} if rest else {}
+        reply({"offset": offset_now, "complete": complete and not rest,
+               "recovered": [fields for _, fields in recovered], **more})
+        try:
+            await self._push_paced(retained, seen)
+        finally:
+            self._release_hold(seen)
+
+    async def _recover(self, since: dict[str, str]
+                       ) -> tuple[list[tuple[Publication, dict[str, Any]]], bool, dict[str, str]]:
+        """History after each ``since`` offset, at most ``limits.max_reply_size`` bytes
+        of pushes (always at least one), read a page at a time so one request
+        never loads more than that from the store.
+
+        Returns (publications with their push fields, whether history reached
+        back everywhere, ``next``: the since map to continue with, empty when
+        everything was recovered).
+        """
+        budget = self.ops.settings.limits.max_reply_size
+        node = self.ops.node
+        encoding = self.transport.encoding
+        got: list[tuple[Publication, dict[str, Any]]] = []
+        used = 0
+        complete = True
+        rest: dict[str, str] = {}
+        for topic, offset in since.items():
+            cursor = offset
+            first = True
+            while True:
+                if used >= budget:
+                    rest[topic] = cursor
+                    break
+                page = await node.history(topic, cursor, _RECOVER_PAGE)
+                items = page.items
+                if first and not page.complete and not (items and _follows(cursor,
+                                                                         items[0].offset)):
+                    complete = False  # trimmed or expired: history no longer reaches back
+                first = False
+                full = False
+                for pub in items:
+                    fields = push_fields(pub, encoding)
+                    size = len(encode(fields, encoding))
+                    if got and used + size > budget:
+                        full = True
+                        break
+                    got.append((pub, fields))
+                    used += size
+                    cursor = pub.offset
+                if full:
+                    rest[topic] = cursor
+                    break
+                if not items or items[-1].offset == page.offset:
+                    break  # caught up with the topic's latest offset
+        return got, complete, rest
+
+    async def _push_paced(self, pubs: list[Publication], seen: dict[str, str]) -> None:
+        """Push server-chosen bursts (retained messages) no faster than the client
+        reads, so the outbound bound only ever sees live traffic."""
+        transport = self.transport
+        hub = self.ops.node.hub
+        for pub in pubs:
+            if transport.closing:
+                return
+            if not self.may_see(pub.topic):  # a wildcard matches other users' topics too
+                continue
+            self.ops.metrics.inc("tidings_deliveries_total")
+            transport.deliver(pub, hub.encode(self.wire, pub))
+            seen[pub.topic] = pub.offset
+            if await transport.pace():
+                self._check_hold()
+
+    def _check_hold(self) -> None:
+        """Live messages held while a burst is paced count against the bound too."""
+        if self._hold is not None and \
+                sum(len(d) for _, d in self._hold) > self.transport.bound:  # only while pacing
+            self._hold = []
+            self.transport.overflow()
+
+    def _release_hold(self, seen: dict[str, str]) -> None:
+        """Send what arrived while subscribing, minus what recovery already sent."""
+        held, self._hold = self._hold or [], None
+        for pub, data in held:
+            last = seen.get(pub.topic)
+            if last is not None:
+                a, b = parse_offset(last), parse_offset(pub.offset)
+                if a is not None and b is not None and a[0] == b[0] and b[1] <= a[1]:
+                    continue
+            self.transport.deliver(pub, data)
+
+    async def unsubscribe(self, value: Any) -> None:
+        """Stop following a filter (the user's own streams stay)."""
+        flt = self.ops.filter(value)
+        if flt in self.subscriptions and flt not in self._streams:
+            self.subscriptions.discard(flt)
+            self.give_back(1)
+            await self.ops.node.unsubscribe(flt, self)
+
+    # -- publish ------------------------------------------------------------------------
+
+    async def publish(self, topic_value: Any, data: Any, retain: bool) -> str:
+        """Publish as this session's principal; returns the message's offset."""
+        ops = self.ops
+        topic = ops.topic(topic_value)
+        assert self.principal is not None
+        ops.authorize_publish(self.principal, topic)
+        payload, kind = payload_of(data)
+        ops.check_size(payload)
+        result = await ops.publish(topic, payload, kind, retain=retain)
+        return result.publication.offset
+
+    # -- inbox --------------------------------------------------------------------------
+
+    def me(self, op: str) -> UserId:
+        """The signed-in user, or ``forbidden`` for an anonymous session."""
+        if self.user is None:
+            raise Forbidden(f"{op} needs a signed-in user")
+        return self.user
+
+    async def inbox(self, limit: int, before: Any, unread_only: bool) -> dict[str, Any]:
+        return await self.ops.inbox(self.me("inbox"), limit=limit, before=before,
+                                    unread_only=unread_only, where="inbox: ",
+                                    encoding=self.transport.encoding)
+
+    async def mark(self, action: MarkAction, ids: Any, everything: bool) -> tuple[int, list[str]]:
+        """(unread count after, ids changed) for ``read``, ``unread`` or ``archive``."""
+        change = await self.ops.mark(self.me(action), action, ids, everything, self.device)
+        return change.unread, change.changed
+
+    async def track(self, notification: Any, event: Any) -> bool:
+        return await self.ops.track(self.me("track"), notification, event)
+
+    async def devices(self) -> list[dict[str, Any]]:
+        return await self.ops.devices(self.me("devices"))
+
+    # -- end ----------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """The connection is gone: release presence, quotas and subscriptions. Idempotent."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        node = self.ops.node
+        if self.user is not None:
+            self.ops.presence.offline(self.user, self)
+        subs = self.subscriptions | set(self._streams)
+        self.give_back(len(self.subscriptions))
+        self.subscriptions, self._streams = set(), ()
+        for flt in subs:
+            await node.unsubscribe(flt, self)
+
+
+def _follows(before: str, offset: str) -> bool:
+    """Whether ``offset`` is the one right after ``before`` (same epoch, next sequence)."""
+    a, b = parse_offset(before), parse_offset(offset)
+    return a is not None and b is not None and a[0] == b[0] and b[1] == a[1] + 1
+
+
+def payload_of(data: Any) -> tuple[bytes, PayloadKind]:
+    """A client's ``data`` as stored bytes: JSON values as JSON, raw bytes (msgpack) as is."""
+    if isinstance(data, (bytes, bytearray)):
+        return bytes(data), PayloadKind.BINARY
+    try:
+        return orjson.dumps(data), PayloadKind.JSON
+    except TypeError:
+        raise BadRequest("data must be a JSON value") from None

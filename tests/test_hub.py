@@ -1,0 +1,95 @@
+"""The hub on its own: who gets a publication, encoded how many times, and the
+flusher's one write per loop pass. No I/O: subscribers here are our own
+:class:`~tidings.hub.Subscriber` implementations that record what they get."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tidings.hub import Flusher, Hub
+from tidings.types import PayloadKind, Publication, format_offset
+
+
+def pub(topic: str, seq: int = 1) -> Publication:
+    return Publication(topic, format_offset("e", seq), b"%d" % seq, PayloadKind.JSON, seq)
+
+
+class Sub:
+    def __init__(self, wire: str, *, allowed: bool = True) -> None:
+        self.wire = wire
+        self.allowed = allowed
+        self.got: list[tuple[str, Any]] = []
+
+    def may_see(self, topic: str) -> bool:
+        return self.allowed
+
+    def deliver(self, publication: Publication, data: Any) -> None:
+        self.got.append((publication.topic, data))
+
+
+def counting_hub() -> tuple[Hub, list[str]]:
+    hub = Hub()
+    calls: list[str] = []
+    for wire in ("a", "b"):
+        def encoder(p: Publication, wire: str = wire) -> bytes:
+            calls.append(wire)
+            return f"{wire}:{p.topic}".encode()
+        hub.register_wire(wire, encoder)
+    return hub, calls
+
+
+def test_each_wire_form_is_encoded_once_per_publication() -> None:
+    hub, calls = counting_hub()
+    subs = [Sub("a"), Sub("a"), Sub("b"), Sub("a")]
+    for s in subs:
+        hub.add("news/+", s)
+    assert hub.deliver(pub("news/x")) == 4
+    assert sorted(calls) == ["a", "b"]
+    assert [s.got for s in subs] == [[("news/x", b"a:news/x")]] * 2 + \
+        [[("news/x", b"b:news/x")], [("news/x", b"a:news/x")]]
+
+
+def test_a_subscriber_that_may_not_see_the_topic_gets_nothing() -> None:
+    hub, calls = counting_hub()
+    allowed, refused = Sub("a"), Sub("b", allowed=False)
+    hub.add("#", allowed)
+    hub.add("#", refused)
+    assert hub.deliver(pub("users/bob/x")) == 1
+    assert refused.got == [] and calls == ["a"]  # never encoded for a refused wire
+
+
+def test_only_matching_filters_deliver_and_removal_stops_delivery() -> None:
+    hub, _ = counting_hub()
+    exact, wild, other = Sub("a"), Sub("a"), Sub("a")
+    hub.add("t/1", exact)
+    hub.add("t/#", wild)
+    hub.add("u/#", other)
+    assert hub.deliver(pub("t/1")) == 2
+    hub.remove("t/#", wild)
+    assert hub.deliver(pub("t/1", 2)) == 1
+    assert hub.deliver(pub("v")) == 0
+    assert (len(exact.got), len(wild.got), other.got) == (2, 1, [])
+    assert hub.subscribers("t/1") == {exact}
+
+
+async def test_flusher_flushes_each_marked_buffer_once_per_loop_pass() -> None:
+    flushed: list[str] = []
+
+    class Buf:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def flush(self) -> None:
+            flushed.append(self.name)
+
+    flusher = Flusher()
+    one, two = Buf("one"), Buf("two")
+    flusher.mark(one)
+    flusher.mark(two)
+    assert flushed == []  # nothing is written inside the caller's pass
+    await asyncio.sleep(0)  # one loop pass: the call_soon runs
+    assert flushed == ["one", "two"]
+    flusher.mark(one)
+    await asyncio.sleep(0)
+    assert flushed == ["one", "two", "one"]
