@@ -19,7 +19,7 @@ import jwt
 import pytest
 
 from conftest import JWT_SECRET, WAIT, Node
-from test_mqtt import clients, paho, pub_token
+from support.mqtt import clients, paho, pub_token
 
 _FIXTURES = (clients,)
 

@@ -32,9 +32,10 @@ from typing import Any
 import orjson
 import pytest
 
-pytest.register_assert_rewrite("redis_servers", "cluster_nodes")
+pytest.register_assert_rewrite("support.redis_servers", "support.cluster_nodes")
 
-from cluster_nodes import (
+from conftest import Client
+from support.cluster_nodes import (
     Cluster,
     NodeFactory,
     TidingsNode,
@@ -44,13 +45,12 @@ from cluster_nodes import (
     tidings_nodes,
     wait_for,
 )
-from conftest import Client
-from redis_servers import RedisClusterProcs, RedisFactory, RedisServer
-from test_mqtt import Paho, clients, paho
+from support.mqtt import Paho, clients, paho
+from support.redis_servers import RedisClusterProcs, RedisFactory, RedisServer
 from tidings import config
 from tidings.redis_wire import channel_for
 
-pytest_plugins = ["redis_servers"]
+pytest_plugins = ["support.redis_servers"]
 __all__ = ["clients", "cluster", "tidings_nodes"]  # fixtures used here, defined elsewhere
 
 

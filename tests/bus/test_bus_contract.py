@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-pytest.register_assert_rewrite("redis_servers", "cluster_nodes")
+pytest.register_assert_rewrite("support.redis_servers", "support.cluster_nodes")
 
-from cluster_nodes import wait_for
-from redis_servers import RedisClusterProcs, RedisServer
+from support.cluster_nodes import wait_for
+from support.redis_servers import RedisClusterProcs, RedisServer
 from tidings.bus.base import Bus
 from tidings.bus.memory import MemoryBus
 from tidings.bus.redis import RedisBus, wildcard_channel
@@ -36,7 +36,7 @@ from tidings.protocol.topics import matches
 from tidings.redis_wire import parse_redis_url
 from tidings.types import Offset, PayloadKind, Publication
 
-pytest_plugins = ["redis_servers"]
+pytest_plugins = ["support.redis_servers"]
 
 NETWORKED = ("redis", "redis-cluster")
 
