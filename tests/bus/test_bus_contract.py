@@ -13,8 +13,6 @@ Redis pub/sub may drop, but not on loopback with a healthy server and a few
 hundred messages: the tests below expect every publication, in order.
 """
 
-# ruff: noqa: E402  (helpers are marked for assertion rewriting before they are imported)
-
 from __future__ import annotations
 
 import asyncio
@@ -22,8 +20,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-
-pytest.register_assert_rewrite("support.redis_servers", "support.cluster_nodes")
 
 from support.cluster_nodes import wait_for
 from support.redis_servers import RedisClusterProcs, RedisServer

@@ -19,8 +19,6 @@ Failures (a node SIGKILLed, Redis restarted, pub/sub connections killed) are
 in ``test_cluster_failures.py``.
 """
 
-# ruff: noqa: E402  (helpers are marked for assertion rewriting before they are imported)
-
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -31,8 +29,6 @@ from typing import Any
 
 import orjson
 import pytest
-
-pytest.register_assert_rewrite("support.redis_servers", "support.cluster_nodes")
 
 from conftest import Client
 from support.cluster_nodes import (
@@ -274,7 +270,7 @@ async def test_workers_share_the_ports_and_the_bus(redis_factory: RedisFactory,
 
 # -- config/cluster.toml ------------------------------------------------------------------
 
-CLUSTER_TOML = Path(__file__).resolve().parent.parent / "config" / "cluster.toml"
+CLUSTER_TOML = Path(__file__).resolve().parents[2] / "config" / "cluster.toml"
 
 
 def test_cluster_toml_names_every_cluster_setting_and_its_variable() -> None:

@@ -18,8 +18,6 @@ processes (``redis_servers.py``), real ``websockets`` and paho-mqtt clients.
   ``presence.ttl``.
 """
 
-# ruff: noqa: E402  (helpers are marked for assertion rewriting before they are imported)
-
 from __future__ import annotations
 
 import asyncio
@@ -31,8 +29,6 @@ from typing import Any
 
 import orjson
 import pytest
-
-pytest.register_assert_rewrite("support.redis_servers", "support.cluster_nodes")
 
 from conftest import WAIT, Client
 from support.cluster_nodes import (

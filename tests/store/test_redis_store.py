@@ -15,8 +15,6 @@ Against real ``redis-server`` processes (``redis_servers.py``), one Redis and a
   publish is still there, in order.
 """
 
-# ruff: noqa: E402  (redis_servers is marked for assertion rewriting before it is imported)
-
 from __future__ import annotations
 
 import asyncio
@@ -29,8 +27,6 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
-
-pytest.register_assert_rewrite("support.redis_servers")  # imported here before pytest_plugins
 
 from conftest import WAIT, start_node, stop_node
 from support.redis_servers import RedisClusterProcs, RedisFactory, RedisServer
