@@ -3,8 +3,8 @@
 #
 #   make run     Tidings on its embedded default (scripts/run.sh)
 #   make test    the whole test suite (scripts/test.sh, the README's test command)
-#   make style   ruff over server/, tests/ and scripts/
-#   make types   mypy --strict over server/
+#   make style   ruff over server/, tests/, bench/ and scripts/
+#   make types   mypy --strict over server/, tests/ and bench/
 #   make check   style + types + config-doc + test
 #   make config-doc   config/single.toml documents every setting of config.py
 #   make bench   the benchmark harness (bench/harness.py; BENCH_ARGS=--quick for a short run)
@@ -32,10 +32,15 @@ dev:
 	@$(call install,$(DEV_EXTRAS))
 
 style: dev
-	$(PY) -m ruff check server tests scripts
+	$(PY) -m ruff check server tests bench scripts
 
 types: dev
 	$(PY) -m mypy --strict server/
+	@# tests/ and bench/ each in their own run: both hold a top-level module
+	@# named `cluster` (tests/cluster/, bench/cluster.py), which are never
+	@# imported together but would collide in one mypy run.
+	$(PY) -m mypy --strict tests/
+	$(PY) -m mypy --strict bench/
 
 config-doc: dev
 	$(PY) scripts/check_config_doc.py

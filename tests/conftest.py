@@ -28,6 +28,9 @@ import websockets
 from tidings import config
 from tidings.app import App
 
+# The helpers in tests/support/ assert too: their asserts get pytest's messages.
+pytest.register_assert_rewrite("support")
+
 WAIT = float(os.environ.get("TIDINGS_TEST_WAIT", "5"))
 API_KEY = "test-key-0123456789"
 JWT_SECRET = "test-secret-0123456789-abcdefghijklmnop"

@@ -12,7 +12,6 @@ import asyncio
 from pathlib import Path
 
 from conftest import WAIT
-
 from tidings.bus.memory import MemoryBus
 from tidings.config import HistorySettings
 from tidings.metrics import Metrics

@@ -20,7 +20,7 @@ import pytest
 import uvloop
 
 from conftest import WAIT
-from test_mqtt import wait_until
+from support.mqtt import wait_until
 from tidings.metrics import Metrics
 from tidings.plumbing import (
     PACE_CHUNK,

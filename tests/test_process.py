@@ -9,11 +9,7 @@ commands, configuration errors (exit 2 naming the key) and TLS.
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
-import os
 import re
-import shutil
 import signal
 import ssl
 import subprocess
@@ -30,6 +26,7 @@ import pytest
 import websockets
 
 from conftest import API_KEY, JWT_SECRET, WAIT, Client, ServerProcess
+from support.tls import self_signed
 from tidings.auth import TokenAuthority
 from tidings.types import parse_offset
 
@@ -270,47 +267,9 @@ def test_invalid_setting_stops_the_start_with_exit_2(server_process: ServerProce
 # -- TLS ---------------------------------------------------------------------------------
 
 
-def _self_signed(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and localhost: ``cryptography`` if present, else openssl."""
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    try:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-    except ImportError:
-        if shutil.which("openssl") is None:
-            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-                pytest.fail("TLS test needs the cryptography package or the openssl CLI")
-            pytest.skip("neither the cryptography package nor the openssl CLI is available")
-        subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-             "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-keyout", str(key),
-             "-out", str(cert), "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-            check=True, capture_output=True, timeout=WAIT * 3)
-        return cert, key
-    pk = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    crt = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-           .public_key(pk.public_key()).serial_number(x509.random_serial_number())
-           .not_valid_before(now - datetime.timedelta(minutes=5))
-           .not_valid_after(now + datetime.timedelta(days=1))
-           .add_extension(x509.SubjectAlternativeName([
-               x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-               critical=False)
-           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-           .sign(pk, hashes.SHA256()))
-    cert.write_bytes(crt.public_bytes(serialization.Encoding.PEM))
-    key.write_bytes(pk.private_bytes(serialization.Encoding.PEM,
-                                     serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption()))
-    return cert, key
-
-
 async def test_tls_on_both_ports(server_process: ServerProcess, tmp_path: Path) -> None:
     sp = server_process
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     sp.env.update({"TIDINGS_WS_TLS_CERT": str(cert), "TIDINGS_WS_TLS_KEY": str(key),
                    "TIDINGS_API_TLS_CERT": str(cert), "TIDINGS_API_TLS_KEY": str(key)})
     out = start(sp)

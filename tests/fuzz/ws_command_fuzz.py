@@ -1,7 +1,7 @@
 """Coverage-guided fuzzing of the WS command decoder with atheris (libFuzzer).
 
 Not part of the test suite (pytest does not collect this folder's files:
-none is named test_*.py). The property tests in tests/test_frames_fuzz.py run
+none is named test_*.py). The property tests in tests/protocol/test_frames_fuzz.py run
 in every suite run; this target is for long runs by hand::
 
     pip install atheris

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 
 from conftest import API_KEY, JWT_SECRET, Node, stop_node
-from test_mqtt import OPEN_BROKER
+from support.mqtt import OPEN_BROKER
 from tidings import config
 from tidings.app import App, exposed_listeners
 

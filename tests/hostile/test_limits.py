@@ -16,7 +16,7 @@ import sqlite3
 from typing import Any
 
 from conftest import WAIT, Node
-from test_mqtt import (
+from support.mqtt import (
     CONNACK,
     DISCONNECT,
     Raw,

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from test_mqtt import PUBACK, Raw, clients, pub_token, publish_packet
+from support.mqtt import PUBACK, Raw, clients, pub_token, publish_packet
 from tidings.protocol.mqtt.reason_codes import VALID_REASON_CODES
 
-pytest_plugins = ["redis_servers"]
+pytest_plugins = ["support.redis_servers"]
 _FIXTURES = (clients,)  # re-exported fixture from test_mqtt
 
 

@@ -31,8 +31,8 @@ import pytest
 from conftest import API_KEY, JWT_SECRET, WAIT, Node, ServerProcess
 from tidings.auth import TokenAuthority
 
-pytest.register_assert_rewrite("redis_servers")
-pytest_plugins = ["redis_servers"]
+pytest.register_assert_rewrite("support.redis_servers")
+pytest_plugins = ["support.redis_servers"]
 
 CLI = [sys.executable, "-m", "tidings.cli"]
 

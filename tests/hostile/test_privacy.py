@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from conftest import Client, Node
-from test_mqtt import NodeMaker, clients, make_node, paho, pub_token
+from support.mqtt import NodeMaker, clients, make_node, paho, pub_token
 
 _FIXTURES = (clients, make_node)
 

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import Client, Node, make_settings, start_with, stop_node
-from test_mqtt import Paho
+from support.mqtt import Paho
 from tidings.config import AclRule
 
 USERS = ("ann", "bob", "cy")

@@ -17,8 +17,7 @@ import pytest
 
 from conftest import WAIT, MakeNode, Node
 from support import inbox as inbox_store
-from support.stores import clock, open_store, store
-from test_mqtt import (
+from support.mqtt import (
     DISCONNECT,
     MAXIMUM_PACKET_SIZE,
     PUBACK,
@@ -29,8 +28,9 @@ from test_mqtt import (
     pub_token,
     publish_packet,
 )
+from support.stores import clock, open_store, store
 
-pytest_plugins = ["redis_servers"]  # the redis backends' session servers
+pytest_plugins = ["support.redis_servers"]  # the redis backends' session servers
 
 KIB = 1024
 SLOW = "tidings_slow_consumers_total"
@@ -291,7 +291,7 @@ async def test_retained_burst_is_paced_over_websocket_and_mqtt(node: Node,
                        for i in range(2000)])
     c = await node.client("alice")
     assert (await c.request("subscribe", topic="#"))["ok"]
-    got = set()
+    got: set[str] = set()
     while len(got) < 2000:
         p = await c.push()
         if p["topic"].startswith("ret/"):
@@ -299,7 +299,7 @@ async def test_retained_burst_is_paced_over_websocket_and_mqtt(node: Node,
             got.add(p["topic"])
     mq = await paho(clients, node.app.mqtt_port, "ret", token=node.token("alice"), v5=True)
     await mq.subscribe(("#", 0))
-    seen = set()
+    seen: set[str] = set()
     while len(seen) < 2000:
         m = await mq.message()
         if m.topic.startswith("ret/"):

@@ -31,7 +31,7 @@ from tidings.store.redis import RedisStore
 from tidings.store.sqlite import SqliteStore
 from tidings.types import PayloadKind
 
-pytest_plugins = ["redis_servers"]
+pytest_plugins = ["support.redis_servers"]
 
 
 class Clock:

@@ -29,7 +29,7 @@ from tidings.store.base import (
 )
 from tidings.types import parse_offset
 
-pytest_plugins = ["redis_servers"]  # the redis backends' session servers
+pytest_plugins = ["support.redis_servers"]  # the redis backends' session servers
 
 # -- notify ---------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from tidings.errors import Unavailable
 from tidings.store.base import MqttSessionState, QueuedMessage, Store
 from tidings.types import PayloadKind
 
-pytest_plugins = ["redis_servers"]  # session-wide redis-server / cluster fixtures
+pytest_plugins = ["support.redis_servers"]  # session-wide redis-server / cluster fixtures
 
 
 async def test_ping_when_open(store: Store) -> None:

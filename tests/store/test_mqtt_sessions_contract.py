@@ -16,7 +16,7 @@ from typing import Any
 from support.stores import OpenStore
 from tidings.store.base import MqttSessionState, MqttSubscription, QueuedMessage, Store
 
-pytest_plugins = ["redis_servers"]  # session-wide redis-server / cluster fixtures
+pytest_plugins = ["support.redis_servers"]  # session-wide redis-server / cluster fixtures
 
 
 def queued(n: int, **kw: Any) -> QueuedMessage:

@@ -18,7 +18,7 @@ import pytest
 from support.stores import Clock, OpenStore
 from tidings.store.base import Store
 
-pytest_plugins = ["redis_servers"]  # session-wide redis-server / cluster fixtures
+pytest_plugins = ["support.redis_servers"]  # session-wide redis-server / cluster fixtures
 
 
 SHARING = ["redis", "redis-cluster"]  # the backends whose shared_presence is True

@@ -15,8 +15,6 @@ Against real ``redis-server`` processes (``redis_servers.py``), one Redis and a
   publish is still there, in order.
 """
 
-# ruff: noqa: E402  (redis_servers is marked for assertion rewriting before it is imported)
-
 from __future__ import annotations
 
 import asyncio
@@ -30,10 +28,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
-pytest.register_assert_rewrite("redis_servers")  # imported here before pytest_plugins
-
 from conftest import WAIT, start_node, stop_node
-from redis_servers import RedisClusterProcs, RedisFactory, RedisServer
+from support.redis_servers import RedisClusterProcs, RedisFactory, RedisServer
 from support.stores import Clock
 from tidings.app import _make_store
 from tidings.errors import Unavailable
@@ -43,7 +39,7 @@ from tidings.store.base import HistoryPolicy, events_topic, notifications_topic,
 from tidings.store.redis import RETAINED_GRACE, RedisStore
 from tidings.types import PayloadKind, Publication, parse_offset
 
-pytest_plugins = ["redis_servers"]
+pytest_plugins = ["support.redis_servers"]
 
 KEEP = HistoryPolicy(1000, 3600.0)
 BOUND = 1.0  # the store's timeout in these tests
@@ -119,7 +115,7 @@ async def test_publish_announces_the_stored_publication(target: Target,
                                 retain=True, policy=KEEP, qos=0, origin="sensor-1")
         data = await received(pubsub)
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
         await client.aclose()
     expected = Publication("home/kitchen/temp", r.publication.offset, b"\x00\xff",
                            PayloadKind.BINARY, r.publication.ts, qos=0,
@@ -140,7 +136,7 @@ async def test_mqtt_properties_ride_with_the_announcement_through_the_meta_codec
                                 policy=KEEP, qos=1, origin="sensor-1", meta=props)
         data = await received(pubsub)
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
         await client.aclose()
         await store.close()
     expected = replace(r.publication, qos=1, origin="sensor-1", meta=props)
@@ -159,7 +155,7 @@ async def test_announce_false_puts_nothing_on_the_channel(target: Target, store:
         second = await store.publish("t", b"2", PayloadKind.JSON, retain=False, policy=KEEP)
         got = decode_publication(await received(pubsub))
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
         await client.aclose()
         await quiet.close()
     assert got.offset == second.publication.offset != first.publication.offset
@@ -177,7 +173,7 @@ async def test_notify_and_mark_announce_the_users_publications(target: Target,
         change = await store.mark("alice", "read", ["n_1"], device="phone", policy=policy)
         got += [decode_publication(await received(pubsub)) for _ in change.publications]
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
         await client.aclose()
     expected = sent + change.publications
     assert [p.topic for p in expected] == [notifications_topic("alice"), unread_topic("alice"),

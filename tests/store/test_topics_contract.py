@@ -19,7 +19,7 @@ from support.stores import IDEMPOTENCY_TTL, KEEP, T0, Clock, OpenStore
 from tidings.store.base import HistoryPage, HistoryPolicy, Store
 from tidings.types import Offset, PayloadKind, format_offset, parse_offset
 
-pytest_plugins = ["redis_servers"]  # session-wide redis-server / cluster fixtures
+pytest_plugins = ["support.redis_servers"]  # session-wide redis-server / cluster fixtures
 
 
 # -- helpers ----------------------------------------------------------------------------

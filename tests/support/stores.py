@@ -15,7 +15,7 @@ that data up after the yield. Nothing else changes.
 Time is the fake ``clock`` (seconds since the epoch, moved by hand); the
 store must take all its time (``ts``, history TTL, idempotency TTL, inbox and
 presence expiry) from it. The Redis backends use the session-wide servers of
-``redis_servers.py`` (a module using these fixtures lists it in
+``support/redis_servers.py`` (a module using these fixtures lists it in
 ``pytest_plugins``), emptied before each test.
 """
 

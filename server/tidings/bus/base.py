@@ -1,6 +1,6 @@
 """The bus contract: carries publications between the nodes of a cluster.
 
-What every implementation promises (``tests/test_bus_contract.py`` runs the
+What every implementation promises (``tests/bus/test_bus_contract.py`` runs the
 same suite on the memory bus and on the Redis bus, on one Redis and on a
 Redis Cluster):
 

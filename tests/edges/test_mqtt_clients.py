@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from conftest import WAIT, Node
-from test_mqtt import NodeMaker, broker, make_node, metric, open_broker, pub_token, wait_until
+from support.mqtt import NodeMaker, broker, make_node, metric, open_broker, pub_token, wait_until
 
 _FIXTURES = (make_node, open_broker)
 PROGRAMS = ("mosquitto_pub", "mosquitto_sub")

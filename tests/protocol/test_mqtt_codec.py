@@ -13,9 +13,10 @@ import time
 
 import paho.mqtt.client as paho_client
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties as PahoProperties
+from paho.mqtt.reasoncodes import ReasonCode as PahoReasonCode
 
 from conftest import WAIT
 from tidings.protocol.mqtt import (
@@ -167,7 +168,7 @@ def test_decode_known_bytes(version: Version, packet: object, data: bytes) -> No
     """Hand-written captures decode to the packet; the round trip is the identity."""
     stream_version = None if isinstance(packet, Connect) else version
     assert decode(data, stream_version) == packet
-    assert decode(encode(packet, version), stream_version) == packet  # type: ignore[arg-type]
+    assert decode(encode(packet, version), stream_version) == packet
 
 
 def test_one_byte_at_a_time_gives_the_same_packets() -> None:
@@ -177,7 +178,7 @@ def test_one_byte_at_a_time_gives_the_same_packets() -> None:
         connect = Connect("c", version)
         data = encode(connect, version) + b"".join(encode(p, version) for p in stream)  # type: ignore[arg-type]
         decoder = Decoder()
-        got = []
+        got: list[object] = []
         for i in range(len(data)):
             decoder.receive_data(data[i:i + 1])
             got.extend(decoder)
@@ -416,7 +417,7 @@ def test_encoder_refuses_what_a_decoder_must_reject() -> None:
                 Publish("a", dup=True), Publish("a\x00b"), Publish("\ud800"),
                 Subscribe(1, ()), PubAck(0), Connect("c", V5)):
         with pytest.raises(ValueError):
-            encode(bad, V3)  # type: ignore[arg-type]
+            encode(bad, V3)
     with pytest.raises(ValueError):
         encode(Auth(), V3)
     with pytest.raises(ValueError):
@@ -508,14 +509,14 @@ def test_template_refuses_per_hop_properties() -> None:
 
 # --- cross-check with paho-mqtt, a real client, over a real loopback socket -----------
 
-def _paho_session(protocol: int, port: int) -> paho_client.Client:
+def _paho_session(protocol: MQTTProtocolVersion, port: int) -> paho_client.Client:
     client = paho_client.Client(CallbackAPIVersion.VERSION2, client_id="paho-1",
                                 protocol=protocol)
     client.username_pw_set("user", "token")
     client.will_set("dev/1/status", b"offline", qos=1, retain=True)
     props = None
     if protocol == paho_client.MQTTv5:
-        props = PahoProperties(PacketTypes.CONNECT)
+        props = PahoProperties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 120
         props.UserProperty = ("k", "v")
     client.connect("127.0.0.1", port, keepalive=30, clean_start=True if props else 3,
@@ -538,7 +539,8 @@ def _read_packets(sock: socket.socket, decoder: Decoder, count: int) -> list[obj
 
 @pytest.mark.parametrize("protocol", [paho_client.MQTTv311, paho_client.MQTTv5],
                          ids=["3.1.1", "5.0"])
-def test_paho_packets_decode_and_our_connack_is_accepted(protocol: int) -> None:
+def test_paho_packets_decode_and_our_connack_is_accepted(
+        protocol: MQTTProtocolVersion) -> None:
     """What a real client sends decodes to the expected packets, and it accepts our answers."""
     version = V5 if protocol == paho_client.MQTTv5 else V3
     with socket.create_server(("127.0.0.1", 0)) as server:
@@ -558,7 +560,7 @@ def test_paho_packets_decode_and_our_connack_is_accepted(protocol: int) -> None:
                 assert connect.properties.session_expiry_interval == 120
                 assert connect.properties.user_properties == (("k", "v"),)
 
-            connected: list[object] = []
+            connected: list[PahoReasonCode] = []
             client.on_connect = lambda c, u, f, rc, p: connected.append(rc)
             conn.sendall(encode(Connack(False, 0), version))
             deadline = time.monotonic() + WAIT
@@ -581,7 +583,7 @@ def test_paho_packets_decode_and_our_connack_is_accepted(protocol: int) -> None:
             assert isinstance(unsub, Unsubscribe) and unsub.topic_filters == ("alerts/#",)
 
             # Our SUBACK and a QoS 1 PUBLISH from "the broker" reach paho's callbacks.
-            received: list[tuple[str, bytes, int]] = []
+            received: list[tuple[str, bytes | bytearray, int]] = []
             client.on_message = lambda c, u, m: received.append((m.topic, m.payload, m.qos))
             conn.sendall(encode(SubAck(sub.packet_id, (1, 2)), version)
                          + PublishTemplate("home/hall/temp", b"19").render(version, qos=1,

@@ -19,8 +19,6 @@ Failures (a node SIGKILLed, Redis restarted, pub/sub connections killed) are
 in ``test_cluster_failures.py``.
 """
 
-# ruff: noqa: E402  (helpers are marked for assertion rewriting before they are imported)
-
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -32,9 +30,8 @@ from typing import Any
 import orjson
 import pytest
 
-pytest.register_assert_rewrite("redis_servers", "cluster_nodes")
-
-from cluster_nodes import (
+from conftest import Client
+from support.cluster_nodes import (
     Cluster,
     NodeFactory,
     TidingsNode,
@@ -44,13 +41,12 @@ from cluster_nodes import (
     tidings_nodes,
     wait_for,
 )
-from conftest import Client
-from redis_servers import RedisClusterProcs, RedisFactory, RedisServer
-from test_mqtt import Paho, clients, paho
+from support.mqtt import Paho, clients, paho
+from support.redis_servers import RedisClusterProcs, RedisFactory, RedisServer
 from tidings import config
 from tidings.redis_wire import channel_for
 
-pytest_plugins = ["redis_servers"]
+pytest_plugins = ["support.redis_servers"]
 __all__ = ["clients", "cluster", "tidings_nodes"]  # fixtures used here, defined elsewhere
 
 
@@ -274,7 +270,7 @@ async def test_workers_share_the_ports_and_the_bus(redis_factory: RedisFactory,
 
 # -- config/cluster.toml ------------------------------------------------------------------
 
-CLUSTER_TOML = Path(__file__).resolve().parent.parent / "config" / "cluster.toml"
+CLUSTER_TOML = Path(__file__).resolve().parents[2] / "config" / "cluster.toml"
 
 
 def test_cluster_toml_names_every_cluster_setting_and_its_variable() -> None:

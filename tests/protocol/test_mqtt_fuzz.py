@@ -67,7 +67,7 @@ FUZZ = settings(max_examples=int(os.environ.get("MQTT_FUZZ_EXAMPLES", "200")), d
 
 # --- strategies for valid packets -----------------------------------------------------
 
-texts = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+texts = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"),
                 max_size=12)
 topics = texts.filter(lambda t: t and "+" not in t and "#" not in t)
 filters = texts.filter(lambda t: not t.startswith("$share/"))
@@ -161,7 +161,8 @@ def publishes(draw: st.DrawFn, version: Version) -> Publish:
 
 @st.composite
 def acks(draw: st.DrawFn, version: Version) -> Any:
-    cls = draw(st.sampled_from([PubAck, PubRec, PubRel, PubComp]))
+    kinds: list[type[PubAck | PubRec | PubRel | PubComp]] = [PubAck, PubRec, PubRel, PubComp]
+    cls = draw(st.sampled_from(kinds))
     ptype = int(cls.packet_type)
     return cls(draw(packet_ids), draw(_reason(version, ptype)), draw(_props(version, ptype)))
 
@@ -204,7 +205,8 @@ def unsubacks(draw: st.DrawFn, version: Version) -> UnsubAck:
 def reasoned(draw: st.DrawFn, version: Version) -> Any:
     if version == V3:
         return Disconnect()
-    cls = draw(st.sampled_from([Disconnect, Auth]))
+    kinds: list[type[Disconnect | Auth]] = [Disconnect, Auth]
+    cls = draw(st.sampled_from(kinds))
     ptype = int(cls.packet_type)
     return cls(draw(_reason(version, ptype)), draw(_props(version, ptype)))
 

@@ -24,5 +24,5 @@ async def test_many_publishes_keep_per_topic_order_and_all_get_replies(node: Nod
         seqs = [int(m["offset"].rpartition(":")[2]) for m in got if m["topic"] == f"p/{t}"]
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     # a non-publish command after them sees them all done
-    status, hist = await node.api("GET", "/v1/topics/p/0/history?limit=1000")
+    _, hist = await node.api("GET", "/v1/topics/p/0/history?limit=1000")
     assert len(hist["items"]) == len(range(0, n, topics))

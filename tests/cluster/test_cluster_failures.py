@@ -18,8 +18,6 @@ processes (``redis_servers.py``), real ``websockets`` and paho-mqtt clients.
   ``presence.ttl``.
 """
 
-# ruff: noqa: E402  (helpers are marked for assertion rewriting before they are imported)
-
 from __future__ import annotations
 
 import asyncio
@@ -32,9 +30,8 @@ from typing import Any
 import orjson
 import pytest
 
-pytest.register_assert_rewrite("redis_servers", "cluster_nodes")
-
-from cluster_nodes import (
+from conftest import WAIT, Client
+from support.cluster_nodes import (
     Cluster,
     NodeFactory,
     TidingsNode,
@@ -44,12 +41,11 @@ from cluster_nodes import (
     tidings_nodes,
     wait_for,
 )
-from conftest import WAIT, Client
-from redis_servers import RedisClusterProcs, RedisFactory, RedisServer
-from test_mqtt import clients, paho
+from support.mqtt import clients, paho
+from support.redis_servers import RedisClusterProcs, RedisFactory, RedisServer
 from tidings.protocol.topics import matches
 
-pytest_plugins = ["redis_servers"]
+pytest_plugins = ["support.redis_servers"]
 __all__ = ["clients", "cluster", "tidings_nodes"]  # fixtures used here, defined elsewhere
 
 STORE_BOUND = 2.0  # seconds: the Redis store's bound on one call (RedisStore's timeout)

@@ -22,12 +22,12 @@ import pytest
 import redis
 
 from conftest import start_node, stop_node
-from test_mqtt import Paho, broker, clients, wait_until
+from support.mqtt import Paho, broker, clients, wait_until
 from tidings.store.base import MqttSessionState, MqttSubscription, Store
 from tidings.store.redis import RedisStore
 from tidings.store.sqlite import SqliteStore
 
-pytest_plugins = ["redis_servers"]
+pytest_plugins = ["support.redis_servers"]
 
 __all__: list[str] = []
 _FIXTURES = (clients,)  # re-exported fixture from test_mqtt

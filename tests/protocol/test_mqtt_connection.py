@@ -13,7 +13,7 @@ from typing import Any
 
 import paho.mqtt.client as paho_client
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from conftest import WAIT
 from tidings.protocol.mqtt import (
@@ -668,13 +668,14 @@ def _unsuback(event: Unsubscribe, conn: Connection) -> Any:
 
 @pytest.mark.parametrize("protocol", [paho_client.MQTTv311, paho_client.MQTTv5],
                          ids=["3.1.1", "5.0"])
-def test_paho_client_round_trip_through_connection(protocol: int) -> None:
+def test_paho_client_round_trip_through_connection(
+        protocol: MQTTProtocolVersion) -> None:
     """A real client subscribes, publishes at QoS 0, 1 and 2, and receives its own
     messages back at the same QoS; every flow completes on both sides."""
     with socket.create_server(("127.0.0.1", 0)) as server:
         client = paho_client.Client(CallbackAPIVersion.VERSION2, client_id="dev-1",
                                     protocol=protocol)
-        got: list[tuple[str, bytes, int]] = []
+        got: list[tuple[str, bytes | bytearray, int]] = []
         subscribed: list[object] = []
         client.on_message = lambda c, u, m: got.append((m.topic, m.payload, m.qos))
         client.on_subscribe = lambda c, u, mid, rc, p: subscribed.append(rc)

@@ -40,7 +40,7 @@ import pytest
 import websockets
 
 from conftest import API_KEY, JWT_SECRET, WAIT, Client, free_port
-from redis_servers import RedisClusterProcs, RedisServer
+from support.redis_servers import RedisClusterProcs, RedisServer
 from tidings.auth import TokenAuthority
 
 __all__ = [

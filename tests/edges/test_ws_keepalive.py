@@ -41,7 +41,7 @@ async def test_silent_peer_is_closed_and_live_peer_kept(tmp_path: Path) -> None:
         writer.close()
         # the live client answered every ping and is still served
         assert (await live.request("ping"))["ok"] is True
-        status, text = await node.api("GET", "/metrics")
+        _, text = await node.api("GET", "/metrics")
         assert 'tidings_errors_total{code="keepalive_timeout"} 1.0' in text
     finally:
         await stop_node(node)

@@ -36,7 +36,8 @@ class Device:
         return await asyncio.to_thread(q.get, True, WAIT)
 
     async def message(self) -> mqtt.MQTTMessage:
-        return await self.get(self.messages)
+        message: mqtt.MQTTMessage = await self.get(self.messages)
+        return message
 
     def close(self) -> None:
         self.c.disconnect()
@@ -108,12 +109,12 @@ async def test_a_qos0_retained_message_is_not_upgraded(node: Node) -> None:
         assert await pub.get(pub.connected) == 0
         info = pub.c.publish("keep/zero", b"z", qos=0, retain=True)
         info.wait_for_publish(WAIT)
-        status, hist = await node.api("GET", "/v1/topics/keep/zero/history")
+        _, hist = await node.api("GET", "/v1/topics/keep/zero/history")
         for _ in range(50):  # QoS 0 has no ack: wait until it is stored
             if hist.get("items"):
                 break
             await asyncio.sleep(0.05)
-            status, hist = await node.api("GET", "/v1/topics/keep/zero/history")
+            _, hist = await node.api("GET", "/v1/topics/keep/zero/history")
         sub = Device(port, "ret-sub", token=token)
         assert await sub.get(sub.connected) == 0
         sub.c.subscribe("keep/zero", qos=1)

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from conftest import API_KEY, JWT_SECRET, WAIT, Node, ServerProcess, start_node, stop_node
-from test_mqtt import (
+from support.mqtt import (
     CONNACK,
     DISCONNECT,
     PUBACK,

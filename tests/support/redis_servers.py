@@ -5,7 +5,7 @@ config, log, AOF and ``nodes.conf``), wait until it answers, and stop it by
 its PID. A cluster is made of servers with ``cluster-enabled yes`` joined by
 ``redis-cli --cluster create ... --cluster-replicas 0 --cluster-yes``.
 
-Fixtures (use ``pytest_plugins = ["redis_servers"]`` in a test module, so a
+Fixtures (use ``pytest_plugins = ["support.redis_servers"]`` in a test module, so a
 session-scoped server is shared by every module that asks for it):
 
 * ``redis_server``: one server for the whole session (no persistence);

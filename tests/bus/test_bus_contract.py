@@ -13,8 +13,6 @@ Redis pub/sub may drop, but not on loopback with a healthy server and a few
 hundred messages: the tests below expect every publication, in order.
 """
 
-# ruff: noqa: E402  (helpers are marked for assertion rewriting before they are imported)
-
 from __future__ import annotations
 
 import asyncio
@@ -23,10 +21,8 @@ from typing import Any
 
 import pytest
 
-pytest.register_assert_rewrite("redis_servers", "cluster_nodes")
-
-from cluster_nodes import wait_for
-from redis_servers import RedisClusterProcs, RedisServer
+from support.cluster_nodes import wait_for
+from support.redis_servers import RedisClusterProcs, RedisServer
 from tidings.bus.base import Bus
 from tidings.bus.memory import MemoryBus
 from tidings.bus.redis import RedisBus, wildcard_channel
@@ -36,7 +32,7 @@ from tidings.protocol.topics import matches
 from tidings.redis_wire import parse_redis_url
 from tidings.types import Offset, PayloadKind, Publication
 
-pytest_plugins = ["redis_servers"]
+pytest_plugins = ["support.redis_servers"]
 
 NETWORKED = ("redis", "redis-cluster")
 

@@ -1,0 +1,1 @@
+"""Several Tidings nodes on one Redis (or Redis Cluster): delivery and failures across nodes."""
