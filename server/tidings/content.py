@@ -179,6 +179,8 @@ class _Compiler:
 
 
 Path = tuple[str | int, ...]
+# the templated strings of ``data``: container keys down to their templates
+_Trie = dict[str | int, "_Trie | Template"]
 
 
 def _where(path: Path) -> str:
@@ -238,7 +240,7 @@ class Content:
     """A notification's title, body, data and locales, compiled once; render per user."""
 
     def __init__(self, title: str | Template | None, body: str | Template | None,
-                 data: Any, plan: list[tuple[Path, Template]],
+                 data: Any, plan: _Trie | Template | None,
                  locales: dict[str, dict[str, str | Template]], slots: _Slots) -> None:
         self._title = title
         self._body = body
@@ -247,8 +249,8 @@ class Content:
         self._locales = locales
         self._slots = [(f"{_VAR}{n}", name, default)
                        for (name, default), n in slots.index.items()]
-        self.personal = bool(plan or locales) or isinstance(title, Template) or isinstance(
-            body, Template)
+        self.personal = (plan is not None or bool(locales) or isinstance(title, Template)
+                         or isinstance(body, Template))
         """False: every user gets the same content (render may be skipped)."""
 
     @classmethod
@@ -260,12 +262,17 @@ class Content:
         compiler = _Compiler(max_templates)
         t = compiler.compile(title, "title")
         b = compiler.compile(body, "body")
-        plan: list[tuple[Path, Template]] = []
+        plan: _Trie | Template | None = None
         for path, text in _walk(data):
             c = compiler.compile(text, _where(path))
             if isinstance(c, Template):
-                plan.append((path, c))
-        plan.sort(key=lambda pc: len(pc[0]))  # parents before their children
+                if not path:
+                    plan = c
+                    break
+                trie = plan = plan if isinstance(plan, dict) else {}
+                for key in path[:-1]:
+                    trie = trie.setdefault(key, {})  # type: ignore[assignment]
+                trie[path[-1]] = c
         compiled: dict[str, dict[str, str | Template]] = {}
         if locales is not None:
             if not isinstance(locales, dict):
@@ -311,22 +318,21 @@ class Content:
     def _render_data(self, ctx: Context) -> Any:
         """``data`` with its templated strings filled: the containers on their
         paths are copied, the rest is shared with the notification's ``data``."""
-        if not self._plan:
+        plan = self._plan
+        if plan is None:
             return self._data
-        if self._plan[0][0] == ():
-            return _fill_in(self._plan[0][1], ctx)
+        if isinstance(plan, Template):
+            return _fill_in(plan, ctx)
         root = _shallow(self._data)
-        copied: dict[Path, Any] = {(): root}
-        for path, template in self._plan:
-            node = root
-            for i in range(1, len(path)):
-                sub = path[:i]
-                nxt = copied.get(sub)
-                if nxt is None:
-                    nxt = copied[sub] = _shallow(node[path[i - 1]])
-                    node[path[i - 1]] = nxt
-                node = nxt
-            node[path[-1]] = _fill_in(template, ctx)
+        stack: list[tuple[Any, _Trie]] = [(root, plan)]
+        while stack:  # no recursion: data may nest as deep as its parser allows
+            copy, trie = stack.pop()
+            for key, sub in trie.items():
+                if isinstance(sub, Template):
+                    copy[key] = _fill_in(sub, ctx)
+                else:
+                    child = copy[key] = _shallow(copy[key])
+                    stack.append((child, sub))
         return root
 
 
