@@ -22,7 +22,8 @@ that stores and fires notifications comes later. The rules (issue 12):
   at the start of the next occurrence of the busiest hour (ties: the one that
   comes first), or now when ``now`` is inside that hour or there is no
   history (:func:`best_time`). It is within 24 hours of ``now`` (25 across a
-  fall-back night).
+  fall-back night); an hour whose start a DST change skips that day starts
+  the gap later (02:00 -> 03:00), as for ``send_at_local``.
 
 Errors are :class:`~tidings.errors.BadRequest` naming the field.
 """
