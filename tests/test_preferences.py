@@ -203,6 +203,7 @@ def test_operator_rules_come_from_the_config(tmp_path: Any) -> None:
     ({"TIDINGS_PREFERENCES_DEFAULT_TIMEZONE": "Mars/Olympus"},
      "preferences.default_timezone"),
     ({"TIDINGS_NOTIFY_MAX_TEMPLATES": "-1"}, "notify.max_templates"),
+    ({"TIDINGS_NOTIFY_MAX_PLACEHOLDERS": "-1"}, "notify.max_placeholders"),
 ])
 def test_bad_operator_settings_stop_the_start_naming_the_key(
         env: dict[str, str], key: str) -> None:

@@ -148,6 +148,7 @@ class NotifySettings:
     max_ttl: float = 86400.0 * 365
     max_inbox: int = 1000  # items kept per user; over it the oldest read ones go first
     max_templates: int = 64  # strings with placeholders per notification (content.py)
+    max_placeholders: int = 256  # placeholders in all of one notification's strings
 
 
 def _default_categories() -> list[str]:
@@ -480,6 +481,7 @@ def _validate(s: Settings) -> None:
     _positive("notify.max_data_size", s.notify.max_data_size)
     _positive("notify.max_inbox", s.notify.max_inbox)
     _positive("notify.max_templates", s.notify.max_templates, zero_ok=True)
+    _positive("notify.max_placeholders", s.notify.max_placeholders, zero_ok=True)
     _positive("store.sweep_interval", s.store.sweep_interval)
     _positive("store.sweep_batch", s.store.sweep_batch)
     for key in ("receive_maximum", "max_queued", "max_subscriptions"):
