@@ -287,7 +287,7 @@ class Content:
             if not isinstance(locales, dict):
                 raise BadRequest("locales: expected an object of language tags")
             for tag, fields in locales.items():
-                where = f"locales.{tag}"
+                where = f"locales.{str(tag)[:64]}"
                 if not isinstance(tag, str) or len(tag) > 35 or not _LOCALE.fullmatch(tag):
                     raise BadRequest(f"{where}: not a language tag like \"en\" or \"zh-CN\"")
                 if tag.lower() in compiled:
@@ -297,7 +297,8 @@ class Content:
                 entry: dict[str, str | Template] = {}
                 for k, v in fields.items():
                     if k not in _LOCALE_FIELDS:
-                        raise BadRequest(f"{where}.{k}: unknown field (expected title, body)")
+                        raise BadRequest(f"{where}.{k[:64]}: unknown field (expected title, "
+                                         f"body)")
                     c = compiler.compile(v, f"{where}.{k}")
                     if c is not None:
                         entry[k] = c

@@ -71,6 +71,7 @@ _HHMM = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
 _LOCALE = re.compile(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8}){0,7}")
 _MAX_LOCALE = 35
 _MAX_ZONE = 64  # the longest IANA name is ~32 characters
+_MAX_KEY = 64  # characters of a peer's key quoted in an error message
 
 
 @functools.cache
@@ -230,13 +231,13 @@ def _only(d: Mapping[str, Any], allowed: frozenset[str] | tuple[str, ...], where
     for k in d:
         if k not in allowed:
             prefix = f"{where}." if where else ""
-            raise BadRequest(f"{prefix}{k}: unknown field (expected one of "
+            raise BadRequest(f"{prefix}{k[:_MAX_KEY]}: unknown field (expected one of "
                              f"{', '.join(sorted(allowed))})")
 
 
 def _category_key(name: Any, rules: Rules, where: str) -> str:
     if name not in rules.categories:
-        raise BadRequest(f"{where}.{name}: unknown category (expected one of "
+        raise BadRequest(f"{where}.{str(name)[:_MAX_KEY]}: unknown category (expected one of "
                          f"{', '.join(rules.categories)})")
     return str(name)
 

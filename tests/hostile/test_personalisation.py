@@ -126,6 +126,15 @@ def test_deep_or_huge_values_give_short_errors() -> None:
         with pytest.raises(BadRequest) as e:
             merge(Preferences(), bad, rules)
         assert len(e.value.message) < 300
+    long = "k" * 100_000
+    for bad in ({long: 1}, {"categories": {long: {}}}, {"caps": {"social": {long: 1}}}):
+        with pytest.raises(BadRequest) as e:
+            parse(bad, rules)
+        assert len(e.value.message) < 300
+    for fields in ({"locales": {long: {}}}, {"locales": {"en": {long: "x"}}}):
+        with pytest.raises(BadRequest) as e:
+            Content.compile(**fields)
+        assert len(e.value.message) < 300
     for fn in (parse_send_at, parse_send_at_local):
         with pytest.raises(BadRequest) as e:
             fn("9" * 100_000)
