@@ -15,6 +15,7 @@ from tidings.preferences import (
     Preferences,
     QuietHours,
     Rules,
+    check_category,
     merge,
     merge_patch,
     parse,
@@ -210,3 +211,12 @@ def test_bad_operator_settings_stop_the_start_naming_the_key(
     with pytest.raises(config.ConfigError) as e:
         config.load(None, env)
     assert str(e.value).startswith(f"{key}: "), str(e.value)
+
+
+def test_a_notifications_category_is_one_of_the_operators() -> None:
+    assert check_category(None, RULES) == "general"
+    assert check_category("marketing", RULES) == "marketing"
+    for bad in ("news", 5, ["general"]):
+        with pytest.raises(BadRequest) as e:
+            check_category(bad, RULES)
+        assert e.value.message.startswith("category: ")

@@ -56,6 +56,7 @@ __all__ = [
     "Preferences",
     "QuietHours",
     "Rules",
+    "check_category",
     "merge",
     "merge_patch",
     "parse",
@@ -240,6 +241,16 @@ def _category_key(name: Any, rules: Rules, where: str) -> str:
         raise BadRequest(f"{where}.{str(name)[:_MAX_KEY]}: unknown category (expected one of "
                          f"{', '.join(rules.categories)})")
     return str(name)
+
+
+def check_category(category: Any, rules: Rules, where: str = "category") -> str:
+    """A notification's ``category``: one of the operator's (missing: ``general``)."""
+    if category is None:
+        return "general"
+    if category not in rules.categories:
+        raise BadRequest(f"{where}: {_show(category)} is not a category (expected one of "
+                         f"{', '.join(rules.categories)})")
+    return str(category)
 
 
 def _parse_category(value: Any, name: str, rules: Rules) -> CategoryPreference:
