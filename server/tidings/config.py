@@ -23,6 +23,7 @@ __all__ = [
     "HistoryRule",
     "Settings",
     "load",
+    "operator_caps",
     "push_frame_bound",
 ]
 
@@ -146,6 +147,30 @@ class NotifySettings:
     max_data_size: int = 65536  # bytes of a notification's data, as JSON (stored per user)
     max_ttl: float = 86400.0 * 365
     max_inbox: int = 1000  # items kept per user; over it the oldest read ones go first
+    max_templates: int = 64  # strings with placeholders per notification (content.py)
+    max_placeholders: int = 256  # placeholders in all of one notification's strings
+
+
+def _default_categories() -> list[str]:
+    return ["general", "transactional", "security", "social", "marketing", "digest"]
+
+
+@dataclass
+class PreferencesSettings:
+    """The operator's side of user preferences (issue 12; rules in preferences.py, policy.py).
+
+    ``caps`` entries read ``"CATEGORY per_hour=N per_day=M"`` (either part
+    optional): the default rolling caps on live pushes, which a user may only
+    lower. :func:`operator_caps` parses them.
+    """
+
+    categories: list[str] = field(default_factory=_default_categories)
+    always_on: list[str] = field(default_factory=lambda: ["transactional", "security"])
+    quiet_hours_silent: list[str] = field(default_factory=lambda: ["marketing", "digest"])
+    urgent_bypass: list[str] = field(
+        default_factory=lambda: ["general", "transactional", "security", "social"])
+    caps: list[str] = field(default_factory=lambda: ["marketing per_hour=2 per_day=6"])
+    default_timezone: str = "UTC"
 
 
 @dataclass
@@ -204,6 +229,7 @@ class Settings:
     history: HistorySettings = field(default_factory=HistorySettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
     presence: PresenceSettings = field(default_factory=PresenceSettings)
+    preferences: PreferencesSettings = field(default_factory=PreferencesSettings)
     acl: list[AclRule] = field(default_factory=list)
 
 
@@ -367,6 +393,59 @@ def _derive_sizes(s: Settings) -> None:
             f"least {floor}, or lower limits.max_message_size / limits.max_reply_size")
 
 
+_CATEGORY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+_CAP_KINDS = ("per_hour", "per_day")
+
+
+def operator_caps(entries: list[str]) -> dict[str, dict[str, int]]:
+    """``["marketing per_hour=2 per_day=6"]`` -> ``{"marketing": {"per_hour": 2, "per_day": 6}}``.
+
+    Raises :class:`ConfigError` naming ``preferences.caps`` for a malformed entry.
+    """
+    caps: dict[str, dict[str, int]] = {}
+    for i, entry in enumerate(entries):
+        key = f"preferences.caps[{i}]"
+        if not entry.split():
+            raise ConfigError(f"{key}: empty")
+        category, *parts = entry.split()
+        if category in caps:
+            raise ConfigError(f"{key}: {category!r} is capped twice")
+        cap: dict[str, int] = {}
+        for part in parts:
+            kind, eq, number = part.partition("=")
+            if kind not in _CAP_KINDS or not eq or kind in cap or not number.isdigit():
+                raise ConfigError(f"{key}: expected 'CATEGORY per_hour=N per_day=M', "
+                                  f"got {entry!r}")
+            cap[kind] = int(number)
+        if not cap:
+            raise ConfigError(f"{key}: names no per_hour or per_day in {entry!r}")
+        caps[category] = cap
+    return caps
+
+
+def _validate_preferences(p: PreferencesSettings) -> None:
+    import zoneinfo
+
+    if "general" not in p.categories:
+        raise ConfigError("preferences.categories: must include 'general' (the default category)")
+    for c in p.categories:
+        if not 0 < len(c) <= 64 or not set(c) <= _CATEGORY_CHARS:
+            raise ConfigError(f"preferences.categories: {c!r} is not a category name "
+                              f"(1-64 of a-z, 0-9, '_', '-')")
+    known = set(p.categories)
+    caps = operator_caps(p.caps)
+    for key in ("always_on", "quiet_hours_silent", "urgent_bypass"):
+        unknown = sorted(set(getattr(p, key)) - known)
+        if unknown:
+            raise ConfigError(f"preferences.{key}: {unknown[0]!r} is not in preferences.categories")
+    unknown = sorted(set(caps) - known)
+    if unknown:
+        raise ConfigError(f"preferences.caps: {unknown[0]!r} is not in preferences.categories")
+    if p.default_timezone not in zoneinfo.available_timezones():
+        raise ConfigError(f"preferences.default_timezone: {p.default_timezone!r} is not an "
+                          f"IANA time zone name")
+
+
 def _validate(s: Settings) -> None:
     from .protocol.topics import TopicError, validate_filter
 
@@ -401,6 +480,8 @@ def _validate(s: Settings) -> None:
     _positive("notify.max_users", s.notify.max_users)
     _positive("notify.max_data_size", s.notify.max_data_size)
     _positive("notify.max_inbox", s.notify.max_inbox)
+    _positive("notify.max_templates", s.notify.max_templates, zero_ok=True)
+    _positive("notify.max_placeholders", s.notify.max_placeholders, zero_ok=True)
     _positive("store.sweep_interval", s.store.sweep_interval)
     _positive("store.sweep_batch", s.store.sweep_batch)
     for key in ("receive_maximum", "max_queued", "max_subscriptions"):
@@ -458,6 +539,7 @@ def _validate(s: Settings) -> None:
                             max_depth=1 << 10)
         except TopicError as e:
             raise ConfigError(f"acl[{i}].filter: {e}") from None
+    _validate_preferences(s.preferences)
     _derive_sizes(s)
 
 
