@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -212,19 +211,3 @@ def test_rendering_matches_a_simple_model(parts: list, attrs: dict) -> None:
         expected.append(str(v) if v not in (None, "") else (default or "").strip())
     c = Content.compile(body="".join(source))
     assert c.render(attrs).body == "".join(expected)
-
-
-def test_render_rate_for_a_large_audience() -> None:
-    """Rendering is per user, so it has to be cheap: 100,000 users, bounded time."""
-    c = Content.compile(title="Hi {{first_name|there}}!",
-                        body="Your {{plan}} plan renews on {{renew_date}}.",
-                        data={"url": "https://x.example/{{uid}}", "k": "plain"},
-                        locales={"zh-CN": {"title": "你好 {{first_name|朋友}}"}})
-    users = [{"first_name": f"U{i}", "plan": "pro", "renew_date": "2026-12-24",
-              "uid": str(i)} for i in range(100_000)]
-    start = time.perf_counter()
-    for i, u in enumerate(users):
-        c.render(u, "zh-CN" if i % 2 else "en")
-    elapsed = time.perf_counter() - start
-    print(f"{len(users) / elapsed:.0f} renders/s")
-    assert elapsed < 30  # ~2 s on one core of the 2-core test machine
