@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -90,11 +89,12 @@ def test_placeholders_per_notification_are_bounded() -> None:
     with pytest.raises(TooLarge):
         Content.compile(data=spread)
     # the defaults come from the config
+    # (what the bound costs to compile is measured in bench/, not asserted here)
     n = config.NotifySettings()
-    start = time.perf_counter()
-    Content.compile(body="".join(f"{{{{a{i}}}}}" for i in range(n.max_placeholders)),
-                    max_templates=n.max_templates, max_placeholders=n.max_placeholders)
-    assert time.perf_counter() - start < 2  # ~60 ms on the test machine
+    at_bound = Content.compile(body="".join(f"{{{{a{i}}}}}" for i in range(n.max_placeholders)),
+                               max_templates=n.max_templates,
+                               max_placeholders=n.max_placeholders)
+    assert at_bound.render({"a0": "x"}).body == "x"
 
 
 def test_deepest_json_data_renders_in_bounded_time() -> None:
@@ -102,10 +102,11 @@ def test_deepest_json_data_renders_in_bounded_time() -> None:
     for _ in range(1024):  # orjson's nesting limit
         data = [data]
     c = Content.compile(data=data)
-    start = time.perf_counter()
-    for _ in range(100):
-        c.render({"x": "v"})
-    assert time.perf_counter() - start < 5  # linear in depth: ~1 ms each
+    out: Any = c.render({"x": "v"}).data
+    for _ in range(1024):  # rendered through every level (no recursion limit hit)
+        assert isinstance(out, list) and len(out) == 1
+        out = out[0]
+    assert out == "v"
 
 
 @pytest.mark.parametrize("name", ["../../../../etc/passwd", "/etc/localtime", "UTC/../UTC",
@@ -131,7 +132,8 @@ def test_deep_or_huge_values_give_short_errors() -> None:
         with pytest.raises(BadRequest) as e:
             parse(bad, rules)
         assert len(e.value.message) < 300
-    for fields in ({"locales": {long: {}}}, {"locales": {"en": {long: "x"}}}):
+    cases: list[dict[str, Any]] = [{"locales": {long: {}}}, {"locales": {"en": {long: "x"}}}]
+    for fields in cases:
         with pytest.raises(BadRequest) as e:
             Content.compile(**fields)
         assert len(e.value.message) < 300
