@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -117,7 +119,8 @@ UNSAFE = [
     ("data.cta[1].label", lambda v: {"data": {"cta": [1, {"label": v}]}}),
     ("locales.zh-CN.body", lambda v: {"locales": {"zh-CN": {"body": v}}}),
 ])
-def test_template_code_is_refused_naming_the_field(code: str, where: str, fields) -> None:
+def test_template_code_is_refused_naming_the_field(
+        code: str, where: str, fields: Callable[[str], dict[str, Any]]) -> None:
     with pytest.raises(BadRequest) as e:
         Content.compile(**fields(code))
     assert e.value.message.startswith(f"{where}: ")
@@ -132,7 +135,7 @@ def test_a_filter_looking_default_is_only_text() -> None:
 
 
 def test_bad_shapes_are_refused_naming_the_field() -> None:
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"title": 5}, "title: "),
         ({"locales": ["en"]}, "locales: "),
         ({"locales": {"not a tag": {"title": "x"}}}, "locales.not a tag: "),
@@ -195,7 +198,7 @@ NAMES = st.sampled_from(["first_name", "plan", "city"])
            max_size=6),
        attrs=st.dictionaries(NAMES, st.one_of(st.none(), st.text(max_size=5), st.integers()),
                              max_size=3))
-def test_rendering_matches_a_simple_model(parts: list, attrs: dict) -> None:
+def test_rendering_matches_a_simple_model(parts: list[Any], attrs: dict[str, Any]) -> None:
     """Any text with placeholders renders as the model says: the value, else the
     default, else nothing; never a brace the template did not have as text."""
     source = []

@@ -22,8 +22,9 @@ NIGHT = {"start": "22:00", "end": "07:00"}
 PUSHED = {"ws": Outcome.PUSHED, "mqtt": Outcome.PUSHED}
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0,
+        second: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def prefs(**doc: Any) -> Preferences:
@@ -47,13 +48,14 @@ def test_quiet_hours_across_midnight_in_two_time_zones_at_one_instant() -> None:
 
 
 def test_quiet_hours_boundaries() -> None:
-    p = quiet("Asia/Shanghai")
+    q = quiet("Asia/Shanghai").quiet_hours
+    assert q is not None
     # Shanghai is UTC+8: 22:00 local = 14:00 UTC, 07:00 local = 23:00 UTC
-    assert quiet_until(p.quiet_hours, SHANGHAI, utc(2026, 6, 15, 13, 59)) is None
-    assert quiet_until(p.quiet_hours, SHANGHAI, utc(2026, 6, 15, 14, 0)) == utc(2026, 6, 15, 23)
+    assert quiet_until(q, SHANGHAI, utc(2026, 6, 15, 13, 59)) is None
+    assert quiet_until(q, SHANGHAI, utc(2026, 6, 15, 14, 0)) == utc(2026, 6, 15, 23)
     # after midnight local: the period started the evening before
-    assert quiet_until(p.quiet_hours, SHANGHAI, utc(2026, 6, 15, 20, 0)) == utc(2026, 6, 15, 23)
-    assert quiet_until(p.quiet_hours, SHANGHAI, utc(2026, 6, 15, 23, 0)) is None
+    assert quiet_until(q, SHANGHAI, utc(2026, 6, 15, 20, 0)) == utc(2026, 6, 15, 23)
+    assert quiet_until(q, SHANGHAI, utc(2026, 6, 15, 23, 0)) is None
 
 
 def test_quiet_hours_within_one_day() -> None:
