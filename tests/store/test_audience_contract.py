@@ -74,9 +74,9 @@ async def test_tags_replace_add_remove(store: Store) -> None:
 
 async def test_tags_over_the_limit_are_refused_and_change_nothing(store: Store) -> None:
     await store.set_user_tags("alice", ["a", "b"], max_tags=3)
-    with pytest.raises(BadRequest, match="^tags:"):
+    with pytest.raises(BadRequest, match=r"^tags:"):
         await store.change_user_tags("alice", ["c", "d"], [], max_tags=3)
-    with pytest.raises(BadRequest, match="^tags:"):
+    with pytest.raises(BadRequest, match=r"^tags:"):
         await store.set_user_tags("alice", ["1", "2", "3", "4"], max_tags=3)
     assert await store.user_tags("alice") == ["a", "b"]
     # making room in the same call is fine
@@ -92,7 +92,7 @@ async def test_tags_over_the_limit_are_refused_and_change_nothing(store: Store) 
     (lambda s: s.change_user_tags("u", [], {"x": 1}, max_tags=5), "remove"),
 ])
 async def test_bad_tags_name_the_field(store: Store, call: Any, field: str) -> None:
-    with pytest.raises(BadRequest, match=f"^{field}:"):
+    with pytest.raises(BadRequest, match=rf"^{field}:"):
         await call(store)
     assert await store.user_tags("u") == []
 
@@ -129,7 +129,7 @@ async def test_attributes_replace(store: Store) -> None:
 ])
 async def test_bad_attributes_name_the_field(store: Store, attrs: Any, field: str) -> None:
     await store.set_user_attributes("alice", {"plan": "pro"})
-    with pytest.raises(BadRequest, match=f"^{field}:"):
+    with pytest.raises(BadRequest, match=rf"^{field}:"):
         await store.set_user_attributes("alice", attrs)
     assert await store.user_attributes("alice") == {"plan": "pro"}
 
@@ -309,7 +309,7 @@ async def test_ten_thousand_users_against_a_model(store: Store, clock: Clock) ->
         clock.now = t0 - days * DAY
         await in_batches([lambda u=u: store.seen(u)
                           for u, m in model.items() if m["seen"] == days])
-        await in_batches([lambda u=u, k=k: store.engage(u, "sports", "opened", f"n{days}-{k}")
+        await in_batches([lambda u=u, k=f"n{days}-{k}": store.engage(u, "sports", "opened", k)
                           for u, m in model.items() if m["seen"] == days
                           for k in range(m["opens"])])
     clock.now = t0

@@ -998,7 +998,8 @@ class RedisStore(Store):
     # :eng:<category> (zset of "<event>\0<notification id>" scored by ms). Across users,
     # each in its own slot: {aud}:users (every known user, lex-ordered zset),
     # {tag:<tag>}:users (per tag, lex-ordered zset; a superset, see the contract) and
-    # {seg}:defs (hash: segment name -> JSON).
+    # {seg}:defs (hash: segment name -> JSON). A selection reads each candidate with
+    # one PROFILE script call (its keys share the user's slot), pipelined per page.
 
     def _known_key(self) -> str:
         return self._p + "{aud}:users"
@@ -1135,25 +1136,18 @@ class RedisStore(Store):
                                  ) -> list[Profile]:
         now = self._now_ms()
         eng = query.engaged
-
-        async def run(client: Any) -> list[Any]:
-            pipe = client.pipeline(transaction=False)
-            for u in users:
-                pipe.smembers(self._uk(u, ":tags"))
-                pipe.get(self._uk(u, ":attrs"))
-                pipe.get(self._uk(u, ":seen"))
-                if eng is not None:
-                    pipe.zcount(self._uk(u, ":eng:" + eng.category),
-                                now - _ms(eng.within), "+inf")
-            return await pipe.execute()  # type: ignore[no-any-return]
-
-        raw = await self._io(run) if users else []
-        step = 3 if eng is None else 4
+        since = 0 if eng is None else now - _ms(eng.within)
+        calls = []
+        for u in users:
+            keys = [self._uk(u, ":tags"), self._uk(u, ":attrs"), self._uk(u, ":seen")]
+            if eng is not None:
+                keys.append(self._uk(u, ":eng:" + eng.category))
+            calls.append((keys, [since]))
+        raw = await self._io(lambda c: self._eval_many(c, "PROFILE", calls)) if users else []
         out = []
-        for i, u in enumerate(users):
-            tags, attrs, seen = raw[i * step:i * step + 3]
+        for u, (tags, attrs, seen, engaged) in zip(users, raw, strict=True):
             out.append(Profile(u, frozenset(_text(t) for t in tags),
-                               {} if attrs is None else orjson.loads(attrs),
-                               None if seen is None else (now - int(seen)) / 1000,
-                               0 if eng is None else int(raw[i * step + 3])))
+                               {} if not attrs else orjson.loads(attrs),
+                               None if not seen else (now - int(seen)) / 1000,
+                               int(engaged)))
         return out

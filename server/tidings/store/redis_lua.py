@@ -37,6 +37,7 @@ __all__ = [
     "PRESENCE_LIST",
     "PRESENCE_PUT",
     "PRESENCE_REMOVE",
+    "PROFILE",
     "PRUNE",
     "PUBLISH",
     "SWEEP",
@@ -620,4 +621,15 @@ for i = 1, #new, 1000 do
   redis.call('SADD', KEYS[1], unpack(new, i, math.min(i + 999, #new)))
 end
 return {old, new}
+"""
+
+# What a selection needs of one user (audience contract), in one call per user.
+# KEYS: the user's tag set, attributes, last seen [, engagement zset of the
+# query's category]; ARGV[1]: the engagement window's start (ms).
+# Returns {tags, attributes JSON or false, last seen or false, engagement count}.
+PROFILE = """
+local count = 0
+if KEYS[4] then count = redis.call('ZCOUNT', KEYS[4], ARGV[1], '+inf') end
+return {redis.call('SMEMBERS', KEYS[1]), redis.call('GET', KEYS[2]),
+        redis.call('GET', KEYS[3]), count}
 """
