@@ -1062,8 +1062,10 @@ class RedisStore(Store):
         attrs = check_attribute_values(attributes)
 
         async def run(client: Any) -> None:
-            await client.zadd(self._known_key(), {user: 0})
-            await client.set(self._uk(user, ":attrs"), orjson.dumps(attrs))
+            pipe = client.pipeline(transaction=False)  # both done before the call returns
+            pipe.zadd(self._known_key(), {user: 0})
+            pipe.set(self._uk(user, ":attrs"), orjson.dumps(attrs))
+            await pipe.execute()
 
         await self._io(run)
         return attrs
@@ -1084,8 +1086,10 @@ class RedisStore(Store):
         now = self._now_ms()
 
         async def run(client: Any) -> None:
-            await client.zadd(self._known_key(), {user: 0})
-            await client.set(self._uk(user, ":seen"), now)
+            pipe = client.pipeline(transaction=False)
+            pipe.zadd(self._known_key(), {user: 0})
+            pipe.set(self._uk(user, ":seen"), now)
+            await pipe.execute()
 
         await self._io(run)
 
@@ -1097,13 +1101,13 @@ class RedisStore(Store):
                       notification_id: str) -> bool:
         now = self._now_ms()
         key = self._uk(user, ":eng:" + category)
-        await client.zadd(self._known_key(), {user: 0})
-        pipe = client.pipeline(transaction=False)  # one key: one slot, in order
+        pipe = client.pipeline(transaction=False)  # the user's key: in order
+        pipe.zadd(self._known_key(), {user: 0})
         pipe.zremrangebyscore(key, "-inf", f"({now - _ms(ENGAGEMENT_KEEP)}")
         pipe.zadd(key, {event + "\0" + notification_id: now}, nx=True)
         pipe.pexpire(key, _ms(ENGAGEMENT_KEEP))
         r = await pipe.execute()
-        return bool(r[1])
+        return bool(r[2])
 
     async def engage(self, user: str, category: str, event: str, notification_id: str
                      ) -> bool:
