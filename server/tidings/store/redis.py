@@ -1025,7 +1025,8 @@ class RedisStore(Store):
         """The user's script changes the tags; the per-tag indexes get the user
         before it (added tags) and lose it after it (removed tags, unless the
         user has the tag again by then), so they stay supersets."""
-        added = [t for t in add if t not in set(remove)]
+        removed = set(remove)
+        added = [t for t in add if t not in removed]
 
         async def run(client: Any) -> list[str]:
             pipe = client.pipeline(transaction=False)

@@ -977,14 +977,13 @@ class SqliteStore(Store):
                                    limit: int) -> list[str]:
         def tx(db: sqlite3.Connection) -> list[str]:
             if tags is None:
-                rows = db.execute("SELECT user FROM audience_users WHERE user > ?"
-                                  " ORDER BY user LIMIT ?", (after or "", limit))
-            else:
-                marks = ",".join("?" * len(tags))
-                rows = db.execute(f"SELECT DISTINCT user FROM user_tags WHERE tag IN ({marks})"
-                                  " AND user > ? ORDER BY user LIMIT ?",
-                                  (*tags, after or "", limit))
-            return [r[0] for r in rows]
+                return [r[0] for r in db.execute(
+                    "SELECT user FROM audience_users WHERE user > ? ORDER BY user LIMIT ?",
+                    (after or "", limit))]
+            # each tag's first ``limit`` (an index range) hold the union's first
+            return sorted({r[0] for t in tags for r in db.execute(
+                "SELECT user FROM user_tags WHERE tag = ? AND user > ? ORDER BY user LIMIT ?",
+                (t, after or "", limit))})[:limit]
 
         return await self._run(tx)
 
