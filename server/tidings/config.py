@@ -174,6 +174,18 @@ class PreferencesSettings:
 
 
 @dataclass
+class AudienceSettings:
+    """Limits of tags, attributes and audiences (issue 12; tidings.audience)."""
+
+    max_tags: int = 100  # tags per user
+    max_tag_length: int = 64  # characters of one tag
+    max_attributes: int = 50  # attributes per user
+    max_attribute_size: int = 256  # characters of an attribute's name or string value
+    max_terms: int = 100  # tags plus listed values in one audience definition
+    page_size: int = 1000  # users one selection page resolves (sends and listings go by pages)
+
+
+@dataclass
 class PresenceSettings:
     webhook: str = ""  # URL; empty: no webhook
     webhook_secret: str = ""  # HMAC-SHA256 key for X-Tidings-Signature; empty: unsigned
@@ -228,6 +240,7 @@ class Settings:
     topics: TopicSettings = field(default_factory=TopicSettings)
     history: HistorySettings = field(default_factory=HistorySettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
+    audience: AudienceSettings = field(default_factory=AudienceSettings)
     presence: PresenceSettings = field(default_factory=PresenceSettings)
     preferences: PreferencesSettings = field(default_factory=PreferencesSettings)
     acl: list[AclRule] = field(default_factory=list)
@@ -482,6 +495,9 @@ def _validate(s: Settings) -> None:
     _positive("notify.max_inbox", s.notify.max_inbox)
     _positive("notify.max_templates", s.notify.max_templates, zero_ok=True)
     _positive("notify.max_placeholders", s.notify.max_placeholders, zero_ok=True)
+    for key in ("max_tags", "max_tag_length", "max_attributes", "max_attribute_size",
+                "max_terms", "page_size"):
+        _positive(f"audience.{key}", getattr(s.audience, key))
     _positive("store.sweep_interval", s.store.sweep_interval)
     _positive("store.sweep_batch", s.store.sweep_batch)
     for key in ("receive_maximum", "max_queued", "max_subscriptions"):

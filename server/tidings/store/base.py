@@ -1,7 +1,7 @@
 """The store: what must outlive a connection, as the union of its contracts.
 
 :class:`Store` is every concern's contract (:mod:`tidings.store.contracts`:
-topics and history, inbox, MQTT sessions, presence) plus its lifecycle
+topics and history, inbox, MQTT sessions, presence, audience) plus its lifecycle
 (open, close, ping, sweep). Every implementation (``sqlite`` embedded,
 ``redis`` for clusters) passes the same contract tests, one module per concern
 (``tests/store/test_*_contract.py``), on SQLite, Redis and Redis Cluster. The
@@ -33,6 +33,9 @@ from .contracts import (
     MAX_EVENT_IDS,
     PRUNE_STEP,
     TRACK_EVENTS,
+    AudiencePage,
+    AudienceQuery,
+    AudienceStore,
     HistoryPage,
     HistoryPolicy,
     InboxItem,
@@ -58,6 +61,9 @@ __all__ = [
     "MAX_EVENT_IDS",
     "PRUNE_STEP",
     "TRACK_EVENTS",
+    "AudiencePage",
+    "AudienceQuery",
+    "AudienceStore",
     "HistoryPage",
     "HistoryPolicy",
     "InboxItem",
@@ -97,7 +103,8 @@ class SweepResult:
     more: bool = False  # the limit was reached: more may be due now
 
 
-class Store(TopicStore, InboxStore, MqttSessionStore, PresenceStore, abc.ABC):
+class Store(TopicStore, InboxStore, MqttSessionStore, PresenceStore, AudienceStore,
+            abc.ABC):
     """Durable state of a Tidings deployment: every contract, and its lifecycle."""
 
     announces: bool = False

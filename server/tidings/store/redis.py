@@ -131,7 +131,7 @@ import logging
 import secrets
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import msgpack
@@ -143,7 +143,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.maint_notifications import MaintNotificationsConfig
 
-from ..errors import Unavailable
+from ..errors import BadRequest, Unavailable
 from ..protocol.topics import is_wildcard, matches
 from ..redis_wire import (
     MetaCodec,
@@ -177,6 +177,14 @@ from .base import (
     events_topic,
     notifications_topic,
     unread_topic,
+)
+from .contracts.audience import (
+    ENGAGEMENT_EVENTS,
+    ENGAGEMENT_KEEP,
+    AudienceQuery,
+    Profile,
+    check_attribute_values,
+    check_tag_values,
 )
 
 __all__ = ["MQTT_BUCKETS", "RETAINED_GRACE", "RedisStore"]
@@ -862,6 +870,8 @@ class RedisStore(Store):
             if category is None:
                 return False
             await client.hincrby(self._p + "{s}:categories", _text(category) + "\0" + event, 1)
+            if event in ENGAGEMENT_EVENTS:  # a step of its own, in the user's slot
+                await self._engage(client, user, _text(category), event, notification_id)
             return True
 
         return await self._io(run)
@@ -982,3 +992,167 @@ class RedisStore(Store):
         keys = self._presence_keys(user)
         raw = await self._io(lambda c: self._script("PRESENCE_LIST", keys, [now]))
         return [orjson.loads(info) for info in raw if info is not None]
+
+    # -- audience -------------------------------------------------------------------------
+    # Per user, in the user's slot: {u:<uid>}:tags (set), :attrs (JSON), :seen (ms),
+    # :eng:<category> (zset of "<event>\0<notification id>" scored by ms). Across users,
+    # each in its own slot: {aud}:users (every known user, lex-ordered zset),
+    # {tag:<tag>}:users (per tag, lex-ordered zset; a superset, see the contract) and
+    # {seg}:defs (hash: segment name -> JSON). A selection reads each candidate with
+    # one PROFILE script call (its keys share the user's slot), pipelined per page.
+
+    def _known_key(self) -> str:
+        return self._p + "{aud}:users"
+
+    def _tag_key(self, tag: str) -> str:
+        return self._p + "{tag:" + escape_tag(tag) + "}:users"
+
+    async def user_tags(self, user: str) -> list[str]:
+        raw = await self._io(lambda c: c.smembers(self._uk(user, ":tags")))
+        return sorted(_text(t) for t in raw)
+
+    async def set_user_tags(self, user: str, tags: Sequence[str], *, max_tags: int
+                            ) -> list[str]:
+        return await self._write_tags(user, check_tag_values(tags), [], max_tags, True)
+
+    async def change_user_tags(self, user: str, add: Sequence[str], remove: Sequence[str],
+                               *, max_tags: int) -> list[str]:
+        return await self._write_tags(user, check_tag_values(add, "add"),
+                                      check_tag_values(remove, "remove"), max_tags, False)
+
+    async def _write_tags(self, user: str, add: list[str], remove: list[str], max_tags: int,
+                          replace: bool) -> list[str]:
+        """The user's script changes the tags; the per-tag indexes get the user
+        before it (added tags) and lose it after it (removed tags, unless the
+        user has the tag again by then), so they stay supersets."""
+        removed = set(remove)
+        added = [t for t in add if t not in removed]
+
+        async def run(client: Any) -> list[str]:
+            pipe = client.pipeline(transaction=False)
+            pipe.zadd(self._known_key(), {user: 0})
+            for t in added:
+                pipe.zadd(self._tag_key(t), {user: 0})
+            await pipe.execute()
+            key = self._uk(user, ":tags")
+            r = await self._script("TAGS", [key], [1 if replace else 0, max_tags, len(add),
+                                                   *add, *remove])
+            if r is None:
+                raise BadRequest(f"tags: at most {max_tags} tags per user")
+            old, new = {_text(t) for t in r[0]}, {_text(t) for t in r[1]}
+            gone = sorted(old - new)
+            if gone:
+                pipe = client.pipeline(transaction=False)
+                for t in gone:
+                    pipe.zrem(self._tag_key(t), user)
+                await pipe.execute()
+                again = await client.smismember(key, gone)
+                back = [t for t, has in zip(gone, again, strict=True) if has]
+                for t in back:  # re-added by a concurrent call meanwhile
+                    await client.zadd(self._tag_key(t), {user: 0})
+            return sorted(new)
+
+        return await self._io(run)
+
+    async def user_attributes(self, user: str) -> dict[str, Any]:
+        raw = await self._io(lambda c: c.get(self._uk(user, ":attrs")))
+        return {} if raw is None else dict(orjson.loads(raw))
+
+    async def set_user_attributes(self, user: str, attributes: Mapping[str, Any]
+                                  ) -> dict[str, Any]:
+        attrs = check_attribute_values(attributes)
+
+        async def run(client: Any) -> None:
+            pipe = client.pipeline(transaction=False)  # both done before the call returns
+            pipe.zadd(self._known_key(), {user: 0})
+            pipe.set(self._uk(user, ":attrs"), orjson.dumps(attrs))
+            await pipe.execute()
+
+        await self._io(run)
+        return attrs
+
+    async def segment_put(self, name: str, definition: Mapping[str, Any]) -> bool:
+        blob = orjson.dumps(dict(definition))
+        key = self._p + "{seg}:defs"
+        return bool(await self._io(lambda c: c.hset(key, name, blob)))
+
+    async def segment_get(self, name: str) -> dict[str, Any] | None:
+        raw = await self._io(lambda c: c.hget(self._p + "{seg}:defs", name))
+        return None if raw is None else dict(orjson.loads(raw))
+
+    async def segment_delete(self, name: str) -> bool:
+        return bool(await self._io(lambda c: c.hdel(self._p + "{seg}:defs", name)))
+
+    async def seen(self, user: str) -> None:
+        now = self._now_ms()
+
+        async def run(client: Any) -> None:
+            pipe = client.pipeline(transaction=False)
+            pipe.zadd(self._known_key(), {user: 0})
+            pipe.set(self._uk(user, ":seen"), now)
+            await pipe.execute()
+
+        await self._io(run)
+
+    async def last_seen(self, user: str) -> float | None:
+        raw = await self._io(lambda c: c.get(self._uk(user, ":seen")))
+        return None if raw is None else int(raw) / 1000
+
+    async def _engage(self, client: Any, user: str, category: str, event: str,
+                      notification_id: str) -> bool:
+        now = self._now_ms()
+        key = self._uk(user, ":eng:" + category)
+        pipe = client.pipeline(transaction=False)  # the user's key: in order
+        pipe.zadd(self._known_key(), {user: 0})
+        pipe.zremrangebyscore(key, "-inf", f"({now - _ms(ENGAGEMENT_KEEP)}")
+        pipe.zadd(key, {event + "\0" + notification_id: now}, nx=True)
+        pipe.pexpire(key, _ms(ENGAGEMENT_KEEP))
+        r = await pipe.execute()
+        return bool(r[2])
+
+    async def engage(self, user: str, category: str, event: str, notification_id: str
+                     ) -> bool:
+        if event not in ENGAGEMENT_EVENTS:
+            raise ValueError(f"unknown engagement event {event!r}")
+        return await self._io(lambda c: self._engage(c, user, category, event,
+                                                     notification_id))
+
+    async def engagements(self, user: str, category: str, within: float) -> int:
+        since = self._now_ms() - _ms(within)
+        key = self._uk(user, ":eng:" + category)
+        return int(await self._io(lambda c: c.zcount(key, since, "+inf")))
+
+    async def _audience_candidates(self, tags: tuple[str, ...] | None, after: str | None,
+                                   limit: int) -> list[str]:
+        keys = [self._known_key()] if tags is None else [self._tag_key(t) for t in tags]
+        start = "-" if not after else "(" + after
+
+        async def run(client: Any) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for k in keys:
+                pipe.zrangebylex(k, start, "+", start=0, num=limit)
+            return await pipe.execute()  # type: ignore[no-any-return]
+
+        # each key's first ``limit`` above ``after`` hold the union's first ``limit``
+        merged = sorted({_text(u) for part in await self._io(run) for u in part})
+        return merged[:limit]
+
+    async def _audience_profiles(self, users: list[str], query: AudienceQuery
+                                 ) -> list[Profile]:
+        now = self._now_ms()
+        eng = query.engaged
+        since = 0 if eng is None else now - _ms(eng.within)
+        calls = []
+        for u in users:
+            keys = [self._uk(u, ":tags"), self._uk(u, ":attrs"), self._uk(u, ":seen")]
+            if eng is not None:
+                keys.append(self._uk(u, ":eng:" + eng.category))
+            calls.append((keys, [since]))
+        raw = await self._io(lambda c: self._eval_many(c, "PROFILE", calls)) if users else []
+        out = []
+        for u, (tags, attrs, seen, engaged) in zip(users, raw, strict=True):
+            out.append(Profile(u, frozenset(_text(t) for t in tags),
+                               {} if not attrs else orjson.loads(attrs),
+                               None if not seen else (now - int(seen)) / 1000,
+                               int(engaged)))
+        return out

@@ -37,9 +37,11 @@ __all__ = [
     "PRESENCE_LIST",
     "PRESENCE_PUT",
     "PRESENCE_REMOVE",
+    "PROFILE",
     "PRUNE",
     "PUBLISH",
     "SWEEP",
+    "TAGS",
     "TRACK",
 ]
 
@@ -596,4 +598,38 @@ PRESENCE_LIST = r"""
 local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')
 if #live == 0 then return {} end
 return redis.call('HMGET', KEYS[2], unpack(live))
+"""
+
+# Change one user's tag set (audience contract). KEYS[1] the user's tag set.
+# ARGV: replace (1: start from none), max tags, number of tags to add, the tags
+# to add, then the tags to remove. Returns {old tags, new tags}, or false
+# (nothing written) when the result would hold more than max tags.
+TAGS = """
+local replace, max, nadd = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local old = redis.call('SMEMBERS', KEYS[1])
+local now, count = {}, 0
+if replace == 0 then
+  for _, t in ipairs(old) do now[t] = true end
+end
+for i = 4, 3 + nadd do now[ARGV[i]] = true end
+for i = 4 + nadd, #ARGV do now[ARGV[i]] = nil end
+local new = {}
+for t in pairs(now) do new[#new + 1] = t end
+if #new > max then return false end
+redis.call('DEL', KEYS[1])
+for i = 1, #new, 1000 do
+  redis.call('SADD', KEYS[1], unpack(new, i, math.min(i + 999, #new)))
+end
+return {old, new}
+"""
+
+# What a selection needs of one user (audience contract), in one call per user.
+# KEYS: the user's tag set, attributes, last seen [, engagement zset of the
+# query's category]; ARGV[1]: the engagement window's start (ms).
+# Returns {tags, attributes JSON or false, last seen or false, engagement count}.
+PROFILE = """
+local count = 0
+if KEYS[4] then count = redis.call('ZCOUNT', KEYS[4], ARGV[1], '+inf') end
+return {redis.call('SMEMBERS', KEYS[1]), redis.call('GET', KEYS[2]),
+        redis.call('GET', KEYS[3]), count}
 """

@@ -12,14 +12,14 @@ import hashlib
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
 
-from ..errors import Unavailable
+from ..errors import BadRequest, Unavailable
 from ..health import StoreHealth
 from ..protocol.topics import is_wildcard, matches
 from ..types import Offset, PayloadKind, Publication, format_offset, parse_offset
@@ -43,6 +43,14 @@ from .base import (
     events_topic,
     notifications_topic,
     unread_topic,
+)
+from .contracts.audience import (
+    ENGAGEMENT_EVENTS,
+    ENGAGEMENT_KEEP,
+    AudienceQuery,
+    Profile,
+    check_attribute_values,
+    check_tag_values,
 )
 
 __all__ = ["SqliteStore"]
@@ -129,7 +137,34 @@ CREATE INDEX IF NOT EXISTS inbox_expires ON inbox (expires) WHERE expires IS NOT
 CREATE INDEX IF NOT EXISTS inbox_collapse ON inbox (user, collapse_key)
     WHERE collapse_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS history_expires ON history (expires);
+CREATE TABLE IF NOT EXISTS audience_users (
+    user TEXT PRIMARY KEY,
+    attributes BLOB,
+    seen INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS user_tags (
+    tag TEXT NOT NULL,
+    user TEXT NOT NULL,
+    PRIMARY KEY (tag, user)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS user_tags_user ON user_tags (user);
+CREATE TABLE IF NOT EXISTS segments (
+    name TEXT PRIMARY KEY,
+    definition BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS engagements (
+    user TEXT NOT NULL,
+    category TEXT NOT NULL,
+    id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    PRIMARY KEY (user, category, id, event)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS engagements_ts ON engagements (user, category, ts);
 """
+
+# audience_users: one row per user the audience contract knows (tags, attributes,
+# last seen or engagement), the candidates of a selection without tags.
 
 # inbox_counts: per user, ``unread`` counts the unread, unarchived items still
 # stored (expired ones too, until swept: reads subtract those, found through
@@ -692,6 +727,11 @@ class SqliteStore(Store):
                 return False
             cur = db.execute("INSERT OR IGNORE INTO tracks (id, user, event) VALUES (?, ?, ?)",
                              (notification_id, user, event))
+            if cur.rowcount == 1 and event in ENGAGEMENT_EVENTS:
+                row = db.execute("SELECT category FROM notifications WHERE id = ?",
+                                 (notification_id,)).fetchone()
+                if row is not None:
+                    self._engage(db, user, row[0], event, notification_id)
             return cur.rowcount == 1
 
         return await self._run(tx)
@@ -805,6 +845,184 @@ class SqliteStore(Store):
 
         return await self._run(tx)
 
+
+    # -- audience -------------------------------------------------------------------------
+
+    @staticmethod
+    def _known(db: sqlite3.Connection, user: str) -> None:
+        db.execute("INSERT OR IGNORE INTO audience_users (user) VALUES (?)", (user,))
+
+    @staticmethod
+    def _tags_of(db: sqlite3.Connection, user: str) -> list[str]:
+        return [r[0] for r in db.execute("SELECT tag FROM user_tags WHERE user = ?"
+                                         " ORDER BY tag", (user,))]
+
+    async def user_tags(self, user: str) -> list[str]:
+        return await self._run(lambda db: self._tags_of(db, user))
+
+    async def set_user_tags(self, user: str, tags: Sequence[str], *, max_tags: int
+                            ) -> list[str]:
+        return await self._write_tags(user, check_tag_values(tags), [], max_tags, True)
+
+    async def change_user_tags(self, user: str, add: Sequence[str], remove: Sequence[str],
+                               *, max_tags: int) -> list[str]:
+        return await self._write_tags(user, check_tag_values(add, "add"),
+                                      check_tag_values(remove, "remove"), max_tags, False)
+
+    async def _write_tags(self, user: str, add: list[str], remove: list[str], max_tags: int,
+                          replace: bool) -> list[str]:
+        def tx(db: sqlite3.Connection) -> list[str]:
+            now = set() if replace else set(self._tags_of(db, user))
+            after = (now | set(add)) - set(remove)
+            if len(after) > max_tags:
+                raise BadRequest(f"tags: at most {max_tags} tags per user")
+            self._known(db, user)
+            db.execute("DELETE FROM user_tags WHERE user = ?", (user,))
+            db.executemany("INSERT INTO user_tags (tag, user) VALUES (?, ?)",
+                           [(t, user) for t in after])
+            return sorted(after)
+
+        return await self._run(tx)
+
+    async def user_attributes(self, user: str) -> dict[str, Any]:
+        def tx(db: sqlite3.Connection) -> dict[str, Any]:
+            row = db.execute("SELECT attributes FROM audience_users WHERE user = ?",
+                             (user,)).fetchone()
+            return {} if row is None or row[0] is None else dict(orjson.loads(row[0]))
+
+        return await self._run(tx)
+
+    async def set_user_attributes(self, user: str, attributes: Mapping[str, Any]
+                                  ) -> dict[str, Any]:
+        attrs = check_attribute_values(attributes)
+        blob = orjson.dumps(attrs)
+
+        def tx(db: sqlite3.Connection) -> None:
+            self._known(db, user)
+            db.execute("UPDATE audience_users SET attributes = ? WHERE user = ?", (blob, user))
+
+        await self._run(tx)
+        return attrs
+
+    async def segment_put(self, name: str, definition: Mapping[str, Any]) -> bool:
+        blob = orjson.dumps(dict(definition))
+
+        def tx(db: sqlite3.Connection) -> bool:
+            old = db.execute("SELECT 1 FROM segments WHERE name = ?", (name,)).fetchone()
+            db.execute("INSERT OR REPLACE INTO segments (name, definition) VALUES (?, ?)",
+                       (name, blob))
+            return old is None
+
+        return await self._run(tx)
+
+    async def segment_get(self, name: str) -> dict[str, Any] | None:
+        def tx(db: sqlite3.Connection) -> dict[str, Any] | None:
+            row = db.execute("SELECT definition FROM segments WHERE name = ?",
+                             (name,)).fetchone()
+            return None if row is None else dict(orjson.loads(row[0]))
+
+        return await self._run(tx)
+
+    async def segment_delete(self, name: str) -> bool:
+        def tx(db: sqlite3.Connection) -> bool:
+            return db.execute("DELETE FROM segments WHERE name = ?", (name,)).rowcount == 1
+
+        return await self._run(tx)
+
+    async def seen(self, user: str) -> None:
+        now = int(self._clock() * 1000)
+
+        def tx(db: sqlite3.Connection) -> None:
+            self._known(db, user)
+            db.execute("UPDATE audience_users SET seen = ? WHERE user = ?", (now, user))
+
+        await self._run(tx)
+
+    async def last_seen(self, user: str) -> float | None:
+        def tx(db: sqlite3.Connection) -> float | None:
+            row = db.execute("SELECT seen FROM audience_users WHERE user = ?",
+                             (user,)).fetchone()
+            return None if row is None or row[0] is None else row[0] / 1000
+
+        return await self._run(tx)
+
+    def _engage(self, db: sqlite3.Connection, user: str, category: str, event: str,
+                notification_id: str) -> bool:
+        now = int(self._clock() * 1000)
+        self._known(db, user)
+        db.execute("DELETE FROM engagements WHERE user = ? AND category = ? AND ts < ?",
+                   (user, category, now - int(ENGAGEMENT_KEEP * 1000)))
+        cur = db.execute("INSERT OR IGNORE INTO engagements (user, category, id, event, ts)"
+                         " VALUES (?, ?, ?, ?, ?)", (user, category, notification_id, event, now))
+        return cur.rowcount == 1
+
+    async def engage(self, user: str, category: str, event: str, notification_id: str
+                     ) -> bool:
+        if event not in ENGAGEMENT_EVENTS:
+            raise ValueError(f"unknown engagement event {event!r}")
+        return await self._run(lambda db: self._engage(db, user, category, event,
+                                                       notification_id))
+
+    async def engagements(self, user: str, category: str, within: float) -> int:
+        since = int((self._clock() - within) * 1000)
+
+        def tx(db: sqlite3.Connection) -> int:
+            row = db.execute("SELECT COUNT(*) FROM engagements WHERE user = ? AND category = ?"
+                             " AND ts >= ?", (user, category, since)).fetchone()
+            return int(row[0])
+
+        return await self._run(tx)
+
+    async def _audience_candidates(self, tags: tuple[str, ...] | None, after: str | None,
+                                   limit: int) -> list[str]:
+        def tx(db: sqlite3.Connection) -> list[str]:
+            if tags is None:
+                return [r[0] for r in db.execute(
+                    "SELECT user FROM audience_users WHERE user > ? ORDER BY user LIMIT ?",
+                    (after or "", limit))]
+            # each tag's first ``limit`` (an index range) hold the union's first
+            return sorted({r[0] for t in tags for r in db.execute(
+                "SELECT user FROM user_tags WHERE tag = ? AND user > ? ORDER BY user LIMIT ?",
+                (t, after or "", limit))})[:limit]
+
+        return await self._run(tx)
+
+    async def _audience_profiles(self, users: list[str], query: AudienceQuery
+                                 ) -> list[Profile]:
+        now = int(self._clock() * 1000)
+        eng = query.engaged
+
+        def tx(db: sqlite3.Connection) -> list[Profile]:
+            tags: dict[str, set[str]] = {u: set() for u in users}
+            rows: dict[str, tuple[Any, Any]] = {}
+            counts: dict[str, int] = {}
+            for i in range(0, len(users), 500):  # SQLite's bound on host parameters
+                part = users[i:i + 500]
+                marks = ",".join("?" * len(part))
+                for user, tag in db.execute(
+                        f"SELECT user, tag FROM user_tags WHERE user IN ({marks})", part):
+                    tags[user].add(tag)
+                for user, attrs, seen in db.execute(
+                        "SELECT user, attributes, seen FROM audience_users"
+                        f" WHERE user IN ({marks})", part):
+                    rows[user] = (attrs, seen)
+                if eng is not None:
+                    since = now - int(eng.within * 1000)
+                    for user, n in db.execute(
+                            "SELECT user, COUNT(*) FROM engagements WHERE category = ?"
+                            f" AND ts >= ? AND user IN ({marks}) GROUP BY user",
+                            (eng.category, since, *part)):
+                        counts[user] = n
+            out = []
+            for u in users:
+                attrs, seen = rows.get(u, (None, None))
+                out.append(Profile(u, frozenset(tags[u]),
+                                   {} if attrs is None else orjson.loads(attrs),
+                                   None if seen is None else (now - seen) / 1000,
+                                   counts.get(u, 0)))
+            return out
+
+        return await self._run(tx)
 
 def _resolve(results: list[tuple[Any, Any, BaseException | None]],
              monitor: StoreHealth | None, elapsed: float, failure: sqlite3.Error | None

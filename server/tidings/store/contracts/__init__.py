@@ -7,7 +7,9 @@
 * :mod:`.mqtt_sessions`: persistent MQTT sessions and their offline queues
   (:class:`MqttSessionStore`);
 * :mod:`.presence`: online device entries shared by every node
-  (:class:`PresenceStore`).
+  (:class:`PresenceStore`);
+* :mod:`.audience`: tags, attributes, segments, last-seen times, engagement
+  and paged selection of users (:class:`AudienceStore`).
 
 Each is tested on its own, on every backend, by ``tests/store/test_*_contract.py``.
 Callers that need one concern may take that contract rather than the whole store
@@ -18,6 +20,7 @@ topic policy), never a backend.
 
 from __future__ import annotations
 
+from .audience import AudiencePage, AudienceQuery, AudienceStore
 from .inbox import (
     MAX_EVENT_IDS,
     PRUNE_STEP,
@@ -40,6 +43,9 @@ __all__ = [
     "MAX_EVENT_IDS",
     "PRUNE_STEP",
     "TRACK_EVENTS",
+    "AudiencePage",
+    "AudienceQuery",
+    "AudienceStore",
     "HistoryPage",
     "HistoryPolicy",
     "InboxItem",
