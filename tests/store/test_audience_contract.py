@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from tidings.errors import BadRequest
 from tidings.store.base import Store
 from tidings.store.contracts.audience import ENGAGEMENT_KEEP, AudienceQuery
 
-pytest_plugins = ["redis_servers"]  # session-wide redis-server / cluster fixtures
+pytest_plugins = ["support.redis_servers"]  # session-wide redis-server / cluster fixtures
 
 DAY = 86400.0
 MAX_TAGS = 10
@@ -264,8 +265,8 @@ async def test_concurrent_tag_changes_keep_selection_exact(store: Store) -> None
 
 async def test_pages_are_bounded_and_cover_everyone(store: Store) -> None:
     users = [f"user{i:04d}" for i in range(250)]
-    await in_batches([lambda u=u: store.set_user_tags(u, ["t"] if int(u[4:]) % 5 else ["s"],
-                                                      max_tags=MAX_TAGS) for u in users])
+    await in_batches([partial(store.set_user_tags, u, ["t"] if int(u[4:]) % 5 else ["s"],
+                              max_tags=MAX_TAGS) for u in users])
     wanted = [u for u in users if int(u[4:]) % 5]
     for limit in (1, 7, 64, 200, 1000):
         assert await select(store, {"tags": ["t"]}, limit=limit) == wanted
@@ -301,16 +302,15 @@ async def test_ten_thousand_users_against_a_model(store: Store, clock: Clock) ->
                        "seen": rng.choice([None, 1, 3, 10]),  # days ago
                        "opens": rng.choice([0, 0, 1, 2, 3])}
     t0 = clock.now
-    await in_batches([lambda u=u, m=m: store.set_user_tags(u, sorted(m["tags"]),
-                                                           max_tags=MAX_TAGS)
+    await in_batches([partial(store.set_user_tags, u, sorted(m["tags"]), max_tags=MAX_TAGS)
                       for u, m in model.items() if m["tags"]])
-    await in_batches([lambda u=u, m=m: store.set_user_attributes(u, m["attrs"])
+    await in_batches([partial(store.set_user_attributes, u, m["attrs"])
                       for u, m in model.items() if m["attrs"]])
     for days in (10, 3, 1):
         clock.now = t0 - days * DAY
-        await in_batches([lambda u=u: store.seen(u)
+        await in_batches([partial(store.seen, u)
                           for u, m in model.items() if m["seen"] == days])
-        await in_batches([lambda u=u, k=f"n{days}-{k}": store.engage(u, "sports", "opened", k)
+        await in_batches([partial(store.engage, u, "sports", "opened", f"n{days}-{k}")
                           for u, m in model.items() if m["seen"] == days
                           for k in range(m["opens"])])
     clock.now = t0
