@@ -13,11 +13,11 @@ handshake headers per connection): it feeds received bytes in, writes what
 the protocol wants sent, and hands whole messages to a :class:`WsSession`.
 
 Everything *we* send (replies and pushes) goes through one bounded
-:class:`~tidings.plumbing.Outbox` per session. For an uncompressed connection a server frame is the
-same bytes for every client (servers do not mask, RFC 6455 section 5.1), so
-the hub builds the frame once and each session appends those bytes to its
-outbox; the :class:`~tidings.plumbing.Flusher` then writes each outbox with one
-``transport.write`` per loop iteration. These writes bypass
+:class:`~tidings.plumbing.Outbox` per session. For an uncompressed connection
+a server frame is the same bytes for every client (servers do not mask, RFC
+6455 section 5.1), so the hub builds the frame once and each session appends
+those bytes to its outbox, which writes them with one ``transport.write`` per
+loop iteration (the :class:`~tidings.plumbing.Flusher`). These writes bypass
 ``Protocol.send_*`` but are always whole frames, and the protocol also
 writes whole frames (pongs, close), so the byte stream stays a valid
 sequence of frames. We never send fragmented messages, and we stop writing
@@ -141,8 +141,9 @@ class WsSession:
 
     It owns the connection's :class:`~tidings.plumbing.Outbox` (and is its
     :class:`~tidings.plumbing.Sink`), the command :class:`~tidings.plumbing.Pump`
-    and the keepalive; every decision about what the client may do is the session's. Errors become
-    reply errors or close codes in :meth:`_failed` and :meth:`_first` only.
+    and the keepalive; every decision about what the client may do is the
+    session's. Errors become reply errors or close codes in :meth:`_failed` and
+    :meth:`_first` only.
     """
 
     __slots__ = (
@@ -180,7 +181,7 @@ class WsSession:
         self._ping: bytes | None = None  # the keepalive ping still waiting for its pong
         # frames in order, one worker while busy; reading pauses past _MAX_QUEUED_COMMANDS
         self.pump: Pump[bytes] = Pump(self._handle, conn, high=_MAX_QUEUED_COMMANDS,
-                                      idle=self._settle, done=self._cancel_inflight)
+                                      idle=self._settle)
         # pipelined publishes (topic, task), awaited before the worker ends
         self._inflight: list[tuple[str, asyncio.Task[None]]] = []
         self._malformed = 0
@@ -326,11 +327,6 @@ class WsSession:
         """The pump's idle step: pipelined publishes finish before the worker ends."""
         await _drain(self._inflight)
 
-    def _cancel_inflight(self) -> None:
-        """The worker ended (or was cancelled with the connection): nothing of it runs on."""
-        for _, task in self._inflight:
-            task.cancel()
-        self._inflight.clear()
 
     def _decode(self, raw: bytes) -> Command | None:
         try:
@@ -438,6 +434,9 @@ class WsSession:
             self._connect_timer.cancel()
         self.outbox.close()
         self.pump.cancel()
+        for _, task in self._inflight:  # the worker's pipelined publishes end with it
+            task.cancel()
+        self._inflight.clear()
         self.edge.tasks.spawn(self.cleanup())
 
     async def cleanup(self) -> None:
