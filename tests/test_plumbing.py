@@ -141,6 +141,23 @@ async def test_over_the_bound_on_append_closes_once_and_drops_the_rest() -> None
         assert await asyncio.wait_for(pair.reader.read(), WAIT) == b""  # not a byte went out
 
 
+async def test_an_owner_over_its_bound_elsewhere_takes_the_same_close_path_once() -> None:
+    """A session holding live messages while it paces a burst is over the bound
+    outside the outbox: ``overflow()`` drops the queue, counts and closes once."""
+    async with open_pair() as pair:
+        outbox = pair.outbox(1000)
+        outbox.append(b"q" * 100)  # queued, not yet written: dropped, not sent
+        outbox.overflow()
+        outbox.overflow()  # idempotent: one count, one close
+        outbox.append(b"z" * 10)
+        await next_pass()
+        assert pair.overflows == 1
+        assert pair.metrics.get("tidings_slow_consumers_total") == 1
+        assert outbox.closed and outbox.size == 0
+        await asyncio.wait_for(pair.driver.lost, WAIT)
+        assert await asyncio.wait_for(pair.reader.read(), WAIT) == b""
+
+
 async def test_a_peer_that_stops_reading_is_a_slow_consumer() -> None:
     """Each pass queues far less than the bound; what the transport holds counts too."""
     async with open_pair() as pair:

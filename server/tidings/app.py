@@ -25,7 +25,7 @@ from aiohttp import web
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from .api.http import build_app
+from .api import build_app
 from .auth import Acl, ApiKeys, TokenAuthority
 from .bus.base import Bus
 from .bus.memory import MemoryBus

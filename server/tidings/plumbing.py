@@ -198,7 +198,7 @@ class Outbox:
         self._chunks.append(data)
         self._size += len(data)
         if self._size > self.limit:
-            self._overflow()
+            self.overflow()
         elif not self._dirty:
             self._dirty = True
             self._flusher.mark(self)
@@ -215,7 +215,7 @@ class Outbox:
         if self._closed or not self.sink.writable():
             return
         if size + self.sink.buffered() > self.limit:
-            self._overflow()
+            self.overflow()
             return
         self.sink.write(chunks)
         if self._on_flush is not None:
@@ -246,7 +246,12 @@ class Outbox:
         if self._size >= chunk:
             await self.drained()
 
-    def _overflow(self) -> None:
+    def overflow(self) -> None:
+        """The slow-consumer path: drop what is queued, count it, close, and call
+        ``on_overflow`` (once). Public for an owner that finds the connection over
+        its bound elsewhere (e.g. messages held while a burst is paced)."""
+        if self._closed:
+            return
         self._chunks = []
         self._size = 0
         self._closed = True

@@ -12,12 +12,12 @@ library's own asyncio layer is, minus a task, a receive queue and the
 handshake headers per connection): it feeds received bytes in, writes what
 the protocol wants sent, and hands whole messages to a :class:`WsSession`.
 
-Everything *we* send (replies and pushes) goes through one bounded outbound
-buffer per session. For an uncompressed connection a server frame is the
-same bytes for every client (servers do not mask, RFC 6455 section 5.1), so
-the hub builds the frame once and each session appends those bytes to its
-buffer; the :class:`~tidings.hub.Flusher` then writes each buffer with one
-``transport.writelines`` per loop iteration. These writes bypass
+Everything *we* send (replies and pushes) goes through one bounded
+:class:`~tidings.plumbing.Outbox` per session. For an uncompressed connection
+a server frame is the same bytes for every client (servers do not mask, RFC
+6455 section 5.1), so the hub builds the frame once and each session appends
+those bytes to its outbox, which writes them with one ``transport.write`` per
+loop iteration (the :class:`~tidings.plumbing.Flusher`). These writes bypass
 ``Protocol.send_*`` but are always whole frames, and the protocol also
 writes whole frames (pongs, close), so the byte stream stays a valid
 sequence of frames. We never send fragmented messages, and we stop writing
@@ -26,8 +26,10 @@ frame. A session that negotiated permessage-deflate gets payloads instead
 of frames and flushes them through ``protocol.send_text`` / ``send_binary``
 (compression is per connection), a slower path that does not slow the others.
 
-If a session's unsent bytes (our buffer plus the transport's) would exceed
+If a session's unsent bytes (its outbox plus the transport's) would exceed
 ``ws.outbound_buffer``, it is closed with 4008 and counted; no one else waits.
+Commands are handled in order by a :class:`~tidings.plumbing.Pump` (one worker
+task only while there is work; reading pauses while too many wait).
 
 What a client may do, and doing it, is the :mod:`tidings.sessions` layer's:
 a :class:`WsSession` is its :class:`~tidings.sessions.Transport` and only
@@ -45,7 +47,6 @@ import http
 import logging
 import mimetypes
 import secrets
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, cast
@@ -72,10 +73,10 @@ from ..errors import (
     TidingsError,
     Unauthorized,
 )
-from ..hub import Flusher
 from ..metrics import Metrics
 from ..node import Node
 from ..notify import Notifier
+from ..plumbing import PACE_CHUNK, ConnectionSet, Flusher, Outbox, Pump, TaskSet, WriteGate
 from ..presence import Presence
 from ..protocol.frames import (
     Command,
@@ -101,7 +102,6 @@ _MAX_LISTED_IDS = 1000  # ids listed in a read-family reply's ``changed``
 _ENCODINGS = frozenset(e.value for e in Encoding)
 _MAX_QUEUED_COMMANDS = 64  # frames waiting for the worker before the socket is paused
 _PIPELINE = 32  # publishes to distinct topics in flight per session
-_PACE_CHUNK = 65536  # bytes of a paced burst written before waiting for the transport
 _CLOSE_TIMEOUT = 2.0  # seconds a closing handshake may take before the transport is cut
 
 
@@ -139,27 +139,26 @@ class WsSession:
     """One WebSocket connection after the handshake: the :class:`Transport` of a
     :class:`~tidings.sessions.Session` and the translator of its frames.
 
-    It owns the bounded outbound buffer, the command worker and the keepalive;
-    every decision about what the client may do is the session's. Errors become
-    reply errors or close codes in :meth:`_failed` and :meth:`_first` only.
+    It owns the connection's :class:`~tidings.plumbing.Outbox` (and is its
+    :class:`~tidings.plumbing.Sink`), the command :class:`~tidings.plumbing.Pump`
+    and the keepalive; every decision about what the client may do is the
+    session's. Errors become reply errors or close codes in :meth:`_failed` and
+    :meth:`_first` only.
     """
 
     __slots__ = (
         "__weakref__",
         "_connect_timer",
-        "_dirty",
-        "_inbox",
-        "_limit",
+        "_inflight",
         "_malformed",
-        "_pending",
-        "_pending_size",
         "_ping",
         "_text",
-        "_worker",
         "conn",
         "edge",
         "encoding",
         "framed",
+        "outbox",
+        "pump",
         "session",
         "state",
         "wire",
@@ -177,13 +176,14 @@ class WsSession:
                                max_subscriptions=ws.max_subscriptions,
                                burst=ws.commands_burst)
         self._text = encoding is Encoding.JSON
-        self._pending: list[bytes] = []
-        self._pending_size = 0
-        self._dirty = False
-        self._limit = ws.outbound_buffer
+        self.outbox = Outbox(self, ws.outbound_buffer, edge.flusher, edge.metrics, self._slow,
+                             gate=conn.gate)
         self._ping: bytes | None = None  # the keepalive ping still waiting for its pong
-        self._inbox: list[bytes] = []  # frames waiting for the worker (a few at most)
-        self._worker: asyncio.Task[None] | None = None
+        # frames in order, one worker while busy; reading pauses past _MAX_QUEUED_COMMANDS
+        self.pump: Pump[bytes] = Pump(self._handle, conn, high=_MAX_QUEUED_COMMANDS,
+                                      idle=self._settle)
+        # pipelined publishes (topic, task), awaited before the worker ends
+        self._inflight: list[tuple[str, asyncio.Task[None]]] = []
         self._malformed = 0
         self._connect_timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             ws.connect_timeout, self._connect_timeout)
@@ -204,49 +204,47 @@ class WsSession:
 
     @property
     def bound(self) -> int:
-        return self._limit
+        return self.outbox.limit
 
     def deliver(self, publication: Publication | None, data: bytes) -> None:
         """Queue bytes already in this connection's wire form (the hot path)."""
-        if self.state is WsState.CLOSING or self.state is WsState.CLOSED:
-            return
-        self._pending.append(data)
-        self._pending_size += len(data)
-        if self._pending_size > self._limit:
-            self.overflow()
-        elif not self._dirty:
-            self._dirty = True
-            self.edge.flusher.mark(self)
+        self.outbox.append(data)
 
     def overflow(self) -> None:
-        self.edge.metrics.inc("tidings_slow_consumers_total")
+        """The session holds too much for the client (messages held while a burst
+        is paced): the slow-consumer close, as if the outbox overflowed."""
+        self.outbox.overflow()
+
+    def _slow(self) -> None:
+        """The outbox's overflow path (counted there): close 4008."""
         log.warning("slow consumer %s (%s): over %d queued bytes, closing",
-                    self.device, self.user, self._limit)
-        self._pending = []
-        self._pending_size = 0
+                    self.device, self.user, self.outbox.limit)
         self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
 
-    def flush(self) -> None:
-        """Write everything queued since the last pass with one system call.
+    async def pace(self) -> bool:
+        """After each ``PACE_CHUNK`` bytes of a server-chosen burst, write them and
+        wait until the transport has drained. True if it waited."""
+        if self.outbox.size < PACE_CHUNK:
+            return False
+        await self.outbox.drained()
+        return True
 
-        The bound counts what the transport still holds too: checked here,
-        once per pass, rather than per message on the hot path.
-        """
-        self._dirty = False
-        chunks = self._pending
-        if not chunks:
-            return
-        size = self._pending_size
-        self._pending = []
-        self._pending_size = 0
+    # -- Sink: where the outbox writes -------------------------------------------------
+
+    def writable(self) -> bool:
+        """Nothing is written once the closing handshake has begun (no byte may
+        follow a close frame)."""
+        return self.conn.protocol.state is State.OPEN and not self.closing
+
+    def buffered(self) -> int:
+        transport = self.conn.transport
+        return 0 if transport is None else transport.get_write_buffer_size()
+
+    def write(self, chunks: list[bytes]) -> None:
+        """One flush: whole frames in one write, or payloads the protocol compresses."""
         conn = self.conn
-        if conn.protocol.state is not State.OPEN or self.closing:
-            return
         transport = conn.transport
         assert transport is not None
-        if size + transport.get_write_buffer_size() > self._limit:
-            self.overflow()
-            return
         self.edge.frames_out += len(chunks)
         if self.framed:
             transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
@@ -256,18 +254,9 @@ class WsSession:
                 send(payload)
             conn.send_data()
 
-    async def pace(self) -> bool:
-        """After each ``_PACE_CHUNK`` bytes of a server-chosen burst, flush and wait
-        until the transport has drained."""
-        if self._pending_size < _PACE_CHUNK:
-            return False
-        self.flush()
-        await self.conn.drained()
-        return True
-
     def send(self, obj: dict[str, Any]) -> None:
         payload = encode(obj, self.encoding)
-        self.deliver(None, ws_frame(payload, text=self._text) if self.framed else payload)
+        self.outbox.append(ws_frame(payload, text=self._text) if self.framed else payload)
 
     def end(self, error: TidingsError) -> None:
         """The session ends the connection (its token expired): ``error``'s close code."""
@@ -277,10 +266,9 @@ class WsSession:
         """Flush what is queued, then close with ``code``. Idempotent, never blocks."""
         if self.closing:
             return
-        if self._dirty:
-            self.flush()
+        self.outbox.close()
         self.state = WsState.CLOSING
-        self._inbox.clear()
+        self.pump.clear()
         self.conn.close(code, reason)
 
     # -- inbound ------------------------------------------------------------------------
@@ -303,48 +291,42 @@ class WsSession:
             self.edge.metrics.inc("tidings_errors_total", code="rate_limited")
             self.close(CLOSE_RATE_LIMITED, "rate limited")
             return
-        self._inbox.append(data)
-        if len(self._inbox) > _MAX_QUEUED_COMMANDS:
-            self.conn.pause_reading()
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.get_running_loop().create_task(self._work())
+        self.pump.put(data)
 
     def _connect_timeout(self) -> None:
         self._connect_timer = None
-        if self.state is WsState.CONNECTING and not self._inbox and self._worker is None:
+        if self.state is WsState.CONNECTING and not self.pump.busy:
             self.close(CLOSE_POLICY, "connect timeout")
 
-    async def _work(self) -> None:
-        """Commands in order. ``publish`` commands to different topics are pipelined
-        (up to ``_PIPELINE`` at once), so a backend publishing to many personal
-        topics shares one store commit between them; any other command, or a
-        publish to a topic already in flight, first waits for those in flight."""
-        inflight: list[tuple[str, asyncio.Task[None]]] = []
-        loop = asyncio.get_running_loop()
-        try:
-            while self._inbox and not self.closing:
-                raw = self._inbox.pop(0)
-                if self.state is WsState.CONNECTING:
-                    await self._first(raw)
-                    continue
-                cmd = self._decode(raw)
-                if cmd is not None:
-                    topic = cmd.args.get("topic") if cmd.op == "publish" else None
-                    if not isinstance(topic, str) or any(t == topic for t, _ in inflight):
-                        await _drain(inflight)
-                    if isinstance(topic, str):
-                        inflight.append((topic, loop.create_task(self._run(cmd))))
-                        if len(inflight) >= _PIPELINE:
-                            await inflight.pop(0)[1]
-                    else:
-                        await self._run(cmd)
-                if len(self._inbox) <= _MAX_QUEUED_COMMANDS // 2:
-                    self.conn.resume_reading()
+    async def _handle(self, raw: bytes) -> None:
+        """The pump's step: one frame, in order. ``publish`` commands to different
+        topics are pipelined (up to ``_PIPELINE`` at once), so a backend publishing
+        to many personal topics shares one store commit between them; any other
+        command, or a publish to a topic already in flight, first waits for those
+        in flight."""
+        if self.closing:
+            return
+        if self.state is WsState.CONNECTING:
+            await self._first(raw)
+            return
+        cmd = self._decode(raw)
+        if cmd is None:
+            return
+        inflight = self._inflight
+        topic = cmd.args.get("topic") if cmd.op == "publish" else None
+        if not isinstance(topic, str) or any(t == topic for t, _ in inflight):
             await _drain(inflight)
-        finally:
-            for _, task in inflight:
-                task.cancel()
-            self._worker = None  # an idle session holds no task
+        if isinstance(topic, str):
+            inflight.append((topic, asyncio.get_running_loop().create_task(self._run(cmd))))
+            if len(inflight) >= _PIPELINE:
+                await inflight.pop(0)[1]
+        else:
+            await self._run(cmd)
+
+    async def _settle(self) -> None:
+        """The pump's idle step: pipelined publishes finish before the worker ends."""
+        await _drain(self._inflight)
+
 
     def _decode(self, raw: bytes) -> Command | None:
         try:
@@ -450,9 +432,12 @@ class WsSession:
         self.state = WsState.CLOSED
         if self._connect_timer is not None:
             self._connect_timer.cancel()
-        if self._worker is not None and not self._worker.done():
-            self._worker.cancel()
-        self.edge.spawn(self.cleanup())
+        self.outbox.close()
+        self.pump.cancel()
+        for _, task in self._inflight:  # the worker's pipelined publishes end with it
+            task.cancel()
+        self._inflight.clear()
+        self.edge.tasks.spawn(self.cleanup())
 
     async def cleanup(self) -> None:
         self.state = WsState.CLOSED
@@ -510,8 +495,8 @@ class WsConnection(asyncio.Protocol):
     handshake headers per connection, which is most of an idle connection's memory.
     """
 
-    __slots__ = ("_counted", "_frames", "_frames_text", "_gate", "_path", "_paused", "_timer",
-                 "edge", "handler", "ip", "protocol", "transport")
+    __slots__ = ("_counted", "_frames", "_frames_text", "_path", "_paused", "_timer",
+                 "edge", "gate", "handler", "ip", "protocol", "transport")
 
     def __init__(self, edge: WsEdge) -> None:
         ws = edge.settings.ws
@@ -533,7 +518,7 @@ class WsConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._counted = False
         self._paused = False
-        self._gate: asyncio.Future[None] | None = None  # set while the transport is full
+        self.gate = WriteGate()  # the transport's flow control, for paced senders
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -561,21 +546,17 @@ class WsConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         """The transport's buffer passed its high-water mark: paced senders wait."""
-        if self._gate is None:
-            self._gate = asyncio.get_running_loop().create_future()
+        self.gate.pause()
 
     def resume_writing(self) -> None:
-        gate, self._gate = self._gate, None
-        if gate is not None and not gate.done():
-            gate.set_result(None)
+        self.gate.resume()
         writable = getattr(self.handler, "on_writable", None)  # MQTT over WebSocket
         if writable is not None:
             writable()
 
     async def drained(self) -> None:
         """Return once the transport's buffer is below its low-water mark (or gone)."""
-        if self._gate is not None:
-            await asyncio.shield(self._gate)
+        await self.gate.wait()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.resume_writing()  # wake paced senders: they see the session closing
@@ -705,12 +686,13 @@ class WsEdge:
         self.sessions: set[WsSession] = set()
         self.connections = 0  # after the handshake (the gauge)
         self.frames_out = 0  # frames written by sessions (a plain int: hot path)
-        self.connections_open: set[WsConnection] = set()  # every TCP connection
+        # every TCP connection; a shutdown awaits the last one's end
+        self.connections_open: ConnectionSet[WsConnection] = ConnectionSet()
         self.origins: list[str | None] | None = None
         if settings.ws.origins:
             self.origins = [*settings.ws.origins, None]  # non-browser clients send no Origin
         self._per_ip: Counter[str] = Counter()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.tasks = TaskSet("ws edge")  # session cleanups, awaited at shutdown
         self._server: asyncio.Server | None = None
         self._keepalive_task: asyncio.Task[None] | None = None
         # MQTT over WebSocket (set by the app when the MQTT broker runs)
@@ -719,11 +701,6 @@ class WsEdge:
         register_wires(node)
         metrics.gauge("tidings_ws_connections", "open WebSocket connections",
                       lambda: float(self.connections))
-
-    def spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     @property
     def port(self) -> int:
@@ -778,8 +755,9 @@ class WsEdge:
         if self._per_ip[ip] <= 0:
             del self._per_ip[ip]
 
-    async def shutdown(self, timeout: float) -> None:
-        """Stop accepting; tell every client to reconnect; close 1001; wait (bounded)."""
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting; tell every client to reconnect; close 1001; wait up to
+        ``grace`` seconds for the connections to end, then cut the rest."""
         if self._keepalive_task is not None:
             self._keepalive_task.cancel()
         if self._server is None:
@@ -791,17 +769,15 @@ class WsEdge:
         for conn in list(self.connections_open):
             if conn.handler is None or not isinstance(conn.handler, WsSession):
                 conn.close(CLOSE_GOING_AWAY, "shutdown")
-        deadline = time.monotonic() + timeout
-        while self.connections_open and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        if self.connections_open:
-            log.warning("connections still open after %.1fs; dropping them", timeout)
+        try:
+            async with asyncio.timeout(grace):
+                await self.connections_open.wait_empty()
+        except TimeoutError:
+            log.warning("connections still open after %.1fs; dropping them", grace)
             for conn in list(self.connections_open):
                 if conn.transport is not None:
                     conn.transport.abort()
-        pending = [t for t in self._tasks if not t.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=timeout)
+        await self.tasks.close(grace=grace)
 
 
 def static_response(path: str) -> Response:
