@@ -222,7 +222,8 @@ class TidingsMqtt(Tidings):
     protocol = "mqtt"
 
     def available(self) -> str | None:
-        found = (self.src / "tidings" / "edges" / "mqtt.py").is_file()
+        edges = self.src / "tidings" / "edges"
+        found = (edges / "mqtt.py").is_file() or (edges / "mqtt" / "__init__.py").is_file()
         return None if found else "this Tidings has no MQTT edge"
 
     def ports(self) -> list[int]:
