@@ -11,14 +11,14 @@ reason codes only through :func:`~.codes.reason_code`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import ssl as ssl_module
 import time
+from collections.abc import Coroutine
 from dataclasses import replace
 from typing import Any
-
-import orjson
 
 from ...auth import Acl, Principal, TokenAuthority
 from ...config import Settings
@@ -31,11 +31,11 @@ from ...errors import (
     TooLarge,
     Unauthorized,
 )
-from ...hub import Flusher
 from ...logs import garbage
 from ...metrics import Metrics
 from ...node import Node
 from ...notify import Notifier
+from ...plumbing import ConnectionSet, Flusher, TaskSet
 from ...presence import Presence
 from ...protocol.mqtt import (
     NO_PROPERTIES,
@@ -60,8 +60,8 @@ from ...protocol.mqtt import (
     Version,
     Will,
 )
-from ...protocol.topics import TopicError, validate_filter, validate_topic
 from ...quota import Tally
+from ...sessions import Operations
 from ...store.base import MqttSessionState, QueuedMessage
 from ...types import classify_payload, parse_offset
 from .codes import reason_code
@@ -86,10 +86,13 @@ class MqttBroker:
         self.notifier = notifier
         self.presence = presence
         self.metrics = metrics
+        # the session layer's checks (topics, ACL, quotas, sizes) and its way to the node
+        self.ops = Operations(settings, node, tokens, acl, notifier, presence, metrics)
         self.flusher = Flusher()
         self.sessions: dict[str, MqttSession] = {}
         self.groups: dict[tuple[str, str], ShareGroup] = {}
-        self.connections: set[MqttConnection] = set()
+        self.connections: ConnectionSet[MqttConnection] = ConnectionSet()
+        self.workers = TaskSet("mqtt workers")  # the connections' pumps
         self.frames_out = 0  # packets written to clients (a plain int: hot path)
         self.connect_deadlines: dict[MqttConnection, float] = {}
         self.per_ip: Tally[str] = Tally(settings.mqtt.max_connections_per_ip)
@@ -97,7 +100,7 @@ class MqttBroker:
         self._kept: dict[str, set[str]] = {}
         self._servers: list[asyncio.Server] = []
         self._offline: list[tuple[str, QueuedMessage]] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet("mqtt broker")
         self._ticker: asyncio.Task[None] | None = None
         self._sys: asyncio.Task[None] | None = None
         self._will_timers: dict[str, asyncio.TimerHandle] = {}
@@ -130,43 +133,40 @@ class MqttBroker:
         if s.sys_interval:
             self._sys = loop.create_task(sys_loop(self, s.sys_interval))
 
-    async def shutdown(self, timeout: float) -> None:
+    async def shutdown(self, grace: float) -> None:
+        """Close every connection (5.0: DISCONNECT 0x8B), wait up to ``grace``
+        seconds for them to go and for their workers to detach (and save) their
+        sessions, then abort the rest and finish the background tasks."""
         for server in self._servers:
             server.close()
         for task in (self._ticker, self._sys):
             if task is not None:
                 task.cancel()
-        closing = list(self.connections)
-        for conn in closing:
+        for conn in list(self.connections):
             conn.close(ReasonCode.SERVER_SHUTTING_DOWN)
-        deadline = time.monotonic() + timeout
-        while self.connections and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        workers = [c.worker for c in closing if c.worker is not None]
-        if workers:  # they detach their sessions (and save them) when done
-            await asyncio.wait(workers, timeout=max(0.0, deadline - time.monotonic()))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self.connections.wait_empty()
+                await self.workers.wait()
         for conn in list(self.connections):
             if conn.link is not None:
                 conn.link.abort()
         for timer in self._will_timers.values():
             timer.cancel()
         await self._flush_offline()
-        pending = [t for t in self._tasks if not t.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=timeout)
+        await self._tasks.close(grace=grace)
 
-    def spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` in the background; awaited (then cancelled) at shutdown."""
+        self._tasks.spawn(coro)
 
     async def _restore(self) -> None:
         """Re-register the stored persistent sessions (after a restart)."""
         now = time.time()
-        for client_id, state in await self.node.store.mqtt_sessions():
+        for client_id, state in await self.node.mqtt_sessions():
             gone = state.disconnected_at or now
             if gone + state.expiry <= now:
-                await self.node.store.mqtt_delete(client_id)
+                await self.node.mqtt_delete(client_id)
                 continue
             session = MqttSession.from_state(self, client_id, state)
             session.disconnected_at = gone
@@ -207,7 +207,7 @@ class MqttBroker:
         if not batch:
             return
         try:
-            dropped = await self.node.store.mqtt_enqueue(batch, self.settings.mqtt.max_queued)
+            dropped = await self.node.mqtt_enqueue(batch, self.settings.mqtt.max_queued)
         except TidingsError:
             dropped = len(batch)
         if dropped:
@@ -304,7 +304,7 @@ class MqttBroker:
                 raise Forbidden("the client id is another user's session")
             return old, None
         # kept by another node (a shared store), before a restart, or not kept at all
-        stored = await self.node.store.mqtt_session(client_id)
+        stored = await self.node.mqtt_session(client_id)
         if stored is not None and stored[0].user != principal.user:
             raise Forbidden("the client id is another user's session")
         return None, stored
@@ -347,7 +347,7 @@ class MqttBroker:
         # was queued but not yet written goes to the store before that read.
         session.conn = conn
         await self._flush_offline()
-        stored = await self.node.store.mqtt_session(session.client_id)
+        stored = await self.node.mqtt_session(session.client_id)
         if stored is not None:
             conn.resume_queue(stored[1])
         return session
@@ -377,9 +377,9 @@ class MqttBroker:
         self._keep(session, expiry > 0)
         self._end_at_token_expiry(conn, session.principal)
         if session.persistent:
-            await self.node.store.mqtt_save(session.client_id, session.state(), [])
+            await self.node.mqtt_save(session.client_id, session.state(), [])
         else:
-            await self.node.store.mqtt_delete(session.client_id)
+            await self.node.mqtt_delete(session.client_id)
 
     def _acknowledge(self, conn: MqttConnection, packet: Connect, session: MqttSession,
                      present: bool, assigned: str | None) -> None:
@@ -431,7 +431,7 @@ class MqttBroker:
             session.disconnected_at = time.time()
             session.awaiting_pubrel = set(conn.proto.awaiting_pubrel)
             queue = conn.unsent()
-            self.spawn(self.node.store.mqtt_save(session.client_id, session.state(), queue))
+            self.spawn(self.node.mqtt_save(session.client_id, session.state(), queue))
             self._schedule_expiry(session)
         else:
             self.spawn(self._end_session(session))
@@ -513,13 +513,12 @@ class MqttBroker:
             self._keep(session, False)
         if session.expiry_timer is not None:
             session.expiry_timer.cancel()
-        if session.user is not None and session.subs:
-            self.node.user_subscriptions.give(session.user, len(session.subs))
+        self.ops.give_back(session.user, len(session.subs))
         for flt in list(session.subs):
             await self._unregister(session, flt)
         session.subs.clear()
         if session.persistent or session.conn is None:
-            await self.node.store.mqtt_delete(session.client_id)
+            await self.node.mqtt_delete(session.client_id)
 
     # -- publish --------------------------------------------------------------------------
 
@@ -535,7 +534,7 @@ class MqttBroker:
         assert session is not None
         v5 = conn.proto.version == Version.V5
         try:
-            topic = self._check_publish(session, packet)
+            topic = self.ops.check_publish(session.principal, packet.topic, packet.payload)
             await self._accept(session, topic, packet)
         except TooLarge as e:
             # Within the packet size (which leaves room for the topic and
@@ -545,6 +544,7 @@ class MqttBroker:
             self.metrics.inc("tidings_errors_total", code="too_large")
             conn.close(reason_code(e, PacketType.DISCONNECT) if v5 else None)
         except (BadTopic, Forbidden) as e:
+            self.metrics.inc("tidings_errors_total", code=e.code)
             self._ack_publish(conn, packet, e)
         except TidingsError as e:
             if v5:
@@ -553,20 +553,6 @@ class MqttBroker:
                 conn.close()
         else:
             self._ack_publish(conn, packet, None)
-
-    def _check_publish(self, session: MqttSession, packet: Publish) -> str:
-        """The PUBLISH's topic, once its size, topic name and permission are checked."""
-        if len(packet.payload) > self.settings.limits.max_message_size:
-            raise TooLarge("payload over limits.max_message_size")
-        t = self.settings.topics
-        try:
-            topic = validate_topic(packet.topic, max_length=t.max_length, max_depth=t.max_depth)
-        except TopicError as e:
-            raise BadTopic(f"topic: {e}") from None
-        if not self.acl.can_publish(session.principal, topic):
-            self.metrics.inc("tidings_errors_total", code="forbidden")
-            raise Forbidden(f"not allowed to publish to {topic[:64]!r}")
-        return topic
 
     @staticmethod
     def _ack_publish(conn: MqttConnection, packet: Publish, error: TidingsError | None) -> None:
@@ -580,33 +566,20 @@ class MqttBroker:
             conn.send(PubRec(packet.packet_id or 0, code))
 
     async def _accept(self, session: MqttSession, topic: str, packet: Publish) -> None:
-        user = session.user
-        if user is not None and topic == f"users/{user}/read":
-            await self._device_read(session, packet.payload)
+        """Publish a checked PUBLISH, or apply it when it is the device read topic."""
+        if self.ops.is_read_topic(session.user, topic):
+            assert session.user is not None
+            try:
+                await self.ops.device_read(session.user, packet.payload, session.client_id)
+            except TidingsError as e:
+                if e.status >= 500:
+                    raise
+                self.metrics.inc("tidings_errors_total", code=e.code)  # acknowledged, dropped
             return
         props = packet.properties
-        meta = props if props else None
-        await self.node.publish(topic, packet.payload, classify_payload(packet.payload),
-                                retain=packet.retain, qos=int(packet.qos),
-                                origin=session.client_id, meta=meta)
-
-    async def _device_read(self, session: MqttSession, payload: bytes) -> None:
-        """``users/{uid}/read``: ``{"ids": [...]}`` or ``{"all": true}``; applied, not forwarded."""
-        assert session.user is not None
-        try:
-            body = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            self.metrics.inc("tidings_errors_total", code="bad_read")
-            return
-        if not isinstance(body, dict):
-            return
-        try:
-            await self.notifier.mark(session.user, "read", body.get("ids"),
-                                     body.get("all") is True, session.client_id)
-        except TidingsError as e:
-            if e.status >= 500:
-                raise
-            self.metrics.inc("tidings_errors_total", code=e.code)
+        await self.ops.publish(topic, packet.payload, classify_payload(packet.payload),
+                               retain=packet.retain, qos=int(packet.qos),
+                               origin=session.client_id, meta=props if props else None)
 
     # -- subscribe -------------------------------------------------------------------------
 
@@ -642,33 +615,22 @@ class MqttBroker:
 
     def _check_filter(self, session: MqttSession, flt: str) -> str:
         """The filter to check permissions on (a shared one's inner filter), once
-        its syntax and the permission are checked."""
-        t = self.settings.topics
+        the session layer has checked its syntax and the permission."""
         inner = flt
         if flt.startswith("$share/"):
             parts = flt.split("/", 2)
             if len(parts) < 3 or not parts[1] or "+" in parts[1] or "#" in parts[1]:
                 raise BadTopic("a shared subscription is $share/{group}/{filter}")
             inner = parts[2]
-        try:
-            validate_filter(inner, max_length=t.max_length, max_depth=t.max_depth)
-        except TopicError as e:
-            raise BadTopic(f"topic filter: {e}") from None
-        if not self.acl.can_subscribe(session.principal, inner):
-            raise Forbidden(f"not allowed to subscribe to {inner[:64]!r}")
-        return inner
+        return self.ops.subscribable(session.principal, inner)
 
     def _admit(self, session: MqttSession, flt: str) -> str:
         """The filter to check permissions on, once ``flt`` may be subscribed: checked,
         and when new, counted against the session's and the user's limits."""
         inner = self._check_filter(session, flt)
-        if flt in session.subs:
-            return inner
-        if len(session.subs) >= self.settings.mqtt.max_subscriptions:
-            raise QuotaExceeded(f"over mqtt.max_subscriptions "
-                                f"({self.settings.mqtt.max_subscriptions})")
-        if session.user is not None and not self.node.user_subscriptions.take(session.user):
-            raise QuotaExceeded("over topics.max_user_subscriptions")
+        if flt not in session.subs:
+            self.ops.take_subscription(session.user, len(session.subs),
+                                       self.settings.mqtt.max_subscriptions)
         return inner
 
     async def _subscribe(self, conn: MqttConnection, packet: Subscribe) -> None:
@@ -695,7 +657,7 @@ class MqttBroker:
                 retained_jobs.append(job)
         conn.send(SubAck(packet.packet_id, tuple(codes)))
         if session.persistent:
-            await self.node.store.mqtt_save(session.client_id, session.state())
+            await self.node.mqtt_save(session.client_id, session.state())
         await self._send_retained(conn, session, retained_jobs)
 
     async def _subscribe_one(self, session: MqttSession, s: Subscription, sub_id: int | None
@@ -736,9 +698,7 @@ class MqttBroker:
         """The retained messages matching newly granted filters [MQTT-3.3.1-8], those
         the session may see and live delivery has not already carried, paced."""
         for inner, sub in jobs:
-            for pub in await self.node.store.retained(inner):
-                if not session.may_see(pub.topic):
-                    continue  # a wildcard matches other users' topics too
+            for pub in await self.ops.retained(session.principal, inner):
                 live = (session.live_seen or {}).get(pub.topic)
                 if live is not None and _not_after(pub.offset, live):
                     continue  # the live delivery already carried this (or newer)
@@ -754,15 +714,14 @@ class MqttBroker:
         for flt in packet.topic_filters:
             if flt in session.subs:
                 del session.subs[flt]
-                if session.user is not None:
-                    self.node.user_subscriptions.give(session.user)
+                self.ops.give_back(session.user)
                 await self._unregister(session, flt)
                 codes.append(ReasonCode.SUCCESS)
             else:
                 codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
         conn.send(UnsubAck(packet.packet_id, tuple(codes)))
         if session.persistent:
-            await self.node.store.mqtt_save(session.client_id, session.state())
+            await self.node.mqtt_save(session.client_id, session.state())
 
 
 def _not_after(offset: str, other: str) -> bool:
