@@ -2,7 +2,7 @@
 
 Rooms::
 
-    edges/ws.py, api/http.py, (edges/mqtt.py)   translate wire <-> calls, errors -> codes
+    edges/ws.py, api/http.py, edges/mqtt/   translate wire <-> calls, errors -> codes
             |
     sessions.Session        one client: connect, subscribe (recovery, retained),
             |               publish, inbox, quotas; the hub's subscriber (may_see)

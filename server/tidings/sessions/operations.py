@@ -48,6 +48,15 @@ class Operations:
     presence: Presence
     metrics: Metrics
 
+    # -- connect ------------------------------------------------------------------------
+
+    def authenticate(self, token: Any) -> Principal:
+        """Who presents ``token``: its principal (or ``unauthorized``); no token is
+        the anonymous principal when ``auth.allow_anonymous``."""
+        if token is None and self.settings.auth.allow_anonymous:
+            return Principal(None)
+        return self.tokens.verify(token)
+
     # -- topics -------------------------------------------------------------------------
 
     def topic(self, value: Any) -> str:
@@ -87,6 +96,12 @@ class Operations:
         if user is not None and not tally.take(user):
             raise QuotaExceeded(f"more than {tally.limit} subscriptions for this user on "
                                 "this node", code="too_many_subscriptions")
+
+    def hold_subscriptions(self, user: str | None, n: int) -> None:
+        """Count ``n`` subscriptions made earlier (a stored session's) against
+        ``user``, even over a since lowered limit: they were allowed when made."""
+        if user is not None and n:
+            self.node.user_subscriptions.force(user, n)
 
     def give_back(self, user: str | None, n: int = 1) -> None:
         """Release ``n`` of ``user``'s subscriptions (topics.max_user_subscriptions)."""

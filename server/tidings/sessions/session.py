@@ -145,10 +145,7 @@ class Session:
     async def connect(self, token: Any, device: Any, since: Any, reply: Reply) -> None:
         """Authenticate, follow the user's streams, reply with what was missed."""
         ops = self.ops
-        if token is None and ops.settings.auth.allow_anonymous:
-            principal = Principal(None)
-        else:
-            principal = ops.tokens.verify(token)
+        principal = ops.authenticate(token)
         self.principal = principal
         self.user = principal.user
         if device is not None:

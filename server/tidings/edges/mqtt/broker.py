@@ -1,11 +1,16 @@
 """The MQTT broker: this node's MQTT sessions and the rules between them and the node.
 
 :class:`MqttBroker` listens (TCP, TLS; WebSocket connections come from the WS
-edge through :func:`~.transport.serve_websocket`), authenticates, answers the
-permission questions, and connects sessions to the node (publish, the
-inbox's ``users/{uid}/read``). It talks to each connection through
-:class:`~.transport.MqttConnection`'s public methods, and maps errors to
-reason codes only through :func:`~.codes.reason_code`.
+edge through :func:`~.transport.serve_websocket`) and keeps what is MQTT's
+own: CONNECT (take over, resume, acknowledge), persistent sessions and their
+queues, wills, expiry, ``$share`` groups, SUBACK/PUBACK slots and retained
+pacing. Every rule a client meets (who it is, topic and filter syntax, ACL,
+the ``$`` refusal, sizes, subscription quotas, what it may see, the inbox's
+``users/{uid}/read``) is the session layer's
+(:class:`~tidings.sessions.Operations`), shared with the WS edge and the HTTP
+API; the store is reached only through the node. It talks to each connection
+through :class:`~.transport.MqttConnection`'s public methods, and maps errors
+to reason codes only through :func:`~.codes.reason_code`.
 """
 
 from __future__ import annotations
@@ -81,10 +86,7 @@ class MqttBroker:
                  notifier: Notifier, presence: Presence, metrics: Metrics) -> None:
         self.settings = settings
         self.node = node
-        self.tokens = tokens
-        self.acl = acl
-        self.notifier = notifier
-        self.presence = presence
+        self.acl = acl  # MqttSession.may_see asks it on every delivery (the hot path)
         self.metrics = metrics
         # the session layer's checks (topics, ACL, quotas, sizes) and its way to the node
         self.ops = Operations(settings, node, tokens, acl, notifier, presence, metrics)
@@ -275,13 +277,13 @@ class MqttBroker:
     def _authenticate(self, packet: Connect) -> Principal:
         """The password is a Tidings token (the username is informational); none:
         anonymous, if ``auth.allow_anonymous``."""
-        if packet.password is not None:
-            return self.tokens.verify(packet.password.decode("utf-8", "replace"))
-        if self.settings.auth.allow_anonymous:
-            return Principal(None)
-        if packet.username is None:
-            raise Forbidden("anonymous connections are not allowed")
-        raise Unauthorized("a user name without a password")
+        password = packet.password
+        if password is None and not self.settings.auth.allow_anonymous:
+            if packet.username is None:
+                raise Forbidden("anonymous connections are not allowed")
+            raise Unauthorized("a user name without a password")
+        return self.ops.authenticate(None if password is None
+                                     else password.decode("utf-8", "replace"))
 
     @staticmethod
     def _client_id(packet: Connect) -> tuple[str, str | None]:
@@ -389,7 +391,7 @@ class MqttBroker:
         props = self._connack_properties(packet, assigned)
         conn.acknowledge(Connack(session_present=present, properties=props))
         if session.user is not None:
-            self.presence.online(session.user, conn, session.client_id, "mqtt")
+            self.ops.presence.online(session.user, conn, session.client_id, "mqtt")
 
     def _connack_properties(self, packet: Connect, assigned: str | None) -> Properties:
         """5.0 CONNACK properties: what we assigned and what we support (3.2.2.3)."""
@@ -421,7 +423,7 @@ class MqttBroker:
         if session is None:
             return
         if session.user is not None:
-            self.presence.offline(session.user, conn)  # taken over too: this connection left
+            self.ops.presence.offline(session.user, conn)  # taken over too: this connection left
         if conn.taken_over:
             return
         if not conn.graceful and conn.will is not None:
@@ -482,18 +484,21 @@ class MqttBroker:
             delay, lambda: self.spawn(self._publish_will(session, will)))
 
     async def _publish_will(self, session: MqttSession, will: Will) -> None:
+        """Publish a will as its session's principal, under every publish rule."""
         self._will_timers.pop(session.client_id, None)
-        if not self.acl.can_publish(session.principal, will.topic):
-            return
         props = will.properties
         meta = replace(props, will_delay_interval=None) if props else None
         try:
-            await self.node.publish(will.topic, will.payload, classify_payload(will.payload),
-                                    retain=will.retain, qos=int(will.qos),
-                                    origin=session.client_id, meta=meta)
+            topic = self.ops.check_publish(session.principal, will.topic, will.payload)
+            await self.ops.publish(topic, will.payload, classify_payload(will.payload),
+                                   retain=will.retain, qos=int(will.qos),
+                                   origin=session.client_id, meta=meta)
             self.metrics.inc("tidings_mqtt_wills_total")
-        except TidingsError:
-            log.warning("could not publish a will (store unavailable)")
+        except TidingsError as e:
+            if e.status < 500:
+                self.metrics.inc("tidings_errors_total", code=e.code)  # refused: dropped
+            else:
+                log.warning("could not publish a will (store unavailable)")
 
     def _schedule_expiry(self, session: MqttSession) -> None:
         if session.expiry_timer is not None:
@@ -610,8 +615,7 @@ class MqttBroker:
     def _hold_subs(self, session: MqttSession) -> None:
         """Count a stored session's subscriptions against its user (they were
         allowed when made, so they are kept even over a since lowered limit)."""
-        if session.user is not None and session.subs:
-            self.node.user_subscriptions.force(session.user, len(session.subs))
+        self.ops.hold_subscriptions(session.user, len(session.subs))
 
     def _check_filter(self, session: MqttSession, flt: str) -> str:
         """The filter to check permissions on (a shared one's inner filter), once
