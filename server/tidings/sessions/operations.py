@@ -201,7 +201,7 @@ class Operations:
         try:
             body = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            raise BadRequest("read: not JSON", code="bad_read") from None
+            body = None
         if not isinstance(body, dict):
             raise BadRequest("read: not a JSON object", code="bad_read")
         return await self.mark(user, "read", body.get("ids"), body.get("all") is True, device)

@@ -226,7 +226,7 @@ class MqttConnection(asyncio.Protocol):
                 self.send_queued()  # a PUBACK/PUBCOMP only frees quota: no task for it
             else:
                 pump.put(event)
-        self._pump()
+        self._collect()
         if pump.busy and self.proto.state is State.CONNECTING:
             # Also while the CONNECT is being answered: what the client sends after
             # it waits for the CONNACK unparsed (5.0 section 3.1.4), so reading on
@@ -279,20 +279,20 @@ class MqttConnection(asyncio.Protocol):
         if not self.pump.busy:
             self.broker.detached(self)
         # else the worker first handles what was received before the close (a
-        # PUBLISH sent just before it is still published), then detaches: see _work
+        # PUBLISH sent just before it is still published), then detaches: see _idle
 
     # -- outbound -----------------------------------------------------------------
 
-    def _pump(self) -> None:
+    def _collect(self) -> None:
         """Move what the state machine wrote into our buffer (keeps order)."""
         data = self.proto.data_to_send()
         if data:
-            self._append(data)
+            self.outbox.append(data)
 
     def send(self, packet: Packet) -> None:
         """Send a control packet (CONNACK, SUBACK, PUBACK, ...) to the client."""
         self.proto.send(packet)
-        self._pump()
+        self._collect()
 
     def acknowledge(self, connack: Connack) -> None:
         """Send the CONNACK that accepts the client, then what waited for it.
@@ -311,7 +311,7 @@ class MqttConnection(asyncio.Protocol):
         [MQTT-3.1.2-24] (3.1.1) / [MQTT-3.1.2-22] (5.0); True if it did."""
         if not self.proto.check_keepalive(now):
             return False
-        self._pump()
+        self._collect()
         self._check_closed()
         return True
 
@@ -379,9 +379,6 @@ class MqttConnection(asyncio.Protocol):
                                          properties=props_to_json(template.properties, ids)))
         return out
 
-    def _append(self, data: bytes) -> None:
-        self.outbox.append(data)
-
     def _slow(self) -> None:
         """Over ``ws.outbound_buffer`` (the outbox counted it) or too long a queue:
         a slow consumer, aborted."""
@@ -412,7 +409,7 @@ class MqttConnection(asyncio.Protocol):
                 ids: tuple[int, ...]) -> None:
         """Deliver one message (the hub's hot path for this client)."""
         if qos == 0 and self._fast and not ids:
-            self._append(template.render(self.proto.version or Version.V311, retain=retain))
+            self.outbox.append(template.render(self.proto.version or Version.V311, retain=retain))
             return
         if self.proto.state is not State.CONNECTED:
             if qos:  # connecting: sent after the CONNACK; closing: the session keeps it
@@ -432,7 +429,7 @@ class MqttConnection(asyncio.Protocol):
             self.pending.append((template, qos, retain, ids))
         elif result.outcome is Outcome.TOO_LARGE:
             self.broker.metrics.inc("tidings_mqtt_dropped_total", reason="too_large")
-        self._pump()
+        self._collect()
 
     def _room(self) -> bool:
         """Whether the link is less than half full (QoS 1/2 sends wait otherwise)."""
@@ -445,8 +442,8 @@ class MqttConnection(asyncio.Protocol):
                 self.proto.state is State.CONNECTED and self._room():
             template, qos, retain, ids = self.pending.popleft()
             self.proto.send_publish(template, qos=qos, retain=retain, subscription_ids=ids)
-            self._pump()  # counted in _out_size, so _room() sees it
-        self._pump()
+            self._collect()  # counted in the outbox, so _room() sees it
+        self._collect()
 
     def close(self, reason: int | None = None) -> None:
         """Close now: a 5.0 DISCONNECT with ``reason`` first when one may be sent."""
@@ -478,11 +475,11 @@ class MqttConnection(asyncio.Protocol):
         # CONNACK (5.0 section 3.1.4): they are events now
         for held in self.proto.events_received():
             self.pump.put(held)
-        self._pump()
+        self._collect()
         self._check_closed()
 
     def _idle(self) -> None:
         """The worker ended: a connection lost meanwhile detaches its session now."""
-        self._pump()
+        self._collect()
         if self._closed:
             self.broker.detached(self)
