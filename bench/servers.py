@@ -195,6 +195,8 @@ class Tidings(Target):
             "TIDINGS_NODE_NAME": "bench",
             "TIDINGS_NODE_LOG_LEVEL": "WARNING",
             "TIDINGS_WS_MAX_CONNECTIONS_PER_IP": "100000",
+            # every load connection comes from 127.0.0.1: N subscribers + a publisher
+            "TIDINGS_MQTT_MAX_CONNECTIONS_PER_IP": "100000",
             "TIDINGS_WS_COMMANDS_PER_SECOND": "1000000",
             "TIDINGS_WS_COMMANDS_BURST": "1000000",
             "TIDINGS_WS_CONNECT_TIMEOUT": "60",
@@ -222,7 +224,8 @@ class TidingsMqtt(Tidings):
     protocol = "mqtt"
 
     def available(self) -> str | None:
-        found = (self.src / "tidings" / "edges" / "mqtt.py").is_file()
+        edges = self.src / "tidings" / "edges"
+        found = (edges / "mqtt.py").is_file() or (edges / "mqtt" / "__init__.py").is_file()
         return None if found else "this Tidings has no MQTT edge"
 
     def ports(self) -> list[int]:

@@ -17,7 +17,15 @@ from .metrics import Metrics
 from .plumbing import TaskSet
 from .protocol.topics import is_wildcard, matches
 from .quota import Tally
-from .store.base import HistoryPage, HistoryPolicy, InboxPage, PublishResult, Store
+from .store.base import (
+    HistoryPage,
+    HistoryPolicy,
+    InboxPage,
+    MqttSessionState,
+    PublishResult,
+    QueuedMessage,
+    Store,
+)
 from .types import Offset, PayloadKind, Publication, format_offset, parse_offset
 
 __all__ = ["Node"]
@@ -151,6 +159,32 @@ class Node:
         """The retained message of every topic ``flt`` matches (unchecked: callers
         ask :meth:`tidings.auth.Acl.may_see` of each)."""
         return await self.store.retained(flt)
+
+    # -- persistent MQTT sessions (MQTT's own state: the session layer has no
+    # use for it, so the broker keeps it through these, never through ``store``)
+
+    async def mqtt_session(self, client_id: str
+                           ) -> tuple[MqttSessionState, list[QueuedMessage]] | None:
+        """A kept MQTT session's state and queue (:meth:`Store.mqtt_session`)."""
+        return await self.store.mqtt_session(client_id)
+
+    async def mqtt_save(self, client_id: str, state: MqttSessionState,
+                        queue: list[QueuedMessage] | None = None) -> None:
+        """Keep an MQTT session (and with ``queue``, replace its queue)."""
+        await self.store.mqtt_save(client_id, state, queue)
+
+    async def mqtt_delete(self, client_id: str) -> None:
+        """Forget a kept MQTT session and its queue."""
+        await self.store.mqtt_delete(client_id)
+
+    async def mqtt_enqueue(self, items: Sequence[tuple[str, QueuedMessage]], limit: int
+                           ) -> int:
+        """Queue messages for offline MQTT sessions; returns how many were dropped."""
+        return await self.store.mqtt_enqueue(items, limit)
+
+    async def mqtt_sessions(self) -> list[tuple[str, MqttSessionState]]:
+        """Every kept MQTT session, to re-register at start."""
+        return await self.store.mqtt_sessions()
 
     async def inbox(self, user: str, *, limit: int, before: str | None = None,
                     unread_only: bool = False) -> InboxPage:

@@ -17,9 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from ..auth import Acl, Principal, TokenAuthority, is_reserved
 from ..config import Settings
-from ..errors import BadRequest, Forbidden, TooLarge
+from ..errors import BadRequest, BadTopic, Forbidden, QuotaExceeded, TooLarge
 from ..metrics import Metrics
 from ..node import Node
 from ..notify import Notifier
@@ -27,7 +29,7 @@ from ..presence import Presence
 from ..protocol.frames import Encoding, encode
 from ..protocol.topics import TopicError, validate_filter, validate_topic
 from ..store.base import MarkAction, PublishResult, UserChange
-from ..types import PayloadKind, is_cursor
+from ..types import PayloadKind, Publication, is_cursor
 
 __all__ = ["INBOX_LIMIT", "Operations", "fitting"]
 
@@ -46,6 +48,15 @@ class Operations:
     presence: Presence
     metrics: Metrics
 
+    # -- connect ------------------------------------------------------------------------
+
+    def authenticate(self, token: Any) -> Principal:
+        """Who presents ``token``: its principal (or ``unauthorized``); no token is
+        the anonymous principal when ``auth.allow_anonymous``."""
+        if token is None and self.settings.auth.allow_anonymous:
+            return Principal(None)
+        return self.tokens.verify(token)
+
     # -- topics -------------------------------------------------------------------------
 
     def topic(self, value: Any) -> str:
@@ -62,7 +73,46 @@ class Operations:
         try:
             return validate(value, max_length=t.max_length, max_depth=t.max_depth)
         except TopicError as e:
-            raise BadRequest(f"topic: {e}", code="bad_topic") from None
+            raise BadTopic(f"topic: {e}") from None
+
+    # -- subscribe ----------------------------------------------------------------------
+
+    def subscribable(self, principal: Principal, value: Any) -> str:
+        """``value`` as a filter ``principal`` may subscribe to, or ``bad_topic`` /
+        ``forbidden``."""
+        flt = self.filter(value)
+        if not self.acl.can_subscribe(principal, flt):
+            raise Forbidden(f"not allowed to subscribe to {flt!r}")
+        return flt
+
+    def take_subscription(self, user: str | None, held: int, most: int) -> None:
+        """Count one more filter against a session holding ``held`` (at most
+        ``most``) and against its user (``topics.max_user_subscriptions``), or
+        refuse with ``too_many_subscriptions`` (MQTT: 0x97 Quota exceeded)."""
+        if held >= most:
+            raise QuotaExceeded(f"more than {most} subscriptions",
+                                code="too_many_subscriptions")
+        tally = self.node.user_subscriptions
+        if user is not None and not tally.take(user):
+            raise QuotaExceeded(f"more than {tally.limit} subscriptions for this user on "
+                                "this node", code="too_many_subscriptions")
+
+    def hold_subscriptions(self, user: str | None, n: int) -> None:
+        """Count ``n`` subscriptions made earlier (a stored session's) against
+        ``user``, even over a since lowered limit: they were allowed when made."""
+        if user is not None and n:
+            self.node.user_subscriptions.force(user, n)
+
+    def give_back(self, user: str | None, n: int = 1) -> None:
+        """Release ``n`` of ``user``'s subscriptions (topics.max_user_subscriptions)."""
+        if user is not None and n:
+            self.node.user_subscriptions.give(user, n)
+
+    async def retained(self, principal: Principal, flt: str) -> list[Publication]:
+        """The retained messages ``flt`` matches that ``principal`` may see (a
+        wildcard matches other users' topics too)."""
+        return [pub for pub in await self.node.retained(flt)
+                if self.acl.may_see(principal, pub.topic)]
 
     # -- publish ------------------------------------------------------------------------
 
@@ -83,12 +133,23 @@ class Operations:
         if len(payload) > most:
             raise TooLarge(f"{where}data over limits.max_message_size ({most} bytes)")
 
+    def check_publish(self, principal: Principal, value: Any, payload: bytes) -> str:
+        """``value`` as a topic ``principal`` may publish ``payload`` to (topic
+        rules, ACL and ``$`` refusal, size), in that order."""
+        topic = self.topic(value)
+        self.authorize_publish(principal, topic)
+        self.check_size(payload)
+        return topic
+
     async def publish(self, topic: str, payload: bytes, kind: PayloadKind, *,
-                      retain: bool = False, idempotency_key: str | None = None
+                      retain: bool = False, idempotency_key: str | None = None,
+                      qos: int = 1, origin: str | None = None, meta: Any = None
                       ) -> PublishResult:
-        """Store and fan out a message already passed through the checks above."""
+        """Store and fan out a message already passed through the checks above
+        (``qos``, ``origin`` and ``meta``: what an MQTT subscriber is told)."""
         return await self.node.publish(topic, payload, kind, retain=retain,
-                                       idempotency_key=idempotency_key)
+                                       idempotency_key=idempotency_key, qos=qos,
+                                       origin=origin, meta=meta)
 
     # -- inbox --------------------------------------------------------------------------
 
@@ -128,6 +189,22 @@ class Operations:
                    everything: bool, device: str) -> UserChange:
         """Mark notifications read, unread or archived on every device of ``user``."""
         return await self.notifier.mark(user, action, ids, everything, device)
+
+    @staticmethod
+    def is_read_topic(user: str | None, topic: str) -> bool:
+        """Whether ``topic`` is ``users/{user}/read``, where a device (MQTT) says what
+        it read: applied to the inbox, never published."""
+        return user is not None and topic == f"users/{user}/read"
+
+    async def device_read(self, user: str, payload: bytes, device: str) -> UserChange:
+        """A ``users/{uid}/read`` message: ``{"ids": [...]}`` or ``{"all": true}``."""
+        try:
+            body = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            raise BadRequest("read: not a JSON object", code="bad_read")
+        return await self.mark(user, "read", body.get("ids"), body.get("all") is True, device)
 
     async def track(self, user: str, notification: Any, event: Any) -> bool:
         return await self.notifier.track(user, notification, event)

@@ -133,30 +133,19 @@ class Session:
 
     def take_subscription(self) -> None:
         """Count one more filter against this session and its user, or refuse with
-        ``too_many_subscriptions`` (public for an edge whose subscribe carries more
-        than a filter, e.g. MQTT's per-filter options and reason codes)."""
-        if len(self.subscriptions) >= self._max_subscriptions:
-            raise BadRequest(f"more than {self._max_subscriptions} subscriptions",
-                             code="too_many_subscriptions")
-        tally = self.ops.node.user_subscriptions
-        if self.user is not None and not tally.take(self.user):
-            raise BadRequest(f"more than {tally.limit} subscriptions for this user on this "
-                             "node", code="too_many_subscriptions")
+        ``too_many_subscriptions`` (:meth:`Operations.take_subscription`)."""
+        self.ops.take_subscription(self.user, len(self.subscriptions), self._max_subscriptions)
 
     def give_back(self, n: int) -> None:
         """Release ``n`` of this user's subscriptions (topics.max_user_subscriptions)."""
-        if self.user is not None and n:
-            self.ops.node.user_subscriptions.give(self.user, n)
+        self.ops.give_back(self.user, n)
 
     # -- connect ------------------------------------------------------------------------
 
     async def connect(self, token: Any, device: Any, since: Any, reply: Reply) -> None:
         """Authenticate, follow the user's streams, reply with what was missed."""
         ops = self.ops
-        if token is None and ops.settings.auth.allow_anonymous:
-            principal = Principal(None)
-        else:
-            principal = ops.tokens.verify(token)
+        principal = ops.authenticate(token)
         self.principal = principal
         self.user = principal.user
         if device is not None:
@@ -245,11 +234,10 @@ class Session:
     async def subscribe(self, value: Any, since: Any, reply: Reply) -> None:
         """Follow a filter; reply with what ``since`` missed, then push retained messages."""
         ops = self.ops
+        assert self.principal is not None
         flt = ops.filter(value)
         since_map = self._since_map(flt, since) if since is not None else {}
-        assert self.principal is not None
-        if not ops.acl.can_subscribe(self.principal, flt):
-            raise Forbidden(f"not allowed to subscribe to {flt!r}")
+        ops.subscribable(self.principal, flt)
         new = flt not in self.subscriptions and flt not in self._streams
         if new:
             self.take_subscription()
@@ -260,7 +248,7 @@ class Session:
                 await ops.node.subscribe(flt, self)
             recovered, complete, rest = await self._recover(since_map)
             offset_now = None if is_wildcard(flt) else await ops.node.latest(flt)
-            retained = await ops.node.retained(flt) if since is None else []
+            retained = await ops.retained(self.principal, flt) if since is None else []
         except BaseException:
             if new:
                 self.subscriptions.discard(flt)
@@ -373,11 +361,9 @@ class Session:
     async def publish(self, topic_value: Any, data: Any, retain: bool) -> str:
         """Publish as this session's principal; returns the message's offset."""
         ops = self.ops
-        topic = ops.topic(topic_value)
         assert self.principal is not None
-        ops.authorize_publish(self.principal, topic)
         payload, kind = payload_of(data)
-        ops.check_size(payload)
+        topic = ops.check_publish(self.principal, topic_value, payload)
         result = await ops.publish(topic, payload, kind, retain=retain)
         return result.publication.offset
 

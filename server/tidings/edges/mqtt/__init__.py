@@ -12,7 +12,8 @@ Rooms:
   subscription groups; the stored form of both.
 * ``broker``: :class:`MqttBroker`, the sessions of this node: listeners,
   CONNECT (authenticate, take over, resume, acknowledge), publish,
-  subscribe, wills, expiry, the offline queue.
+  subscribe, wills, expiry, the offline queue; every check a client meets
+  is asked of the session layer (:class:`~tidings.sessions.Operations`).
 * ``codes``: the one place a :class:`~tidings.errors.TidingsError` becomes
   an MQTT reason code.
 * ``sys``: the ``$SYS/broker/...`` statistics.
@@ -21,7 +22,8 @@ Delivery: the hub builds one :class:`PublishTemplate` per message. A QoS 0
 delivery to a plain 3.1.1/5.0 session appends the template's cached bytes
 (the same object for every subscriber) to the session's bounded outbound
 buffer; QoS 1/2 go through the state machine, which adds the packet id.
-Buffers are flushed once per loop iteration (:class:`~tidings.hub.Flusher`).
+Buffers (:class:`~tidings.plumbing.Outbox`) are flushed once per loop
+iteration; received packets go through a :class:`~tidings.plumbing.Pump`.
 A session over ``ws.outbound_buffer`` unsent bytes is disconnected and
 counted, as on the WS edge.
 

@@ -1,24 +1,29 @@
 """The MQTT broker: this node's MQTT sessions and the rules between them and the node.
 
 :class:`MqttBroker` listens (TCP, TLS; WebSocket connections come from the WS
-edge through :func:`~.transport.serve_websocket`), authenticates, answers the
-permission questions, and connects sessions to the node (publish, the
-inbox's ``users/{uid}/read``). It talks to each connection through
-:class:`~.transport.MqttConnection`'s public methods, and maps errors to
-reason codes only through :func:`~.codes.reason_code`.
+edge through :func:`~.transport.serve_websocket`) and keeps what is MQTT's
+own: CONNECT (take over, resume, acknowledge), persistent sessions and their
+queues, wills, expiry, ``$share`` groups, SUBACK/PUBACK slots and retained
+pacing. Every rule a client meets (who it is, topic and filter syntax, ACL,
+the ``$`` refusal, sizes, subscription quotas, what it may see, the inbox's
+``users/{uid}/read``) is the session layer's
+(:class:`~tidings.sessions.Operations`), shared with the WS edge and the HTTP
+API; the store is reached only through the node. It talks to each connection
+through :class:`~.transport.MqttConnection`'s public methods, and maps errors
+to reason codes only through :func:`~.codes.reason_code`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import ssl as ssl_module
 import time
+from collections.abc import Coroutine
 from dataclasses import replace
 from typing import Any
-
-import orjson
 
 from ...auth import Acl, Principal, TokenAuthority
 from ...config import Settings
@@ -31,11 +36,11 @@ from ...errors import (
     TooLarge,
     Unauthorized,
 )
-from ...hub import Flusher
 from ...logs import garbage
 from ...metrics import Metrics
 from ...node import Node
 from ...notify import Notifier
+from ...plumbing import ConnectionSet, Flusher, TaskSet
 from ...presence import Presence
 from ...protocol.mqtt import (
     NO_PROPERTIES,
@@ -60,8 +65,8 @@ from ...protocol.mqtt import (
     Version,
     Will,
 )
-from ...protocol.topics import TopicError, validate_filter, validate_topic
 from ...quota import Tally
+from ...sessions import Operations
 from ...store.base import MqttSessionState, QueuedMessage
 from ...types import classify_payload, parse_offset
 from .codes import reason_code
@@ -81,15 +86,15 @@ class MqttBroker:
                  notifier: Notifier, presence: Presence, metrics: Metrics) -> None:
         self.settings = settings
         self.node = node
-        self.tokens = tokens
-        self.acl = acl
-        self.notifier = notifier
-        self.presence = presence
+        self.acl = acl  # MqttSession.may_see asks it on every delivery (the hot path)
         self.metrics = metrics
+        # the session layer's checks (topics, ACL, quotas, sizes) and its way to the node
+        self.ops = Operations(settings, node, tokens, acl, notifier, presence, metrics)
         self.flusher = Flusher()
         self.sessions: dict[str, MqttSession] = {}
         self.groups: dict[tuple[str, str], ShareGroup] = {}
-        self.connections: set[MqttConnection] = set()
+        self.connections: ConnectionSet[MqttConnection] = ConnectionSet()
+        self.workers = TaskSet("mqtt workers")  # the connections' pumps
         self.frames_out = 0  # packets written to clients (a plain int: hot path)
         self.connect_deadlines: dict[MqttConnection, float] = {}
         self.per_ip: Tally[str] = Tally(settings.mqtt.max_connections_per_ip)
@@ -97,7 +102,7 @@ class MqttBroker:
         self._kept: dict[str, set[str]] = {}
         self._servers: list[asyncio.Server] = []
         self._offline: list[tuple[str, QueuedMessage]] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet("mqtt broker")
         self._ticker: asyncio.Task[None] | None = None
         self._sys: asyncio.Task[None] | None = None
         self._will_timers: dict[str, asyncio.TimerHandle] = {}
@@ -130,43 +135,40 @@ class MqttBroker:
         if s.sys_interval:
             self._sys = loop.create_task(sys_loop(self, s.sys_interval))
 
-    async def shutdown(self, timeout: float) -> None:
+    async def shutdown(self, grace: float) -> None:
+        """Close every connection (5.0: DISCONNECT 0x8B), wait up to ``grace``
+        seconds for them to go and for their workers to detach (and save) their
+        sessions, then abort the rest and finish the background tasks."""
         for server in self._servers:
             server.close()
         for task in (self._ticker, self._sys):
             if task is not None:
                 task.cancel()
-        closing = list(self.connections)
-        for conn in closing:
+        for conn in list(self.connections):
             conn.close(ReasonCode.SERVER_SHUTTING_DOWN)
-        deadline = time.monotonic() + timeout
-        while self.connections and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        workers = [c.worker for c in closing if c.worker is not None]
-        if workers:  # they detach their sessions (and save them) when done
-            await asyncio.wait(workers, timeout=max(0.0, deadline - time.monotonic()))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self.connections.wait_empty()
+                await self.workers.wait()
         for conn in list(self.connections):
             if conn.link is not None:
                 conn.link.abort()
         for timer in self._will_timers.values():
             timer.cancel()
         await self._flush_offline()
-        pending = [t for t in self._tasks if not t.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=timeout)
+        await self._tasks.close(grace=grace)
 
-    def spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` in the background; awaited (then cancelled) at shutdown."""
+        self._tasks.spawn(coro)
 
     async def _restore(self) -> None:
         """Re-register the stored persistent sessions (after a restart)."""
         now = time.time()
-        for client_id, state in await self.node.store.mqtt_sessions():
+        for client_id, state in await self.node.mqtt_sessions():
             gone = state.disconnected_at or now
             if gone + state.expiry <= now:
-                await self.node.store.mqtt_delete(client_id)
+                await self.node.mqtt_delete(client_id)
                 continue
             session = MqttSession.from_state(self, client_id, state)
             session.disconnected_at = gone
@@ -207,7 +209,7 @@ class MqttBroker:
         if not batch:
             return
         try:
-            dropped = await self.node.store.mqtt_enqueue(batch, self.settings.mqtt.max_queued)
+            dropped = await self.node.mqtt_enqueue(batch, self.settings.mqtt.max_queued)
         except TidingsError:
             dropped = len(batch)
         if dropped:
@@ -275,13 +277,13 @@ class MqttBroker:
     def _authenticate(self, packet: Connect) -> Principal:
         """The password is a Tidings token (the username is informational); none:
         anonymous, if ``auth.allow_anonymous``."""
-        if packet.password is not None:
-            return self.tokens.verify(packet.password.decode("utf-8", "replace"))
-        if self.settings.auth.allow_anonymous:
-            return Principal(None)
-        if packet.username is None:
-            raise Forbidden("anonymous connections are not allowed")
-        raise Unauthorized("a user name without a password")
+        password = packet.password
+        if password is None and not self.settings.auth.allow_anonymous:
+            if packet.username is None:
+                raise Forbidden("anonymous connections are not allowed")
+            raise Unauthorized("a user name without a password")
+        return self.ops.authenticate(None if password is None
+                                     else password.decode("utf-8", "replace"))
 
     @staticmethod
     def _client_id(packet: Connect) -> tuple[str, str | None]:
@@ -304,7 +306,7 @@ class MqttBroker:
                 raise Forbidden("the client id is another user's session")
             return old, None
         # kept by another node (a shared store), before a restart, or not kept at all
-        stored = await self.node.store.mqtt_session(client_id)
+        stored = await self.node.mqtt_session(client_id)
         if stored is not None and stored[0].user != principal.user:
             raise Forbidden("the client id is another user's session")
         return None, stored
@@ -347,7 +349,7 @@ class MqttBroker:
         # was queued but not yet written goes to the store before that read.
         session.conn = conn
         await self._flush_offline()
-        stored = await self.node.store.mqtt_session(session.client_id)
+        stored = await self.node.mqtt_session(session.client_id)
         if stored is not None:
             conn.resume_queue(stored[1])
         return session
@@ -377,9 +379,9 @@ class MqttBroker:
         self._keep(session, expiry > 0)
         self._end_at_token_expiry(conn, session.principal)
         if session.persistent:
-            await self.node.store.mqtt_save(session.client_id, session.state(), [])
+            await self.node.mqtt_save(session.client_id, session.state(), [])
         else:
-            await self.node.store.mqtt_delete(session.client_id)
+            await self.node.mqtt_delete(session.client_id)
 
     def _acknowledge(self, conn: MqttConnection, packet: Connect, session: MqttSession,
                      present: bool, assigned: str | None) -> None:
@@ -389,7 +391,7 @@ class MqttBroker:
         props = self._connack_properties(packet, assigned)
         conn.acknowledge(Connack(session_present=present, properties=props))
         if session.user is not None:
-            self.presence.online(session.user, conn, session.client_id, "mqtt")
+            self.ops.presence.online(session.user, conn, session.client_id, "mqtt")
 
     def _connack_properties(self, packet: Connect, assigned: str | None) -> Properties:
         """5.0 CONNACK properties: what we assigned and what we support (3.2.2.3)."""
@@ -421,7 +423,7 @@ class MqttBroker:
         if session is None:
             return
         if session.user is not None:
-            self.presence.offline(session.user, conn)  # taken over too: this connection left
+            self.ops.presence.offline(session.user, conn)  # taken over too: this connection left
         if conn.taken_over:
             return
         if not conn.graceful and conn.will is not None:
@@ -431,7 +433,7 @@ class MqttBroker:
             session.disconnected_at = time.time()
             session.awaiting_pubrel = set(conn.proto.awaiting_pubrel)
             queue = conn.unsent()
-            self.spawn(self.node.store.mqtt_save(session.client_id, session.state(), queue))
+            self.spawn(self.node.mqtt_save(session.client_id, session.state(), queue))
             self._schedule_expiry(session)
         else:
             self.spawn(self._end_session(session))
@@ -482,18 +484,21 @@ class MqttBroker:
             delay, lambda: self.spawn(self._publish_will(session, will)))
 
     async def _publish_will(self, session: MqttSession, will: Will) -> None:
+        """Publish a will as its session's principal, under every publish rule."""
         self._will_timers.pop(session.client_id, None)
-        if not self.acl.can_publish(session.principal, will.topic):
-            return
         props = will.properties
         meta = replace(props, will_delay_interval=None) if props else None
         try:
-            await self.node.publish(will.topic, will.payload, classify_payload(will.payload),
-                                    retain=will.retain, qos=int(will.qos),
-                                    origin=session.client_id, meta=meta)
+            topic = self.ops.check_publish(session.principal, will.topic, will.payload)
+            await self.ops.publish(topic, will.payload, classify_payload(will.payload),
+                                   retain=will.retain, qos=int(will.qos),
+                                   origin=session.client_id, meta=meta)
             self.metrics.inc("tidings_mqtt_wills_total")
-        except TidingsError:
-            log.warning("could not publish a will (store unavailable)")
+        except TidingsError as e:
+            if e.status < 500:
+                self.metrics.inc("tidings_errors_total", code=e.code)  # refused: dropped
+            else:
+                log.warning("could not publish a will (store unavailable)")
 
     def _schedule_expiry(self, session: MqttSession) -> None:
         if session.expiry_timer is not None:
@@ -513,13 +518,12 @@ class MqttBroker:
             self._keep(session, False)
         if session.expiry_timer is not None:
             session.expiry_timer.cancel()
-        if session.user is not None and session.subs:
-            self.node.user_subscriptions.give(session.user, len(session.subs))
+        self.ops.give_back(session.user, len(session.subs))
         for flt in list(session.subs):
             await self._unregister(session, flt)
         session.subs.clear()
         if session.persistent or session.conn is None:
-            await self.node.store.mqtt_delete(session.client_id)
+            await self.node.mqtt_delete(session.client_id)
 
     # -- publish --------------------------------------------------------------------------
 
@@ -535,7 +539,7 @@ class MqttBroker:
         assert session is not None
         v5 = conn.proto.version == Version.V5
         try:
-            topic = self._check_publish(session, packet)
+            topic = self.ops.check_publish(session.principal, packet.topic, packet.payload)
             await self._accept(session, topic, packet)
         except TooLarge as e:
             # Within the packet size (which leaves room for the topic and
@@ -545,6 +549,7 @@ class MqttBroker:
             self.metrics.inc("tidings_errors_total", code="too_large")
             conn.close(reason_code(e, PacketType.DISCONNECT) if v5 else None)
         except (BadTopic, Forbidden) as e:
+            self.metrics.inc("tidings_errors_total", code=e.code)
             self._ack_publish(conn, packet, e)
         except TidingsError as e:
             if v5:
@@ -553,20 +558,6 @@ class MqttBroker:
                 conn.close()
         else:
             self._ack_publish(conn, packet, None)
-
-    def _check_publish(self, session: MqttSession, packet: Publish) -> str:
-        """The PUBLISH's topic, once its size, topic name and permission are checked."""
-        if len(packet.payload) > self.settings.limits.max_message_size:
-            raise TooLarge("payload over limits.max_message_size")
-        t = self.settings.topics
-        try:
-            topic = validate_topic(packet.topic, max_length=t.max_length, max_depth=t.max_depth)
-        except TopicError as e:
-            raise BadTopic(f"topic: {e}") from None
-        if not self.acl.can_publish(session.principal, topic):
-            self.metrics.inc("tidings_errors_total", code="forbidden")
-            raise Forbidden(f"not allowed to publish to {topic[:64]!r}")
-        return topic
 
     @staticmethod
     def _ack_publish(conn: MqttConnection, packet: Publish, error: TidingsError | None) -> None:
@@ -580,33 +571,20 @@ class MqttBroker:
             conn.send(PubRec(packet.packet_id or 0, code))
 
     async def _accept(self, session: MqttSession, topic: str, packet: Publish) -> None:
-        user = session.user
-        if user is not None and topic == f"users/{user}/read":
-            await self._device_read(session, packet.payload)
+        """Publish a checked PUBLISH, or apply it when it is the device read topic."""
+        if self.ops.is_read_topic(session.user, topic):
+            assert session.user is not None
+            try:
+                await self.ops.device_read(session.user, packet.payload, session.client_id)
+            except TidingsError as e:
+                if e.status >= 500:
+                    raise
+                self.metrics.inc("tidings_errors_total", code=e.code)  # acknowledged, dropped
             return
         props = packet.properties
-        meta = props if props else None
-        await self.node.publish(topic, packet.payload, classify_payload(packet.payload),
-                                retain=packet.retain, qos=int(packet.qos),
-                                origin=session.client_id, meta=meta)
-
-    async def _device_read(self, session: MqttSession, payload: bytes) -> None:
-        """``users/{uid}/read``: ``{"ids": [...]}`` or ``{"all": true}``; applied, not forwarded."""
-        assert session.user is not None
-        try:
-            body = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            self.metrics.inc("tidings_errors_total", code="bad_read")
-            return
-        if not isinstance(body, dict):
-            return
-        try:
-            await self.notifier.mark(session.user, "read", body.get("ids"),
-                                     body.get("all") is True, session.client_id)
-        except TidingsError as e:
-            if e.status >= 500:
-                raise
-            self.metrics.inc("tidings_errors_total", code=e.code)
+        await self.ops.publish(topic, packet.payload, classify_payload(packet.payload),
+                               retain=packet.retain, qos=int(packet.qos),
+                               origin=session.client_id, meta=props if props else None)
 
     # -- subscribe -------------------------------------------------------------------------
 
@@ -637,38 +615,26 @@ class MqttBroker:
     def _hold_subs(self, session: MqttSession) -> None:
         """Count a stored session's subscriptions against its user (they were
         allowed when made, so they are kept even over a since lowered limit)."""
-        if session.user is not None and session.subs:
-            self.node.user_subscriptions.force(session.user, len(session.subs))
+        self.ops.hold_subscriptions(session.user, len(session.subs))
 
     def _check_filter(self, session: MqttSession, flt: str) -> str:
         """The filter to check permissions on (a shared one's inner filter), once
-        its syntax and the permission are checked."""
-        t = self.settings.topics
+        the session layer has checked its syntax and the permission."""
         inner = flt
         if flt.startswith("$share/"):
             parts = flt.split("/", 2)
             if len(parts) < 3 or not parts[1] or "+" in parts[1] or "#" in parts[1]:
                 raise BadTopic("a shared subscription is $share/{group}/{filter}")
             inner = parts[2]
-        try:
-            validate_filter(inner, max_length=t.max_length, max_depth=t.max_depth)
-        except TopicError as e:
-            raise BadTopic(f"topic filter: {e}") from None
-        if not self.acl.can_subscribe(session.principal, inner):
-            raise Forbidden(f"not allowed to subscribe to {inner[:64]!r}")
-        return inner
+        return self.ops.subscribable(session.principal, inner)
 
     def _admit(self, session: MqttSession, flt: str) -> str:
         """The filter to check permissions on, once ``flt`` may be subscribed: checked,
         and when new, counted against the session's and the user's limits."""
         inner = self._check_filter(session, flt)
-        if flt in session.subs:
-            return inner
-        if len(session.subs) >= self.settings.mqtt.max_subscriptions:
-            raise QuotaExceeded(f"over mqtt.max_subscriptions "
-                                f"({self.settings.mqtt.max_subscriptions})")
-        if session.user is not None and not self.node.user_subscriptions.take(session.user):
-            raise QuotaExceeded("over topics.max_user_subscriptions")
+        if flt not in session.subs:
+            self.ops.take_subscription(session.user, len(session.subs),
+                                       self.settings.mqtt.max_subscriptions)
         return inner
 
     async def _subscribe(self, conn: MqttConnection, packet: Subscribe) -> None:
@@ -695,7 +661,7 @@ class MqttBroker:
                 retained_jobs.append(job)
         conn.send(SubAck(packet.packet_id, tuple(codes)))
         if session.persistent:
-            await self.node.store.mqtt_save(session.client_id, session.state())
+            await self.node.mqtt_save(session.client_id, session.state())
         await self._send_retained(conn, session, retained_jobs)
 
     async def _subscribe_one(self, session: MqttSession, s: Subscription, sub_id: int | None
@@ -736,9 +702,7 @@ class MqttBroker:
         """The retained messages matching newly granted filters [MQTT-3.3.1-8], those
         the session may see and live delivery has not already carried, paced."""
         for inner, sub in jobs:
-            for pub in await self.node.store.retained(inner):
-                if not session.may_see(pub.topic):
-                    continue  # a wildcard matches other users' topics too
+            for pub in await self.ops.retained(session.principal, inner):
                 live = (session.live_seen or {}).get(pub.topic)
                 if live is not None and _not_after(pub.offset, live):
                     continue  # the live delivery already carried this (or newer)
@@ -754,15 +718,14 @@ class MqttBroker:
         for flt in packet.topic_filters:
             if flt in session.subs:
                 del session.subs[flt]
-                if session.user is not None:
-                    self.node.user_subscriptions.give(session.user)
+                self.ops.give_back(session.user)
                 await self._unregister(session, flt)
                 codes.append(ReasonCode.SUCCESS)
             else:
                 codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
         conn.send(UnsubAck(packet.packet_id, tuple(codes)))
         if session.persistent:
-            await self.node.store.mqtt_save(session.client_id, session.state())
+            await self.node.mqtt_save(session.client_id, session.state())
 
 
 def _not_after(offset: str, other: str) -> bool:

@@ -4,7 +4,8 @@ and :class:`MqttConnection`, the asyncio driver of one client connection.
 The driver feeds bytes to the sans-I/O :class:`~tidings.protocol.mqtt.Connection`,
 hands its events to the broker one at a time (one worker task only while
 there are events), and writes what it returns through a bounded outbound
-buffer flushed once per loop pass (:class:`~tidings.hub.Flusher`). The broker
+buffer flushed once per loop pass (:class:`~tidings.plumbing.Outbox`; events
+go through a :class:`~tidings.plumbing.Pump`). The broker
 talks to a connection only through the public methods here (``send``,
 ``acknowledge``, ``publish``, ``resume_queue``, ``take_over``, ``unsent``, ...);
 nothing outside this module reaches into the driver's or the state machine's
@@ -21,6 +22,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ...errors import TidingsError
+from ...plumbing import PACE_CHUNK, Outbox, Pump, WriteGate
 from ...protocol.frames import ws_frame
 from ...protocol.mqtt import (
     Connack,
@@ -48,7 +50,6 @@ log = logging.getLogger("tidings.mqtt")
 
 _PAUSE_EVENTS = 256  # inbound packets waiting for the worker before reading pauses
 _MAX_CONNECT_SIZE = 65536  # bytes a packet may have before the client is authenticated
-_PACE_CHUNK = 65536  # bytes of a paced burst (retained messages) queued before waiting
 
 
 class Link(Protocol):
@@ -172,21 +173,22 @@ class MqttConnection(asyncio.Protocol):
         self.link: Link | None = None
         self.session: MqttSession | None = None
         self.pending: deque[tuple[PublishTemplate, int, bool, tuple[int, ...]]] = deque()
-        self._out: list[bytes] = []
-        self._out_size = 0
-        self._dirty = False
-        self._events: deque[Any] = deque()
-        self._worker: asyncio.Task[None] | None = None
-        self._paused = False
+        self.gate = WriteGate()  # the TCP transport's flow control, for paced senders
+        # this connection is the outbox's sink (the link, once attached)
+        self.outbox = Outbox(self, broker.settings.ws.outbound_buffer, broker.flusher,
+                             broker.metrics, self._slow, gate=self.gate,
+                             on_flush=self._flushed)
+        # events in order, one worker while busy; reading pauses past _PAUSE_EVENTS
+        self.pump: Pump[Any] = Pump(self._handle, self, high=_PAUSE_EVENTS,
+                                    low=_PAUSE_EVENTS // 2 - 1, done=self._idle,
+                                    tasks=broker.workers)
         self._closed = False
         self.taken_over = False
         self.graceful = False  # DISCONNECT received (no will unless 0x04)
         self.will: Will | None = None
         self._fast = False  # QoS 0 may bypass the state machine (see publish)
-        self._limit = broker.settings.ws.outbound_buffer
         self._ip: str | None = None  # counted against mqtt.max_connections_per_ip (TCP only)
         self.expiry: asyncio.TimerHandle | None = None  # the token's end (see MqttBroker)
-        self._gate: asyncio.Future[None] | None = None  # set while the TCP transport is full
         # queued QoS 1/2 messages beyond which the client counts as slow: a resumed
         # queue, one quota in flight, and as much again of live traffic behind them
         s = broker.settings.mqtt
@@ -218,46 +220,47 @@ class MqttConnection(asyncio.Protocol):
         if self._closed:
             return
         self.proto.receive_data(data, time.monotonic())
+        pump = self.pump
         for event in self.proto.events_received():
-            if type(event) is MessageAcknowledged and not self._events:
+            if type(event) is MessageAcknowledged and not len(pump):
                 self.send_queued()  # a PUBACK/PUBCOMP only frees quota: no task for it
             else:
-                self._events.append(event)
-        self._pump()
-        if self._events and (self._worker is None or self._worker.done()):
-            self._worker = asyncio.get_running_loop().create_task(self._work())
-        if not self._paused and self.link is not None and (
-                len(self._events) > _PAUSE_EVENTS or self.proto.state is State.CONNECTING):
+                pump.put(event)
+        self._collect()
+        if pump.busy and self.proto.state is State.CONNECTING:
             # Also while the CONNECT is being answered: what the client sends after
             # it waits for the CONNACK unparsed (5.0 section 3.1.4), so reading on
             # would buffer without bound; TCP holds it instead. The worker resumes.
-            self._paused = True
-            self.link.pause()
+            pump.pause()
         self._check_closed()
+
+    # the pump's reader: the link
+
+    def pause_reading(self) -> None:
+        if self.link is not None:
+            self.link.pause()
+
+    def resume_reading(self) -> None:
+        if self.link is not None:
+            self.link.resume()
 
     def eof_received(self) -> bool | None:
         return None  # close
 
     def pause_writing(self) -> None:
         """The TCP transport passed its high-water mark: paced senders wait."""
-        if self._gate is None:
-            self._gate = asyncio.get_running_loop().create_future()
+        self.gate.pause()
 
     def resume_writing(self) -> None:
-        gate, self._gate = self._gate, None
-        if gate is not None and not gate.done():
-            gate.set_result(None)
+        self.gate.resume()
         if self.pending and not self._closed:
             self.send_queued()
 
     async def drained(self) -> None:
         """Write what is queued; return once the link has room again (or is gone)."""
-        if self._dirty:
-            self.flush()
+        await self.outbox.drained()
         if isinstance(self.link, _WsLink):
-            await self.link.conn.drained()
-        elif self._gate is not None:
-            await asyncio.shield(self._gate)
+            await self.link.conn.drained()  # the WebSocket's own flow control
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.resume_writing()  # wake paced senders: they see the connection closed
@@ -272,23 +275,24 @@ class MqttConnection(asyncio.Protocol):
             self.expiry = None
         self.broker.connections.discard(self)
         self.broker.connect_deadlines.pop(self, None)
-        if self._worker is None or self._worker.done():
+        self.outbox.close()
+        if not self.pump.busy:
             self.broker.detached(self)
         # else the worker first handles what was received before the close (a
-        # PUBLISH sent just before it is still published), then detaches: see _work
+        # PUBLISH sent just before it is still published), then detaches: see _idle
 
     # -- outbound -----------------------------------------------------------------
 
-    def _pump(self) -> None:
+    def _collect(self) -> None:
         """Move what the state machine wrote into our buffer (keeps order)."""
         data = self.proto.data_to_send()
         if data:
-            self._append(data)
+            self.outbox.append(data)
 
     def send(self, packet: Packet) -> None:
         """Send a control packet (CONNACK, SUBACK, PUBACK, ...) to the client."""
         self.proto.send(packet)
-        self._pump()
+        self._collect()
 
     def acknowledge(self, connack: Connack) -> None:
         """Send the CONNACK that accepts the client, then what waited for it.
@@ -307,7 +311,7 @@ class MqttConnection(asyncio.Protocol):
         [MQTT-3.1.2-24] (3.1.1) / [MQTT-3.1.2-22] (5.0); True if it did."""
         if not self.proto.check_keepalive(now):
             return False
-        self._pump()
+        self._collect()
         self._check_closed()
         return True
 
@@ -316,17 +320,11 @@ class MqttConnection(asyncio.Protocol):
         """Whether the connection is gone (or refused before it was read)."""
         return self._closed
 
-    @property
-    def worker(self) -> asyncio.Task[None] | None:
-        """The task handling received packets, while there is one."""
-        w = self._worker
-        return w if w is not None and not w.done() else None
-
     async def pace(self) -> bool:
         """In a burst the server chose (retained messages): once a chunk is queued,
         wait until the client has read it, so the outbound bound only ever sees
         live traffic. False when the connection closed meanwhile."""
-        if self._out_size >= _PACE_CHUNK:
+        if self.outbox.size >= PACE_CHUNK:
             await self.drained()
         return not self._closed
 
@@ -381,48 +379,37 @@ class MqttConnection(asyncio.Protocol):
                                          properties=props_to_json(template.properties, ids)))
         return out
 
-    def _append(self, data: bytes) -> None:
-        if self._closed or self.link is None:
-            return
-        self._out.append(data)
-        self._out_size += len(data)
-        if self._out_size > self._limit:
-            self._overflow()
-            return
-        if not self._dirty:
-            self._dirty = True
-            self.broker.flusher.mark(self)
-
-    def _overflow(self) -> None:
-        assert self.link is not None
-        self.broker.metrics.inc("tidings_slow_consumers_total")
+    def _slow(self) -> None:
+        """Over ``ws.outbound_buffer`` (the outbox counted it) or too long a queue:
+        a slow consumer, aborted."""
         log.warning("slow MQTT consumer %s: over %d queued bytes, disconnecting",
-                    self.session.client_id if self.session else "?", self._limit)
-        self._out = []
-        self._out_size = 0
-        self.link.abort()
+                    self.session.client_id if self.session else "?", self.outbox.limit)
+        if self.link is not None:
+            self.link.abort()
 
-    def flush(self) -> None:
-        """One write per loop pass; the transport's backlog joins the bound here
-        (once per pass, not per message)."""
-        self._dirty = False
-        chunks, size = self._out, self._out_size
-        self._out = []
-        self._out_size = 0
-        if chunks and self.link is not None and not self._closed:
-            if size + self.link.buffered() > self._limit:
-                self._overflow()
-                return
-            self.broker.frames_out += len(chunks)
-            self.link.write(chunks)
+    # the outbox's sink: the link, once attached and until the connection is lost
+
+    def writable(self) -> bool:
+        return self.link is not None and not self._closed
+
+    def buffered(self) -> int:
+        return self.link.buffered() if self.link is not None else 0
+
+    def write(self, chunks: list[bytes]) -> None:
+        assert self.link is not None
+        self.broker.frames_out += len(chunks)
+        self.link.write(chunks)
+
+    def _flushed(self) -> None:
+        """The link took a flush: send more of the queue."""
         if self.pending:
-            self.send_queued()  # the link took what it had: send more of the queue
+            self.send_queued()
 
     def publish(self, template: PublishTemplate, qos: int, retain: bool,
                 ids: tuple[int, ...]) -> None:
         """Deliver one message (the hub's hot path for this client)."""
         if qos == 0 and self._fast and not ids:
-            self._append(template.render(self.proto.version or Version.V311, retain=retain))
+            self.outbox.append(template.render(self.proto.version or Version.V311, retain=retain))
             return
         if self.proto.state is not State.CONNECTED:
             if qos:  # connecting: sent after the CONNACK; closing: the session keeps it
@@ -433,19 +420,20 @@ class MqttConnection(asyncio.Protocol):
             # a burst (a resumed session's queue) goes out as fast as it is read
             self.pending.append((template, qos, retain, ids))
             if len(self.pending) > self._max_pending:
-                self._overflow()  # not read (or not acknowledged) for this long: slow
+                # not read (or not acknowledged) for this long: slow
+                self.broker.metrics.inc("tidings_slow_consumers_total")
+                self._slow()
             return
         result = self.proto.send_publish(template, qos=qos, retain=retain, subscription_ids=ids)
         if result.outcome is Outcome.NO_QUOTA:
             self.pending.append((template, qos, retain, ids))
         elif result.outcome is Outcome.TOO_LARGE:
             self.broker.metrics.inc("tidings_mqtt_dropped_total", reason="too_large")
-        self._pump()
+        self._collect()
 
     def _room(self) -> bool:
         """Whether the link is less than half full (QoS 1/2 sends wait otherwise)."""
-        buffered = self.link.buffered() if self.link is not None else 0
-        return self._out_size + buffered < self._limit // 2
+        return self.outbox.room()
 
     def send_queued(self) -> None:
         """Send queued QoS 1/2 messages while the client's quota and the link allow;
@@ -454,49 +442,44 @@ class MqttConnection(asyncio.Protocol):
                 self.proto.state is State.CONNECTED and self._room():
             template, qos, retain, ids = self.pending.popleft()
             self.proto.send_publish(template, qos=qos, retain=retain, subscription_ids=ids)
-            self._pump()  # counted in _out_size, so _room() sees it
-        self._pump()
+            self._collect()  # counted in the outbox, so _room() sees it
+        self._collect()
 
     def close(self, reason: int | None = None) -> None:
         """Close now: a 5.0 DISCONNECT with ``reason`` first when one may be sent."""
         if reason is not None and self.proto.state is State.CONNECTED:
             self.send(Disconnect(reason))
-        if self._dirty:
-            self.flush()
+        self.outbox.close()
         if self.link is not None:
             self.link.close()
 
     def _check_closed(self) -> None:
         if self.proto.state is State.CLOSED and not self._closed and self.link is not None:
-            if self._dirty:
-                self.flush()
+            self.outbox.close()
             self.link.close()
 
     # -- inbound --------------------------------------------------------------------
 
-    async def _work(self) -> None:
-        """Handle queued events in order; one task per busy connection, none when idle."""
+    async def _handle(self, event: Any) -> None:
+        """One event, in order (the pump's handler)."""
         try:
-            while self._events:
-                event = self._events.popleft()
-                try:
-                    await self.broker.handle(self, event)
-                except TidingsError as e:
-                    log.info("MQTT request failed: %s", e.code)
-                except Exception:
-                    log.exception("MQTT event handling failed")
-                    self.close(ReasonCode.UNSPECIFIED_ERROR)
-                    return
-                # packets the client sent right after CONNECT were held until our
-                # CONNACK (5.0 section 3.1.4): they are events now
-                self._events.extend(self.proto.events_received())
-                self._pump()
-                self._check_closed()
-                if self._paused and len(self._events) < _PAUSE_EVENTS // 2 and self.link:
-                    self._paused = False
-                    self.link.resume()
-        finally:
-            self._pump()
-            if self._closed:
-                self.broker.detached(self)
+            await self.broker.handle(self, event)
+        except TidingsError as e:
+            log.info("MQTT request failed: %s", e.code)
+        except Exception:
+            log.exception("MQTT event handling failed")
+            self.close(ReasonCode.UNSPECIFIED_ERROR)
+            self.pump.clear()
+            return
+        # packets the client sent right after CONNECT were held until our
+        # CONNACK (5.0 section 3.1.4): they are events now
+        for held in self.proto.events_received():
+            self.pump.put(held)
+        self._collect()
+        self._check_closed()
 
+    def _idle(self) -> None:
+        """The worker ended: a connection lost meanwhile detaches its session now."""
+        self._collect()
+        if self._closed:
+            self.broker.detached(self)
