@@ -30,11 +30,11 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterator
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from .metrics import Metrics
 
-__all__ = ["PACE_CHUNK", "ConnectionSet", "Flushable", "Flusher", "Outbox", "Pump",
+__all__ = ["PACE_CHUNK", "ConnectionSet", "Flushable", "Flusher", "Outbox", "OverflowSink", "Pump",
            "Reader", "Sink", "TaskSet", "TransportSink", "WriteGate"]
 
 log = logging.getLogger("tidings.plumbing")
@@ -87,6 +87,14 @@ class Sink(Protocol):
 
     def write(self, chunks: list[bytes]) -> None:
         """Write ``chunks`` in order (one flush's worth; never empty)."""
+
+
+class OverflowSink(Sink, Protocol):
+    """A :class:`Sink` that is also the owner of its :class:`Outbox`: told of an
+    overflow by a method call, so the outbox holds no per-connection callback."""
+
+    def on_overflow(self) -> None:
+        """The slow-consumer close (the outbox has counted it)."""
 
 
 class TransportSink:
@@ -156,7 +164,9 @@ class Outbox:
       the transport once per flush. Over it, the connection is a slow consumer:
       the queue is dropped, ``tidings_slow_consumers_total`` counted, the outbox
       closes and ``on_overflow()`` is called, once. That is the edge's close path
-      (a 4008 close, an MQTT abort); no other connection waits.
+      (a 4008 close, an MQTT abort); no other connection waits. Without an
+      ``on_overflow``, the sink is the owner (an :class:`OverflowSink`) and its
+      ``on_overflow()`` is called: one bound method less per connection.
     * :meth:`close` writes what is queued and drops whatever comes after, so
       nothing follows a close frame or a DISCONNECT. Bytes are also dropped
       while ``sink.writable()`` is False.
@@ -171,14 +181,16 @@ class Outbox:
                  "_on_overflow", "_size", "gate", "limit", "sink")
 
     def __init__(self, sink: Sink, limit: int, flusher: Flusher, metrics: Metrics,
-                 on_overflow: Callable[[], None], *, gate: WriteGate | None = None,
+                 on_overflow: Callable[[], None] | None = None, *,
+                 gate: WriteGate | None = None,
                  on_flush: Callable[[], None] | None = None) -> None:
         self.sink, self.limit = sink, limit
         self._flusher, self._metrics = flusher, metrics
         self._on_overflow, self._on_flush = on_overflow, on_flush
         # the transport's flow control; may be set later (when a link is attached)
         self.gate = gate
-        self._chunks: list[bytes] = []
+        # made by the first append after a flush: an idle connection holds no list
+        self._chunks: list[bytes] | None = None
         self._size = 0
         self._dirty = self._closed = False
 
@@ -195,7 +207,11 @@ class Outbox:
         """Queue ``data`` for the next pass's write (the hot path)."""
         if self._closed:
             return
-        self._chunks.append(data)
+        chunks = self._chunks
+        if chunks is None:
+            self._chunks = [data]
+        else:
+            chunks.append(data)
         self._size += len(data)
         if self._size > self.limit:
             self.overflow()
@@ -210,7 +226,7 @@ class Outbox:
         if not chunks:
             return
         size = self._size
-        self._chunks = []
+        self._chunks = None
         self._size = 0
         if self._closed or not self.sink.writable():
             return
@@ -252,11 +268,14 @@ class Outbox:
         its bound elsewhere (e.g. messages held while a burst is paced)."""
         if self._closed:
             return
-        self._chunks = []
+        self._chunks = None
         self._size = 0
         self._closed = True
         self._metrics.inc("tidings_slow_consumers_total")
-        self._on_overflow()
+        if self._on_overflow is not None:
+            self._on_overflow()
+        else:
+            cast(OverflowSink, self.sink).on_overflow()
 
 
 # -- inbound ----------------------------------------------------------------------------

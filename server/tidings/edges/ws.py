@@ -176,7 +176,8 @@ class WsSession:
                                max_subscriptions=ws.max_subscriptions,
                                burst=ws.commands_burst)
         self._text = encoding is Encoding.JSON
-        self.outbox = Outbox(self, ws.outbound_buffer, edge.flusher, edge.metrics, self._slow,
+        # this session is the outbox's sink and owner: an overflow calls on_overflow
+        self.outbox = Outbox(self, ws.outbound_buffer, edge.flusher, edge.metrics,
                              gate=conn.gate)
         self._ping: bytes | None = None  # the keepalive ping still waiting for its pong
         # frames in order, one worker while busy; reading pauses past _MAX_QUEUED_COMMANDS
@@ -215,7 +216,7 @@ class WsSession:
         is paced): the slow-consumer close, as if the outbox overflowed."""
         self.outbox.overflow()
 
-    def _slow(self) -> None:
+    def on_overflow(self) -> None:
         """The outbox's overflow path (counted there): close 4008."""
         log.warning("slow consumer %s (%s): over %d queued bytes, closing",
                     self.device, self.user, self.outbox.limit)
