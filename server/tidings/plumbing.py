@@ -35,11 +35,12 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 from .metrics import Metrics
 
 __all__ = ["PACE_CHUNK", "ConnectionSet", "Flushable", "Flusher", "Outbox", "OverflowSink", "Pump",
-           "Reader", "Sink", "TaskSet", "TransportSink", "WriteGate"]
+           "PumpOwner",            "Reader", "Sink", "TaskSet", "TransportSink", "WriteGate"]
 
 log = logging.getLogger("tidings.plumbing")
 
 T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
 C = TypeVar("C", bound=Hashable)
 
 PACE_CHUNK = 65536  # bytes of a paced burst queued before waiting for the transport
@@ -288,6 +289,17 @@ class Reader(Protocol):
     def resume_reading(self) -> None: ...
 
 
+class PumpOwner(Protocol[T_contra]):
+    """The object a :class:`Pump` works for, given instead of its callbacks: the
+    pump then holds one reference, not a bound method per callback per connection."""
+
+    async def pump_item(self, item: T_contra) -> None:
+        """Handle one item (as ``handle``)."""
+
+    async def pump_idle(self) -> None:
+        """The queue ran empty (as ``idle``)."""
+
+
 class Pump(Generic[T]):
     """Inbound items handled in order by one worker task that exists only while
     there is work, so an idle connection costs no task.
@@ -309,17 +321,23 @@ class Pump(Generic[T]):
       also cancels the worker (the connection is gone).
     * With ``tasks``, the worker is spawned in that :class:`TaskSet`, so a
       shutdown can await every connection's worker at once.
+    * With ``owner`` (a :class:`PumpOwner`) instead of ``handle`` and ``idle``,
+      its ``pump_item`` and ``pump_idle`` are called: an idle connection then
+      holds no bound-method callbacks.
     """
 
-    __slots__ = ("_done", "_handle", "_high", "_idle", "_low", "_paused", "_queue",
+    __slots__ = ("_done", "_handle", "_high", "_idle", "_low", "_owner", "_paused", "_queue",
                  "_reader", "_task", "_tasks")
 
-    def __init__(self, handle: Callable[[T], Awaitable[None]], reader: Reader | None, *,
+    def __init__(self, handle: Callable[[T], Awaitable[None]] | None, reader: Reader | None, *,
                  high: int, low: int | None = None,
                  idle: Callable[[], Awaitable[None]] | None = None,
                  done: Callable[[], None] | None = None,
-                 tasks: TaskSet | None = None) -> None:
+                 tasks: TaskSet | None = None, owner: PumpOwner[T] | None = None) -> None:
+        if (handle is None) == (owner is None):
+            raise ValueError("a Pump takes either handle or owner")
         self._handle = handle
+        self._owner = owner
         self._reader = reader
         self._high = high
         self._low = high // 2 if low is None else low
@@ -396,12 +414,20 @@ class Pump(Generic[T]):
     async def _work(self) -> None:
         queue = self._queue
         assert queue is not None  # made by the put that started this worker
+        handle: Callable[[T], Awaitable[None]]
+        idle: Callable[[], Awaitable[None]] | None
+        owner = self._owner
+        if owner is not None:  # bound for this worker's life only
+            handle, idle = owner.pump_item, owner.pump_idle
+        else:
+            assert self._handle is not None
+            handle, idle = self._handle, self._idle
         try:
             while True:
                 while queue:
                     item = queue.popleft()
                     try:
-                        await self._handle(item)
+                        await handle(item)
                     except Exception:
                         log.exception("an inbound handler failed; %d queued items dropped",
                                       len(queue))
@@ -410,9 +436,9 @@ class Pump(Generic[T]):
                         self._paused = False
                         assert self._reader is not None
                         self._reader.resume_reading()
-                if self._idle is not None:
+                if idle is not None:
                     try:
-                        await self._idle()
+                        await idle()
                     except Exception:
                         log.exception("an inbound idle step failed")
                 if not queue:
