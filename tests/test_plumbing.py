@@ -498,3 +498,60 @@ async def test_wait_empty_returns_when_the_last_real_connection_closes() -> None
 def test_the_transport_scenarios_on_uvloop(
         scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
     uvloop.run(scenario())
+
+
+# -- owner forms: no per-connection callbacks --------------------------------------------
+
+
+class OwningSink(CountingSink):
+    """A sink that owns its outbox, as an edge's connection does: told of an
+    overflow by ``on_overflow`` instead of a callback given to the outbox."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        super().__init__(transport)
+        self.overflows = 0
+
+    def on_overflow(self) -> None:
+        self.overflows += 1
+        self.transport.abort()
+
+
+async def test_an_owning_sink_is_told_of_an_overflow_once_and_holds_no_list_idle() -> None:
+    async with open_pair() as pair:
+        sink = OwningSink(pair.transport)
+        outbox = Outbox(sink, 100, Flusher(), pair.metrics, gate=pair.driver.gate)
+        outbox.append(b"a" * 10)
+        await next_pass()
+        assert await asyncio.wait_for(pair.reader.readexactly(10), WAIT) == b"a" * 10
+        outbox.append(b"b" * 101)  # over the bound
+        outbox.overflow()  # again, from the owner's own check: still once
+        assert sink.overflows == 1
+        assert pair.metrics.get("tidings_slow_consumers_total") == 1
+        assert outbox.closed and outbox.size == 0
+
+
+class Owner:
+    """A pump's owner: its methods are the handler and the idle step."""
+
+    def __init__(self) -> None:
+        self.items: list[int] = []
+        self.idles = 0
+
+    async def pump_item(self, item: int) -> None:
+        await asyncio.sleep(0)
+        self.items.append(item)
+
+    async def pump_idle(self) -> None:
+        self.idles += 1
+
+
+async def test_a_pump_with_an_owner_calls_its_methods_in_order() -> None:
+    owner = Owner()
+    pump: Pump[int] = Pump(None, None, high=1000, owner=owner)
+    for i in range(50):
+        pump.put(i)
+    await wait_until(lambda: not pump.busy, what="the worker to end")
+    assert owner.items == list(range(50))
+    assert owner.idles == 1
+    with pytest.raises(ValueError):
+        Pump(None, None, high=10)  # neither handle nor owner

@@ -30,16 +30,17 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterator
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from .metrics import Metrics
 
-__all__ = ["PACE_CHUNK", "ConnectionSet", "Flushable", "Flusher", "Outbox", "Pump",
-           "Reader", "Sink", "TaskSet", "TransportSink", "WriteGate"]
+__all__ = ["PACE_CHUNK", "ConnectionSet", "Flushable", "Flusher", "Outbox", "OverflowSink", "Pump",
+           "PumpOwner",            "Reader", "Sink", "TaskSet", "TransportSink", "WriteGate"]
 
 log = logging.getLogger("tidings.plumbing")
 
 T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
 C = TypeVar("C", bound=Hashable)
 
 PACE_CHUNK = 65536  # bytes of a paced burst queued before waiting for the transport
@@ -87,6 +88,14 @@ class Sink(Protocol):
 
     def write(self, chunks: list[bytes]) -> None:
         """Write ``chunks`` in order (one flush's worth; never empty)."""
+
+
+class OverflowSink(Sink, Protocol):
+    """A :class:`Sink` that is also the owner of its :class:`Outbox`: told of an
+    overflow by a method call, so the outbox holds no per-connection callback."""
+
+    def on_overflow(self) -> None:
+        """The slow-consumer close (the outbox has counted it)."""
 
 
 class TransportSink:
@@ -156,7 +165,9 @@ class Outbox:
       the transport once per flush. Over it, the connection is a slow consumer:
       the queue is dropped, ``tidings_slow_consumers_total`` counted, the outbox
       closes and ``on_overflow()`` is called, once. That is the edge's close path
-      (a 4008 close, an MQTT abort); no other connection waits.
+      (a 4008 close, an MQTT abort); no other connection waits. Without an
+      ``on_overflow``, the sink is the owner (an :class:`OverflowSink`) and its
+      ``on_overflow()`` is called: one bound method less per connection.
     * :meth:`close` writes what is queued and drops whatever comes after, so
       nothing follows a close frame or a DISCONNECT. Bytes are also dropped
       while ``sink.writable()`` is False.
@@ -171,14 +182,16 @@ class Outbox:
                  "_on_overflow", "_size", "gate", "limit", "sink")
 
     def __init__(self, sink: Sink, limit: int, flusher: Flusher, metrics: Metrics,
-                 on_overflow: Callable[[], None], *, gate: WriteGate | None = None,
+                 on_overflow: Callable[[], None] | None = None, *,
+                 gate: WriteGate | None = None,
                  on_flush: Callable[[], None] | None = None) -> None:
         self.sink, self.limit = sink, limit
         self._flusher, self._metrics = flusher, metrics
         self._on_overflow, self._on_flush = on_overflow, on_flush
         # the transport's flow control; may be set later (when a link is attached)
         self.gate = gate
-        self._chunks: list[bytes] = []
+        # made by the first append after a flush: an idle connection holds no list
+        self._chunks: list[bytes] | None = None
         self._size = 0
         self._dirty = self._closed = False
 
@@ -195,7 +208,11 @@ class Outbox:
         """Queue ``data`` for the next pass's write (the hot path)."""
         if self._closed:
             return
-        self._chunks.append(data)
+        chunks = self._chunks
+        if chunks is None:
+            self._chunks = [data]
+        else:
+            chunks.append(data)
         self._size += len(data)
         if self._size > self.limit:
             self.overflow()
@@ -210,7 +227,7 @@ class Outbox:
         if not chunks:
             return
         size = self._size
-        self._chunks = []
+        self._chunks = None
         self._size = 0
         if self._closed or not self.sink.writable():
             return
@@ -252,11 +269,14 @@ class Outbox:
         its bound elsewhere (e.g. messages held while a burst is paced)."""
         if self._closed:
             return
-        self._chunks = []
+        self._chunks = None
         self._size = 0
         self._closed = True
         self._metrics.inc("tidings_slow_consumers_total")
-        self._on_overflow()
+        if self._on_overflow is not None:
+            self._on_overflow()
+        else:
+            cast(OverflowSink, self.sink).on_overflow()
 
 
 # -- inbound ----------------------------------------------------------------------------
@@ -267,6 +287,17 @@ class Reader(Protocol):
 
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
+
+
+class PumpOwner(Protocol[T_contra]):
+    """The object a :class:`Pump` works for, given instead of its callbacks: the
+    pump then holds one reference, not a bound method per callback per connection."""
+
+    async def pump_item(self, item: T_contra) -> None:
+        """Handle one item (as ``handle``)."""
+
+    async def pump_idle(self) -> None:
+        """The queue ran empty (as ``idle``)."""
 
 
 class Pump(Generic[T]):
@@ -290,17 +321,23 @@ class Pump(Generic[T]):
       also cancels the worker (the connection is gone).
     * With ``tasks``, the worker is spawned in that :class:`TaskSet`, so a
       shutdown can await every connection's worker at once.
+    * With ``owner`` (a :class:`PumpOwner`) instead of ``handle`` and ``idle``,
+      its ``pump_item`` and ``pump_idle`` are called: an idle connection then
+      holds no bound-method callbacks.
     """
 
-    __slots__ = ("_done", "_handle", "_high", "_idle", "_low", "_paused", "_queue",
+    __slots__ = ("_done", "_handle", "_high", "_idle", "_low", "_owner", "_paused", "_queue",
                  "_reader", "_task", "_tasks")
 
-    def __init__(self, handle: Callable[[T], Awaitable[None]], reader: Reader | None, *,
+    def __init__(self, handle: Callable[[T], Awaitable[None]] | None, reader: Reader | None, *,
                  high: int, low: int | None = None,
                  idle: Callable[[], Awaitable[None]] | None = None,
                  done: Callable[[], None] | None = None,
-                 tasks: TaskSet | None = None) -> None:
+                 tasks: TaskSet | None = None, owner: PumpOwner[T] | None = None) -> None:
+        if (handle is None) == (owner is None):
+            raise ValueError("a Pump takes either handle or owner")
         self._handle = handle
+        self._owner = owner
         self._reader = reader
         self._high = high
         self._low = high // 2 if low is None else low
@@ -377,12 +414,20 @@ class Pump(Generic[T]):
     async def _work(self) -> None:
         queue = self._queue
         assert queue is not None  # made by the put that started this worker
+        handle: Callable[[T], Awaitable[None]]
+        idle: Callable[[], Awaitable[None]] | None
+        owner = self._owner
+        if owner is not None:  # bound for this worker's life only
+            handle, idle = owner.pump_item, owner.pump_idle
+        else:
+            assert self._handle is not None
+            handle, idle = self._handle, self._idle
         try:
             while True:
                 while queue:
                     item = queue.popleft()
                     try:
-                        await self._handle(item)
+                        await handle(item)
                     except Exception:
                         log.exception("an inbound handler failed; %d queued items dropped",
                                       len(queue))
@@ -391,9 +436,9 @@ class Pump(Generic[T]):
                         self._paused = False
                         assert self._reader is not None
                         self._reader.resume_reading()
-                if self._idle is not None:
+                if idle is not None:
                     try:
-                        await self._idle()
+                        await idle()
                     except Exception:
                         log.exception("an inbound idle step failed")
                 if not queue:

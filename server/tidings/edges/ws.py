@@ -176,14 +176,15 @@ class WsSession:
                                max_subscriptions=ws.max_subscriptions,
                                burst=ws.commands_burst)
         self._text = encoding is Encoding.JSON
-        self.outbox = Outbox(self, ws.outbound_buffer, edge.flusher, edge.metrics, self._slow,
+        # this session is the outbox's sink and owner: an overflow calls on_overflow
+        self.outbox = Outbox(self, ws.outbound_buffer, edge.flusher, edge.metrics,
                              gate=conn.gate)
         self._ping: bytes | None = None  # the keepalive ping still waiting for its pong
         # frames in order, one worker while busy; reading pauses past _MAX_QUEUED_COMMANDS
-        self.pump: Pump[bytes] = Pump(self._handle, conn, high=_MAX_QUEUED_COMMANDS,
-                                      idle=self._settle)
-        # pipelined publishes (topic, task), awaited before the worker ends
-        self._inflight: list[tuple[str, asyncio.Task[None]]] = []
+        self.pump: Pump[bytes] = Pump(None, conn, high=_MAX_QUEUED_COMMANDS, owner=self)
+        # pipelined publishes (topic, task), awaited before the worker ends; made
+        # by the first one, so an idle connection holds no list
+        self._inflight: list[tuple[str, asyncio.Task[None]]] | None = None
         self._malformed = 0
         self._connect_timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             ws.connect_timeout, self._connect_timeout)
@@ -215,7 +216,7 @@ class WsSession:
         is paced): the slow-consumer close, as if the outbox overflowed."""
         self.outbox.overflow()
 
-    def _slow(self) -> None:
+    def on_overflow(self) -> None:
         """The outbox's overflow path (counted there): close 4008."""
         log.warning("slow consumer %s (%s): over %d queued bytes, closing",
                     self.device, self.user, self.outbox.limit)
@@ -298,7 +299,7 @@ class WsSession:
         if self.state is WsState.CONNECTING and not self.pump.busy:
             self.close(CLOSE_POLICY, "connect timeout")
 
-    async def _handle(self, raw: bytes) -> None:
+    async def pump_item(self, raw: bytes) -> None:
         """The pump's step: one frame, in order. ``publish`` commands to different
         topics are pipelined (up to ``_PIPELINE`` at once), so a backend publishing
         to many personal topics shares one store commit between them; any other
@@ -314,18 +315,21 @@ class WsSession:
             return
         inflight = self._inflight
         topic = cmd.args.get("topic") if cmd.op == "publish" else None
-        if not isinstance(topic, str) or any(t == topic for t, _ in inflight):
+        if inflight and (not isinstance(topic, str) or any(t == topic for t, _ in inflight)):
             await _drain(inflight)
         if isinstance(topic, str):
+            if inflight is None:
+                inflight = self._inflight = []
             inflight.append((topic, asyncio.get_running_loop().create_task(self._run(cmd))))
             if len(inflight) >= _PIPELINE:
                 await inflight.pop(0)[1]
         else:
             await self._run(cmd)
 
-    async def _settle(self) -> None:
+    async def pump_idle(self) -> None:
         """The pump's idle step: pipelined publishes finish before the worker ends."""
-        await _drain(self._inflight)
+        if self._inflight:
+            await _drain(self._inflight)
 
 
     def _decode(self, raw: bytes) -> Command | None:
@@ -434,9 +438,9 @@ class WsSession:
             self._connect_timer.cancel()
         self.outbox.close()
         self.pump.cancel()
-        for _, task in self._inflight:  # the worker's pipelined publishes end with it
+        inflight, self._inflight = self._inflight or [], None
+        for _, task in inflight:  # the worker's pipelined publishes end with it
             task.cancel()
-        self._inflight.clear()
         self.edge.tasks.spawn(self.cleanup())
 
     async def cleanup(self) -> None:

@@ -153,8 +153,7 @@ class Session:
         self.device = device or secrets.token_hex(8)
         if principal.expires is not None:
             delay = max(0.0, principal.expires - time.time())
-            self._expiry = asyncio.get_running_loop().call_later(
-                delay, self.transport.end, Unauthorized("token expired", code="token_expired"))
+            self._expiry = asyncio.get_running_loop().call_later(delay, self._expired)
         if self.user is None:
             reply({"user": None, "device": self.device, "node": ops.node.name, "unread": 0,
                    "offset": None, "recovered": [], "complete": True})
@@ -392,6 +391,12 @@ class Session:
         return await self.ops.devices(self.me("devices"))
 
     # -- end ----------------------------------------------------------------------------
+
+    def _expired(self) -> None:
+        """The token's ``exp`` passed: the edge ends the connection. The error is made
+        here, not at connect, so an idle connection holds no exception object."""
+        self._expiry = None
+        self.transport.end(Unauthorized("token expired", code="token_expired"))
 
     async def close(self) -> None:
         """The connection is gone: release presence, quotas and subscriptions. Idempotent."""

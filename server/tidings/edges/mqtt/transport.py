@@ -176,7 +176,7 @@ class MqttConnection(asyncio.Protocol):
         self.gate = WriteGate()  # the TCP transport's flow control, for paced senders
         # this connection is the outbox's sink (the link, once attached)
         self.outbox = Outbox(self, broker.settings.ws.outbound_buffer, broker.flusher,
-                             broker.metrics, self._slow, gate=self.gate,
+                             broker.metrics, gate=self.gate,
                              on_flush=self._flushed)
         # events in order, one worker while busy; reading pauses past _PAUSE_EVENTS
         self.pump: Pump[Any] = Pump(self._handle, self, high=_PAUSE_EVENTS,
@@ -379,7 +379,7 @@ class MqttConnection(asyncio.Protocol):
                                          properties=props_to_json(template.properties, ids)))
         return out
 
-    def _slow(self) -> None:
+    def on_overflow(self) -> None:
         """Over ``ws.outbound_buffer`` (the outbox counted it) or too long a queue:
         a slow consumer, aborted."""
         log.warning("slow MQTT consumer %s: over %d queued bytes, disconnecting",
@@ -420,9 +420,9 @@ class MqttConnection(asyncio.Protocol):
             # a burst (a resumed session's queue) goes out as fast as it is read
             self.pending.append((template, qos, retain, ids))
             if len(self.pending) > self._max_pending:
-                # not read (or not acknowledged) for this long: slow
-                self.broker.metrics.inc("tidings_slow_consumers_total")
-                self._slow()
+                # not read (or not acknowledged) for this long: slow, by the
+                # outbox's one path (counted once, queued bytes dropped, aborted)
+                self.outbox.overflow()
             return
         result = self.proto.send_publish(template, qos=qos, retain=retain, subscription_ids=ids)
         if result.outcome is Outcome.NO_QUOTA:
