@@ -15,8 +15,10 @@ from typing import Any
 import jwt
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tidings.auth import Acl, ApiKeys, Principal, TokenAuthority
+from tidings.auth import Acl, ApiKeys, Principal, TokenAuthority, guarded
 from tidings.config import AclRule
 from tidings.errors import BadRequest, Unauthorized
 from tidings.types import UserId
@@ -412,3 +414,32 @@ def test_acl_deny_beats_a_token_grant() -> None:
     p = Principal(UserId("alice"), subscribe=("news/#",), publish=("news/#",))
     assert not acl.can_subscribe(p, "news/x")
     assert not acl.can_publish(p, "news/x")
+
+
+_LEVELS = st.sampled_from(["users", "alice", "bob", "news", "$SYS", "$x", "notifications",
+                           "a", "+", "#"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(levels=st.lists(_LEVELS.filter(lambda x: x not in ("+", "#")), min_size=1, max_size=4),
+       user=st.sampled_from([None, "alice", "bob"]),
+       grants=st.one_of(st.none(), st.lists(st.sampled_from(["news/#", "a/+", "#"]),
+                                            max_size=2)),
+       rules=st.lists(st.builds(lambda f, users, sub: AclRule(filter=f, users=users,
+                                                              subscribe=sub),
+                                st.sampled_from(["news/#", "a/#", "users/{uid}/#", "#"]),
+                                st.sampled_from([["*"], ["alice"], ["anonymous"]]),
+                                st.sampled_from([True, False, None])),
+                      max_size=2))
+def test_the_hub_skips_may_see_only_where_it_cannot_refuse(
+        levels: list[str], user: str | None, grants: list[str] | None,
+        rules: list[AclRule]) -> None:
+    """The hub's shortcut is exact: for a topic that is not ``guarded`` and a
+    principal that ``restricts`` does not restrict, may_see is True."""
+    topic = "/".join(levels)
+    acl = Acl(rules)
+    p = Principal(UserId(user) if user else None,
+                  tuple(grants) if grants is not None else None)
+    if not guarded(topic) and not acl.restricts(p):
+        assert acl.may_see(p, topic)
+    assert acl.restricts(None)

@@ -16,12 +16,15 @@ def pub(topic: str, seq: int = 1) -> Publication:
 
 
 class Sub:
-    def __init__(self, wire: str, *, allowed: bool = True) -> None:
+    def __init__(self, wire: str, *, allowed: bool = True, restricted: bool = True) -> None:
         self.wire = wire
         self.allowed = allowed
+        self.restricted = restricted
         self.got: list[tuple[str, Any]] = []
+        self.asked: list[str] = []
 
     def may_see(self, topic: str) -> bool:
+        self.asked.append(topic)
         return self.allowed
 
     def deliver(self, publication: Publication, data: Any) -> None:
@@ -57,6 +60,26 @@ def test_a_subscriber_that_may_not_see_the_topic_gets_nothing() -> None:
     hub.add("#", refused)
     assert hub.deliver(pub("users/bob/x")) == 1
     assert refused.got == [] and calls == ["a"]  # never encoded for a refused wire
+
+
+def test_an_unrestricted_subscriber_is_asked_only_of_guarded_topics() -> None:
+    """The hub skips the may_see call where its answer cannot be no (an unguarded
+    topic, a subscriber that Acl.restricts does not restrict); it still asks of
+    $ and users/ topics, and always asks a restricted subscriber."""
+    hub, _ = counting_hub()
+    free, bound = Sub("a", restricted=False), Sub("a", restricted=True)
+    hub.add("#", free)
+    hub.add("#", bound)
+    hub.add("$SYS/#", free)
+    assert hub.deliver(pub("news/x")) == 2
+    assert free.asked == [] and bound.asked == ["news/x"]
+    assert hub.deliver(pub("users/bob/x", 2)) == 2
+    assert hub.deliver(pub("$SYS/x", 3)) == 1
+    assert free.asked == ["users/bob/x", "$SYS/x"]
+    refused = Sub("a", allowed=False, restricted=False)
+    hub.add("#", refused)
+    hub.deliver(pub("users/bob/y", 4))
+    assert refused.got == []  # a guarded topic is asked, and refused
 
 
 def test_only_matching_filters_deliver_and_removal_stops_delivery() -> None:

@@ -43,6 +43,8 @@ class Sink:
         self.done = asyncio.Event()
         self.want = 0
 
+    restricted = True  # the hub asks may_see of every topic
+
     def may_see(self, topic: str) -> bool:
         return True
 

@@ -39,7 +39,7 @@ from .errors import BadRequest, Unauthorized
 from .protocol.topics import TopicError, covers, overlaps, private_owner, validate_filter
 from .types import UserId
 
-__all__ = ["Acl", "ApiKeys", "Principal", "TokenAuthority", "is_reserved"]
+__all__ = ["Acl", "ApiKeys", "Principal", "TokenAuthority", "guarded", "is_reserved"]
 
 _SERVER_LEAVES = frozenset({"notifications", "unread", "events"})
 
@@ -51,6 +51,14 @@ def is_reserved(topic: str) -> bool:
 
 
 _MAX_TIME = 2 ** 53  # seconds: beyond any real date, and exact as a float
+
+
+def guarded(topic: str) -> bool:
+    """Whether :meth:`Acl.may_see` looks at ``topic`` itself: ``$`` topics and
+    ``users/...``. For any other topic it answers True to every principal that
+    :meth:`Acl.restricts` does not restrict, so the hub asks only when either
+    holds (the same answer, without a call per subscriber on the hot path)."""
+    return topic.startswith(("$", "users/"))
 
 
 def _is_time(value: object) -> TypeGuard[float]:
@@ -190,6 +198,12 @@ class Acl:
 
     def __init__(self, rules: Sequence[AclRule]) -> None:
         self._rules = list(rules)
+
+    def restricts(self, p: Principal | None) -> bool:
+        """Whether :meth:`may_see` can refuse ``p`` a topic that is not
+        :func:`guarded`: when there are ``[[acl]]`` rules, when ``p`` has
+        ``subscribe`` grants, or when there is no principal yet."""
+        return p is None or bool(self._rules) or p.subscribe is not None
 
     def may_see(self, p: Principal, topic: str) -> bool:
         """Whether a session acting for ``p`` may be handed a message on ``topic``.

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
+from .auth import guarded
 from .plumbing import Flushable, Flusher  # here for the edges that import them from the hub
 from .protocol.topics import Trie
 from .types import Publication
@@ -35,6 +36,12 @@ class Subscriber(Hashable, Protocol):
     def may_see(self, topic: str) -> bool:
         """Whether it may be handed a message on ``topic`` (the session's
         :meth:`~tidings.auth.Acl.may_see`; a share group asks its members)."""
+
+    @property
+    def restricted(self) -> bool:
+        """False only where ``may_see`` is True for every topic that
+        :func:`~tidings.auth.guarded` does not flag (the session's
+        :meth:`~tidings.auth.Acl.restricts`); the hub then does not ask."""
 
     def deliver(self, publication: Publication, data: Any) -> None:
         """Queue ``data`` (pre-encoded for ``wire``); must not block or raise."""
@@ -69,11 +76,12 @@ class Hub:
         if not subs:
             return 0
         topic = pub.topic
+        ask_all = guarded(topic)  # else only restricted subscribers can be refused
         encoded: dict[str, Any] = {}
         encoders = self._encoders
         n = 0
         for sub in subs:
-            if not sub.may_see(topic):
+            if (ask_all or sub.restricted) and not sub.may_see(topic):
                 continue
             wire = sub.wire
             data = encoded.get(wire)

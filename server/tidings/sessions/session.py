@@ -111,6 +111,11 @@ class Session:
         p = self.principal
         return p is not None and self.ops.acl.may_see(p, topic)
 
+    @property
+    def restricted(self) -> bool:
+        """Hub callback: whether ``may_see`` must be asked of unguarded topics too."""
+        return self.ops.acl.restricts(self.principal)
+
     def deliver(self, publication: Publication, data: Any) -> None:
         """Hub callback: ``data`` is already this session's wire form (the hot path)."""
         if self._hold is not None:

@@ -92,6 +92,12 @@ class MqttSession:
         """Hub callback: whether this session may be handed a message on ``topic``."""
         return self.broker.acl.may_see(self.principal, topic)
 
+    @property
+    def restricted(self) -> bool:
+        """Hub callback: whether ``may_see`` must be asked of unguarded topics too
+        (read each time: a resumed session takes the grants of its new token)."""
+        return self.broker.acl.restricts(self.principal)
+
     def _grant(self, topic: str, origin: str | None) -> tuple[int, bool, tuple[int, ...]] | None:
         """(QoS, retain-as-published, subscription ids) over every matching
         subscription; None when only no-local ones match this client's own message."""
@@ -208,6 +214,8 @@ class ShareGroup:
 
     def __hash__(self) -> int:
         return id(self)
+
+    restricted = True  # the hub always asks: the group picks among the members who may see
 
     def may_see(self, topic: str) -> bool:
         """Whether any member may see ``topic``; :meth:`deliver` picks among those."""
