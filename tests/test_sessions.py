@@ -315,3 +315,21 @@ async def test_live_messages_during_subscribe_wait_behind_the_reply(world: World
     await s.subscribe("users/alice/x", None, reply)
     kinds = [k for k, _ in recorder(s).log[1:]]
     assert kinds == ["reply", "push"] and seen == ["reply"]
+
+
+async def test_restricted_follows_the_principal_the_session_connected_with(world: World) -> None:
+    """The hub skips may_see for an unguarded topic only where the session is not
+    restricted: before connect it is; after, exactly as Acl.restricts says."""
+    assert world.session().restricted is True
+    free = await world.connect("alice")
+    assert free.restricted is False and free.restricted == world.ops.acl.restricts(free.principal)
+    granted = world.session()
+    await granted.connect(world.tokens.issue("bob", subscribe=["news/#"]), None, None,
+                          recorder(granted).reply)
+    assert granted.restricted is True
+    await world.node.subscribe("#", granted)  # past subscribe's own check: the hub's is left
+    await world.publish("sport/x", 1)  # not covered by bob's grant: may_see says no
+    await world.publish("news/x", 2)
+    rec = recorder(granted)
+    await wait_for(rec, lambda: any(p["topic"] == "news/x" for p in rec.pushes()))
+    assert [p["topic"] for p in rec.pushes()] == ["news/x"]

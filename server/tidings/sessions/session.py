@@ -84,8 +84,8 @@ class Session:
     """A client's session (see the module docstring); the hub's subscriber."""
 
     __slots__ = ("__weakref__", "_edge", "_expiry", "_hold", "_max_subscriptions", "_refill",
-                 "_streams", "_tokens", "device", "ops", "principal", "subscriptions",
-                 "transport", "user", "wire")
+                 "_streams", "_tokens", "device", "ops", "principal", "restricted",
+                 "subscriptions", "transport", "user", "wire")
 
     def __init__(self, ops: Operations, transport: Transport, wire: str, *, edge: str,
                  max_subscriptions: int, burst: int = 0) -> None:
@@ -94,6 +94,9 @@ class Session:
         self.wire = wire  # the hub's key for this session's wire form
         self.user: UserId | None = None
         self.principal: Principal | None = None
+        # the hub's shortcut (see may_see): a plain attribute, read per delivery,
+        # kept equal to ops.acl.restricts(self.principal) wherever principal is set
+        self.restricted = True
         self.device = ""
         self.subscriptions: set[str] = set()
         self._streams: tuple[str, ...] = ()  # the user's own stream topics, followed at connect
@@ -110,11 +113,6 @@ class Session:
         """Whether this session may be handed a message on ``topic`` (every path)."""
         p = self.principal
         return p is not None and self.ops.acl.may_see(p, topic)
-
-    @property
-    def restricted(self) -> bool:
-        """Hub callback: whether ``may_see`` must be asked of unguarded topics too."""
-        return self.ops.acl.restricts(self.principal)
 
     def deliver(self, publication: Publication, data: Any) -> None:
         """Hub callback: ``data`` is already this session's wire form (the hot path)."""
@@ -152,6 +150,7 @@ class Session:
         ops = self.ops
         principal = ops.authenticate(token)
         self.principal = principal
+        self.restricted = ops.acl.restricts(principal)
         self.user = principal.user
         if device is not None:
             ops.device(device, "connect: ")
