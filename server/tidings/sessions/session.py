@@ -319,14 +319,13 @@ class Session:
 
     async def _push_paced(self, pubs: list[Publication], seen: dict[str, str]) -> None:
         """Push server-chosen bursts (retained messages) no faster than the client
-        reads, so the outbound bound only ever sees live traffic."""
+        reads, so the outbound bound only ever sees live traffic. ``pubs`` come from
+        :meth:`Operations.retained`, which already kept only what this session may see."""
         transport = self.transport
         hub = self.ops.node.hub
         for pub in pubs:
             if transport.closing:
                 return
-            if not self.may_see(pub.topic):  # a wildcard matches other users' topics too
-                continue
             self.ops.metrics.inc("tidings_deliveries_total")
             transport.deliver(pub, hub.encode(self.wire, pub))
             seen[pub.topic] = pub.offset
