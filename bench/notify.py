@@ -20,8 +20,21 @@ one notify-to-push latency sample. Every phase is bounded in count and in
 time (``--max-seconds``); the node is stopped by its PID when the run ends.
 Benchmarks measure; nothing here asserts a figure.
 
+``--targeted N`` (issue 12) runs a third kind of measurement instead: N
+users tagged ``bench`` (written into the store before the node starts: the
+set-up is not what is measured), ``--online`` of them connected over
+WebSocket, then one ``POST /v1/notify`` to ``{"tags": ["bench"]}`` with a
+templated title. It reports the time to the answer, to the first and to the
+last online push, users written per second (targets over the time until
+``GET /v1/notifications/{id}`` says ``sent``), and the node's answer time to
+WS ``ping`` ops sent every 10 ms by one more client meanwhile. ``--store
+redis`` runs the node on a redis-server of its own (started and stopped by
+PID here).
+
     python bench/notify.py                      # 1,000 users x 2 devices
     python bench/notify.py --users 200 --single 2000 --broadcast 10
+    python bench/notify.py --targeted 100000 --online 2000            # embedded store
+    python bench/notify.py --targeted 100000 --online 2000 --store redis
 """
 
 from __future__ import annotations
@@ -39,6 +52,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import orjson
@@ -89,6 +103,7 @@ class Server:
     api_port: int
     data: str
     proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)  # more TIDINGS_* settings
 
     def start(self, timeout: float = 30.0) -> None:
         env = dict(os.environ)
@@ -103,6 +118,7 @@ class Server:
             "TIDINGS_NOTIFY_MAX_USERS": "100000",
             "TIDINGS_NODE_NAME": "bench-node",
             "TIDINGS_NODE_LOG_LEVEL": "WARNING",
+            **self.env,
         })
         self.proc = subprocess.Popen([sys.executable, "-m", "tidings.cli", "serve"], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -318,6 +334,159 @@ async def bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- targeted send (issue 12) ----------------------------------------------------------
+
+
+async def tag_users(store: Any, users: Sequence[str], parallel: int) -> None:
+    """Tag every user ``bench`` and give each a ``first_name`` (the set-up, not measured)."""
+    gate = asyncio.Semaphore(parallel)
+
+    async def one(user: str) -> None:
+        async with gate:
+            await store.set_user_tags(user, ["bench"], max_tags=100)
+            await store.set_user_attributes(user, {"first_name": user.upper()})
+
+    await asyncio.gather(*(one(u) for u in users))
+
+
+async def prepare_audience(args: argparse.Namespace, data: str, redis_url: str | None
+                           ) -> None:
+    from tidings.store.redis import RedisStore
+    from tidings.store.sqlite import SqliteStore
+
+    store: Any = RedisStore(redis_url) if redis_url else SqliteStore(data)
+    await store.open()
+    try:
+        users = [f"t{i:06d}" for i in range(args.targeted)]
+        t0 = time.monotonic()
+        await tag_users(store, users, 200 if redis_url else 1)
+        print(f"tagged {len(users):,} users in {time.monotonic() - t0:.1f}s (set-up)",
+              flush=True)
+    finally:
+        await store.close()
+
+
+@dataclass
+class Pinger:
+    """One more WS client sending ``ping`` ops every 10 ms: the node's answer times."""
+
+    rtts_ns: list[int] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self, url: str, token: str, max_seconds: float) -> None:
+        async with websockets.connect(url, subprotocols=["tidings.v1.json"],  # type: ignore[list-item]
+                                      ping_interval=None, compression=None) as ws:
+            await ws.send(orjson.dumps({"op": "connect", "id": 1, "token": token}).decode())
+            await ws.recv()
+            deadline = time.monotonic() + max_seconds
+            n = 1
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                n += 1
+                t = time.perf_counter_ns()
+                await ws.send(orjson.dumps({"op": "ping", "id": n}).decode())
+                while orjson.loads(await ws.recv()).get("id") != n:
+                    pass
+                self.rtts_ns.append(time.perf_counter_ns() - t)
+                await asyncio.sleep(0.01)
+
+
+async def targeted(args: argparse.Namespace) -> int:
+    soft = raise_nofile(args.online * 2 + 1000)
+    if soft < args.online + 200:
+        print(f"RLIMIT_NOFILE is {soft}: too low for {args.online} connections", file=sys.stderr)
+        return 2
+    redis_proc: subprocess.Popen[bytes] | None = None
+    with tempfile.TemporaryDirectory(prefix="tidings-bench-") as data:
+        env = {"TIDINGS_NODE_LOG_LEVEL": "WARNING"}
+        redis_url = None
+        if args.store == "redis":
+            redis_proc, redis_url = start_redis(data)
+            env.update({"TIDINGS_STORE_BACKEND": "redis", "TIDINGS_REDIS_URL": redis_url})
+        server = Server(free_port(), free_port(), data, env=env)
+        tally = Tally()
+        clients: list[tuple[ClientConnection, asyncio.Task[None]]] = []
+        try:
+            await prepare_audience(args, data, redis_url)
+            server.start()
+            url = f"ws://127.0.0.1:{server.ws_port}/ws"
+            online = [f"t{i:06d}" for i in range(0, args.targeted, args.targeted // args.online)]
+            online = online[:args.online]
+            clients = await connect_all(url, online, 1, tally)
+            print(f"{len(clients)} of them online over WebSocket", flush=True)
+            tokens = TokenAuthority(JWT_SECRET, max_ttl=86400, default_ttl=86400)
+            pinger = Pinger()
+            ping_task = asyncio.get_running_loop().create_task(
+                pinger.run(url, tokens.issue("pinger", ttl=86400), args.max_seconds))
+            await asyncio.sleep(0.5)  # a baseline of ping answers before the send
+            baseline = len(pinger.rtts_ns)
+            api = f"http://127.0.0.1:{server.api_port}"
+            headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+            async with aiohttp.ClientSession() as http:
+                sent = time.perf_counter_ns()
+                t0 = time.monotonic()
+                body = {"tags": ["bench"], "title": "Hello {{first_name|there}}",
+                        "body": "targeted", "data": {"t": sent}}
+                async with http.post(f"{api}/v1/notify", data=orjson.dumps(body),
+                                     headers=headers) as r:
+                    reply = await r.json(loads=orjson.loads)
+                    if r.status != 200:
+                        print(f"notify failed: {r.status} {reply}", file=sys.stderr)
+                        return 1
+                answered = time.monotonic() - t0
+                status: dict[str, Any] = {}
+                deadline = t0 + args.max_seconds
+                while time.monotonic() < deadline:
+                    async with http.get(f"{api}/v1/notifications/{reply['id']}",
+                                        headers=headers) as r:
+                        status = await r.json(loads=orjson.loads)
+                    if status.get("status") in ("sent", "cancelled"):
+                        break
+                    await asyncio.sleep(0.05)
+                written = time.monotonic() - t0
+                await drain(tally, len(clients), deadline)
+            pinger.stop.set()
+            await ping_task
+            lat = sorted(tally.latencies_ns)
+            during = sorted(pinger.rtts_ns[baseline:]) or [0]
+            print()
+            print(f"store={args.store} targets={reply['targets']:,} "
+                  f"status={status.get('status')} outcomes={status.get('outcomes')}")
+            print(f"answer: {answered * 1000:.0f} ms; users written: "
+                  f"{int(reply['targets']) / written:,.0f}/s ({written:.2f} s to 'sent')")
+            if lat:
+                print(f"online pushes: {len(lat)}/{len(clients)}; first {lat[0] / 1e6:.0f} ms, "
+                      f"last {lat[-1] / 1e6:.0f} ms after the request")
+            print(f"ping answers during the send: {len(during)}; p50 "
+                  f"{during[len(during) // 2] / 1e6:.1f} ms, max {during[-1] / 1e6:.1f} ms")
+        finally:
+            for ws, task in clients:
+                task.cancel()
+                ws.transport.abort()
+            server.stop()
+            if redis_proc is not None:
+                redis_proc.terminate()
+                redis_proc.wait(10)
+    return 0
+
+
+def start_redis(folder: str) -> tuple[subprocess.Popen[bytes], str]:
+    """A redis-server of our own on a free loopback port, no persistence; (process, URL)."""
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", folder],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("redis-server did not start") from None
+            time.sleep(0.05)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--users", type=int, default=1000)
@@ -328,12 +497,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="notifications to all users each (phase 'broadcast')")
     p.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     p.add_argument("--max-seconds", type=float, default=60.0, help="bound on each phase")
+    p.add_argument("--targeted", type=int, default=0,
+                   help="run the targeted send instead: this many users tagged 'bench'")
+    p.add_argument("--online", type=int, default=2000,
+                   help="targeted: tagged users connected over WebSocket")
+    p.add_argument("--store", choices=("sqlite", "redis"), default="sqlite",
+                   help="targeted: the node's store")
     args = p.parse_args(argv)
+    run = targeted if args.targeted else bench
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(bench(args))
-    return uvloop.run(bench(args))
+        return asyncio.run(run(args))
+    return uvloop.run(run(args))
 
 
 if __name__ == "__main__":
