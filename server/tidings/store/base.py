@@ -56,6 +56,7 @@ from .contracts import (
     notifications_topic,
     unread_topic,
 )
+from .contracts.push import PushEndpointStore, Registered
 
 __all__ = [
     "MAX_EVENT_IDS",
@@ -77,7 +78,9 @@ __all__ = [
     "PolicyFor",
     "PresenceStore",
     "PublishResult",
+    "PushEndpointStore",
     "QueuedMessage",
+    "Registered",
     "Store",
     "SweepResult",
     "TopicStore",
@@ -104,7 +107,7 @@ class SweepResult:
 
 
 class Store(TopicStore, InboxStore, MqttSessionStore, PresenceStore, AudienceStore,
-            abc.ABC):
+            PushEndpointStore, abc.ABC):
     """Durable state of a Tidings deployment: every contract, and its lifecycle."""
 
     announces: bool = False

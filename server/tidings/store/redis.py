@@ -186,6 +186,7 @@ from .contracts.audience import (
     check_attribute_values,
     check_tag_values,
 )
+from .redis_push import RedisPushEndpoints
 
 __all__ = ["MQTT_BUCKETS", "RETAINED_GRACE", "RedisStore"]
 
@@ -226,7 +227,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-class RedisStore(Store):
+class RedisStore(RedisPushEndpoints, Store):
     """The store contract on Redis. ``announce``: the scripts put every publication
     they write on its channel (see :attr:`announces`); ``meta_codec`` encodes
     ``meta`` in those announcements (without one it travels as nil)."""
