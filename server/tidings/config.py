@@ -195,6 +195,32 @@ class PresenceSettings:
 
 
 @dataclass
+class PushSettings:
+    """Platform push channels (issue 16; tidings.push). A provider without its
+    credentials is off, and the startup log says so; Web Push needs none (the
+    VAPID key is made once in the data folder)."""
+
+    webpush: bool = True
+    webpush_subject: str = "mailto:admin@localhost"  # the VAPID "sub": how a push service reaches you
+    vapid_private_key: str = ""  # PEM file; empty: made once in the data folder (cluster: set it)
+    fcm_service_account: str = ""  # service-account JSON file; empty: FCM off
+    fcm_url: str = "https://fcm.googleapis.com"
+    apns_key_file: str = ""  # the .p8 key; empty: APNs off
+    apns_key_id: str = ""
+    apns_team_id: str = ""
+    apns_topic: str = ""  # the app's bundle id (a registration may name its own)
+    apns_sandbox: bool = False
+    apns_host: str = ""  # empty: Apple's; else an APNs-compatible gateway
+    apns_port: int = 443
+    ca_file: str = ""  # extra CA certificates for the providers' HTTPS (private gateways)
+    fallback_after: float = 10.0  # seconds a live device has to report "delivered"
+    max_endpoints_per_user: int = 20
+    concurrency: int = 32  # requests in flight per provider
+    timeout: float = 10.0  # seconds per request
+    retries: int = 3  # more attempts after a 429 / 5xx / timeout
+
+
+@dataclass
 class HistoryRule:
     pattern: str
     size: int
@@ -242,6 +268,7 @@ class Settings:
     notify: NotifySettings = field(default_factory=NotifySettings)
     audience: AudienceSettings = field(default_factory=AudienceSettings)
     presence: PresenceSettings = field(default_factory=PresenceSettings)
+    push: PushSettings = field(default_factory=PushSettings)
     preferences: PreferencesSettings = field(default_factory=PreferencesSettings)
     acl: list[AclRule] = field(default_factory=list)
 
@@ -459,6 +486,23 @@ def _validate_preferences(p: PreferencesSettings) -> None:
                           f"IANA time zone name")
 
 
+def _validate_push(p: PushSettings) -> None:
+    for key in ("fallback_after", "timeout"):
+        if not getattr(p, key) > 0:
+            raise ConfigError(f"push.{key}: must be more than 0")
+    for key in ("max_endpoints_per_user", "concurrency"):
+        if getattr(p, key) < 1:
+            raise ConfigError(f"push.{key}: must be at least 1")
+    if p.retries < 0:
+        raise ConfigError("push.retries: must be 0 or more")
+    if not 0 < p.apns_port <= 65535:
+        raise ConfigError(f"push.apns_port: must be a port number, got {p.apns_port}")
+    if p.webpush and not p.webpush_subject.startswith(("mailto:", "https://")):
+        raise ConfigError("push.webpush_subject: must be a mailto: or https: URL (RFC 8292)")
+    if p.apns_key_file and not (p.apns_key_id and p.apns_team_id):
+        raise ConfigError("push.apns_key_file: needs push.apns_key_id and push.apns_team_id")
+
+
 def _validate(s: Settings) -> None:
     from .protocol.topics import TopicError, validate_filter
 
@@ -556,6 +600,7 @@ def _validate(s: Settings) -> None:
         except TopicError as e:
             raise ConfigError(f"acl[{i}].filter: {e}") from None
     _validate_preferences(s.preferences)
+    _validate_push(s.push)
     _derive_sizes(s)
 
 

@@ -12,10 +12,9 @@ from pathlib import Path
 import jwt
 import orjson
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from support.push_standins import H2StandIn, Reply, TestCA
+from support.push_standins import H2StandIn, Reply, TestCA, p8_key
 from tidings.push.apns import ApnsProvider
 from tidings.push.endpoints import Endpoint, parse_endpoint
 from tidings.push.providers import PushMessage, Result, Retrying, collapse_id
@@ -37,11 +36,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     ca = TestCA(tmp_path)
     apple = H2StandIn()
     port = await apple.start(ca.server_context(["localhost"], alpn=["h2"]))
-    key = ec.generate_private_key(ec.SECP256R1())
-    p8 = tmp_path / "AuthKey_KEY1234567.p8"
-    p8.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                     serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption()))
+    p8, key = p8_key(tmp_path)
     waits: list[float] = []
 
     async def sleep(seconds: float) -> None:

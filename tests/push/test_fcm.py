@@ -5,7 +5,6 @@ published formats."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +14,9 @@ import aiohttp
 import jwt
 import orjson
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from support.push_standins import Reply, StandIn, TestCA
+from support.push_standins import Reply, StandIn, TestCA, service_account
 from tidings.push.endpoints import Endpoint, parse_endpoint
 from tidings.push.fcm import FCM_SCOPE, FcmProvider
 from tidings.push.providers import PushMessage, Result, Retrying, collapse_id
@@ -44,15 +42,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     oauth_url = await oauth.start() + "/token"
     fcm = StandIn(Reply(200, body={"name": "projects/tidings-test/messages/1"}))
     fcm_url = await fcm.start(ca.server_context(["localhost"]))
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    account = tmp_path / "service-account.json"
-    account.write_text(json.dumps({
-        "type": "service_account", "project_id": "tidings-test", "private_key_id": "k1",
-        "private_key": key.private_bytes(serialization.Encoding.PEM,
-                                         serialization.PrivateFormat.PKCS8,
-                                         serialization.NoEncryption()).decode(),
-        "client_email": "push@tidings-test.iam.gserviceaccount.com", "client_id": "1",
-        "token_uri": oauth_url}))
+    account, key = service_account(tmp_path, oauth_url)
     waits: list[float] = []
 
     async def sleep(seconds: float) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import json
 import ssl
 from collections import deque
 from collections.abc import Sequence
@@ -23,13 +24,13 @@ import orjson
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import DataReceived, RequestReceived, StreamEnded
 
-__all__ = ["H2StandIn", "Recorded", "Reply", "StandIn", "TestCA"]
+__all__ = ["H2StandIn", "Recorded", "Reply", "StandIn", "TestCA", "p8_key", "service_account"]
 
 
 class TestCA:
@@ -204,3 +205,27 @@ class H2StandIn:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+def service_account(folder: Path, token_uri: str) -> tuple[Path, rsa.RSAPrivateKey]:
+    """A Google service-account file (a fresh RSA key) whose token endpoint is ours."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = folder / "service-account.json"
+    path.write_text(json.dumps({
+        "type": "service_account", "project_id": "tidings-test", "private_key_id": "k1",
+        "private_key": key.private_bytes(serialization.Encoding.PEM,
+                                         serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()).decode(),
+        "client_email": "push@tidings-test.iam.gserviceaccount.com", "client_id": "1",
+        "token_uri": token_uri}))
+    return path, key
+
+
+def p8_key(folder: Path) -> tuple[Path, ec.EllipticCurvePrivateKey]:
+    """An APNs-style .p8 signing key (P-256, PKCS#8 PEM)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    path = folder / "AuthKey_KEY1234567.p8"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return path, key
