@@ -97,6 +97,12 @@ class TokenAuthority:
     def __repr__(self) -> str:  # never show the secret
         return f"TokenAuthority(max_ttl={self.max_ttl})"
 
+    def derived_key(self, purpose: str) -> bytes:
+        """A key for ``purpose`` derived from the secret (HMAC-SHA256): other
+        signatures (push tracking links) never share the tokens' key."""
+        return hmac.new(self._secret.encode(), f"tidings:{purpose}".encode(),
+                        hashlib.sha256).digest()
+
     def issue(self, user: str, *, ttl: int | None = None,
               subscribe: Sequence[str] | None = None,
               publish: Sequence[str] | None = None) -> str:

@@ -50,6 +50,7 @@ import secrets
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, cast
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.datastructures import Headers
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
@@ -88,7 +89,9 @@ from ..protocol.frames import (
     ok_reply,
     ws_frame,
 )
+from ..push.track import PUSH_TRACK_PATH, TrackSigner
 from ..sessions import Operations, Session
+from ..store.base import TRACK_EVENTS
 from ..types import Publication, UserId
 
 __all__ = ["WsEdge", "WsSession", "WsState"]
@@ -702,6 +705,7 @@ class WsEdge:
         # MQTT over WebSocket (set by the app when the MQTT broker runs)
         self.mqtt_handler: Callable[[WsConnection], Handler] | None = None
         self._routes = http_routes or {}
+        self.track_signer = TrackSigner(tokens.derived_key("push-track"))
         register_wires(node)
         metrics.gauge("tidings_ws_connections", "open WebSocket connections",
                       lambda: float(self.connections))
@@ -741,12 +745,38 @@ class WsEdge:
                 return _plain(http.HTTPStatus.TOO_MANY_REQUESTS,
                               b"too many connections from this address\n")
             return None
+        if path == PUSH_TRACK_PATH:
+            return self.push_track(request)
         if self.settings.ws.demo_page:
             route = self._routes.get(path)  # the demo page's helpers (/dev/token)
             if route is not None:
                 return route(request)
             return static_response(path)
         return _plain(http.HTTPStatus.NOT_FOUND, b"not found\n")
+
+    def push_track(self, request: Request) -> Response:
+        """``GET /push/track?u=&n=&e=&t=``: the service worker's report of a shown
+        notification (:mod:`tidings.push.track`): 204 once the signature holds
+        (the event is recorded in the background, once per user and event), 403
+        for a bad signature, 400 for a malformed link. Any origin may send it
+        (the signature is the credential), so the answer allows CORS."""
+        query = parse_qs(urlsplit(request.path).query)
+        args = {k: v[0] for k, v in query.items() if len(v) == 1 and len(v[0]) <= 256}
+        user, nid, event, token = (args.get(k, "") for k in ("u", "n", "e", "t"))
+        if not (user and nid and token) or event not in TRACK_EVENTS:
+            return _plain(http.HTTPStatus.BAD_REQUEST, b"u, n, e and t are required\n",
+                          cors=True)
+        if not self.track_signer.verify(user, nid, token):
+            self.metrics.inc("tidings_errors_total", code="bad_track_signature")
+            return _plain(http.HTTPStatus.FORBIDDEN, b"bad signature\n", cors=True)
+        self.tasks.spawn(self._record_track(user, nid, event))
+        return _plain(http.HTTPStatus.NO_CONTENT, b"", cors=True)
+
+    async def _record_track(self, user: str, nid: str, event: str) -> None:
+        try:
+            await self.ops.track(user, nid, event)
+        except TidingsError as e:  # the store is down: the report is lost, nothing else
+            log.info("push track report not recorded: %s", e.code)
 
     def admit(self, ip: str) -> None:
         self._per_ip[ip] += 1
@@ -798,11 +828,13 @@ def static_response(path: str) -> Response:
     return _plain(http.HTTPStatus.OK, body, ctype)
 
 
-def _plain(status: http.HTTPStatus, body: bytes, ctype: str = "text/plain; charset=utf-8"
-           ) -> Response:
+def _plain(status: http.HTTPStatus, body: bytes, ctype: str = "text/plain; charset=utf-8",
+           *, cors: bool = False) -> Response:
     # The connection ends after this response (only an upgrade keeps it): say so,
     # or a client that pools connections reuses one the server has closed.
     headers = Headers([("Content-Type", ctype), ("Content-Length", str(len(body))),
                        ("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff"),
                        ("Connection", "close")])
+    if cors:
+        headers["Access-Control-Allow-Origin"] = "*"
     return Response(status.value, status.phrase, headers, body)
