@@ -56,6 +56,7 @@ from .contracts import (
     notifications_topic,
     unread_topic,
 )
+from .contracts.events import EventStore
 from .contracts.push import PushEndpointStore, Registered
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "AudiencePage",
     "AudienceQuery",
     "AudienceStore",
+    "EventStore",
     "HistoryPage",
     "HistoryPolicy",
     "InboxItem",
@@ -107,7 +109,7 @@ class SweepResult:
 
 
 class Store(TopicStore, InboxStore, MqttSessionStore, PresenceStore, AudienceStore,
-            PushEndpointStore, abc.ABC):
+            PushEndpointStore, EventStore, abc.ABC):
     """Durable state of a Tidings deployment: every contract, and its lifecycle."""
 
     announces: bool = False

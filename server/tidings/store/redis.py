@@ -186,6 +186,7 @@ from .contracts.audience import (
     check_attribute_values,
     check_tag_values,
 )
+from .redis_events import RedisEvents
 from .redis_push import RedisPushEndpoints
 
 __all__ = ["MQTT_BUCKETS", "RETAINED_GRACE", "RedisStore"]
@@ -227,7 +228,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-class RedisStore(RedisPushEndpoints, Store):
+class RedisStore(RedisPushEndpoints, RedisEvents, Store):
     """The store contract on Redis. ``announce``: the scripts put every publication
     they write on its channel (see :attr:`announces`); ``meta_codec`` encodes
     ``meta`` in those announcements (without one it travels as nil)."""

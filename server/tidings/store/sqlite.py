@@ -52,6 +52,7 @@ from .contracts.audience import (
     check_attribute_values,
     check_tag_values,
 )
+from .sqlite_events import EVENTS_SCHEMA, SqliteEvents
 from .sqlite_push import PUSH_SCHEMA, SqlitePushEndpoints
 
 __all__ = ["SqliteStore"]
@@ -181,7 +182,7 @@ _PROBE_SIZE = 65536  # bytes written by each ping (see SqliteStore.ping)
 _CORRUPT = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
 
 
-class SqliteStore(SqlitePushEndpoints, Store):
+class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
     def __init__(
         self,
         folder: str | Path,
@@ -286,6 +287,7 @@ class SqliteStore(SqlitePushEndpoints, Store):
                                  " AND name = 'inbox_counts'").fetchone() is not None
             db.executescript(_SCHEMA)
             db.executescript(PUSH_SCHEMA)
+            db.executescript(EVENTS_SCHEMA)
             if not counted:  # a data folder from before the counters: count once
                 db.execute(_COUNTS_FILL)
             columns = {row[1] for row in db.execute("PRAGMA table_info(retained)")}
