@@ -41,6 +41,7 @@ from .notify import Notifier
 from .plumbing import TaskSet
 from .presence import Presence
 from .protocol.mqtt.properties import PROPERTIES_MAP
+from .push.channel import PushChannel
 from .redis_wire import parse_redis_url
 from .store.base import Store
 from .store.redis import RedisStore
@@ -360,6 +361,8 @@ class App:
     async def start(self) -> None:
         s = self.settings
         await self.node.start()
+        self.node.push = await PushChannel.open(s.push, s.store.path, self.node.store,
+                                                self.metrics)
         self.sweeper.start()
         if self.mqtt is not None:
             await _listen(self.mqtt.start(), [("mqtt.port", s.mqtt.host, s.mqtt.port),
@@ -412,5 +415,7 @@ class App:
         await steps.close()
         await self.presence.close()
         await self.sweeper.close()
+        if self.node.push is not None:
+            await self.node.push.close()
         await self.node.close()
         log.info("node %s stopped", self.node.name)

@@ -201,7 +201,7 @@ class PushSettings:
     VAPID key is made once in the data folder)."""
 
     webpush: bool = True
-    webpush_subject: str = "mailto:admin@localhost"  # the VAPID "sub": how a push service reaches you
+    webpush_subject: str = "mailto:admin@localhost"  # VAPID "sub": where push services reach you
     vapid_private_key: str = ""  # PEM file; empty: made once in the data folder (cluster: set it)
     fcm_service_account: str = ""  # service-account JSON file; empty: FCM off
     fcm_url: str = "https://fcm.googleapis.com"

@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .bus.base import Bus
 from .config import HistorySettings, TopicSettings
@@ -27,6 +27,9 @@ from .store.base import (
     Store,
 )
 from .types import Offset, PayloadKind, Publication, format_offset, parse_offset
+
+if TYPE_CHECKING:
+    from .push.channel import PushChannel
 
 __all__ = ["Node"]
 
@@ -53,6 +56,8 @@ class Node:
         # when the filter goes, so no user can fill the trie through many connections.
         self.user_subscriptions: Tally[str] = Tally(TopicSettings.max_user_subscriptions)
         self.metrics = metrics
+        # platform push (Web Push, FCM, APNs): opened by the app after the store
+        self.push: PushChannel | None = None
         self._history = history
         self._policies: dict[str, HistoryPolicy] = {}
         self._refs: Counter[str] = Counter()

@@ -427,6 +427,10 @@ class WsSession:
             self._ok(rid, {"recorded": await s.track(a["notification"], a["event"])})
         elif op == "devices":
             self._ok(rid, {"devices": await s.devices()})
+        elif op == "register_push":
+            self._ok(rid, {"endpoints": await s.register_push(a)})
+        elif op == "unregister_push":
+            self._ok(rid, {"removed": await s.unregister_push()})
         elif op == "connect":
             raise BadRequest("already connected")
         else:

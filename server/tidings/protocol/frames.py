@@ -70,6 +70,10 @@ OPS: dict[str, _Spec] = {
     "archive": {"ids": (_IDS, False), "all": (_BOOL, False)},
     "track": {"notification": (_STR, True), "event": (_STR, True), "action": (_STR, False)},
     "devices": {},
+    # platform push (issue 16): this device's endpoint, the forms of push/endpoints.py
+    "register_push": {"kind": (_STR, True), "subscription": ((dict,), False),
+                      "token": (_STR, False), "topic": (_STR, False)},
+    "unregister_push": {},
 }
 
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list",

@@ -21,13 +21,14 @@ import orjson
 
 from ..auth import Acl, Principal, TokenAuthority, is_reserved
 from ..config import Settings
-from ..errors import BadRequest, BadTopic, Forbidden, QuotaExceeded, TooLarge
+from ..errors import BadRequest, BadTopic, Forbidden, QuotaExceeded, TooLarge, Unavailable
 from ..metrics import Metrics
 from ..node import Node
 from ..notify import Notifier
 from ..presence import Presence
 from ..protocol.frames import Encoding, encode
 from ..protocol.topics import TopicError, validate_filter, validate_topic
+from ..push.channel import PushChannel
 from ..store.base import MarkAction, PublishResult, UserChange
 from ..types import PayloadKind, Publication, is_cursor
 
@@ -208,6 +209,28 @@ class Operations:
 
     async def track(self, user: str, notification: Any, event: Any) -> bool:
         return await self.notifier.track(user, notification, event)
+
+    # -- platform push (issue 16) ---------------------------------------------------------
+
+    def _push(self) -> PushChannel:
+        if self.node.push is None:
+            raise Unavailable("platform push is not running on this node")
+        return self.node.push
+
+    def vapid_public_key(self) -> str | None:
+        """What ``PushManager.subscribe`` takes as ``applicationServerKey``."""
+        return None if self.node.push is None else self.node.push.vapid_public_key
+
+    async def register_push(self, user: str, device: str, body: Any) -> list[dict[str, Any]]:
+        """Store ``device``'s endpoint (400 naming the field if bad); the user's endpoints."""
+        return [r.to_dict() for r in await self._push().register(user, device, body)]
+
+    async def push_endpoints(self, user: str) -> list[dict[str, Any]]:
+        return [r.to_dict() for r in await self._push().store.push_endpoints(user)]
+
+    async def unregister_push(self, user: str, device: str | None) -> int:
+        """Remove ``device``'s endpoint (None: all of the user's); how many went."""
+        return await self._push().store.push_remove(user, device=device)
 
     async def devices(self, user: str) -> list[dict[str, Any]]:
         return await self.presence.devices(user)

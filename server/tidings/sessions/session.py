@@ -207,6 +207,9 @@ class Session:
         except BaseException:
             self._release_hold({})
             raise
+        vapid = self.ops.vapid_public_key()
+        if vapid is not None:  # for PushManager.subscribe (tidings.push.enable())
+            more["vapid_public_key"] = vapid
         reply({"user": self.user, "device": self.device, "node": node.name, "unread": unread,
                "offset": offset, "recovered": recovered, "complete": complete, **more})
         self._release_hold(seen)
@@ -392,6 +395,13 @@ class Session:
 
     async def devices(self) -> list[dict[str, Any]]:
         return await self.ops.devices(self.me("devices"))
+
+    async def register_push(self, endpoint: Any) -> list[dict[str, Any]]:
+        """This device's platform push endpoint (issue 16); the user's endpoints."""
+        return await self.ops.register_push(self.me("register_push"), self.device, endpoint)
+
+    async def unregister_push(self) -> int:
+        return await self.ops.unregister_push(self.me("unregister_push"), self.device)
 
     # -- end ----------------------------------------------------------------------------
 
