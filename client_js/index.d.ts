@@ -219,6 +219,8 @@ export declare class Tidings extends Emitter<TidingsEvents> {
   role: null | "solo" | "leader" | "follower";
   session: Session | null;
   readonly inbox: Inbox;
+  /** Web Push while the app is closed (docs/push.md). */
+  readonly push: PushControl;
   connect(): Promise<void>;
   close(): void;
   subscribe(filter: string, handler: (msg: MessagePush) => void): Promise<SubscribeReply>;
@@ -272,3 +274,34 @@ export declare class Core extends Emitter<TidingsEvents & { inbox: unknown; offs
   close(): void;
   request(op: string, args?: Record<string, unknown>): Promise<any>;
 }
+
+export type PushEndpoint =
+  | { kind: "webpush"; subscription: unknown }
+  | { kind: "fcm"; token: string }
+  | { kind: "apns"; token: string; topic: string };
+
+export interface RegisteredEndpoint {
+  device: string;
+  kind: "webpush" | "fcm" | "apns";
+  created: number;
+  subscription?: unknown;
+  token?: string;
+  topic?: string;
+}
+
+export declare class PushControl {
+  /** Whether this browser can do Web Push at all. */
+  readonly supported: boolean;
+  /** The server's VAPID public key (null when Web Push is off there). */
+  vapidKey(): Promise<string | null>;
+  /** Ask for permission, register tidings-sw.js, subscribe, register the subscription. */
+  enable(options?: { serviceWorker?: string; scope?: string }): Promise<RegisteredEndpoint[]>;
+  /** Unsubscribe and remove this device's endpoint. */
+  disable(options?: { scope?: string }): Promise<number>;
+  /** Register an endpoint for this device directly (FCM / APNs tokens, own subscriptions). */
+  register(endpoint: PushEndpoint): Promise<RegisteredEndpoint[]>;
+  unregister(): Promise<number>;
+}
+
+/** The http(s) origin of a ws(s) URL. */
+export declare function serverOrigin(wsUrl: string): string;

@@ -149,6 +149,8 @@ export class Core extends Emitter {
     this.state = "idle";
     /** @type {{user: string | null, device: string, node: string} | null} */
     this.session = null;
+    /** @type {string | null} the server's VAPID public key (Web Push), from the connect reply */
+    this.vapidKey = null;
     /** @type {any} */
     this.ws = null;
     this.attempt = 0;
@@ -302,6 +304,7 @@ export class Core extends Emitter {
     this.attempt = 0;
     this.refused = null;
     this.session = { user: reply.user ?? null, device: reply.device, node: reply.node };
+    this.vapidKey = reply.vapid_public_key ?? null;
     this.pushSeq++;
     this.inbox.unread = reply.unread ?? 0;
     this.emit("connected", { ...this.session, unread: this.inbox.unread });

@@ -15,6 +15,7 @@ import { TidingsError } from "./errors.js";
 import { Inbox, InboxState } from "./inbox.js";
 import { Ledger } from "./ledger.js";
 import { SharedLink } from "./shared.js";
+import { PushControl, serverOrigin } from "./push.js";
 import { matches } from "./topics.js";
 
 /**
@@ -63,6 +64,8 @@ export class Tidings extends Emitter {
     this._ledger = new Ledger();
     this._inboxState = new InboxState();
     this.inbox = new Inbox(this._inboxState, { call: (m, a) => this._call(m, a) });
+    /** Web Push while the app is closed (push.js). */
+    this.push = new PushControl({ call: (m, a) => this._call(m, a), server: serverOrigin(url) });
     /** @type {Map<string, Set<MessageHandler>>} */
     this._handlers = new Map();
     /** @type {Set<string>} filters the server confirmed */
@@ -316,6 +319,9 @@ export class Tidings extends Emitter {
       case "track": return core.request("track", { notification: args[0], event: args[1], action: args[2] });
       case "devices": return (await core.request("devices")).devices;
       case "ping": return core.request("ping");
+      case "push.key": return core.vapidKey;
+      case "push.register": return core.request("register_push", args[0]);
+      case "push.unregister": return core.request("unregister_push");
       case "connect": return core.start();
       case "inbox.read": return core.mark("read", args[0]);
       case "inbox.readAll": return core.mark("read", null);

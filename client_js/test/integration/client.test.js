@@ -313,3 +313,22 @@ test("read all on more than 1000 unread: the bounded event (all, no ids) reads e
   await until(() => laptop.inbox.unread === 0, "the other device's badge");
   assert.ok(laptop.inbox.items.every((i) => i.read), "and its loaded items read");
 }, { timeout: 8 * WAIT });
+
+test("push: the VAPID key from the connect reply, and registering this device's endpoint", async () => {
+  const t = client("pushy", { device: "pushy-phone" });
+  await t.connect();
+  const key = await t.push.vapidKey();
+  const api = await server.api("GET", "/v1/push/vapid-public-key");
+  assert.equal(key, api.key);
+  const endpoints = await t.push.register({ kind: "fcm", token: "fcm:token-1" });
+  assert.deepEqual(endpoints.map((/** @type {any} */ e) => [e.device, e.kind, e.token]),
+    [["pushy-phone", "fcm", "fcm:token-1"]]);
+  const listed = await server.api("GET", "/v1/users/pushy/push-endpoints");
+  assert.equal(listed.endpoints.length, 1);
+  await assert.rejects(t.push.register({ kind: "apns", token: "zz", topic: "x" }),
+    (/** @type {any} */ e) => e instanceof TidingsError && e.code === "bad_request");
+  assert.equal(await t.push.unregister(), 1);
+  assert.deepEqual((await server.api("GET", "/v1/users/pushy/push-endpoints")).endpoints, []);
+  assert.equal(t.push.supported, false); // Node has no service workers: enable() would refuse
+  await assert.rejects(t.push.enable(), (/** @type {any} */ e) => e.code === "unsupported");
+});
