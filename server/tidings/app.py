@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import cast
 from urllib.parse import parse_qs
 
+import aiohttp
 from aiohttp import web
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -34,6 +35,7 @@ from .config import Settings
 from .edges.mqtt import MqttBroker, serve_websocket
 from .edges.ws import WsEdge
 from .errors import TidingsError, Unavailable
+from .events import EventLog, WebhookSink
 from .health import StoreHealth
 from .metrics import Metrics
 from .node import Node
@@ -291,6 +293,7 @@ class App:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._stopped = False
+        self._events_http: aiohttp.ClientSession | None = None
         for name_, text in (
             ("tidings_connections_total", "connections accepted, by edge"),
             ("tidings_messages_in_total", "messages published"),
@@ -358,11 +361,25 @@ class App:
         return self.node.bus.healthy and await self.node.store.ping() \
             and self.store_health.ok
 
+    def _event_log(self) -> EventLog:
+        """The node's event stream (events.py): to the store, and to the webhook if set."""
+        e = self.settings.events
+        sink = None
+        if e.webhook:
+            self._events_http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+            sink = WebhookSink(e.webhook, self._events_http, secret=e.webhook_secret,
+                               batch=e.batch, linger=e.linger, retries=e.retries,
+                               queue_max=e.queue_max, metrics=self.metrics)
+        return EventLog(self.node.name, self.node.store, keep=e.retention, webhook=sink,
+                        metrics=self.metrics)
+
     async def start(self) -> None:
         s = self.settings
         await self.node.start()
+        self.node.events = self.presence.events = self._event_log()
         self.node.push = await PushChannel.open(s.push, s.store.path, self.node.store,
                                                 self.metrics)
+        self.node.push.events = self.node.events
         self.sweeper.start()
         if self.mqtt is not None:
             await _listen(self.mqtt.start(), [("mqtt.port", s.mqtt.host, s.mqtt.port),
@@ -417,5 +434,9 @@ class App:
         await self.sweeper.close()
         if self.node.push is not None:
             await self.node.push.close()
+        if self.node.events is not None:
+            await self.node.events.close()
+            if self._events_http is not None:
+                await self._events_http.close()
         await self.node.close()
         log.info("node %s stopped", self.node.name)

@@ -195,6 +195,20 @@ class PresenceSettings:
 
 
 @dataclass
+class EventsSettings:
+    """Events for backends (issue 13; tidings.events): kept in the store for
+    ``GET /v1/events``, and posted to a webhook in signed batches."""
+
+    retention: float = 7 * 86400.0  # seconds events stay readable at GET /v1/events
+    webhook: str = ""  # URL; empty: no webhook
+    webhook_secret: str = ""  # HMAC-SHA256 key for X-Tidings-Signature; empty: unsigned
+    batch: int = 100  # events per webhook request, at most
+    linger: float = 0.5  # seconds a batch waits to fill before it goes
+    retries: int = 5  # more attempts per batch (then it is dead-lettered and counted)
+    queue_max: int = 10000  # events waiting for the webhook; more are dropped (counted)
+
+
+@dataclass
 class PushSettings:
     """Platform push channels (issue 16; tidings.push). A provider without its
     credentials is off, and the startup log says so; Web Push needs none (the
@@ -269,6 +283,7 @@ class Settings:
     audience: AudienceSettings = field(default_factory=AudienceSettings)
     presence: PresenceSettings = field(default_factory=PresenceSettings)
     push: PushSettings = field(default_factory=PushSettings)
+    events: EventsSettings = field(default_factory=EventsSettings)
     preferences: PreferencesSettings = field(default_factory=PreferencesSettings)
     acl: list[AclRule] = field(default_factory=list)
 
@@ -486,6 +501,19 @@ def _validate_preferences(p: PreferencesSettings) -> None:
                           f"IANA time zone name")
 
 
+def _validate_events(e: EventsSettings) -> None:
+    if not e.retention > 0:
+        raise ConfigError("events.retention: must be more than 0 seconds")
+    if not 1 <= e.batch <= 10000:
+        raise ConfigError("events.batch: must be 1-10000")
+    if not 0 <= e.linger <= 60:
+        raise ConfigError("events.linger: must be 0-60 seconds")
+    if e.retries < 0 or e.queue_max < 1:
+        raise ConfigError("events.retries must be 0 or more and events.queue_max at least 1")
+    if e.webhook and not e.webhook.startswith(("http://", "https://")):
+        raise ConfigError("events.webhook: must be an http(s) URL")
+
+
 def _validate_push(p: PushSettings) -> None:
     for key in ("fallback_after", "timeout"):
         if not getattr(p, key) > 0:
@@ -601,6 +629,7 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"acl[{i}].filter: {e}") from None
     _validate_preferences(s.preferences)
     _validate_push(s.push)
+    _validate_events(s.events)
     _derive_sizes(s)
 
 

@@ -44,8 +44,9 @@ import orjson
 
 from .metrics import Metrics
 from .push.providers import retry_after_seconds
+from .store.contracts.events import EventStore
 
-__all__ = ["EVENT_TYPES", "Event", "EventIds", "WebhookSink", "sign"]
+__all__ = ["EVENT_TYPES", "Event", "EventIds", "EventLog", "WebhookSink", "sign"]
 
 log = logging.getLogger("tidings.events")
 
@@ -218,3 +219,79 @@ class WebhookSink:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+class EventLog:
+    """A node's event stream: :meth:`emit` makes an :class:`Event` and hands it
+    to the store's event log (for ``GET /v1/events``) and to the webhook sink,
+    if one is configured. Never blocks the caller: events are written to the
+    store in groups by one background writer (at most ``group`` per call),
+    and an event the store could not take is counted
+    (``tidings_events_unstored_total``), never retried forever."""
+
+    def __init__(self, node: str, store: EventStore, *, keep: float,
+                 webhook: WebhookSink | None = None, metrics: Metrics | None = None,
+                 clock: Callable[[], float] = time.time, group: int = 500,
+                 queue_max: int = 100_000) -> None:
+        self.ids = EventIds(node, clock)
+        self.store = store
+        self.keep = keep
+        self.webhook = webhook
+        self.metrics = metrics
+        self.group = group
+        self.queue_max = queue_max
+        self._pending: list[dict[str, Any]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._flushed = asyncio.Event()
+        self._flushed.set()
+        if metrics is not None:
+            metrics.describe("tidings_events_total", "Events emitted, by type.")
+            metrics.describe("tidings_events_unstored_total",
+                             "Events the store could not take (lost to GET /v1/events).")
+
+    def emit(self, type: str, *, user: str | None = None, notification: str | None = None,
+             **extra: Any) -> Event:
+        eid, ts = self.ids.next()
+        event = Event(eid, type, ts, user, notification, extra)
+        if self.metrics is not None:
+            self.metrics.inc("tidings_events_total", type=type)
+        if len(self._pending) < self.queue_max:
+            self._pending.append(event.to_dict())
+            self._flushed.clear()
+            if self._task is None:
+                self._task = asyncio.get_running_loop().create_task(self._write())
+        elif self.metrics is not None:
+            self.metrics.inc("tidings_events_unstored_total")
+        if self.webhook is not None:
+            self.webhook.put(event)
+        return event
+
+    async def _write(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:self.group], self._pending[self.group:]
+                try:
+                    await self.store.events_append(batch, keep=self.keep)
+                except Exception as e:  # Unavailable, or our bug: counted, logged, dropped
+                    log.warning("event log: %d events not stored (%s)", len(batch),
+                                type(e).__name__)
+                    if self.metrics is not None:
+                        self.metrics.inc("tidings_events_unstored_total", len(batch))
+        finally:
+            self._task = None
+            self._flushed.set()
+
+    async def flushed(self) -> None:
+        """Until every emitted event was handed to the store."""
+        await self._flushed.wait()
+
+    async def since(self, cursor: str | None, limit: int
+                    ) -> tuple[list[dict[str, Any]], str | None]:
+        return await self.store.events_since(cursor, limit=limit)
+
+    async def close(self, grace: float = 2.0) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self.flushed()
+        if self.webhook is not None:
+            await self.webhook.close(grace)

@@ -29,6 +29,7 @@ from .store.base import (
 from .types import Offset, PayloadKind, Publication, format_offset, parse_offset
 
 if TYPE_CHECKING:
+    from .events import EventLog
     from .push.channel import PushChannel
 
 __all__ = ["Node"]
@@ -58,6 +59,8 @@ class Node:
         self.metrics = metrics
         # platform push (Web Push, FCM, APNs): opened by the app after the store
         self.push: PushChannel | None = None
+        # events for backends (GET /v1/events, the events webhook): set by the app
+        self.events: EventLog | None = None
         self._history = history
         self._policies: dict[str, HistoryPolicy] = {}
         self._refs: Counter[str] = Counter()

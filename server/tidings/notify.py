@@ -136,7 +136,10 @@ class Notifier:
             raise BadRequest(f"event must be one of {', '.join(TRACK_EVENTS)}")
         if not isinstance(notification_id, str) or len(notification_id) > 128:
             raise BadRequest("notification must be a notification id")
-        return await self.node.store.track(notification_id, user, event)
+        recorded = await self.node.store.track(notification_id, user, event)
+        if recorded and self.node.events is not None:
+            self.node.events.emit(event, user=user, notification=notification_id)
+        return recorded
 
     async def stats(self, notification_id: str) -> dict[str, Any]:
         stats = await self.node.store.stats(notification_id)

@@ -24,6 +24,7 @@ import orjson
 
 from .config import PresenceSettings
 from .errors import TidingsError
+from .events import EventLog
 from .metrics import Metrics
 from .plumbing import Pump, TaskSet
 from .store.base import PresenceStore
@@ -78,6 +79,7 @@ class Presence:
         self._online: dict[str, dict[object, Device]] = {}
         self._announced: set[str] = set()
         self._pending_offline: dict[str, asyncio.TimerHandle] = {}
+        self.events: EventLog | None = None  # set by the app
         self._posting = TaskSet("presence webhook")
         # one poster while there are events: delivery never waits for the webhook
         self._webhook: Pump[dict[str, Any]] = Pump(self._post, None, high=_QUEUE_MAX,
@@ -193,6 +195,8 @@ class Presence:
     # -- webhook ----------------------------------------------------------------
 
     def _emit(self, event: str, user: str) -> None:
+        if self.events is not None:  # the node's event stream (GET /v1/events, its webhook)
+            self.events.emit(event, user=user, node=self.node)
         if not self.settings.webhook:
             return
         if len(self._webhook) >= _QUEUE_MAX:

@@ -26,7 +26,7 @@ from ..node import Node
 from ..notify import Notifier
 from ..presence import Presence
 from ..sessions import Operations
-from . import notifications, ops, push, tokens, topics, users
+from . import events, notifications, ops, push, tokens, topics, users
 from .common import (
     KEY_ID,
     KEYS,
@@ -61,6 +61,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/v1/users/{uid}/push-endpoints", push.endpoints),
     ("DELETE", "/v1/users/{uid}/push-endpoints", push.unregister),
     ("GET", "/v1/push/vapid-public-key", push.vapid_public_key),
+    ("GET", "/v1/events", events.events),
     ("GET", "/v1/notifications/{nid}/stats", notifications.notification_stats),
     ("GET", "/v1/stats/categories", notifications.category_stats),
     ("GET", "/healthz", ops.healthz),

@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 
 from ..config import PushSettings
+from ..events import EventLog
 from ..metrics import Metrics
 from ..plumbing import TaskSet
 from ..store.contracts.push import PushEndpointStore, Registered
@@ -61,6 +62,7 @@ class PushChannel:
         self.vapid_public_key = vapid_public_key
         self._session = session
         self._tasks = TaskSet("push")
+        self.events: EventLog | None = None  # the node's event stream, set by the app
         if metrics is not None:
             metrics.describe("tidings_push_total",
                              "Platform push attempts per endpoint, by outcome (pushed_webpush, "
@@ -133,16 +135,19 @@ class PushChannel:
         chosen = [r for r in endpoints if r.device not in skip
                   and r.endpoint.kind in self.providers
                   and (kinds is None or r.endpoint.kind in kinds)]
-        results = await asyncio.gather(*(self._one(r, message) for r in chosen))
+        results = await asyncio.gather(*(self._one(user, r, message) for r in chosen))
         return {r.device: outcome for r, outcome in zip(chosen, results, strict=True)}
 
-    async def _one(self, r: Registered, message: PushMessage) -> str:
+    async def _one(self, user: str, r: Registered, message: PushMessage) -> str:
         result = await self.providers[r.endpoint.kind].send(r.endpoint, message)
         if result is Result.GONE:
             await self.store.push_remove_address(r.endpoint.address)
         outcome = _outcome(r.endpoint.kind, result)
         if self.metrics is not None:
             self.metrics.inc("tidings_push_total", outcome=outcome)
+        if self.events is not None and not message.dismiss:
+            self.events.emit(outcome, user=user, notification=message.notification,
+                             device=r.device)
         return outcome
 
     async def withdraw(self, user: str, notification: str, collapse_key: str | None = None
