@@ -138,3 +138,35 @@ test("a report with a forged token changes no stats", { ...TIMEOUT, skip: missin
     await context.close();
   }
 });
+
+test("the demo page's switch registers the worker and reports what the browser says",
+  { ...TIMEOUT, skip: missing }, async () => {
+    const context = await /** @type {any} */ (chromium).browser.newContext();
+    try {
+      await context.grantPermissions(["notifications"], { origin: server.pageUrl });
+      const page = await context.newPage();
+      await page.goto(`${server.pageUrl}/?user=switcher`);
+      await page.waitForSelector('#status[data-state="connected"]', { timeout: 2 * WAIT });
+      assert.equal(await page.isEnabled("#push-switch"), true);
+      await page.check("#push-switch");
+      // No push service is reachable from this machine, so the browser's
+      // subscribe fails: the page says so and turns the switch back off.
+      // Everything before it ran: permission, the worker's registration.
+      await page.waitForFunction(() => {
+        const text = document.getElementById("push-status")?.textContent ?? "";
+        return text.startsWith("On:") || text.startsWith("Could not enable");
+      }, null, { timeout: 4 * WAIT });
+      const status = await page.textContent("#push-status");
+      const registered = await page.evaluate(async () =>
+        Boolean(await navigator.serviceWorker.getRegistration("/client/")));
+      assert.equal(registered, true);
+      if (status?.startsWith("Could not enable")) {
+        assert.equal(await page.isChecked("#push-switch"), false);
+      } else {
+        const listed = await server.api("GET", "/v1/users/switcher/push-endpoints");
+        assert.equal(listed.endpoints.length, 1);
+      }
+    } finally {
+      await context.close();
+    }
+  });

@@ -111,6 +111,33 @@ function inboxItem(n) {
 tidings.inbox.on("change", renderInbox);
 renderInbox({ items: [], unread: 0, hasMore: false });
 $("read-all").addEventListener("click", () => tidings.inbox.readAll().catch(report));
+
+// Web Push while this tab is closed (docs/push.md): the service worker lives
+// beside the client (/client/tidings-sw.js), so its scope is /client/.
+const PUSH_OPTIONS = { serviceWorker: "/client/tidings-sw.js", scope: "/client/" };
+const pushSwitch = /** @type {HTMLInputElement} */ ($("push-switch"));
+pushSwitch.disabled = !tidings.push.supported;
+$("push-status").textContent = tidings.push.supported ? "" : "This browser has no Web Push.";
+if (tidings.push.supported) {
+  navigator.serviceWorker.getRegistration("/client/").then(async (reg) => {
+    pushSwitch.checked = Boolean(reg && await reg.pushManager.getSubscription());
+  }).catch(() => {});
+}
+pushSwitch.addEventListener("change", async () => {
+  const on = pushSwitch.checked;
+  $("push-status").textContent = on ? "subscribing…" : "";
+  try {
+    if (on) {
+      await tidings.push.enable(PUSH_OPTIONS);
+      $("push-status").textContent = "On: notifications reach this browser while the tab is closed.";
+    } else {
+      await tidings.push.disable(PUSH_OPTIONS);
+    }
+  } catch (e) {
+    pushSwitch.checked = !on;
+    $("push-status").textContent = `Could not ${on ? "enable" : "disable"}: ${e.message}`;
+  }
+});
 $("load-more").addEventListener("click", () => tidings.inbox.loadMore().catch(report));
 
 let toastTimer = 0;
