@@ -83,6 +83,17 @@ def test_the_wheel_carries_the_js_client_of_client_js_src(wheel: Path) -> None:
     assert wheel_client(wheel) == client_files()
 
 
+def test_the_wheel_vendors_the_dashboard_chart_library_from_npm(wheel: Path) -> None:
+    """A fresh clone has no node_modules: the build ran ``npm ci`` itself and
+    copied uPlot's files (the ones package-lock.json pins) into the package."""
+    from tidings.demo_files import VENDOR_FILES, VENDOR_SOURCE
+
+    prefix = "tidings/static/dashboard/vendor/"
+    with zipfile.ZipFile(wheel) as z:
+        vendored = {n[len(prefix):]: z.read(n) for n in z.namelist() if n.startswith(prefix)}
+    assert vendored == {f: (VENDOR_SOURCE / f).read_bytes() for f in VENDOR_FILES}
+
+
 def test_a_wheel_built_from_the_sdist_carries_it_too(clone: Path, tmp_path: Path) -> None:
     # what `pip install tidings-<version>.tar.gz` does: sdist first, wheel from it
     out = tmp_path / "sdist"

@@ -186,6 +186,10 @@ class ApiKeys:
     def __repr__(self) -> str:
         return f"ApiKeys({len(self._digests)} keys)"
 
+    def has_id(self, key_id: str) -> bool:
+        """Whether a key with this id (see :meth:`check`) is still configured."""
+        return any(hmac.compare_digest(d.hex()[:16], key_id) for d in self._digests)
+
     def check(self, presented: str) -> str | None:
         """A stable, non-secret id of the matching key (for idempotency scopes), or None."""
         if not presented:

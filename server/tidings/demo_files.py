@@ -14,11 +14,18 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["CLIENT_PREFIX", "CLIENT_SOURCE", "demo_file"]
+__all__ = ["CLIENT_PREFIX", "CLIENT_SOURCE", "VENDOR_FILES", "VENDOR_SOURCE", "dashboard_file",
+           "demo_file"]
 
 CLIENT_PREFIX = "client/"
 # client_js/src of the checkout this module runs from (server/tidings/ -> the root)
 CLIENT_SOURCE = Path(__file__).resolve().parents[2] / "client_js" / "src"
+
+# The dashboard's charting library (uPlot, from npm): a wheel carries these in
+# tidings/static/dashboard/vendor/ (setup.py copies them at build time); an
+# editable checkout serves them from client_js's node_modules.
+VENDOR_SOURCE = CLIENT_SOURCE.parent / "node_modules" / "uplot" / "dist"
+VENDOR_FILES = ("uPlot.iife.min.js", "uPlot.min.css")
 
 _NOT_A_FILE = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
 
@@ -41,5 +48,22 @@ def demo_file(name: str) -> bytes | None:
         return None  # client_js/src is flat: nothing below it is served
     try:
         return (CLIENT_SOURCE / leaf).read_bytes()
+    except _NOT_A_FILE:
+        return None
+
+
+def dashboard_file(name: str) -> bytes | None:
+    """The bytes of the dashboard's file ``name`` (``index.html``,
+    ``vendor/uPlot.iife.min.js``), or None. ``name`` is checked by the caller
+    (no ``..``, no leading dot)."""
+    try:
+        return resources.files("tidings").joinpath("static", "dashboard", name).read_bytes()
+    except _NOT_A_FILE:
+        pass
+    leaf = name.removeprefix("vendor/")
+    if leaf == name or leaf not in VENDOR_FILES:
+        return None
+    try:
+        return (VENDOR_SOURCE / leaf).read_bytes()
     except _NOT_A_FILE:
         return None

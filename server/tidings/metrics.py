@@ -121,6 +121,14 @@ class Metrics:
     def get(self, name: str, **labels: str) -> int:
         return self.counters[(name, tuple(sorted(labels.items())))]
 
+    def total(self, name: str) -> float:
+        """A counter summed over its labels, or a gauge's / counter_fn's value now."""
+        if name in self._gauges:
+            return self._gauges[name][1]()
+        if name in self._counter_fns:
+            return self._counter_fns[name][1]()
+        return float(sum(v for (n, _), v in self.counters.items() if n == name))
+
     def describe(self, name: str, text: str) -> None:
         self._help[name] = text
 

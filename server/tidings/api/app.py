@@ -26,7 +26,7 @@ from ..node import Node
 from ..notify import Notifier
 from ..presence import Presence
 from ..sessions import Operations
-from . import events, notifications, ops, push, tokens, topics, users
+from . import dashboard, events, notifications, ops, push, tokens, topics, users
 from .common import (
     KEY_ID,
     KEYS,
@@ -62,6 +62,11 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("DELETE", "/v1/users/{uid}/push-endpoints", push.unregister),
     ("GET", "/v1/push/vapid-public-key", push.vapid_public_key),
     ("GET", "/v1/events", events.events),
+    ("GET", "/dashboard", dashboard.page),
+    ("POST", "/dashboard/login", dashboard.login),
+    ("POST", "/dashboard/logout", dashboard.logout),
+    ("GET", "/dashboard/static/{name:.+}", dashboard.static),
+    ("GET", "/v1/dashboard/summary", dashboard.summary),
     ("GET", "/v1/notifications/{nid}/stats", notifications.notification_stats),
     ("GET", "/v1/stats/categories", notifications.category_stats),
     ("GET", "/healthz", ops.healthz),
@@ -95,11 +100,14 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """``Authorization: Bearer <key>`` (constant-time check) on every non-public path;
-    the key's id scopes idempotency keys."""
-    if request.path not in ops.PUBLIC:
+    """``Authorization: Bearer <key>`` (constant-time check) on every non-public path,
+    or the dashboard's session cookie where it may stand in for the key
+    (:func:`dashboard.cookie_key_id`); the key's id scopes idempotency keys."""
+    if request.path not in ops.PUBLIC and not dashboard.is_public(request.path):
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
         key_id = request.app[KEYS].check(key.strip()) if scheme.lower() == "bearer" else None
+        if key_id is None:
+            key_id = dashboard.cookie_key_id(request)
         if key_id is None:
             raise Unauthorized("a valid API key is required (Authorization: Bearer)")
         request[KEY_ID] = key_id
