@@ -26,7 +26,7 @@ from ..node import Node
 from ..notify import Notifier
 from ..presence import Presence
 from ..sessions import Operations
-from . import notifications, ops, tokens, topics, users
+from . import notifications, ops, segments, tokens, topics, users
 from .common import (
     KEY_ID,
     KEYS,
@@ -57,6 +57,19 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/v1/users/{uid}/unread", users.unread),
     ("POST", "/v1/users/{uid}/{action:read|unread|archive}", users.mark),
     ("GET", "/v1/users/{uid}/devices", users.devices),
+    ("GET", "/v1/users/{uid}/tags", users.tags),
+    ("PUT", "/v1/users/{uid}/tags", users.put_tags),
+    ("POST", "/v1/users/{uid}/tags", users.change_tags),
+    ("GET", "/v1/users/{uid}/attributes", users.attributes),
+    ("PUT", "/v1/users/{uid}/attributes", users.put_attributes),
+    ("GET", "/v1/users/{uid}/preferences", users.preferences),
+    ("PUT", "/v1/users/{uid}/preferences", users.put_preferences),
+    ("PATCH", "/v1/users/{uid}/preferences", users.put_preferences),
+    ("PUT", "/v1/segments/{name}", segments.put),
+    ("GET", "/v1/segments/{name}", segments.get),
+    ("DELETE", "/v1/segments/{name}", segments.delete),
+    ("GET", "/v1/segments/{name}/count", segments.count),
+    ("GET", "/v1/segments/{name}/users", segments.users),
     ("GET", "/v1/notifications/{nid}/stats", notifications.notification_stats),
     ("GET", "/v1/stats/categories", notifications.category_stats),
     ("GET", "/healthz", ops.healthz),
