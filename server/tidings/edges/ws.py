@@ -424,6 +424,11 @@ class WsSession:
             self._ok(rid, {"recorded": await s.track(a["notification"], a["event"])})
         elif op == "devices":
             self._ok(rid, {"devices": await s.devices()})
+        elif op == "preferences":
+            self._ok(rid, {"preferences": await s.preferences()})
+        elif op == "set_preferences":
+            stored = await s.set_preferences(a.get("preferences"), a.get("merge", False))
+            self._ok(rid, {"preferences": stored})
         elif op == "connect":
             raise BadRequest("already connected")
         else:

@@ -70,6 +70,8 @@ OPS: dict[str, _Spec] = {
     "archive": {"ids": (_IDS, False), "all": (_BOOL, False)},
     "track": {"notification": (_STR, True), "event": (_STR, True), "action": (_STR, False)},
     "devices": {},
+    "preferences": {},
+    "set_preferences": {"preferences": ((dict,), True), "merge": (_BOOL, False)},
 }
 
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list",

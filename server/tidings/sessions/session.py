@@ -393,6 +393,17 @@ class Session:
     async def devices(self) -> list[dict[str, Any]]:
         return await self.ops.devices(self.me("devices"))
 
+    # -- preferences --------------------------------------------------------------------
+
+    async def preferences(self) -> dict[str, Any]:
+        """The signed-in user's own preferences document."""
+        return await self.ops.preferences(self.me("preferences"))
+
+    async def set_preferences(self, doc: Any, merge: bool) -> dict[str, Any]:
+        """Replace (or with ``merge``, merge into) the user's own preferences; the
+        stored document."""
+        return await self.ops.set_preferences(self.me("set_preferences"), doc, merge=merge)
+
     # -- end ----------------------------------------------------------------------------
 
     def _expired(self) -> None:
