@@ -175,3 +175,21 @@ async def test_bad_preferences_name_the_field_and_change_nothing(node: Node, bod
         status, reply = await node.api(method, "/v1/users/alice/preferences", body)
         assert assert_error(status, reply, 400, "bad_request").startswith(field + ":"), reply
     assert await ok(node, "GET", "/v1/users/alice/preferences") == {"locale": "en"}
+
+
+async def test_opened_and_clicked_over_ws_count_as_engagement(node: Node) -> None:
+    """``track`` of ``opened`` / ``clicked`` records engagement in the notification's
+    category, which a segment's ``engaged`` selects on (``delivered`` does not)."""
+    tab = await node.client("alice")
+    await ok(node, "PUT", "/v1/segments/fans",
+             {"engaged": {"category": "social", "within": "30d", "min": 2}}, 201)
+    ids = []
+    for _ in range(2):
+        ids.append((await ok(node, "POST", "/v1/notify", {"users": ["alice"], "title": "hi",
+                                                          "category": "social"}))["id"])
+    for event in ("delivered", "opened"):
+        assert (await tab.request("track", notification=ids[0], event=event))["recorded"]
+    assert await ok(node, "GET", "/v1/segments/fans/count") == {"count": 0}
+    assert (await tab.request("track", notification=ids[1], event="clicked"))["recorded"]
+    assert await ok(node, "GET", "/v1/segments/fans/users") == {"users": ["alice"],
+                                                                 "next": None}
