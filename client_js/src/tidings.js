@@ -13,6 +13,7 @@ import { Core, tokenSubject } from "./core.js";
 import { Emitter, report } from "./emitter.js";
 import { TidingsError } from "./errors.js";
 import { Inbox, InboxState } from "./inbox.js";
+import { Preferences } from "./preferences.js";
 import { Ledger } from "./ledger.js";
 import { SharedLink } from "./shared.js";
 import { matches } from "./topics.js";
@@ -63,6 +64,8 @@ export class Tidings extends Emitter {
     this._ledger = new Ledger();
     this._inboxState = new InboxState();
     this.inbox = new Inbox(this._inboxState, { call: (m, a) => this._call(m, a) });
+    /** the signed-in user's notification preferences: `get()`, `set(prefs, {merge})` */
+    this.preferences = new Preferences({ call: (m, a) => this._call(m, a) });
     /** @type {Map<string, Set<MessageHandler>>} */
     this._handlers = new Map();
     /** @type {Set<string>} filters the server confirmed */
@@ -323,6 +326,9 @@ export class Tidings extends Emitter {
       case "inbox.archive": return core.mark("archive", args[0]);
       case "inbox.loadMore": return core.loadMore();
       case "inbox.refresh": return core.refreshInbox();
+      case "preferences.get": return (await core.request("preferences")).preferences;
+      case "preferences.set":
+        return (await core.request("set_preferences", { preferences: args[0], merge: args[1] })).preferences;
       default: throw new TidingsError("unknown_op", `unknown method ${method}`, { op: method });
     }
   }
