@@ -35,6 +35,12 @@ BAD_DOCS: list[tuple[Any, str]] = [
 ]
 
 
+async def keep_doc(node: Node) -> None:
+    """Alice's preferences are :data:`DOC` (what each refusal must leave alone)."""
+    status, _ = await node.api("PUT", "/v1/users/alice/preferences", DOC)
+    assert status == 200
+
+
 async def stored(node: Node) -> Any:
     status, body = await node.api("GET", "/v1/users/alice/preferences")
     assert status == 200
@@ -104,8 +110,7 @@ async def test_ws_refused_document_changes_nothing(node: Node, doc: Any, field: 
 @pytest.mark.parametrize("v5", [False, True], ids=["3.1.1", "5.0"])
 async def test_mqtt_bad_document_is_refused_or_dropped(node: Node, clients: list[Any],
                                                        v5: bool) -> None:
-    status, _ = await node.api("PUT", "/v1/users/alice/preferences", DOC)
-    assert status == 200
+    await keep_doc(node)
     dev = await paho(clients, node.app.mqtt_port, "watch", token=node.token("alice"), v5=v5)
     assert await dev.subscribe(("users/alice/preferences", 1)) == [1]
     await dev.message()  # the retained document
@@ -123,8 +128,7 @@ async def test_mqtt_bad_document_is_refused_or_dropped(node: Node, clients: list
 @pytest.mark.parametrize("v5", [False, True], ids=["3.1.1", "5.0"])
 async def test_only_the_user_sets_their_preferences(node: Node, clients: list[Any],
                                                     v5: bool) -> None:
-    status, _ = await node.api("PUT", "/v1/users/alice/preferences", DOC)
-    assert status == 200
+    await keep_doc(node)
     mallory = await paho(clients, node.app.mqtt_port, "m", token=node.token("mallory"), v5=v5)
     alice = await paho(clients, node.app.mqtt_port, "a", token=node.token("alice"), v5=v5)
     forged = orjson.dumps({"locale": "xx"})

@@ -22,15 +22,7 @@ import orjson
 from .. import audience, preferences
 from ..auth import Acl, Principal, TokenAuthority, is_reserved
 from ..config import Settings
-from ..errors import (
-    BadPayload,
-    BadRequest,
-    BadTopic,
-    Forbidden,
-    NotFound,
-    QuotaExceeded,
-    TooLarge,
-)
+from ..errors import BadPayload, BadRequest, BadTopic, Forbidden, NotFound, QuotaExceeded, TooLarge
 from ..metrics import Metrics
 from ..node import Node
 from ..notify import Notifier
