@@ -280,9 +280,8 @@ class Node:
                 self._preference_locks[user] = (lock, n - 1)
 
     async def seen(self, users: Sequence[str]) -> None:
-        """Record ``users`` online now (segments' ``active_within``)."""
-        for user in users:
-            await self.store.seen(user)
+        """Record ``users`` online now (segments' ``active_within``), as one batch."""
+        await self.store.seen_many(users)
 
     # -- bus traffic -------------------------------------------------------------------
 

@@ -225,6 +225,17 @@ async def test_seen_records_the_store_time(store: Store, clock: Clock) -> None:
     assert await select(store, {"active_within": "1h"}) == ["alice"]
 
 
+async def test_seen_many_records_each_user_once(store: Store, clock: Clock) -> None:
+    users = [f"user-{i:04}" for i in range(600)]  # more than one SQLite parameter batch
+    await store.seen_many([*users, users[0]])
+    await store.seen_many([])
+    assert await store.last_seen(users[599]) == pytest.approx(clock.now)
+    clock.advance(DAY)
+    await store.seen_many(users[:10])
+    assert await select(store, {"active_within": "1h"}) == users[:10]
+    assert len(await select(store, {"active_within": "2d"})) == 600
+
+
 async def test_engagement_counts_once_per_notification_and_event(store: Store,
                                                                  clock: Clock) -> None:
     assert await store.engage("alice", "sports", "opened", "n1") is True

@@ -1116,15 +1116,22 @@ class RedisStore(Store):
                 for u, r in zip(wanted, raw, strict=True)}
 
     async def seen(self, user: str) -> None:
+        await self.seen_many([user])
+
+    async def seen_many(self, users: Sequence[str]) -> None:
+        """One pipeline: the known-users index first, then each user's key."""
         now = self._now_ms()
+        wanted = list(dict.fromkeys(users))
 
         async def run(client: Any) -> None:
             pipe = client.pipeline(transaction=False)
-            pipe.zadd(self._known_key(), {user: 0})
-            pipe.set(self._uk(user, ":seen"), now)
+            pipe.zadd(self._known_key(), dict.fromkeys(wanted, 0))
+            for user in wanted:
+                pipe.set(self._uk(user, ":seen"), now)
             await pipe.execute()
 
-        await self._io(run)
+        if wanted:
+            await self._io(run)
 
     async def last_seen(self, user: str) -> float | None:
         raw = await self._io(lambda c: c.get(self._uk(user, ":seen")))

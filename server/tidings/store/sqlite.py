@@ -967,13 +967,19 @@ class SqliteStore(Store):
         return await self._run(tx) if wanted else {}
 
     async def seen(self, user: str) -> None:
+        await self.seen_many([user])
+
+    async def seen_many(self, users: Sequence[str]) -> None:
         now = int(self._clock() * 1000)
+        rows = [(u,) for u in dict.fromkeys(users)]
 
         def tx(db: sqlite3.Connection) -> None:
-            self._known(db, user)
-            db.execute("UPDATE audience_users SET seen = ? WHERE user = ?", (now, user))
+            db.executemany("INSERT OR IGNORE INTO audience_users (user) VALUES (?)", rows)
+            db.executemany("UPDATE audience_users SET seen = ? WHERE user = ?",
+                           [(now, u) for (u,) in rows])
 
-        await self._run(tx)
+        if rows:
+            await self._run(tx)
 
     async def last_seen(self, user: str) -> float | None:
         def tx(db: sqlite3.Connection) -> float | None:

@@ -12,8 +12,9 @@ resolved to user ids (``tests/store/test_audience_contract.py``):
   replaces it atomically.
 * **Segments**: a saved audience definition (the JSON object as given,
   validated by :mod:`tidings.audience` before it gets here) by name.
-* **Last seen**: ``seen(user)`` records "online now" (the store's clock); the
-  presence layer calls it when a device connects and disconnects.
+* **Last seen**: ``seen(user)`` records "online now" (the store's clock);
+  ``seen_many`` the same for a batch. The presence layer calls it when a
+  device connects and disconnects.
 * **Engagement**: ``engage`` records an ``opened`` or ``clicked`` of a
   notification of a category by a user, once per (notification, event), at
   the store's time; ``track`` of those events records one too. Engagement
@@ -281,6 +282,12 @@ class AudienceStore(abc.ABC):
     @abc.abstractmethod
     async def seen(self, user: str) -> None:
         """Record that the user is (or just was) online, at the store's time."""
+
+    async def seen_many(self, users: Sequence[str]) -> None:
+        """:meth:`seen` for each of ``users`` (a bounded batch), in one round trip
+        where the backend can (SQLite: one transaction; Redis: one pipeline)."""
+        for user in users:
+            await self.seen(user)
 
     @abc.abstractmethod
     async def last_seen(self, user: str) -> float | None:
