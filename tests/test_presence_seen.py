@@ -3,7 +3,8 @@
 A device connecting (WS or MQTT) records its user in the store, so a segment
 with ``active_within`` selects them; :class:`tidings.presence.Seen` bounds it
 to one write per user per ``presence.seen_interval`` on a node (the time is a
-fake clock moved by hand), in batches, and with interval 0 records nothing.
+fake clock moved by hand), in batches, and with interval 0 records nothing; a
+device still connected is recorded again every ``presence.seen_refresh``.
 """
 
 from __future__ import annotations
@@ -108,3 +109,20 @@ async def test_a_failed_write_is_tried_again_at_the_next_note() -> None:
     seen.note("alice")  # not held back by the interval: the last record failed
     await wait_until(lambda: writes.users == ["alice"], what="written")
     await seen.close()
+
+
+async def test_a_device_still_connected_is_seen_again(make_node: MakeNode) -> None:
+    """``presence.seen_refresh``: a user whose device stays connected is recorded
+    again, so a long-lived connection keeps them in ``active_within`` segments."""
+    node = await make_node(presence__seen_interval=0.05, presence__seen_refresh=0.1)
+    store = node.app.node.store
+    await node.client("alice")
+    await wait_until(lambda: store.last_seen("alice"), what="seen at connect")
+    first = await store.last_seen("alice")
+    assert first is not None
+
+    async def again() -> bool:
+        last = await store.last_seen("alice")
+        return last is not None and last > first
+
+    await wait_until(again, what="seen again while connected")

@@ -11,7 +11,8 @@ Issue 12: a device coming online or going away also records its user "seen"
 in the audience store (segments' ``active_within``), through :class:`Seen`: at
 most once per user per ``presence.seen_interval`` seconds on this node, written
 in batches by one background task, so a reconnect storm costs the store no more
-than one write per user per interval.
+than one write per user per interval; and every ``presence.seen_refresh``
+seconds for the users with a device still connected.
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ class Presence:
         self.store = store if store is not None and store.shared_presence else None
         self._tasks = TaskSet("presence")  # shared-presence writes and the heartbeat
         self._heartbeat: asyncio.Task[None] | None = None
+        self._reseen: asyncio.Task[None] | None = None  # see _seen_again
         self._online: dict[str, dict[object, Device]] = {}
         self._announced: set[str] = set()
         self._pending_offline: dict[str, asyncio.TimerHandle] = {}
@@ -160,6 +162,8 @@ class Presence:
         entry = devices[key] = Device(device, edge, self.node, time.time())
         if self.seen is not None:
             self.seen.note(user)
+            if self._reseen is None and self.settings.seen_refresh > 0:
+                self._reseen = self._tasks.spawn(self._seen_again())
         pending = self._pending_offline.pop(user, None)
         if pending is not None:
             pending.cancel()
@@ -207,6 +211,16 @@ class Presence:
             except TidingsError:
                 self.metrics.inc("tidings_errors_total", code="presence_unavailable")
         return _dedupe([d.to_dict() for d in self._online.get(user, {}).values()])
+
+    async def _seen_again(self) -> None:
+        """Every ``presence.seen_refresh`` seconds, record the users with a device
+        still connected here as seen again: a device online for weeks stays
+        ``active_within`` (Seen batches the writes and bounds them per user)."""
+        assert self.seen is not None
+        while True:
+            await asyncio.sleep(self.settings.seen_refresh)
+            for user in list(self._online):
+                self.seen.note(user)
 
     # -- shared presence ----------------------------------------------------------
 
@@ -305,6 +319,8 @@ class Presence:
         back, and a backend told nothing would wait for ever), then flush (bounded)."""
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        if self._reseen is not None:
+            self._reseen.cancel()
         if self.seen is not None:
             await self.seen.close()
         # writes in flight land before the removals below, not after them
