@@ -211,6 +211,27 @@ export declare class Inbox extends Emitter<{ change: InboxChange }> {
   refresh(): Promise<void>;
 }
 
+/** A user's notification preferences (docs/notifications.md, "Preferences"); every key optional. */
+export interface NotificationPreferences {
+  /** IANA time zone name, e.g. "Europe/Paris". */
+  timezone?: string;
+  /** BCP 47 language tag that picks a notification's content, e.g. "zh-CN". */
+  locale?: string;
+  /** Per category: off, or live pushes on these edges only. */
+  categories?: Record<string, { enabled?: boolean; edges?: ("ws" | "mqtt")[] }>;
+  /** Local "HH:MM" times; `end` at or before `start` runs past midnight; `days` the days it starts on. */
+  quiet_hours?: { start: string; end: string; days?: ("mon" | "tue" | "wed" | "thu" | "fri" | "sat" | "sun")[] };
+  /** At most this many live pushes per rolling hour / day, per category (only lower than the operator's). */
+  caps?: Record<string, { per_hour?: number; per_day?: number }>;
+}
+
+export declare class Preferences {
+  /** The stored document ({} when the user never set any). */
+  get(): Promise<NotificationPreferences>;
+  /** Replace the document, or with {merge: true} merge into it (null removes a key); the stored document. */
+  set(prefs: { [K in keyof NotificationPreferences]?: NotificationPreferences[K] | null }, options?: { merge?: boolean }): Promise<NotificationPreferences>;
+}
+
 export declare class Tidings extends Emitter<TidingsEvents> {
   constructor(url: string, options: TidingsOptions);
   readonly url: string;
@@ -221,6 +242,8 @@ export declare class Tidings extends Emitter<TidingsEvents> {
   readonly inbox: Inbox;
   /** Web Push while the app is closed (docs/push.md). */
   readonly push: PushControl;
+  /** The signed-in user's notification preferences. */
+  readonly preferences: Preferences;
   connect(): Promise<void>;
   close(): void;
   subscribe(filter: string, handler: (msg: MessagePush) => void): Promise<SubscribeReply>;

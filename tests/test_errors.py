@@ -12,6 +12,7 @@ from tidings import errors
 from tidings.edges.mqtt.codes import reason_code
 from tidings.errors import (
     BadClientId,
+    BadPayload,
     BadRequest,
     BadTopic,
     Forbidden,
@@ -38,6 +39,7 @@ TABLE: dict[type[TidingsError], tuple[str, int, int, int, int]] = {
     BadClientId: ("bad_client_id", 400, 4400, R.CLIENT_IDENTIFIER_NOT_VALID,
                   C.IDENTIFIER_REJECTED),
     QuotaExceeded: ("quota_exceeded", 400, 4400, R.QUOTA_EXCEEDED, C.SERVER_UNAVAILABLE),
+    BadPayload: ("bad_payload", 400, 4400, R.PAYLOAD_FORMAT_INVALID, C.SERVER_UNAVAILABLE),
     Unauthorized: ("unauthorized", 401, 4001, R.BAD_USER_NAME_OR_PASSWORD,
                    C.BAD_USER_NAME_OR_PASSWORD),
     Forbidden: ("forbidden", 403, 4003, R.NOT_AUTHORIZED, C.NOT_AUTHORIZED),
@@ -89,6 +91,8 @@ PER_PACKET = [
     (RateLimited, PacketType.DISCONNECT, R.MESSAGE_RATE_TOO_HIGH),
     (RateLimited, PacketType.PUBACK, R.UNSPECIFIED_ERROR),
     (BadRequest, PacketType.PUBACK, R.IMPLEMENTATION_SPECIFIC_ERROR),
+    # 5.0 section 3.4.2.1: 0x99 Payload format invalid is a PUBACK reason code
+    (BadPayload, PacketType.PUBACK, R.PAYLOAD_FORMAT_INVALID),
     (TidingsError, PacketType.SUBACK, R.UNSPECIFIED_ERROR),
 ]
 

@@ -15,6 +15,7 @@ export { Tidings } from "./tidings.js";
 export { TidingsError, CLIENT_CODES } from "./errors.js";
 export { Inbox, InboxState } from "./inbox.js";
 export { PushControl, serverOrigin } from "./push.js";
+export { Preferences } from "./preferences.js";
 export { Ledger, BoundedSet } from "./ledger.js";
 export { backoffDelay } from "./backoff.js";
 export { matches, isWildcard } from "./topics.js";

@@ -13,6 +13,7 @@ import { Core, tokenSubject } from "./core.js";
 import { Emitter, report } from "./emitter.js";
 import { TidingsError } from "./errors.js";
 import { Inbox, InboxState } from "./inbox.js";
+import { Preferences } from "./preferences.js";
 import { Ledger } from "./ledger.js";
 import { SharedLink } from "./shared.js";
 import { PushControl, serverOrigin } from "./push.js";
@@ -66,6 +67,8 @@ export class Tidings extends Emitter {
     this.inbox = new Inbox(this._inboxState, { call: (m, a) => this._call(m, a) });
     /** Web Push while the app is closed (push.js). */
     this.push = new PushControl({ call: (m, a) => this._call(m, a), server: serverOrigin(url) });
+    /** the signed-in user's notification preferences: `get()`, `set(prefs, {merge})` */
+    this.preferences = new Preferences({ call: (m, a) => this._call(m, a) });
     /** @type {Map<string, Set<MessageHandler>>} */
     this._handlers = new Map();
     /** @type {Set<string>} filters the server confirmed */
@@ -329,6 +332,9 @@ export class Tidings extends Emitter {
       case "inbox.archive": return core.mark("archive", args[0]);
       case "inbox.loadMore": return core.loadMore();
       case "inbox.refresh": return core.refreshInbox();
+      case "preferences.get": return (await core.request("preferences")).preferences;
+      case "preferences.set":
+        return (await core.request("set_preferences", { preferences: args[0], merge: args[1] })).preferences;
       default: throw new TidingsError("unknown_op", `unknown method ${method}`, { op: method });
     }
   }

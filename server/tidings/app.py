@@ -41,7 +41,7 @@ from .metrics import Metrics
 from .node import Node
 from .notify import Notifier
 from .plumbing import TaskSet
-from .presence import Presence
+from .presence import Presence, Seen
 from .protocol.mqtt.properties import PROPERTIES_MAP
 from .push.channel import PushChannel
 from .redis_wire import parse_redis_url
@@ -270,7 +270,9 @@ class App:
                                      default_ttl=settings.auth.default_token_ttl)
         self.acl = Acl(settings.acl)
         self.notifier = Notifier(self.node, settings.notify)
-        self.presence = Presence(name, settings.presence, self.metrics, self.node.store)
+        self.presence = Presence(name, settings.presence, self.metrics, self.node.store,
+                                 Seen(self.node.seen, settings.presence.seen_interval,
+                                      self.metrics))
         self.node.limit_user_subscriptions(settings.topics.max_user_subscriptions)
         self.store_health = StoreHealth(self.metrics)  # the store reports its commits
         self.node.store.monitor = self.store_health

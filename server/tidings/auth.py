@@ -5,8 +5,9 @@ Who may do what:
 * ``$`` topics are reserved; only ``$SYS/...`` may be subscribed to, and
   nothing starting with ``$`` may be published by a client.
 * ``users/{uid}/...`` is private: only user ``uid`` may subscribe; the
-  server-written ``notifications``, ``unread`` and ``events`` leaves are not
-  client-publishable. Wildcard filters are allowed but the hub never delivers
+  server-written ``notifications``, ``unread``, ``events`` and ``preferences``
+  leaves are not client-publishable (preferences change through
+  ``users/{uid}/preferences/set``). Wildcard filters are allowed but the hub never delivers
   another user's private topic through them.
 * ``[[acl]]`` rules, first match deciding, may allow or deny. An allowing
   rule matches a request it covers; a denying rule matches any request that
@@ -41,7 +42,7 @@ from .types import UserId
 
 __all__ = ["Acl", "ApiKeys", "Principal", "TokenAuthority", "guarded", "is_reserved"]
 
-_SERVER_LEAVES = frozenset({"notifications", "unread", "events"})
+_SERVER_LEAVES = frozenset({"notifications", "unread", "events", "preferences"})
 
 
 def is_reserved(topic: str) -> bool:

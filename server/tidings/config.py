@@ -192,6 +192,12 @@ class PresenceSettings:
     debounce: float = 5.0  # seconds the last device must be gone before "offline"
     ttl: float = 30.0  # cluster: a node's entries vanish this long after it dies
     retries: int = 5
+    # seconds: a user's connect or disconnect is recorded as "seen" in the store
+    # (segments' active_within) at most once per this long per node; 0: never
+    seen_interval: float = 60.0
+    # seconds: users with a device still connected are recorded seen again this
+    # often (a device online for weeks stays active_within); 0: never
+    seen_refresh: float = 3600.0
 
 
 @dataclass
@@ -592,6 +598,8 @@ def _validate(s: Settings) -> None:
     _positive("presence.debounce", s.presence.debounce, zero_ok=True)
     _positive("presence.retries", s.presence.retries, zero_ok=True)
     _positive("presence.ttl", s.presence.ttl)
+    _positive("presence.seen_interval", s.presence.seen_interval, zero_ok=True)
+    _positive("presence.seen_refresh", s.presence.seen_refresh, zero_ok=True)
     if s.presence.webhook and not s.presence.webhook.startswith(("http://", "https://")):
         raise ConfigError(f"presence.webhook: must be an http(s) URL, got {s.presence.webhook!r}")
     if s.auth.default_token_ttl > s.auth.max_token_ttl:

@@ -8,6 +8,7 @@ Hierarchy::
       |     +-- BadTopic        a topic name or filter that breaks the topic rules
       |     +-- BadClientId     an MQTT client identifier we do not accept
       |     +-- QuotaExceeded   over a per-session or per-user count (subscriptions, sessions)
+      |     +-- BadPayload      a message whose payload the server applies is not what it expects
       +-- Unauthorized      no, bad or expired credentials
       +-- Forbidden         credentials fine, permission denied
       +-- NotFound
@@ -43,6 +44,7 @@ __all__ = [
     "CLOSE_TOO_BIG",
     "CLOSE_UNAUTHORIZED",
     "BadClientId",
+    "BadPayload",
     "BadRequest",
     "BadTopic",
     "Forbidden",
@@ -127,6 +129,14 @@ class QuotaExceeded(BadRequest):
     code = "quota_exceeded"
     mqtt_reason = 0x97  # Quota exceeded
     mqtt_return = 3  # Server unavailable
+
+
+class BadPayload(BadRequest):
+    """A message the server applies (``users/{uid}/preferences/set``) whose
+    payload is malformed or refused."""
+
+    code = "bad_payload"
+    mqtt_reason = 0x99  # Payload format invalid
 
 
 class Unauthorized(TidingsError):

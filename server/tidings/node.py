@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from .bus.base import Bus
 from .config import HistorySettings, TopicSettings
@@ -15,9 +18,12 @@ from .errors import TidingsError
 from .hub import Hub, Subscriber
 from .metrics import Metrics
 from .plumbing import TaskSet
+from .preferences import preferences_topic
 from .protocol.topics import is_wildcard, matches
 from .quota import Tally
 from .store.base import (
+    AudiencePage,
+    AudienceQuery,
     HistoryPage,
     HistoryPolicy,
     InboxPage,
@@ -74,6 +80,8 @@ class Node:
         # entry in _last) is filled with what history has from that time on.
         self._watched: dict[str, int] = {}
         self._tasks = TaskSet("node")  # gap fills from history
+        # users whose preferences are being changed here -> (lock, callers holding it)
+        self._preference_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._latency = metrics.histogram(
             "tidings_publish_deliver_seconds",
             "Time from a publication's store timestamp to its hand-over to this node's "
@@ -211,6 +219,77 @@ class Node:
     async def category_stats(self) -> dict[str, dict[str, int]]:
         """Notification counts per category (``/v1/stats/categories``)."""
         return await self.store.category_stats()
+
+    # -- audience and preferences (issue 12): the AudienceStore contract's calls
+    # the sessions layer and the API need, through the one door
+
+    async def user_tags(self, user: str) -> list[str]:
+        return await self.store.user_tags(user)
+
+    async def set_user_tags(self, user: str, tags: Sequence[str], *, max_tags: int
+                            ) -> list[str]:
+        return await self.store.set_user_tags(user, tags, max_tags=max_tags)
+
+    async def change_user_tags(self, user: str, add: Sequence[str], remove: Sequence[str],
+                               *, max_tags: int) -> list[str]:
+        return await self.store.change_user_tags(user, add, remove, max_tags=max_tags)
+
+    async def user_attributes(self, user: str) -> dict[str, Any]:
+        return await self.store.user_attributes(user)
+
+    async def set_user_attributes(self, user: str, attributes: dict[str, Any]
+                                  ) -> dict[str, Any]:
+        return await self.store.set_user_attributes(user, attributes)
+
+    async def segment_put(self, name: str, definition: dict[str, Any]) -> bool:
+        return await self.store.segment_put(name, definition)
+
+    async def segment_get(self, name: str) -> dict[str, Any] | None:
+        return await self.store.segment_get(name)
+
+    async def segment_delete(self, name: str) -> bool:
+        return await self.store.segment_delete(name)
+
+    async def audience_page(self, query: AudienceQuery, *, cursor: str | None, limit: int
+                            ) -> AudiencePage:
+        return await self.store.audience_page(query, cursor=cursor, limit=limit)
+
+    async def audience_count(self, query: AudienceQuery, *, page: int) -> int:
+        return await self.store.audience_count(query, page=page)
+
+    async def user_preferences(self, user: str) -> dict[str, Any]:
+        return await self.store.user_preferences(user)
+
+    async def preferences_many(self, users: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return await self.store.preferences_many(users)
+
+    async def change_user_preferences(
+            self, user: str, change: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Store ``change(current document)`` as ``user``'s preferences and publish
+        it, retained, on ``users/{uid}/preferences`` (every device of the user,
+        on any edge, hears of it). Changes of one user on this node run one at a
+        time, so a merge starts from the last stored document and the retained
+        message is the stored one; across nodes the last write wins."""
+        lock, n = self._preference_locks.get(user, (asyncio.Lock(), 0))
+        self._preference_locks[user] = (lock, n + 1)
+        try:
+            async with lock:
+                doc = change(await self.store.user_preferences(user))
+                stored = await self.store.set_user_preferences(user, doc)
+                await self.publish(preferences_topic(user), orjson.dumps(stored),
+                                   PayloadKind.JSON, retain=True)
+                return stored
+        finally:
+            lock, n = self._preference_locks[user]
+            if n <= 1:
+                del self._preference_locks[user]
+            else:
+                self._preference_locks[user] = (lock, n - 1)
+
+    async def seen(self, users: Sequence[str]) -> None:
+        """Record ``users`` online now (segments' ``active_within``), as one batch."""
+        await self.store.seen_many(users)
 
     # -- bus traffic -------------------------------------------------------------------
 

@@ -61,6 +61,7 @@ __all__ = [
     "merge_patch",
     "parse",
     "parse_hhmm",
+    "preferences_topic",
     "zone_named",
 ]
 
@@ -73,6 +74,11 @@ _LOCALE = re.compile(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8}){0,7}")
 _MAX_LOCALE = 35
 _MAX_ZONE = 64  # the longest IANA name is ~32 characters
 _MAX_KEY = 64  # characters of a peer's key quoted in an error message
+
+
+def preferences_topic(user: str) -> str:
+    """Where a user's document is retained and each change announced (MQTT and WS)."""
+    return f"users/{user}/preferences"
 
 
 @functools.cache

@@ -6,6 +6,13 @@ last one has been gone for ``presence.debounce`` seconds it gets ``offline``
 signed with HMAC-SHA256 over the body (``X-Tidings-Signature: sha256=<hex>``)
 when ``presence.webhook_secret`` is set, retried with exponential backoff,
 from one background worker: delivery never waits for the webhook.
+
+Issue 12: a device coming online or going away also records its user "seen"
+in the audience store (segments' ``active_within``), through :class:`Seen`: at
+most once per user per ``presence.seen_interval`` seconds on this node, written
+in batches by one background task, so a reconnect storm costs the store no more
+than one write per user per interval; and every ``presence.seen_refresh``
+seconds for the users with a device still connected.
 """
 
 from __future__ import annotations
@@ -13,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import itertools
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,11 +37,13 @@ from .metrics import Metrics
 from .plumbing import Pump, TaskSet
 from .store.base import PresenceStore
 
-__all__ = ["Device", "Presence", "sign"]
+__all__ = ["Device", "Presence", "Seen", "sign"]
 
 log = logging.getLogger("tidings.presence")
 _QUEUE_MAX = 10000  # webhook events waiting; more are dropped (and counted)
 _CLOSE_GRACE = 2.0  # seconds a closing node gives store writes and webhook posts to end
+_SEEN_BATCH = 100  # users one write of Seen hands the store
+_SEEN_KEEP = 100_000  # users whose last record time Seen remembers (more: the oldest go)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +71,66 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+class Seen:
+    """Records users "seen" now (``write``), at most once per user per ``interval``
+    seconds (by ``clock``); writes go from one background task in batches of
+    :data:`_SEEN_BATCH`. ``interval`` 0 turns recording off. A failed write is
+    counted and dropped: the next connect records the user again.
+    """
+
+    def __init__(self, write: Callable[[Sequence[str]], Awaitable[None]], interval: float,
+                 metrics: Metrics, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._write = write
+        self.interval = interval
+        self._metrics = metrics
+        self._clock = clock
+        self._last: dict[str, float] = {}  # user -> when this node last recorded them
+        self._pending: dict[str, None] = {}  # users to write, in order
+        self._tasks = TaskSet("seen")
+        self._writer: asyncio.Task[None] | None = None
+
+    def note(self, user: str) -> None:
+        """``user`` is online now: record it unless this node did within ``interval``."""
+        if self.interval <= 0:
+            return
+        now = self._clock()
+        last = self._last.get(user)
+        if last is not None and now - last < self.interval:
+            return
+        if last is None and len(self._last) >= _SEEN_KEEP:
+            self._forget(now)
+        self._last[user] = now
+        self._pending[user] = None
+        if self._writer is None:
+            self._writer = self._tasks.spawn(self._drain())
+
+    def _forget(self, now: float) -> None:
+        """Bound memory: drop the users recorded longer than ``interval`` ago (all of
+        them if that frees nothing; the cost is an early repeat write)."""
+        self._last = {u: t for u, t in self._last.items() if now - t < self.interval}
+        if len(self._last) >= _SEEN_KEEP:
+            self._last.clear()
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch = list(itertools.islice(self._pending, _SEEN_BATCH))
+                for user in batch:
+                    del self._pending[user]
+                try:
+                    await self._write(batch)
+                except TidingsError:
+                    self._metrics.inc("tidings_errors_total", code="seen_unavailable")
+                    for user in batch:
+                        self._last.pop(user, None)
+        finally:
+            self._writer = None
+
+    async def close(self) -> None:
+        """Let the writes in flight end (bounded), then stop."""
+        await self._tasks.close(grace=_CLOSE_GRACE)
+
+
 class Presence:
     """Online devices. With a store that has ``shared_presence`` (Redis) each node
     writes its entries there, refreshes them every ``ttl / 3`` and removes them
@@ -69,13 +139,15 @@ class Presence:
     transitions (first entry, last entry), from whichever node saw them."""
 
     def __init__(self, node: str, settings: PresenceSettings, metrics: Metrics,
-                 store: PresenceStore | None = None) -> None:
+                 store: PresenceStore | None = None, seen: Seen | None = None) -> None:
         self.node = node
+        self.seen = seen  # records users seen for the audience store (issue 12)
         self.settings = settings
         self.metrics = metrics
         self.store = store if store is not None and store.shared_presence else None
         self._tasks = TaskSet("presence")  # shared-presence writes and the heartbeat
         self._heartbeat: asyncio.Task[None] | None = None
+        self._reseen: asyncio.Task[None] | None = None  # see _seen_again
         self._online: dict[str, dict[object, Device]] = {}
         self._announced: set[str] = set()
         self._pending_offline: dict[str, asyncio.TimerHandle] = {}
@@ -90,6 +162,10 @@ class Presence:
         """``key`` identifies the connection (a device may reconnect before it leaves)."""
         devices = self._online.setdefault(user, {})
         entry = devices[key] = Device(device, edge, self.node, time.time())
+        if self.seen is not None:
+            self.seen.note(user)
+            if self._reseen is None and self.settings.seen_refresh > 0:
+                self._reseen = self._tasks.spawn(self._seen_again())
         pending = self._pending_offline.pop(user, None)
         if pending is not None:
             pending.cancel()
@@ -103,6 +179,8 @@ class Presence:
         devices = self._online.get(user)
         if devices is None or devices.pop(key, None) is None:
             return
+        if self.seen is not None:
+            self.seen.note(user)  # online until now
         if self.store is not None:
             self._spawn(self._remove(user, key))
         if devices:
@@ -135,6 +213,16 @@ class Presence:
             except TidingsError:
                 self.metrics.inc("tidings_errors_total", code="presence_unavailable")
         return _dedupe([d.to_dict() for d in self._online.get(user, {}).values()])
+
+    async def _seen_again(self) -> None:
+        """Every ``presence.seen_refresh`` seconds, record the users with a device
+        still connected here as seen again: a device online for weeks stays
+        ``active_within`` (Seen batches the writes and bounds them per user)."""
+        assert self.seen is not None
+        while True:
+            await asyncio.sleep(self.settings.seen_refresh)
+            for user in list(self._online):
+                self.seen.note(user)
 
     # -- shared presence ----------------------------------------------------------
 
@@ -235,6 +323,10 @@ class Presence:
         back, and a backend told nothing would wait for ever), then flush (bounded)."""
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        if self._reseen is not None:
+            self._reseen.cancel()
+        if self.seen is not None:
+            await self.seen.close()
         # writes in flight land before the removals below, not after them
         await self._tasks.close(grace=_CLOSE_GRACE)
         for handle in self._pending_offline.values():

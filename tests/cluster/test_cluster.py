@@ -12,6 +12,9 @@ paho-mqtt for devices, aiohttp for backends.
   node 3): a notify through node 2's API reaches all three; a read on one
   device updates the other two, from either edge.
 * Every node lists every device of a user (``GET /v1/users/{uid}/devices``).
+* Tags, segments and preferences are the same through every node; a
+  preference change on any node and edge reaches the user's devices on the
+  others.
 * ``tidings serve --workers 2``: both workers accept on the same ports and
   a publish reaches subscribers on both.
 
@@ -206,6 +209,40 @@ async def test_notify_and_read_stay_in_sync_across_nodes_and_edges(
     for node in (n1, n2, n3):
         status, body = await cluster.api(node, "GET", f"/v1/users/{user}/unread")
         assert (status, body["unread"]) == (200, 0), node.name
+
+
+async def test_audiences_and_preferences_are_the_same_on_every_node(
+        deployment: Deployment, cluster: Cluster, clients: list[Any]) -> None:
+    """Tags set through node 1 select through node 2's segment; a preference change
+    on the MQTT display (node 3) reaches the WS tab on node 1, a change on that tab
+    reaches the display, and node 2's API reads what they stored (issue 12)."""
+    n1, n2, n3 = deployment.nodes
+    user = f"pat-{deployment.kind}"
+    status, body = await cluster.api(n1, "PUT", f"/v1/users/{user}/tags",
+                                     {"tags": ["vip", deployment.kind]})
+    assert (status, body) == (200, {"tags": sorted(["vip", deployment.kind])})
+    segment = f"vips-{deployment.kind}"
+    status, _ = await cluster.api(n3, "PUT", f"/v1/segments/{segment}",
+                                  {"tags": {"all": ["vip", deployment.kind]}})
+    assert status == 201
+    status, body = await cluster.api(n2, "GET", f"/v1/segments/{segment}/users")
+    assert (status, body) == (200, {"users": [user], "next": None})
+
+    topic = f"users/{user}/preferences"
+    tab = await cluster.client(n1, user, device="tab")
+    assert (await tab.request("subscribe", topic=topic))["ok"]
+    display = await paho(clients, n3.mqtt_port, f"display-{deployment.kind}",
+                         token=cluster.token(user), v5=True)
+    assert await display.subscribe((topic, 1)) == [1]
+    assert await display.publish(topic + "/set", orjson.dumps({"timezone": "Asia/Taipei"}),
+                                 1) == 0
+    assert (await tab.push())["data"] == {"timezone": "Asia/Taipei"}
+    assert orjson.loads((await display.message()).payload) == {"timezone": "Asia/Taipei"}
+    reply = await tab.request("set_preferences", merge=True, preferences={"locale": "zh-TW"})
+    assert reply["preferences"] == {"timezone": "Asia/Taipei", "locale": "zh-TW"}, reply
+    assert orjson.loads((await display.message()).payload) == reply["preferences"]
+    status, body = await cluster.api(n2, "GET", f"/v1/users/{user}/preferences")
+    assert (status, body) == (200, reply["preferences"])
 
 
 # -- presence ---------------------------------------------------------------------------

@@ -12,17 +12,7 @@ import orjson
 import pytest
 
 from conftest import API_KEY, MakeNode, Node
-
-
-def assert_error(status: int, body: Any, want_status: int, want_code: str) -> str:
-    """Check the one error shape of the API; return the message."""
-    assert status == want_status, (status, body)
-    assert isinstance(body, dict) and set(body) == {"error"}, body
-    assert set(body["error"]) == {"code", "message"}, body
-    assert body["error"]["code"] == want_code, body
-    message = body["error"]["message"]
-    assert isinstance(message, str) and message, body
-    return message
+from support.http import assert_error
 
 
 async def history(node: Node, topic: str, **query: Any) -> dict[str, Any]:

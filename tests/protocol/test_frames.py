@@ -75,6 +75,13 @@ VALID = [
     (b'{"op":"devices","id":11}',
      b"\x82\xa2op\xa7devices\xa2id\x0b",
      Command("devices", 11, {})),
+    (b'{"op":"preferences","id":12}',
+     b"\x82\xa2op\xabpreferences\xa2id\x0c",
+     Command("preferences", 12, {})),
+    (b'{"op":"set_preferences","id":13,"preferences":{"locale":"en"},"merge":true}',
+     (b"\x84\xa2op\xafset_preferences\xa2id\r\xabpreferences\x81\xa6locale\xa2en"
+      b"\xa5merge\xc3"),
+     Command("set_preferences", 13, {"preferences": {"locale": "en"}, "merge": True})),
 ]
 
 

@@ -155,6 +155,35 @@ test("two tabs share one connection; closing the leader hands it over without lo
   }
 });
 
+test("preferences from a follower tab go through the leader's connection and reach another device", { skip: missing, ...TIMEOUT }, async () => {
+  await until(async () => (await server.wsConnections()) === 0, "no connection left from other tests");
+  const laptop = await browser().newContext();
+  const phone = await browser().newContext();
+  try {
+    const one = await open(laptop, "dora");
+    const two = await open(laptop, "dora");
+    assert.equal(await two.evaluate(() => /** @type {any} */ (window).tidings.role), "follower");
+    const other = await open(phone, "dora");
+    const stored = await two.evaluate(() => /** @type {any} */ (window).tidings.preferences.set(
+      { timezone: "Asia/Shanghai", locale: "zh-CN" }));
+    assert.deepEqual(stored, { timezone: "Asia/Shanghai", locale: "zh-CN" });
+    const merged = await two.evaluate(() => /** @type {any} */ (window).tidings.preferences.set(
+      { locale: null, categories: { marketing: { enabled: false } } }, { merge: true }));
+    assert.deepEqual(merged, { timezone: "Asia/Shanghai", categories: { marketing: { enabled: false } } });
+    assert.deepEqual(await other.evaluate(() => /** @type {any} */ (window).tidings.preferences.get()), merged);
+    assert.deepEqual(await one.evaluate(() => /** @type {any} */ (window).tidings.preferences.get()), merged);
+    const refused = await two.evaluate(() => /** @type {any} */ (window).tidings.preferences
+      .set({ quiet_hours: { start: "9pm", end: "07:00" } }).then(() => null, (e) => [e.code, e.message]));
+    assert.equal(refused?.[0], "bad_request");
+    assert.match(String(refused?.[1]), /^quiet_hours\.start:/);
+    assert.deepEqual(await server.api("GET", "/v1/users/dora/preferences"), merged);
+    assert.deepEqual([...one.errors, ...two.errors, ...other.errors], []);
+  } finally {
+    await laptop.close();
+    await phone.close();
+  }
+});
+
 test("a server restart: the page reconnects and shows what was sent meanwhile exactly once", { skip: missing, ...TIMEOUT }, async () => {
   const device = await browser().newContext();
   try {

@@ -110,6 +110,29 @@ test("inbox: notifications, the server's unread count, read on one device dismis
   assert.equal((await phone.track(ids[0], "opened")).recorded, false);
 });
 
+test("preferences: get, set, merge; a change reaches the user's other device; bad input names the field", async () => {
+  const phone = client("fay", { device: "phone" });
+  const laptop = client("fay", { device: "laptop" });
+  await Promise.all([phone.connect(), laptop.connect()]);
+  assert.deepEqual(await phone.preferences.get(), {});
+  /** @type {any[]} */
+  const heard = [];
+  await laptop.subscribe("users/fay/preferences", (m) => heard.push(m.data));
+  const doc = { timezone: "Europe/Paris", quiet_hours: { start: "22:00", end: "07:00" } };
+  assert.deepEqual(await phone.preferences.set(doc), doc);
+  assert.deepEqual(await phone.preferences.set({ locale: "fr", quiet_hours: null }, { merge: true }),
+    { timezone: "Europe/Paris", locale: "fr" });
+  await until(() => heard.length === 2, "both changes on the laptop");
+  assert.deepEqual(heard[1], { timezone: "Europe/Paris", locale: "fr" });
+  assert.deepEqual(await phone.preferences.set({ locale: "de" }), { locale: "de" }, "replaced");
+  assert.deepEqual(await laptop.preferences.get(), { locale: "de" });
+  await assert.rejects(phone.preferences.set({ timezone: "Mars/Base" }),
+    (e) => e instanceof TidingsError && e.code === "bad_request" && e.message.startsWith("timezone:"));
+  await assert.rejects(phone.preferences.set({ caps: { marketing: { per_day: 99 } } }, { merge: true }),
+    (e) => e instanceof TidingsError && e.code === "bad_request" && e.message.startsWith("caps.marketing.per_day"));
+  assert.deepEqual(await server.api("GET", "/v1/users/fay/preferences"), { locale: "de" });
+});
+
 test("inbox pages: loadMore fetches older items until the end", async () => {
   for (let i = 0; i < 25; i++) await server.notify("dan", { title: `n${i}` });
   const a = client("dan", { pageSize: 10 });

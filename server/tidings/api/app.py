@@ -26,7 +26,7 @@ from ..node import Node
 from ..notify import Notifier
 from ..presence import Presence
 from ..sessions import Operations
-from . import dashboard, events, notifications, ops, push, tokens, topics, users
+from . import dashboard, events, notifications, ops, push, segments, tokens, topics, users
 from .common import (
     KEY_ID,
     KEYS,
@@ -67,6 +67,19 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/dashboard/logout", dashboard.logout),
     ("GET", "/dashboard/static/{name:.+}", dashboard.static),
     ("GET", "/v1/dashboard/summary", dashboard.summary),
+    ("GET", "/v1/users/{uid}/tags", users.tags),
+    ("PUT", "/v1/users/{uid}/tags", users.put_tags),
+    ("POST", "/v1/users/{uid}/tags", users.change_tags),
+    ("GET", "/v1/users/{uid}/attributes", users.attributes),
+    ("PUT", "/v1/users/{uid}/attributes", users.put_attributes),
+    ("GET", "/v1/users/{uid}/preferences", users.preferences),
+    ("PUT", "/v1/users/{uid}/preferences", users.put_preferences),
+    ("PATCH", "/v1/users/{uid}/preferences", users.put_preferences),
+    ("PUT", "/v1/segments/{name}", segments.put),
+    ("GET", "/v1/segments/{name}", segments.get),
+    ("DELETE", "/v1/segments/{name}", segments.delete),
+    ("GET", "/v1/segments/{name}/count", segments.count),
+    ("GET", "/v1/segments/{name}/users", segments.users),
     ("GET", "/v1/notifications/{nid}/stats", notifications.notification_stats),
     ("GET", "/v1/stats/categories", notifications.category_stats),
     ("GET", "/healthz", ops.healthz),

@@ -1,17 +1,22 @@
-"""A user's inbox: list it, count unread, mark read / unread / archived, and
-the user's devices. The checks (cursor, page size, ids) are the sessions
-layer's, the same a WS client passes."""
+"""A user's inbox: list it, count unread, mark read / unread / archived; the
+user's devices; and (issue 12) the user's tags, attributes and preferences.
+The checks (cursor, page size, ids, tags, preferences) are the sessions
+layer's, the same a WS or MQTT client passes."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from ..errors import BadRequest
 from ..notify import valid_user
 from .common import OPS, field, int_query, json_body, json_response, only
 
-__all__ = ["devices", "inbox", "mark", "unread"]
+__all__ = ["attributes", "change_tags", "devices", "inbox", "mark", "preferences",
+           "put_attributes", "put_preferences", "put_tags", "tags", "unread"]
 
 _MARK_FIELDS = frozenset({"ids", "all", "device"})
+_TAGS_FIELDS = frozenset({"tags"})
+_CHANGE_TAGS_FIELDS = frozenset({"add", "remove"})
 
 
 async def inbox(request: web.Request) -> web.Response:
@@ -44,3 +49,57 @@ async def mark(request: web.Request) -> web.Response:
 async def devices(request: web.Request) -> web.Response:
     user = valid_user(request.match_info["uid"])
     return json_response({"user": user, "devices": await request.app[OPS].devices(user)})
+
+
+# -- audience (issue 12) ----------------------------------------------------------------
+
+async def tags(request: web.Request) -> web.Response:
+    user = valid_user(request.match_info["uid"])
+    return json_response({"tags": await request.app[OPS].user_tags(user)})
+
+
+async def put_tags(request: web.Request) -> web.Response:
+    """``PUT /v1/users/{uid}/tags`` ``{"tags": [...]}``: replace them."""
+    user = valid_user(request.match_info["uid"])
+    body = await json_body(request)
+    only(body, _TAGS_FIELDS)
+    if "tags" not in body:
+        raise BadRequest("tags: required")
+    return json_response({"tags": await request.app[OPS].set_user_tags(user, body["tags"])})
+
+
+async def change_tags(request: web.Request) -> web.Response:
+    """``POST /v1/users/{uid}/tags`` ``{"add": [...], "remove": [...]}``."""
+    user = valid_user(request.match_info["uid"])
+    body = await json_body(request)
+    only(body, _CHANGE_TAGS_FIELDS)
+    result = await request.app[OPS].change_user_tags(user, body.get("add"), body.get("remove"))
+    return json_response({"tags": result})
+
+
+async def attributes(request: web.Request) -> web.Response:
+    user = valid_user(request.match_info["uid"])
+    return json_response(await request.app[OPS].user_attributes(user))
+
+
+async def put_attributes(request: web.Request) -> web.Response:
+    """``PUT /v1/users/{uid}/attributes``: the body, a flat object, replaces them."""
+    user = valid_user(request.match_info["uid"])
+    body = await json_body(request)
+    return json_response(await request.app[OPS].set_user_attributes(user, body))
+
+
+# -- preferences (issue 12) --------------------------------------------------------------
+
+async def preferences(request: web.Request) -> web.Response:
+    user = valid_user(request.match_info["uid"])
+    return json_response(await request.app[OPS].preferences(user))
+
+
+async def put_preferences(request: web.Request) -> web.Response:
+    """``PUT`` replaces the document, ``PATCH`` merges into it (RFC 7396); the
+    reply is the stored document."""
+    user = valid_user(request.match_info["uid"])
+    body = await json_body(request)
+    merge = request.method == "PATCH"
+    return json_response(await request.app[OPS].set_preferences(user, body, merge=merge))

@@ -431,6 +431,11 @@ class WsSession:
             self._ok(rid, {"endpoints": await s.register_push(a)})
         elif op == "unregister_push":
             self._ok(rid, {"removed": await s.unregister_push()})
+        elif op == "preferences":
+            self._ok(rid, {"preferences": await s.preferences()})
+        elif op == "set_preferences":
+            stored = await s.set_preferences(a.get("preferences"), a.get("merge", False))
+            self._ok(rid, {"preferences": stored})
         elif op == "connect":
             raise BadRequest("already connected")
         else:

@@ -74,6 +74,8 @@ OPS: dict[str, _Spec] = {
     "register_push": {"kind": (_STR, True), "subscription": ((dict,), False),
                       "token": (_STR, False), "topic": (_STR, False)},
     "unregister_push": {},
+    "preferences": {},
+    "set_preferences": {"preferences": ((dict,), True), "merge": (_BOOL, False)},
 }
 
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list",

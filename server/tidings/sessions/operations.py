@@ -19,9 +19,19 @@ from typing import Any
 
 import orjson
 
+from .. import audience, preferences
 from ..auth import Acl, Principal, TokenAuthority, is_reserved
 from ..config import Settings
-from ..errors import BadRequest, BadTopic, Forbidden, QuotaExceeded, TooLarge, Unavailable
+from ..errors import (
+    BadPayload,
+    BadRequest,
+    BadTopic,
+    Forbidden,
+    NotFound,
+    QuotaExceeded,
+    TooLarge,
+    Unavailable,
+)
 from ..metrics import Metrics
 from ..node import Node
 from ..notify import Notifier
@@ -29,12 +39,14 @@ from ..presence import Presence
 from ..protocol.frames import Encoding, encode
 from ..protocol.topics import TopicError, validate_filter, validate_topic
 from ..push.channel import PushChannel
-from ..store.base import MarkAction, PublishResult, UserChange
+from ..store.base import AudienceQuery, MarkAction, PublishResult, UserChange
 from ..types import PayloadKind, Publication, is_cursor
 
-__all__ = ["INBOX_LIMIT", "Operations", "fitting"]
+__all__ = ["INBOX_LIMIT", "SEGMENT_PAGE_LIMIT", "Operations", "fitting"]
 
 INBOX_LIMIT = 100  # items in one inbox page, at most
+SEGMENT_PAGE_LIMIT = 1000  # users in one page of a segment's listing, at most
+_MAX_CURSOR = 256  # characters of a listing cursor (a user id)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -151,6 +163,118 @@ class Operations:
         return await self.node.publish(topic, payload, kind, retain=retain,
                                        idempotency_key=idempotency_key, qos=qos,
                                        origin=origin, meta=meta)
+
+    # -- audience (issue 12): tags, attributes, segments -------------------------------
+    # Validation is tidings.audience's (400 naming the field); the limits are the
+    # [audience] settings. A backend acts for any user; clients have no such ops.
+
+    async def user_tags(self, user: str) -> list[str]:
+        return await self.node.user_tags(user)
+
+    async def set_user_tags(self, user: str, tags: Any) -> list[str]:
+        limits = self.settings.audience
+        return await self.node.set_user_tags(user, audience.check_tags(tags, "tags", limits),
+                                             max_tags=limits.max_tags)
+
+    async def change_user_tags(self, user: str, add: Any, remove: Any) -> list[str]:
+        limits = self.settings.audience
+        return await self.node.change_user_tags(
+            user, audience.check_tags([] if add is None else add, "add", limits),
+            audience.check_tags([] if remove is None else remove, "remove", limits),
+            max_tags=limits.max_tags)
+
+    async def user_attributes(self, user: str) -> dict[str, Any]:
+        return await self.node.user_attributes(user)
+
+    async def set_user_attributes(self, user: str, attributes: Any) -> dict[str, Any]:
+        checked = audience.check_attributes(attributes, "attributes", self.settings.audience)
+        return await self.node.set_user_attributes(user, checked)
+
+    async def segment_put(self, name: str, definition: Any) -> bool:
+        """Save a segment (its definition checked as :func:`audience.parse_audience`
+        does); True if it is new."""
+        name = audience.check_segment_name(name)
+        audience.parse_audience(definition, "segment", self.settings.audience)
+        return await self.node.segment_put(name, definition)
+
+    async def segment_get(self, name: str) -> dict[str, Any]:
+        """A saved segment's definition, or ``not_found``."""
+        definition = await self.node.segment_get(audience.check_segment_name(name))
+        if definition is None:
+            raise NotFound(f"segment: no segment {name!r}")
+        return definition
+
+    async def segment_delete(self, name: str) -> None:
+        if not await self.node.segment_delete(audience.check_segment_name(name)):
+            raise NotFound(f"segment: no segment {name!r}")
+
+    async def _segment_query(self, name: str) -> AudienceQuery:
+        return audience.parse_audience(await self.segment_get(name), "segment",
+                                       self.settings.audience)
+
+    async def segment_count(self, name: str) -> int:
+        """How many users the segment selects now (pages through them)."""
+        query = await self._segment_query(name)
+        return await self.node.audience_count(query, page=self.settings.audience.page_size)
+
+    async def segment_users(self, name: str, cursor: Any, limit: int) -> dict[str, Any]:
+        """One page of the segment's users, ascending, as ``{users, next}``; a page
+        may be short (even empty) while ``next`` is not null."""
+        if not 1 <= limit <= SEGMENT_PAGE_LIMIT:
+            raise BadRequest(f"limit must be between 1 and {SEGMENT_PAGE_LIMIT}")
+        if cursor is not None and (not isinstance(cursor, str) or len(cursor) > _MAX_CURSOR):
+            raise BadRequest("cursor must be a previous page's next")
+        query = await self._segment_query(name)
+        page = await self.node.audience_page(query, cursor=cursor or None, limit=limit)
+        return {"users": page.users, "next": page.next}
+
+    # -- preferences (issue 12) ---------------------------------------------------------
+    # Validation is tidings.preferences' under the operator's [preferences] rules,
+    # the same for a backend and for the user themself.
+
+    def _rules(self) -> preferences.Rules:
+        return preferences.Rules.from_settings(self.settings.preferences)
+
+    async def preferences(self, user: str) -> dict[str, Any]:
+        """The user's stored preferences document (``{}`` before any change)."""
+        return await self.node.user_preferences(user)
+
+    async def set_preferences(self, user: str, doc: Any, *, merge: bool) -> dict[str, Any]:
+        """Replace (``merge`` False: PUT) or merge into (RFC 7396: PATCH) the user's
+        preferences; returns the stored document, also published on
+        ``users/{uid}/preferences``. Bad input: ``bad_request`` naming the field,
+        nothing changed."""
+        rules = self._rules()
+        if not merge:
+            fresh = preferences.parse(doc, rules).to_dict()  # checked before the lock
+            return await self.node.change_user_preferences(user, lambda _: fresh)
+        if not isinstance(doc, dict):
+            raise BadRequest(f"preferences: expected an object, got {type(doc).__name__}")
+
+        def patched(current: dict[str, Any]) -> dict[str, Any]:
+            return preferences.merge(preferences.parse(current, rules), doc, rules).to_dict()
+
+        return await self.node.change_user_preferences(user, patched)
+
+    @staticmethod
+    def is_preferences_set_topic(user: str | None, topic: str) -> bool:
+        """Whether ``topic`` is ``users/{user}/preferences/set`` (MQTT): applied as a
+        merge into the user's preferences, never published."""
+        return user is not None and topic == f"users/{user}/preferences/set"
+
+    async def device_preferences(self, user: str, payload: bytes) -> dict[str, Any]:
+        """A ``users/{uid}/preferences/set`` message: a JSON object merged into
+        the user's preferences; anything else ``bad_payload`` (MQTT 0x99)."""
+        try:
+            doc = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            doc = None
+        if not isinstance(doc, dict):
+            raise BadPayload("preferences: not a JSON object")
+        try:
+            return await self.set_preferences(user, doc, merge=True)
+        except BadRequest as e:
+            raise BadPayload(e.message) from None
 
     # -- inbox --------------------------------------------------------------------------
 

@@ -402,6 +402,16 @@ class Session:
 
     async def unregister_push(self) -> int:
         return await self.ops.unregister_push(self.me("unregister_push"), self.device)
+    # -- preferences --------------------------------------------------------------------
+
+    async def preferences(self) -> dict[str, Any]:
+        """The signed-in user's own preferences document."""
+        return await self.ops.preferences(self.me("preferences"))
+
+    async def set_preferences(self, doc: Any, merge: bool) -> dict[str, Any]:
+        """Replace (or with ``merge``, merge into) the user's own preferences; the
+        stored document."""
+        return await self.ops.set_preferences(self.me("set_preferences"), doc, merge=merge)
 
     # -- end ----------------------------------------------------------------------------
 

@@ -163,6 +163,10 @@ CREATE TABLE IF NOT EXISTS engagements (
     PRIMARY KEY (user, category, id, event)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS engagements_ts ON engagements (user, category, ts);
+CREATE TABLE IF NOT EXISTS user_preferences (
+    user TEXT PRIMARY KEY,
+    doc BLOB NOT NULL
+) WITHOUT ROWID;
 """
 
 # audience_users: one row per user the audience contract knows (tags, attributes,
@@ -933,14 +937,53 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
 
         return await self._run(tx)
 
-    async def seen(self, user: str) -> None:
-        now = int(self._clock() * 1000)
+    async def user_preferences(self, user: str) -> dict[str, Any]:
+        return (await self.preferences_many([user]))[user]
+
+    async def set_user_preferences(self, user: str, doc: Mapping[str, Any]
+                                   ) -> dict[str, Any]:
+        stored = dict(doc)
+        blob = orjson.dumps(stored)
 
         def tx(db: sqlite3.Connection) -> None:
-            self._known(db, user)
-            db.execute("UPDATE audience_users SET seen = ? WHERE user = ?", (now, user))
+            if stored:
+                db.execute("INSERT OR REPLACE INTO user_preferences (user, doc) VALUES (?, ?)",
+                           (user, blob))
+            else:
+                db.execute("DELETE FROM user_preferences WHERE user = ?", (user,))
 
         await self._run(tx)
+        return stored
+
+    async def preferences_many(self, users: Sequence[str]) -> dict[str, dict[str, Any]]:
+        wanted = list(dict.fromkeys(users))
+
+        def tx(db: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+            out: dict[str, dict[str, Any]] = {u: {} for u in wanted}
+            for i in range(0, len(wanted), 500):  # SQLite's bound on host parameters
+                part = wanted[i:i + 500]
+                marks = ",".join("?" * len(part))
+                for user, doc in db.execute(
+                        f"SELECT user, doc FROM user_preferences WHERE user IN ({marks})", part):
+                    out[user] = dict(orjson.loads(doc))
+            return out
+
+        return await self._run(tx) if wanted else {}
+
+    async def seen(self, user: str) -> None:
+        await self.seen_many([user])
+
+    async def seen_many(self, users: Sequence[str]) -> None:
+        now = int(self._clock() * 1000)
+        rows = [(u,) for u in dict.fromkeys(users)]
+
+        def tx(db: sqlite3.Connection) -> None:
+            db.executemany("INSERT OR IGNORE INTO audience_users (user) VALUES (?)", rows)
+            db.executemany("UPDATE audience_users SET seen = ? WHERE user = ?",
+                           [(now, u) for (u,) in rows])
+
+        if rows:
+            await self._run(tx)
 
     async def last_seen(self, user: str) -> float | None:
         def tx(db: sqlite3.Connection) -> float | None:

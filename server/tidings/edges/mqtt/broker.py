@@ -540,7 +540,7 @@ class MqttBroker:
         v5 = conn.proto.version == Version.V5
         try:
             topic = self.ops.check_publish(session.principal, packet.topic, packet.payload)
-            await self._accept(session, topic, packet)
+            await self._accept(session, topic, packet, v5)
         except TooLarge as e:
             # Within the packet size (which leaves room for the topic and
             # properties) but over the data limit: the same refusal as a packet
@@ -570,8 +570,21 @@ class MqttBroker:
         elif packet.qos == 2:
             conn.send(PubRec(packet.packet_id or 0, code))
 
-    async def _accept(self, session: MqttSession, topic: str, packet: Publish) -> None:
-        """Publish a checked PUBLISH, or apply it when it is the device read topic."""
+    async def _accept(self, session: MqttSession, topic: str, packet: Publish, v5: bool
+                      ) -> None:
+        """Publish a checked PUBLISH, or apply it when it is the device read topic
+        or the user's preferences topic."""
+        if self.ops.is_preferences_set_topic(session.user, topic):
+            assert session.user is not None
+            try:
+                await self.ops.device_preferences(session.user, packet.payload)
+            except TidingsError as e:
+                # 5.0: PUBACK / PUBREC 0x99 Payload format invalid (section 3.4.2.1);
+                # 3.1.1 cannot refuse in an acknowledgement: acknowledged, dropped
+                if e.status >= 500 or v5:
+                    raise
+                self.metrics.inc("tidings_errors_total", code=e.code)
+            return
         if self.ops.is_read_topic(session.user, topic):
             assert session.user is not None
             try:

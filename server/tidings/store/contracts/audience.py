@@ -12,13 +12,20 @@ resolved to user ids (``tests/store/test_audience_contract.py``):
   replaces it atomically.
 * **Segments**: a saved audience definition (the JSON object as given,
   validated by :mod:`tidings.audience` before it gets here) by name.
-* **Last seen**: ``seen(user)`` records "online now" (the store's clock); the
-  presence layer calls it when a device connects and disconnects.
+* **Last seen**: ``seen(user)`` records "online now" (the store's clock);
+  ``seen_many`` the same for a batch. The presence layer calls it when a
+  device connects and disconnects.
 * **Engagement**: ``engage`` records an ``opened`` or ``clicked`` of a
   notification of a category by a user, once per (notification, event), at
   the store's time; ``track`` of those events records one too. Engagement
   older than :data:`ENGAGEMENT_KEEP` may be dropped, so ``within`` is bounded
   by it.
+* **Preferences**: the user's preferences document, as normalised by
+  :mod:`tidings.preferences` (``Preferences.to_dict()``); the store keeps it
+  as given and does not validate it. ``set_user_preferences`` replaces it
+  atomically (``{}`` removes it); ``preferences_many`` reads many users' in
+  one round trip per chunk (the send pipeline's batch read). A user with
+  preferences alone is not "known" to selection.
 * **Selection**: :meth:`AudienceStore.audience_page` resolves an
   :class:`AudienceQuery` to user ids in ascending id order, in pages: at most
   ``limit`` users, scanning a bounded number of candidates per call, so a
@@ -253,11 +260,34 @@ class AudienceStore(abc.ABC):
     async def segment_delete(self, name: str) -> bool:
         """Delete a segment; False if there was none."""
 
+    # -- preferences ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def user_preferences(self, user: str) -> dict[str, Any]:
+        """The user's stored preferences document (``{}`` for none)."""
+
+    @abc.abstractmethod
+    async def set_user_preferences(self, user: str, doc: Mapping[str, Any]
+                                   ) -> dict[str, Any]:
+        """Replace the user's document (``{}``: remove it); returns it. The caller
+        validated it (``tidings.preferences``)."""
+
+    @abc.abstractmethod
+    async def preferences_many(self, users: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Every user of ``users`` -> their document (``{}`` for none), in one
+        round trip (per node on a cluster); pass a bounded chunk."""
+
     # -- what segments select on ------------------------------------------------------------
 
     @abc.abstractmethod
     async def seen(self, user: str) -> None:
         """Record that the user is (or just was) online, at the store's time."""
+
+    async def seen_many(self, users: Sequence[str]) -> None:
+        """:meth:`seen` for each of ``users`` (a bounded batch), in one round trip
+        where the backend can (SQLite: one transaction; Redis: one pipeline)."""
+        for user in users:
+            await self.seen(user)
 
     @abc.abstractmethod
     async def last_seen(self, user: str) -> float | None:
