@@ -82,6 +82,12 @@ VALID = [
      (b"\x84\xa2op\xafset_preferences\xa2id\r\xabpreferences\x81\xa6locale\xa2en"
       b"\xa5merge\xc3"),
      Command("set_preferences", 13, {"preferences": {"locale": "en"}, "merge": True})),
+    (b'{"op":"register_push","id":14,"kind":"fcm","token":"t1"}',
+     b"\x84\xa2op\xadregister_push\xa2id\x0e\xa4kind\xa3fcm\xa5token\xa2t1",
+     Command("register_push", 14, {"kind": "fcm", "token": "t1"})),
+    (b'{"op":"unregister_push","id":15}',
+     b"\x82\xa2op\xafunregister_push\xa2id\x0f",
+     Command("unregister_push", 15, {})),
 ]
 
 
