@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import base64
 import os
+from typing import Any
 
+import orjson
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from conftest import Node
+from support.mqtt import clients, paho
+
+__all__ = ["clients"]  # the fixture, imported by name
 
 
 def b64(raw: bytes) -> str:
@@ -88,3 +94,27 @@ async def test_a_backend_registers_for_a_device_and_removes_it(node: Node) -> No
     assert body == {"removed": 1}
     status, body = await node.api("GET", "/v1/users/ann/push-endpoints")
     assert body["endpoints"] == []
+
+
+@pytest.mark.parametrize("v5", [False, True], ids=["3.1.1", "5.0"])
+async def test_an_mqtt_device_registers_on_its_own_topic(node: Node, clients: list[Any],
+                                                         v5: bool) -> None:
+    dev = await paho(clients, node.app.mqtt_port, "ann-thermostat", token=node.token("ann"),
+                     v5=v5)
+    body = orjson.dumps({"kind": "fcm", "token": "fcm:thermo"})
+    assert await dev.publish("users/ann/push/register", body, 1) == 0
+    status, listed = await node.api("GET", "/v1/users/ann/push-endpoints")
+    assert status == 200
+    assert [(e["device"], e["token"]) for e in listed["endpoints"]] == [
+        ("ann-thermostat", "fcm:thermo")]
+    # a bad document: 5.0 hears 0x99 Payload format invalid; 3.1.1 is acknowledged
+    # (it cannot be refused) and nothing changes
+    bad = orjson.dumps({"kind": "apns", "token": "not-hex", "topic": "x"})
+    assert await dev.publish("users/ann/push/register", bad, 1) == (0x99 if v5 else 0)
+    status, listed = await node.api("GET", "/v1/users/ann/push-endpoints")
+    assert [e["token"] for e in listed["endpoints"]] == ["fcm:thermo"]
+    # another user's registration topic is refused like any other user's topic
+    refused = await dev.publish("users/bob/push/register", body, 1)
+    assert refused == (0x87 if v5 else 0)
+    status, listed = await node.api("GET", "/v1/users/bob/push-endpoints")
+    assert listed["endpoints"] == []

@@ -349,6 +349,27 @@ class Operations:
         """Store ``device``'s endpoint (400 naming the field if bad); the user's endpoints."""
         return [r.to_dict() for r in await self._push().register(user, device, body)]
 
+    @staticmethod
+    def is_push_register_topic(user: str | None, topic: str) -> bool:
+        """Whether ``topic`` is ``users/{user}/push/register`` (MQTT): this device's
+        push endpoint, stored, never published."""
+        return user is not None and topic == f"users/{user}/push/register"
+
+    async def device_push_register(self, user: str, payload: bytes, device: str
+                                   ) -> list[dict[str, Any]]:
+        """A ``users/{uid}/push/register`` message: an endpoint object (the forms of
+        ``register_push``); anything else ``bad_payload`` (MQTT 0x99)."""
+        try:
+            body = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            raise BadPayload("push/register: not a JSON object")
+        try:
+            return await self.register_push(user, device, body)
+        except BadRequest as e:
+            raise BadPayload(e.message) from None
+
     async def push_endpoints(self, user: str) -> list[dict[str, Any]]:
         return [r.to_dict() for r in await self._push().store.push_endpoints(user)]
 

@@ -572,12 +572,17 @@ class MqttBroker:
 
     async def _accept(self, session: MqttSession, topic: str, packet: Publish, v5: bool
                       ) -> None:
-        """Publish a checked PUBLISH, or apply it when it is the device read topic
-        or the user's preferences topic."""
-        if self.ops.is_preferences_set_topic(session.user, topic):
+        """Publish a checked PUBLISH, or apply it when it is the device read topic,
+        the user's preferences topic or this device's push registration."""
+        set_preferences = self.ops.is_preferences_set_topic(session.user, topic)
+        if set_preferences or self.ops.is_push_register_topic(session.user, topic):
             assert session.user is not None
             try:
-                await self.ops.device_preferences(session.user, packet.payload)
+                if set_preferences:
+                    await self.ops.device_preferences(session.user, packet.payload)
+                else:
+                    await self.ops.device_push_register(session.user, packet.payload,
+                                                        session.client_id)
             except TidingsError as e:
                 # 5.0: PUBACK / PUBREC 0x99 Payload format invalid (section 3.4.2.1);
                 # 3.1.1 cannot refuse in an acknowledgement: acknowledged, dropped
