@@ -94,6 +94,10 @@ class MqttSettings:
     websocket_path: str = "/mqtt"  # MQTT over WebSocket on the WS edge; empty turns it off
     max_connections_per_ip: int = 1000  # open MQTT connections per client address
     max_sessions_per_user: int = 100  # persistent sessions one user may keep; more: 0x97
+    # cluster (a shared store): a node's $share membership and liveness entries
+    # vanish this long after it dies (refreshed every third of it)
+    cluster_ttl: float = 3.0
+    takeover_timeout: float = 2.0  # seconds a CONNECT waits for another node to hand over
 
 
 @dataclass
@@ -482,6 +486,8 @@ def _validate(s: Settings) -> None:
     _positive("topics.max_user_subscriptions", s.topics.max_user_subscriptions)
     _positive("mqtt.max_connections_per_ip", s.mqtt.max_connections_per_ip)
     _positive("mqtt.max_sessions_per_user", s.mqtt.max_sessions_per_user)
+    _positive("mqtt.cluster_ttl", s.mqtt.cluster_ttl)
+    _positive("mqtt.takeover_timeout", s.mqtt.takeover_timeout)
     _positive("node.shutdown_timeout", s.node.shutdown_timeout)
     _positive("topics.max_length", s.topics.max_length)
     _positive("topics.max_depth", s.topics.max_depth)
