@@ -1,0 +1,258 @@
+"""MQTT rules that span the nodes of a cluster (issue 15, scope 4).
+
+Real ``tidings serve`` processes (``cluster_nodes.py``) on a real
+``redis-server``, real paho-mqtt clients (3.1.1 and 5.0), messages published
+through the nodes' HTTP API (QoS 1, as every API publish).
+
+* Client-id takeover across nodes [MQTT-3.1.4-2]: the old connection gets
+  DISCONNECT 0x8E (5.0; 3.1.1: closed), the session (subscriptions, the
+  unacknowledged and the waiting QoS 1 messages) resumes on the new node
+  [MQTT-3.2.2-2], and every message published during the takeover arrives,
+  in order [MQTT-4.6.0-6]. Another user's token cannot take a session over.
+* ``$share`` (5.0 section 4.8.2, [MQTT-4.8.2-2]: each message to one
+  member): members on two nodes get each message once in total; when a
+  member's node is killed, the rest of the group gets the messages once the
+  dead node's roster entry is gone (``mqtt.cluster_ttl``, 1 s here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from support.cluster_nodes import (
+    Cluster,
+    NodeFactory,
+    TidingsNode,
+    cluster,
+    redis_env,
+    tidings_nodes,
+    wait_for,
+)
+from support.mqtt import Paho, clients, paho
+from support.redis_servers import RedisServer
+
+pytest_plugins = ["support.redis_servers"]
+__all__ = ["clients", "cluster", "tidings_nodes"]  # fixtures used here, defined elsewhere
+
+TTL = "1"  # mqtt.cluster_ttl of these nodes: rosters refreshed every third of a second
+SESSION = {"SessionExpiryInterval": 300}
+TAKEN_OVER = 0x8E  # DISCONNECT reason: Session taken over (5.0 section 3.14.2.1)
+
+
+@pytest.fixture(scope="module")
+def pair(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+         ) -> Iterator[list[TidingsNode]]:
+    """Two nodes on one Redis, started once for this module's tests (each test has
+    its own client ids, users and topics)."""
+    factory = NodeFactory(tmp_path_factory.mktemp("mqtt-pair"))
+    try:
+        yield factory.start(2, redis_env(redis_server.url, TIDINGS_MQTT_CLUSTER_TTL=TTL))
+    finally:
+        factory.stop()
+
+
+async def metric(cluster: Cluster, node: TidingsNode, name: str) -> float:
+    """One unlabelled sample of the node's ``GET /metrics`` (0 when absent)."""
+    status, text = await cluster.api(node, "GET", "/metrics")
+    assert status == 200
+    for line in str(text).splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def numbers(device: Paho, count: int) -> list[int]:
+    """The ``n`` of the next ``count`` messages, in arrival order."""
+    return [orjson.loads((await device.message()).payload)["n"] for _ in range(count)]
+
+
+async def publish_all(cluster: Cluster, node: TidingsNode, topic: str, ns: range) -> None:
+    for n in ns:
+        await cluster.publish(node, topic, {"n": n})
+
+
+async def collect_until(device: Paho, wanted: set[int]) -> list[int]:
+    """Messages until every ``n`` in ``wanted`` came (bounded by WAIT per message)."""
+    got: list[int] = []
+    while not wanted <= set(got):
+        got += await numbers(device, 1)
+    return got
+
+
+def first_seen(got: list[int]) -> list[int]:
+    return list(dict.fromkeys(got))
+
+
+# -- takeover -------------------------------------------------------------------------------
+
+
+async def publish_during(cluster: Cluster, node: TidingsNode, topic: str, first: int,
+                         connecting: Paho) -> int:
+    """Publish ``{"n": first}``, ``first + 1``, ... while ``connecting`` waits for its
+    CONNACK, then 10 more (at most 1000 in all); returns the next ``n``."""
+    n, after = first, 10
+    while after and n < first + 1000:
+        await cluster.publish(node, topic, {"n": n})
+        n += 1
+        if not connecting.connacks.empty():
+            after -= 1
+    return n
+
+
+def drain(device: Paho) -> list[int]:
+    """The ``n`` of every message already received, without waiting."""
+    out = []
+    while not device.messages.empty():
+        out.append(orjson.loads(device.messages.get_nowait().payload)["n"])
+    return out
+
+
+# -- takeover -------------------------------------------------------------------------------
+
+
+async def test_takeover_moves_a_v5_session_to_the_newer_node(
+        pair: list[TidingsNode], cluster: Cluster, clients: list[Any]) -> None:
+    """[MQTT-3.1.4-2] across nodes. The old client (node 1) holds message 0 without
+    acknowledging it, message 1 waits behind it (Receive Maximum 1); the same client
+    id connects to node 2 while messages are being published. The old client reads
+    DISCONNECT 0x8E; the new one has its session (Session Present [MQTT-3.2.2-2]),
+    gets 0 and 1 again and every later message once, in order [MQTT-4.6.0-6], and
+    its subscription lives on node 2."""
+    n1, n2 = pair
+    token = cluster.token("tara")
+    topic = "plant/tara/line"
+    old = await paho(clients, n1.mqtt_port, "press-7", token=token, v5=True, clean=False,
+                     connect_props={**SESSION, "ReceiveMaximum": 1})
+    old.c.manual_ack_set(True)  # read, never acknowledged: in flight on node 1
+    assert await old.subscribe((topic, 1)) == [1]
+    await publish_all(cluster, n2, topic, range(2))
+    assert await numbers(old, 1) == [0]
+
+    new = Paho(n2.mqtt_port, "press-7", token=token, v5=True, clean=False,
+               connect_props=SESSION)
+    clients.append(new)
+    end = await publish_during(cluster, n2, topic, 2, new)
+    assert (await new.connack()).session_present
+    code, _ = await old.disconnected()
+    assert code == TAKEN_OVER
+    # each once: what node 1 had handed over is not replayed by node 2 [MQTT-4.3.2]
+    assert await numbers(new, end) == list(range(end))
+    # the subscription is node 2's now: a message published after all of it arrives once
+    await cluster.publish(n1, topic, {"n": end})
+    assert await numbers(new, 1) == [end]
+    await new.no_message()
+
+
+async def test_takeover_across_nodes_on_3_1_1(
+        pair: list[TidingsNode], cluster: Cluster, clients: list[Any]) -> None:
+    """3.1.1 has no server DISCONNECT: the old connection (node 2) is closed
+    [MQTT-3.1.4-2]; the new one (node 1, clean session 0) resumes the session
+    (session present [MQTT-3.2.2-2]). Every message published meanwhile reaches the
+    old client before the close or the new one after it, the new one in order."""
+    n1, n2 = pair
+    token = cluster.token("otto")
+    topic = "plant/otto/valve"
+    old = await paho(clients, n2.mqtt_port, "valve-3", token=token, clean=False)
+    assert await old.subscribe((topic, 1)) == [1]
+    await publish_all(cluster, n1, topic, range(1))
+    assert await numbers(old, 1) == [0]
+
+    new = Paho(n1.mqtt_port, "valve-3", token=token, clean=False)
+    clients.append(new)
+    end = await publish_during(cluster, n1, topic, 1, new)
+    assert (await new.connack()).session_present
+    await old.disconnected()
+    before = [0, *drain(old)]
+    after = await collect_until(new, set(range(end)) - set(before))
+    assert set(before) | set(after) == set(range(end))
+    assert first_seen(after) == sorted(set(after))
+
+
+async def test_another_users_token_cannot_take_a_session_over(
+        pair: list[TidingsNode], cluster: Cluster, clients: list[Any]) -> None:
+    """A CONNECT on node 2 with the client id of a session another user holds on
+    node 1 is refused with 0x87 Not authorized; the session stays where it is."""
+    n1, n2 = pair
+    topic = "plant/uma/door"
+    old = await paho(clients, n1.mqtt_port, "door-1", token=cluster.token("uma"), v5=True,
+                     clean=False, connect_props=SESSION)
+    assert await old.subscribe((topic, 1)) == [1]
+    await paho(clients, n2.mqtt_port, "door-1", token=cluster.token("mallory"), v5=True,
+               clean=False, connect_props=SESSION, expect=0x87)
+    await cluster.publish(n2, topic, {"n": 1})
+    assert await numbers(old, 1) == [1]
+    assert old.disconnects.empty()
+
+
+# -- $share ---------------------------------------------------------------------------------
+
+
+async def share_nodes(cluster: Cluster, nodes: list[TidingsNode], count: int) -> None:
+    """Wait until every node's roster of the one group it follows has ``count`` nodes."""
+    for node in nodes:
+        await wait_for(lambda n=node: _is(metric(cluster, n, "tidings_mqtt_share_nodes"),
+                                          count),
+                       what=f"{node.name} to see {count} nodes in the group")
+
+
+async def _is(value: Any, want: float) -> bool:
+    return bool(await value == want)
+
+
+async def test_a_share_group_across_two_nodes_gets_each_message_once(
+        tidings_nodes: NodeFactory, redis_server: RedisServer, cluster: Cluster,
+        clients: list[Any]) -> None:
+    """Members of ``$share/meters/...`` on node 1 and node 2: 40 messages published
+    through node 1 reach the group once each in total [MQTT-4.8.2-2], both members
+    get some (one node per message, by offset), and nothing comes twice."""
+    n1, n2 = tidings_nodes.start(2, redis_env(redis_server.url, TIDINGS_MQTT_CLUSTER_TTL=TTL),
+                                 names=["share-a", "share-b"])
+    token = cluster.token("meter-reader")
+    flt = "$share/meters/meters/reading/#"
+    members = [await paho(clients, n.mqtt_port, f"reader-{i}", token=token, v5=True)
+               for i, n in enumerate((n1, n2))]
+    for m in members:
+        assert await m.subscribe((flt, 1)) == [1]
+    await share_nodes(cluster, [n1, n2], 2)
+
+    await publish_all(cluster, n1, "meters/reading/hall", range(40))
+    got: list[list[int]] = [[], []]
+
+    def drained() -> bool:
+        for i, m in enumerate(members):
+            while not m.messages.empty():
+                got[i].append(orjson.loads(m.messages.get_nowait().payload)["n"])
+        return sum(map(len, got)) >= 40
+
+    await wait_for(drained, what="40 messages over the two members")
+    assert sorted(got[0] + got[1]) == list(range(40))
+    assert got[0] and got[1]
+    for m in members:
+        await m.no_message()
+
+
+async def test_a_share_group_moves_to_the_members_left_when_a_node_dies(
+        tidings_nodes: NodeFactory, redis_server: RedisServer, cluster: Cluster,
+        clients: list[Any]) -> None:
+    """Node 2, with a member of ``$share/alarms/...``, is killed (SIGKILL, by PID):
+    once its roster entry has expired (``mqtt.cluster_ttl``) and node 1 has read the
+    roster again (a third of it later), every message reaches node 1's member."""
+    n1, n2 = tidings_nodes.start(2, redis_env(redis_server.url, TIDINGS_MQTT_CLUSTER_TTL=TTL),
+                                 names=["alarm-a", "alarm-b"])
+    token = cluster.token("alarm-desk")
+    flt = "$share/alarms/alarms/#"
+    survivor = await paho(clients, n1.mqtt_port, "desk-1", token=token, v5=True)
+    doomed = await paho(clients, n2.mqtt_port, "desk-2", token=token, v5=True)
+    for m in (survivor, doomed):
+        assert await m.subscribe((flt, 1)) == [1]
+    await share_nodes(cluster, [n1, n2], 2)
+
+    n2.kill()
+    await share_nodes(cluster, [n1], 1)
+    await publish_all(cluster, n1, "alarms/fire/east", range(20))
+    assert await numbers(survivor, 20) == list(range(20))
+    await survivor.no_message()
