@@ -1,7 +1,8 @@
 """MQTT rules that span the nodes of a cluster (issue 15, scope 4).
 
 Real ``tidings serve`` processes (``cluster_nodes.py``) on a real
-``redis-server``, real paho-mqtt clients (3.1.1 and 5.0), messages published
+``redis-server`` and on a real 3-master Redis Cluster (sharded pub/sub carries
+the nodes' requests to each other), real paho-mqtt clients (3.1.1 and 5.0), messages published
 through the nodes' HTTP API (QoS 1, as every API publish).
 
 * Client-id takeover across nodes [MQTT-3.1.4-2]: the old connection gets
@@ -33,7 +34,7 @@ from support.cluster_nodes import (
     wait_for,
 )
 from support.mqtt import Paho, clients, paho
-from support.redis_servers import RedisServer
+from support.redis_servers import RedisClusterProcs, RedisServer
 
 pytest_plugins = ["support.redis_servers"]
 __all__ = ["clients", "cluster", "tidings_nodes"]  # fixtures used here, defined elsewhere
@@ -43,14 +44,22 @@ SESSION = {"SessionExpiryInterval": 300}
 TAKEN_OVER = 0x8E  # DISCONNECT reason: Session taken over (5.0 section 3.14.2.1)
 
 
+@pytest.fixture(scope="module", params=["redis", "redis-cluster"])
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """One Redis or a Redis Cluster (session servers: tests use their own names)."""
+    target: RedisServer | RedisClusterProcs = request.getfixturevalue(
+        "redis_server" if request.param == "redis" else "redis_cluster")
+    return target.url
+
+
 @pytest.fixture(scope="module")
-def pair(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+def pair(redis_url: str, tmp_path_factory: pytest.TempPathFactory
          ) -> Iterator[list[TidingsNode]]:
-    """Two nodes on one Redis, started once for this module's tests (each test has
-    its own client ids, users and topics)."""
+    """Two nodes, started once per backend for this module's takeover tests (each
+    test has its own client ids, users and topics)."""
     factory = NodeFactory(tmp_path_factory.mktemp("mqtt-pair"))
     try:
-        yield factory.start(2, redis_env(redis_server.url, TIDINGS_MQTT_CLUSTER_TTL=TTL))
+        yield factory.start(2, redis_env(redis_url, TIDINGS_MQTT_CLUSTER_TTL=TTL))
     finally:
         factory.stop()
 
@@ -204,12 +213,12 @@ async def _is(value: Any, want: float) -> bool:
 
 
 async def test_a_share_group_across_two_nodes_gets_each_message_once(
-        tidings_nodes: NodeFactory, redis_server: RedisServer, cluster: Cluster,
+        tidings_nodes: NodeFactory, redis_url: str, cluster: Cluster,
         clients: list[Any]) -> None:
     """Members of ``$share/meters/...`` on node 1 and node 2: 40 messages published
     through node 1 reach the group once each in total [MQTT-4.8.2-2], both members
     get some (one node per message, by offset), and nothing comes twice."""
-    n1, n2 = tidings_nodes.start(2, redis_env(redis_server.url, TIDINGS_MQTT_CLUSTER_TTL=TTL),
+    n1, n2 = tidings_nodes.start(2, redis_env(redis_url, TIDINGS_MQTT_CLUSTER_TTL=TTL),
                                  names=["share-a", "share-b"])
     token = cluster.token("meter-reader")
     flt = "$share/meters/meters/reading/#"
@@ -256,3 +265,29 @@ async def test_a_share_group_moves_to_the_members_left_when_a_node_dies(
     await publish_all(cluster, n1, "alarms/fire/east", range(20))
     assert await numbers(survivor, 20) == list(range(20))
     await survivor.no_message()
+
+
+async def test_no_client_reaches_the_nodes_control_topic(
+        pair: list[TidingsNode], cluster: Cluster, clients: list[Any]) -> None:
+    """The nodes' requests travel on ``$tidings/mqtt/{node}``, a ``$`` topic: a 5.0
+    PUBLISH there is refused in its PUBACK, a SUBSCRIBE in its SUBACK
+    [MQTT-4.7.2-1], the HTTP API refuses it, and a session on that node is not
+    disturbed (it still gets its messages, no DISCONNECT)."""
+    n1, n2 = pair
+    control = f"$tidings/mqtt/{n1.name}"
+    victim = await paho(clients, n1.mqtt_port, "gauge-9", token=cluster.token("vera"),
+                        v5=True, clean=False, connect_props=SESSION)
+    assert await victim.subscribe(("plant/vera/gauge", 1)) == [1]
+    intruder = await paho(clients, n2.mqtt_port, "intruder", token=cluster.token("ivan"),
+                          v5=True)
+    release = orjson.dumps({"op": "release", "client": "gauge-9", "resume": False,
+                            "id": 1, "from": n2.name})
+    assert await intruder.publish(control, release, qos=1) >= 0x80
+    codes = await intruder.subscribe((control, 1), ("$tidings/#", 1))
+    assert len(codes) == 2 and min(codes) >= 0x80
+    status, _ = await cluster.api(n2, "POST", "/v1/publish",
+                                  {"topic": control, "data": orjson.loads(release)})
+    assert 400 <= status < 500
+    await cluster.publish(n2, "plant/vera/gauge", {"n": 1})
+    assert await numbers(victim, 1) == [1]
+    assert victim.disconnects.empty()

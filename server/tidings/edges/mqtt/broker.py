@@ -271,6 +271,7 @@ class MqttBroker:
         except (Unauthorized, Forbidden, BadClientId, QuotaExceeded) as e:
             if move is not None:
                 await move.end()
+                self.cluster.disown(client_id)  # claimed, then refused: not held here
             self._refuse(conn, e)
             return
         try:

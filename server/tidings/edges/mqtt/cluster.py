@@ -303,6 +303,7 @@ class MqttCluster:
                     await self._take_from(other, client_id, principal, resume, move)
                 except Forbidden:
                     await move.end()
+                    self.disown(client_id)  # claimed just now, refused: not ours
                     raise
             with contextlib.suppress(TidingsError):
                 await self.node.roster_remove(key, other)  # done, or a dead node's
