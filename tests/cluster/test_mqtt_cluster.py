@@ -35,6 +35,7 @@ from support.cluster_nodes import (
 )
 from support.mqtt import Paho, clients, paho
 from support.redis_servers import RedisClusterProcs, RedisServer
+from tidings.store.redis import RedisStore
 
 pytest_plugins = ["support.redis_servers"]
 __all__ = ["clients", "cluster", "tidings_nodes"]  # fixtures used here, defined elsewhere
@@ -134,6 +135,7 @@ async def test_takeover_moves_a_v5_session_to_the_newer_node(
     n1, n2 = pair
     token = cluster.token("tara")
     topic = "plant/tara/line"
+    moved = await metric(cluster, n2, "tidings_mqtt_cluster_takeovers_total")
     old = await paho(clients, n1.mqtt_port, "press-7", token=token, v5=True, clean=False,
                      connect_props={**SESSION, "ReceiveMaximum": 1})
     old.c.manual_ack_set(True)  # read, never acknowledged: in flight on node 1
@@ -148,6 +150,7 @@ async def test_takeover_moves_a_v5_session_to_the_newer_node(
     assert (await new.connack()).session_present
     code, _ = await old.disconnected()
     assert code == TAKEN_OVER
+    assert await metric(cluster, n2, "tidings_mqtt_cluster_takeovers_total") == moved + 1
     # each once: what node 1 had handed over is not replayed by node 2 [MQTT-4.3.2]
     assert await numbers(new, end) == list(range(end))
     # the subscription is node 2's now: a message published after all of it arrives once
@@ -179,6 +182,48 @@ async def test_takeover_across_nodes_on_3_1_1(
     after = await collect_until(new, set(range(end)) - set(before))
     assert set(before) | set(after) == set(range(end))
     assert first_seen(after) == sorted(set(after))
+
+
+async def connections(cluster: Cluster, node: TidingsNode, count: int) -> None:
+    """Wait until ``node`` has ``count`` MQTT connections open."""
+    await wait_for(lambda: _is(metric(cluster, node, "tidings_mqtt_connections"), count),
+                   what=f"{count} MQTT connections on {node.name}")
+
+
+async def _queued(store: RedisStore, client_id: str, count: int) -> bool:
+    kept = await store.mqtt_session(client_id)
+    return kept is not None and len(kept[1]) == count
+
+
+async def test_an_offline_session_moves_and_stops_queueing_on_the_old_node(
+        pair: list[TidingsNode], cluster: Cluster, clients: list[Any]) -> None:
+    """A persistent session left offline on node 1 (its subscription followed there,
+    its messages queued) is resumed on node 2 [MQTT-3.2.2-2] with what was queued
+    [MQTT-4.4.0-1]; node 1 lets it go, so a message queued while the client is
+    away again is queued once, by node 2, and arrives once."""
+    n1, n2 = pair
+    token = cluster.token("wendy")
+    topic = "plant/wendy/tank"
+    first = await paho(clients, n1.mqtt_port, "tank-2", token=token, v5=True, clean=False,
+                       connect_props=SESSION)
+    assert await first.subscribe((topic, 1)) == [1]
+    first.close()
+    await connections(cluster, n1, 0)
+    await cluster.publish(n1, topic, {"n": 0})
+
+    second = await paho(clients, n2.mqtt_port, "tank-2", token=token, v5=True, clean=False,
+                        connect_props=SESSION)
+    assert await numbers(second, 1) == [0]
+    second.close()
+    await connections(cluster, n2, 0)
+    await cluster.publish(n1, topic, {"n": 1})
+
+    third = Paho(n2.mqtt_port, "tank-2", token=token, v5=True, clean=False,
+                 connect_props=SESSION)
+    clients.append(third)
+    assert (await third.connack()).session_present
+    assert await numbers(third, 1) == [1]
+    await third.no_message()
 
 
 async def test_another_users_token_cannot_take_a_session_over(
@@ -291,3 +336,39 @@ async def test_no_client_reaches_the_nodes_control_topic(
     await cluster.publish(n2, "plant/vera/gauge", {"n": 1})
     assert await numbers(victim, 1) == [1]
     assert victim.disconnects.empty()
+
+
+async def test_a_session_on_a_killed_node_resumes_from_the_store(
+        tidings_nodes: NodeFactory, redis_server: RedisServer, cluster: Cluster,
+        clients: list[Any]) -> None:
+    """Node 1 holds a persistent session and is killed (SIGKILL, by PID) before its
+    liveness entry expires (``cluster_ttl`` 30 s here): a CONNECT on node 2 asks it,
+    gets no answer within ``mqtt.takeover_timeout`` (1 s) and resumes what the
+    store holds: the subscription, and the message queued while it was offline."""
+    env = redis_env(redis_server.url, TIDINGS_MQTT_CLUSTER_TTL="30",
+                    TIDINGS_MQTT_TAKEOVER_TIMEOUT="1")
+    n1, n2 = tidings_nodes.start(2, env, names=["held-a", "held-b"])
+    token = cluster.token("kim")
+    topic = "plant/kim/boiler"
+    first = await paho(clients, n1.mqtt_port, "boiler-1", token=token, v5=True, clean=False,
+                       connect_props=SESSION)
+    assert await first.subscribe((topic, 1)) == [1]
+    first.close()
+    await connections(cluster, n1, 0)
+    await cluster.publish(n2, topic, {"n": 0})
+    # node 1 queued it (its subscription, its session): wait until Redis has it
+    store = RedisStore(redis_server.url)
+    await store.open()
+    try:
+        await wait_for(lambda: _queued(store, "boiler-1", 1), what="node 1's queue written")
+    finally:
+        await store.close()
+
+    n1.kill()
+    second = Paho(n2.mqtt_port, "boiler-1", token=token, v5=True, clean=False,
+                  connect_props=SESSION)
+    clients.append(second)
+    assert (await second.connack()).session_present
+    assert await numbers(second, 1) == [0]
+    await cluster.publish(n2, topic, {"n": 1})
+    assert await numbers(second, 1) == [1]

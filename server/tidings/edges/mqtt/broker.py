@@ -170,13 +170,15 @@ class MqttBroker:
     async def _restore(self) -> None:
         """Re-register the stored persistent sessions (after a restart)."""
         now = time.time()
-        for client_id, state in await self.node.mqtt_sessions():
+        stored = await self.node.mqtt_sessions()
+        mine = await self.cluster.owned([client_id for client_id, _ in stored])
+        for client_id, state in stored:
             gone = state.disconnected_at or now
             if gone + state.expiry <= now:
                 await self.node.mqtt_delete(client_id)
                 continue
-            if not await self.cluster.owns(client_id):
-                continue  # another node holds it
+            if client_id not in mine:
+                continue  # another node holds it (cluster)
             session = MqttSession.from_state(self, client_id, state)
             session.disconnected_at = gone
             self.sessions[client_id] = session
@@ -582,7 +584,14 @@ class MqttBroker:
         if session.user != user:
             raise Forbidden("the client id is another user's session")
         if session.live_seen is None:
-            session.live_seen = {}
+            noting = session.live_seen = {}
+
+            def stop() -> None:  # the other node never asked for the release
+                if session.live_seen is noting:
+                    session.live_seen = None
+
+            asyncio.get_running_loop().call_later(
+                2 * self.settings.mqtt.takeover_timeout, stop)
         return list(session.subs)
 
     async def hand_over(self, client_id: str, resume: bool) -> dict[str, str]:

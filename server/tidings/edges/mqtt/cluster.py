@@ -78,6 +78,7 @@ log = logging.getLogger("tidings.mqtt.cluster")
 
 _OWNER_TTL = 86400.0 * 365  # an owner entry is removed when its session goes, not refreshed
 _NODES = "mqtt/nodes"
+_RESTORE_BATCH = 256  # owner lookups in flight at once when a node starts
 
 
 def _owner_key(client_id: str) -> str:
@@ -286,7 +287,8 @@ class MqttCluster:
             return None
         key = _owner_key(client_id)
         try:
-            await self.node.roster_put(key, self.me, {"node": self.me}, _OWNER_TTL)
+            if await self.node.roster_put(key, self.me, {"node": self.me}, _OWNER_TTL) == 1:
+                return None  # the usual case: no other node holds it (one round trip)
             holders = {str(e.get("node")) for e in await self.node.roster_list(key)}
         except TidingsError:
             log.warning("mqtt cluster: cannot claim a client id (store unavailable)")
@@ -393,14 +395,23 @@ class MqttCluster:
         with contextlib.suppress(TidingsError):
             await self._send(str(request.get("from")), reply)
 
-    async def owns(self, client_id: str) -> bool:
-        """Whether a stored session is this node's to restore after a restart (it held
-        it, or nobody live does). One node: always."""
+    async def owned(self, client_ids: list[str]) -> set[str]:
+        """Those of the stored sessions ``client_ids`` this node is to restore after a
+        restart: it held them, or no live node does. One node: all of them."""
         if not self.enabled:
-            return True
-        try:
-            holders = {str(e.get("node"))
-                       for e in await self.node.roster_list(_owner_key(client_id))}
-        except TidingsError:
-            return True
-        return self.me in holders or not (holders & self.alive)
+            return set(client_ids)
+
+        async def mine(client_id: str) -> bool:
+            try:
+                entries = await self.node.roster_list(_owner_key(client_id))
+            except TidingsError:
+                return True
+            holders = {str(e.get("node")) for e in entries}
+            return self.me in holders or not (holders & self.alive)
+
+        out: set[str] = set()
+        for i in range(0, len(client_ids), _RESTORE_BATCH):
+            batch = client_ids[i:i + _RESTORE_BATCH]
+            out.update(c for c, ok in zip(batch, await asyncio.gather(*map(mine, batch)),
+                                          strict=True) if ok)
+        return out
