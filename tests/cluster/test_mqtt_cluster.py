@@ -372,3 +372,32 @@ async def test_a_session_on_a_killed_node_resumes_from_the_store(
     assert await numbers(second, 1) == [0]
     await cluster.publish(n2, topic, {"n": 1})
     assert await numbers(second, 1) == [1]
+
+
+async def test_a_restarted_node_leaves_another_nodes_sessions_alone(
+        tidings_nodes: NodeFactory, redis_server: RedisServer, cluster: Cluster,
+        clients: list[Any]) -> None:
+    """Node 1 keeps an offline persistent session; node 2 restarts (SIGTERM by PID,
+    then started again under its name) and does not take that session up from the
+    shared store: a message published next is queued once, by node 1, and the
+    client resuming there gets it once [MQTT-4.3.2]."""
+    env = redis_env(redis_server.url, TIDINGS_MQTT_CLUSTER_TTL=TTL)
+    n1, n2 = tidings_nodes.start(2, env, names=["keep-a", "keep-b"])
+    token = cluster.token("lea")
+    topic = "plant/lea/silo"
+    first = await paho(clients, n1.mqtt_port, "silo-4", token=token, v5=True, clean=False,
+                       connect_props=SESSION)
+    assert await first.subscribe((topic, 1)) == [1]
+    first.close()
+    await connections(cluster, n1, 0)
+
+    n2.stop()
+    n2.launch()
+    n2.wait_ready()
+    await cluster.publish(n2, topic, {"n": 0})
+    again = Paho(n1.mqtt_port, "silo-4", token=token, v5=True, clean=False,
+                 connect_props=SESSION)
+    clients.append(again)
+    assert (await again.connack()).session_present
+    assert await numbers(again, 1) == [0]
+    await again.no_message()

@@ -170,13 +170,15 @@ class MqttBroker:
     async def _restore(self) -> None:
         """Re-register the stored persistent sessions (after a restart)."""
         now = time.time()
-        stored = await self.node.mqtt_sessions()
-        mine = await self.cluster.owned([client_id for client_id, _ in stored])
-        for client_id, state in stored:
+        kept: list[tuple[str, MqttSessionState, float]] = []
+        for client_id, state in await self.node.mqtt_sessions():
             gone = state.disconnected_at or now
             if gone + state.expiry <= now:
                 await self.node.mqtt_delete(client_id)
-                continue
+            else:
+                kept.append((client_id, state, gone))
+        mine = await self.cluster.owned([client_id for client_id, _, _ in kept])
+        for client_id, state, gone in kept:
             if client_id not in mine:
                 continue  # another node holds it (cluster)
             session = MqttSession.from_state(self, client_id, state)

@@ -190,6 +190,7 @@ class MqttCluster:
         self.shares: dict[tuple[str, str], list[str]] = {}  # group -> its nodes, sorted
         self._joined: set[tuple[str, str]] = set()  # groups whose roster has this node
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._claims: dict[str, str] = {}  # client id -> this node's owner entry for it
         self._ids = itertools.count(1)
         self._inbox = _Inbox(self)
         self._task: asyncio.Task[None] | None = None
@@ -286,14 +287,21 @@ class MqttCluster:
         if not self.enabled:
             return None
         key = _owner_key(client_id)
+        # one entry per claim, so the end of an earlier session here (its removal
+        # may run late) never drops the claim of the one that follows it
+        mine = f"{self.me}#{next(self._ids)}"
+        self._claims[client_id] = mine
         try:
-            if await self.node.roster_put(key, self.me, {"node": self.me}, _OWNER_TTL) == 1:
+            if await self.node.roster_put(key, mine, {"node": self.me, "entry": mine},
+                                          _OWNER_TTL) == 1:
                 return None  # the usual case: no other node holds it (one round trip)
-            holders = {str(e.get("node")) for e in await self.node.roster_list(key)}
+            entries = await self.node.roster_list(key)
         except TidingsError:
             log.warning("mqtt cluster: cannot claim a client id (store unavailable)")
             return None
-        others = holders - {self.me}
+        stale = {str(e.get("entry")): str(e.get("node")) for e in entries
+                 if e.get("entry") != mine}
+        others = set(stale.values()) - {self.me}
         if others - self.alive:  # dead, or joined since the last refresh: ask now
             with contextlib.suppress(TidingsError):
                 self.alive = {str(e.get("node")) for e in await self.node.roster_list(_NODES)}
@@ -307,8 +315,9 @@ class MqttCluster:
                     await move.end()
                     self.disown(client_id)  # claimed just now, refused: not ours
                     raise
+        for entry in stale:  # handed over, a dead node's, or an old one of ours
             with contextlib.suppress(TidingsError):
-                await self.node.roster_remove(key, other)  # done, or a dead node's
+                await self.node.roster_remove(key, entry)
         return move
 
     async def _take_from(self, other: str, client_id: str, principal: Principal,
@@ -351,13 +360,14 @@ class MqttCluster:
         await self.node.signal(control_topic(other), orjson.dumps(message))
 
     def disown(self, client_id: str) -> None:
-        """The session ended (or left) here: drop this node's owner entry."""
-        if self.enabled:
-            self.broker.spawn(self._disown(client_id))
+        """The session ended (or left) here: drop this node's claim on its client id."""
+        entry = self._claims.pop(client_id, None)
+        if entry is not None:
+            self.broker.spawn(self._disown(client_id, entry))
 
-    async def _disown(self, client_id: str) -> None:
+    async def _disown(self, client_id: str, entry: str) -> None:
         with contextlib.suppress(TidingsError):
-            await self.node.roster_remove(_owner_key(client_id), self.me)
+            await self.node.roster_remove(_owner_key(client_id), entry)
 
     # -- takeover: the old node -------------------------------------------------------------
 
@@ -397,17 +407,26 @@ class MqttCluster:
 
     async def owned(self, client_ids: list[str]) -> set[str]:
         """Those of the stored sessions ``client_ids`` this node is to restore after a
-        restart: it held them, or no live node does. One node: all of them."""
+        restart (and claims): it held them, or no live node does. One node: all."""
         if not self.enabled:
             return set(client_ids)
 
         async def mine(client_id: str) -> bool:
+            key = _owner_key(client_id)
             try:
-                entries = await self.node.roster_list(_owner_key(client_id))
+                entries = await self.node.roster_list(key)
+                ours = [str(e.get("entry")) for e in entries if e.get("node") == self.me]
+                if ours:
+                    self._claims[client_id] = ours[0]  # removed when the session ends
+                    return True
+                if {str(e.get("node")) for e in entries} & self.alive:
+                    return False
+                entry = self._claims[client_id] = f"{self.me}#{next(self._ids)}"
+                await self.node.roster_put(key, entry, {"node": self.me, "entry": entry},
+                                           _OWNER_TTL)
             except TidingsError:
-                return True
-            holders = {str(e.get("node")) for e in entries}
-            return self.me in holders or not (holders & self.alive)
+                pass  # restored unclaimed: as on one node
+            return True
 
         out: set[str] = set()
         for i in range(0, len(client_ids), _RESTORE_BATCH):
