@@ -195,6 +195,27 @@ async def _queued(store: RedisStore, client_id: str, count: int) -> bool:
     return kept is not None and len(kept[1]) == count
 
 
+async def kept_offline(cluster: Cluster, clients: list[Any], node: TidingsNode,
+                       client_id: str, token: str, topic: str) -> None:
+    """A 5.0 persistent session on ``node``, subscribed to ``topic`` (QoS 1), whose
+    client has disconnected (the node knows it: no connection open there)."""
+    device = await paho(clients, node.mqtt_port, client_id, token=token, v5=True,
+                        clean=False, connect_props=SESSION)
+    assert await device.subscribe((topic, 1)) == [1]
+    device.close()
+    await connections(cluster, node, 0)
+
+
+async def resumed(clients: list[Any], node: TidingsNode, client_id: str, token: str
+                  ) -> Paho:
+    """The client of a kept session connected again on ``node``: Session Present."""
+    device = Paho(node.mqtt_port, client_id, token=token, v5=True, clean=False,
+                  connect_props=SESSION)
+    clients.append(device)
+    assert (await device.connack()).session_present  # [MQTT-3.2.2-2]
+    return device
+
+
 async def test_an_offline_session_moves_and_stops_queueing_on_the_old_node(
         pair: list[TidingsNode], cluster: Cluster, clients: list[Any]) -> None:
     """A persistent session left offline on node 1 (its subscription followed there,
@@ -204,24 +225,16 @@ async def test_an_offline_session_moves_and_stops_queueing_on_the_old_node(
     n1, n2 = pair
     token = cluster.token("wendy")
     topic = "plant/wendy/tank"
-    first = await paho(clients, n1.mqtt_port, "tank-2", token=token, v5=True, clean=False,
-                       connect_props=SESSION)
-    assert await first.subscribe((topic, 1)) == [1]
-    first.close()
-    await connections(cluster, n1, 0)
+    await kept_offline(cluster, clients, n1, "tank-2", token, topic)
     await cluster.publish(n1, topic, {"n": 0})
 
-    second = await paho(clients, n2.mqtt_port, "tank-2", token=token, v5=True, clean=False,
-                        connect_props=SESSION)
+    second = await resumed(clients, n2, "tank-2", token)
     assert await numbers(second, 1) == [0]
     second.close()
     await connections(cluster, n2, 0)
     await cluster.publish(n1, topic, {"n": 1})
 
-    third = Paho(n2.mqtt_port, "tank-2", token=token, v5=True, clean=False,
-                 connect_props=SESSION)
-    clients.append(third)
-    assert (await third.connack()).session_present
+    third = await resumed(clients, n2, "tank-2", token)
     assert await numbers(third, 1) == [1]
     await third.no_message()
 
@@ -350,11 +363,7 @@ async def test_a_session_on_a_killed_node_resumes_from_the_store(
     n1, n2 = tidings_nodes.start(2, env, names=["held-a", "held-b"])
     token = cluster.token("kim")
     topic = "plant/kim/boiler"
-    first = await paho(clients, n1.mqtt_port, "boiler-1", token=token, v5=True, clean=False,
-                       connect_props=SESSION)
-    assert await first.subscribe((topic, 1)) == [1]
-    first.close()
-    await connections(cluster, n1, 0)
+    await kept_offline(cluster, clients, n1, "boiler-1", token, topic)
     await cluster.publish(n2, topic, {"n": 0})
     # node 1 queued it (its subscription, its session): wait until Redis has it
     store = RedisStore(redis_server.url)
@@ -365,10 +374,7 @@ async def test_a_session_on_a_killed_node_resumes_from_the_store(
         await store.close()
 
     n1.kill()
-    second = Paho(n2.mqtt_port, "boiler-1", token=token, v5=True, clean=False,
-                  connect_props=SESSION)
-    clients.append(second)
-    assert (await second.connack()).session_present
+    second = await resumed(clients, n2, "boiler-1", token)
     assert await numbers(second, 1) == [0]
     await cluster.publish(n2, topic, {"n": 1})
     assert await numbers(second, 1) == [1]
@@ -385,19 +391,12 @@ async def test_a_restarted_node_leaves_another_nodes_sessions_alone(
     n1, n2 = tidings_nodes.start(2, env, names=["keep-a", "keep-b"])
     token = cluster.token("lea")
     topic = "plant/lea/silo"
-    first = await paho(clients, n1.mqtt_port, "silo-4", token=token, v5=True, clean=False,
-                       connect_props=SESSION)
-    assert await first.subscribe((topic, 1)) == [1]
-    first.close()
-    await connections(cluster, n1, 0)
+    await kept_offline(cluster, clients, n1, "silo-4", token, topic)
 
     n2.stop()
     n2.launch()
     n2.wait_ready()
     await cluster.publish(n2, topic, {"n": 0})
-    again = Paho(n1.mqtt_port, "silo-4", token=token, v5=True, clean=False,
-                 connect_props=SESSION)
-    clients.append(again)
-    assert (await again.connack()).session_present
+    again = await resumed(clients, n1, "silo-4", token)
     assert await numbers(again, 1) == [0]
     await again.no_message()

@@ -8,8 +8,11 @@ What the nodes share (rosters: the store's presence entries, see
 
 * ``mqtt/nodes``: every MQTT node, refreshed every ``mqtt.cluster_ttl / 3``
   seconds; a node's entry vanishes ``cluster_ttl`` after it died.
-* ``mqtt/owner/{client id}``: the node holding the client id's session,
-  written at CONNECT and removed when the session ends or moves.
+* ``mqtt/owner/{client id}``: the node holding the client id's session, one
+  entry per claim (``{node}#{n}``), written at CONNECT (or when a restarted
+  node takes its sessions up again) and removed when the session ends or
+  moves; not refreshed (a dead node's entry is skipped: it is not in
+  ``mqtt/nodes``).
 * ``mqtt/share/{group}/{filter}``: the nodes with connected members of a
   group, refreshed like ``mqtt/nodes``.
 
