@@ -18,12 +18,15 @@ through the nodes' HTTP API (QoS 1, as every API publish).
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import pytest
 
+from conftest import WAIT
 from support.cluster_nodes import (
     Cluster,
     NodeFactory,
@@ -258,6 +261,23 @@ async def test_another_users_token_cannot_take_a_session_over(
 # -- $share ---------------------------------------------------------------------------------
 
 
+async def mosquitto_pub(node: TidingsNode, token: str, *args: str, stdin: bytes) -> None:
+    """Run Debian's ``mosquitto_pub`` (mosquitto-clients) against ``node``, bounded."""
+    if shutil.which("mosquitto_pub") is None:
+        pytest.fail("mosquitto_pub not on PATH: apt-get install -y mosquitto-clients")
+    proc = await asyncio.create_subprocess_exec(
+        "mosquitto_pub", "-h", "127.0.0.1", "-p", str(node.mqtt_port), "-u", "device",
+        "-P", token, *args, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin), WAIT)
+    except TimeoutError:
+        proc.kill()  # by its pid
+        await proc.wait()
+        raise AssertionError("mosquitto_pub did not finish in time") from None
+    assert proc.returncode == 0, (out, err)
+
+
 async def share_nodes(cluster: Cluster, nodes: list[TidingsNode], count: int) -> None:
     """Wait until every node's roster of the one group it follows has ``count`` nodes."""
     for node in nodes:
@@ -274,8 +294,9 @@ async def test_a_share_group_across_two_nodes_gets_each_message_once(
         tidings_nodes: NodeFactory, redis_url: str, cluster: Cluster,
         clients: list[Any]) -> None:
     """Members of ``$share/meters/...`` on node 1 and node 2: 40 messages published
-    through node 1 reach the group once each in total [MQTT-4.8.2-2], both members
-    get some (one node per message, by offset), and nothing comes twice."""
+    by ``mosquitto_pub`` (5.0, QoS 1) to node 1 reach the group once each in total
+    [MQTT-4.8.2-2], both members get some (one node per message, by offset), and
+    nothing comes twice."""
     n1, n2 = tidings_nodes.start(2, redis_env(redis_url, TIDINGS_MQTT_CLUSTER_TTL=TTL),
                                  names=["share-a", "share-b"])
     token = cluster.token("meter-reader")
@@ -286,7 +307,10 @@ async def test_a_share_group_across_two_nodes_gets_each_message_once(
         assert await m.subscribe((flt, 1)) == [1]
     await share_nodes(cluster, [n1, n2], 2)
 
-    await publish_all(cluster, n1, "meters/reading/hall", range(40))
+    lines = b"".join(orjson.dumps({"n": n}) + b"\n" for n in range(40))
+    meter = cluster.token("meter", publish=["meters/#"])
+    await mosquitto_pub(n1, meter, "-V", "mqttv5", "-q", "1", "-t", "meters/reading/hall",
+                        "-l", stdin=lines)
     got: list[list[int]] = [[], []]
 
     def drained() -> bool:
