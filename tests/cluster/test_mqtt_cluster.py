@@ -326,14 +326,16 @@ async def test_a_share_group_across_two_nodes_gets_each_message_once(
         await m.no_message()
 
 
-async def test_a_share_group_moves_to_the_members_left_when_a_node_dies(
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+async def test_a_share_group_moves_to_the_members_left_when_a_node_goes(
         tidings_nodes: NodeFactory, redis_server: RedisServer, cluster: Cluster,
-        clients: list[Any]) -> None:
-    """Node 2, with a member of ``$share/alarms/...``, is killed (SIGKILL, by PID):
-    once its roster entry has expired (``mqtt.cluster_ttl``) and node 1 has read the
-    roster again (a third of it later), every message reaches node 1's member."""
+        clients: list[Any], how: str) -> None:
+    """Node 2, with a member of ``$share/alarms/...``, is stopped by PID: killed
+    (SIGKILL: its roster entry expires after ``mqtt.cluster_ttl``) or stopped
+    (SIGTERM: it leaves the roster as it stops). Once node 1 has read the roster
+    again (every third of ``cluster_ttl``), every message reaches node 1's member."""
     n1, n2 = tidings_nodes.start(2, redis_env(redis_server.url, TIDINGS_MQTT_CLUSTER_TTL=TTL),
-                                 names=["alarm-a", "alarm-b"])
+                                 names=[f"alarm-a-{how}", f"alarm-b-{how}"])
     token = cluster.token("alarm-desk")
     flt = "$share/alarms/alarms/#"
     survivor = await paho(clients, n1.mqtt_port, "desk-1", token=token, v5=True)
@@ -342,7 +344,10 @@ async def test_a_share_group_moves_to_the_members_left_when_a_node_dies(
         assert await m.subscribe((flt, 1)) == [1]
     await share_nodes(cluster, [n1, n2], 2)
 
-    n2.kill()
+    if how == "SIGKILL":
+        n2.kill()
+    else:
+        n2.stop()
     await share_nodes(cluster, [n1], 1)
     await publish_all(cluster, n1, "alarms/fire/east", range(20))
     assert await numbers(survivor, 20) == list(range(20))
