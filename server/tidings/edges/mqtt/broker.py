@@ -264,10 +264,12 @@ class MqttBroker:
         connection, resume or start the session, acknowledge."""
         self.connect_deadlines.pop(conn, None)
         move: Move | None = None
+        claimed = False
         try:
             principal = self._authenticate(packet)
             client_id, assigned = self._client_id(packet)
             if client_id not in self.sessions:  # held here: taken over below
+                claimed = True
                 move = await self.cluster.take(client_id, principal,
                                                resume=not packet.clean_start)
             old, stored = await self._find_session(client_id, principal)
@@ -275,6 +277,7 @@ class MqttBroker:
         except (Unauthorized, Forbidden, BadClientId, QuotaExceeded) as e:
             if move is not None:
                 await move.end()
+            if claimed:
                 self.cluster.disown(client_id)  # claimed, then refused: not held here
             self._refuse(conn, e)
             return

@@ -46,7 +46,7 @@ open (each asks the other while neither is open yet): a limit.
 **$share** (5.0 section 4.8.2): every node with members follows the group's
 filter and receives each message; the one that delivers it is the node at
 ``crc32(offset) % n`` of the group's roster (sorted; ``n`` its nodes), so each
-message goes to one node, round robin over them, and there to one member.
+message goes to one node, spread evenly over them, and there to one member.
 Rosters are read every ``cluster_ttl / 3``: while a roster is stale (a node
 joined or left in the last third, or died in the last ``cluster_ttl * 4/3``
 seconds) a message may go to two nodes or to one that no longer has a
