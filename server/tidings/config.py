@@ -90,14 +90,14 @@ class MqttSettings:
     max_queued: int = 1000  # messages kept per offline persistent session; more are dropped
     max_session_expiry: int = 86400 * 7  # seconds a persistent session outlives its client
     max_subscriptions: int = 256
-    sys_interval: float = 10.0  # seconds between $SYS/broker/... updates; 0 turns them off
-    websocket_path: str = "/mqtt"  # MQTT over WebSocket on the WS edge; empty turns it off
-    max_connections_per_ip: int = 1000  # open MQTT connections per client address
-    max_sessions_per_user: int = 100  # persistent sessions one user may keep; more: 0x97
     # cluster (a shared store): a node's $share membership and liveness entries
     # vanish this long after it dies (refreshed every third of it)
     cluster_ttl: float = 3.0
     takeover_timeout: float = 2.0  # seconds a CONNECT waits for another node to hand over
+    sys_interval: float = 10.0  # seconds between $SYS/broker/... updates; 0 turns them off
+    websocket_path: str = "/mqtt"  # MQTT over WebSocket on the WS edge; empty turns it off
+    max_connections_per_ip: int = 1000  # open MQTT connections per client address
+    max_sessions_per_user: int = 100  # persistent sessions one user may keep; more: 0x97
 
 
 @dataclass

@@ -263,9 +263,9 @@ class MqttBroker:
         """CONNECT: authenticate, find the client's session, take over its live
         connection, resume or start the session, acknowledge."""
         self.connect_deadlines.pop(conn, None)
-        move: Move | None = None
-        claimed = False
         try:
+            move: Move | None = None
+            claimed = False
             principal = self._authenticate(packet)
             client_id, assigned = self._client_id(packet)
             if client_id not in self.sessions:  # held here: taken over below

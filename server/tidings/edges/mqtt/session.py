@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,8 @@ from ...store.base import MqttSessionState, MqttSubscription, QueuedMessage
 from ...types import Publication, UserId
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .broker import MqttBroker
     from .transport import MqttConnection
 
