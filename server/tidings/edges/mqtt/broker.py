@@ -103,11 +103,11 @@ class MqttBroker:
         self._kept: dict[str, set[str]] = {}
         self._servers: list[asyncio.Server] = []
         self._offline: list[tuple[str, QueuedMessage]] = []
+        self._flushing = asyncio.Lock()  # one offline-queue write at a time, in order
         self._tasks = TaskSet("mqtt broker")
         self._ticker: asyncio.Task[None] | None = None
         self._sys: asyncio.Task[None] | None = None
         self._will_timers: dict[str, asyncio.TimerHandle] = {}
-        self._flushing = asyncio.Lock()  # one offline-queue write at a time, in order
         self.started = time.time()
         self.cluster = MqttCluster(self, node)  # takeover and $share across nodes
         node.hub.register_wire(WIRE, template)
