@@ -574,8 +574,10 @@ class MqttBroker:
         self.ops.give_back(session.user, len(session.subs))
         for flt in list(session.subs):
             await self._unregister(session, flt)
+        if not stored:
+            return  # kept in the store, for another node
         session.subs.clear()
-        if stored and (session.persistent or session.conn is None):
+        if session.persistent or session.conn is None:
             await self.node.mqtt_delete(session.client_id)
 
     # -- takeover from another node (see cluster.py) -------------------------------------
