@@ -90,6 +90,10 @@ class MqttSettings:
     max_queued: int = 1000  # messages kept per offline persistent session; more are dropped
     max_session_expiry: int = 86400 * 7  # seconds a persistent session outlives its client
     max_subscriptions: int = 256
+    # cluster (a shared store): a node's $share membership and liveness entries
+    # vanish this long after it dies (refreshed every third of it)
+    cluster_ttl: float = 3.0
+    takeover_timeout: float = 2.0  # seconds a CONNECT waits for another node to hand over
     sys_interval: float = 10.0  # seconds between $SYS/broker/... updates; 0 turns them off
     websocket_path: str = "/mqtt"  # MQTT over WebSocket on the WS edge; empty turns it off
     max_connections_per_ip: int = 1000  # open MQTT connections per client address
@@ -560,6 +564,8 @@ def _validate(s: Settings) -> None:
     _positive("topics.max_user_subscriptions", s.topics.max_user_subscriptions)
     _positive("mqtt.max_connections_per_ip", s.mqtt.max_connections_per_ip)
     _positive("mqtt.max_sessions_per_user", s.mqtt.max_sessions_per_user)
+    _positive("mqtt.cluster_ttl", s.mqtt.cluster_ttl)
+    _positive("mqtt.takeover_timeout", s.mqtt.takeover_timeout)
     _positive("node.shutdown_timeout", s.node.shutdown_timeout)
     _positive("topics.max_length", s.topics.max_length)
     _positive("topics.max_depth", s.topics.max_depth)

@@ -52,6 +52,8 @@ HELP: dict[str, str] = {
     "tidings_mqtt_dropped_total": "MQTT messages not delivered, by reason.",
     "tidings_mqtt_takeovers_total": "MQTT sessions taken over by a new connection with "
                                     "the same client id.",
+    "tidings_mqtt_cluster_takeovers_total": "MQTT sessions this node took over from "
+    "another node of the cluster (that node handed them over in time).",
     "tidings_mqtt_wills_total": "MQTT will messages published.",
     "tidings_webhook_sent_total": "Presence webhook events delivered.",
     "tidings_webhook_failed_total": "Presence webhook events given up after retries.",

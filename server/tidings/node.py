@@ -48,6 +48,12 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
                     10.0)
 
 
+def _roster(key: str) -> str:
+    if "/" not in key:
+        raise ValueError("a roster key holds a '/' (so no user id can be one)")
+    return key
+
+
 class Node:
     """Owns the hub; the edges and the API talk to this, never to bus or store directly
     for topic traffic. Bus subscriptions are reference-counted per filter."""
@@ -201,6 +207,36 @@ class Node:
     async def mqtt_sessions(self) -> list[tuple[str, MqttSessionState]]:
         """Every kept MQTT session, to re-register at start."""
         return await self.store.mqtt_sessions()
+
+    # -- coordination between nodes (edges whose state is per node: MQTT takeover
+    # and $share groups). Rosters are the store's presence entries under keys
+    # with a "/", which no user id holds (a token's sub never has one).
+
+    @property
+    def shared(self) -> bool:
+        """Whether other nodes share this store (Redis): rosters and signals work."""
+        return self.store.shared_presence
+
+    async def roster_put(self, key: str, entry: str, info: dict[str, Any], ttl: float
+                         ) -> int:
+        """Add or refresh ``entry`` under ``key`` for ``ttl`` seconds
+        (:meth:`PresenceStore.presence_put`); returns the live entries' count."""
+        return await self.store.presence_put(_roster(key), entry, info, ttl)
+
+    async def roster_remove(self, key: str, entry: str) -> int:
+        return await self.store.presence_remove(_roster(key), entry)
+
+    async def roster_list(self, key: str) -> list[dict[str, Any]]:
+        """The live entries' infos under ``key``, in no particular order."""
+        return await self.store.presence_list(_roster(key))
+
+    async def signal(self, topic: str, payload: bytes) -> None:
+        """A control message to the nodes following ``topic`` (a ``$`` topic no
+        client may publish or subscribe to): not stored, no offset, not retained;
+        as lossy as the bus. Raises ``Unavailable`` when the bus is down."""
+        pub = Publication(topic, Offset(""), payload, PayloadKind.BINARY,
+                          int(time.time() * 1000))
+        await self.bus.publish(pub)
 
     async def inbox(self, user: str, *, limit: int, before: str | None = None,
                     unread_only: bool = False) -> InboxPage:

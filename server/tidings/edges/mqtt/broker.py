@@ -69,6 +69,7 @@ from ...quota import Tally
 from ...sessions import Operations
 from ...store.base import MqttSessionState, QueuedMessage
 from ...types import classify_payload, parse_offset
+from .cluster import Move, MqttCluster
 from .codes import reason_code
 from .session import WIRE, MqttSession, ShareGroup, Sub, template
 from .sys import sys_loop
@@ -102,11 +103,13 @@ class MqttBroker:
         self._kept: dict[str, set[str]] = {}
         self._servers: list[asyncio.Server] = []
         self._offline: list[tuple[str, QueuedMessage]] = []
+        self._flushing = asyncio.Lock()  # one offline-queue write at a time, in order
         self._tasks = TaskSet("mqtt broker")
         self._ticker: asyncio.Task[None] | None = None
         self._sys: asyncio.Task[None] | None = None
         self._will_timers: dict[str, asyncio.TimerHandle] = {}
         self.started = time.time()
+        self.cluster = MqttCluster(self, node)  # takeover and $share across nodes
         node.hub.register_wire(WIRE, template)
         metrics.gauge("tidings_mqtt_connections", "open MQTT connections",
                       lambda: float(len(self.connections)))
@@ -120,6 +123,7 @@ class MqttBroker:
 
     async def start(self) -> None:
         s = self.settings.mqtt
+        await self.cluster.start()
         await self._restore()
         loop = asyncio.get_running_loop()
         self._servers.append(await loop.create_server(
@@ -141,6 +145,7 @@ class MqttBroker:
         sessions, then abort the rest and finish the background tasks."""
         for server in self._servers:
             server.close()
+        await self.cluster.close()
         for task in (self._ticker, self._sys):
             if task is not None:
                 task.cancel()
@@ -165,11 +170,17 @@ class MqttBroker:
     async def _restore(self) -> None:
         """Re-register the stored persistent sessions (after a restart)."""
         now = time.time()
+        kept: list[tuple[str, MqttSessionState, float]] = []
         for client_id, state in await self.node.mqtt_sessions():
             gone = state.disconnected_at or now
             if gone + state.expiry <= now:
                 await self.node.mqtt_delete(client_id)
-                continue
+            else:
+                kept.append((client_id, state, gone))
+        mine = await self.cluster.owned([client_id for client_id, _, _ in kept])
+        for client_id, state, gone in kept:
+            if client_id not in mine:
+                continue  # another node holds it (cluster)
             session = MqttSession.from_state(self, client_id, state)
             session.disconnected_at = gone
             self.sessions[client_id] = session
@@ -205,13 +216,16 @@ class MqttBroker:
         await self._flush_offline()
 
     async def _flush_offline(self) -> None:
-        batch, self._offline = self._offline, []
-        if not batch:
-            return
-        try:
-            dropped = await self.node.mqtt_enqueue(batch, self.settings.mqtt.max_queued)
-        except TidingsError:
-            dropped = len(batch)
+        """Write the offline queue; returns once everything queued before the call is
+        written (a write in progress included: a resume reads the store after it)."""
+        async with self._flushing:
+            batch, self._offline = self._offline, []
+            if not batch:
+                return
+            try:
+                dropped = await self.node.mqtt_enqueue(batch, self.settings.mqtt.max_queued)
+            except TidingsError:
+                dropped = len(batch)
         if dropped:
             self.metrics.inc("tidings_mqtt_dropped_total", dropped, reason="queue_full")
 
@@ -250,13 +264,35 @@ class MqttBroker:
         connection, resume or start the session, acknowledge."""
         self.connect_deadlines.pop(conn, None)
         try:
+            move: Move | None = None
+            claimed = False
             principal = self._authenticate(packet)
             client_id, assigned = self._client_id(packet)
+            if client_id not in self.sessions:  # held here: taken over below
+                claimed = True
+                move = await self.cluster.take(client_id, principal,
+                                               resume=not packet.clean_start)
             old, stored = await self._find_session(client_id, principal)
             expiry = self._session_expiry(packet, client_id, principal)
         except (Unauthorized, Forbidden, BadClientId, QuotaExceeded) as e:
+            if move is not None:
+                await move.end()
+            if claimed:
+                self.cluster.disown(client_id)  # claimed, then refused: not held here
             self._refuse(conn, e)
             return
+        try:
+            await self._connect_as(conn, packet, principal, client_id, assigned, old, stored,
+                                   expiry, move)
+        finally:
+            if move is not None:
+                await move.end()
+
+    async def _connect_as(self, conn: MqttConnection, packet: Connect, principal: Principal,
+                          client_id: str, assigned: str | None, old: MqttSession | None,
+                          stored: tuple[MqttSessionState, list[QueuedMessage]] | None,
+                          expiry: int, move: Move | None) -> None:
+        """CONNECT once the client is known: take over, resume or start, acknowledge."""
         if old is not None and old.conn is not None:
             self._take_over(conn, old, resume=not packet.clean_start)
         timer = self._will_timers.pop(client_id, None)
@@ -266,11 +302,11 @@ class MqttBroker:
             session, present = await self._resume_here(conn, old, principal), True
         else:
             if old is not None:
-                await self._end_session(old)
+                await self._end_session(old, claim=False)
             session, present = MqttSession(self, client_id, principal), False
             if not packet.clean_start and stored is not None:
                 session, present = await self._resume_stored(conn, client_id, principal,
-                                                             stored), True
+                                                             stored, move), True
         await self._open(conn, session, packet, expiry)
         self._acknowledge(conn, packet, session, present, assigned)
 
@@ -355,16 +391,28 @@ class MqttBroker:
         return session
 
     async def _resume_stored(self, conn: MqttConnection, client_id: str, principal: Principal,
-                             stored: tuple[MqttSessionState, list[QueuedMessage]]
-                             ) -> MqttSession:
-        """Resume a session kept by another node or before a restart."""
+                             stored: tuple[MqttSessionState, list[QueuedMessage]],
+                             move: Move | None = None) -> MqttSession:
+        """Resume a session kept by another node or before a restart.
+
+        With ``move`` (another node handed it over just now) what arrived meanwhile
+        follows the stored queue, and the filters the catcher follows pass to the
+        session with no wait between the two (nothing falls between them)."""
         session = MqttSession.from_state(self, client_id, stored[0])
         session.principal = principal  # the grants of the token presented now
         session.conn = conn  # what arrives from now on waits in the connection
         conn.resume_queue(stored[1])
         self._hold_subs(session)
+        caught = move.filters if move is not None else []
         for flt, sub in session.subs.items():
-            await self._register(session, flt, sub)
+            if flt not in caught:
+                await self._register(session, flt, sub)
+        if move is not None:
+            move.replay(session)
+            for flt in caught:
+                if flt in session.subs:  # the catcher holds the bus subscription: no wait
+                    await self._register(session, flt, session.subs[flt])
+            await move.end()
         return session
 
     async def _open(self, conn: MqttConnection, session: MqttSession, packet: Connect,
@@ -512,18 +560,77 @@ class MqttBroker:
         if session.conn is None and self.sessions.get(session.client_id) is session:
             await self._end_session(session)
 
-    async def _end_session(self, session: MqttSession) -> None:
+    async def _end_session(self, session: MqttSession, *, stored: bool = True,
+                           claim: bool = True) -> None:
+        """Forget ``session`` here; ``stored``: in the store too (when kept there);
+        ``claim``: drop this node's claim on its client id (cluster)."""
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
             self._keep(session, False)
+            if claim:
+                self.cluster.disown(session.client_id)
         if session.expiry_timer is not None:
             session.expiry_timer.cancel()
         self.ops.give_back(session.user, len(session.subs))
         for flt in list(session.subs):
             await self._unregister(session, flt)
+        if not stored:
+            return  # kept in the store, for another node
         session.subs.clear()
         if session.persistent or session.conn is None:
             await self.node.mqtt_delete(session.client_id)
+
+    # -- takeover from another node (see cluster.py) -------------------------------------
+
+    def hold(self, client_id: str, user: str | None) -> list[str] | None:
+        """Another node will take ``client_id`` over: from now on note the offset of
+        each message handed to the session; its filters (None: not held here)."""
+        session = self.sessions.get(client_id)
+        if session is None:
+            return None
+        if session.user != user:
+            raise Forbidden("the client id is another user's session")
+        if session.live_seen is None:
+            noting = session.live_seen = {}
+
+            def stop() -> None:  # the other node never asked for the release
+                if session.live_seen is noting:
+                    session.live_seen = None
+
+            asyncio.get_running_loop().call_later(
+                2 * self.settings.mqtt.takeover_timeout, stop)
+        return list(session.subs)
+
+    async def hand_over(self, client_id: str, resume: bool) -> dict[str, str]:
+        """A newer CONNECT on another node took ``client_id`` [MQTT-3.1.4-2]: close the
+        connection (5.0: DISCONNECT 0x8E), leave the session in the store with
+        ``resume`` (its queue: what was unacknowledged or waiting, then what
+        arrived until it stopped following its filters), and forget it here.
+        Returns the offset per topic last handed to it since :meth:`hold`."""
+        session = self.sessions.get(client_id)
+        if session is None:
+            return {}
+        timer = self._will_timers.pop(client_id, None)
+        if timer is not None:
+            timer.cancel()  # the client is back, elsewhere
+        conn, session.conn = session.conn, None
+        if conn is not None:
+            conn.taken_over = True
+            conn.close(ReasonCode.SESSION_TAKEN_OVER)
+            self.metrics.inc("tidings_mqtt_takeovers_total")
+        if resume:
+            session.persistent = True  # until it is unregistered, arrivals are queued
+            if conn is not None:
+                session.awaiting_pubrel = set(conn.proto.awaiting_pubrel)
+                for message in conn.unsent():  # the store's queue is empty while connected
+                    self.enqueue_offline(client_id, message)
+            session.disconnected_at = time.time()
+            await self.node.mqtt_save(client_id, session.state())
+        await self._end_session(session, stored=False)
+        if resume:
+            await self._flush_offline()
+        seen, session.live_seen = session.live_seen or {}, None
+        return seen
 
     # -- publish --------------------------------------------------------------------------
 
@@ -612,9 +719,11 @@ class MqttBroker:
             key = (group, inner)
             g = self.groups.get(key)
             if g is None:
-                g = self.groups[key] = ShareGroup(group, inner)
+                g = self.groups[key] = ShareGroup(
+                    group, inner, self.cluster.route if self.cluster.enabled else None)
                 await self.node.subscribe(inner, g)
             g.members[session] = sub
+            self.cluster.joined(key)
         else:
             await self.node.subscribe(flt, session)
 
@@ -660,11 +769,12 @@ class MqttBroker:
         assert session is not None
         sub_id = packet.properties.subscription_identifiers[0] \
             if packet.properties.subscription_identifiers else None
-        session.live_seen = {}
+        noting = session.live_seen  # another node is taking it over (see hold)
+        session.live_seen = {} if noting is None else noting
         try:
             await self._subscribe_all(conn, session, packet, sub_id)
         finally:
-            session.live_seen = None
+            session.live_seen = noting
 
     async def _subscribe_all(self, conn: MqttConnection, session: MqttSession,
                              packet: Subscribe, sub_id: int | None) -> None:

@@ -26,6 +26,8 @@ from ...store.base import MqttSessionState, MqttSubscription, QueuedMessage
 from ...types import Publication, UserId
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .broker import MqttBroker
     from .transport import MqttConnection
 
@@ -202,14 +204,17 @@ def props_from_json(d: dict[str, Any]) -> tuple[Properties, tuple[int, ...]]:
 
 class ShareGroup:
     """``$share/{group}/{filter}``: each message goes to one member (5.0 section 4.8.2),
-    round robin, preferring connected members."""
+    round robin, preferring connected members. In a cluster ``route`` says which
+    messages are this node's to deliver (one node per message; see cluster.py)."""
 
     wire = WIRE
 
-    def __init__(self, name: str, flt: str) -> None:
+    def __init__(self, name: str, flt: str,
+                 route: Callable[[ShareGroup, Publication], bool] | None = None) -> None:
         self.name = name
         self.filter = flt
         self.members: dict[MqttSession, Sub] = {}
+        self.route = route
         self._next = 0
 
     def __hash__(self) -> int:
@@ -222,6 +227,8 @@ class ShareGroup:
         return any(m.may_see(topic) for m in self.members)
 
     def deliver(self, pub: Publication, template: Any) -> None:
+        if self.route is not None and not self.route(self, pub):
+            return  # another node's
         allowed = [m for m in self.members if m.may_see(pub.topic)]
         members = [m for m in allowed if m.conn is not None] or [
             m for m in allowed if m.persistent]
