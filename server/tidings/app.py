@@ -379,8 +379,11 @@ class App:
         s = self.settings
         await self.node.start()
         self.node.events = self.presence.events = self._event_log()
-        self.node.push = await PushChannel.open(s.push, s.store.path, self.node.store,
-                                                self.metrics)
+        try:
+            self.node.push = await PushChannel.open(s.push, s.store.path, self.node.store,
+                                                    self.metrics)
+        except ValueError as e:  # a VAPID key file that is not one: say which
+            raise StartupError(str(e)) from None
         self.node.push.events = self.node.events
         self.sweeper.start()
         if self.mqtt is not None:

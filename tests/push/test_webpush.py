@@ -175,3 +175,22 @@ def test_vapid_key_is_kept_across_restarts_and_private(tmp_path: Path) -> None:
     assert (tmp_path / "vapid_private.pem").stat().st_mode & 0o777 == 0o600
     point = base64.urlsafe_b64decode(first + "=")
     assert len(point) == 65 and point[0] == 4
+
+
+def test_workers_starting_together_agree_on_one_key(tmp_path: Path) -> None:
+    """``serve --workers`` starts several processes on one data folder at once:
+    whoever writes the key first wins, and nobody reads half a file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        keys = list(pool.map(lambda _: public_key_b64(load_vapid(tmp_path)), range(16)))
+    assert len(set(keys)) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["vapid_private.pem"]  # no temporaries
+
+
+def test_a_bad_key_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "vapid_private.pem").write_text("not a key")
+    with pytest.raises(ValueError, match=r"vapid_private\.pem is not a P-256 private key"):
+        load_vapid(tmp_path)
+    with pytest.raises(ValueError, match=r"push\.vapid_private_key: no file"):
+        load_vapid(tmp_path, str(tmp_path / "missing.pem"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import os
+import tempfile
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -34,17 +35,32 @@ def load_vapid(folder: str | Path, configured: str = "") -> Vapid02:
             raise ValueError(f"push.vapid_private_key: no file {path}")
         key = Vapid02()
         key.generate_keys()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pem = key.private_pem()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-        return key
+        if _publish(path, key.private_pem()):
+            return key
+        # another process (a sibling worker of `serve --workers`) made it first:
+        # everyone uses that one
     try:
         return Vapid02.from_file(str(path))
     except Exception:  # py_vapid raises several kinds for a bad file
         raise ValueError(f"the VAPID key file {path} is not a P-256 private key in PEM"
                          ) from None
+
+
+def _publish(path: Path, pem: bytes) -> bool:
+    """Write ``pem`` to ``path`` (mode 0600) unless it exists, atomically: written
+    to a temporary file, then linked into place, so no process ever reads half a
+    key; False if another process got there first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".vapid-")
+    try:
+        with os.fdopen(fd, "wb") as f:  # mkstemp makes it 0600
+            f.write(pem)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
 
 
 def public_key_b64(key: Vapid02) -> str:
