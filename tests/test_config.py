@@ -198,6 +198,16 @@ def test_env_override(name: str, value: str, section: str, key: str, expected: o
     ({"TIDINGS_WS_MAX_MESSAGE_SIZE": "-5"}, "ws.max_message_size"),
     ({"TIDINGS_WS_MAX_MESSAGE_SIZE": "1000"}, "ws.max_message_size"),  # < limits + envelope
     ({"TIDINGS_MQTT_MAX_PACKET_SIZE": "1000"}, "mqtt.max_packet_size"),
+    # over the outbound buffer: publishable, never deliverable
+    ({"TIDINGS_MQTT_MAX_PACKET_SIZE": "268435455"}, "mqtt.max_packet_size"),
+    ({"TIDINGS_MQTT_MAX_PACKET_SIZE": "2000000", "TIDINGS_WS_OUTBOUND_BUFFER": "1999999"},
+     "mqtt.max_packet_size"),
+    ({"TIDINGS_MQTT_CLOSE_DRAIN": "-1"}, "mqtt.close_drain"),
+    ({"TIDINGS_MQTT_CLOSE_DRAIN": "31"}, "mqtt.close_drain"),
+    ({"TIDINGS_MQTT_RESPONSE_INFORMATION": "users/{user}/r/"}, "mqtt.response_information"),
+    ({"TIDINGS_MQTT_RESPONSE_INFORMATION": "r/+/"}, "mqtt.response_information"),
+    ({"TIDINGS_MQTT_ANONYMOUS_RESPONSE_INFORMATION": "r/{uid}/"},
+     "mqtt.anonymous_response_information"),
     ({"TIDINGS_WS_OUTBOUND_BUFFER": "65536"}, "ws.outbound_buffer"),  # < a reply + a burst
     ({"TIDINGS_LIMITS_MAX_MESSAGE_SIZE": "0"}, "limits.max_message_size"),
     ({"TIDINGS_LIMITS_MAX_REPLY_SIZE": "1024"}, "limits.max_reply_size"),

@@ -94,6 +94,14 @@ class MqttSettings:
     websocket_path: str = "/mqtt"  # MQTT over WebSocket on the WS edge; empty turns it off
     max_connections_per_ip: int = 1000  # open MQTT connections per client address
     max_sessions_per_user: int = 100  # persistent sessions one user may keep; more: 0x97
+    # seconds a connection closed for a protocol error keeps reading (and discarding)
+    # after its DISCONNECT and half-close, so the client reads the reason, not a reset
+    close_drain: float = 1.0
+    # CONNACK Response Information for a client that asks (5.0 Request Response
+    # Information 1): a token's user gets {uid} filled in, an anonymous client
+    # {client_id}; "" sends none
+    response_information: str = "users/{uid}/responses/"
+    anonymous_response_information: str = "responses/{client_id}/"
 
 
 @dataclass
@@ -373,7 +381,9 @@ def _derive_sizes(s: Settings) -> None:
       advertised in CONNACK (Maximum Packet Size).
     - ``ws.outbound_buffer`` (WS and MQTT) must hold one full reply and
       ``OUTBOUND_BURST`` of the largest pushes, so a client that reads is
-      never closed as slow for what the server chose to send at once.
+      never closed as slow for what the server chose to send at once; and
+      the largest MQTT packet, so nothing a client may publish is beyond
+      every subscriber.
     """
     lim = s.limits
     topic = s.topics.max_length
@@ -404,6 +414,13 @@ def _derive_sizes(s: Settings) -> None:
             f"ws.outbound_buffer: {s.ws.outbound_buffer} cannot hold a full reply "
             f"(limits.max_reply_size) and {OUTBOUND_BURST} of the largest pushes; set at "
             f"least {floor}, or lower limits.max_message_size / limits.max_reply_size")
+    if s.mqtt.max_packet_size > s.ws.outbound_buffer:
+        # a PUBLISH that size is accepted, but no subscriber's outbound buffer
+        # could ever hold it: every delivery would close the subscriber as slow
+        raise ConfigError(
+            f"mqtt.max_packet_size: {s.mqtt.max_packet_size} is over ws.outbound_buffer "
+            f"({s.ws.outbound_buffer}), so a message that size could never be delivered; "
+            f"set at most {s.ws.outbound_buffer}, or 0 to derive it")
 
 
 _CATEGORY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
@@ -459,6 +476,21 @@ def _validate_preferences(p: PreferencesSettings) -> None:
                           f"IANA time zone name")
 
 
+def _check_response_information(m: MqttSettings) -> None:
+    """The Response Information templates: a topic prefix with only their own
+    placeholder ({uid}, {client_id}), no wildcard (clients build topics on it)."""
+    for key, name, sample in (("response_information", "uid", "u"),
+                               ("anonymous_response_information", "client_id", "c")):
+        template = getattr(m, key)
+        try:
+            filled = template.format(**{name: sample})
+        except (KeyError, IndexError, ValueError):
+            raise ConfigError(f"mqtt.{key}: the only placeholder is {{{name}}}, "
+                              f"got {template!r}") from None
+        if "+" in filled or "#" in filled or "\0" in filled:
+            raise ConfigError(f"mqtt.{key}: a topic prefix without '+' or '#', got {template!r}")
+
+
 def _validate(s: Settings) -> None:
     from .protocol.topics import TopicError, validate_filter
 
@@ -510,6 +542,10 @@ def _validate(s: Settings) -> None:
     if s.limits.max_message_size > 268435455 - 4096:
         raise ConfigError("limits.max_message_size: must fit an MQTT packet (under 256 MiB)")
     _positive("mqtt.max_keepalive", s.mqtt.max_keepalive, zero_ok=True)
+    _positive("mqtt.close_drain", s.mqtt.close_drain, zero_ok=True)
+    if s.mqtt.close_drain > 30:
+        raise ConfigError(f"mqtt.close_drain: at most 30 seconds, got {s.mqtt.close_drain}")
+    _check_response_information(s.mqtt)
     _positive("mqtt.max_session_expiry", s.mqtt.max_session_expiry, zero_ok=True)
     _positive("mqtt.sys_interval", s.mqtt.sys_interval, zero_ok=True)
     if not 0 <= s.mqtt.tls_port <= 65535:

@@ -130,7 +130,9 @@ class MqttBroker:
             ctx.load_cert_chain(s.tls_cert, s.tls_key)
             self._servers.append(await loop.create_server(
                 lambda: MqttConnection(self, "mqtts"), s.host, s.tls_port, ssl=ctx,
-                reuse_address=True, reuse_port=self.settings.node.reuse_port or None))
+                reuse_address=True, reuse_port=self.settings.node.reuse_port or None,
+                # a closing connection's wait for the client's close_notify
+                ssl_shutdown_timeout=max(s.close_drain, 0.1)))
         self._ticker = loop.create_task(self._tick())
         if s.sys_interval:
             self._sys = loop.create_task(sys_loop(self, s.sys_interval))
