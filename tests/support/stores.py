@@ -26,12 +26,15 @@ from pathlib import Path
 
 import pytest
 
+from typing import Any
+
 from tidings.store.base import HistoryPolicy, Store
 from tidings.store.redis import RedisStore
 from tidings.store.sqlite import SqliteStore
 
 __all__ = [
     "BACKENDS",
+    "MAP_CODEC",
     "IDEMPOTENCY_TTL",
     "KEEP",
     "MAX_INBOX",
@@ -51,6 +54,20 @@ KEEP = HistoryPolicy(size=1000, ttl=3600.0)  # large enough not to trim in a tes
 MAX_INBOX = 50  # items per user (the inbox cap); more than any test but the cap's own
 
 OpenStore = Callable[[], Awaitable[Store]]
+
+
+class MapCodec:
+    """The stores' meta codec in these tests: a non-empty dict is its own map (the
+    server gives them MQTT's, ``tidings.protocol.mqtt.PROPERTIES_MAP``)."""
+
+    def encode(self, meta: Any) -> dict[str, Any] | None:
+        return meta if isinstance(meta, dict) and meta else None
+
+    def decode(self, data: dict[str, Any]) -> Any:
+        return data
+
+
+MAP_CODEC = MapCodec()
 
 
 class Clock:
@@ -95,10 +112,10 @@ async def open_store(request: pytest.FixtureRequest, tmp_path: Path, clock: Cloc
         s: Store
         if request.param == "sqlite":
             s = SqliteStore(tmp_path / "store", idempotency_ttl=IDEMPOTENCY_TTL, clock=clock,
-                            max_inbox=max_inbox)
+                            max_inbox=max_inbox, meta_codec=MAP_CODEC)
         elif url:
             s = RedisStore(url, idempotency_ttl=IDEMPOTENCY_TTL, clock=clock,
-                           max_inbox=max_inbox)
+                           max_inbox=max_inbox, meta_codec=MAP_CODEC)
         else:  # pragma: no cover - a new backend adds its branch here
             raise AssertionError(f"no store backend {request.param!r}")
         await s.open()
