@@ -23,10 +23,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-
-from typing import Any
 
 from tidings.store.base import HistoryPolicy, Store
 from tidings.store.redis import RedisStore
@@ -34,9 +33,9 @@ from tidings.store.sqlite import SqliteStore
 
 __all__ = [
     "BACKENDS",
-    "MAP_CODEC",
     "IDEMPOTENCY_TTL",
     "KEEP",
+    "MAP_CODEC",
     "MAX_INBOX",
     "T0",
     "Clock",

@@ -562,7 +562,7 @@ class RedisStore(Store):
         if meta is None or self._meta_codec is None:
             return b""
         encoded = self._meta_codec.encode(meta)
-        return msgpack.packb(encoded) if encoded else b""  # type: ignore[no-any-return]
+        return msgpack.packb(encoded) if encoded else b""
 
     def _unpack_meta(self, data: Any) -> Any:
         """A kept ``meta`` back, as the codec makes it (None without one)."""

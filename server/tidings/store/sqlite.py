@@ -407,7 +407,7 @@ class SqliteStore(Store):
         if meta is None or self._meta_codec is None:
             return None
         encoded = self._meta_codec.encode(meta)
-        return msgpack.packb(encoded) if encoded else None  # type: ignore[no-any-return]
+        return msgpack.packb(encoded) if encoded else None
 
     def _unpack_meta(self, blob: bytes | None) -> Any:
         """A stored ``meta`` back, as the codec makes it (None without one)."""
