@@ -97,6 +97,10 @@ class MqttSettings:
     # seconds a connection closed for a protocol error keeps reading (and discarding)
     # after its DISCONNECT and half-close, so the client reads the reason, not a reset
     close_drain: float = 1.0
+    # Topic Aliases the server uses towards one 5.0 client that allows them (its
+    # Topic Alias Maximum caps it): repeated topics go out as a 2-byte alias,
+    # the least recently used topic giving its alias up; 0 turns them off
+    topic_aliases: int = 32
     # CONNACK Response Information for a client that asks (5.0 Request Response
     # Information 1): a token's user gets {uid} filled in, an anonymous client
     # {client_id}; "" sends none
@@ -543,6 +547,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError("limits.max_message_size: must fit an MQTT packet (under 256 MiB)")
     _positive("mqtt.max_keepalive", s.mqtt.max_keepalive, zero_ok=True)
     _positive("mqtt.close_drain", s.mqtt.close_drain, zero_ok=True)
+    if not 0 <= s.mqtt.topic_aliases <= 65535:
+        raise ConfigError(f"mqtt.topic_aliases: must be 0-65535, got {s.mqtt.topic_aliases}")
     if s.mqtt.close_drain > 30:
         raise ConfigError(f"mqtt.close_drain: at most 30 seconds, got {s.mqtt.close_drain}")
     _check_response_information(s.mqtt)

@@ -23,9 +23,13 @@ from conftest import Node, start_node, stop_node
 from support.mqtt import (
     CONNACK,
     DISCONNECT,
+    PUBACK,
     SERVER_KEEP_ALIVE,
+    SUBACK,
+    TOPIC_ALIAS,
     Paho,
     Raw,
+    ack_packet,
     broker,
     clients,
     connect_packet,
@@ -35,6 +39,9 @@ from support.mqtt import (
     prop,
     props,
     pub_token,
+    raw,
+    subscribe_packet,
+    u16,
     utf8,
     wait_until,
 )
@@ -44,6 +51,7 @@ from tidings.types import Offset, PayloadKind, Publication
 
 pytest_plugins = ["support.redis_servers"]
 _FIXTURES = (clients, make_node, open_broker)  # fixtures used by name
+TOPIC_ALIAS_MAXIMUM = 0x22
 
 # Every property of a message a subscriber must get unaltered (5.0 section 3.3.2.3):
 # [MQTT-3.3.2-4] Payload Format Indicator, [MQTT-3.3.2-15] Response Topic,
@@ -293,3 +301,47 @@ async def test_connect_with_an_authentication_method_is_refused(node: Node,
                connect_props={"AuthenticationMethod": "SCRAM-SHA-256"}, expect=0x8C)
     assert "scram" not in broker(node).sessions and "scram-paho" not in broker(node).sessions
 
+
+
+# --- server-to-client topic aliases --------------------------------------------------------
+
+async def test_topic_aliases_towards_a_client_that_allows_them(make_node: Any,
+                                                               clients: list[Any]) -> None:
+    """A client whose CONNECT has Topic Alias Maximum 2 gets a topic's first message
+    with the topic and an alias, the next ones with an empty topic and the alias;
+    a third topic takes the alias of the one sent least recently (re-mapped by
+    sending it with its topic). Never an alias over its maximum [MQTT-3.3.2-11]."""
+    n = await make_node(mqtt__topic_aliases=8)
+    r, _ = await Raw.connect(n.app.mqtt_port, "aliased", v5=True, username="d",
+                             password=pub_token(n), properties=props(u16(TOPIC_ALIAS_MAXIMUM, 2)))
+    clients.append(r)
+    await r.send(subscribe_packet(1, ("al/#", 0), v5=True))
+    assert (await r.recv()).type == SUBACK
+    for topic in ("al/one", "al/two", "al/one", "al/three", "al/two", "al/one"):
+        await n.publish(topic, 1)
+    got = []
+    for _ in range(6):
+        topic, _payload, _qos, _retain, _pid, properties, _dup = (await r.recv_publish()).publish()
+        got.append((topic, properties.get(TOPIC_ALIAS)))
+    assert got == [("al/one", [1]), ("al/two", [2]), ("", [1]), ("al/three", [2]),
+                   ("al/two", [1]), ("al/one", [2])]
+
+
+async def test_topic_aliases_only_when_allowed(node: Node, clients: list[Any]) -> None:
+    """No Topic Alias to a client that set no Topic Alias Maximum [MQTT-3.1.2-27]; a
+    paho client that allows them reads every message under its full topic."""
+    plain = await raw(clients, node.app.mqtt_port, "no-alias", v5=True, username="d",
+                      password=pub_token(node))
+    await plain.send(subscribe_packet(1, ("pa/#", 1), v5=True))
+    await plain.recv()
+    p = await paho(clients, node.app.mqtt_port, "paho-alias", token=pub_token(node), v5=True,
+                   connect_props={"TopicAliasMaximum": 3})
+    await p.subscribe(("pa/#", 1))
+    topics = [f"pa/{i % 5}" for i in range(12)]
+    for t in topics:
+        await node.publish(t, 1)
+    assert [(await p.message()).topic for _ in topics] == topics
+    for t in topics:
+        m = await plain.recv_publish()
+        await plain.send(ack_packet(PUBACK, m.pid))
+        assert m.publish()[0] == t and TOPIC_ALIAS not in m.publish()[5]

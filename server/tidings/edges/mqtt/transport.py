@@ -198,7 +198,8 @@ class MqttConnection(asyncio.Protocol):
         self.proto = Connection(max_packet_size=s.max_packet_size,
                                 connect_max_packet_size=_MAX_CONNECT_SIZE,
                                 receive_maximum=s.receive_maximum,
-                                max_inflight=s.receive_maximum)
+                                max_inflight=s.receive_maximum,
+                                outbound_topic_aliases=s.topic_aliases)
         self.link: Link | None = None
         self.session: MqttSession | None = None
         self.pending: deque[tuple[PublishTemplate, int, bool, tuple[int, ...]]] = deque()
@@ -331,11 +332,12 @@ class MqttConnection(asyncio.Protocol):
 
         From here QoS 0 may bypass the state machine (see :meth:`publish`):
         always in 3.1.1, and in 5.0 when the client set no Maximum Packet
-        Size (each message would otherwise be measured against it).
+        Size (each message would otherwise be measured against it) and allows
+        no Topic Aliases (the state machine picks them).
         """
         self.proto.send(connack)
-        self._fast = self.proto.version != Version.V5 or \
-            self.proto.client_max_packet_size is None
+        self._fast = self.proto.version != Version.V5 or (
+            self.proto.client_max_packet_size is None and not self.proto.outbound_alias_limit)
         self.send_queued()
 
     def check_keepalive(self, now: float) -> bool:
