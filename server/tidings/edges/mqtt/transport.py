@@ -218,6 +218,7 @@ class MqttConnection(asyncio.Protocol):
         self.graceful = False  # DISCONNECT received (no will unless 0x04)
         self.will: Will | None = None
         self._fast = False  # QoS 0 may bypass the state machine (see publish)
+        self._aliased = False  # ... and then get a Topic Alias from it
         self._ip: str | None = None  # counted against mqtt.max_connections_per_ip (TCP only)
         self.expiry: asyncio.TimerHandle | None = None  # the token's end (see MqttBroker)
         # queued QoS 1/2 messages beyond which the client counts as slow: a resumed
@@ -330,14 +331,16 @@ class MqttConnection(asyncio.Protocol):
     def acknowledge(self, connack: Connack) -> None:
         """Send the CONNACK that accepts the client, then what waited for it.
 
-        From here QoS 0 may bypass the state machine (see :meth:`publish`):
-        always in 3.1.1, and in 5.0 when the client set no Maximum Packet
-        Size (each message would otherwise be measured against it) and allows
-        no Topic Aliases (the state machine picks them).
+        From here QoS 0 may bypass the state machine's checks (see
+        :meth:`publish`): always in 3.1.1, and in 5.0 when the client set no
+        Maximum Packet Size (each message would otherwise be measured against
+        it); a 5.0 client that allows Topic Aliases has them picked by the
+        state machine's :meth:`~tidings.protocol.mqtt.Connection.render_qos0`.
         """
         self.proto.send(connack)
-        self._fast = self.proto.version != Version.V5 or (
-            self.proto.client_max_packet_size is None and not self.proto.outbound_alias_limit)
+        self._fast = self.proto.version != Version.V5 or \
+            self.proto.client_max_packet_size is None
+        self._aliased = self._fast and self.proto.outbound_alias_limit > 0
         self.send_queued()
 
     def check_keepalive(self, now: float) -> bool:
@@ -443,7 +446,11 @@ class MqttConnection(asyncio.Protocol):
                 ids: tuple[int, ...]) -> None:
         """Deliver one message (the hub's hot path for this client)."""
         if qos == 0 and self._fast and not ids:
-            self.outbox.append(template.render(self.proto.version or Version.V311, retain=retain))
+            if self._aliased:
+                self.outbox.append(self.proto.render_qos0(template, retain))
+            else:
+                self.outbox.append(template.render(self.proto.version or Version.V311,
+                                                   retain=retain))
             return
         if self.proto.state is not State.CONNECTED:
             if qos:  # connecting: sent after the CONNACK; closing: the session keeps it

@@ -43,6 +43,7 @@ dropping what is over the client's Maximum Packet Size.
 from __future__ import annotations
 
 import enum
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -259,8 +260,10 @@ class Connection:
         self._last_received: float | None = None
         self._inbound_qos1: set[int] = set()  # QoS 1 PUBLISHes we have not PUBACKed
         self._aliases_in: dict[int, str] = {}  # [MQTT-3.3.2-7] per connection, never carried over
-        # topic -> our alias for it, least recently sent first (an LRU)
-        self._aliases_out: dict[str, int] = {}
+        # topic -> our alias for it, least recently sent first (an LRU; an
+        # OrderedDict, as a dict's first key gets slow to find after many deletions)
+        self._aliases_out: OrderedDict[str, int] = OrderedDict()
+        self._alias_max = 0  # how many of them: known at CONNECT (see _on_connect)
         self.dropped_packets = 0  # non-PUBLISH packets over the client's maximum size
 
     # --- what the broker reads ----------------------------------------------------
@@ -290,7 +293,7 @@ class Connection:
     def outbound_alias_limit(self) -> int:
         """How many Topic Aliases we use towards this client (0: none), once its
         CONNECT is known: ``outbound_topic_aliases`` within its Topic Alias Maximum."""
-        return self._alias_limit()
+        return self._alias_max
 
     @property
     def send_quota(self) -> int:
@@ -374,6 +377,9 @@ class Connection:
             raise ClientIdentifierNotValid("empty client id with clean session 0")  # [MQTT-3.1.3-8]
         self.connect = packet
         self._keep_alive = packet.keep_alive
+        if packet.version == Version.V5:  # [MQTT-3.1.2-27]: none if it set no maximum
+            self._alias_max = min(int(self.outbound_topic_aliases),
+                                  packet.properties.topic_alias_maximum or 0)
         self._events.append(packet)
 
     def _on_publish(self, packet: Publish) -> None:
@@ -697,6 +703,17 @@ class Connection:
                                         send_topic=send_topic))
         return PublishResult(Outcome.SENT, packet_id)
 
+    def render_qos0(self, message: PublishTemplate, retain: bool) -> bytes:
+        """The QoS 0 PUBLISH :meth:`send_publish` would write for ``message``, with its
+        Topic Alias picked and recorded, returned instead of queued: the edge's fast
+        path for a connected 5.0 client that set no Maximum Packet Size (nothing to
+        measure) but allows aliases. Nothing is checked: the caller knows."""
+        alias, send_topic = self._pick_alias(message.topic)
+        if alias is not None:
+            self._use_alias(message.topic, alias)
+        return message.render(Version.V5, retain=retain, topic_alias=alias,
+                              send_topic=send_topic)
+
     def _pick_alias(self, topic: str) -> tuple[int | None, bool]:
         """(alias, send the topic too?) for an outgoing topic (5.0 section 3.3.2.3.4).
 
@@ -712,7 +729,7 @@ class Connection:
         known = aliases.get(topic)
         if known is not None:
             return known, False
-        limit = self._alias_limit()
+        limit = self._alias_max
         if not limit:
             return None, True
         if len(aliases) < limit:
@@ -723,15 +740,12 @@ class Connection:
         """Record that ``topic`` went out with ``alias`` (as :meth:`_pick_alias` chose):
         it becomes the most recently used; a re-mapped alias leaves its old topic."""
         aliases = self._aliases_out
-        if aliases.pop(topic, None) is None and len(aliases) >= self._alias_limit():
-            del aliases[next(iter(aliases))]
+        if topic in aliases:
+            aliases.move_to_end(topic)
+            return
+        if len(aliases) >= self._alias_max:
+            aliases.popitem(last=False)
         aliases[topic] = alias
-
-    def _alias_limit(self) -> int:
-        if not self.outbound_topic_aliases or self.version != Version.V5 or self.connect is None:
-            return 0
-        return min(int(self.outbound_topic_aliases),
-                   self.connect.properties.topic_alias_maximum or 0)
 
     def _allocate_packet_id(self) -> int:
         """The next free id in 1..65535, skipping those in flight [MQTT-2.2.1-3]."""
