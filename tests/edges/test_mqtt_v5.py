@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Node, start_node, stop_node
+from conftest import Node, start_node
 from support.mqtt import (
     CONNACK,
     DISCONNECT,
@@ -34,12 +34,14 @@ from support.mqtt import (
     clients,
     connect_packet,
     make_node,
+    offline,
     open_broker,
     paho,
     prop,
     props,
     pub_token,
     raw,
+    stop_all,
     subscribe_packet,
     u16,
     utf8,
@@ -102,10 +104,7 @@ async def test_retained_message_keeps_its_properties_across_a_restart(
         assert (m.topic, m.payload, m.retain) == ("lamp/state", b"on", True)
         assert _same_properties(m) and 0 < _expiry(m) <= 600
     finally:
-        for c in clients:
-            await asyncio.to_thread(c.close)
-        clients.clear()
-        await stop_node(n)
+        await stop_all(n, clients)
     n = await start_node(tmp_path, **backend)
     try:
         again = await paho(clients, n.app.mqtt_port, "r-sub2", token=pub_token(n), v5=True)
@@ -117,10 +116,7 @@ async def test_retained_message_keeps_its_properties_across_a_restart(
         await old.subscribe(("lamp/state", 1))
         assert (await old.message()).payload == b"on"  # 3.1.1: the message, no properties
     finally:
-        for c in clients:
-            await asyncio.to_thread(c.close)
-        clients.clear()
-        await stop_node(n)
+        await stop_all(n, clients)
 
 
 async def test_queued_message_keeps_its_properties_across_a_restart(
@@ -134,20 +130,12 @@ async def test_queued_message_keeps_its_properties_across_a_restart(
                          clean=False, connect_props=keep)
         await sub.subscribe(("queue/#", 1))
         await asyncio.to_thread(sub.close)
-
-        def gone() -> bool:
-            s = broker(n).sessions.get("q-sub")
-            return s is not None and s.conn is None
-
-        await wait_until(gone, what="q-sub offline")
+        await offline(n, "q-sub")
         pub = await paho(clients, n.app.mqtt_port, "q-pub", token=pub_token(n), v5=True)
         assert await pub.publish("queue/job", b"work", 1,
                                  props={**PROPS, "MessageExpiryInterval": 600}) == 0
     finally:
-        for c in clients:
-            await asyncio.to_thread(c.close)
-        clients.clear()
-        await stop_node(n)
+        await stop_all(n, clients)
     n = await start_node(tmp_path, **backend)
     try:
         back = Paho(n.app.mqtt_port, "q-sub", token=pub_token(n), v5=True, clean=False,
@@ -158,10 +146,7 @@ async def test_queued_message_keeps_its_properties_across_a_restart(
         assert (m.topic, m.payload, m.qos) == ("queue/job", b"work", 1)
         assert _same_properties(m) and 0 < _expiry(m) <= 600
     finally:
-        for c in clients:
-            await asyncio.to_thread(c.close)
-        clients.clear()
-        await stop_node(n)
+        await stop_all(n, clients)
 
 
 async def test_an_expired_retained_message_is_not_delivered(node: Node,

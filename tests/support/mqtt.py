@@ -496,6 +496,26 @@ def broker(node: Node) -> MqttBroker:
     return node.app.mqtt
 
 
+async def offline(node: Node, client_id: str) -> None:
+    """Wait until the broker has seen the client go (its session is then offline)."""
+    def gone() -> bool:
+        s = broker(node).sessions.get(client_id)
+        return s is None or s.conn is None
+
+    await wait_until(gone, what=f"{client_id} offline")
+
+
+async def stop_all(node: Node, clients: list[Any]) -> None:
+    """Close the test's clients, then stop ``node`` (a restart test's first life)."""
+    for c in clients:
+        if isinstance(c, Paho):
+            await asyncio.to_thread(c.close)
+        else:
+            c.abort()
+    clients.clear()
+    await stop_node(node)
+
+
 def prop(m: mqtt.MQTTMessage, name: str) -> Any:
     """A 5.0 property of a received message (paho keeps them as attributes)."""
     assert m.properties is not None
