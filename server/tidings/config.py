@@ -427,6 +427,21 @@ def _derive_sizes(s: Settings) -> None:
             f"set at most {s.ws.outbound_buffer}, or 0 to derive it")
 
 
+def _check_response_information(m: MqttSettings) -> None:
+    """The Response Information templates: a topic prefix with only their own
+    placeholder ({uid}, {client_id}), no wildcard (clients build topics on it)."""
+    for key, name, sample in (("response_information", "uid", "u"),
+                               ("anonymous_response_information", "client_id", "c")):
+        template = getattr(m, key)
+        try:
+            filled = template.format(**{name: sample})
+        except (KeyError, IndexError, ValueError):
+            raise ConfigError(f"mqtt.{key}: the only placeholder is {{{name}}}, "
+                              f"got {template!r}") from None
+        if "+" in filled or "#" in filled or "\0" in filled:
+            raise ConfigError(f"mqtt.{key}: a topic prefix without '+' or '#', got {template!r}")
+
+
 _CATEGORY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 _CAP_KINDS = ("per_hour", "per_day")
 
@@ -478,21 +493,6 @@ def _validate_preferences(p: PreferencesSettings) -> None:
     if p.default_timezone not in zoneinfo.available_timezones():
         raise ConfigError(f"preferences.default_timezone: {p.default_timezone!r} is not an "
                           f"IANA time zone name")
-
-
-def _check_response_information(m: MqttSettings) -> None:
-    """The Response Information templates: a topic prefix with only their own
-    placeholder ({uid}, {client_id}), no wildcard (clients build topics on it)."""
-    for key, name, sample in (("response_information", "uid", "u"),
-                               ("anonymous_response_information", "client_id", "c")):
-        template = getattr(m, key)
-        try:
-            filled = template.format(**{name: sample})
-        except (KeyError, IndexError, ValueError):
-            raise ConfigError(f"mqtt.{key}: the only placeholder is {{{name}}}, "
-                              f"got {template!r}") from None
-        if "+" in filled or "#" in filled or "\0" in filled:
-            raise ConfigError(f"mqtt.{key}: a topic prefix without '+' or '#', got {template!r}")
 
 
 def _validate(s: Settings) -> None:

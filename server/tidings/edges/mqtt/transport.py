@@ -499,13 +499,13 @@ class MqttConnection(asyncio.Protocol):
 
     def _shut(self) -> None:
         """Close so the client reads why: write what is queued (the DISCONNECT or
-        refusing CONNACK), close our side (TCP: FIN; TLS: close_notify; WebSocket:
-        a close frame; TLS: at the end, see :meth:`_TcpLink.half_close`), then
-        read and discard for ``mqtt.close_drain`` seconds before cutting the
-        connection. Closing at once while the client still
-        sends makes the kernel answer with a reset, and the client loses the
-        reason unread (5.0 section 4.13.1; nothing follows the DISCONNECT and the
-        connection is closed after it [MQTT-3.14.4-1], [MQTT-3.14.4-2]). Idempotent."""
+        refusing CONNACK), close our side (TCP: FIN; WebSocket: a close frame;
+        TLS: close_notify at the end, see :meth:`_TcpLink.half_close`), then read
+        and discard for ``mqtt.close_drain`` seconds before cutting the
+        connection. Closing at once while the client still sends makes the
+        kernel answer with a reset, and the client loses the reason unread (5.0
+        section 4.13.1; nothing follows the DISCONNECT and the connection is
+        closed after it [MQTT-3.14.4-1], [MQTT-3.14.4-2]). Idempotent."""
         if self._drain is not None or self._closed:
             return
         self.outbox.close()
