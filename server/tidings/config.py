@@ -86,14 +86,6 @@ class MqttSettings:
     tls_key: str = ""
     max_packet_size: int = 0  # bytes, whole packet; 0: derived from limits.max_message_size
     max_keepalive: int = 3600  # seconds; a longer requested keepalive is lowered (5.0)
-    receive_maximum: int = 64  # QoS 1/2 messages in flight per direction per client
-    max_queued: int = 1000  # messages kept per offline persistent session; more are dropped
-    max_session_expiry: int = 86400 * 7  # seconds a persistent session outlives its client
-    max_subscriptions: int = 256
-    sys_interval: float = 10.0  # seconds between $SYS/broker/... updates; 0 turns them off
-    websocket_path: str = "/mqtt"  # MQTT over WebSocket on the WS edge; empty turns it off
-    max_connections_per_ip: int = 1000  # open MQTT connections per client address
-    max_sessions_per_user: int = 100  # persistent sessions one user may keep; more: 0x97
     # seconds a connection closed for a protocol error keeps reading (and discarding)
     # after its DISCONNECT and half-close, so the client reads the reason, not a reset
     close_drain: float = 1.0
@@ -106,6 +98,14 @@ class MqttSettings:
     # {client_id}; "" sends none
     response_information: str = "users/{uid}/responses/"
     anonymous_response_information: str = "responses/{client_id}/"
+    receive_maximum: int = 64  # QoS 1/2 messages in flight per direction per client
+    max_queued: int = 1000  # messages kept per offline persistent session; more are dropped
+    max_session_expiry: int = 86400 * 7  # seconds a persistent session outlives its client
+    max_subscriptions: int = 256
+    sys_interval: float = 10.0  # seconds between $SYS/broker/... updates; 0 turns them off
+    websocket_path: str = "/mqtt"  # MQTT over WebSocket on the WS edge; empty turns it off
+    max_connections_per_ip: int = 1000  # open MQTT connections per client address
+    max_sessions_per_user: int = 100  # persistent sessions one user may keep; more: 0x97
 
 
 @dataclass

@@ -222,7 +222,10 @@ class MqttBroker:
 
     async def handle(self, conn: MqttConnection, event: Any) -> None:
         if isinstance(event, Connect):
-            await self._connect(conn, event)
+            if event.properties.authentication_method is None:
+                await self._connect(conn, event)
+            else:
+                self._refuse_method(conn)
         elif isinstance(event, Publish):
             await self._publish(conn, event)
         elif isinstance(event, Subscribe):
@@ -253,16 +256,17 @@ class MqttBroker:
         self.metrics.inc("tidings_errors_total", code=f"mqtt_connack_{code:#x}")
         conn.send(Connack(reason_code=code))
 
+    def _refuse_method(self, conn: MqttConnection) -> None:
+        """A CONNECT asking for enhanced authentication (5.0 section 4.12): no method
+        is configured, so every one is unsupported: CONNACK 0x8C, close [MQTT-4.12.0-1]."""
+        self.connect_deadlines.pop(conn, None)
+        self.metrics.inc("tidings_errors_total", code="mqtt_connack_0x8c")
+        conn.send(Connack(reason_code=ReasonCode.BAD_AUTHENTICATION_METHOD))
+
     async def _connect(self, conn: MqttConnection, packet: Connect) -> None:
         """CONNECT: authenticate, find the client's session, take over its live
         connection, resume or start the session, acknowledge."""
         self.connect_deadlines.pop(conn, None)
-        if packet.properties.authentication_method is not None:
-            # enhanced authentication (5.0 section 4.12): no method is configured,
-            # so every one is unsupported: CONNACK 0x8C and close [MQTT-4.12.0-1]
-            self.metrics.inc("tidings_errors_total", code="mqtt_connack_0x8c")
-            conn.send(Connack(reason_code=ReasonCode.BAD_AUTHENTICATION_METHOD))
-            return
         try:
             principal = self._authenticate(packet)
             client_id, assigned = self._client_id(packet)
