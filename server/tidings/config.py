@@ -386,8 +386,8 @@ def _derive_sizes(s: Settings) -> None:
     - ``ws.outbound_buffer`` (WS and MQTT) must hold one full reply and
       ``OUTBOUND_BURST`` of the largest pushes, so a client that reads is
       never closed as slow for what the server chose to send at once; and
-      the largest MQTT packet, so nothing a client may publish is beyond
-      every subscriber.
+      the largest MQTT packet (``mqtt.max_packet_size`` is lowered to it), so
+      nothing a client may publish is beyond every subscriber.
     """
     lim = s.limits
     topic = s.topics.max_length
@@ -418,13 +418,11 @@ def _derive_sizes(s: Settings) -> None:
             f"ws.outbound_buffer: {s.ws.outbound_buffer} cannot hold a full reply "
             f"(limits.max_reply_size) and {OUTBOUND_BURST} of the largest pushes; set at "
             f"least {floor}, or lower limits.max_message_size / limits.max_reply_size")
-    if s.mqtt.max_packet_size > s.ws.outbound_buffer:
-        # a PUBLISH that size is accepted, but no subscriber's outbound buffer
-        # could ever hold it: every delivery would close the subscriber as slow
-        raise ConfigError(
-            f"mqtt.max_packet_size: {s.mqtt.max_packet_size} is over ws.outbound_buffer "
-            f"({s.ws.outbound_buffer}), so a message that size could never be delivered; "
-            f"set at most {s.ws.outbound_buffer}, or 0 to derive it")
+    # A PUBLISH over the outbound buffer would be accepted, but no subscriber's
+    # buffer could ever hold it (each delivery would close the subscriber as
+    # slow): an explicit size over it (such as the old default, 268435455) is
+    # lowered to it, so an old config still loads and the two agree.
+    s.mqtt.max_packet_size = min(s.mqtt.max_packet_size, s.ws.outbound_buffer)
 
 
 def _check_response_information(m: MqttSettings) -> None:
