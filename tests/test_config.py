@@ -198,6 +198,12 @@ def test_env_override(name: str, value: str, section: str, key: str, expected: o
     ({"TIDINGS_WS_MAX_MESSAGE_SIZE": "-5"}, "ws.max_message_size"),
     ({"TIDINGS_WS_MAX_MESSAGE_SIZE": "1000"}, "ws.max_message_size"),  # < limits + envelope
     ({"TIDINGS_MQTT_MAX_PACKET_SIZE": "1000"}, "mqtt.max_packet_size"),
+    ({"TIDINGS_MQTT_CLOSE_DRAIN": "-1"}, "mqtt.close_drain"),
+    ({"TIDINGS_MQTT_CLOSE_DRAIN": "31"}, "mqtt.close_drain"),
+    ({"TIDINGS_MQTT_RESPONSE_INFORMATION": "users/{user}/r/"}, "mqtt.response_information"),
+    ({"TIDINGS_MQTT_RESPONSE_INFORMATION": "r/+/"}, "mqtt.response_information"),
+    ({"TIDINGS_MQTT_ANONYMOUS_RESPONSE_INFORMATION": "r/{uid}/"},
+     "mqtt.anonymous_response_information"),
     ({"TIDINGS_WS_OUTBOUND_BUFFER": "65536"}, "ws.outbound_buffer"),  # < a reply + a burst
     ({"TIDINGS_LIMITS_MAX_MESSAGE_SIZE": "0"}, "limits.max_message_size"),
     ({"TIDINGS_LIMITS_MAX_REPLY_SIZE": "1024"}, "limits.max_reply_size"),
@@ -225,6 +231,19 @@ def test_env_override(name: str, value: str, section: str, key: str, expected: o
 ])
 def test_invalid_env_values_name_the_key(env: dict[str, str], key: str) -> None:
     _fails(key, env=env)
+
+
+@pytest.mark.parametrize(("packet", "buffer", "expected"), [
+    ("0", "1048576", 69897), ("268435455", "1048576", 1048576),
+    ("2000000", "1999999", 1999999), ("500000", "1999999", 500000)])
+def test_max_packet_size_never_exceeds_the_outbound_buffer(packet: str, buffer: str,
+                                                          expected: int) -> None:
+    """No setting lets a client publish a packet no subscriber's outbound buffer can
+    hold: mqtt.max_packet_size (derived, or set, like the old default) is lowered to
+    ws.outbound_buffer."""
+    s = config.load(None, {"TIDINGS_MQTT_MAX_PACKET_SIZE": packet,
+                           "TIDINGS_WS_OUTBOUND_BUFFER": buffer})
+    assert s.mqtt.max_packet_size == expected <= s.ws.outbound_buffer
 
 
 def test_unknown_env_key_names_the_variable() -> None:

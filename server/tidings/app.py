@@ -231,7 +231,8 @@ def _tls(cert: str, key: str) -> ssl.SSLContext | None:
 def _make_store(settings: Settings, clock: Callable[[], float] = time.time) -> Store:
     if settings.store.backend == "sqlite":
         return SqliteStore(settings.store.path, idempotency_ttl=settings.store.idempotency_ttl,
-                           max_inbox=settings.notify.max_inbox, clock=clock)
+                           max_inbox=settings.notify.max_inbox, clock=clock,
+                           meta_codec=PROPERTIES_MAP)  # kept with retained messages
     if settings.store.backend == "redis":
         # redis://host:port/db (one Redis) or redis+cluster://host:port (a Redis Cluster);
         # MQTT 5.0 properties ride with announcements through the meta codec

@@ -86,6 +86,18 @@ class MqttSettings:
     tls_key: str = ""
     max_packet_size: int = 0  # bytes, whole packet; 0: derived from limits.max_message_size
     max_keepalive: int = 3600  # seconds; a longer requested keepalive is lowered (5.0)
+    # seconds a connection closed for a protocol error keeps reading (and discarding)
+    # after its DISCONNECT and half-close, so the client reads the reason, not a reset
+    close_drain: float = 1.0
+    # Topic Aliases the server uses towards one 5.0 client that allows them (its
+    # Topic Alias Maximum caps it): repeated topics go out as a 2-byte alias,
+    # the least recently used topic giving its alias up; 0 turns them off
+    topic_aliases: int = 32
+    # CONNACK Response Information for a client that asks (5.0 Request Response
+    # Information 1): a token's user gets {uid} filled in, an anonymous client
+    # {client_id}; "" sends none
+    response_information: str = "users/{uid}/responses/"
+    anonymous_response_information: str = "responses/{client_id}/"
     receive_maximum: int = 64  # QoS 1/2 messages in flight per direction per client
     max_queued: int = 1000  # messages kept per offline persistent session; more are dropped
     max_session_expiry: int = 86400 * 7  # seconds a persistent session outlives its client
@@ -425,7 +437,9 @@ def _derive_sizes(s: Settings) -> None:
       advertised in CONNACK (Maximum Packet Size).
     - ``ws.outbound_buffer`` (WS and MQTT) must hold one full reply and
       ``OUTBOUND_BURST`` of the largest pushes, so a client that reads is
-      never closed as slow for what the server chose to send at once.
+      never closed as slow for what the server chose to send at once; and
+      the largest MQTT packet (``mqtt.max_packet_size`` is lowered to it), so
+      nothing a client may publish is beyond every subscriber.
     """
     lim = s.limits
     topic = s.topics.max_length
@@ -456,6 +470,26 @@ def _derive_sizes(s: Settings) -> None:
             f"ws.outbound_buffer: {s.ws.outbound_buffer} cannot hold a full reply "
             f"(limits.max_reply_size) and {OUTBOUND_BURST} of the largest pushes; set at "
             f"least {floor}, or lower limits.max_message_size / limits.max_reply_size")
+    # A PUBLISH over the outbound buffer would be accepted, but no subscriber's
+    # buffer could ever hold it (each delivery would close the subscriber as
+    # slow): an explicit size over it (such as the old default, 268435455) is
+    # lowered to it, so an old config still loads and the two agree.
+    s.mqtt.max_packet_size = min(s.mqtt.max_packet_size, s.ws.outbound_buffer)
+
+
+def _check_response_information(m: MqttSettings) -> None:
+    """The Response Information templates: a topic prefix with only their own
+    placeholder ({uid}, {client_id}), no wildcard (clients build topics on it)."""
+    for key, name, sample in (("response_information", "uid", "u"),
+                               ("anonymous_response_information", "client_id", "c")):
+        template = getattr(m, key)
+        try:
+            filled = template.format(**{name: sample})
+        except (KeyError, IndexError, ValueError):
+            raise ConfigError(f"mqtt.{key}: the only placeholder is {{{name}}}, "
+                              f"got {template!r}") from None
+        if "+" in filled or "#" in filled or "\0" in filled:
+            raise ConfigError(f"mqtt.{key}: a topic prefix without '+' or '#', got {template!r}")
 
 
 _CATEGORY_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
@@ -594,6 +628,12 @@ def _validate(s: Settings) -> None:
     if s.limits.max_message_size > 268435455 - 4096:
         raise ConfigError("limits.max_message_size: must fit an MQTT packet (under 256 MiB)")
     _positive("mqtt.max_keepalive", s.mqtt.max_keepalive, zero_ok=True)
+    _positive("mqtt.close_drain", s.mqtt.close_drain, zero_ok=True)
+    if not 0 <= s.mqtt.topic_aliases <= 65535:
+        raise ConfigError(f"mqtt.topic_aliases: must be 0-65535, got {s.mqtt.topic_aliases}")
+    if s.mqtt.close_drain > 30:
+        raise ConfigError(f"mqtt.close_drain: at most 30 seconds, got {s.mqtt.close_drain}")
+    _check_response_information(s.mqtt)
     _positive("mqtt.max_session_expiry", s.mqtt.max_session_expiry, zero_ok=True)
     _positive("mqtt.sys_interval", s.mqtt.sys_interval, zero_ok=True)
     if not 0 <= s.mqtt.tls_port <= 65535:

@@ -199,6 +199,25 @@ async def test_retained(node: Node, version: str) -> None:
     assert "MSG|" not in out, out
 
 
+async def test_retained_keeps_v5_properties(node: Node) -> None:
+    """``mosquitto_pub -V mqttv5 -r -D publish ...``: a later ``mosquitto_sub`` gets the
+    retained message with its User Property, Content Type, Payload Format Indicator
+    and what is left of its Message Expiry Interval [MQTT-3.3.2-4], [MQTT-3.3.2-6],
+    [MQTT-3.3.2-17], [MQTT-3.3.2-20]."""
+    await pub(node, "-V", "mqttv5", "-r", "-q", "1", "-t", "ret/props", "-m", "21.5",
+              "-D", "publish", "user-property", "unit", "celsius",
+              "-D", "publish", "content-type", "text/plain",
+              "-D", "publish", "payload-format-indicator", "1",
+              "-D", "publish", "message-expiry-interval", "600", token=pub_token(node))
+    rc, out, err = await run("mosquitto_sub", "-h", "127.0.0.1", "-p", str(node.app.mqtt_port),
+                             *auth(node.token("alice")), "-V", "mqttv5", "-t", "ret/props",
+                             "-C", "1", "-F", "%t|%r|%P|%C|%F|%E|%p")
+    topic, retain, user, content, pfi, expiry, payload = out.strip().split("|")
+    assert (rc, topic, retain, user, content, pfi, payload) == (
+        0, "ret/props", "1", "unit:celsius", "text/plain", "1", "21.5"), err
+    assert 0 < int(expiry) <= 600
+
+
 async def test_will_of_a_killed_client(node: Node, subs: list[Sub]) -> None:
     """``mosquitto_sub --will-topic``: killed (no DISCONNECT), its will is published;
     stopped politely (it sends DISCONNECT), it is not."""

@@ -36,6 +36,7 @@ from support.mqtt import (
     connect_packet,
     make_node,
     metric,
+    offline,
     paho,
     prop,
     props,
@@ -49,15 +50,6 @@ from tidings.auth import TokenAuthority
 
 __all__: list[str] = []
 _FIXTURES = (clients, make_node)  # re-exported fixtures from test_mqtt
-
-
-async def offline(node: Node, client_id: str) -> None:
-    """Wait until the broker has seen the client go (its session is then offline)."""
-    def gone() -> bool:
-        s = broker(node).sessions.get(client_id)
-        return s is None or s.conn is None
-
-    await wait_until(gone, what=f"{client_id} offline")
 
 
 # --- clean and persistent sessions ---------------------------------------------------------

@@ -336,7 +336,8 @@ async def test_resumed_session_queue_is_paced(node: Node, clients: list[Any],  #
 
 def test_old_size_settings_keep_working_or_say_what_to_set(tmp_path: Any) -> None:
     """The sizes derive from limits.max_message_size (0 = derived). The old
-    mqtt.max_packet_size default still loads (the data limit holds within it); the
+    mqtt.max_packet_size default still loads, lowered to ws.outbound_buffer (a
+    larger packet could be published but never delivered); the
     old ws.max_message_size default is too small for a 64 KiB publish and its
     envelope, and the error says what to set; an outbound buffer that cannot hold a
     reply and a burst of the largest pushes is refused."""
@@ -347,7 +348,7 @@ def test_old_size_settings_keep_working_or_say_what_to_set(tmp_path: Any) -> Non
     assert s.limits.max_message_size < s.mqtt.max_packet_size < 2 * s.limits.max_message_size
     assert s.ws.outbound_buffer >= s.limits.max_reply_size + 4 * config.push_frame_bound(s)
     old = config.load(None, {"TIDINGS_MQTT_MAX_PACKET_SIZE": "268435455"})
-    assert old.mqtt.max_packet_size == 268435455
+    assert old.mqtt.max_packet_size == old.ws.outbound_buffer
     with pytest.raises(config.ConfigError, match=r"ws\.max_message_size: 65536 cannot hold "
                                                  r".* set at least \d+, or 0 to derive it"):
         config.load(None, {"TIDINGS_WS_MAX_MESSAGE_SIZE": "65536"})

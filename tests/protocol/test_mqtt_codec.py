@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import time
+from dataclasses import replace
 
 import paho.mqtt.client as paho_client
 import pytest
@@ -498,6 +499,28 @@ def test_template_topic_alias_without_topic() -> None:
     data = t.render(V5, topic_alias=3, send_topic=False)
     assert data == h("30 08 0000 03 23 0003 6869")
     assert decode(data, V5) == Publish("", b"hi", properties=Properties(topic_alias=3))
+
+
+def test_template_with_aliases_is_encoded_once_per_variant() -> None:
+    """Subscribers that see the same alias for a topic share one encoding (a QoS 0
+    one is the very same bytes object); every variant, also past the few kept,
+    is exactly what :func:`encode` gives; 3.1.1 has no aliases and ignores one."""
+    props = Properties(content_type="c", user_properties=(("k", "v"),))
+    t = PublishTemplate("a/b", b"hi", props)
+    assert t.render(V5, topic_alias=2) is t.render(V5, topic_alias=2)
+    assert t.render(V5, topic_alias=2, send_topic=False) is \
+        t.render(V5, topic_alias=2, send_topic=False)
+    for alias in range(1, 40):
+        for send_topic in (True, False):
+            for qos, pid in ((0, None), (1, alias)):
+                data = t.render(V5, qos=qos, packet_id=pid, topic_alias=alias,
+                                send_topic=send_topic)
+                expected = Publish("a/b" if send_topic else "", b"hi", QoS(qos), False, False,
+                                   pid, replace(props, topic_alias=alias))
+                assert data == encode(expected, V5)
+                assert len(data) == t.size(V5, qos=qos, topic_alias=alias,
+                                           send_topic=send_topic)
+    assert t.render(V3, topic_alias=5) == t.render(V3) == encode(Publish("a/b", b"hi"), V3)
 
 
 def test_template_refuses_per_hop_properties() -> None:

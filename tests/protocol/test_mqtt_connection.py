@@ -529,16 +529,43 @@ def test_topic_aliases_do_not_outlive_the_connection() -> None:
 
 
 def test_outbound_topic_aliases_within_client_maximum() -> None:
-    """[MQTT-3.3.2-10]: never an alias over the client's Topic Alias Maximum."""
+    """[MQTT-3.3.2-11]: never an alias over the client's Topic Alias Maximum; when
+    they are all in use, the least recently used topic's alias is re-mapped (sent
+    with the new topic)."""
     connect = Connect("c1", V5, properties=Properties(topic_alias_maximum=1))
-    conn = connected(V5, connect=connect, outbound_topic_aliases=True)
-    for topic in ("a/b", "a/b", "c"):
+    conn = connected(V5, connect=connect, outbound_topic_aliases=8)
+    for topic in ("a/b", "a/b", "c", "c", "a/b"):
         conn.send_publish(PublishTemplate(topic, b""))
     assert packets_out(conn) == [
         Publish("a/b", properties=Properties(topic_alias=1)),
         Publish("", properties=Properties(topic_alias=1)),
-        Publish("c"),
+        Publish("c", properties=Properties(topic_alias=1)),
+        Publish("", properties=Properties(topic_alias=1)),
+        Publish("a/b", properties=Properties(topic_alias=1)),
     ]
+
+
+@pytest.mark.parametrize(("ours", "theirs", "expected"), [(2, 3, 2), (8, 3, 3), (0, 3, 0),
+                                                          (8, None, 0)])
+def test_outbound_topic_aliases_are_an_lru(ours: int, theirs: int | None,
+                                           expected: int) -> None:
+    """At most min(ours, the client's Topic Alias Maximum) aliases, none without one
+    [MQTT-3.1.2-27], never 0 [MQTT-3.3.2-8]: a repeat goes out as an empty topic
+    with its alias; a new topic past the limit takes the alias of the topic sent
+    least recently, which is sent in full (and re-mapped) when it comes again."""
+    connect = Connect("c1", V5, properties=Properties(topic_alias_maximum=theirs))
+    conn = connected(V5, connect=connect, outbound_topic_aliases=ours)
+    assert conn.outbound_alias_limit == expected
+    sent = ["t1", "t2", "t1", "t3", "t2", "t1"]
+    for topic in sent:
+        conn.send_publish(PublishTemplate(topic, b"x"))
+    publishes = [p for p in packets_out(conn) if isinstance(p, Publish)]
+    got = [(p.topic, p.properties.topic_alias) for p in publishes]
+    assert {
+        0: [(t, None) for t in sent],
+        2: [("t1", 1), ("t2", 2), ("", 1), ("t3", 2), ("t2", 1), ("t1", 2)],
+        3: [("t1", 1), ("t2", 2), ("", 1), ("t3", 3), ("", 2), ("", 1)],
+    }[expected] == got
 
 
 # --- keepalive ----------------------------------------------------------------------

@@ -448,3 +448,25 @@ async def test_retained_keeps_the_qos_it_was_published_at(store: Store) -> None:
     found = {p.topic: p.qos for p in await store.retained("q/+")}
     assert found == {"q/0": 0, "q/1": 1, "q/2": 2}
     assert [p.qos for p in await store.retained("q/0")] == [0]
+
+
+async def test_retained_keeps_its_meta(open_store: OpenStore) -> None:
+    """A retained message keeps the ``meta`` it was published with (MQTT 5.0
+    properties, as the store's meta codec maps them), unaltered and across a
+    reopen; the next retained message of the topic replaces it, with its own or
+    none. History keeps none."""
+    store = await open_store()
+    meta = {"user_properties": [["a", "1"], ["a", "2"], ["b", ""]], "content_type": "text/x",
+            "payload_format_indicator": 1, "response_topic": "r/1",
+            "correlation_data": b"\x00\xffid", "message_expiry_interval": 60}
+    await store.publish("dev/m", b"on", PayloadKind.TEXT, retain=True, policy=KEEP, qos=2,
+                        meta=meta)
+    await store.publish("dev/plain", b"x", PayloadKind.TEXT, retain=True, policy=KEEP)
+    for s in (store, await open_store()):
+        got = {p.topic: p for p in await s.retained("dev/#")}
+        assert (got["dev/m"].meta, got["dev/m"].qos) == (meta, 2)
+        assert got["dev/plain"].meta is None
+        assert [p.meta for p in await s.retained("dev/m")] == [meta]
+    assert all(p.meta is None for p in (await store.history("dev/m", None, 10)).items)
+    await store.publish("dev/m", b"off", PayloadKind.TEXT, retain=True, policy=KEEP)
+    assert [(p.payload, p.meta) for p in await store.retained("dev/m")] == [(b"off", None)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,9 +264,10 @@ class Raw:
         self.v5 = v5
 
     @classmethod
-    async def open(cls, port: int, *, v5: bool = False) -> Raw:
+    async def open(cls, port: int, *, v5: bool = False,
+                   tls: ssl.SSLContext | None = None) -> Raw:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection("127.0.0.1", port), WAIT)
+            asyncio.open_connection("127.0.0.1", port, ssl=tls), WAIT)
         return cls(reader, writer, v5)
 
     @classmethod
@@ -312,6 +314,18 @@ class Raw:
         except (asyncio.IncompleteReadError, ConnectionResetError):
             return got
 
+    async def ending(self, within: float = WAIT) -> tuple[list[RawPacket], bool]:
+        """Read until the connection ends: (the packets before the end, whether it
+        ended in a reset rather than the server's orderly close)."""
+        got: list[RawPacket] = []
+        try:
+            while True:
+                got.append(await self.recv(within))
+        except asyncio.IncompleteReadError:
+            return got, False
+        except (ConnectionResetError, ssl.SSLError):
+            return got, True
+
     async def silent(self, within: float = QUIET) -> None:
         """Assert no packet arrives within ``within`` seconds (a bounded negative check)."""
         try:
@@ -350,7 +364,8 @@ class Paho:
                  keepalive: int = 30, transport: str = "tcp", ws_path: str = "/mqtt",
                  will: tuple[str, bytes, int, bool] | None = None,
                  will_props: dict[str, Any] | None = None,
-                 connect_props: dict[str, Any] | None = None, tls_ca: str | None = None) -> None:
+                 connect_props: dict[str, Any] | None = None, tls_ca: str | None = None,
+                 max_inflight: int = 20) -> None:
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.connacks: queue.Queue[Connacked] = queue.Queue()
         self.subacks: queue.Queue[list[int]] = queue.Queue()
@@ -363,6 +378,7 @@ class Paho:
             kw["clean_session"] = clean
         c = self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, **kw)
         c.reconnect_delay_set(3600, 3600)
+        c.max_inflight_messages_set(max_inflight)  # 0: past the server's Receive Maximum
         if transport == "websockets":
             c.ws_set_options(path=ws_path)
         if tls_ca is not None:
@@ -478,6 +494,26 @@ def broker(node: Node) -> MqttBroker:
     """The node's MQTT broker (for its session table)."""
     assert node.app.mqtt is not None
     return node.app.mqtt
+
+
+async def offline(node: Node, client_id: str) -> None:
+    """Wait until the broker has seen the client go (its session is then offline)."""
+    def gone() -> bool:
+        s = broker(node).sessions.get(client_id)
+        return s is None or s.conn is None
+
+    await wait_until(gone, what=f"{client_id} offline")
+
+
+async def stop_all(node: Node, clients: list[Any]) -> None:
+    """Close the test's clients, then stop ``node`` (a restart test's first life)."""
+    for c in clients:
+        if isinstance(c, Paho):
+            await asyncio.to_thread(c.close)
+        else:
+            c.abort()
+    clients.clear()
+    await stop_node(node)
 
 
 def prop(m: mqtt.MQTTMessage, name: str) -> Any:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +35,7 @@ __all__ = [
     "BACKENDS",
     "IDEMPOTENCY_TTL",
     "KEEP",
+    "MAP_CODEC",
     "MAX_INBOX",
     "T0",
     "Clock",
@@ -51,6 +53,20 @@ KEEP = HistoryPolicy(size=1000, ttl=3600.0)  # large enough not to trim in a tes
 MAX_INBOX = 50  # items per user (the inbox cap); more than any test but the cap's own
 
 OpenStore = Callable[[], Awaitable[Store]]
+
+
+class MapCodec:
+    """The stores' meta codec in these tests: a non-empty dict is its own map (the
+    server gives them MQTT's, ``tidings.protocol.mqtt.PROPERTIES_MAP``)."""
+
+    def encode(self, meta: Any) -> dict[str, Any] | None:
+        return meta if isinstance(meta, dict) and meta else None
+
+    def decode(self, data: dict[str, Any]) -> Any:
+        return data
+
+
+MAP_CODEC = MapCodec()
 
 
 class Clock:
@@ -95,10 +111,10 @@ async def open_store(request: pytest.FixtureRequest, tmp_path: Path, clock: Cloc
         s: Store
         if request.param == "sqlite":
             s = SqliteStore(tmp_path / "store", idempotency_ttl=IDEMPOTENCY_TTL, clock=clock,
-                            max_inbox=max_inbox)
+                            max_inbox=max_inbox, meta_codec=MAP_CODEC)
         elif url:
             s = RedisStore(url, idempotency_ttl=IDEMPOTENCY_TTL, clock=clock,
-                           max_inbox=max_inbox)
+                           max_inbox=max_inbox, meta_codec=MAP_CODEC)
         else:  # pragma: no cover - a new backend adds its branch here
             raise AssertionError(f"no store backend {request.param!r}")
         await s.open()

@@ -442,8 +442,9 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
         origin: str | None = None,
         meta: Any = None,
     ) -> PublishResult:
-        """As :meth:`Store.publish`. ``qos``, ``origin`` and ``meta`` only travel
-        with the announcement (they are not stored)."""
+        """As :meth:`Store.publish`. ``qos``, ``origin`` and ``meta`` travel with
+        the announcement; a retained message keeps its ``qos`` and ``meta`` (as
+        the meta codec encodes it), the history neither."""
         now = self._now_ms()
         keys = [self._tk(topic, s) for s in (":m", ":h", ":r", ":i", ":ie")]
         keys.append(channel_for(topic))
@@ -453,13 +454,15 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
             member = user_of(topic) or topic.split("/", 1)[0]
         head = wire_head(topic) if self._mode else b""
         tail = wire_tail(kind, qos, retain, origin, meta, self._meta_codec) if self._mode else b""
+        kept = self._pack_meta(meta) if retain else b""
 
         async def run(client: Any) -> Any:
             if retain and payload and self._cluster:
                 await self._index_before(client, topic, now)
             args = [now, self._topic_epoch(topic), policy.size, _ms(policy.ttl), int(kind),
                     payload, 1 if retain else 0, idempotency_key or "",
-                    _ms(self._idempotency_ttl), self._mode, head, tail, topic, member, qos]
+                    _ms(self._idempotency_ttl), self._mode, head, tail, topic, member, qos,
+                    kept]
             return await self._script("PUBLISH", keys, args)
 
         result = await self._io(run)
@@ -550,9 +553,27 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
         return await self._io(run)
 
     def _retained_pub(self, topic: str, raw: bytes) -> Publication:
-        offset, ts, kind, qos, payload = _unpack(b"\x95", raw)
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(raw)
+        offset, ts, kind, qos, payload, *rest = unpacker
         return Publication(topic, Offset(offset), payload, PayloadKind(kind), ts, retained=True,
-                           qos=qos)
+                           qos=qos, meta=self._unpack_meta(rest[0] if rest else None))
+
+    def _pack_meta(self, meta: Any) -> bytes:
+        """``meta`` as kept after a retained message: the codec's map, msgpacked."""
+        if meta is None or self._meta_codec is None:
+            return b""
+        encoded = self._meta_codec.encode(meta)
+        return msgpack.packb(encoded) if encoded else b""
+
+    def _unpack_meta(self, data: Any) -> Any:
+        """A kept ``meta`` back, as the codec makes it (None without one)."""
+        if not isinstance(data, dict) or not data or self._meta_codec is None:
+            return None
+        try:
+            return self._meta_codec.decode(data)
+        except (ValueError, TypeError):
+            return None  # unreadable (another version's): delivered without it
 
     async def _candidates(self, client: Any, flt: str) -> tuple[list[str], dict[str, str]]:
         """Topics from the retained indexes that match ``flt`` (sorted), and for the

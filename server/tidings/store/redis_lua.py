@@ -12,7 +12,8 @@ Value encodings (msgpack objects concatenated; Python prepends an array
 header and unpacks them in one call):
 
 * history entry:  seq, ts, expires, kind, payload(bin)      (zset, score seq)
-* retained:       offset, ts, kind, qos, payload(bin)
+* retained:       offset, ts, kind, qos, payload(bin) [, meta (a map, as the
+                  store's meta codec makes it: MQTT 5.0 properties)]
 * inbox item:     seq, created, expires (-1: none), read, archived,
                   collapse key (false: none), fields JSON (bin)
 * live message:   :mod:`tidings.redis_wire` (head .. offset, ts .. payload .. tail)
@@ -86,9 +87,10 @@ end
 
 -- Set (non-empty payload) or clear the retained message; ik / lk: the index of
 -- retained topics and the set of index names, when they live in this script.
-local function retain(rk, offset, now, kind, qos, payload, ik, lk, topic, member)
+local function retain(rk, offset, now, kind, qos, payload, ik, lk, topic, member, meta)
   if #payload > 0 then
-    redis.call('SET', rk, cmsgpack.pack(offset, now, kind, qos) .. binhdr(#payload) .. payload)
+    redis.call('SET', rk, cmsgpack.pack(offset, now, kind, qos) .. binhdr(#payload) .. payload
+                          .. (meta or ''))
     if ik then redis.call('ZADD', ik, 0, topic) end
     if lk then redis.call('ZADD', lk, 0, member) end
   else
@@ -113,7 +115,8 @@ PUBLISH = _COMMON + r"""
 -- KEYS: meta, history, retained, idempotency hash, idempotency expiry zset, channel
 --       [, retained index [, index names]]
 -- ARGV: now, epoch, size, ttl, kind, payload, retain, idempotency key ('' none),
---       idempotency ttl, announce mode, wire head, wire tail, topic, index member, qos
+--       idempotency ttl, announce mode, wire head, wire tail, topic, index member, qos,
+--       retained meta (msgpacked map, '' none)
 local now = tonumber(ARGV[1])
 local key = ARGV[8]
 if key ~= '' then
@@ -137,7 +140,7 @@ local seq, epoch = append(KEYS[1], KEYS[2], now, ARGV[2], tonumber(ARGV[3]), ton
 local offset = epoch .. ':' .. seq
 if ARGV[7] == '1' then
   retain(KEYS[3], offset, now, kind, tonumber(ARGV[15]), payload, KEYS[7], KEYS[8], ARGV[13],
-         ARGV[14])
+         ARGV[14], ARGV[16])
 end
 if key ~= '' then
   local ttl = tonumber(ARGV[9])

@@ -17,11 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgpack
 import orjson
 
 from ..errors import BadRequest, Unavailable
 from ..health import StoreHealth
 from ..protocol.topics import is_wildcard, matches
+from ..redis_wire import MetaCodec
 from ..types import Offset, PayloadKind, Publication, format_offset, parse_offset
 from .base import (
     MAX_EVENT_IDS,
@@ -80,7 +82,8 @@ CREATE TABLE IF NOT EXISTS retained (
     ts INTEGER NOT NULL,
     kind INTEGER NOT NULL,
     payload BLOB NOT NULL,
-    qos INTEGER NOT NULL DEFAULT 1
+    qos INTEGER NOT NULL DEFAULT 1,
+    meta BLOB
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS idempotency (
     key TEXT PRIMARY KEY,
@@ -195,10 +198,14 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
         clock: Callable[[], float] = time.time,
         filename: str = "tidings.sqlite3",
         max_inbox: int = 1000,
+        meta_codec: MetaCodec | None = None,
     ) -> None:
         if max_inbox < 1:
             raise ValueError("max_inbox must be at least 1")
         self.path = Path(folder) / filename
+        # a retained message's ``meta`` (MQTT 5.0 properties) is kept as the
+        # codec's map, msgpacked; without a codec it is not kept
+        self._meta_codec = meta_codec
         self._idempotency_ttl = idempotency_ttl
         self._max_inbox = max_inbox
         self._clock = clock
@@ -297,6 +304,8 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             columns = {row[1] for row in db.execute("PRAGMA table_info(retained)")}
             if "qos" not in columns:  # a data folder from before retained kept its QoS
                 db.execute("ALTER TABLE retained ADD COLUMN qos INTEGER NOT NULL DEFAULT 1")
+            if "meta" not in columns:  # ... or its MQTT 5.0 properties
+                db.execute("ALTER TABLE retained ADD COLUMN meta BLOB")
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
                        (secrets.token_hex(4),))
             self._epoch = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
@@ -330,8 +339,10 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
     # -- topics ---------------------------------------------------------------
 
     def _append(self, db: sqlite3.Connection, topic: str, payload: bytes, kind: PayloadKind,
-                now: int, policy: HistoryPolicy, retain: bool, qos: int = 1) -> Publication:
-        """Inside a transaction: next offset, history append and trim, retained."""
+                now: int, policy: HistoryPolicy, retain: bool, qos: int = 1,
+                meta: bytes | None = None) -> Publication:
+        """Inside a transaction: next offset, history append and trim, retained
+        (with ``meta``, the encoded properties it is delivered with)."""
         row = db.execute("SELECT epoch, seq FROM topics WHERE topic = ?", (topic,)).fetchone()
         if row is None:
             epoch, seq = self._topic_epoch(topic), 1
@@ -351,8 +362,9 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
         if retain:
             if payload:
                 db.execute(
-                    "INSERT OR REPLACE INTO retained (topic, offset, ts, kind, payload, qos)"
-                    " VALUES (?, ?, ?, ?, ?, ?)", (topic, offset, now, int(kind), payload, qos))
+                    "INSERT OR REPLACE INTO retained (topic, offset, ts, kind, payload, qos, meta)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (topic, offset, now, int(kind), payload, qos, meta))
             else:
                 db.execute("DELETE FROM retained WHERE topic = ?", (topic,))
         return Publication(topic, offset, payload, kind, now)
@@ -385,17 +397,34 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
         meta: Any = None,
     ) -> PublishResult:
         now = self._now_ms()
+        packed = self._pack_meta(meta) if retain else None
 
         def tx(db: sqlite3.Connection) -> PublishResult:
             first = self._idem_get(db, idempotency_key, now)
             if first is not None:
                 return PublishResult(self._find(db, first["topic"], first["offset"], payload,
                                                 kind), duplicate=True)
-            pub = self._append(db, topic, payload, kind, now, policy, retain, qos)
+            pub = self._append(db, topic, payload, kind, now, policy, retain, qos, packed)
             self._idem_put(db, idempotency_key, now, {"topic": topic, "offset": pub.offset})
             return PublishResult(pub)
 
         return await self._run(tx)
+
+    def _pack_meta(self, meta: Any) -> bytes | None:
+        """``meta`` as stored with a retained message: the codec's map, msgpacked."""
+        if meta is None or self._meta_codec is None:
+            return None
+        encoded = self._meta_codec.encode(meta)
+        return msgpack.packb(encoded) if encoded else None
+
+    def _unpack_meta(self, blob: bytes | None) -> Any:
+        """A stored ``meta`` back, as the codec makes it (None without one)."""
+        if not blob or self._meta_codec is None:
+            return None
+        try:
+            return self._meta_codec.decode(msgpack.unpackb(blob, raw=False))
+        except (ValueError, TypeError):
+            return None  # unreadable (another version's): delivered without it
 
     @staticmethod
     def _find(db: sqlite3.Connection, topic: str, offset: str, payload: bytes,
@@ -463,18 +492,18 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
     async def retained(self, flt: str) -> list[Publication]:
         def tx(db: sqlite3.Connection) -> list[Publication]:
             if not is_wildcard(flt):
-                rows = db.execute("SELECT topic, offset, ts, kind, payload, qos FROM retained "
-                                  "WHERE topic = ?", (flt,)).fetchall()
+                rows = db.execute("SELECT topic, offset, ts, kind, payload, qos, meta "
+                                  "FROM retained WHERE topic = ?", (flt,)).fetchall()
             else:
                 # 'home/#' also matches 'home' [MQTT-4.7.1-2]: the prefix stops before the '/'
                 prefix = flt.split("+", 1)[0].split("#", 1)[0].rstrip("/")
                 rows = db.execute(
-                    "SELECT topic, offset, ts, kind, payload, qos FROM retained "
+                    "SELECT topic, offset, ts, kind, payload, qos, meta FROM retained "
                     "WHERE substr(topic, 1, ?) = ? ORDER BY topic",
                     (len(prefix), prefix)).fetchall()
             return [Publication(t, Offset(o), bytes(p), PayloadKind(k), ts, retained=True,
-                                qos=q)
-                    for t, o, ts, k, p, q in rows if matches(flt, t)]
+                                qos=q, meta=self._unpack_meta(m))
+                    for t, o, ts, k, p, q, m in rows if matches(flt, t)]
 
         return await self._run(tx)
 

@@ -44,6 +44,7 @@ from ...plumbing import ConnectionSet, Flusher, TaskSet
 from ...presence import Presence
 from ...protocol.mqtt import (
     NO_PROPERTIES,
+    Auth,
     Connack,
     Connect,
     Disconnect,
@@ -71,7 +72,7 @@ from ...store.base import MqttSessionState, QueuedMessage
 from ...types import classify_payload, parse_offset
 from .cluster import Move, MqttCluster
 from .codes import reason_code
-from .session import WIRE, MqttSession, ShareGroup, Sub, template
+from .session import WIRE, MqttSession, ShareGroup, Sub, retained_template, template
 from .sys import sys_loop
 from .transport import MqttConnection
 
@@ -134,7 +135,9 @@ class MqttBroker:
             ctx.load_cert_chain(s.tls_cert, s.tls_key)
             self._servers.append(await loop.create_server(
                 lambda: MqttConnection(self, "mqtts"), s.host, s.tls_port, ssl=ctx,
-                reuse_address=True, reuse_port=self.settings.node.reuse_port or None))
+                reuse_address=True, reuse_port=self.settings.node.reuse_port or None,
+                # a closing connection's wait for the client's close_notify
+                ssl_shutdown_timeout=max(s.close_drain, 0.1)))
         self._ticker = loop.create_task(self._tick())
         if s.sys_interval:
             self._sys = loop.create_task(sys_loop(self, s.sys_interval))
@@ -233,7 +236,10 @@ class MqttBroker:
 
     async def handle(self, conn: MqttConnection, event: Any) -> None:
         if isinstance(event, Connect):
-            await self._connect(conn, event)
+            if event.properties.authentication_method is None:
+                await self._connect(conn, event)
+            else:
+                self._refuse_method(conn)
         elif isinstance(event, Publish):
             await self._publish(conn, event)
         elif isinstance(event, Subscribe):
@@ -248,6 +254,11 @@ class MqttBroker:
             self.metrics.inc("tidings_errors_total", code="mqtt_protocol")
             garbage.note("MQTT packet", conn.session.client_id if conn.session else "a client",
                          str(event.error))  # rate-limited: see logs.py
+        elif isinstance(event, Auth):
+            # No authentication method is configured, so none was agreed at CONNECT
+            # (one that asked for one was refused): 0x8C [MQTT-4.12.0-5], section 2.4
+            self.metrics.inc("tidings_errors_total", code="mqtt_auth")
+            conn.close(ReasonCode.BAD_AUTHENTICATION_METHOD)
         elif isinstance(event, PingReq):
             pass
 
@@ -258,6 +269,13 @@ class MqttBroker:
         code = reason_code(error, PacketType.CONNACK)
         self.metrics.inc("tidings_errors_total", code=f"mqtt_connack_{code:#x}")
         conn.send(Connack(reason_code=code))
+
+    def _refuse_method(self, conn: MqttConnection) -> None:
+        """A CONNECT asking for enhanced authentication (5.0 section 4.12): no method
+        is configured, so every one is unsupported: CONNACK 0x8C, close [MQTT-4.12.0-1]."""
+        self.connect_deadlines.pop(conn, None)
+        self.metrics.inc("tidings_errors_total", code="mqtt_connack_0x8c")
+        conn.send(Connack(reason_code=ReasonCode.BAD_AUTHENTICATION_METHOD))
 
     async def _connect(self, conn: MqttConnection, packet: Connect) -> None:
         """CONNECT: authenticate, find the client's session, take over its live
@@ -436,26 +454,52 @@ class MqttBroker:
         """CONNACK, then what waited for it; the user is online."""
         if present:
             conn.proto.restore_awaiting_pubrel(session.awaiting_pubrel)
-        props = self._connack_properties(packet, assigned)
+        props = self._connack_properties(packet, assigned, session)
         conn.acknowledge(Connack(session_present=present, properties=props))
         if session.user is not None:
             self.ops.presence.online(session.user, conn, session.client_id, "mqtt")
 
-    def _connack_properties(self, packet: Connect, assigned: str | None) -> Properties:
+    def _connack_properties(self, packet: Connect, assigned: str | None,
+                            session: MqttSession) -> Properties:
         """5.0 CONNACK properties: what we assigned and what we support (3.2.2.3)."""
         if packet.version != Version.V5:
             return NO_PROPERTIES
-        max_keep = self.settings.mqtt.max_keepalive
-        keep = packet.keep_alive
         return Properties(
             assigned_client_identifier=assigned,
-            server_keep_alive=max_keep if max_keep and (keep == 0 or keep > max_keep) else None,
+            server_keep_alive=self._server_keep_alive(packet.keep_alive),
+            response_information=self._response_information(packet, session),
             maximum_qos=None,
             retain_available=None,
             wildcard_subscription_available=1,
             subscription_identifier_available=1,
             shared_subscription_available=1,
         )
+
+    def _server_keep_alive(self, asked: int) -> int | None:
+        """The Server Keep Alive to send: ours whenever it differs from what the client
+        asked, which it then must use [MQTT-3.2.2-21], [MQTT-3.2.2-22]; None when the
+        client's stands. ``mqtt.max_keepalive`` lowers a longer one, and is
+        enforced on a client that asked for none (0)."""
+        most = self.settings.mqtt.max_keepalive
+        keep = min(asked, most) if asked and most else (asked or most)
+        return keep if keep != asked else None
+
+    def _response_information(self, packet: Connect, session: MqttSession) -> str | None:
+        """Response Information for a client that asked for it (Request Response
+        Information 1), else none [MQTT-3.1.2-28]: the prefix under which it may
+        build response topics (5.0 section 4.10), ``mqtt.response_information``
+        for a token's user, ``mqtt.anonymous_response_information`` otherwise.
+        The ACL still decides what may be done there."""
+        if packet.properties.request_response_information != 1:
+            return None
+        s = self.settings.mqtt
+        if session.user is not None:
+            info = s.response_information.format(uid=session.user)
+        else:
+            info = s.anonymous_response_information.format(client_id=session.client_id)
+            if "+" in session.client_id or "#" in session.client_id:
+                return None  # no topic level to build on
+        return info or None
 
     def _disconnect(self, conn: MqttConnection, packet: Disconnect) -> None:
         conn.graceful = packet.reason_code != ReasonCode.DISCONNECT_WITH_WILL
@@ -828,14 +872,19 @@ class MqttBroker:
     async def _send_retained(self, conn: MqttConnection, session: MqttSession,
                              jobs: list[tuple[str, Sub]]) -> None:
         """The retained messages matching newly granted filters [MQTT-3.3.1-8], those
-        the session may see and live delivery has not already carried, paced."""
+        the session may see and live delivery has not already carried, paced;
+        with the properties they were published with (5.0 section 3.3.2.3) and
+        what is left of their expiry."""
         for inner, sub in jobs:
             for pub in await self.ops.retained(session.principal, inner):
                 live = (session.live_seen or {}).get(pub.topic)
                 if live is not None and _not_after(pub.offset, live):
                     continue  # the live delivery already carried this (or newer)
+                message = retained_template(pub, int(time.time() * 1000))
+                if message is None:
+                    continue  # expired while retained [MQTT-3.3.2-5]
                 ids = (sub.subscription_id,) if sub.subscription_id is not None else ()
-                conn.publish(template(pub), min(sub.qos, pub.qos), True, ids)
+                conn.publish(message, min(sub.qos, pub.qos), True, ids)
                 if not await conn.pace():  # a burst the server chose: as fast as it is read
                     return
 

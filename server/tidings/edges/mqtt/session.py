@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .transport import MqttConnection
 
 __all__ = ["WIRE", "MqttSession", "ShareGroup", "Sub", "expires_at", "mqtt_payload",
-           "props_from_json", "props_to_json", "template"]
+           "props_from_json", "props_to_json", "retained_template", "template"]
 
 WIRE = "mqtt"  # the hub's name for this edge's encoding (see Hub.register_wire)
 
@@ -59,6 +59,20 @@ def template(pub: Publication) -> PublishTemplate:
     props = pub.meta if isinstance(pub.meta, Properties) else NO_PROPERTIES
     return PublishTemplate(pub.topic, mqtt_payload(pub), props)
 
+
+def retained_template(pub: Publication, now_ms: int) -> PublishTemplate | None:
+    """A retained message as sent now: its properties as published, its Message
+    Expiry Interval lowered by the time it has been kept [MQTT-3.3.2-6]; None
+    once that has run out (it is no longer delivered [MQTT-3.3.2-5])."""
+    props = pub.meta if isinstance(pub.meta, Properties) else NO_PROPERTIES
+    interval = props.message_expiry_interval
+    if interval is None:
+        return PublishTemplate(pub.topic, mqtt_payload(pub), props)
+    left_ms = interval * 1000 - max(0, now_ms - pub.ts)
+    if left_ms <= 0:
+        return None
+    props = replace(props, message_expiry_interval=-(-left_ms // 1000))
+    return PublishTemplate(pub.topic, mqtt_payload(pub), props)
 
 
 @dataclass(eq=False)

@@ -58,6 +58,8 @@ class Link(Protocol):
     def write(self, chunks: list[bytes]) -> None: ...
     def buffered(self) -> int: ...
     def close(self) -> None: ...
+    def half_close(self) -> None: ...
+    def finish(self) -> None: ...
     def abort(self) -> None: ...
     def pause(self) -> None: ...
     def resume(self) -> None: ...
@@ -78,6 +80,25 @@ class _TcpLink:
 
     def close(self) -> None:
         self.transport.close()
+
+    def half_close(self) -> None:
+        """End our side after what is written: a TCP FIN, reading going on.
+
+        TLS cannot half-close, and a close_notify now would not do: the TLS
+        layer's shutdown fails on the client's records still arriving and cuts
+        the connection, the reason unsent. It keeps reading instead, and sends
+        close_notify at :meth:`finish` (a client that read the DISCONNECT has
+        usually closed by then [MQTT-3.14.4-2])."""
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+
+    def finish(self) -> None:
+        """The drain is over: TCP is cut; TLS sends close_notify and closes (its
+        wait for the client's bounded by the listener's ssl_shutdown_timeout)."""
+        if self.transport.can_write_eof():
+            self.transport.abort()
+        else:
+            self.transport.close()
 
     def abort(self) -> None:
         self.transport.abort()
@@ -118,6 +139,14 @@ class _WsLink:
 
     def close(self) -> None:
         self.conn.close(1000, "")
+
+    def half_close(self) -> None:
+        """A close frame after the DISCONNECT; the WS edge reads on (discarding)
+        until the client's close frame, bounded by its own close timeout."""
+        self.conn.close(1000, "")
+
+    def finish(self) -> None:
+        self.abort()
 
     def abort(self) -> None:
         if self.conn.transport is not None:
@@ -169,7 +198,8 @@ class MqttConnection(asyncio.Protocol):
         self.proto = Connection(max_packet_size=s.max_packet_size,
                                 connect_max_packet_size=_MAX_CONNECT_SIZE,
                                 receive_maximum=s.receive_maximum,
-                                max_inflight=s.receive_maximum)
+                                max_inflight=s.receive_maximum,
+                                outbound_topic_aliases=s.topic_aliases)
         self.link: Link | None = None
         self.session: MqttSession | None = None
         self.pending: deque[tuple[PublishTemplate, int, bool, tuple[int, ...]]] = deque()
@@ -183,10 +213,12 @@ class MqttConnection(asyncio.Protocol):
                                     low=_PAUSE_EVENTS // 2 - 1, done=self._idle,
                                     tasks=broker.workers)
         self._closed = False
+        self._drain: asyncio.TimerHandle | None = None  # set once closing (see _shut)
         self.taken_over = False
         self.graceful = False  # DISCONNECT received (no will unless 0x04)
         self.will: Will | None = None
         self._fast = False  # QoS 0 may bypass the state machine (see publish)
+        self._aliased = False  # ... and then get a Topic Alias from it
         self._ip: str | None = None  # counted against mqtt.max_connections_per_ip (TCP only)
         self.expiry: asyncio.TimerHandle | None = None  # the token's end (see MqttBroker)
         # queued QoS 1/2 messages beyond which the client counts as slow: a resumed
@@ -264,6 +296,8 @@ class MqttConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.resume_writing()  # wake paced senders: they see the connection closed
+        if self._drain is not None:
+            self._drain.cancel()
         if self._closed:
             return
         self._closed = True
@@ -297,13 +331,16 @@ class MqttConnection(asyncio.Protocol):
     def acknowledge(self, connack: Connack) -> None:
         """Send the CONNACK that accepts the client, then what waited for it.
 
-        From here QoS 0 may bypass the state machine (see :meth:`publish`):
-        always in 3.1.1, and in 5.0 when the client set no Maximum Packet
-        Size (each message would otherwise be measured against it).
+        From here QoS 0 may bypass the state machine's checks (see
+        :meth:`publish`): always in 3.1.1, and in 5.0 when the client set no
+        Maximum Packet Size (each message would otherwise be measured against
+        it); a 5.0 client that allows Topic Aliases has them picked by the
+        state machine's :meth:`~tidings.protocol.mqtt.Connection.render_qos0`.
         """
         self.proto.send(connack)
         self._fast = self.proto.version != Version.V5 or \
             self.proto.client_max_packet_size is None
+        self._aliased = self._fast and self.proto.outbound_alias_limit > 0
         self.send_queued()
 
     def check_keepalive(self, now: float) -> bool:
@@ -409,7 +446,11 @@ class MqttConnection(asyncio.Protocol):
                 ids: tuple[int, ...]) -> None:
         """Deliver one message (the hub's hot path for this client)."""
         if qos == 0 and self._fast and not ids:
-            self.outbox.append(template.render(self.proto.version or Version.V311, retain=retain))
+            if self._aliased:
+                self.outbox.append(self.proto.render_qos0(template, retain))
+            else:
+                self.outbox.append(template.render(self.proto.version or Version.V311,
+                                                   retain=retain))
             return
         if self.proto.state is not State.CONNECTED:
             if qos:  # connecting: sent after the CONNACK; closing: the session keeps it
@@ -446,17 +487,38 @@ class MqttConnection(asyncio.Protocol):
         self._collect()
 
     def close(self, reason: int | None = None) -> None:
-        """Close now: a 5.0 DISCONNECT with ``reason`` first when one may be sent."""
+        """Close: a 5.0 DISCONNECT with ``reason`` first when one may be sent, then
+        as :meth:`_shut` does."""
         if reason is not None and self.proto.state is State.CONNECTED:
             self.send(Disconnect(reason))
-        self.outbox.close()
-        if self.link is not None:
-            self.link.close()
+        self._shut()
 
     def _check_closed(self) -> None:
         if self.proto.state is State.CLOSED and not self._closed and self.link is not None:
-            self.outbox.close()
-            self.link.close()
+            self._shut()
+
+    def _shut(self) -> None:
+        """Close so the client reads why: write what is queued (the DISCONNECT or
+        refusing CONNACK), close our side (TCP: FIN; WebSocket: a close frame;
+        TLS: close_notify at the end, see :meth:`_TcpLink.half_close`), then read
+        and discard for ``mqtt.close_drain`` seconds before cutting the
+        connection. Closing at once while the client still sends makes the
+        kernel answer with a reset, and the client loses the reason unread (5.0
+        section 4.13.1; nothing follows the DISCONNECT and the connection is
+        closed after it [MQTT-3.14.4-1], [MQTT-3.14.4-2]). Idempotent."""
+        if self._drain is not None or self._closed:
+            return
+        self.outbox.close()
+        link = self.link
+        if link is None:
+            return
+        drain = self.broker.settings.mqtt.close_drain
+        if drain <= 0:
+            link.close()
+            return
+        self._drain = asyncio.get_running_loop().call_later(drain, link.finish)
+        link.resume()  # the pump may have paused reading: drain what comes
+        link.half_close()
 
     # -- inbound --------------------------------------------------------------------
 

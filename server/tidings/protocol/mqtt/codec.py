@@ -731,6 +731,9 @@ def encode(packet: Packet, version: Version) -> bytes:
 
 # --- encode once, send to many ------------------------------------------------------------
 
+_RENDER_VARIANTS = 8  # encodings one PublishTemplate keeps (flags, alias)
+
+
 class PublishTemplate:
     """One application message, encoded once, rendered per subscriber.
 
@@ -767,8 +770,10 @@ class PublishTemplate:
         low = replace(properties, user_properties=())
         self._props_low = properties_body(low, PacketType.PUBLISH)
         self._props_high = properties_body(Properties(user_properties=properties.user_properties))
-        # (version, qos, retain, dup) -> (bytes before the packet id, bytes after it)
-        self._cache: dict[tuple[int, int, bool, bool], tuple[bytes, bytes]] = {}
+        # (version, qos, retain, dup, topic alias, topic sent) -> (bytes before the
+        # packet id, bytes after it)
+        self._cache: dict[tuple[int, int, bool, bool, int | None, bool],
+                          tuple[bytes, bytes]] = {}
 
     @classmethod
     def from_publish(cls, publish: Publish) -> PublishTemplate:
@@ -829,17 +834,26 @@ class PublishTemplate:
                 raise ValueError(f"packet identifier must be 1..65535, not {packet_id}")
         elif packet_id is not None or dup:
             raise ValueError("QoS 0 PUBLISH with DUP or a packet id")  # [MQTT-3.3.1-2]
-        if version == Version.V5 and (subscription_ids or topic_alias is not None):
+        if version != Version.V5:
+            topic_alias = None
+        if topic_alias is None:
+            send_topic = True
+        if version == Version.V5 and subscription_ids:
             extra, topic = self._hop(version, subscription_ids, topic_alias, send_topic)
             head, rest = self._parts(version, qos, retain, dup, extra, topic)
         else:
-            key = (int(version), qos, retain, dup)
+            # Subscribers that see the same alias for the topic (they were sent
+            # the same topics in the same order) share one encoding too; a few
+            # variants are kept, so a fan-out encodes a message a few times at most.
+            key = (int(version), qos, retain, dup, topic_alias, send_topic)
             cached = self._cache.get(key)
             if cached is None:
-                cached = self._parts(Version(version), qos, retain, dup, b"", self._topic_bytes)
+                extra, topic = self._hop(Version(version), (), topic_alias, send_topic)
+                cached = self._parts(Version(version), qos, retain, dup, extra, topic)
                 if not qos:
                     cached = (cached[0] + cached[1] + self.payload, b"")
-                self._cache[key] = cached
+                if len(self._cache) < _RENDER_VARIANTS:
+                    self._cache[key] = cached
             head, rest = cached
             if not qos:
                 return head  # the same bytes for every QoS 0 subscriber

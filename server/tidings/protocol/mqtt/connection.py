@@ -43,6 +43,7 @@ dropping what is over the client's Maximum Packet Size.
 from __future__ import annotations
 
 import enum
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -226,13 +227,16 @@ class Connection:
     - ``topic_alias_maximum``: the highest inbound Topic Alias (5.0).
 
     ``max_inflight`` caps our own unacknowledged QoS 1/2 sends (further
-    capped by the client's Receive Maximum). ``outbound_topic_aliases``
-    lets us shorten repeated topics to a client that allows aliases.
+    capped by the client's Receive Maximum). ``outbound_topic_aliases`` is
+    how many Topic Aliases we use towards a 5.0 client that allows them
+    (further capped by its Topic Alias Maximum; 0: none): the topics sent
+    most recently keep theirs, the least recently used one gives its alias
+    up to a new topic (see :meth:`_pick_alias`).
     """
 
     def __init__(self, *, max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
                  receive_maximum: int = 65535, topic_alias_maximum: int = 16,
-                 max_inflight: int = 65535, outbound_topic_aliases: bool = False,
+                 max_inflight: int = 65535, outbound_topic_aliases: int = 0,
                  connect_max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> None:
         self._decoder = Decoder(max_packet_size=max_packet_size)
         self._state = State.AWAIT_CONNECT
@@ -256,7 +260,10 @@ class Connection:
         self._last_received: float | None = None
         self._inbound_qos1: set[int] = set()  # QoS 1 PUBLISHes we have not PUBACKed
         self._aliases_in: dict[int, str] = {}  # [MQTT-3.3.2-7] per connection, never carried over
-        self._aliases_out: dict[str, int] = {}
+        # topic -> our alias for it, least recently sent first (an LRU; an
+        # OrderedDict, as a dict's first key gets slow to find after many deletions)
+        self._aliases_out: OrderedDict[str, int] = OrderedDict()
+        self._alias_max = 0  # how many of them: known at CONNECT (see _on_connect)
         self.dropped_packets = 0  # non-PUBLISH packets over the client's maximum size
 
     # --- what the broker reads ----------------------------------------------------
@@ -281,6 +288,12 @@ class Connection:
     def client_max_packet_size(self) -> int | None:
         """The client's Maximum Packet Size; None when it set none (5.0 section 3.1.2.11.4)."""
         return None if self.connect is None else self.connect.properties.maximum_packet_size
+
+    @property
+    def outbound_alias_limit(self) -> int:
+        """How many Topic Aliases we use towards this client (0: none), once its
+        CONNECT is known: ``outbound_topic_aliases`` within its Topic Alias Maximum."""
+        return self._alias_max
 
     @property
     def send_quota(self) -> int:
@@ -364,6 +377,9 @@ class Connection:
             raise ClientIdentifierNotValid("empty client id with clean session 0")  # [MQTT-3.1.3-8]
         self.connect = packet
         self._keep_alive = packet.keep_alive
+        if packet.version == Version.V5:  # [MQTT-3.1.2-27]: none if it set no maximum
+            self._alias_max = min(int(self.outbound_topic_aliases),
+                                  packet.properties.topic_alias_maximum or 0)
         self._events.append(packet)
 
     def _on_publish(self, packet: Publish) -> None:
@@ -670,12 +686,12 @@ class Connection:
         v = self._v()
         sub_ids = tuple(subscription_ids) if v == Version.V5 else ()
         alias, send_topic = self._pick_alias(message.topic)
-        size = message.size(v, qos=qos, subscription_ids=sub_ids, topic_alias=alias,
-                            send_topic=send_topic)
-        if self._too_large(size):
+        if self.client_max_packet_size is not None and self._too_large(message.size(
+                v, qos=qos, subscription_ids=sub_ids, topic_alias=alias,
+                send_topic=send_topic)):
             return PublishResult(Outcome.TOO_LARGE)
         if alias is not None:
-            self._aliases_out[message.topic] = alias
+            self._use_alias(message.topic, alias)
         packet_id = None
         if qos:
             packet_id = self._allocate_packet_id()
@@ -687,17 +703,49 @@ class Connection:
                                         send_topic=send_topic))
         return PublishResult(Outcome.SENT, packet_id)
 
+    def render_qos0(self, message: PublishTemplate, retain: bool) -> bytes:
+        """The QoS 0 PUBLISH :meth:`send_publish` would write for ``message``, with its
+        Topic Alias picked and recorded, returned instead of queued: the edge's fast
+        path for a connected 5.0 client that set no Maximum Packet Size (nothing to
+        measure) but allows aliases. Nothing is checked: the caller knows."""
+        alias, send_topic = self._pick_alias(message.topic)
+        if alias is not None:
+            self._use_alias(message.topic, alias)
+        return message.render(Version.V5, retain=retain, topic_alias=alias,
+                              send_topic=send_topic)
+
     def _pick_alias(self, topic: str) -> tuple[int | None, bool]:
-        """(alias, send the topic too?) for an outgoing topic (5.0 section 3.3.2.3.4)."""
-        if not self.outbound_topic_aliases or self.version != Version.V5 or self.connect is None:
-            return None, True
-        known = self._aliases_out.get(topic)
+        """(alias, send the topic too?) for an outgoing topic (5.0 section 3.3.2.3.4).
+
+        A topic that has an alias is sent as an empty topic and the alias; a new
+        one gets the next alias, with its topic (which sets the client's mapping),
+        until the aliases run out; then the one least recently sent gives up its
+        alias, re-mapped by sending it with the new topic. Aliases are 1 ..
+        min(``outbound_topic_aliases``, the client's Topic Alias Maximum): never 0
+        [MQTT-3.3.2-8], never over its maximum [MQTT-3.3.2-11], none when it set
+        none [MQTT-3.1.2-27]; per connection [MQTT-3.3.2-7].
+        """
+        aliases = self._aliases_out
+        known = aliases.get(topic)
         if known is not None:
             return known, False
-        limit = self.connect.properties.topic_alias_maximum or 0  # [MQTT-3.3.2-10]
-        if len(self._aliases_out) < limit:
-            return len(self._aliases_out) + 1, True
-        return None, True
+        limit = self._alias_max
+        if not limit:
+            return None, True
+        if len(aliases) < limit:
+            return len(aliases) + 1, True
+        return aliases[next(iter(aliases))], True  # the least recently used one's
+
+    def _use_alias(self, topic: str, alias: int) -> None:
+        """Record that ``topic`` went out with ``alias`` (as :meth:`_pick_alias` chose):
+        it becomes the most recently used; a re-mapped alias leaves its old topic."""
+        aliases = self._aliases_out
+        if topic in aliases:
+            aliases.move_to_end(topic)
+            return
+        if len(aliases) >= self._alias_max:
+            aliases.popitem(last=False)
+        aliases[topic] = alias
 
     def _allocate_packet_id(self) -> int:
         """The next free id in 1..65535, skipping those in flight [MQTT-2.2.1-3]."""

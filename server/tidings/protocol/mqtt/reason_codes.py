@@ -128,6 +128,9 @@ VALID_REASON_CODES: dict[int, frozenset[int]] = {
         R.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED, R.CONNECTION_RATE_EXCEEDED,
         R.MAXIMUM_CONNECT_TIME, R.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
         R.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED,
+        # the table in 3.14.2.1 leaves it out, but section 2.4 gives 0x8C Bad
+        # authentication method to CONNACK and DISCONNECT (an AUTH we cannot take)
+        R.BAD_AUTHENTICATION_METHOD,
     }),
     15: frozenset({R.SUCCESS, R.CONTINUE_AUTHENTICATION, R.RE_AUTHENTICATE}),  # AUTH
 }

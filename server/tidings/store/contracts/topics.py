@@ -81,8 +81,10 @@ class TopicStore(abc.ABC):
         step. A key seen within the idempotency TTL changes nothing (retained
         included) and returns the first publication with ``duplicate=True``.
         ``qos``, ``origin`` and ``meta`` are not stored, except that the retained
-        message keeps ``qos``; a store that ``announces`` sends them with the
-        publication it puts on the bus.
+        message keeps ``qos`` and ``meta`` (MQTT 5.0 properties, forwarded
+        unaltered, 5.0 section 3.3.2.3, e.g. [MQTT-3.3.2-17]: through the meta
+        codec, as the map it makes; without a codec ``meta`` is not kept); a store that
+        ``announces`` sends them with the publication it puts on the bus.
         """
 
     @abc.abstractmethod
