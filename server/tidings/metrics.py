@@ -50,6 +50,10 @@ HELP: dict[str, str] = {
     "tidings_bus_gaps_unfilled_total": "Bus gaps history could not fill (it no longer "
                                        "reached back, or the store was unavailable).",
     "tidings_mqtt_dropped_total": "MQTT messages not delivered, by reason.",
+    "tidings_acl_denied_messages_total": "Messages a subscriber's filter matched but the ACL "
+                                         "kept from it ([[acl]] deny rules, other users' "
+                                         "users/ topics, token grants), live or retained, "
+                                         "by edge (ws, mqtt).",
     "tidings_mqtt_takeovers_total": "MQTT sessions taken over by a new connection with "
                                     "the same client id.",
     "tidings_mqtt_wills_total": "MQTT will messages published.",

@@ -340,7 +340,7 @@ class MqttBroker:
     async def _resume_here(self, conn: MqttConnection, session: MqttSession,
                            principal: Principal) -> MqttSession:
         """Resume a session held on this node, with the grants of the token presented now."""
-        session.principal = principal
+        session.act_for(principal)
         if session.expiry_timer is not None:
             session.expiry_timer.cancel()
             session.expiry_timer = None
@@ -359,7 +359,7 @@ class MqttBroker:
                              ) -> MqttSession:
         """Resume a session kept by another node or before a restart."""
         session = MqttSession.from_state(self, client_id, stored[0])
-        session.principal = principal  # the grants of the token presented now
+        session.act_for(principal)  # the grants of the token presented now
         session.conn = conn  # what arrives from now on waits in the connection
         conn.resume_queue(stored[1])
         self._hold_subs(session)
@@ -685,6 +685,7 @@ class MqttBroker:
             return code, None
         sub = Sub(int(s.qos), s.no_local, s.retain_as_published, sub_id)
         session.subs[s.topic_filter] = sub  # an existing one's options are replaced [MQTT-3.8.4-3]
+        session.screen(s.topic_filter)  # what of it the ACL denies is screened per message
         if new:
             await self._register(session, s.topic_filter, sub)
         elif shared:
@@ -702,7 +703,7 @@ class MqttBroker:
         """The retained messages matching newly granted filters [MQTT-3.3.1-8], those
         the session may see and live delivery has not already carried, paced."""
         for inner, sub in jobs:
-            for pub in await self.ops.retained(session.principal, inner):
+            for pub in await self.ops.retained(session.principal, inner, WIRE):
                 live = (session.live_seen or {}).get(pub.topic)
                 if live is not None and _not_after(pub.offset, live):
                     continue  # the live delivery already carried this (or newer)
@@ -720,6 +721,7 @@ class MqttBroker:
                 del session.subs[flt]
                 self.ops.give_back(session.user)
                 await self._unregister(session, flt)
+                session.unscreen(flt)
                 codes.append(ReasonCode.SUCCESS)
             else:
                 codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
