@@ -485,7 +485,7 @@ def _filter(levels: list[str]) -> str | None:
 def _from_topic(levels: list[str], plus: list[bool], cut: int) -> str:
     """A filter made from a topic's levels: some of them '+', and '#' from ``cut`` on."""
     parts = ["+" if w else lvl for lvl, w in zip(levels, plus, strict=False)]
-    return "/".join(parts[:cut] + ["#"]) if cut <= len(parts) else "/".join(parts)
+    return "/".join([*parts[:cut], "#"]) if cut <= len(parts) else "/".join(parts)
 
 
 _PLUS = st.lists(st.booleans(), min_size=4, max_size=4)
