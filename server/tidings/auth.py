@@ -39,7 +39,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeGuard
+from typing import NamedTuple, TypeGuard
 
 import jwt
 
@@ -48,8 +48,8 @@ from .errors import BadRequest, Unauthorized
 from .protocol.topics import TopicError, covers, overlaps, private_owner, validate_filter
 from .types import UserId
 
-__all__ = ["Acl", "ApiKeys", "Principal", "Screen", "ScreenRule", "ScreenRules", "Screens",
-           "TokenAuthority", "guarded", "is_reserved", "merge_screens", "screened"]
+__all__ = ["Acl", "ApiKeys", "Principal", "Screen", "ScreenMatch", "ScreenRule", "ScreenRules",
+           "Screens", "TokenAuthority", "guarded", "is_reserved", "merge_screens", "screened"]
 
 _SERVER_LEAVES = frozenset({"notifications", "unread", "events"})
 
@@ -338,8 +338,27 @@ rules, its filter with ``{uid}`` filled in, whether it allows subscribing)."""
 Screen = tuple[ScreenRule, ...]
 """The rules that can decide a message on one subscription (:meth:`Acl.screen`)."""
 
-ScreenRules = tuple[tuple[str, bool], ...]
-"""Screens merged for :func:`screened`: (filter, allows) in rule order."""
+class ScreenMatch(NamedTuple):
+    """One rule of merged screens, ready to be matched against a topic fast."""
+
+    filter: str
+    allows: bool
+    exact: str | None  # the filter when it has no wildcard: only that topic matches
+    under: str | None  # "a/b/" for "a/b/#" (no other wildcard): "a/b" and what is below
+
+
+ScreenRules = tuple[ScreenMatch, ...]
+"""Screens merged for :func:`screened`, in rule order."""
+
+
+def _match(flt: str, allows: bool) -> ScreenMatch:
+    """``flt`` with the shortcut its shape allows (a plain topic, a ``.../#``)."""
+    if "+" not in flt and "#" not in flt:
+        return ScreenMatch(flt, allows, flt, None)
+    head = flt[:-2]
+    if flt.endswith("/#") and "+" not in head and "#" not in head:
+        return ScreenMatch(flt, allows, None, head + "/")
+    return ScreenMatch(flt, allows, None, None)
 
 
 def _wholly_denied(screen: Screen, flt: str) -> bool:
@@ -361,14 +380,20 @@ def merge_screens(screens: Iterable[Screen]) -> ScreenRules:
     rules = sorted({r for screen in screens for r in screen})
     while rules and rules[-1][2]:
         rules.pop()
-    return tuple((flt, allows) for _, flt, allows in rules)
+    return tuple(_match(flt, allows) for _, flt, allows in rules)
 
 
 def screened(rules: ScreenRules, topic: str) -> bool:
     """Whether a message on ``topic`` passes merged screens: the first rule that
     matches the topic decides; when none does, it passes (as in :meth:`Acl.may_see`)."""
-    for flt, allows in rules:
-        if covers(flt, topic):
+    for flt, allows, exact, under in rules:  # per message: the cheap tests first
+        if exact is not None:
+            hit = topic == exact
+        elif under is not None:
+            hit = topic.startswith(under) or topic == under[:-1]
+        else:
+            hit = covers(flt, topic)
+        if hit:
             return allows
     return True
 
