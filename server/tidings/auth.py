@@ -400,15 +400,18 @@ def screened(rules: ScreenRules, topic: str) -> bool:
 
 class Screens:
     """The screens of one session's subscriptions, kept as it subscribes and
-    unsubscribes, merged into the one list its messages are checked against.
+    unsubscribes, merged into the one list its messages are checked against,
+    and the session's answer to the hub (:meth:`sees`, :attr:`restricted`).
 
     ``rules`` (:func:`merge_screens`) is empty while no subscription overlaps a
-    deny: the session then pays nothing per message (the hub does not ask it).
-    Keys are the session's own names for its subscriptions (an MQTT
-    ``$share/{group}/{filter}``), filters what the rules are asked of.
+    deny: the session is then not ``restricted`` and pays nothing per message
+    (the hub does not ask it), unless its principal is restricted itself
+    (:meth:`Acl.restricts`). Keys are the session's own names for its
+    subscriptions (an MQTT ``$share/{group}/{filter}``), filters what the
+    rules are asked of.
     """
 
-    __slots__ = ("_acl", "_by_key", "_counts", "_principal", "rules")
+    __slots__ = ("_acl", "_by_key", "_counts", "_fast", "_principal", "restricted", "rules")
 
     def __init__(self, acl: Acl) -> None:
         self._acl = acl
@@ -416,6 +419,19 @@ class Screens:
         self._by_key: dict[str, Screen] = {}
         self._counts: Counter[ScreenRule] = Counter()  # at most one entry per rule
         self.rules: ScreenRules = ()
+        self._fast: ScreenRules | None = None  # None: sees asks the Acl itself
+        self.restricted = True  # no principal yet
+
+    def sees(self, topic: str) -> bool:
+        """Whether the session may be handed a message on ``topic``, which one of
+        its filters matches: :meth:`Acl.may_see` where the topic (``$``,
+        ``users/``) or the principal (grants, none yet) needs it; else only the
+        rules of its filters' screens (:func:`screened`, the same answer)."""
+        rules = self._fast
+        if rules is None or guarded(topic):
+            p = self._principal
+            return p is not None and self._acl.may_see(p, topic)
+        return screened(rules, topic)
 
     def reset(self, principal: Principal, filters: Iterable[tuple[str, str]]) -> None:
         """Screen every ``(key, filter)`` anew for ``principal`` (a session that
@@ -425,14 +441,14 @@ class Screens:
         self._counts = Counter()
         for key, flt in filters:
             self._take(key, flt)
-        self.rules = merge_screens([tuple(self._counts)])
+        self._merge()
 
     def add(self, key: str, flt: str) -> None:
         """Screen a new (or replaced) subscription; before it is registered in the
         hub, so its first message is checked too."""
         self.discard(key)
         if self._take(key, flt):
-            self.rules = merge_screens([tuple(self._counts)])
+            self._merge()
 
     def discard(self, key: str) -> None:
         """Forget an ended subscription's screen (a no-op for an unknown key)."""
@@ -447,7 +463,7 @@ class Screens:
                 del counts[r]
                 gone = True
         if gone:
-            self.rules = merge_screens([tuple(counts)])
+            self._merge()
 
     def _take(self, key: str, flt: str) -> bool:
         """Screen ``flt`` under ``key``; whether a rule new to the session came with it."""
@@ -460,3 +476,9 @@ class Screens:
             new = new or r not in counts
             counts[r] += 1
         return new
+
+    def _merge(self) -> None:
+        self.rules = merge_screens([tuple(self._counts)])
+        broad = self._acl.restricts(self._principal)
+        self._fast = None if broad else self.rules
+        self.restricted = broad or bool(self.rules)

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from ..auth import Principal, ScreenRules, Screens, guarded, screened
+from ..auth import Principal, Screens
 from ..errors import BadRequest, Forbidden, TidingsError, Unauthorized
 from ..protocol.frames import Encoding, encode, push_fields
 from ..protocol.topics import is_wildcard, matches
@@ -84,7 +84,7 @@ class Session:
     """A client's session (see the module docstring); the hub's subscriber."""
 
     __slots__ = ("__weakref__", "_edge", "_expiry", "_hold", "_max_subscriptions", "_refill",
-                 "_screened", "_screens", "_streams", "_tokens", "device", "ops", "principal",
+                 "_screens", "_streams", "_tokens", "device", "ops", "principal",
                  "restricted", "subscriptions", "transport", "user", "wire")
 
     def __init__(self, ops: Operations, transport: Transport, wire: str, *, edge: str,
@@ -98,7 +98,6 @@ class Session:
         # kept by _restrict wherever the principal or the screens change
         self.restricted = True
         self._screens = Screens(ops.acl)  # the [[acl]] rules its filters reach
-        self._screened: ScreenRules | None = None  # None: may_see asks the Acl itself
         self.device = ""
         self.subscriptions: set[str] = set()
         self._streams: tuple[str, ...] = ()  # the user's own stream topics, followed at connect
@@ -113,22 +112,12 @@ class Session:
 
     def may_see(self, topic: str) -> bool:
         """Hub callback: whether this session may be handed a message on ``topic``,
-        which one of its filters matches. :meth:`~tidings.auth.Acl.may_see` where the
-        topic (``$``, ``users/``) or the principal (grants) needs it; else only the
-        rules its filters' screens hold (:func:`~tidings.auth.screened`, the same
-        answer for such a topic)."""
-        rules = self._screened
-        if rules is None or guarded(topic):
-            p = self.principal
-            return p is not None and self.ops.acl.may_see(p, topic)
-        return screened(rules, topic)
+        which one of its filters matches (:meth:`~tidings.auth.Screens.sees`)."""
+        return self._screens.sees(topic)
 
     def _restrict(self) -> None:
-        """Set the hub's shortcut (whether ``may_see`` can say no to an unguarded
-        topic) and what ``may_see`` checks such a topic against."""
-        broad = self.ops.acl.restricts(self.principal)
-        self._screened = None if broad else self._screens.rules
-        self.restricted = broad or bool(self._screens.rules)
+        """Copy the hub's shortcut from the screens (a plain attribute: read per delivery)."""
+        self.restricted = self._screens.restricted
 
     def deliver(self, publication: Publication, data: Any) -> None:
         """Hub callback: ``data`` is already this session's wire form (the hot path)."""

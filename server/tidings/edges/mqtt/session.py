@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ...auth import Principal, ScreenRules, Screens, guarded, screened
+from ...auth import Principal, Screens
 from ...protocol.frames import Encoding, push_fields
 from ...protocol.mqtt import NO_PROPERTIES, Properties, PublishTemplate
 from ...protocol.topics import matches
@@ -84,8 +84,6 @@ class MqttSession:
     # by _restrict wherever the principal or the screens change
     restricted: bool = field(default=True, init=False)
     screens: Screens = field(init=False, repr=False)  # the [[acl]] rules its filters reach
-    # what may_see checks an unguarded topic against (None: it asks the Acl itself)
-    screened: ScreenRules | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.screens = Screens(self.broker.acl)
@@ -100,14 +98,8 @@ class MqttSession:
 
     def may_see(self, topic: str) -> bool:
         """Hub callback: whether this session may be handed a message on ``topic``,
-        which one of its filters matches. :meth:`~tidings.auth.Acl.may_see` where the
-        topic (``$``, ``users/``) or the principal (grants) needs it; else only the
-        rules its filters' screens hold (:func:`~tidings.auth.screened`, the same
-        answer for such a topic)."""
-        rules = self.screened
-        if rules is None or guarded(topic):
-            return self.broker.acl.may_see(self.principal, topic)
-        return screened(rules, topic)
+        which one of its filters matches (:meth:`~tidings.auth.Screens.sees`)."""
+        return self.screens.sees(topic)
 
     def act_for(self, principal: Principal) -> None:
         """Act for ``principal`` from now on (a resumed session takes the grants
@@ -127,11 +119,8 @@ class MqttSession:
         self._restrict()
 
     def _restrict(self) -> None:
-        """Set the hub's shortcut (whether ``may_see`` can say no to an unguarded
-        topic) and what ``may_see`` checks such a topic against."""
-        broad = self.broker.acl.restricts(self.principal)
-        self.screened = None if broad else self.screens.rules
-        self.restricted = broad or bool(self.screens.rules)
+        """Copy the hub's shortcut from the screens (a plain attribute: read per delivery)."""
+        self.restricted = self.screens.restricted
 
     def _grant(self, topic: str, origin: str | None) -> tuple[int, bool, tuple[int, ...]] | None:
         """(QoS, retain-as-published, subscription ids) over every matching
