@@ -36,7 +36,7 @@ DENIED = "test/nosubscribe"
 
 async def received(c: Paho, n: int) -> list[tuple[str, bytes, bool]]:
     """The next ``n`` messages as (topic, payload, retain)."""
-    return [(m.topic, m.payload, bool(m.retain)) for m in
+    return [(m.topic, bytes(m.payload), bool(m.retain)) for m in
             [await c.message() for _ in range(n)]]
 
 
