@@ -58,14 +58,16 @@ class Hub:
     def __init__(self, metrics: Metrics | None = None) -> None:
         self._trie: Trie[Subscriber] = Trie()
         self._encoders: dict[str, Encoder] = {}
-        self._edges: dict[str, str] = {}  # wire -> the edge its refusals are counted for
         self._metrics = metrics
+        # wire -> the series its refusals are counted in (labelled by the wire's edge)
+        self._series: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {}
 
     def register_wire(self, wire: str, encoder: Encoder, *, edge: str | None = None) -> None:
         """How to encode for ``wire``; ``edge`` (default: the wire's name) labels
         the messages the ACL keeps from its subscribers in ``/metrics``."""
         self._encoders[wire] = encoder
-        self._edges[wire] = edge or wire
+        self._series[wire] = Metrics.series("tidings_acl_denied_messages_total",
+                                           edge=edge or wire)
 
     def encode(self, wire: str, publication: Publication) -> Any:
         return self._encoders[wire](publication)
@@ -104,8 +106,7 @@ class Hub:
     def _denied(self, sub: Subscriber) -> None:
         """Count a message the ACL kept from ``sub`` (off the hot path: refusals only)."""
         if self._metrics is not None:
-            self._metrics.inc("tidings_acl_denied_messages_total",
-                              edge=self._edges.get(sub.wire, sub.wire))
+            self._metrics.add(self._series[sub.wire])
 
     def __len__(self) -> int:
         return len(self._trie)
