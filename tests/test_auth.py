@@ -15,12 +15,22 @@ from typing import Any
 import jwt
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from tidings.auth import Acl, ApiKeys, Principal, TokenAuthority, guarded
+from tidings.auth import (
+    Acl,
+    ApiKeys,
+    Principal,
+    Screens,
+    TokenAuthority,
+    guarded,
+    merge_screens,
+    screened,
+)
 from tidings.config import AclRule
 from tidings.errors import BadRequest, Unauthorized
+from tidings.protocol.topics import matches
 from tidings.types import UserId
 
 SECRET = "unit-test-secret-" + "0123456789abcdef" * 3  # 65 bytes: long enough for HS512
@@ -378,23 +388,65 @@ def test_acl_rule_without_a_decision_for_the_action_is_skipped() -> None:
     assert acl.can_publish(ALICE, "news/x")
 
 
-def test_acl_allow_rule_cannot_be_widened_by_a_wildcard() -> None:
+def test_a_wildcard_wider_than_an_allow_sees_only_what_the_allow_covers() -> None:
+    """A wildcard cannot widen an allow: ``feeds/#`` under ``allow feeds/+, deny #`` is
+    granted (``feeds/a`` is allowed) but is handed only what ``feeds/+`` covers."""
     acl = Acl([AclRule("feeds/+", users=["anonymous"], subscribe=True),
                AclRule("#", users=["anonymous"], subscribe=False)])
-    assert acl.can_subscribe(ANON, "feeds/a")
-    assert acl.can_subscribe(ANON, "feeds/+")
-    assert not acl.can_subscribe(ANON, "feeds/#")
-    assert not acl.can_subscribe(ANON, "other")
+    for flt in ("feeds/a", "feeds/+", "feeds/#"):
+        assert acl.can_subscribe(ANON, flt), flt
+    assert not acl.can_subscribe(ANON, "other")  # wholly denied
+    assert not acl.can_subscribe(ANON, "other/#")
+    rules = merge_screens([acl.screen(ANON, "feeds/#")])
+    assert rules  # overlaps the deny: its messages are screened
+    for topic, seen in (("feeds/a", True), ("feeds/a/b", False), ("feeds", False)):
+        assert acl.may_see(ANON, topic) is seen, topic
+        assert screened(rules, topic) is seen, topic
 
 
-def test_acl_deny_applies_to_any_filter_that_reaches_into_it() -> None:
-    """A deny cannot be bypassed by subscribing to something wider than it."""
+def test_acl_deny_refuses_only_the_filters_it_wholly_covers() -> None:
+    """A deny refuses a filter it covers; a wider filter that reaches into it is
+    granted, and its screen keeps the denied topics from it."""
     acl = Acl([AclRule("secret/#", users=["*"], subscribe=False)])
-    for flt in ("secret/plans", "secret/#", "secret", "#", "+/plans", "+/#", "secret/+",
-                "+/+/+"):
+    for flt in ("secret/plans", "secret/#", "secret", "secret/+", "secret/+/x"):
         assert not acl.can_subscribe(ALICE, flt), flt
+    for flt in ("#", "+/plans", "+/#", "+/+/+", "+"):
+        assert acl.can_subscribe(ALICE, flt), flt
+        rules = merge_screens([acl.screen(ALICE, flt)])
+        assert [r[:2] for r in rules] == [("secret/#", False)], flt
+    rules = merge_screens([acl.screen(ALICE, "#")])
+    for topic in ("secret/plans", "secret/a/b", "secret"):
+        assert not screened(rules, topic)
+        assert not acl.may_see(ALICE, topic)
+    for topic in ("public/plans", "secrets", "secrets/x"):
+        assert screened(rules, topic)
     for flt in ("public/#", "news/+", "$SYS/#", "news/+/x", "secrets/#"):
         assert acl.can_subscribe(ALICE, flt), flt
+        assert merge_screens([acl.screen(ALICE, flt)]) == (), flt  # nothing per message
+
+
+def test_acl_screen_keeps_rule_order_across_filters() -> None:
+    """An allow before a deny decides the topics it covers, whichever filter of the
+    session matched: ``a/b`` stays visible to a session that also holds ``+/c``."""
+    acl = Acl([AclRule("a/b", users=["*"], subscribe=True),
+               AclRule("a/#", users=["*"], subscribe=False)])
+    assert not acl.can_subscribe(ALICE, "a/c") and acl.can_subscribe(ALICE, "+/c")
+    rules = merge_screens([acl.screen(ALICE, "a/b"), acl.screen(ALICE, "+/c")])
+    assert screened(rules, "a/b") and acl.may_see(ALICE, "a/b")
+    assert not screened(rules, "a/c") and not acl.may_see(ALICE, "a/c")
+    assert screened(rules, "x/c")
+
+
+def test_acl_screen_is_per_principal() -> None:
+    """Rules for other users and ``{uid}`` rules are screened as they apply to the
+    subscriber: alice's ``#`` is screened against her own deny, not bob's."""
+    acl = Acl([AclRule("private/{uid}/#", users=["*"], subscribe=False),
+               AclRule("ops/#", users=["bob"], subscribe=False)])
+    rules = merge_screens([acl.screen(ALICE, "#")])
+    assert [r[:2] for r in rules] == [("private/alice/#", False)]
+    assert not screened(rules, "private/alice/x") and screened(rules, "ops/x")
+    assert merge_screens([acl.screen(ANON, "#")]) == ()  # no {uid}: the rule never applies
+    assert not acl.can_subscribe(BOB, "ops/+")
 
 
 def test_acl_rules_cannot_open_private_or_dollar_topics() -> None:
@@ -418,28 +470,93 @@ def test_acl_deny_beats_a_token_grant() -> None:
 
 _LEVELS = st.sampled_from(["users", "alice", "bob", "news", "$SYS", "$x", "notifications",
                            "a", "+", "#"])
+_RULES = st.lists(st.builds(lambda f, users, sub: AclRule(filter=f, users=users, subscribe=sub),
+                            st.sampled_from(["news/#", "a/#", "users/{uid}/#", "#", "a/news",
+                                             "+/news", "a/+", "news"]),
+                            st.sampled_from([["*"], ["alice"], ["anonymous"]]),
+                            st.sampled_from([True, False, None])),
+                  max_size=3)
+
+
+def _filter(levels: list[str]) -> str | None:
+    """``levels`` joined as a valid filter ('#' last only), else None."""
+    if "#" in levels[:-1]:
+        return None
+    return "/".join(levels)
+
+
+def _from_topic(levels: list[str], plus: list[bool], cut: int) -> str:
+    """A filter made from a topic's levels: some of them '+', and '#' from ``cut`` on."""
+    parts = ["+" if w else lvl for lvl, w in zip(levels, plus, strict=False)]
+    return "/".join([*parts[:cut], "#"]) if cut <= len(parts) else "/".join(parts)
+
+
+_PLUS = st.lists(st.booleans(), min_size=4, max_size=4)
+
+
+@settings(max_examples=400, deadline=None)
+@given(levels=st.lists(_LEVELS.filter(lambda x: x not in ("+", "#")), min_size=1, max_size=4),
+       user=st.sampled_from([None, "alice", "bob"]),
+       grants=st.one_of(st.none(), st.lists(st.sampled_from(["news/#", "a/+", "#"]),
+                                            max_size=2)),
+       rules=_RULES, plus=_PLUS, cut=st.integers(0, 5),
+       others=st.lists(st.lists(_LEVELS, min_size=1, max_size=4), max_size=2))
+@example(levels=["a", "news"], user="alice", grants=None,  # an allow before a deny
+         rules=[AclRule("a/news", users=["*"], subscribe=True),
+                AclRule("a/#", users=["*"], subscribe=False)],
+         plus=[False] * 4, cut=5, others=[["+", "b"]])
+def test_the_hub_skips_may_see_only_where_it_cannot_refuse(
+        levels: list[str], user: str | None, grants: list[str] | None,
+        rules: list[AclRule], plus: list[bool], cut: int, others: list[list[str]]) -> None:
+    """The hub's shortcut is exact. For a topic one of a session's filters matches,
+    the session's answer (``Screens.sees``: the merged screens of its filters, or
+    ``may_see`` itself where the topic or the principal needs it) is ``may_see``'s;
+    and where the session is not ``restricted`` (no screen holds a deny, the
+    principal has no grants) ``may_see`` is True for every topic not ``guarded``,
+    so the hub need not ask."""
+    topic = "/".join(levels)
+    flt = _from_topic(levels, plus, cut)
+    assume(matches(flt, topic))  # only a '$' topic under a leading wildcard is not
+    acl = Acl(rules)
+    p = Principal(UserId(user) if user else None,
+                  tuple(grants) if grants is not None else None)
+    flts = [flt] + [f for f in map(_filter, others) if f is not None]
+    screens = Screens(acl)
+    assert screens.restricted and not screens.sees(topic)  # no principal yet
+    screens.reset(p, [(f, f) for f in flts])
+    assert screens.sees(topic) is acl.may_see(p, topic)
+    if not screens.restricted and not guarded(topic):
+        assert acl.may_see(p, topic)
+    if not acl.restricts(p) and not guarded(topic):
+        merged = merge_screens([acl.screen(p, f) for f in flts])
+        assert screened(merged, topic) is acl.may_see(p, topic)
+        assert screens.restricted is bool(merged)
+    for f in set(flts) - {flt}:  # dropping the other filters leaves the answer as it was
+        screens.discard(f)
+    assert screens.sees(topic) is acl.may_see(p, topic)
 
 
 @settings(max_examples=300, deadline=None)
 @given(levels=st.lists(_LEVELS.filter(lambda x: x not in ("+", "#")), min_size=1, max_size=4),
        user=st.sampled_from([None, "alice", "bob"]),
-       grants=st.one_of(st.none(), st.lists(st.sampled_from(["news/#", "a/+", "#"]),
-                                            max_size=2)),
-       rules=st.lists(st.builds(lambda f, users, sub: AclRule(filter=f, users=users,
-                                                              subscribe=sub),
-                                st.sampled_from(["news/#", "a/#", "users/{uid}/#", "#"]),
-                                st.sampled_from([["*"], ["alice"], ["anonymous"]]),
-                                st.sampled_from([True, False, None])),
-                      max_size=2))
-def test_the_hub_skips_may_see_only_where_it_cannot_refuse(
-        levels: list[str], user: str | None, grants: list[str] | None,
-        rules: list[AclRule]) -> None:
-    """The hub's shortcut is exact: for a topic that is not ``guarded`` and a
-    principal that ``restricts`` does not restrict, may_see is True."""
-    topic = "/".join(levels)
-    acl = Acl(rules)
-    p = Principal(UserId(user) if user else None,
-                  tuple(grants) if grants is not None else None)
-    if not guarded(topic) and not acl.restricts(p):
-        assert acl.may_see(p, topic)
-    assert acl.restricts(None)
+       rules=_RULES, plus=_PLUS, cut=st.integers(0, 5))
+def test_a_refused_filter_would_have_been_handed_nothing(
+        levels: list[str], user: str | None, rules: list[AclRule], plus: list[bool],
+        cut: int) -> None:
+    """A filter is refused only when the rules deny every topic it matches (else it
+    is granted and screened): no refusal hides a message the filter could be handed.
+    The filter is made from the topic (some levels '+', a '#' from ``cut`` on)."""
+    topic, f = "/".join(levels), _from_topic(levels, plus, cut)
+    assume(matches(f, topic))  # only a '$' topic under a leading wildcard is not
+    p = Principal(UserId(user) if user else None)
+    if not acl_refuses_for_reserved(f, p) and not Acl(rules).can_subscribe(p, f):
+        assert not Acl(rules).may_see(p, topic)
+
+
+def acl_refuses_for_reserved(flt: str, p: Principal) -> bool:
+    """Whether ``flt`` is refused before any rule: ``$`` other than ``$SYS``, or
+    ``users/...`` of someone else (those refusals are the privacy rules', not the ACL's)."""
+    if flt.startswith("$"):
+        return True
+    first, _, rest = flt.partition("/")
+    return first == "users" and rest.partition("/")[0] != p.user

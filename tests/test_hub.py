@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 from tidings.hub import Flusher, Hub
+from tidings.metrics import Metrics
 from tidings.types import PayloadKind, Publication, format_offset
 
 
@@ -62,10 +63,27 @@ def test_a_subscriber_that_may_not_see_the_topic_gets_nothing() -> None:
     assert refused.got == [] and calls == ["a"]  # never encoded for a refused wire
 
 
+def test_refusals_are_counted_by_the_edge_of_the_wire() -> None:
+    """Each message the ACL keeps from a subscriber counts once in
+    ``tidings_acl_denied_messages_total``, labelled with the edge its wire was
+    registered for (the wire's own name when none was given)."""
+    metrics = Metrics()
+    hub = Hub(metrics)
+    hub.register_wire("ws-json", lambda p: b"w", edge="ws")
+    hub.register_wire("mqtt", lambda p: b"m")
+    subs = [Sub("ws-json", allowed=False), Sub("ws-json", allowed=False),
+            Sub("mqtt", allowed=False), Sub("mqtt")]
+    for s in subs:
+        hub.add("#", s)
+    assert hub.deliver(pub("test/x")) == 1
+    assert metrics.get("tidings_acl_denied_messages_total", edge="ws") == 2
+    assert metrics.get("tidings_acl_denied_messages_total", edge="mqtt") == 1
+
+
 def test_an_unrestricted_subscriber_is_asked_only_of_guarded_topics() -> None:
     """The hub skips the may_see call where its answer cannot be no (an unguarded
-    topic, a subscriber that Acl.restricts does not restrict); it still asks of
-    $ and users/ topics, and always asks a restricted subscriber."""
+    topic, a subscriber neither Acl.restricts nor its filters' screens restrict);
+    it still asks of $ and users/ topics, and always asks a restricted subscriber."""
     hub, _ = counting_hub()
     free, bound = Sub("a", restricted=False), Sub("a", restricted=True)
     hub.add("#", free)

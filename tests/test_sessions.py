@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import pytest
 from conftest import JWT_SECRET, WAIT, make_settings
 from tidings.auth import Acl, TokenAuthority
 from tidings.bus.memory import MemoryBus
+from tidings.config import AclRule
 from tidings.errors import BadRequest, Forbidden, TidingsError, TooLarge, Unauthorized
 from tidings.metrics import Metrics
 from tidings.node import Node
@@ -333,3 +334,29 @@ async def test_restricted_follows_the_principal_the_session_connected_with(world
     rec = recorder(granted)
     await wait_for(rec, lambda: any(p["topic"] == "news/x" for p in rec.pushes()))
     assert [p["topic"] for p in rec.pushes()] == ["news/x"]
+
+
+async def test_restricted_follows_the_screens_of_the_session_filters(world: World) -> None:
+    """A filter that reaches into a deny rule is granted and makes the session
+    restricted (the hub asks it per message, and it keeps the denied topic back) for
+    as long as it holds that filter; a filter that overlaps no deny costs nothing."""
+    ops = replace(world.ops, acl=Acl([AclRule("test/nosubscribe", users=["*"],
+                                              subscribe=False)]))
+    s = Session(ops, Recorder(), WIRE, edge="test", max_subscriptions=100, burst=5)
+    rec = recorder(s)
+    await s.connect(world.tokens.issue("alice"), None, None, rec.reply)
+    await s.subscribe("home/#", None, rec.reply)
+    assert s.restricted is False
+    await s.subscribe("test/+", None, rec.reply)
+    assert s.restricted is True
+    with pytest.raises(Forbidden):
+        await s.subscribe("test/nosubscribe", None, rec.reply)  # wholly denied
+    await world.publish("test/nosubscribe", 1)
+    await world.publish("test/ok", 2)
+    await wait_for(rec, lambda: len(rec.pushes()) == 1)
+    assert rec.pushes() == [{"topic": "test/ok", "data": 2}]
+    # counted by the edge its wire was registered for (here, unnamed: the wire)
+    assert world.ops.metrics.get("tidings_acl_denied_messages_total", edge=WIRE) == 1
+    await s.unsubscribe("test/+")
+    assert s.restricted is False
+    await s.close()

@@ -9,17 +9,25 @@ Who may do what:
   leaves are not client-publishable (preferences change through
   ``users/{uid}/preferences/set``). Wildcard filters are allowed but the hub never delivers
   another user's private topic through them.
-* ``[[acl]]`` rules, first match deciding, may allow or deny. An allowing
-  rule matches a request it covers; a denying rule matches any request that
-  overlaps it, so ``#`` cannot reach around a deny on ``secret/#``.
+* ``[[acl]]`` rules, first match deciding, may allow or deny. They are
+  applied by delivery: a message on a topic is handed over only when the
+  first rule matching the topic does not deny it. A filter is refused only
+  when the rules wholly deny it (the first rule that overlaps it is a deny
+  that covers it: ``secret/x`` under a deny on ``secret/#``); a wider filter
+  (``#``, ``+/x``) is granted, and its messages on denied topics are not
+  delivered. Which rules can decide a message on a filter is computed once,
+  at subscribe time (:meth:`Acl.screen`): a filter that no deny overlaps
+  costs nothing per message.
 * A token's ``subscribe`` / ``publish`` claims, when present, are grants: a
   request must be covered by one of them (a wildcard cannot widen a grant).
 * Without a claim or an allowing rule: subscribe is allowed, publish denied.
 
 Subscribing is asked of a filter; whether a message may be handed to a
-session is asked of its concrete topic, by :meth:`Acl.may_see` alone. Every
-path that gives a client a message (live delivery in the hub, retained
-messages, ``since`` recovery, MQTT shared subscriptions) calls it, so a
+session is asked of its concrete topic, by :meth:`Acl.may_see`. Every path
+that gives a client a message (live delivery in the hub, retained messages,
+``since`` recovery, MQTT shared subscriptions, offline queues) calls it, or
+on the hub's path the same question narrowed to the rules of the session's
+screens (:func:`screened`, pinned to ``may_see`` by a property test), so a
 wildcard, a ``since`` map or a share group can never reach around a rule.
 """
 
@@ -29,9 +37,10 @@ import hashlib
 import hmac
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeGuard
+from typing import NamedTuple, TypeGuard
 
 import jwt
 
@@ -40,7 +49,8 @@ from .errors import BadRequest, Unauthorized
 from .protocol.topics import TopicError, covers, overlaps, private_owner, validate_filter
 from .types import UserId
 
-__all__ = ["Acl", "ApiKeys", "Principal", "TokenAuthority", "guarded", "is_reserved"]
+__all__ = ["Acl", "ApiKeys", "Principal", "Screen", "ScreenMatch", "ScreenRule", "ScreenRules",
+           "Screens", "TokenAuthority", "guarded", "is_reserved", "merge_screens", "screened"]
 
 _SERVER_LEAVES = frozenset({"notifications", "unread", "events", "preferences"})
 
@@ -56,9 +66,11 @@ _MAX_TIME = 2 ** 53  # seconds: beyond any real date, and exact as a float
 
 def guarded(topic: str) -> bool:
     """Whether :meth:`Acl.may_see` looks at ``topic`` itself: ``$`` topics and
-    ``users/...``. For any other topic it answers True to every principal that
-    :meth:`Acl.restricts` does not restrict, so the hub asks only when either
-    holds (the same answer, without a call per subscriber on the hot path)."""
+    ``users/...``. For any other topic, and a principal that :meth:`Acl.restricts`
+    does not restrict, it answers what :func:`screened` says of the screens of
+    the filters that match the topic: True where none of them holds a deny, so
+    the hub asks only a session whose screens do (without a call per subscriber
+    on the hot path)."""
     return topic.startswith(("$", "users/"))
 
 
@@ -212,9 +224,32 @@ class Acl:
 
     def restricts(self, p: Principal | None) -> bool:
         """Whether :meth:`may_see` can refuse ``p`` a topic that is not
-        :func:`guarded`: when there are ``[[acl]]`` rules, when ``p`` has
-        ``subscribe`` grants, or when there is no principal yet."""
-        return p is None or bool(self._rules) or p.subscribe is not None
+        :func:`guarded` beyond what the screens of its subscriptions say
+        (:func:`screened`): when ``p`` has ``subscribe`` grants, or when there is
+        no principal yet. The ``[[acl]]`` rules are the screens' part."""
+        return p is None or p.subscribe is not None
+
+    def screen(self, p: Principal, flt: str) -> Screen:
+        """The ``[[acl]]`` rules that can decide a message on ``flt`` for ``p``, in
+        rule order: those that overlap ``flt``, up to the first one that covers it
+        (a later rule is never the first to match a topic ``flt`` matches).
+
+        Computed once per subscription, at subscribe time, so a message pays
+        only for the rules its subscriber's filters reach (none, when no deny
+        is among them). The first rule decides whether ``flt`` may be
+        subscribed at all: a deny that covers it refuses it wholly.
+        """
+        out: list[ScreenRule] = []
+        for i, r in enumerate(self._rules):
+            if r.subscribe is None:
+                continue
+            grant = _grant(r, p)
+            if grant is None or not overlaps(grant, flt):
+                continue
+            out.append((i, grant, bool(r.subscribe)))
+            if covers(grant, flt):
+                break
+        return tuple(out)
 
     def may_see(self, p: Principal, topic: str) -> bool:
         """Whether a session acting for ``p`` may be handed a message on ``topic``.
@@ -249,16 +284,9 @@ class Acl:
             decision = getattr(r, action)
             if decision is None:
                 continue
-            if p.user is None:
-                if "anonymous" not in r.users:
-                    continue
-                grant = r.filter
-                if "{uid}" in grant:
-                    continue
-            else:
-                if "*" not in r.users and p.user not in r.users:
-                    continue
-                grant = r.filter.replace("{uid}", p.user)
+            grant = _grant(r, p)
+            if grant is None:
+                continue
             # an allow must cover the whole request (a wildcard cannot widen it);
             # a deny applies to any request that reaches into it
             if covers(grant, flt) or (not decision and overlaps(grant, flt)):
@@ -266,6 +294,9 @@ class Acl:
         return None
 
     def can_subscribe(self, p: Principal, flt: str) -> bool:
+        """Whether ``p`` may subscribe to ``flt``: not a reserved ``$`` filter nor
+        another user's ``users/...``, not wholly denied by the rules, covered by
+        a token grant when ``p`` has grants."""
         if flt.startswith("$") and not (flt == "$SYS" or flt.startswith("$SYS/")):
             return False  # '$' is reserved; only '$SYS' may be read
         first, _, rest = flt.partition("/")
@@ -273,9 +304,8 @@ class Acl:
             owner = rest.partition("/")[0]
             if p.user is None or owner != p.user:
                 return False  # 'users/+/...' and other users' topics
-        decision = self._rule(p, flt, "subscribe")
-        if decision is False:
-            return False
+        if _wholly_denied(self.screen(p, flt), flt):
+            return False  # a wider filter is granted: its messages are screened instead
         if p.subscribe is not None:
             return any(covers(g, flt) for g in p.subscribe)
         return True
@@ -298,3 +328,168 @@ class Acl:
         if decision is True:
             return True
         return owner is not None  # a user may publish under their own users/{uid}/
+
+
+def _grant(r: AclRule, p: Principal) -> str | None:
+    """The filter rule ``r`` applies to for ``p`` (``{uid}`` filled in), or None
+    when it does not apply to ``p`` (an anonymous principal has no ``{uid}``)."""
+    if p.user is None:
+        if "anonymous" not in r.users or "{uid}" in r.filter:
+            return None
+        return r.filter
+    if "*" not in r.users and p.user not in r.users:
+        return None
+    return r.filter.replace("{uid}", p.user)
+
+
+ScreenRule = tuple[int, str, bool]
+"""One ``[[acl]]`` rule as it applies to a principal: (its position among the
+rules, its filter with ``{uid}`` filled in, whether it allows subscribing)."""
+
+Screen = tuple[ScreenRule, ...]
+"""The rules that can decide a message on one subscription (:meth:`Acl.screen`)."""
+
+class ScreenMatch(NamedTuple):
+    """One rule of merged screens, ready to be matched against a topic fast."""
+
+    filter: str
+    allows: bool
+    exact: str | None  # the filter when it has no wildcard: only that topic matches
+    under: str | None  # "a/b/" for "a/b/#" (no other wildcard): "a/b" and what is below
+
+
+ScreenRules = tuple[ScreenMatch, ...]
+"""Screens merged for :func:`screened`, in rule order."""
+
+
+def _match(flt: str, allows: bool) -> ScreenMatch:
+    """``flt`` with the shortcut its shape allows (a plain topic, a ``.../#``)."""
+    if "+" not in flt and "#" not in flt:
+        return ScreenMatch(flt, allows, flt, None)
+    head = flt[:-2]
+    if flt.endswith("/#") and "+" not in head and "#" not in head:
+        return ScreenMatch(flt, allows, None, head + "/")
+    return ScreenMatch(flt, allows, None, None)
+
+
+def _wholly_denied(screen: Screen, flt: str) -> bool:
+    """Whether every topic ``flt`` matches is denied: the first rule that
+    overlaps it is a deny that covers it."""
+    return bool(screen) and not screen[0][2] and covers(screen[0][1], flt)
+
+
+def merge_screens(screens: Iterable[Screen]) -> ScreenRules:
+    """A session's screens as one list for :func:`screened`: the union of their
+    rules in rule order, less the allows after the last deny (they change no
+    answer); empty when no deny is among them (nothing to ask per message).
+
+    Exact for every topic one of the screened filters matches: the rule that
+    decides the topic (the first rule that matches it) overlaps that filter and
+    comes no later than the first rule covering it, so it is in that filter's
+    screen, and no rule before it in the union matches the topic either.
+    """
+    rules = sorted({r for screen in screens for r in screen})
+    while rules and rules[-1][2]:
+        rules.pop()
+    return tuple(_match(flt, allows) for _, flt, allows in rules)
+
+
+def screened(rules: ScreenRules, topic: str) -> bool:
+    """Whether a message on ``topic`` passes merged screens: the first rule that
+    matches the topic decides; when none does, it passes (as in :meth:`Acl.may_see`)."""
+    for flt, allows, exact, under in rules:  # per message: the cheap tests first
+        if exact is not None:
+            hit = topic == exact
+        elif under is not None:
+            hit = topic.startswith(under) or topic == under[:-1]
+        else:
+            hit = covers(flt, topic)
+        if hit:
+            return allows
+    return True
+
+
+class Screens:
+    """The screens of one session's subscriptions, kept as it subscribes and
+    unsubscribes, merged into the one list its messages are checked against,
+    and the session's answer to the hub (:meth:`sees`, :attr:`restricted`).
+
+    ``rules`` (:func:`merge_screens`) is empty while no subscription overlaps a
+    deny: the session is then not ``restricted`` and pays nothing per message
+    (the hub does not ask it), unless its principal is restricted itself
+    (:meth:`Acl.restricts`). Keys are the session's own names for its
+    subscriptions (an MQTT ``$share/{group}/{filter}``), filters what the
+    rules are asked of.
+    """
+
+    __slots__ = ("_acl", "_by_key", "_counts", "_fast", "_principal", "restricted", "rules")
+
+    def __init__(self, acl: Acl) -> None:
+        self._acl = acl
+        self._principal: Principal | None = None
+        self._by_key: dict[str, Screen] = {}
+        self._counts: Counter[ScreenRule] = Counter()  # at most one entry per rule
+        self.rules: ScreenRules = ()
+        self._fast: ScreenRules | None = None  # None: sees asks the Acl itself
+        self.restricted = True  # no principal yet
+
+    def sees(self, topic: str) -> bool:
+        """Whether the session may be handed a message on ``topic``, which one of
+        its filters matches: :meth:`Acl.may_see` where the topic (``$``,
+        ``users/``) or the principal (grants, none yet) needs it; else only the
+        rules of its filters' screens (:func:`screened`, the same answer)."""
+        rules = self._fast
+        if rules is None or guarded(topic):
+            p = self._principal
+            return p is not None and self._acl.may_see(p, topic)
+        return screened(rules, topic)
+
+    def reset(self, principal: Principal, filters: Iterable[tuple[str, str]]) -> None:
+        """Screen every ``(key, filter)`` anew for ``principal`` (a session that
+        connects, resumes with a new token or is restored)."""
+        self._principal = principal
+        self._by_key = {}
+        self._counts = Counter()
+        for key, flt in filters:
+            self._take(key, flt)
+        self._merge()
+
+    def add(self, key: str, flt: str) -> None:
+        """Screen a new (or replaced) subscription; before it is registered in the
+        hub, so its first message is checked too."""
+        self.discard(key)
+        if self._take(key, flt):
+            self._merge()
+
+    def discard(self, key: str) -> None:
+        """Forget an ended subscription's screen (a no-op for an unknown key)."""
+        screen = self._by_key.pop(key, None)
+        if not screen:
+            return
+        counts = self._counts
+        gone = False
+        for r in screen:
+            counts[r] -= 1
+            if counts[r] <= 0:
+                del counts[r]
+                gone = True
+        if gone:
+            self._merge()
+
+    def _take(self, key: str, flt: str) -> bool:
+        """Screen ``flt`` under ``key``; whether a rule new to the session came with it."""
+        if self._principal is None:
+            raise RuntimeError("Screens.reset names the principal first")
+        screen = self._by_key[key] = self._acl.screen(self._principal, flt)
+        counts = self._counts
+        new = False
+        for r in screen:
+            new = new or r not in counts
+            counts[r] += 1
+        return new
+
+    def _merge(self) -> None:
+        self.rules = merge_screens([tuple(self._counts)])
+        broad = self._acl.restricts(self._principal)
+        self._fast = None if broad else self.rules
+        self.restricted = broad or bool(self.rules)

@@ -63,7 +63,7 @@ class Node:
         self.name = name
         self.store = store
         self.bus = bus
-        self.hub = Hub()
+        self.hub = Hub(metrics)
         # Subscriptions per user over every edge (topics.max_user_subscriptions):
         # the edges take one before adding a filter for a user and give it back
         # when the filter goes, so no user can fill the trie through many connections.

@@ -343,3 +343,23 @@ async def test_open_broker_with_anonymous_clients(open_broker: Node, subs: list[
     rc, out, err = await run("mosquitto_pub", "-h", "127.0.0.1", "-p", str(n.app.mqtt_port),
                              "-V", "mqttv5", "-q", "1", "-t", "users/alice/x", "-m", "no")
     assert "not authori" in (out + err).lower(), (rc, out, err)
+
+
+@pytest.mark.parametrize("version", ["mqttv311", "mqttv5"])
+async def test_open_broker_hash_subscriber(open_broker: Node, subs: list[Sub],
+                                           version: str) -> None:
+    """``mosquitto_sub -t '#'`` on config/open-broker.toml, as on a home network: granted,
+    it gets the retained and live messages of every topic but ``test/nosubscribe``
+    (the deny rule screens it per message, retained ones included [MQTT-3.3.1-9])."""
+    n = open_broker
+    await pub(n, "-r", "-q", "1", "-t", "test/nosubscribe", "-m", "hidden", token=None)
+    await pub(n, "-r", "-q", "1", "-t", "home/door", "-m", "closed", token=None)
+    s = await start_sub(subs, n, "-V", version, "-q", "1", "-t", "#", "-C", "3")
+    assert await s.message() == ("home/door", 1, True, "closed")
+    for topic, text in (("test/nosubscribe", "hidden"), ("home/hall", "on"),
+                        ("test/other", "x")):
+        await pub(n, "-V", version, "-q", "1", "-t", topic, "-m", text, token=None)
+    assert await s.message() == ("home/hall", 1, False, "on")
+    assert await s.message() == ("test/other", 1, False, "x")  # the third: nothing between
+    assert await s.exit_code() == 0
+    assert await metric(n, "tidings_acl_denied_messages_total", edge="mqtt") == 2

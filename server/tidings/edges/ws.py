@@ -116,8 +116,9 @@ def register_wires(node: Node) -> None:
     """Teach the hub how to encode a message for each WS wire form."""
     for enc in Encoding:
         node.hub.register_wire(_wire(enc, False), functools.partial(encode_message,
-                                                                    encoding=enc))
-        node.hub.register_wire(_wire(enc, True), functools.partial(_framed, encoding=enc))
+                                                                    encoding=enc), edge="ws")
+        node.hub.register_wire(_wire(enc, True), functools.partial(_framed, encoding=enc),
+                               edge="ws")
 
 
 def _framed(pub: Publication, encoding: Encoding) -> bytes:

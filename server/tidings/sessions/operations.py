@@ -121,11 +121,17 @@ class Operations:
         if user is not None and n:
             self.node.user_subscriptions.give(user, n)
 
-    async def retained(self, principal: Principal, flt: str) -> list[Publication]:
+    async def retained(self, principal: Principal, flt: str, edge: str) -> list[Publication]:
         """The retained messages ``flt`` matches that ``principal`` may see (a
-        wildcard matches other users' topics too)."""
-        return [pub for pub in await self.node.retained(flt)
-                if self.acl.may_see(principal, pub.topic)]
+        wildcard matches other users' topics and denied ones too); those it may
+        not are counted as denied on ``edge`` (``ws``, ``mqtt``)."""
+        seen = []
+        for pub in await self.node.retained(flt):
+            if self.acl.may_see(principal, pub.topic):
+                seen.append(pub)
+            else:
+                self.metrics.inc("tidings_acl_denied_messages_total", edge=edge)
+        return seen
 
     # -- publish ------------------------------------------------------------------------
 

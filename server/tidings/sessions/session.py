@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from ..auth import Principal
+from ..auth import Principal, Screens
 from ..errors import BadRequest, Forbidden, TidingsError, Unauthorized
 from ..protocol.frames import Encoding, encode, push_fields
 from ..protocol.topics import is_wildcard, matches
@@ -84,8 +84,8 @@ class Session:
     """A client's session (see the module docstring); the hub's subscriber."""
 
     __slots__ = ("__weakref__", "_edge", "_expiry", "_hold", "_max_subscriptions", "_refill",
-                 "_streams", "_tokens", "device", "ops", "principal", "restricted",
-                 "subscriptions", "transport", "user", "wire")
+                 "_screens", "_streams", "_tokens", "device", "ops", "principal",
+                 "restricted", "subscriptions", "transport", "user", "wire")
 
     def __init__(self, ops: Operations, transport: Transport, wire: str, *, edge: str,
                  max_subscriptions: int, burst: int = 0) -> None:
@@ -95,8 +95,9 @@ class Session:
         self.user: UserId | None = None
         self.principal: Principal | None = None
         # the hub's shortcut (see may_see): a plain attribute, read per delivery,
-        # kept equal to ops.acl.restricts(self.principal) wherever principal is set
+        # kept by _restrict wherever the principal or the screens change
         self.restricted = True
+        self._screens = Screens(ops.acl)  # the [[acl]] rules its filters reach
         self.device = ""
         self.subscriptions: set[str] = set()
         self._streams: tuple[str, ...] = ()  # the user's own stream topics, followed at connect
@@ -110,9 +111,13 @@ class Session:
     # -- the hub's subscriber -----------------------------------------------------------
 
     def may_see(self, topic: str) -> bool:
-        """Whether this session may be handed a message on ``topic`` (every path)."""
-        p = self.principal
-        return p is not None and self.ops.acl.may_see(p, topic)
+        """Hub callback: whether this session may be handed a message on ``topic``,
+        which one of its filters matches (:meth:`~tidings.auth.Screens.sees`)."""
+        return self._screens.sees(topic)
+
+    def _restrict(self) -> None:
+        """Copy the hub's shortcut from the screens (a plain attribute: read per delivery)."""
+        self.restricted = self._screens.restricted
 
     def deliver(self, publication: Publication, data: Any) -> None:
         """Hub callback: ``data`` is already this session's wire form (the hot path)."""
@@ -150,7 +155,8 @@ class Session:
         ops = self.ops
         principal = ops.authenticate(token)
         self.principal = principal
-        self.restricted = ops.acl.restricts(principal)
+        self._screens.reset(principal, ())
+        self._restrict()
         self.user = principal.user
         if device is not None:
             ops.device(device, "connect: ")
@@ -232,8 +238,10 @@ class Session:
             if not matches(flt, topic):
                 raise BadRequest(f"subscribe: since names {topic[:64]!r}, "
                                  f"which the filter does not match")
-            # checked before any history is read: recovery hands out messages too
-            if not self.may_see(topic):
+            # checked before any history is read (and before the filter is screened):
+            # recovery hands out messages too
+            p = self.principal
+            if p is None or not self.ops.acl.may_see(p, topic):
                 raise Forbidden(f"not allowed to read {topic[:64]!r}")
         return dict(since)
 
@@ -251,15 +259,18 @@ class Session:
         try:
             if new:
                 self.subscriptions.add(flt)
+                self._screens.add(flt, flt)  # before the hub can hand it a message
+                self._restrict()
                 await ops.node.subscribe(flt, self)
             recovered, complete, rest = await self._recover(since_map)
             offset_now = None if is_wildcard(flt) else await ops.node.latest(flt)
-            retained = await ops.retained(self.principal, flt) if since is None else []
+            retained = await ops.retained(self.principal, flt, self._edge) if since is None else []
         except BaseException:
             if new:
                 self.subscriptions.discard(flt)
                 self.give_back(1)
                 await ops.node.unsubscribe(flt, self)
+                self._unscreen(flt)
             self._release_hold({})
             raise
         seen: dict[str, str] = {}
@@ -360,6 +371,12 @@ class Session:
             self.subscriptions.discard(flt)
             self.give_back(1)
             await self.ops.node.unsubscribe(flt, self)
+            self._unscreen(flt)
+
+    def _unscreen(self, flt: str) -> None:
+        """Forget an ended subscription's screen (after the hub stopped matching it)."""
+        self._screens.discard(flt)
+        self._restrict()
 
     # -- publish ------------------------------------------------------------------------
 

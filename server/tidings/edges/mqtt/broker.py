@@ -394,7 +394,7 @@ class MqttBroker:
     async def _resume_here(self, conn: MqttConnection, session: MqttSession,
                            principal: Principal) -> MqttSession:
         """Resume a session held on this node, with the grants of the token presented now."""
-        session.principal = principal
+        session.act_for(principal)
         if session.expiry_timer is not None:
             session.expiry_timer.cancel()
             session.expiry_timer = None
@@ -417,7 +417,7 @@ class MqttBroker:
         follows the stored queue, and the filters the catcher follows pass to the
         session with no wait between the two (nothing falls between them)."""
         session = MqttSession.from_state(self, client_id, stored[0])
-        session.principal = principal  # the grants of the token presented now
+        session.act_for(principal)  # the grants of the token presented now
         session.conn = conn  # what arrives from now on waits in the connection
         conn.resume_queue(stored[1])
         self._hold_subs(session)
@@ -857,6 +857,7 @@ class MqttBroker:
             return code, None
         sub = Sub(int(s.qos), s.no_local, s.retain_as_published, sub_id)
         session.subs[s.topic_filter] = sub  # an existing one's options are replaced [MQTT-3.8.4-3]
+        session.screen(s.topic_filter)  # what of it the ACL denies is screened per message
         if new:
             await self._register(session, s.topic_filter, sub)
         elif shared:
@@ -876,7 +877,7 @@ class MqttBroker:
         with the properties they were published with (5.0 section 3.3.2.3) and
         what is left of their expiry."""
         for inner, sub in jobs:
-            for pub in await self.ops.retained(session.principal, inner):
+            for pub in await self.ops.retained(session.principal, inner, WIRE):
                 live = (session.live_seen or {}).get(pub.topic)
                 if live is not None and _not_after(pub.offset, live):
                     continue  # the live delivery already carried this (or newer)
@@ -897,6 +898,7 @@ class MqttBroker:
                 del session.subs[flt]
                 self.ops.give_back(session.user)
                 await self._unregister(session, flt)
+                session.unscreen(flt)
                 codes.append(ReasonCode.SUCCESS)
             else:
                 codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)

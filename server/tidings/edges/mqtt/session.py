@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ...auth import Principal
+from ...auth import Principal, Screens
 from ...protocol.frames import Encoding, push_fields
 from ...protocol.mqtt import NO_PROPERTIES, Properties, PublishTemplate
 from ...protocol.topics import matches
@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from .broker import MqttBroker
     from .transport import MqttConnection
 
-__all__ = ["WIRE", "MqttSession", "ShareGroup", "Sub", "expires_at", "mqtt_payload",
-           "props_from_json", "props_to_json", "retained_template", "template"]
+__all__ = ["WIRE", "MqttSession", "ShareGroup", "Sub", "expires_at", "inner_filter",
+           "mqtt_payload", "props_from_json", "props_to_json", "retained_template", "template"]
 
 WIRE = "mqtt"  # the hub's name for this edge's encoding (see Hub.register_wire)
 
@@ -96,6 +96,14 @@ class MqttSession:
     # topic, so a retained message read from the store just after is not sent
     # again (nor an older one after a newer live one).
     live_seen: dict[str, str] | None = None
+    # the hub's shortcut (see may_see): a plain attribute read per delivery, kept
+    # by _restrict wherever the principal or the screens change
+    restricted: bool = field(default=True, init=False)
+    screens: Screens = field(init=False, repr=False)  # the [[acl]] rules its filters reach
+
+    def __post_init__(self) -> None:
+        self.screens = Screens(self.broker.acl)
+        self.act_for(self.principal)
 
     def __hash__(self) -> int:
         return id(self)
@@ -105,14 +113,30 @@ class MqttSession:
         return self.principal.user
 
     def may_see(self, topic: str) -> bool:
-        """Hub callback: whether this session may be handed a message on ``topic``."""
-        return self.broker.acl.may_see(self.principal, topic)
+        """Hub callback: whether this session may be handed a message on ``topic``,
+        which one of its filters matches (:meth:`~tidings.auth.Screens.sees`)."""
+        return self.screens.sees(topic)
 
-    @property
-    def restricted(self) -> bool:
-        """Hub callback: whether ``may_see`` must be asked of unguarded topics too
-        (read each time: a resumed session takes the grants of its new token)."""
-        return self.broker.acl.restricts(self.principal)
+    def act_for(self, principal: Principal) -> None:
+        """Act for ``principal`` from now on (a resumed session takes the grants
+        of the token presented now): every filter is screened anew for it."""
+        self.principal = principal
+        self.screens.reset(principal, ((flt, inner_filter(flt)) for flt in self.subs))
+        self._restrict()
+
+    def screen(self, flt: str) -> None:
+        """Screen a granted filter, before the hub can hand it a message."""
+        self.screens.add(flt, inner_filter(flt))
+        self._restrict()
+
+    def unscreen(self, flt: str) -> None:
+        """Forget an ended filter's screen."""
+        self.screens.discard(flt)
+        self._restrict()
+
+    def _restrict(self) -> None:
+        """Copy the hub's shortcut from the screens (a plain attribute: read per delivery)."""
+        self.restricted = self.screens.restricted
 
     def _grant(self, topic: str, origin: str | None) -> tuple[int, bool, tuple[int, ...]] | None:
         """(QoS, retain-as-published, subscription ids) over every matching
@@ -179,6 +203,11 @@ class MqttSession:
         principal = Principal(user, state.subscribe, state.publish)
         return cls(broker, client_id, principal, persistent=True, expiry=state.expiry,
                    subs=dict(state.subs), awaiting_pubrel=set(state.awaiting_pubrel))
+
+
+def inner_filter(flt: str) -> str:
+    """The filter a subscription matches topics with: a shared one's inner filter."""
+    return flt.split("/", 2)[2] if flt.startswith("$share/") else flt
 
 
 def expires_at(props: Properties) -> int | None:
