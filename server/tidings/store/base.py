@@ -1,7 +1,8 @@
 """The store: what must outlive a connection, as the union of its contracts.
 
 :class:`Store` is every concern's contract (:mod:`tidings.store.contracts`:
-topics and history, inbox, MQTT sessions, presence, audience) plus its lifecycle
+topics and history, inbox, MQTT sessions, presence, audience, notification
+jobs) plus its lifecycle
 (open, close, ping, sweep). Every implementation (``sqlite`` embedded,
 ``redis`` for clusters) passes the same contract tests, one module per concern
 (``tests/store/test_*_contract.py``), on SQLite, Redis and Redis Cluster. The
@@ -30,21 +31,32 @@ from dataclasses import dataclass, field
 
 from ..health import StoreHealth
 from .contracts import (
+    JOB_STATUSES,
     MAX_EVENT_IDS,
+    OUTCOMES,
     PRUNE_STEP,
+    TARGET_STATES,
     TRACK_EVENTS,
     AudiencePage,
     AudienceQuery,
     AudienceStore,
+    DeliverResult,
+    Delivery,
+    DueEntry,
     HistoryPage,
     HistoryPolicy,
     InboxItem,
     InboxPage,
     InboxStore,
+    Job,
+    JobPage,
+    JobStatus,
     MarkAction,
     MqttSessionState,
     MqttSessionStore,
     MqttSubscription,
+    NewJob,
+    NotificationStore,
     NotifyResult,
     PolicyFor,
     PresenceStore,
@@ -58,21 +70,32 @@ from .contracts import (
 )
 
 __all__ = [
+    "JOB_STATUSES",
     "MAX_EVENT_IDS",
+    "OUTCOMES",
     "PRUNE_STEP",
+    "TARGET_STATES",
     "TRACK_EVENTS",
     "AudiencePage",
     "AudienceQuery",
     "AudienceStore",
+    "DeliverResult",
+    "Delivery",
+    "DueEntry",
     "HistoryPage",
     "HistoryPolicy",
     "InboxItem",
     "InboxPage",
     "InboxStore",
+    "Job",
+    "JobPage",
+    "JobStatus",
     "MarkAction",
     "MqttSessionState",
     "MqttSessionStore",
     "MqttSubscription",
+    "NewJob",
+    "NotificationStore",
     "NotifyResult",
     "PolicyFor",
     "PresenceStore",
@@ -104,7 +127,7 @@ class SweepResult:
 
 
 class Store(TopicStore, InboxStore, MqttSessionStore, PresenceStore, AudienceStore,
-            abc.ABC):
+            NotificationStore, abc.ABC):
     """Durable state of a Tidings deployment: every contract, and its lifecycle."""
 
     announces: bool = False
