@@ -24,15 +24,23 @@ from ..health import StoreHealth
 from ..protocol.topics import is_wildcard, matches
 from ..types import Offset, PayloadKind, Publication, format_offset, parse_offset
 from .base import (
+    JOB_STATUSES,
     MAX_EVENT_IDS,
     PRUNE_STEP,
     TRACK_EVENTS,
+    DeliverResult,
+    Delivery,
+    DueEntry,
     HistoryPage,
     HistoryPolicy,
     InboxItem,
     InboxPage,
+    Job,
+    JobPage,
+    JobStatus,
     MarkAction,
     MqttSessionState,
+    NewJob,
     NotifyResult,
     PolicyFor,
     PublishResult,
@@ -161,6 +169,49 @@ CREATE TABLE IF NOT EXISTS engagements (
     PRIMARY KEY (user, category, id, event)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS engagements_ts ON engagements (user, category, ts);
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    category TEXT NOT NULL,
+    request BLOB NOT NULL,
+    targets INTEGER NOT NULL,
+    created REAL NOT NULL,
+    due REAL NOT NULL,
+    expires_at REAL,
+    cursor TEXT,
+    lease_owner TEXT,
+    lease_until REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, due);
+CREATE TABLE IF NOT EXISTS job_targets (
+    id TEXT NOT NULL,
+    user TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (id, user)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS job_counts (
+    id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (id, state)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS due_queue (
+    id TEXT NOT NULL,
+    user TEXT NOT NULL,
+    due REAL NOT NULL,
+    lease_owner TEXT,
+    lease_until REAL,
+    PRIMARY KEY (id, user)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS due_queue_due ON due_queue (due);
+CREATE TABLE IF NOT EXISTS pushes (
+    user TEXT NOT NULL,
+    category TEXT NOT NULL,
+    ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS pushes_user ON pushes (user, category, ts);
+CREATE INDEX IF NOT EXISTS pushes_ts ON pushes (ts);
 """
 
 # audience_users: one row per user the audience contract knows (tags, attributes,
@@ -525,6 +576,44 @@ class SqliteStore(Store):
         return self._append(db, unread_topic(user), orjson.dumps({"count": count}),
                             PayloadKind.JSON, now, _NO_HISTORY, True)
 
+    def _write_item(self, db: sqlite3.Connection, user: str, nid: str, fields: dict[str, Any],
+                    fields_json: bytes, now: int, expires: int | None,
+                    collapse_key: str | None, policy: PolicyFor,
+                    edges: Sequence[str] | None) -> UserChange:
+        """One user's inbox write (the per-user step of ``notify`` and ``deliver``):
+        collapse, insert, cap, the stream entry and the retained count. ``edges``
+        None: a push for every edge; a list: only for those (in the entry), and
+        an empty one appends no stream entry (an inbox item without a live push)."""
+        replaced: list[str] = []
+        if collapse_key is not None:
+            rows = db.execute(
+                "SELECT seq, id, read, archived FROM inbox INDEXED BY inbox_collapse"
+                " WHERE user = ? AND collapse_key = ? AND read = 0 AND archived = 0",
+                (user, collapse_key)).fetchall()
+            replaced = [r[1] for r in rows]
+            self._delete_items(db, user, rows)
+        db.execute(
+            "INSERT INTO inbox (user, id, created, expires, collapse_key, fields)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (user, nid, now, expires, collapse_key, fields_json))
+        self._bump(db, user, 1, 1)
+        pruned = self._prune(db, user)
+        count = self._count(db, user, now)
+        pubs = []
+        if edges is None or edges:
+            push = {**fields, "unread": count}
+            if replaced:
+                push["replaces"] = replaced
+            if pruned:
+                push["pruned"] = pruned
+            if edges is not None:
+                push["edges"] = list(edges)
+            topic = notifications_topic(user)
+            pubs.append(self._append(db, topic, orjson.dumps(push), PayloadKind.JSON, now,
+                                     policy(topic), False))
+        pubs.append(self._unread_retained(db, user, count, now))
+        return UserChange(user, count, [nid], pubs)
+
     async def notify(
         self,
         users: Sequence[str],
@@ -548,33 +637,9 @@ class SqliteStore(Store):
             db.execute("INSERT INTO notifications (id, category, targets, created)"
                        " VALUES (?, ?, ?, ?)",
                        (nid, str(notification.get("category", "")), len(users), now))
-            changes = []
-            for user in users:
-                replaced: list[str] = []
-                if collapse_key is not None:
-                    rows = db.execute(
-                        "SELECT seq, id, read, archived FROM inbox INDEXED BY inbox_collapse"
-                        " WHERE user = ? AND collapse_key = ? AND read = 0 AND archived = 0",
-                        (user, collapse_key)).fetchall()
-                    replaced = [r[1] for r in rows]
-                    self._delete_items(db, user, rows)
-                db.execute(
-                    "INSERT INTO inbox (user, id, created, expires, collapse_key, fields)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (user, nid, now, expires, collapse_key, fields_json))
-                self._bump(db, user, 1, 1)
-                pruned = self._prune(db, user)
-                count = self._count(db, user, now)
-                push = {**fields, "unread": count}
-                if replaced:
-                    push["replaces"] = replaced
-                if pruned:
-                    push["pruned"] = pruned
-                topic = notifications_topic(user)
-                pubs = [self._append(db, topic, orjson.dumps(push), PayloadKind.JSON, now,
-                                     policy(topic), False),
-                        self._unread_retained(db, user, count, now)]
-                changes.append(UserChange(user, count, [nid], pubs))
+            changes = [self._write_item(db, user, nid, fields, fields_json, now, expires,
+                                        collapse_key, policy, None)
+                       for user in users]
             self._idem_put(db, idempotency_key, now, {"id": nid, "targets": len(users)})
             return NotifyResult(nid, len(users), changes)
 
@@ -686,6 +751,8 @@ class SqliteStore(Store):
             keys = db.execute(
                 "DELETE FROM idempotency WHERE key IN (SELECT key FROM idempotency"
                 " WHERE expires <= ? ORDER BY expires LIMIT ?)", (now, limit)).rowcount
+            db.execute("DELETE FROM pushes WHERE rowid IN (SELECT rowid FROM pushes"
+                       " WHERE ts <= ? ORDER BY ts LIMIT ?)", (now / 1000 - PUSH_KEEP, limit))
             due = db.execute(
                 "SELECT user, seq, id, read, archived FROM inbox INDEXED BY inbox_expires"
                 " WHERE expires IS NOT NULL AND expires <= ? ORDER BY expires LIMIT ?",
@@ -1023,6 +1090,203 @@ class SqliteStore(Store):
             return out
 
         return await self._run(tx)
+
+    # -- notification jobs ----------------------------------------------------------
+
+    @staticmethod
+    def _job(db: sqlite3.Connection, row: Sequence[Any]) -> Job:
+        counts = {state: n for state, n in db.execute(
+            "SELECT state, n FROM job_counts WHERE id = ? AND n != 0", (row[0],))}
+        return Job(row[0], row[1], row[2], orjson.loads(row[3]), row[4], row[5], row[6],
+                   row[7], row[8], counts, row[9], row[10])
+
+    def _job_by_id(self, db: sqlite3.Connection, job_id: str) -> Job | None:
+        row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?",
+                         (job_id,)).fetchone()
+        return None if row is None else self._job(db, row)
+
+    async def job_create(self, job: NewJob, *, idempotency_key: str | None = None
+                         ) -> tuple[Job, bool]:
+        now = self._clock()
+        now_ms = int(now * 1000)
+
+        def tx(db: sqlite3.Connection) -> tuple[Job, bool]:
+            first = self._idem_get(db, idempotency_key, now_ms)
+            if first is not None:
+                known = self._job_by_id(db, first["id"])
+                if known is not None:
+                    return known, True
+            db.execute("INSERT INTO jobs (id, status, category, request, targets, created, due,"
+                       " expires_at) VALUES (?, 'scheduled', ?, ?, ?, ?, ?, ?)",
+                       (job.id, job.category, orjson.dumps(job.request), job.targets, now,
+                        job.due, job.expires_at))
+            db.execute("INSERT INTO notifications (id, category, targets, created)"
+                       " VALUES (?, ?, ?, ?)", (job.id, job.category, job.targets, now_ms))
+            self._idem_put(db, idempotency_key, now_ms, {"id": job.id, "targets": job.targets})
+            created = self._job_by_id(db, job.id)
+            assert created is not None
+            return created, False
+
+        return await self._run(tx)
+
+    async def job_get(self, job_id: str) -> Job | None:
+        return await self._run(lambda db: self._job_by_id(db, job_id))
+
+    async def jobs(self, status: JobStatus, *, cursor: str | None = None, limit: int = 100
+                   ) -> JobPage:
+        if status not in JOB_STATUSES:
+            raise ValueError(f"unknown job status {status!r}")
+        after = int(cursor) if cursor is not None and cursor.isdigit() else 0
+
+        def tx(db: sqlite3.Connection) -> JobPage:
+            rows = db.execute(f"SELECT seq, {_JOB_COLUMNS} FROM jobs WHERE status = ?"
+                              " AND seq > ? ORDER BY seq LIMIT ?",
+                              (status, after, limit + 1)).fetchall()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            return JobPage([self._job(db, r[1:]) for r in rows],
+                           str(rows[-1][0]) if more and rows else None)
+
+        return await self._run(tx)
+
+    async def job_cancel(self, job_id: str) -> Job | None:
+        def tx(db: sqlite3.Connection) -> Job | None:
+            db.execute("UPDATE jobs SET status = 'cancelled', lease_owner = NULL,"
+                       " lease_until = NULL WHERE id = ? AND status IN ('scheduled', 'sending')",
+                       (job_id,))
+            job = self._job_by_id(db, job_id)
+            if job is not None and job.status == "cancelled":
+                db.execute("DELETE FROM due_queue WHERE id = ?", (job_id,))
+            return job
+
+        return await self._run(tx)
+
+    async def job_claim(self, owner: str, *, lease: float, limit: int = 1) -> list[Job]:
+        now = self._clock()
+
+        def tx(db: sqlite3.Connection) -> list[Job]:
+            ids = [r[0] for r in db.execute(
+                "SELECT id FROM jobs INDEXED BY jobs_status WHERE status = 'scheduled'"
+                " AND due <= ? UNION ALL SELECT id FROM jobs INDEXED BY jobs_status"
+                " WHERE status = 'sending' AND lease_until <= ? LIMIT ?",
+                (now, now, limit))]
+            out = []
+            for job_id in ids:
+                db.execute("UPDATE jobs SET status = 'sending', lease_owner = ?,"
+                           " lease_until = ? WHERE id = ?", (owner, now + lease, job_id))
+                job = self._job_by_id(db, job_id)
+                assert job is not None
+                out.append(job)
+            return out
+
+        return await self._run(tx)
+
+    async def job_progress(self, job_id: str, owner: str, cursor: str | None, *,
+                           lease: float) -> bool:
+        now = self._clock()
+
+        def tx(db: sqlite3.Connection) -> bool:
+            return db.execute(
+                "UPDATE jobs SET cursor = ?, lease_until = ? WHERE id = ?"
+                " AND status = 'sending' AND lease_owner = ? AND lease_until > ?",
+                (cursor, now + lease, job_id, owner, now)).rowcount == 1
+
+        return await self._run(tx)
+
+    async def job_finish(self, job_id: str, owner: str) -> bool:
+        now = self._clock()
+
+        def tx(db: sqlite3.Connection) -> bool:
+            return db.execute(
+                "UPDATE jobs SET status = 'sent', cursor = NULL, lease_owner = NULL,"
+                " lease_until = NULL WHERE id = ? AND status = 'sending'"
+                " AND lease_owner = ? AND lease_until > ?",
+                (job_id, owner, now)).rowcount == 1
+
+        return await self._run(tx)
+
+    @staticmethod
+    def _tally(db: sqlite3.Connection, job_id: str, state: str, n: int) -> None:
+        db.execute("INSERT INTO job_counts (id, state, n) VALUES (?, ?, ?)"
+                   " ON CONFLICT (id, state) DO UPDATE SET n = n + excluded.n",
+                   (job_id, state, n))
+
+    async def deliver(self, notification_id: str, deliveries: Sequence[Delivery], *,
+                      category: str, expires_at: float | None, collapse_key: str | None,
+                      policy: PolicyFor, due: bool = False) -> DeliverResult:
+        now_s = self._clock()
+        now = int(now_s * 1000)
+        expires = None if expires_at is None else int(expires_at * 1000)
+        nid = notification_id
+
+        def tx(db: sqlite3.Connection) -> DeliverResult:
+            changes: list[UserChange] = []
+            recorded: list[str] = []
+            for d in deliveries:
+                row = db.execute("SELECT state FROM job_targets WHERE id = ? AND user = ?",
+                                 (nid, d.user)).fetchone()
+                if row is not None:
+                    if not (due and row[0] in _HELD):
+                        continue
+                    self._tally(db, nid, row[0], -1)
+                    db.execute("DELETE FROM due_queue WHERE id = ? AND user = ?", (nid, d.user))
+                db.execute("INSERT OR REPLACE INTO job_targets (id, user, state)"
+                           " VALUES (?, ?, ?)", (nid, d.user, d.state))
+                self._tally(db, nid, d.state, 1)
+                recorded.append(d.user)
+                if d.fields is not None:
+                    fields = {**d.fields, "id": nid, "ts": now}
+                    changes.append(self._write_item(
+                        db, d.user, nid, fields, orjson.dumps(fields), now, expires,
+                        collapse_key, policy, d.edges))
+                if d.due_at is not None:
+                    db.execute("INSERT OR REPLACE INTO due_queue (id, user, due)"
+                               " VALUES (?, ?, ?)", (nid, d.user, d.due_at))
+                if d.edges is None or d.edges:
+                    db.execute("INSERT INTO pushes (user, category, ts) VALUES (?, ?, ?)",
+                               (d.user, category, now_s))
+            return DeliverResult(changes, recorded)
+
+        return await self._run(tx)
+
+    async def due_claim(self, owner: str, *, lease: float, limit: int) -> list[DueEntry]:
+        now = self._clock()
+
+        def tx(db: sqlite3.Connection) -> list[DueEntry]:
+            rows = db.execute(
+                "SELECT id, user, due FROM due_queue INDEXED BY due_queue_due WHERE due <= ?"
+                " AND (lease_until IS NULL OR lease_until <= ?) ORDER BY due LIMIT ?",
+                (now, now, limit)).fetchall()
+            db.executemany("UPDATE due_queue SET lease_owner = ?, lease_until = ?"
+                           " WHERE id = ? AND user = ?",
+                           [(owner, now + lease, r[0], r[1]) for r in rows])
+            return [DueEntry(r[0], r[1], r[2]) for r in rows]
+
+        return await self._run(tx)
+
+    async def recent_pushes(self, users: Sequence[str], category: str, since: float
+                            ) -> Mapping[str, list[float]]:
+        users = list(users)
+
+        def tx(db: sqlite3.Connection) -> dict[str, list[float]]:
+            out: dict[str, list[float]] = {}
+            for i in range(0, len(users), 500):  # SQLite's bound on host parameters
+                part = users[i:i + 500]
+                marks = ",".join("?" * len(part))
+                for user, ts in db.execute(
+                        "SELECT user, ts FROM pushes WHERE category = ? AND ts > ?"
+                        f" AND user IN ({marks}) ORDER BY ts", (category, since, *part)):
+                    out.setdefault(user, []).append(ts)
+            return out
+
+        return await self._run(tx)
+
+
+_JOB_COLUMNS = ("id, status, category, request, targets, created, due, expires_at, cursor,"
+                " lease_owner, lease_until")
+_HELD = ("held", "scheduled")  # target states the due queue may replace
+PUSH_KEEP = 86400.0  # seconds of push history caps read (the longest rolling window)
+
 
 def _resolve(results: list[tuple[Any, Any, BaseException | None]],
              monitor: StoreHealth | None, elapsed: float, failure: sqlite3.Error | None

@@ -38,16 +38,17 @@ Delivery (what makes a resumed send exactly once)
   * A delivery with ``fields`` writes the inbox item exactly as
     :meth:`InboxStore.notify` does for one user (collapse, cap, stream entry
     with ``unread``, retained count; the item expires at ``expires_at``) and
-    returns the publications; the stream entry carries ``edges`` (the
-    delivery's live edges) when they are not every edge, so the hub and
-    recovery skip it on the others. One without
+    returns the publications. With ``edges`` None the stream entry is pushed
+    on every edge; with some edges the entry carries ``"edges": [...]`` so the
+    hub and recovery skip it on the others; with none (a silent outcome) no
+    stream entry is appended, only the retained count changes. One without
     writes no inbox item (``held`` / ``scheduled`` until they fire,
     ``suppressed_category``, ``expired``): a held notification is not unread
     until delivered.
   * A delivery with ``due_at`` adds a due-queue entry (notification, user)
     at that instant (``held``: the end of quiet hours; ``scheduled``: the
     user's local send time or best time).
-  * A delivery whose ``edges`` is not empty records one live push for
+  * A delivery whose ``edges`` is not empty (None included) records one live push for
     ``(user, category, now)`` for caps (:meth:`recent_pushes` reads them).
   * The job's ``outcomes`` count its targets by their current state.
 
@@ -151,13 +152,14 @@ class JobPage:
 class Delivery:
     """One user's part of a chunk: the state to record (one of
     :data:`TARGET_STATES`), the rendered inbox fields to write now (None: no
-    inbox item), the edges that push it live now (empty: none) and, for
-    ``held`` / ``scheduled``, when the due queue fires it."""
+    inbox item), the edges that push it live now (None: every edge; empty:
+    none, the item is written silently) and, for ``held`` / ``scheduled``,
+    when the due queue fires it."""
 
     user: str
     state: str
     fields: dict[str, Any] | None = None
-    edges: tuple[str, ...] = ()
+    edges: tuple[str, ...] | None = ()
     due_at: float | None = None
 
 
