@@ -212,6 +212,10 @@ CREATE TABLE IF NOT EXISTS pushes (
 );
 CREATE INDEX IF NOT EXISTS pushes_user ON pushes (user, category, ts);
 CREATE INDEX IF NOT EXISTS pushes_ts ON pushes (ts);
+CREATE TABLE IF NOT EXISTS user_preferences (
+    user TEXT PRIMARY KEY,
+    doc BLOB NOT NULL
+) WITHOUT ROWID;
 """
 
 # audience_users: one row per user the audience contract knows (tags, attributes,
@@ -995,6 +999,39 @@ class SqliteStore(Store):
             return db.execute("DELETE FROM segments WHERE name = ?", (name,)).rowcount == 1
 
         return await self._run(tx)
+
+    async def user_preferences(self, user: str) -> dict[str, Any]:
+        return (await self.preferences_many([user]))[user]
+
+    async def set_user_preferences(self, user: str, doc: Mapping[str, Any]
+                                   ) -> dict[str, Any]:
+        stored = dict(doc)
+        blob = orjson.dumps(stored)
+
+        def tx(db: sqlite3.Connection) -> None:
+            if stored:
+                db.execute("INSERT OR REPLACE INTO user_preferences (user, doc) VALUES (?, ?)",
+                           (user, blob))
+            else:
+                db.execute("DELETE FROM user_preferences WHERE user = ?", (user,))
+
+        await self._run(tx)
+        return stored
+
+    async def preferences_many(self, users: Sequence[str]) -> dict[str, dict[str, Any]]:
+        wanted = list(dict.fromkeys(users))
+
+        def tx(db: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+            out: dict[str, dict[str, Any]] = {u: {} for u in wanted}
+            for i in range(0, len(wanted), 500):  # SQLite's bound on host parameters
+                part = wanted[i:i + 500]
+                marks = ",".join("?" * len(part))
+                for user, doc in db.execute(
+                        f"SELECT user, doc FROM user_preferences WHERE user IN ({marks})", part):
+                    out[user] = dict(orjson.loads(doc))
+            return out
+
+        return await self._run(tx) if wanted else {}
 
     async def seen(self, user: str) -> None:
         now = int(self._clock() * 1000)
