@@ -1301,6 +1301,24 @@ class SqliteStore(Store):
 
         return await self._run(tx)
 
+    async def engagement_times(self, users: Sequence[str], since: float
+                               ) -> Mapping[str, list[float]]:
+        users = list(users)
+        after = int(since * 1000)
+
+        def tx(db: sqlite3.Connection) -> dict[str, list[float]]:
+            out: dict[str, list[float]] = {}
+            for i in range(0, len(users), 500):  # SQLite's bound on host parameters
+                part = users[i:i + 500]
+                marks = ",".join("?" * len(part))
+                for user, ts in db.execute(
+                        f"SELECT user, ts FROM engagements WHERE user IN ({marks}) AND ts > ?"
+                        " ORDER BY ts", (*part, after)):
+                    out.setdefault(user, []).append(ts / 1000)
+            return out
+
+        return await self._run(tx)
+
     async def recent_pushes(self, users: Sequence[str], category: str, since: float
                             ) -> Mapping[str, list[float]]:
         users = list(users)
