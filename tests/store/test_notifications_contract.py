@@ -77,6 +77,14 @@ async def test_a_repeated_idempotency_key_returns_the_first_job(store: Store,
     assert len((await store.jobs("scheduled")).jobs) == 1
 
 
+async def test_a_job_made_with_an_owner_is_its_to_send(store: Store, clock: Clock) -> None:
+    job, _ = await store.job_create(new_job(due=clock.now), owner="a", lease=LEASE)
+    assert (job.status, job.lease_owner, job.lease_until) == ("sending", "a", clock.now + LEASE)
+    assert await store.job_claim("b", lease=LEASE) == []
+    clock.advance(LEASE)  # "a" died before it finished: another node resumes it
+    assert [j.id for j in await store.job_claim("b", lease=LEASE)] == [job.id]
+
+
 async def test_claim_takes_due_jobs_only_and_once(store: Store, clock: Clock) -> None:
     job, _ = await store.job_create(new_job(due=clock.now + 10))
     assert await store.job_claim("a", lease=LEASE) == []

@@ -1142,8 +1142,8 @@ class SqliteStore(Store):
                          (job_id,)).fetchone()
         return None if row is None else self._job(db, row)
 
-    async def job_create(self, job: NewJob, *, idempotency_key: str | None = None
-                         ) -> tuple[Job, bool]:
+    async def job_create(self, job: NewJob, *, idempotency_key: str | None = None,
+                         owner: str | None = None, lease: float = 0.0) -> tuple[Job, bool]:
         now = self._clock()
         now_ms = int(now * 1000)
 
@@ -1154,9 +1154,11 @@ class SqliteStore(Store):
                 if known is not None:
                     return known, True
             db.execute("INSERT INTO jobs (id, status, category, request, targets, created, due,"
-                       " expires_at) VALUES (?, 'scheduled', ?, ?, ?, ?, ?, ?)",
-                       (job.id, job.category, orjson.dumps(job.request), job.targets, now,
-                        job.due, job.expires_at))
+                       " expires_at, lease_owner, lease_until)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (job.id, "scheduled" if owner is None else "sending", job.category,
+                        orjson.dumps(job.request), job.targets, now, job.due, job.expires_at,
+                        owner, None if owner is None else now + lease))
             db.execute("INSERT INTO notifications (id, category, targets, created)"
                        " VALUES (?, ?, ?, ?)", (job.id, job.category, job.targets, now_ms))
             self._idem_put(db, idempotency_key, now_ms, {"id": job.id, "targets": job.targets})
@@ -1264,6 +1266,9 @@ class SqliteStore(Store):
                                  (nid, d.user)).fetchone()
                 if row is not None:
                     if not (due and row[0] in _HELD):
+                        if due:  # fired already (or final): the entry has no more use
+                            db.execute("DELETE FROM due_queue WHERE id = ? AND user = ?",
+                                       (nid, d.user))
                         continue
                     self._tally(db, nid, row[0], -1)
                     db.execute("DELETE FROM due_queue WHERE id = ? AND user = ?", (nid, d.user))

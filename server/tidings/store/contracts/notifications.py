@@ -9,7 +9,10 @@ Jobs
   * ``job_create`` records a job as ``scheduled`` (due at ``due``) together
     with the notification's stats row (``stats`` / ``track`` /
     ``category_stats`` of the inbox contract see it, with ``targets`` the
-    audience size counted at creation). A repeated ``idempotency_key``
+    audience size counted at creation). With ``owner`` it is created
+    ``sending`` instead, leased to ``owner`` for ``lease`` seconds (its creator
+    sends it at once; nobody claims it while the lease holds, and another node
+    resumes it if the creator dies). A repeated ``idempotency_key``
     (within the idempotency TTL) returns the first job and ``duplicate=True``
     and stores nothing.
   * ``job_claim`` hands a node at most ``limit`` jobs that are due now: a
@@ -185,9 +188,10 @@ class NotificationStore(abc.ABC):
     """Send jobs, per-user delivery, the due queue and push history (see the module doc)."""
 
     @abc.abstractmethod
-    async def job_create(self, job: NewJob, *, idempotency_key: str | None = None
-                         ) -> tuple[Job, bool]:
-        """Record ``job`` as ``scheduled``; ``(job, duplicate)``."""
+    async def job_create(self, job: NewJob, *, idempotency_key: str | None = None,
+                         owner: str | None = None, lease: float = 0.0) -> tuple[Job, bool]:
+        """Record ``job`` as ``scheduled`` (or ``sending``, leased to ``owner``);
+        ``(job, duplicate)``."""
 
     @abc.abstractmethod
     async def job_get(self, job_id: str) -> Job | None:
