@@ -236,7 +236,8 @@ class Notifier:
         if req.content.personal or req.fields["category"] in self.rules.caps:
             return False
         assert req.users is not None
-        return not await self.node.store.preferences_many(req.users)
+        docs = await self.node.store.preferences_many(req.users)
+        return not any(docs.values())
 
     async def _create(self, req: Request, targets: int, idempotency_key: str | None, *,
                       owner: str | None = None) -> tuple[Job, bool]:

@@ -148,6 +148,15 @@ async def test_cancel_stops_what_is_not_sent(store: Store, clock: Clock) -> None
     await store.job_finish(sent.id, "a")
     after = await store.job_cancel(sent.id)
     assert after is not None and after.status == "sent"
+    # unless some of its users still wait in the due queue
+    waiting, _ = await store.job_create(new_job(due=clock.now))
+    await store.job_claim("a", lease=LEASE)
+    await deliver(store, waiting.id, [Delivery("u2", "scheduled", due_at=clock.now + 60)])
+    await store.job_finish(waiting.id, "a")
+    after = await store.job_cancel(waiting.id)
+    assert after is not None and after.status == "cancelled"
+    clock.advance(60)
+    assert await store.due_claim("a", lease=LEASE, limit=10) == []
     assert await store.job_cancel("n_unknown") is None
 
 

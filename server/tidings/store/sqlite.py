@@ -1191,8 +1191,9 @@ class SqliteStore(Store):
     async def job_cancel(self, job_id: str) -> Job | None:
         def tx(db: sqlite3.Connection) -> Job | None:
             db.execute("UPDATE jobs SET status = 'cancelled', lease_owner = NULL,"
-                       " lease_until = NULL WHERE id = ? AND status IN ('scheduled', 'sending')",
-                       (job_id,))
+                       " lease_until = NULL WHERE id = ? AND (status IN ('scheduled', 'sending')"
+                       " OR (status = 'sent' AND EXISTS (SELECT 1 FROM due_queue WHERE id = ?)))",
+                       (job_id, job_id))
             job = self._job_by_id(db, job_id)
             if job is not None and job.status == "cancelled":
                 db.execute("DELETE FROM due_queue WHERE id = ?", (job_id,))

@@ -23,10 +23,11 @@ Jobs
     ``job_finish`` makes it ``sent`` (``cursor`` None). Both are refused
     (False, nothing changed) unless the caller still holds an unexpired lease
     and the job is ``sending`` (a cancelled job stops at its next chunk).
-  * ``job_cancel`` cancels a ``scheduled`` or ``sending`` job and drops its
-    waiting due-queue entries (users recorded ``held`` or ``scheduled`` stay
-    recorded so, and never get it). A ``sent`` or ``cancelled`` job is
-    returned unchanged; the caller reads its status.
+  * ``job_cancel`` cancels a ``scheduled`` or ``sending`` job, or a ``sent``
+    one that still has due-queue entries (users held or waiting for their own
+    time), and drops those entries (the users stay recorded ``held`` or
+    ``scheduled``, and never get it). Any other job is returned unchanged; the
+    caller reads its status.
   * ``jobs`` lists jobs with one status, oldest first (by ``created``, then
     id), paged by an opaque cursor.
 
