@@ -27,7 +27,7 @@ from tidings.metrics import Metrics
 from tidings.node import Node
 from tidings.notify import Notifier
 from tidings.preferences import Rules, parse
-from tidings.store.base import JOB_STATUSES, notifications_topic, unread_topic
+from tidings.store.base import JOB_STATUSES, events_topic, notifications_topic, unread_topic
 from tidings.store.sqlite import SqliteStore
 from tidings.types import Publication
 
@@ -229,6 +229,8 @@ async def test_a_silent_category_in_quiet_hours_goes_to_the_inbox_without_a_push
     assert await ids(node, "ann") == [result.id]
     await settle(lambda: ann.on(unread_topic("ann")))
     assert ann.on(unread_topic("ann"))[-1] == {"count": 1}  # the count is exact
+    await settle(lambda: ann.on(events_topic("ann")))
+    assert ann.on(events_topic("ann")) == [{"type": "silent", "ids": [result.id], "unread": 1}]
     assert ann.on(notifications_topic("ann")) == []  # no live notification
     assert (await status(notifier, result.id))["outcomes"]["silent_quiet_hours"] == 1
 

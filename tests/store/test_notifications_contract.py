@@ -24,6 +24,7 @@ from tidings.store.base import (
     NewJob,
     NotificationStore,
     Store,
+    events_topic,
     notifications_topic,
     unread_topic,
 )
@@ -206,8 +207,11 @@ async def test_deliver_writes_each_users_own_fields_and_counts_outcomes(
     ann = payload(result.changes[0], notifications_topic("ann"))
     assert (ann["id"], ann["title"], ann["unread"]) == (job.id, "Hi Ann", 1)
     assert "edges" not in ann  # every edge
-    # silent: the item and the count, no live notification
-    assert [p.topic for p in result.changes[1].publications] == [unread_topic("bob")]
+    # silent: the item, an event that names it and the count; no live notification
+    assert [p.topic for p in result.changes[1].publications] == [events_topic("bob"),
+                                                                 unread_topic("bob")]
+    assert payload(result.changes[1], events_topic("bob")) == {
+        "type": "silent", "ids": [job.id], "unread": 1}
     assert payload(result.changes[1], unread_topic("bob")) == {"count": 1}
     assert (await store.inbox("bob", limit=10)).items[0].fields["title"] == "Hi Bob"
     assert await ids_in(store, "cy") == [] and await store.unread("cy") == 0

@@ -586,8 +586,9 @@ class SqliteStore(Store):
                     edges: Sequence[str] | None) -> UserChange:
         """One user's inbox write (the per-user step of ``notify`` and ``deliver``):
         collapse, insert, cap, the stream entry and the retained count. ``edges``
-        None: a push for every edge; a list: only for those (in the entry), and
-        an empty one appends no stream entry (an inbox item without a live push)."""
+        None: a push for every edge; a list: only for those (in the entry); an
+        empty one (an inbox item without a live push) appends a ``silent`` event
+        to ``users/{uid}/events`` instead, so devices keep the count and list exact."""
         replaced: list[str] = []
         if collapse_key is not None:
             rows = db.execute(
@@ -614,6 +615,15 @@ class SqliteStore(Store):
                 push["edges"] = list(edges)
             topic = notifications_topic(user)
             pubs.append(self._append(db, topic, orjson.dumps(push), PayloadKind.JSON, now,
+                                     policy(topic), False))
+        else:
+            event: dict[str, Any] = {"type": "silent", "ids": [nid], "unread": count}
+            if replaced:
+                event["replaces"] = replaced
+            if pruned:
+                event["pruned"] = pruned
+            topic = events_topic(user)
+            pubs.append(self._append(db, topic, orjson.dumps(event), PayloadKind.JSON, now,
                                      policy(topic), False))
         pubs.append(self._unread_retained(db, user, count, now))
         return UserChange(user, count, [nid], pubs)

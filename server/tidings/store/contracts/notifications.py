@@ -45,7 +45,10 @@ Delivery (what makes a resumed send exactly once)
     returns the publications. With ``edges`` None the stream entry is pushed
     on every edge; with some edges the entry carries ``"edges": [...]`` so the
     hub and recovery skip it on the others; with none (a silent outcome) no
-    stream entry is appended, only the retained count changes. One without
+    notification is appended but ``{"type": "silent", "ids": [id], "unread"}``
+    (with ``replaces`` / ``pruned`` as a push has them) goes to
+    ``users/{uid}/events``, so devices keep the count and their list exact
+    without showing anything. One without
     writes no inbox item (``held`` / ``scheduled`` until they fire,
     ``suppressed_category``, ``expired``): a held notification is not unread
     until delivered.
