@@ -56,6 +56,7 @@ __all__ = ["MAX_JOBS_PER_STEP", "Plan", "Sender", "outcome_of"]
 log = logging.getLogger("tidings.sending")
 
 MAX_JOBS_PER_STEP = 16  # jobs one scheduler step sends; more wait for the next step
+_YIELD_EVERY = 200  # users decided / fanned out between yields to the event loop
 _DEFAULT_PREFS = Preferences()
 _ANYONE = AudienceQuery()  # a query that needs nothing but attributes
 
@@ -252,7 +253,9 @@ class Sender:
                 users, now - BEST_TIME_HISTORY.total_seconds())
         shared = None if plan.content.personal else self._fields(plan, {}, None)
         deliveries = []
-        for user in users:
+        for n, user in enumerate(users, 1):
+            if n % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
             prefs = self._prefs(docs, user)
             if not due and (plan.local is not None or plan.best):
                 fire = self._fire_time(plan, prefs, engaged.get(user, ()), now_dt)
@@ -277,8 +280,10 @@ class Sender:
             if states[user] in OUTCOMES:
                 self.node.metrics.inc("tidings_notification_outcomes_total",
                                       outcome=states[user])
-        for change in result.changes:
+        for i, change in enumerate(result.changes, 1):
             await self.node.fan_out(change.publications)
+            if i % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # the node answers others between slices of a chunk
         return len(result.recorded)
 
     def _fire_time(self, plan: Plan, prefs: Preferences, engaged: Sequence[float],
