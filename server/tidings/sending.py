@@ -43,7 +43,7 @@ from .audience import parse_audience, parse_tag_selector
 from .clock import utc
 from .config import AudienceSettings, NotifySettings
 from .content import Content
-from .errors import BadRequest, TidingsError
+from .errors import BadRequest, TidingsError, TooLarge
 from .node import Node
 from .plumbing import TaskSet
 from .policy import DAY, Decision, Notice, Outcome, decide
@@ -132,6 +132,8 @@ class Sender:
                     log.warning("sender: %s; retrying every %.1fs", e.message,
                                 self.settings.schedule_interval)
                 self._failing = True
+            except Exception:  # our bug: logged, and the scheduler goes on
+                log.exception("sender: a step failed")
             try:
                 async with asyncio.timeout(self.settings.schedule_interval):
                     await self._wake.wait()
@@ -149,7 +151,11 @@ class Sender:
                 jobs = await store.job_claim(self.owner, lease=self.settings.lease, limit=1)
                 if not jobs:
                     break
-                done += await self.run(jobs[0])
+                try:
+                    done += await self.run(jobs[0])
+                except (BadRequest, TooLarge) as e:  # its request no longer passes the limits
+                    log.error("sender: notification %s cancelled: %s", jobs[0].id, e.message)
+                    await store.job_cancel(jobs[0].id)
             entries = await store.due_claim(self.owner, lease=self.settings.lease,
                                             limit=self.settings.due_batch)
             by_job: dict[str, list[str]] = {}
