@@ -1342,40 +1342,32 @@ class SqliteStore(Store):
 
         return await self._run(tx)
 
+    @staticmethod
+    def _instants(db: sqlite3.Connection, sql: str, users: list[str], args: tuple[Any, ...],
+                  scale: float) -> dict[str, list[float]]:
+        """``sql`` (``SELECT user, ts ... user IN ({marks}) ... ORDER BY ts``) over
+        ``users`` in slices SQLite binds: each user's instants, in seconds."""
+        out: dict[str, list[float]] = {}
+        for i in range(0, len(users), 500):  # SQLite's bound on host parameters
+            part = users[i:i + 500]
+            for user, ts in db.execute(sql.format(marks=",".join("?" * len(part))),
+                                       (*args, *part)):
+                out.setdefault(user, []).append(ts / scale)
+        return out
+
     async def engagement_times(self, users: Sequence[str], since: float
                                ) -> Mapping[str, list[float]]:
-        users = list(users)
-        after = int(since * 1000)
-
-        def tx(db: sqlite3.Connection) -> dict[str, list[float]]:
-            out: dict[str, list[float]] = {}
-            for i in range(0, len(users), 500):  # SQLite's bound on host parameters
-                part = users[i:i + 500]
-                marks = ",".join("?" * len(part))
-                for user, ts in db.execute(
-                        f"SELECT user, ts FROM engagements WHERE user IN ({marks}) AND ts > ?"
-                        " ORDER BY ts", (*part, after)):
-                    out.setdefault(user, []).append(ts / 1000)
-            return out
-
-        return await self._run(tx)
+        sql = ("SELECT user, ts FROM engagements WHERE ts > ? AND user IN ({marks})"
+               " ORDER BY ts")
+        chunk, after = list(users), int(since * 1000)
+        return await self._run(lambda db: self._instants(db, sql, chunk, (after,), 1000))
 
     async def recent_pushes(self, users: Sequence[str], category: str, since: float
                             ) -> Mapping[str, list[float]]:
-        users = list(users)
-
-        def tx(db: sqlite3.Connection) -> dict[str, list[float]]:
-            out: dict[str, list[float]] = {}
-            for i in range(0, len(users), 500):  # SQLite's bound on host parameters
-                part = users[i:i + 500]
-                marks = ",".join("?" * len(part))
-                for user, ts in db.execute(
-                        "SELECT user, ts FROM pushes WHERE category = ? AND ts > ?"
-                        f" AND user IN ({marks}) ORDER BY ts", (category, since, *part)):
-                    out.setdefault(user, []).append(ts)
-            return out
-
-        return await self._run(tx)
+        sql = ("SELECT user, ts FROM pushes WHERE category = ? AND ts > ? AND user IN ({marks})"
+               " ORDER BY ts")
+        chunk = list(users)
+        return await self._run(lambda db: self._instants(db, sql, chunk, (category, since), 1))
 
 
 _JOB_COLUMNS = ("id, status, category, request, targets, created, due, expires_at, cursor,"
