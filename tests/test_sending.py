@@ -11,13 +11,17 @@ anyone anything twice, and cancel stops what has not been sent.
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
+from conftest import API_KEY, WAIT, ServerProcess
 from support.clock import FakeClock, at
 from support.mqtt import wait_until
 from support.pipeline import memory_node
@@ -27,6 +31,7 @@ from tidings.node import Node
 from tidings.notify import Notifier
 from tidings.preferences import Rules, parse
 from tidings.store.base import JOB_STATUSES, events_topic, notifications_topic, unread_topic
+from tidings.store.sqlite import SqliteStore
 from tidings.types import Publication
 
 HOUR = 3600.0
@@ -445,3 +450,55 @@ async def test_a_job_whose_request_no_longer_passes_is_cancelled_not_retried(
     assert (await status(notifier, result.id))["status"] == "cancelled"
     assert "notify.max_templates" in caplog.text
     assert await ids(node, "ann") == []
+
+
+async def test_a_process_killed_mid_send_resumes_on_restart_and_nobody_gets_it_twice(
+        server_process: ServerProcess) -> None:
+    """``kill -9`` while a notification to 4,000 tagged users is being sent, then a
+    restart on the same data folder: once the lease has run out, the restarted
+    node finishes the job; every user has it exactly once, the counts are exact."""
+    users = [f"u{i:05d}" for i in range(4000)]
+    store = SqliteStore(server_process.data)
+    await store.open()
+    await asyncio.gather(*(store.set_user_tags(u, ["t"], max_tags=10) for u in users))
+    await store.close()
+    server_process.env.update({"TIDINGS_NOTIFY_LEASE": "1",
+                               "TIDINGS_AUDIENCE_PAGE_SIZE": "100"})
+    server_process.start()
+    api = server_process.api_url
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_KEY}"}) as http:
+        async with http.post(f"{api}/v1/notify", json={"tags": ["t"], "title": "once"}) as r:
+            assert r.status == 200
+            sent = await r.json()
+        assert sent["targets"] == 4000
+
+        async def progress() -> dict[str, Any]:
+            async with http.get(f"{api}/v1/notifications/{sent['id']}") as r:
+                return dict(await r.json())
+
+        async def under_way() -> bool:
+            got = await progress()
+            assert got["status"] != "sent", "sent before it could be killed"
+            return bool(got["outcomes"]["pushed"] >= 100)
+
+        await wait_until(under_way, what="the first chunks")
+        server_process.stop(signal.SIGKILL)
+        server_process.start()
+        try:
+            async def finished() -> bool:
+                return bool((await progress())["status"] == "sent")
+
+            await wait_until(finished, limit=WAIT * 6, what="the restarted node to finish")
+            got = await progress()
+            assert got["outcomes"]["pushed"] == 4000
+        finally:
+            server_process.stop()
+    store = SqliteStore(server_process.data)
+    await store.open()
+    try:
+        counts = [await store.unread(u) for u in users]
+        assert counts == [1] * len(users)
+        assert {tuple(i.fields["id"] for i in (await store.inbox(u, limit=5)).items)
+                for u in users[::97]} == {(sent["id"],)}
+    finally:
+        await store.close()
