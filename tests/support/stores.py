@@ -40,6 +40,7 @@ __all__ = [
     "T0",
     "Clock",
     "OpenStore",
+    "backends_for",
     "clock",
     "max_inbox",
     "open_store",
@@ -53,6 +54,18 @@ KEEP = HistoryPolicy(size=1000, ttl=3600.0)  # large enough not to trim in a tes
 MAX_INBOX = 50  # items per user (the inbox cap); more than any test but the cap's own
 
 OpenStore = Callable[[], Awaitable[Store]]
+_CLASSES: dict[str, type] = {"sqlite": SqliteStore, "redis": RedisStore,
+                                    "redis-cluster": RedisStore}
+
+
+def backends_for(contract: type) -> list[str]:
+    """The backends whose class implements every method of ``contract``: a contract
+    new on one backend runs there first, the others join when they implement it.
+    A module uses it as ``pytestmark = pytest.mark.parametrize("open_store",
+    backends_for(Contract), indirect=True)``."""
+    wanted: frozenset[str] = getattr(contract, "__abstractmethods__", frozenset())
+    return [b for b in BACKENDS
+            if not wanted & getattr(_CLASSES[b], "__abstractmethods__", frozenset())]
 
 
 class MapCodec:

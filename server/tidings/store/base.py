@@ -1,7 +1,8 @@
 """The store: what must outlive a connection, as the union of its contracts.
 
 :class:`Store` is every concern's contract (:mod:`tidings.store.contracts`:
-topics and history, inbox, MQTT sessions, presence, audience) plus its lifecycle
+topics and history, inbox, MQTT sessions, presence, audience, notification
+jobs) plus its lifecycle
 (open, close, ping, sweep). Every implementation (``sqlite`` embedded,
 ``redis`` for clusters) passes the same contract tests, one module per concern
 (``tests/store/test_*_contract.py``), on SQLite, Redis and Redis Cluster. The
@@ -30,21 +31,32 @@ from dataclasses import dataclass, field
 
 from ..health import StoreHealth
 from .contracts import (
+    JOB_STATUSES,
     MAX_EVENT_IDS,
+    OUTCOMES,
     PRUNE_STEP,
+    TARGET_STATES,
     TRACK_EVENTS,
     AudiencePage,
     AudienceQuery,
     AudienceStore,
+    DeliverResult,
+    Delivery,
+    DueEntry,
     HistoryPage,
     HistoryPolicy,
     InboxItem,
     InboxPage,
     InboxStore,
+    Job,
+    JobPage,
+    JobStatus,
     MarkAction,
     MqttSessionState,
     MqttSessionStore,
     MqttSubscription,
+    NewJob,
+    NotificationStore,
     NotifyResult,
     PolicyFor,
     PresenceStore,
@@ -54,28 +66,40 @@ from .contracts import (
     UserChange,
     events_topic,
     notifications_topic,
+    routed_away,
     unread_topic,
 )
 from .contracts.events import EventStore
 from .contracts.push import PushEndpointStore, Registered
 
 __all__ = [
+    "JOB_STATUSES",
     "MAX_EVENT_IDS",
+    "OUTCOMES",
     "PRUNE_STEP",
+    "TARGET_STATES",
     "TRACK_EVENTS",
     "AudiencePage",
     "AudienceQuery",
     "AudienceStore",
+    "DeliverResult",
+    "Delivery",
+    "DueEntry",
     "EventStore",
     "HistoryPage",
     "HistoryPolicy",
     "InboxItem",
     "InboxPage",
     "InboxStore",
+    "Job",
+    "JobPage",
+    "JobStatus",
     "MarkAction",
     "MqttSessionState",
     "MqttSessionStore",
     "MqttSubscription",
+    "NewJob",
+    "NotificationStore",
     "NotifyResult",
     "PolicyFor",
     "PresenceStore",
@@ -89,6 +113,7 @@ __all__ = [
     "UserChange",
     "events_topic",
     "notifications_topic",
+    "routed_away",
     "unread_topic",
 ]
 
@@ -109,7 +134,7 @@ class SweepResult:
 
 
 class Store(TopicStore, InboxStore, MqttSessionStore, PresenceStore, AudienceStore,
-            PushEndpointStore, EventStore, abc.ABC):
+            PushEndpointStore, EventStore, NotificationStore, abc.ABC):
     """Durable state of a Tidings deployment: every contract, and its lifecycle."""
 
     announces: bool = False

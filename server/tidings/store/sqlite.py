@@ -26,15 +26,23 @@ from ..protocol.topics import is_wildcard, matches
 from ..redis_wire import MetaCodec
 from ..types import Offset, PayloadKind, Publication, format_offset, parse_offset
 from .base import (
+    JOB_STATUSES,
     MAX_EVENT_IDS,
     PRUNE_STEP,
     TRACK_EVENTS,
+    DeliverResult,
+    Delivery,
+    DueEntry,
     HistoryPage,
     HistoryPolicy,
     InboxItem,
     InboxPage,
+    Job,
+    JobPage,
+    JobStatus,
     MarkAction,
     MqttSessionState,
+    NewJob,
     NotifyResult,
     PolicyFor,
     PublishResult,
@@ -166,6 +174,49 @@ CREATE TABLE IF NOT EXISTS engagements (
     PRIMARY KEY (user, category, id, event)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS engagements_ts ON engagements (user, category, ts);
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    category TEXT NOT NULL,
+    request BLOB NOT NULL,
+    targets INTEGER NOT NULL,
+    created REAL NOT NULL,
+    due REAL NOT NULL,
+    expires_at REAL,
+    cursor TEXT,
+    lease_owner TEXT,
+    lease_until REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, due);
+CREATE TABLE IF NOT EXISTS job_targets (
+    id TEXT NOT NULL,
+    user TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (id, user)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS job_counts (
+    id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (id, state)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS due_queue (
+    id TEXT NOT NULL,
+    user TEXT NOT NULL,
+    due REAL NOT NULL,
+    lease_owner TEXT,
+    lease_until REAL,
+    PRIMARY KEY (id, user)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS due_queue_due ON due_queue (due);
+CREATE TABLE IF NOT EXISTS pushes (
+    user TEXT NOT NULL,
+    category TEXT NOT NULL,
+    ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS pushes_user ON pushes (user, category, ts);
+CREATE INDEX IF NOT EXISTS pushes_ts ON pushes (ts);
 CREATE TABLE IF NOT EXISTS user_preferences (
     user TEXT PRIMARY KEY,
     doc BLOB NOT NULL
@@ -562,6 +613,54 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
         return self._append(db, unread_topic(user), orjson.dumps({"count": count}),
                             PayloadKind.JSON, now, _NO_HISTORY, True)
 
+    def _write_item(self, db: sqlite3.Connection, user: str, nid: str, fields: dict[str, Any],
+                    fields_json: bytes, now: int, expires: int | None,
+                    collapse_key: str | None, policy: PolicyFor,
+                    edges: Sequence[str] | None) -> UserChange:
+        """One user's inbox write (the per-user step of ``notify`` and ``deliver``):
+        collapse, insert, cap, the stream entry and the retained count. ``edges``
+        None: a push for every edge; a list: only for those (in the entry); an
+        empty one (an inbox item without a live push) appends a ``silent`` event
+        to ``users/{uid}/events`` instead, so devices keep the count and list exact."""
+        replaced: list[str] = []
+        if collapse_key is not None:
+            rows = db.execute(
+                "SELECT seq, id, read, archived FROM inbox INDEXED BY inbox_collapse"
+                " WHERE user = ? AND collapse_key = ? AND read = 0 AND archived = 0",
+                (user, collapse_key)).fetchall()
+            replaced = [r[1] for r in rows]
+            self._delete_items(db, user, rows)
+        db.execute(
+            "INSERT INTO inbox (user, id, created, expires, collapse_key, fields)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (user, nid, now, expires, collapse_key, fields_json))
+        self._bump(db, user, 1, 1)
+        pruned = self._prune(db, user)
+        count = self._count(db, user, now)
+        pubs = []
+        if edges is None or edges:
+            push = {**fields, "unread": count}
+            if replaced:
+                push["replaces"] = replaced
+            if pruned:
+                push["pruned"] = pruned
+            if edges is not None:
+                push["edges"] = list(edges)
+            topic = notifications_topic(user)
+            pubs.append(self._append(db, topic, orjson.dumps(push), PayloadKind.JSON, now,
+                                     policy(topic), False))
+        else:
+            event: dict[str, Any] = {"type": "silent", "ids": [nid], "unread": count}
+            if replaced:
+                event["replaces"] = replaced
+            if pruned:
+                event["pruned"] = pruned
+            topic = events_topic(user)
+            pubs.append(self._append(db, topic, orjson.dumps(event), PayloadKind.JSON, now,
+                                     policy(topic), False))
+        pubs.append(self._unread_retained(db, user, count, now))
+        return UserChange(user, count, [nid], pubs)
+
     async def notify(
         self,
         users: Sequence[str],
@@ -585,33 +684,9 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             db.execute("INSERT INTO notifications (id, category, targets, created)"
                        " VALUES (?, ?, ?, ?)",
                        (nid, str(notification.get("category", "")), len(users), now))
-            changes = []
-            for user in users:
-                replaced: list[str] = []
-                if collapse_key is not None:
-                    rows = db.execute(
-                        "SELECT seq, id, read, archived FROM inbox INDEXED BY inbox_collapse"
-                        " WHERE user = ? AND collapse_key = ? AND read = 0 AND archived = 0",
-                        (user, collapse_key)).fetchall()
-                    replaced = [r[1] for r in rows]
-                    self._delete_items(db, user, rows)
-                db.execute(
-                    "INSERT INTO inbox (user, id, created, expires, collapse_key, fields)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (user, nid, now, expires, collapse_key, fields_json))
-                self._bump(db, user, 1, 1)
-                pruned = self._prune(db, user)
-                count = self._count(db, user, now)
-                push = {**fields, "unread": count}
-                if replaced:
-                    push["replaces"] = replaced
-                if pruned:
-                    push["pruned"] = pruned
-                topic = notifications_topic(user)
-                pubs = [self._append(db, topic, orjson.dumps(push), PayloadKind.JSON, now,
-                                     policy(topic), False),
-                        self._unread_retained(db, user, count, now)]
-                changes.append(UserChange(user, count, [nid], pubs))
+            changes = [self._write_item(db, user, nid, fields, fields_json, now, expires,
+                                        collapse_key, policy, None)
+                       for user in users]
             self._idem_put(db, idempotency_key, now, {"id": nid, "targets": len(users)})
             return NotifyResult(nid, len(users), changes)
 
@@ -723,6 +798,8 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             keys = db.execute(
                 "DELETE FROM idempotency WHERE key IN (SELECT key FROM idempotency"
                 " WHERE expires <= ? ORDER BY expires LIMIT ?)", (now, limit)).rowcount
+            db.execute("DELETE FROM pushes WHERE rowid IN (SELECT rowid FROM pushes"
+                       " WHERE ts <= ? ORDER BY ts LIMIT ?)", (now / 1000 - PUSH_KEEP, limit))
             due = db.execute(
                 "SELECT user, seq, id, read, archived FROM inbox INDEXED BY inbox_expires"
                 " WHERE expires IS NOT NULL AND expires <= ? ORDER BY expires LIMIT ?",
@@ -1063,6 +1140,38 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
 
         return await self._run(tx)
 
+    async def audience_count(self, query: AudienceQuery, *, page: int = 1000) -> int:
+        """A query of tags only (``all`` / ``any``, with or without ``none``) is one
+        SQL count over the tag index, so a send to 100,000 tagged users is answered
+        at once; any other query pages through the users as the contract does."""
+        if query.attributes or query.active_within is not None or query.engaged is not None \
+                or not (query.tags_all or query.tags_any):
+            return await super().audience_count(query, page=page)
+
+        def marks(tags: tuple[str, ...]) -> str:
+            return ",".join("?" * len(tags))
+
+        source = tuple(dict.fromkeys(query.tags_all + query.tags_any))
+        having = []
+        args: list[Any] = list(source)
+        if query.tags_all:
+            having.append(f"SUM(tag IN ({marks(query.tags_all)})) = ?")
+            args += [*query.tags_all, len(query.tags_all)]
+        if query.tags_any:
+            having.append(f"SUM(tag IN ({marks(query.tags_any)})) > 0")
+            args += query.tags_any
+        sql = (f"SELECT user FROM user_tags WHERE tag IN ({marks(source)}) GROUP BY user"
+               f" HAVING {' AND '.join(having)}")
+        if query.tags_none:
+            sql = (f"SELECT user FROM ({sql}) WHERE user NOT IN (SELECT user FROM user_tags"
+                   f" WHERE tag IN ({marks(query.tags_none)}))")
+            args += query.tags_none
+
+        def tx(db: sqlite3.Connection) -> int:
+            return int(db.execute(f"SELECT COUNT(*) FROM ({sql})", args).fetchone()[0])
+
+        return await self._run(tx)
+
     async def _audience_profiles(self, users: list[str], query: AudienceQuery
                                  ) -> list[Profile]:
         now = int(self._clock() * 1000)
@@ -1099,6 +1208,244 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             return out
 
         return await self._run(tx)
+
+    # -- notification jobs ----------------------------------------------------------
+
+    @staticmethod
+    def _job(db: sqlite3.Connection, row: Sequence[Any]) -> Job:
+        counts = {state: n for state, n in db.execute(
+            "SELECT state, n FROM job_counts WHERE id = ? AND n != 0", (row[0],))}
+        return Job(row[0], row[1], row[2], orjson.loads(row[3]), row[4], row[5], row[6],
+                   row[7], row[8], counts, row[9], row[10])
+
+    def _job_by_id(self, db: sqlite3.Connection, job_id: str) -> Job | None:
+        row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?",
+                         (job_id,)).fetchone()
+        return None if row is None else self._job(db, row)
+
+    async def job_create(self, job: NewJob, *, idempotency_key: str | None = None,
+                         owner: str | None = None, lease: float = 0.0) -> tuple[Job, bool]:
+        now = self._clock()
+        now_ms = int(now * 1000)
+
+        def tx(db: sqlite3.Connection) -> tuple[Job, bool]:
+            first = self._idem_get(db, idempotency_key, now_ms)
+            if first is not None:
+                known = self._job_by_id(db, first["id"])
+                if known is not None:
+                    return known, True
+            db.execute("INSERT INTO jobs (id, status, category, request, targets, created, due,"
+                       " expires_at, lease_owner, lease_until)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (job.id, "scheduled" if owner is None else "sending", job.category,
+                        orjson.dumps(job.request), job.targets, now, job.due, job.expires_at,
+                        owner, None if owner is None else now + lease))
+            db.execute("INSERT INTO notifications (id, category, targets, created)"
+                       " VALUES (?, ?, ?, ?)", (job.id, job.category, job.targets, now_ms))
+            self._idem_put(db, idempotency_key, now_ms, {"id": job.id, "targets": job.targets})
+            created = self._job_by_id(db, job.id)
+            assert created is not None
+            return created, False
+
+        return await self._run(tx)
+
+    async def job_get(self, job_id: str) -> Job | None:
+        return await self._run(lambda db: self._job_by_id(db, job_id))
+
+    async def jobs(self, status: JobStatus, *, cursor: str | None = None, limit: int = 100
+                   ) -> JobPage:
+        if status not in JOB_STATUSES:
+            raise ValueError(f"unknown job status {status!r}")
+        after = int(cursor) if cursor is not None and cursor.isdigit() else 0
+
+        def tx(db: sqlite3.Connection) -> JobPage:
+            rows = db.execute(f"SELECT seq, {_JOB_COLUMNS} FROM jobs WHERE status = ?"
+                              " AND seq > ? ORDER BY seq LIMIT ?",
+                              (status, after, limit + 1)).fetchall()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            return JobPage([self._job(db, r[1:]) for r in rows],
+                           str(rows[-1][0]) if more and rows else None)
+
+        return await self._run(tx)
+
+    async def job_cancel(self, job_id: str) -> Job | None:
+        def tx(db: sqlite3.Connection) -> Job | None:
+            db.execute("UPDATE jobs SET status = 'cancelled', lease_owner = NULL,"
+                       " lease_until = NULL WHERE id = ? AND (status IN ('scheduled', 'sending')"
+                       " OR (status = 'sent' AND EXISTS (SELECT 1 FROM due_queue WHERE id = ?)))",
+                       (job_id, job_id))
+            job = self._job_by_id(db, job_id)
+            if job is not None and job.status == "cancelled":
+                db.execute("DELETE FROM due_queue WHERE id = ?", (job_id,))
+            return job
+
+        return await self._run(tx)
+
+    async def job_claim(self, owner: str, *, lease: float, limit: int = 1) -> list[Job]:
+        now = self._clock()
+
+        def tx(db: sqlite3.Connection) -> list[Job]:
+            ids = [r[0] for r in db.execute(
+                "SELECT id FROM jobs INDEXED BY jobs_status WHERE status = 'scheduled'"
+                " AND due <= ? UNION ALL SELECT id FROM jobs INDEXED BY jobs_status"
+                " WHERE status = 'sending' AND lease_until <= ? LIMIT ?",
+                (now, now, limit))]
+            out = []
+            for job_id in ids:
+                db.execute("UPDATE jobs SET status = 'sending', lease_owner = ?,"
+                           " lease_until = ? WHERE id = ?", (owner, now + lease, job_id))
+                job = self._job_by_id(db, job_id)
+                assert job is not None
+                out.append(job)
+            return out
+
+        return await self._run(tx)
+
+    async def job_progress(self, job_id: str, owner: str, cursor: str | None, *,
+                           lease: float) -> bool:
+        now = self._clock()
+
+        def tx(db: sqlite3.Connection) -> bool:
+            return db.execute(
+                "UPDATE jobs SET cursor = ?, lease_until = ? WHERE id = ?"
+                " AND status = 'sending' AND lease_owner = ? AND lease_until > ?",
+                (cursor, now + lease, job_id, owner, now)).rowcount == 1
+
+        return await self._run(tx)
+
+    async def job_finish(self, job_id: str, owner: str) -> bool:
+        now = self._clock()
+
+        def tx(db: sqlite3.Connection) -> bool:
+            return db.execute(
+                "UPDATE jobs SET status = 'sent', cursor = NULL, lease_owner = NULL,"
+                " lease_until = NULL WHERE id = ? AND status = 'sending'"
+                " AND lease_owner = ? AND lease_until > ?",
+                (job_id, owner, now)).rowcount == 1
+
+        return await self._run(tx)
+
+    @staticmethod
+    def _tally(db: sqlite3.Connection, job_id: str, state: str, n: int) -> None:
+        db.execute("INSERT INTO job_counts (id, state, n) VALUES (?, ?, ?)"
+                   " ON CONFLICT (id, state) DO UPDATE SET n = n + excluded.n",
+                   (job_id, state, n))
+
+    async def deliver(self, notification_id: str, deliveries: Sequence[Delivery], *,
+                      category: str, expires_at: float | None, collapse_key: str | None,
+                      policy: PolicyFor, due: bool = False) -> DeliverResult:
+        now_s = self._clock()
+        now = int(now_s * 1000)
+        expires = None if expires_at is None else int(expires_at * 1000)
+        nid = notification_id
+
+        def tx(db: sqlite3.Connection) -> DeliverResult:
+            # one read of who is recorded, one write per table, one tally per state:
+            # a chunk costs a few statements plus each user's inbox write
+            known: dict[str, str] = {}
+            users = [d.user for d in deliveries]
+            for i in range(0, len(users), 500):  # SQLite's bound on host parameters
+                part = users[i:i + 500]
+                marks = ",".join("?" * len(part))
+                known.update(db.execute(
+                    f"SELECT user, state FROM job_targets WHERE id = ? AND user IN ({marks})",
+                    (nid, *part)).fetchall())
+            changes: list[UserChange] = []
+            recorded: list[str] = []
+            tally: dict[str, int] = {}
+            targets: list[tuple[str, str, str]] = []
+            undue: list[tuple[str, str]] = []
+            queue: list[tuple[str, str, float]] = []
+            pushes: list[tuple[str, str, float]] = []
+            shared: tuple[int, dict[str, Any], bytes] | None = None  # one rendering, many users
+            seen: set[str] = set()
+            for d in deliveries:
+                if d.user in seen:  # named twice in one chunk: the first counts
+                    continue
+                seen.add(d.user)
+                was = known.get(d.user)
+                if was is not None:
+                    if due:  # the entry is used up, whatever the target's state
+                        undue.append((nid, d.user))
+                    if not (due and was in _HELD):
+                        continue
+                    tally[was] = tally.get(was, 0) - 1
+                targets.append((nid, d.user, d.state))
+                tally[d.state] = tally.get(d.state, 0) + 1
+                recorded.append(d.user)
+                if d.fields is not None:
+                    if shared is None or shared[0] != id(d.fields):
+                        fields = {**d.fields, "id": nid, "ts": now}
+                        shared = (id(d.fields), fields, orjson.dumps(fields))
+                    changes.append(self._write_item(
+                        db, d.user, nid, shared[1], shared[2], now, expires, collapse_key,
+                        policy, d.edges))
+                if d.due_at is not None:
+                    queue.append((nid, d.user, d.due_at))
+                if d.edges is None or d.edges:
+                    pushes.append((d.user, category, now_s))
+            db.executemany("DELETE FROM due_queue WHERE id = ? AND user = ?", undue)
+            db.executemany("INSERT OR REPLACE INTO job_targets (id, user, state) VALUES (?, ?, ?)",
+                           targets)
+            db.executemany("INSERT OR REPLACE INTO due_queue (id, user, due) VALUES (?, ?, ?)",
+                           queue)
+            db.executemany("INSERT INTO pushes (user, category, ts) VALUES (?, ?, ?)", pushes)
+            for state, n in tally.items():
+                if n:
+                    self._tally(db, nid, state, n)
+            return DeliverResult(changes, recorded)
+
+        return await self._run(tx)
+
+    async def due_claim(self, owner: str, *, lease: float, limit: int) -> list[DueEntry]:
+        now = self._clock()
+
+        def tx(db: sqlite3.Connection) -> list[DueEntry]:
+            rows = db.execute(
+                "SELECT id, user, due FROM due_queue INDEXED BY due_queue_due WHERE due <= ?"
+                " AND (lease_until IS NULL OR lease_until <= ?) ORDER BY due LIMIT ?",
+                (now, now, limit)).fetchall()
+            db.executemany("UPDATE due_queue SET lease_owner = ?, lease_until = ?"
+                           " WHERE id = ? AND user = ?",
+                           [(owner, now + lease, r[0], r[1]) for r in rows])
+            return [DueEntry(r[0], r[1], r[2]) for r in rows]
+
+        return await self._run(tx)
+
+    @staticmethod
+    def _instants(db: sqlite3.Connection, sql: str, users: list[str], args: tuple[Any, ...],
+                  scale: float) -> dict[str, list[float]]:
+        """``sql`` (``SELECT user, ts ... user IN ({marks}) ... ORDER BY ts``) over
+        ``users`` in slices SQLite binds: each user's instants, in seconds."""
+        out: dict[str, list[float]] = {}
+        for i in range(0, len(users), 500):  # SQLite's bound on host parameters
+            part = users[i:i + 500]
+            for user, ts in db.execute(sql.format(marks=",".join("?" * len(part))),
+                                       (*args, *part)):
+                out.setdefault(user, []).append(ts / scale)
+        return out
+
+    async def engagement_times(self, users: Sequence[str], since: float
+                               ) -> Mapping[str, list[float]]:
+        sql = ("SELECT user, ts FROM engagements WHERE ts > ? AND user IN ({marks})"
+               " ORDER BY ts")
+        chunk, after = list(users), int(since * 1000)
+        return await self._run(lambda db: self._instants(db, sql, chunk, (after,), 1000))
+
+    async def recent_pushes(self, users: Sequence[str], category: str, since: float
+                            ) -> Mapping[str, list[float]]:
+        sql = ("SELECT user, ts FROM pushes WHERE category = ? AND ts > ? AND user IN ({marks})"
+               " ORDER BY ts")
+        chunk = list(users)
+        return await self._run(lambda db: self._instants(db, sql, chunk, (category, since), 1))
+
+
+_JOB_COLUMNS = ("id, status, category, request, targets, created, due, expires_at, cursor,"
+                " lease_owner, lease_until")
+_HELD = ("held", "scheduled")  # target states the due queue may replace
+PUSH_KEEP = 86400.0  # seconds of push history caps read (the longest rolling window)
+
 
 def _resolve(results: list[tuple[Any, Any, BaseException | None]],
              monitor: StoreHealth | None, elapsed: float, failure: sqlite3.Error | None

@@ -9,7 +9,9 @@
 * :mod:`.presence`: online device entries shared by every node
   (:class:`PresenceStore`);
 * :mod:`.audience`: tags, attributes, segments, last-seen times, engagement
-  and paged selection of users (:class:`AudienceStore`).
+  and paged selection of users (:class:`AudienceStore`);
+* :mod:`.notifications`: send jobs, per-user delivery, the due queue and push
+  history (:class:`NotificationStore`).
 
 Each is tested on its own, on every backend, by ``tests/store/test_*_contract.py``.
 Callers that need one concern may take that contract rather than the whole store
@@ -33,28 +35,53 @@ from .inbox import (
     UserChange,
     events_topic,
     notifications_topic,
+    routed_away,
     unread_topic,
 )
 from .mqtt_sessions import MqttSessionState, MqttSessionStore, MqttSubscription, QueuedMessage
+from .notifications import (
+    JOB_STATUSES,
+    OUTCOMES,
+    TARGET_STATES,
+    DeliverResult,
+    Delivery,
+    DueEntry,
+    Job,
+    JobPage,
+    JobStatus,
+    NewJob,
+    NotificationStore,
+)
 from .presence import PresenceStore
 from .topics import HistoryPage, HistoryPolicy, PolicyFor, PublishResult, TopicStore
 
 __all__ = [
+    "JOB_STATUSES",
     "MAX_EVENT_IDS",
+    "OUTCOMES",
     "PRUNE_STEP",
+    "TARGET_STATES",
     "TRACK_EVENTS",
     "AudiencePage",
     "AudienceQuery",
     "AudienceStore",
+    "DeliverResult",
+    "Delivery",
+    "DueEntry",
     "HistoryPage",
     "HistoryPolicy",
     "InboxItem",
     "InboxPage",
     "InboxStore",
+    "Job",
+    "JobPage",
+    "JobStatus",
     "MarkAction",
     "MqttSessionState",
     "MqttSessionStore",
     "MqttSubscription",
+    "NewJob",
+    "NotificationStore",
     "NotifyResult",
     "PolicyFor",
     "PresenceStore",
@@ -64,5 +91,6 @@ __all__ = [
     "UserChange",
     "events_topic",
     "notifications_topic",
+    "routed_away",
     "unread_topic",
 ]
