@@ -159,14 +159,22 @@ from ..redis_wire import (
 from ..types import Offset, PayloadKind, Publication, format_offset, parse_offset
 from . import redis_lua as lua
 from .base import (
+    JOB_STATUSES,
     PRUNE_STEP,
     TRACK_EVENTS,
+    DeliverResult,
+    Delivery,
+    DueEntry,
     HistoryPage,
     HistoryPolicy,
     InboxItem,
     InboxPage,
+    Job,
+    JobPage,
+    JobStatus,
     MarkAction,
     MqttSessionState,
+    NewJob,
     NotifyResult,
     PolicyFor,
     PublishResult,
@@ -187,18 +195,21 @@ from .contracts.audience import (
     check_tag_values,
 )
 
-__all__ = ["MQTT_BUCKETS", "RETAINED_GRACE", "RedisStore"]
+__all__ = ["DUE_BUCKETS", "MQTT_BUCKETS", "PUSH_KEEP", "RETAINED_GRACE", "RedisStore"]
 
 log = logging.getLogger("tidings.store.redis")
 
 T = TypeVar("T")
 
 MQTT_BUCKETS = 64  # slots the MQTT sessions are spread over
+DUE_BUCKETS = 16  # slots the due queue of notifications is spread over (by user)
+PUSH_KEEP = 86400.0  # seconds of live-push history kept per user (the longest cap window)
 RETAINED_GRACE = 300.0  # seconds an unconfirmed retained-index entry is kept (cluster)
 _IN_FLIGHT = 64  # calls of one store in flight at once (each holds a connection)
 _BATCH = 100  # per-user notify scripts sent in one pipeline
 _KNOWN_USERS_MAX = 100_000  # users remembered as listed in {r}:users
 _NOT_JSON_KEYS = ("unread", "replaces")  # added to a push by the script
+_WAITING = ("held", "scheduled")  # target states the due queue replaces when it fires
 # Redis errors that say "not now" rather than "your script is wrong".
 _TRANSIENT = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY",
               "NOREPLICAS", "MOVED", "ASK", "NOSCRIPT", "UNBLOCKED")
@@ -381,6 +392,11 @@ class RedisStore(Store):
     def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]
                 ) -> Awaitable[Any]:
         return self._scripts[name](keys=keys, args=args)  # type: ignore[no-any-return]
+
+    def _call(self, name: str, keys: Sequence[str], args: Sequence[Any]
+              ) -> Callable[[Any], Awaitable[Any]]:
+        """Script ``name`` as a function of the client, for :meth:`_io`."""
+        return lambda _client: self._script(name, keys, args)
 
     # -- topics ---------------------------------------------------------------------------
 
@@ -627,10 +643,12 @@ class RedisStore(Store):
 
     def _change(self, user: str, stream: str, now: int, raw: list[Any], changed: list[str]
                 ) -> UserChange:
+        """The publications a per-user script returned (no stream entry: a silent write)."""
         count, soffset, spayload, uoffset, upayload = raw[:5]
-        pubs = [Publication(stream, Offset(_text(soffset)), spayload, PayloadKind.JSON, now),
-                Publication(unread_topic(user), Offset(_text(uoffset)), upayload,
-                            PayloadKind.JSON, now)]
+        pubs = [] if soffset is None else [
+            Publication(stream, Offset(_text(soffset)), spayload, PayloadKind.JSON, now)]
+        pubs.append(Publication(unread_topic(user), Offset(_text(uoffset)), upayload,
+                                PayloadKind.JSON, now))
         return UserChange(user, int(count), changed, pubs)
 
     async def notify(
@@ -1156,3 +1174,253 @@ class RedisStore(Store):
                                None if not seen else (now - int(seen)) / 1000,
                                int(engaged)))
         return out
+
+    # -- notification jobs ----------------------------------------------------------------
+    # Jobs in one slot ({jobs}: the job hashes, the due and lease zsets, the status
+    # indexes and the idempotency keys), so a status change is one script. Per user,
+    # in the user's slot: {u:<uid>}:nt (hash: notification -> target state) and
+    # {u:<uid>}:push:<category> (zset: notification by live-push time). The due queue
+    # in DUE_BUCKETS slots {dq:<n>} by user (see redis_lua.DUE_PUT).
+
+    def _jk(self, suffix: str) -> str:
+        return self._p + "{jobs}:" + suffix
+
+    def _job_keys(self, *statuses: str) -> list[str]:
+        return [self._jk("st:" + s) for s in statuses]
+
+    @staticmethod
+    def _job(raw: Mapping[Any, Any] | Sequence[Any]) -> Job:
+        """A job from its hash (a mapping from redis-py, a flat list from a script)."""
+        if isinstance(raw, Mapping):
+            h = {_text(k): v for k, v in raw.items()}
+        else:
+            h = {_text(raw[i]): raw[i + 1] for i in range(0, len(raw), 2)}
+
+        def num(name: str) -> float | None:
+            v = h.get(name)
+            return None if v is None or v in (b"", "") else float(v)
+
+        outcomes = {k[2:]: int(v) for k, v in h.items() if k.startswith("o:") and int(v)}
+        status: Any = _text(h["status"])
+        return Job(_text(h["id"]), status, _text(h["category"]), orjson.loads(h["request"]),
+                   int(h["targets"]), float(h["created"]), float(h["due"]), num("expires"),
+                   None if "cursor" not in h else _text(h["cursor"]), outcomes,
+                   None if "owner" not in h else _text(h["owner"]), num("until"))
+
+    async def job_create(self, job: NewJob, *, idempotency_key: str | None = None
+                         ) -> tuple[Job, bool]:
+        now = self._clock()
+        key = self._jk("j:" + job.id)
+        idem = key if idempotency_key is None else self._jk("k:" + idempotency_key)
+        args = [job.id, job.category, orjson.dumps(job.request), job.targets, repr(now),
+                repr(float(job.due)), "" if job.expires_at is None else repr(job.expires_at),
+                0 if idempotency_key is None else 1, _ms(self._idempotency_ttl)]
+
+        async def run(client: Any) -> tuple[Job, bool]:
+            duplicate, jid = await self._script(
+                "JOB_CREATE", [key, self._jk("due"), *self._job_keys("scheduled"), idem], args)
+            return self._job(await client.hgetall(self._jk("j:" + _text(jid)))), bool(duplicate)
+
+        made, duplicate = await self._io(run)
+        # the stats row (another slot): after the job, and again by a retry
+        await self._note(made.id, made.category, made.targets, int(made.created * 1000))
+        return made, duplicate
+
+    async def job_get(self, job_id: str) -> Job | None:
+        raw = await self._io(lambda c: c.hgetall(self._jk("j:" + job_id)))
+        return self._job(raw) if raw else None
+
+    async def jobs(self, status: JobStatus, *, cursor: str | None = None, limit: int = 100
+                   ) -> JobPage:
+        if status not in JOB_STATUSES:
+            raise ValueError(f"unknown job status {status!r}")
+        after, _, after_id = (cursor or "").partition(" ")
+        try:
+            float(after or 0)
+        except ValueError:
+            after, after_id = "", ""  # not one of ours: from the start
+        args = [self._jk("j:"), after, after_id, limit]
+        raw = await self._io(lambda c: self._script("JOBS_PAGE", self._job_keys(status), args))
+        found = [self._job(h) for h in raw]
+        more = len(found) > limit
+        found = found[:limit]
+        nxt = f"{found[-1].created!r} {found[-1].id}" if more and found else None
+        return JobPage(found, nxt)
+
+    async def job_cancel(self, job_id: str) -> Job | None:
+        keys = [self._jk("j:" + job_id), self._jk("due"), self._jk("lease"),
+                *self._job_keys("scheduled", "sending", "cancelled")]
+        status = await self._io(lambda c: self._script("JOB_CANCEL", keys, [job_id]))
+        if status is None:
+            return None
+        if _text(status) == "cancelled":  # also on a retry of a cancel that failed after it
+            calls = [(self._due_queue_keys(b), [self._dq(b) + ":j:", job_id])
+                     for b in range(DUE_BUCKETS)]
+            await self._io(lambda c: self._eval_many(c, "DUE_CANCEL", calls))
+        return await self.job_get(job_id)
+
+    async def job_claim(self, owner: str, *, lease: float, limit: int = 1) -> list[Job]:
+        now = self._clock()
+        keys = [self._jk("due"), self._jk("lease"), *self._job_keys("scheduled", "sending")]
+        args = [self._jk("j:"), repr(now), owner, repr(now + lease), limit]
+        raw = await self._io(lambda c: self._script("JOB_CLAIM", keys, args))
+        return [self._job(h) for h in raw]
+
+    async def job_progress(self, job_id: str, owner: str, cursor: str | None, *,
+                           lease: float) -> bool:
+        now = self._clock()
+        args = [job_id, repr(now), owner, 0 if cursor is None else 1, cursor or "",
+                repr(now + lease)]
+        keys = [self._jk("j:" + job_id), self._jk("lease")]
+        return bool(await self._io(lambda c: self._script("JOB_PROGRESS", keys, args)))
+
+    async def job_finish(self, job_id: str, owner: str) -> bool:
+        now = self._clock()
+        keys = [self._jk("j:" + job_id), self._jk("lease"), *self._job_keys("sending", "sent")]
+        return bool(await self._io(lambda c: self._script("JOB_FINISH", keys,
+                                                          [job_id, repr(now), owner])))
+
+    def _dq(self, bucket: int) -> str:
+        return self._p + "{dq:" + str(bucket) + "}"
+
+    def _due_queue_keys(self, bucket: int) -> list[str]:
+        tag = self._dq(bucket)
+        return [tag + ":q", tag + ":due", tag + ":x"]
+
+    @staticmethod
+    def _bucket(user: str) -> int:
+        return zlib.crc32(user.encode()) % DUE_BUCKETS
+
+    async def deliver(self, notification_id: str, deliveries: Sequence[Delivery], *,
+                      category: str, expires_at: float | None, collapse_key: str | None,
+                      policy: PolicyFor, due: bool = False) -> DeliverResult:
+        """One DELIVER script per user (the target record, the inbox write, the push
+        record: atomic per user), in pipelines of ``_BATCH``; then, for the users of
+        the batches that succeeded, their due-queue entries and the job's counts (a
+        failed batch raises ``Unavailable`` after those: see the module doc)."""
+        now_s = self._clock()
+        now = int(now_s * 1000)
+        nid = notification_id
+        expires = -1 if expires_at is None else int(expires_at * 1000)
+        todo = list(deliveries)
+
+        def call(d: Delivery) -> tuple[list[str], list[Any]]:
+            stream = notifications_topic(d.user)
+            inbox = self._inbox_keys(d.user, stream)
+            keys = [*inbox[:16], self._uk(d.user, ":nt"),
+                    self._uk(d.user, ":push:" + category), *inbox[16:]]
+            fields_json = push_base = b""
+            if d.fields is not None:
+                fields = {**d.fields, "id": nid, "ts": now}
+                fields_json = orjson.dumps(fields)
+                push_base = orjson.dumps({k: v for k, v in fields.items()
+                                          if k not in _NOT_JSON_KEYS})
+            live = d.edges is None or bool(d.edges)
+            extra = b"" if not d.edges else b',"edges":' + orjson.dumps(list(d.edges))
+            return keys, [*self._inbox_args(d.user, stream, now, policy), nid, d.state,
+                          1 if due else 0, 0 if d.fields is None else 1, expires,
+                          0 if collapse_key is None else 1, collapse_key or "", fields_json,
+                          push_base, self._max_inbox, PRUNE_STEP, extra, 1 if live else 0,
+                          repr(now_s), PUSH_KEEP, 0 if live else 1]
+
+        async def batch(chunk: list[Delivery]) -> list[Any]:
+            async def run(client: Any) -> list[Any]:
+                if self._cluster:
+                    await self._register_users(client, [d.user for d in chunk])
+                # made here: topic epochs need the store epoch _io ensured
+                return await self._eval_many(client, "DELIVER", [call(d) for d in chunk])
+
+            return await self._io(run)
+
+        chunks = [todo[i:i + _BATCH] for i in range(0, len(todo), _BATCH)]
+        results = await asyncio.gather(*(batch(c) for c in chunks), return_exceptions=True)
+        changes: list[UserChange] = []
+        recorded: list[str] = []
+        counts: dict[str, int] = {}
+        puts: dict[int, list[Any]] = {}
+        done: dict[int, list[str]] = {}
+        expiring: list[str] = []
+        failure: BaseException | None = None
+        for chunk, r in zip(chunks, results, strict=True):
+            if isinstance(r, BaseException):
+                failure = failure or r
+                continue
+            for d, raw in zip(chunk, r, strict=True):
+                wrote, prev = int(raw[0]), _text(raw[1])
+                b = self._bucket(d.user)
+                if wrote:
+                    recorded.append(d.user)
+                    counts[d.state] = counts.get(d.state, 0) + 1
+                    if prev:
+                        counts[prev] = counts.get(prev, 0) - 1
+                    if len(raw) > 2:
+                        changes.append(self._change(d.user, notifications_topic(d.user), now,
+                                                    raw[2:], [nid]))
+                        if expires >= 0:
+                            expiring.append(d.user)
+                if d.due_at is not None and (wrote or prev in _WAITING):
+                    # a skipped user still waiting: put back only an entry that is gone
+                    puts.setdefault(b, []).extend(
+                        [nid, d.user, repr(float(d.due_at)), 0 if wrote else 1])
+                elif due and d.due_at is None:
+                    done.setdefault(b, []).append(d.user)
+        await self._after_deliver(nid, counts, puts, done, expiring, expires)
+        if failure is not None:
+            raise failure
+        return DeliverResult(changes, recorded)
+
+    async def _after_deliver(self, nid: str, counts: dict[str, int],
+                             puts: dict[int, list[Any]], done: dict[int, list[str]],
+                             expiring: list[str], expires: int) -> None:
+        """Due-queue entries added (after the target records that need them) and
+        removed (fired), the inbox expiry index, and the job's counts."""
+        calls = [(self._due_queue_keys(b)[:3], [self._dq(b) + ":j:", *args])
+                 for b, args in puts.items()]
+        drops = [(self._due_queue_keys(b)[:2],
+                  [self._dq(b) + ":j:", *(v for u in users for v in (nid, u))])
+                 for b, users in done.items()]
+        deltas = [v for state, n in counts.items() if n for v in ("o:" + state, n)]
+
+        async def run(client: Any) -> None:
+            if calls:
+                await self._eval_many(client, "DUE_PUT", calls)
+            if drops:
+                await self._eval_many(client, "DUE_DONE", drops)
+            if expiring:  # after the items exist: see DUE_ADD
+                await self._script("DUE_ADD", self._due_keys(), [expires, *expiring])
+            if deltas:
+                await self._script("JOB_COUNT", [self._jk("j:" + nid)], deltas)
+
+        if calls or drops or expiring or deltas:
+            await self._io(run)
+
+    async def due_claim(self, owner: str, *, lease: float, limit: int) -> list[DueEntry]:
+        """Bucket by bucket (from a random one, so nodes start apart) until ``limit``."""
+        now = self._clock()
+        start = secrets.randbelow(DUE_BUCKETS)
+        out: list[DueEntry] = []
+        for i in range(DUE_BUCKETS):
+            if len(out) >= limit:
+                break
+            b = (start + i) % DUE_BUCKETS
+            args = [self._dq(b) + ":j:", repr(now), repr(now + lease), limit - len(out)]
+            raw = await self._io(self._call("DUE_CLAIM", self._due_queue_keys(b), args))
+            for j in range(0, len(raw), 2):
+                nid, _, user = _text(raw[j]).partition("\0")
+                out.append(DueEntry(nid, user, float(raw[j + 1])))
+        out.sort(key=lambda e: e.due)
+        return out
+
+    async def recent_pushes(self, users: Sequence[str], category: str, since: float
+                            ) -> Mapping[str, list[float]]:
+        users = list(dict.fromkeys(users))
+
+        async def run(client: Any) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for u in users:
+                pipe.zrangebyscore(self._uk(u, ":push:" + category), f"({since!r}", "+inf",
+                                   withscores=True)
+            return await pipe.execute()  # type: ignore[no-any-return]
+
+        raw = await self._io(run) if users else []
+        return {u: [float(s) for _, s in got] for u, got in zip(users, raw, strict=True) if got}
