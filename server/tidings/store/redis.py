@@ -59,6 +59,19 @@ key                            type    what
                                hash    earliest expiry / a version per user (sweeper)
 ``P {ms:<bucket>}:state``      hash    MQTT session state by client id (64 buckets)
 ``P {ms:<bucket>}:q:<client>`` list    the session's queue, oldest first
+``P {jobs}:j:<id>``            hash    a send job: status, request, cursor, lease
+                                       (owner, until), ``o:<state>`` target counts
+``P {jobs}:due``               zset    scheduled jobs by due time
+``P {jobs}:lease``             zset    sending jobs by the end of their lease
+``P {jobs}:st:<status>``       zset    jobs of a status by created (listing)
+``P {jobs}:k:<key>``           string  a job's idempotency key -> job id (PX ttl)
+``P {u:<uid>}:nt``             hash    notification -> the user's target state
+``P {u:<uid>}:push:<cat>``     zset    notification by live-push time (caps; 24 h)
+``P {dq:<n>}:q``               zset    due entries ``<id>\0<user>`` by when they may
+                                       be handed out (due, or lease end once claimed)
+``P {dq:<n>}:due``             hash    entry -> its due time
+``P {dq:<n>}:j:<id>``          set     a notification's entries in the bucket
+``P {dq:<n>}:x``               set     cancelled notifications (entries refused)
 =============================  ======  ===============================================
 
 Channels: :func:`tidings.redis_wire.channel_for` (``tidings:`` + B), in the
@@ -107,6 +120,32 @@ Trade-offs (what one slot per topic / per user costs)
   those.
 * The inbox cap: ``HLEN`` of the items hash is the total; over the cap a
   notify drops from ``:done``, then ``:useq``, then ``:order``.
+* Notification jobs all live in the one ``{jobs}`` slot: a claim, a lease
+  check, a status change with its indexes and an idempotent create are each
+  one script, so of nodes claiming at once exactly one gets a job. Jobs are
+  per notification (not per user), so that slot sees a few calls per chunk.
+  The job's stats row (``{n:<id>}:m``) is written after the job, and again
+  (a no-op) by a retried create, so a crash between the two is mended by the
+  retry.
+* Delivery (:meth:`deliver`) is one DELIVER script per user in the user's
+  slot: the target record (``:nt``), the inbox write and the push record, so
+  a replayed chunk skips every recorded user. After the per-user scripts of a
+  chunk come, in other slots, the due-queue entries (added after the target
+  records that need them: a skipped user still ``held`` or ``scheduled`` gets
+  its entry back only if it is gone) and the job's counts (one HINCRBY per
+  state, for the users this call recorded). A crash between the per-user
+  scripts and the counts leaves the job's counts short by those users (the
+  targets themselves are exact); one between a ``held`` record and its entry
+  is mended when the chunk is replayed.
+* The due queue is spread over :data:`DUE_BUCKETS` slots by user; a claim
+  walks the buckets from a random one until it has ``limit`` entries (an
+  empty queue costs a node 16 small calls per poll). A claimed entry stays in
+  its bucket with its lease end as score, so an entry whose node died is
+  handed out again when the lease ends. ``job_cancel`` cancels the job, then
+  each bucket drops its entries and refuses new ones for it (``:x``); a crash
+  between the two is mended by repeating the cancel.
+* Target records and cancelled-notification marks are kept (as SQLite keeps
+  them): one hash field per user and notification sent.
 * A script runs alone on its Redis: ``mark`` with ``all`` walks the user's
   whole inbox in one script (as SQLite does in one transaction), so a user
   with a very large inbox costs Redis that long.
