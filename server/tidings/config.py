@@ -149,6 +149,9 @@ class NotifySettings:
     max_inbox: int = 1000  # items kept per user; over it the oldest read ones go first
     max_templates: int = 64  # strings with placeholders per notification (content.py)
     max_placeholders: int = 256  # placeholders in all of one notification's strings
+    lease: float = 60.0  # seconds a node holds a sending job (or due entry) between renewals
+    schedule_interval: float = 1.0  # seconds between the scheduler's looks at due work
+    due_batch: int = 500  # due-queue entries (held / per-user times) fired per scheduler step
 
 
 def _default_categories() -> list[str]:
@@ -495,6 +498,9 @@ def _validate(s: Settings) -> None:
     _positive("notify.max_inbox", s.notify.max_inbox)
     _positive("notify.max_templates", s.notify.max_templates, zero_ok=True)
     _positive("notify.max_placeholders", s.notify.max_placeholders, zero_ok=True)
+    _positive("notify.lease", s.notify.lease)
+    _positive("notify.schedule_interval", s.notify.schedule_interval)
+    _positive("notify.due_batch", s.notify.due_batch)
     for key in ("max_tags", "max_tag_length", "max_attributes", "max_attribute_size",
                 "max_terms", "page_size"):
         _positive(f"audience.{key}", getattr(s.audience, key))

@@ -11,6 +11,7 @@ Hierarchy::
       +-- Unauthorized      no, bad or expired credentials
       +-- Forbidden         credentials fine, permission denied
       +-- NotFound
+      +-- Conflict          not possible in the resource's state (cancel what was sent)
       +-- TooLarge          a frame, body or payload over its limit
       +-- RateLimited       over a per-session message rate
       +-- RequestTimeout    the peer took too long to send its request
@@ -45,6 +46,7 @@ __all__ = [
     "BadClientId",
     "BadRequest",
     "BadTopic",
+    "Conflict",
     "Forbidden",
     "NotFound",
     "QuotaExceeded",
@@ -148,6 +150,14 @@ class Forbidden(TidingsError):
 class NotFound(TidingsError):
     code = "not_found"
     status = 404
+    close_code = CLOSE_BAD_REQUEST
+    mqtt_reason = 0x80  # Unspecified error
+    mqtt_return = 3  # Server unavailable
+
+
+class Conflict(TidingsError):
+    code = "conflict"
+    status = 409
     close_code = CLOSE_BAD_REQUEST
     mqtt_reason = 0x80  # Unspecified error
     mqtt_return = 3  # Server unavailable

@@ -21,6 +21,7 @@ from support.inbox import send
 from support.stores import Clock, OpenStore
 from tidings.audience import parse_audience
 from tidings.errors import BadRequest
+from tidings.preferences import Rules, merge, parse
 from tidings.store.base import Store
 from tidings.store.contracts.audience import ENGAGEMENT_KEEP, AudienceQuery
 
@@ -158,6 +159,57 @@ async def test_segments_outlive_the_store(open_store: OpenStore) -> None:
     second = await open_store()
     assert await second.segment_get("pros") == {"attributes": {"plan": "pro"}}
     assert await select(second, {"attributes": {"plan": "pro"}}) == ["alice"]
+
+
+# -- preferences -----------------------------------------------------------------------------
+
+PREFS = {"timezone": "Asia/Shanghai", "locale": "zh-CN",
+         "categories": {"marketing": {"enabled": False}, "social": {"edges": ["ws"]}},
+         "quiet_hours": {"start": "22:00", "end": "07:00", "days": ["fri", "sat"]},
+         "caps": {"digest": {"per_hour": 1, "per_day": 3}}}
+
+
+async def test_preferences_replace_and_remove(store: Store) -> None:
+    assert await store.user_preferences("alice") == {}
+    doc = parse(PREFS, Rules.default()).to_dict()
+    assert await store.set_user_preferences("alice", doc) == doc
+    assert await store.user_preferences("alice") == doc
+    assert await store.user_preferences("bob") == {}  # users never mix
+    smaller = merge(parse(doc, Rules.default()), {"categories": None, "caps": None},
+                    Rules.default()).to_dict()
+    assert await store.set_user_preferences("alice", smaller) == smaller
+    assert await store.user_preferences("alice") == smaller
+    assert "categories" not in smaller and smaller["timezone"] == "Asia/Shanghai"
+    assert await store.set_user_preferences("alice", {}) == {}
+    assert await store.user_preferences("alice") == {}
+
+
+async def test_preferences_alone_do_not_make_a_user_selectable(store: Store) -> None:
+    await store.set_user_preferences("alice", {"locale": "en"})
+    await store.set_user_tags("bob", ["x"], max_tags=MAX_TAGS)
+    assert await select(store, {}) == ["bob"]
+
+
+async def test_preferences_many_reads_each_user(store: Store) -> None:
+    users = [f"user-{i:04}" for i in range(1200)]  # more than one SQLite parameter batch
+    docs = {u: {"locale": "en", "timezone": "Europe/Paris" if i % 2 else "UTC"}
+            for i, u in enumerate(users) if i % 3}
+    await in_batches([partial(store.set_user_preferences, u, d) for u, d in docs.items()])
+    asked = [*users, "stranger", users[1]]  # a stranger and a repeat
+    got = await store.preferences_many(asked)
+    assert set(got) == {*users, "stranger"}
+    assert got == {u: docs.get(u, {}) for u in [*users, "stranger"]}
+    assert await store.preferences_many([]) == {}
+
+
+async def test_preferences_outlive_the_store(open_store: OpenStore) -> None:
+    first = await open_store()
+    await first.set_user_preferences("alice", {"timezone": "Europe/Paris"})
+    await first.close()
+    second = await open_store()
+    assert await second.user_preferences("alice") == {"timezone": "Europe/Paris"}
+    assert await second.preferences_many(["alice", "bob"]) == {
+        "alice": {"timezone": "Europe/Paris"}, "bob": {}}
 
 
 # -- last seen and engagement ----------------------------------------------------------------

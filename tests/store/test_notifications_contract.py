@@ -274,3 +274,14 @@ async def test_recent_pushes_read_a_chunk_in_one_call(store: Store, clock: Clock
     assert got == {"ann": [t1, clock.now]}
     assert await store.recent_pushes(["ann"], "general", t1) == {"ann": [clock.now]}
     assert await store.recent_pushes(["ann"], "marketing", 0) == {}
+
+
+async def test_engagement_times_read_a_chunk_in_one_call(store: Store, clock: Clock) -> None:
+    await store.engage("ann", "news", "opened", "n_1")
+    t1 = clock.now
+    clock.advance(3600)
+    await store.engage("ann", "sports", "clicked", "n_2")
+    await store.engage("bob", "news", "clicked", "n_3")
+    got = await store.engagement_times(["ann", "bob", "cy"], t1 - 1)
+    assert got == {"ann": [t1, clock.now], "bob": [clock.now]}
+    assert await store.engagement_times(["ann"], t1) == {"ann": [clock.now]}

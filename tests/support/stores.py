@@ -52,7 +52,7 @@ KEEP = HistoryPolicy(size=1000, ttl=3600.0)  # large enough not to trim in a tes
 MAX_INBOX = 50  # items per user (the inbox cap); more than any test but the cap's own
 
 OpenStore = Callable[[], Awaitable[Store]]
-_CLASSES: dict[str, type[Store]] = {"sqlite": SqliteStore, "redis": RedisStore,
+_CLASSES: dict[str, type] = {"sqlite": SqliteStore, "redis": RedisStore,
                                     "redis-cluster": RedisStore}
 
 

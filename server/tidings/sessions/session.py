@@ -33,7 +33,7 @@ from ..auth import Principal
 from ..errors import BadRequest, Forbidden, TidingsError, Unauthorized
 from ..protocol.frames import Encoding, encode, push_fields
 from ..protocol.topics import is_wildcard, matches
-from ..store.base import MarkAction, events_topic, notifications_topic
+from ..store.base import MarkAction, events_topic, notifications_topic, routed_away
 from ..types import PayloadKind, Publication, UserId, parse_offset
 from .operations import Operations
 
@@ -115,7 +115,11 @@ class Session:
         return p is not None and self.ops.acl.may_see(p, topic)
 
     def deliver(self, publication: Publication, data: Any) -> None:
-        """Hub callback: ``data`` is already this session's wire form (the hot path)."""
+        """Hub callback: ``data`` is already this session's wire form (the hot path).
+        A notification routed to other edges only (:func:`routed_away`) is skipped."""
+        if self._streams and publication.topic == self._streams[0] \
+                and routed_away(publication, self._edge):
+            return
         if self._hold is not None:
             self._hold.append((publication, data))
         else:
@@ -191,7 +195,7 @@ class Session:
                 for p in page.items:
                     fields = push_fields(p, encoding)
                     nid = fields.get("id")
-                    if nid not in states:
+                    if nid not in states or routed_away(p, self._edge):
                         continue  # archived, expired or collapsed since
                     fields["read"] = states[nid]
                     budget -= len(encode(fields, encoding))
@@ -302,6 +306,9 @@ class Session:
                 first = False
                 full = False
                 for pub in items:
+                    if routed_away(pub, self._edge):
+                        cursor = pub.offset
+                        continue
                     fields = push_fields(pub, encoding)
                     size = len(encode(fields, encoding))
                     if got and used + size > budget:

@@ -66,6 +66,7 @@ from .contracts import (
     UserChange,
     events_topic,
     notifications_topic,
+    routed_away,
     unread_topic,
 )
 
@@ -107,6 +108,7 @@ __all__ = [
     "UserChange",
     "events_topic",
     "notifications_topic",
+    "routed_away",
     "unread_topic",
 ]
 

@@ -1052,6 +1052,7 @@ class RedisStore(Store):
 
     # -- audience -------------------------------------------------------------------------
     # Per user, in the user's slot: {u:<uid>}:tags (set), :attrs (JSON), :seen (ms),
+    # :prefs (the preferences document, JSON),
     # :eng:<category> (zset of "<event>\0<notification id>" scored by ms). Across users,
     # each in its own slot: {aud}:users (every known user, lex-ordered zset),
     # {tag:<tag>}:users (per tag, lex-ordered zset; a superset, see the contract) and
@@ -1139,6 +1140,37 @@ class RedisStore(Store):
 
     async def segment_delete(self, name: str) -> bool:
         return bool(await self._io(lambda c: c.hdel(self._p + "{seg}:defs", name)))
+
+    async def user_preferences(self, user: str) -> dict[str, Any]:
+        raw = await self._io(lambda c: c.get(self._uk(user, ":prefs")))
+        return {} if raw is None else dict(orjson.loads(raw))
+
+    async def set_user_preferences(self, user: str, doc: Mapping[str, Any]
+                                   ) -> dict[str, Any]:
+        stored = dict(doc)
+        key = self._uk(user, ":prefs")
+        if stored:
+            blob = orjson.dumps(stored)
+            await self._io(lambda c: c.set(key, blob))
+        else:
+            await self._io(lambda c: c.delete(key))
+        return stored
+
+    async def preferences_many(self, users: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """One pipeline of GETs, each in its user's slot: one round trip per node."""
+        wanted = list(dict.fromkeys(users))
+        if not wanted:
+            return {}
+
+        async def run(client: Any) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for u in wanted:
+                pipe.get(self._uk(u, ":prefs"))
+            return await pipe.execute()  # type: ignore[no-any-return]
+
+        raw = await self._io(run)
+        return {u: {} if r is None else dict(orjson.loads(r))
+                for u, r in zip(wanted, raw, strict=True)}
 
     async def seen(self, user: str) -> None:
         now = self._now_ms()

@@ -212,6 +212,10 @@ CREATE TABLE IF NOT EXISTS pushes (
 );
 CREATE INDEX IF NOT EXISTS pushes_user ON pushes (user, category, ts);
 CREATE INDEX IF NOT EXISTS pushes_ts ON pushes (ts);
+CREATE TABLE IF NOT EXISTS user_preferences (
+    user TEXT PRIMARY KEY,
+    doc BLOB NOT NULL
+) WITHOUT ROWID;
 """
 
 # audience_users: one row per user the audience contract knows (tags, attributes,
@@ -996,6 +1000,39 @@ class SqliteStore(Store):
 
         return await self._run(tx)
 
+    async def user_preferences(self, user: str) -> dict[str, Any]:
+        return (await self.preferences_many([user]))[user]
+
+    async def set_user_preferences(self, user: str, doc: Mapping[str, Any]
+                                   ) -> dict[str, Any]:
+        stored = dict(doc)
+        blob = orjson.dumps(stored)
+
+        def tx(db: sqlite3.Connection) -> None:
+            if stored:
+                db.execute("INSERT OR REPLACE INTO user_preferences (user, doc) VALUES (?, ?)",
+                           (user, blob))
+            else:
+                db.execute("DELETE FROM user_preferences WHERE user = ?", (user,))
+
+        await self._run(tx)
+        return stored
+
+    async def preferences_many(self, users: Sequence[str]) -> dict[str, dict[str, Any]]:
+        wanted = list(dict.fromkeys(users))
+
+        def tx(db: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+            out: dict[str, dict[str, Any]] = {u: {} for u in wanted}
+            for i in range(0, len(wanted), 500):  # SQLite's bound on host parameters
+                part = wanted[i:i + 500]
+                marks = ",".join("?" * len(part))
+                for user, doc in db.execute(
+                        f"SELECT user, doc FROM user_preferences WHERE user IN ({marks})", part):
+                    out[user] = dict(orjson.loads(doc))
+            return out
+
+        return await self._run(tx) if wanted else {}
+
     async def seen(self, user: str) -> None:
         now = int(self._clock() * 1000)
 
@@ -1261,6 +1298,24 @@ class SqliteStore(Store):
                            " WHERE id = ? AND user = ?",
                            [(owner, now + lease, r[0], r[1]) for r in rows])
             return [DueEntry(r[0], r[1], r[2]) for r in rows]
+
+        return await self._run(tx)
+
+    async def engagement_times(self, users: Sequence[str], since: float
+                               ) -> Mapping[str, list[float]]:
+        users = list(users)
+        after = int(since * 1000)
+
+        def tx(db: sqlite3.Connection) -> dict[str, list[float]]:
+            out: dict[str, list[float]] = {}
+            for i in range(0, len(users), 500):  # SQLite's bound on host parameters
+                part = users[i:i + 500]
+                marks = ",".join("?" * len(part))
+                for user, ts in db.execute(
+                        f"SELECT user, ts FROM engagements WHERE user IN ({marks}) AND ts > ?"
+                        " ORDER BY ts", (*part, after)):
+                    out.setdefault(user, []).append(ts / 1000)
+            return out
 
         return await self._run(tx)
 

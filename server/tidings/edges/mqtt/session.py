@@ -22,7 +22,7 @@ from ...auth import Principal
 from ...protocol.frames import Encoding, push_fields
 from ...protocol.mqtt import NO_PROPERTIES, Properties, PublishTemplate
 from ...protocol.topics import matches
-from ...store.base import MqttSessionState, MqttSubscription, QueuedMessage
+from ...store.base import MqttSessionState, MqttSubscription, QueuedMessage, routed_away
 from ...types import Publication, UserId
 
 if TYPE_CHECKING:
@@ -123,6 +123,8 @@ class MqttSession:
         return best, rap, tuple(ids)
 
     def deliver(self, pub: Publication, template: Any) -> None:
+        if routed_away(pub, WIRE):  # a notification this user gets on other edges only
+            return
         grant = self._grant(pub.topic, pub.origin)
         if grant is None:
             return
@@ -222,6 +224,8 @@ class ShareGroup:
         return any(m.may_see(topic) for m in self.members)
 
     def deliver(self, pub: Publication, template: Any) -> None:
+        if routed_away(pub, WIRE):  # a notification this user gets on other edges only
+            return
         allowed = [m for m in self.members if m.may_see(pub.topic)]
         members = [m for m in allowed if m.conn is not None] or [
             m for m in allowed if m.persistent]

@@ -35,6 +35,7 @@ from .inbox import (
     UserChange,
     events_topic,
     notifications_topic,
+    routed_away,
     unread_topic,
 )
 from .mqtt_sessions import MqttSessionState, MqttSessionStore, MqttSubscription, QueuedMessage
@@ -90,5 +91,6 @@ __all__ = [
     "UserChange",
     "events_topic",
     "notifications_topic",
+    "routed_away",
     "unread_topic",
 ]

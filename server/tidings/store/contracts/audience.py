@@ -19,6 +19,12 @@ resolved to user ids (``tests/store/test_audience_contract.py``):
   the store's time; ``track`` of those events records one too. Engagement
   older than :data:`ENGAGEMENT_KEEP` may be dropped, so ``within`` is bounded
   by it.
+* **Preferences**: the user's preferences document, as normalised by
+  :mod:`tidings.preferences` (``Preferences.to_dict()``); the store keeps it
+  as given and does not validate it. ``set_user_preferences`` replaces it
+  atomically (``{}`` removes it); ``preferences_many`` reads many users' in
+  one round trip per chunk (the send pipeline's batch read). A user with
+  preferences alone is not "known" to selection.
 * **Selection**: :meth:`AudienceStore.audience_page` resolves an
   :class:`AudienceQuery` to user ids in ascending id order, in pages: at most
   ``limit`` users, scanning a bounded number of candidates per call, so a
@@ -252,6 +258,23 @@ class AudienceStore(abc.ABC):
     @abc.abstractmethod
     async def segment_delete(self, name: str) -> bool:
         """Delete a segment; False if there was none."""
+
+    # -- preferences ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def user_preferences(self, user: str) -> dict[str, Any]:
+        """The user's stored preferences document (``{}`` for none)."""
+
+    @abc.abstractmethod
+    async def set_user_preferences(self, user: str, doc: Mapping[str, Any]
+                                   ) -> dict[str, Any]:
+        """Replace the user's document (``{}``: remove it); returns it. The caller
+        validated it (``tidings.preferences``)."""
+
+    @abc.abstractmethod
+    async def preferences_many(self, users: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Every user of ``users`` -> their document (``{}`` for none), in one
+        round trip (per node on a cluster); pass a bounded chunk."""
 
     # -- what segments select on ------------------------------------------------------------
 

@@ -49,6 +49,7 @@ __all__ = [
     "UserChange",
     "events_topic",
     "notifications_topic",
+    "routed_away",
     "unread_topic",
 ]
 
@@ -64,6 +65,21 @@ inbox holds (Redis's script has the same number)."""
 
 def notifications_topic(user: str) -> str:
     return f"users/{user}/notifications"
+
+
+def routed_away(publication: Publication, edge: str) -> bool:
+    """Whether a push on a ``users/{uid}/notifications`` stream is not for ``edge``:
+    its payload names the edges that may deliver it (``"edges": [...]``, written
+    by :meth:`~tidings.store.contracts.notifications.NotificationStore.deliver`
+    when the user's preferences route the category to some edges only) and
+    ``edge`` is not one of them. Live delivery and recovery both ask this, so a
+    push never leaks to the other edge. Cheap for every other publication."""
+    topic = publication.topic
+    if not topic.endswith("/notifications") or b'"edges"' not in publication.payload:
+        return False
+    data = publication.data()
+    edges = data.get("edges") if isinstance(data, dict) else None
+    return isinstance(edges, list) and edge not in edges
 
 
 def events_topic(user: str) -> str:

@@ -59,6 +59,11 @@ Due queue
     cancelled job is never handed out. The entry goes when ``deliver``
     (``due=True``) records the user's new state.
 
+Engagement times (for ``best_time``)
+  * ``engagement_times`` returns, for a chunk of users in one call, the
+    instants of their recorded engagement (``opened`` / ``clicked``, the
+    audience contract's ``engage``, any category) after ``since``.
+
 Push history
   * ``recent_pushes`` returns, for a chunk of users in one call, the instants
     of their recorded live pushes in ``category`` after ``since`` (the caller
@@ -219,6 +224,11 @@ class NotificationStore(abc.ABC):
     @abc.abstractmethod
     async def due_claim(self, owner: str, *, lease: float, limit: int) -> list[DueEntry]:
         """Due-queue entries due now, leased to ``owner`` for ``lease`` seconds."""
+
+    @abc.abstractmethod
+    async def engagement_times(self, users: Sequence[str], since: float
+                               ) -> Mapping[str, list[float]]:
+        """Each user's engagement instants after ``since`` (users with none left out)."""
 
     @abc.abstractmethod
     async def recent_pushes(self, users: Sequence[str], category: str, since: float
