@@ -1053,7 +1053,8 @@ class RedisStore(Store):
     # -- audience -------------------------------------------------------------------------
     # Per user, in the user's slot: {u:<uid>}:tags (set), :attrs (JSON), :seen (ms),
     # :prefs (the preferences document, JSON),
-    # :eng:<category> (zset of "<event>\0<notification id>" scored by ms). Across users,
+    # :eng:<category> (zset of "<event>\0<notification id>" scored by ms), :engall (the
+    # same over every category, for engagement_times). Across users,
     # each in its own slot: {aud}:users (every known user, lex-ordered zset),
     # {tag:<tag>}:users (per tag, lex-ordered zset; a superset, see the contract) and
     # {seg}:defs (hash: segment name -> JSON). A selection reads each candidate with
@@ -1196,6 +1197,10 @@ class RedisStore(Store):
         pipe.zremrangebyscore(key, "-inf", f"({now - _ms(ENGAGEMENT_KEEP)}")
         pipe.zadd(key, {event + "\0" + notification_id: now}, nx=True)
         pipe.pexpire(key, _ms(ENGAGEMENT_KEEP))
+        every = self._uk(user, ":engall")  # every category: engagement_times reads it
+        pipe.zremrangebyscore(every, "-inf", f"({now - _ms(ENGAGEMENT_KEEP)}")
+        pipe.zadd(every, {event + "\0" + notification_id: now}, nx=True)
+        pipe.pexpire(every, _ms(ENGAGEMENT_KEEP))
         r = await pipe.execute()
         return bool(r[2])
 
@@ -1482,16 +1487,26 @@ class RedisStore(Store):
         out.sort(key=lambda e: e.due)
         return out
 
-    async def recent_pushes(self, users: Sequence[str], category: str, since: float
-                            ) -> Mapping[str, list[float]]:
-        users = list(dict.fromkeys(users))
+    async def _times(self, users: Sequence[str], suffix: str, since: str, unit: float
+                     ) -> Mapping[str, list[float]]:
+        """Each user's scores above ``since`` in ``{u:<uid>}<suffix>`` (divided by
+        ``unit``), oldest first: one pipeline for the chunk (a round trip per node)."""
+        wanted = list(dict.fromkeys(users))
 
         async def run(client: Any) -> list[Any]:
             pipe = client.pipeline(transaction=False)
-            for u in users:
-                pipe.zrangebyscore(self._uk(u, ":push:" + category), f"({since!r}", "+inf",
-                                   withscores=True)
+            for u in wanted:
+                pipe.zrangebyscore(self._uk(u, suffix), "(" + since, "+inf", withscores=True)
             return await pipe.execute()  # type: ignore[no-any-return]
 
-        raw = await self._io(run) if users else []
-        return {u: [float(s) for _, s in got] for u, got in zip(users, raw, strict=True) if got}
+        raw = await self._io(run) if wanted else []
+        return {u: [float(s) / unit for _, s in got]
+                for u, got in zip(wanted, raw, strict=True) if got}
+
+    async def recent_pushes(self, users: Sequence[str], category: str, since: float
+                            ) -> Mapping[str, list[float]]:
+        return await self._times(users, ":push:" + category, repr(since), 1.0)
+
+    async def engagement_times(self, users: Sequence[str], since: float
+                               ) -> Mapping[str, list[float]]:
+        return await self._times(users, ":engall", str(int(since * 1000)), 1000.0)
