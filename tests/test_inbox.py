@@ -523,7 +523,7 @@ BAD_NOTIFY = [
     ({"users": ["a/b"]}, "user id with a slash"),
     ({"users": [""]}, "empty user id"),
     ({"users": [7]}, "user id not a string"),
-    ({"users": ["alice"], "priority": "urgent"}, "bad priority"),
+    ({"users": ["alice"], "priority": "critical"}, "bad priority"),
     ({"users": ["alice"], "media": {"image": "ftp://x.example/a.png"}}, "media not http"),
     ({"users": ["alice"], "media": {"image": "not a url"}}, "media not a URL"),
     ({"users": ["alice"], "media": {"document": "https://x.example/a.pdf"}}, "media kind"),

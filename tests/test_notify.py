@@ -111,17 +111,27 @@ async def test_a_retry_with_the_same_idempotency_key_changes_nothing(
     ({"users": ["a/b"]}, BadRequest, "bad_request"),
     ({"users": ["a"], "title": 5}, BadRequest, "bad_request"),
     ({"users": ["a"], "title": "x" * 257}, BadRequest, "bad_request"),
-    ({"users": ["a"], "priority": "urgent"}, BadRequest, "bad_request"),
+    ({"users": ["a"], "priority": "critical"}, BadRequest, "bad_request"),
     ({"users": ["a"], "ttl": 0}, BadRequest, "bad_request"),
     ({"users": ["a"], "ttl": True}, BadRequest, "bad_request"),
     ({"users": ["a"], "media": {"image": "file:///etc/passwd"}}, BadRequest, "bad_request"),
     ({"users": ["a"], "media": {"sound": "https://x.test/a"}}, BadRequest, "bad_request"),
     ({"users": ["a"], "data": {"pad": "x" * 64}}, TooLarge, "too_large"),  # max_data_size
-    ({"users": ["a"], "tags": ["vip"]}, BadRequest, "unsupported"),
-    ({"users": ["a"], "send_at": 1}, BadRequest, "unsupported"),
+    ({"users": ["a"], "tags": ["vip"]}, BadRequest, "bad_request"),  # two audiences
+    ({"users": ["a"], "send_at": 1}, BadRequest, "bad_request"),  # not an RFC 3339 time
+    ({"users": ["a"], "send_at": "2026-02-30T09:00:00Z"}, BadRequest, "bad_request"),
+    ({"users": ["a"], "send_at_local": "25:00"}, BadRequest, "bad_request"),
+    ({"users": ["a"], "send_at": "best_time", "send_at_local": "09:00"}, BadRequest,
+     "bad_request"),
+    ({"users": ["a"], "title": "{{ ''.__class__ }}"}, BadRequest, "bad_request"),
+    ({"users": ["a"], "locales": {"en": {"title": "{% if x %}"}}}, BadRequest,
+     "bad_request"),
+    ({"users": ["a"], "variants": [{"title": "A"}]}, BadRequest, "unsupported"),
 ], ids=["no-users", "empty-users", "too-many-users", "bad-user-id", "title-not-text",
         "title-too-long", "bad-priority", "zero-ttl", "bool-ttl", "media-not-http",
-        "media-unknown-kind", "data-too-large", "tags", "send-at"])
+        "media-unknown-kind", "data-too-large", "two-audiences", "send-at-not-text",
+        "send-at-no-such-day", "send-at-local-bad", "two-schedules", "unsafe-template",
+        "locale-statement", "variants"])
 async def test_a_bad_request_is_refused_before_anything_is_written(
         node: Node, notifier: Notifier, body: dict[str, Any], error: type[TidingsError],
         code: str) -> None:

@@ -30,6 +30,7 @@ from .auth import Acl, ApiKeys, TokenAuthority
 from .bus.base import Bus
 from .bus.memory import MemoryBus
 from .bus.redis import RedisBus
+from .clock import Clock, as_clock
 from .config import Settings
 from .edges.mqtt import MqttBroker, serve_websocket
 from .edges.ws import WsEdge
@@ -39,6 +40,7 @@ from .metrics import Metrics
 from .node import Node
 from .notify import Notifier
 from .plumbing import TaskSet
+from .preferences import Rules
 from .presence import Presence
 from .protocol.mqtt.properties import PROPERTIES_MAP
 from .redis_wire import parse_redis_url
@@ -250,23 +252,27 @@ def _make_bus(settings: Settings) -> Bus:
 class App:
     """One node with its listeners. ``start()``, then ``stop()`` (idempotent).
 
-    ``clock`` is the store's time (tests pass a fake one to expire things).
+    ``clock`` is the node's and the store's time (a :class:`~tidings.clock.Clock`
+    or a function returning epoch seconds; tests pass a fake one to move time).
     """
 
-    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: Settings, *,
+                 clock: Clock | Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.secrets = load_secrets(settings)
         name = settings.node.name or f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = Metrics()
-        self.node = Node(name, _make_store(settings, clock), _make_bus(settings),
-                         settings.history, self.metrics)
+        self.clock = as_clock(clock)
+        self.node = Node(name, _make_store(settings, self.clock.now), _make_bus(settings),
+                         settings.history, self.metrics, self.clock)
         self.sweeper = Sweeper(self.node, settings.store.sweep_interval,
                                settings.store.sweep_batch)
         self.tokens = TokenAuthority(self.secrets.jwt_secret,
                                      max_ttl=settings.auth.max_token_ttl,
                                      default_ttl=settings.auth.default_token_ttl)
         self.acl = Acl(settings.acl)
-        self.notifier = Notifier(self.node, settings.notify)
+        self.notifier = Notifier(self.node, settings.notify, settings.audience,
+                                 Rules.from_settings(settings.preferences))
         self.presence = Presence(name, settings.presence, self.metrics, self.node.store)
         self.node.limit_user_subscriptions(settings.topics.max_user_subscriptions)
         self.store_health = StoreHealth(self.metrics)  # the store reports its commits
@@ -297,6 +303,8 @@ class App:
             ("tidings_slow_consumers_total", "sessions closed for exceeding the outbound bound"),
             ("tidings_errors_total", "errors by code"),
             ("tidings_notifications_total", "notifications accepted by /v1/notify"),
+            ("tidings_notification_outcomes_total",
+             "per user and notification, what the preferences decided, by outcome"),
             ("tidings_swept_total", "expired rows deleted by the sweeper, by kind"),
         ):
             self.metrics.describe(name_, text)
@@ -361,6 +369,7 @@ class App:
         s = self.settings
         await self.node.start()
         self.sweeper.start()
+        self.notifier.sender.start()  # missed schedules and interrupted sends fire now
         if self.mqtt is not None:
             await _listen(self.mqtt.start(), [("mqtt.port", s.mqtt.host, s.mqtt.port),
                                               ("mqtt.tls_port", s.mqtt.host, s.mqtt.tls_port)])
@@ -411,6 +420,7 @@ class App:
                         len(steps), parts, timeout)
         await steps.close()
         await self.presence.close()
+        await self.notifier.sender.close()
         await self.sweeper.close()
         await self.node.close()
         log.info("node %s stopped", self.node.name)

@@ -9,10 +9,11 @@ callable returning epoch seconds; pass ``clock.now``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "SystemClock", "utc"]
+__all__ = ["CallableClock", "Clock", "SystemClock", "as_clock", "utc"]
 
 
 @runtime_checkable
@@ -29,6 +30,21 @@ class SystemClock:
 
     def now(self) -> float:
         return time.time()
+
+
+class CallableClock:
+    """A :class:`Clock` over a function returning epoch seconds (what the stores take)."""
+
+    def __init__(self, fn: Callable[[], float]) -> None:
+        self._fn = fn
+
+    def now(self) -> float:
+        return self._fn()
+
+
+def as_clock(clock: Clock | Callable[[], float]) -> Clock:
+    """``clock`` as a :class:`Clock` (a function of no arguments is wrapped)."""
+    return clock if isinstance(clock, Clock) else CallableClock(clock)
 
 
 def utc(seconds: float) -> datetime:

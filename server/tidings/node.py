@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from .bus.base import Bus
+from .clock import Clock, SystemClock
 from .config import HistorySettings, TopicSettings
 from .errors import TidingsError
 from .hub import Hub, Subscriber
@@ -43,8 +44,11 @@ class Node:
     for topic traffic. Bus subscriptions are reference-counted per filter."""
 
     def __init__(self, name: str, store: Store, bus: Bus, history: HistorySettings,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, clock: Clock | None = None) -> None:
         self.name = name
+        # "now" for everything that schedules or decides (the sender, quiet hours,
+        # caps); the store reads the same time. Tests pass a fake one.
+        self.clock: Clock = clock or SystemClock()
         self.store = store
         self.bus = bus
         self.hub = Hub()

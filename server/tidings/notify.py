@@ -11,25 +11,67 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
 import orjson
 
-from .config import NotifySettings
-from .errors import BadRequest, NotFound, TooLarge
+from .audience import TARGET_KEYS, NotifyTarget, parse_audience, parse_notify_target
+from .audience import count as audience_count
+from .config import AudienceSettings, NotifySettings
+from .content import Content
+from .errors import BadRequest, Conflict, NotFound, TooLarge
 from .node import Node
-from .store.base import TRACK_EVENTS, MarkAction, NotifyResult, UserChange
+from .preferences import Rules
+from .schedule import BEST_TIME, LocalTime, parse_send_at, parse_send_at_local
+from .sending import Sender
+from .store.base import (
+    JOB_STATUSES,
+    OUTCOMES,
+    TRACK_EVENTS,
+    Job,
+    MarkAction,
+    NewJob,
+    NotifyResult,
+    UserChange,
+)
+from .types import is_cursor
 
-__all__ = ["NOTIFY_FIELDS", "PRIORITIES", "Notifier"]
+__all__ = ["NOTIFY_FIELDS", "PRIORITIES", "Notifier", "Request"]
 
-PRIORITIES = ("low", "normal", "high")
+PRIORITIES = ("low", "normal", "high", "urgent")
 _MEDIA = ("image", "video", "audio")
-_UNSUPPORTED = ("tags", "segment", "send_at", "variants")
+_UNSUPPORTED = ("variants",)  # A/B variants: issue 13
 # Every field a notify request may carry (the unsupported ones are refused by
 # name in ``parse``); anything else is a 400 naming it.
-NOTIFY_FIELDS = frozenset({"users", "title", "body", "data", "category", "priority", "media",
-                           "ttl", "collapse_key", *_UNSUPPORTED})
+NOTIFY_FIELDS = frozenset({*TARGET_KEYS, "title", "body", "data", "locales", "category",
+                           "priority", "media", "ttl", "collapse_key", "send_at",
+                           "send_at_local", *_UNSUPPORTED})
+
+
+@dataclass
+class Request:
+    """A validated ``POST /v1/notify``: who, what, when.
+
+    ``stored`` is the request as the job keeps it (JSON): everything a node
+    needs to send it later, on any node, after a restart."""
+
+    target: NotifyTarget
+    users: list[str] | None  # the ids of a ``users`` request, deduplicated
+    fields: dict[str, Any]  # id, title, body, data, category, priority, media
+    content: Content
+    ttl: float | None
+    collapse_key: str | None
+    send_at: float | None = None  # epoch seconds; None: now (or per user)
+    local: LocalTime | None = None
+    best_time: bool = False
+    stored: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def immediate(self) -> bool:
+        """Sent as the request is answered, the same moment for everyone."""
+        return self.send_at is None and self.local is None and not self.best_time
 
 
 def _str(body: dict[str, Any], key: str, limit: int, *, required: bool = False,
@@ -54,23 +96,36 @@ def valid_user(user: Any) -> str:
 
 
 class Notifier:
-    def __init__(self, node: Node, settings: NotifySettings) -> None:
+    """Notify requests, read marks, tracking and the notification endpoints.
+
+    ``sender`` is the node's :class:`~tidings.sending.Sender`: it sends jobs in
+    the background and runs the scheduler (the app starts and closes it)."""
+
+    def __init__(self, node: Node, settings: NotifySettings,
+                 audience: AudienceSettings | None = None, rules: Rules | None = None
+                 ) -> None:
         self.node = node
         self.settings = settings
+        self.audience = audience or AudienceSettings()
+        self.rules = rules or Rules.default()
+        self.sender = Sender(node, settings, self.audience, self.rules)
 
-    def parse(self, body: dict[str, Any]) -> tuple[list[str], dict[str, Any], float | None,
-                                                   str | None]:
-        """Validate a notify request; return (users, fields, ttl, collapse_key)."""
+    def parse(self, body: dict[str, Any]) -> Request:
+        """Validate a notify request (everything a 400 can name is checked here,
+        templates compiled, before anything is stored)."""
         for key in _UNSUPPORTED:
             if body.get(key) is not None:
-                raise BadRequest(f"{key} targeting is not available on this server yet",
+                raise BadRequest(f"{key}: not available on this server yet",
                                  code="unsupported")
-        users = body.get("users")
-        if not isinstance(users, list) or not users:
-            raise BadRequest("users must be a non-empty list of user ids")
-        if len(users) > self.settings.max_users:
-            raise BadRequest(f"users lists at most {self.settings.max_users} ids")
-        users = list(dict.fromkeys(valid_user(u) for u in users))
+        target = parse_notify_target(body, self.audience)
+        users = None
+        if target.kind == "users":
+            users = body.get("users")
+            if not isinstance(users, list) or not users:
+                raise BadRequest("users must be a non-empty list of user ids")
+            if len(users) > self.settings.max_users:
+                raise BadRequest(f"users lists at most {self.settings.max_users} ids")
+            users = list(dict.fromkeys(valid_user(u) for u in users))
         fields: dict[str, Any] = {
             "id": "n_" + secrets.token_hex(8),
             "title": _str(body, "title", 256, default=""),
@@ -89,7 +144,32 @@ class Notifier:
                                 or not 0 < ttl <= self.settings.max_ttl):
             raise BadRequest(f"ttl must be a number of seconds in (0, {self.settings.max_ttl}]")
         collapse = _str(body, "collapse_key", 128)
-        return users, fields, (float(ttl) if ttl is not None else None), collapse
+        content = Content.compile(title=fields["title"], body=fields["body"],
+                                  data=fields["data"], locales=body.get("locales"),
+                                  max_templates=self.settings.max_templates,
+                                  max_placeholders=self.settings.max_placeholders)
+        send_at, local, best = self._when(body)
+        stored: dict[str, Any] = {
+            "target": {target.kind: users if users is not None else body[target.kind]},
+            **{k: fields[k] for k in ("title", "body", "data", "priority", "media")},
+            "locales": body.get("locales"), "collapse_key": collapse, "ttl": ttl,
+            "send_at_local": body.get("send_at_local"), "best_time": best}
+        return Request(target, users, fields, content,
+                       float(ttl) if ttl is not None else None, collapse, send_at, local,
+                       best, stored)
+
+    def _when(self, body: dict[str, Any]) -> tuple[float | None, LocalTime | None, bool]:
+        """``send_at`` (RFC 3339 or ``"best_time"``) and ``send_at_local``: at most one."""
+        send_at, local = body.get("send_at"), body.get("send_at_local")
+        if send_at is not None and local is not None:
+            raise BadRequest("send_at, send_at_local: give one, not both")
+        if local is not None:
+            return None, parse_send_at_local(local), False
+        if send_at == BEST_TIME:
+            return None, None, True
+        if send_at is not None:
+            return parse_send_at(send_at).timestamp(), None, False
+        return None, None, False
 
     @staticmethod
     def _media(media: Any) -> dict[str, str] | None:
@@ -105,15 +185,103 @@ class Notifier:
 
     async def notify(self, body: dict[str, Any], idempotency_key: str | None = None
                      ) -> NotifyResult:
-        users, fields, ttl, collapse = self.parse(body)
-        result = await self.node.store.notify(users, fields, ttl=ttl, collapse_key=collapse,
-                                              policy=self.node.policy,
-                                              idempotency_key=idempotency_key)
-        if not result.duplicate:
+        """Validate and send (a list of users, now: before answering) or record a
+        job the sender sends in the background (an audience, or a schedule)."""
+        req = self.parse(body)
+        store = self.node.store
+        if req.target.kind == "segment":
+            assert req.target.segment is not None
+            definition = await store.segment_get(req.target.segment)
+            if definition is None:
+                raise NotFound(f"segment: no segment {req.target.segment!r}")
+            req.stored["target"] = {"audience": definition, "segment": req.target.segment}
+        if req.users is not None and req.immediate:
+            if await self._plain(req):
+                result = await store.notify(req.users, req.fields, ttl=req.ttl,
+                                            collapse_key=req.collapse_key,
+                                            policy=self.node.policy,
+                                            idempotency_key=idempotency_key)
+                if not result.duplicate:
+                    self.node.metrics.inc("tidings_notifications_total")
+                    self.node.metrics.inc("tidings_notification_outcomes_total",
+                                          result.targets, outcome="pushed")
+                    for change in result.changes:
+                        await self.node.fan_out(change.publications)
+                return result
+            job, duplicate = await self._create(req, len(req.users), idempotency_key,
+                                                owner=self.sender.owner)
+            if not duplicate:
+                self.node.metrics.inc("tidings_notifications_total")
+                await self.sender.run(job)
+            return NotifyResult(job.id, job.targets, [], duplicate)
+        if req.users is not None:
+            targets = len(req.users)
+        else:
+            query = (parse_audience(req.stored["target"]["audience"], "segment",
+                                    self.audience)
+                     if req.target.kind == "segment" else req.target.query)
+            assert query is not None
+            targets = await audience_count(store, query, limits=self.audience)
+        job, duplicate = await self._create(req, targets, idempotency_key)
+        if not duplicate:
             self.node.metrics.inc("tidings_notifications_total")
-            for change in result.changes:
-                await self.node.fan_out(change.publications)
-        return result
+            self.sender.kick()
+        return NotifyResult(job.id, job.targets, [], duplicate)
+
+    async def _plain(self, req: Request) -> bool:
+        """Whether every user gets the same content pushed on every edge now, as
+        before preferences existed: nobody in the list stored preferences, no
+        placeholders or locales, and the operator caps not the category. Then the
+        one-transaction inbox write of the store serves (the fast path)."""
+        if req.content.personal or req.fields["category"] in self.rules.caps:
+            return False
+        assert req.users is not None
+        docs = await self.node.store.preferences_many(req.users)
+        return not any(docs.values())
+
+    async def _create(self, req: Request, targets: int, idempotency_key: str | None, *,
+                      owner: str | None = None) -> tuple[Job, bool]:
+        now = self.node.clock.now()
+        due = now if req.send_at is None else req.send_at
+        expires = None if req.ttl is None else now + req.ttl
+        spec = NewJob(req.fields["id"], req.fields["category"], req.stored, targets, due,
+                      expires)
+        return await self.node.store.job_create(spec, idempotency_key=idempotency_key,
+                                                owner=owner, lease=self.settings.lease)
+
+    # -- the notification endpoints ------------------------------------------------------
+
+    async def get(self, notification_id: str) -> dict[str, Any]:
+        """``GET /v1/notifications/{id}``: the job (status, outcomes) and its stats."""
+        stats = await self.node.store.stats(notification_id)
+        job = await self.node.store.job_get(notification_id)
+        if stats is None:
+            raise NotFound(f"no notification {notification_id[:64]!r}")
+        if job is None:  # sent at once to a list of users (the fast path): all pushed
+            return {**stats, "status": "sent", "pending": 0,
+                    "outcomes": {o: stats["targets"] if o == "pushed" else 0
+                                 for o in OUTCOMES}}
+        return {**stats, **job.to_dict()}
+
+    async def list(self, status: Any, cursor: Any, limit: Any) -> dict[str, Any]:
+        """``GET /v1/notifications?status=&cursor=&limit=``: jobs by status, oldest first."""
+        if status not in JOB_STATUSES:
+            raise BadRequest(f"status: must be one of {', '.join(JOB_STATUSES)}")
+        if cursor is not None and (not isinstance(cursor, str) or not is_cursor(cursor)):
+            raise BadRequest("cursor: not a cursor from a previous page")
+        page = await self.node.store.jobs(status, cursor=cursor, limit=limit)
+        return {"notifications": [j.to_dict() for j in page.jobs], "next": page.next}
+
+    async def cancel(self, notification_id: str) -> dict[str, Any]:
+        """``DELETE /v1/notifications/{id}``: cancel what has not been sent."""
+        job = await self.node.store.job_cancel(notification_id)
+        if job is None:
+            if await self.node.store.stats(notification_id) is not None:
+                raise Conflict("this notification was already sent")
+            raise NotFound(f"no notification {notification_id[:64]!r}")
+        if job.status == "sent":
+            raise Conflict("this notification was already sent")
+        return job.to_dict()
 
     async def mark(self, user: str, action: MarkAction, ids: Sequence[Any] | None,
                    everything: bool, device: str) -> UserChange:

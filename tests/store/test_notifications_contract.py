@@ -24,6 +24,7 @@ from tidings.store.base import (
     NewJob,
     NotificationStore,
     Store,
+    events_topic,
     notifications_topic,
     unread_topic,
 )
@@ -75,6 +76,14 @@ async def test_a_repeated_idempotency_key_returns_the_first_job(store: Store,
     again, duplicate = await store.job_create(new_job(due=clock.now), idempotency_key="k1")
     assert duplicate and again.id == first.id
     assert len((await store.jobs("scheduled")).jobs) == 1
+
+
+async def test_a_job_made_with_an_owner_is_its_to_send(store: Store, clock: Clock) -> None:
+    job, _ = await store.job_create(new_job(due=clock.now), owner="a", lease=LEASE)
+    assert (job.status, job.lease_owner, job.lease_until) == ("sending", "a", clock.now + LEASE)
+    assert await store.job_claim("b", lease=LEASE) == []
+    clock.advance(LEASE)  # "a" died before it finished: another node resumes it
+    assert [j.id for j in await store.job_claim("b", lease=LEASE)] == [job.id]
 
 
 async def test_claim_takes_due_jobs_only_and_once(store: Store, clock: Clock) -> None:
@@ -140,6 +149,15 @@ async def test_cancel_stops_what_is_not_sent(store: Store, clock: Clock) -> None
     await store.job_finish(sent.id, "a")
     after = await store.job_cancel(sent.id)
     assert after is not None and after.status == "sent"
+    # unless some of its users still wait in the due queue
+    waiting, _ = await store.job_create(new_job(due=clock.now))
+    await store.job_claim("a", lease=LEASE)
+    await deliver(store, waiting.id, [Delivery("u2", "scheduled", due_at=clock.now + 60)])
+    await store.job_finish(waiting.id, "a")
+    after = await store.job_cancel(waiting.id)
+    assert after is not None and after.status == "cancelled"
+    clock.advance(60)
+    assert await store.due_claim("a", lease=LEASE, limit=10) == []
     assert await store.job_cancel("n_unknown") is None
 
 
@@ -189,8 +207,11 @@ async def test_deliver_writes_each_users_own_fields_and_counts_outcomes(
     ann = payload(result.changes[0], notifications_topic("ann"))
     assert (ann["id"], ann["title"], ann["unread"]) == (job.id, "Hi Ann", 1)
     assert "edges" not in ann  # every edge
-    # silent: the item and the count, no live notification
-    assert [p.topic for p in result.changes[1].publications] == [unread_topic("bob")]
+    # silent: the item, an event that names it and the count; no live notification
+    assert [p.topic for p in result.changes[1].publications] == [events_topic("bob"),
+                                                                 unread_topic("bob")]
+    assert payload(result.changes[1], events_topic("bob")) == {
+        "type": "silent", "ids": [job.id], "unread": 1}
     assert payload(result.changes[1], unread_topic("bob")) == {"count": 1}
     assert (await store.inbox("bob", limit=10)).items[0].fields["title"] == "Hi Bob"
     assert await ids_in(store, "cy") == [] and await store.unread("cy") == 0

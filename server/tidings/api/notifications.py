@@ -1,14 +1,24 @@
-"""Notifications: send one (to users, segments, ...), read its stats and the
-per-category stats."""
+"""Notifications: send one (to users, tags, a segment or an audience, now or
+scheduled), read its status, outcomes and stats, list them by status, cancel
+one, and the per-category stats."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from ..notify import NOTIFY_FIELDS
-from .common import NODE, NOTIFIER, idempotency_scope, json_body, json_response, only
+from .common import (
+    NODE,
+    NOTIFIER,
+    idempotency_scope,
+    int_query,
+    json_body,
+    json_response,
+    only,
+)
 
-__all__ = ["category_stats", "notification_stats", "notify"]
+__all__ = ["cancel_notification", "category_stats", "get_notification", "list_notifications",
+           "notification_stats", "notify"]
 
 
 async def notify(request: web.Request) -> web.Response:
@@ -21,6 +31,24 @@ async def notify(request: web.Request) -> web.Response:
 
 async def notification_stats(request: web.Request) -> web.Response:
     return json_response(await request.app[NOTIFIER].stats(request.match_info["nid"]))
+
+
+async def get_notification(request: web.Request) -> web.Response:
+    """``GET /v1/notifications/{id}``: ``{id, status, category, created, targets,
+    outcomes, pending, ...stats}``."""
+    return json_response(await request.app[NOTIFIER].get(request.match_info["nid"]))
+
+
+async def list_notifications(request: web.Request) -> web.Response:
+    """``GET /v1/notifications?status=scheduled&cursor=&limit=``: oldest first, paged."""
+    limit = int_query(request, "limit", 100, 1, 1000)
+    return json_response(await request.app[NOTIFIER].list(
+        request.query.get("status", "scheduled"), request.query.get("cursor"), limit))
+
+
+async def cancel_notification(request: web.Request) -> web.Response:
+    """``DELETE /v1/notifications/{id}``: 200 with the cancelled job, 404, 409 if sent."""
+    return json_response(await request.app[NOTIFIER].cancel(request.match_info["nid"]))
 
 
 async def category_stats(request: web.Request) -> web.Response:

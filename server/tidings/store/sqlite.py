@@ -586,8 +586,9 @@ class SqliteStore(Store):
                     edges: Sequence[str] | None) -> UserChange:
         """One user's inbox write (the per-user step of ``notify`` and ``deliver``):
         collapse, insert, cap, the stream entry and the retained count. ``edges``
-        None: a push for every edge; a list: only for those (in the entry), and
-        an empty one appends no stream entry (an inbox item without a live push)."""
+        None: a push for every edge; a list: only for those (in the entry); an
+        empty one (an inbox item without a live push) appends a ``silent`` event
+        to ``users/{uid}/events`` instead, so devices keep the count and list exact."""
         replaced: list[str] = []
         if collapse_key is not None:
             rows = db.execute(
@@ -614,6 +615,15 @@ class SqliteStore(Store):
                 push["edges"] = list(edges)
             topic = notifications_topic(user)
             pubs.append(self._append(db, topic, orjson.dumps(push), PayloadKind.JSON, now,
+                                     policy(topic), False))
+        else:
+            event: dict[str, Any] = {"type": "silent", "ids": [nid], "unread": count}
+            if replaced:
+                event["replaces"] = replaced
+            if pruned:
+                event["pruned"] = pruned
+            topic = events_topic(user)
+            pubs.append(self._append(db, topic, orjson.dumps(event), PayloadKind.JSON, now,
                                      policy(topic), False))
         pubs.append(self._unread_retained(db, user, count, now))
         return UserChange(user, count, [nid], pubs)
@@ -1142,8 +1152,8 @@ class SqliteStore(Store):
                          (job_id,)).fetchone()
         return None if row is None else self._job(db, row)
 
-    async def job_create(self, job: NewJob, *, idempotency_key: str | None = None
-                         ) -> tuple[Job, bool]:
+    async def job_create(self, job: NewJob, *, idempotency_key: str | None = None,
+                         owner: str | None = None, lease: float = 0.0) -> tuple[Job, bool]:
         now = self._clock()
         now_ms = int(now * 1000)
 
@@ -1154,9 +1164,11 @@ class SqliteStore(Store):
                 if known is not None:
                     return known, True
             db.execute("INSERT INTO jobs (id, status, category, request, targets, created, due,"
-                       " expires_at) VALUES (?, 'scheduled', ?, ?, ?, ?, ?, ?)",
-                       (job.id, job.category, orjson.dumps(job.request), job.targets, now,
-                        job.due, job.expires_at))
+                       " expires_at, lease_owner, lease_until)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (job.id, "scheduled" if owner is None else "sending", job.category,
+                        orjson.dumps(job.request), job.targets, now, job.due, job.expires_at,
+                        owner, None if owner is None else now + lease))
             db.execute("INSERT INTO notifications (id, category, targets, created)"
                        " VALUES (?, ?, ?, ?)", (job.id, job.category, job.targets, now_ms))
             self._idem_put(db, idempotency_key, now_ms, {"id": job.id, "targets": job.targets})
@@ -1189,8 +1201,9 @@ class SqliteStore(Store):
     async def job_cancel(self, job_id: str) -> Job | None:
         def tx(db: sqlite3.Connection) -> Job | None:
             db.execute("UPDATE jobs SET status = 'cancelled', lease_owner = NULL,"
-                       " lease_until = NULL WHERE id = ? AND status IN ('scheduled', 'sending')",
-                       (job_id,))
+                       " lease_until = NULL WHERE id = ? AND (status IN ('scheduled', 'sending')"
+                       " OR (status = 'sent' AND EXISTS (SELECT 1 FROM due_queue WHERE id = ?)))",
+                       (job_id, job_id))
             job = self._job_by_id(db, job_id)
             if job is not None and job.status == "cancelled":
                 db.execute("DELETE FROM due_queue WHERE id = ?", (job_id,))
@@ -1264,6 +1277,9 @@ class SqliteStore(Store):
                                  (nid, d.user)).fetchone()
                 if row is not None:
                     if not (due and row[0] in _HELD):
+                        if due:  # fired already (or final): the entry has no more use
+                            db.execute("DELETE FROM due_queue WHERE id = ? AND user = ?",
+                                       (nid, d.user))
                         continue
                     self._tally(db, nid, row[0], -1)
                     db.execute("DELETE FROM due_queue WHERE id = ? AND user = ?", (nid, d.user))

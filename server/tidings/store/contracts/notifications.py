@@ -9,7 +9,10 @@ Jobs
   * ``job_create`` records a job as ``scheduled`` (due at ``due``) together
     with the notification's stats row (``stats`` / ``track`` /
     ``category_stats`` of the inbox contract see it, with ``targets`` the
-    audience size counted at creation). A repeated ``idempotency_key``
+    audience size counted at creation). With ``owner`` it is created
+    ``sending`` instead, leased to ``owner`` for ``lease`` seconds (its creator
+    sends it at once; nobody claims it while the lease holds, and another node
+    resumes it if the creator dies). A repeated ``idempotency_key``
     (within the idempotency TTL) returns the first job and ``duplicate=True``
     and stores nothing.
   * ``job_claim`` hands a node at most ``limit`` jobs that are due now: a
@@ -20,10 +23,11 @@ Jobs
     ``job_finish`` makes it ``sent`` (``cursor`` None). Both are refused
     (False, nothing changed) unless the caller still holds an unexpired lease
     and the job is ``sending`` (a cancelled job stops at its next chunk).
-  * ``job_cancel`` cancels a ``scheduled`` or ``sending`` job and drops its
-    waiting due-queue entries (users recorded ``held`` or ``scheduled`` stay
-    recorded so, and never get it). A ``sent`` or ``cancelled`` job is
-    returned unchanged; the caller reads its status.
+  * ``job_cancel`` cancels a ``scheduled`` or ``sending`` job, or a ``sent``
+    one that still has due-queue entries (users held or waiting for their own
+    time), and drops those entries (the users stay recorded ``held`` or
+    ``scheduled``, and never get it). Any other job is returned unchanged; the
+    caller reads its status.
   * ``jobs`` lists jobs with one status, oldest first (by ``created``, then
     id), paged by an opaque cursor.
 
@@ -41,7 +45,10 @@ Delivery (what makes a resumed send exactly once)
     returns the publications. With ``edges`` None the stream entry is pushed
     on every edge; with some edges the entry carries ``"edges": [...]`` so the
     hub and recovery skip it on the others; with none (a silent outcome) no
-    stream entry is appended, only the retained count changes. One without
+    notification is appended but ``{"type": "silent", "ids": [id], "unread"}``
+    (with ``replaces`` / ``pruned`` as a push has them) goes to
+    ``users/{uid}/events``, so devices keep the count and their list exact
+    without showing anything. One without
     writes no inbox item (``held`` / ``scheduled`` until they fire,
     ``suppressed_category``, ``expired``): a held notification is not unread
     until delivered.
@@ -185,9 +192,10 @@ class NotificationStore(abc.ABC):
     """Send jobs, per-user delivery, the due queue and push history (see the module doc)."""
 
     @abc.abstractmethod
-    async def job_create(self, job: NewJob, *, idempotency_key: str | None = None
-                         ) -> tuple[Job, bool]:
-        """Record ``job`` as ``scheduled``; ``(job, duplicate)``."""
+    async def job_create(self, job: NewJob, *, idempotency_key: str | None = None,
+                         owner: str | None = None, lease: float = 0.0) -> tuple[Job, bool]:
+        """Record ``job`` as ``scheduled`` (or ``sending``, leased to ``owner``);
+        ``(job, duplicate)``."""
 
     @abc.abstractmethod
     async def job_get(self, job_id: str) -> Job | None:
