@@ -141,9 +141,10 @@ Trade-offs (what one slot per topic / per user costs)
   walks the buckets from a random one until it has ``limit`` entries (an
   empty queue costs a node 16 small calls per poll). A claimed entry stays in
   its bucket with its lease end as score, so an entry whose node died is
-  handed out again when the lease ends. ``job_cancel`` cancels the job, then
-  each bucket drops its entries and refuses new ones for it (``:x``); a crash
-  between the two is mended by repeating the cancel.
+  handed out again when the lease ends. ``job_cancel`` cancels the job (a
+  sent one only if a bucket still lists entries of it), then each bucket
+  drops its entries and refuses new ones for it (``:x``); a crash between the
+  two is mended by repeating the cancel.
 * Target records and cancelled-notification marks are kept (as SQLite keeps
   them): one hash field per user and notification sent.
 * A script runs alone on its Redis: ``mark`` with ``all`` walks the user's
@@ -682,12 +683,10 @@ class RedisStore(Store):
 
     def _change(self, user: str, stream: str, now: int, raw: list[Any], changed: list[str]
                 ) -> UserChange:
-        """The publications a per-user script returned (no stream entry: a silent write)."""
         count, soffset, spayload, uoffset, upayload = raw[:5]
-        pubs = [] if soffset is None else [
-            Publication(stream, Offset(_text(soffset)), spayload, PayloadKind.JSON, now)]
-        pubs.append(Publication(unread_topic(user), Offset(_text(uoffset)), upayload,
-                                PayloadKind.JSON, now))
+        pubs = [Publication(stream, Offset(_text(soffset)), spayload, PayloadKind.JSON, now),
+                Publication(unread_topic(user), Offset(_text(uoffset)), upayload,
+                            PayloadKind.JSON, now)]
         return UserChange(user, int(count), changed, pubs)
 
     async def notify(
@@ -1283,18 +1282,20 @@ class RedisStore(Store):
                    None if "cursor" not in h else _text(h["cursor"]), outcomes,
                    None if "owner" not in h else _text(h["owner"]), num("until"))
 
-    async def job_create(self, job: NewJob, *, idempotency_key: str | None = None
-                         ) -> tuple[Job, bool]:
+    async def job_create(self, job: NewJob, *, idempotency_key: str | None = None,
+                         owner: str | None = None, lease: float = 0.0) -> tuple[Job, bool]:
         now = self._clock()
         key = self._jk("j:" + job.id)
         idem = key if idempotency_key is None else self._jk("k:" + idempotency_key)
         args = [job.id, job.category, orjson.dumps(job.request), job.targets, repr(now),
                 repr(float(job.due)), "" if job.expires_at is None else repr(job.expires_at),
-                0 if idempotency_key is None else 1, _ms(self._idempotency_ttl)]
+                0 if idempotency_key is None else 1, _ms(self._idempotency_ttl), owner or "",
+                repr(now + lease)]
+        keys = [key, self._jk("due"), self._jk("lease"),
+                *self._job_keys("scheduled", "sending"), idem]
 
         async def run(client: Any) -> tuple[Job, bool]:
-            duplicate, jid = await self._script(
-                "JOB_CREATE", [key, self._jk("due"), *self._job_keys("scheduled"), idem], args)
+            duplicate, jid = await self._script("JOB_CREATE", keys, args)
             return self._job(await client.hgetall(self._jk("j:" + _text(jid)))), bool(duplicate)
 
         made, duplicate = await self._io(run)
@@ -1324,16 +1325,30 @@ class RedisStore(Store):
         return JobPage(found, nxt)
 
     async def job_cancel(self, job_id: str) -> Job | None:
+        """The job's status first (its slot), then its due entries (their buckets):
+        a retry of a cancel that failed between the two finishes it."""
         keys = [self._jk("j:" + job_id), self._jk("due"), self._jk("lease"),
-                *self._job_keys("scheduled", "sending", "cancelled")]
-        status = await self._io(lambda c: self._script("JOB_CANCEL", keys, [job_id]))
+                *self._job_keys("scheduled", "sending", "sent", "cancelled")]
+        status = await self._io(self._call("JOB_CANCEL", keys, [job_id, 0]))
         if status is None:
             return None
-        if _text(status) == "cancelled":  # also on a retry of a cancel that failed after it
+        if _text(status) == "sent" and await self._has_due_entries(job_id):
+            status = await self._io(self._call("JOB_CANCEL", keys, [job_id, 1]))
+        if _text(status) == "cancelled":
             calls = [(self._due_queue_keys(b), [self._dq(b) + ":j:", job_id])
                      for b in range(DUE_BUCKETS)]
             await self._io(lambda c: self._eval_many(c, "DUE_CANCEL", calls))
         return await self.job_get(job_id)
+
+    async def _has_due_entries(self, job_id: str) -> bool:
+        """Whether any bucket holds an entry of the notification (held or waiting users)."""
+        async def run(client: Any) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for b in range(DUE_BUCKETS):
+                pipe.exists(self._dq(b) + ":j:" + job_id)
+            return await pipe.execute()  # type: ignore[no-any-return]
+
+        return any(await self._io(run))
 
     async def job_claim(self, owner: str, *, lease: float, limit: int = 1) -> list[Job]:
         now = self._clock()
@@ -1381,7 +1396,9 @@ class RedisStore(Store):
         todo = list(deliveries)
 
         def call(d: Delivery) -> tuple[list[str], list[Any]]:
-            stream = notifications_topic(d.user)
+            live = d.edges is None or bool(d.edges)
+            # silent: the item is named by an event on the user's events stream
+            stream = notifications_topic(d.user) if live else events_topic(d.user)
             inbox = self._inbox_keys(d.user, stream)
             keys = [*inbox[:16], self._uk(d.user, ":nt"),
                     self._uk(d.user, ":push:" + category), *inbox[16:]]
@@ -1391,7 +1408,6 @@ class RedisStore(Store):
                 fields_json = orjson.dumps(fields)
                 push_base = orjson.dumps({k: v for k, v in fields.items()
                                           if k not in _NOT_JSON_KEYS})
-            live = d.edges is None or bool(d.edges)
             extra = b"" if not d.edges else b',"edges":' + orjson.dumps(list(d.edges))
             return keys, [*self._inbox_args(d.user, stream, now, policy), nid, d.state,
                           1 if due else 0, 0 if d.fields is None else 1, expires,
@@ -1430,8 +1446,9 @@ class RedisStore(Store):
                     if prev:
                         counts[prev] = counts.get(prev, 0) - 1
                     if len(raw) > 2:
-                        changes.append(self._change(d.user, notifications_topic(d.user), now,
-                                                    raw[2:], [nid]))
+                        live = d.edges is None or bool(d.edges)
+                        stream = notifications_topic(d.user) if live else events_topic(d.user)
+                        changes.append(self._change(d.user, stream, now, raw[2:], [nid]))
                         if expires >= 0:
                             expiring.append(d.user)
                 if d.due_at is not None and (wrote or prev in _WAITING):

@@ -258,23 +258,18 @@ local function collect(now)
   end
 end
 
--- the retained unread count, on its channel
-local function finish_unread(now, count)
+-- the stream append and the retained unread count, each on its channel
+local function finish(now, count, payload)
+  local mode = tonumber(ARGV[2])
+  local sseq, sepoch = append(KEYS[8], KEYS[9], now, ARGV[3], tonumber(ARGV[4]),
+                              tonumber(ARGV[5]), 0, payload)
+  local soffset = sepoch .. ':' .. sseq
+  announce(mode, KEYS[14], ARGV[6], soffset, now, payload, ARGV[7])
   local upayload = '{"count":' .. count .. '}'
   local useq, uepoch = append(KEYS[10], KEYS[11], now, ARGV[8], 0, 1000, 0, upayload)
   local uoffset = uepoch .. ':' .. useq
   retain(KEYS[12], uoffset, now, 0, 1, upayload, KEYS[13], users_key, ARGV[11], ARGV[12])
-  announce(tonumber(ARGV[2]), KEYS[15], ARGV[9], uoffset, now, upayload, ARGV[10])
-  return uoffset, upayload
-end
-
--- the stream append and the retained unread count, each on its channel
-local function finish(now, count, payload)
-  local sseq, sepoch = append(KEYS[8], KEYS[9], now, ARGV[3], tonumber(ARGV[4]),
-                              tonumber(ARGV[5]), 0, payload)
-  local soffset = sepoch .. ':' .. sseq
-  announce(tonumber(ARGV[2]), KEYS[14], ARGV[6], soffset, now, payload, ARGV[7])
-  local uoffset, upayload = finish_unread(now, count)
+  announce(mode, KEYS[15], ARGV[9], uoffset, now, upayload, ARGV[10])
   return soffset, payload, uoffset, upayload
 end
 
@@ -283,9 +278,10 @@ local function count_unread(now)
 end
 
 -- Write one inbox item (as a notify does for one user): collapse, the cap, the
--- stream entry with 'unread' (and 'extra', raw JSON members after it; none when
--- 'silent') and the retained count. Returns {count, stream offset, push, unread
--- offset, unread payload} (false, false for the stream entry when silent).
+-- stream entry with 'unread' (and 'extra', raw JSON members after it) and the
+-- retained count. 'silent': the stream (the user's events, then) gets a "silent"
+-- event naming the item instead of the notification. Returns {count, stream
+-- offset, push or event, unread offset, unread payload}.
 local function write_item(now, nid, expires, ck, fields, base, cap, step, extra, silent)
   collect(now)
   local replaced = {}
@@ -329,13 +325,14 @@ local function write_item(now, nid, expires, ck, fields, base, cap, step, extra,
     over = over - 1
   end
   local count = count_unread(now)
+  local push
   if silent then
-    local uoffset, upayload = finish_unread(now, count)
-    return {count, false, false, uoffset, upayload}
+    push = '{"type":"silent","ids":' .. cjson.encode({nid}) .. ',"unread":' .. count
+  else
+    push = string.sub(base, 1, -2)
+    if #base > 2 then push = push .. ',' end
+    push = push .. '"unread":' .. count
   end
-  local push = string.sub(base, 1, -2)
-  if #base > 2 then push = push .. ',' end
-  push = push .. '"unread":' .. count
   if #replaced > 0 then push = push .. ',"replaces":' .. cjson.encode(replaced) end
   if #pruned > 0 then push = push .. ',"pruned":' .. cjson.encode(pruned) end
   push = push .. extra .. '}'
@@ -678,7 +675,8 @@ DELIVER = _INBOX_COMMON + r"""
 -- ARGV from 13: id, state, due firing (1 / 0), write an item (1 / 0), expires (-1
 --   none), has collapse key, collapse key, fields JSON, push JSON, the cap on the
 --   user's items, the most items to prune, extra push members (raw JSON), a live push
---   (1 / 0), now (seconds), push history kept (seconds), silent (1: no stream entry)
+--   (1 / 0), now (seconds), push history kept (seconds), silent (1: the stream keys
+--   and ARGV 3-7 are the user's events, which get a "silent" event)
 -- Returns {0, state} when the user is already recorded (skipped), {1, previous state
 -- or ''} when recorded without an item, else {1, previous, count, stream offset,
 -- push, unread offset, unread payload}.
@@ -706,20 +704,28 @@ return {1, prev or '', r[1], r[2], r[3], r[4], r[5]}
 """
 
 JOB_CREATE = r"""
--- KEYS: job, due zset, 'scheduled' index, idempotency key (the job again: none)
--- ARGV: id, category, request, targets, created, due, expires, has key, key ttl (ms)
+-- KEYS: job, due zset, lease zset, 'scheduled' index, 'sending' index, idempotency
+--   key (the job again: none)
+-- ARGV: id, category, request, targets, created, due, expires, has key, key ttl (ms),
+--   owner ('' none: scheduled), lease end
 -- Returns {duplicate (1 / 0), job id}.
 if ARGV[8] == '1' then
-  local first = redis.call('GET', KEYS[4])
+  local first = redis.call('GET', KEYS[6])
   if first then return {1, first} end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {1, ARGV[1]} end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'status', 'scheduled', 'category', ARGV[2],
            'request', ARGV[3], 'targets', ARGV[4], 'created', ARGV[5], 'due', ARGV[6],
            'expires', ARGV[7])
-redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
-if ARGV[8] == '1' then redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[9]) end
+if ARGV[10] == '' then
+  redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
+  redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+else  -- its creator sends it now; another node resumes it when the lease ends
+  redis.call('HSET', KEYS[1], 'status', 'sending', 'owner', ARGV[10], 'until', ARGV[11])
+  redis.call('ZADD', KEYS[3], ARGV[11], ARGV[1])
+  redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
+end
+if ARGV[8] == '1' then redis.call('SET', KEYS[6], ARGV[1], 'PX', ARGV[9]) end
 return {0, ARGV[1]}
 """
 
@@ -787,15 +793,19 @@ return 1
 """
 
 JOB_CANCEL = r"""
--- KEYS: job, due zset, lease zset, 'scheduled' index, 'sending' index, 'cancelled' index
--- ARGV: id.  Cancels a scheduled or sending job.  Returns its status after (false: none).
+-- KEYS: job, due zset, lease zset, 'scheduled', 'sending', 'sent', 'cancelled' indexes
+-- ARGV: id, also a sent job (1 / 0: the caller found due entries of it)
+-- Cancels a scheduled or sending job (or a sent one).  Returns its status after
+-- (false: no such job).
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return false end
-if st ~= 'scheduled' and st ~= 'sending' then return st end
+if st ~= 'scheduled' and st ~= 'sending' and not (st == 'sent' and ARGV[2] == '1') then
+  return st
+end
 redis.call('HSET', KEYS[1], 'status', 'cancelled')
 redis.call('HDEL', KEYS[1], 'owner', 'until')
-for i = 2, 5 do redis.call('ZREM', KEYS[i], ARGV[1]) end
-redis.call('ZADD', KEYS[6], redis.call('HGET', KEYS[1], 'created'), ARGV[1])
+for i = 2, 6 do redis.call('ZREM', KEYS[i], ARGV[1]) end
+redis.call('ZADD', KEYS[7], redis.call('HGET', KEYS[1], 'created'), ARGV[1])
 return 'cancelled'
 """
 
