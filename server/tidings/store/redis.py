@@ -63,7 +63,8 @@ key                            type    what
                                        (owner, until), ``o:<state>`` target counts
 ``P {jobs}:due``               zset    scheduled jobs by due time
 ``P {jobs}:lease``             zset    sending jobs by the end of their lease
-``P {jobs}:st:<status>``       zset    jobs of a status by created (listing)
+``P {jobs}:st:<status>``       zset    jobs of a status by number (listing; the
+                                       cursor); ``P {jobs}:seq`` numbers them
 ``P {jobs}:k:<key>``           string  a job's idempotency key -> job id (PX ttl)
 ``P {u:<uid>}:nt``             hash    notification -> the user's target state
 ``P {u:<uid>}:push:<cat>``     zset    notification by live-push time (caps; 24 h)
@@ -196,7 +197,7 @@ from ..redis_wire import (
     wire_head,
     wire_tail,
 )
-from ..types import Offset, PayloadKind, Publication, format_offset, parse_offset
+from ..types import Offset, PayloadKind, Publication, format_offset, is_cursor, parse_offset
 from . import redis_lua as lua
 from .base import (
     JOB_STATUSES,
@@ -1264,12 +1265,16 @@ class RedisStore(Store):
         return [self._jk("st:" + s) for s in statuses]
 
     @staticmethod
-    def _job(raw: Mapping[Any, Any] | Sequence[Any]) -> Job:
-        """A job from its hash (a mapping from redis-py, a flat list from a script)."""
+    def _hash(raw: Mapping[Any, Any] | Sequence[Any]) -> dict[str, Any]:
+        """A hash as redis-py gives it (a mapping) or a script does (a flat list)."""
         if isinstance(raw, Mapping):
-            h = {_text(k): v for k, v in raw.items()}
-        else:
-            h = {_text(raw[i]): raw[i + 1] for i in range(0, len(raw), 2)}
+            return {_text(k): v for k, v in raw.items()}
+        return {_text(raw[i]): raw[i + 1] for i in range(0, len(raw), 2)}
+
+    @classmethod
+    def _job(cls, raw: Mapping[Any, Any] | Sequence[Any]) -> Job:
+        """A job from its hash."""
+        h = cls._hash(raw)
 
         def num(name: str) -> float | None:
             v = h.get(name)
@@ -1292,7 +1297,7 @@ class RedisStore(Store):
                 0 if idempotency_key is None else 1, _ms(self._idempotency_ttl), owner or "",
                 repr(now + lease)]
         keys = [key, self._jk("due"), self._jk("lease"),
-                *self._job_keys("scheduled", "sending"), idem]
+                *self._job_keys("scheduled", "sending"), idem, self._jk("seq")]
 
         async def run(client: Any) -> tuple[Job, bool]:
             duplicate, jid = await self._script("JOB_CREATE", keys, args)
@@ -1311,18 +1316,12 @@ class RedisStore(Store):
                    ) -> JobPage:
         if status not in JOB_STATUSES:
             raise ValueError(f"unknown job status {status!r}")
-        after, _, after_id = (cursor or "").partition(" ")
-        try:
-            float(after or 0)
-        except ValueError:
-            after, after_id = "", ""  # not one of ours: from the start
-        args = [self._jk("j:"), after, after_id, limit]
-        raw = await self._io(lambda c: self._script("JOBS_PAGE", self._job_keys(status), args))
-        found = [self._job(h) for h in raw]
-        more = len(found) > limit
-        found = found[:limit]
-        nxt = f"{found[-1].created!r} {found[-1].id}" if more and found else None
-        return JobPage(found, nxt)
+        after = cursor if is_cursor(cursor) else "0"  # not one of ours: from the start
+        args = [self._jk("j:"), after, limit]
+        raw = await self._io(self._call("JOBS_PAGE", self._job_keys(status), args))
+        found = raw[:limit]
+        nxt = _text(self._hash(found[-1])["seq"]) if len(raw) > limit and found else None
+        return JobPage([self._job(h) for h in found], nxt)
 
     async def job_cancel(self, job_id: str) -> Job | None:
         """The job's status first (its slot), then its due entries (their buckets):

@@ -665,7 +665,8 @@ return {redis.call('SMEMBERS', KEYS[1]), redis.call('GET', KEYS[2]),
 # Jobs: every job key shares the hash tag {jobs}, so a status change, its indexes,
 # the lease and the idempotency key change in one script. A job hash holds id,
 # status, category, request (JSON), targets, created, due, expires ('' none),
-# cursor (absent: none), owner and until (the lease), and o:<state> counts.
+# cursor (absent: none), owner and until (the lease), seq (its number, from
+# {jobs}:seq: the status indexes' score) and o:<state> counts.
 # Times in these keys are epoch seconds as Python's repr() writes them.
 
 DELIVER = _INBOX_COMMON + r"""
@@ -705,25 +706,26 @@ return {1, prev or '', r[1], r[2], r[3], r[4], r[5]}
 
 JOB_CREATE = r"""
 -- KEYS: job, due zset, lease zset, 'scheduled' index, 'sending' index, idempotency
---   key (the job again: none)
+--   key (the job again: none), the job counter
 -- ARGV: id, category, request, targets, created, due, expires, has key, key ttl (ms),
 --   owner ('' none: scheduled), lease end
--- Returns {duplicate (1 / 0), job id}.
+-- Returns {duplicate (1 / 0), job id}. The job's number (seq) orders the listings.
 if ARGV[8] == '1' then
   local first = redis.call('GET', KEYS[6])
   if first then return {1, first} end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {1, ARGV[1]} end
+local seq = redis.call('INCR', KEYS[7])
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'status', 'scheduled', 'category', ARGV[2],
            'request', ARGV[3], 'targets', ARGV[4], 'created', ARGV[5], 'due', ARGV[6],
-           'expires', ARGV[7])
+           'expires', ARGV[7], 'seq', seq)
 if ARGV[10] == '' then
   redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
-  redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+  redis.call('ZADD', KEYS[4], seq, ARGV[1])
 else  -- its creator sends it now; another node resumes it when the lease ends
   redis.call('HSET', KEYS[1], 'status', 'sending', 'owner', ARGV[10], 'until', ARGV[11])
   redis.call('ZADD', KEYS[3], ARGV[11], ARGV[1])
-  redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
+  redis.call('ZADD', KEYS[5], seq, ARGV[1])
 end
 if ARGV[8] == '1' then redis.call('SET', KEYS[6], ARGV[1], 'PX', ARGV[9]) end
 return {0, ARGV[1]}
@@ -747,7 +749,7 @@ for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
   if st == 'scheduled' or st == 'sending' then
     redis.call('ZREM', KEYS[3], id)
-    redis.call('ZADD', KEYS[4], redis.call('HGET', k, 'created'), id)
+    redis.call('ZADD', KEYS[4], redis.call('HGET', k, 'seq'), id)
     redis.call('HSET', k, 'status', 'sending', 'owner', ARGV[3], 'until', ARGV[4])
     redis.call('ZADD', KEYS[2], ARGV[4], id)
     out[#out + 1] = redis.call('HGETALL', k)
@@ -788,7 +790,7 @@ redis.call('HSET', KEYS[1], 'status', 'sent')
 redis.call('HDEL', KEYS[1], 'cursor', 'owner', 'until')
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZADD', KEYS[4], redis.call('HGET', KEYS[1], 'created'), ARGV[1])
+redis.call('ZADD', KEYS[4], redis.call('HGET', KEYS[1], 'seq'), ARGV[1])
 return 1
 """
 
@@ -805,7 +807,7 @@ end
 redis.call('HSET', KEYS[1], 'status', 'cancelled')
 redis.call('HDEL', KEYS[1], 'owner', 'until')
 for i = 2, 6 do redis.call('ZREM', KEYS[i], ARGV[1]) end
-redis.call('ZADD', KEYS[7], redis.call('HGET', KEYS[1], 'created'), ARGV[1])
+redis.call('ZADD', KEYS[7], redis.call('HGET', KEYS[1], 'seq'), ARGV[1])
 return 'cancelled'
 """
 
@@ -817,25 +819,14 @@ return 1
 """
 
 JOBS_PAGE = r"""
--- KEYS: a status index.  ARGV: job key prefix, after created ('' from the start),
--- after id, limit.  Returns up to limit + 1 job hashes (HGETALL) in (created, id) order.
-local limit = tonumber(ARGV[4]) + 1
-local min, after = '-inf', nil
-if ARGV[2] ~= '' then min, after = ARGV[2], tonumber(ARGV[2]) end
-local out, skip, batch = {}, 0, limit + 16
-while #out < limit do
-  local page = redis.call('ZRANGEBYSCORE', KEYS[1], min, '+inf', 'WITHSCORES', 'LIMIT', skip,
-                          batch)
-  for i = 1, #page, 2 do
-    local id, score = page[i], tonumber(page[i + 1])
-    if after == nil or score > after or id > ARGV[3] then
-      local h = redis.call('HGETALL', ARGV[1] .. id)
-      if #h > 0 then out[#out + 1] = h end
-      if #out >= limit then break end
-    end
-  end
-  if #page < batch * 2 then break end
-  skip = skip + batch
+-- KEYS: a status index.  ARGV: job key prefix, after this job number, limit
+-- Returns up to limit + 1 job hashes (HGETALL) in creation order.
+local out = {}
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], '+inf', 'LIMIT', 0,
+                       tonumber(ARGV[3]) + 1)
+for _, id in ipairs(ids) do
+  local h = redis.call('HGETALL', ARGV[1] .. id)
+  if #h > 0 then out[#out + 1] = h end
 end
 return out
 """
