@@ -13,6 +13,12 @@ runs two bounded phases:
 ``broadcast``
     ``--broadcast`` notifications, each to all users in one request: inbox
     writes per second and pushes per second at fan-out.
+``targeted``
+    with ``--targeted N`` (issue 12): N users tagged in the data folder before
+    the node starts (the connected users among them), one notification to the
+    tag. Reports users written per second (request sent -> the job ``sent``),
+    the time to the first and to the last online push, and the node's
+    ``/healthz`` answer times meanwhile (does it keep answering while it sends).
 
 Each notification carries its send time (``time.perf_counter_ns()`` taken
 just before the request, in this process) in ``data``, so every push gives
@@ -22,6 +28,7 @@ Benchmarks measure; nothing here asserts a figure.
 
     python bench/notify.py                      # 1,000 users x 2 devices
     python bench/notify.py --users 200 --single 2000 --broadcast 10
+    python bench/notify.py --users 2000 --devices 1 --single 0 --broadcast 0 --targeted 100000
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from tidings.auth import TokenAuthority
+from tidings.store.sqlite import SqliteStore
 
 __all__ = ["main"]
 
@@ -259,6 +267,66 @@ async def run_phase(phase: str, http: aiohttp.ClientSession, api: str, tally: Ta
                   cpu_seconds(server_pid) - cpu0, time.process_time() - mine0)
 
 
+async def tag_users(data: str, n: int, tag: str) -> None:
+    """Tag ``n`` users (``u00000``...) in the data folder, before the node opens it."""
+    store = SqliteStore(data)
+    await store.open()
+    try:
+        for i in range(0, n, 2000):  # one group commit per batch
+            await asyncio.gather(*(store.set_user_tags(f"u{j:05d}", [tag], max_tags=10)
+                                   for j in range(i, min(n, i + 2000))))
+    finally:
+        await store.close()
+
+
+async def targeted(http: aiohttp.ClientSession, api: str, tally: Tally, online: int,
+                   max_seconds: float) -> str:
+    """One notification to every tagged user (see the module doc): a report line."""
+    tally.pushes = 0
+    tally.latencies_ns = []
+    auth = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    pings: list[float] = []
+    stop = asyncio.Event()
+
+    async def ping() -> None:  # the node keeps answering while it sends
+        while not stop.is_set():
+            t = time.perf_counter()
+            async with http.get(f"{api}/healthz") as r:
+                await r.read()
+            pings.append(time.perf_counter() - t)
+            await asyncio.sleep(0.02)
+
+    pinger = asyncio.get_running_loop().create_task(ping())
+    start_ns = time.perf_counter_ns()
+    start = time.monotonic()
+    body = orjson.dumps({"tags": ["bench"], "title": "bench", "data": {"t": start_ns}})
+    async with http.post(f"{api}/v1/notify", data=body, headers=auth) as r:
+        reply = await r.json(loads=orjson.loads)
+    accepted = time.monotonic() - start
+    deadline = start + max_seconds
+    status = ""
+    while time.monotonic() < deadline:
+        async with http.get(f"{api}/v1/notifications/{reply['id']}", headers=auth) as r:
+            status = (await r.json(loads=orjson.loads))["status"]
+        if status == "sent":
+            break
+        await asyncio.sleep(0.05)
+    sent = time.monotonic() - start
+    await drain(tally, online, deadline + 10.0)
+    stop.set()
+    await pinger
+    lat = sorted(tally.latencies_ns)
+    first = f"{lat[0] / 1e6:.0f}" if lat else "-"
+    last = f"{lat[-1] / 1e6:.0f}" if lat else "-"
+    pings.sort()
+    return (f"targeted: {reply['targets']:,} users ({status or 'unfinished'}) in {sent:.2f}s "
+            f"= {reply['targets'] / sent:,.0f} users written/s; answered in "
+            f"{accepted * 1000:.0f} ms; {tally.pushes}/{online} online pushes, first "
+            f"{first} ms, last {last} ms after the request; /healthz p50 "
+            f"{pings[len(pings) // 2] * 1000:.1f} ms, max {pings[-1] * 1000:.1f} ms "
+            f"({len(pings)} pings)")
+
+
 def table(rows: list[list[str]]) -> str:
     head = ["phase", "notifies", "targets", "pushes", "seconds", "notify/s", "inbox writes/s",
             "pushes/s", "p50 ms", "p99 ms", "p99.9 ms", "node cpu", "bench cpu"]
@@ -277,6 +345,10 @@ async def bench(args: argparse.Namespace) -> int:
         print(f"RLIMIT_NOFILE is {soft}: too low for {conns} connections", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="tidings-bench-") as data:
+        if args.targeted:
+            t0 = time.monotonic()
+            await tag_users(data, args.targeted, "bench")
+            print(f"{args.targeted:,} users tagged in {time.monotonic() - t0:.1f}s", flush=True)
         server = Server(free_port(), free_port(), data)
         server.start()
         tally = Tally()
@@ -296,15 +368,24 @@ async def bench(args: argparse.Namespace) -> int:
                 single = [[users[i % len(users)]] for i in range(args.single)]
                 assert server.proc is not None
                 pid = server.proc.pid
-                res = await run_phase("single", http, api, tally, single, args.devices,
-                                      args.concurrency, args.max_seconds, pid)
-                rows.append(res.row())
+                if single:
+                    res = await run_phase("single", http, api, tally, single, args.devices,
+                                          args.concurrency, args.max_seconds, pid)
+                    rows.append(res.row())
                 wide = [users for _ in range(args.broadcast)]
-                res = await run_phase("broadcast", http, api, tally, wide, args.devices,
-                                      min(args.concurrency, 2), args.max_seconds, pid)
-                rows.append(res.row())
+                if wide:
+                    res = await run_phase("broadcast", http, api, tally, wide, args.devices,
+                                          min(args.concurrency, 2), args.max_seconds, pid)
+                    rows.append(res.row())
+                line = ""
+                if args.targeted:
+                    online = min(args.users, args.targeted) * args.devices
+                    line = await targeted(http, api, tally, online, args.max_seconds)
             print()
-            print(table(rows))
+            if rows:
+                print(table(rows))
+            if line:
+                print(line)
             print(f"\nusers={args.users} devices/user={args.devices} "
                   f"concurrency={args.concurrency} errors={tally.errors}; latency = POST "
                   f"sent -> push received, per push; notify/s and inbox writes/s count "
@@ -326,6 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="notifications to one user each (phase 'single')")
     p.add_argument("--broadcast", type=int, default=20,
                    help="notifications to all users each (phase 'broadcast')")
+    p.add_argument("--targeted", type=int, default=0,
+                   help="users tagged for the phase 'targeted' (0: no such phase)")
     p.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     p.add_argument("--max-seconds", type=float, default=60.0, help="bound on each phase")
     args = p.parse_args(argv)

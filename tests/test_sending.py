@@ -297,14 +297,14 @@ async def test_send_at_waits_for_its_time_and_is_listed_until_then(
                                     "send_at": "2026-01-15T13:00:00+00:00"})
     await notifier.sender.step()
     assert await ids(node, "ann") == []
-    listed = await notifier.list("scheduled", None, 10)
+    listed = await notifier.notifications("scheduled", None, 10)
     assert [n["id"] for n in listed["notifications"]] == [result.id]
     assert listed["notifications"][0]["send_at"] == at("2026-01-15T13:00:00Z")
     clock.set(at("2026-01-15T13:00:00Z"))
     await notifier.sender.step()
     assert await ids(node, "ann") == [result.id]
-    assert (await notifier.list("scheduled", None, 10))["notifications"] == []
-    assert [n["id"] for n in (await notifier.list("sent", None, 10))["notifications"]] == [
+    assert (await notifier.notifications("scheduled", None, 10))["notifications"] == []
+    assert [n["id"] for n in (await notifier.notifications("sent", None, 10))["notifications"]] == [
         result.id]
 
 
@@ -439,3 +439,17 @@ async def test_bad_input_names_the_field_and_stores_nothing(
     for st in JOB_STATUSES:
         assert (await node.store.jobs(st)).jobs == []
     assert await node.store.unread("a") == 0
+
+
+async def test_a_job_whose_request_no_longer_passes_is_cancelled_not_retried(
+        node: Node, notifier: Notifier, clock: FakeClock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    await tag(node, ["t"], "ann")
+    result = await notifier.notify({"tags": ["t"], "title": "{{a}}", "body": "{{b}}",
+                                    "send_at": "2026-01-15T13:00:00Z"})
+    notifier.settings.max_templates = 1  # the operator lowered the limit meanwhile
+    clock.set(at("2026-01-15T13:00:00Z"))
+    await notifier.sender.step()
+    assert (await status(notifier, result.id))["status"] == "cancelled"
+    assert "notify.max_templates" in caplog.text
+    assert await ids(node, "ann") == []

@@ -263,7 +263,7 @@ class Notifier:
                                  for o in OUTCOMES}}
         return {**stats, **job.to_dict()}
 
-    async def list(self, status: Any, cursor: Any, limit: Any) -> dict[str, Any]:
+    async def notifications(self, status: Any, cursor: Any, limit: Any) -> dict[str, Any]:
         """``GET /v1/notifications?status=&cursor=&limit=``: jobs by status, oldest first."""
         if status not in JOB_STATUSES:
             raise BadRequest(f"status: must be one of {', '.join(JOB_STATUSES)}")

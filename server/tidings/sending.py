@@ -43,7 +43,7 @@ from .audience import parse_audience, parse_tag_selector
 from .clock import utc
 from .config import AudienceSettings, NotifySettings
 from .content import Content
-from .errors import BadRequest, TidingsError
+from .errors import BadRequest, TidingsError, TooLarge
 from .node import Node
 from .plumbing import TaskSet
 from .policy import DAY, Decision, Notice, Outcome, decide
@@ -56,6 +56,7 @@ __all__ = ["MAX_JOBS_PER_STEP", "Plan", "Sender", "outcome_of"]
 log = logging.getLogger("tidings.sending")
 
 MAX_JOBS_PER_STEP = 16  # jobs one scheduler step sends; more wait for the next step
+_YIELD_EVERY = 200  # users decided / fanned out between yields to the event loop
 _DEFAULT_PREFS = Preferences()
 _ANYONE = AudienceQuery()  # a query that needs nothing but attributes
 
@@ -131,6 +132,8 @@ class Sender:
                     log.warning("sender: %s; retrying every %.1fs", e.message,
                                 self.settings.schedule_interval)
                 self._failing = True
+            except Exception:  # our bug: logged, and the scheduler goes on
+                log.exception("sender: a step failed")
             try:
                 async with asyncio.timeout(self.settings.schedule_interval):
                     await self._wake.wait()
@@ -148,7 +151,11 @@ class Sender:
                 jobs = await store.job_claim(self.owner, lease=self.settings.lease, limit=1)
                 if not jobs:
                     break
-                done += await self.run(jobs[0])
+                try:
+                    done += await self.run(jobs[0])
+                except (BadRequest, TooLarge) as e:  # its request no longer passes the limits
+                    log.error("sender: notification %s cancelled: %s", jobs[0].id, e.message)
+                    await store.job_cancel(jobs[0].id)
             entries = await store.due_claim(self.owner, lease=self.settings.lease,
                                             limit=self.settings.due_batch)
             by_job: dict[str, list[str]] = {}
@@ -252,7 +259,9 @@ class Sender:
                 users, now - BEST_TIME_HISTORY.total_seconds())
         shared = None if plan.content.personal else self._fields(plan, {}, None)
         deliveries = []
-        for user in users:
+        for n, user in enumerate(users, 1):
+            if n % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
             prefs = self._prefs(docs, user)
             if not due and (plan.local is not None or plan.best):
                 fire = self._fire_time(plan, prefs, engaged.get(user, ()), now_dt)
@@ -277,8 +286,10 @@ class Sender:
             if states[user] in OUTCOMES:
                 self.node.metrics.inc("tidings_notification_outcomes_total",
                                       outcome=states[user])
-        for change in result.changes:
+        for i, change in enumerate(result.changes, 1):
             await self.node.fan_out(change.publications)
+            if i % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # the node answers others between slices of a chunk
         return len(result.recorded)
 
     def _fire_time(self, plan: Plan, prefs: Preferences, engaged: Sequence[float],

@@ -42,7 +42,7 @@ async def get_notification(request: web.Request) -> web.Response:
 async def list_notifications(request: web.Request) -> web.Response:
     """``GET /v1/notifications?status=scheduled&cursor=&limit=``: oldest first, paged."""
     limit = int_query(request, "limit", 100, 1, 1000)
-    return json_response(await request.app[NOTIFIER].list(
+    return json_response(await request.app[NOTIFIER].notifications(
         request.query.get("status", "scheduled"), request.query.get("cursor"), limit))
 
 

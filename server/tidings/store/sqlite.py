@@ -1270,34 +1270,59 @@ class SqliteStore(Store):
         nid = notification_id
 
         def tx(db: sqlite3.Connection) -> DeliverResult:
+            # one read of who is recorded, one write per table, one tally per state:
+            # a chunk costs a few statements plus each user's inbox write
+            known: dict[str, str] = {}
+            users = [d.user for d in deliveries]
+            for i in range(0, len(users), 500):  # SQLite's bound on host parameters
+                part = users[i:i + 500]
+                marks = ",".join("?" * len(part))
+                known.update(db.execute(
+                    f"SELECT user, state FROM job_targets WHERE id = ? AND user IN ({marks})",
+                    (nid, *part)).fetchall())
             changes: list[UserChange] = []
             recorded: list[str] = []
+            tally: dict[str, int] = {}
+            targets: list[tuple[str, str, str]] = []
+            undue: list[tuple[str, str]] = []
+            queue: list[tuple[str, str, float]] = []
+            pushes: list[tuple[str, str, float]] = []
+            shared: tuple[int, dict[str, Any], bytes] | None = None  # one rendering, many users
+            seen: set[str] = set()
             for d in deliveries:
-                row = db.execute("SELECT state FROM job_targets WHERE id = ? AND user = ?",
-                                 (nid, d.user)).fetchone()
-                if row is not None:
-                    if not (due and row[0] in _HELD):
-                        if due:  # fired already (or final): the entry has no more use
-                            db.execute("DELETE FROM due_queue WHERE id = ? AND user = ?",
-                                       (nid, d.user))
+                if d.user in seen:  # named twice in one chunk: the first counts
+                    continue
+                seen.add(d.user)
+                was = known.get(d.user)
+                if was is not None:
+                    if due:  # the entry is used up, whatever the target's state
+                        undue.append((nid, d.user))
+                    if not (due and was in _HELD):
                         continue
-                    self._tally(db, nid, row[0], -1)
-                    db.execute("DELETE FROM due_queue WHERE id = ? AND user = ?", (nid, d.user))
-                db.execute("INSERT OR REPLACE INTO job_targets (id, user, state)"
-                           " VALUES (?, ?, ?)", (nid, d.user, d.state))
-                self._tally(db, nid, d.state, 1)
+                    tally[was] = tally.get(was, 0) - 1
+                targets.append((nid, d.user, d.state))
+                tally[d.state] = tally.get(d.state, 0) + 1
                 recorded.append(d.user)
                 if d.fields is not None:
-                    fields = {**d.fields, "id": nid, "ts": now}
+                    if shared is None or shared[0] != id(d.fields):
+                        fields = {**d.fields, "id": nid, "ts": now}
+                        shared = (id(d.fields), fields, orjson.dumps(fields))
                     changes.append(self._write_item(
-                        db, d.user, nid, fields, orjson.dumps(fields), now, expires,
-                        collapse_key, policy, d.edges))
+                        db, d.user, nid, shared[1], shared[2], now, expires, collapse_key,
+                        policy, d.edges))
                 if d.due_at is not None:
-                    db.execute("INSERT OR REPLACE INTO due_queue (id, user, due)"
-                               " VALUES (?, ?, ?)", (nid, d.user, d.due_at))
+                    queue.append((nid, d.user, d.due_at))
                 if d.edges is None or d.edges:
-                    db.execute("INSERT INTO pushes (user, category, ts) VALUES (?, ?, ?)",
-                               (d.user, category, now_s))
+                    pushes.append((d.user, category, now_s))
+            db.executemany("DELETE FROM due_queue WHERE id = ? AND user = ?", undue)
+            db.executemany("INSERT OR REPLACE INTO job_targets (id, user, state) VALUES (?, ?, ?)",
+                           targets)
+            db.executemany("INSERT OR REPLACE INTO due_queue (id, user, due) VALUES (?, ?, ?)",
+                           queue)
+            db.executemany("INSERT INTO pushes (user, category, ts) VALUES (?, ?, ?)", pushes)
+            for state, n in tally.items():
+                if n:
+                    self._tally(db, nid, state, n)
             return DeliverResult(changes, recorded)
 
         return await self._run(tx)
