@@ -1394,6 +1394,21 @@ class RedisStore(Store):
         expires = -1 if expires_at is None else int(expires_at * 1000)
         todo = list(deliveries)
 
+        own = b"".join(msgpack.packb(v) for v in (
+            nid, 1 if due else 0, expires, collapse_key or False, self._max_inbox, PRUNE_STEP,
+            now_s, PUSH_KEEP))
+        rendered: dict[int, tuple[bytes, bytes]] = {}  # fields shared by users: once
+
+        def render(shared: dict[str, Any]) -> tuple[bytes, bytes]:
+            known = rendered.get(id(shared))
+            if known is None:
+                fields = {**shared, "id": nid, "ts": now}
+                fields_json = orjson.dumps(fields)
+                base = {k: v for k, v in fields.items() if k not in _NOT_JSON_KEYS}
+                known = (fields_json, b"" if len(base) == len(fields) else orjson.dumps(base))
+                rendered[id(shared)] = known
+            return known
+
         def call(d: Delivery) -> tuple[list[str], list[Any]]:
             live = d.edges is None or bool(d.edges)
             # silent: the item is named by an event on the user's events stream
@@ -1401,18 +1416,11 @@ class RedisStore(Store):
             inbox = self._inbox_keys(d.user, stream)
             keys = [*inbox[:16], self._uk(d.user, ":nt"),
                     self._uk(d.user, ":push:" + category), *inbox[16:]]
-            fields_json = push_base = b""
-            if d.fields is not None:
-                fields = {**d.fields, "id": nid, "ts": now}
-                fields_json = orjson.dumps(fields)
-                push_base = orjson.dumps({k: v for k, v in fields.items()
-                                          if k not in _NOT_JSON_KEYS})
+            fields_json, push_base = (b"", b"") if d.fields is None else render(d.fields)
+            flags = ("w" if d.fields is not None else "") + ("l" if live else "s")
             extra = b"" if not d.edges else b',"edges":' + orjson.dumps(list(d.edges))
-            return keys, [*self._inbox_args(d.user, stream, now, policy), nid, d.state,
-                          1 if due else 0, 0 if d.fields is None else 1, expires,
-                          0 if collapse_key is None else 1, collapse_key or "", fields_json,
-                          push_base, self._max_inbox, PRUNE_STEP, extra, 1 if live else 0,
-                          repr(now_s), PUSH_KEEP, 0 if live else 1]
+            return keys, [*self._inbox_args(d.user, stream, now, policy), own, d.state, flags,
+                          fields_json, push_base, extra]
 
         async def batch(chunk: list[Delivery]) -> list[Any]:
             async def run(client: Any) -> list[Any]:

@@ -673,34 +673,36 @@ DELIVER = _INBOX_COMMON + r"""
 -- KEYS 17: the user's target records (hash: notification -> state), 18: the user's
 --   live pushes of the category (zset: notification by time) [, 19 users with
 --   retained topics]
--- ARGV from 13: id, state, due firing (1 / 0), write an item (1 / 0), expires (-1
---   none), has collapse key, collapse key, fields JSON, push JSON, the cap on the
---   user's items, the most items to prune, extra push members (raw JSON), a live push
---   (1 / 0), now (seconds), push history kept (seconds), silent (1: the stream keys
---   and ARGV 3-7 are the user's events, which get a "silent" event)
+-- ARGV from 13: the call's own, the same for every user (msgpack objects: id, due
+--   firing (1 / 0), expires (-1 none), collapse key (false: none), the cap on the
+--   user's items, the most items to prune, now (seconds), push history kept
+--   (seconds)); then the user's: state, flags ('w': write an item, 'l': a live
+--   push, 's': silent, the stream keys and ARGV 3-7 being the user's events, which
+--   get a "silent" event), fields JSON, push JSON ('': the fields), extra push
+--   members (raw JSON)
 -- Returns {0, state} when the user is already recorded (skipped), {1, previous state
 -- or ''} when recorded without an item, else {1, previous, count, stream offset,
 -- push, unread offset, unread payload}.
 users_key = KEYS[19]
-local nid, state = ARGV[13], ARGV[14]
+local nid, due, expires, ck, cap, step, t, keep = cmsgpack.unpack(ARGV[13])
+local state, flags = ARGV[14], ARGV[15]
 local prev = redis.call('HGET', KEYS[17], nid)
-if prev and not (ARGV[15] == '1' and (prev == 'held' or prev == 'scheduled')) then
+if prev and not (due == 1 and (prev == 'held' or prev == 'scheduled')) then
   return {0, prev}
 end
 redis.call('HSET', KEYS[17], nid, state)
-if ARGV[25] == '1' then
-  local t, keep = tonumber(ARGV[26]), tonumber(ARGV[27])
+if string.find(flags, 'l', 1, true) then
   redis.call('ZREMRANGEBYSCORE', KEYS[18], '-inf', '(' .. (t - keep))
   redis.call('ZADD', KEYS[18], t, nid)
   redis.call('PEXPIRE', KEYS[18], math.ceil(keep * 1000))
 end
-if ARGV[16] ~= '1' or redis.call('HEXISTS', KEYS[1], nid) == 1 then
+if not string.find(flags, 'w', 1, true) or redis.call('HEXISTS', KEYS[1], nid) == 1 then
   return {1, prev or ''}
 end
-local ck = false
-if ARGV[18] == '1' then ck = ARGV[19] end
-local r = write_item(tonumber(ARGV[1]), nid, tonumber(ARGV[17]), ck, ARGV[20], ARGV[21],
-                     tonumber(ARGV[22]), tonumber(ARGV[23]), ARGV[24], ARGV[28] == '1')
+local push = ARGV[17]
+if push == '' then push = ARGV[16] end
+local r = write_item(tonumber(ARGV[1]), nid, expires, ck, ARGV[16], push, cap, step,
+                     ARGV[18], string.find(flags, 's', 1, true) ~= nil)
 return {1, prev or '', r[1], r[2], r[3], r[4], r[5]}
 """
 
