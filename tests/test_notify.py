@@ -20,13 +20,11 @@ import orjson
 import pytest
 
 from conftest import WAIT
-from tidings.bus.memory import MemoryBus
-from tidings.config import HistorySettings, NotifySettings
+from support.pipeline import memory_node
+from tidings.config import NotifySettings
 from tidings.errors import BadRequest, NotFound, TidingsError, TooLarge
-from tidings.metrics import Metrics
 from tidings.node import Node
 from tidings.notify import Notifier
-from tidings.store.sqlite import SqliteStore
 from tidings.types import Publication
 
 
@@ -57,13 +55,8 @@ class Device:
 
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
-    n = Node("n", SqliteStore(tmp_path), MemoryBus(), HistorySettings(), Metrics())
-    n.hub.register_wire("raw", lambda p: p.payload)
-    await n.start()
-    try:
+    async with memory_node(tmp_path) as n:
         yield n
-    finally:
-        await n.close()
 
 
 @pytest.fixture

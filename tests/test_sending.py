@@ -20,15 +20,13 @@ import pytest
 
 from support.clock import FakeClock, at
 from support.mqtt import wait_until
-from tidings.bus.memory import MemoryBus
-from tidings.config import AudienceSettings, HistorySettings, NotifySettings
+from support.pipeline import memory_node
+from tidings.config import AudienceSettings, NotifySettings
 from tidings.errors import BadRequest, Conflict, NotFound
-from tidings.metrics import Metrics
 from tidings.node import Node
 from tidings.notify import Notifier
 from tidings.preferences import Rules, parse
 from tidings.store.base import JOB_STATUSES, events_topic, notifications_topic, unread_topic
-from tidings.store.sqlite import SqliteStore
 from tidings.types import Publication
 
 HOUR = 3600.0
@@ -61,14 +59,8 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 async def node(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Node]:
-    n = Node("n", SqliteStore(tmp_path, clock=clock), MemoryBus(), HistorySettings(),
-             Metrics(), clock)
-    n.hub.register_wire("raw", lambda p: p.payload)
-    await n.start()
-    try:
+    async with memory_node(tmp_path, clock) as n:
         yield n
-    finally:
-        await n.close()
 
 
 @pytest.fixture

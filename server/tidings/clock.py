@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 __all__ = ["CallableClock", "Clock", "SystemClock", "as_clock", "utc"]
 
@@ -43,8 +43,11 @@ class CallableClock:
 
 
 def as_clock(clock: Clock | Callable[[], float]) -> Clock:
-    """``clock`` as a :class:`Clock` (a function of no arguments is wrapped)."""
-    return clock if isinstance(clock, Clock) else CallableClock(clock)
+    """``clock`` as a :class:`Clock` (a function of no arguments is wrapped; so is a
+    callable whose ``now`` is not a method, such as a test clock with a ``now`` field)."""
+    if callable(getattr(clock, "now", None)):
+        return cast(Clock, clock)
+    return CallableClock(cast(Callable[[], float], clock))
 
 
 def utc(seconds: float) -> datetime:

@@ -8,19 +8,23 @@ outside where a test needs an older data folder:
 * calls made in one loop pass commit together, yet a failing call rolls back
   alone and the others are stored;
 * a data folder from an older version opens: the unread counters are filled
-  from the inbox once, retained messages get their QoS column (QoS 1).
+  from the inbox once, retained messages get their QoS column (QoS 1);
+* a tags-only audience is counted by one SQL query, equal to the paged count.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from support.stores import KEEP, Clock
+from tidings.audience import parse_audience
 from tidings.store.base import HistoryPolicy, MqttSessionState
+from tidings.store.contracts.audience import AudienceStore
 from tidings.store.sqlite import SqliteStore
 from tidings.types import PayloadKind
 
@@ -129,3 +133,27 @@ async def test_a_folder_from_before_retained_kept_its_qos(tmp_path: Path,
 def test_a_cap_below_one_is_refused(tmp_path: Path, max_inbox: int) -> None:
     with pytest.raises(ValueError, match="max_inbox"):
         SqliteStore(tmp_path, max_inbox=max_inbox)
+
+
+async def test_a_tags_only_count_is_one_query_and_equals_the_paged_count(
+        tmp_path: Path, clock: Clock) -> None:
+    """The SQL count of a tag-only audience (all / any / none) selects exactly the
+    users the contract's paging selects, for random tags (fixed seed)."""
+    store = await opened(tmp_path / "data", clock)
+    rng = random.Random(12)
+    tags = [f"t{i}" for i in range(6)]
+    await asyncio.gather(*(store.set_user_tags(f"u{i:04d}", rng.sample(tags, rng.randint(0, 4)),
+                                               max_tags=10) for i in range(1500)))
+    await store.set_user_attributes("only-attrs", {"plan": "pro"})  # known, untagged
+    selectors: list[dict[str, list[str]]] = [
+        {"any": ["t0"]}, {"any": ["t1", "t2"]}, {"all": ["t0", "t1"]},
+        {"all": ["t3"], "any": ["t4", "t5"]}, {"any": ["t0", "t1"], "none": ["t2"]},
+        {"all": ["t0"], "any": ["t0", "t9"], "none": ["t1", "t5"]}, {"any": ["absent"]},
+        {"none": ["t0"]},  # no all / any: the paged count over every known user
+    ]
+    for selector in selectors:
+        query = parse_audience({"tags": selector})
+        paged = await AudienceStore.audience_count(store, query, page=400)
+        assert await store.audience_count(query) == paged, selector
+    assert await store.audience_count(parse_audience({"tags": {"any": ["t0"]}})) > 0
+    await store.close()

@@ -1101,6 +1101,38 @@ class SqliteStore(Store):
 
         return await self._run(tx)
 
+    async def audience_count(self, query: AudienceQuery, *, page: int = 1000) -> int:
+        """A query of tags only (``all`` / ``any``, with or without ``none``) is one
+        SQL count over the tag index, so a send to 100,000 tagged users is answered
+        at once; any other query pages through the users as the contract does."""
+        if query.attributes or query.active_within is not None or query.engaged is not None \
+                or not (query.tags_all or query.tags_any):
+            return await super().audience_count(query, page=page)
+
+        def marks(tags: tuple[str, ...]) -> str:
+            return ",".join("?" * len(tags))
+
+        source = tuple(dict.fromkeys(query.tags_all + query.tags_any))
+        having = []
+        args: list[Any] = list(source)
+        if query.tags_all:
+            having.append(f"SUM(tag IN ({marks(query.tags_all)})) = ?")
+            args += [*query.tags_all, len(query.tags_all)]
+        if query.tags_any:
+            having.append(f"SUM(tag IN ({marks(query.tags_any)})) > 0")
+            args += query.tags_any
+        sql = (f"SELECT user FROM user_tags WHERE tag IN ({marks(source)}) GROUP BY user"
+               f" HAVING {' AND '.join(having)}")
+        if query.tags_none:
+            sql = (f"SELECT user FROM ({sql}) WHERE user NOT IN (SELECT user FROM user_tags"
+                   f" WHERE tag IN ({marks(query.tags_none)}))")
+            args += query.tags_none
+
+        def tx(db: sqlite3.Connection) -> int:
+            return int(db.execute(f"SELECT COUNT(*) FROM ({sql})", args).fetchone()[0])
+
+        return await self._run(tx)
+
     async def _audience_profiles(self, users: list[str], query: AudienceQuery
                                  ) -> list[Profile]:
         now = int(self._clock() * 1000)
@@ -1342,40 +1374,32 @@ class SqliteStore(Store):
 
         return await self._run(tx)
 
+    @staticmethod
+    def _instants(db: sqlite3.Connection, sql: str, users: list[str], args: tuple[Any, ...],
+                  scale: float) -> dict[str, list[float]]:
+        """``sql`` (``SELECT user, ts ... user IN ({marks}) ... ORDER BY ts``) over
+        ``users`` in slices SQLite binds: each user's instants, in seconds."""
+        out: dict[str, list[float]] = {}
+        for i in range(0, len(users), 500):  # SQLite's bound on host parameters
+            part = users[i:i + 500]
+            for user, ts in db.execute(sql.format(marks=",".join("?" * len(part))),
+                                       (*args, *part)):
+                out.setdefault(user, []).append(ts / scale)
+        return out
+
     async def engagement_times(self, users: Sequence[str], since: float
                                ) -> Mapping[str, list[float]]:
-        users = list(users)
-        after = int(since * 1000)
-
-        def tx(db: sqlite3.Connection) -> dict[str, list[float]]:
-            out: dict[str, list[float]] = {}
-            for i in range(0, len(users), 500):  # SQLite's bound on host parameters
-                part = users[i:i + 500]
-                marks = ",".join("?" * len(part))
-                for user, ts in db.execute(
-                        f"SELECT user, ts FROM engagements WHERE user IN ({marks}) AND ts > ?"
-                        " ORDER BY ts", (*part, after)):
-                    out.setdefault(user, []).append(ts / 1000)
-            return out
-
-        return await self._run(tx)
+        sql = ("SELECT user, ts FROM engagements WHERE ts > ? AND user IN ({marks})"
+               " ORDER BY ts")
+        chunk, after = list(users), int(since * 1000)
+        return await self._run(lambda db: self._instants(db, sql, chunk, (after,), 1000))
 
     async def recent_pushes(self, users: Sequence[str], category: str, since: float
                             ) -> Mapping[str, list[float]]:
-        users = list(users)
-
-        def tx(db: sqlite3.Connection) -> dict[str, list[float]]:
-            out: dict[str, list[float]] = {}
-            for i in range(0, len(users), 500):  # SQLite's bound on host parameters
-                part = users[i:i + 500]
-                marks = ",".join("?" * len(part))
-                for user, ts in db.execute(
-                        "SELECT user, ts FROM pushes WHERE category = ? AND ts > ?"
-                        f" AND user IN ({marks}) ORDER BY ts", (category, since, *part)):
-                    out.setdefault(user, []).append(ts)
-            return out
-
-        return await self._run(tx)
+        sql = ("SELECT user, ts FROM pushes WHERE category = ? AND ts > ? AND user IN ({marks})"
+               " ORDER BY ts")
+        chunk = list(users)
+        return await self._run(lambda db: self._instants(db, sql, chunk, (category, since), 1))
 
 
 _JOB_COLUMNS = ("id, status, category, request, targets, created, due, expires_at, cursor,"
