@@ -5,7 +5,8 @@ On one Redis and a 3-master Redis Cluster (the ``open_store`` fixture of
 are). The contract (``test_notifications_contract.py``) checks each rule with
 one client; here two or three clients race for the same due entries and fire
 them at once, a chunk spans several pipelines, and a chunk still in flight
-when its job is cancelled queues nobody. What a user relies on: nobody gets a
+when its job is cancelled queues nobody; and a chunk cut short by Redis going
+down is finished once Redis is back. What a user relies on: nobody gets a
 notification twice, nobody held is lost, and the job's counts are exact.
 """
 
@@ -19,11 +20,14 @@ import pytest
 
 from conftest import WAIT
 from support.inbox import ids_in, policy
+from support.redis_servers import RedisFactory
 from support.stores import Clock, OpenStore
+from tidings.errors import Unavailable
 from tidings.store.base import Delivery, DueEntry, NewJob, Store
+from tidings.store.redis import RedisStore
 
 pytest_plugins = ["support.redis_servers"]
-pytestmark = pytest.mark.parametrize("open_store", ["redis", "redis-cluster"], indirect=True)
+on_redis = pytest.mark.parametrize("open_store", ["redis", "redis-cluster"], indirect=True)
 
 LEASE = 30.0
 
@@ -59,6 +63,7 @@ async def claim_all(store: Store, owner: str, limit: int) -> list[DueEntry]:
     raise AssertionError("claiming did not finish")
 
 
+@on_redis
 async def test_racing_clients_get_each_due_entry_once(open_store: OpenStore,
                                                       clock: Clock) -> None:
     stores = [await open_store() for _ in range(3)]
@@ -72,6 +77,7 @@ async def test_racing_clients_get_each_due_entry_once(open_store: OpenStore,
     assert all(e.notification == nid and e.due == clock.now for part in got for e in part)
 
 
+@on_redis
 async def test_racing_firings_deliver_once_and_count_exactly(open_store: OpenStore,
                                                              clock: Clock) -> None:
     one, two = await open_store(), await open_store()
@@ -93,6 +99,7 @@ async def test_racing_firings_deliver_once_and_count_exactly(open_store: OpenSto
     assert await one.due_claim("late", lease=LEASE, limit=1000) == []  # all fired: gone
 
 
+@on_redis
 async def test_a_held_user_fired_while_its_chunk_is_replayed_gets_it_once(
         open_store: OpenStore, clock: Clock) -> None:
     one, two = await open_store(), await open_store()
@@ -118,6 +125,7 @@ async def test_a_held_user_fired_while_its_chunk_is_replayed_gets_it_once(
     assert await one.unread("ann") == 1
 
 
+@on_redis
 async def test_a_chunk_in_flight_when_its_job_is_cancelled_queues_nobody(
         open_store: OpenStore, clock: Clock) -> None:
     one, two = await open_store(), await open_store()
@@ -131,6 +139,7 @@ async def test_a_chunk_in_flight_when_its_job_is_cancelled_queues_nobody(
     assert await two.due_claim("b", lease=LEASE, limit=100) == []
 
 
+@on_redis
 async def test_a_replayed_chunk_across_pipelines_sends_nobody_anything_twice(
         open_store: OpenStore, clock: Clock) -> None:
     one, two = await open_store(), await open_store()
@@ -146,3 +155,27 @@ async def test_a_replayed_chunk_across_pipelines_sends_nobody_anything_twice(
     assert job is not None and job.outcomes == {"pushed": 250}
     pushes = await two.recent_pushes(users, "general", clock.now - 1)
     assert pushes == {u: [clock.now] for u in users}
+
+
+async def test_a_chunk_cut_short_by_redis_going_down_is_finished_once(
+        redis_factory: RedisFactory, clock: Clock) -> None:
+    server = redis_factory.server(appendonly=True, appendfsync="always")
+    store = RedisStore(server.url, clock=clock, timeout=1.0)
+    await store.open()
+    try:
+        nid = await new_job(store, clock)
+        users = [f"u{i:03d}" for i in range(200)]
+        chunk = [Delivery(u, "pushed", fields(), edges=None) for u in users]
+        await deliver(store, nid, chunk[:120])
+        server.kill()  # SIGKILL: what was acknowledged was fsynced
+        with pytest.raises(Unavailable):
+            await deliver(store, nid, chunk)
+        server.start()  # same port and folder: the AOF is replayed
+        again = await deliver(store, nid, chunk)  # the sender replays the chunk
+        assert again.recorded == users[120:]
+        for u in (users[0], users[119], users[120], users[-1]):
+            assert await ids_in(store, u) == [nid] and await store.unread(u) == 1
+        job = await store.job_get(nid)
+        assert job is not None and job.outcomes == {"pushed": 200}
+    finally:
+        await store.close()
