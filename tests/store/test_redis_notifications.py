@@ -179,3 +179,30 @@ async def test_a_chunk_cut_short_by_redis_going_down_is_finished_once(
         assert job is not None and job.outcomes == {"pushed": 200}
     finally:
         await store.close()
+
+
+@on_redis
+async def test_a_firing_that_finds_its_user_served_drops_the_entry(
+        open_store: OpenStore, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    one, two = await open_store(), await open_store()
+    nid = await new_job(one, clock)
+    await deliver(one, nid, [Delivery("ann", "held", due_at=clock.now)])
+    assert [e.user for e in await two.due_claim("b", lease=LEASE, limit=10)] == ["ann"]
+
+    async def lost(*args: Any) -> None:
+        raise Unavailable("store unavailable")
+
+    # "b" delivers ann, then loses Redis before it drops her entry
+    monkeypatch.setattr(two, "_after_deliver", lost)
+    with pytest.raises(Unavailable):
+        await deliver(two, nid, [Delivery("ann", "pushed", fields(), edges=None)], due=True)
+    clock.advance(LEASE)
+    assert [e.user for e in await one.due_claim("a", lease=LEASE, limit=10)] == ["ann"]
+    # "a" decides "held" again (quiet hours began meanwhile): ann was served, so
+    # nothing is recorded, and the entry goes for good rather than firing forever
+    late = await deliver(one, nid, [Delivery("ann", "held", due_at=clock.now + 3600)],
+                         due=True)
+    assert late.recorded == []
+    clock.advance(2 * 3600)
+    assert await one.due_claim("c", lease=LEASE, limit=10) == []
+    assert await ids_in(one, "ann") == [nid] and await one.unread("ann") == 1

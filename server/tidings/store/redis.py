@@ -1462,7 +1462,7 @@ class RedisStore(Store):
                     # a skipped user still waiting: put back only an entry that is gone
                     puts.setdefault(b, []).extend(
                         [nid, d.user, repr(float(d.due_at)), 0 if wrote else 1])
-                elif due and d.due_at is None:
+                elif due:  # fired: the entry goes (its user's, or one served meanwhile)
                     done.setdefault(b, []).append(d.user)
         await self._after_deliver(nid, counts, puts, done, expiring, expires)
         if failure is not None:
