@@ -59,6 +59,20 @@ key                            type    what
                                hash    earliest expiry / a version per user (sweeper)
 ``P {ms:<bucket>}:state``      hash    MQTT session state by client id (64 buckets)
 ``P {ms:<bucket>}:q:<client>`` list    the session's queue, oldest first
+``P {jobs}:j:<id>``            hash    a send job: status, request, cursor, lease
+                                       (owner, until), ``o:<state>`` target counts
+``P {jobs}:due``               zset    scheduled jobs by due time
+``P {jobs}:lease``             zset    sending jobs by the end of their lease
+``P {jobs}:st:<status>``       zset    jobs of a status by number (listing; the
+                                       cursor); ``P {jobs}:seq`` numbers them
+``P {jobs}:k:<key>``           string  a job's idempotency key -> job id (PX ttl)
+``P {u:<uid>}:nt``             hash    notification -> the user's target state
+``P {u:<uid>}:push:<cat>``     zset    notification by live-push time (caps; 24 h)
+``P {dq:<n>}:q``               zset    due entries ``<id>\0<user>`` by when they may
+                                       be handed out (due, or lease end once claimed)
+``P {dq:<n>}:due``             hash    entry -> its due time
+``P {dq:<n>}:j:<id>``          set     a notification's entries in the bucket
+``P {dq:<n>}:x``               set     cancelled notifications (entries refused)
 =============================  ======  ===============================================
 
 Channels: :func:`tidings.redis_wire.channel_for` (``tidings:`` + B), in the
@@ -107,6 +121,33 @@ Trade-offs (what one slot per topic / per user costs)
   those.
 * The inbox cap: ``HLEN`` of the items hash is the total; over the cap a
   notify drops from ``:done``, then ``:useq``, then ``:order``.
+* Notification jobs all live in the one ``{jobs}`` slot: a claim, a lease
+  check, a status change with its indexes and an idempotent create are each
+  one script, so of nodes claiming at once exactly one gets a job. Jobs are
+  per notification (not per user), so that slot sees a few calls per chunk.
+  The job's stats row (``{n:<id>}:m``) is written after the job, and again
+  (a no-op) by a retried create, so a crash between the two is mended by the
+  retry.
+* Delivery (:meth:`deliver`) is one DELIVER script per user in the user's
+  slot: the target record (``:nt``), the inbox write and the push record, so
+  a replayed chunk skips every recorded user. After the per-user scripts of a
+  chunk come, in other slots, the due-queue entries (added after the target
+  records that need them: a skipped user still ``held`` or ``scheduled`` gets
+  its entry back only if it is gone) and the job's counts (one HINCRBY per
+  state, for the users this call recorded). A crash between the per-user
+  scripts and the counts leaves the job's counts short by those users (the
+  targets themselves are exact); one between a ``held`` record and its entry
+  is mended when the chunk is replayed.
+* The due queue is spread over :data:`DUE_BUCKETS` slots by user; a claim
+  walks the buckets from a random one until it has ``limit`` entries (an
+  empty queue costs a node 16 small calls per poll). A claimed entry stays in
+  its bucket with its lease end as score, so an entry whose node died is
+  handed out again when the lease ends. ``job_cancel`` cancels the job (a
+  sent one only if a bucket still lists entries of it), then each bucket
+  drops its entries and refuses new ones for it (``:x``); a crash between the
+  two is mended by repeating the cancel.
+* Target records and cancelled-notification marks are kept (as SQLite keeps
+  them): one hash field per user and notification sent.
 * A script runs alone on its Redis: ``mark`` with ``all`` walks the user's
   whole inbox in one script (as SQLite does in one transaction), so a user
   with a very large inbox costs Redis that long.
@@ -156,17 +197,25 @@ from ..redis_wire import (
     wire_head,
     wire_tail,
 )
-from ..types import Offset, PayloadKind, Publication, format_offset, parse_offset
+from ..types import Offset, PayloadKind, Publication, format_offset, is_cursor, parse_offset
 from . import redis_lua as lua
 from .base import (
+    JOB_STATUSES,
     PRUNE_STEP,
     TRACK_EVENTS,
+    DeliverResult,
+    Delivery,
+    DueEntry,
     HistoryPage,
     HistoryPolicy,
     InboxItem,
     InboxPage,
+    Job,
+    JobPage,
+    JobStatus,
     MarkAction,
     MqttSessionState,
+    NewJob,
     NotifyResult,
     PolicyFor,
     PublishResult,
@@ -189,18 +238,21 @@ from .contracts.audience import (
 from .redis_events import RedisEvents
 from .redis_push import RedisPushEndpoints
 
-__all__ = ["MQTT_BUCKETS", "RETAINED_GRACE", "RedisStore"]
+__all__ = ["DUE_BUCKETS", "MQTT_BUCKETS", "PUSH_KEEP", "RETAINED_GRACE", "RedisStore"]
 
 log = logging.getLogger("tidings.store.redis")
 
 T = TypeVar("T")
 
 MQTT_BUCKETS = 64  # slots the MQTT sessions are spread over
+DUE_BUCKETS = 16  # slots the due queue of notifications is spread over (by user)
+PUSH_KEEP = 86400.0  # seconds of live-push history kept per user (the longest cap window)
 RETAINED_GRACE = 300.0  # seconds an unconfirmed retained-index entry is kept (cluster)
 _IN_FLIGHT = 64  # calls of one store in flight at once (each holds a connection)
 _BATCH = 100  # per-user notify scripts sent in one pipeline
 _KNOWN_USERS_MAX = 100_000  # users remembered as listed in {r}:users
 _NOT_JSON_KEYS = ("unread", "replaces")  # added to a push by the script
+_WAITING = ("held", "scheduled")  # target states the due queue replaces when it fires
 # Redis errors that say "not now" rather than "your script is wrong".
 _TRANSIENT = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "BUSY",
               "NOREPLICAS", "MOVED", "ASK", "NOSCRIPT", "UNBLOCKED")
@@ -383,6 +435,11 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
     def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]
                 ) -> Awaitable[Any]:
         return self._scripts[name](keys=keys, args=args)  # type: ignore[no-any-return]
+
+    def _call(self, name: str, keys: Sequence[str], args: Sequence[Any]
+              ) -> Callable[[Any], Awaitable[Any]]:
+        """Script ``name`` as a function of the client, for :meth:`_io`."""
+        return lambda _client: self._script(name, keys, args)
 
     # -- topics ---------------------------------------------------------------------------
 
@@ -1019,7 +1076,8 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
     # -- audience -------------------------------------------------------------------------
     # Per user, in the user's slot: {u:<uid>}:tags (set), :attrs (JSON), :seen (ms),
     # :prefs (the preferences document, JSON),
-    # :eng:<category> (zset of "<event>\0<notification id>" scored by ms). Across users,
+    # :eng:<category> (zset of "<event>\0<notification id>" scored by ms), :engall (the
+    # same over every category, for engagement_times). Across users,
     # each in its own slot: {aud}:users (every known user, lex-ordered zset),
     # {tag:<tag>}:users (per tag, lex-ordered zset; a superset, see the contract) and
     # {seg}:defs (hash: segment name -> JSON). A selection reads each candidate with
@@ -1169,6 +1227,10 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
         pipe.zremrangebyscore(key, "-inf", f"({now - _ms(ENGAGEMENT_KEEP)}")
         pipe.zadd(key, {event + "\0" + notification_id: now}, nx=True)
         pipe.pexpire(key, _ms(ENGAGEMENT_KEEP))
+        every = self._uk(user, ":engall")  # every category: engagement_times reads it
+        pipe.zremrangebyscore(every, "-inf", f"({now - _ms(ENGAGEMENT_KEEP)}")
+        pipe.zadd(every, {event + "\0" + notification_id: now}, nx=True)
+        pipe.pexpire(every, _ms(ENGAGEMENT_KEEP))
         r = await pipe.execute()
         return bool(r[2])
 
@@ -1218,3 +1280,287 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
                                None if not seen else (now - int(seen)) / 1000,
                                int(engaged)))
         return out
+
+    # -- notification jobs ----------------------------------------------------------------
+    # Jobs in one slot ({jobs}: the job hashes, the due and lease zsets, the status
+    # indexes and the idempotency keys), so a status change is one script. Per user,
+    # in the user's slot: {u:<uid>}:nt (hash: notification -> target state) and
+    # {u:<uid>}:push:<category> (zset: notification by live-push time). The due queue
+    # in DUE_BUCKETS slots {dq:<n>} by user (see redis_lua.DUE_PUT).
+
+    def _jk(self, suffix: str) -> str:
+        return self._p + "{jobs}:" + suffix
+
+    def _job_keys(self, *statuses: str) -> list[str]:
+        return [self._jk("st:" + s) for s in statuses]
+
+    @staticmethod
+    def _hash(raw: Mapping[Any, Any] | Sequence[Any]) -> dict[str, Any]:
+        """A hash as redis-py gives it (a mapping) or a script does (a flat list)."""
+        if isinstance(raw, Mapping):
+            return {_text(k): v for k, v in raw.items()}
+        return {_text(raw[i]): raw[i + 1] for i in range(0, len(raw), 2)}
+
+    @classmethod
+    def _job(cls, raw: Mapping[Any, Any] | Sequence[Any]) -> Job:
+        """A job from its hash."""
+        h = cls._hash(raw)
+
+        def num(name: str) -> float | None:
+            v = h.get(name)
+            return None if v is None or v in (b"", "") else float(v)
+
+        outcomes = {k[2:]: int(v) for k, v in h.items() if k.startswith("o:") and int(v)}
+        status: Any = _text(h["status"])
+        return Job(_text(h["id"]), status, _text(h["category"]), orjson.loads(h["request"]),
+                   int(h["targets"]), float(h["created"]), float(h["due"]), num("expires"),
+                   None if "cursor" not in h else _text(h["cursor"]), outcomes,
+                   None if "owner" not in h else _text(h["owner"]), num("until"))
+
+    async def job_create(self, job: NewJob, *, idempotency_key: str | None = None,
+                         owner: str | None = None, lease: float = 0.0) -> tuple[Job, bool]:
+        now = self._clock()
+        key = self._jk("j:" + job.id)
+        idem = key if idempotency_key is None else self._jk("k:" + idempotency_key)
+        args = [job.id, job.category, orjson.dumps(job.request), job.targets, repr(now),
+                repr(float(job.due)), "" if job.expires_at is None else repr(job.expires_at),
+                0 if idempotency_key is None else 1, _ms(self._idempotency_ttl), owner or "",
+                repr(now + lease)]
+        keys = [key, self._jk("due"), self._jk("lease"),
+                *self._job_keys("scheduled", "sending"), idem, self._jk("seq")]
+
+        async def run(client: Any) -> tuple[Job, bool]:
+            duplicate, jid = await self._script("JOB_CREATE", keys, args)
+            return self._job(await client.hgetall(self._jk("j:" + _text(jid)))), bool(duplicate)
+
+        made, duplicate = await self._io(run)
+        # the stats row (another slot): after the job, and again by a retry
+        await self._note(made.id, made.category, made.targets, int(made.created * 1000))
+        return made, duplicate
+
+    async def job_get(self, job_id: str) -> Job | None:
+        raw = await self._io(lambda c: c.hgetall(self._jk("j:" + job_id)))
+        return self._job(raw) if raw else None
+
+    async def jobs(self, status: JobStatus, *, cursor: str | None = None, limit: int = 100
+                   ) -> JobPage:
+        if status not in JOB_STATUSES:
+            raise ValueError(f"unknown job status {status!r}")
+        after = cursor if is_cursor(cursor) else "0"  # not one of ours: from the start
+        args = [self._jk("j:"), after, limit]
+        raw = await self._io(self._call("JOBS_PAGE", self._job_keys(status), args))
+        found = raw[:limit]
+        nxt = _text(self._hash(found[-1])["seq"]) if len(raw) > limit and found else None
+        return JobPage([self._job(h) for h in found], nxt)
+
+    async def job_cancel(self, job_id: str) -> Job | None:
+        """The job's status first (its slot), then its due entries (their buckets):
+        a retry of a cancel that failed between the two finishes it."""
+        keys = [self._jk("j:" + job_id), self._jk("due"), self._jk("lease"),
+                *self._job_keys("scheduled", "sending", "sent", "cancelled")]
+        status = await self._io(self._call("JOB_CANCEL", keys, [job_id, 0]))
+        if status is None:
+            return None
+        if _text(status) == "sent" and await self._has_due_entries(job_id):
+            status = await self._io(self._call("JOB_CANCEL", keys, [job_id, 1]))
+        if _text(status) == "cancelled":
+            calls = [(self._due_queue_keys(b), [self._dq(b) + ":j:", job_id])
+                     for b in range(DUE_BUCKETS)]
+            await self._io(lambda c: self._eval_many(c, "DUE_CANCEL", calls))
+        return await self.job_get(job_id)
+
+    async def _has_due_entries(self, job_id: str) -> bool:
+        """Whether any bucket holds an entry of the notification (held or waiting users)."""
+        async def run(client: Any) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for b in range(DUE_BUCKETS):
+                pipe.exists(self._dq(b) + ":j:" + job_id)
+            return await pipe.execute()  # type: ignore[no-any-return]
+
+        return any(await self._io(run))
+
+    async def job_claim(self, owner: str, *, lease: float, limit: int = 1) -> list[Job]:
+        now = self._clock()
+        keys = [self._jk("due"), self._jk("lease"), *self._job_keys("scheduled", "sending")]
+        args = [self._jk("j:"), repr(now), owner, repr(now + lease), limit]
+        raw = await self._io(lambda c: self._script("JOB_CLAIM", keys, args))
+        return [self._job(h) for h in raw]
+
+    async def job_progress(self, job_id: str, owner: str, cursor: str | None, *,
+                           lease: float) -> bool:
+        now = self._clock()
+        args = [job_id, repr(now), owner, 0 if cursor is None else 1, cursor or "",
+                repr(now + lease)]
+        keys = [self._jk("j:" + job_id), self._jk("lease")]
+        return bool(await self._io(lambda c: self._script("JOB_PROGRESS", keys, args)))
+
+    async def job_finish(self, job_id: str, owner: str) -> bool:
+        now = self._clock()
+        keys = [self._jk("j:" + job_id), self._jk("lease"), *self._job_keys("sending", "sent")]
+        return bool(await self._io(lambda c: self._script("JOB_FINISH", keys,
+                                                          [job_id, repr(now), owner])))
+
+    def _dq(self, bucket: int) -> str:
+        return self._p + "{dq:" + str(bucket) + "}"
+
+    def _due_queue_keys(self, bucket: int) -> list[str]:
+        tag = self._dq(bucket)
+        return [tag + ":q", tag + ":due", tag + ":x"]
+
+    @staticmethod
+    def _bucket(user: str) -> int:
+        return zlib.crc32(user.encode()) % DUE_BUCKETS
+
+    async def deliver(self, notification_id: str, deliveries: Sequence[Delivery], *,
+                      category: str, expires_at: float | None, collapse_key: str | None,
+                      policy: PolicyFor, due: bool = False) -> DeliverResult:
+        """One DELIVER script per user (the target record, the inbox write, the push
+        record: atomic per user), in pipelines of ``_BATCH``; then, for the users of
+        the batches that succeeded, their due-queue entries and the job's counts (a
+        failed batch raises ``Unavailable`` after those: see the module doc)."""
+        now_s = self._clock()
+        now = int(now_s * 1000)
+        nid = notification_id
+        expires = -1 if expires_at is None else int(expires_at * 1000)
+        todo = list(deliveries)
+
+        own = b"".join(msgpack.packb(v) for v in (
+            nid, 1 if due else 0, expires, collapse_key or False, self._max_inbox, PRUNE_STEP,
+            now_s, PUSH_KEEP))
+        rendered: dict[int, tuple[bytes, bytes]] = {}  # fields shared by users: once
+
+        def render(shared: dict[str, Any]) -> tuple[bytes, bytes]:
+            known = rendered.get(id(shared))
+            if known is None:
+                fields = {**shared, "id": nid, "ts": now}
+                fields_json = orjson.dumps(fields)
+                base = {k: v for k, v in fields.items() if k not in _NOT_JSON_KEYS}
+                known = (fields_json, b"" if len(base) == len(fields) else orjson.dumps(base))
+                rendered[id(shared)] = known
+            return known
+
+        def call(d: Delivery) -> tuple[list[str], list[Any]]:
+            live = d.edges is None or bool(d.edges)
+            # silent: the item is named by an event on the user's events stream
+            stream = notifications_topic(d.user) if live else events_topic(d.user)
+            inbox = self._inbox_keys(d.user, stream)
+            keys = [*inbox[:16], self._uk(d.user, ":nt"),
+                    self._uk(d.user, ":push:" + category), *inbox[16:]]
+            fields_json, push_base = (b"", b"") if d.fields is None else render(d.fields)
+            flags = ("w" if d.fields is not None else "") + ("l" if live else "s")
+            extra = b"" if not d.edges else b',"edges":' + orjson.dumps(list(d.edges))
+            return keys, [*self._inbox_args(d.user, stream, now, policy), own, d.state, flags,
+                          fields_json, push_base, extra]
+
+        async def batch(chunk: list[Delivery]) -> list[Any]:
+            async def run(client: Any) -> list[Any]:
+                if self._cluster:
+                    await self._register_users(client, [d.user for d in chunk])
+                # made here: topic epochs need the store epoch _io ensured
+                return await self._eval_many(client, "DELIVER", [call(d) for d in chunk])
+
+            return await self._io(run)
+
+        chunks = [todo[i:i + _BATCH] for i in range(0, len(todo), _BATCH)]
+        results = await asyncio.gather(*(batch(c) for c in chunks), return_exceptions=True)
+        changes: list[UserChange] = []
+        recorded: list[str] = []
+        counts: dict[str, int] = {}
+        puts: dict[int, list[Any]] = {}
+        done: dict[int, list[str]] = {}
+        expiring: list[str] = []
+        failure: BaseException | None = None
+        for chunk, r in zip(chunks, results, strict=True):
+            if isinstance(r, BaseException):
+                failure = failure or r
+                continue
+            for d, raw in zip(chunk, r, strict=True):
+                wrote, prev = int(raw[0]), _text(raw[1])
+                b = self._bucket(d.user)
+                if wrote:
+                    recorded.append(d.user)
+                    counts[d.state] = counts.get(d.state, 0) + 1
+                    if prev:
+                        counts[prev] = counts.get(prev, 0) - 1
+                    if len(raw) > 2:
+                        live = d.edges is None or bool(d.edges)
+                        stream = notifications_topic(d.user) if live else events_topic(d.user)
+                        changes.append(self._change(d.user, stream, now, raw[2:], [nid]))
+                        if expires >= 0:
+                            expiring.append(d.user)
+                if d.due_at is not None and (wrote or prev in _WAITING):
+                    # a skipped user still waiting: put back only an entry that is gone
+                    puts.setdefault(b, []).extend(
+                        [nid, d.user, repr(float(d.due_at)), 0 if wrote else 1])
+                elif due:  # fired: the entry goes (its user's, or one served meanwhile)
+                    done.setdefault(b, []).append(d.user)
+        await self._after_deliver(nid, counts, puts, done, expiring, expires)
+        if failure is not None:
+            raise failure
+        return DeliverResult(changes, recorded)
+
+    async def _after_deliver(self, nid: str, counts: dict[str, int],
+                             puts: dict[int, list[Any]], done: dict[int, list[str]],
+                             expiring: list[str], expires: int) -> None:
+        """Due-queue entries added (after the target records that need them) and
+        removed (fired), the inbox expiry index, and the job's counts."""
+        calls = [(self._due_queue_keys(b)[:3], [self._dq(b) + ":j:", *args])
+                 for b, args in puts.items()]
+        drops = [(self._due_queue_keys(b)[:2],
+                  [self._dq(b) + ":j:", *(v for u in users for v in (nid, u))])
+                 for b, users in done.items()]
+        deltas = [v for state, n in counts.items() if n for v in ("o:" + state, n)]
+
+        async def run(client: Any) -> None:
+            if calls:
+                await self._eval_many(client, "DUE_PUT", calls)
+            if drops:
+                await self._eval_many(client, "DUE_DONE", drops)
+            if expiring:  # after the items exist: see DUE_ADD
+                await self._script("DUE_ADD", self._due_keys(), [expires, *expiring])
+            if deltas:
+                await self._script("JOB_COUNT", [self._jk("j:" + nid)], deltas)
+
+        if calls or drops or expiring or deltas:
+            await self._io(run)
+
+    async def due_claim(self, owner: str, *, lease: float, limit: int) -> list[DueEntry]:
+        """Bucket by bucket (from a random one, so nodes start apart) until ``limit``."""
+        now = self._clock()
+        start = secrets.randbelow(DUE_BUCKETS)
+        out: list[DueEntry] = []
+        for i in range(DUE_BUCKETS):
+            if len(out) >= limit:
+                break
+            b = (start + i) % DUE_BUCKETS
+            args = [self._dq(b) + ":j:", repr(now), repr(now + lease), limit - len(out)]
+            raw = await self._io(self._call("DUE_CLAIM", self._due_queue_keys(b), args))
+            for j in range(0, len(raw), 2):
+                nid, _, user = _text(raw[j]).partition("\0")
+                out.append(DueEntry(nid, user, float(raw[j + 1])))
+        out.sort(key=lambda e: e.due)
+        return out
+
+    async def _times(self, users: Sequence[str], suffix: str, since: str, unit: float
+                     ) -> Mapping[str, list[float]]:
+        """Each user's scores above ``since`` in ``{u:<uid>}<suffix>`` (divided by
+        ``unit``), oldest first: one pipeline for the chunk (a round trip per node)."""
+        wanted = list(dict.fromkeys(users))
+
+        async def run(client: Any) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for u in wanted:
+                pipe.zrangebyscore(self._uk(u, suffix), "(" + since, "+inf", withscores=True)
+            return await pipe.execute()  # type: ignore[no-any-return]
+
+        raw = await self._io(run) if wanted else []
+        return {u: [float(s) / unit for _, s in got]
+                for u, got in zip(wanted, raw, strict=True) if got}
+
+    async def recent_pushes(self, users: Sequence[str], category: str, since: float
+                            ) -> Mapping[str, list[float]]:
+        return await self._times(users, ":push:" + category, repr(since), 1.0)
+
+    async def engagement_times(self, users: Sequence[str], since: float
+                               ) -> Mapping[str, list[float]]:
+        return await self._times(users, ":engall", str(int(since * 1000)), 1000.0)

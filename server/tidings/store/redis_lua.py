@@ -23,11 +23,23 @@ from __future__ import annotations
 
 __all__ = [
     "CLAIM",
+    "DELIVER",
     "DUE_ADD",
+    "DUE_CANCEL",
+    "DUE_CLAIM",
+    "DUE_DONE",
+    "DUE_PUT",
     "DUE_SET",
     "DUE_TAKE",
     "HISTORY",
     "INBOX",
+    "JOBS_PAGE",
+    "JOB_CANCEL",
+    "JOB_CLAIM",
+    "JOB_COUNT",
+    "JOB_CREATE",
+    "JOB_FINISH",
+    "JOB_PROGRESS",
     "MARK",
     "MQTT_DELETE",
     "MQTT_ENQUEUE",
@@ -214,6 +226,9 @@ return 0
 #   head, 7 stream tail, 8 unread-topic epoch, 9 unread head, 10 unread tail,
 #   11 unread topic, 12 user id; then the script's own from 13.
 _INBOX_COMMON = _COMMON + r"""
+-- the index of users with retained topics (one Redis only); DELIVER moves it
+local users_key = KEYS[17]
+
 local function drop(nid, ck)
   redis.call('HDEL', KEYS[1], nid)
   redis.call('ZREM', KEYS[2], nid)
@@ -256,13 +271,76 @@ local function finish(now, count, payload)
   local upayload = '{"count":' .. count .. '}'
   local useq, uepoch = append(KEYS[10], KEYS[11], now, ARGV[8], 0, 1000, 0, upayload)
   local uoffset = uepoch .. ':' .. useq
-  retain(KEYS[12], uoffset, now, 0, 1, upayload, KEYS[13], KEYS[17], ARGV[11], ARGV[12])
+  retain(KEYS[12], uoffset, now, 0, 1, upayload, KEYS[13], users_key, ARGV[11], ARGV[12])
   announce(mode, KEYS[15], ARGV[9], uoffset, now, upayload, ARGV[10])
   return soffset, payload, uoffset, upayload
 end
 
 local function count_unread(now)
   return redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf')
+end
+
+-- Write one inbox item (as a notify does for one user): collapse, the cap, the
+-- stream entry with 'unread' (and 'extra', raw JSON members after it) and the
+-- retained count. 'silent': the stream (the user's events, then) gets a "silent"
+-- event naming the item instead of the notification. Returns {count, stream
+-- offset, push or event, unread offset, unread payload}.
+local function write_item(now, nid, expires, ck, fields, base, cap, step, extra, silent)
+  collect(now)
+  local replaced = {}
+  if ck then
+    local members = redis.call('ZRANGEBYLEX', KEYS[6], '[' .. ck .. '\0', '[' .. ck .. '\0\255')
+    for _, m in ipairs(members) do
+      local id = string.sub(m, #ck + 2)
+      local entry = redis.call('HGET', KEYS[1], id)
+      if entry then
+        local _, _, _, _, rd, ar, c = cmsgpack.unpack_limit(entry, 6)
+        if c == ck and rd == 0 and ar == 0 then
+          drop(id, c)
+          replaced[#replaced + 1] = id
+        end
+      end
+    end
+  end
+  local seq = redis.call('HINCRBY', KEYS[7], 'seq', 1)
+  redis.call('HSET', KEYS[1], nid,
+             cmsgpack.pack(seq, now, expires, 0, 0, ck) .. binhdr(#fields) .. fields)
+  redis.call('ZADD', KEYS[2], seq, nid)
+  if expires < 0 then
+    redis.call('ZADD', KEYS[3], '+inf', nid)
+  else
+    redis.call('ZADD', KEYS[3], expires, nid)
+    redis.call('ZADD', KEYS[5], expires, nid)
+  end
+  redis.call('ZADD', KEYS[4], seq, nid)
+  if ck then redis.call('ZADD', KEYS[6], 0, ck .. '\0' .. nid) end
+  -- over the cap: the oldest read or archived items go first, then the oldest unread
+  -- (then any unarchived item: one read before the done index existed)
+  local pruned = {}
+  local over = math.min(redis.call('HLEN', KEYS[1]) - cap, step)
+  while over > 0 do
+    local victim = redis.call('ZRANGE', KEYS[16], 0, 0)[1] or redis.call('ZRANGE', KEYS[4], 0, 0)[1]
+                   or redis.call('ZRANGE', KEYS[2], 0, 0)[1]
+    if not victim then break end
+    local ar, c = flags(victim)
+    drop(victim, c)
+    if ar == 0 then pruned[#pruned + 1] = victim end
+    over = over - 1
+  end
+  local count = count_unread(now)
+  local push
+  if silent then
+    push = '{"type":"silent","ids":' .. cjson.encode({nid}) .. ',"unread":' .. count
+  else
+    push = string.sub(base, 1, -2)
+    if #base > 2 then push = push .. ',' end
+    push = push .. '"unread":' .. count
+  end
+  if #replaced > 0 then push = push .. ',"replaces":' .. cjson.encode(replaced) end
+  if #pruned > 0 then push = push .. ',"pruned":' .. cjson.encode(pruned) end
+  push = push .. extra .. '}'
+  local soffset, spayload, uoffset, upayload = finish(now, count, push)
+  return {count, soffset, spayload, uoffset, upayload}
 end
 """
 
@@ -272,64 +350,12 @@ NOTIFY = _INBOX_COMMON + r"""
 --   items to prune in this call
 -- Returns false when the user already has this notification (a retried notify),
 -- else {count, stream offset, push, unread offset, unread payload}.
-local now = tonumber(ARGV[1])
 local nid = ARGV[13]
 if redis.call('HEXISTS', KEYS[1], nid) == 1 then return false end
-collect(now)
-local expires = tonumber(ARGV[14])
 local ck = false
 if ARGV[15] == '1' then ck = ARGV[16] end
-local replaced = {}
-if ck then
-  local members = redis.call('ZRANGEBYLEX', KEYS[6], '[' .. ck .. '\0', '[' .. ck .. '\0\255')
-  for _, m in ipairs(members) do
-    local id = string.sub(m, #ck + 2)
-    local entry = redis.call('HGET', KEYS[1], id)
-    if entry then
-      local _, _, _, _, rd, ar, c = cmsgpack.unpack_limit(entry, 6)
-      if c == ck and rd == 0 and ar == 0 then
-        drop(id, c)
-        replaced[#replaced + 1] = id
-      end
-    end
-  end
-end
-local seq = redis.call('HINCRBY', KEYS[7], 'seq', 1)
-local fields = ARGV[17]
-redis.call('HSET', KEYS[1], nid,
-           cmsgpack.pack(seq, now, expires, 0, 0, ck) .. binhdr(#fields) .. fields)
-redis.call('ZADD', KEYS[2], seq, nid)
-if expires < 0 then
-  redis.call('ZADD', KEYS[3], '+inf', nid)
-else
-  redis.call('ZADD', KEYS[3], expires, nid)
-  redis.call('ZADD', KEYS[5], expires, nid)
-end
-redis.call('ZADD', KEYS[4], seq, nid)
-if ck then redis.call('ZADD', KEYS[6], 0, ck .. '\0' .. nid) end
--- over the cap: the oldest read or archived items go first, then the oldest unread
--- (then any unarchived item: one read before the done index existed)
-local pruned = {}
-local over = math.min(redis.call('HLEN', KEYS[1]) - tonumber(ARGV[19]), tonumber(ARGV[20]))
-while over > 0 do
-  local victim = redis.call('ZRANGE', KEYS[16], 0, 0)[1] or redis.call('ZRANGE', KEYS[4], 0, 0)[1]
-                 or redis.call('ZRANGE', KEYS[2], 0, 0)[1]
-  if not victim then break end
-  local ar, c = flags(victim)
-  drop(victim, c)
-  if ar == 0 then pruned[#pruned + 1] = victim end
-  over = over - 1
-end
-local count = count_unread(now)
-local base = ARGV[18]
-local push = string.sub(base, 1, -2)
-if #base > 2 then push = push .. ',' end
-push = push .. '"unread":' .. count
-if #replaced > 0 then push = push .. ',"replaces":' .. cjson.encode(replaced) end
-if #pruned > 0 then push = push .. ',"pruned":' .. cjson.encode(pruned) end
-push = push .. '}'
-local soffset, spayload, uoffset, upayload = finish(now, count, push)
-return {count, soffset, spayload, uoffset, upayload}
+return write_item(tonumber(ARGV[1]), nid, tonumber(ARGV[14]), ck, ARGV[17], ARGV[18],
+                  tonumber(ARGV[19]), tonumber(ARGV[20]), '', false)
 """
 
 MARK = _INBOX_COMMON + r"""
@@ -635,4 +661,241 @@ local count = 0
 if KEYS[4] then count = redis.call('ZCOUNT', KEYS[4], ARGV[1], '+inf') end
 return {redis.call('SMEMBERS', KEYS[1]), redis.call('GET', KEYS[2]),
         redis.call('GET', KEYS[3]), count}
+"""
+
+# -- notification jobs, per-user delivery, the due queue -------------------------------------
+#
+# Jobs: every job key shares the hash tag {jobs}, so a status change, its indexes,
+# the lease and the idempotency key change in one script. A job hash holds id,
+# status, category, request (JSON), targets, created, due, expires ('' none),
+# cursor (absent: none), owner and until (the lease), seq (its number, from
+# {jobs}:seq: the status indexes' score) and o:<state> counts.
+# Times in these keys are epoch seconds as Python's repr() writes them.
+
+DELIVER = _INBOX_COMMON + r"""
+-- KEYS 17: the user's target records (hash: notification -> state), 18: the user's
+--   live pushes of the category (zset: notification by time) [, 19 users with
+--   retained topics]
+-- ARGV from 13: the call's own, the same for every user (msgpack objects: id, due
+--   firing (1 / 0), expires (-1 none), collapse key (false: none), the cap on the
+--   user's items, the most items to prune, now (seconds), push history kept
+--   (seconds)); then the user's: state, flags ('w': write an item, 'l': a live
+--   push, 's': silent, the stream keys and ARGV 3-7 being the user's events, which
+--   get a "silent" event), fields JSON, push JSON ('': the fields), extra push
+--   members (raw JSON)
+-- Returns {0, state} when the user is already recorded (skipped), {1, previous state
+-- or ''} when recorded without an item, else {1, previous, count, stream offset,
+-- push, unread offset, unread payload}.
+users_key = KEYS[19]
+local nid, due, expires, ck, cap, step, t, keep = cmsgpack.unpack(ARGV[13])
+local state, flags = ARGV[14], ARGV[15]
+local prev = redis.call('HGET', KEYS[17], nid)
+if prev and not (due == 1 and (prev == 'held' or prev == 'scheduled')) then
+  return {0, prev}
+end
+redis.call('HSET', KEYS[17], nid, state)
+if string.find(flags, 'l', 1, true) then
+  redis.call('ZREMRANGEBYSCORE', KEYS[18], '-inf', '(' .. (t - keep))
+  redis.call('ZADD', KEYS[18], t, nid)
+  redis.call('PEXPIRE', KEYS[18], math.ceil(keep * 1000))
+end
+if not string.find(flags, 'w', 1, true) or redis.call('HEXISTS', KEYS[1], nid) == 1 then
+  return {1, prev or ''}
+end
+local push = ARGV[17]
+if push == '' then push = ARGV[16] end
+local r = write_item(tonumber(ARGV[1]), nid, expires, ck, ARGV[16], push, cap, step,
+                     ARGV[18], string.find(flags, 's', 1, true) ~= nil)
+return {1, prev or '', r[1], r[2], r[3], r[4], r[5]}
+"""
+
+JOB_CREATE = r"""
+-- KEYS: job, due zset, lease zset, 'scheduled' index, 'sending' index, idempotency
+--   key (the job again: none), the job counter
+-- ARGV: id, category, request, targets, created, due, expires, has key, key ttl (ms),
+--   owner ('' none: scheduled), lease end
+-- Returns {duplicate (1 / 0), job id}. The job's number (seq) orders the listings.
+if ARGV[8] == '1' then
+  local first = redis.call('GET', KEYS[6])
+  if first then return {1, first} end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {1, ARGV[1]} end
+local seq = redis.call('INCR', KEYS[7])
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'status', 'scheduled', 'category', ARGV[2],
+           'request', ARGV[3], 'targets', ARGV[4], 'created', ARGV[5], 'due', ARGV[6],
+           'expires', ARGV[7], 'seq', seq)
+if ARGV[10] == '' then
+  redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
+  redis.call('ZADD', KEYS[4], seq, ARGV[1])
+else  -- its creator sends it now; another node resumes it when the lease ends
+  redis.call('HSET', KEYS[1], 'status', 'sending', 'owner', ARGV[10], 'until', ARGV[11])
+  redis.call('ZADD', KEYS[3], ARGV[11], ARGV[1])
+  redis.call('ZADD', KEYS[5], seq, ARGV[1])
+end
+if ARGV[8] == '1' then redis.call('SET', KEYS[6], ARGV[1], 'PX', ARGV[9]) end
+return {0, ARGV[1]}
+"""
+
+JOB_CLAIM = r"""
+-- KEYS: due zset, lease zset, 'scheduled' index, 'sending' index
+-- ARGV: job key prefix, now, owner, lease end, limit
+-- Due scheduled jobs, then sending jobs whose lease ended, leased to the owner.
+-- Returns {job hash (HGETALL), ...}.
+local now, limit = tonumber(ARGV[2]), tonumber(ARGV[5])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
+if #ids < limit then
+  local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, limit - #ids)
+  for _, id in ipairs(stale) do ids[#ids + 1] = id end
+end
+local out = {}
+for _, id in ipairs(ids) do
+  local k = ARGV[1] .. id
+  local st = redis.call('HGET', k, 'status')
+  redis.call('ZREM', KEYS[1], id)
+  if st == 'scheduled' or st == 'sending' then
+    redis.call('ZREM', KEYS[3], id)
+    redis.call('ZADD', KEYS[4], redis.call('HGET', k, 'seq'), id)
+    redis.call('HSET', k, 'status', 'sending', 'owner', ARGV[3], 'until', ARGV[4])
+    redis.call('ZADD', KEYS[2], ARGV[4], id)
+    out[#out + 1] = redis.call('HGETALL', k)
+  else
+    redis.call('ZREM', KEYS[2], id)
+  end
+end
+return out
+"""
+
+# the lease check of progress and finish: the caller's, unexpired, job sending
+_JOB_HELD = r"""
+local function held(k, now, owner)
+  local v = redis.call('HMGET', k, 'status', 'owner', 'until')
+  return v[1] == 'sending' and v[2] == owner and tonumber(v[3]) > now
+end
+"""
+
+JOB_PROGRESS = _JOB_HELD + r"""
+-- KEYS: job, lease zset.  ARGV: id, now, owner, has cursor, cursor, lease end
+-- Returns 1, or 0 (nothing changed) when the lease is not held.
+if not held(KEYS[1], tonumber(ARGV[2]), ARGV[3]) then return 0 end
+if ARGV[4] == '1' then
+  redis.call('HSET', KEYS[1], 'cursor', ARGV[5])
+else
+  redis.call('HDEL', KEYS[1], 'cursor')
+end
+redis.call('HSET', KEYS[1], 'until', ARGV[6])
+redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
+return 1
+"""
+
+JOB_FINISH = _JOB_HELD + r"""
+-- KEYS: job, lease zset, 'sending' index, 'sent' index.  ARGV: id, now, owner
+-- Returns 1, or 0 (nothing changed) when the lease is not held.
+if not held(KEYS[1], tonumber(ARGV[2]), ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'sent')
+redis.call('HDEL', KEYS[1], 'cursor', 'owner', 'until')
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[4], redis.call('HGET', KEYS[1], 'seq'), ARGV[1])
+return 1
+"""
+
+JOB_CANCEL = r"""
+-- KEYS: job, due zset, lease zset, 'scheduled', 'sending', 'sent', 'cancelled' indexes
+-- ARGV: id, also a sent job (1 / 0: the caller found due entries of it)
+-- Cancels a scheduled or sending job (or a sent one).  Returns its status after
+-- (false: no such job).
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return false end
+if st ~= 'scheduled' and st ~= 'sending' and not (st == 'sent' and ARGV[2] == '1') then
+  return st
+end
+redis.call('HSET', KEYS[1], 'status', 'cancelled')
+redis.call('HDEL', KEYS[1], 'owner', 'until')
+for i = 2, 6 do redis.call('ZREM', KEYS[i], ARGV[1]) end
+redis.call('ZADD', KEYS[7], redis.call('HGET', KEYS[1], 'seq'), ARGV[1])
+return 'cancelled'
+"""
+
+JOB_COUNT = r"""
+-- KEYS: job.  ARGV: field, delta, ...  (target counts, after the per-user writes)
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+JOBS_PAGE = r"""
+-- KEYS: a status index.  ARGV: job key prefix, after this job number, limit
+-- Returns up to limit + 1 job hashes (HGETALL) in creation order.
+local out = {}
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], '+inf', 'LIMIT', 0,
+                       tonumber(ARGV[3]) + 1)
+for _, id in ipairs(ids) do
+  local h = redis.call('HGETALL', ARGV[1] .. id)
+  if #h > 0 then out[#out + 1] = h end
+end
+return out
+"""
+
+# The due queue, spread over buckets {dq:<n>} by user: q (zset: "<id>\0<user>" by
+# the time it may be handed out: its due time, or the end of its lease once
+# claimed), due (hash: entry -> due time), x (set: cancelled notifications),
+# j:<id> (set: a notification's entries in the bucket, for cancelling).
+
+DUE_PUT = r"""
+-- KEYS: q, due, x.  ARGV: j: key prefix, then id, user, due, only if absent (1 / 0)
+-- for each entry (an entry of a cancelled notification is not added)
+for i = 2, #ARGV, 4 do
+  local m = ARGV[i] .. '\0' .. ARGV[i + 1]
+  if redis.call('SISMEMBER', KEYS[3], ARGV[i]) == 0
+     and (ARGV[i + 3] == '0' or redis.call('HEXISTS', KEYS[2], m) == 0) then
+    redis.call('ZADD', KEYS[1], ARGV[i + 2], m)
+    redis.call('HSET', KEYS[2], m, ARGV[i + 2])
+    redis.call('SADD', ARGV[1] .. ARGV[i], m)
+  end
+end
+return 1
+"""
+
+DUE_CLAIM = r"""
+-- KEYS: q, due, x.  ARGV: j: key prefix, now, lease end, limit
+-- Returns {entry, due, ...} leased to the caller (entries of cancelled ones dropped).
+local ms = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[4]))
+local out = {}
+for _, m in ipairs(ms) do
+  local nid = string.sub(m, 1, string.find(m, '\0', 1, true) - 1)
+  if redis.call('SISMEMBER', KEYS[3], nid) == 1 then
+    redis.call('ZREM', KEYS[1], m)
+    redis.call('HDEL', KEYS[2], m)
+    redis.call('SREM', ARGV[1] .. nid, m)
+  else
+    redis.call('ZADD', KEYS[1], ARGV[3], m)
+    out[#out + 1] = m
+    out[#out + 1] = redis.call('HGET', KEYS[2], m)
+  end
+end
+return out
+"""
+
+DUE_DONE = r"""
+-- KEYS: q, due.  ARGV: j: key prefix, then id, user for each entry to drop
+for i = 2, #ARGV, 2 do
+  local m = ARGV[i] .. '\0' .. ARGV[i + 1]
+  redis.call('ZREM', KEYS[1], m)
+  redis.call('HDEL', KEYS[2], m)
+  redis.call('SREM', ARGV[1] .. ARGV[i], m)
+end
+return 1
+"""
+
+DUE_CANCEL = r"""
+-- KEYS: q, due, x.  ARGV: j: key prefix, id.  Drops the notification's entries and
+-- keeps any added later from being handed out.
+redis.call('SADD', KEYS[3], ARGV[2])
+local j = ARGV[1] .. ARGV[2]
+for _, m in ipairs(redis.call('SMEMBERS', j)) do
+  redis.call('ZREM', KEYS[1], m)
+  redis.call('HDEL', KEYS[2], m)
+end
+redis.call('DEL', j)
+return 1
 """
