@@ -670,7 +670,9 @@ return {redis.call('SMEMBERS', KEYS[1]), redis.call('GET', KEYS[2]),
 # status, category, request (JSON), targets, created, due, expires ('' none),
 # cursor (absent: none), owner and until (the lease), seq (its number, from
 # {jobs}:seq: the status indexes' score) and o:<state> counts.
-# Times in these keys are epoch seconds as Python's repr() writes them.
+# Times in these keys are epoch seconds as Python's repr() writes them. A script
+# that reaches a job or a bucket's j:<id> set by a name it builds (prefix from
+# ARGV) stays in the slot of the keys it was given: those names share their tag.
 
 DELIVER = _INBOX_COMMON + r"""
 -- KEYS 17: the user's target records (hash: notification -> state), 18: the user's
