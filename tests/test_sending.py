@@ -132,6 +132,32 @@ async def test_tags_reach_exactly_the_tagged_users_in_chunks(node: Node,
     assert node.metrics.get("tidings_notification_outcomes_total", outcome="pushed") == 5
 
 
+async def test_users_connected_here_get_it_first_and_nobody_twice(
+        node: Node, notifier: Notifier, monkeypatch: pytest.MonkeyPatch) -> None:
+    await tag(node, ["vip"], "u1", "u2", "u3", "u4", "u5", "u6", "u7")
+    devices = {u: await device_of(node, u) for u in ("u6", "u9")}
+    notifier.sender.online = lambda: ["u9", "u6"]  # u9 is online but not in the audience
+    chunks: list[list[str]] = []
+    real = notifier.sender.send_chunk
+
+    async def recorded(job: Any, plan: Any, users: Any, *, due: bool) -> int:
+        chunks.append(list(users))
+        return await real(job, plan, users, due=due)
+
+    monkeypatch.setattr(notifier.sender, "send_chunk", recorded)
+    result = await notifier.notify({"tags": ["vip"], "title": "Now"})
+    assert await notifier.sender.step() == 7  # each user recorded once
+    assert chunks[0] == ["u6"]  # the connected user's chunk went before any page
+    assert ["u6"] in chunks[:1] and all(u != "u9" for c in chunks for u in c)
+    for u in ("u1", "u2", "u3", "u4", "u5", "u6", "u7"):
+        assert await ids(node, u) == [result.id]
+    await settle(lambda: devices["u6"].on(notifications_topic("u6")))
+    assert len(devices["u6"].on(notifications_topic("u6"))) == 1
+    assert devices["u9"].got == []
+    got = await status(notifier, result.id)
+    assert (got["status"], got["targets"], got["outcomes"]["pushed"]) == ("sent", 7, 7)
+
+
 async def test_a_segment_is_looked_up_and_an_unknown_one_is_not_found(
         node: Node, notifier: Notifier) -> None:
     await node.store.set_user_attributes("ann", {"plan": "pro"})

@@ -280,6 +280,7 @@ class App:
         self.presence = Presence(name, settings.presence, self.metrics, self.node.store,
                                  Seen(self.node.seen, settings.presence.seen_interval,
                                       self.metrics))
+        self.notifier.sender.online = self.presence.local_users
         self.node.limit_user_subscriptions(settings.topics.max_user_subscriptions)
         self.store_health = StoreHealth(self.metrics)  # the store reports its commits
         self.node.store.monitor = self.store_health

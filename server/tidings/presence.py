@@ -158,6 +158,11 @@ class Presence:
                                                    tasks=self._posting)
         self._http: aiohttp.ClientSession | None = None
 
+    def local_users(self) -> list[str]:
+        """Users with a device connected to this node now (the sender sends to them
+        first, so the people looking get a notification before the rest are written)."""
+        return [u for u, devices in self._online.items() if devices]
+
     def online(self, user: str, key: object, device: str, edge: str) -> None:
         """``key`` identifies the connection (a device may reconnect before it leaves)."""
         devices = self._online.setdefault(user, {})

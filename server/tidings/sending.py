@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -50,12 +50,14 @@ from .policy import DAY, Decision, Notice, Outcome, decide
 from .preferences import EDGES, Preferences, Rules, parse
 from .schedule import BEST_TIME_HISTORY, LocalTime, best_time, local_fire_time, parse_send_at_local
 from .store.base import OUTCOMES, AudienceQuery, Delivery, Job
+from .store.contracts.audience import matches
 
 __all__ = ["MAX_JOBS_PER_STEP", "Plan", "Sender", "outcome_of"]
 
 log = logging.getLogger("tidings.sending")
 
 MAX_JOBS_PER_STEP = 16  # jobs one scheduler step sends; more wait for the next step
+ONLINE_CHUNK = 100  # users per chunk of the online-first pass (small: the first push is soon)
 _YIELD_EVERY = 200  # users decided / fanned out between yields to the event loop
 _DEFAULT_PREFS = Preferences()
 _ANYONE = AudienceQuery()  # a query that needs nothing but attributes
@@ -106,6 +108,9 @@ class Sender:
         self._lock = asyncio.Lock()  # steps never overlap on one node
         self._wake = asyncio.Event()
         self._failing = False
+        # the users connected to this node now (Presence.local_users), set by the app:
+        # a job sends to those of them in its audience first
+        self.online: Callable[[], Sequence[str]] | None = None
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -200,6 +205,8 @@ class Sender:
         plan = self.plan(job)
         cursor = job.cursor
         done = 0
+        if cursor is None:  # a fresh start (a resumed job already wrote its first chunks)
+            done += await self._online_first(job, plan)
         while True:
             users, nxt = await self._page(job, plan, cursor)
             if users:
@@ -211,6 +218,29 @@ class Sender:
             cursor = nxt
             await asyncio.sleep(0)  # let the node answer between chunks
         await store.job_finish(job.id, self.owner)
+        return done
+
+    async def _online_first(self, job: Job, plan: Plan) -> int:
+        """Send first to the audience's users connected to this node, in small chunks,
+        so they get it at once however large the audience; the paged pass that
+        follows skips them (``deliver`` skips users already recorded). Other nodes'
+        users wait for their page (documented in docs/notifications-sending.md)."""
+        if self.online is None:
+            return 0
+        online = self.online()
+        if not online:
+            return 0
+        if plan.users is not None:
+            wanted = set(online)
+            chosen = [u for u in plan.users if u in wanted]
+        else:
+            assert plan.query is not None
+            profiles = await self.node.store._audience_profiles(sorted(online), plan.query)
+            chosen = [p.user for p in profiles if matches(plan.query, p)]
+        done = 0
+        for i in range(0, len(chosen), ONLINE_CHUNK):
+            done += await self.send_chunk(job, plan, chosen[i:i + ONLINE_CHUNK], due=False)
+            await asyncio.sleep(0)
         return done
 
     async def _page(self, job: Job, plan: Plan, cursor: str | None
