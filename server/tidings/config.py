@@ -130,6 +130,9 @@ class AuthSettings:
     allow_anonymous: bool = False
     max_token_ttl: int = 86400 * 30
     default_token_ttl: int = 3600
+    # verified tokens remembered (by digest, until their exp) so a reconnect
+    # skips the signature check; 0 turns the cache off
+    token_cache: int = 10000
 
 
 @dataclass
@@ -489,6 +492,7 @@ def _validate(s: Settings) -> None:
     _positive("history.ttl", s.history.ttl)
     _positive("auth.max_token_ttl", s.auth.max_token_ttl)
     _positive("auth.default_token_ttl", s.auth.default_token_ttl)
+    _positive("auth.token_cache", s.auth.token_cache, zero_ok=True)
     _positive("store.idempotency_ttl", s.store.idempotency_ttl)
     _positive("notify.max_users", s.notify.max_users)
     _positive("notify.max_data_size", s.notify.max_data_size)
