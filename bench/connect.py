@@ -16,8 +16,8 @@ once all are open. The clients speak the wire by hand (a raw upgrade and
 masked frames, raw CONNECT bytes) so the load generator costs little of the
 machine's CPU next to the server.
 
-``--profile PATH`` runs the server under cProfile and writes its stats to PATH
-when it exits (the server is stopped with SIGINT, which it handles as a clean
+Each edge gets a server process of its own. ``--profile PATH`` runs them under
+cProfile and writes the stats to ``PATH.ws.prof`` / ``PATH.mqtt.prof`` when they exit (the server is stopped with SIGINT, which it handles as a clean
 shutdown). Measures; asserts nothing. The server is stopped by its PID.
 """
 
@@ -143,7 +143,6 @@ async def measure(pid: int, ws_port: int, mqtt_port: int, count: int, concurrenc
                   edges: list[str]) -> None:
     for edge in edges:
         toks = tokens(count, f"{edge}-user-")
-        await asyncio.sleep(1.0)  # let the previous phase's closes settle
         before = rss_kib(pid)
         if edge == "ws":
             writers, took = await open_all(count, concurrency,
@@ -159,16 +158,9 @@ async def measure(pid: int, ws_port: int, mqtt_port: int, count: int, concurrenc
         await close_all(writers)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--count", type=int, default=2000)
-    ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--edges", default="ws,mqtt", help="comma-separated: ws, mqtt")
-    ap.add_argument("--src", default=str(ROOT / "server"),
-                    help="the server package's parent folder (another checkout)")
-    ap.add_argument("--profile", default="", help="cProfile the server into this file")
-    ap.add_argument("--env", nargs="*", default=[], help="extra NAME=VALUE for the server")
-    args = ap.parse_args()
+def serve(args: argparse.Namespace, edge: str, profile: str) -> None:
+    """One server process for one edge's phase (a fresh heap: memory freed by an
+    earlier phase would otherwise be reused and hide the growth)."""
     ws_port, api_port, mqtt_port = free_port(), free_port(), free_port()
     data = tempfile.mkdtemp(prefix="tidings-connect-")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
@@ -179,8 +171,8 @@ def main() -> None:
                TIDINGS_MQTT_MAX_CONNECTIONS_PER_IP="100000", PYTHONPATH=args.src)
     env.update(dict(pair.split("=", 1) for pair in args.env))
     cmd = [sys.executable]
-    if args.profile:
-        cmd += ["-m", "cProfile", "-o", args.profile]
+    if profile:
+        cmd += ["-m", "cProfile", "-o", profile]
     cmd += ["-m", "tidings.cli", "serve"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -195,7 +187,7 @@ def main() -> None:
                     raise SystemExit("the server did not come up") from None
                 time.sleep(0.1)
         asyncio.run(measure(proc.pid, ws_port, mqtt_port, args.count, args.concurrency,
-                            args.edges.split(",")))
+                            [edge]))
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -204,6 +196,21 @@ def main() -> None:
             proc.kill()
             proc.wait()
         shutil.rmtree(data, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--count", type=int, default=2000)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--edges", default="ws,mqtt", help="comma-separated: ws, mqtt")
+    ap.add_argument("--src", default=str(ROOT / "server"),
+                    help="the server package's parent folder (another checkout)")
+    ap.add_argument("--profile", default="",
+                    help="cProfile the server into PATH.EDGE.prof, one file per edge")
+    ap.add_argument("--env", nargs="*", default=[], help="extra NAME=VALUE for the server")
+    args = ap.parse_args()
+    for edge in args.edges.split(","):
+        serve(args, edge, f"{args.profile}.{edge}.prof" if args.profile else "")
 
 
 if __name__ == "__main__":

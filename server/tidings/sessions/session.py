@@ -24,8 +24,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar, cast
 
 import orjson
 
@@ -43,6 +43,8 @@ _RECOVER_LIMIT = 1000  # notifications recovered at connect, at most (then bytes
 _RECOVER_PAGE = 64  # messages read from history at once while recovering
 
 Reply = Callable[[dict[str, Any]], None]  # sends a successful reply's fields
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 class Transport(Protocol):
@@ -202,8 +204,7 @@ class Session:
                         break
                     recovered.append(fields)
                     seen[topic] = p.offset
-            offset = await node.latest(topic)
-            unread = await node.unread(self.user)
+            offset, unread = await _both(node.latest(topic), node.unread(self.user))
         except BaseException:
             self._release_hold({})
             raise
@@ -414,6 +415,16 @@ class Session:
         self.subscriptions, self._streams = set(), ()
         for flt in subs:
             await node.unsubscribe(flt, self)
+
+
+async def _both(a: Awaitable[A], b: Awaitable[B]) -> tuple[A, B]:
+    """Two store reads in one loop pass, so the store answers both in one commit;
+    the first error is raised once both have ended (none is left unretrieved)."""
+    x, y = await asyncio.gather(a, b, return_exceptions=True)
+    for r in (x, y):
+        if isinstance(r, BaseException):
+            raise r
+    return cast(A, x), cast(B, y)
 
 
 def _follows(before: str, offset: str) -> bool:

@@ -268,6 +268,8 @@ class MqttBroker:
             if old is not None:
                 await self._end_session(old)
             session, present = MqttSession(self, client_id, principal), False
+            # the store was just read: without a record there, nothing to delete
+            session.stored = stored is not None or (old is not None and old.stored)
             if not packet.clean_start and stored is not None:
                 session, present = await self._resume_stored(conn, client_id, principal,
                                                              stored), True
@@ -379,8 +381,10 @@ class MqttBroker:
         self._keep(session, expiry > 0)
         self._end_at_token_expiry(conn, session.principal)
         if session.persistent:
+            session.stored = True
             await self.node.mqtt_save(session.client_id, session.state(), [])
-        else:
+        elif session.stored:
+            session.stored = False
             await self.node.mqtt_delete(session.client_id)
 
     def _acknowledge(self, conn: MqttConnection, packet: Connect, session: MqttSession,
@@ -433,6 +437,7 @@ class MqttBroker:
             session.disconnected_at = time.time()
             session.awaiting_pubrel = set(conn.proto.awaiting_pubrel)
             queue = conn.unsent()
+            session.stored = True
             self.spawn(self.node.mqtt_save(session.client_id, session.state(), queue))
             self._schedule_expiry(session)
         else:
@@ -522,7 +527,8 @@ class MqttBroker:
         for flt in list(session.subs):
             await self._unregister(session, flt)
         session.subs.clear()
-        if session.persistent or session.conn is None:
+        if (session.persistent or session.conn is None) and session.stored:
+            session.stored = False
             await self.node.mqtt_delete(session.client_id)
 
     # -- publish --------------------------------------------------------------------------

@@ -80,6 +80,9 @@ class MqttSession:
     # topic, so a retained message read from the store just after is not sent
     # again (nor an older one after a newer live one).
     live_seen: dict[str, str] | None = None
+    # whether the store may hold a record of this client id (saved, read back,
+    # or found there at connect): a session that never was has nothing to delete
+    stored: bool = True
 
     def __hash__(self) -> int:
         return id(self)
