@@ -17,7 +17,8 @@ masked frames, raw CONNECT bytes) so the load generator costs little of the
 machine's CPU next to the server.
 
 Each edge gets a server process of its own. ``--profile PATH`` runs them under
-cProfile and writes the stats to ``PATH.ws.prof`` / ``PATH.mqtt.prof`` when they exit (the server is stopped with SIGINT, which it handles as a clean
+cProfile and writes the stats to ``PATH.ws.prof`` / ``PATH.mqtt.prof`` when they
+exit (the server is stopped with SIGINT, which it handles as a clean
 shutdown). Measures; asserts nothing. The server is stopped by its PID.
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import shutil
 import signal
@@ -34,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import jwt
@@ -42,9 +45,9 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 SECRET = "c" * 32
-_UPGRADE = ("GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+_UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n")
 
 
 def free_port() -> int:
@@ -119,14 +122,24 @@ async def mqtt_open(port: int, client_id: str, token: str) -> asyncio.StreamWrit
     return writer
 
 
-async def open_all(count: int, concurrency: int, opener: object) -> tuple[list[asyncio.StreamWriter], float]:
+async def _ws_nth(port: int, toks: list[str], i: int) -> asyncio.StreamWriter:
+    return await ws_open(port, toks[i])
+
+
+async def _mqtt_nth(port: int, toks: list[str], i: int) -> asyncio.StreamWriter:
+    return await mqtt_open(port, f"c{i}", toks[i])
+
+
+async def open_all(count: int, concurrency: int,
+                   opener: Callable[[int], Awaitable[asyncio.StreamWriter]]
+                   ) -> tuple[list[asyncio.StreamWriter], float]:
     """Open ``count`` connections, ``concurrency`` at a time; (writers, seconds)."""
     writers: list[asyncio.StreamWriter] = []
     index = iter(range(count))
 
     async def worker() -> None:
         for i in index:
-            writers.append(await opener(i))  # type: ignore[operator]
+            writers.append(await opener(i))
 
     started = time.perf_counter()
     await asyncio.wait_for(asyncio.gather(*[worker() for _ in range(concurrency)]), 300)
@@ -144,12 +157,9 @@ async def measure(pid: int, ws_port: int, mqtt_port: int, count: int, concurrenc
     for edge in edges:
         toks = tokens(count, f"{edge}-user-")
         before = rss_kib(pid)
-        if edge == "ws":
-            writers, took = await open_all(count, concurrency,
-                                           lambda i: ws_open(ws_port, toks[i]))
-        else:
-            writers, took = await open_all(count, concurrency,
-                                           lambda i: mqtt_open(mqtt_port, f"c{i}", toks[i]))
+        opener = functools.partial(_ws_nth, ws_port, toks) if edge == "ws" else \
+            functools.partial(_mqtt_nth, mqtt_port, toks)
+        writers, took = await open_all(count, concurrency, opener)
         await asyncio.sleep(1.0)  # idle: whatever the server does after the reply is done
         after = rss_kib(pid)
         print(f"{edge:4} connections={count} concurrency={concurrency} "

@@ -13,9 +13,9 @@ so each edge keeps telling the peer which part of its request was wrong.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import orjson
 
@@ -25,6 +25,7 @@ from ..errors import BadRequest, BadTopic, Forbidden, QuotaExceeded, TooLarge
 from ..metrics import Metrics
 from ..node import Node
 from ..notify import Notifier
+from ..plumbing import Deadlines
 from ..presence import Presence
 from ..protocol.frames import Encoding, encode
 from ..protocol.topics import TopicError, validate_filter, validate_topic
@@ -34,6 +35,16 @@ from ..types import PayloadKind, Publication, is_cursor
 __all__ = ["INBOX_LIMIT", "Operations", "fitting"]
 
 INBOX_LIMIT = 100  # items in one inbox page, at most
+
+
+class Expiring(Hashable, Protocol):
+    """A session whose token runs out (see :attr:`Operations.expiries`)."""
+
+    def token_expired(self) -> None: ...
+
+
+def _token_expired(session: Expiring) -> None:
+    session.token_expired()
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -47,6 +58,8 @@ class Operations:
     notifier: Notifier
     presence: Presence
     metrics: Metrics
+    # every session's token expiry on one timer (none per connection)
+    expiries: Deadlines[Expiring] = field(default_factory=lambda: Deadlines(_token_expired))
 
     # -- connect ------------------------------------------------------------------------
 

@@ -103,7 +103,7 @@ class Session:
         self.subscriptions: set[str] = set()
         self._streams: tuple[str, ...] = ()  # the user's own stream topics, followed at connect
         self._hold: list[tuple[Publication, Any]] | None = None
-        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry: float | None = None  # the token's exp, while on ops.expiries
         self._edge = edge
         self._max_subscriptions = max_subscriptions
         self._tokens = float(burst)
@@ -158,8 +158,8 @@ class Session:
             ops.device(device, "connect: ")
         self.device = device or secrets.token_hex(8)
         if principal.expires is not None:
-            delay = max(0.0, principal.expires - time.time())
-            self._expiry = asyncio.get_running_loop().call_later(delay, self._expired)
+            self._expiry = principal.expires
+            ops.expiries.add(self, principal.expires)
         if self.user is None:
             reply({"user": None, "device": self.device, "node": ops.node.name, "unread": 0,
                    "offset": None, "recovered": [], "complete": True})
@@ -396,16 +396,17 @@ class Session:
 
     # -- end ----------------------------------------------------------------------------
 
-    def _expired(self) -> None:
-        """The token's ``exp`` passed: the edge ends the connection. The error is made
-        here, not at connect, so an idle connection holds no exception object."""
+    def token_expired(self) -> None:
+        """The token's ``exp`` passed (``ops.expiries`` says so): the edge ends the
+        connection. The error is made here, not at connect, so an idle connection
+        holds no exception object."""
         self._expiry = None
         self.transport.end(Unauthorized("token expired", code="token_expired"))
 
     async def close(self) -> None:
         """The connection is gone: release presence, quotas and subscriptions. Idempotent."""
         if self._expiry is not None:
-            self._expiry.cancel()
+            self.ops.expiries.discard(self, self._expiry)
             self._expiry = None
         node = self.ops.node
         if self.user is not None:

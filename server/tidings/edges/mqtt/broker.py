@@ -40,7 +40,7 @@ from ...logs import garbage
 from ...metrics import Metrics
 from ...node import Node
 from ...notify import Notifier
-from ...plumbing import ConnectionSet, Flusher, TaskSet
+from ...plumbing import ConnectionSet, Deadlines, Flusher, TaskSet
 from ...presence import Presence
 from ...protocol.mqtt import (
     NO_PROPERTIES,
@@ -97,6 +97,8 @@ class MqttBroker:
         self.workers = TaskSet("mqtt workers")  # the connections' pumps
         self.frames_out = 0  # packets written to clients (a plain int: hot path)
         self.connect_deadlines: dict[MqttConnection, float] = {}
+        # every connection's token expiry on one timer (none per connection)
+        self.expiries: Deadlines[MqttConnection] = Deadlines(self._token_expired)
         self.per_ip: Tally[str] = Tally(settings.mqtt.max_connections_per_ip)
         # user -> client ids of its persistent sessions here (mqtt.max_sessions_per_user)
         self._kept: dict[str, set[str]] = {}
@@ -466,18 +468,17 @@ class MqttBroker:
         itself lives on as any other; the client needs a new token to resume it.
         """
         if conn.expiry is not None:
-            conn.expiry.cancel()
+            self.expiries.discard(conn, conn.expiry)
             conn.expiry = None
-        if principal.expires is None:
-            return
-        delay = max(0.0, principal.expires - time.time())
+        if principal.expires is not None:
+            conn.expiry = principal.expires
+            self.expiries.add(conn, principal.expires)
 
-        def expired() -> None:
-            conn.expiry = None
-            self.metrics.inc("tidings_errors_total", code="token_expired")
-            conn.close(ReasonCode.MAXIMUM_CONNECT_TIME)
-
-        conn.expiry = asyncio.get_running_loop().call_later(delay, expired)
+    def _token_expired(self, conn: MqttConnection) -> None:
+        """A connection's token ran out (:attr:`expiries`): see :meth:`_end_at_token_expiry`."""
+        conn.expiry = None
+        self.metrics.inc("tidings_errors_total", code="token_expired")
+        conn.close(ReasonCode.MAXIMUM_CONNECT_TIME)
 
     def _schedule_will(self, session: MqttSession, will: Will) -> None:
         delay = will.properties.will_delay_interval or 0

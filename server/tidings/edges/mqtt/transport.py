@@ -188,7 +188,7 @@ class MqttConnection(asyncio.Protocol):
         self.will: Will | None = None
         self._fast = False  # QoS 0 may bypass the state machine (see publish)
         self._ip: str | None = None  # counted against mqtt.max_connections_per_ip (TCP only)
-        self.expiry: asyncio.TimerHandle | None = None  # the token's end (see MqttBroker)
+        self.expiry: float | None = None  # the token's exp, on broker.expiries
         # queued QoS 1/2 messages beyond which the client counts as slow: a resumed
         # queue, one quota in flight, and as much again of live traffic behind them
         s = broker.settings.mqtt
@@ -271,7 +271,7 @@ class MqttConnection(asyncio.Protocol):
             self.broker.per_ip.give(self._ip)
             self._ip = None
         if self.expiry is not None:
-            self.expiry.cancel()
+            self.broker.expiries.discard(self, self.expiry)
             self.expiry = None
         self.broker.connections.discard(self)
         self.broker.connect_deadlines.pop(self, None)
