@@ -11,8 +11,9 @@ for each edge opens ``--count`` connections, ``--concurrency`` at a time,
 each to the point where the client may use it (WS: upgrade, ``connect``
 command and its reply; MQTT: CONNECT with the token as password and the
 CONNACK), and keeps them all open. It prints connections per second (wall
-time of the opening phase) and the server's VmRSS growth per idle connection
-once all are open. The clients speak the wire by hand (a raw upgrade and
+time of the opening phase), the server's CPU time per connection over that
+phase (from /proc: steadier than wall time on a shared machine) and the
+server's VmRSS growth per idle connection once all are open. The clients speak the wire by hand (a raw upgrade and
 masked frames, raw CONNECT bytes) so the load generator costs little of the
 machine's CPU next to the server.
 
@@ -62,6 +63,13 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used (/proc/PID/stat), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def tokens(count: int, prefix: str) -> list[str]:
@@ -157,13 +165,17 @@ async def measure(pid: int, ws_port: int, mqtt_port: int, count: int, concurrenc
     for edge in edges:
         toks = tokens(count, f"{edge}-user-")
         before = rss_kib(pid)
+        cpu = cpu_seconds(pid)
         opener = functools.partial(_ws_nth, ws_port, toks) if edge == "ws" else \
             functools.partial(_mqtt_nth, mqtt_port, toks)
         writers, took = await open_all(count, concurrency, opener)
+        cpu = cpu_seconds(pid) - cpu
         await asyncio.sleep(1.0)  # idle: whatever the server does after the reply is done
         after = rss_kib(pid)
         print(f"{edge:4} connections={count} concurrency={concurrency} "
-              f"conn/s={count / took:,.0f} idle RSS/conn={(after - before) / count:.2f} KiB",
+              f"conn/s={count / took:,.0f} server CPU/conn={cpu / count * 1e6:,.0f} µs "
+              f"(conn per CPU-s={count / max(cpu, 1e-9):,.0f}) "
+              f"idle RSS/conn={(after - before) / count:.2f} KiB",
               flush=True)
         await close_all(writers)
 

@@ -597,8 +597,12 @@ async def test_deadlines_a_fired_key_may_discard_its_neighbours() -> None:
     are not fired after all; and a deadline already past fires at once."""
     clock = WallClock(500.0)
     fired: list[int] = []
-    wheel: Deadlines[int] = Deadlines(lambda k: (fired.append(k), wheel.discard(k + 1, 499.5)),
-                                      clock)
+
+    def fire(k: int) -> None:
+        fired.append(k)
+        wheel.discard(k + 1, 499.5)
+
+    wheel: Deadlines[int] = Deadlines(fire, clock)
     for k in range(4):
         wheel.add(k, 499.5)
     await wait_until(lambda: len(fired) == 2, what="the past deadlines")

@@ -437,7 +437,7 @@ class MqttBroker:
         session.conn = None
         if session.persistent:
             session.disconnected_at = time.time()
-            session.awaiting_pubrel = set(conn.proto.awaiting_pubrel)
+            session.awaiting_pubrel = conn.proto.awaiting_pubrel
             queue = conn.unsent()
             session.stored = True
             self.spawn(self.node.mqtt_save(session.client_id, session.state(), queue))

@@ -230,6 +230,13 @@ class Connection:
     lets us shorten repeated topics to a client that allows aliases.
     """
 
+    # slotted: one per connection, and an idle connection should cost little
+    __slots__ = ("_aliases_in", "_aliases_out", "_decoder", "_events", "_inbound_qos1",
+                 "_keep_alive", "_last_received", "_maximum_qos", "_now", "_out",
+                 "_retain_available", "_state", "connect", "dropped_packets", "max_inflight",
+                 "max_packet_size", "outbound_topic_aliases", "receive_maximum", "session",
+                 "topic_alias_maximum")
+
     def __init__(self, *, max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
                  receive_maximum: int = 65535, topic_alias_maximum: int = 16,
                  max_inflight: int = 65535, outbound_topic_aliases: bool = False,
@@ -254,7 +261,8 @@ class Connection:
         self._retain_available = True
         self._keep_alive = 0
         self._last_received: float | None = None
-        self._inbound_qos1: set[int] = set()  # QoS 1 PUBLISHes we have not PUBACKed
+        # QoS 1 PUBLISHes we have not PUBACKed (a dict as a set: 64 bytes empty, not 216)
+        self._inbound_qos1: dict[int, None] = {}
         self._aliases_in: dict[int, str] = {}  # [MQTT-3.3.2-7] per connection, never carried over
         self._aliases_out: dict[str, int] = {}
         self.dropped_packets = 0  # non-PUBLISH packets over the client's maximum size
@@ -362,7 +370,9 @@ class Connection:
     def _on_connect(self, packet: Connect) -> None:
         if packet.version == Version.V311 and not packet.client_id and not packet.clean_start:
             raise ClientIdentifierNotValid("empty client id with clean session 0")  # [MQTT-3.1.3-8]
-        self.connect = packet
+        # kept for its properties; not the password (a token) nor the will, which
+        # the broker takes from the event: an idle connection holds neither
+        self.connect = replace(packet, password=None, will=None)
         self._keep_alive = packet.keep_alive
         self._events.append(packet)
 
@@ -386,7 +396,7 @@ class Connection:
         if pid not in self._inbound_qos1:
             self._count_inbound()
         if packet.qos == 1:
-            self._inbound_qos1.add(pid)
+            self._inbound_qos1[pid] = None
         else:
             self.session.awaiting_pubrel.add(pid)
         self._events.append(packet)
@@ -582,7 +592,7 @@ class Connection:
             self._write_disconnect_packet(packet)
             return
         if isinstance(packet, PubAck):
-            self._inbound_qos1.discard(packet.packet_id)
+            self._inbound_qos1.pop(packet.packet_id, None)
         elif isinstance(packet, PubRec) and packet.reason_code >= 0x80:
             # [MQTT-4.3.3-9] the id is free: a later PUBLISH with it is a new message
             self.session.awaiting_pubrel.discard(packet.packet_id)
