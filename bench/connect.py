@@ -13,9 +13,9 @@ command and its reply; MQTT: CONNECT with the token as password and the
 CONNACK), and keeps them all open. It prints connections per second (wall
 time of the opening phase), the server's CPU time per connection over that
 phase (from /proc: steadier than wall time on a shared machine) and the
-server's VmRSS growth per idle connection once all are open. The clients speak the wire by hand (a raw upgrade and
-masked frames, raw CONNECT bytes) so the load generator costs little of the
-machine's CPU next to the server.
+server's VmRSS growth per idle connection once all are open. The clients
+speak the wire by hand (a raw upgrade and masked frames, raw CONNECT bytes) so
+the load generator costs little of the machine's CPU next to the server.
 
 Each edge gets a server process of its own. ``--profile PATH`` runs them under
 cProfile and writes the stats to ``PATH.ws.prof`` / ``PATH.mqtt.prof`` when they
