@@ -199,9 +199,13 @@ class PresenceSettings:
 
 @dataclass
 class HistoryRule:
+    """One ``[[history.rules]]`` entry: ``size`` and ``ttl`` are required unless
+    ``memory`` is set, which keeps no history (size 0; see Node.publish)."""
+
     pattern: str
-    size: int
-    ttl: float
+    size: int = -1  # -1: not given
+    ttl: float = -1.0
+    memory: bool = False
 
 
 @dataclass
@@ -547,6 +551,16 @@ def _validate(s: Settings) -> None:
             if p and not Path(p).is_file():
                 raise ConfigError(f"{name}.{k}: no such file {p!r}")
     for i, r in enumerate(s.history.rules):
+        if r.memory:
+            if r.size > 0:
+                raise ConfigError(f"history.rules[{i}].size: a memory rule keeps no history "
+                                  f"(leave size out, or 0)")
+            r.size = 0
+            if r.ttl < 0:
+                r.ttl = s.history.ttl
+        for name in ("size", "ttl"):
+            if getattr(r, name) == -1:
+                raise ConfigError(f"history.rules[{i}].{name}: required")
         _positive(f"history.rules[{i}].size", r.size, zero_ok=True)
         _positive(f"history.rules[{i}].ttl", r.ttl)
         try:

@@ -512,6 +512,14 @@ class RedisStore(Store):
                  for s, ts, _, k, p in rows]
         return HistoryPage(items, format_offset(epoch, last), complete)
 
+    async def reserve_offsets(self, topic: str, count: int) -> tuple[str, int]:
+        if count < 1:
+            raise ValueError("reserve at least one offset")
+        keys = [self._tk(topic, ":m")]
+        args = [count, self._topic_epoch(topic)]
+        epoch, first = await self._io(lambda c: self._script("RESERVE", keys, args))
+        return _text(epoch), int(first)
+
     async def latest(self, topic: str) -> Offset:
         key = self._tk(topic, ":m")
         epoch, seq = await self._io(lambda c: c.hmget(key, "e", "s"))
