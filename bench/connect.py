@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import os
 import shutil
@@ -43,26 +44,17 @@ from pathlib import Path
 import jwt
 import orjson
 
-ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from servers import HOST, free_port, rss_bytes  # noqa: E402
+
 SECRET = "c" * 32
 _UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
             b"Sec-WebSocket-Version: 13\r\n\r\n")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -164,18 +156,18 @@ async def measure(pid: int, ws_port: int, mqtt_port: int, count: int, concurrenc
                   edges: list[str]) -> None:
     for edge in edges:
         toks = tokens(count, f"{edge}-user-")
-        before = rss_kib(pid)
+        before = rss_bytes(pid)
         cpu = cpu_seconds(pid)
         opener = functools.partial(_ws_nth, ws_port, toks) if edge == "ws" else \
             functools.partial(_mqtt_nth, mqtt_port, toks)
         writers, took = await open_all(count, concurrency, opener)
         cpu = cpu_seconds(pid) - cpu
         await asyncio.sleep(1.0)  # idle: whatever the server does after the reply is done
-        after = rss_kib(pid)
+        after = rss_bytes(pid)
         print(f"{edge:4} connections={count} concurrency={concurrency} "
               f"conn/s={count / took:,.0f} server CPU/conn={cpu / count * 1e6:,.0f} µs "
               f"(conn per CPU-s={count / max(cpu, 1e-9):,.0f}) "
-              f"idle RSS/conn={(after - before) / count:.2f} KiB",
+              f"idle RSS/conn={(after - before) / 1024 / count:.2f} KiB",
               flush=True)
         await close_all(writers)
 
@@ -211,13 +203,18 @@ def serve(args: argparse.Namespace, edge: str, profile: str) -> None:
         asyncio.run(measure(proc.pid, ws_port, mqtt_port, args.count, args.concurrency,
                             [edge]))
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proc.send_signal(signal.SIGINT)  # a clean stop: cProfile writes its stats
+        _reap(proc)
         shutil.rmtree(data, ignore_errors=True)
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    """Wait for the server to exit (30 s), then kill it."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(30)
+        return
+    proc.kill()
+    proc.wait()
 
 
 def main() -> None:
