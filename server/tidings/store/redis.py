@@ -989,6 +989,17 @@ class RedisStore(Store):
         keys = self._presence_keys(user)
         return int(await self._io(lambda c: self._script("PRESENCE_PUT", keys, args)))
 
+    async def presence_put_many(self, entries: Sequence[tuple[str, str, dict[str, Any], float]]
+                                ) -> list[int]:
+        """One pipeline of PRESENCE_PUT scripts (a round trip per Redis node)."""
+        now = self._now_ms()
+        calls = [(self._presence_keys(user), [now, entry, orjson.dumps(info), _ms(ttl)])
+                 for user, entry, info, ttl in entries]
+        if not calls:
+            return []
+        replies = await self._io(lambda c: self._eval_many(c, "PRESENCE_PUT", calls))
+        return [int(r) for r in replies]
+
     async def presence_remove(self, user: str, entry: str) -> int:
         now = self._now_ms()
         keys = self._presence_keys(user)
