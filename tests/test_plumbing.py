@@ -609,3 +609,22 @@ async def test_deadlines_a_fired_key_may_discard_its_neighbours() -> None:
     assert fired == [0, 2]
     wheel.close()
     assert len(wheel) == 0
+
+
+async def test_deadlines_a_failing_callback_does_not_stop_the_others(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = WallClock(700.0)
+    fired: list[int] = []
+
+    def fire(k: int) -> None:
+        fired.append(k)
+        if k == 0:
+            raise RuntimeError("bug")
+
+    wheel: Deadlines[int] = Deadlines(fire, clock)
+    wheel.add(0, 699.0)
+    wheel.add(1, 699.0)
+    await wait_until(lambda: fired == [0, 1], what="both deadlines")
+    assert "a deadline's callback failed" in caplog.text
+    wheel.add(2, 699.5)  # the wheel still runs
+    await wait_until(lambda: fired == [0, 1, 2], what="a later deadline")
