@@ -225,6 +225,82 @@ def test_issue_rejects_bad_user_or_ttl(tokens: TokenAuthority, user: Any,
         tokens.issue(user, ttl=ttl)
 
 
+def test_cached_token_still_expires(tokens: TokenAuthority, clock: Clock) -> None:
+    """A token verified once is answered from the cache, but never after its exp."""
+    t = tokens.issue("alice", ttl=60)
+    first = tokens.verify(t)
+    assert tokens.verify(t) is first  # from the cache: the same principal
+    clock.now = T0 + 60
+    assert _code(tokens, t) == "token_expired"
+    clock.now = T0 + 59  # the entry was dropped: verified afresh (and valid again)
+    assert tokens.verify(t) == first
+
+
+def test_cache_does_not_confuse_tokens(tokens: TokenAuthority) -> None:
+    """Distinct tokens get their own principals; a token differing from a cached
+    one in one byte (its signature) is verified, not matched to the cached one."""
+    a, b = tokens.issue("alice", subscribe=["a/#"]), tokens.issue("bob", publish=["b/#"])
+    assert tokens.verify(a).user == "alice" and tokens.verify(b).user == "bob"
+    assert tokens.verify(a).subscribe == ("a/#",) and tokens.verify(b).publish == ("b/#",)
+    head, body, sig = a.split(".")
+    flipped = sig[:-2] + ("A" if sig[-2] != "A" else "B") + sig[-1]
+    assert _code(tokens, f"{head}.{body}.{flipped}") == "token_invalid"
+    evil = _b64(orjson.dumps(_claims(sub="bob")))
+    assert _code(tokens, f"{head}.{evil}.{sig}") == "token_invalid"
+
+
+def test_cache_is_bounded(clock: Clock) -> None:
+    """At most ``cache`` tokens are kept; the oldest go first, and a token pushed
+    out is verified again (still valid) rather than refused."""
+    authority = TokenAuthority(SECRET, max_ttl=86400, default_ttl=3600, clock=clock, cache=3)
+    issued = [authority.issue(f"u{i}") for i in range(10)]
+    seen = [authority.verify(t) for t in issued]
+    assert len(authority._cache) == 3  # the bound is the point
+    assert authority.verify(issued[0]) == seen[0]
+    off = TokenAuthority(SECRET, max_ttl=86400, default_ttl=3600, clock=clock, cache=0)
+    off.verify(issued[0])
+    assert not off._cache
+
+
+def _pyjwt_accepts(token: str) -> bool:
+    try:
+        jwt.decode(token, SECRET, algorithms=["HS256"],
+                   options={"require": ["sub", "exp"], "verify_exp": False,
+                            "verify_nbf": False, "verify_iat": False})
+    except jwt.InvalidTokenError:
+        return False
+    return True
+
+
+_HEADERS = st.sampled_from([HS256, {"alg": "HS256"}, {"alg": "none"}, {"alg": "HS512"},
+                            {"alg": "HS256", "crit": ["exp"]}, {"alg": "HS256", "b64": False},
+                            {"alg": "HS256", "kid": 5}, {"alg": "hs256"}, {}])
+_EXTRA = st.sampled_from([{}, {"aud": "x"}, {"jti": 7}, {"jti": "j"}, {"iss": "i"},
+                          {"sub": 5}, {"exp": None}, {"sub": None}])
+
+
+@settings(max_examples=200, deadline=None)
+@given(header=_HEADERS, extra=_EXTRA, cut=st.integers(0, 400),
+       junk=st.sampled_from(["", "=", "==", "!", ".", "A", " "]))
+def test_verify_never_accepts_what_pyjwt_refuses(header: dict[str, Any], extra: dict[str, Any],
+                                                 cut: int, junk: str) -> None:
+    """The hand-made HS256 check agrees with PyJWT: whatever it accepts, PyJWT's
+    decode with the same pins accepts too (headers, registered claims, bytes
+    cut or added anywhere); and an untouched valid token is accepted by both."""
+    authority = TokenAuthority(SECRET, max_ttl=86400, default_ttl=3600, clock=Clock())
+    token = forge(header, _claims(**extra))
+    token = token[:cut] + junk + token[cut:] if cut <= len(token) else token
+    try:
+        authority.verify(token)
+        ours = True
+    except Unauthorized:
+        ours = False
+    if ours:
+        assert _pyjwt_accepts(token)
+    if header in (HS256, {"alg": "HS256"}) and not extra and not junk:
+        assert ours and _pyjwt_accepts(token)
+
+
 def test_repr_hides_the_secret(tokens: TokenAuthority) -> None:
     assert SECRET not in repr(tokens)
 

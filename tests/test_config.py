@@ -189,6 +189,19 @@ def test_env_override(name: str, value: str, section: str, key: str, expected: o
 
 # -- invalid values name the key ------------------------------------------------------
 
+def test_memory_history_rule_keeps_nothing(tmp_path: Path) -> None:
+    """``memory = true`` needs no size or ttl: it keeps no history (size 0) and
+    takes the [history] ttl."""
+    s = config.load(_toml(tmp_path, """
+[history]
+ttl = 120
+[[history.rules]]
+pattern = "users/+/live"
+memory = true
+"""), {})
+    assert s.history.rules == [HistoryRule("users/+/live", 0, 120.0, memory=True)]
+
+
 @pytest.mark.parametrize("env, key", [
     ({"TIDINGS_WS_PORT": "http"}, "ws.port"),
     ({"TIDINGS_WS_PORT": "65536"}, "ws.port"),
@@ -288,6 +301,10 @@ def test_tls_files_must_exist(tmp_path: Path) -> None:
       "[[history.rules]]\npattern = \"b\"\nsize = -1\nttl = 1\n"), "history.rules[1].size"),
     ("[[history.rules]]\npattern = \"a\"\nsize = 1\nttl = 0\n", "history.rules[0].ttl"),
     ("[[history.rules]]\npattern = \"a\"\nttl = 1\n", "history.rules[0].size"),  # required
+    ("[[history.rules]]\npattern = \"a\"\nsize = 1\n", "history.rules[0].ttl"),  # required
+    ("[[history.rules]]\npattern = \"a\"\nmemory = true\nsize = 5\n",
+     "history.rules[0].size"),  # a memory rule keeps no history
+    ("[[history.rules]]\npattern = \"a\"\nmemory = \"yes\"\n", "history.rules[0].memory"),
     ("[[history.rules]]\npattern = \"a\"\nsize = 1\nttl = 1\nextra = 2\n",
      "history.rules[0].extra"),
     ("[history]\nrules = [1]\n", "history.rules[0]"),

@@ -25,6 +25,7 @@ from tidings.metrics import Metrics
 from tidings.plumbing import (
     PACE_CHUNK,
     ConnectionSet,
+    Deadlines,
     Flusher,
     Outbox,
     Pump,
@@ -555,3 +556,75 @@ async def test_a_pump_with_an_owner_calls_its_methods_in_order() -> None:
     assert owner.idles == 1
     with pytest.raises(ValueError):
         Pump(None, None, high=10)  # neither handle nor owner
+
+
+# -- Deadlines --------------------------------------------------------------------------
+
+
+class WallClock:
+    """A fake wall clock for :class:`Deadlines` (the loop's own timer stays real)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_deadlines_fire_on_their_second_never_before_and_not_when_discarded() -> None:
+    """Keys whose deadlines round up to one second share it; each fires once the
+    wall clock reaches that second, a discarded one never, a later one not early."""
+    clock = WallClock(1000.95)
+    fired: list[str] = []
+    wheel: Deadlines[str] = Deadlines(fired.append, clock)
+    wheel.add("a", 1000.96)
+    wheel.add("b", 1000.99)
+    wheel.add("late", 1001.2)
+    wheel.discard("b", 1000.99)
+    assert len(wheel) == 2
+    await asyncio.sleep(0)
+    assert fired == []  # the wall clock has not reached 1001
+    clock.now = 1001.0
+    await wait_until(lambda: fired == ["a"], what="the first second's key")
+    assert "late" not in fired and len(wheel) == 1
+    clock.now = 1002.0
+    await wait_until(lambda: fired == ["a", "late"], what="the next second's key")
+    assert len(wheel) == 0
+
+
+async def test_deadlines_a_fired_key_may_discard_its_neighbours() -> None:
+    """fire() may discard keys of the same second (a close that ends others): those
+    are not fired after all; and a deadline already past fires at once."""
+    clock = WallClock(500.0)
+    fired: list[int] = []
+
+    def fire(k: int) -> None:
+        fired.append(k)
+        wheel.discard(k + 1, 499.5)
+
+    wheel: Deadlines[int] = Deadlines(fire, clock)
+    for k in range(4):
+        wheel.add(k, 499.5)
+    await wait_until(lambda: len(fired) == 2, what="the past deadlines")
+    assert fired == [0, 2]
+    wheel.close()
+    assert len(wheel) == 0
+
+
+async def test_deadlines_a_failing_callback_does_not_stop_the_others(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = WallClock(700.0)
+    fired: list[int] = []
+
+    def fire(k: int) -> None:
+        fired.append(k)
+        if k == 0:
+            raise RuntimeError("bug")
+
+    wheel: Deadlines[int] = Deadlines(fire, clock)
+    wheel.add(0, 699.0)
+    wheel.add(1, 699.0)
+    await wait_until(lambda: fired == [0, 1], what="both deadlines")
+    assert "a deadline's callback failed" in caplog.text
+    wheel.add(2, 699.5)  # the wheel still runs
+    await wait_until(lambda: fired == [0, 1, 2], what="a later deadline")

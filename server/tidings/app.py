@@ -273,7 +273,8 @@ class App:
                                settings.store.sweep_batch)
         self.tokens = TokenAuthority(self.secrets.jwt_secret,
                                      max_ttl=settings.auth.max_token_ttl,
-                                     default_ttl=settings.auth.default_token_ttl)
+                                     default_ttl=settings.auth.default_token_ttl,
+                                     cache=settings.auth.token_cache)
         self.acl = Acl(settings.acl)
         self.notifier = Notifier(self.node, settings.notify, settings.audience,
                                  Rules.from_settings(settings.preferences))

@@ -146,6 +146,9 @@ class AuthSettings:
     allow_anonymous: bool = False
     max_token_ttl: int = 86400 * 30
     default_token_ttl: int = 3600
+    # verified tokens remembered (by digest, until their exp) so a reconnect
+    # skips the signature check; 0 turns the cache off
+    token_cache: int = 10000
 
 
 @dataclass
@@ -261,9 +264,13 @@ class PushSettings:
 
 @dataclass
 class HistoryRule:
+    """One ``[[history.rules]]`` entry: ``size`` and ``ttl`` are required unless
+    ``memory`` is set, which keeps no history (size 0; see Node.publish)."""
+
     pattern: str
-    size: int
-    ttl: float
+    size: int = -1  # -1: not given
+    ttl: float = -1.0
+    memory: bool = False
 
 
 @dataclass
@@ -610,6 +617,7 @@ def _validate(s: Settings) -> None:
     _positive("history.ttl", s.history.ttl)
     _positive("auth.max_token_ttl", s.auth.max_token_ttl)
     _positive("auth.default_token_ttl", s.auth.default_token_ttl)
+    _positive("auth.token_cache", s.auth.token_cache, zero_ok=True)
     _positive("store.idempotency_ttl", s.store.idempotency_ttl)
     _positive("notify.max_users", s.notify.max_users)
     _positive("notify.max_data_size", s.notify.max_data_size)
@@ -675,6 +683,16 @@ def _validate(s: Settings) -> None:
             if p and not Path(p).is_file():
                 raise ConfigError(f"{name}.{k}: no such file {p!r}")
     for i, r in enumerate(s.history.rules):
+        if r.memory:
+            if r.size > 0:
+                raise ConfigError(f"history.rules[{i}].size: a memory rule keeps no history "
+                                  f"(leave size out, or 0)")
+            r.size = 0
+            if r.ttl < 0:
+                r.ttl = s.history.ttl
+        for name in ("size", "ttl"):
+            if getattr(r, name) == -1:
+                raise ConfigError(f"history.rules[{i}].{name}: required")
         _positive(f"history.rules[{i}].size", r.size, zero_ok=True)
         _positive(f"history.rules[{i}].ttl", r.ttl)
         try:

@@ -45,6 +45,7 @@ log = logging.getLogger("tidings.node")
 _NO_HISTORY = HistoryPolicy(0, 1.0)
 _MAX_TRACKED = 100_000  # topics whose last offset is remembered for gap detection
 _FILL_LIMIT = 1000
+_OFFSET_BLOCK = 1024  # offsets a memory-only topic takes from the store at once
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                     10.0)
 
@@ -92,6 +93,12 @@ class Node:
         self._tasks = TaskSet("node")  # gap fills from history
         # users whose preferences are being changed here -> (lock, callers holding it)
         self._preference_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # Memory-only topics (history size 0): per topic [epoch, next seq, last seq
+        # reserved], offsets handed out without a store round trip; and, while a
+        # reservation or a stored publish of such a topic is awaited, its gate
+        # (later publishes to it wait their turn, so offsets go out in order).
+        self._blocks: dict[str, list[Any]] = {}
+        self._gates: dict[str, _Gate] = {}
         self._latency = metrics.histogram(
             "tidings_publish_deliver_seconds",
             "Time from a publication's store timestamp to its hand-over to this node's "
@@ -132,9 +139,26 @@ class Node:
                       retain: bool = False, idempotency_key: str | None = None,
                       qos: int = 1, origin: str | None = None, meta: Any = None
                       ) -> PublishResult:
-        """Store, then fan out. Raises ``Unavailable`` if either cannot take it."""
+        """Store, then fan out. Raises ``Unavailable`` if either cannot take it.
+
+        A topic that keeps no history (size 0: ``history.size = 0`` or a memory
+        ``[[history.rules]]`` entry) is not written to the store at all: its
+        offset comes from a block reserved ahead (:meth:`_publish_memory`),
+        unless the store announces publications itself (Redis), where the one
+        script is the bus publish too."""
+        policy = self.policy(topic)
+        if policy.size == 0 and not self.store.announces and not topic.startswith("$"):
+            return await self._publish_memory(topic, payload, kind, policy, retain,
+                                              idempotency_key, qos, origin, meta)
+        return await self._publish_stored(topic, payload, kind, policy, retain,
+                                          idempotency_key, qos, origin, meta)
+
+    async def _publish_stored(self, topic: str, payload: bytes, kind: PayloadKind,
+                              policy: HistoryPolicy, retain: bool,
+                              idempotency_key: str | None, qos: int, origin: str | None,
+                              meta: Any) -> PublishResult:
         result = await self.store.publish(topic, payload, kind, retain=retain,
-                                          policy=self.policy(topic),
+                                          policy=policy,
                                           idempotency_key=idempotency_key,
                                           qos=qos, origin=origin, meta=meta)
         if not result.duplicate:
@@ -145,6 +169,53 @@ class Node:
                 pub = replace(pub, qos=qos, published_retain=retain, origin=origin, meta=meta)
             await self.bus.publish(pub, announced=self.store.announces)
         return result
+
+    async def _publish_memory(self, topic: str, payload: bytes, kind: PayloadKind,
+                              policy: HistoryPolicy, retain: bool,
+                              idempotency_key: str | None, qos: int, origin: str | None,
+                              meta: Any) -> PublishResult:
+        """A message to a memory-only topic: an offset from the topic's reserved block
+        (no await on the store), then the bus. When the block is used up, a new one
+        is reserved (one store round trip per ``_OFFSET_BLOCK`` messages). A
+        retained publish or one with an idempotency key goes through the store
+        (which keeps the retained message or the key); the block is dropped first,
+        so the store's offset follows every one handed out."""
+        block = self._blocks.get(topic)
+        if block is not None and block[1] <= block[2] and not retain \
+                and idempotency_key is None and topic not in self._gates:
+            return await self._send_memory(topic, block, payload, kind, qos, origin, meta)
+        gate = self._gates.get(topic)
+        if gate is None:
+            gate = self._gates[topic] = _Gate()
+        gate.users += 1
+        try:
+            async with gate.lock:  # FIFO: publishes to the topic keep their order
+                if retain or idempotency_key is not None:
+                    self._blocks.pop(topic, None)
+                    return await self._publish_stored(topic, payload, kind, policy, retain,
+                                                      idempotency_key, qos, origin, meta)
+                block = self._blocks.get(topic)
+                if block is None or block[1] > block[2]:
+                    epoch, first = await self.store.reserve_offsets(topic, _OFFSET_BLOCK)
+                    if len(self._blocks) >= _MAX_TRACKED and topic not in self._blocks:
+                        self._blocks.clear()  # bounded: unused offsets are skipped, not reused
+                    block = self._blocks[topic] = [epoch, first, first + _OFFSET_BLOCK - 1]
+                return await self._send_memory(topic, block, payload, kind, qos, origin, meta)
+        finally:
+            gate.users -= 1
+            if not gate.users:
+                del self._gates[topic]
+
+    async def _send_memory(self, topic: str, block: list[Any], payload: bytes,
+                           kind: PayloadKind, qos: int, origin: str | None, meta: Any
+                           ) -> PublishResult:
+        seq = block[1]
+        block[1] = seq + 1
+        pub = Publication(topic, format_offset(block[0], seq), payload, kind,
+                          int(time.time() * 1000), qos=qos, origin=origin, meta=meta)
+        self.metrics.inc("tidings_messages_in_total")
+        await self.bus.publish(pub, announced=False)
+        return PublishResult(pub)
 
     async def fan_out(self, publications: list[Publication]) -> None:
         """Send already-stored publications (e.g. an inbox change) to every node."""
@@ -174,11 +245,24 @@ class Node:
     # never through ``store``: one place to add caching, metrics or routing later.
 
     async def history(self, topic: str, since: str | None, limit: int) -> HistoryPage:
-        """Up to ``limit`` messages on ``topic`` after ``since`` (:meth:`Store.history`)."""
-        return await self.store.history(topic, since, limit)
+        """Up to ``limit`` messages on ``topic`` after ``since`` (:meth:`Store.history`).
+
+        A memory-only topic with offsets handed out here: the latest is this node's
+        (the store's is the end of the reserved block), and ``since`` naming it
+        is complete (nothing was missed)."""
+        page = await self.store.history(topic, since, limit)
+        block = self._blocks.get(topic)
+        if block is None:
+            return page
+        latest = format_offset(block[0], block[1] - 1)
+        return HistoryPage(page.items, latest, page.complete or since == latest)
 
     async def latest(self, topic: str) -> Offset:
-        """The offset of ``topic``'s newest message (None: nothing published yet)."""
+        """The offset of ``topic``'s newest message (None: nothing published yet);
+        for a memory-only topic, the last one handed out here."""
+        block = self._blocks.get(topic)
+        if block is not None:
+            return format_offset(block[0], block[1] - 1)
         return await self.store.latest(topic)
 
     async def retained(self, flt: str) -> list[Publication]:
@@ -404,3 +488,13 @@ class Node:
             if topic not in self._last and topic not in self._filling \
                     and self.hub.subscribers(topic):
                 self._fill(topic, None, [], after_ms=since_ms)
+
+
+class _Gate:
+    """Publishes to one memory-only topic waiting behind a store round trip."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0

@@ -13,6 +13,7 @@ What sits between a transport and the code that decides what to do with it:
   cancelled and awaited when it closes.
 * :class:`ConnectionSet`: the open connections of a listener, with an event set
   when the last one closes, so a shutdown waits for it instead of polling.
+* :class:`Deadlines`: many connections' deadlines (token expiry) on one timer.
 
 Nothing here knows a protocol: an edge says where bytes go (a :class:`Sink`) and
 where reading pauses (a :class:`Reader`, e.g. an ``asyncio.Transport``).
@@ -27,15 +28,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
+import math
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterator
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from .metrics import Metrics
 
-__all__ = ["PACE_CHUNK", "ConnectionSet", "Flushable", "Flusher", "Outbox", "OverflowSink", "Pump",
-           "PumpOwner",            "Reader", "Sink", "TaskSet", "TransportSink", "WriteGate"]
+__all__ = ["PACE_CHUNK", "ConnectionSet", "Deadlines", "Flushable", "Flusher", "Outbox",
+           "OverflowSink", "Pump", "PumpOwner", "Reader", "Sink", "TaskSet", "TransportSink",
+           "WriteGate"]
 
 log = logging.getLogger("tidings.plumbing")
 
@@ -549,3 +554,87 @@ class ConnectionSet(Generic[C]):
         """Return once no connection is open (at once if none is). Unbounded: bound
         it with ``asyncio.timeout``."""
         await self._empty.wait()
+
+
+# -- time -------------------------------------------------------------------------------
+
+
+class Deadlines(Generic[C]):
+    """Many deadlines on one loop timer: each connection's token expiry, without a
+    ``TimerHandle`` per connection (about 0.5 KiB each while idle).
+
+    Deadlines are wall-clock seconds (a token's ``exp``) grouped by the whole
+    second they round up to, so connections whose tokens end in the same second
+    share one entry, and ``fire(key)`` runs at or after the deadline, never
+    before it: at most a second late for a fractional one, on time for the whole
+    seconds a JWT ``exp`` holds. The caller keeps the deadline it added (to
+    :meth:`discard` it); the wheel keeps a key only until it fires or is discarded.
+    ``fire`` may discard or add keys.
+    """
+
+    __slots__ = ("_buckets", "_clock", "_fire", "_heap", "_timer", "_timer_at")
+
+    def __init__(self, fire: Callable[[C], None],
+                 clock: Callable[[], float] = time.time) -> None:
+        self._fire = fire
+        self._clock = clock
+        self._buckets: dict[int, dict[C, None]] = {}  # second -> keys (insertion order)
+        self._heap: list[int] = []  # the seconds of _buckets
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0
+
+    def __len__(self) -> int:
+        return sum(len(keys) for keys in self._buckets.values())
+
+    def add(self, key: C, at: float) -> None:
+        """Call ``fire(key)`` once the wall clock reaches ``at``."""
+        second = math.ceil(at)
+        keys = self._buckets.get(second)
+        if keys is None:
+            keys = self._buckets[second] = {}
+            heapq.heappush(self._heap, second)
+        keys[key] = None
+        if self._timer is None or second < self._timer_at:
+            self._arm()
+
+    def discard(self, key: C, at: float) -> None:
+        """Forget ``key``'s deadline ``at`` (the value given to :meth:`add`); no-op if
+        it fired already."""
+        keys = self._buckets.get(math.ceil(at))
+        if keys is not None:
+            keys.pop(key, None)  # an empty bucket goes when its second comes
+
+    def close(self) -> None:
+        """Cancel the timer and forget every deadline."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._buckets.clear()
+        self._heap.clear()
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._heap:
+            return
+        self._timer_at = self._heap[0]
+        delay = max(0.0, self._timer_at - self._clock())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._run)
+
+    def _run(self) -> None:
+        self._timer = None
+        now = self._clock()
+        while self._heap and self._heap[0] <= now:
+            second = self._heap[0]
+            keys = self._buckets[second]
+            while keys:  # a key that fire() discards meanwhile is not fired
+                key = next(iter(keys))
+                del keys[key]
+                try:
+                    self._fire(key)
+                except Exception:  # our bug: the other deadlines still fire
+                    log.exception("a deadline's callback failed")
+            del self._buckets[second]
+            heapq.heappop(self._heap)
+        self._arm()  # also when the loop's clock ran ahead of the wall clock

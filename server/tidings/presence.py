@@ -18,6 +18,7 @@ seconds for the users with a device still connected.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import itertools
@@ -148,6 +149,10 @@ class Presence:
         self._tasks = TaskSet("presence")  # shared-presence writes and the heartbeat
         self._heartbeat: asyncio.Task[None] | None = None
         self._reseen: asyncio.Task[None] | None = None  # see _seen_again
+        # shared-presence writes in the order they happened, by one writer task while
+        # there are any: devices that came online meanwhile go out in one call
+        self._writes: list[tuple[str, object, Device | None]] = []  # None: a removal
+        self._writer: asyncio.Task[None] | None = None
         self._online: dict[str, dict[object, Device]] = {}
         self._announced: set[str] = set()
         self._pending_offline: dict[str, asyncio.TimerHandle] = {}
@@ -175,7 +180,7 @@ class Presence:
         if pending is not None:
             pending.cancel()
         if self.store is not None:
-            self._spawn(self._put(user, key, entry))
+            self._write(user, key, entry)
         elif user not in self._announced:
             self._announced.add(user)
             self._emit("online", user)
@@ -187,7 +192,7 @@ class Presence:
         if self.seen is not None:
             self.seen.note(user)  # online until now
         if self.store is not None:
-            self._spawn(self._remove(user, key))
+            self._write(user, key, None)
         if devices:
             return
         del self._online[user]
@@ -239,17 +244,43 @@ class Presence:
         if self._heartbeat is None:
             self._heartbeat = self._tasks.spawn(self._refresh())
 
-    async def _put(self, user: str, key: object, entry: Device) -> None:
+    def _write(self, user: str, key: object, entry: Device | None) -> None:
+        """Queue a put (``entry``) or a removal (None) of a shared-presence entry."""
+        self._writes.append((user, key, entry))
+        if self._writer is None:
+            self._writer = self._tasks.spawn(self._write_all())
+        if self._heartbeat is None:
+            self._heartbeat = self._tasks.spawn(self._refresh())
+
+    async def _write_all(self) -> None:
+        """The writer: queued writes in order, each run of puts in one store call."""
+        try:
+            while self._writes:
+                writes, self._writes = self._writes, []
+                i = 0
+                while i < len(writes):
+                    j = i
+                    while j < len(writes) and writes[j][2] is not None:
+                        j += 1
+                    if j > i:
+                        await self._put_many(writes[i:j])
+                    if j < len(writes):
+                        await self._remove(writes[j][0], writes[j][1])
+                    i = j + 1
+        finally:
+            self._writer = None
+
+    async def _put_many(self, puts: list[tuple[str, object, Device | None]]) -> None:
         assert self.store is not None
         try:
-            count = await self.store.presence_put(user, self._entry(key), entry.to_dict(),
-                                                  self.settings.ttl)
+            counts = await self.store.presence_put_many([
+                (user, self._entry(key), entry.to_dict(), self.settings.ttl)
+                for user, key, entry in puts if entry is not None])
         except TidingsError:
             return
-        if count == 1 and user not in self._announced:  # the first device anywhere
-            self._announced.add(user)
-            self._emit("online", user)
-        else:
+        for (user, _, _), count in zip(puts, counts, strict=True):
+            if count == 1 and user not in self._announced:  # the first device anywhere
+                self._emit("online", user)
             self._announced.add(user)
 
     async def _remove(self, user: str, key: object) -> None:
@@ -274,16 +305,17 @@ class Presence:
     async def _refresh(self) -> None:
         """Keep this node's entries alive; they expire ``ttl`` after the node dies.
 
-        All entries are refreshed at once, so a slow store costs one timeout per
-        pass, not one per device (which could outlast the ttl)."""
+        All entries are refreshed in one call (one pipeline on Redis), so a slow
+        store costs one timeout per pass, not one per device (which could outlast
+        the ttl)."""
         assert self.store is not None
         while True:
             await asyncio.sleep(self.settings.ttl / 3)
-            await asyncio.gather(*[
-                self.store.presence_put(user, self._entry(key), entry.to_dict(),
-                                        self.settings.ttl)
-                for user, devices in list(self._online.items())
-                for key, entry in list(devices.items())], return_exceptions=True)
+            with contextlib.suppress(TidingsError):
+                await self.store.presence_put_many([
+                    (user, self._entry(key), entry.to_dict(), self.settings.ttl)
+                    for user, devices in list(self._online.items())
+                    for key, entry in list(devices.items())])
 
     # -- webhook ----------------------------------------------------------------
 

@@ -308,6 +308,46 @@ def test_outbound_qos1_flow() -> None:
     assert conn.session.outbound == {}
 
 
+@pytest.mark.parametrize("version", [V3, V5])
+@pytest.mark.parametrize("qos", [1, 2])
+@pytest.mark.parametrize("retain", [False, True])
+def test_qos12_fast_path_sends_what_the_encoder_does(version: Version, qos: int,
+                                                      retain: bool) -> None:
+    """A QoS 1/2 delivery with no Topic Alias and no Subscription Identifier (the
+    fast path: cached bytes, the packet id patched in) is byte for byte the
+    PUBLISH the general encoder makes, properties included, packet after packet;
+    the same message with a Subscription Identifier (the general path) differs
+    only by it."""
+    props = Properties(content_type="text/plain", message_expiry_interval=60,
+                       user_properties=(("k", "v"),)) if version == V5 else Properties()
+    template = PublishTemplate("home/kitchen/temp", b"21.5" * 40, props)
+    conn = connected(version)
+    for pid in (1, 2, 3):
+        assert conn.send_publish(template, qos=qos, retain=retain).packet_id == pid
+        want = Publish("home/kitchen/temp", b"21.5" * 40, QoS(qos), retain, False, pid, props)
+        assert conn.data_to_send() == encode(want, version)
+    if version == V5:
+        assert conn.send_publish(template, qos=qos, retain=retain,
+                                 subscription_ids=(7,)).packet_id == 4
+        with_id = Publish("home/kitchen/temp", b"21.5" * 40, QoS(qos), retain, False, 4,
+                          Properties(content_type="text/plain", message_expiry_interval=60,
+                                     subscription_identifiers=(7,),
+                                     user_properties=(("k", "v"),)))
+        assert conn.data_to_send() == encode(with_id, version)
+    assert [f.packet_id for f in conn.in_flight] == ([1, 2, 3, 4] if version == V5 else [1, 2, 3])
+
+
+def test_qos12_fast_path_keeps_the_clients_maximum_packet_size() -> None:
+    """[MQTT-3.1.2-24], [MQTT-3.1.2-25]: the fast path drops what is over the
+    client's Maximum Packet Size as the general path does, using no packet id."""
+    conn = connected(V5, connect=Connect("c1", V5, properties=Properties(
+        maximum_packet_size=64)))
+    assert conn.send_publish(PublishTemplate("t", b"x" * 100), qos=1).outcome is \
+        Outcome.TOO_LARGE
+    assert conn.send_publish(PublishTemplate("t", b"x" * 10), qos=1).packet_id == 1
+    assert conn.data_to_send() == encode(Publish("t", b"x" * 10, QoS(1), False, False, 1), V5)
+
+
 def test_outbound_qos2_flow() -> None:
     """[MQTT-4.3.3-4]: PUBREC < 0x80 is answered with PUBREL; PUBCOMP completes it."""
     conn = connected(V3)

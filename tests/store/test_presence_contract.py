@@ -103,3 +103,20 @@ async def test_users_never_mix(open_store: OpenStore) -> None:
     assert await other.presence_remove("a}b", "n1/d") == 0
     assert await store.presence_list("a") == [{"device": "d0"}]
     assert await store.presence_list("a%7Db") == [{"device": "d2"}]
+
+
+@shared_only
+async def test_many_puts_in_one_call_count_as_each_would(open_store: OpenStore) -> None:
+    """presence_put_many: each entry as presence_put would, in order (counts after
+    each), across users (on a cluster, across slots)."""
+    store, other = await two_nodes(open_store)
+    entries: list[tuple[str, str, dict[str, Any], float]] = [
+               ("alice", "n1/phone", {"device": "phone"}, 30.0),
+               ("bob", "n1/tv", {"device": "tv"}, 30.0),
+               ("alice", "n1/laptop", {"device": "laptop"}, 30.0),
+               ("alice", "n1/phone", {"device": "phone", "v": 2}, 30.0)]
+    assert await store.presence_put_many(entries) == [1, 1, 2, 2]
+    assert sorted(d["device"] for d in await other.presence_list("alice")) == [
+        "laptop", "phone"]
+    assert await other.presence_list("bob") == [{"device": "tv"}]
+    assert await store.presence_put_many([]) == []

@@ -202,6 +202,24 @@ async def test_history_size_zero_keeps_nothing_but_offsets_count(store: Store) -
     assert (await store.history("t", None, 10)).items == []
 
 
+async def test_reserved_offsets_continue_the_topics_sequence(store: Store) -> None:
+    """A reservation takes the next offsets without storing anything; latest()
+    reports its end; publishes and later reservations continue after it, in the
+    topic's epoch (the one latest() gave before any publish)."""
+    start = await store.latest("mem/a")
+    got_epoch, first = await store.reserve_offsets("mem/a", 5)
+    assert (got_epoch, first) == (epoch(start), 1)
+    assert await store.latest("mem/a") == format_offset(got_epoch, 5)
+    assert (await store.history("mem/a", None, 10)).items == []
+    after = await pub(store, "mem/a", b"x", policy=HistoryPolicy(size=0, ttl=60.0))
+    assert (epoch(after), seq(after)) == (got_epoch, 6)
+    again = await asyncio.gather(*[store.reserve_offsets("mem/a", 10) for _ in range(3)])
+    firsts = sorted(f for _, f in again)
+    assert firsts == [7, 17, 27]  # disjoint, each after the one before
+    assert seq(await store.latest("mem/a")) == 36
+    assert await store.latest("mem/b") == format_offset(epoch(await store.latest("mem/b")), 0)
+
+
 async def test_history_ttl_expiry(store: Store, clock: Clock) -> None:
     short = HistoryPolicy(size=100, ttl=10.0)
     o1 = await pub(store, "t", b"1", policy=short)

@@ -13,9 +13,9 @@ so each edge keeps telling the peer which part of its request was wrong.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import orjson
 
@@ -35,6 +35,7 @@ from ..errors import (
 from ..metrics import Metrics
 from ..node import Node
 from ..notify import Notifier
+from ..plumbing import Deadlines
 from ..presence import Presence
 from ..protocol.frames import Encoding, encode
 from ..protocol.topics import TopicError, validate_filter, validate_topic
@@ -49,6 +50,16 @@ SEGMENT_PAGE_LIMIT = 1000  # users in one page of a segment's listing, at most
 _MAX_CURSOR = 256  # characters of a listing cursor (a user id)
 
 
+class Expiring(Hashable, Protocol):
+    """A session whose token runs out (see :attr:`Operations.expiries`)."""
+
+    def token_expired(self) -> None: ...
+
+
+def _token_expired(session: Expiring) -> None:
+    session.token_expired()
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Operations:
     """The node's services with every client-facing check in front of them."""
@@ -60,6 +71,8 @@ class Operations:
     notifier: Notifier
     presence: Presence
     metrics: Metrics
+    # every session's token expiry on one timer (none per connection)
+    expiries: Deadlines[Expiring] = field(default_factory=lambda: Deadlines(_token_expired))
 
     # -- connect ------------------------------------------------------------------------
 

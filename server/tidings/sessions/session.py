@@ -24,8 +24,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar, cast
 
 import orjson
 
@@ -43,6 +43,8 @@ _RECOVER_LIMIT = 1000  # notifications recovered at connect, at most (then bytes
 _RECOVER_PAGE = 64  # messages read from history at once while recovering
 
 Reply = Callable[[dict[str, Any]], None]  # sends a successful reply's fields
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 class Transport(Protocol):
@@ -102,7 +104,7 @@ class Session:
         self.subscriptions: set[str] = set()
         self._streams: tuple[str, ...] = ()  # the user's own stream topics, followed at connect
         self._hold: list[tuple[Publication, Any]] | None = None
-        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry: float | None = None  # the token's exp, while on ops.expiries
         self._edge = edge
         self._max_subscriptions = max_subscriptions
         self._tokens = float(burst)
@@ -166,8 +168,8 @@ class Session:
             ops.device(device, "connect: ")
         self.device = device or secrets.token_hex(8)
         if principal.expires is not None:
-            delay = max(0.0, principal.expires - time.time())
-            self._expiry = asyncio.get_running_loop().call_later(delay, self._expired)
+            self._expiry = principal.expires
+            ops.expiries.add(self, principal.expires)
         if self.user is None:
             reply({"user": None, "device": self.device, "node": ops.node.name, "unread": 0,
                    "offset": None, "recovered": [], "complete": True})
@@ -212,8 +214,7 @@ class Session:
                         break
                     recovered.append(fields)
                     seen[topic] = p.offset
-            offset = await node.latest(topic)
-            unread = await node.unread(self.user)
+            offset, unread = await _both(node.latest(topic), node.unread(self.user))
         except BaseException:
             self._release_hold({})
             raise
@@ -439,16 +440,17 @@ class Session:
 
     # -- end ----------------------------------------------------------------------------
 
-    def _expired(self) -> None:
-        """The token's ``exp`` passed: the edge ends the connection. The error is made
-        here, not at connect, so an idle connection holds no exception object."""
+    def token_expired(self) -> None:
+        """The token's ``exp`` passed (``ops.expiries`` says so): the edge ends the
+        connection. The error is made here, not at connect, so an idle connection
+        holds no exception object."""
         self._expiry = None
         self.transport.end(Unauthorized("token expired", code="token_expired"))
 
     async def close(self) -> None:
         """The connection is gone: release presence, quotas and subscriptions. Idempotent."""
         if self._expiry is not None:
-            self._expiry.cancel()
+            self.ops.expiries.discard(self, self._expiry)
             self._expiry = None
         node = self.ops.node
         if self.user is not None:
@@ -458,6 +460,16 @@ class Session:
         self.subscriptions, self._streams = set(), ()
         for flt in subs:
             await node.unsubscribe(flt, self)
+
+
+async def _both(a: Awaitable[A], b: Awaitable[B]) -> tuple[A, B]:
+    """Two store reads in one loop pass, so the store answers both in one commit;
+    the first error is raised once both have ended (none is left unretrieved)."""
+    x, y = await asyncio.gather(a, b, return_exceptions=True)
+    for r in (x, y):
+        if isinstance(r, BaseException):
+            raise r
+    return cast(A, x), cast(B, y)
 
 
 def _follows(before: str, offset: str) -> bool:

@@ -574,6 +574,14 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
                  for s, ts, _, k, p in rows]
         return HistoryPage(items, format_offset(epoch, last), complete)
 
+    async def reserve_offsets(self, topic: str, count: int) -> tuple[str, int]:
+        if count < 1:
+            raise ValueError("reserve at least one offset")
+        keys = [self._tk(topic, ":m")]
+        args = [count, self._topic_epoch(topic)]
+        epoch, first = await self._io(lambda c: self._script("RESERVE", keys, args))
+        return _text(epoch), int(first)
+
     async def latest(self, topic: str) -> Offset:
         key = self._tk(topic, ":m")
         epoch, seq = await self._io(lambda c: c.hmget(key, "e", "s"))
@@ -1060,6 +1068,17 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
         args = [now, entry, orjson.dumps(info), _ms(ttl)]
         keys = self._presence_keys(user)
         return int(await self._io(lambda c: self._script("PRESENCE_PUT", keys, args)))
+
+    async def presence_put_many(self, entries: Sequence[tuple[str, str, dict[str, Any], float]]
+                                ) -> list[int]:
+        """One pipeline of PRESENCE_PUT scripts (a round trip per Redis node)."""
+        now = self._now_ms()
+        calls = [(self._presence_keys(user), [now, entry, orjson.dumps(info), _ms(ttl)])
+                 for user, entry, info, ttl in entries]
+        if not calls:
+            return []
+        replies = await self._io(lambda c: self._eval_many(c, "PRESENCE_PUT", calls))
+        return [int(r) for r in replies]
 
     async def presence_remove(self, user: str, entry: str) -> int:
         now = self._now_ms()

@@ -53,6 +53,7 @@ __all__ = [
     "PROFILE",
     "PRUNE",
     "PUBLISH",
+    "RESERVE",
     "SWEEP",
     "TAGS",
     "TRACK",
@@ -121,6 +122,17 @@ local function announce(mode, channel, head, offset, ts, payload, tail)
     redis.call('PUBLISH', channel, msg)
   end
 end
+"""
+
+RESERVE = r"""
+-- KEYS: meta. ARGV: count, epoch (a new topic's). Returns {epoch, first sequence}.
+local count = tonumber(ARGV[1])
+local cur = redis.call('HGET', KEYS[1], 'e')
+if cur then
+  return {cur, redis.call('HINCRBY', KEYS[1], 's', count) - count + 1}
+end
+redis.call('HSET', KEYS[1], 'e', ARGV[2], 's', count)
+return {ARGV[2], 1}
 """
 
 PUBLISH = _COMMON + r"""

@@ -529,6 +529,23 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
 
         return await self._run(tx)
 
+    async def reserve_offsets(self, topic: str, count: int) -> tuple[str, int]:
+        if count < 1:
+            raise ValueError("reserve at least one offset")
+
+        def tx(db: sqlite3.Connection) -> tuple[str, int]:
+            row = db.execute("SELECT epoch, seq FROM topics WHERE topic = ?", (topic,)).fetchone()
+            if row is None:
+                epoch, last = self._topic_epoch(topic), 0
+                db.execute("INSERT INTO topics (topic, epoch, seq) VALUES (?, ?, ?)",
+                           (topic, epoch, count))
+            else:
+                epoch, last = row[0], row[1]
+                db.execute("UPDATE topics SET seq = ? WHERE topic = ?", (last + count, topic))
+            return str(epoch), last + 1
+
+        return await self._run(tx)
+
     async def latest(self, topic: str) -> Offset:
         def tx(db: sqlite3.Connection) -> Offset:
             row = db.execute("SELECT epoch, seq FROM topics WHERE topic = ?",

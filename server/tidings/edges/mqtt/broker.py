@@ -40,7 +40,7 @@ from ...logs import garbage
 from ...metrics import Metrics
 from ...node import Node
 from ...notify import Notifier
-from ...plumbing import ConnectionSet, Flusher, TaskSet
+from ...plumbing import ConnectionSet, Deadlines, Flusher, TaskSet
 from ...presence import Presence
 from ...protocol.mqtt import (
     NO_PROPERTIES,
@@ -99,6 +99,8 @@ class MqttBroker:
         self.workers = TaskSet("mqtt workers")  # the connections' pumps
         self.frames_out = 0  # packets written to clients (a plain int: hot path)
         self.connect_deadlines: dict[MqttConnection, float] = {}
+        # every connection's token expiry on one timer (none per connection)
+        self.expiries: Deadlines[MqttConnection] = Deadlines(self._token_expired)
         self.per_ip: Tally[str] = Tally(settings.mqtt.max_connections_per_ip)
         # user -> client ids of its persistent sessions here (mqtt.max_sessions_per_user)
         self._kept: dict[str, set[str]] = {}
@@ -322,6 +324,8 @@ class MqttBroker:
             if old is not None:
                 await self._end_session(old, claim=False)
             session, present = MqttSession(self, client_id, principal), False
+            # the store was just read: without a record there, nothing to delete
+            session.stored = stored is not None or (old is not None and old.stored)
             if not packet.clean_start and stored is not None:
                 session, present = await self._resume_stored(conn, client_id, principal,
                                                              stored, move), True
@@ -445,8 +449,10 @@ class MqttBroker:
         self._keep(session, expiry > 0)
         self._end_at_token_expiry(conn, session.principal)
         if session.persistent:
+            session.stored = True
             await self.node.mqtt_save(session.client_id, session.state(), [])
-        else:
+        elif session.stored:
+            session.stored = False
             await self.node.mqtt_delete(session.client_id)
 
     def _acknowledge(self, conn: MqttConnection, packet: Connect, session: MqttSession,
@@ -523,8 +529,9 @@ class MqttBroker:
         session.conn = None
         if session.persistent:
             session.disconnected_at = time.time()
-            session.awaiting_pubrel = set(conn.proto.awaiting_pubrel)
+            session.awaiting_pubrel = conn.proto.awaiting_pubrel
             queue = conn.unsent()
+            session.stored = True
             self.spawn(self.node.mqtt_save(session.client_id, session.state(), queue))
             self._schedule_expiry(session)
         else:
@@ -553,18 +560,17 @@ class MqttBroker:
         itself lives on as any other; the client needs a new token to resume it.
         """
         if conn.expiry is not None:
-            conn.expiry.cancel()
+            self.expiries.discard(conn, conn.expiry)
             conn.expiry = None
-        if principal.expires is None:
-            return
-        delay = max(0.0, principal.expires - time.time())
+        if principal.expires is not None:
+            conn.expiry = principal.expires
+            self.expiries.add(conn, principal.expires)
 
-        def expired() -> None:
-            conn.expiry = None
-            self.metrics.inc("tidings_errors_total", code="token_expired")
-            conn.close(ReasonCode.MAXIMUM_CONNECT_TIME)
-
-        conn.expiry = asyncio.get_running_loop().call_later(delay, expired)
+    def _token_expired(self, conn: MqttConnection) -> None:
+        """A connection's token ran out (:attr:`expiries`): see :meth:`_end_at_token_expiry`."""
+        conn.expiry = None
+        self.metrics.inc("tidings_errors_total", code="token_expired")
+        conn.close(ReasonCode.MAXIMUM_CONNECT_TIME)
 
     def _schedule_will(self, session: MqttSession, will: Will) -> None:
         delay = will.properties.will_delay_interval or 0
@@ -621,7 +627,8 @@ class MqttBroker:
         if not stored:
             return  # kept in the store, for another node
         session.subs.clear()
-        if session.persistent or session.conn is None:
+        if (session.persistent or session.conn is None) and session.stored:
+            session.stored = False
             await self.node.mqtt_delete(session.client_id)
 
     # -- takeover from another node (see cluster.py) -------------------------------------
@@ -665,7 +672,7 @@ class MqttBroker:
         if resume:
             session.persistent = True  # until it is unregistered, arrivals are queued
             if conn is not None:
-                session.awaiting_pubrel = set(conn.proto.awaiting_pubrel)
+                session.awaiting_pubrel = frozenset(conn.proto.awaiting_pubrel)
                 for message in conn.unsent():  # the store's queue is empty while connected
                     self.enqueue_offline(client_id, message)
             session.disconnected_at = time.time()

@@ -75,7 +75,7 @@ def retained_template(pub: Publication, now_ms: int) -> PublishTemplate | None:
     return PublishTemplate(pub.topic, mqtt_payload(pub), props)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class MqttSession:
     """What outlives a connection; the hub's subscriber for this client."""
 
@@ -91,7 +91,7 @@ class MqttSession:
     expiry_timer: asyncio.TimerHandle | None = None
     # inbound QoS 2 ids PUBRECed but not yet released: session state (section 4.1),
     # so a PUBLISH resent after a reconnect is not delivered twice [MQTT-4.3.3-10]
-    awaiting_pubrel: set[int] = field(default_factory=set)
+    awaiting_pubrel: frozenset[int] = frozenset()  # replaced whole, never changed in place
     # While a SUBSCRIBE is being answered: the offset last delivered live per
     # topic, so a retained message read from the store just after is not sent
     # again (nor an older one after a newer live one).
@@ -104,6 +104,9 @@ class MqttSession:
     def __post_init__(self) -> None:
         self.screens = Screens(self.broker.acl)
         self.act_for(self.principal)
+    # whether the store may hold a record of this client id (saved, read back,
+    # or found there at connect): a session that never was has nothing to delete
+    stored: bool = True
 
     def __hash__(self) -> int:
         return id(self)
@@ -204,7 +207,7 @@ class MqttSession:
         user = None if state.user is None else UserId(state.user)
         principal = Principal(user, state.subscribe, state.publish)
         return cls(broker, client_id, principal, persistent=True, expiry=state.expiry,
-                   subs=dict(state.subs), awaiting_pubrel=set(state.awaiting_pubrel))
+                   subs=dict(state.subs), awaiting_pubrel=frozenset(state.awaiting_pubrel))
 
 
 def inner_filter(flt: str) -> str:

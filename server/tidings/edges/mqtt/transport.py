@@ -66,6 +66,8 @@ class Link(Protocol):
 
 
 class _TcpLink:
+    __slots__ = ("transport",)
+
     def __init__(self, transport: asyncio.Transport) -> None:
         self.transport = transport
 
@@ -188,8 +190,18 @@ def serve_websocket(broker: MqttBroker, conn: Any) -> _MqttOverWs:
     """The handler for one MQTT connection over an accepted WebSocket (``/mqtt``)."""
     return _MqttOverWs(broker, conn)
 
+_Waiting = deque[tuple[PublishTemplate, int, bool, tuple[int, ...]]]
+
+
 class MqttConnection(asyncio.Protocol):
     """One client connection: bytes to the state machine, events to the broker."""
+
+    # slotted, and what only some connections need is made on first use: an idle
+    # connection should cost little (mqtt idle memory, issue 14)
+    __slots__ = ("_aliased", "_closed", "_drain", "_fast", "_ip", "_max_pending", "broker",
+                 "edge", "expiry", "gate",
+                 "graceful", "link", "outbox", "pending", "proto", "pump", "session",
+                 "taken_over", "will")
 
     def __init__(self, broker: MqttBroker, edge: str = "mqtt") -> None:
         s = broker.settings.mqtt
@@ -202,7 +214,9 @@ class MqttConnection(asyncio.Protocol):
                                 outbound_topic_aliases=s.topic_aliases)
         self.link: Link | None = None
         self.session: MqttSession | None = None
-        self.pending: deque[tuple[PublishTemplate, int, bool, tuple[int, ...]]] = deque()
+        # QoS 1/2 messages waiting for send quota or for the CONNACK; made when the
+        # first one waits and dropped when it empties (an empty deque is 624 bytes)
+        self.pending: _Waiting | None = None
         self.gate = WriteGate()  # the TCP transport's flow control, for paced senders
         # this connection is the outbox's sink (the link, once attached)
         self.outbox = Outbox(self, broker.settings.ws.outbound_buffer, broker.flusher,
@@ -220,7 +234,7 @@ class MqttConnection(asyncio.Protocol):
         self._fast = False  # QoS 0 may bypass the state machine (see publish)
         self._aliased = False  # ... and then get a Topic Alias from it
         self._ip: str | None = None  # counted against mqtt.max_connections_per_ip (TCP only)
-        self.expiry: asyncio.TimerHandle | None = None  # the token's end (see MqttBroker)
+        self.expiry: float | None = None  # the token's exp, on broker.expiries
         # queued QoS 1/2 messages beyond which the client counts as slow: a resumed
         # queue, one quota in flight, and as much again of live traffic behind them
         s = broker.settings.mqtt
@@ -305,7 +319,7 @@ class MqttConnection(asyncio.Protocol):
             self.broker.per_ip.give(self._ip)
             self._ip = None
         if self.expiry is not None:
-            self.expiry.cancel()
+            self.broker.expiries.discard(self, self.expiry)
             self.expiry = None
         self.broker.connections.discard(self)
         self.broker.connect_deadlines.pop(self, None)
@@ -373,8 +387,9 @@ class MqttConnection(asyncio.Protocol):
         prev.close(ReasonCode.SESSION_TAKEN_OVER)
         if resume:
             self.proto.attach_session(prev.proto.detach_session())
-            self.pending.extend(prev.pending)
-            prev.pending.clear()
+            if prev.pending:
+                self._waiting().extend(prev.pending)
+                prev.pending = None
 
     def resume_queue(self, queue: list[QueuedMessage]) -> None:
         """Take back a stored session's messages; call before the CONNACK.
@@ -396,7 +411,8 @@ class MqttConnection(asyncio.Protocol):
             if m.packet_id is None or not self.proto.restore_in_flight(
                     m.packet_id, template, m.qos, m.retain, ids, released=m.pubrel):
                 waiting.append((template, m.qos, m.retain, ids))
-        self.pending.extendleft(reversed(waiting))
+        if waiting:
+            self._waiting().extendleft(reversed(waiting))
 
     def unsent(self) -> list[QueuedMessage]:
         """What a persistent session keeps when this connection ends: in-flight
@@ -409,7 +425,7 @@ class MqttConnection(asyncio.Protocol):
                                      expires=expires_at(flight.message.properties),
                                      properties=props_to_json(flight.message.properties,
                                                               flight.subscription_ids)))
-        for template, qos, retain, ids in self.pending:
+        for template, qos, retain, ids in self.pending or ():
             if qos:
                 out.append(QueuedMessage(template.topic, template.payload, qos, retain,
                                          expires=expires_at(template.properties),
@@ -454,20 +470,21 @@ class MqttConnection(asyncio.Protocol):
             return
         if self.proto.state is not State.CONNECTED:
             if qos:  # connecting: sent after the CONNACK; closing: the session keeps it
-                self.pending.append((template, qos, retain, ids))  # (see _queue_of)
+                self._waiting().append((template, qos, retain, ids))  # (see _queue_of)
             return
         if qos and (self.pending or not self._room()):
             # keep order behind the queue; wait while the link is half full, so
             # a burst (a resumed session's queue) goes out as fast as it is read
-            self.pending.append((template, qos, retain, ids))
-            if len(self.pending) > self._max_pending:
+            pending = self._waiting()
+            pending.append((template, qos, retain, ids))
+            if len(pending) > self._max_pending:
                 # not read (or not acknowledged) for this long: slow, by the
                 # outbox's one path (counted once, queued bytes dropped, aborted)
                 self.outbox.overflow()
             return
         result = self.proto.send_publish(template, qos=qos, retain=retain, subscription_ids=ids)
         if result.outcome is Outcome.NO_QUOTA:
-            self.pending.append((template, qos, retain, ids))
+            self._waiting().append((template, qos, retain, ids))
         elif result.outcome is Outcome.TOO_LARGE:
             self.broker.metrics.inc("tidings_mqtt_dropped_total", reason="too_large")
         self._collect()
@@ -479,12 +496,21 @@ class MqttConnection(asyncio.Protocol):
     def send_queued(self) -> None:
         """Send queued QoS 1/2 messages while the client's quota and the link allow;
         called again on each acknowledgement, flush and drain of the link."""
-        while self.pending and self.proto.send_quota > 0 and \
+        pending = self.pending
+        while pending and self.proto.send_quota > 0 and \
                 self.proto.state is State.CONNECTED and self._room():
-            template, qos, retain, ids = self.pending.popleft()
+            template, qos, retain, ids = pending.popleft()
             self.proto.send_publish(template, qos=qos, retain=retain, subscription_ids=ids)
             self._collect()  # counted in the outbox, so _room() sees it
+        if pending is not None and not pending and self.pending is pending:
+            self.pending = None
         self._collect()
+
+    def _waiting(self) -> _Waiting:
+        """The queue of :attr:`pending`, made on first use."""
+        if self.pending is None:
+            self.pending = deque()
+        return self.pending
 
     def close(self, reason: int | None = None) -> None:
         """Close: a 5.0 DISCONNECT with ``reason`` first when one may be sent, then

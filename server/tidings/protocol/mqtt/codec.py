@@ -751,8 +751,8 @@ class PublishTemplate:
     (5.0 section 3.3.2.3.3).
     """
 
-    __slots__ = ("_cache", "_props_high", "_props_low", "_topic_bytes", "payload", "properties",
-                 "topic")
+    __slots__ = ("_cache", "_numbered", "_props_high", "_props_low", "_topic_bytes", "payload",
+                 "properties", "topic")
 
     def __init__(self, topic: str, payload: bytes = b"",
                  properties: Properties = NO_PROPERTIES) -> None:
@@ -774,6 +774,8 @@ class PublishTemplate:
         # packet id, bytes after it)
         self._cache: dict[tuple[int, int, bool, bool, int | None, bool],
                           tuple[bytes, bytes]] = {}
+        # (version, qos, retain) -> (head, tail with the payload): see numbered()
+        self._numbered: dict[tuple[int, int, bool], tuple[bytes, bytes]] | None = None
 
     @classmethod
     def from_publish(cls, publish: Publish) -> PublishTemplate:
@@ -818,6 +820,21 @@ class PublishTemplate:
             extra += b"\x23" + _U16.pack(topic_alias)  # Topic Alias, section 3.3.2.3.4
         topic = self._topic_bytes if send_topic or topic_alias is None else b"\x00\x00"
         return extra, topic
+
+    def numbered(self, version: Version, qos: int, retain: bool) -> tuple[bytes, bytes]:
+        """The cached bytes before and after the packet id of a QoS 1/2 rendering
+        with no per-hop property (no Topic Alias, no Subscription Identifier):
+        ``head + packet_id (2 bytes) + tail`` is what :meth:`render` returns for
+        them, so a delivery only joins three ``bytes`` (the QoS 1/2 fast path)."""
+        key = (int(version), qos, retain)
+        numbered = self._numbered
+        if numbered is None:
+            numbered = self._numbered = {}
+        cached = numbered.get(key)
+        if cached is None:
+            head, rest = self._parts(version, qos, retain, False, b"", self._topic_bytes)
+            cached = numbered[key] = (head, rest + self.payload)
+        return cached
 
     def render(self, version: Version, *, qos: int = 0, packet_id: int | None = None,
                retain: bool = False, dup: bool = False, subscription_ids: Sequence[int] = (),

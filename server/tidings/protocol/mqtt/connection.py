@@ -43,6 +43,7 @@ dropping what is over the client's Maximum Packet Size.
 from __future__ import annotations
 
 import enum
+import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -211,6 +212,7 @@ class ProtocolViolation:
 Event = Packet | MessageAcknowledged | ProtocolViolation
 
 _NO_TOPIC_ALIAS_MAXIMUM = 0
+_PACKET_ID = struct.Struct("!H")
 _MAX_PACKET_ID = 0xFFFF
 
 
@@ -233,6 +235,13 @@ class Connection:
     most recently keep theirs, the least recently used one gives its alias
     up to a new topic (see :meth:`_pick_alias`).
     """
+
+    # slotted: one per connection, and an idle connection should cost little
+    __slots__ = ("_alias_max", "_aliases_in", "_aliases_out", "_decoder", "_events",
+                 "_inbound_qos1", "_keep_alive", "_last_received", "_maximum_qos", "_now", "_out",
+                 "_retain_available", "_state", "connect", "dropped_packets", "max_inflight",
+                 "max_packet_size", "outbound_topic_aliases", "receive_maximum", "session",
+                 "topic_alias_maximum")
 
     def __init__(self, *, max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
                  receive_maximum: int = 65535, topic_alias_maximum: int = 16,
@@ -258,7 +267,8 @@ class Connection:
         self._retain_available = True
         self._keep_alive = 0
         self._last_received: float | None = None
-        self._inbound_qos1: set[int] = set()  # QoS 1 PUBLISHes we have not PUBACKed
+        # QoS 1 PUBLISHes we have not PUBACKed (a dict as a set: 64 bytes empty, not 216)
+        self._inbound_qos1: dict[int, None] = {}
         self._aliases_in: dict[int, str] = {}  # [MQTT-3.3.2-7] per connection, never carried over
         # topic -> our alias for it, least recently sent first (an LRU; an
         # OrderedDict, as a dict's first key gets slow to find after many deletions)
@@ -375,7 +385,9 @@ class Connection:
     def _on_connect(self, packet: Connect) -> None:
         if packet.version == Version.V311 and not packet.client_id and not packet.clean_start:
             raise ClientIdentifierNotValid("empty client id with clean session 0")  # [MQTT-3.1.3-8]
-        self.connect = packet
+        # kept for its properties; not the password (a token) nor the will, which
+        # the broker takes from the event: an idle connection holds neither
+        self.connect = replace(packet, password=None, will=None)
         self._keep_alive = packet.keep_alive
         if packet.version == Version.V5:  # [MQTT-3.1.2-27]: none if it set no maximum
             self._alias_max = min(int(self.outbound_topic_aliases),
@@ -402,7 +414,7 @@ class Connection:
         if pid not in self._inbound_qos1:
             self._count_inbound()
         if packet.qos == 1:
-            self._inbound_qos1.add(pid)
+            self._inbound_qos1[pid] = None
         else:
             self.session.awaiting_pubrel.add(pid)
         self._events.append(packet)
@@ -598,7 +610,7 @@ class Connection:
             self._write_disconnect_packet(packet)
             return
         if isinstance(packet, PubAck):
-            self._inbound_qos1.discard(packet.packet_id)
+            self._inbound_qos1.pop(packet.packet_id, None)
         elif isinstance(packet, PubRec) and packet.reason_code >= 0x80:
             # [MQTT-4.3.3-9] the id is free: a later PUBLISH with it is a new message
             self.session.awaiting_pubrel.discard(packet.packet_id)
@@ -686,6 +698,8 @@ class Connection:
         v = self._v()
         sub_ids = tuple(subscription_ids) if v == Version.V5 else ()
         alias, send_topic = self._pick_alias(message.topic)
+        if qos and alias is None and not sub_ids:
+            return self._send_numbered(message, v, qos, retain)
         if self.client_max_packet_size is not None and self._too_large(message.size(
                 v, qos=qos, subscription_ids=sub_ids, topic_alias=alias,
                 send_topic=send_topic)):
@@ -713,6 +727,20 @@ class Connection:
             self._use_alias(message.topic, alias)
         return message.render(Version.V5, retain=retain, topic_alias=alias,
                               send_topic=send_topic)
+
+    def _send_numbered(self, message: PublishTemplate, version: Version, qos: int,
+                       retain: bool) -> PublishResult:
+        """The QoS 1/2 fast path of :meth:`send_publish` (no Topic Alias, no
+        Subscription Identifier): the template's cached bytes with the packet id
+        between them; the same bytes :meth:`PublishTemplate.render` makes."""
+        head, tail = message.numbered(version, qos, retain)
+        if self._too_large(len(head) + 2 + len(tail)):
+            return PublishResult(Outcome.TOO_LARGE)  # [MQTT-3.1.2-24], [MQTT-3.1.2-25]
+        packet_id = self._allocate_packet_id()
+        flow = FlowState.AWAIT_PUBACK if qos == 1 else FlowState.AWAIT_PUBREC
+        self.session.outbound[packet_id] = InFlight(packet_id, message, qos, retain, (), flow)
+        self._out.append(b"".join((head, _PACKET_ID.pack(packet_id), tail)))
+        return PublishResult(Outcome.SENT, packet_id)
 
     def _pick_alias(self, topic: str) -> tuple[int | None, bool]:
         """(alias, send the topic too?) for an outgoing topic (5.0 section 3.3.2.3.4).

@@ -19,6 +19,7 @@ one node) keeps no presence: the node keeps its own devices in memory
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["PresenceStore"]
@@ -38,6 +39,13 @@ class PresenceStore:
         refreshed (its info replaced); returns how many live entries the user has
         now."""
         raise NotImplementedError
+
+    async def presence_put_many(self, entries: Sequence[tuple[str, str, dict[str, Any], float]]
+                                ) -> list[int]:
+        """:meth:`presence_put` of each ``(user, entry, info, ttl)``, in order; the
+        counts each returned. A backend may send them all in one round trip (a
+        node that sees many devices connect in one loop pass writes them once)."""
+        return [await self.presence_put(*e) for e in entries]
 
     async def presence_remove(self, user: str, entry: str) -> int:
         """Remove an entry (an unknown one is fine); returns how many live entries

@@ -88,6 +88,17 @@ class TopicStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def reserve_offsets(self, topic: str, count: int) -> tuple[str, int]:
+        """Take the topic's next ``count`` offsets for the caller to hand out without
+        writing them: returns (epoch, first sequence); the caller owns sequences
+        ``first .. first + count - 1``. Nothing is added to history or retained;
+        ``latest`` reports the last reserved offset from now on, and the next
+        publish or reservation continues after it, so offsets handed out from
+        reservations still increase per topic (across restarts too), though not
+        consecutively. For topics that keep no history (the node's memory-only
+        topics): one store round trip per ``count`` messages."""
+
+    @abc.abstractmethod
     async def history(self, topic: str, since: str | None, limit: int) -> HistoryPage:
         """Messages of ``topic`` after ``since`` (oldest first, at most ``limit``).
 
