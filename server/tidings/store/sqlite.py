@@ -35,6 +35,7 @@ from .base import (
     MqttSessionState,
     NotifyResult,
     PolicyFor,
+    PublishRequest,
     PublishResult,
     QueuedMessage,
     Store,
@@ -378,16 +379,26 @@ class SqliteStore(Store):
     ) -> PublishResult:
         now = self._now_ms()
 
-        def tx(db: sqlite3.Connection) -> PublishResult:
-            first = self._idem_get(db, idempotency_key, now)
-            if first is not None:
-                return PublishResult(self._find(db, first["topic"], first["offset"], payload,
-                                                kind), duplicate=True)
-            pub = self._append(db, topic, payload, kind, now, policy, retain, qos)
-            self._idem_put(db, idempotency_key, now, {"topic": topic, "offset": pub.offset})
-            return PublishResult(pub)
+        request = PublishRequest(topic, payload, kind, policy, retain, idempotency_key, qos)
+        return await self._run(lambda db: self._publish_one(db, request, now))
 
-        return await self._run(tx)
+    async def publish_many(self, requests: Sequence[PublishRequest]) -> list[PublishResult]:
+        """As :meth:`Store.publish_many`: one job of the group commit, so the whole
+        group is one transaction (all of it stored, or none)."""
+        now = self._now_ms()
+        group = list(requests)
+        return await self._run(lambda db: [self._publish_one(db, r, now) for r in group])
+
+    def _publish_one(self, db: sqlite3.Connection, r: PublishRequest, now: int
+                     ) -> PublishResult:
+        """Inside a transaction: one publish, or the duplicate its key points at."""
+        first = self._idem_get(db, r.idempotency_key, now)
+        if first is not None:
+            return PublishResult(self._find(db, first["topic"], first["offset"], r.payload,
+                                            r.kind), duplicate=True)
+        pub = self._append(db, r.topic, r.payload, r.kind, now, r.policy, r.retain, r.qos)
+        self._idem_put(db, r.idempotency_key, now, {"topic": r.topic, "offset": pub.offset})
+        return PublishResult(pub)
 
     @staticmethod
     def _find(db: sqlite3.Connection, topic: str, offset: str, payload: bytes,

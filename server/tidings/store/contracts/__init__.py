@@ -37,7 +37,14 @@ from .inbox import (
 )
 from .mqtt_sessions import MqttSessionState, MqttSessionStore, MqttSubscription, QueuedMessage
 from .presence import PresenceStore
-from .topics import HistoryPage, HistoryPolicy, PolicyFor, PublishResult, TopicStore
+from .topics import (
+    HistoryPage,
+    HistoryPolicy,
+    PolicyFor,
+    PublishRequest,
+    PublishResult,
+    TopicStore,
+)
 
 __all__ = [
     "MAX_EVENT_IDS",
@@ -57,6 +64,7 @@ __all__ = [
     "MqttSubscription",
     "NotifyResult",
     "PolicyFor",
+    "PublishRequest",
     "PresenceStore",
     "PublishResult",
     "QueuedMessage",
