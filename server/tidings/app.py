@@ -269,6 +269,7 @@ class App:
         self.notifier = Notifier(self.node, settings.notify)
         self.presence = Presence(name, settings.presence, self.metrics, self.node.store)
         self.node.limit_user_subscriptions(settings.topics.max_user_subscriptions)
+        self.node.max_group = settings.limits.max_publish_group
         self.store_health = StoreHealth(self.metrics)  # the store reports its commits
         self.node.store.monitor = self.store_health
         # /dev/token hands anyone a token for any user: only on a development

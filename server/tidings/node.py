@@ -1,7 +1,22 @@
-"""One node: publish through store and bus, and route bus traffic to the hub."""
+"""One node: publish through store and bus, and route bus traffic to the hub.
+
+Publishes are stored in groups (group commit): every publish handed to the
+node (:meth:`Node.submit`, :meth:`Node.publish`) waits for the next group,
+which one worker task sends to the store in one call
+(:meth:`~tidings.store.base.TopicStore.publish_many`) once per loop pass,
+then hands each stored publication to the bus in the same order and answers
+its sender. While a group is with the store, what arrives forms the next one,
+so a client pipelining many publishes, or many API requests at once, costs
+one store round trip per group and the hub fans the whole group out in one
+loop pass (each subscriber's outbox is written once for all of it). Groups
+go to the store one at a time, in order: a topic's offsets follow the order
+in which publishes reached the node, and no sender hears "stored" before its
+group was.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -11,7 +26,7 @@ from typing import Any
 
 from .bus.base import Bus
 from .config import HistorySettings, TopicSettings
-from .errors import TidingsError
+from .errors import TidingsError, Unavailable
 from .hub import Hub, Subscriber
 from .metrics import Metrics
 from .plumbing import TaskSet
@@ -22,6 +37,7 @@ from .store.base import (
     HistoryPolicy,
     InboxPage,
     MqttSessionState,
+    PublishRequest,
     PublishResult,
     QueuedMessage,
     Store,
@@ -34,6 +50,7 @@ log = logging.getLogger("tidings.node")
 _NO_HISTORY = HistoryPolicy(0, 1.0)
 _MAX_TRACKED = 100_000  # topics whose last offset is remembered for gap detection
 _FILL_LIMIT = 1000
+_GROUP = 256  # publishes stored in one call, at most (limits.max_publish_group)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                     10.0)
 
@@ -65,7 +82,11 @@ class Node:
         # after a bus outage, a topic that had delivered nothing yet (so has no
         # entry in _last) is filled with what history has from that time on.
         self._watched: dict[str, int] = {}
-        self._tasks = TaskSet("node")  # gap fills from history
+        self._tasks = TaskSet("node")  # gap fills from history, the group worker
+        # publishes waiting for the next group, and the worker storing groups
+        self._waiting: list[tuple[PublishRequest, asyncio.Future[PublishResult]]] = []
+        self._grouper: asyncio.Task[None] | None = None
+        self.max_group = _GROUP  # limits.max_publish_group
         self._latency = metrics.histogram(
             "tidings_publish_deliver_seconds",
             "Time from a publication's store timestamp to its hand-over to this node's "
@@ -107,18 +128,73 @@ class Node:
                       qos: int = 1, origin: str | None = None, meta: Any = None
                       ) -> PublishResult:
         """Store, then fan out. Raises ``Unavailable`` if either cannot take it."""
-        result = await self.store.publish(topic, payload, kind, retain=retain,
-                                          policy=self.policy(topic),
-                                          idempotency_key=idempotency_key,
-                                          qos=qos, origin=origin, meta=meta)
-        if not result.duplicate:
-            if not topic.startswith("$"):  # broker statistics are not traffic
-                self.metrics.inc("tidings_messages_in_total")
-            pub = result.publication
-            if qos != 1 or retain or origin is not None or meta is not None:
-                pub = replace(pub, qos=qos, published_retain=retain, origin=origin, meta=meta)
-            await self.bus.publish(pub, announced=self.store.announces)
-        return result
+        return await self.submit(topic, payload, kind, retain=retain,
+                                 idempotency_key=idempotency_key, qos=qos, origin=origin,
+                                 meta=meta)
+
+    def submit(self, topic: str, payload: bytes, kind: PayloadKind, *,
+               retain: bool = False, idempotency_key: str | None = None,
+               qos: int = 1, origin: str | None = None, meta: Any = None
+               ) -> asyncio.Future[PublishResult]:
+        """:meth:`publish` without waiting: the message joins the next group now,
+        behind every publish submitted before it, and the future is its result
+        (or ``Unavailable``). An edge that read many publishes submits them all,
+        in order, then waits; cancelling the future does not unpublish."""
+        request = PublishRequest(topic, payload, kind, self.policy(topic), retain,
+                                 idempotency_key, qos, origin, meta)
+        future: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
+        self._waiting.append((request, future))
+        if self._grouper is None:  # runs next loop pass: what comes in this one joins
+            self._grouper = self._tasks.spawn(self._store_groups())
+        return future
+
+    async def _store_groups(self) -> None:
+        """The group worker: while publishes wait, store the oldest ``max_group``
+        of them and fan them out, one group at a time."""
+        try:
+            while self._waiting:
+                group = self._waiting[:self.max_group]
+                del self._waiting[:self.max_group]
+                await self._store_group(group)
+        finally:
+            self._grouper = None
+            if self._waiting:  # cancelled (the node is closing): nobody is left waiting
+                waiting, self._waiting = self._waiting, []
+                _fail(waiting, Unavailable("node is closing"))
+
+    async def _store_group(self, group: list[tuple[PublishRequest,
+                                                   asyncio.Future[PublishResult]]]) -> None:
+        """One store call for the group; then each stored message to the bus and its
+        result to its sender, in order (a sender hears of its message only after
+        it was stored and handed on)."""
+        try:
+            results = await self.store.publish_many([r for r, _ in group])
+        except TidingsError as e:
+            _fail(group, e)
+            return
+        except BaseException:
+            # cancelled (the node is closing), or our bug (the TaskSet logs it)
+            _fail(group, Unavailable("store unavailable"))
+            raise
+        for (request, future), result in zip(group, results, strict=True):
+            if not result.duplicate:
+                try:
+                    await self._announce(request, result.publication)
+                except TidingsError as e:
+                    if not future.done():
+                        future.set_exception(e)
+                    continue
+            if not future.done():
+                future.set_result(result)
+
+    async def _announce(self, r: PublishRequest, pub: Publication) -> None:
+        """A stored publication, counted and handed to the bus."""
+        if not r.topic.startswith("$"):  # broker statistics are not traffic
+            self.metrics.inc("tidings_messages_in_total")
+        if r.qos != 1 or r.retain or r.origin is not None or r.meta is not None:
+            pub = replace(pub, qos=r.qos, published_retain=r.retain, origin=r.origin,
+                          meta=r.meta)
+        await self.bus.publish(pub, announced=self.store.announces)
 
     async def fan_out(self, publications: list[Publication]) -> None:
         """Send already-stored publications (e.g. an inbox change) to every node."""
@@ -277,3 +353,11 @@ class Node:
             if topic not in self._last and topic not in self._filling \
                     and self.hub.subscribers(topic):
                 self._fill(topic, None, [], after_ms=since_ms)
+
+
+def _fail(group: list[tuple[PublishRequest, asyncio.Future[PublishResult]]],
+          error: TidingsError) -> None:
+    """Tell every sender of ``group`` that its message was not stored."""
+    for _, future in group:
+        if not future.done():
+            future.set_exception(error)
