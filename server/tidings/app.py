@@ -270,6 +270,7 @@ class App:
         self.presence = Presence(name, settings.presence, self.metrics, self.node.store)
         self.node.limit_user_subscriptions(settings.topics.max_user_subscriptions)
         self.node.max_group = settings.limits.max_publish_group
+        self.node.max_group_bytes = settings.limits.max_message_size
         self.store_health = StoreHealth(self.metrics)  # the store reports its commits
         self.node.store.monitor = self.store_health
         # /dev/token hands anyone a token for any user: only on a development

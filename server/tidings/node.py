@@ -51,6 +51,7 @@ _NO_HISTORY = HistoryPolicy(0, 1.0)
 _MAX_TRACKED = 100_000  # topics whose last offset is remembered for gap detection
 _FILL_LIMIT = 1000
 _GROUP = 256  # publishes stored in one call, at most (limits.max_publish_group)
+_GROUP_BYTES = 65536  # and their data, past the first (limits.max_message_size)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                     10.0)
 
@@ -87,6 +88,7 @@ class Node:
         self._waiting: list[tuple[PublishRequest, asyncio.Future[PublishResult]]] = []
         self._grouper: asyncio.Task[None] | None = None
         self.max_group = _GROUP  # limits.max_publish_group
+        self.max_group_bytes = _GROUP_BYTES  # limits.max_message_size
         self._latency = metrics.histogram(
             "tidings_publish_deliver_seconds",
             "Time from a publication's store timestamp to its hand-over to this node's "
@@ -153,14 +155,29 @@ class Node:
         of them and fan them out, one group at a time."""
         try:
             while self._waiting:
-                group = self._waiting[:self.max_group]
-                del self._waiting[:self.max_group]
+                group = self._next_group()
                 await self._store_group(group)
         finally:
             self._grouper = None
             if self._waiting:  # cancelled (the node is closing): nobody is left waiting
                 waiting, self._waiting = self._waiting, []
                 _fail(waiting, Unavailable("node is closing"))
+
+    def _next_group(self) -> list[tuple[PublishRequest, asyncio.Future[PublishResult]]]:
+        """The oldest waiting publishes: at most ``max_group`` of them and, past the
+        first, ``max_group_bytes`` of data. A group is fanned out in one loop pass,
+        so this keeps what it adds to each subscriber's outbox at once within what
+        the outbox must hold anyway (a few of the largest messages)."""
+        waiting, most, budget = self._waiting, self.max_group, self.max_group_bytes
+        n = 0
+        for request, _ in waiting:
+            budget -= len(request.payload)
+            if n and (n >= most or budget < 0):
+                break
+            n += 1
+        group = waiting[:n]
+        del waiting[:n]
+        return group
 
     async def _store_group(self, group: list[tuple[PublishRequest,
                                                    asyncio.Future[PublishResult]]]) -> None:
