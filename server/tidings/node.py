@@ -193,25 +193,27 @@ class Node:
             # cancelled (the node is closing), or our bug (the TaskSet logs it)
             _fail(group, Unavailable("store unavailable"))
             raise
-        for (request, future), result in zip(group, results, strict=True):
-            if not result.duplicate:
-                try:
-                    await self._announce(request, result.publication)
-                except TidingsError as e:
-                    if not future.done():
-                        future.set_exception(e)
-                    continue
+        fresh = [self._announced(r, result.publication)
+                 for (r, _), result in zip(group, results, strict=True)
+                 if not result.duplicate]
+        try:
+            await self.bus.publish_many(fresh, announced=self.store.announces)
+        except TidingsError as e:  # stored, but not handed on: the sender may retry
+            for (_, future), result in zip(group, results, strict=True):
+                if not result.duplicate and not future.done():
+                    future.set_exception(e)
+        for (_, future), result in zip(group, results, strict=True):
             if not future.done():
                 future.set_result(result)
 
-    async def _announce(self, r: PublishRequest, pub: Publication) -> None:
-        """A stored publication, counted and handed to the bus."""
+    def _announced(self, r: PublishRequest, pub: Publication) -> Publication:
+        """A stored publication as the bus carries it (counted as traffic in)."""
         if not r.topic.startswith("$"):  # broker statistics are not traffic
             self.metrics.inc("tidings_messages_in_total")
         if r.qos != 1 or r.retain or r.origin is not None or r.meta is not None:
             pub = replace(pub, qos=r.qos, published_retain=r.retain, origin=r.origin,
                           meta=r.meta)
-        await self.bus.publish(pub, announced=self.store.announces)
+        return pub
 
     async def fan_out(self, publications: list[Publication]) -> None:
         """Send already-stored publications (e.g. an inbox change) to every node."""
