@@ -51,6 +51,7 @@ _NO_HISTORY = HistoryPolicy(0, 1.0)
 _MAX_TRACKED = 100_000  # topics whose last offset is remembered for gap detection
 _FILL_LIMIT = 1000
 _GROUP = 256  # publishes stored in one call, at most (limits.max_publish_group)
+_GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _GROUP_BYTES = 65536  # and their data, past the first (limits.max_message_size)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                     10.0)
@@ -94,6 +95,11 @@ class Node:
             "Time from a publication's store timestamp to its hand-over to this node's "
             "subscribers (store commit, bus and routing; not the client's socket).",
             _LATENCY_BUCKETS)
+        self._groups = metrics.histogram(
+            "tidings_publish_group_size",
+            "Publishes stored in one store call (the node's group commit): many per "
+            "group means pipelining clients or concurrent API requests shared one.",
+            _GROUP_BUCKETS)
 
     def limit_user_subscriptions(self, limit: int) -> None:
         """Set topics.max_user_subscriptions (before any session subscribes)."""
@@ -184,6 +190,7 @@ class Node:
         """One store call for the group; then each stored message to the bus and its
         result to its sender, in order (a sender hears of its message only after
         it was stored and handed on)."""
+        self._groups.observe(len(group))
         try:
             results = await self.store.publish_many([r for r, _ in group])
         except TidingsError as e:
