@@ -88,6 +88,8 @@ class Node:
         # publishes waiting for the next group, and the worker storing groups
         self._waiting: list[tuple[PublishRequest, asyncio.Future[PublishResult]]] = []
         self._grouper: asyncio.Task[None] | None = None
+        # publications arrived during this loop pass, handed to the hub at its end
+        self._arrived: list[Publication] | None = None
         self.max_group = _GROUP  # limits.max_publish_group
         self.max_group_bytes = _GROUP_BYTES  # limits.max_message_size
         self._latency = metrics.histogram(
@@ -331,15 +333,35 @@ class Node:
             if len(self._last) >= _MAX_TRACKED and pub.topic not in self._last:
                 self._last.clear()  # bounded: forget the oldest knowledge wholesale
             self._last[pub.topic] = position
+        arrived = self._arrived
+        if arrived is None:  # the first of this pass: the hub gets them all at its end
+            arrived = self._arrived = []
+            asyncio.get_running_loop().call_soon(self._hand_over)
+        arrived.append(pub)
+
+    def _hand_over(self) -> None:
+        """What arrived (in order) during one loop pass, to the hub: each run of one
+        topic at once (a group a publisher sent costs each subscriber one append)."""
+        arrived, self._arrived = self._arrived or [], None
+        start = 0
+        for i in range(1, len(arrived) + 1):
+            if i == len(arrived) or arrived[i].topic != arrived[start].topic:
+                self._hand_run(arrived[start:i])
+                start = i
+
+    def _hand_run(self, run: list[Publication]) -> None:
         try:
-            n = self.hub.deliver(pub)
+            n = self.hub.deliver_many(run)
         except Exception:  # our bug: never let it kill the bus reader
-            log.exception("delivery failed for a message on %r", pub.topic)
+            log.exception("delivery failed for a message on %r", run[0].topic)
             self.metrics.inc("tidings_errors_total", code="internal")
             return
         self.metrics.inc("tidings_deliveries_total", n)
-        if n and pub.ts:
-            self._latency.observe(max(0.0, time.time() - pub.ts / 1000))
+        if n:
+            now = time.time()
+            for pub in run:
+                if pub.ts:
+                    self._latency.observe(max(0.0, now - pub.ts / 1000))
 
     def _fill(self, topic: str, since: str | None, held: list[Publication], *,
               after_ms: int = 0) -> None:

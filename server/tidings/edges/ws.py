@@ -125,7 +125,8 @@ def register_wires(node: Node) -> None:
     for enc in Encoding:
         node.hub.register_wire(_wire(enc, False), functools.partial(encode_message,
                                                                     encoding=enc))
-        node.hub.register_wire(_wire(enc, True), functools.partial(_framed, encoding=enc))
+        node.hub.register_wire(_wire(enc, True), functools.partial(_framed, encoding=enc),
+                               joinable=True)  # whole frames: a run is written as one
 
 
 def _framed(pub: Publication, encoding: Encoding) -> bytes:

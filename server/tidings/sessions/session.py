@@ -121,6 +121,15 @@ class Session:
         else:
             self.transport.deliver(publication, data)
 
+    def deliver_many(self, publications: list[Publication], parts: list[Any],
+                     joined: bytes) -> None:
+        """Hub callback for a run of one topic in a joinable wire form: one append
+        of ``joined``, or each held in turn while a recovery holds live messages."""
+        if self._hold is not None:
+            self._hold.extend(zip(publications, parts, strict=True))
+        else:
+            self.transport.deliver(publications[-1], joined)
+
     # -- quotas -------------------------------------------------------------------------
 
     def allow_command(self, burst: int, per_second: float) -> bool:
