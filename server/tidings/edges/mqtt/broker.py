@@ -543,8 +543,10 @@ class MqttBroker:
     async def _publish(self, conn: MqttConnection, packet: Publish) -> None:
         """PUBLISH from the client: checked, then handed to the node's next group
         without waiting, so every PUBLISH read at once shares one store call and
-        one fan-out pass; acknowledged in order (:meth:`_published`) once stored.
-        Up to ``_PIPELINE`` wait per connection; the pump waits beyond that."""
+        one fan-out pass; acknowledged (:meth:`_published`) once stored, PUBACKs
+        and PUBRECs in the order the PUBLISH packets came [MQTT-4.6.0-2]
+        [MQTT-4.6.0-3]. Up to ``_PIPELINE`` wait per connection; the pump waits
+        beyond that."""
         session = conn.session
         assert session is not None
         try:
