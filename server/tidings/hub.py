@@ -83,24 +83,7 @@ class Hub:
 
     def deliver(self, pub: Publication) -> int:
         """Hand ``pub`` to every matching local subscriber; return how many."""
-        subs = self._trie.match(pub.topic)
-        if not subs:
-            return 0
-        topic = pub.topic
-        ask_all = guarded(topic)  # else only restricted subscribers can be refused
-        encoded: dict[str, Any] = {}
-        encoders = self._encoders
-        n = 0
-        for sub in subs:
-            if (ask_all or sub.restricted) and not sub.may_see(topic):
-                continue
-            wire = sub.wire
-            data = encoded.get(wire)
-            if data is None:
-                data = encoded[wire] = encoders[wire](pub)
-            sub.deliver(pub, data)
-            n += 1
-        return n
+        return self.deliver_many([pub])
 
     def deliver_many(self, run: list[Publication]) -> int:
         """Hand a run of publications of one topic (oldest first) to every matching
@@ -108,18 +91,15 @@ class Hub:
 
         The topic is matched and each subscriber asked once for the whole run,
         each message encoded once per wire form; a subscriber of a joinable wire
-        gets the run in one call (one append to its outbox), any other one
-        message at a time. What a group of publishes costs per subscriber is
+        gets a run of several in one call (one append to its outbox), any other
+        one message at a time. What a group of publishes costs per subscriber is
         then one call, not one per message."""
-        if len(run) == 1:
-            return self.deliver(run[0])
         topic = run[0].topic
         subs = self._trie.match(topic)
         if not subs:
             return 0
-        ask_all = guarded(topic)
+        ask_all = guarded(topic)  # else only restricted subscribers can be refused
         encoded: dict[str, tuple[list[Any], bytes | None]] = {}
-        encoders, joinable = self._encoders, self._joinable
         n, size = 0, len(run)
         for sub in subs:
             if (ask_all or sub.restricted) and not sub.may_see(topic):
@@ -127,9 +107,7 @@ class Hub:
             wire = sub.wire
             forms = encoded.get(wire)
             if forms is None:
-                encoder = encoders[wire]
-                parts = [encoder(pub) for pub in run]
-                forms = encoded[wire] = (parts, b"".join(parts) if wire in joinable else None)
+                forms = encoded[wire] = self._encode(wire, run)
             parts, joined = forms
             if joined is not None:
                 cast(Any, sub).deliver_many(run, parts, joined)
@@ -138,6 +116,14 @@ class Hub:
                     sub.deliver(pub, data)
             n += size
         return n
+
+    def _encode(self, wire: str, run: list[Publication]) -> tuple[list[Any], bytes | None]:
+        """The run in ``wire``'s form, each message once; joined too where the wire
+        is joinable and the run holds more than one."""
+        encoder = self._encoders[wire]
+        parts = [encoder(pub) for pub in run]
+        joinable = len(parts) > 1 and wire in self._joinable
+        return parts, b"".join(parts) if joinable else None
 
     def __len__(self) -> int:
         return len(self._trie)
