@@ -149,3 +149,20 @@ def test_a_run_is_encoded_once_and_a_joinable_subscriber_gets_it_in_one_call() -
     assert other.got == [("t", b"<1>"), ("t", b"<2>"), ("t", b"<3>")]
     assert hub.deliver_many([pub("t", 4)]) == 3  # a run of one: plain deliver for all
     assert framed.got == [("t", b"<4>")] and len(framed.runs) == 1
+
+
+def test_fitting_bounds_the_calls_a_run_costs_in_one_pass() -> None:
+    """A joinable subscriber costs one call per run, any other one per message: the
+    node hands over as much of a run as fits its budget of calls per loop pass."""
+    hub = Hub()
+    hub.register_wire("frames", lambda p: p.payload, joinable=True)
+    hub.register_wire("templates", lambda p: p.payload)
+    run = [pub("t", i) for i in range(1, 101)]
+    for _ in range(10):
+        hub.add("t", RunSub("frames"))
+    assert hub.fitting(run, 50) == (100, 10)  # runs cost one call each: all of it
+    for _ in range(4):
+        hub.add("t", Sub("templates"))
+    assert hub.fitting(run, 50) == (10, 50)  # 10 joinable + 4 x 10 messages
+    assert hub.fitting(run, 5) == (1, 14)  # one message at least
+    assert hub.fitting([pub("nobody")], 5) == (1, 0)

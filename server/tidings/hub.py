@@ -117,6 +117,19 @@ class Hub:
             n += size
         return n
 
+    def fitting(self, run: list[Publication], budget: int) -> tuple[int, int]:
+        """How many of ``run`` (one topic, oldest first) to hand over now so that
+        about ``budget`` subscriber calls are made (one at least), and how many
+        calls that is: a subscriber of a joinable wire takes a run in one call,
+        any other one call per message."""
+        subs = self._trie.match(run[0].topic)
+        joinable = self._joinable
+        others = sum(1 for sub in subs if sub.wire not in joinable)
+        if not others:
+            return len(run), len(subs)
+        k = max(1, min(len(run), (budget - (len(subs) - others)) // others))
+        return k, len(subs) - others + others * k
+
     def _encode(self, wire: str, run: list[Publication]) -> tuple[list[Any], bytes | None]:
         """The run in ``wire``'s form, each message once; joined too where the wire
         is joinable and the run holds more than one."""

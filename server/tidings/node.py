@@ -51,6 +51,7 @@ _NO_HISTORY = HistoryPolicy(0, 1.0)
 _MAX_TRACKED = 100_000  # topics whose last offset is remembered for gap detection
 _FILL_LIMIT = 1000
 _GROUP = 256  # publishes stored in one call, at most (limits.max_publish_group)
+_PASS_CALLS = 50_000  # subscriber calls the hub makes per loop pass, about
 _GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _GROUP_BYTES = 65536  # and their data, past the first (limits.max_message_size)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -341,13 +342,24 @@ class Node:
 
     def _hand_over(self) -> None:
         """What arrived (in order) during one loop pass, to the hub: each run of one
-        topic at once (a group a publisher sent costs each subscriber one append)."""
+        topic at once (a group a publisher sent costs each subscriber one append),
+        about ``_PASS_CALLS`` subscriber calls per pass; the rest goes on next pass,
+        ahead of what arrives meanwhile, so one large group does not hold the
+        loop (pings, replies, other connections) for long."""
         arrived, self._arrived = self._arrived or [], None
-        start = 0
-        for i in range(1, len(arrived) + 1):
-            if i == len(arrived) or arrived[i].topic != arrived[start].topic:
-                self._hand_run(arrived[start:i])
-                start = i
+        i, spent, end = 0, 0, len(arrived)
+        while i < end:
+            if spent >= _PASS_CALLS:
+                self._arrived = arrived[i:]
+                asyncio.get_running_loop().call_soon(self._hand_over)
+                return
+            topic, j = arrived[i].topic, i + 1
+            while j < end and arrived[j].topic == topic:
+                j += 1
+            k, calls = self.hub.fitting(arrived[i:j], _PASS_CALLS)
+            self._hand_run(arrived[i:i + k])
+            spent += calls
+            i += k
 
     def _hand_run(self, run: list[Publication]) -> None:
         try:
