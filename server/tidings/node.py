@@ -356,24 +356,30 @@ class Node:
             topic, j = arrived[i].topic, i + 1
             while j < end and arrived[j].topic == topic:
                 j += 1
+            if j == i + 1:  # one message (personal topics): its deliveries are its calls
+                spent += self._hand_run(arrived[i:j])
+                i = j
+                continue
             k, calls = self.hub.fitting(arrived[i:j], _PASS_CALLS)
             self._hand_run(arrived[i:i + k])
             spent += calls
             i += k
 
-    def _hand_run(self, run: list[Publication]) -> None:
+    def _hand_run(self, run: list[Publication]) -> int:
+        """One run to the hub, counted; returns how many deliveries it made."""
         try:
             n = self.hub.deliver_many(run)
         except Exception:  # our bug: never let it kill the bus reader
             log.exception("delivery failed for a message on %r", run[0].topic)
             self.metrics.inc("tidings_errors_total", code="internal")
-            return
+            return 0
         self.metrics.inc("tidings_deliveries_total", n)
         if n:
             now = time.time()
             for pub in run:
                 if pub.ts:
                     self._latency.observe(max(0.0, now - pub.ts / 1000))
+        return n
 
     def _fill(self, topic: str, since: str | None, held: list[Publication], *,
               after_ms: int = 0) -> None:
