@@ -9,9 +9,21 @@ generator, the publisher and this process on the others (``--client-cpus``,
 default: every other CPU). Scenarios (see bench/README.md for what each
 figure means):
 
-* ``broadcast``: N subscribers on one topic, 100-byte messages published as
-  fast as the server delivers them (a bounded window of deliveries in
-  flight); deliveries/s, and publish-to-deliver latency at saturation;
+* ``broadcast`` (the headline): N subscribers on one topic; one publisher
+  over the server's own protocol (Tidings: ``publish`` commands on a
+  WebSocket, or MQTT PUBLISH for tidings-mqtt; nats: ``PUB``; mosquitto: MQTT
+  QoS 0; websockets / Node ``ws``: a text frame), one 100-byte message per
+  frame, back to back, up to ``--window`` (200) messages in flight;
+  deliveries/s, and publish-to-deliver latency at saturation;
+* ``http-batch``: the same, Tidings only, published through ``POST
+  /v1/publish/batch`` (100 messages a request); ``http-single``: through
+  single-message ``POST /v1/publish`` from 50 concurrent clients (ratios
+  against the references' ``broadcast`` at the same size);
+* ``qos1``: MQTT at QoS 1 both ways (subscribers acknowledge every message),
+  Tidings against mosquitto;
+* ``connect``: N connections, each with a token of its own (Tidings; a
+  distinct client id on MQTT), as fast as the server accepts them;
+  connections/s;
 * ``latency``: 1,000 subscribers, messages at a fixed rate so that the
   server delivers 20,000 (and 200,000) messages/s; p50/p99/p99.9;
 * ``idle``: 10,000 connections that subscribe and then stay quiet; server
@@ -41,7 +53,7 @@ import random
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +78,10 @@ __all__ = ["Options", "Scenario", "best_of", "finish", "main", "on_terminate", "
 
 RESULTS = HERE / "results"
 PAYLOAD = 100
-ALL_SCENARIOS = ("broadcast", "latency", "idle", "personal")
+ALL_SCENARIOS = ("broadcast", "http-batch", "http-single", "qos1", "latency", "idle",
+                 "connect", "personal")
+_SIDE = ("http-batch", "http-single", "qos1")  # run at the first size only
+_DELIVERIES = ("broadcast", "personal", *_SIDE)  # judged by deliveries/s
 REFERENCES = ("websockets", "node-ws", "nats-ws", "nats-mqtt", "mosquitto")
 TIDINGS = ("tidings", "tidings-mqtt")
 
@@ -75,7 +90,7 @@ TIDINGS = ("tidings", "tidings-mqtt")
 class Scenario:
     """One measurement: what load, for how long."""
 
-    kind: str  # broadcast | latency | idle | personal | ceiling
+    kind: str  # one of ALL_SCENARIOS, or ceiling
     connections: int
     warmup: float = 1.0
     measure: float = 3.0
@@ -103,7 +118,7 @@ class Options:
     personal: int = 10_000
     warmup: float = 1.0
     measure: float = 3.0
-    window: int = 16  # broadcast: messages in flight per subscriber
+    window: int = 200  # broadcast: messages in flight (the issue's 200 back to back)
     personal_window: int = 2000  # personal: deliveries in flight
     server_cpu: int = 0
     client_cpus: tuple[int, ...] = (1,)
@@ -122,8 +137,12 @@ def plan(o: Options) -> list[Scenario]:
     out: list[Scenario] = []
     if "idle" in o.scenarios:
         out.append(Scenario("idle", o.idle, 0, 0))
+    if "connect" in o.scenarios:
+        out.append(Scenario("connect", o.idle, 0, 0))
     if "broadcast" in o.scenarios:
         out += [Scenario("broadcast", n, o.warmup, o.measure, sample_every=16) for n in o.sizes]
+    out += [Scenario(kind, o.sizes[0], o.warmup, o.measure, sample_every=16)
+            for kind in _SIDE if kind in o.scenarios]
     if "latency" in o.scenarios:
         for rate in o.latency_rates:
             every = max(1, int(rate // 25_000))
@@ -154,6 +173,8 @@ async def run_scenario(target: Target, sc: Scenario, o: Options) -> dict[str, An
     """Connect, (publish and) measure one scenario against a running server."""
     personal = sc.kind == "personal"
     ep: Endpoint = target.endpoint(target.topic(personal))
+    if sc.kind == "qos1":
+        ep = replace(ep, qos=1)
     res: dict[str, Any] = {"server": target.name, "scenario": sc.key, "kind": sc.kind,
                            "protocol": target.protocol, "connections": sc.connections}
     lg = LoadGen(ep, sc.connections, workers=o.workers, cpus=o.client_cpus,
@@ -168,6 +189,8 @@ async def run_scenario(target: Target, sc: Scenario, o: Options) -> dict[str, An
         if conn.ready == 0:
             res["note"] = "no connection became ready"
             return res
+        if sc.kind == "connect":
+            return res
         if sc.kind == "idle":
             rss1 = await settle_rss(target.pid, seconds=1.0)
             res["rss_delta_bytes"] = rss1 - rss0
@@ -177,7 +200,8 @@ async def run_scenario(target: Target, sc: Scenario, o: Options) -> dict[str, An
         return res
     finally:
         reports = await lg.finish() if lg.pids else []
-        if reports and sc.kind not in ("idle", "ceiling") and "deliveries_per_s" in res:
+        if reports and sc.kind not in ("idle", "connect", "ceiling") \
+                and "deliveries_per_s" in res:
             samples = lg.samples()
             res.update(percentiles(samples))
             res["latency_samples"] = len(samples)
@@ -211,7 +235,7 @@ async def _publish_and_measure(target: Target, sc: Scenario, o: Options, lg: Loa
                 rate = sc.rate / max(1, lg.alive())
                 coro = fixed_rate(pub, lg.received, lg.alive, lambda: "bench/t", rate,
                                   until, pace, PAYLOAD)
-            else:
+            else:  # broadcast and the HTTP / QoS 1 variants
                 coro = closed_loop(pub, lg.received, lg.alive, lambda: "bench/t",
                                    o.window * max(1, lg.alive()), until, pace, PAYLOAD)
             task = asyncio.get_running_loop().create_task(coro)
@@ -343,6 +367,7 @@ def _brief(r: dict[str, Any]) -> str:
         parts.append(f"p50 {r['p50_ms']} ms p99 {r['p99_ms']} ms")
     if "bytes_per_connection" in r:
         parts.append(f"{r['bytes_per_connection'] / 1024:.1f} KiB/conn")
+    if r.get("kind") in ("idle", "connect") and "connections_per_s" in r:
         parts.append(f"{r['connections_per_s']:,.0f} conn/s")
     if "server_cpu_pct" in r:
         parts.append(f"server cpu {r['server_cpu_pct']}%")
@@ -361,8 +386,10 @@ def _headline(r: dict[str, Any]) -> tuple[float | None, str]:
     kind = r.get("kind")
     if "na" in r or "error" in r:
         return None, ""
-    if kind in ("broadcast", "personal"):
+    if kind in _DELIVERIES:
         return r.get("deliveries_per_s"), "hi"
+    if kind == "connect":
+        return r.get("connections_per_s"), "hi"
     if kind == "latency":
         return r.get("p99_ms"), "lo"
     if kind == "idle":
@@ -375,7 +402,8 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float
 
     ``{"tidings": {scenario: {reference: ratio}}, "tidings-mqtt": {...}}``:
     Tidings over WebSocket against every reference, Tidings over MQTT
-    against the MQTT references.
+    against the MQTT references. The HTTP scenarios, which only Tidings
+    runs, are set against the references' ``broadcast`` at the same size.
     """
     by: dict[tuple[str, str], dict[str, Any]] = {(r["server"], r["scenario"]): r
                                                  for r in results}
@@ -386,13 +414,19 @@ def ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float
                 continue
             if mine_name == "tidings-mqtt" and r.get("protocol") != "mqtt":
                 continue
-            mine = by.get((mine_name, scen))
-            if mine is None:
-                continue
-            a, _ = _headline(mine)
-            b, _ = _headline(r)
-            if a is not None and b:
-                out.setdefault(mine_name, {}).setdefault(scen, {})[server] = round(a / b, 3)
+            versus = [scen]
+            if r.get("kind") == "broadcast":
+                size = scen.removeprefix("broadcast")
+                versus += [f"http-batch{size}", f"http-single{size}"]
+            for mine_scen in versus:
+                mine = by.get((mine_name, mine_scen))
+                if mine is None:
+                    continue
+                a, _ = _headline(mine)
+                b, _ = _headline(r)
+                if a is not None and b:
+                    out.setdefault(mine_name, {}).setdefault(mine_scen, {})[server] = \
+                        round(a / b, 3)
     return out
 
 
@@ -403,13 +437,17 @@ def _fmt(r: dict[str, Any] | None) -> str:
         return "n/a"
     if "error" in r:
         return "error"
-    if "bytes_per_connection" not in r and "deliveries_per_s" not in r:
+    if not {"bytes_per_connection", "deliveries_per_s", "connections_per_s"} & r.keys() or \
+            (r.get("kind") != "connect" and "bytes_per_connection" not in r
+             and "deliveries_per_s" not in r):
         return f"failed ({r.get('ready', 0)}/{r.get('connections')})"
     kind = r.get("kind")
     flag = ""
     if r.get("failed"):
         flag += f" ({r['ready']}/{r['connections']})"
-    if kind in ("broadcast", "personal"):
+    if kind == "connect":
+        return f"{r['connections_per_s']:,.0f}c/s" + flag
+    if kind in _DELIVERIES:
         v = r.get("deliveries_per_s")
         p99 = r.get("p99_ms")
         return (f"{v:,.0f}/s p99 {p99:g}ms" if p99 is not None else f"{v:,.0f}/s") + flag
@@ -437,7 +475,8 @@ def table(results: list[dict[str, Any]], ceiling: dict[str, Any]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
              for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    legend = ("broadcast/personal: deliveries/s at saturation, p99 publish-to-deliver; "
+    legend = ("broadcast/http-*/qos1/personal: deliveries/s at saturation, p99 "
+              "publish-to-deliver; connect: connections/s (a token each); "
               "latency-R: p50/p99/p99.9 at R deliveries/s (OVER: server could not hold R); "
               "idle: server RSS per connection, connections/s")
     out = ["\n".join(lines), legend]
@@ -473,7 +512,7 @@ def table(results: list[dict[str, Any]], ceiling: dict[str, Any]) -> str:
 def _near_ceiling(r: dict[str, Any], ceiling: dict[str, Any]) -> bool:
     c = ceiling.get(r.get("protocol", ""), {}).get("deliveries_per_s")
     v = r.get("deliveries_per_s")
-    return bool(c and v and r.get("kind") in ("broadcast", "personal") and v >= 0.8 * c)
+    return bool(c and v and r.get("kind") in _DELIVERIES and v >= 0.8 * c)
 
 
 def machine() -> dict[str, Any]:
@@ -580,7 +619,7 @@ def parse(argv: list[str] | None = None) -> Options:
     p.add_argument("--repeat", type=int, default=1,
                    help="interleaved rounds over every server; the best is kept (1)")
     p.add_argument("--window", type=int,
-                   help="broadcast: messages in flight per subscriber (16)")
+                   help="broadcast: messages in flight (200)")
     p.add_argument("--tidings-src", type=Path,
                    help="folder holding the tidings package to run (default: server/ here)")
     p.add_argument("--no-ceiling", action="store_true", help="skip the flood-server ceiling")

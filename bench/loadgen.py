@@ -123,9 +123,10 @@ class Endpoint:
         ``connect`` (a JWT minted here) and ``subscribe``; ready on the reply;
       * ``nats``: WebSocket carrying the NATS protocol; ``CONNECT``, ``SUB``,
         ``PING``; ready on ``PONG``;
-      * ``mqtt``: MQTT 3.1.1 over TCP; CONNECT, then SUBSCRIBE QoS 0; ready
-        on SUBACK. With ``jwt_secret`` set (Tidings) the CONNECT carries a
-        token as the password.
+      * ``mqtt``: MQTT 3.1.1 over TCP; CONNECT, then SUBSCRIBE at ``qos`` (a
+        QoS 1 PUBLISH is answered with PUBACK, section 3.4); ready on SUBACK.
+        With ``jwt_secret`` set (Tidings) the CONNECT carries a token as the
+        password.
     ``topic`` may hold ``{i}``, the connection's index in the run (personal topics).
     """
 
@@ -135,6 +136,7 @@ class Endpoint:
     path: str = "/"
     topic: str = "bench/t"
     jwt_secret: str = ""
+    qos: int = 0  # mqtt: the subscription's QoS; 1: every PUBLISH is acknowledged
 
     @property
     def is_ws(self) -> bool:
@@ -430,8 +432,9 @@ class MqttSub(_Sub):
         self.transport.write(mqtt_connect(f"bench-{os.getpid()}-{self.index}", user, token))
 
     def _subscribe(self) -> None:
-        topic = self.w.spec.endpoint.topic.format(i=self.index).encode()
-        body = b"\x00\x01" + struct.pack("!H", len(topic)) + topic + b"\x00"
+        ep = self.w.spec.endpoint
+        topic = ep.topic.format(i=self.index).encode()
+        body = b"\x00\x01" + struct.pack("!H", len(topic)) + topic + bytes((ep.qos,))
         assert self.transport is not None
         self.transport.write(b"\x82" + _remaining(len(body)) + body)  # section 3.8
 
@@ -443,6 +446,7 @@ class MqttSub(_Sub):
         measuring = w.measuring
         n = len(buf)
         i = 0
+        acks: list[bytes] = []
         while n - i >= 2:
             b0 = buf[i]
             # Remaining length: 1-4 bytes, 7 bits each (section 2.2.3).
@@ -470,6 +474,9 @@ class MqttSub(_Sub):
             kind = b0 >> 4
             if kind == 3:  # PUBLISH
                 w.received += 1
+                if b0 & 0x06:  # QoS 1: PUBACK the packet id after the topic (section 3.3.2)
+                    k = j + 2 + ((buf[j] << 8) | buf[j + 1])
+                    acks.append(b"\x40\x02" + bytes(buf[k:k + 2]))
                 if measuring and w.received >= w.next_sample:
                     w.next_sample = w.received + w.every
                     k = buf.find(MARKER, j, end) + 4
@@ -489,6 +496,8 @@ class MqttSub(_Sub):
             i = end
         if i:
             del buf[:i]
+        if acks and self.transport is not None:
+            self.transport.write(b"".join(acks))
         w.shared[w.base + _RECEIVED] = w.received
 
 

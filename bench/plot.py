@@ -53,7 +53,8 @@ def plot(record: dict[str, Any], out: Path) -> Path:
     results = record["results"]
     servers = list(dict.fromkeys(r["server"] for r in results))
     thr = {(r["server"], r["scenario"]): r["deliveries_per_s"] for r in results
-           if r.get("kind") in ("broadcast", "personal") and r.get("deliveries_per_s")}
+           if r.get("kind") in ("broadcast", "http-batch", "http-single", "qos1", "personal")
+           and r.get("deliveries_per_s")}
     lat = {(r["server"], r["scenario"]): r["p99_ms"] for r in results
            if r.get("kind") == "latency" and r.get("p99_ms") is not None}
     thr_groups = list(dict.fromkeys(s for _, s in thr))

@@ -34,6 +34,7 @@ from loadgen import make_payload, mqtt_connect
 from websockets.asyncio.client import ClientConnection, connect
 
 __all__ = [
+    "HttpBatchPublisher",
     "HttpPublisher",
     "MqttPublisher",
     "NatsPublisher",
@@ -60,6 +61,10 @@ class Publisher:
 
     async def send(self, topic: str, payload: bytes) -> None:
         raise NotImplementedError
+
+    async def idle(self) -> None:
+        """The pacing loop has nothing more to send right now (a batching publisher
+        sends what it gathered)."""
 
     async def flush(self) -> None:
         """Wait until everything sent so far has left this process (bounded)."""
@@ -99,10 +104,10 @@ class HttpPublisher(Publisher):
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _post(self, body: bytes) -> None:
+    async def _post(self, body: bytes, path: str = "/v1/publish") -> None:
         assert self.session is not None
         try:
-            async with self.session.post(self.base + "/v1/publish", data=body) as r:
+            async with self.session.post(self.base + path, data=body) as r:
                 if r.status != 200:
                     self._error(f"HTTP {r.status}: {(await r.text())[:150]}")
                 else:
@@ -120,6 +125,40 @@ class HttpPublisher(Publisher):
         await self.flush()
         if self.session is not None:
             await self.session.close()
+
+
+class HttpBatchPublisher(HttpPublisher):
+    """Tidings' ``POST /v1/publish/batch``: messages gathered into batches of
+    ``batch`` (or what was gathered when the pacing loop yields), a few
+    requests in flight."""
+
+    def __init__(self, base: str, key: str, batch: int = 100, concurrency: int = 8) -> None:
+        super().__init__(base, key, concurrency)
+        self.batch = batch
+        self.pending: list[bytes] = []
+
+    async def send(self, topic: str, payload: bytes) -> None:
+        self.sent += 1
+        self.pending.append(b'{"topic":"%s","data":%s}' % (topic.encode(), payload))
+        if len(self.pending) >= self.batch:
+            await self._post_pending()
+
+    async def _post_pending(self) -> None:
+        if not self.pending:
+            return
+        body = b'{"messages":[%s]}' % b",".join(self.pending)
+        self.pending = []
+        await self.gate.acquire()
+        task = asyncio.get_running_loop().create_task(self._post(body, "/v1/publish/batch"))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def idle(self) -> None:
+        await self._post_pending()
+
+    async def flush(self) -> None:
+        await self._post_pending()
+        await super().flush()
 
 
 class _WsPublisher(Publisher):
@@ -270,11 +309,14 @@ def _remaining(n: int) -> bytes:
 
 
 class MqttPublisher(_StreamPublisher):
-    """A raw MQTT 3.1.1 client publishing QoS 0 (section 3.3, no packet id)."""
+    """A raw MQTT 3.1.1 client publishing QoS 0 (section 3.3, no packet id), or QoS 1
+    (a packet id each; the server's PUBACKs are read and dropped)."""
 
-    def __init__(self, host: str, port: int, secret: str = "") -> None:
+    def __init__(self, host: str, port: int, secret: str = "", qos: int = 0) -> None:
         super().__init__(host, port)
         self.secret = secret
+        self.qos = qos
+        self.pid = 0
 
     async def start(self) -> None:
         await self._open()
@@ -294,6 +336,11 @@ class MqttPublisher(_StreamPublisher):
 
     async def send(self, topic: str, payload: bytes) -> None:
         t = topic.encode()
+        if self.qos:
+            self.pid = self.pid % 65535 + 1
+            body = struct.pack("!H", len(t)) + t + struct.pack("!H", self.pid) + payload
+            await self._write(b"\x32" + _remaining(len(body)) + body)
+            return
         body = struct.pack("!H", len(t)) + t + payload
         await self._write(b"\x30" + _remaining(len(body)) + body)
 
@@ -346,6 +393,7 @@ async def closed_loop(pub: Publisher, received: Callable[[], int], fanout: Calla
             result.expected += f
             sent_any = True
         if not sent_any:
+            await pub.idle()
             await asyncio.sleep(0.001)  # uvloop rounds below 1 ms to 0: a busy loop
         else:
             await asyncio.sleep(0)

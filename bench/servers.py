@@ -39,6 +39,7 @@ from typing import IO
 
 from loadgen import Endpoint
 from publishers import (
+    HttpBatchPublisher,
     HttpPublisher,
     MqttPublisher,
     NatsPublisher,
@@ -55,9 +56,11 @@ HOST = "127.0.0.1"
 API_KEY = "bench-key-" + secrets.token_hex(8)
 JWT_SECRET = "bench-secret-" + secrets.token_hex(16)
 
-# Which scenarios each target can run ("broadcast", "latency", "idle", "personal").
-_BROADCAST_ONLY = frozenset({"broadcast", "latency", "idle"})
-_ALL = frozenset({"broadcast", "latency", "idle", "personal"})
+# Which scenarios each target can run (see harness.ALL_SCENARIOS).
+_BROADCAST_ONLY = frozenset({"broadcast", "latency", "idle", "connect"})
+_ALL = frozenset({"broadcast", "latency", "idle", "connect", "personal"})
+_TIDINGS_WS = _ALL | {"http-batch", "http-single"}
+_MQTT_QOS1 = _ALL | {"qos1"}
 
 
 def free_port() -> int:
@@ -174,7 +177,7 @@ class Tidings(Target):
     working tree changes."""
 
     name = "tidings"
-    scenarios = _ALL
+    scenarios = _TIDINGS_WS
     src: Path = REPO / "server"
 
     def __init__(self, server_cpu: int) -> None:
@@ -212,9 +215,14 @@ class Tidings(Target):
         return Endpoint("tidings", HOST, self.port, "/ws", topic, JWT_SECRET)
 
     def publisher(self, scenario: str) -> Publisher:
-        if scenario == "personal":  # one publish per delivery: pipelined over WebSocket
-            return TidingsWsPublisher(HOST, self.port, JWT_SECRET)
-        return HttpPublisher(f"http://{HOST}:{self.api_port}", API_KEY)
+        """Its own protocol: ``publish`` commands pipelined over one WebSocket, one
+        message per frame; the HTTP API for the HTTP scenarios."""
+        api = f"http://{HOST}:{self.api_port}"
+        if scenario == "http-batch":
+            return HttpBatchPublisher(api, API_KEY)
+        if scenario == "http-single":  # 50 clients, each one request at a time
+            return HttpPublisher(api, API_KEY, concurrency=50)
+        return TidingsWsPublisher(HOST, self.port, JWT_SECRET)
 
 
 class TidingsMqtt(Tidings):
@@ -222,6 +230,7 @@ class TidingsMqtt(Tidings):
 
     name = "tidings-mqtt"
     protocol = "mqtt"
+    scenarios = _MQTT_QOS1
 
     def available(self) -> str | None:
         edges = self.src / "tidings" / "edges"
@@ -235,9 +244,8 @@ class TidingsMqtt(Tidings):
         return Endpoint("mqtt", HOST, self.mqtt_port, "/", topic, JWT_SECRET)
 
     def publisher(self, scenario: str) -> Publisher:
-        if scenario == "personal":
-            return MqttPublisher(HOST, self.mqtt_port, JWT_SECRET)
-        return HttpPublisher(f"http://{HOST}:{self.api_port}", API_KEY)
+        """MQTT PUBLISH packets, one message each: QoS 1 for ``qos1``, else QoS 0."""
+        return MqttPublisher(HOST, self.mqtt_port, JWT_SECRET, qos=int(scenario == "qos1"))
 
 
 class WebsocketsRef(Target):
@@ -345,7 +353,7 @@ def _mosquitto_binary() -> str | None:
 class Mosquitto(Target):
     name = "mosquitto"
     protocol = "mqtt"
-    scenarios = _ALL
+    scenarios = _MQTT_QOS1
 
     def available(self) -> str | None:
         return None if _mosquitto_binary() else "mosquitto not installed (run bench/setup.sh)"
@@ -375,7 +383,7 @@ class Mosquitto(Target):
         return Endpoint("mqtt", HOST, self.port, "/", topic)
 
     def publisher(self, scenario: str) -> Publisher:
-        return MqttPublisher(HOST, self.port)
+        return MqttPublisher(HOST, self.port, qos=int(scenario == "qos1"))
 
 
 class Flood(Target):

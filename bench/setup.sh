@@ -36,4 +36,6 @@ fi
 py="${py:-python}"
 "$py" -c "import matplotlib" 2>/dev/null || "$py" -m pip install -q 'matplotlib>=3.7'
 "$py" -c "import uvloop, websockets, aiohttp, jwt" || "$py" -m pip install -q -e "$here/..[bench]"
+# py-spy: the sampling profiler for the server under load (bench/README.md, "Profiling")
+[ -x "$(dirname "$py")/py-spy" ] || command -v py-spy >/dev/null 2>&1 || "$py" -m pip install -q py-spy
 echo "bench setup done"

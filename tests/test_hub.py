@@ -134,3 +134,53 @@ async def test_flusher_flushes_each_marked_buffer_once_per_loop_pass() -> None:
     flusher.mark(one)
     await asyncio.sleep(0)
     assert flushed == ["one", "two", "one"]
+
+
+class RunSub(Sub):
+    """A subscriber of a joinable wire: also takes runs."""
+
+    def __init__(self, wire: str, **kw: Any) -> None:
+        super().__init__(wire, **kw)
+        self.runs: list[tuple[list[str], list[Any], bytes]] = []
+
+    def deliver_many(self, publications: list[Publication], parts: list[Any],
+                     joined: bytes) -> None:
+        self.runs.append(([p.offset for p in publications], parts, joined))
+
+
+def test_a_run_is_encoded_once_and_a_joinable_subscriber_gets_it_in_one_call() -> None:
+    hub = Hub()
+    calls: list[str] = []
+    for wire, joinable in (("frames", True), ("templates", False)):
+        def encoder(p: Publication, wire: str = wire) -> bytes:
+            calls.append(wire)
+            return f"<{p.payload.decode()}>".encode()
+        hub.register_wire(wire, encoder, joinable=joinable)
+    framed, other, refused = RunSub("frames"), Sub("templates"), RunSub("frames", allowed=False)
+    for s in (framed, RunSub("frames"), other, refused):
+        hub.add("t", s)
+    run = [pub("t", i) for i in (1, 2, 3)]
+    assert hub.deliver_many(run) == 9  # three subscribers may see it, three messages each
+    assert sorted(calls) == ["frames"] * 3 + ["templates"] * 3
+    assert framed.runs == [([p.offset for p in run], [b"<1>", b"<2>", b"<3>"], b"<1><2><3>")]
+    assert framed.got == [] and refused.runs == [] and refused.got == []
+    assert other.got == [("t", b"<1>"), ("t", b"<2>"), ("t", b"<3>")]
+    assert hub.deliver_many([pub("t", 4)]) == 3  # a run of one: plain deliver for all
+    assert framed.got == [("t", b"<4>")] and len(framed.runs) == 1
+
+
+def test_fitting_bounds_the_calls_a_run_costs_in_one_pass() -> None:
+    """A joinable subscriber costs one call per run, any other one per message: the
+    node hands over as much of a run as fits its budget of calls per loop pass."""
+    hub = Hub()
+    hub.register_wire("frames", lambda p: p.payload, joinable=True)
+    hub.register_wire("templates", lambda p: p.payload)
+    run = [pub("t", i) for i in range(1, 101)]
+    for _ in range(10):
+        hub.add("t", RunSub("frames"))
+    assert hub.fitting(run, 50) == (100, 10)  # runs cost one call each: all of it
+    for _ in range(4):
+        hub.add("t", Sub("templates"))
+    assert hub.fitting(run, 50) == (10, 50)  # 10 joinable + 4 x 10 messages
+    assert hub.fitting(run, 5) == (1, 14)  # one message at least
+    assert hub.fitting([pub("nobody")], 5) == (1, 0)

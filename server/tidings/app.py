@@ -283,6 +283,8 @@ class App:
                                       self.metrics))
         self.notifier.sender.online = self.presence.local_users
         self.node.limit_user_subscriptions(settings.topics.max_user_subscriptions)
+        self.node.max_group = settings.limits.max_publish_group
+        self.node.max_group_bytes = settings.limits.max_message_size
         self.store_health = StoreHealth(self.metrics)  # the store reports its commits
         self.node.store.monitor = self.store_health
         # /dev/token hands anyone a token for any user: only on a development

@@ -119,6 +119,7 @@ class LimitsSettings:
     max_message_size: int = 65536  # bytes of one message's data at publish, on every edge
     max_reply_size: int = 262144  # bytes of messages / items in one reply; more: paged
     max_since_topics: int = 100  # topics in one subscribe's since map
+    max_publish_group: int = 256  # publishes the node stores in one store call
 
 
 @dataclass
@@ -600,7 +601,8 @@ def _validate(s: Settings) -> None:
         _positive(f"ws.{key}", getattr(s.ws, key))
     _positive("ws.ping_interval", s.ws.ping_interval, zero_ok=True)
     _positive("ws.max_message_size", s.ws.max_message_size, zero_ok=True)
-    for key in ("max_message_size", "max_reply_size", "max_since_topics"):
+    for key in ("max_message_size", "max_reply_size", "max_since_topics",
+                "max_publish_group"):
         _positive(f"limits.{key}", getattr(s.limits, key))
     _positive("api.max_body_size", s.api.max_body_size)
     _positive("api.header_timeout", s.api.header_timeout)

@@ -18,7 +18,7 @@ reaches no one, whatever filter matched them. A refusal is counted in
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from .auth import guarded
 from .metrics import Metrics
@@ -50,6 +50,11 @@ class Subscriber(Hashable, Protocol):
     def deliver(self, publication: Publication, data: Any) -> None:
         """Queue ``data`` (pre-encoded for ``wire``); must not block or raise."""
 
+    # A subscriber of a *joinable* wire (Hub.register_wire) also has
+    # deliver_many(publications, parts, joined): a run of messages of one topic,
+    # oldest first, ``parts`` their wire forms and ``joined`` those concatenated;
+    # the same as ``deliver`` of each.
+
 
 Encoder = Callable[[Publication], Any]  # bytes (WS frames) or a template (MQTT)
 
@@ -58,14 +63,21 @@ class Hub:
     def __init__(self, metrics: Metrics | None = None) -> None:
         self._trie: Trie[Subscriber] = Trie()
         self._encoders: dict[str, Encoder] = {}
+        self._joinable: set[str] = set()
         self._metrics = metrics
         # wire -> the series its refusals are counted in (labelled by the wire's edge)
         self._series: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {}
 
-    def register_wire(self, wire: str, encoder: Encoder, *, edge: str | None = None) -> None:
-        """How to encode for ``wire``; ``edge`` (default: the wire's name) labels
-        the messages the ACL keeps from its subscribers in ``/metrics``."""
+    def register_wire(self, wire: str, encoder: Encoder, *, joinable: bool = False,
+                      edge: str | None = None) -> None:
+        """How to encode for ``wire``. ``joinable``: the encoder makes bytes that may
+        be written back to back as one (whole WebSocket frames), and every
+        subscriber of this wire has ``deliver_many``: :meth:`deliver_many` then
+        hands each one run at once. ``edge`` (default: the wire's name) labels the
+        messages the ACL keeps from its subscribers in ``/metrics``."""
         self._encoders[wire] = encoder
+        if joinable:
+            self._joinable.add(wire)
         self._series[wire] = Metrics.series("tidings_acl_denied_messages_total",
                                            edge=edge or wire)
 
@@ -83,30 +95,66 @@ class Hub:
 
     def deliver(self, pub: Publication) -> int:
         """Hand ``pub`` to every matching local subscriber; return how many."""
-        subs = self._trie.match(pub.topic)
+        return self.deliver_many([pub])
+
+    def deliver_many(self, run: list[Publication]) -> int:
+        """Hand a run of publications of one topic (oldest first) to every matching
+        local subscriber; return how many deliveries that made.
+
+        The topic is matched and each subscriber asked once for the whole run,
+        each message encoded once per wire form; a subscriber of a joinable wire
+        gets a run of several in one call (one append to its outbox), any other
+        one message at a time. What a group of publishes costs per subscriber is
+        then one call, not one per message."""
+        topic = run[0].topic
+        subs = self._trie.match(topic)
         if not subs:
             return 0
-        topic = pub.topic
         ask_all = guarded(topic)  # else only restricted subscribers can be refused
-        encoded: dict[str, Any] = {}
-        encoders = self._encoders
-        n = 0
+        encoded: dict[str, tuple[list[Any], bytes | None]] = {}
+        n, size = 0, len(run)
         for sub in subs:
             if (ask_all or sub.restricted) and not sub.may_see(topic):
-                self._denied(sub)
+                self._denied(sub, size)
                 continue
             wire = sub.wire
-            data = encoded.get(wire)
-            if data is None:
-                data = encoded[wire] = encoders[wire](pub)
-            sub.deliver(pub, data)
-            n += 1
+            forms = encoded.get(wire)
+            if forms is None:
+                forms = encoded[wire] = self._encode(wire, run)
+            parts, joined = forms
+            if joined is not None:
+                cast(Any, sub).deliver_many(run, parts, joined)
+            else:
+                for pub, data in zip(run, parts, strict=True):
+                    sub.deliver(pub, data)
+            n += size
         return n
 
-    def _denied(self, sub: Subscriber) -> None:
-        """Count a message the ACL kept from ``sub`` (off the hot path: refusals only)."""
+    def _denied(self, sub: Subscriber, n: int) -> None:
+        """Count ``n`` messages the ACL kept from ``sub`` (off the hot path: refusals only)."""
         if self._metrics is not None:
-            self._metrics.add(self._series[sub.wire])
+            self._metrics.add(self._series[sub.wire], n)
+
+    def fitting(self, run: list[Publication], budget: int) -> tuple[int, int]:
+        """How many of ``run`` (one topic, oldest first) to hand over now so that
+        about ``budget`` subscriber calls are made (one at least), and how many
+        calls that is: a subscriber of a joinable wire takes a run in one call,
+        any other one call per message."""
+        subs = self._trie.match(run[0].topic)
+        joinable = self._joinable
+        others = sum(1 for sub in subs if sub.wire not in joinable)
+        if not others:
+            return len(run), len(subs)
+        k = max(1, min(len(run), (budget - (len(subs) - others)) // others))
+        return k, len(subs) - others + others * k
+
+    def _encode(self, wire: str, run: list[Publication]) -> tuple[list[Any], bytes | None]:
+        """The run in ``wire``'s form, each message once; joined too where the wire
+        is joinable and the run holds more than one."""
+        encoder = self._encoders[wire]
+        parts = [encoder(pub) for pub in run]
+        joinable = len(parts) > 1 and wire in self._joinable
+        return parts, b"".join(parts) if joinable else None
 
     def __len__(self) -> int:
         return len(self._trie)

@@ -1,4 +1,18 @@
-"""One node: publish through store and bus, and route bus traffic to the hub."""
+"""One node: publish through store and bus, and route bus traffic to the hub.
+
+Publishes are stored in groups (group commit): every publish handed to the
+node (:meth:`Node.submit`, :meth:`Node.publish`) waits for the next group,
+which one worker task sends to the store in one call
+(:meth:`~tidings.store.base.TopicStore.publish_many`) once per loop pass,
+then hands each stored publication to the bus in the same order and answers
+its sender. While a group is with the store, what arrives forms the next one,
+so a client pipelining many publishes, or many API requests at once, costs
+one store round trip per group and the hub fans the whole group out in one
+loop pass (each subscriber's outbox is written once for all of it). Groups
+go to the store one at a time, in order: a topic's offsets follow the order
+in which publishes reached the node, and no sender hears "stored" before its
+group was.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +29,7 @@ import orjson
 from .bus.base import Bus
 from .clock import Clock, SystemClock
 from .config import HistorySettings, TopicSettings
-from .errors import TidingsError
+from .errors import TidingsError, Unavailable
 from .hub import Hub, Subscriber
 from .metrics import Metrics
 from .plumbing import TaskSet
@@ -29,6 +43,7 @@ from .store.base import (
     HistoryPolicy,
     InboxPage,
     MqttSessionState,
+    PublishRequest,
     PublishResult,
     QueuedMessage,
     Store,
@@ -46,6 +61,10 @@ _NO_HISTORY = HistoryPolicy(0, 1.0)
 _MAX_TRACKED = 100_000  # topics whose last offset is remembered for gap detection
 _FILL_LIMIT = 1000
 _OFFSET_BLOCK = 1024  # offsets a memory-only topic takes from the store at once
+_GROUP = 256  # publishes stored in one call, at most (limits.max_publish_group)
+_PASS_CALLS = 10_000  # subscriber calls the hub makes per loop pass, about
+_GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_GROUP_BYTES = 65536  # and their data, past the first (limits.max_message_size)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                     10.0)
 
@@ -90,7 +109,7 @@ class Node:
         # after a bus outage, a topic that had delivered nothing yet (so has no
         # entry in _last) is filled with what history has from that time on.
         self._watched: dict[str, int] = {}
-        self._tasks = TaskSet("node")  # gap fills from history
+        self._tasks = TaskSet("node")  # gap fills from history, the group worker
         # users whose preferences are being changed here -> (lock, callers holding it)
         self._preference_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         # Memory-only topics (history size 0): per topic [epoch, next seq, last seq
@@ -99,11 +118,23 @@ class Node:
         # (later publishes to it wait their turn, so offsets go out in order).
         self._blocks: dict[str, list[Any]] = {}
         self._gates: dict[str, _Gate] = {}
+        # publishes waiting for the next group, and the worker storing groups
+        self._waiting: list[tuple[PublishRequest, asyncio.Future[PublishResult]]] = []
+        self._grouper: asyncio.Task[None] | None = None
+        # publications arrived during this loop pass, handed to the hub at its end
+        self._arrived: list[Publication] | None = None
+        self.max_group = _GROUP  # limits.max_publish_group
+        self.max_group_bytes = _GROUP_BYTES  # limits.max_message_size
         self._latency = metrics.histogram(
             "tidings_publish_deliver_seconds",
             "Time from a publication's store timestamp to its hand-over to this node's "
             "subscribers (store commit, bus and routing; not the client's socket).",
             _LATENCY_BUCKETS)
+        self._groups = metrics.histogram(
+            "tidings_publish_group_size",
+            "Publishes stored in one store call (the node's group commit): many per "
+            "group means pipelining clients or concurrent API requests shared one.",
+            _GROUP_BUCKETS)
 
     def limit_user_subscriptions(self, limit: int) -> None:
         """Set topics.max_user_subscriptions (before any session subscribes)."""
@@ -146,12 +177,96 @@ class Node:
         offset comes from a block reserved ahead (:meth:`_publish_memory`),
         unless the store announces publications itself (Redis), where the one
         script is the bus publish too."""
+        return await self.submit(topic, payload, kind, retain=retain,
+                                 idempotency_key=idempotency_key, qos=qos, origin=origin,
+                                 meta=meta)
+
+    def submit(self, topic: str, payload: bytes, kind: PayloadKind, *,
+               retain: bool = False, idempotency_key: str | None = None,
+               qos: int = 1, origin: str | None = None, meta: Any = None
+               ) -> asyncio.Future[PublishResult]:
+        """:meth:`publish` without waiting: the message joins the next group now,
+        behind every publish submitted before it, and the future is its result
+        (or ``Unavailable``). An edge that read many publishes submits them all,
+        in order, then waits; cancelling the future does not unpublish."""
         policy = self.policy(topic)
         if policy.size == 0 and not self.store.announces and not topic.startswith("$"):
-            return await self._publish_memory(topic, payload, kind, policy, retain,
-                                              idempotency_key, qos, origin, meta)
-        return await self._publish_stored(topic, payload, kind, policy, retain,
-                                          idempotency_key, qos, origin, meta)
+            # memory-only: no store call to group (see publish)
+            return asyncio.ensure_future(self._publish_memory(
+                topic, payload, kind, policy, retain, idempotency_key, qos, origin, meta))
+        request = PublishRequest(topic, payload, kind, policy, retain, idempotency_key, qos,
+                                 origin, meta)
+        future: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
+        self._waiting.append((request, future))
+        if self._grouper is None:  # runs next loop pass: what comes in this one joins
+            self._grouper = self._tasks.spawn(self._store_groups())
+        return future
+
+    async def _store_groups(self) -> None:
+        """The group worker: while publishes wait, store the oldest ``max_group``
+        of them and fan them out, one group at a time."""
+        try:
+            while self._waiting:
+                group = self._next_group()
+                await self._store_group(group)
+        finally:
+            self._grouper = None
+            if self._waiting:  # cancelled (the node is closing): nobody is left waiting
+                waiting, self._waiting = self._waiting, []
+                _fail(waiting, Unavailable("node is closing"))
+
+    def _next_group(self) -> list[tuple[PublishRequest, asyncio.Future[PublishResult]]]:
+        """The oldest waiting publishes: at most ``max_group`` of them and, past the
+        first, ``max_group_bytes`` of data. A group is fanned out in one loop pass,
+        so this keeps what it adds to each subscriber's outbox at once within what
+        the outbox must hold anyway (a few of the largest messages)."""
+        waiting, most, budget = self._waiting, self.max_group, self.max_group_bytes
+        n = 0
+        for request, _ in waiting:
+            budget -= len(request.payload)
+            if n and (n >= most or budget < 0):
+                break
+            n += 1
+        group = waiting[:n]
+        del waiting[:n]
+        return group
+
+    async def _store_group(self, group: list[tuple[PublishRequest,
+                                                   asyncio.Future[PublishResult]]]) -> None:
+        """One store call for the group; then each stored message to the bus and its
+        result to its sender, in order (a sender hears of its message only after
+        it was stored and handed on)."""
+        self._groups.observe(len(group))
+        try:
+            results = await self.store.publish_many([r for r, _ in group])
+        except TidingsError as e:
+            _fail(group, e)
+            return
+        except BaseException:
+            # cancelled (the node is closing), or our bug (the TaskSet logs it)
+            _fail(group, Unavailable("store unavailable"))
+            raise
+        fresh = [self._announced(r, result.publication)
+                 for (r, _), result in zip(group, results, strict=True)
+                 if not result.duplicate]
+        try:
+            await self.bus.publish_many(fresh, announced=self.store.announces)
+        except TidingsError as e:  # stored, but not handed on: the sender may retry
+            for (_, future), result in zip(group, results, strict=True):
+                if not result.duplicate and not future.done():
+                    future.set_exception(e)
+        for (_, future), result in zip(group, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    def _announced(self, r: PublishRequest, pub: Publication) -> Publication:
+        """A stored publication as the bus carries it (counted as traffic in)."""
+        if not r.topic.startswith("$"):  # broker statistics are not traffic
+            self.metrics.inc("tidings_messages_in_total")
+        if r.qos != 1 or r.retain or r.origin is not None or r.meta is not None:
+            pub = replace(pub, qos=r.qos, published_retain=r.retain, origin=r.origin,
+                          meta=r.meta)
+        return pub
 
     async def _publish_stored(self, topic: str, payload: bytes, kind: PayloadKind,
                               policy: HistoryPolicy, retain: bool,
@@ -440,15 +555,52 @@ class Node:
             if len(self._last) >= _MAX_TRACKED and pub.topic not in self._last:
                 self._last.clear()  # bounded: forget the oldest knowledge wholesale
             self._last[pub.topic] = position
+        arrived = self._arrived
+        if arrived is None:  # the first of this pass: the hub gets them all at its end
+            arrived = self._arrived = []
+            asyncio.get_running_loop().call_soon(self._hand_over)
+        arrived.append(pub)
+
+    def _hand_over(self) -> None:
+        """What arrived (in order) during one loop pass, to the hub: each run of one
+        topic at once (a group a publisher sent costs each subscriber one append),
+        about ``_PASS_CALLS`` subscriber calls per pass; the rest goes on next pass,
+        ahead of what arrives meanwhile, so one large group does not hold the
+        loop (pings, replies, other connections) for long."""
+        arrived, self._arrived = self._arrived or [], None
+        i, spent, end = 0, 0, len(arrived)
+        while i < end:
+            if spent >= _PASS_CALLS:
+                self._arrived = arrived[i:]
+                asyncio.get_running_loop().call_soon(self._hand_over)
+                return
+            topic, j = arrived[i].topic, i + 1
+            while j < end and arrived[j].topic == topic:
+                j += 1
+            if j == i + 1:  # one message (personal topics): its deliveries are its calls
+                spent += self._hand_run(arrived[i:j])
+                i = j
+                continue
+            k, calls = self.hub.fitting(arrived[i:j], _PASS_CALLS)
+            self._hand_run(arrived[i:i + k])
+            spent += calls
+            i += k
+
+    def _hand_run(self, run: list[Publication]) -> int:
+        """One run to the hub, counted; returns how many deliveries it made."""
         try:
-            n = self.hub.deliver(pub)
+            n = self.hub.deliver_many(run)
         except Exception:  # our bug: never let it kill the bus reader
-            log.exception("delivery failed for a message on %r", pub.topic)
+            log.exception("delivery failed for a message on %r", run[0].topic)
             self.metrics.inc("tidings_errors_total", code="internal")
-            return
+            return 0
         self.metrics.inc("tidings_deliveries_total", n)
-        if n and pub.ts:
-            self._latency.observe(max(0.0, time.time() - pub.ts / 1000))
+        if n:
+            now = time.time()
+            for pub in run:
+                if pub.ts:
+                    self._latency.observe(max(0.0, now - pub.ts / 1000))
+        return n
 
     def _fill(self, topic: str, since: str | None, held: list[Publication], *,
               after_ms: int = 0) -> None:
@@ -498,3 +650,11 @@ class _Gate:
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
         self.users = 0
+
+
+def _fail(group: list[tuple[PublishRequest, asyncio.Future[PublishResult]]],
+          error: TidingsError) -> None:
+    """Tell every sender of ``group`` that its message was not stored."""
+    for _, future in group:
+        if not future.done():
+            future.set_exception(error)

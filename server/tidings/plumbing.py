@@ -14,6 +14,8 @@ What sits between a transport and the code that decides what to do with it:
 * :class:`ConnectionSet`: the open connections of a listener, with an event set
   when the last one closes, so a shutdown waits for it instead of polling.
 * :class:`Deadlines`: many connections' deadlines (token expiry) on one timer.
+* :class:`InOrder`: answers to pipelined requests, sent in the requests' order
+  whenever their work ends.
 
 Nothing here knows a protocol: an edge says where bytes go (a :class:`Sink`) and
 where reading pauses (a :class:`Reader`, e.g. an ``asyncio.Transport``).
@@ -38,9 +40,9 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 
 from .metrics import Metrics
 
-__all__ = ["PACE_CHUNK", "ConnectionSet", "Deadlines", "Flushable", "Flusher", "Outbox",
-           "OverflowSink", "Pump", "PumpOwner", "Reader", "Sink", "TaskSet", "TransportSink",
-           "WriteGate"]
+__all__ = ["PACE_CHUNK", "ConnectionSet", "Deadlines", "Flushable", "Flusher", "InOrder",
+           "Outbox", "OverflowSink", "Pump", "PumpOwner", "Reader", "Sink", "TaskSet",
+           "TransportSink", "WriteGate", "failed"]
 
 log = logging.getLogger("tidings.plumbing")
 
@@ -638,3 +640,74 @@ class Deadlines(Generic[C]):
             del self._buckets[second]
             heapq.heappop(self._heap)
         self._arm()  # also when the loop's clock ran ahead of the wall clock
+
+
+# -- answers in order ---------------------------------------------------------------------
+
+
+Answer = Callable[["asyncio.Future[Any]"], None]
+
+
+class InOrder:
+    """Answers to requests read in order, sent in that order however their work ends.
+
+    An edge that reads many requests at once (a client pipelining publishes)
+    starts the work of each without waiting (e.g. submits the publish to the
+    node's next group) and :meth:`add` its future with the function that
+    answers it. Each answer is called once its future and every earlier one
+    are done, so replies (WS replies, PUBACKs) keep the order of the requests,
+    and none is sent before its own work ended.
+
+    * Every future's outcome is retrieved, even one whose answer was dropped.
+    * :meth:`wait` returns once at most ``most`` answers wait: a later
+      request that must see the earlier ones done (or a bound on how many may
+      be in flight) waits here.
+    * :meth:`drop` forgets what waits (the connection is gone); the work goes
+      on, its answers are not called.
+    """
+
+    __slots__ = ("_queue",)
+
+    def __init__(self) -> None:
+        # made by the first add and dropped when empty: an idle connection holds none
+        self._queue: deque[tuple[asyncio.Future[Any], Answer]] | None = None
+
+    def __len__(self) -> int:
+        """Answers not yet sent."""
+        return 0 if self._queue is None else len(self._queue)
+
+    def add(self, future: asyncio.Future[Any], answer: Answer) -> None:
+        """Answer ``future`` with ``answer(future)`` after every earlier one."""
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        queue.append((future, answer))
+        future.add_done_callback(self._settle)
+
+    def _settle(self, done: asyncio.Future[Any]) -> None:
+        if not done.cancelled():
+            done.exception()  # retrieved, so a dropped answer's error is not logged as lost
+        queue = self._queue
+        while queue and queue[0][0].done():
+            future, answer = queue.popleft()
+            answer(future)
+        if not queue:
+            self._queue = None
+
+    async def wait(self, most: int = 0) -> None:
+        """Return once at most ``most`` answers wait (0: every answer was sent)."""
+        while self._queue is not None and len(self._queue) > most:
+            head = self._queue[0][0]
+            await asyncio.wait([head])
+            self._settle(head)  # its callback may not have run yet: answer it now
+
+    def drop(self) -> None:
+        self._queue = None
+
+
+def failed(error: BaseException) -> asyncio.Future[Any]:
+    """A future that already failed with ``error`` (a request refused before its
+    work began, answered in its turn through :class:`InOrder`)."""
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_exception(error)
+    return future

@@ -16,7 +16,8 @@ import asyncio
 import pytest
 
 from support.stores import IDEMPOTENCY_TTL, KEEP, T0, Clock, OpenStore
-from tidings.store.base import HistoryPage, HistoryPolicy, Store
+from tidings.errors import Unavailable
+from tidings.store.base import HistoryPage, HistoryPolicy, PublishRequest, Store
 from tidings.types import Offset, PayloadKind, format_offset, parse_offset
 
 pytest_plugins = ["support.redis_servers"]  # session-wide redis-server / cluster fixtures
@@ -488,3 +489,67 @@ async def test_retained_keeps_its_meta(open_store: OpenStore) -> None:
     assert all(p.meta is None for p in (await store.history("dev/m", None, 10)).items)
     await store.publish("dev/m", b"off", PayloadKind.TEXT, retain=True, policy=KEEP)
     assert [(p.payload, p.meta) for p in await store.retained("dev/m")] == [(b"off", None)]
+
+
+# -- groups (publish_many) -------------------------------------------------------------
+
+
+def req(topic: str, data: bytes, *, policy: HistoryPolicy = KEEP, retain: bool = False,
+        key: str | None = None, qos: int = 1) -> PublishRequest:
+    return PublishRequest(topic, data, PayloadKind.JSON, policy, retain, key, qos)
+
+
+async def test_group_offsets_follow_the_order_given(store: Store) -> None:
+    """Interleaved topics in one group: each topic's offsets go on consecutively from
+    its last single publish, in the group's order, and history holds that order."""
+    before_a = await pub(store, "a", b"0")
+    group = [req("a", b"1"), req("b", b"1"), req("a", b"2"), req("a", b"3"), req("b", b"2")]
+    results = await store.publish_many(group)
+    assert [r.duplicate for r in results] == [False] * 5
+    assert [r.publication.topic for r in results] == ["a", "b", "a", "a", "b"]
+    a = [r.publication.offset for r in results if r.publication.topic == "a"]
+    assert [seq(o) for o in a] == [seq(before_a) + i for i in (1, 2, 3)]
+    assert all(epoch(o) == epoch(before_a) for o in a)
+    assert payloads(await store.history("a", before_a, 10)) == [b"1", b"2", b"3"]
+    assert payloads(await store.history("b", None, 10)) == [b"1", b"2"]
+    assert await store.latest("a") == a[-1]
+    after = await pub(store, "a", b"4")  # a single publish goes on from the group
+    assert seq(after) == seq(a[-1]) + 1
+
+
+async def test_group_keeps_each_request_s_policy_and_retain(store: Store) -> None:
+    none = HistoryPolicy(0, 60.0)
+    results = await store.publish_many([
+        req("keep/1", b'"h"'), req("none/1", b'"n"', policy=none),
+        req("ret/1", b'"r"', retain=True, qos=0)])
+    assert payloads(await store.history("keep/1", None, 10)) == [b'"h"']
+    page = await store.history("none/1", None, 10)
+    assert page.items == [] and page.offset == results[1].publication.offset
+    kept = await store.retained("ret/1")
+    assert [(p.offset, p.payload, p.qos) for p in kept] == [
+        (results[2].publication.offset, b'"r"', 0)]
+
+
+async def test_group_idempotency_keys_within_and_before_the_group(store: Store) -> None:
+    first = await store.publish("t", b"1", PayloadKind.JSON, retain=False, policy=KEEP,
+                                idempotency_key="seen")
+    results = await store.publish_many([
+        req("t", b"1", key="seen"), req("t", b"2", key="new"),
+        req("t", b"2", key="new"), req("t", b"3")])
+    assert [r.duplicate for r in results] == [True, False, True, False]
+    assert results[0].publication.offset == first.publication.offset
+    assert results[2].publication.offset == results[1].publication.offset
+    assert seq(results[3].publication.offset) == seq(results[1].publication.offset) + 1
+    assert payloads(await store.history("t", None, 10)) == [b"1", b"2", b"3"]
+
+
+async def test_empty_group_stores_nothing(store: Store) -> None:
+    assert await store.publish_many([]) == []
+    assert seq(await store.latest("t")) == 0
+
+
+async def test_group_on_a_closed_store_is_unavailable(open_store: OpenStore) -> None:
+    s = await open_store()
+    await s.close()
+    with pytest.raises(Unavailable):
+        await s.publish_many([req("t", b"1"), req("u", b"2")])

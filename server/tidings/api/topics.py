@@ -52,9 +52,9 @@ async def publish(request: web.Request) -> web.Response:
 async def publish_batch(request: web.Request) -> web.Response:
     """``{"messages": [{topic, data, retain}, ...]}`` -> ``{"offsets": [...]}``, in order.
 
-    All messages are validated before any is stored. They are stored
-    concurrently, so one batch costs about one group commit; each message
-    is still published (and delivered) on its own, in the order given per topic.
+    All messages are validated before any is stored. They join the node's
+    next store group together, in the order given, so one batch costs about
+    one store call and one fan-out pass; each keeps its own offset and result.
     """
     ops = request.app[OPS]
     body = await json_body(request)
@@ -66,7 +66,7 @@ async def publish_batch(request: web.Request) -> web.Response:
         raise BadRequest(f"messages holds at most {_MAX_BATCH} entries")
     parsed = [_message(ops, m, f"messages[{i}]: ") for i, m in enumerate(messages)]
     results = await asyncio.gather(*[
-        ops.publish(t, p, PayloadKind.JSON, retain=r) for t, p, r in parsed],
+        ops.submit(t, p, PayloadKind.JSON, retain=r) for t, p, r in parsed],
         return_exceptions=True)
     offsets: list[str | None] = []
     errors = []

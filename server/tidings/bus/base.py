@@ -34,7 +34,7 @@ Redis Cluster):
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ..types import Publication
 
@@ -71,6 +71,14 @@ class Bus(abc.ABC):
         its atomic step (``Store.announces``); the bus does only the rest, so
         wildcard filters still receive it.
         """
+
+    async def publish_many(self, publications: Sequence[Publication], *,
+                           announced: bool = False) -> None:
+        """:meth:`publish` each, in order (a group the node stored in one call).
+        A bus may send them in one round trip; if it raises, any of them may
+        have gone. Per-topic order is as if each were awaited in turn."""
+        for publication in publications:
+            await self.publish(publication, announced=announced)
 
     @abc.abstractmethod
     async def subscribe(self, flt: str) -> None:

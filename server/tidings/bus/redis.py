@@ -55,6 +55,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -380,6 +381,28 @@ class RedisBus(Bus):
                     else:
                         await self._client.publish(channel, data)
                 await self._client.publish(wildcard_channel(publication.topic), data)
+        except (*_ERRORS, TimeoutError) as e:
+            raise Unavailable("bus unavailable") from e
+
+    async def publish_many(self, publications: Sequence[Publication], *,
+                           announced: bool = False) -> None:
+        """On a single Redis, one pipeline for the whole group (the node's group
+        of publishes costs one round trip here too); on a cluster, where sharded
+        channels live on different masters, one :meth:`publish` after another."""
+        if self._cluster:
+            await super().publish_many(publications, announced=announced)
+            return
+        if self._client is None or self._closed:
+            raise Unavailable("bus is closed")  # or never started
+        pipe = self._client.pipeline(transaction=False)
+        for publication in publications:
+            data = encode_publication(publication, self._meta_codec)
+            if not announced:
+                pipe.publish(channel_for(publication.topic), data)
+            pipe.publish(wildcard_channel(publication.topic), data)
+        try:
+            async with asyncio.timeout(self._timeout):
+                await pipe.execute()
         except (*_ERRORS, TimeoutError) as e:
             raise Unavailable("bus unavailable") from e
 

@@ -77,7 +77,17 @@ from ..errors import (
 from ..metrics import Metrics
 from ..node import Node
 from ..notify import Notifier
-from ..plumbing import PACE_CHUNK, ConnectionSet, Flusher, Outbox, Pump, TaskSet, WriteGate
+from ..plumbing import (
+    PACE_CHUNK,
+    ConnectionSet,
+    Flusher,
+    InOrder,
+    Outbox,
+    Pump,
+    TaskSet,
+    WriteGate,
+    failed,
+)
 from ..presence import Presence
 from ..protocol.frames import (
     Command,
@@ -91,7 +101,7 @@ from ..protocol.frames import (
 )
 from ..push.track import PUSH_TRACK_PATH, TrackSigner
 from ..sessions import Operations, Session
-from ..store.base import TRACK_EVENTS
+from ..store.base import TRACK_EVENTS, PublishResult
 from ..types import Publication, UserId
 
 __all__ = ["WsEdge", "WsSession", "WsState"]
@@ -104,7 +114,7 @@ _RECOVER_PAGE = 64  # messages read from history at once while recovering
 _MAX_LISTED_IDS = 1000  # ids listed in a read-family reply's ``changed``
 _ENCODINGS = frozenset(e.value for e in Encoding)
 _MAX_QUEUED_COMMANDS = 64  # frames waiting for the worker before the socket is paused
-_PIPELINE = 32  # publishes to distinct topics in flight per session
+_PIPELINE = 128  # publishes waiting for their replies per session
 _CLOSE_TIMEOUT = 2.0  # seconds a closing handshake may take before the transport is cut
 
 
@@ -118,7 +128,7 @@ def register_wires(node: Node) -> None:
         node.hub.register_wire(_wire(enc, False), functools.partial(encode_message,
                                                                     encoding=enc), edge="ws")
         node.hub.register_wire(_wire(enc, True), functools.partial(_framed, encoding=enc),
-                               edge="ws")
+                               joinable=True, edge="ws")  # whole frames: a run is one write
 
 
 def _framed(pub: Publication, encoding: Encoding) -> bytes:
@@ -186,9 +196,9 @@ class WsSession:
         self._ping: bytes | None = None  # the keepalive ping still waiting for its pong
         # frames in order, one worker while busy; reading pauses past _MAX_QUEUED_COMMANDS
         self.pump: Pump[bytes] = Pump(None, conn, high=_MAX_QUEUED_COMMANDS, owner=self)
-        # pipelined publishes (topic, task), awaited before the worker ends; made
-        # by the first one, so an idle connection holds no list
-        self._inflight: list[tuple[str, asyncio.Task[None]]] | None = None
+        # replies of pipelined publishes, sent in order; made by the first
+        # publish, so an idle connection holds none
+        self._inflight: InOrder | None = None
         self._malformed = 0
         self._connect_timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             ws.connect_timeout, self._connect_timeout)
@@ -304,11 +314,11 @@ class WsSession:
             self.close(CLOSE_POLICY, "connect timeout")
 
     async def pump_item(self, raw: bytes) -> None:
-        """The pump's step: one frame, in order. ``publish`` commands to different
-        topics are pipelined (up to ``_PIPELINE`` at once), so a backend publishing
-        to many personal topics shares one store commit between them; any other
-        command, or a publish to a topic already in flight, first waits for those
-        in flight."""
+        """The pump's step: one frame, in order. A ``publish`` is checked and handed
+        to the node's next group without waiting (:meth:`_publish`), so every
+        publish the client pipelined shares one store call and one fan-out pass;
+        its reply follows in its turn once it is stored. Up to ``_PIPELINE`` wait
+        for their replies; any other command first waits for all of them."""
         if self.closing:
             return
         if self.state is WsState.CONNECTING:
@@ -318,23 +328,44 @@ class WsSession:
         if cmd is None:
             return
         inflight = self._inflight
-        topic = cmd.args.get("topic") if cmd.op == "publish" else None
-        if inflight and (not isinstance(topic, str) or any(t == topic for t, _ in inflight)):
-            await _drain(inflight)
-        if isinstance(topic, str):
+        if cmd.op == "publish":
             if inflight is None:
-                inflight = self._inflight = []
-            inflight.append((topic, asyncio.get_running_loop().create_task(self._run(cmd))))
+                inflight = self._inflight = InOrder()
+            self._publish(cmd, inflight)
             if len(inflight) >= _PIPELINE:
-                await inflight.pop(0)[1]
-        else:
-            await self._run(cmd)
+                await inflight.wait(_PIPELINE - 1)
+            return
+        if inflight:
+            await inflight.wait()
+        await self._run(cmd)
 
     async def pump_idle(self) -> None:
-        """The pump's idle step: pipelined publishes finish before the worker ends."""
+        """The pump's idle step: pipelined publishes are answered before the worker ends."""
         if self._inflight:
-            await _drain(self._inflight)
+            await self._inflight.wait()
 
+    def _publish(self, cmd: Command, inflight: InOrder) -> None:
+        """Submit one publish; its reply is sent after those of earlier publishes."""
+        a = cmd.args
+        try:
+            future = self.session.submit(a["topic"], a["data"], bool(a.get("retain", False)))
+        except TidingsError as e:
+            future = failed(e)
+        inflight.add(future, functools.partial(self._published, cmd.id))
+
+    def _published(self, rid: int | None, future: asyncio.Future[PublishResult]) -> None:
+        """A publish's reply: its offset once stored, or why not."""
+        if self.closing or future.cancelled():
+            return
+        e = future.exception()
+        if e is None:
+            self._ok(rid, {"offset": future.result().publication.offset})
+        elif isinstance(e, TidingsError):  # refused, or not stored (one error per group)
+            self._failed(e, rid)
+        else:
+            log.error("publish failed", exc_info=e)
+            self.edge.metrics.inc("tidings_errors_total", code="internal")
+            self.send(error_reply(rid, "internal", "internal error"))
 
     def _decode(self, raw: bytes) -> Command | None:
         try:
@@ -356,11 +387,12 @@ class WsSession:
             self.edge.metrics.inc("tidings_errors_total", code="internal")
             self.send(error_reply(cmd.id, "internal", "internal error"))
 
-    def _failed(self, e: TidingsError) -> None:
-        """A command failed: reply with its error; close after too many malformed."""
+    def _failed(self, e: TidingsError, rid: int | None = None) -> None:
+        """A command failed: reply with its error (to ``rid``, else the error's
+        request); close after too many malformed."""
         if e.code in ("malformed", "unknown_op", "bad_request"):
             self._malformed += 1
-        self._reply_error(e.request_id, e)
+        self._reply_error(rid if rid is not None else e.request_id, e)
         if self._malformed >= _MAX_MALFORMED:
             self.close(CLOSE_BAD_REQUEST, "too many malformed frames")
 
@@ -451,9 +483,9 @@ class WsSession:
             self._connect_timer.cancel()
         self.outbox.close()
         self.pump.cancel()
-        inflight, self._inflight = self._inflight or [], None
-        for _, task in inflight:  # the worker's pipelined publishes end with it
-            task.cancel()
+        if self._inflight is not None:  # stored all the same; nobody is left to tell
+            self._inflight.drop()
+            self._inflight = None
         self.edge.tasks.spawn(self.cleanup())
 
     async def cleanup(self) -> None:
@@ -486,12 +518,6 @@ class WsSession:
             return
         self.send({"type": "disconnect", "reason": reason, "reconnect": True})
         self.close(CLOSE_GOING_AWAY, reason)
-
-
-async def _drain(inflight: list[tuple[str, asyncio.Task[None]]]) -> None:
-    while inflight:
-        await inflight.pop(0)[1]
-
 
 
 class Handler(Protocol):

@@ -13,6 +13,7 @@ so each edge keeps telling the peer which part of its request was wrong.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -294,6 +295,14 @@ class Operations:
             return await self.set_preferences(user, doc, merge=True)
         except BadRequest as e:
             raise BadPayload(e.message) from None
+
+    def submit(self, topic: str, payload: bytes, kind: PayloadKind, *, retain: bool = False,
+               qos: int = 1, origin: str | None = None, meta: Any = None
+               ) -> asyncio.Future[PublishResult]:
+        """:meth:`publish` without waiting (:meth:`tidings.node.Node.submit`): an edge
+        that read many publishes submits each in order, then waits."""
+        return self.node.submit(topic, payload, kind, retain=retain, qos=qos, origin=origin,
+                                meta=meta)
 
     # -- inbox --------------------------------------------------------------------------
 

@@ -33,7 +33,13 @@ from ..auth import Principal, Screens
 from ..errors import BadRequest, Forbidden, TidingsError, Unauthorized
 from ..protocol.frames import Encoding, encode, push_fields
 from ..protocol.topics import is_wildcard, matches
-from ..store.base import MarkAction, events_topic, notifications_topic, routed_away
+from ..store.base import (
+    MarkAction,
+    PublishResult,
+    events_topic,
+    notifications_topic,
+    routed_away,
+)
 from ..types import PayloadKind, Publication, UserId, parse_offset
 from .operations import Operations
 
@@ -131,6 +137,15 @@ class Session:
             self._hold.append((publication, data))
         else:
             self.transport.deliver(publication, data)
+
+    def deliver_many(self, publications: list[Publication], parts: list[Any],
+                     joined: bytes) -> None:
+        """Hub callback for a run of one topic in a joinable wire form: one append
+        of ``joined``, or each held in turn while a recovery holds live messages."""
+        if self._hold is not None:
+            self._hold.extend(zip(publications, parts, strict=True))
+        else:
+            self.transport.deliver(publications[-1], joined)
 
     # -- quotas -------------------------------------------------------------------------
 
@@ -390,12 +405,18 @@ class Session:
 
     async def publish(self, topic_value: Any, data: Any, retain: bool) -> str:
         """Publish as this session's principal; returns the message's offset."""
+        result = await self.submit(topic_value, data, retain)
+        return result.publication.offset
+
+    def submit(self, topic_value: Any, data: Any, retain: bool
+               ) -> asyncio.Future[PublishResult]:
+        """:meth:`publish` without waiting: checked now (a refusal raises here), then
+        in the node's next group, behind every publish submitted before it."""
         ops = self.ops
         assert self.principal is not None
         payload, kind = payload_of(data)
         topic = ops.check_publish(self.principal, topic_value, payload)
-        result = await ops.publish(topic, payload, kind, retain=retain)
-        return result.publication.offset
+        return ops.submit(topic, payload, kind, retain=retain)
 
     # -- inbox --------------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ from .base import (
     NewJob,
     NotifyResult,
     PolicyFor,
+    PublishRequest,
     PublishResult,
     QueuedMessage,
     Store,
@@ -448,18 +449,29 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
         meta: Any = None,
     ) -> PublishResult:
         now = self._now_ms()
-        packed = self._pack_meta(meta) if retain else None
+        request = PublishRequest(topic, payload, kind, policy, retain, idempotency_key, qos,
+                                 origin, meta)
+        return await self._run(lambda db: self._publish_one(db, request, now))
 
-        def tx(db: sqlite3.Connection) -> PublishResult:
-            first = self._idem_get(db, idempotency_key, now)
-            if first is not None:
-                return PublishResult(self._find(db, first["topic"], first["offset"], payload,
-                                                kind), duplicate=True)
-            pub = self._append(db, topic, payload, kind, now, policy, retain, qos, packed)
-            self._idem_put(db, idempotency_key, now, {"topic": topic, "offset": pub.offset})
-            return PublishResult(pub)
+    async def publish_many(self, requests: Sequence[PublishRequest]) -> list[PublishResult]:
+        """As :meth:`Store.publish_many`: one job of the group commit, so the whole
+        group is one transaction (all of it stored, or none)."""
+        now = self._now_ms()
+        group = list(requests)
+        return await self._run(lambda db: [self._publish_one(db, r, now) for r in group])
 
-        return await self._run(tx)
+    def _publish_one(self, db: sqlite3.Connection, r: PublishRequest, now: int
+                     ) -> PublishResult:
+        """Inside a transaction: one publish, or the duplicate its key points at."""
+        first = self._idem_get(db, r.idempotency_key, now)
+        if first is not None:
+            return PublishResult(self._find(db, first["topic"], first["offset"], r.payload,
+                                            r.kind), duplicate=True)
+        packed = self._pack_meta(r.meta) if r.retain else None  # a retained message's meta
+        pub = self._append(db, r.topic, r.payload, r.kind, now, r.policy, r.retain, r.qos,
+                           packed)
+        self._idem_put(db, r.idempotency_key, now, {"topic": r.topic, "offset": pub.offset})
+        return PublishResult(pub)
 
     def _pack_meta(self, meta: Any) -> bytes | None:
         """``meta`` as stored with a retained message: the codec's map, msgpacked."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import ssl as ssl_module
@@ -35,12 +36,13 @@ from ...errors import (
     TidingsError,
     TooLarge,
     Unauthorized,
+    Unavailable,
 )
 from ...logs import garbage
 from ...metrics import Metrics
 from ...node import Node
 from ...notify import Notifier
-from ...plumbing import ConnectionSet, Deadlines, Flusher, TaskSet
+from ...plumbing import ConnectionSet, Deadlines, Flusher, InOrder, TaskSet, failed
 from ...presence import Presence
 from ...protocol.mqtt import (
     NO_PROPERTIES,
@@ -80,6 +82,8 @@ __all__ = ["MqttBroker"]
 
 log = logging.getLogger("tidings.mqtt")
 
+_PIPELINE = 128  # PUBLISH packets of one connection waiting for their store group
+
 
 class MqttBroker:
     """The MQTT sessions of this node and the rules between them and the node."""
@@ -111,6 +115,8 @@ class MqttBroker:
         self._ticker: asyncio.Task[None] | None = None
         self._sys: asyncio.Task[None] | None = None
         self._will_timers: dict[str, asyncio.TimerHandle] = {}
+        # per connection with PUBLISH packets in flight: their acknowledgements, in order
+        self._acks: dict[MqttConnection, InOrder] = {}
         self.started = time.time()
         self.cluster = MqttCluster(self, node)  # takeover and $share across nodes
         node.hub.register_wire(WIRE, template)
@@ -237,13 +243,17 @@ class MqttBroker:
     # -- events ---------------------------------------------------------------------------
 
     async def handle(self, conn: MqttConnection, event: Any) -> None:
+        if isinstance(event, Publish):
+            await self._publish(conn, event)
+            return
+        acks = self._acks.get(conn)
+        if acks is not None:  # every packet after a PUBLISH sees it handled
+            await acks.wait()
         if isinstance(event, Connect):
             if event.properties.authentication_method is None:
                 await self._connect(conn, event)
             else:
                 self._refuse_method(conn)
-        elif isinstance(event, Publish):
-            await self._publish(conn, event)
         elif isinstance(event, Subscribe):
             await self._subscribe(conn, event)
         elif isinstance(event, Unsubscribe):
@@ -518,6 +528,9 @@ class MqttBroker:
     def detached(self, conn: MqttConnection) -> None:
         """The connection is gone: will, presence, and keep or end the session."""
         session = conn.session
+        acks = self._acks.pop(conn, None)
+        if acks is not None:  # published all the same; nobody is left to acknowledge
+            acks.drop()
         if session is None:
             return
         if session.user is not None:
@@ -686,30 +699,70 @@ class MqttBroker:
     # -- publish --------------------------------------------------------------------------
 
     async def _publish(self, conn: MqttConnection, packet: Publish) -> None:
-        """PUBLISH from the client: checked, published (or applied), acknowledged.
+        """PUBLISH from the client: checked, then handed to the node's next group
+        without waiting, so every PUBLISH read at once shares one store call and
+        one fan-out pass; acknowledged (:meth:`_published`) once stored, PUBACKs
+        and PUBRECs in the order the PUBLISH packets came [MQTT-4.6.0-2]
+        [MQTT-4.6.0-3]. Up to ``_PIPELINE`` wait per connection; the pump waits
+        beyond that."""
+        session = conn.session
+        assert session is not None
+        try:
+            topic = self.ops.check_publish(session.principal, packet.topic, packet.payload)
+            if self.ops.is_read_topic(session.user, topic):
+                future: asyncio.Future[Any] = asyncio.ensure_future(
+                    self._apply_read(session, packet))
+            elif self.ops.is_preferences_set_topic(session.user, topic) or \
+                    self.ops.is_push_register_topic(session.user, topic):
+                future = asyncio.ensure_future(self._apply_document(
+                    session, topic, packet, conn.proto.version == Version.V5))
+            else:
+                props = packet.properties
+                future = self.ops.submit(topic, packet.payload,
+                                         classify_payload(packet.payload),
+                                         retain=packet.retain, qos=int(packet.qos),
+                                         origin=session.client_id,
+                                         meta=props if props else None)
+        except TidingsError as e:
+            future = failed(e)
+        acks = self._acks.get(conn)
+        if acks is None:
+            acks = self._acks[conn] = InOrder()
+        acks.add(future, functools.partial(self._published, conn, packet))
+        if len(acks) >= _PIPELINE:
+            await acks.wait(_PIPELINE - 1)
+
+    def _published(self, conn: MqttConnection, packet: Publish, future: asyncio.Future[Any]
+                   ) -> None:
+        """A PUBLISH handled: acknowledged, or refused.
 
         A refusal is the error's reason code in the 5.0 PUBACK / PUBREC
         (:func:`~.codes.reason_code`). 3.1.1 cannot refuse in an acknowledgement:
         a refused message is acknowledged and dropped, and one the server could
         not take closes the connection, so the client sends it again.
         """
-        session = conn.session
-        assert session is not None
+        acks = self._acks.get(conn)
+        if acks is not None and not acks:
+            del self._acks[conn]  # the last one in flight: nothing held while idle
+        if conn.closed or future.cancelled():
+            return
+        e = future.exception()
+        if e is not None and not isinstance(e, TidingsError):
+            log.error("publish failed", exc_info=e)
+            self.metrics.inc("tidings_errors_total", code="internal")
+            e = Unavailable("internal error")
         v5 = conn.proto.version == Version.V5
-        try:
-            topic = self.ops.check_publish(session.principal, packet.topic, packet.payload)
-            await self._accept(session, topic, packet, v5)
-        except TooLarge as e:
+        if isinstance(e, TooLarge):
             # Within the packet size (which leaves room for the topic and
             # properties) but over the data limit: the same refusal as a packet
             # over Maximum Packet Size [MQTT-3.2.2-15]: DISCONNECT 0x95 in 5.0 (4.13);
             # 3.1.1 has no way to say it and closes.
             self.metrics.inc("tidings_errors_total", code="too_large")
             conn.close(reason_code(e, PacketType.DISCONNECT) if v5 else None)
-        except (BadTopic, Forbidden) as e:
+        elif isinstance(e, (BadTopic, Forbidden)):
             self.metrics.inc("tidings_errors_total", code=e.code)
             self._ack_publish(conn, packet, e)
-        except TidingsError as e:
+        elif e is not None:
             if v5:
                 self._ack_publish(conn, packet, e)
             else:
@@ -728,39 +781,33 @@ class MqttBroker:
         elif packet.qos == 2:
             conn.send(PubRec(packet.packet_id or 0, code))
 
-    async def _accept(self, session: MqttSession, topic: str, packet: Publish, v5: bool
-                      ) -> None:
-        """Publish a checked PUBLISH, or apply it when it is the device read topic,
-        the user's preferences topic or this device's push registration."""
-        set_preferences = self.ops.is_preferences_set_topic(session.user, topic)
-        if set_preferences or self.ops.is_push_register_topic(session.user, topic):
-            assert session.user is not None
-            try:
-                if set_preferences:
-                    await self.ops.device_preferences(session.user, packet.payload)
-                else:
-                    await self.ops.device_push_register(session.user, packet.payload,
-                                                        session.client_id)
-            except TidingsError as e:
-                # 5.0: PUBACK / PUBREC 0x99 Payload format invalid (section 3.4.2.1);
-                # 3.1.1 cannot refuse in an acknowledgement: acknowledged, dropped
-                if e.status >= 500 or v5:
-                    raise
-                self.metrics.inc("tidings_errors_total", code=e.code)
-            return
-        if self.ops.is_read_topic(session.user, topic):
-            assert session.user is not None
-            try:
-                await self.ops.device_read(session.user, packet.payload, session.client_id)
-            except TidingsError as e:
-                if e.status >= 500:
-                    raise
-                self.metrics.inc("tidings_errors_total", code=e.code)  # acknowledged, dropped
-            return
-        props = packet.properties
-        await self.ops.publish(topic, packet.payload, classify_payload(packet.payload),
-                               retain=packet.retain, qos=int(packet.qos),
-                               origin=session.client_id, meta=props if props else None)
+    async def _apply_read(self, session: MqttSession, packet: Publish) -> None:
+        """A PUBLISH to the device read topic: applied to the inbox, never published."""
+        assert session.user is not None
+        try:
+            await self.ops.device_read(session.user, packet.payload, session.client_id)
+        except TidingsError as e:
+            if e.status >= 500:
+                raise
+            self.metrics.inc("tidings_errors_total", code=e.code)  # acknowledged, dropped
+
+    async def _apply_document(self, session: MqttSession, topic: str, packet: Publish,
+                              v5: bool) -> None:
+        """A PUBLISH to the user's preferences topic or this device's push
+        registration: applied, never published. A bad document is refused: 5.0
+        PUBACK / PUBREC 0x99 Payload format invalid (section 3.4.2.1); 3.1.1
+        cannot refuse in an acknowledgement: acknowledged, dropped, counted."""
+        assert session.user is not None
+        try:
+            if self.ops.is_preferences_set_topic(session.user, topic):
+                await self.ops.device_preferences(session.user, packet.payload)
+            else:
+                await self.ops.device_push_register(session.user, packet.payload,
+                                                    session.client_id)
+        except TidingsError as e:
+            if e.status >= 500 or v5:
+                raise
+            self.metrics.inc("tidings_errors_total", code=e.code)
 
     # -- subscribe -------------------------------------------------------------------------
 

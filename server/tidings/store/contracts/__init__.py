@@ -53,7 +53,14 @@ from .notifications import (
     NotificationStore,
 )
 from .presence import PresenceStore
-from .topics import HistoryPage, HistoryPolicy, PolicyFor, PublishResult, TopicStore
+from .topics import (
+    HistoryPage,
+    HistoryPolicy,
+    PolicyFor,
+    PublishRequest,
+    PublishResult,
+    TopicStore,
+)
 
 __all__ = [
     "JOB_STATUSES",
@@ -85,6 +92,7 @@ __all__ = [
     "NotifyResult",
     "PolicyFor",
     "PresenceStore",
+    "PublishRequest",
     "PublishResult",
     "QueuedMessage",
     "TopicStore",

@@ -16,6 +16,9 @@ The rules every backend keeps (``tests/store/test_topics_contract.py``):
 * Idempotency: a publish carrying an ``idempotency_key`` already seen within
   the store's idempotency TTL stores nothing and returns the first publication
   with ``duplicate=True``. Keys survive a reopen.
+* A group (:meth:`TopicStore.publish_many`) is the same publishes in one call:
+  each keeps every rule above, and offsets follow the group's order, so two
+  messages to one topic in a group get consecutive offsets in that order.
 * Every call raises :class:`tidings.errors.Unavailable` when the backend cannot
   answer within its bound (a closed store included); none reports success for
   what was not stored.
@@ -24,13 +27,14 @@ The rules every backend keeps (``tests/store/test_topics_contract.py``):
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ...types import Offset, PayloadKind, Publication
 
-__all__ = ["HistoryPage", "HistoryPolicy", "PolicyFor", "PublishResult", "TopicStore"]
+__all__ = ["HistoryPage", "HistoryPolicy", "PolicyFor", "PublishRequest", "PublishResult",
+           "TopicStore"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,22 @@ class HistoryPolicy:
 PolicyFor = Callable[[str], HistoryPolicy]
 """The history policy of a topic (the node's per-topic rules), for calls that
 write to topics they choose themselves (a user's streams)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PublishRequest:
+    """One publish of a group (:meth:`TopicStore.publish_many`): the arguments of
+    :meth:`TopicStore.publish`."""
+
+    topic: str
+    payload: bytes
+    kind: PayloadKind
+    policy: HistoryPolicy
+    retain: bool = False
+    idempotency_key: str | None = None
+    qos: int = 1
+    origin: str | None = None
+    meta: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +117,22 @@ class TopicStore(abc.ABC):
         reservations still increase per topic (across restarts too), though not
         consecutively. For topics that keep no history (the node's memory-only
         topics): one store round trip per ``count`` messages."""
+
+    @abc.abstractmethod
+    async def publish_many(self, requests: Sequence[PublishRequest]) -> list[PublishResult]:
+        """:meth:`publish` each request, in order, in one call; a result per request.
+
+        What the node sends when an edge read many publishes at once (a
+        pipelining client, concurrent API calls): one SQLite transaction, or
+        one pipeline per Redis node, instead of a round trip each. Each
+        request is one atomic step as in :meth:`publish` (the whole group
+        need not be); offsets are assigned in the order given, so the
+        messages of one topic are stored, and get offsets, in that order. An
+        idempotency key seen earlier in the same group is a duplicate. If the
+        call raises (``Unavailable``), none of the group may be reported as
+        stored: the caller tells every sender it failed (some may have been
+        stored, as when a single publish times out).
+        """
 
     @abc.abstractmethod
     async def history(self, topic: str, since: str | None, limit: int) -> HistoryPage:
