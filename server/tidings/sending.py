@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -288,6 +289,9 @@ class Sender:
             engaged = await store.engagement_times(
                 users, now - BEST_TIME_HISTORY.total_seconds())
         shared = None if plan.content.personal else self._fields(plan, {}, None)
+        # everyone with default preferences and no recent push gets the same decision:
+        # made once per chunk, not once per user
+        plain: tuple[Decision, tuple[str, tuple[str, ...] | None]] | None = None
         deliveries = []
         for n, user in enumerate(users, 1):
             if n % _YIELD_EVERY == 0:
@@ -298,9 +302,16 @@ class Sender:
                 if fire > now:
                     deliveries.append(Delivery(user, "scheduled", due_at=fire))
                     continue
-            decision = decide(plan.notice, prefs, self.rules,
-                              [utc(t) for t in recent.get(user, ())], now_dt)
-            state, edges = outcome_of(decision)
+            pushes = recent.get(user)
+            if prefs is _DEFAULT_PREFS and not pushes:
+                if plain is None:
+                    first = decide(plan.notice, prefs, self.rules, [], now_dt)
+                    plain = (first, outcome_of(first))
+                decision, (state, edges) = plain
+            else:
+                decision = decide(plan.notice, prefs, self.rules,
+                                  [utc(t) for t in pushes or ()], now_dt)
+                state, edges = outcome_of(decision)
             fields = None
             if decision.inbox:
                 fields = shared if shared is not None else self._fields(
@@ -312,14 +323,18 @@ class Sender:
                                      expires_at=plan.expires_at, collapse_key=plan.collapse_key,
                                      policy=self.node.policy, due=due)
         states = {d.user: d.state for d in deliveries}
-        for user in result.recorded:
-            if states[user] in OUTCOMES:
-                self.node.metrics.inc("tidings_notification_outcomes_total",
-                                      outcome=states[user])
-        for i, change in enumerate(result.changes, 1):
-            await self.node.fan_out(change.publications)
-            if i % _YIELD_EVERY == 0:
-                await asyncio.sleep(0)  # the node answers others between slices of a chunk
+        counted = Counter(states[user] for user in result.recorded)
+        for outcome, n in counted.items():
+            if outcome in OUTCOMES:
+                self.node.metrics.inc("tidings_notification_outcomes_total", n,
+                                      outcome=outcome)
+        changes = result.changes
+        for i in range(0, len(changes), _YIELD_EVERY):
+            # a slice of the chunk's pushes in one bus call; the node answers others
+            # between slices
+            await self.node.fan_out([p for c in changes[i:i + _YIELD_EVERY]
+                                     for p in c.publications])
+            await asyncio.sleep(0)
         return len(result.recorded)
 
     def _fire_time(self, plan: Plan, prefs: Preferences, engaged: Sequence[float],
