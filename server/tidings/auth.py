@@ -494,8 +494,10 @@ class Screens:
     def __init__(self, acl: Acl) -> None:
         self._acl = acl
         self._principal: Principal | None = None
-        self._by_key: dict[str, Screen] = {}
-        self._counts: Counter[ScreenRule] = Counter()  # at most one entry per rule
+        # made on the first subscription that reaches a rule (most never do): an
+        # idle session holds neither
+        self._by_key: dict[str, Screen] | None = None  # only non-empty screens
+        self._counts: Counter[ScreenRule] | None = None  # at most one entry per rule
         self.rules: ScreenRules = ()
         self._fast: ScreenRules | None = None  # None: sees asks the Acl itself
         self.restricted = True  # no principal yet
@@ -515,8 +517,8 @@ class Screens:
         """Screen every ``(key, filter)`` anew for ``principal`` (a session that
         connects, resumes with a new token or is restored)."""
         self._principal = principal
-        self._by_key = {}
-        self._counts = Counter()
+        self._by_key = None
+        self._counts = None
         for key, flt in filters:
             self._take(key, flt)
         self._merge()
@@ -530,10 +532,11 @@ class Screens:
 
     def discard(self, key: str) -> None:
         """Forget an ended subscription's screen (a no-op for an unknown key)."""
-        screen = self._by_key.pop(key, None)
+        screen = None if self._by_key is None else self._by_key.pop(key, None)
         if not screen:
             return
         counts = self._counts
+        assert counts is not None  # a stored screen counted its rules
         gone = False
         for r in screen:
             counts[r] -= 1
@@ -547,8 +550,15 @@ class Screens:
         """Screen ``flt`` under ``key``; whether a rule new to the session came with it."""
         if self._principal is None:
             raise RuntimeError("Screens.reset names the principal first")
-        screen = self._by_key[key] = self._acl.screen(self._principal, flt)
+        screen = self._acl.screen(self._principal, flt)
+        if not screen:
+            return False
+        if self._by_key is None:
+            self._by_key = {}
+        self._by_key[key] = screen
         counts = self._counts
+        if counts is None:
+            counts = self._counts = Counter()
         new = False
         for r in screen:
             new = new or r not in counts
@@ -556,7 +566,7 @@ class Screens:
         return new
 
     def _merge(self) -> None:
-        self.rules = merge_screens([tuple(self._counts)])
+        self.rules = merge_screens([tuple(self._counts or ())])
         broad = self._acl.restricts(self._principal)
         self._fast = None if broad else self.rules
         self.restricted = broad or bool(self.rules)
