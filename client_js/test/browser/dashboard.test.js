@@ -1,29 +1,18 @@
 // The dashboard (/dashboard on the API port) in a real browser: Debian's
 // Chromium, headless, driven by playwright-core, against a real server.
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { after, test } from "node:test";
 import WebSocket from "ws";
 
-import { browserMissing, launch } from "../helpers/browser.js";
-import { TestServer, until, WAIT } from "../helpers/server.js";
+import { browserSuite } from "../helpers/browser.js";
+import { until, WAIT } from "../helpers/server.js";
 
-const missing = browserMissing(); // throws under CI when the browser is missing
-const server = new TestServer({ name: "js-dashboard" });
-/** @type {Awaited<ReturnType<typeof launch>> | null} */
-let chromium = null;
+const { missing, server, browser } = browserSuite("js-dashboard");
 /** @type {WebSocket[]} */
 const sockets = [];
 
-before(async () => {
-  if (missing) return;
-  await server.start();
-  chromium = await launch();
-});
-
-after(async () => {
+after(() => {
   for (const ws of sockets) ws.terminate();
-  await chromium?.close();
-  await server.dispose();
 });
 
 const TIMEOUT = { timeout: 12 * WAIT };
@@ -41,7 +30,7 @@ async function device(user) {
 
 /** A signed-in dashboard page. */
 async function signedIn() {
-  const context = await /** @type {any} */ (chromium).browser.newContext();
+  const context = await browser().newContext();
   const page = await context.newPage();
   await page.goto(`${server.apiUrl}/dashboard`);
   await page.fill("#key", server.apiKey);
@@ -52,7 +41,7 @@ async function signedIn() {
 
 test("sign-in: a form without a key, an error for a wrong one, an HttpOnly session for the right one",
   { ...TIMEOUT, skip: missing }, async () => {
-    const context = await /** @type {any} */ (chromium).browser.newContext();
+    const context = await browser().newContext();
     try {
       const page = await context.newPage();
       await page.goto(`${server.apiUrl}/dashboard`);

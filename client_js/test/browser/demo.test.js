@@ -4,33 +4,15 @@
 // A browser context is one device (its own storage, locks and channels); two
 // pages of one context are two tabs of that device.
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 
-import { browserMissing, launch } from "../helpers/browser.js";
-import { TestServer, until, WAIT } from "../helpers/server.js";
+import { browserSuite } from "../helpers/browser.js";
+import { until, WAIT } from "../helpers/server.js";
 
-const missing = browserMissing(); // throws under CI when the browser is missing
-const server = new TestServer({ name: "js-browser" });
-/** @type {Awaited<ReturnType<typeof launch>> | null} */
-let chromium = null;
-
-before(async () => {
-  if (missing) return;
-  await server.start();
-  chromium = await launch();
-});
-
-after(async () => {
-  await chromium?.close();
-  await server.dispose();
-});
+const { missing, server, browser } = browserSuite("js-browser");
 
 const TIMEOUT = { timeout: 12 * WAIT };
 
-/** @returns {import("playwright-core").Browser} */
-function browser() {
-  return /** @type {any} */ (chromium).browser;
-}
 
 /**
  * Open the demo page as `user` in `context` and wait until it is live.

@@ -7,26 +7,12 @@ import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 
-import { browserMissing, launch } from "../helpers/browser.js";
-import { TestServer, until, WAIT } from "../helpers/server.js";
+import { browserSuite } from "../helpers/browser.js";
+import { until, WAIT } from "../helpers/server.js";
 
-const missing = browserMissing(); // throws under CI when the browser is missing
-const server = new TestServer({ name: "js-push" });
-/** @type {Awaited<ReturnType<typeof launch>> | null} */
-let chromium = null;
-
-before(async () => {
-  if (missing) return;
-  await server.start();
-  chromium = await launch();
-});
-
-after(async () => {
-  await chromium?.close();
-  await server.dispose();
-});
+const { missing, server, browser } = browserSuite("js-push");
 
 const TIMEOUT = { timeout: 12 * WAIT };
 
@@ -63,7 +49,7 @@ async function refusedReports() {
  * session and the worker's registration id.
  */
 async function withWorker() {
-  const context = await /** @type {any} */ (chromium).browser.newContext();
+  const context = await browser().newContext();
   await context.grantPermissions(["notifications"], { origin: server.pageUrl });
   const page = await context.newPage();
   await page.goto(`${server.pageUrl}/client/index.js`); // any page of the origin
@@ -141,7 +127,7 @@ test("a report with a forged token changes no stats", { ...TIMEOUT, skip: missin
 
 test("the demo page's switch registers the worker and reports what the browser says",
   { ...TIMEOUT, skip: missing }, async () => {
-    const context = await /** @type {any} */ (chromium).browser.newContext();
+    const context = await browser().newContext();
     try {
       await context.grantPermissions(["notifications"], { origin: server.pageUrl });
       const page = await context.newPage();

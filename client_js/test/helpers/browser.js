@@ -8,6 +8,9 @@
  */
 
 import { existsSync } from "node:fs";
+import { after, before } from "node:test";
+
+import { TestServer } from "./server.js";
 
 export const CHROMIUM = process.env.TIDINGS_CHROMIUM || "/usr/bin/chromium";
 
@@ -34,5 +37,34 @@ export async function launch() {
   return {
     browser,
     close: () => browser.close(),
+  };
+}
+
+/**
+ * One browser test file's set-up: a real server of its own and a Chromium,
+ * started before the file's tests and stopped after them. `missing` is the
+ * reason to skip (never under CI: browserMissing throws there).
+ * @param {string} name the server's node name
+ * @returns {{missing: string | false, server: import("./server.js").TestServer,
+ *   browser: () => import("playwright-core").Browser}}
+ */
+export function browserSuite(name) {
+  const missing = browserMissing();
+  const server = new TestServer({ name });
+  /** @type {Awaited<ReturnType<typeof launch>> | null} */
+  let chromium = null;
+  before(async () => {
+    if (missing) return;
+    await server.start();
+    chromium = await launch();
+  });
+  after(async () => {
+    await chromium?.close();
+    await server.dispose();
+  });
+  return {
+    missing,
+    server,
+    browser: () => /** @type {any} */ (chromium).browser,
   };
 }
