@@ -468,6 +468,10 @@ export class Core extends Emitter {
         this.pushSeq++;
         this.#stateEvent(push);
         break;
+      case "silent": // written to the inbox without a live push (the user's preferences)
+        this.pushSeq++;
+        this.#silent(push);
+        break;
       case "message":
         if (this.ledger.acceptMessage(push)) this.emit("message", push);
         break;
@@ -505,6 +509,18 @@ export class Core extends Emitter {
         action: ev.type });
     }
     this.#emitInbox();
+  }
+
+  /**
+   * A notification the user's preferences kept silent: nothing to show, but the
+   * badge takes the server's count and a loaded inbox list is reloaded to hold it.
+   * @param {any} ev
+   */
+  #silent(ev) {
+    if (!this.ledger.acceptEvent(ev)) return;
+    if (typeof ev.unread === "number") this.inbox.unread = ev.unread;
+    this.#emitInbox();
+    if (this.inbox.loaded) this.#refreshInbox().catch((err) => this.emit("error", err));
   }
 
   #emitInbox() {

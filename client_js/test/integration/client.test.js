@@ -355,3 +355,24 @@ test("push: the VAPID key from the connect reply, and registering this device's 
   assert.equal(t.push.supported, false); // Node has no service workers: enable() would refuse
   await assert.rejects(t.push.enable(), (/** @type {any} */ e) => e.code === "unsupported");
 });
+
+test("a notification the user's quiet hours keep silent moves the badge and the list, shows nothing", async () => {
+  const t = client("quiet", { device: "quiet-phone" });
+  const seen = record(t);
+  await t.connect();
+  await t.inbox.loadMore();
+  // quiet hours from an hour ago to an hour from now (UTC; across midnight when
+  // it is near), and marketing is silent in quiet hours
+  const now = new Date();
+  const hhmm = (/** @type {Date} */ d) =>
+    `${String(d.getUTCHours()).padStart(2, "0")}:${String(d.getUTCMinutes()).padStart(2, "0")}`;
+  const start = new Date(now.getTime() - 60 * 60 * 1000); // an hour ago, UTC
+  const end = new Date(now.getTime() + 60 * 60 * 1000); // in an hour
+  await server.api("PUT", "/v1/users/quiet/preferences",
+    { timezone: "UTC", quiet_hours: { start: hhmm(start), end: hhmm(end) } });
+  const id = await server.notify("quiet", { title: "sale", category: "marketing" });
+  await until(() => t.inbox.unread === 1, "the badge takes the server's count");
+  await until(() => t.inbox.items.some((i) => i.id === id), "the loaded list holds it");
+  assert.equal(seen.notification.length, 0); // nothing to show
+  assert.equal(await server.unread("quiet"), 1);
+});
