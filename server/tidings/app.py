@@ -46,6 +46,7 @@ from .preferences import Rules
 from .presence import Presence, Seen
 from .protocol.mqtt.properties import PROPERTIES_MAP
 from .push.channel import PushChannel
+from .push.track import TrackSigner
 from .redis_wire import parse_redis_url
 from .store.base import Store
 from .store.redis import RedisStore
@@ -398,6 +399,8 @@ class App:
         except ValueError as e:  # a VAPID key file that is not one: say which
             raise StartupError(str(e)) from None
         self.node.push.events = self.node.events
+        self.node.push.connected = self.presence.devices
+        self.node.push.signer = TrackSigner(self.tokens.derived_key("push-track"))
         self.sweeper.start()
         self.notifier.sender.start()  # missed schedules and interrupted sends fire now
         if self.mqtt is not None:

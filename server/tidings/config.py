@@ -256,7 +256,6 @@ class PushSettings:
     apns_host: str = ""  # empty: Apple's; else an APNs-compatible gateway
     apns_port: int = 443
     ca_file: str = ""  # extra CA certificates for the providers' HTTPS (private gateways)
-    fallback_after: float = 10.0  # seconds a live device has to report "delivered"
     max_endpoints_per_user: int = 20
     concurrency: int = 32  # requests in flight per provider
     timeout: float = 10.0  # seconds per request
@@ -570,7 +569,7 @@ def _validate_events(e: EventsSettings) -> None:
 
 
 def _validate_push(p: PushSettings) -> None:
-    for key in ("fallback_after", "timeout"):
+    for key in ("timeout",):
         if not getattr(p, key) > 0:
             raise ConfigError(f"push.{key}: must be more than 0")
     for key in ("max_endpoints_per_user", "concurrency"):

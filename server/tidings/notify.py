@@ -38,6 +38,8 @@ from .store.base import (
 )
 from .types import is_cursor
 
+_WITHDRAW_MOST = 20  # notifications one mark withdraws from the platforms, at most
+
 __all__ = ["NOTIFY_FIELDS", "PRIORITIES", "Notifier", "Request"]
 
 PRIORITIES = ("low", "normal", "high", "urgent")
@@ -207,6 +209,12 @@ class Notifier:
                                           result.targets, outcome="pushed")
                     for change in result.changes:
                         await self.node.fan_out(change.publications)
+                    if self.node.push is not None:  # live first (push/channel.py)
+                        item = {**req.fields, "id": result.id}
+                        await self.node.push.live_first(
+                            result.id, {u: item for u in req.users},
+                            ttl=int(req.ttl) if req.ttl else 86400,
+                            collapse_key=req.collapse_key)
                 return result
             job, duplicate = await self._create(req, len(req.users), idempotency_key,
                                                 owner=self.sender.owner)
@@ -297,6 +305,12 @@ class Notifier:
         change = await self.node.store.mark(user, action, ids, device=device,
                                             policy=self.node.policy)
         await self.node.fan_out(change.publications)
+        push = self.node.push
+        if push is not None and action != "unread":
+            # read or archived anywhere: the OS notification goes everywhere (a few
+            # ids at most; a read-all withdraws none, the devices' lists do)
+            for nid in change.changed[:_WITHDRAW_MOST]:
+                push.submit(push.withdraw(user, nid))
         return change
 
     async def track(self, user: str, notification_id: Any, event: Any) -> bool:

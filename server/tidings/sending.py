@@ -323,6 +323,15 @@ class Sender:
                                      expires_at=plan.expires_at, collapse_key=plan.collapse_key,
                                      policy=self.node.policy, due=due)
         states = {d.user: d.state for d in deliveries}
+        push = self.node.push
+        if push is not None:  # live first: devices that are away get it from their platform
+            items = {d.user: d.fields for d in deliveries}
+            live = {u: f for u in result.recorded
+                    if states[u] == Outcome.PUSHED.value and (f := items.get(u)) is not None}
+            if live:
+                ttl = DAY.total_seconds() if plan.expires_at is None else plan.expires_at - now
+                await push.live_first(job.id, live, ttl=max(0, int(ttl)),
+                                      collapse_key=plan.collapse_key)
         counted = Counter(states[user] for user in result.recorded)
         for outcome, n in counted.items():
             if outcome in OUTCOMES:

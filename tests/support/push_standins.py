@@ -30,7 +30,8 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import DataReceived, RequestReceived, StreamEnded
 
-__all__ = ["H2StandIn", "Recorded", "Reply", "StandIn", "TestCA", "p8_key", "service_account"]
+__all__ = ["Browser", "H2StandIn", "Recorded", "Reply", "StandIn", "TestCA", "p8_key",
+           "service_account"]
 
 
 class TestCA:
@@ -229,3 +230,31 @@ def p8_key(folder: Path) -> tuple[Path, ec.EllipticCurvePrivateKey]:
                                        serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()))
     return path, key
+
+
+class Browser:
+    """A Web Push subscription as a browser makes it: its own P-256 key pair and
+    auth secret; :meth:`decrypt` reads what a push service was sent (RFC 8291)."""
+
+    def __init__(self) -> None:
+        import os
+
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.auth = os.urandom(16)
+
+    def subscription(self, endpoint: str) -> dict[str, Any]:
+        import base64
+
+        def b64(raw: bytes) -> str:
+            return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+        point = self.key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        return {"endpoint": endpoint, "keys": {"p256dh": b64(point), "auth": b64(self.auth)}}
+
+    def decrypt(self, body: bytes) -> dict[str, Any]:
+        import http_ece
+
+        data: dict[str, Any] = orjson.loads(http_ece.decrypt(
+            body, private_key=self.key, auth_secret=self.auth, version="aes128gcm"))
+        return data

@@ -36,6 +36,7 @@ from ..plumbing import TaskSet
 from ..store.contracts.push import PushEndpointStore, Registered
 from .endpoints import KINDS, parse_endpoint
 from .providers import Provider, PushMessage, Result, Retrying
+from .track import TrackSigner
 
 __all__ = ["OUTCOMES", "PushChannel"]
 
@@ -63,6 +64,10 @@ class PushChannel:
         self._session = session
         self._tasks = TaskSet("push")
         self.events: EventLog | None = None  # the node's event stream, set by the app
+        # set by the app: the devices of a user connected anywhere (presence), and
+        # the signer of the service worker's report links
+        self.connected: Callable[[str], Awaitable[list[dict[str, Any]]]] | None = None
+        self.signer: TrackSigner | None = None
         if metrics is not None:
             metrics.describe("tidings_push_total",
                              "Platform push attempts per endpoint, by outcome (pushed_webpush, "
@@ -150,6 +155,38 @@ class PushChannel:
                              device=r.device)
         return outcome
 
+    async def live_first(self, notification: str, fields: Mapping[str, dict[str, Any]], *,
+                         ttl: int, collapse_key: str | None = None) -> int:
+        """The live-first rule for users just sent ``notification`` live (``fields``:
+        each one's rendered item): each endpoint whose device is not connected now
+        gets it through its platform; a connected device got it live. Returns how
+        many endpoints were sent to. One store read for all the users; presence
+        only for those with endpoints."""
+        if not fields or not self.providers:
+            return 0
+        endpoints = await self.store.push_endpoints_many(list(fields))
+        sent = 0
+        for user, registered in endpoints.items():
+            skip: set[str] = set()
+            if self.connected is not None:
+                skip = {str(d.get("device")) for d in await self.connected(user)}
+            away = [r for r in registered if r.device not in skip]
+            if not away:
+                continue
+            item = fields[user]
+            media = item.get("media")
+            image = media.get("image") if isinstance(media, dict) else None
+            message = PushMessage(
+                notification, title=str(item.get("title") or ""),
+                body=str(item.get("body") or ""), data=item.get("data"), image=image,
+                category=str(item.get("category") or "general"),
+                priority=str(item.get("priority") or "normal"), ttl=ttl,
+                collapse_key=collapse_key,
+                track=None if self.signer is None else self.signer.track(user, notification))
+            sent += len(away)
+            self.submit(self.deliver(user, message, endpoints=away))
+        return sent
+
     async def withdraw(self, user: str, notification: str, collapse_key: str | None = None
                        ) -> dict[str, str]:
         """Withdraw an OS notification from every endpoint of the user."""
@@ -163,6 +200,10 @@ class PushChannel:
             await work
 
         self._tasks.spawn(run())
+
+    async def wait_idle(self) -> None:
+        """Until every send and withdrawal submitted so far has ended."""
+        await self._tasks.wait()
 
     async def close(self) -> None:
         await self._tasks.close(grace=2.0)

@@ -70,6 +70,7 @@ class PushMessage:
     collapse_key: str | None = None
     dismiss: bool = False
     actions: list[dict[str, str]] = field(default_factory=list)
+    track: dict[str, str] | None = None  # the worker's signed report link (push/track.py)
 
     def payload(self) -> dict[str, Any]:
         """What the service worker / app gets (the shape tidings-sw.js reads)."""
@@ -84,6 +85,8 @@ class PushMessage:
             out["image"] = self.image
         if self.actions:
             out["actions"] = self.actions
+        if self.track:
+            out["track"] = self.track
         return out
 
     @property

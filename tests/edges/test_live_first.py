@@ -1,0 +1,107 @@
+"""The live-first rule on a real node (issue 16): a device that is not connected
+gets a notification through its platform (Web Push here, to a local HTTPS push
+service the node trusts through ``push.ca_file``), a connected one gets it
+live and no OS push, and reading it on another device withdraws the OS
+notification (a ``dismiss`` with the same Topic)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Node, start_node, stop_node
+from support.push_standins import Browser, StandIn, TestCA
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[tuple[Node, StandIn, str]]:
+    ca = TestCA(tmp_path)
+    service = StandIn()
+    base = await service.start(ca.server_context(["localhost"]))
+    node = await start_node(tmp_path / "node", push__ca_file=str(ca.ca_file))
+    try:
+        yield node, service, base
+    finally:
+        await stop_node(node)
+        await service.stop()
+
+
+async def settled(node: Node) -> None:
+    push = node.app.node.push
+    assert push is not None
+    await push.wait_idle()
+
+
+async def test_away_gets_the_os_push_connected_gets_it_live_a_read_withdraws_it(
+        rig: tuple[Node, StandIn, str]) -> None:
+    node, service, base = rig
+    laptop = Browser()
+    status, body = await node.api("POST", "/v1/users/ann/push-endpoints",
+                                  {"device": "laptop", "kind": "webpush",
+                                   "subscription": laptop.subscription(f"{base}/s/laptop")})
+    assert status == 200, body
+
+    # the laptop is away: the notification goes through its push service
+    status, first = await node.api("POST", "/v1/notify", {"users": ["ann"], "title": "Hi",
+                                                          "body": "away"})
+    assert status == 200
+    await settled(node)
+    [req] = service.requests
+    payload = laptop.decrypt(req.body)
+    assert (payload["type"], payload["id"], payload["title"]) == ("notification", first["id"],
+                                                                  "Hi")
+    signer = node.app.ws.track_signer
+    assert signer.verify("ann", first["id"], payload["track"]["token"])
+
+    # connected, the laptop gets the next one live, and no OS push is sent
+    tab = await node.client("ann", device="laptop")
+    status, second = await node.api("POST", "/v1/notify", {"users": ["ann"], "title": "Live"})
+    assert (await tab.push())["id"] == second["id"]
+    await settled(node)
+    assert len(service.requests) == 1
+
+    # read on the phone: the laptop's OS notification of the first is withdrawn
+    phone = await node.client("ann", device="phone")
+    assert (await phone.request("read", ids=[first["id"]]))["ok"]
+    await settled(node)
+    assert len(service.requests) == 2
+    withdrawal = service.requests[1]
+    assert laptop.decrypt(withdrawal.body) == {"type": "dismiss", "id": first["id"]}
+    assert withdrawal.headers["topic"] == req.headers["topic"]
+
+
+async def test_a_user_without_endpoints_costs_no_push(rig: tuple[Node, StandIn, str]) -> None:
+    node, service, _ = rig
+    status, _ = await node.api("POST", "/v1/notify", {"users": ["bob"], "title": "x"})
+    assert status == 200
+    await settled(node)
+    assert service.requests == []
+    assert node.app.metrics.get("tidings_push_total", outcome="pushed_webpush") == 0
+
+
+async def test_an_audience_send_takes_the_platform_for_away_devices(
+        rig: tuple[Node, StandIn, str]) -> None:
+    import asyncio
+
+    from conftest import WAIT
+
+    node, service, base = rig
+    phone = Browser()
+    await node.api("PUT", "/v1/users/cat/tags", {"tags": ["vip"]})
+    await node.api("POST", "/v1/users/cat/push-endpoints",
+                   {"device": "cat-phone", "kind": "webpush",
+                    "subscription": phone.subscription(f"{base}/s/cat")})
+    status, sent = await node.api("POST", "/v1/notify", {"tags": ["vip"], "title": "Sale"})
+    assert status == 200 and sent["targets"] == 1
+    for _ in range(int(WAIT / 0.02)):  # the job's status, polled (bounded)
+        if (await node.api("GET", f"/v1/notifications/{sent['id']}"))[1]["status"] == "sent":
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the job was not sent")
+    await settled(node)
+    [req] = service.requests
+    assert phone.decrypt(req.body)["title"] == "Sale"
+    assert node.app.metrics.get("tidings_push_total", outcome="pushed_webpush") == 1
