@@ -105,3 +105,35 @@ async def test_an_audience_send_takes_the_platform_for_away_devices(
     [req] = service.requests
     assert phone.decrypt(req.body)["title"] == "Sale"
     assert node.app.metrics.get("tidings_push_total", outcome="pushed_webpush") == 1
+
+
+async def test_preferences_decide_for_the_platform_too(rig: tuple[Node, StandIn, str]) -> None:
+    """A category the user turned off, or one silent in their quiet hours, sends
+    no OS notification either."""
+    node, service, base = rig
+    dog = Browser()
+    await node.api("POST", "/v1/users/dog/push-endpoints",
+                   {"device": "dog-laptop", "kind": "webpush",
+                    "subscription": dog.subscription(f"{base}/s/dog")})
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)  # quiet from an hour ago to an hour from now (UTC)
+    quiet = {"start": (now - timedelta(hours=1)).strftime("%H:%M"),
+             "end": (now + timedelta(hours=1)).strftime("%H:%M")}
+    status, body = await node.api("PUT", "/v1/users/dog/preferences", {
+        "categories": {"social": {"enabled": False}}, "timezone": "UTC", "quiet_hours": quiet})
+    assert status == 200, body
+    for category in ("social", "marketing"):  # muted; silent in quiet hours (by default)
+        status, _ = await node.api("POST", "/v1/notify", {"users": ["dog"], "title": category,
+                                                          "category": category})
+        assert status == 200
+    await settled(node)
+    assert service.requests == []
+    # a category the user left on, with urgent priority through quiet hours, goes
+    status, sent = await node.api("POST", "/v1/notify", {"users": ["dog"], "title": "door",
+                                                         "category": "security",
+                                                         "priority": "urgent"})
+    assert status == 200
+    await settled(node)
+    [req] = service.requests
+    assert dog.decrypt(req.body)["id"] == sent["id"]
