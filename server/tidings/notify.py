@@ -306,11 +306,10 @@ class Notifier:
                                             policy=self.node.policy)
         await self.node.fan_out(change.publications)
         push = self.node.push
-        if push is not None and action != "unread":
-            # read or archived anywhere: the OS notification goes everywhere (a few
-            # ids at most; a read-all withdraws none, the devices' lists do)
-            for nid in change.changed[:_WITHDRAW_MOST]:
-                push.submit(push.withdraw(user, nid))
+        if push is not None and action != "unread" and change.changed:
+            # read or archived anywhere: the OS notification goes everywhere (the
+            # first _WITHDRAW_MOST of a large change; the devices' lists hold the rest)
+            push.submit(push.withdraw_many(user, change.changed[:_WITHDRAW_MOST]))
         return change
 
     async def track(self, user: str, notification_id: Any, event: Any) -> bool:

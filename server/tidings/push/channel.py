@@ -193,6 +193,16 @@ class PushChannel:
         return await self.deliver(user, PushMessage(notification, collapse_key=collapse_key,
                                                     dismiss=True, priority="normal"))
 
+    async def withdraw_many(self, user: str, notifications: Collection[str]) -> None:
+        """:meth:`withdraw` each of ``notifications`` (read or archived together),
+        reading the user's endpoints once; nothing at all for a user without any."""
+        endpoints = await self.store.push_endpoints(user)
+        if not endpoints:
+            return
+        for nid in notifications:
+            await self.deliver(user, PushMessage(nid, dismiss=True, priority="normal"),
+                               endpoints=endpoints)
+
     def submit(self, work: Awaitable[Any]) -> None:
         """Run ``deliver`` / ``withdraw`` in the background."""
 
