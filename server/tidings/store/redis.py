@@ -234,7 +234,6 @@ from .contracts.audience import (
     AudienceQuery,
     Profile,
     check_attribute_values,
-    check_tag_values,
 )
 from .redis_events import RedisEvents
 from .redis_push import RedisPushEndpoints
@@ -1143,15 +1142,6 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
     async def user_tags(self, user: str) -> list[str]:
         raw = await self._io(lambda c: c.smembers(self._uk(user, ":tags")))
         return sorted(_text(t) for t in raw)
-
-    async def set_user_tags(self, user: str, tags: Sequence[str], *, max_tags: int
-                            ) -> list[str]:
-        return await self._write_tags(user, check_tag_values(tags), [], max_tags, True)
-
-    async def change_user_tags(self, user: str, add: Sequence[str], remove: Sequence[str],
-                               *, max_tags: int) -> list[str]:
-        return await self._write_tags(user, check_tag_values(add, "add"),
-                                      check_tag_values(remove, "remove"), max_tags, False)
 
     async def _write_tags(self, user: str, add: list[str], remove: list[str], max_tags: int,
                           replace: bool) -> list[str]:

@@ -61,7 +61,6 @@ from .contracts.audience import (
     AudienceQuery,
     Profile,
     check_attribute_values,
-    check_tag_values,
 )
 from .sqlite_events import EVENTS_SCHEMA, SqliteEvents
 from .sqlite_push import PUSH_SCHEMA, SqlitePushEndpoints
@@ -1002,15 +1001,6 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
 
     async def user_tags(self, user: str) -> list[str]:
         return await self._run(lambda db: self._tags_of(db, user))
-
-    async def set_user_tags(self, user: str, tags: Sequence[str], *, max_tags: int
-                            ) -> list[str]:
-        return await self._write_tags(user, check_tag_values(tags), [], max_tags, True)
-
-    async def change_user_tags(self, user: str, add: Sequence[str], remove: Sequence[str],
-                               *, max_tags: int) -> list[str]:
-        return await self._write_tags(user, check_tag_values(add, "add"),
-                                      check_tag_values(remove, "remove"), max_tags, False)
 
     async def _write_tags(self, user: str, add: list[str], remove: list[str], max_tags: int,
                           replace: bool) -> list[str]:

@@ -224,18 +224,25 @@ class AudienceStore(abc.ABC):
     async def user_tags(self, user: str) -> list[str]:
         """The user's tags, sorted (empty for a stranger)."""
 
-    @abc.abstractmethod
     async def set_user_tags(self, user: str, tags: Sequence[str], *, max_tags: int
                             ) -> list[str]:
         """Replace the user's tags; returns them sorted. More than ``max_tags``:
         ``BadRequest`` naming ``tags``, nothing changed."""
+        return await self._write_tags(user, check_tag_values(tags), [], max_tags, True)
 
-    @abc.abstractmethod
     async def change_user_tags(self, user: str, add: Sequence[str], remove: Sequence[str],
                                *, max_tags: int) -> list[str]:
         """Add ``add`` then remove ``remove`` (a tag in both ends up removed), in
         one step; returns the tags after it, sorted. A result of more than
         ``max_tags``: ``BadRequest`` naming ``tags``, nothing changed."""
+        return await self._write_tags(user, check_tag_values(add, "add"),
+                                      check_tag_values(remove, "remove"), max_tags, False)
+
+    @abc.abstractmethod
+    async def _write_tags(self, user: str, add: list[str], remove: list[str], max_tags: int,
+                          replace: bool) -> list[str]:
+        """The backend's one step behind both: ``replace`` the tags with ``add``, or
+        add ``add`` then remove ``remove`` (values already checked)."""
 
     @abc.abstractmethod
     async def user_attributes(self, user: str) -> dict[str, Any]:
