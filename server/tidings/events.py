@@ -61,6 +61,7 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 def sign(secret: str, body: bytes) -> str:
+    """``X-Tidings-Signature`` of a webhook body (the events and presence webhooks)."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import itertools
 import logging
 import time
@@ -33,7 +31,7 @@ import orjson
 
 from .config import PresenceSettings
 from .errors import TidingsError
-from .events import EventLog
+from .events import EventLog, sign
 from .metrics import Metrics
 from .plumbing import Pump, TaskSet
 from .store.base import PresenceStore
@@ -66,10 +64,6 @@ def _dedupe(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if d["device"] not in seen or d["since"] < seen[d["device"]]["since"]:
             seen[d["device"]] = d
     return sorted(seen.values(), key=lambda d: d["since"])
-
-
-def sign(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 class Seen:
