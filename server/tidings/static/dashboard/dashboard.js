@@ -37,6 +37,7 @@ let last = null;
 let chart = null;
 
 function drawChart() {
+  if (typeof uPlot === "undefined") return; // a checkout without client_js's npm packages
   const el = $("traffic-chart");
   const data = [series.t, series.in, series.out];
   if (chart === null) {
