@@ -31,10 +31,12 @@ from dataclasses import dataclass, field
 
 from ..health import StoreHealth
 from .contracts import (
+    FEEDBACK_REASONS,
     JOB_STATUSES,
     MAX_EVENT_IDS,
     OUTCOMES,
     PRUNE_STEP,
+    STAT_EVENTS,
     TARGET_STATES,
     TRACK_EVENTS,
     AudiencePage,
@@ -74,10 +76,12 @@ from .contracts.events import EventStore
 from .contracts.push import PushEndpointStore, Registered
 
 __all__ = [
+    "FEEDBACK_REASONS",
     "JOB_STATUSES",
     "MAX_EVENT_IDS",
     "OUTCOMES",
     "PRUNE_STEP",
+    "STAT_EVENTS",
     "TARGET_STATES",
     "TRACK_EVENTS",
     "AudiencePage",

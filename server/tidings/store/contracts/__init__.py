@@ -24,8 +24,10 @@ from __future__ import annotations
 
 from .audience import AudiencePage, AudienceQuery, AudienceStore
 from .inbox import (
+    FEEDBACK_REASONS,
     MAX_EVENT_IDS,
     PRUNE_STEP,
+    STAT_EVENTS,
     TRACK_EVENTS,
     InboxItem,
     InboxPage,
@@ -63,10 +65,12 @@ from .topics import (
 )
 
 __all__ = [
+    "FEEDBACK_REASONS",
     "JOB_STATUSES",
     "MAX_EVENT_IDS",
     "OUTCOMES",
     "PRUNE_STEP",
+    "STAT_EVENTS",
     "TARGET_STATES",
     "TRACK_EVENTS",
     "AudiencePage",

@@ -38,8 +38,10 @@ from ...types import Publication
 from .topics import PolicyFor
 
 __all__ = [
+    "FEEDBACK_REASONS",
     "MAX_EVENT_IDS",
     "PRUNE_STEP",
+    "STAT_EVENTS",
     "TRACK_EVENTS",
     "InboxItem",
     "InboxPage",
@@ -56,6 +58,12 @@ __all__ = [
 MarkAction = Literal["read", "unread", "archive"]
 PRUNE_STEP = 100  # items one notify prunes at most (see "Inbox cap")
 TRACK_EVENTS = ("delivered", "opened", "clicked", "dismissed")
+"""What a device reports with ``track`` (counted once per user and notification)."""
+FEEDBACK_REASONS = ("not_interested", "too_many", "wrong_time", "other")
+"""Why a user gives ``feedback`` on a notification (issue 13)."""
+STAT_EVENTS = (*TRACK_EVENTS, "feedback")
+"""Everything counted once per user and notification in the stats: the tracked
+events and ``feedback`` (recorded as one more event, its reason beside it)."""
 
 MAX_EVENT_IDS = 1000
 """Most ids a read-family event lists: an ``all: true`` change of more lists

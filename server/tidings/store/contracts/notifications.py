@@ -166,13 +166,16 @@ class Delivery:
     :data:`TARGET_STATES`), the rendered inbox fields to write now (None: no
     inbox item), the edges that push it live now (None: every edge; empty:
     none, the item is written silently) and, for ``held`` / ``scheduled``,
-    when the due queue fires it."""
+    when the due queue fires it. ``variant`` names the A/B variant the user
+    was given (:mod:`tidings.variants`), recorded with the target so the
+    stats count per variant; None without variants."""
 
     user: str
     state: str
     fields: dict[str, Any] | None = None
     edges: tuple[str, ...] | None = ()
     due_at: float | None = None
+    variant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
