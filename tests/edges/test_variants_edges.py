@@ -93,7 +93,7 @@ async def test_each_user_gets_their_variant_on_ws_mqtt_and_in_the_inbox(
         assert await dev.subscribe((f"users/{user}/notifications", 1)) == [1]
     clock.advance(60)
     await node.app.notifier.sender.step()
-    expected = {
+    expected: dict[str, dict[str, Any]] = {
         "A": {"title": "Spring sale", "body": "Today only", "data": {"cta": "shop"},
               "media": None, "variant": "A"},
         "B": {"title": "Last chance, Ann", "body": "Ends tonight", "data": {"cta": "look"},
@@ -123,7 +123,7 @@ async def test_the_os_push_of_an_away_device_carries_its_variant(tmp_path: Path,
     node = Node(app, app.settings, aiohttp.ClientSession())
     try:
         nid, pick = await scheduled_ab(node)
-        browsers = {}
+        browsers: dict[str, Browser] = {}
         for name, user in pick.items():
             browsers[name] = Browser()
             status, body = await node.api(
@@ -135,7 +135,7 @@ async def test_the_os_push_of_an_away_device_carries_its_variant(tmp_path: Path,
         await app.notifier.sender.step()
         assert app.node.push is not None
         await app.node.push.wait_idle()
-        got = {}
+        got: dict[str, dict[str, Any]] = {}
         for req in service.requests:
             for name, user in pick.items():
                 if req.path.endswith(f"/s/{user}"):
