@@ -15,14 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from support.clock import FakeClock, at
-from support.pipeline import memory_node
+from support.pipeline import clocked_node, fake_clock
 from tidings.config import AudienceSettings, NotifySettings
 from tidings.errors import BadRequest
 from tidings.node import Node
@@ -134,20 +132,11 @@ def test_bad_experiments_name_the_field(value: Any, field: str) -> None:
 
 # -- the send pipeline ----------------------------------------------------------------------
 
+__all__ = ["clocked_node", "fake_clock"]  # the fixtures clock and node
+
 HOUR = 3600.0
 RULES = Rules.default()
 AB = [{"name": "A", "title": "Plain"}, {"name": "B", "title": "Bold"}]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def node(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Node]:
-    async with memory_node(tmp_path, clock) as n:
-        yield n
 
 
 def notifier_of(node: Node, page_size: int = 2) -> Notifier:
