@@ -379,8 +379,7 @@ class Sender:
         shared: dict[str | None, dict[str, Any]] = {}  # one rendering per variant
 
         def fields_of(user: str, prefs: Preferences, variant: str | None) -> dict[str, Any]:
-            content = plan.contents[variant] if variant is not None else plan.content
-            if content.personal:
+            if (plan.content if variant is None else plan.contents[variant]).personal:
                 return self._fields(plan, attrs.get(user, {}), prefs.locale, variant)
             got = shared.get(variant)
             if got is None:
@@ -459,11 +458,12 @@ class Sender:
                 variant: str | None = None) -> dict[str, Any]:
         """One user's inbox item fields (with ``variant``: that variant's content,
         and its name in the item, so the push and the MQTT payload carry it)."""
-        if variant is None:
-            rendered = plan.content.render(attributes, locale)
-            return {"title": rendered.title or "", "body": rendered.body or "",
-                    "data": rendered.data, **plan.base}
-        rendered = plan.contents[variant].render(attributes, locale)
-        return {"title": rendered.title or "", "body": rendered.body or "",
-                "data": rendered.data, **plan.bases[variant], "variant": variant}
+        content, base = ((plan.content, plan.base) if variant is None
+                         else (plan.contents[variant], plan.bases[variant]))
+        rendered = content.render(attributes, locale)
+        out = {"title": rendered.title or "", "body": rendered.body or "",
+               "data": rendered.data, **base}
+        if variant is not None:
+            out["variant"] = variant
+        return out
 
