@@ -265,11 +265,12 @@ class Notifier:
         job = await self.node.store.job_get(notification_id)
         if stats is None:
             raise NotFound(f"no notification {notification_id[:64]!r}")
+        push = {"push": await self.node.store.push_counts(notification_id)}
         if job is None:  # sent at once to a list of users (the fast path): all pushed
             return {**stats, "status": "sent", "pending": 0,
                     "outcomes": {o: stats["targets"] if o == "pushed" else 0
-                                 for o in OUTCOMES}}
-        return {**stats, **job.to_dict()}
+                                 for o in OUTCOMES}, **push}
+        return {**stats, **job.to_dict(), **push}
 
     async def notifications(self, status: Any, cursor: Any, limit: Any) -> dict[str, Any]:
         """``GET /v1/notifications?status=&cursor=&limit=``: jobs by status, oldest first."""
@@ -318,6 +319,9 @@ class Notifier:
         if not isinstance(notification_id, str) or len(notification_id) > 128:
             raise BadRequest("notification must be a notification id")
         recorded = await self.node.store.track(notification_id, user, event)
+        if event == "delivered" and self.node.push is not None:
+            # live first: a device reported it, so no platform fallback (per user)
+            self.node.push.acknowledged(user, notification_id)
         if recorded and self.node.events is not None:
             self.node.events.emit(event, user=user, notification=notification_id)
         return recorded
@@ -326,4 +330,4 @@ class Notifier:
         stats = await self.node.store.stats(notification_id)
         if stats is None:
             raise NotFound(f"no notification {notification_id[:64]!r}")
-        return stats
+        return {**stats, "push": await self.node.store.push_counts(notification_id)}

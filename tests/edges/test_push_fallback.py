@@ -1,0 +1,177 @@
+"""The live-first fallback on a real node (issue 16, ``push.fallback_after``):
+a connected device got the notification live, and gets it through its
+platform (Web Push to a local HTTPS push service) only if the user has not
+reported it ``delivered`` within ``fallback_after`` seconds of the node's
+clock. The clock is a fake one moved by hand; the fallback's waits are fired
+with ``PushChannel.fire_due`` right after, never by sleeping."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from conftest import Node, make_settings, stop_node
+from support.clock import FakeClock
+from support.push_standins import Browser, StandIn, TestCA
+from tidings.app import App
+from tidings.push.channel import PushChannel
+
+AFTER = 10.0
+
+
+@dataclass
+class Rig:
+    node: Node
+    clock: FakeClock
+    service: StandIn
+    base: str
+
+    @property
+    def push(self) -> PushChannel:
+        push = self.node.app.node.push
+        assert push is not None
+        return push
+
+    async def endpoint(self, user: str, device: str) -> Browser:
+        browser = Browser()
+        status, body = await self.node.api(
+            "POST", f"/v1/users/{user}/push-endpoints",
+            {"device": device, "kind": "webpush",
+             "subscription": browser.subscription(f"{self.base}/s/{user}/{device}")})
+        assert status == 200, body
+        return browser
+
+    async def notify(self, user: str, title: str) -> str:
+        status, body = await self.node.api("POST", "/v1/notify",
+                                           {"users": [user], "title": title})
+        assert status == 200, body
+        nid: str = body["id"]
+        return nid
+
+    async def later(self, seconds: float) -> int:
+        """Move the node's clock, fire the waits now due, and let the sends end."""
+        self.clock.advance(seconds)
+        sent = await self.push.fire_due()
+        await self.push.wait_idle()
+        return sent
+
+    async def counts(self, nid: str) -> dict[str, Any]:
+        status, body = await self.node.api("GET", f"/v1/notifications/{nid}")
+        assert status == 200, body
+        push: dict[str, Any] = body["push"]
+        return push
+
+
+async def start_rig(tmp_path: Path, **overrides: Any) -> Rig:
+    ca = TestCA(tmp_path)
+    service = StandIn()
+    base = await service.start(ca.server_context(["localhost"]))
+    clock = FakeClock()
+    settings = make_settings(tmp_path / "node", **{
+        "push__ca_file": str(ca.ca_file), "push__fallback_after": AFTER, **overrides})
+    app = App(settings, clock=clock)
+    await app.start()
+    return Rig(Node(app, settings, aiohttp.ClientSession()), clock, service, base)
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    r = await start_rig(tmp_path)
+    try:
+        yield r
+    finally:
+        await stop_node(r.node)
+        await r.service.stop()
+
+
+async def test_a_connected_device_that_never_acks_gets_the_platform_push(rig: Rig) -> None:
+    laptop = await rig.endpoint("ann", "laptop")
+    tab = await rig.node.client("ann", device="laptop")
+    nid = await rig.notify("ann", "Hi")
+    assert (await tab.push())["id"] == nid  # live, at once
+    await rig.push.wait_idle()
+    assert rig.service.requests == []  # connected: no OS push yet
+
+    assert await rig.later(AFTER - 1) == 0
+    assert rig.service.requests == []
+    assert await rig.later(1) == 1  # fallback_after passed without a report
+    [req] = rig.service.requests
+    payload = laptop.decrypt(req.body)
+    assert (payload["type"], payload["id"], payload["title"]) == ("notification", nid, "Hi")
+    assert int(req.headers["ttl"]) == 86400 - int(AFTER)  # what is left of its lifetime
+    assert (await rig.counts(nid))["pushed_webpush"] == 1
+    assert rig.push.waiting == 0
+    assert await rig.later(AFTER) == 0  # once
+
+
+async def test_a_delivered_report_from_any_device_cancels_it(rig: Rig) -> None:
+    await rig.endpoint("ann", "laptop")
+    tab = await rig.node.client("ann", device="laptop")
+    phone = await rig.node.client("ann", device="phone")  # no endpoint of its own
+    nid = await rig.notify("ann", "Hi")
+    assert (await tab.push())["id"] == nid
+    assert (await phone.push())["id"] == nid
+    assert rig.push.waiting == 1
+    reply = await phone.request("track", notification=nid, event="delivered")
+    assert reply["ok"], reply
+    assert rig.push.waiting == 0  # per user: the phone's report covers the laptop
+    assert await rig.later(AFTER) == 0
+    assert rig.service.requests == []
+    assert (await rig.counts(nid))["pushed_webpush"] == 0
+
+
+async def test_a_report_made_on_another_node_is_seen_in_the_store(rig: Rig) -> None:
+    await rig.endpoint("ann", "laptop")
+    await rig.endpoint("bob", "laptop")
+    ann = await rig.node.client("ann", device="laptop")
+    bob = await rig.node.client("bob", device="laptop")
+    status, body = await rig.node.api("POST", "/v1/notify",
+                                      {"users": ["ann", "bob"], "title": "Both"})
+    assert status == 200, body
+    nid = body["id"]
+    assert (await ann.push())["id"] == nid and (await bob.push())["id"] == nid
+    # ann's report reached the store through another node (this one never saw it)
+    assert await rig.node.app.node.store.track(nid, "ann", "delivered")
+    assert rig.push.waiting == 2
+    assert await rig.later(AFTER) == 1
+    [req] = rig.service.requests
+    assert req.path == "/s/bob/laptop"
+
+
+async def test_the_waits_are_bounded_the_oldest_dropped(tmp_path: Path) -> None:
+    rig = await start_rig(tmp_path, push__fallback_pending_max=2)
+    try:
+        for user in ("ann", "bob", "cat"):
+            await rig.endpoint(user, "laptop")
+            await rig.node.client(user, device="laptop")
+        for user in ("ann", "bob", "cat"):
+            await rig.notify(user, f"to {user}")
+            rig.clock.advance(1)
+        assert rig.push.waiting == 2
+        assert rig.node.app.metrics.get("tidings_push_fallback_dropped_total") == 1
+        assert await rig.later(AFTER) == 2
+        assert sorted(r.path for r in rig.service.requests) == ["/s/bob/laptop",
+                                                               "/s/cat/laptop"]
+    finally:
+        await stop_node(rig.node)
+        await rig.service.stop()
+
+
+async def test_zero_turns_the_fallback_off(tmp_path: Path) -> None:
+    rig = await start_rig(tmp_path, push__fallback_after=0.0)
+    try:
+        await rig.endpoint("ann", "laptop")
+        tab = await rig.node.client("ann", device="laptop")
+        nid = await rig.notify("ann", "Hi")
+        assert (await tab.push())["id"] == nid
+        assert rig.push.waiting == 0
+        assert await rig.later(3600) == 0
+        assert rig.service.requests == []
+    finally:
+        await stop_node(rig.node)
+        await rig.service.stop()
