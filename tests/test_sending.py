@@ -25,11 +25,15 @@ from conftest import API_KEY, WAIT, ServerProcess
 from support.clock import FakeClock, at
 from support.mqtt import wait_until
 from support.pipeline import memory_node
+from tidings.clock import utc
 from tidings.config import AudienceSettings, NotifySettings
 from tidings.errors import BadRequest, Conflict, NotFound
 from tidings.node import Node
 from tidings.notify import Notifier
+from tidings.policy import Decision, Notice, decide
 from tidings.preferences import Rules, parse
+from tidings.push.channel import EVERYWHERE, Route
+from tidings.sending import outcome_of, route_of
 from tidings.store.base import JOB_STATUSES, events_topic, notifications_topic, unread_topic
 from tidings.store.sqlite import SqliteStore
 from tidings.types import Publication
@@ -528,3 +532,23 @@ async def test_a_process_killed_mid_send_resumes_on_restart_and_nobody_gets_it_t
                 for u in users[::97]} == {(sent["id"],)}
     finally:
         await store.close()
+
+
+def test_the_recorded_outcome_and_the_platform_route_of_a_decision() -> None:
+    """Live outcomes are as before for ws/mqtt; a category kept to a platform
+    channel is ``pushed`` with no live edge, and the route names the channel."""
+    now = at("2026-06-15T12:00:00Z")
+
+    def decision(edges: list[str] | None) -> Decision:
+        doc: dict[str, Any] = {} if edges is None else {
+            "categories": {"social": {"edges": edges}}}
+        return decide(Notice("social"), parse(doc, RULES), RULES, [], utc(now))
+
+    assert (outcome_of(decision(None)), route_of(decision(None))) == (("pushed", None),
+                                                                     EVERYWHERE)
+    assert outcome_of(decision(["ws"])) == ("pushed", ("ws",))
+    assert route_of(decision(["ws"])) == Route(frozenset(), live=True)
+    assert outcome_of(decision(["fcm", "apns"])) == ("pushed", ())
+    assert route_of(decision(["fcm", "apns"])) == Route(frozenset({"fcm", "apns"}), live=False)
+    assert route_of(decision(["ws", "mqtt", "webpush"])) == Route(frozenset({"webpush"}))
+    assert outcome_of(decision([])) == ("suppressed_category", ())
