@@ -38,8 +38,6 @@ from .store.base import (
 )
 from .types import is_cursor
 
-_WITHDRAW_MOST = 20  # notifications one mark withdraws from the platforms, at most
-
 __all__ = ["NOTIFY_FIELDS", "PRIORITIES", "Notifier", "Request"]
 
 PRIORITIES = ("low", "normal", "high", "urgent")
@@ -309,8 +307,9 @@ class Notifier:
         push = self.node.push
         if push is not None and action != "unread" and change.changed:
             # read or archived anywhere: the OS notification goes everywhere (the
-            # first _WITHDRAW_MOST of a large change; the devices' lists hold the rest)
-            push.submit(push.withdraw_many(user, change.changed[:_WITHDRAW_MOST]))
+            # first push.channel.WITHDRAW_MOST of a large change; the devices' lists
+            # hold the rest)
+            push.submit(push.withdraw_many(user, change.changed))
         return change
 
     async def track(self, user: str, notification_id: Any, event: Any) -> bool:

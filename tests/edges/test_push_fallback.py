@@ -1,9 +1,12 @@
-"""The live-first fallback on a real node (issue 16, ``push.fallback_after``):
-a connected device got the notification live, and gets it through its
-platform (Web Push to a local HTTPS push service) only if the user has not
-reported it ``delivered`` within ``fallback_after`` seconds of the node's
-clock. The clock is a fake one moved by hand; the fallback's waits are fired
-with ``PushChannel.fire_due`` right after, never by sleeping."""
+"""Platform push on the node's clock, on a real node (issue 16).
+
+The live-first fallback (``push.fallback_after``): a connected device got the
+notification live, and gets it through its platform (Web Push to a local
+HTTPS push service) only if the user has not reported it ``delivered`` within
+``fallback_after`` seconds. And the withdrawal when an inbox item expires (the
+sweeper). The clock is a fake one moved by hand; the fallback's waits are
+fired with ``PushChannel.fire_due`` and the sweeper run with ``run_once``
+right after, never by sleeping."""
 
 from __future__ import annotations
 
@@ -175,3 +178,28 @@ async def test_zero_turns_the_fallback_off(tmp_path: Path) -> None:
     finally:
         await stop_node(rig.node)
         await rig.service.stop()
+
+
+async def test_an_expired_item_withdraws_its_os_notification(rig: Rig) -> None:
+    laptop = await rig.endpoint("ann", "laptop")
+    status, sent = await rig.node.api("POST", "/v1/notify",
+                                      {"users": ["ann"], "title": "Sale", "ttl": 60})
+    assert status == 200, sent
+    status, kept = await rig.node.api("POST", "/v1/notify", {"users": ["ann"], "title": "Kept"})
+    assert status == 200, kept
+    await rig.push.wait_idle()
+    assert len(rig.service.requests) == 2  # away: both went through the push service
+    topic = {laptop.decrypt(r.body)["id"]: r.headers["topic"] for r in rig.service.requests}
+
+    rig.clock.advance(59)
+    await rig.node.app.sweeper.run_once()
+    await rig.push.wait_idle()
+    assert len(rig.service.requests) == 2  # not expired yet
+    rig.clock.advance(1)
+    totals = await rig.node.app.sweeper.run_once()
+    assert totals.inbox == 1
+    await rig.push.wait_idle()
+    [withdrawal] = rig.service.requests[2:]
+    assert laptop.decrypt(withdrawal.body) == {"type": "dismiss", "id": sent["id"]}
+    assert withdrawal.headers["topic"] == topic[sent["id"]]  # replaces it at the service
+    assert (await rig.counts(sent["id"]))["pushed_webpush"] == 1  # a withdrawal is no send

@@ -14,7 +14,8 @@ key) and logs which are on and which are skipped. Then, for one user:
   also counted in ``tidings_push_total{outcome}``.
 * :meth:`withdraw` sends the withdrawal (a ``dismiss`` with the same
   collapse id) to every endpoint of the user, when a notification is read,
-  archived or expires anywhere.
+  archived (:meth:`withdraw_many`) or its inbox item expires
+  (:meth:`withdraw_expired`, from the sweeper) anywhere.
 * :meth:`submit` runs either in the background (a :class:`TaskSet`), so a
   slow provider never holds up the live channels.
 
@@ -39,7 +40,7 @@ import dataclasses
 import logging
 import ssl
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,11 +57,12 @@ from .endpoints import KINDS, parse_endpoint
 from .providers import Provider, PushMessage, Result, Retrying
 from .track import TrackSigner
 
-__all__ = ["EVERYWHERE", "OUTCOMES", "PushChannel", "Route"]
+__all__ = ["EVERYWHERE", "OUTCOMES", "WITHDRAW_MOST", "PushChannel", "Route"]
 
 log = logging.getLogger("tidings.push")
 
 OUTCOMES = PUSH_OUTCOMES
+WITHDRAW_MOST = 20  # notifications one change (a read, an expiry) withdraws per user, at most
 FALLBACK_TICK = 1.0  # seconds between looks at the fallback waits while any are held
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -319,13 +321,27 @@ class PushChannel:
         return await self.deliver(user, PushMessage(notification, collapse_key=collapse_key,
                                                     dismiss=True, priority="normal"))
 
-    async def withdraw_many(self, user: str, notifications: Collection[str]) -> None:
-        """:meth:`withdraw` each of ``notifications`` (read or archived together),
-        reading the user's endpoints once; nothing at all for a user without any."""
+    async def withdraw_many(self, user: str, notifications: Sequence[str]) -> None:
+        """:meth:`withdraw` each of ``notifications`` (read or archived together;
+        the first :data:`WITHDRAW_MOST`), reading the user's endpoints once;
+        nothing at all for a user without any."""
         endpoints = await self.store.push_endpoints(user)
-        if not endpoints:
+        if endpoints:
+            await self._dismiss(user, notifications, endpoints)
+
+    async def withdraw_expired(self, expired: Mapping[str, Sequence[str]]) -> None:
+        """Withdraw the OS notifications of inbox items that expired (the sweeper's
+        changes, user -> ids; the first :data:`WITHDRAW_MOST` of each user's), with
+        one store read of endpoints for all the users."""
+        if not expired or not self.providers:
             return
-        for nid in notifications:
+        endpoints = await self.store.push_endpoints_many(list(expired))
+        await asyncio.gather(*(self._dismiss(user, expired[user], registered)
+                               for user, registered in endpoints.items()))
+
+    async def _dismiss(self, user: str, notifications: Sequence[str],
+                       endpoints: list[Registered]) -> None:
+        for nid in notifications[:WITHDRAW_MOST]:
             await self.deliver(user, PushMessage(nid, dismiss=True, priority="normal"),
                                endpoints=endpoints)
 
