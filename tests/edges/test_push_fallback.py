@@ -64,8 +64,12 @@ class Rig:
         return sent
 
     async def counts(self, nid: str) -> dict[str, Any]:
+        """The notification's platform push counts, as GET and its stats show them."""
         status, body = await self.node.api("GET", f"/v1/notifications/{nid}")
         assert status == 200, body
+        status, stats = await self.node.api("GET", f"/v1/notifications/{nid}/stats")
+        assert status == 200, stats
+        assert stats["push"] == body["push"]
         push: dict[str, Any] = body["push"]
         return push
 
