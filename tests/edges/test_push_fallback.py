@@ -10,6 +10,7 @@ right after, never by sleeping."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +75,9 @@ class Rig:
         return push
 
 
-async def start_rig(tmp_path: Path, **overrides: Any) -> Rig:
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, **overrides: Any) -> AsyncIterator[Rig]:
+    """A node on a fake clock with ``overrides``, and its push service, stopped after."""
     ca = TestCA(tmp_path)
     service = StandIn()
     base = await service.start(ca.server_context(["localhost"]))
@@ -83,17 +86,18 @@ async def start_rig(tmp_path: Path, **overrides: Any) -> Rig:
         "push__ca_file": str(ca.ca_file), "push__fallback_after": AFTER, **overrides})
     app = App(settings, clock=clock)
     await app.start()
-    return Rig(Node(app, settings, aiohttp.ClientSession()), clock, service, base)
+    node = Node(app, settings, aiohttp.ClientSession())
+    try:
+        yield Rig(node, clock, service, base)
+    finally:
+        await stop_node(node)
+        await service.stop()
 
 
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    r = await start_rig(tmp_path)
-    try:
+    async with running(tmp_path) as r:
         yield r
-    finally:
-        await stop_node(r.node)
-        await r.service.stop()
 
 
 async def test_a_connected_device_that_never_acks_gets_the_platform_push(rig: Rig) -> None:
@@ -151,8 +155,7 @@ async def test_a_report_made_on_another_node_is_seen_in_the_store(rig: Rig) -> N
 
 
 async def test_the_waits_are_bounded_the_oldest_dropped(tmp_path: Path) -> None:
-    rig = await start_rig(tmp_path, push__fallback_pending_max=2)
-    try:
+    async with running(tmp_path, push__fallback_pending_max=2) as rig:
         for user in ("ann", "bob", "cat"):
             await rig.endpoint(user, "laptop")
             await rig.node.client(user, device="laptop")
@@ -164,14 +167,10 @@ async def test_the_waits_are_bounded_the_oldest_dropped(tmp_path: Path) -> None:
         assert await rig.later(AFTER) == 2
         assert sorted(r.path for r in rig.service.requests) == ["/s/bob/laptop",
                                                                "/s/cat/laptop"]
-    finally:
-        await stop_node(rig.node)
-        await rig.service.stop()
 
 
 async def test_zero_turns_the_fallback_off(tmp_path: Path) -> None:
-    rig = await start_rig(tmp_path, push__fallback_after=0.0)
-    try:
+    async with running(tmp_path, push__fallback_after=0.0) as rig:
         await rig.endpoint("ann", "laptop")
         tab = await rig.node.client("ann", device="laptop")
         nid = await rig.notify("ann", "Hi")
@@ -179,9 +178,6 @@ async def test_zero_turns_the_fallback_off(tmp_path: Path) -> None:
         assert rig.push.waiting == 0
         assert await rig.later(3600) == 0
         assert rig.service.requests == []
-    finally:
-        await stop_node(rig.node)
-        await rig.service.stop()
 
 
 async def test_an_expired_item_withdraws_its_os_notification(rig: Rig) -> None:
