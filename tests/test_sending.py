@@ -292,6 +292,27 @@ async def test_caps_count_live_pushes_in_a_rolling_hour(node: Node, notifier: No
     assert [p["title"] for p in ann.on(notifications_topic("ann"))] == ["0", "20", "61", "81"]
 
 
+async def test_a_category_kept_to_a_platform_is_pushed_there_only_and_capped(
+        node: Node, notifier: Notifier, clock: FakeClock) -> None:
+    """``"edges": ["fcm"]``: no live push (the entry names fcm, so no live edge
+    delivers it), in the inbox, recorded ``pushed``, and counted for the cap."""
+    await prefer(node, "ann", {"categories": {"social": {"edges": ["fcm"]}},
+                               "caps": {"social": {"per_hour": 1}}})
+    ann = await device_of(node, "ann")
+    outcomes = []
+    for minute in (0, 10):
+        clock.set(at("2026-01-15T12:00:00Z") + minute * 60)
+        r = await notifier.notify({"users": ["ann"], "title": str(minute),
+                                   "category": "social"})
+        got = await status(notifier, r.id)
+        outcomes.append(next(o for o, n in got["outcomes"].items() if n))
+    assert outcomes == ["pushed", "silent_capped"]
+    assert await node.store.unread("ann") == 2
+    await settle(lambda: len(ann.on(unread_topic("ann"))) == 2)
+    [entry] = ann.on(notifications_topic("ann"))  # the stream holds it, for fcm only
+    assert (entry["title"], entry["edges"]) == ("0", ["fcm"])
+
+
 async def test_a_notification_past_its_ttl_is_not_sent(node: Node, notifier: Notifier,
                                                        clock: FakeClock) -> None:
     await tag(node, ["t"], "ann")
@@ -548,7 +569,7 @@ def test_the_recorded_outcome_and_the_platform_route_of_a_decision() -> None:
                                                                      EVERYWHERE)
     assert outcome_of(decision(["ws"])) == ("pushed", ("ws",))
     assert route_of(decision(["ws"])) == Route(frozenset(), live=True)
-    assert outcome_of(decision(["fcm", "apns"])) == ("pushed", ())
+    assert outcome_of(decision(["fcm", "apns"])) == ("pushed", ("fcm", "apns"))
     assert route_of(decision(["fcm", "apns"])) == Route(frozenset({"fcm", "apns"}), live=False)
     assert route_of(decision(["ws", "mqtt", "webpush"])) == Route(frozenset({"webpush"}))
     assert outcome_of(decision([])) == ("suppressed_category", ())

@@ -66,15 +66,17 @@ _ANYONE = AudienceQuery()  # a query that needs nothing but attributes
 
 
 def outcome_of(decision: Decision) -> tuple[str, tuple[str, ...] | None]:
-    """The one outcome recorded for a user, and the live edges that push it now
-    (None: every one; empty: none). ``pushed`` when a live edge or a platform
-    channel pushes it (a category the user keeps to ``["fcm"]`` is ``pushed``,
-    with no live edge)."""
+    """The one outcome recorded for a user, and the edges its stream entry names
+    (None: every live edge; empty: no push, a silent entry). ``pushed`` when a
+    live edge or a platform channel pushes it. A category the user keeps to
+    platform channels (``["fcm"]``) names them: no live edge delivers the
+    entry (``routed_away``), and the store counts the push for caps as any."""
     live = tuple(e for e in LIVE_EDGES if decision.edges.get(e) is Outcome.PUSHED)
     if live:
         return Outcome.PUSHED.value, (None if len(live) == len(LIVE_EDGES) else live)
-    if Outcome.PUSHED in decision.platforms.values():
-        return Outcome.PUSHED.value, ()
+    platforms = tuple(c for c in PLATFORMS if decision.platforms.get(c) is Outcome.PUSHED)
+    if platforms:
+        return Outcome.PUSHED.value, platforms
     others = [o for o in (*decision.edges.values(), *decision.platforms.values())
               if o is not Outcome.SUPPRESSED_CATEGORY]
     return (others[0].value if others else Outcome.SUPPRESSED_CATEGORY.value), ()

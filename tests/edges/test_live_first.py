@@ -168,12 +168,18 @@ async def test_a_platform_switched_off_for_a_category_still_gets_it_live(
     status, body = await node.api("PUT", "/v1/users/eve/preferences",
                                   {"categories": {"social": {"edges": ["webpush"]}}})
     assert status == 200, body
-    await node.client("eve", device="laptop")  # connected, yet nothing goes live
+    tab = await node.client("eve", device="laptop")  # connected, yet nothing goes live
     status, only = await node.api("POST", "/v1/notify", {"users": ["eve"], "title": "os",
                                                          "category": "social"})
     assert status == 200
+    status, marker = await node.api("POST", "/v1/notify", {"users": ["eve"], "title": "m",
+                                                           "category": "transactional"})
+    got = [await tab.push()]
+    while got[-1].get("id") != marker["id"]:  # what came before the marker (bounded by WAIT)
+        got.append(await tab.push())
+    assert only["id"] not in [p.get("id") for p in got]
     await settled(node)
-    assert len(service.requests) == 2
+    assert len(service.requests) == 2  # the marker went live: no OS push (it waits)
     assert laptop.decrypt(service.requests[1].body)["id"] == only["id"]
     status, got = await node.api("GET", f"/v1/notifications/{only['id']}")
     assert got["push"]["pushed_webpush"] == 1 and got["outcomes"]["pushed"] == 1
