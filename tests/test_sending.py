@@ -568,8 +568,9 @@ def test_the_recorded_outcome_and_the_platform_route_of_a_decision() -> None:
     assert (outcome_of(decision(None)), route_of(decision(None))) == (("pushed", None),
                                                                      EVERYWHERE)
     assert outcome_of(decision(["ws"])) == ("pushed", ("ws",))
-    assert route_of(decision(["ws"])) == Route(frozenset(), live=True)
+    assert route_of(decision(["ws"])) == Route(frozenset(), live=frozenset({"ws"}))
     assert outcome_of(decision(["fcm", "apns"])) == ("pushed", ("fcm", "apns"))
-    assert route_of(decision(["fcm", "apns"])) == Route(frozenset({"fcm", "apns"}), live=False)
+    assert route_of(decision(["fcm", "apns"])) == Route(frozenset({"fcm", "apns"}),
+                                                        live=frozenset())
     assert route_of(decision(["ws", "mqtt", "webpush"])) == Route(frozenset({"webpush"}))
     assert outcome_of(decision([])) == ("suppressed_category", ())

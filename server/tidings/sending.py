@@ -83,11 +83,11 @@ def outcome_of(decision: Decision) -> tuple[str, tuple[str, ...] | None]:
 
 
 def route_of(decision: Decision) -> Route:
-    """The platform channels a user's ``pushed`` decision allows, and whether it
-    went live too (see :class:`tidings.push.channel.Route`)."""
+    """The platform channels a user's ``pushed`` decision allows, and the live
+    edges it went on (see :class:`tidings.push.channel.Route`)."""
     kinds = frozenset(c for c in PLATFORMS if decision.platforms.get(c) is Outcome.PUSHED)
-    live = any(decision.edges.get(e) is Outcome.PUSHED for e in LIVE_EDGES)
-    if live and len(kinds) == len(PLATFORMS):
+    live = frozenset(e for e in LIVE_EDGES if decision.edges.get(e) is Outcome.PUSHED)
+    if len(live) == len(LIVE_EDGES) and len(kinds) == len(PLATFORMS):
         return EVERYWHERE
     return Route(None if len(kinds) == len(PLATFORMS) else kinds, live)
 

@@ -157,23 +157,28 @@ async def test_live_first_follows_each_users_route(rig: Rig) -> None:
     await three_devices(rig)
 
     async def connected(user: str) -> list[dict[str, Any]]:
-        return [{"device": "android"}]
+        return [{"device": "android", "edge": "mqtt"}]
 
     rig.channel.connected = connected
     item = {"title": "Hi", "category": "social"}
     # the category keeps to fcm and apns and went live: the connected android waits
     # for the fallback, the away iphone gets it now, the laptop (webpush off) never
     sent = await rig.channel.live_first("n_6", {"ann": item}, ttl=60, routes={
-        "ann": Route(frozenset({"fcm", "apns"}), live=True)})
+        "ann": Route(frozenset({"fcm", "apns"}))})
     await rig.channel.wait_idle()
     assert sent == 1 and len(rig.apple.requests) == 1
     assert rig.fcm.requests == [] and rig.webpush.requests == []
     assert rig.channel.waiting == 1
     # fcm only, and not live: the connected android got nothing, so fcm goes now
     sent = await rig.channel.live_first("n_7", {"ann": item}, ttl=60, routes={
-        "ann": Route(frozenset({"fcm"}), live=False)})
+        "ann": Route(frozenset({"fcm"}), live=frozenset())})
     await rig.channel.wait_idle()
     assert sent == 1 and len(rig.fcm.requests) == 1 and rig.channel.waiting == 1
+    # live on ws only: the android, connected over MQTT, got nothing live either
+    sent = await rig.channel.live_first("n_8", {"ann": item}, ttl=60, routes={
+        "ann": Route(frozenset({"fcm"}), live=frozenset({"ws"}))})
+    await rig.channel.wait_idle()
+    assert sent == 1 and len(rig.fcm.requests) == 2 and rig.channel.waiting == 1
 
 
 async def test_bad_registrations_are_refused_and_store_nothing(rig: Rig) -> None:

@@ -52,6 +52,7 @@ from ..errors import TidingsError
 from ..events import EventLog
 from ..metrics import Metrics
 from ..plumbing import TaskSet
+from ..preferences import LIVE_EDGES
 from ..store.contracts.push import PUSH_OUTCOMES, PushEndpointStore, Registered
 from .endpoints import KINDS, parse_endpoint
 from .providers import Provider, PushMessage, Result, Retrying
@@ -71,13 +72,13 @@ Sleep = Callable[[float], Awaitable[None]]
 class Route:
     """Where one user's notification may go on the platforms (the user's
     per-channel category switches, decided by policy.decide): ``kinds`` the
-    platform channels allowed (None: every one); ``live`` whether it was also
-    pushed live (ws or mqtt), so a connected device got it and is skipped (and
-    waits for the fallback). With ``live`` False no device got it live: every
-    endpoint the route allows is sent to, connected or not."""
+    platform channels allowed (None: every one); ``live`` the live edges that
+    pushed it, so a device connected on one of them got it and is skipped (and
+    waits for the fallback). A device connected only on another edge got
+    nothing live: it is sent to like one that is away."""
 
     kinds: frozenset[str] | None = None
-    live: bool = True
+    live: frozenset[str] = frozenset(LIVE_EDGES)
 
 
 EVERYWHERE = Route()
@@ -230,7 +231,8 @@ class PushChannel:
                 continue
             here: set[str] = set()
             if route.live and self.connected is not None:
-                here = {str(d.get("device")) for d in await self.connected(user)}
+                here = {str(d.get("device")) for d in await self.connected(user)
+                        if d.get("edge") in route.live}
             away = [r for r in allowed if r.device not in here]
             connected = [r for r in allowed if r.device in here]
             message = self._message(notification, user, fields[user], ttl, collapse_key)
