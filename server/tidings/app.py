@@ -400,6 +400,7 @@ class App:
             raise StartupError(str(e)) from None
         self.node.push.events = self.node.events
         self.node.push.connected = self.presence.devices
+        self.node.push.clock = self.clock  # the fallback's waits run on the node's time
         self.node.push.signer = TrackSigner(self.tokens.derived_key("push-track"))
         self.sweeper.start()
         self.notifier.sender.start()  # missed schedules and interrupted sends fire now
