@@ -1338,6 +1338,20 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
 
         return await self._run(tx)
 
+    async def job_requeue(self, job_id: str, owner: str, request: dict[str, Any], *,
+                          due: float) -> bool:
+        now = self._clock()
+        doc = orjson.dumps(request)
+
+        def tx(db: sqlite3.Connection) -> bool:
+            return db.execute(
+                "UPDATE jobs SET status = 'scheduled', request = ?, due = ?, cursor = NULL,"
+                " lease_owner = NULL, lease_until = NULL WHERE id = ? AND status = 'sending'"
+                " AND lease_owner = ? AND lease_until > ?",
+                (doc, due, job_id, owner, now)).rowcount == 1
+
+        return await self._run(tx)
+
     async def job_finish(self, job_id: str, owner: str) -> bool:
         now = self._clock()
 
