@@ -235,6 +235,8 @@ async def test_an_experiment_sends_the_test_group_then_the_winner_to_the_rest(
     clock.advance(HOUR - 1)
     await notifier.sender.step()
     assert (await notifier.get(sent.id))["experiment"]["phase"] == "testing"
+    stats = await notifier.stats(sent.id)  # the stats show the verdict to come
+    assert (stats["metric"], stats["winner"]) == ("opened", "B")
     assert await item_of(node, rest[0], sent.id) is None
     clock.advance(1)
     await notifier.sender.step()

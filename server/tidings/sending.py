@@ -49,7 +49,7 @@ from .node import Node
 from .plumbing import TaskSet
 from .policy import DAY, Decision, Notice, Outcome, decide
 from .preferences import EDGES, Preferences, Rules, parse
-from .rates import rates, winner
+from .rates import funnel, rates, winner
 from .schedule import BEST_TIME_HISTORY, LocalTime, best_time, local_fire_time, parse_send_at_local
 from .store.base import OUTCOMES, AudienceQuery, Delivery, Job
 from .store.contracts.audience import matches
@@ -288,7 +288,9 @@ class Sender:
         assert plan.experiment is not None and plan.variants is not None
         metric = plan.experiment.metric
         counts = await self.node.store.variant_counts(job.id)
-        groups = [(name, counts.get(name, {})) for name in plan.variants.names]
+        # the funnel each variant has in its stats (GET .../stats), so both agree
+        groups = [(name, funnel(counts.get(name, {}), counts.get(name, {})))
+                  for name in plan.variants.names]
         chosen = winner(groups, metric)
         significant = chosen is not None
         if chosen is None:

@@ -229,10 +229,14 @@ async def test_two_nodes_decide_an_experiment_once_and_send_the_winner_to_the_re
         got = await status(cluster, n2, nid)
         return got if got["experiment"]["phase"] == want else None
 
-    testing = await wait_for(lambda: phase("testing"), SETTLE, "the test phase")
+    async def waiting() -> dict[str, Any] | None:  # the test group sent, the verdict due
+        got = await phase("testing")
+        return got if got is not None and got["experiment"]["decide_at"] else None
+
+    testing = await wait_for(waiting, SETTLE, "the test group sent")
     group = {u for u in users if in_test_group(parse_experiment(EXPERIMENT), nid, u)}
+    assert testing["status"] == "scheduled" and testing["outcomes"]["pushed"] == len(group)
     decided = await wait_for(lambda: phase("decided"), SETTLE, "the verdict")
-    assert testing["experiment"]["decide_at"] is not None
 
     done = await sent(cluster, n2, nid)
     winner = decided["experiment"]["winner"]
