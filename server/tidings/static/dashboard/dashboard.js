@@ -159,6 +159,12 @@ function notificationCard(item, raw) {
   head.append(el("b", "nid", item.id), el("span", `status ${item.status ?? "sent"}`, item.status ?? "sent"),
     el("span", "category", item.category || "(no category)"),
     el("span", "muted", created ? new Date(created * 1000).toLocaleString() : ""));
+  if (item.status === "scheduled" || item.status === "cancelled") { // nothing sent: no funnel
+    const at = item.send_at ? new Date(item.send_at * 1000).toLocaleString() : "–";
+    card.append(head, el("p", "when", item.status === "scheduled"
+      ? `Scheduled for ${at}, to ${fmt(item.targets)} users.` : "Cancelled before it was sent."));
+    return card;
+  }
   const table = el("table", "table stats");
   const thead = el("thead");
   const hr = el("tr");
