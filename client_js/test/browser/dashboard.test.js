@@ -1,11 +1,14 @@
 // The dashboard (/dashboard on the API port) in a real browser: Debian's
 // Chromium, headless, driven by playwright-core, against a real server.
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 import { after, test } from "node:test";
 import WebSocket from "ws";
 
 import { browserSuite } from "../helpers/browser.js";
-import { until, WAIT } from "../helpers/server.js";
+import { PYTHON, until, WAIT } from "../helpers/server.js";
 
 const { missing, server, browser } = browserSuite("js-dashboard");
 /** @type {WebSocket[]} */
@@ -16,6 +19,14 @@ after(() => {
 });
 
 const TIMEOUT = { timeout: 12 * WAIT };
+const SEED = fileURLToPath(new URL("../../../scripts/seed_variants.py", import.meta.url));
+
+/** As the page shows them: counts, rates, differences and p-values. */
+const count = (/** @type {number} */ n) => n.toLocaleString("en", { maximumFractionDigits: 1 });
+const pct = (/** @type {number} */ x) => `${(100 * x).toFixed(1)}%`;
+const pts = (/** @type {number} */ d) => `${d > 0 ? "+" : d < 0 ? "−" : "±"}${Math.abs(100 * d).toFixed(1)} pts`;
+const FUNNEL = ["targets", "pushed", "held", "silent", "suppressed", "delivered", "opened",
+  "clicked", "dismissed", "feedback"];
 
 /** A WebSocket device of `user`, connected. */
 async function device(user) {
@@ -106,8 +117,74 @@ test("categories shown are the API's", { ...TIMEOUT, skip: missing }, async () =
       .map((tr) => [...tr.querySelectorAll("td")].map((td) => td.textContent))
       .find((cells) => cells[0] === "social"));
     assert.deepEqual(row, ["social", String(want.notifications), String(want.targets),
-      String(want.delivered), String(want.opened), String(want.clicked), String(want.dismissed)]);
+      String(want.delivered), String(want.opened), String(want.clicked), String(want.dismissed),
+      String(want.feedback ?? 0), pct(want.rates.opened.rate), pct(want.rates.clicked.rate)]);
   } finally {
     await context.close();
   }
 });
+
+test("cancelling a scheduled notification from the dashboard cancels it", { ...TIMEOUT, skip: missing }, async () => {
+  const { id } = await server.api("POST", "/v1/notify", { users: ["dash-a", "dash-b"],
+    title: "later", category: "promo", send_at: "2099-01-01T09:00:00Z" });
+  const { context, page } = await signedIn();
+  try {
+    const button = `#scheduled button[data-cancel="${id}"]`;
+    await page.waitForSelector(button);
+    assert.equal((await server.api("GET", `/v1/notifications/${id}`)).status, "scheduled");
+    await page.click(button);
+    await page.waitForSelector(button, { state: "detached", timeout: 2 * WAIT });
+    assert.equal((await server.api("GET", `/v1/notifications/${id}`)).status, "cancelled");
+    const listed = await server.api("GET", "/v1/notifications?status=scheduled");
+    assert.equal(listed.notifications.some((/** @type {any} */ n) => n.id === id), false);
+    await page.waitForSelector(`#recent .notification[data-id="${id}"] .status.cancelled`);
+    assert.equal(await page.textContent("#sched-error"), "");
+  } finally {
+    await context.close();
+  }
+});
+
+// Last: it restarts the server (the store's folder is the seeding script's meanwhile).
+test("the variant comparison shows the API's numbers: funnel, rates and intervals, the verdict",
+  { ...TIMEOUT, skip: missing }, async () => {
+    const spec = { id: "n_dash_ab", title: "Two subject lines", category: "promo", variants: [
+      { name: "A", targets: 300, delivered: 280, opened: 56, clicked: 12, dismissed: 20 },
+      { name: "B", targets: 300, delivered: 285, opened: 97, clicked: 30, dismissed: 10 }] };
+    await server.stop();
+    await promisify(execFile)(PYTHON, [SEED, `${server.dir}/data`, JSON.stringify(spec)]);
+    await server.start();
+    const stats = await server.api("GET", `/v1/notifications/${spec.id}/stats`);
+    assert.equal(stats.winner, "B"); // 20% against 34% of ~280: the data has a clear winner
+    const { context, page } = await signedIn();
+    try {
+      const card = `#recent .notification[data-id="${spec.id}"]`;
+      await page.waitForSelector(`${card} tr[data-group="B"]`, { timeout: 2 * WAIT });
+      const shown = await page.$$eval(`${card} tbody tr`, (trs) => trs.map((tr) => ({
+        group: /** @type {HTMLElement} */ (tr).dataset.group,
+        cells: [...tr.querySelectorAll("td")].map((td) => td.textContent),
+        interval: { .../** @type {HTMLElement} */ (tr.querySelector(".interval"))?.dataset },
+        bar: ["left", "width"].map((k) => parseFloat(
+          /** @type {HTMLElement} */ (tr.querySelector(".interval span"))?.style.getPropertyValue(k))),
+      })));
+      const groups = [{ name: "total", ...stats.total, vs_control: null }, ...stats.variants];
+      assert.deepEqual(shown.map((r) => r.group), ["total", "A", "B"]);
+      for (const [i, g] of groups.entries()) {
+        const r = g.rates[stats.metric];
+        const vs = i === 0 ? "" : g.vs_control
+          ? `${pts(g.vs_control.diff)}, p = ${g.vs_control.p_value.toPrecision(2)}` : "control";
+        assert.deepEqual(shown[i].cells, [g.name, ...FUNNEL.map((k) => count(g[k])),
+          `${pct(r.rate)}`, vs], `the ${g.name} row`);
+        assert.deepEqual(shown[i].interval, { rate: String(r.rate), low: String(r.low),
+          high: String(r.high) });
+        const [left, width] = shown[i].bar; // the interval's bar spans low..high, in %
+        assert.ok(Math.abs(left - 100 * r.low) < 1e-6 && Math.abs(width - 100 * (r.high - r.low)) < 1e-6,
+          `the ${g.name} bar: ${left}% + ${width}%`);
+      }
+      assert.equal(await page.textContent(`${card} .verdict`),
+        `Winner by ${stats.metric}: B (${pts(stats.variants[1].vs_control.diff)} against the control, ` +
+        `p = ${stats.variants[1].vs_control.p_value.toPrecision(2)})`);
+      assert.equal(await page.getAttribute(`${card} tr[data-group="B"]`, "class"), "winner");
+    } finally {
+      await context.close();
+    }
+  });
