@@ -46,7 +46,7 @@ __all__ = ["PRESENCE_EVENTS", "Device", "Presence", "Seen", "sign", "webhook_sin
 log = logging.getLogger("tidings.presence")
 PRESENCE_EVENTS = frozenset({"online", "offline"})
 _QUEUE_MAX = 10000  # webhook events waiting; more are dropped (and counted)
-_CLOSE_GRACE = 2.0  # seconds a closing node gives store writes and webhook posts to end
+_CLOSE_GRACE = 2.0  # seconds a closing node gives its store writes to end
 _SEEN_BATCH = 100  # users one write of Seen hands the store
 _SEEN_KEEP = 100_000  # users whose last record time Seen remembers (more: the oldest go)
 
