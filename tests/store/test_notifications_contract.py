@@ -131,6 +131,38 @@ async def test_an_expired_lease_is_resumed_by_another_node_from_its_cursor(
     assert await store.job_claim("c", lease=LEASE) == []  # sent is final
 
 
+async def test_requeue_schedules_the_next_phase_for_one_node(open_store: OpenStore,
+                                                              clock: Clock) -> None:
+    one, two = await open_store(), await open_store()
+    job, _ = await one.job_create(new_job(due=clock.now))
+    await one.job_claim("a", lease=LEASE)
+    assert await one.job_progress(job.id, "a", "u0100", lease=LEASE)
+    phase = {**job.request, "experiment_state": {"phase": "testing"}}
+    assert not await one.job_requeue(job.id, "b", phase, due=clock.now + 60)  # not b's
+    assert await one.job_requeue(job.id, "a", phase, due=clock.now + 60)
+    again = await two.job_get(job.id)
+    assert again is not None
+    assert (again.status, again.due, again.cursor, again.lease_owner, again.request) == (
+        "scheduled", clock.now + 60, None, None, phase)
+    assert [j.id for j in (await two.jobs("scheduled")).jobs] == [job.id]
+    assert (await two.jobs("sending")).jobs == []
+    assert not await one.job_requeue(job.id, "a", job.request, due=clock.now)  # lease gone
+    assert not await one.job_finish(job.id, "a")
+    assert await two.job_claim("b", lease=LEASE) == []  # not due yet
+    clock.advance(60)
+    got = await asyncio.gather(one.job_claim("a", lease=LEASE), two.job_claim("b", lease=LEASE))
+    claimed = [j for jobs in got for j in jobs]
+    assert [(j.id, j.request, j.cursor) for j in claimed] == [(job.id, phase, None)]
+    assert await (one if got[0] else two).job_finish(job.id, claimed[0].lease_owner or "")
+    # a cancelled job is not requeued
+    other, _ = await one.job_create(new_job(due=clock.now))
+    await one.job_claim("a", lease=LEASE)
+    await one.job_cancel(other.id)
+    assert not await one.job_requeue(other.id, "a", phase, due=clock.now)
+    cancelled = await one.job_get(other.id)
+    assert cancelled is not None and cancelled.status == "cancelled"
+
+
 async def test_cancel_stops_what_is_not_sent(store: Store, clock: Clock) -> None:
     waiting, _ = await store.job_create(new_job(due=clock.now + 60))
     cancelled = await store.job_cancel(waiting.id)

@@ -1474,6 +1474,14 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
         keys = [self._jk("j:" + job_id), self._jk("lease")]
         return bool(await self._io(lambda c: self._script("JOB_PROGRESS", keys, args)))
 
+    async def job_requeue(self, job_id: str, owner: str, request: dict[str, Any], *,
+                          due: float) -> bool:
+        now = self._clock()
+        keys = [self._jk("j:" + job_id), self._jk("due"), self._jk("lease"),
+                *self._job_keys("scheduled", "sending")]
+        args = [job_id, repr(now), owner, orjson.dumps(request), repr(float(due))]
+        return bool(await self._io(lambda c: self._script("JOB_REQUEUE", keys, args)))
+
     async def job_finish(self, job_id: str, owner: str) -> bool:
         now = self._clock()
         keys = [self._jk("j:" + job_id), self._jk("lease"), *self._job_keys("sending", "sent")]

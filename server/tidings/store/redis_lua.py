@@ -40,6 +40,7 @@ __all__ = [
     "JOB_CREATE",
     "JOB_FINISH",
     "JOB_PROGRESS",
+    "JOB_REQUEUE",
     "MARK",
     "MQTT_DELETE",
     "MQTT_ENQUEUE",
@@ -845,6 +846,21 @@ redis.call('HDEL', KEYS[1], 'cursor', 'owner', 'until')
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[4], redis.call('HGET', KEYS[1], 'seq'), ARGV[1])
+return 1
+"""
+
+JOB_REQUEUE = _JOB_HELD + r"""
+-- KEYS: job, due zset, lease zset, 'scheduled' index, 'sending' index
+-- ARGV: id, now, owner, request, due
+-- Back to scheduled at due with the new request and no cursor (a next phase).
+-- Returns 1, or 0 (nothing changed) when the lease is not held.
+if not held(KEYS[1], tonumber(ARGV[2]), ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'scheduled', 'request', ARGV[4], 'due', ARGV[5])
+redis.call('HDEL', KEYS[1], 'cursor', 'owner', 'until')
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('ZADD', KEYS[4], redis.call('HGET', KEYS[1], 'seq'), ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
 return 1
 """
 

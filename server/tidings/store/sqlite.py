@@ -63,9 +63,9 @@ from .contracts.audience import (
     Profile,
     check_attribute_values,
 )
-from .contracts.notifications import variant_row
 from .sqlite_events import EVENTS_SCHEMA, SqliteEvents
 from .sqlite_push import PUSH_SCHEMA, SqlitePushEndpoints
+from .sqlite_variants import VARIANTS_FILL, VARIANTS_SCHEMA, variant_counts
 
 __all__ = ["SqliteStore"]
 
@@ -351,6 +351,8 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             db.execute("PRAGMA busy_timeout=5000")
             counted = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'"
                                  " AND name = 'inbox_counts'").fetchone() is not None
+            by_variant = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'"
+                                    " AND name = 'variant_counts'").fetchone() is not None
             db.executescript(_SCHEMA)
             db.executescript(PUSH_SCHEMA)
             db.executescript(EVENTS_SCHEMA)
@@ -364,6 +366,9 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             targets = {row[1] for row in db.execute("PRAGMA table_info(job_targets)")}
             if "variant" not in targets:  # ... or from before targets kept their variant
                 db.execute("ALTER TABLE job_targets ADD COLUMN variant TEXT")
+            db.executescript(VARIANTS_SCHEMA)
+            if not by_variant:  # ... or from before the counters per variant: count once
+                db.executescript(VARIANTS_FILL)
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
                        (secrets.token_hex(4),))
             self._epoch = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
@@ -1345,6 +1350,20 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
 
         return await self._run(tx)
 
+    async def job_requeue(self, job_id: str, owner: str, request: dict[str, Any], *,
+                          due: float) -> bool:
+        now = self._clock()
+        doc = orjson.dumps(request)
+
+        def tx(db: sqlite3.Connection) -> bool:
+            return db.execute(
+                "UPDATE jobs SET status = 'scheduled', request = ?, due = ?, cursor = NULL,"
+                " lease_owner = NULL, lease_until = NULL WHERE id = ? AND status = 'sending'"
+                " AND lease_owner = ? AND lease_until > ?",
+                (doc, due, job_id, owner, now)).rowcount == 1
+
+        return await self._run(tx)
+
     async def job_finish(self, job_id: str, owner: str) -> bool:
         now = self._clock()
 
@@ -1432,24 +1451,8 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
         return await self._run(tx)
 
     async def variant_counts(self, notification_id: str) -> dict[str, dict[str, int]]:
-        """Two grouped reads of the notification's targets (its primary key
-        range): states by variant, then tracked events joined to the target
-        that reported them."""
-        def tx(db: sqlite3.Connection) -> dict[str, dict[str, int]]:
-            counted: dict[str, dict[str, int]] = {}
-            for variant, state, n in db.execute(
-                    "SELECT variant, state, COUNT(*) FROM job_targets WHERE id = ?"
-                    " AND variant IS NOT NULL GROUP BY variant, state", (notification_id,)):
-                counted.setdefault(variant, {})[state] = n
-            for variant, event, n in db.execute(
-                    "SELECT j.variant, t.event, COUNT(*) FROM tracks t JOIN job_targets j"
-                    " ON j.id = t.id AND j.user = t.user WHERE t.id = ?"
-                    " AND j.variant IS NOT NULL GROUP BY j.variant, t.event",
-                    (notification_id,)):
-                counted.setdefault(variant, {})[event] = n
-            return {v: variant_row(c) for v, c in sorted(counted.items())}
-
-        return await self._run(tx)
+        """The counters triggers keep (:mod:`.sqlite_variants`): O(variants)."""
+        return await self._run(lambda db: variant_counts(db, notification_id))
 
     async def due_claim(self, owner: str, *, lease: float, limit: int) -> list[DueEntry]:
         now = self._clock()

@@ -23,6 +23,11 @@ Jobs
     ``job_finish`` makes it ``sent`` (``cursor`` None). Both are refused
     (False, nothing changed) unless the caller still holds an unexpired lease
     and the job is ``sending`` (a cancelled job stops at its next chunk).
+  * ``job_requeue`` puts a ``sending`` job whose lease the caller holds back
+    to ``scheduled`` at ``due``, its stored request replaced by ``request``
+    and its cursor cleared (refused like ``job_progress``): a job in phases,
+    like an experiment's test group, verdict and rest (``tidings.sending``),
+    is claimed again for its next phase by exactly one node.
   * ``job_cancel`` cancels a ``scheduled`` or ``sending`` job, or a ``sent``
     one that still has due-queue entries (users held or waiting for their own
     time), and drops those entries (the users stay recorded ``held`` or
@@ -237,6 +242,12 @@ class NotificationStore(abc.ABC):
     async def job_progress(self, job_id: str, owner: str, cursor: str | None, *,
                            lease: float) -> bool:
         """Move the cursor and renew the lease for ``lease`` seconds; False if not held."""
+
+    @abc.abstractmethod
+    async def job_requeue(self, job_id: str, owner: str, request: dict[str, Any], *,
+                          due: float) -> bool:
+        """Back to ``scheduled`` at ``due`` with ``request`` and no cursor; False if
+        the lease is not held."""
 
     @abc.abstractmethod
     async def job_finish(self, job_id: str, owner: str) -> bool:
