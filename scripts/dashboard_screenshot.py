@@ -38,8 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import seed_variants  # scripts/: run as a script, its folder is on the path
 import websockets
+
+from tidings.store.base import Delivery, HistoryPolicy, NewJob
+from tidings.store.sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("TIDINGS_CHROMIUM", "/usr/bin/chromium")
@@ -81,9 +83,54 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_CHUNK = 500  # targets per deliver call
+
+
+def _policy(topic: str) -> HistoryPolicy:
+    return HistoryPolicy(100, 86400.0)
+
+
+async def record(folder: Path, spec: dict[str, Any]) -> None:
+    """Record one A/B test's results through the store, the server stopped (the
+    store takes the folder's lock): a sent job whose targets carry their variant
+    (``Delivery.variant``) and their tracked events. ``spec``: ``{"id", "title",
+    "category", "variants": [{"name", "targets", "delivered", "opened",
+    "clicked", "dismissed"}]}``; the first ``delivered`` targets of a variant
+    report ``delivered``, the first ``opened`` of them ``opened`` and so on,
+    ``dismissed`` counting from the last target back."""
+    nid, category = spec["id"], spec.get("category", "general")
+    variants = spec["variants"]
+    users = {v["name"]: [f"{nid}-{v['name']}-{i}" for i in range(v["targets"])]
+             for v in variants}
+    store = SqliteStore(folder)
+    await store.open()
+    try:
+        job, _ = await store.job_create(
+            NewJob(nid, category, {"title": spec.get("title", nid),
+                                   "variants": [{"name": v["name"]} for v in variants]},
+                   sum(len(u) for u in users.values()), time.time()),
+            owner="seed", lease=60.0)
+        deliveries = [Delivery(user, "pushed", {"id": nid, "title": spec.get("title", nid),
+                                                "category": category}, (), variant=name)
+                      for name, group in users.items() for user in group]
+        for start in range(0, len(deliveries), _CHUNK):
+            await store.deliver(nid, deliveries[start:start + _CHUNK], category=category,
+                                expires_at=None, collapse_key=None, policy=_policy)
+        await store.job_finish(job.id, "seed")
+        for v in variants:
+            group = users[v["name"]]
+            for event in ("delivered", "opened", "clicked"):
+                for user in group[:v.get(event, 0)]:
+                    await store.track(nid, user, event)
+            for user in group[len(group) - v.get("dismissed", 0):]:
+                await store.track(nid, user, "dismissed")
+    finally:
+        await store.close()
+
+
 def experiment(rng: random.Random, nid: str, title: str, users: int,
                opened: dict[str, float], clicked: float) -> dict[str, Any]:
-    """The spec (seed_variants.py) of an A/B test sent to ``users`` users split
+    """The spec (:func:`record`) of an A/B test sent to ``users`` users split
     evenly: ~93% delivered, ``opened[variant]`` of those opened, ``clicked`` of
     those clicked, a tenth of the rest dismissed (drawn from ``rng``)."""
 
@@ -103,10 +150,10 @@ def experiment(rng: random.Random, nid: str, title: str, users: int,
 
 async def seed(folder: Path) -> None:
     rng = random.Random(SEED)
-    await seed_variants.seed(folder, experiment(rng, "n_new_feature", "Try the new editor",
-                                                400, {"A": 0.30, "B": 0.32, "C": 0.27}, 0.2))
-    await seed_variants.seed(folder, experiment(rng, "n_spring_sale", "Spring sale", 2000,
-                                                {"A": 0.21, "B": 0.28}, 0.35))
+    await record(folder, experiment(rng, "n_new_feature", "Try the new editor", 400,
+                                    {"A": 0.30, "B": 0.32, "C": 0.27}, 0.2))
+    await record(folder, experiment(rng, "n_spring_sale", "Spring sale", 2000,
+                                    {"A": 0.21, "B": 0.28}, 0.35))
 
 
 @contextlib.asynccontextmanager

@@ -17,7 +17,7 @@ import { fileURLToPath } from "node:url";
 
 export const WAIT = Number(process.env.TIDINGS_TEST_WAIT || "5") * 1000;
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
-export const PYTHON = process.env.TIDINGS_PYTHON || process.env.PYTHON || "python3";
+const PYTHON = process.env.TIDINGS_PYTHON || process.env.PYTHON || "python3";
 
 /** @returns {Promise<number>} a port free on 127.0.0.1 right now */
 export function freePort() {
