@@ -12,6 +12,7 @@ devices.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Coroutine
 from typing import Any
 
@@ -20,6 +21,7 @@ import orjson
 from support.inbox import ids_in, payload, policy, send
 from support.stores import MAX_INBOX, Clock, OpenStore
 from tidings.store.base import (
+    NewJob,
     NotifyResult,
     Store,
     UserChange,
@@ -264,6 +266,21 @@ async def test_category_stats(store: Store) -> None:
     assert cats["orders"]["notifications"] == 2 and cats["orders"]["targets"] == 3
     assert cats["orders"]["opened"] == 2 and cats["orders"]["clicked"] == 0
     assert cats["news"]["notifications"] == 1 and cats["news"]["opened"] == 0
+
+
+async def test_recent_notifications_newest_first_with_jobs(store: Store, clock: Clock
+                                                           ) -> None:
+    """The dashboard's list: notifications sent at once and jobs alike, newest
+    first, at most ``limit``."""
+    first = (await send(store, ["alice"])).id
+    clock.advance(1)
+    job = NewJob("n_" + secrets.token_hex(8), "news", {"title": "later",
+                 "audience": {"tags": ["x"]}}, 5, clock.now + 60, None)
+    await store.job_create(job)
+    clock.advance(1)
+    last = (await send(store, ["bob"])).id
+    assert await store.recent_notifications(10) == [last, job.id, first]
+    assert await store.recent_notifications(2) == [last, job.id]
 
 
 # -- durability and atomicity ---------------------------------------------------------

@@ -29,6 +29,7 @@ from .base import (
     JOB_STATUSES,
     MAX_EVENT_IDS,
     PRUNE_STEP,
+    RECENT_KEPT,
     TRACK_EVENTS,
     DeliverResult,
     Delivery,
@@ -118,6 +119,7 @@ CREATE TABLE IF NOT EXISTS notifications (
     targets INTEGER NOT NULL,
     created INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS notifications_created ON notifications (created);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -919,6 +921,11 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             return out
 
         return await self._run(tx)
+
+    async def recent_notifications(self, limit: int) -> list[str]:
+        limit = min(limit, RECENT_KEPT)
+        return await self._run(lambda db: [r[0] for r in db.execute(
+            "SELECT id FROM notifications ORDER BY created DESC, id DESC LIMIT ?", (limit,))])
 
     # -- MQTT sessions --------------------------------------------------------------
 
