@@ -297,7 +297,9 @@ class Notifier:
             raise NotFound(f"no notification {notification_id[:64]!r}")
         push = {"push": await self.node.store.push_counts(notification_id)}
         if job is None:  # sent at once to a list of users (the fast path): all pushed
-            return {**stats, "status": "sent", "pending": 0,
+            # in seconds like a job's times (the stats endpoint keeps milliseconds)
+            return {**stats, "created": stats["created"] / 1000, "status": "sent",
+                    "pending": 0,
                     "outcomes": {o: stats["targets"] if o == "pushed" else 0
                                  for o in OUTCOMES}, **push}
         out = {**stats, **job.to_dict(), **push}

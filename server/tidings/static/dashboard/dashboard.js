@@ -155,7 +155,7 @@ function notificationCard(item, raw) {
   const card = el("article", "notification");
   card.dataset.id = item.id;
   const head = el("header");
-  const created = item.created > 1e11 ? item.created / 1000 : item.created; // ms or s
+  const created = item.created; // seconds
   head.append(el("b", "nid", item.id), el("span", `status ${item.status ?? "sent"}`, item.status ?? "sent"),
     el("span", "category", item.category || "(no category)"),
     el("span", "muted", created ? new Date(created * 1000).toLocaleString() : ""));
