@@ -16,6 +16,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 import orjson
+import pytest
 
 from support.inbox import ids_in, payload, policy, send
 from support.stores import MAX_INBOX, Clock, OpenStore
@@ -264,6 +265,39 @@ async def test_category_stats(store: Store) -> None:
     assert cats["orders"]["notifications"] == 2 and cats["orders"]["targets"] == 3
     assert cats["orders"]["opened"] == 2 and cats["orders"]["clicked"] == 0
     assert cats["news"]["notifications"] == 1 and cats["news"]["opened"] == 0
+
+
+async def test_feedback_counts_once_per_user_the_first_wins(store: Store) -> None:
+    r = await send(store, ["alice", "bob", "carol"], category="orders")
+    assert await store.feedback(r.id, "alice", "too_many", "three a day") is True
+    assert await store.feedback(r.id, "alice", "other", None) is False  # the first wins
+    assert await store.feedback(r.id, "bob", "too_many", None) is True
+    assert await store.feedback(r.id, "carol", "wrong_time", "") is True
+    assert await store.feedback(r.id, "dave", "other", None) is False  # not a target
+    assert await store.feedback("n_unknown", "alice", "other", None) is False
+    await store.track(r.id, "alice", "opened")  # feedback is no tracked event's twin
+    stats = await store.stats(r.id)
+    assert stats is not None
+    assert stats["feedback"] == 3 and stats["opened"] == 1 and stats["dismissed"] == 0
+    assert stats["feedback_reasons"] == {"not_interested": 0, "too_many": 2,
+                                         "wrong_time": 1, "other": 0}
+    cats = await store.category_stats()
+    assert cats["orders"]["feedback"] == 3 and cats["orders"]["opened"] == 1
+
+
+async def test_stats_count_feedback_zero_before_any(store: Store) -> None:
+    r = await send(store, ["alice"], category="news")
+    stats = await store.stats(r.id)
+    assert stats is not None and stats["feedback"] == 0
+    assert set(stats["feedback_reasons"].values()) == {0}
+    assert (await store.category_stats())["news"]["feedback"] == 0
+
+
+async def test_feedback_of_an_unknown_reason_is_a_caller_error(store: Store) -> None:
+    r = await send(store, ["alice"])
+    with pytest.raises(ValueError, match="reason"):
+        await store.feedback(r.id, "alice", "boring", None)
+    assert (await store.stats(r.id) or {})["feedback"] == 0
 
 
 # -- durability and atomicity ---------------------------------------------------------

@@ -53,6 +53,8 @@ key                            type    what
 ``P {n:<id>}:m``               hash    notification: category, targets, created,
                                        and a counter per tracked event
 ``P {n:<id>}:tr``              set     ``event \\0 user`` tracked (once each)
+``P {n:<id>}:fb``              hash    user -> their feedback (JSON: reason, comment,
+                                       ts); ``r:<reason>`` counts in ``:m``
 ``P {nk:<key>}``               string  a notify idempotency key: id, targets, done
 ``P {s}:categories``           hash    ``category \\0 field`` -> total
 ``P {due}:at`` / ``P {due}:v`` zset /  users with expiring items, by (at most) their
@@ -200,8 +202,10 @@ from ..redis_wire import (
 from ..types import Offset, PayloadKind, Publication, format_offset, is_cursor, parse_offset
 from . import redis_lua as lua
 from .base import (
+    FEEDBACK_REASONS,
     JOB_STATUSES,
     PRUNE_STEP,
+    STAT_EVENTS,
     TRACK_EVENTS,
     DeliverResult,
     Delivery,
@@ -995,6 +999,30 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
 
         return await self._io(run)
 
+    async def feedback(self, notification_id: str, user: str, reason: str,
+                       comment: str | None) -> bool:
+        if reason not in FEEDBACK_REASONS:
+            raise ValueError(f"unknown feedback reason {reason!r}")
+        items = self._uk(user, ":items")
+        note = self._p + "{n:" + escape_tag(notification_id) + "}"
+        record = orjson.dumps({"reason": reason, "comment": comment, "ts": self._now_ms()})
+
+        async def run(client: Any) -> bool:
+            if not await client.hexists(items, notification_id):
+                return False
+            category = await self._script("FEEDBACK", [note + ":m", note + ":tr", note + ":fb"],
+                                          [user, reason, record])
+            if category is None:
+                return False
+            category = _text(category)
+            await client.hincrby(self._p + "{s}:categories", category + "\0feedback", 1)
+            if reason == "not_interested":  # a step of its own, in the user's slot
+                await self._script("FORGET_ENGAGEMENT", [self._uk(user, ":eng:" + category),
+                                                         self._uk(user, ":engall")], [])
+            return True
+
+        return await self._io(run)
+
     async def stats(self, notification_id: str) -> dict[str, Any] | None:
         key = self._p + "{n:" + escape_tag(notification_id) + "}:m"
         raw = await self._io(lambda c: c.hgetall(key))
@@ -1004,7 +1032,8 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
         out: dict[str, Any] = {"id": notification_id, "category": record["category"],
                                "targets": int(record["targets"]),
                                "created": int(record["created"])}
-        out.update({e: int(record.get(e, 0)) for e in TRACK_EVENTS})
+        out.update({e: int(record.get(e, 0)) for e in STAT_EVENTS})
+        out["feedback_reasons"] = {r: int(record.get("r:" + r, 0)) for r in FEEDBACK_REASONS}
         return out
 
     async def category_stats(self) -> dict[str, dict[str, int]]:
@@ -1013,7 +1042,7 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
         for k, v in raw.items():
             category, _, name = _text(k).rpartition("\0")
             totals = out.setdefault(category, {"notifications": 0, "targets": 0,
-                                               **{e: 0 for e in TRACK_EVENTS}})
+                                               **{e: 0 for e in STAT_EVENTS}})
             totals[name] = int(v)
         return out
 

@@ -31,6 +31,8 @@ __all__ = [
     "DUE_PUT",
     "DUE_SET",
     "DUE_TAKE",
+    "FEEDBACK",
+    "FORGET_ENGAGEMENT",
     "HISTORY",
     "INBOX",
     "JOBS_PAGE",
@@ -546,6 +548,30 @@ TRACK = r"""
 if redis.call('SADD', KEYS[2], ARGV[1] .. '\0' .. ARGV[2]) == 0 then return false end
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 return redis.call('HGET', KEYS[1], 'category') or ''
+"""
+
+FEEDBACK = r"""
+-- KEYS: notification record, its tracked set, its feedback hash.
+-- ARGV: user, reason, the record (JSON: reason, comment, ts)
+-- The event 'feedback' where TRACK records events (the first wins), its reason
+-- counted ('r:' .. reason) and kept beside it. Returns false if already
+-- recorded, else the notification's category.
+if redis.call('SADD', KEYS[2], 'feedback\0' .. ARGV[1]) == 0 then return false end
+redis.call('HINCRBY', KEYS[1], 'feedback', 1)
+redis.call('HINCRBY', KEYS[1], 'r:' .. ARGV[2], 1)
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+return redis.call('HGET', KEYS[1], 'category') or ''
+"""
+
+FORGET_ENGAGEMENT = r"""
+-- KEYS: the user's engagement zset of one category, the user's over every category.
+-- Forgets the category's engagement in both (a not_interested feedback).
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+for i = 1, #members, 1000 do
+  redis.call('ZREM', KEYS[2], unpack(members, i, math.min(i + 999, #members)))
+end
+redis.call('DEL', KEYS[1])
+return #members
 """
 
 CLAIM = r"""

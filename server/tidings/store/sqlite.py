@@ -28,7 +28,9 @@ from ..types import Offset, PayloadKind, Publication, format_offset, parse_offse
 from .base import (
     JOB_STATUSES,
     MAX_EVENT_IDS,
+    FEEDBACK_REASONS,
     PRUNE_STEP,
+    STAT_EVENTS,
     TRACK_EVENTS,
     DeliverResult,
     Delivery,
@@ -223,6 +225,18 @@ CREATE TABLE IF NOT EXISTS user_preferences (
 ) WITHOUT ROWID;
 """
 
+# feedback: the reason and comment beside each 'feedback' event in tracks (issue 13)
+_FEEDBACK_SCHEMA = """
+CREATE TABLE IF NOT EXISTS feedback (
+    id TEXT NOT NULL,
+    user TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    comment TEXT,
+    ts INTEGER NOT NULL,
+    PRIMARY KEY (id, user)
+) WITHOUT ROWID;
+"""
+
 # audience_users: one row per user the audience contract knows (tags, attributes,
 # last seen or engagement), the candidates of a selection without tags.
 
@@ -350,6 +364,7 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             db.executescript(_SCHEMA)
             db.executescript(PUSH_SCHEMA)
             db.executescript(EVENTS_SCHEMA)
+            db.executescript(_FEEDBACK_SCHEMA)
             if not counted:  # a data folder from before the counters: count once
                 db.execute(_COUNTS_FILL)
             columns = {row[1] for row in db.execute("PRAGMA table_info(retained)")}
@@ -878,6 +893,33 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
 
         return await self._run(tx)
 
+    async def feedback(self, notification_id: str, user: str, reason: str,
+                       comment: str | None) -> bool:
+        if reason not in FEEDBACK_REASONS:
+            raise ValueError(f"unknown feedback reason {reason!r}")
+
+        def tx(db: sqlite3.Connection) -> bool:
+            known = db.execute("SELECT 1 FROM inbox WHERE user = ? AND id = ?",
+                               (user, notification_id)).fetchone()
+            if known is None:
+                return False
+            cur = db.execute("INSERT OR IGNORE INTO tracks (id, user, event)"
+                             " VALUES (?, ?, 'feedback')", (notification_id, user))
+            if cur.rowcount != 1:
+                return False  # the first feedback wins
+            db.execute("INSERT INTO feedback (id, user, reason, comment, ts)"
+                       " VALUES (?, ?, ?, ?, ?)",
+                       (notification_id, user, reason, comment, self._now_ms()))
+            if reason == "not_interested":
+                row = db.execute("SELECT category FROM notifications WHERE id = ?",
+                                 (notification_id,)).fetchone()
+                if row is not None:
+                    db.execute("DELETE FROM engagements WHERE user = ? AND category = ?",
+                               (user, row[0]))
+            return True
+
+        return await self._run(tx)
+
     async def stats(self, notification_id: str) -> dict[str, Any] | None:
         def tx(db: sqlite3.Connection) -> dict[str, Any] | None:
             row = db.execute("SELECT category, targets, created FROM notifications WHERE id = ?",
@@ -886,10 +928,14 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                 return None
             out: dict[str, Any] = {"id": notification_id, "category": row[0],
                                    "targets": row[1], "created": row[2]}
-            out.update({e: 0 for e in TRACK_EVENTS})
+            out.update({e: 0 for e in STAT_EVENTS})
             for event, n in db.execute("SELECT event, COUNT(*) FROM tracks WHERE id = ?"
                                        " GROUP BY event", (notification_id,)):
                 out[event] = n
+            out["feedback_reasons"] = reasons = dict.fromkeys(FEEDBACK_REASONS, 0)
+            for reason, n in db.execute("SELECT reason, COUNT(*) FROM feedback WHERE id = ?"
+                                        " GROUP BY reason", (notification_id,)):
+                reasons[reason] = n
             return out
 
         return await self._run(tx)
@@ -901,7 +947,7 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                     "SELECT category, COUNT(*), SUM(targets) FROM notifications"
                     " GROUP BY category"):
                 out[cat] = {"notifications": n, "targets": int(targets or 0),
-                            **{e: 0 for e in TRACK_EVENTS}}
+                            **{e: 0 for e in STAT_EVENTS}}
             for cat, event, n in db.execute(
                     "SELECT n.category, t.event, COUNT(*) FROM tracks t"
                     " JOIN notifications n ON n.id = t.id GROUP BY n.category, t.event"):
