@@ -26,9 +26,9 @@ from ..protocol.topics import is_wildcard, matches
 from ..redis_wire import MetaCodec
 from ..types import Offset, PayloadKind, Publication, format_offset, parse_offset
 from .base import (
+    FEEDBACK_REASONS,
     JOB_STATUSES,
     MAX_EVENT_IDS,
-    FEEDBACK_REASONS,
     PRUNE_STEP,
     STAT_EVENTS,
     TRACK_EVENTS,
