@@ -286,11 +286,8 @@ class Operations:
     async def device_preferences(self, user: str, payload: bytes) -> dict[str, Any]:
         """A ``users/{uid}/preferences/set`` message: a JSON object merged into
         the user's preferences; anything else ``bad_payload`` (MQTT 0x99)."""
-        try:
-            doc = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            doc = None
-        if not isinstance(doc, dict):
+        doc = _json_object(payload)
+        if doc is None:
             raise BadPayload("preferences: not a JSON object")
         try:
             return await self.set_preferences(user, doc, merge=True)
@@ -405,11 +402,8 @@ class Operations:
     async def device_feedback(self, user: str, payload: bytes) -> bool:
         """A ``users/{uid}/feedback`` message: ``{"notification", "reason",
         "comment"}``; anything else, or a bad field, ``bad_payload`` (MQTT 0x99)."""
-        try:
-            body = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            body = None
-        if not isinstance(body, dict):
+        body = _json_object(payload)
+        if body is None:
             raise BadPayload("feedback: not a JSON object")
         unknown = sorted(set(body) - _FEEDBACK_FIELDS)
         if unknown:
@@ -465,6 +459,15 @@ class Operations:
 
     async def devices(self, user: str) -> list[dict[str, Any]]:
         return await self.presence.devices(user)
+
+
+def _json_object(payload: bytes) -> dict[str, Any] | None:
+    """An MQTT message's payload as a JSON object, or None if it is not one."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def fitting(items: list[dict[str, Any]], budget: int, encoding: Encoding) -> int:

@@ -873,23 +873,35 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                 self._unread_retained(db, user, count, now)]
         return UserChange(user, count, ids, pubs)
 
+    @staticmethod
+    def _record(db: sqlite3.Connection, notification_id: str, user: str, event: str) -> bool:
+        """Record ``event`` in ``tracks`` once for a user with the notification in
+        their inbox; whether it is new (``track`` and ``feedback`` both)."""
+        known = db.execute("SELECT 1 FROM inbox WHERE user = ? AND id = ?",
+                           (user, notification_id)).fetchone()
+        if known is None:
+            return False
+        cur = db.execute("INSERT OR IGNORE INTO tracks (id, user, event) VALUES (?, ?, ?)",
+                         (notification_id, user, event))
+        return cur.rowcount == 1
+
+    @staticmethod
+    def _category(db: sqlite3.Connection, notification_id: str) -> str | None:
+        row = db.execute("SELECT category FROM notifications WHERE id = ?",
+                         (notification_id,)).fetchone()
+        return None if row is None else str(row[0])
+
     async def track(self, notification_id: str, user: str, event: str) -> bool:
         if event not in TRACK_EVENTS:
             raise ValueError(f"unknown event {event!r}")
 
         def tx(db: sqlite3.Connection) -> bool:
-            known = db.execute("SELECT 1 FROM inbox WHERE user = ? AND id = ?",
-                               (user, notification_id)).fetchone()
-            if known is None:
+            if not self._record(db, notification_id, user, event):
                 return False
-            cur = db.execute("INSERT OR IGNORE INTO tracks (id, user, event) VALUES (?, ?, ?)",
-                             (notification_id, user, event))
-            if cur.rowcount == 1 and event in ENGAGEMENT_EVENTS:
-                row = db.execute("SELECT category FROM notifications WHERE id = ?",
-                                 (notification_id,)).fetchone()
-                if row is not None:
-                    self._engage(db, user, row[0], event, notification_id)
-            return cur.rowcount == 1
+            category = self._category(db, notification_id)
+            if event in ENGAGEMENT_EVENTS and category is not None:
+                self._engage(db, user, category, event, notification_id)
+            return True
 
         return await self._run(tx)
 
@@ -899,23 +911,15 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             raise ValueError(f"unknown feedback reason {reason!r}")
 
         def tx(db: sqlite3.Connection) -> bool:
-            known = db.execute("SELECT 1 FROM inbox WHERE user = ? AND id = ?",
-                               (user, notification_id)).fetchone()
-            if known is None:
-                return False
-            cur = db.execute("INSERT OR IGNORE INTO tracks (id, user, event)"
-                             " VALUES (?, ?, 'feedback')", (notification_id, user))
-            if cur.rowcount != 1:
+            if not self._record(db, notification_id, user, "feedback"):
                 return False  # the first feedback wins
             db.execute("INSERT INTO feedback (id, user, reason, comment, ts)"
                        " VALUES (?, ?, ?, ?, ?)",
                        (notification_id, user, reason, comment, self._now_ms()))
-            if reason == "not_interested":
-                row = db.execute("SELECT category FROM notifications WHERE id = ?",
-                                 (notification_id,)).fetchone()
-                if row is not None:
-                    db.execute("DELETE FROM engagements WHERE user = ? AND category = ?",
-                               (user, row[0]))
+            category = self._category(db, notification_id)
+            if reason == "not_interested" and category is not None:
+                db.execute("DELETE FROM engagements WHERE user = ? AND category = ?",
+                           (user, category))
             return True
 
         return await self._run(tx)
