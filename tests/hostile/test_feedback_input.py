@@ -111,3 +111,14 @@ async def test_http_feedback_body_must_be_an_object(node: Node) -> None:
     status, reply = await node.api("POST", "/v1/users/a+b/feedback",
                                    {"notification": "n", "reason": "other"})
     assert assert_error(status, reply, 400, "bad_request").startswith("user ids")
+
+
+async def test_a_comment_of_500_characters_is_the_longest_taken(node: Node) -> None:
+    nid = await sent(node)
+    other = await sent(node)
+    status, reply = await node.api("POST", "/v1/users/alice/feedback",
+                                   {"notification": nid, "reason": "other", "comment": "é" * 500})
+    assert (status, reply) == (200, {"recorded": True})
+    tab = await node.client("alice")
+    assert (await tab.request("feedback", notification=other, reason="other",
+                              comment="x" * 500))["recorded"]

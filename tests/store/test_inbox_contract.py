@@ -317,6 +317,31 @@ async def test_inbox_and_counts_survive_reopen(open_store: OpenStore) -> None:
     assert await s.track(ids[2], "alice", "opened") is True
 
 
+async def test_feedback_survives_reopen_and_still_counts_once(open_store: OpenStore) -> None:
+    s = await open_store()
+    nid = (await send(s, ["alice", "bob"], category="orders")).id
+    assert await s.feedback(nid, "alice", "not_interested", "x" * 500)
+    await s.close()
+    s = await open_store()
+    assert await s.feedback(nid, "alice", "other", None) is False
+    assert await s.feedback(nid, "bob", "other", None) is True
+    stats = await s.stats(nid)
+    assert stats is not None and stats["feedback"] == 2
+    assert (stats["feedback_reasons"]["not_interested"], stats["feedback_reasons"]["other"]) \
+        == (1, 1)
+    assert (await s.category_stats())["orders"]["feedback"] == 2
+
+
+async def test_concurrent_feedback_of_one_user_is_recorded_once(store: Store) -> None:
+    nid = (await send(store, ["alice"])).id
+    reasons = ["not_interested", "too_many", "wrong_time", "other"] * 5
+    results = await asyncio.gather(*(store.feedback(nid, "alice", r, None) for r in reasons))
+    assert results.count(True) == 1
+    stats = await store.stats(nid)
+    assert stats is not None and stats["feedback"] == 1
+    assert sum(stats["feedback_reasons"].values()) == 1
+
+
 async def test_concurrent_changes_keep_the_count_exact(store: Store) -> None:
     """Many overlapping notify / read / unread / archive calls: count == model at the end."""
     ids = [(await send(store, ["alice"])).id for _ in range(20)]
