@@ -623,7 +623,8 @@ async def test_track_and_stats(node: Node) -> None:
     status, cats = await node.api("GET", "/v1/stats/categories")
     assert status == 200
     assert cats["categories"]["orders"] == {"notifications": 1, "targets": 2, "delivered": 2,
-                                            "opened": 1, "clicked": 1, "dismissed": 1}
+                                            "opened": 1, "clicked": 1, "dismissed": 1,
+                                            "feedback": 0}
     assert cats["categories"]["news"]["notifications"] == 1
     assert cats["categories"]["news"]["targets"] == 1
 
