@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -24,7 +22,7 @@ import pytest
 from conftest import API_KEY, WAIT, ServerProcess
 from support.clock import FakeClock, at
 from support.mqtt import wait_until
-from support.pipeline import memory_node
+from support.pipeline import clocked_node, fake_clock
 from tidings.config import AudienceSettings, NotifySettings
 from tidings.errors import BadRequest, Conflict, NotFound
 from tidings.node import Node
@@ -33,6 +31,8 @@ from tidings.preferences import Rules, parse
 from tidings.store.base import JOB_STATUSES, events_topic, notifications_topic, unread_topic
 from tidings.store.sqlite import SqliteStore
 from tidings.types import Publication
+
+__all__ = ["clocked_node", "fake_clock"]  # the fixtures clock and node
 
 HOUR = 3600.0
 RULES = Rules.default()
@@ -55,17 +55,6 @@ class Device:
 
     def on(self, topic: str) -> list[dict[str, Any]]:
         return [body for t, body in self.got if t == topic]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def node(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Node]:
-    async with memory_node(tmp_path, clock) as n:
-        yield n
 
 
 @pytest.fixture

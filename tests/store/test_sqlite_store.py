@@ -8,7 +8,8 @@ outside where a test needs an older data folder:
 * calls made in one loop pass commit together, yet a failing call rolls back
   alone and the others are stored;
 * a data folder from an older version opens: the unread counters are filled
-  from the inbox once, retained messages get their QoS column (QoS 1);
+  from the inbox once, retained messages get their QoS column (QoS 1), send
+  targets their variant column (none for those recorded before);
 * a tags-only audience is counted by one SQL query, equal to the paged count.
 """
 
@@ -23,7 +24,7 @@ import pytest
 
 from support.stores import KEEP, Clock
 from tidings.audience import parse_audience
-from tidings.store.base import HistoryPolicy, MqttSessionState
+from tidings.store.base import Delivery, HistoryPolicy, MqttSessionState, NewJob
 from tidings.store.contracts.audience import AudienceStore
 from tidings.store.sqlite import SqliteStore
 from tidings.types import PayloadKind
@@ -125,6 +126,27 @@ async def test_a_folder_from_before_retained_kept_its_qos(tmp_path: Path,
             (r.publication.offset, b"on", 1)]  # unknown then: QoS 1, as before
         await store.publish("dev/1", b"off", PayloadKind.TEXT, retain=True, policy=KEEP, qos=2)
         assert [(p.payload, p.qos) for p in await store.retained("dev/1")] == [(b"off", 2)]
+    finally:
+        await store.close()
+
+
+async def test_a_folder_from_before_targets_kept_their_variant(tmp_path: Path,
+                                                               clock: Clock) -> None:
+    store = await opened(tmp_path, clock)
+    job, _ = await store.job_create(NewJob("n_old", "c", {"title": "hi"}, 2, clock.now))
+    await store.deliver(job.id, [Delivery("ann", "suppressed_category")], category="c",
+                        expires_at=None, collapse_key=None, policy=policy)
+    await store.close()
+    with sqlite3.connect(store.path) as db:
+        db.execute("ALTER TABLE job_targets DROP COLUMN variant")
+    store = await opened(tmp_path, clock)
+    try:
+        await store.deliver(job.id, [Delivery("bob", "suppressed_category", variant="B")],
+                            category="c", expires_at=None, collapse_key=None, policy=policy)
+        counts = await store.variant_counts(job.id)
+        assert list(counts) == ["B"] and counts["B"]["targets"] == 1  # ann: none recorded
+        got = await store.job_get(job.id)
+        assert got is not None and got.outcomes == {"suppressed_category": 2}
     finally:
         await store.close()
 

@@ -64,6 +64,7 @@ from .contracts.audience import (
     Profile,
     check_attribute_values,
 )
+from .contracts.notifications import variant_row
 from .sqlite_events import EVENTS_SCHEMA, SqliteEvents
 from .sqlite_push import PUSH_SCHEMA, SqlitePushEndpoints
 
@@ -195,6 +196,7 @@ CREATE TABLE IF NOT EXISTS job_targets (
     id TEXT NOT NULL,
     user TEXT NOT NULL,
     state TEXT NOT NULL,
+    variant TEXT,
     PRIMARY KEY (id, user)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS job_counts (
@@ -372,6 +374,9 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                 db.execute("ALTER TABLE retained ADD COLUMN qos INTEGER NOT NULL DEFAULT 1")
             if "meta" not in columns:  # ... or its MQTT 5.0 properties
                 db.execute("ALTER TABLE retained ADD COLUMN meta BLOB")
+            targets = {row[1] for row in db.execute("PRAGMA table_info(job_targets)")}
+            if "variant" not in targets:  # ... or from before targets kept their variant
+                db.execute("ALTER TABLE job_targets ADD COLUMN variant TEXT")
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
                        (secrets.token_hex(4),))
             self._epoch = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
@@ -1383,6 +1388,20 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
 
         return await self._run(tx)
 
+    async def job_requeue(self, job_id: str, owner: str, request: dict[str, Any], *,
+                          due: float) -> bool:
+        now = self._clock()
+        doc = orjson.dumps(request)
+
+        def tx(db: sqlite3.Connection) -> bool:
+            return db.execute(
+                "UPDATE jobs SET status = 'scheduled', request = ?, due = ?, cursor = NULL,"
+                " lease_owner = NULL, lease_until = NULL WHERE id = ? AND status = 'sending'"
+                " AND lease_owner = ? AND lease_until > ?",
+                (doc, due, job_id, owner, now)).rowcount == 1
+
+        return await self._run(tx)
+
     async def job_finish(self, job_id: str, owner: str) -> bool:
         now = self._clock()
 
@@ -1423,7 +1442,7 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             changes: list[UserChange] = []
             recorded: list[str] = []
             tally: dict[str, int] = {}
-            targets: list[tuple[str, str, str]] = []
+            targets: list[tuple[str, str, str, str | None]] = []
             undue: list[tuple[str, str]] = []
             queue: list[tuple[str, str, float]] = []
             pushes: list[tuple[str, str, float]] = []
@@ -1440,7 +1459,7 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                     if not (due and was in _HELD):
                         continue
                     tally[was] = tally.get(was, 0) - 1
-                targets.append((nid, d.user, d.state))
+                targets.append((nid, d.user, d.state, d.variant))
                 tally[d.state] = tally.get(d.state, 0) + 1
                 recorded.append(d.user)
                 if d.fields is not None:
@@ -1455,8 +1474,10 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                 if d.edges is None or d.edges:
                     pushes.append((d.user, category, now_s))
             db.executemany("DELETE FROM due_queue WHERE id = ? AND user = ?", undue)
-            db.executemany("INSERT OR REPLACE INTO job_targets (id, user, state) VALUES (?, ?, ?)",
-                           targets)
+            # a firing replaces the state; the first variant recorded stays
+            db.executemany("INSERT INTO job_targets (id, user, state, variant)"
+                           " VALUES (?, ?, ?, ?) ON CONFLICT (id, user)"
+                           " DO UPDATE SET state = excluded.state", targets)
             db.executemany("INSERT OR REPLACE INTO due_queue (id, user, due) VALUES (?, ?, ?)",
                            queue)
             db.executemany("INSERT INTO pushes (user, category, ts) VALUES (?, ?, ?)", pushes)
@@ -1464,6 +1485,26 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                 if n:
                     self._tally(db, nid, state, n)
             return DeliverResult(changes, recorded)
+
+        return await self._run(tx)
+
+    async def variant_counts(self, notification_id: str) -> dict[str, dict[str, int]]:
+        """Two grouped reads of the notification's targets (its primary key
+        range): states by variant, then tracked events joined to the target
+        that reported them."""
+        def tx(db: sqlite3.Connection) -> dict[str, dict[str, int]]:
+            counted: dict[str, dict[str, int]] = {}
+            for variant, state, n in db.execute(
+                    "SELECT variant, state, COUNT(*) FROM job_targets WHERE id = ?"
+                    " AND variant IS NOT NULL GROUP BY variant, state", (notification_id,)):
+                counted.setdefault(variant, {})[state] = n
+            for variant, event, n in db.execute(
+                    "SELECT j.variant, t.event, COUNT(*) FROM tracks t JOIN job_targets j"
+                    " ON j.id = t.id AND j.user = t.user WHERE t.id = ?"
+                    " AND j.variant IS NOT NULL GROUP BY j.variant, t.event",
+                    (notification_id,)):
+                counted.setdefault(variant, {})[event] = n
+            return {v: variant_row(c) for v, c in sorted(counted.items())}
 
         return await self._run(tx)
 
