@@ -992,21 +992,31 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
                 changes.append(self._change(user, stream, now, [r[2], *r[3:7]], ids))
         return SweepResult(0, deleted, 0, changes, more)
 
+    async def _recorded(self, client: Any, notification_id: str, user: str, event: str,
+                        keys: list[str], extra: list[Any]) -> str | None:
+        """The TRACK script for a user with the notification in their inbox, then
+        the category's total: the category when the event is new, else None
+        (``track`` and ``feedback`` both)."""
+        if not await client.hexists(self._uk(user, ":items"), notification_id):
+            return None
+        category = await self._script("TRACK", keys, [event, user, *extra])
+        if category is None:
+            return None
+        category = _text(category)
+        await client.hincrby(self._p + "{s}:categories", category + "\0" + event, 1)
+        return category
+
     async def track(self, notification_id: str, user: str, event: str) -> bool:
         if event not in TRACK_EVENTS:
             raise ValueError(f"unknown event {event!r}")
-        items = self._uk(user, ":items")
 
         async def run(client: Any) -> bool:
-            if not await client.hexists(items, notification_id):
-                return False
-            category = await self._script("TRACK", self._track_keys(notification_id),
-                                          [event, user])
+            category = await self._recorded(client, notification_id, user, event,
+                                            self._track_keys(notification_id), [])
             if category is None:
                 return False
-            await client.hincrby(self._p + "{s}:categories", _text(category) + "\0" + event, 1)
             if event in ENGAGEMENT_EVENTS:  # a step of its own, in the user's slot
-                await self._engage(client, user, _text(category), event, notification_id)
+                await self._engage(client, user, category, event, notification_id)
             return True
 
         return await self._io(run)
@@ -1031,19 +1041,15 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
                        comment: str | None) -> bool:
         if reason not in FEEDBACK_REASONS:
             raise ValueError(f"unknown feedback reason {reason!r}")
-        items = self._uk(user, ":items")
+        # the event where track records events, with the feedback hash beside it
         keys = [*self._track_keys(notification_id), self._nk(notification_id, ":fb")]
         record = orjson.dumps({"reason": reason, "comment": comment, "ts": self._now_ms()})
 
         async def run(client: Any) -> bool:
-            if not await client.hexists(items, notification_id):
-                return False
-            # the event where track records events: TRACK with the feedback hash
-            category = await self._script("TRACK", keys, ["feedback", user, reason, record])
+            category = await self._recorded(client, notification_id, user, "feedback", keys,
+                                            [reason, record])
             if category is None:
                 return False
-            category = _text(category)
-            await client.hincrby(self._p + "{s}:categories", category + "\0feedback", 1)
             if reason == "not_interested":  # a step of its own, in the user's slot
                 await self._script("FORGET_ENGAGEMENT", [self._uk(user, ":eng:" + category),
                                                          self._uk(user, ":engall")], [])
