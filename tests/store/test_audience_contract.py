@@ -291,6 +291,9 @@ async def test_not_interested_feedback_forgets_the_categorys_engagement(store: S
     assert await store.engagements("alice", "news", DAY) == 1  # other categories stay
     assert await store.engagements("bob", "sports", DAY) == 3  # other users too
     assert await select(store, engaged) == ["bob"]
+    # best-time sending reads the same instants: only the news click is left
+    times = await store.engagement_times(["alice", "bob"], 0)
+    assert (len(times["alice"]), len(times["bob"])) == (1, 3)
     # engaging again counts from then on; a second feedback changes nothing
     assert await store.track(sports[2], "alice", "clicked")
     assert not await store.feedback(sports[1], "alice", "not_interested", None)
