@@ -45,6 +45,17 @@ def test_the_issue_document_parses_and_round_trips() -> None:
     assert parse(p.to_dict(), RULES) == p
 
 
+def test_edges_may_name_the_platform_channels() -> None:
+    doc = {"categories": {"social": {"edges": ["apns", "ws", "webpush"]},
+                          "digest": {"edges": ["fcm"]}}}
+    p = parse(doc, RULES)
+    assert p.category("social").edges == frozenset({"ws", "webpush", "apns"})
+    # stored in one order (live edges, then the platforms)
+    assert p.to_dict()["categories"] == {"social": {"edges": ["ws", "webpush", "apns"]},
+                                         "digest": {"edges": ["fcm"]}}
+    assert parse(p.to_dict(), RULES) == p
+
+
 def test_empty_document_is_a_user_who_set_nothing() -> None:
     p = parse({}, RULES)
     assert p == Preferences()
@@ -75,6 +86,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"categories": {"social": {"enabled": "no"}}}, "categories.social.enabled: "),
     ({"categories": {"social": {"edges": ["sms"]}}}, "categories.social.edges: "),
     ({"categories": {"social": {"edges": "ws"}}}, "categories.social.edges: "),
+    ({"categories": {"social": {"edges": ["ws", "gcm"]}}}, "categories.social.edges: "),
     ({"categories": {"social": {"mute": True}}}, "categories.social.mute: "),
     ({"categories": {"security": {"enabled": False}}}, "categories.security: "),
     ({"categories": {"transactional": {"edges": []}}}, "categories.transactional: "),

@@ -41,8 +41,6 @@ from .store.base import (
 from .types import is_cursor
 from .variants import compile_variants, parse_experiment, parse_variants
 
-_WITHDRAW_MOST = 20  # notifications one mark withdraws from the platforms, at most
-
 __all__ = ["FEEDBACK_COMMENT_MAX", "NOTIFY_FIELDS", "PRIORITIES", "Notifier", "Request"]
 
 FEEDBACK_COMMENT_MAX = 500  # characters of a feedback's optional comment
@@ -300,11 +298,12 @@ class Notifier:
         job = await self.node.store.job_get(notification_id)
         if stats is None:
             raise NotFound(f"no notification {notification_id[:64]!r}")
+        push = {"push": await self.node.store.push_counts(notification_id)}
         if job is None:  # sent at once to a list of users (the fast path): all pushed
             return {**stats, "status": "sent", "pending": 0,
                     "outcomes": {o: stats["targets"] if o == "pushed" else 0
-                                 for o in OUTCOMES}}
-        out = {**stats, **job.to_dict()}
+                                 for o in OUTCOMES}, **push}
+        out = {**stats, **job.to_dict(), **push}
         if job.request.get("experiment") is not None:
             # its phase: "testing" until the verdict, then "decided" with the winner
             state = job.request.get("experiment_state") or {}
@@ -352,8 +351,9 @@ class Notifier:
         push = self.node.push
         if push is not None and action != "unread" and change.changed:
             # read or archived anywhere: the OS notification goes everywhere (the
-            # first _WITHDRAW_MOST of a large change; the devices' lists hold the rest)
-            push.submit(push.withdraw_many(user, change.changed[:_WITHDRAW_MOST]))
+            # first push.channel.WITHDRAW_MOST of a large change; the devices' lists
+            # hold the rest)
+            push.submit(push.withdraw_many(user, change.changed))
         return change
 
     async def track(self, user: str, notification_id: Any, event: Any) -> bool:
@@ -362,6 +362,9 @@ class Notifier:
         if not isinstance(notification_id, str) or len(notification_id) > 128:
             raise BadRequest("notification must be a notification id")
         recorded = await self.node.store.track(notification_id, user, event)
+        if event == "delivered" and self.node.push is not None:
+            # live first: a device reported it, so no platform fallback (per user)
+            self.node.push.acknowledged(user, notification_id)
         if recorded and self.node.events is not None:
             self.node.events.emit(event, user=user, notification=notification_id)
         return recorded
@@ -400,13 +403,5 @@ class Notifier:
             out = {**stats, **report({"pushed": stats["targets"]}, stats, per_variant, {})}
         else:
             out = {**stats, **report(job.outcomes, stats, per_variant, job.request)}
-        push = await self.push_counts(notification_id)
-        if push is not None:
-            out["total"]["push"] = push
+        out["total"]["push"] = await self.node.store.push_counts(notification_id)
         return out
-
-    async def push_counts(self, notification_id: str) -> dict[str, int] | None:
-        """The notification's platform push outcomes (``pushed_webpush``, ...) for
-        ``total.push`` of its stats; None while the store keeps none (issue 16
-        adds them: this returns the push store's counts then)."""
-        return None

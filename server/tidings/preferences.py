@@ -5,7 +5,7 @@ The wire shape (issue 12, the public contract; every key optional)::
     {"timezone": "Europe/Paris",                      # IANA name (zoneinfo)
      "locale": "zh-CN",                               # BCP 47 tag, picks content
      "categories": {"marketing": {"enabled": false},  # on / off, per category
-                    "social": {"edges": ["ws"]}},     # live push on these edges only
+                    "social": {"edges": ["ws", "fcm"]}},  # pushed on these channels only
      "quiet_hours": {"start": "22:00", "end": "07:00",
                      "days": ["mon", "tue", ...]},    # optional: every day
      "caps": {"marketing": {"per_hour": 1, "per_day": 3}}}
@@ -15,7 +15,10 @@ Rules:
 - ``timezone`` must be a name ``zoneinfo`` knows (``available_timezones()``);
   missing, the operator's ``preferences.default_timezone`` applies.
 - ``categories`` keys are the operator's categories (``preferences.categories``);
-  ``enabled`` is a boolean, ``edges`` a list drawn from :data:`EDGES`. The
+  ``enabled`` is a boolean, ``edges`` a list drawn from :data:`EDGES`: the
+  live edges ``ws`` and ``mqtt`` and the platform channels ``webpush``,
+  ``fcm`` and ``apns`` (issue 16); a channel left out of the list gets no
+  push of the category (the inbox still gets it); no list: every one. The
   operator's ``always_on`` categories cannot be muted: ``enabled: false`` or
   ``edges: []`` on them is refused.
 - ``quiet_hours``: ``HH:MM`` 24-hour local times, ``start != end``; an end at
@@ -51,6 +54,8 @@ from .errors import BadRequest
 __all__ = [
     "DAYS",
     "EDGES",
+    "LIVE_EDGES",
+    "PLATFORMS",
     "Cap",
     "CategoryPreference",
     "Preferences",
@@ -66,7 +71,9 @@ __all__ = [
     "zone_named",
 ]
 
-EDGES = ("ws", "mqtt")
+LIVE_EDGES = ("ws", "mqtt")  # a connected device's
+PLATFORMS = ("webpush", "fcm", "apns")  # the OS push channels (tidings.push)
+EDGES = (*LIVE_EDGES, *PLATFORMS)  # what a category's "edges" may name
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # index = date.weekday()
 FIELDS = frozenset({"timezone", "locale", "categories", "quiet_hours", "caps"})
 _HHMM = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")

@@ -48,7 +48,8 @@ from .errors import BadRequest, TidingsError, TooLarge
 from .node import Node
 from .plumbing import TaskSet
 from .policy import DAY, Decision, Notice, Outcome, decide
-from .preferences import EDGES, Preferences, Rules, parse
+from .preferences import LIVE_EDGES, PLATFORMS, Preferences, Rules, parse
+from .push.channel import EVERYWHERE, Route
 from .rates import funnel, rates, winner
 from .schedule import BEST_TIME_HISTORY, LocalTime, best_time, local_fire_time, parse_send_at_local
 from .store.base import OUTCOMES, AudienceQuery, Delivery, Job
@@ -63,7 +64,7 @@ from .variants import (
     parse_variants,
 )
 
-__all__ = ["MAX_JOBS_PER_STEP", "Plan", "Sender", "outcome_of"]
+__all__ = ["MAX_JOBS_PER_STEP", "Plan", "Sender", "outcome_of", "route_of"]
 
 log = logging.getLogger("tidings.sending")
 
@@ -75,13 +76,30 @@ _ANYONE = AudienceQuery()  # a query that needs nothing but attributes
 
 
 def outcome_of(decision: Decision) -> tuple[str, tuple[str, ...] | None]:
-    """The one outcome recorded for a user, and the edges that push it live now
-    (None: every edge; empty: none)."""
-    live = tuple(e for e in EDGES if decision.edges.get(e) is Outcome.PUSHED)
+    """The one outcome recorded for a user, and the edges its stream entry names
+    (None: every live edge; empty: no push, a silent entry). ``pushed`` when a
+    live edge or a platform channel pushes it. A category the user keeps to
+    platform channels (``["fcm"]``) names them: no live edge delivers the
+    entry (``routed_away``), and the store counts the push for caps as any."""
+    live = tuple(e for e in LIVE_EDGES if decision.edges.get(e) is Outcome.PUSHED)
     if live:
-        return Outcome.PUSHED.value, (None if len(live) == len(EDGES) else live)
-    others = [o for o in decision.edges.values() if o is not Outcome.SUPPRESSED_CATEGORY]
+        return Outcome.PUSHED.value, (None if len(live) == len(LIVE_EDGES) else live)
+    platforms = tuple(c for c in PLATFORMS if decision.platforms.get(c) is Outcome.PUSHED)
+    if platforms:
+        return Outcome.PUSHED.value, platforms
+    others = [o for o in (*decision.edges.values(), *decision.platforms.values())
+              if o is not Outcome.SUPPRESSED_CATEGORY]
     return (others[0].value if others else Outcome.SUPPRESSED_CATEGORY.value), ()
+
+
+def route_of(decision: Decision) -> Route:
+    """The platform channels a user's ``pushed`` decision allows, and the live
+    edges it went on (see :class:`tidings.push.channel.Route`)."""
+    kinds = frozenset(c for c in PLATFORMS if decision.platforms.get(c) is Outcome.PUSHED)
+    live = frozenset(e for e in LIVE_EDGES if decision.edges.get(e) is Outcome.PUSHED)
+    if len(live) == len(LIVE_EDGES) and len(kinds) == len(PLATFORMS):
+        return EVERYWHERE
+    return Route(None if len(kinds) == len(PLATFORMS) else kinds, live)
 
 
 @dataclass
@@ -392,6 +410,7 @@ class Sender:
         # made once per chunk, not once per user
         plain: tuple[Decision, tuple[str, tuple[str, ...] | None]] | None = None
         deliveries = []
+        routes: dict[str, Route] = {}  # the platform channels, where not every one
         for n, user in enumerate(users, 1):
             if n % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
@@ -414,6 +433,8 @@ class Sender:
                 decision = decide(plan.notice, prefs, self.rules,
                                   [utc(t) for t in pushes or ()], now_dt)
                 state, edges = outcome_of(decision)
+                if (route := route_of(decision)) is not EVERYWHERE:
+                    routes[user] = route
             fields = fields_of(user, prefs, variant) if decision.inbox else None
             deliveries.append(Delivery(
                 user, state, fields, edges,
@@ -429,11 +450,12 @@ class Sender:
         if push is not None:  # live first: devices that are away get it from their platform
             items = {d.user: d.fields for d in deliveries}
             live = {u: f for u in result.recorded
-                    if states[u] == Outcome.PUSHED.value and (f := items.get(u)) is not None}
+                    if states[u] == Outcome.PUSHED.value and (f := items.get(u)) is not None
+                    and (u not in routes or routes[u].kinds != frozenset())}
             if live:
                 ttl = DAY.total_seconds() if plan.expires_at is None else plan.expires_at - now
                 await push.live_first(job.id, live, ttl=max(0, int(ttl)),
-                                      collapse_key=plan.collapse_key)
+                                      collapse_key=plan.collapse_key, routes=routes)
         counted = Counter(states[user] for user in result.recorded)
         for outcome, n in counted.items():
             if outcome in OUTCOMES:

@@ -12,6 +12,7 @@ devices.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Coroutine
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 from support.inbox import ids_in, payload, policy, send
 from support.stores import MAX_INBOX, Clock, OpenStore
 from tidings.store.base import (
+    NewJob,
     NotifyResult,
     Store,
     UserChange,
@@ -298,6 +300,21 @@ async def test_feedback_of_an_unknown_reason_is_a_caller_error(store: Store) -> 
     with pytest.raises(ValueError, match="reason"):
         await store.feedback(r.id, "alice", "boring", None)
     assert (await store.stats(r.id) or {})["feedback"] == 0
+
+
+async def test_recent_notifications_newest_first_with_jobs(store: Store, clock: Clock
+                                                           ) -> None:
+    """The dashboard's list: notifications sent at once and jobs alike, newest
+    first, at most ``limit``."""
+    first = (await send(store, ["alice"])).id
+    clock.advance(1)
+    job = NewJob("n_" + secrets.token_hex(8), "news", {"title": "later",
+                 "audience": {"tags": ["x"]}}, 5, clock.now + 60, None)
+    await store.job_create(job)
+    clock.advance(1)
+    last = (await send(store, ["bob"])).id
+    assert await store.recent_notifications(10) == [last, job.id, first]
+    assert await store.recent_notifications(2) == [last, job.id]
 
 
 # -- durability and atomicity ---------------------------------------------------------

@@ -9,7 +9,8 @@ outside where a test needs an older data folder:
   alone and the others are stored;
 * a data folder from an older version opens: the unread counters are filled
   from the inbox once, retained messages get their QoS column (QoS 1), send
-  targets their variant column (none for those recorded before);
+  targets their variant column (none for those recorded before), the counts
+  per variant are filled once from the targets and events;
 * a tags-only audience is counted by one SQL query, equal to the paged count.
 """
 
@@ -130,6 +131,39 @@ async def test_a_folder_from_before_retained_kept_its_qos(tmp_path: Path,
         await store.close()
 
 
+_BEFORE_VARIANT_COUNTS = """
+DROP TRIGGER variant_target; DROP TRIGGER variant_target_state; DROP TRIGGER variant_event;
+DROP TABLE variant_counts;
+"""
+
+
+async def test_a_folder_from_before_the_variant_counts_is_counted_once(
+        tmp_path: Path, clock: Clock) -> None:
+    store = await opened(tmp_path, clock)
+    job, _ = await store.job_create(NewJob("n_ab", "c", {"title": "hi"}, 3, clock.now))
+    await store.deliver(job.id, [Delivery("ann", "pushed", {"title": "hi"}, edges=None,
+                                          variant="A"),
+                                 Delivery("bob", "held", due_at=clock.now + 60, variant="B"),
+                                 Delivery("cy", "pushed", {"title": "hi"}, edges=None)],
+                        category="c", expires_at=None, collapse_key=None, policy=policy)
+    assert await store.track(job.id, "ann", "opened")
+    want = await store.variant_counts(job.id)
+    assert (want["A"]["opened"], want["B"]["held"]) == (1, 1)
+    await store.close()
+    with sqlite3.connect(store.path) as db:
+        db.executescript(_BEFORE_VARIANT_COUNTS)
+    store = await opened(tmp_path, clock)
+    try:
+        assert await store.variant_counts(job.id) == want
+        await store.close()
+        store = await opened(tmp_path, clock)  # filled once: not counted again
+        assert await store.variant_counts(job.id) == want
+        assert await store.track(job.id, "ann", "clicked")  # and counted from then on
+        assert (await store.variant_counts(job.id))["A"]["clicked"] == 1
+    finally:
+        await store.close()
+
+
 async def test_a_folder_from_before_targets_kept_their_variant(tmp_path: Path,
                                                                clock: Clock) -> None:
     store = await opened(tmp_path, clock)
@@ -138,7 +172,7 @@ async def test_a_folder_from_before_targets_kept_their_variant(tmp_path: Path,
                         expires_at=None, collapse_key=None, policy=policy)
     await store.close()
     with sqlite3.connect(store.path) as db:
-        db.execute("ALTER TABLE job_targets DROP COLUMN variant")
+        db.executescript(_BEFORE_VARIANT_COUNTS + "ALTER TABLE job_targets DROP COLUMN variant;")
     store = await opened(tmp_path, clock)
     try:
         await store.deliver(job.id, [Delivery("bob", "suppressed_category", variant="B")],

@@ -68,6 +68,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/dashboard/logout", dashboard.logout),
     ("GET", "/dashboard/static/{name:.+}", dashboard.static),
     ("GET", "/v1/dashboard/summary", dashboard.summary),
+    ("GET", "/v1/dashboard/recent", dashboard.recent),
     ("GET", "/v1/users/{uid}/tags", users.tags),
     ("PUT", "/v1/users/{uid}/tags", users.put_tags),
     ("POST", "/v1/users/{uid}/tags", users.change_tags),

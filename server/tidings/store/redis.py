@@ -59,6 +59,8 @@ key                            type    what
                                        ts); ``r:<reason>`` counts in ``:m``
 ``P {nk:<key>}``               string  a notify idempotency key: id, targets, done
 ``P {s}:categories``           hash    ``category \\0 field`` -> total
+``P {s}:recent``               zset    the newest notification ids by creation (ms),
+                                       the newest ``RECENT_KEPT`` kept (dashboard)
 ``P {due}:at`` / ``P {due}:v`` zset /  users with expiring items, by (at most) their
                                hash    earliest expiry / a version per user (sweeper)
 ``P {ms:<bucket>}:state``      hash    MQTT session state by client id (64 buckets)
@@ -216,6 +218,7 @@ from .base import (
     FEEDBACK_REASONS,
     JOB_STATUSES,
     PRUNE_STEP,
+    RECENT_KEPT,
     STAT_EVENTS,
     TRACK_EVENTS,
     DeliverResult,
@@ -808,12 +811,15 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
         """The notification's stats record, and its category's totals when new."""
         key = self._p + "{n:" + escape_tag(nid) + "}:m"
         cats = self._p + "{s}:categories"
+        recent = self._p + "{s}:recent"
 
         async def run(client: Any) -> None:
             if await self._script("NOTE", [key], [category, targets, now]):
                 pipe = client.pipeline(transaction=False)
                 pipe.hincrby(cats, category + "\0notifications", 1)
                 pipe.hincrby(cats, category + "\0targets", targets)
+                pipe.zadd(recent, {nid: now})  # the dashboard's list, the newest kept
+                pipe.zremrangebyrank(recent, 0, -RECENT_KEPT - 1)
                 await pipe.execute()
 
         await self._io(run)
@@ -1079,6 +1085,11 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
                                                **{e: 0 for e in STAT_EVENTS}})
             totals[name] = int(v)
         return out
+
+    async def recent_notifications(self, limit: int) -> list[str]:
+        limit = min(limit, RECENT_KEPT)
+        raw = await self._io(lambda c: c.zrevrange(self._p + "{s}:recent", 0, limit - 1))
+        return [_text(r) for r in raw]
 
     # -- MQTT sessions --------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from .base import (
     JOB_STATUSES,
     MAX_EVENT_IDS,
     PRUNE_STEP,
+    RECENT_KEPT,
     STAT_EVENTS,
     TRACK_EVENTS,
     DeliverResult,
@@ -64,9 +65,9 @@ from .contracts.audience import (
     Profile,
     check_attribute_values,
 )
-from .contracts.notifications import variant_row
 from .sqlite_events import EVENTS_SCHEMA, SqliteEvents
 from .sqlite_push import PUSH_SCHEMA, SqlitePushEndpoints
+from .sqlite_variants import VARIANTS_FILL, VARIANTS_SCHEMA, variant_counts
 
 __all__ = ["SqliteStore"]
 
@@ -120,6 +121,7 @@ CREATE TABLE IF NOT EXISTS notifications (
     targets INTEGER NOT NULL,
     created INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS notifications_created ON notifications (created);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -363,6 +365,8 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             db.execute("PRAGMA busy_timeout=5000")
             counted = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'"
                                  " AND name = 'inbox_counts'").fetchone() is not None
+            by_variant = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'"
+                                    " AND name = 'variant_counts'").fetchone() is not None
             db.executescript(_SCHEMA)
             db.executescript(PUSH_SCHEMA)
             db.executescript(EVENTS_SCHEMA)
@@ -377,6 +381,9 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             targets = {row[1] for row in db.execute("PRAGMA table_info(job_targets)")}
             if "variant" not in targets:  # ... or from before targets kept their variant
                 db.execute("ALTER TABLE job_targets ADD COLUMN variant TEXT")
+            db.executescript(VARIANTS_SCHEMA)
+            if not by_variant:  # ... or from before the counters per variant: count once
+                db.executescript(VARIANTS_FILL)
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
                        (secrets.token_hex(4),))
             self._epoch = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
@@ -965,6 +972,11 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
 
         return await self._run(tx)
 
+    async def recent_notifications(self, limit: int) -> list[str]:
+        limit = min(limit, RECENT_KEPT)
+        return await self._run(lambda db: [r[0] for r in db.execute(
+            "SELECT id FROM notifications ORDER BY created DESC, id DESC LIMIT ?", (limit,))])
+
     # -- MQTT sessions --------------------------------------------------------------
 
     @staticmethod
@@ -1489,24 +1501,8 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
         return await self._run(tx)
 
     async def variant_counts(self, notification_id: str) -> dict[str, dict[str, int]]:
-        """Two grouped reads of the notification's targets (its primary key
-        range): states by variant, then tracked events joined to the target
-        that reported them."""
-        def tx(db: sqlite3.Connection) -> dict[str, dict[str, int]]:
-            counted: dict[str, dict[str, int]] = {}
-            for variant, state, n in db.execute(
-                    "SELECT variant, state, COUNT(*) FROM job_targets WHERE id = ?"
-                    " AND variant IS NOT NULL GROUP BY variant, state", (notification_id,)):
-                counted.setdefault(variant, {})[state] = n
-            for variant, event, n in db.execute(
-                    "SELECT j.variant, t.event, COUNT(*) FROM tracks t JOIN job_targets j"
-                    " ON j.id = t.id AND j.user = t.user WHERE t.id = ?"
-                    " AND j.variant IS NOT NULL GROUP BY j.variant, t.event",
-                    (notification_id,)):
-                counted.setdefault(variant, {})[event] = n
-            return {v: variant_row(c) for v, c in sorted(counted.items())}
-
-        return await self._run(tx)
+        """The counters triggers keep (:mod:`.sqlite_variants`): O(variants)."""
+        return await self._run(lambda db: variant_counts(db, notification_id))
 
     async def due_claim(self, owner: str, *, lease: float, limit: int) -> list[DueEntry]:
         now = self._clock()

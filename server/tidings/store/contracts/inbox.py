@@ -41,6 +41,7 @@ __all__ = [
     "FEEDBACK_REASONS",
     "MAX_EVENT_IDS",
     "PRUNE_STEP",
+    "RECENT_KEPT",
     "STAT_EVENTS",
     "TRACK_EVENTS",
     "InboxItem",
@@ -58,6 +59,8 @@ __all__ = [
 MarkAction = Literal["read", "unread", "archive"]
 PRUNE_STEP = 100  # items one notify prunes at most (see "Inbox cap")
 TRACK_EVENTS = ("delivered", "opened", "clicked", "dismissed")
+RECENT_KEPT = 1000
+"""Notifications ``recent_notifications`` can list (Redis keeps this many ids)."""
 """What a device reports with ``track`` (counted once per user and notification)."""
 FEEDBACK_REASONS = ("not_interested", "too_many", "wrong_time", "other")
 """Why a user gives ``feedback`` on a notification (issue 13)."""
@@ -230,3 +233,8 @@ class InboxStore(abc.ABC):
     @abc.abstractmethod
     async def category_stats(self) -> dict[str, dict[str, int]]:
         """Totals by category: notifications, targets and each of :data:`STAT_EVENTS`."""
+
+    @abc.abstractmethod
+    async def recent_notifications(self, limit: int) -> list[str]:
+        """Ids of the newest notifications (sent at once or as jobs), newest first,
+        at most ``limit`` (up to :data:`RECENT_KEPT`): the dashboard's list."""
