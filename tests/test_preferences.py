@@ -16,6 +16,7 @@ from tidings.preferences import (
     QuietHours,
     Rules,
     check_category,
+    halve_cap,
     merge,
     merge_patch,
     parse,
@@ -232,3 +233,36 @@ def test_a_notifications_category_is_one_of_the_operators() -> None:
         with pytest.raises(BadRequest) as e:
             check_category(bad, RULES)
         assert e.value.message.startswith("category: ")
+
+
+# -- too_many feedback (issue 13) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("mine", "want"), [
+    (None, Cap(1, 3)),  # the operator's marketing cap (2 an hour, 6 a day), halved
+    (Cap(per_day=4), Cap(1, 2)),  # the lower of the user's and the operator's
+    (Cap(1, 1), Cap(1, 1)),  # never below 1
+    (Cap(0, 0), Cap(0, 0)),  # a cap of 0 is not raised
+])
+def test_halve_cap_halves_the_cap_in_force(mine: Cap | None, want: Cap) -> None:
+    current = Preferences(caps={} if mine is None else {"marketing": mine})
+    halved = halve_cap(current, "marketing", RULES, 10)
+    assert halved is not None and halved.caps["marketing"] == want
+    assert parse(halved.to_dict(), RULES) == halved  # the result is a valid document
+
+
+def test_halve_cap_of_an_uncapped_or_uncappable_category() -> None:
+    assert halve_cap(Preferences(), "social", RULES, 10) == Preferences(
+        caps={"social": Cap(per_day=5)})
+    assert halve_cap(Preferences(), "social", RULES, 1) == Preferences(
+        caps={"social": Cap(per_day=1)})
+    kept = Preferences(locale="fr", caps={"marketing": Cap(per_hour=1)})
+    assert halve_cap(kept, "social", RULES, 10) == Preferences(
+        locale="fr", caps={"marketing": Cap(per_hour=1), "social": Cap(per_day=5)})
+    assert halve_cap(Preferences(), "transactional", RULES, 10) is None  # always_on
+    assert halve_cap(Preferences(), "unknown", RULES, 10) is None
+
+
+def test_feedback_cap_per_day_must_be_positive() -> None:
+    with pytest.raises(config.ConfigError, match="feedback_cap_per_day"):
+        config.load(None, env={"TIDINGS_PREFERENCES_FEEDBACK_CAP_PER_DAY": "0"})

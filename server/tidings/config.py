@@ -194,6 +194,9 @@ class PreferencesSettings:
         default_factory=lambda: ["general", "transactional", "security", "social"])
     caps: list[str] = field(default_factory=lambda: ["marketing per_hour=2 per_day=6"])
     default_timezone: str = "UTC"
+    # the per-day cap a "too_many" feedback halves on a category with no cap
+    # (neither the user's nor the operator's): 10 -> the user gets per_day 5
+    feedback_cap_per_day: int = 10
 
 
 @dataclass
@@ -557,6 +560,8 @@ def _validate_preferences(p: PreferencesSettings) -> None:
     if p.default_timezone not in zoneinfo.available_timezones():
         raise ConfigError(f"preferences.default_timezone: {p.default_timezone!r} is not an "
                           f"IANA time zone name")
+    if p.feedback_cap_per_day < 1:
+        raise ConfigError("preferences.feedback_cap_per_day: must be at least 1")
 
 
 def _validate_events(e: EventsSettings) -> None:

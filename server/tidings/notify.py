@@ -28,6 +28,7 @@ from .rates import report
 from .schedule import BEST_TIME, LocalTime, parse_send_at, parse_send_at_local
 from .sending import Sender
 from .store.base import (
+    FEEDBACK_REASONS,
     JOB_STATUSES,
     OUTCOMES,
     TRACK_EVENTS,
@@ -40,7 +41,9 @@ from .store.base import (
 from .types import is_cursor
 from .variants import compile_variants, parse_experiment, parse_variants
 
-__all__ = ["NOTIFY_FIELDS", "PRIORITIES", "Notifier", "Request"]
+__all__ = ["FEEDBACK_COMMENT_MAX", "NOTIFY_FIELDS", "PRIORITIES", "Notifier", "Request"]
+
+FEEDBACK_COMMENT_MAX = 500  # characters of a feedback's optional comment
 
 PRIORITIES = ("low", "normal", "high", "urgent")
 _MEDIA = ("image", "video", "audio")
@@ -366,6 +369,26 @@ class Notifier:
             self.node.push.acknowledged(user, notification_id)
         if recorded and self.node.events is not None:
             self.node.events.emit(event, user=user, notification=notification_id)
+        return recorded
+
+    async def feedback(self, user: str, notification_id: Any, reason: Any, comment: Any
+                       ) -> bool:
+        """Record the user's feedback on a notification in their inbox (issue 13):
+        counted once per user and notification (the first wins; False when not
+        recorded, as :meth:`track`), then emitted as the event ``feedback``.
+        Bad input: ``bad_request`` naming the field."""
+        if not isinstance(notification_id, str) or not 0 < len(notification_id) <= 128:
+            raise BadRequest("notification must be a notification id")
+        if reason not in FEEDBACK_REASONS:
+            raise BadRequest(f"reason must be one of {', '.join(FEEDBACK_REASONS)}")
+        if comment is not None and (not isinstance(comment, str)
+                                    or len(comment) > FEEDBACK_COMMENT_MAX):
+            raise BadRequest(f"comment must be a string of at most {FEEDBACK_COMMENT_MAX} "
+                             "characters")
+        recorded = await self.node.store.feedback(notification_id, user, reason, comment)
+        if recorded and self.node.events is not None:
+            self.node.events.emit("feedback", user=user, notification=notification_id,
+                                  reason=reason, comment=comment)
         return recorded
 
     async def stats(self, notification_id: str) -> dict[str, Any]:

@@ -44,7 +44,7 @@ import re
 import reprlib
 import zoneinfo
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import time
 from typing import Any
 
@@ -62,6 +62,7 @@ __all__ = [
     "QuietHours",
     "Rules",
     "check_category",
+    "halve_cap",
     "merge",
     "merge_patch",
     "parse",
@@ -350,6 +351,29 @@ def parse(doc: Any, rules: Rules) -> Preferences:
             name = _category_key(k, rules, "caps")
             caps[name] = _parse_cap(v, name, rules)
     return Preferences(timezone, locale, categories, quiet, caps)
+
+
+def _half(n: int | None) -> int | None:
+    return None if n is None else n if n <= 1 else n // 2
+
+
+def halve_cap(current: Preferences, category: str, rules: Rules, uncapped_per_day: int
+              ) -> Preferences | None:
+    """``current`` with the user's cap on ``category`` set to half the cap in
+    force (:meth:`Preferences.cap`: the user's, else the operator's), each kind
+    that has one, at least 1 (a cap of 0 stays 0); a category with no cap gets
+    ``per_day`` half of ``uncapped_per_day``. What a ``too_many`` feedback does
+    (issue 13). None where no cap may be set: an ``always_on`` or unknown
+    category. The result stays within the operator's caps, so :func:`parse`
+    takes it back, and the user may raise it again up to those."""
+    if category in rules.always_on or category not in rules.categories:
+        return None
+    now = current.cap(category, rules)
+    if now.per_hour is None and now.per_day is None:
+        lowered = Cap(None, max(1, uncapped_per_day // 2))
+    else:
+        lowered = Cap(_half(now.per_hour), _half(now.per_day))
+    return replace(current, caps={**current.caps, category: lowered})
 
 
 _MERGE_DEPTH = 4  # deeper than any valid document: what is below is replaced whole

@@ -380,6 +380,26 @@ async def test_variant_counts_count_targets_states_and_events_per_variant(
     assert await store.variant_counts("n_unknown") == {}
 
 
+async def test_feedback_counts_per_variant_like_a_tracked_event(store: Store,
+                                                                clock: Clock) -> None:
+    job, _ = await store.job_create(new_job(due=clock.now))
+    await deliver(store, job.id, [
+        Delivery("ann", "pushed", fields(), edges=None, variant="A"),
+        Delivery("bob", "pushed", fields(), edges=None, variant="B"),
+        Delivery("cy", "pushed", fields(), edges=None, variant="B"),
+    ])
+    assert await store.feedback(job.id, "ann", "too_many", None)
+    assert not await store.feedback(job.id, "ann", "other", None)  # once per user
+    assert await store.feedback(job.id, "bob", "not_interested", "no")
+    assert await store.track(job.id, "cy", "opened")
+    assert await store.variant_counts(job.id) == {
+        "A": counted(targets=1, pushed=1, feedback=1),
+        "B": counted(targets=2, pushed=2, feedback=1, opened=1),
+    }
+    stats = await store.stats(job.id)
+    assert stats is not None and stats["feedback"] == 2
+
+
 async def test_variant_counts_are_empty_without_variants(store: Store, clock: Clock) -> None:
     job, _ = await store.job_create(new_job(due=clock.now))
     await deliver(store, job.id, [Delivery("ann", "pushed", fields(), edges=None)])

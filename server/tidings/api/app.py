@@ -57,6 +57,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/v1/users/{uid}/unread", users.unread),
     ("POST", "/v1/users/{uid}/{action:read|unread|archive}", users.mark),
     ("GET", "/v1/users/{uid}/devices", users.devices),
+    ("POST", "/v1/users/{uid}/feedback", users.feedback),
     ("POST", "/v1/users/{uid}/push-endpoints", push.register),
     ("GET", "/v1/users/{uid}/push-endpoints", push.endpoints),
     ("DELETE", "/v1/users/{uid}/push-endpoints", push.unregister),

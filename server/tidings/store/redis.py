@@ -55,6 +55,8 @@ key                            type    what
 ``P {n:<id>}:tr``              set     ``event \\0 user`` tracked (once each)
 ``P {n:<id>}:uv``              hash    user -> the variant the user was given
 ``P {n:<id>}:v``               hash    ``variant \\0 state-or-event`` -> users
+``P {n:<id>}:fb``              hash    user -> their feedback (JSON: reason, comment,
+                                       ts); ``r:<reason>`` counts in ``:m``
 ``P {nk:<key>}``               string  a notify idempotency key: id, targets, done
 ``P {s}:categories``           hash    ``category \\0 field`` -> total
 ``P {s}:recent``               zset    the newest notification ids by creation (ms),
@@ -213,9 +215,11 @@ from ..redis_wire import (
 from ..types import Offset, PayloadKind, Publication, format_offset, is_cursor, parse_offset
 from . import redis_lua as lua
 from .base import (
+    FEEDBACK_REASONS,
     JOB_STATUSES,
     PRUNE_STEP,
     RECENT_KEPT,
+    STAT_EVENTS,
     TRACK_EVENTS,
     DeliverResult,
     Delivery,
@@ -994,21 +998,31 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
                 changes.append(self._change(user, stream, now, [r[2], *r[3:7]], ids))
         return SweepResult(0, deleted, 0, changes, more)
 
+    async def _recorded(self, client: Any, notification_id: str, user: str, event: str,
+                        keys: list[str], extra: list[Any]) -> str | None:
+        """The TRACK script for a user with the notification in their inbox, then
+        the category's total: the category when the event is new, else None
+        (``track`` and ``feedback`` both)."""
+        if not await client.hexists(self._uk(user, ":items"), notification_id):
+            return None
+        category = await self._script("TRACK", keys, [event, user, *extra])
+        if category is None:
+            return None
+        category = _text(category)
+        await client.hincrby(self._p + "{s}:categories", category + "\0" + event, 1)
+        return category
+
     async def track(self, notification_id: str, user: str, event: str) -> bool:
         if event not in TRACK_EVENTS:
             raise ValueError(f"unknown event {event!r}")
-        items = self._uk(user, ":items")
 
         async def run(client: Any) -> bool:
-            if not await client.hexists(items, notification_id):
-                return False
-            category = await self._script("TRACK", self._track_keys(notification_id),
-                                          [event, user])
+            category = await self._recorded(client, notification_id, user, event,
+                                            self._track_keys(notification_id), [])
             if category is None:
                 return False
-            await client.hincrby(self._p + "{s}:categories", _text(category) + "\0" + event, 1)
             if event in ENGAGEMENT_EVENTS:  # a step of its own, in the user's slot
-                await self._engage(client, user, _text(category), event, notification_id)
+                await self._engage(client, user, category, event, notification_id)
             return True
 
         return await self._io(run)
@@ -1029,6 +1043,26 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
             counted.setdefault(variant, {})[name] = int(v)
         return {v: variant_row(c) for v, c in sorted(counted.items())}
 
+    async def feedback(self, notification_id: str, user: str, reason: str,
+                       comment: str | None) -> bool:
+        if reason not in FEEDBACK_REASONS:
+            raise ValueError(f"unknown feedback reason {reason!r}")
+        # the event where track records events, with the feedback hash beside it
+        keys = [*self._track_keys(notification_id), self._nk(notification_id, ":fb")]
+        record = orjson.dumps({"reason": reason, "comment": comment, "ts": self._now_ms()})
+
+        async def run(client: Any) -> bool:
+            category = await self._recorded(client, notification_id, user, "feedback", keys,
+                                            [reason, record])
+            if category is None:
+                return False
+            if reason == "not_interested":  # a step of its own, in the user's slot
+                await self._script("FORGET_ENGAGEMENT", [self._uk(user, ":eng:" + category),
+                                                         self._uk(user, ":engall")], [])
+            return True
+
+        return await self._io(run)
+
     async def stats(self, notification_id: str) -> dict[str, Any] | None:
         key = self._nk(notification_id, ":m")
         raw = await self._io(lambda c: c.hgetall(key))
@@ -1038,7 +1072,8 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
         out: dict[str, Any] = {"id": notification_id, "category": record["category"],
                                "targets": int(record["targets"]),
                                "created": int(record["created"])}
-        out.update({e: int(record.get(e, 0)) for e in TRACK_EVENTS})
+        out.update({e: int(record.get(e, 0)) for e in STAT_EVENTS})
+        out["feedback_reasons"] = {r: int(record.get("r:" + r, 0)) for r in FEEDBACK_REASONS}
         return out
 
     async def category_stats(self) -> dict[str, dict[str, int]]:
@@ -1047,7 +1082,7 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
         for k, v in raw.items():
             category, _, name = _text(k).rpartition("\0")
             totals = out.setdefault(category, {"notifications": 0, "targets": 0,
-                                               **{e: 0 for e in TRACK_EVENTS}})
+                                               **{e: 0 for e in STAT_EVENTS}})
             totals[name] = int(v)
         return out
 

@@ -31,6 +31,7 @@ __all__ = [
     "DUE_PUT",
     "DUE_SET",
     "DUE_TAKE",
+    "FORGET_ENGAGEMENT",
     "HISTORY",
     "INBOX",
     "JOBS_PAGE",
@@ -545,14 +546,20 @@ return 1
 
 TRACK = r"""
 -- KEYS: notification record, its tracked set [, its users' variants, its variant
---   counts (see VARIANT_NOTE)].  ARGV: event, user
+--   counts (see VARIANT_NOTE) [, its feedback hash]].
+-- ARGV: event, user [, reason, the feedback record (JSON: reason, comment, ts)]
 -- Returns false if already recorded, else the notification's category. The event
--- also counts for the variant the user was given, if any.
+-- also counts for the variant the user was given, if any. The event 'feedback'
+-- (issue 13) also counts its reason ('r:' .. reason) and keeps the record.
 if redis.call('SADD', KEYS[2], ARGV[1] .. '\0' .. ARGV[2]) == 0 then return false end
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 if KEYS[4] then
   local variant = redis.call('HGET', KEYS[3], ARGV[2])
   if variant then redis.call('HINCRBY', KEYS[4], variant .. '\0' .. ARGV[1], 1) end
+end
+if KEYS[5] then
+  redis.call('HINCRBY', KEYS[1], 'r:' .. ARGV[3], 1)
+  redis.call('HSET', KEYS[5], ARGV[2], ARGV[4])
 end
 return redis.call('HGET', KEYS[1], 'category') or ''
 """
@@ -580,6 +587,17 @@ for i = 1, #ARGV, 2 do
   end
 end
 return 1
+"""
+
+FORGET_ENGAGEMENT = r"""
+-- KEYS: the user's engagement zset of one category, the user's over every category.
+-- Forgets the category's engagement in both (a not_interested feedback).
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+for i = 1, #members, 1000 do
+  redis.call('ZREM', KEYS[2], unpack(members, i, math.min(i + 999, #members)))
+end
+redis.call('DEL', KEYS[1])
+return #members
 """
 
 CLAIM = r"""

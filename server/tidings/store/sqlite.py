@@ -26,10 +26,12 @@ from ..protocol.topics import is_wildcard, matches
 from ..redis_wire import MetaCodec
 from ..types import Offset, PayloadKind, Publication, format_offset, parse_offset
 from .base import (
+    FEEDBACK_REASONS,
     JOB_STATUSES,
     MAX_EVENT_IDS,
     PRUNE_STEP,
     RECENT_KEPT,
+    STAT_EVENTS,
     TRACK_EVENTS,
     DeliverResult,
     Delivery,
@@ -227,6 +229,18 @@ CREATE TABLE IF NOT EXISTS user_preferences (
 ) WITHOUT ROWID;
 """
 
+# feedback: the reason and comment beside each 'feedback' event in tracks (issue 13)
+_FEEDBACK_SCHEMA = """
+CREATE TABLE IF NOT EXISTS feedback (
+    id TEXT NOT NULL,
+    user TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    comment TEXT,
+    ts INTEGER NOT NULL,
+    PRIMARY KEY (id, user)
+) WITHOUT ROWID;
+"""
+
 # audience_users: one row per user the audience contract knows (tags, attributes,
 # last seen or engagement), the candidates of a selection without tags.
 
@@ -356,6 +370,7 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             db.executescript(_SCHEMA)
             db.executescript(PUSH_SCHEMA)
             db.executescript(EVENTS_SCHEMA)
+            db.executescript(_FEEDBACK_SCHEMA)
             if not counted:  # a data folder from before the counters: count once
                 db.execute(_COUNTS_FILL)
             columns = {row[1] for row in db.execute("PRAGMA table_info(retained)")}
@@ -870,23 +885,54 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                 self._unread_retained(db, user, count, now)]
         return UserChange(user, count, ids, pubs)
 
+    @staticmethod
+    def _record(db: sqlite3.Connection, notification_id: str, user: str, event: str) -> bool:
+        """Record ``event`` in ``tracks`` once for a user with the notification in
+        their inbox; whether it is new (``track`` and ``feedback`` both)."""
+        known = db.execute("SELECT 1 FROM inbox WHERE user = ? AND id = ?",
+                           (user, notification_id)).fetchone()
+        if known is None:
+            return False
+        cur = db.execute("INSERT OR IGNORE INTO tracks (id, user, event) VALUES (?, ?, ?)",
+                         (notification_id, user, event))
+        return cur.rowcount == 1
+
+    @staticmethod
+    def _category(db: sqlite3.Connection, notification_id: str) -> str | None:
+        row = db.execute("SELECT category FROM notifications WHERE id = ?",
+                         (notification_id,)).fetchone()
+        return None if row is None else str(row[0])
+
     async def track(self, notification_id: str, user: str, event: str) -> bool:
         if event not in TRACK_EVENTS:
             raise ValueError(f"unknown event {event!r}")
 
         def tx(db: sqlite3.Connection) -> bool:
-            known = db.execute("SELECT 1 FROM inbox WHERE user = ? AND id = ?",
-                               (user, notification_id)).fetchone()
-            if known is None:
+            if not self._record(db, notification_id, user, event):
                 return False
-            cur = db.execute("INSERT OR IGNORE INTO tracks (id, user, event) VALUES (?, ?, ?)",
-                             (notification_id, user, event))
-            if cur.rowcount == 1 and event in ENGAGEMENT_EVENTS:
-                row = db.execute("SELECT category FROM notifications WHERE id = ?",
-                                 (notification_id,)).fetchone()
-                if row is not None:
-                    self._engage(db, user, row[0], event, notification_id)
-            return cur.rowcount == 1
+            category = self._category(db, notification_id)
+            if event in ENGAGEMENT_EVENTS and category is not None:
+                self._engage(db, user, category, event, notification_id)
+            return True
+
+        return await self._run(tx)
+
+    async def feedback(self, notification_id: str, user: str, reason: str,
+                       comment: str | None) -> bool:
+        if reason not in FEEDBACK_REASONS:
+            raise ValueError(f"unknown feedback reason {reason!r}")
+
+        def tx(db: sqlite3.Connection) -> bool:
+            if not self._record(db, notification_id, user, "feedback"):
+                return False  # the first feedback wins
+            db.execute("INSERT INTO feedback (id, user, reason, comment, ts)"
+                       " VALUES (?, ?, ?, ?, ?)",
+                       (notification_id, user, reason, comment, self._now_ms()))
+            category = self._category(db, notification_id)
+            if reason == "not_interested" and category is not None:
+                db.execute("DELETE FROM engagements WHERE user = ? AND category = ?",
+                           (user, category))
+            return True
 
         return await self._run(tx)
 
@@ -898,10 +944,14 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                 return None
             out: dict[str, Any] = {"id": notification_id, "category": row[0],
                                    "targets": row[1], "created": row[2]}
-            out.update({e: 0 for e in TRACK_EVENTS})
+            out.update({e: 0 for e in STAT_EVENTS})
             for event, n in db.execute("SELECT event, COUNT(*) FROM tracks WHERE id = ?"
                                        " GROUP BY event", (notification_id,)):
                 out[event] = n
+            out["feedback_reasons"] = reasons = dict.fromkeys(FEEDBACK_REASONS, 0)
+            for reason, n in db.execute("SELECT reason, COUNT(*) FROM feedback WHERE id = ?"
+                                        " GROUP BY reason", (notification_id,)):
+                reasons[reason] = n
             return out
 
         return await self._run(tx)
@@ -913,7 +963,7 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                     "SELECT category, COUNT(*), SUM(targets) FROM notifications"
                     " GROUP BY category"):
                 out[cat] = {"notifications": n, "targets": int(targets or 0),
-                            **{e: 0 for e in TRACK_EVENTS}}
+                            **{e: 0 for e in STAT_EVENTS}}
             for cat, event, n in db.execute(
                     "SELECT n.category, t.event, COUNT(*) FROM tracks t"
                     " JOIN notifications n ON n.id = t.id GROUP BY n.category, t.event"):

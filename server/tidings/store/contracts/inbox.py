@@ -207,12 +207,32 @@ class InboxStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def feedback(self, notification_id: str, user: str, reason: str,
+                       comment: str | None) -> bool:
+        """Record the user's feedback (``reason`` one of :data:`FEEDBACK_REASONS`,
+        an optional ``comment``) on a notification in their inbox.
+
+        It is the event ``feedback`` where :meth:`track` records its events, so
+        it is counted once per user and notification like them: the first
+        feedback wins, a later one changes nothing and returns False (as does
+        feedback on a notification the user was not a target of, or an unknown
+        one). The reason and comment are kept beside it, counted per reason in
+        :meth:`stats`. A recorded ``not_interested`` also forgets the user's
+        engagement (:meth:`~.audience.AudienceStore.engagements`) in the
+        notification's category, in the same step where the backend can, so a
+        segment's ``engaged`` condition on that category stops selecting them
+        until they engage again.
+        """
+
+    @abc.abstractmethod
     async def stats(self, notification_id: str) -> dict[str, Any] | None:
-        """``{id, category, targets, delivered, opened, clicked, dismissed}`` or None."""
+        """``{id, category, targets, <each of STAT_EVENTS>, feedback_reasons}``
+        or None; ``feedback_reasons`` maps every reason of
+        :data:`FEEDBACK_REASONS` to its count."""
 
     @abc.abstractmethod
     async def category_stats(self) -> dict[str, dict[str, int]]:
-        """Totals by category: notifications, targets and each tracked event."""
+        """Totals by category: notifications, targets and each of :data:`STAT_EVENTS`."""
 
     @abc.abstractmethod
     async def recent_notifications(self, limit: int) -> list[str]:
