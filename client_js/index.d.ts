@@ -49,6 +49,8 @@ export interface TidingsOptions {
   queueLimit?: number;
   /** Inbox items per page (default 20). */
   pageSize?: number;
+  /** Report `track delivered` for each live notification (default true). */
+  reportDelivered?: boolean;
   /** One connection for all tabs of the origin and user (default true; needs Web Locks + BroadcastChannel). */
   sharedConnection?: boolean;
   /** Connect right after construction (default true). */
@@ -164,6 +166,8 @@ export interface InboxItem {
   priority: string;
   media: unknown;
   ts: number;
+  /** The A/B variant this user was sent (null without variants). */
+  variant: string | null;
   read: boolean;
   archived: boolean;
 }

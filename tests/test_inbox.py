@@ -589,6 +589,35 @@ async def test_unread_endpoint(node: Node) -> None:
 # -- stats ----------------------------------------------------------------------------------
 
 
+async def test_track_a_batch_of_deliveries(node: Node) -> None:
+    """``track`` with a ``notifications`` list (how the JS client reports
+    ``delivered``): one command, the ids newly recorded, each counted once."""
+    laptop, phone, _tablet, bob = await alice_and_bob(node)
+    a = await notify(node, ["alice", "bob"])
+    b = await notify(node, ["alice"])
+    r = await laptop.request("track", notifications=[a["id"], b["id"], a["id"]],
+                             event="delivered")
+    assert r["ok"] and r["recorded"] == [a["id"], b["id"]]
+    r = await phone.request("track", notifications=[a["id"], b["id"]], event="delivered")
+    assert r["ok"] and r["recorded"] == []  # per user, once
+    r = await bob.request("track", notifications=[b["id"], a["id"]], event="delivered")
+    assert r["ok"] and r["recorded"] == [a["id"]]  # b is not in bob's inbox
+    for sent, delivered in ((a, 2), (b, 1)):
+        status, stats = await node.api("GET", f"/v1/notifications/{sent['id']}/stats")
+        assert status == 200 and stats["delivered"] == delivered
+    for args, says in (({}, "notification is required"),
+                       ({"notification": None}, "notification is required"),
+                       ({"notifications": []}, "1 to 100 ids"),
+                       ({"notifications": [a["id"]] * 101}, "1 to 100 ids"),
+                       ({"notifications": [a["id"], 7]}, "1 to 100 ids"),
+                       ({"notifications": [a["id"]], "notification": a["id"]}, "not both")):
+        r = await laptop.request("track", event="delivered", **args)
+        assert not r["ok"] and r["error"]["code"] == "bad_request", args
+        assert says in r["error"]["message"], (args, r)
+    status, stats = await node.api("GET", f"/v1/notifications/{a['id']}/stats")
+    assert stats["delivered"] == 2  # the refused ones changed nothing
+
+
 async def test_track_and_stats(node: Node) -> None:
     laptop, phone, tablet, bob = await alice_and_bob(node)
     sent = await notify(node, ["alice", "bob"], category="orders")

@@ -33,6 +33,7 @@ import { Ledger } from "./ledger.js";
  * @property {number} [maxBackoff] ms
  * @property {number} [queueLimit]
  * @property {number} [pageSize]
+ * @property {boolean} [reportDelivered]
  * @property {any} [WebSocket]
  * @property {() => number} [random]
  * @property {{setTimeout: (fn: () => void, ms: number) => any, clearTimeout: (h: any) => void}} [timers]
@@ -50,6 +51,8 @@ const IDEMPOTENT = new Set(["subscribe", "unsubscribe", "inbox", "read", "unread
   "track", "feedback", "devices", "ping", "preferences", "set_preferences"]);
 /** Ops whose reply carries the user's `unread` count. */
 const UNREAD_REPLIES = new Set(["inbox", "read", "unread", "archive"]);
+const DELIVERED_EVERY = 1000; // ms between batches of `delivered` reports
+const TRACK_MANY = 100; // ids one `track` command may list (the server's bound)
 
 /**
  * @param {"json" | "msgpack"} encoding
@@ -163,6 +166,10 @@ export class Core extends Emitter {
     this.subs = new Map();
     /** counts user-stream pushes, so a reply's `unread` older than a push is not applied */
     this.pushSeq = 0;
+    /** @type {string[]} live notifications not yet reported `delivered` (a batch a second) */
+    this.delivered = [];
+    /** @type {any} the timer that sends them */
+    this.deliveredTimer = null;
     /** @type {any} */
     this.timer = null;
     /** @type {string | null} a token fetched ahead (after 4001) for the next attempt */
@@ -210,6 +217,8 @@ export class Core extends Emitter {
     this.state = "closed";
     if (this.timer !== null) this.timers.clearTimeout(this.timer);
     this.timer = null;
+    if (this.deliveredTimer !== null) this.timers.clearTimeout(this.deliveredTimer);
+    this.deliveredTimer = null;
     if (this.onOnline) /** @type {any} */ (globalThis).removeEventListener("online", this.onOnline);
     const err = () => new TidingsError("closed", "the client was closed");
     for (const cmd of [...this.pending.values(), ...this.queue]) cmd.reject(err());
@@ -492,7 +501,28 @@ export class Core extends Emitter {
     const { type: _type, ...fields } = n;
     this.inbox.applyNotification(live ? n : { ...n, unread: undefined });
     this.emit("notification", { ...fields, recovered: !live });
-    if (live) this.#emitInbox();
+    if (!live) return;
+    this.#emitInbox();
+    // Report that it reached this device (once: the ledger dropped a repeat above), so
+    // the stats count it delivered and the server's platform fallback
+    // (docs/push.md) knows no OS notification is needed: gathered for a second and
+    // sent as one `track` of a list, so a burst costs one command, not one each.
+    if (this.options.reportDelivered !== false && typeof n.id === "string") {
+      this.delivered.push(n.id);
+      this.deliveredTimer ??= this.timers.setTimeout(() => this.#reportDelivered(),
+        DELIVERED_EVERY);
+    }
+  }
+
+  /** Send the gathered `delivered` reports, up to TRACK_MANY ids a command. */
+  #reportDelivered() {
+    this.deliveredTimer = null;
+    const ids = this.delivered.splice(0);
+    for (let i = 0; i < ids.length; i += TRACK_MANY) {
+      // best effort: a report lost with the connection only leaves `delivered` uncounted
+      this.request("track", { notifications: ids.slice(i, i + TRACK_MANY), event: "delivered" })
+        .catch(() => {});
+    }
   }
 
   /** @param {any} ev a read / unread / archive / expire push */

@@ -34,7 +34,8 @@ import { Emitter } from "./emitter.js";
  * @property {boolean} loaded
  */
 
-const ITEM_FIELDS = ["id", "title", "body", "data", "category", "priority", "media", "ts"];
+const ITEM_FIELDS = ["id", "title", "body", "data", "category", "priority", "media", "ts",
+  "variant"];
 
 /**
  * An inbox item from a `notification` push or an `inbox` reply item.

@@ -31,6 +31,7 @@ import { matches } from "./topics.js";
  * @property {number} [maxBackoff] ms, default 30000
  * @property {number} [queueLimit] commands kept while disconnected, default 100
  * @property {number} [pageSize] inbox items per page, default 20
+ * @property {boolean} [reportDelivered] report `track delivered` for live notifications, default true
  * @property {boolean} [sharedConnection] one connection for all tabs, default true
  * @property {boolean} [autoConnect] connect right after construction, default true
  * @property {any} [WebSocket] a WebSocket constructor (Node 20 has none: pass `ws`)

@@ -185,13 +185,12 @@ ERRORS = [
     (J, b'{"op":"unsubscribe","id":3}', "bad_request", 3, "topic is required"),
     (J, b'{"op":"publish","id":3,"topic":"a"}', "bad_request", 3, "data is required"),
     (J, b'{"op":"publish","id":3,"data":1}', "bad_request", 3, "topic is required"),
-    (J, b'{"op":"track","id":3,"event":"opened"}', "bad_request", 3, "notification is required"),
     (J, b'{"op":"track","id":3,"notification":"n"}', "bad_request", 3, "event is required"),
     (M, b"\x82\xa2op\xa9subscribe\xa2id\x03", "bad_request", 3, "topic is required"),
     # a required field given as null is still missing
     (J, b'{"op":"subscribe","id":3,"topic":null}', "bad_request", 3, "topic is required"),
-    (J, b'{"op":"track","id":3,"notification":null,"event":"opened"}', "bad_request", 3,
-     "notification is required"),
+    (J, b'{"op":"track","id":3,"notifications":"n1","event":"opened"}', "bad_request", 3,
+     "notifications must be a list"),
     # wrong types
     (J, b'{"op":"inbox","id":4,"limit":true}', "bad_request", 4, "limit must be an integer"),
     (J, b'{"op":"inbox","id":4,"limit":"10"}', "bad_request", 4, "limit must be an integer"),

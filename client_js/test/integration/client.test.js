@@ -314,6 +314,28 @@ test("a recovery bigger than one reply is followed to the end (next), in order",
   assert.equal(seen.incomplete.length, 0, "nothing was lost: paging is not a gap");
 }, { timeout: 8 * WAIT });
 
+test("live notifications are reported delivered, a batch a second, once per user", async () => {
+  const phone = client("dee", { device: "dee-phone" });
+  const laptop = client("dee", { device: "dee-laptop" });
+  const quiet = client("dee", { device: "dee-watch", reportDelivered: false });
+  await Promise.all([phone.connect(), laptop.connect(), quiet.connect()]);
+  const ids = [];
+  for (let i = 0; i < 3; i++) ids.push(await server.notify("dee", { title: `d${i}` }));
+  const delivered = async (/** @type {string} */ id) =>
+    (await server.api("GET", `/v1/notifications/${id}/stats`)).delivered;
+  await until(async () => (await Promise.all(ids.map(delivered))).every((n) => n === 1),
+    "each counted delivered once, though two devices reported it");
+  const other = client("quinn", { device: "quinn-watch", reportDelivered: false });
+  await other.connect();
+  const unreported = await server.notify("quinn", { title: "not reported" });
+  await until(() => other.inbox.items.some((i) => i.id === unreported), "quinn's notification");
+  // quinn's only device does not report: a report from a tab that does would come within
+  // a second; this one stays at 0 while dee's next notification (sent after) is counted
+  const next = await server.notify("dee", { title: "after" });
+  await until(async () => (await delivered(next)) === 1, "dee's next one counted");
+  assert.equal(await delivered(unreported), 0);
+});
+
 test("read all on more than 1000 unread: the bounded event (all, no ids) reads everything", async () => {
   const phone = client("lee", { device: "phone" });
   const laptop = client("lee", { device: "laptop" });

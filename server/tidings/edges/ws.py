@@ -457,7 +457,11 @@ class WsSession:
             else:
                 self._ok(rid, {"unread": unread, "changed": changed})
         elif op == "track":
-            self._ok(rid, {"recorded": await s.track(a["notification"], a["event"])})
+            if "notifications" in a:
+                self._ok(rid, {"recorded": await s.track_many(a["notifications"], a["event"],
+                                                              a.get("notification"))})
+            else:
+                self._ok(rid, {"recorded": await s.track(a.get("notification"), a["event"])})
         elif op == "feedback":
             self._ok(rid, {"recorded": await s.feedback(a["notification"], a["reason"],
                                                         a.get("comment"))})

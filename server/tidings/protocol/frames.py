@@ -68,7 +68,10 @@ OPS: dict[str, _Spec] = {
     "read": {"ids": (_IDS, False), "all": (_BOOL, False)},
     "unread": {"ids": (_IDS, False), "all": (_BOOL, False)},
     "archive": {"ids": (_IDS, False), "all": (_BOOL, False)},
-    "track": {"notification": (_STR, True), "event": (_STR, True), "action": (_STR, False)},
+    # one notification, or `notifications` (a list): the JS client reports a batch of
+    # `delivered` in one command (sessions/session.py checks exactly one is given)
+    "track": {"notification": (_STR, False), "notifications": (_IDS, False),
+              "event": (_STR, True), "action": (_STR, False)},
     "feedback": {"notification": (_STR, True), "reason": (_STR, True),
                  "comment": (_STR, False)},
     "devices": {},
