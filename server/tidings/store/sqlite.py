@@ -58,6 +58,7 @@ from .base import (
 from .contracts.audience import (
     ENGAGEMENT_EVENTS,
     ENGAGEMENT_KEEP,
+    AudiencePage,
     AudienceQuery,
     Profile,
     check_attribute_values,
@@ -1203,13 +1204,15 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
 
         return await self._run(tx)
 
-    async def audience_count(self, query: AudienceQuery, *, page: int = 1000) -> int:
-        """A query of tags only (``all`` / ``any``, with or without ``none``) is one
-        SQL count over the tag index, so a send to 100,000 tagged users is answered
-        at once; any other query pages through the users as the contract does."""
+    @staticmethod
+    def _tags_only(query: AudienceQuery, after: str | None = None
+                   ) -> tuple[str, list[Any]] | None:
+        """A query of tags only (``all`` / ``any``, with or without ``none``) as one
+        SQL selection of its users over the tag index (above ``after`` when given),
+        with its parameters; None for any other query."""
         if query.attributes or query.active_within is not None or query.engaged is not None \
                 or not (query.tags_all or query.tags_any):
-            return await super().audience_count(query, page=page)
+            return None
 
         def marks(tags: tuple[str, ...]) -> str:
             return ",".join("?" * len(tags))
@@ -1217,21 +1220,51 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
         source = tuple(dict.fromkeys(query.tags_all + query.tags_any))
         having = []
         args: list[Any] = list(source)
+        where = ""
+        if after is not None:
+            where = " AND user > ?"
+            args.append(after)
         if query.tags_all:
             having.append(f"SUM(tag IN ({marks(query.tags_all)})) = ?")
             args += [*query.tags_all, len(query.tags_all)]
         if query.tags_any:
             having.append(f"SUM(tag IN ({marks(query.tags_any)})) > 0")
             args += query.tags_any
-        sql = (f"SELECT user FROM user_tags WHERE tag IN ({marks(source)}) GROUP BY user"
-               f" HAVING {' AND '.join(having)}")
+        sql = (f"SELECT user FROM user_tags WHERE tag IN ({marks(source)}){where}"
+               f" GROUP BY user HAVING {' AND '.join(having)}")
         if query.tags_none:
             sql = (f"SELECT user FROM ({sql}) WHERE user NOT IN (SELECT user FROM user_tags"
                    f" WHERE tag IN ({marks(query.tags_none)}))")
             args += query.tags_none
+        return sql, args
+
+    async def audience_count(self, query: AudienceQuery, *, page: int = 1000) -> int:
+        """A query of tags only is one SQL count over the tag index, so a send to
+        100,000 tagged users is answered at once; any other query pages through
+        the users as the contract does."""
+        selection = self._tags_only(query)
+        if selection is None:
+            return await super().audience_count(query, page=page)
+        sql, args = selection
 
         def tx(db: sqlite3.Connection) -> int:
             return int(db.execute(f"SELECT COUNT(*) FROM ({sql})", args).fetchone()[0])
+
+        return await self._run(tx)
+
+    async def audience_page(self, query: AudienceQuery, *, cursor: str | None = None,
+                            limit: int = 1000) -> AudiencePage:
+        """A query of one tag (with or without ``none``) is one SQL range over the
+        tag index (no profiles read to test candidates one by one); any other as
+        the contract does (with more tags SQLite would sort the rest at every page)."""
+        selection = self._tags_only(query, cursor or "")
+        if selection is None or len(set(query.tags_all + query.tags_any)) > 1 or limit < 1:
+            return await super().audience_page(query, cursor=cursor, limit=limit)
+        sql, args = selection
+
+        def tx(db: sqlite3.Connection) -> AudiencePage:
+            users = [r[0] for r in db.execute(f"{sql} ORDER BY user LIMIT ?", (*args, limit))]
+            return AudiencePage(users, users[-1] if len(users) == limit else None)
 
         return await self._run(tx)
 
@@ -1239,6 +1272,9 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                                  ) -> list[Profile]:
         now = int(self._clock() * 1000)
         eng = query.engaged
+
+        # a query that tests no tag (the sender's read of attributes) reads none
+        tagged = bool(query.tags_all or query.tags_any or query.tags_none)
 
         def tx(db: sqlite3.Connection) -> list[Profile]:
             tags: dict[str, set[str]] = {u: set() for u in users}
@@ -1248,7 +1284,8 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                 part = users[i:i + 500]
                 marks = ",".join("?" * len(part))
                 for user, tag in db.execute(
-                        f"SELECT user, tag FROM user_tags WHERE user IN ({marks})", part):
+                        f"SELECT user, tag FROM user_tags WHERE user IN ({marks})",
+                        part) if tagged else ():
                     tags[user].add(tag)
                 for user, attrs, seen in db.execute(
                         "SELECT user, attributes, seen FROM audience_users"
