@@ -1304,6 +1304,9 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
 
     async def _audience_profiles(self, users: list[str], query: AudienceQuery
                                  ) -> list[Profile]:
+        if not (query.attributes or query.active_within is not None or query.engaged
+                is not None) and (query.tags_all or query.tags_any or query.tags_none):
+            return await self._tag_profiles(users, query)
         now = self._now_ms()
         eng = query.engaged
         since = 0 if eng is None else now - _ms(eng.within)
@@ -1321,6 +1324,22 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
                                None if not seen else (now - int(seen)) / 1000,
                                int(engaged)))
         return out
+
+    async def _tag_profiles(self, users: list[str], query: AudienceQuery) -> list[Profile]:
+        """A query of tags only needs nothing but which of its tags each user has:
+        one SMISMEMBER per user, pipelined (a round trip per node), instead of the
+        PROFILE script, so counting and paging a large tag audience is cheap."""
+        tags = list(dict.fromkeys(query.tags_all + query.tags_any + query.tags_none))
+
+        async def run(client: Any) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for u in users:
+                pipe.smismember(self._uk(u, ":tags"), tags)
+            return await pipe.execute()  # type: ignore[no-any-return]
+
+        raw = await self._io(run) if users else []
+        return [Profile(u, frozenset(t for t, has in zip(tags, got, strict=True) if has))
+                for u, got in zip(users, raw, strict=True)]
 
     # -- notification jobs ----------------------------------------------------------------
     # Jobs in one slot ({jobs}: the job hashes, the due and lease zsets, the status
