@@ -57,29 +57,30 @@ class Device:
 
 
 class ThreadCost:
-    """CPU seconds (and, profiling, a cProfile) of the store's thread, job by job."""
+    """CPU and wall seconds of the store's thread (its group commits, the COMMIT
+    included) and, profiling, a cProfile of it."""
 
     def __init__(self, profile: bool) -> None:
         self.cpu = 0.0
+        self.wall = 0.0
         self.profiler = cProfile.Profile() if profile else None
 
     def wrap(self, store: SqliteStore) -> None:
-        run = store._run
+        commit = store._commit_batch
 
-        async def timed(fn: Any) -> Any:
-            def job(db: Any) -> Any:
-                t = time.thread_time()
+        def timed(*args: Any) -> None:
+            t, w = time.thread_time(), time.perf_counter()
+            if self.profiler is not None:
+                self.profiler.enable()
+            try:
+                commit(*args)
+            finally:
                 if self.profiler is not None:
-                    self.profiler.enable()
-                try:
-                    return fn(db)
-                finally:
-                    if self.profiler is not None:
-                        self.profiler.disable()
-                    self.cpu += time.thread_time() - t
-            return await run(job)
+                    self.profiler.disable()
+                self.cpu += time.thread_time() - t
+                self.wall += time.perf_counter() - w
 
-        store._run = timed  # type: ignore[method-assign]
+        store._commit_batch = timed  # type: ignore[method-assign]
 
 
 def top(profiler: cProfile.Profile, n: int) -> str:
@@ -124,7 +125,8 @@ async def run(args: argparse.Namespace) -> None:
             status = await notifier.get(result.id)
             print(f"{done:,} of {result.targets:,} users written ({status['status']}) in "
                   f"{wall:.2f} s: {done / wall:,.0f} users/s; CPU per user: event loop "
-                  f"{cpu / done * 1e6:.0f} us, store thread {cost.cpu / done * 1e6:.0f} us; "
+                  f"{cpu / done * 1e6:.0f} us, store thread {cost.cpu / done * 1e6:.0f} us "
+                  f"(busy {cost.wall / wall:.0%} of the time); "
                   f"devices got {sum(d.got for d in devices):,} publications")
             if loop_profile is not None and cost.profiler is not None:
                 print("\n-- event loop --\n" + top(loop_profile, args.profile))

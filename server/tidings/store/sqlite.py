@@ -422,7 +422,8 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             if policy.size > 0:
                 history.append((topic, seq, now, now + int(policy.ttl * 1000), int(kind),
                                 payload))
-            trims.append((topic, seq - policy.size, now))
+            if known is not None:  # a topic without a row has no history yet
+                trims.append((topic, seq - policy.size, now))
             if retain:  # an empty payload clears it; the last one for a topic holds
                 retained[topic] = (topic, offset, now, int(kind), payload, qos, meta) \
                     if payload else None
