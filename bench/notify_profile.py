@@ -8,7 +8,9 @@ its notifications and events topics), then one
 :meth:`Notifier.notify` to ``{"tags": ["bench"]}`` with a templated title,
 sent by ``Sender.step`` to the end. It prints users/s, the CPU time per user
 of the event loop's thread and of the store's thread (``time.thread_time``:
-steadier than wall time on a shared machine), and with ``--profile`` the
+steadier than wall time on a shared machine), how late a 5 ms timer woke
+meanwhile (the loop's stalls: what a ping waits; the same for 2 s before the
+send, the machine's own share), and with ``--profile`` the
 top functions of each thread (cProfile, one profiler per thread).
 
     python bench/notify_profile.py --users 20000
@@ -83,6 +85,15 @@ class ThreadCost:
         store._commit_batch = timed  # type: ignore[method-assign]
 
 
+async def ticker(stalls: list[float], stop: asyncio.Event) -> None:
+    """Wake every 5 ms and note how late each wake-up was: the longest stretch the
+    event loop could not answer anything (a ping's wait, less the network)."""
+    while not stop.is_set():
+        t = time.perf_counter()
+        await asyncio.sleep(0.005)
+        stalls.append(time.perf_counter() - t - 0.005)
+
+
 def top(profiler: cProfile.Profile, n: int) -> str:
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(n)
@@ -112,6 +123,16 @@ async def run(args: argparse.Namespace) -> None:
             cost = ThreadCost(args.profile > 0)
             cost.wrap(store)
             loop_profile = cProfile.Profile() if args.profile else None
+            idle: list[float] = []  # the machine's own stalls, before the send
+            stop = asyncio.Event()
+            ticking = asyncio.create_task(ticker(idle, stop))
+            await asyncio.sleep(2.0)
+            stop.set()
+            await ticking
+            idle.sort()
+            stalls: list[float] = []
+            stop = asyncio.Event()
+            ticking = asyncio.create_task(ticker(stalls, stop))
             started, cpu = time.perf_counter(), time.thread_time()
             if loop_profile is not None:
                 loop_profile.enable()
@@ -122,12 +143,18 @@ async def run(args: argparse.Namespace) -> None:
             if loop_profile is not None:
                 loop_profile.disable()
             wall, cpu = time.perf_counter() - started, time.thread_time() - cpu
+            stop.set()
+            await ticking
+            stalls.sort()
             status = await notifier.get(result.id)
             print(f"{done:,} of {result.targets:,} users written ({status['status']}) in "
                   f"{wall:.2f} s: {done / wall:,.0f} users/s; CPU per user: event loop "
                   f"{cpu / done * 1e6:.0f} us, store thread {cost.cpu / done * 1e6:.0f} us "
                   f"(busy {cost.wall / wall:.0%} of the time); "
-                  f"devices got {sum(d.got for d in devices):,} publications")
+                  f"devices got {sum(d.got for d in devices):,} publications; the loop "
+                  f"stalled p99 {stalls[len(stalls) * 99 // 100] * 1000:.1f} ms, max "
+                  f"{stalls[-1] * 1000:.1f} ms (idle before: p99 "
+                  f"{idle[len(idle) * 99 // 100] * 1000:.1f} ms, max {idle[-1] * 1000:.1f} ms)")
             if loop_profile is not None and cost.profiler is not None:
                 print("\n-- event loop --\n" + top(loop_profile, args.profile))
                 print("\n-- store thread --\n" + top(cost.profiler, args.profile))
