@@ -82,7 +82,7 @@ class ThreadCost:
                 self.cpu += time.thread_time() - t
                 self.wall += time.perf_counter() - w
 
-        store._commit_batch = timed  # type: ignore[method-assign]
+        store._commit_batch = timed  # type: ignore[method-assign,assignment]
 
 
 async def ticker(stalls: list[float], stop: asyncio.Event) -> None:

@@ -322,9 +322,11 @@ async def test_a_refused_tag_change_selects_nobody(store: Store) -> None:
     await store.set_user_tags("bob", ["c"], max_tags=2)
     with pytest.raises(BadRequest, match=r"^tags:"):
         await store.change_user_tags("alice", ["b", "c"], [], max_tags=2)
-    for audience, who in [({"tags": ["b"]}, []), ({"tags": ["c"]}, ["bob"]),
-                          ({"tags": {"any": ["b", "c"], "none": ["a"]}}, ["bob"]),
-                          ({"tags": {"all": ["a", "c"]}}, []), ({"tags": ["a"]}, ["alice"])]:
+    cases: list[tuple[dict[str, Any], list[str]]] = [
+        ({"tags": ["b"]}, []), ({"tags": ["c"]}, ["bob"]),
+        ({"tags": {"any": ["b", "c"], "none": ["a"]}}, ["bob"]),
+        ({"tags": {"all": ["a", "c"]}}, []), ({"tags": ["a"]}, ["alice"])]
+    for audience, who in cases:
         assert await select(store, audience) == who, audience
         assert await store.audience_count(parse_audience(audience)) == len(who), audience
 
