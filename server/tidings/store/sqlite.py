@@ -1219,20 +1219,23 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             return ",".join("?" * len(tags))
 
         source = tuple(dict.fromkeys(query.tags_all + query.tags_any))
-        having = []
         args: list[Any] = list(source)
         where = ""
         if after is not None:
             where = " AND user > ?"
             args.append(after)
-        if query.tags_all:
-            having.append(f"SUM(tag IN ({marks(query.tags_all)})) = ?")
-            args += [*query.tags_all, len(query.tags_all)]
-        if query.tags_any:
-            having.append(f"SUM(tag IN ({marks(query.tags_any)})) > 0")
-            args += query.tags_any
-        sql = (f"SELECT user FROM user_tags WHERE tag IN ({marks(source)}){where}"
-               f" GROUP BY user HAVING {' AND '.join(having)}")
+        if len(source) == 1:  # one tag: its index range as it is ((tag, user) is the key)
+            sql = f"SELECT user FROM user_tags WHERE tag = ?{where}"
+        else:
+            having = []
+            if query.tags_all:
+                having.append(f"SUM(tag IN ({marks(query.tags_all)})) = ?")
+                args += [*query.tags_all, len(query.tags_all)]
+            if query.tags_any:
+                having.append(f"SUM(tag IN ({marks(query.tags_any)})) > 0")
+                args += query.tags_any
+            sql = (f"SELECT user FROM user_tags WHERE tag IN ({marks(source)}){where}"
+                   f" GROUP BY user HAVING {' AND '.join(having)}")
         if query.tags_none:
             sql = (f"SELECT user FROM ({sql}) WHERE user NOT IN (SELECT user FROM user_tags"
                    f" WHERE tag IN ({marks(query.tags_none)}))")
