@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from memory_topics import Counter
+
 from tidings.bus.memory import MemoryBus
 from tidings.config import AudienceSettings, HistorySettings, NotifySettings
 from tidings.metrics import Metrics
@@ -37,25 +39,8 @@ from tidings.notify import Notifier
 from tidings.preferences import Rules
 from tidings.store.base import events_topic, notifications_topic
 from tidings.store.sqlite import SqliteStore
-from tidings.types import Publication
 
 __all__ = ["main"]
-
-
-class Device:
-    """A subscriber that counts what it is handed (a connection's stand-in)."""
-
-    wire = "raw"
-    restricted = True
-
-    def __init__(self) -> None:
-        self.got = 0
-
-    def may_see(self, topic: str) -> bool:
-        return True
-
-    def deliver(self, pub: Publication, data: bytes) -> None:
-        self.got += 1
 
 
 class ThreadCost:
@@ -113,7 +98,7 @@ async def run(args: argparse.Namespace) -> None:
                 await store.set_user_attributes(u, {"first_name": u.upper()})
             step = max(1, args.users // max(1, args.online))
             online = users[::step][:args.online]
-            devices = [Device() for _ in online]
+            devices = [Counter() for _ in online]  # a device that keeps nothing
             for u, d in zip(online, devices, strict=True):  # as a WS session follows a user
                 await node.subscribe(notifications_topic(u), d)
                 await node.subscribe(events_topic(u), d)
@@ -151,7 +136,7 @@ async def run(args: argparse.Namespace) -> None:
                   f"{wall:.2f} s: {done / wall:,.0f} users/s; CPU per user: event loop "
                   f"{cpu / done * 1e6:.0f} us, store thread {cost.cpu / done * 1e6:.0f} us "
                   f"(busy {cost.wall / wall:.0%} of the time); "
-                  f"devices got {sum(d.got for d in devices):,} publications; the loop "
+                  f"devices got {sum(d.n for d in devices):,} publications; the loop "
                   f"stalled p99 {stalls[len(stalls) * 99 // 100] * 1000:.1f} ms, max "
                   f"{stalls[-1] * 1000:.1f} ms (idle before: p99 "
                   f"{idle[len(idle) * 99 // 100] * 1000:.1f} ms, max {idle[-1] * 1000:.1f} ms)")
