@@ -1228,15 +1228,23 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
         if not wanted:
             return {}
 
-        async def run(client: Any) -> list[Any]:
-            pipe = client.pipeline(transaction=False)
-            for u in wanted:
-                pipe.get(self._uk(u, ":prefs"))
-            return await pipe.execute()  # type: ignore[no-any-return]
-
-        raw = await self._io(run)
+        raw = await self._get_many([self._uk(u, ":prefs") for u in wanted])
         return {u: {} if r is None else dict(orjson.loads(r))
                 for u, r in zip(wanted, raw, strict=True)}
+
+    async def _get_many(self, keys: list[str]) -> list[Any]:
+        """GET of keys in many slots: one MGET on one Redis; in a cluster one
+        pipeline of GETs (a round trip per node)."""
+        if not self._cluster:
+            return await self._io(lambda c: c.mget(keys))
+
+        async def run(client: Any) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for k in keys:
+                pipe.get(k)
+            return await pipe.execute()  # type: ignore[no-any-return]
+
+        return await self._io(run)
 
     async def seen(self, user: str) -> None:
         await self.seen_many([user])
@@ -1309,11 +1317,10 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
                 is not None):
             if query.tags_all or query.tags_any or query.tags_none:
                 return await self._tag_profiles(users, query)
-            if not self._cluster:  # nothing to test: the attributes (the sender's read)
-                keys = [self._uk(u, ":attrs") for u in users]
-                raw = await self._io(lambda c: c.mget(keys)) if users else []
-                return [Profile(u, attributes={} if not a else orjson.loads(a))
-                        for u, a in zip(users, raw, strict=True)]
+            # nothing to test: the attributes only (the sender's read for content)
+            raw = await self._get_many([self._uk(u, ":attrs") for u in users]) if users else []
+            return [Profile(u, attributes={} if not a else orjson.loads(a))
+                    for u, a in zip(users, raw, strict=True)]
         now = self._now_ms()
         eng = query.engaged
         since = 0 if eng is None else now - _ms(eng.within)
