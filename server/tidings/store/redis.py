@@ -235,6 +235,7 @@ from .contracts.audience import (
     Profile,
     check_attribute_values,
 )
+from .contracts.audience import matches as selects
 from .redis_events import RedisEvents
 from .redis_push import RedisPushEndpoints
 
@@ -251,6 +252,8 @@ RETAINED_GRACE = 300.0  # seconds an unconfirmed retained-index entry is kept (c
 _IN_FLIGHT = 64  # calls of one store in flight at once (each holds a connection)
 _BATCH = 100  # per-user notify scripts sent in one pipeline
 _MASK_TAGS = 50  # tags a TAG_HAS bit mask holds (Lua numbers are exact to 2^53)
+_TAG_HAS_KEYS = 1000  # users one TAG_HAS script checks (Redis serves others between them)
+_COUNT_PAGE = 10000  # candidates one round of a tags-only count reads
 _KNOWN_USERS_MAX = 100_000  # users remembered as listed in {r}:users
 _NOT_JSON_KEYS = ("unread", "replaces")  # added to a push by the script
 _WAITING = ("held", "scheduled")  # target states the due queue replaces when it fires
@@ -1359,10 +1362,30 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
                      for got in await self._io(run)]
         else:
             keys = [self._uk(u, ":tags") for u in users]
-            masks = await self._io(lambda c: self._script("TAG_HAS", keys, tags))
+            calls = [(keys[i:i + _TAG_HAS_KEYS], list(tags))
+                     for i in range(0, len(keys), _TAG_HAS_KEYS)]
+            parts = await self._io(lambda c: self._eval_many(c, "TAG_HAS", calls))
             found = [frozenset(t for i, t in enumerate(tags) if int(m) >> i & 1)
-                     for m in masks]
+                     for part in parts for m in part]
         return [Profile(u, has) for u, has in zip(users, found, strict=True)]
+
+    async def audience_count(self, query: AudienceQuery, *, page: int = 1000) -> int:
+        """A query of tags only, on one Redis: the source tags' candidates in pages
+        of :data:`_COUNT_PAGE`, each checked by TAG_HAS scripts in one pipeline,
+        so counting 100,000 tagged users is a few dozen round trips, not two hundred
+        (the answer to a send waits for it); any other query as the contract does."""
+        source = query.source_tags()
+        if self._cluster or source is None or query.attributes or query.engaged is not None \
+                or query.active_within is not None:
+            return await super().audience_count(query, page=page)
+        count, after = 0, None
+        while True:
+            candidates = await self._audience_candidates(source, after, _COUNT_PAGE)
+            count += sum(1 for p in await self._tag_profiles(candidates, query)
+                         if selects(query, p))
+            if len(candidates) < _COUNT_PAGE:
+                return count
+            after = candidates[-1]
 
     # -- notification jobs ----------------------------------------------------------------
     # Jobs in one slot ({jobs}: the job hashes, the due and lease zsets, the status
