@@ -207,9 +207,18 @@ export declare class Inbox extends Emitter<{ change: InboxChange }> {
   readAll(): Promise<MarkReply>;
   markUnread(ids: string | string[]): Promise<MarkReply>;
   archive(ids: string | string[]): Promise<MarkReply>;
+  /**
+   * The user's feedback on a notification in the inbox, counted once per user
+   * and notification (the first wins); `recorded` false when already given or
+   * not in the inbox. `comment`: at most 500 characters.
+   */
+  feedback(id: string, reason: FeedbackReason, comment?: string): Promise<{ recorded: boolean }>;
   loadMore(): Promise<InboxItem[]>;
   refresh(): Promise<void>;
 }
+
+/** Why a user gives feedback on a notification (docs/notifications.md, "Feedback"). */
+export type FeedbackReason = "not_interested" | "too_many" | "wrong_time" | "other";
 
 /** A user's notification preferences (docs/notifications.md, "Preferences"); every key optional. */
 export interface NotificationPreferences {

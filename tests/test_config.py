@@ -241,6 +241,9 @@ memory = true
      "auth.default_token_ttl"),
     ({"TIDINGS_WS_TLS_CERT": "/etc/cert.pem"}, "ws.tls_cert"),  # without tls_key
     ({"TIDINGS_API_TLS_KEY": "/etc/key.pem"}, "api.tls_cert"),  # without tls_cert
+    ({"TIDINGS_PUSH_FALLBACK_AFTER": "-1"}, "push.fallback_after"),
+    ({"TIDINGS_PUSH_FALLBACK_AFTER": "nan"}, "push.fallback_after"),
+    ({"TIDINGS_PUSH_FALLBACK_PENDING_MAX": "0"}, "push.fallback_pending_max"),
 ])
 def test_invalid_env_values_name_the_key(env: dict[str, str], key: str) -> None:
     _fails(key, env=env)

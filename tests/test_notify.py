@@ -119,12 +119,14 @@ async def test_a_retry_with_the_same_idempotency_key_changes_nothing(
     ({"users": ["a"], "title": "{{ ''.__class__ }}"}, BadRequest, "bad_request"),
     ({"users": ["a"], "locales": {"en": {"title": "{% if x %}"}}}, BadRequest,
      "bad_request"),
-    ({"users": ["a"], "variants": [{"title": "A"}]}, BadRequest, "unsupported"),
+    ({"users": ["a"], "variants": [{"name": "A"}]}, BadRequest, "bad_request"),
+    ({"users": ["a"], "variants": [{"name": "A"}, {"name": "B", "title": "{{ x.y }}"}]},
+     BadRequest, "bad_request"),
 ], ids=["no-users", "empty-users", "too-many-users", "bad-user-id", "title-not-text",
         "title-too-long", "bad-priority", "zero-ttl", "bool-ttl", "media-not-http",
         "media-unknown-kind", "data-too-large", "two-audiences", "send-at-not-text",
         "send-at-no-such-day", "send-at-local-bad", "two-schedules", "unsafe-template",
-        "locale-statement", "variants"])
+        "locale-statement", "one-variant", "variant-template"])
 async def test_a_bad_request_is_refused_before_anything_is_written(
         node: Node, notifier: Notifier, body: dict[str, Any], error: type[TidingsError],
         code: str) -> None:

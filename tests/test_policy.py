@@ -194,6 +194,34 @@ def test_edge_routing_per_category() -> None:
     assert decide(Notice("general"), p, RULES, [], day).edges == PUSHED
 
 
+def test_platform_channels_are_switched_per_category_like_the_edges() -> None:
+    """``"edges"`` may name the platform channels (issue 16): one left out gets
+    no OS push of the category, the live edges keep their outcome, and quiet
+    hours and caps decide for the platforms the same way."""
+    p = prefs(timezone="Asia/Shanghai", categories={"social": {"edges": ["ws", "mqtt", "fcm"]}},
+              quiet_hours=NIGHT, caps={"social": {"per_hour": 1}})
+    day, night = utc(2026, 6, 15, 4), utc(2026, 6, 15, 15)
+    d = decide(Notice("social"), p, RULES, [], day)
+    assert d.edges == PUSHED
+    assert d.platforms == {"webpush": Outcome.SUPPRESSED_CATEGORY, "fcm": Outcome.PUSHED,
+                           "apns": Outcome.SUPPRESSED_CATEGORY}
+    d = decide(Notice("social"), p, RULES, [], night)
+    assert d.platforms["fcm"] == Outcome.HELD and d.edges["ws"] == Outcome.HELD
+    d = decide(Notice("social"), p, RULES, [day - timedelta(minutes=5)], day)
+    assert d.platforms["fcm"] == Outcome.SILENT_CAPPED and not d.pushed
+    # a platform alone: nothing live, the OS push only (and that is a push for caps)
+    only = prefs(categories={"social": {"edges": ["apns"]}})
+    d = decide(Notice("social"), only, RULES, [], day)
+    assert set(d.edges.values()) == {Outcome.SUPPRESSED_CATEGORY}
+    assert d.platforms["apns"] == Outcome.PUSHED and d.pushed and d.inbox
+    # no list: every channel; a muted category: none
+    assert set(decide(Notice("general"), p, RULES, [], day).platforms.values()) == {
+        Outcome.PUSHED}
+    muted = prefs(categories={"social": {"enabled": False}})
+    assert set(decide(Notice("social"), muted, RULES, [], day).platforms.values()) == {
+        Outcome.SUPPRESSED_CATEGORY}
+
+
 def test_no_edges_means_inbox_only() -> None:
     p = prefs(categories={"digest": {"edges": []}})
     d = decide(Notice("digest"), p, RULES, [], utc(2026, 6, 15, 12))

@@ -16,6 +16,7 @@ from tidings.preferences import (
     QuietHours,
     Rules,
     check_category,
+    halve_cap,
     merge,
     merge_patch,
     parse,
@@ -41,6 +42,17 @@ def test_the_issue_document_parses_and_round_trips() -> None:
     assert p.quiet_hours == QuietHours(time(22), time(7), frozenset({0, 4}))
     assert p.caps == {"marketing": Cap(1, 3)}
     assert p.to_dict() == FULL
+    assert parse(p.to_dict(), RULES) == p
+
+
+def test_edges_may_name_the_platform_channels() -> None:
+    doc = {"categories": {"social": {"edges": ["apns", "ws", "webpush"]},
+                          "digest": {"edges": ["fcm"]}}}
+    p = parse(doc, RULES)
+    assert p.category("social").edges == frozenset({"ws", "webpush", "apns"})
+    # stored in one order (live edges, then the platforms)
+    assert p.to_dict()["categories"] == {"social": {"edges": ["ws", "webpush", "apns"]},
+                                         "digest": {"edges": ["fcm"]}}
     assert parse(p.to_dict(), RULES) == p
 
 
@@ -74,6 +86,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"categories": {"social": {"enabled": "no"}}}, "categories.social.enabled: "),
     ({"categories": {"social": {"edges": ["sms"]}}}, "categories.social.edges: "),
     ({"categories": {"social": {"edges": "ws"}}}, "categories.social.edges: "),
+    ({"categories": {"social": {"edges": ["ws", "gcm"]}}}, "categories.social.edges: "),
     ({"categories": {"social": {"mute": True}}}, "categories.social.mute: "),
     ({"categories": {"security": {"enabled": False}}}, "categories.security: "),
     ({"categories": {"transactional": {"edges": []}}}, "categories.transactional: "),
@@ -220,3 +233,36 @@ def test_a_notifications_category_is_one_of_the_operators() -> None:
         with pytest.raises(BadRequest) as e:
             check_category(bad, RULES)
         assert e.value.message.startswith("category: ")
+
+
+# -- too_many feedback (issue 13) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("mine", "want"), [
+    (None, Cap(1, 3)),  # the operator's marketing cap (2 an hour, 6 a day), halved
+    (Cap(per_day=4), Cap(1, 2)),  # the lower of the user's and the operator's
+    (Cap(1, 1), Cap(1, 1)),  # never below 1
+    (Cap(0, 0), Cap(0, 0)),  # a cap of 0 is not raised
+])
+def test_halve_cap_halves_the_cap_in_force(mine: Cap | None, want: Cap) -> None:
+    current = Preferences(caps={} if mine is None else {"marketing": mine})
+    halved = halve_cap(current, "marketing", RULES, 10)
+    assert halved is not None and halved.caps["marketing"] == want
+    assert parse(halved.to_dict(), RULES) == halved  # the result is a valid document
+
+
+def test_halve_cap_of_an_uncapped_or_uncappable_category() -> None:
+    assert halve_cap(Preferences(), "social", RULES, 10) == Preferences(
+        caps={"social": Cap(per_day=5)})
+    assert halve_cap(Preferences(), "social", RULES, 1) == Preferences(
+        caps={"social": Cap(per_day=1)})
+    kept = Preferences(locale="fr", caps={"marketing": Cap(per_hour=1)})
+    assert halve_cap(kept, "social", RULES, 10) == Preferences(
+        locale="fr", caps={"marketing": Cap(per_hour=1), "social": Cap(per_day=5)})
+    assert halve_cap(Preferences(), "transactional", RULES, 10) is None  # always_on
+    assert halve_cap(Preferences(), "unknown", RULES, 10) is None
+
+
+def test_feedback_cap_per_day_must_be_positive() -> None:
+    with pytest.raises(config.ConfigError, match="feedback_cap_per_day"):
+        config.load(None, env={"TIDINGS_PREFERENCES_FEEDBACK_CAP_PER_DAY": "0"})

@@ -1,4 +1,5 @@
-"""The presence webhook, received by a real local HTTP server (issue 3, item 5).
+"""The presence webhook, received by a real local HTTP server (issue 3, item 5;
+since issue 13 one subscriber of the node's event stream).
 
 A backend learns when a user's first device comes online and when the last
 one has been gone for ``presence.debounce`` seconds, so it can fall back to
@@ -273,3 +274,38 @@ async def test_a_webhook_that_never_answers_does_not_delay_delivery(
     hook.hang.set()
     events = [(await hook.next()).event for _ in range(2)]
     assert [(e["event"], e["user"]) for e in events] == [("online", "alice"), ("online", "bob")]
+
+
+# -- one stream: the webhook and the pull API agree (issue 13) -----------------------------
+
+
+async def test_the_webhook_and_the_pull_api_carry_the_same_presence_events(
+        make_node: MakeNode, hook: Hook) -> None:
+    """The presence webhook is a subscriber of the event stream: each request is
+    one ``online`` / ``offline`` event that ``GET /v1/events`` also lists, with
+    the same id, time and node; other events (engagement) never reach it."""
+    node = await make_node(presence__debounce=0.0)
+    phone = await node.client("alice", device="phone")
+    posted = [await hook.next()]
+    status, sent = await node.api("POST", "/v1/notify", {"users": ["alice"], "title": "hi"})
+    assert status == 200
+    await phone.push()
+    assert (await phone.request("track", notification=sent["id"], event="opened"))["recorded"]
+    await phone.close()
+    posted.append(await hook.next())
+    await marker(node, hook)  # nothing else came between: not the "opened" event
+    for r in posted:
+        assert r.headers["X-Tidings-Delivery"] == r.event["id"]
+    assert node.app.node.events is not None
+    await node.app.node.events.flushed()
+    status, page = await node.api("GET", "/v1/events?limit=100")
+    assert status == 200
+    pulled = {e["id"]: e for e in page["events"] if e["type"] in ("online", "offline")
+              and e["user"] == "alice"}
+    assert [r.event["id"] for r in posted] == sorted(pulled)
+    for r in posted:
+        e = pulled[r.event["id"]]
+        assert (e["type"], e["user"], e["node"], e["ts"]) == (
+            r.event["event"], r.event["user"], r.event["node"], r.event["ts"])
+    assert [r.event["event"] for r in posted] == ["online", "offline"]
+    assert any(e["type"] == "opened" for e in page["events"])  # in the stream, not the hook

@@ -1,17 +1,33 @@
 """Wilson intervals and two-proportion tests, checked against values computed
-another way: the interval's bounds by bisection on its defining inequality,
-the p-value as Pearson's chi-square on the 2x2 table (z squared is that
-statistic), and textbook closed forms."""
+another way: the interval's bounds by bisection on its defining inequality
+and a published table, the p-value as Pearson's chi-square on the 2x2 table
+(z squared is that statistic), and textbook closed forms; then the stats
+report built on them (funnel, variant order, metric, CSV)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import random
 from statistics import NormalDist
 
 import pytest
 
-from tidings.rates import Z95, compare, rates, summary, wilson, winner
+from tidings.rates import (
+    CSV_COLUMNS,
+    FUNNEL,
+    Z95,
+    compare,
+    csv_table,
+    funnel,
+    metric_of,
+    rates,
+    report,
+    summary,
+    wilson,
+    winner,
+)
 
 
 def bisect_bound(successes: int, trials: int, upper: bool) -> float:
@@ -52,6 +68,18 @@ def test_wilson_textbook_cases() -> None:
     assert wilson(0, 0).to_dict() == {"rate": 0.0, "low": 0.0, "high": 0.0}
 
 
+@pytest.mark.parametrize(("s", "n", "low", "high"), [
+    (81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605), (0, 20, 0.0, 0.1611),
+    (1, 29, 0.0061, 0.1718)])
+def test_wilson_matches_newcombes_published_table(s: int, n: int, low: float,
+                                                  high: float) -> None:
+    # Newcombe, "Two-sided confidence intervals for the single proportion:
+    # comparison of seven methods", Statistics in Medicine 17 (1998) 857-872,
+    # Table II, method 3 (score interval without continuity correction), 4 places
+    r = wilson(s, n)
+    assert (round(r.low, 4), round(r.high, 4)) == (low, high)
+
+
 def chi_square_p(s1: int, n1: int, s2: int, n2: int) -> float:
     """Pearson's chi-square (no continuity correction) on the 2x2 table, 1 df."""
     table = [[s1, n1 - s1], [s2, n2 - s2]]
@@ -85,6 +113,15 @@ def test_rates_use_delivered_as_the_denominator_once_known() -> None:
     assert r["opened"].rate == pytest.approx(0.2)
     r = rates({"targets": 100, "opened": 10})  # no delivered reports: of the targets
     assert r["opened"].rate == pytest.approx(0.1)
+    # fewer reported delivered than opened: delivered is not reliable, of the targets
+    r = rates({"targets": 100, "delivered": 10, "opened": 40})
+    assert r["opened"].rate == pytest.approx(0.4) and r["delivered"].rate == 0.1
+
+
+def test_counts_over_their_denominator_stay_within_one() -> None:
+    # a crash can leave a target count short of the events (see the stores)
+    assert wilson(12, 10).to_dict() == wilson(10, 10).to_dict()
+    assert compare(12, 10, 5, 10) == compare(10, 10, 5, 10)
 
 
 def test_winner_needs_significance_against_every_other() -> None:
@@ -111,9 +148,62 @@ def test_summary_shape_and_a_simulated_experiment() -> None:
     assert out["metric"] == "opened" and out["winner"] == "B"
     assert out["total"]["targets"] == 8000
     b = out["variants"][1]
-    assert b["name"] == "B" and "vs_control" in b and "vs_control" not in out["variants"][0]
+    assert b["name"] == "B" and out["variants"][0]["vs_control"] is None  # A: the control
     assert b["vs_control"]["p_value"] < 0.05
     assert b["vs_control"]["diff"] == pytest.approx(
         (groups[1][1]["opened"] - groups[0][1]["opened"]) / 4000)
     interval = b["rates"]["opened"]
     assert interval["low"] < interval["rate"] < interval["high"]
+
+
+def test_funnel_from_target_states_and_events() -> None:
+    states = {"pushed": 5, "held": 1, "silent_quiet_hours": 2, "silent_capped": 3,
+              "suppressed_category": 4, "expired": 1, "scheduled": 2}
+    events = {"delivered": 4, "opened": 3, "feedback": 1, "id": "n_1", "targets": 99}
+    got = funnel(states, events)
+    assert list(got) == list(FUNNEL)
+    assert got == {"targets": 18, "pushed": 5, "held": 1, "silent": 5,
+                   "silent_quiet_hours": 2, "silent_capped": 3, "suppressed": 4,
+                   "expired": 1, "scheduled": 2, "delivered": 4, "opened": 3,
+                   "clicked": 0, "dismissed": 0, "feedback": 1}
+    r = rates(got)
+    assert r["silent"].rate == pytest.approx(5 / 18) and r["opened"].rate == 0.75
+    assert set(rates({"targets": 2, "opened": 1})) == {"opened"}  # only what is counted
+
+
+def test_the_metric_is_the_experiments_else_opened() -> None:
+    assert metric_of({}) == "opened"
+    assert metric_of({"experiment": {"metric": "clicked"}}) == "clicked"
+    assert metric_of({"experiment": {"metric": "targets"}}) == "opened"
+    assert metric_of({"experiment": None}) == "opened"
+
+
+def test_report_lists_variants_in_the_requests_order() -> None:
+    row = {"pushed": 10, "opened": 2}
+    counted = {"A": row, "B": row, "Z": row}
+    request = {"variants": [{"name": "B"}, {"name": "A"}, {"name": "C"}]}
+    out = report({"pushed": 30}, {"opened": 6}, counted, request)
+    # the control first; C has no targets yet; Z (not in the request) after, sorted
+    assert [v["name"] for v in out["variants"]] == ["B", "A", "C", "Z"]
+    assert out["variants"][2]["targets"] == 0 and out["total"]["targets"] == 30
+    assert [v["name"] for v in report({}, {}, counted, {})["variants"]] == ["A", "B", "Z"]
+    none = report({"pushed": 3}, {}, {}, {})
+    assert none["variants"] == [] and none["winner"] is None and none["metric"] == "opened"
+
+
+def test_csv_holds_the_summary_numbers() -> None:
+    a = {"pushed": 1000, "delivered": 1000, "opened": 300}
+    b = {"pushed": 1000, "delivered": 1000, "opened": 360}
+    out = report({"pushed": 2000}, {"delivered": 2000, "opened": 660},
+                 {"A": a, "B": b}, {"variants": [{"name": "A"}, {"name": "B"}]})
+    rows = list(csv.DictReader(io.StringIO(csv_table(out))))
+    assert [r["name"] for r in rows] == ["total", "A", "B"]
+    assert list(rows[0]) == list(CSV_COLUMNS)
+    for row, block in zip(rows, [out["total"], *out["variants"]], strict=True):
+        assert {k: int(row[k]) for k in FUNNEL} == {k: block[k] for k in FUNNEL}
+        for k, r in block["rates"].items():
+            assert [float(row[f"{k}_{p}"]) for p in ("rate", "low", "high")] == [
+                r["rate"], r["low"], r["high"]]
+    assert rows[0]["diff"] == rows[1]["diff"] == rows[1]["p_value"] == ""
+    vs = out["variants"][1]["vs_control"]
+    assert (float(rows[2]["diff"]), float(rows[2]["p_value"])) == (vs["diff"], vs["p_value"])

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -24,15 +22,21 @@ import pytest
 from conftest import API_KEY, WAIT, ServerProcess
 from support.clock import FakeClock, at
 from support.mqtt import wait_until
-from support.pipeline import memory_node
+from support.pipeline import clocked_node, fake_clock
+from tidings.clock import utc
 from tidings.config import AudienceSettings, NotifySettings
 from tidings.errors import BadRequest, Conflict, NotFound
 from tidings.node import Node
 from tidings.notify import Notifier
+from tidings.policy import Decision, Notice, decide
 from tidings.preferences import Rules, parse
+from tidings.push.channel import EVERYWHERE, Route
+from tidings.sending import outcome_of, route_of
 from tidings.store.base import JOB_STATUSES, events_topic, notifications_topic, unread_topic
 from tidings.store.sqlite import SqliteStore
 from tidings.types import Publication
+
+__all__ = ["clocked_node", "fake_clock"]  # the fixtures clock and node
 
 HOUR = 3600.0
 RULES = Rules.default()
@@ -55,17 +59,6 @@ class Device:
 
     def on(self, topic: str) -> list[dict[str, Any]]:
         return [body for t, body in self.got if t == topic]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def node(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Node]:
-    async with memory_node(tmp_path, clock) as n:
-        yield n
 
 
 @pytest.fixture
@@ -286,6 +279,27 @@ async def test_caps_count_live_pushes_in_a_rolling_hour(node: Node, notifier: No
     assert await node.store.unread("ann") == 6  # capped ones are in the inbox all the same
     await settle(lambda: len(ann.on(unread_topic("ann"))) == 6)
     assert [p["title"] for p in ann.on(notifications_topic("ann"))] == ["0", "20", "61", "81"]
+
+
+async def test_a_category_kept_to_a_platform_is_pushed_there_only_and_capped(
+        node: Node, notifier: Notifier, clock: FakeClock) -> None:
+    """``"edges": ["fcm"]``: no live push (the entry names fcm, so no live edge
+    delivers it), in the inbox, recorded ``pushed``, and counted for the cap."""
+    await prefer(node, "ann", {"categories": {"social": {"edges": ["fcm"]}},
+                               "caps": {"social": {"per_hour": 1}}})
+    ann = await device_of(node, "ann")
+    outcomes = []
+    for minute in (0, 10):
+        clock.set(at("2026-01-15T12:00:00Z") + minute * 60)
+        r = await notifier.notify({"users": ["ann"], "title": str(minute),
+                                   "category": "social"})
+        got = await status(notifier, r.id)
+        outcomes.append(next(o for o, n in got["outcomes"].items() if n))
+    assert outcomes == ["pushed", "silent_capped"]
+    assert await node.store.unread("ann") == 2
+    await settle(lambda: len(ann.on(unread_topic("ann"))) == 2)
+    [entry] = ann.on(notifications_topic("ann"))  # the stream holds it, for fcm only
+    assert (entry["title"], entry["edges"]) == ("0", ["fcm"])
 
 
 async def test_a_notification_past_its_ttl_is_not_sent(node: Node, notifier: Notifier,
@@ -528,3 +542,24 @@ async def test_a_process_killed_mid_send_resumes_on_restart_and_nobody_gets_it_t
                 for u in users[::97]} == {(sent["id"],)}
     finally:
         await store.close()
+
+
+def test_the_recorded_outcome_and_the_platform_route_of_a_decision() -> None:
+    """Live outcomes are as before for ws/mqtt; a category kept to a platform
+    channel is ``pushed`` with no live edge, and the route names the channel."""
+    now = at("2026-06-15T12:00:00Z")
+
+    def decision(edges: list[str] | None) -> Decision:
+        doc: dict[str, Any] = {} if edges is None else {
+            "categories": {"social": {"edges": edges}}}
+        return decide(Notice("social"), parse(doc, RULES), RULES, [], utc(now))
+
+    assert (outcome_of(decision(None)), route_of(decision(None))) == (("pushed", None),
+                                                                     EVERYWHERE)
+    assert outcome_of(decision(["ws"])) == ("pushed", ("ws",))
+    assert route_of(decision(["ws"])) == Route(frozenset(), live=frozenset({"ws"}))
+    assert outcome_of(decision(["fcm", "apns"])) == ("pushed", ("fcm", "apns"))
+    assert route_of(decision(["fcm", "apns"])) == Route(frozenset({"fcm", "apns"}),
+                                                        live=frozenset())
+    assert route_of(decision(["ws", "mqtt", "webpush"])) == Route(frozenset({"webpush"}))
+    assert outcome_of(decision([])) == ("suppressed_category", ())

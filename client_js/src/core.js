@@ -47,7 +47,7 @@ export const AUTH_CLOSE_CODES = Object.freeze([4001, 4003]);
 export const FATAL_CLOSE_CODES = Object.freeze([4400, 1009]);
 /** Ops that are safe to send again when the connection ended before their reply. */
 const IDEMPOTENT = new Set(["subscribe", "unsubscribe", "inbox", "read", "unread", "archive",
-  "track", "devices", "ping", "preferences", "set_preferences"]);
+  "track", "feedback", "devices", "ping", "preferences", "set_preferences"]);
 /** Ops whose reply carries the user's `unread` count. */
 const UNREAD_REPLIES = new Set(["inbox", "read", "unread", "archive"]);
 

@@ -202,6 +202,21 @@ export class Inbox extends Emitter {
     return this._owner.call("inbox.archive", [Array.isArray(ids) ? ids : [ids]]);
   }
 
+  /**
+   * Tell the server what the user thinks of a notification in the inbox
+   * (docs/notifications.md, "Feedback"): counted once per user and
+   * notification (the first wins), sent to backends as a `feedback` event.
+   * `not_interested` stops the user counting as engaged with its category;
+   * `too_many` halves their cap on it (see `tidings.preferences`).
+   * @param {string} id
+   * @param {"not_interested" | "too_many" | "wrong_time" | "other"} reason
+   * @param {string} [comment] at most 500 characters
+   * @returns {Promise<{recorded: boolean}>} false: already given, or not in the inbox
+   */
+  feedback(id, reason, comment) {
+    return this._owner.call("inbox.feedback", [id, reason, comment]);
+  }
+
   /** @returns {Promise<InboxItem[]>} the next page of older items (empty at the end) */
   loadMore() {
     return this._owner.call("inbox.loadMore", []);

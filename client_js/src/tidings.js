@@ -330,6 +330,8 @@ export class Tidings extends Emitter {
       case "inbox.readAll": return core.mark("read", null);
       case "inbox.markUnread": return core.mark("unread", args[0]);
       case "inbox.archive": return core.mark("archive", args[0]);
+      case "inbox.feedback":
+        return core.request("feedback", { notification: args[0], reason: args[1], comment: args[2] });
       case "inbox.loadMore": return core.loadMore();
       case "inbox.refresh": return core.refreshInbox();
       case "preferences.get": return (await core.request("preferences")).preferences;

@@ -44,6 +44,7 @@ from .notify import Notifier
 from .plumbing import TaskSet
 from .preferences import Rules
 from .presence import Presence, Seen
+from .presence import webhook_sink as presence_webhook
 from .protocol.mqtt.properties import PROPERTIES_MAP
 from .push.channel import PushChannel
 from .push.track import TrackSigner
@@ -378,15 +379,22 @@ class App:
             and self.store_health.ok
 
     def _event_log(self) -> EventLog:
-        """The node's event stream (events.py): to the store, and to the webhook if set."""
+        """The node's event stream (events.py): to the store, and to its subscribers, the
+        events webhook and the presence webhook, where set."""
         e = self.settings.events
-        sink = None
-        if e.webhook:
-            self._events_http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-            sink = WebhookSink(e.webhook, self._events_http, secret=e.webhook_secret,
-                               batch=e.batch, linger=e.linger, retries=e.retries,
-                               queue_max=e.queue_max, metrics=self.metrics)
-        return EventLog(self.node.name, self.node.store, keep=e.retention, webhook=sink,
+        sinks: list[WebhookSink] = []
+        if e.webhook or self.settings.presence.webhook:
+            http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+            self._events_http = http
+            if e.webhook:
+                sinks.append(WebhookSink(e.webhook, http, secret=e.webhook_secret,
+                                         batch=e.batch, linger=e.linger, retries=e.retries,
+                                         queue_max=e.queue_max, metrics=self.metrics))
+            # the presence webhook: one more subscriber, of online/offline only
+            presence = presence_webhook(self.settings.presence, http, self.metrics)
+            if presence is not None:
+                sinks.append(presence)
+        return EventLog(self.node.name, self.node.store, keep=e.retention, subscribers=sinks,
                         metrics=self.metrics)
 
     async def start(self) -> None:
@@ -400,6 +408,7 @@ class App:
             raise StartupError(str(e)) from None
         self.node.push.events = self.node.events
         self.node.push.connected = self.presence.devices
+        self.node.push.clock = self.clock  # the fallback's waits run on the node's time
         self.node.push.signer = TrackSigner(self.tokens.derived_key("push-track"))
         self.sweeper.start()
         self.notifier.sender.start()  # missed schedules and interrupted sends fire now

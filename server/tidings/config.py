@@ -194,6 +194,9 @@ class PreferencesSettings:
         default_factory=lambda: ["general", "transactional", "security", "social"])
     caps: list[str] = field(default_factory=lambda: ["marketing per_hour=2 per_day=6"])
     default_timezone: str = "UTC"
+    # the per-day cap a "too_many" feedback halves on a category with no cap
+    # (neither the user's nor the operator's): 10 -> the user gets per_day 5
+    feedback_cap_per_day: int = 10
 
 
 @dataclass
@@ -260,6 +263,10 @@ class PushSettings:
     concurrency: int = 32  # requests in flight per provider
     timeout: float = 10.0  # seconds per request
     retries: int = 3  # more attempts after a 429 / 5xx / timeout
+    # seconds a connected device has to report `delivered` before its platform gets
+    # the notification too; 0: a connected device never gets the platform push
+    fallback_after: float = 10.0
+    fallback_pending_max: int = 10000  # notifications awaiting that report per node; oldest dropped
 
 
 @dataclass
@@ -553,6 +560,8 @@ def _validate_preferences(p: PreferencesSettings) -> None:
     if p.default_timezone not in zoneinfo.available_timezones():
         raise ConfigError(f"preferences.default_timezone: {p.default_timezone!r} is not an "
                           f"IANA time zone name")
+    if p.feedback_cap_per_day < 1:
+        raise ConfigError("preferences.feedback_cap_per_day: must be at least 1")
 
 
 def _validate_events(e: EventsSettings) -> None:
@@ -572,11 +581,13 @@ def _validate_push(p: PushSettings) -> None:
     for key in ("timeout",):
         if not getattr(p, key) > 0:
             raise ConfigError(f"push.{key}: must be more than 0")
-    for key in ("max_endpoints_per_user", "concurrency"):
+    for key in ("max_endpoints_per_user", "concurrency", "fallback_pending_max"):
         if getattr(p, key) < 1:
             raise ConfigError(f"push.{key}: must be at least 1")
     if p.retries < 0:
         raise ConfigError("push.retries: must be 0 or more")
+    if not 0 <= p.fallback_after <= 86400:
+        raise ConfigError("push.fallback_after: must be 0 (off) to 86400 seconds")
     if not 0 < p.apns_port <= 65535:
         raise ConfigError(f"push.apns_port: must be a port number, got {p.apns_port}")
     if p.webpush and not p.webpush_subject.startswith(("mailto:", "https://")):

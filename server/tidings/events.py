@@ -21,6 +21,11 @@ never collide.
   that fails every retry is dead-lettered (counted in
   ``tidings_events_dead_lettered_total``, its ids logged at WARNING).
 
+A sink is one *subscriber* of a node's :class:`EventLog`: it may take only some
+event types (``types``) and write its requests in its own shape (``body``).
+The presence webhook is such a subscriber (presence.py: ``online`` /
+``offline`` only, one event per request, in the shape it has always had).
+
 Time and randomness are injectable (``sleep``, ``rng``) for tests.
 """
 
@@ -35,7 +40,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +51,8 @@ from .metrics import Metrics
 from .push.providers import retry_after_seconds
 from .store.contracts.events import EventStore
 
-__all__ = ["EVENT_TYPES", "Event", "EventIds", "EventLog", "WebhookSink", "sign"]
+__all__ = ["EVENT_TYPES", "Counters", "Event", "EventIds", "EventLog", "WebhookSink",
+           "batch_body", "sign"]
 
 log = logging.getLogger("tidings.events")
 
@@ -101,12 +107,34 @@ class Event:
         return out
 
 
+def batch_body(batch: Sequence[Event]) -> bytes:
+    """The events webhook's request body: ``{"events": [event, ...]}``."""
+    return orjson.dumps({"events": [e.to_dict() for e in batch]})
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """The metric names a sink counts under: events sent, dead-lettered (given up
+    after every retry) and dropped (queue full)."""
+
+    sent: str = "tidings_events_sent_total"
+    dead: str = "tidings_events_dead_lettered_total"
+    dropped: str = "tidings_events_dropped_total"
+
+
 class WebhookSink:
     def __init__(self, url: str, session: aiohttp.ClientSession, *, secret: str = "",
                  batch: int = 100, linger: float = 0.5, retries: int = 5,
                  backoff: float = 0.5, queue_max: int = 10000, timeout: float = 10.0,
                  metrics: Metrics | None = None, sleep: Sleep = asyncio.sleep,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, types: frozenset[str] | None = None,
+                 body: Callable[[Sequence[Event]], bytes] = batch_body,
+                 user_agent: str = "tidings-events", counters: Counters = Counters()
+                 ) -> None:
+        self.types = types  # the event types this subscriber takes; None: all
+        self.body = body
+        self.user_agent = user_agent
+        self.counters = counters
         self.url = url
         self.session = session
         self.secret = secret
@@ -125,20 +153,22 @@ class WebhookSink:
         self._empty = asyncio.Event()  # set while nothing waits or is being sent
         self._empty.set()
         self._closing = False
-        if metrics is not None:
-            metrics.describe("tidings_events_sent_total", "Events delivered to the webhook.")
-            metrics.describe("tidings_events_dead_lettered_total",
-                             "Events given up after every webhook retry.")
-            metrics.describe("tidings_events_dropped_total",
+        if metrics is not None and counters == Counters():
+            metrics.describe(counters.sent, "Events delivered to the webhook.")
+            metrics.describe(counters.dead, "Events given up after every webhook retry.")
+            metrics.describe(counters.dropped,
                              "Events dropped because the webhook queue was full.")
 
     def __len__(self) -> int:
         return len(self._queue)
 
+    def wants(self, event: Event) -> bool:
+        return self.types is None or event.type in self.types
+
     def put(self, event: Event) -> None:
         """Queue ``event`` (never blocks, never raises)."""
         if len(self._queue) >= self.queue_max:
-            self._count("tidings_events_dropped_total")
+            self._count(self.counters.dropped)
             return
         self._queue.append(event)
         self._empty.clear()
@@ -178,8 +208,9 @@ class WebhookSink:
         await self._empty.wait()
 
     async def _deliver(self, batch: list[Event]) -> None:
-        body = orjson.dumps({"events": [e.to_dict() for e in batch]})
-        headers = {"Content-Type": "application/json", "X-Tidings-Delivery": batch[0].id}
+        body = self.body(batch)
+        headers = {"Content-Type": "application/json", "X-Tidings-Delivery": batch[0].id,
+                   "User-Agent": self.user_agent}
         if self.secret:
             headers["X-Tidings-Signature"] = sign(self.secret, body)
         for attempt in range(self.retries + 1):
@@ -189,7 +220,7 @@ class WebhookSink:
                 async with asyncio.timeout(self.timeout), self.session.post(
                         self.url, data=body, headers=headers) as r:
                     if 200 <= r.status < 300:
-                        self._count("tidings_events_sent_total", len(batch))
+                        self._count(self.counters.sent, len(batch))
                         return
                     reason = f"HTTP {r.status}"
                     if r.status in (429, 503):
@@ -200,11 +231,11 @@ class WebhookSink:
                 break
             if wait is None:
                 wait = self.backoff * 2**attempt * (0.5 + self.rng.random())
-            log.info("events webhook failed (%s); retry in %.1fs", reason, wait)
+            log.info("%s webhook failed (%s); retry in %.1fs", self.user_agent, reason, wait)
             await self.sleep(min(wait, 300.0))
-        self._count("tidings_events_dead_lettered_total", len(batch))
-        log.warning("events webhook gave up on %d events (%s .. %s)", len(batch), batch[0].id,
-                    batch[-1].id)
+        self._count(self.counters.dead, len(batch))
+        log.warning("%s webhook gave up on %d events (%s .. %s)", self.user_agent, len(batch),
+                    batch[0].id, batch[-1].id)
 
     async def close(self, grace: float = 2.0) -> None:
         """Send what waits for up to ``grace`` seconds (no lingering), then stop."""
@@ -224,8 +255,9 @@ class WebhookSink:
 
 class EventLog:
     """A node's event stream: :meth:`emit` makes an :class:`Event` and hands it
-    to the store's event log (for ``GET /v1/events``) and to the webhook sink,
-    if one is configured. Never blocks the caller: events are written to the
+    to the store's event log (for ``GET /v1/events``) and to each subscriber
+    (the events webhook ``webhook``, the presence webhook among ``subscribers``)
+    that wants its type. Never blocks the caller: events are written to the
     store in groups by one background writer (at most ``group`` per call),
     and an event the store could not take is counted
     (``tidings_events_unstored_total``), never retried forever."""
@@ -233,11 +265,11 @@ class EventLog:
     def __init__(self, node: str, store: EventStore, *, keep: float,
                  webhook: WebhookSink | None = None, metrics: Metrics | None = None,
                  clock: Callable[[], float] = time.time, group: int = 500,
-                 queue_max: int = 100_000) -> None:
+                 queue_max: int = 100_000, subscribers: Sequence[WebhookSink] = ()) -> None:
         self.ids = EventIds(node, clock)
         self.store = store
         self.keep = keep
-        self.webhook = webhook
+        self.sinks = [*([webhook] if webhook is not None else []), *subscribers]
         self.metrics = metrics
         self.group = group
         self.queue_max = queue_max
@@ -263,8 +295,9 @@ class EventLog:
                 self._task = asyncio.get_running_loop().create_task(self._write())
         elif self.metrics is not None:
             self.metrics.inc("tidings_events_unstored_total")
-        if self.webhook is not None:
-            self.webhook.put(event)
+        for sink in self.sinks:
+            if sink.wants(event):
+                sink.put(event)
         return event
 
     async def _write(self) -> None:
@@ -294,5 +327,4 @@ class EventLog:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 await self.flushed()
-        if self.webhook is not None:
-            await self.webhook.close(grace)
+        await asyncio.gather(*(sink.close(grace) for sink in self.sinks))

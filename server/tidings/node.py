@@ -462,6 +462,10 @@ class Node:
         """Notification counts per category (``/v1/stats/categories``)."""
         return await self.store.category_stats()
 
+    async def recent_notifications(self, limit: int) -> list[str]:
+        """Ids of the newest notifications, newest first (the dashboard's list)."""
+        return await self.store.recent_notifications(limit)
+
     # -- audience and preferences (issue 12): the AudienceStore contract's calls
     # the sessions layer and the API need, through the one door
 

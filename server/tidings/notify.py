@@ -24,9 +24,11 @@ from .content import Content
 from .errors import BadRequest, Conflict, NotFound, TooLarge
 from .node import Node
 from .preferences import Rules
+from .rates import report
 from .schedule import BEST_TIME, LocalTime, parse_send_at, parse_send_at_local
 from .sending import Sender
 from .store.base import (
+    FEEDBACK_REASONS,
     JOB_STATUSES,
     OUTCOMES,
     TRACK_EVENTS,
@@ -37,19 +39,18 @@ from .store.base import (
     UserChange,
 )
 from .types import is_cursor
+from .variants import compile_variants, parse_experiment, parse_variants
 
-_WITHDRAW_MOST = 20  # notifications one mark withdraws from the platforms, at most
+__all__ = ["FEEDBACK_COMMENT_MAX", "NOTIFY_FIELDS", "PRIORITIES", "Notifier", "Request"]
 
-__all__ = ["NOTIFY_FIELDS", "PRIORITIES", "Notifier", "Request"]
+FEEDBACK_COMMENT_MAX = 500  # characters of a feedback's optional comment
 
 PRIORITIES = ("low", "normal", "high", "urgent")
 _MEDIA = ("image", "video", "audio")
-_UNSUPPORTED = ("variants",)  # A/B variants: issue 13
-# Every field a notify request may carry (the unsupported ones are refused by
-# name in ``parse``); anything else is a 400 naming it.
+# Every field a notify request may carry; anything else is a 400 naming it.
 NOTIFY_FIELDS = frozenset({*TARGET_KEYS, "title", "body", "data", "locales", "category",
                            "priority", "media", "ttl", "collapse_key", "send_at",
-                           "send_at_local", *_UNSUPPORTED})
+                           "send_at_local", "variants", "experiment"})
 
 
 @dataclass
@@ -115,10 +116,6 @@ class Notifier:
     def parse(self, body: dict[str, Any]) -> Request:
         """Validate a notify request (everything a 400 can name is checked here,
         templates compiled, before anything is stored)."""
-        for key in _UNSUPPORTED:
-            if body.get(key) is not None:
-                raise BadRequest(f"{key}: not available on this server yet",
-                                 code="unsupported")
         target = parse_notify_target(body, self.audience)
         users = None
         if target.kind == "users":
@@ -156,9 +153,45 @@ class Notifier:
             **{k: fields[k] for k in ("title", "body", "data", "priority", "media")},
             "locales": body.get("locales"), "collapse_key": collapse, "ttl": ttl,
             "send_at_local": body.get("send_at_local"), "best_time": best}
+        stored.update(self._variants(body, stored, local is not None or best))
         return Request(target, users, fields, content,
                        float(ttl) if ttl is not None else None, collapse, send_at, local,
                        best, stored)
+
+    def _variants(self, body: dict[str, Any], stored: dict[str, Any], per_user: bool
+                  ) -> dict[str, Any]:
+        """``variants`` and ``experiment`` (issue 13) as the job stores them, each
+        variant's content checked like the top level's (limits, media, templates)."""
+        raw, experiment = body.get("variants"), body.get("experiment")
+        if raw is None:
+            if experiment is not None:
+                raise BadRequest("experiment: needs variants to compare")
+            return {}
+        variants = parse_variants(raw)
+        for i, v in enumerate(variants.items):
+            where = f"variants[{i}]"
+            for key, limit in (("title", 256), ("body", 4096)):
+                if key in v.content and not (isinstance(v.content[key], str)
+                                             and len(v.content[key]) <= limit):
+                    raise BadRequest(f"{where}.{key}: must be a string of at most "
+                                     f"{limit} characters")
+            if len(orjson.dumps(v.content.get("data"))) > self.settings.max_data_size:
+                raise TooLarge(f"{where}.data: over {self.settings.max_data_size} bytes "
+                               f"as JSON")
+            if "media" in v.content:
+                try:
+                    self._media(v.content["media"])
+                except BadRequest as e:
+                    raise BadRequest(f"{where}.{e.message}") from None
+        compile_variants(stored, variants, max_templates=self.settings.max_templates,
+                         max_placeholders=self.settings.max_placeholders)
+        out: dict[str, Any] = {"variants": variants.to_json()}
+        if experiment is not None:
+            if per_user:
+                raise BadRequest("experiment: not with send_at_local or send_at "
+                                 "\"best_time\" (the test group is sent at one time)")
+            out["experiment"] = parse_experiment(experiment).to_json()
+        return out
 
     def _when(self, body: dict[str, Any]) -> tuple[float | None, LocalTime | None, bool]:
         """``send_at`` (RFC 3339 or ``"best_time"``) and ``send_at_local``: at most one."""
@@ -198,7 +231,7 @@ class Notifier:
                 raise NotFound(f"segment: no segment {req.target.segment!r}")
             req.stored["target"] = {"audience": definition, "segment": req.target.segment}
         if req.users is not None and req.immediate:
-            if await self._plain(req):
+            if "variants" not in req.stored and await self._plain(req):
                 result = await store.notify(req.users, req.fields, ttl=req.ttl,
                                             collapse_key=req.collapse_key,
                                             policy=self.node.policy,
@@ -265,11 +298,23 @@ class Notifier:
         job = await self.node.store.job_get(notification_id)
         if stats is None:
             raise NotFound(f"no notification {notification_id[:64]!r}")
+        push = {"push": await self.node.store.push_counts(notification_id)}
         if job is None:  # sent at once to a list of users (the fast path): all pushed
-            return {**stats, "status": "sent", "pending": 0,
+            # in seconds like a job's times (the stats endpoint keeps milliseconds)
+            return {**stats, "created": stats["created"] / 1000, "status": "sent",
+                    "pending": 0,
                     "outcomes": {o: stats["targets"] if o == "pushed" else 0
-                                 for o in OUTCOMES}}
-        return {**stats, **job.to_dict()}
+                                 for o in OUTCOMES}, **push}
+        out = {**stats, **job.to_dict(), **push}
+        if job.request.get("experiment") is not None:
+            # its phase: "testing" until the verdict, then "decided" with the winner
+            state = job.request.get("experiment_state") or {}
+            out["experiment"] = {**job.request["experiment"],
+                                 "phase": state.get("phase", "testing"),
+                                 "decide_at": state.get("decide_at"),
+                                 "winner": state.get("winner"),
+                                 "significant": state.get("significant")}
+        return out
 
     async def notifications(self, status: Any, cursor: Any, limit: Any) -> dict[str, Any]:
         """``GET /v1/notifications?status=&cursor=&limit=``: jobs by status, oldest first."""
@@ -308,8 +353,9 @@ class Notifier:
         push = self.node.push
         if push is not None and action != "unread" and change.changed:
             # read or archived anywhere: the OS notification goes everywhere (the
-            # first _WITHDRAW_MOST of a large change; the devices' lists hold the rest)
-            push.submit(push.withdraw_many(user, change.changed[:_WITHDRAW_MOST]))
+            # first push.channel.WITHDRAW_MOST of a large change; the devices' lists
+            # hold the rest)
+            push.submit(push.withdraw_many(user, change.changed))
         return change
 
     async def track(self, user: str, notification_id: Any, event: Any) -> bool:
@@ -318,12 +364,46 @@ class Notifier:
         if not isinstance(notification_id, str) or len(notification_id) > 128:
             raise BadRequest("notification must be a notification id")
         recorded = await self.node.store.track(notification_id, user, event)
+        if event == "delivered" and self.node.push is not None:
+            # live first: a device reported it, so no platform fallback (per user)
+            self.node.push.acknowledged(user, notification_id)
         if recorded and self.node.events is not None:
             self.node.events.emit(event, user=user, notification=notification_id)
         return recorded
 
+    async def feedback(self, user: str, notification_id: Any, reason: Any, comment: Any
+                       ) -> bool:
+        """Record the user's feedback on a notification in their inbox (issue 13):
+        counted once per user and notification (the first wins; False when not
+        recorded, as :meth:`track`), then emitted as the event ``feedback``.
+        Bad input: ``bad_request`` naming the field."""
+        if not isinstance(notification_id, str) or not 0 < len(notification_id) <= 128:
+            raise BadRequest("notification must be a notification id")
+        if reason not in FEEDBACK_REASONS:
+            raise BadRequest(f"reason must be one of {', '.join(FEEDBACK_REASONS)}")
+        if comment is not None and (not isinstance(comment, str)
+                                    or len(comment) > FEEDBACK_COMMENT_MAX):
+            raise BadRequest(f"comment must be a string of at most {FEEDBACK_COMMENT_MAX} "
+                             "characters")
+        recorded = await self.node.store.feedback(notification_id, user, reason, comment)
+        if recorded and self.node.events is not None:
+            self.node.events.emit("feedback", user=user, notification=notification_id,
+                                  reason=reason, comment=comment)
+        return recorded
+
     async def stats(self, notification_id: str) -> dict[str, Any]:
+        """``GET /v1/notifications/{id}/stats``: the store's row (id, category,
+        targets counted at acceptance, created, the event counts) and the
+        report of :func:`tidings.rates.report` (``total``, ``variants``,
+        ``metric``, ``winner``); the platform push outcomes in ``total.push``."""
         stats = await self.node.store.stats(notification_id)
         if stats is None:
             raise NotFound(f"no notification {notification_id[:64]!r}")
-        return stats
+        job = await self.node.store.job_get(notification_id)
+        per_variant = await self.node.store.variant_counts(notification_id)
+        if job is None:  # sent at once to a list of users (the fast path): all pushed
+            out = {**stats, **report({"pushed": stats["targets"]}, stats, per_variant, {})}
+        else:
+            out = {**stats, **report(job.outcomes, stats, per_variant, job.request)}
+        out["total"]["push"] = await self.node.store.push_counts(notification_id)
+        return out

@@ -9,10 +9,10 @@ issue 12)::
     expired               now >= expires_at, or a hold would end after it:
                           nothing is written or pushed
     suppressed_category   the user turned the category off ("enabled": false):
-                          nothing is written or pushed; or, per edge, the
-                          category's "edges" leave this edge out (the inbox is
-                          written as the other rules say; "edges": [] means
-                          inbox only, never held or capped)
+                          nothing is written or pushed; or, per edge and
+                          platform channel, the category's "edges" leave it
+                          out (the inbox is written as the other rules say;
+                          "edges": [] means inbox only, never held or capped)
     held                  inside the user's quiet hours and the operator's
                           policy for the category is "hold": written to the
                           inbox and pushed live at ``hold_until`` (the end of
@@ -45,11 +45,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from .preferences import EDGES, Preferences, QuietHours, Rules
+from .preferences import LIVE_EDGES, PLATFORMS, Preferences, QuietHours, Rules
 
 __all__ = [
     "DAY",
@@ -91,22 +91,34 @@ class Notice:
 
 @dataclass(frozen=True)
 class Decision:
-    """The outcome per edge (``ws``, ``mqtt``), and what happens to the inbox:
+    """The outcome per live edge (``ws``, ``mqtt``) and, in ``platforms``, per
+    platform channel (``webpush``, ``fcm``, ``apns``: the same rules, quiet
+    hours and caps included, apply to them alike), and what happens to the inbox:
     ``inbox`` True: write it now; ``hold_until`` set: write and push it then
     (decide again at that instant); neither: nothing is written."""
 
     edges: Mapping[str, Outcome]
     inbox: bool
     hold_until: datetime | None = None
+    platforms: Mapping[str, Outcome] = field(default_factory=dict)
 
     @property
     def pushed(self) -> bool:
-        """Whether any edge pushes live now (the caller records a push for caps)."""
-        return Outcome.PUSHED in self.edges.values()
+        """Whether any edge or platform pushes now (the caller records a push for caps)."""
+        return Outcome.PUSHED in (*self.edges.values(), *self.platforms.values())
 
 
 def _all(outcome: Outcome, *, inbox: bool, hold_until: datetime | None = None) -> Decision:
-    return Decision({e: outcome for e in EDGES}, inbox, hold_until)
+    return Decision({e: outcome for e in LIVE_EDGES}, inbox, hold_until,
+                    {c: outcome for c in PLATFORMS})
+
+
+def _routed(edges: frozenset[str] | None, outcome: Outcome, *, inbox: bool,
+            hold_until: datetime | None = None) -> Decision:
+    """``outcome`` on the edges and platforms the category allows,
+    ``suppressed_category`` on the others."""
+    return Decision(_route(edges, outcome, LIVE_EDGES), inbox, hold_until,
+                    _route(edges, outcome, PLATFORMS))
 
 
 def _instant(day: date, wall: time, zone: ZoneInfo) -> datetime:
@@ -169,17 +181,17 @@ def decide(notice: Notice, prefs: Preferences, rules: Rules,
     if quiet is not None and notice.category not in rules.silent_in_quiet_hours:
         if notice.expires_at is not None and notice.expires_at <= quiet:
             return _all(Outcome.EXPIRED, inbox=False)
-        return Decision(_route(edges, Outcome.HELD), inbox=False, hold_until=quiet)
+        return _routed(edges, Outcome.HELD, inbox=False, hold_until=quiet)
     if quiet is not None:
         outcome = Outcome.SILENT_QUIET_HOURS
     elif _capped(prefs, rules, notice.category, recent, now):
         outcome = Outcome.SILENT_CAPPED
     else:
         outcome = Outcome.PUSHED
-    return Decision(_route(edges, outcome), inbox=True)
+    return _routed(edges, outcome, inbox=True)
 
 
-def _route(edges: frozenset[str] | None, outcome: Outcome) -> dict[str, Outcome]:
-    """``outcome`` on the edges the category allows, ``suppressed_category`` elsewhere."""
+def _route(edges: frozenset[str] | None, outcome: Outcome, names: tuple[str, ...]
+           ) -> dict[str, Outcome]:
     return {e: outcome if edges is None or e in edges else Outcome.SUPPRESSED_CATEGORY
-            for e in EDGES}
+            for e in names}

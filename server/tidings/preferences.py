@@ -5,7 +5,7 @@ The wire shape (issue 12, the public contract; every key optional)::
     {"timezone": "Europe/Paris",                      # IANA name (zoneinfo)
      "locale": "zh-CN",                               # BCP 47 tag, picks content
      "categories": {"marketing": {"enabled": false},  # on / off, per category
-                    "social": {"edges": ["ws"]}},     # live push on these edges only
+                    "social": {"edges": ["ws", "fcm"]}},  # pushed on these channels only
      "quiet_hours": {"start": "22:00", "end": "07:00",
                      "days": ["mon", "tue", ...]},    # optional: every day
      "caps": {"marketing": {"per_hour": 1, "per_day": 3}}}
@@ -15,7 +15,10 @@ Rules:
 - ``timezone`` must be a name ``zoneinfo`` knows (``available_timezones()``);
   missing, the operator's ``preferences.default_timezone`` applies.
 - ``categories`` keys are the operator's categories (``preferences.categories``);
-  ``enabled`` is a boolean, ``edges`` a list drawn from :data:`EDGES`. The
+  ``enabled`` is a boolean, ``edges`` a list drawn from :data:`EDGES`: the
+  live edges ``ws`` and ``mqtt`` and the platform channels ``webpush``,
+  ``fcm`` and ``apns`` (issue 16); a channel left out of the list gets no
+  push of the category (the inbox still gets it); no list: every one. The
   operator's ``always_on`` categories cannot be muted: ``enabled: false`` or
   ``edges: []`` on them is refused.
 - ``quiet_hours``: ``HH:MM`` 24-hour local times, ``start != end``; an end at
@@ -41,7 +44,7 @@ import re
 import reprlib
 import zoneinfo
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import time
 from typing import Any
 
@@ -51,12 +54,15 @@ from .errors import BadRequest
 __all__ = [
     "DAYS",
     "EDGES",
+    "LIVE_EDGES",
+    "PLATFORMS",
     "Cap",
     "CategoryPreference",
     "Preferences",
     "QuietHours",
     "Rules",
     "check_category",
+    "halve_cap",
     "merge",
     "merge_patch",
     "parse",
@@ -65,7 +71,9 @@ __all__ = [
     "zone_named",
 ]
 
-EDGES = ("ws", "mqtt")
+LIVE_EDGES = ("ws", "mqtt")  # a connected device's
+PLATFORMS = ("webpush", "fcm", "apns")  # the OS push channels (tidings.push)
+EDGES = (*LIVE_EDGES, *PLATFORMS)  # what a category's "edges" may name
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # index = date.weekday()
 FIELDS = frozenset({"timezone", "locale", "categories", "quiet_hours", "caps"})
 _HHMM = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
@@ -343,6 +351,29 @@ def parse(doc: Any, rules: Rules) -> Preferences:
             name = _category_key(k, rules, "caps")
             caps[name] = _parse_cap(v, name, rules)
     return Preferences(timezone, locale, categories, quiet, caps)
+
+
+def _half(n: int | None) -> int | None:
+    return None if n is None else n if n <= 1 else n // 2
+
+
+def halve_cap(current: Preferences, category: str, rules: Rules, uncapped_per_day: int
+              ) -> Preferences | None:
+    """``current`` with the user's cap on ``category`` set to half the cap in
+    force (:meth:`Preferences.cap`: the user's, else the operator's), each kind
+    that has one, at least 1 (a cap of 0 stays 0); a category with no cap gets
+    ``per_day`` half of ``uncapped_per_day``. What a ``too_many`` feedback does
+    (issue 13). None where no cap may be set: an ``always_on`` or unknown
+    category. The result stays within the operator's caps, so :func:`parse`
+    takes it back, and the user may raise it again up to those."""
+    if category in rules.always_on or category not in rules.categories:
+        return None
+    now = current.cap(category, rules)
+    if now.per_hour is None and now.per_day is None:
+        lowered = Cap(None, max(1, uncapped_per_day // 2))
+    else:
+        lowered = Cap(_half(now.per_hour), _half(now.per_day))
+    return replace(current, caps={**current.caps, category: lowered})
 
 
 _MERGE_DEPTH = 4  # deeper than any valid document: what is below is replaced whole

@@ -1,11 +1,16 @@
 """Which devices of each user are online, and the presence webhook.
 
-When a user's first device comes online the webhook gets ``online``; when the
-last one has been gone for ``presence.debounce`` seconds it gets ``offline``
-(a reconnect inside the debounce sends nothing). Events are POSTed as JSON,
-signed with HMAC-SHA256 over the body (``X-Tidings-Signature: sha256=<hex>``)
-when ``presence.webhook_secret`` is set, retried with exponential backoff,
-from one background worker: delivery never waits for the webhook.
+When a user's first device comes online the node's event stream (events.py)
+gets ``online``; when the last one has been gone for ``presence.debounce``
+seconds it gets ``offline`` (a reconnect inside the debounce sends nothing).
+
+The presence webhook is one subscriber of that stream (:func:`webhook_sink`):
+a :class:`~tidings.events.WebhookSink` that takes only ``online`` / ``offline``
+and POSTs each alone in the shape receivers have always parsed,
+``{"event", "user", "node", "ts"}`` (plus the event's ``id``), signed with
+HMAC-SHA256 over the body (``X-Tidings-Signature: sha256=<hex>``) when
+``presence.webhook_secret`` is set, retried with exponential backoff, one
+at a time in order: delivery never waits for the webhook.
 
 Issue 12: a device coming online or going away also records its user "seen"
 in the audience store (segments' ``active_within``), through :class:`Seen`: at
@@ -31,16 +36,17 @@ import orjson
 
 from .config import PresenceSettings
 from .errors import TidingsError
-from .events import EventLog, sign
+from .events import Counters, Event, EventLog, WebhookSink, sign
 from .metrics import Metrics
-from .plumbing import Pump, TaskSet
+from .plumbing import TaskSet
 from .store.base import PresenceStore
 
-__all__ = ["Device", "Presence", "Seen", "sign"]
+__all__ = ["PRESENCE_EVENTS", "Device", "Presence", "Seen", "sign", "webhook_sink"]
 
 log = logging.getLogger("tidings.presence")
+PRESENCE_EVENTS = frozenset({"online", "offline"})
 _QUEUE_MAX = 10000  # webhook events waiting; more are dropped (and counted)
-_CLOSE_GRACE = 2.0  # seconds a closing node gives store writes and webhook posts to end
+_CLOSE_GRACE = 2.0  # seconds a closing node gives its store writes to end
 _SEEN_BATCH = 100  # users one write of Seen hands the store
 _SEEN_KEEP = 100_000  # users whose last record time Seen remembers (more: the oldest go)
 
@@ -64,6 +70,31 @@ def _dedupe(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if d["device"] not in seen or d["since"] < seen[d["device"]]["since"]:
             seen[d["device"]] = d
     return sorted(seen.values(), key=lambda d: d["since"])
+
+
+def _presence_body(batch: Sequence[Event]) -> bytes:
+    """The presence webhook's documented body: one event, ``{"event", "user",
+    "node", "ts"}`` (the sink sends one per request), plus the event's ``id``,
+    the same as in ``GET /v1/events``."""
+    (e,) = batch
+    return orjson.dumps({"event": e.type, "user": e.user, "node": e.extra.get("node"),
+                         "ts": e.ts, "id": e.id})
+
+
+def webhook_sink(settings: PresenceSettings, session: aiohttp.ClientSession,
+                 metrics: Metrics) -> WebhookSink | None:
+    """The presence webhook as a subscriber of the event stream, or None when
+    ``presence.webhook`` is not set. Counted as before: tidings_webhook_sent_total,
+    tidings_webhook_failed_total, tidings_webhook_dropped_total."""
+    if not settings.webhook:
+        return None
+    return WebhookSink(settings.webhook, session, secret=settings.webhook_secret, batch=1,
+                       linger=0.0, retries=settings.retries, queue_max=_QUEUE_MAX,
+                       metrics=metrics, types=PRESENCE_EVENTS, body=_presence_body,
+                       user_agent="tidings-presence",
+                       counters=Counters("tidings_webhook_sent_total",
+                                         "tidings_webhook_failed_total",
+                                         "tidings_webhook_dropped_total"))
 
 
 class Seen:
@@ -150,12 +181,8 @@ class Presence:
         self._online: dict[str, dict[object, Device]] = {}
         self._announced: set[str] = set()
         self._pending_offline: dict[str, asyncio.TimerHandle] = {}
+        # the node's event stream (GET /v1/events, the events and presence webhooks)
         self.events: EventLog | None = None  # set by the app
-        self._posting = TaskSet("presence webhook")
-        # one poster while there are events: delivery never waits for the webhook
-        self._webhook: Pump[dict[str, Any]] = Pump(self._post, None, high=_QUEUE_MAX,
-                                                   tasks=self._posting)
-        self._http: aiohttp.ClientSession | None = None
 
     def local_users(self) -> list[str]:
         """Users with a device connected to this node now (the sender sends to them
@@ -311,47 +338,17 @@ class Presence:
                     for user, devices in list(self._online.items())
                     for key, entry in list(devices.items())])
 
-    # -- webhook ----------------------------------------------------------------
+    # -- events -----------------------------------------------------------------
 
     def _emit(self, event: str, user: str) -> None:
-        if self.events is not None:  # the node's event stream (GET /v1/events, its webhook)
+        """Into the event stream; its subscribers (the presence webhook) take it on."""
+        if self.events is not None:
             self.events.emit(event, user=user, node=self.node)
-        if not self.settings.webhook:
-            return
-        if len(self._webhook) >= _QUEUE_MAX:
-            self.metrics.inc("tidings_webhook_dropped_total")
-            log.warning("presence webhook queue full; dropping %s for a user", event)
-            return
-        self._webhook.put({"event": event, "user": user, "node": self.node, "ts": time.time()})
-
-    async def _post(self, event: dict[str, Any]) -> None:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-        body = orjson.dumps(event)
-        headers = {"Content-Type": "application/json", "User-Agent": "tidings-presence"}
-        if self.settings.webhook_secret:
-            headers["X-Tidings-Signature"] = sign(self.settings.webhook_secret, body)
-        delay = 0.5
-        for attempt in range(self.settings.retries + 1):
-            try:
-                async with self._http.post(self.settings.webhook, data=body,
-                                           headers=headers) as r:
-                    if r.status < 300:
-                        self.metrics.inc("tidings_webhook_sent_total")
-                        return
-                    reason = f"status {r.status}"
-            except (aiohttp.ClientError, TimeoutError) as e:
-                reason = type(e).__name__
-            if attempt < self.settings.retries:
-                log.warning("presence webhook failed (%s); retry in %.1fs", reason, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-        self.metrics.inc("tidings_webhook_failed_total")
-        log.warning("presence webhook gave up on a %s event", event["event"])
 
     async def close(self) -> None:
         """Report every announced user offline (this node can no longer see them come
-        back, and a backend told nothing would wait for ever), then flush (bounded)."""
+        back, and a backend told nothing would wait for ever). The app closes the
+        event stream after this, which sends them on (bounded)."""
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         if self._reseen is not None:
@@ -374,7 +371,3 @@ class Presence:
         for user in sorted(self._announced):
             self._emit("offline", user)
         self._announced.clear()
-        await self._posting.close(grace=_CLOSE_GRACE)
-        if self._http is not None:
-            await self._http.close()
-            self._http = None

@@ -48,12 +48,23 @@ from .errors import BadRequest, TidingsError, TooLarge
 from .node import Node
 from .plumbing import TaskSet
 from .policy import DAY, Decision, Notice, Outcome, decide
-from .preferences import EDGES, Preferences, Rules, parse
+from .preferences import LIVE_EDGES, PLATFORMS, Preferences, Rules, parse
+from .push.channel import EVERYWHERE, Route
+from .rates import funnel, rates, winner
 from .schedule import BEST_TIME_HISTORY, LocalTime, best_time, local_fire_time, parse_send_at_local
 from .store.base import OUTCOMES, AudienceQuery, Delivery, Job
 from .store.contracts.audience import matches
+from .variants import (
+    Experiment,
+    Variant,
+    Variants,
+    compile_variants,
+    in_test_group,
+    parse_experiment,
+    parse_variants,
+)
 
-__all__ = ["MAX_JOBS_PER_STEP", "Plan", "Sender", "outcome_of"]
+__all__ = ["MAX_JOBS_PER_STEP", "Plan", "Sender", "outcome_of", "route_of"]
 
 log = logging.getLogger("tidings.sending")
 
@@ -65,13 +76,30 @@ _ANYONE = AudienceQuery()  # a query that needs nothing but attributes
 
 
 def outcome_of(decision: Decision) -> tuple[str, tuple[str, ...] | None]:
-    """The one outcome recorded for a user, and the edges that push it live now
-    (None: every edge; empty: none)."""
-    live = tuple(e for e in EDGES if decision.edges.get(e) is Outcome.PUSHED)
+    """The one outcome recorded for a user, and the edges its stream entry names
+    (None: every live edge; empty: no push, a silent entry). ``pushed`` when a
+    live edge or a platform channel pushes it. A category the user keeps to
+    platform channels (``["fcm"]``) names them: no live edge delivers the
+    entry (``routed_away``), and the store counts the push for caps as any."""
+    live = tuple(e for e in LIVE_EDGES if decision.edges.get(e) is Outcome.PUSHED)
     if live:
-        return Outcome.PUSHED.value, (None if len(live) == len(EDGES) else live)
-    others = [o for o in decision.edges.values() if o is not Outcome.SUPPRESSED_CATEGORY]
+        return Outcome.PUSHED.value, (None if len(live) == len(LIVE_EDGES) else live)
+    platforms = tuple(c for c in PLATFORMS if decision.platforms.get(c) is Outcome.PUSHED)
+    if platforms:
+        return Outcome.PUSHED.value, platforms
+    others = [o for o in (*decision.edges.values(), *decision.platforms.values())
+              if o is not Outcome.SUPPRESSED_CATEGORY]
     return (others[0].value if others else Outcome.SUPPRESSED_CATEGORY.value), ()
+
+
+def route_of(decision: Decision) -> Route:
+    """The platform channels a user's ``pushed`` decision allows, and the live
+    edges it went on (see :class:`tidings.push.channel.Route`)."""
+    kinds = frozenset(c for c in PLATFORMS if decision.platforms.get(c) is Outcome.PUSHED)
+    live = frozenset(e for e in LIVE_EDGES if decision.edges.get(e) is Outcome.PUSHED)
+    if len(live) == len(LIVE_EDGES) and len(kinds) == len(PLATFORMS):
+        return EVERYWHERE
+    return Route(None if len(kinds) == len(PLATFORMS) else kinds, live)
 
 
 @dataclass
@@ -87,10 +115,36 @@ class Plan:
     best: bool = False
     users: list[str] | None = None  # an explicit list, or
     query: AudienceQuery | None = None  # the audience, paged from the store
+    variants: Variants | None = None  # A/B variants (issue 13), with per variant
+    contents: dict[str, Content] = field(default_factory=dict)  # its content and
+    bases: dict[str, dict[str, Any]] = field(default_factory=dict)  # its shared fields
+    experiment: Experiment | None = None
+    state: dict[str, Any] = field(default_factory=dict)  # the experiment's phase, stored
     attributes: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
-        self.attributes = self.content.personal
+        self.attributes = self.content.personal or any(
+            c.personal for c in self.contents.values())
+
+    @property
+    def winner(self) -> str | None:
+        """The experiment's decided variant (None: no experiment, or not decided yet)."""
+        return self.state.get("winner") if self.experiment is not None else None
+
+    @property
+    def testing(self) -> bool:
+        """The experiment's first pass: only the test group is sent."""
+        return self.experiment is not None and self.winner is None
+
+    def variant_of(self, notification_id: str, user: str) -> Variant | None:
+        """The variant ``user`` gets: the stable assignment, or, once an experiment
+        has decided, the winner for everyone outside the test group."""
+        if self.variants is None:
+            return None
+        if self.experiment is not None and self.winner is not None and not in_test_group(
+                self.experiment, notification_id, user):
+            return self.variants.named(self.winner)
+        return self.variants.assign(notification_id, user)
 
 
 class Sender:
@@ -193,17 +247,31 @@ class Sender:
             query = AudienceQuery(*parse_tag_selector(target["tags"], "tags", self.audience))
         elif "audience" in target:
             query = parse_audience(target["audience"], "audience", self.audience)
-        return Plan(content,
-                    {"category": job.category, "priority": req.get("priority", "normal"),
-                     "media": req.get("media")},
-                    notice, req.get("collapse_key"), job.expires_at,
+        base = {"category": job.category, "priority": req.get("priority", "normal"),
+                "media": req.get("media")}
+        variants = experiment = None
+        contents: dict[str, Content] = {}
+        bases: dict[str, dict[str, Any]] = {}
+        if req.get("variants") is not None:
+            variants = parse_variants(req["variants"])
+            contents = compile_variants(req, variants,
+                                        max_templates=self.settings.max_templates,
+                                        max_placeholders=self.settings.max_placeholders)
+            bases = {v.name: {**base, "media": v.content.get("media", base["media"])}
+                     for v in variants.items}
+            if req.get("experiment") is not None:
+                experiment = parse_experiment(req["experiment"])
+        return Plan(content, base, notice, req.get("collapse_key"), job.expires_at,
                     None if local is None else parse_send_at_local(local),
-                    bool(req.get("best_time")), users, query)
+                    bool(req.get("best_time")), users, query, variants, contents, bases,
+                    experiment, dict(req.get("experiment_state") or {}))
 
     async def run(self, job: Job) -> int:
         """Send ``job`` from its cursor to the end, chunk by chunk, while its lease holds."""
         store = self.node.store
         plan = self.plan(job)
+        if plan.testing and plan.state.get("phase") == "testing":
+            return await self._decide(job, plan)  # the test group was sent; its time came
         cursor = job.cursor
         done = 0
         if cursor is None:  # a fresh start (a resumed job already wrote its first chunks)
@@ -218,8 +286,43 @@ class Sender:
                 return done  # cancelled, or the lease was lost to another node
             cursor = nxt
             await asyncio.sleep(0)  # let the node answer between chunks
+        if plan.testing:
+            assert plan.experiment is not None
+            now = self.node.clock.now()
+            decide_at = now + plan.experiment.decide_after
+            state = {"phase": "testing", "tested_at": now, "decide_at": decide_at}
+            await store.job_requeue(job.id, self.owner,
+                                    {**job.request, "experiment_state": state}, due=decide_at)
+            return done
         await store.job_finish(job.id, self.owner)
         return done
+
+    async def _decide(self, job: Job, plan: Plan) -> int:
+        """An experiment's verdict, once, on the node that claimed the job: the
+        significant winner by the metric (:func:`tidings.rates.winner`), else the
+        best observed rate (ties: the earlier variant, so the control). It is
+        stored with the job, which is due again now to send the winner to
+        everyone not yet recorded (any node may claim it; a restart resumes it)."""
+        assert plan.experiment is not None and plan.variants is not None
+        metric = plan.experiment.metric
+        counts = await self.node.store.variant_counts(job.id)
+        # the funnel each variant has in its stats (GET .../stats), so both agree
+        groups = [(name, funnel(counts.get(name, {}), counts.get(name, {})))
+                  for name in plan.variants.names]
+        chosen = winner(groups, metric)
+        significant = chosen is not None
+        if chosen is None:
+            chosen = max(groups, key=lambda g: rates(g[1])[metric].rate)[0]
+        now = self.node.clock.now()
+        state = {**plan.state, "phase": "decided", "winner": chosen,
+                 "significant": significant, "decided_at": now}
+        if await self.node.store.job_requeue(job.id, self.owner,
+                                             {**job.request, "experiment_state": state},
+                                             due=now):
+            log.info("sender: notification %s: variant %s wins by %s (%s)", job.id, chosen,
+                     metric, "significant" if significant else "best observed")
+            self.kick()
+        return 0
 
     async def _online_first(self, job: Job, plan: Plan) -> int:
         """Send first to the audience's users connected to this node, in small chunks,
@@ -271,6 +374,11 @@ class Sender:
         """Decide and write one chunk of users (``due``: fired from the due queue, so
         decided now whatever the schedule said); fan out; count the outcomes."""
         store = self.node.store
+        if plan.testing:  # an experiment's first pass: the others wait for the verdict
+            assert plan.experiment is not None
+            users = [u for u in users if in_test_group(plan.experiment, job.id, u)]
+            if not users:
+                return 0
         now = self.node.clock.now()
         now_dt = utc(now)
         category = job.category
@@ -288,19 +396,32 @@ class Sender:
         if plan.best and not due:
             engaged = await store.engagement_times(
                 users, now - BEST_TIME_HISTORY.total_seconds())
-        shared = None if plan.content.personal else self._fields(plan, {}, None)
+        shared: dict[str | None, dict[str, Any]] = {}  # one rendering per variant
+
+        def fields_of(user: str, prefs: Preferences, variant: str | None) -> dict[str, Any]:
+            if (plan.content if variant is None else plan.contents[variant]).personal:
+                return self._fields(plan, attrs.get(user, {}), prefs.locale, variant)
+            got = shared.get(variant)
+            if got is None:
+                got = shared[variant] = self._fields(plan, {}, None, variant)
+            return got
+
         # everyone with default preferences and no recent push gets the same decision:
         # made once per chunk, not once per user
         plain: tuple[Decision, tuple[str, tuple[str, ...] | None]] | None = None
         deliveries = []
+        routes: dict[str, Route] = {}  # the platform channels, where not every one
         for n, user in enumerate(users, 1):
             if n % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
             prefs = self._prefs(docs, user)
+            chosen = plan.variant_of(job.id, user)
+            variant = None if chosen is None else chosen.name
             if not due and (plan.local is not None or plan.best):
                 fire = self._fire_time(plan, prefs, engaged.get(user, ()), now_dt)
                 if fire > now:
-                    deliveries.append(Delivery(user, "scheduled", due_at=fire))
+                    deliveries.append(Delivery(user, "scheduled", due_at=fire,
+                                               variant=variant))
                     continue
             pushes = recent.get(user)
             if prefs is _DEFAULT_PREFS and not pushes:
@@ -312,13 +433,15 @@ class Sender:
                 decision = decide(plan.notice, prefs, self.rules,
                                   [utc(t) for t in pushes or ()], now_dt)
                 state, edges = outcome_of(decision)
-            fields = None
-            if decision.inbox:
-                fields = shared if shared is not None else self._fields(
-                    plan, attrs.get(user, {}), prefs.locale)
+                if (route := route_of(decision)) is not EVERYWHERE:
+                    routes[user] = route
+            fields = fields_of(user, prefs, variant) if decision.inbox else None
             deliveries.append(Delivery(
                 user, state, fields, edges,
-                None if decision.hold_until is None else decision.hold_until.timestamp()))
+                None if decision.hold_until is None else decision.hold_until.timestamp(),
+                variant))
+        if plan.variants is not None:  # each variant's users together: the store
+            deliveries.sort(key=lambda d: d.variant or "")  # encodes each rendering once
         result = await store.deliver(job.id, deliveries, category=category,
                                      expires_at=plan.expires_at, collapse_key=plan.collapse_key,
                                      policy=self.node.policy, due=due)
@@ -327,11 +450,12 @@ class Sender:
         if push is not None:  # live first: devices that are away get it from their platform
             items = {d.user: d.fields for d in deliveries}
             live = {u: f for u in result.recorded
-                    if states[u] == Outcome.PUSHED.value and (f := items.get(u)) is not None}
+                    if states[u] == Outcome.PUSHED.value and (f := items.get(u)) is not None
+                    and (u not in routes or routes[u].kinds != frozenset())}
             if live:
                 ttl = DAY.total_seconds() if plan.expires_at is None else plan.expires_at - now
                 await push.live_first(job.id, live, ttl=max(0, int(ttl)),
-                                      collapse_key=plan.collapse_key)
+                                      collapse_key=plan.collapse_key, routes=routes)
         counted = Counter(states[user] for user in result.recorded)
         for outcome, n in counted.items():
             if outcome in OUTCOMES:
@@ -354,9 +478,16 @@ class Sender:
         return best_time([utc(t) for t in engaged], zone, now).timestamp()
 
     @staticmethod
-    def _fields(plan: Plan, attributes: Mapping[str, Any], locale: str | None
-                ) -> dict[str, Any]:
-        rendered = plan.content.render(attributes, locale)
-        return {"title": rendered.title or "", "body": rendered.body or "",
-                "data": rendered.data, **plan.base}
+    def _fields(plan: Plan, attributes: Mapping[str, Any], locale: str | None,
+                variant: str | None = None) -> dict[str, Any]:
+        """One user's inbox item fields (with ``variant``: that variant's content,
+        and its name in the item, so the push and the MQTT payload carry it)."""
+        content, base = ((plan.content, plan.base) if variant is None
+                         else (plan.contents[variant], plan.bases[variant]))
+        rendered = content.render(attributes, locale)
+        out = {"title": rendered.title or "", "body": rendered.body or "",
+               "data": rendered.data, **base}
+        if variant is not None:
+            out["variant"] = variant
+        return out
 

@@ -8,6 +8,9 @@ for one step at a time) and fans out what the store wrote for the users who
 lost unarchived items (an ``expire`` event on ``users/{uid}/events`` and the
 retained ``users/{uid}/unread`` count), the way :meth:`Notifier.mark` does,
 so every device's badge drops when an item expires, not at its next change.
+The OS notifications of the expired items are withdrawn too (platform push,
+:meth:`tidings.push.channel.PushChannel.withdraw_expired`: one endpoint read
+per step, at most ``WITHDRAW_MOST`` items per user, in the background).
 
 Several nodes on one Redis may sweep at once: each step is atomic per user
 there, so an item expires (and is announced) once.
@@ -71,6 +74,10 @@ class Sweeper:
             totals.users += len(result.changes)
             for change in result.changes:
                 await self.node.fan_out(change.publications)
+            push = self.node.push
+            expired = {c.user: c.changed for c in result.changes if c.changed}
+            if push is not None and expired:
+                push.submit(push.withdraw_expired(expired))
             if not result.more:
                 break
         metrics = self.node.metrics

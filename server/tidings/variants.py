@@ -35,6 +35,7 @@ from itertools import accumulate
 from typing import Any
 
 from .audience import parse_duration
+from .content import Content
 from .errors import BadRequest
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "Experiment",
     "Variant",
     "Variants",
+    "compile_variants",
     "in_test_group",
     "parse_experiment",
     "parse_variants",
@@ -92,6 +94,10 @@ class Variants:
     def named(self, name: str) -> Variant | None:
         return next((v for v in self.items if v.name == name), None)
 
+    def to_json(self) -> list[dict[str, Any]]:
+        """As the job stores it: :func:`parse_variants` reads it back the same."""
+        return [{"name": v.name, "weight": v.weight, **v.content} for v in self.items]
+
 
 @dataclass(frozen=True, slots=True)
 class Experiment:
@@ -101,6 +107,11 @@ class Experiment:
     fraction: float
     metric: str
     decide_after: float
+
+    def to_json(self) -> dict[str, Any]:
+        """As the job stores it: :func:`parse_experiment` reads it back the same."""
+        return {"fraction": self.fraction, "metric": self.metric,
+                "decide_after": self.decide_after}
 
 
 def in_test_group(experiment: Experiment, notification_id: str, user: str) -> bool:
@@ -174,3 +185,27 @@ def variant_content(base: Mapping[str, Any], variant: Variant,
                     keys: Sequence[str] = CONTENT_KEYS) -> dict[str, Any]:
     """The content one variant's users get: the variant's fields over ``base``."""
     return {k: variant.content.get(k, base.get(k)) for k in keys}
+
+
+def compile_variants(request: Mapping[str, Any], variants: Variants, *, max_templates: int,
+                     max_placeholders: int) -> dict[str, Content]:
+    """Each variant's :class:`~tidings.content.Content` (by name): its fields over
+    the request's, and the request's ``locales`` for the fields it leaves to the
+    top level (a variant that sets its own ``title`` is not translated by the
+    top-level ``locales``). A bad template is a BadRequest naming
+    ``variants[i].<field>``."""
+    locales = request.get("locales")
+    out: dict[str, Content] = {}
+    for i, v in enumerate(variants.items):
+        content = variant_content(request, v)
+        own: Any = locales
+        if isinstance(locales, Mapping):
+            own = {tag: {k: x for k, x in fields.items() if k not in v.content}
+                   for tag, fields in locales.items() if isinstance(fields, Mapping)}
+            own = {tag: fields for tag, fields in own.items() if fields} or None
+        out[v.name] = Content.compile(title=content["title"], body=content["body"],
+                                      data=content["data"], locales=own,
+                                      max_templates=max_templates,
+                                      max_placeholders=max_placeholders,
+                                      field=f"variants[{i}].")
+    return out

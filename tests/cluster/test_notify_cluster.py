@@ -17,6 +17,9 @@ nodes recorded (every user's inbox, the job).
 * Per-user due entries (``send_at_local``: each user waiting for their own
   time, and users held for quiet hours) are fired by whichever node claims
   them: each user gets the notification once.
+* An A/B experiment (issue 13): the test group gets its variants first,
+  exactly one node decides (one verdict in the two nodes' logs), the winner
+  goes to everyone else, nobody gets it twice.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from support.cluster_nodes import (
 from support.redis_servers import RedisClusterProcs, RedisServer
 from tidings.store.base import Delivery, HistoryPolicy, Job
 from tidings.store.redis import RedisStore
+from tidings.variants import in_test_group, parse_experiment, parse_variants
 
 pytest_plugins = ["support.redis_servers"]
 __all__ = ["cluster", "tidings_nodes"]  # fixtures used here, defined elsewhere
@@ -204,3 +208,43 @@ async def test_due_entries_are_fired_once_by_two_nodes(
     for device in devices:
         await one_push(device, nid)
     assert await inboxes(store, waiting + held) == {u: [nid] for u in waiting + held}
+
+
+AB = [{"name": "A", "title": "Plain"}, {"name": "B", "title": "Bold"}]
+EXPERIMENT = {"fraction": 0.5, "metric": "opened", "decide_after": 2}
+
+
+async def test_two_nodes_decide_an_experiment_once_and_send_the_winner_to_the_rest(
+        target: RedisServer | RedisClusterProcs, store: RedisStore,
+        tidings_nodes: NodeFactory, cluster: Cluster) -> None:
+    n1, n2 = start(tidings_nodes, target, TIDINGS_AUDIENCE_PAGE_SIZE="4")
+    users = [f"exp-{i:03d}" for i in range(40)]
+    code, body = await cluster.api(n1, "POST", "/v1/notify", {
+        "users": users, "title": "T", "variants": AB, "experiment": EXPERIMENT,
+        "send_at": rfc3339(1)})
+    assert code == 200, body
+    nid = body["id"]
+
+    async def phase(want: str) -> dict[str, Any] | None:
+        got = await status(cluster, n2, nid)
+        return got if got["experiment"]["phase"] == want else None
+
+    async def waiting() -> dict[str, Any] | None:  # the test group sent, the verdict due
+        got = await phase("testing")
+        return got if got is not None and got["experiment"]["decide_at"] else None
+
+    testing = await wait_for(waiting, SETTLE, "the test group sent")
+    group = {u for u in users if in_test_group(parse_experiment(EXPERIMENT), nid, u)}
+    assert testing["status"] == "scheduled" and testing["outcomes"]["pushed"] == len(group)
+    decided = await wait_for(lambda: phase("decided"), SETTLE, "the verdict")
+
+    done = await sent(cluster, n2, nid)
+    winner = decided["experiment"]["winner"]
+    assert winner in ("A", "B") and done["outcomes"]["pushed"] == len(users)
+    verdicts = sum(n.log().count(f"notification {nid}: variant") for n in (n1, n2))
+    assert verdicts == 1
+    v = parse_variants(AB)
+    assert await inboxes(store, users) == {u: [nid] for u in users}  # once
+    for u in users:
+        (item,) = (await store.inbox(u, limit=10)).items
+        assert item.fields["variant"] == (v.assign(nid, u).name if u in group else winner), u

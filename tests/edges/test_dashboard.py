@@ -134,3 +134,39 @@ async def test_static_files_and_the_vendored_chart_library(node: Node) -> None:
     assert status == 404
     status, _, _, _ = await request(node, "GET", "/dashboard/static/vendor/secret.txt")
     assert status == 404
+
+
+async def test_recent_lists_the_newest_notifications_first(node: Node) -> None:
+    """The page's list of recent notifications: sent at once and scheduled alike,
+    newest first, each as ``GET /v1/notifications/{id}`` answers it."""
+    ids = []
+    for body in ({"users": ["ann"], "title": "one"},
+                 {"users": ["ann", "bob"], "title": "later", "send_at": "2099-01-01T09:00:00Z"},
+                 {"users": ["bob"], "title": "three", "category": "social"}):
+        status, sent = await node.api("POST", "/v1/notify", body)
+        assert status == 200, sent
+        ids.append(sent["id"])
+
+    status, page = await node.api("GET", "/v1/dashboard/recent?limit=10")
+    assert status == 200
+    listed = page["notifications"]
+    assert sorted(n["id"] for n in listed) == sorted(ids)
+    created = {}  # ms, as the store's stats record it
+    for n in listed:
+        status, one = await node.api("GET", f"/v1/notifications/{n['id']}")
+        assert status == 200 and n == one
+        record = await node.app.node.store.stats(n["id"])
+        assert record is not None
+        created[n["id"]] = record["created"]
+        # GET answers seconds for a job and for one sent at once alike
+        assert abs(n["created"] - record["created"] / 1000) < 1
+    # newest first (the store's contract test orders sends at distinct times)
+    assert [n["id"] for n in listed] == sorted(created, key=lambda i: (created[i], i),
+                                               reverse=True)
+    assert {n["id"]: n["status"] for n in listed}[ids[1]] == "scheduled"
+    status, page = await node.api("GET", "/v1/dashboard/recent?limit=1")
+    assert page["notifications"] == listed[:1]
+    status, err = await node.api("GET", "/v1/dashboard/recent?limit=0")
+    assert status == 400 and "limit" in str(err)
+    status, _ = await node.api("GET", "/v1/dashboard/recent", key=None)
+    assert status == 401

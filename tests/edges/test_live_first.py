@@ -137,3 +137,49 @@ async def test_preferences_decide_for_the_platform_too(rig: tuple[Node, StandIn,
     await settled(node)
     [req] = service.requests
     assert dog.decrypt(req.body)["id"] == sent["id"]
+
+
+async def test_a_platform_switched_off_for_a_category_still_gets_it_live(
+        rig: tuple[Node, StandIn, str]) -> None:
+    """Per-channel category switches: ``social`` kept to the live edges sends no
+    OS push but still the WebSocket push; kept to ``webpush`` alone, it goes to
+    the push service at once, even for a connected device (nothing went live)."""
+    node, service, base = rig
+    laptop = Browser()
+    await node.api("POST", "/v1/users/eve/push-endpoints",
+                   {"device": "laptop", "kind": "webpush",
+                    "subscription": laptop.subscription(f"{base}/s/eve")})
+    phone = await node.client("eve", device="phone")
+    status, body = await node.api("PUT", "/v1/users/eve/preferences",
+                                  {"categories": {"social": {"edges": ["ws", "mqtt"]}}})
+    assert status == 200, body
+    status, social = await node.api("POST", "/v1/notify", {"users": ["eve"], "title": "s",
+                                                           "category": "social"})
+    assert status == 200
+    assert (await phone.push())["id"] == social["id"]  # live on the WebSocket
+    status, general = await node.api("POST", "/v1/notify", {"users": ["eve"], "title": "g"})
+    assert (await phone.push())["id"] == general["id"]
+    await settled(node)
+    [req] = service.requests  # the laptop is away: only the category left on went
+    assert laptop.decrypt(req.body)["id"] == general["id"]
+    status, got = await node.api("GET", f"/v1/notifications/{social['id']}")
+    assert got["push"]["pushed_webpush"] == 0 and got["outcomes"]["pushed"] == 1
+
+    status, body = await node.api("PUT", "/v1/users/eve/preferences",
+                                  {"categories": {"social": {"edges": ["webpush"]}}})
+    assert status == 200, body
+    tab = await node.client("eve", device="laptop")  # connected, yet nothing goes live
+    status, only = await node.api("POST", "/v1/notify", {"users": ["eve"], "title": "os",
+                                                         "category": "social"})
+    assert status == 200
+    status, marker = await node.api("POST", "/v1/notify", {"users": ["eve"], "title": "m",
+                                                           "category": "transactional"})
+    got = [await tab.push()]
+    while got[-1].get("id") != marker["id"]:  # what came before the marker (bounded by WAIT)
+        got.append(await tab.push())
+    assert only["id"] not in [p.get("id") for p in got]
+    await settled(node)
+    assert len(service.requests) == 2  # the marker went live: no OS push (it waits)
+    assert laptop.decrypt(service.requests[1].body)["id"] == only["id"]
+    status, got = await node.api("GET", f"/v1/notifications/{only['id']}")
+    assert got["push"]["pushed_webpush"] == 1 and got["outcomes"]["pushed"] == 1

@@ -1,5 +1,6 @@
-"""Issue 12: hostile input to ``POST /v1/notify``'s audiences and schedules, and to
-the notification endpoints, over real HTTP on a real node.
+"""Issues 12 and 13: hostile input to ``POST /v1/notify``'s audiences, schedules,
+variants and experiments, and to the notification endpoints, over real HTTP on
+a real node.
 
 Every refusal is a clear 4xx whose message starts with the field, before
 anything is stored (no job, no inbox item); an attribute value holding
@@ -14,6 +15,15 @@ from typing import Any
 import pytest
 
 from conftest import Node
+
+AB = [{"name": "A", "title": "a"}, {"name": "B", "title": "b"}]
+EXPERIMENT = {"fraction": 0.2, "metric": "opened", "decide_after": "4h"}
+
+
+def ab(variants: Any, experiment: Any = None) -> dict[str, Any]:
+    """A notify body to user ``a`` with ``variants`` (and ``experiment``)."""
+    return {"users": ["a"], "variants": variants, "experiment": experiment}
+
 
 BAD: list[tuple[dict[str, Any], int, str]] = [
     ({"users": "ann"}, 400, "users"),
@@ -41,6 +51,37 @@ BAD: list[tuple[dict[str, Any], int, str]] = [
     ({"users": ["a"], "title": "{{ cycler.__init__.__globals__ }}"}, 400, "title"),
     ({"users": ["a"], "data": {f"k{k}": f"{{{{v{k}}}}}" for k in range(100)}}, 413,
      "data.k"),  # ... more than 64 strings with placeholders (notify.max_templates)
+    # variants and experiments (issue 13)
+    (ab([{"name": "A"}]), 400, "variants: "),  # one variant
+    (ab([{"name": f"v{i}"} for i in range(9)]), 400, "variants: "),  # nine
+    (ab([]), 400, "variants: "),
+    (ab({"A": {}}), 400, "variants: "),
+    (ab([{"name": "A", "weight": 0}, {"name": "B"}]), 400, "variants[0].weight: "),
+    (ab([{"name": "A", "weight": -2}, {"name": "B"}]), 400, "variants[0].weight: "),
+    (ab([{"name": "A"}, {"name": "B", "weight": "3"}]), 400, "variants[1].weight: "),
+    (ab([{"name": "A"}, {"name": "B"}, {"name": "C", "weight": []}]), 400,
+     "variants[2].weight: "),
+    (ab([{"name": "A"}, {"name": "A"}]), 400, "variants[1].name: "),
+    (ab([{"name": "A"}, {"name": "x" * 65}]), 400, "variants[1].name: "),
+    (ab([{"name": "A"}, {"title": "no name"}]), 400, "variants[1].name: "),
+    (ab([{"name": "A"}, {"name": "B", "locales": {}}]), 400, "variants[1].locales: "),
+    (ab([{"name": "A"}, {"name": "B", "title": 7}]), 400, "variants[1].title: "),
+    (ab([{"name": "A"}, {"name": "B", "body": "x" * 4097}]), 400, "variants[1].body: "),
+    (ab([{"name": "A"}, {"name": "B", "title": "{{ ''.__class__ }}"}]), 400,
+     "variants[1].title: "),
+    (ab([{"name": "A", "data": {"k": ["{% raw %}"]}}, {"name": "B"}]), 400,
+     "variants[0].data.k[0]: "),
+    (ab([{"name": "A"}, {"name": "B", "media": {"image": "file:///etc/passwd"}}]), 400,
+     "variants[1].media.image "),
+    (ab(AB, {**EXPERIMENT, "metric": "revenue"}), 400, "experiment.metric: "),
+    (ab(AB, {**EXPERIMENT, "fraction": 0}), 400, "experiment.fraction: "),
+    (ab(AB, {**EXPERIMENT, "fraction": 1}), 400, "experiment.fraction: "),
+    (ab(AB, {**EXPERIMENT, "fraction": -0.5}), 400, "experiment.fraction: "),
+    (ab(AB, {**EXPERIMENT, "decide_after": "forever"}), 400, "experiment.decide_after: "),
+    (ab(AB, {**EXPERIMENT, "decide_after": "365d"}), 400, "experiment.decide_after: "),
+    (ab(AB, "A/B"), 400, "experiment: "),
+    (ab(None, EXPERIMENT), 400, "experiment: "),  # nothing to compare
+    ({**ab(AB, EXPERIMENT), "send_at_local": "09:00"}, 400, "experiment: "),
 ]
 
 
@@ -75,12 +116,17 @@ async def test_unknown_and_odd_ids_are_404(node: Node) -> None:
             assert got == 404, (method, nid, reply)
 
 
-async def test_an_attribute_holding_template_code_is_sent_as_text(node: Node) -> None:
+@pytest.mark.parametrize("variants", [None, [
+    {"name": "A", "title": "Hi {{name}}"}, {"name": "B", "title": "Hi {{name}}", "body": "b"}]],
+    ids=["plain", "variants"])
+async def test_an_attribute_holding_template_code_is_sent_as_text(
+        node: Node, variants: list[dict[str, Any]] | None) -> None:
     store = node.app.node.store
     await store.set_user_attributes("ann", {"name": "{{ 7*7 }}{% raw %}"})
     ws = await node.client("ann")
     got, sent = await node.api("POST", "/v1/notify", {"users": ["ann"],
-                                                      "title": "Hi {{name}}"})
+                                                      "title": "Hi {{name}}",
+                                                      "variants": variants})
     assert got == 200
     while True:
         push = await ws.push()

@@ -88,6 +88,10 @@ VALID = [
     (b'{"op":"unregister_push","id":15}',
      b"\x82\xa2op\xafunregister_push\xa2id\x0f",
      Command("unregister_push", 15, {})),
+    (b'{"op":"feedback","id":16,"notification":"n1","reason":"too_many","comment":"hi"}',
+     (b"\x85\xa2op\xa8feedback\xa2id\x10\xacnotification\xa2n1\xa6reason\xa8too_many"
+      b"\xa7comment\xa2hi"),
+     Command("feedback", 16, {"notification": "n1", "reason": "too_many", "comment": "hi"})),
 ]
 
 

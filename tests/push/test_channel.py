@@ -11,6 +11,7 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -20,7 +21,7 @@ from support.push_standins import H2StandIn, Reply, StandIn, TestCA, p8_key, ser
 from tidings.config import PushSettings
 from tidings.errors import BadRequest
 from tidings.metrics import Metrics
-from tidings.push.channel import PushChannel
+from tidings.push.channel import PushChannel, Route
 from tidings.push.providers import PushMessage
 from tidings.store.sqlite import SqliteStore
 
@@ -145,6 +146,39 @@ async def test_a_gone_endpoint_is_removed_and_failures_counted(rig: Rig) -> None
     assert rig.metrics.get("tidings_push_total", outcome="endpoint_gone") == 1
     assert rig.metrics.get("tidings_push_total", outcome="provider_failed") == 1
     assert len(rig.fcm.requests) == 2  # push.retries = 1
+    counts = await rig.store.push_counts("n_5")  # per notification, as GET shows them
+    assert (counts["endpoint_gone"], counts["provider_failed"], counts["pushed_apns"]) == (
+        1, 1, 1)
+    await rig.channel.withdraw("ann", "n_5")  # a withdrawal is not a send: not counted
+    assert await rig.store.push_counts("n_5") == counts
+
+
+async def test_live_first_follows_each_users_route(rig: Rig) -> None:
+    await three_devices(rig)
+
+    async def connected(user: str) -> list[dict[str, Any]]:
+        return [{"device": "android", "edge": "mqtt"}]
+
+    rig.channel.connected = connected
+    item = {"title": "Hi", "category": "social"}
+    # the category keeps to fcm and apns and went live: the connected android waits
+    # for the fallback, the away iphone gets it now, the laptop (webpush off) never
+    sent = await rig.channel.live_first("n_6", {"ann": item}, ttl=60, routes={
+        "ann": Route(frozenset({"fcm", "apns"}))})
+    await rig.channel.wait_idle()
+    assert sent == 1 and len(rig.apple.requests) == 1
+    assert rig.fcm.requests == [] and rig.webpush.requests == []
+    assert rig.channel.waiting == 1
+    # fcm only, and not live: the connected android got nothing, so fcm goes now
+    sent = await rig.channel.live_first("n_7", {"ann": item}, ttl=60, routes={
+        "ann": Route(frozenset({"fcm"}), live=frozenset())})
+    await rig.channel.wait_idle()
+    assert sent == 1 and len(rig.fcm.requests) == 1 and rig.channel.waiting == 1
+    # live on ws only: the android, connected over MQTT, got nothing live either
+    sent = await rig.channel.live_first("n_8", {"ann": item}, ttl=60, routes={
+        "ann": Route(frozenset({"fcm"}), live=frozenset({"ws"}))})
+    await rig.channel.wait_idle()
+    assert sent == 1 and len(rig.fcm.requests) == 2 and rig.channel.waiting == 1
 
 
 async def test_bad_registrations_are_refused_and_store_nothing(rig: Rig) -> None:

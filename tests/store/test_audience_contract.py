@@ -274,6 +274,32 @@ async def test_track_of_opened_or_clicked_records_engagement(store: Store) -> No
     assert await select(store, engaged) == ["alice"]
 
 
+async def test_not_interested_feedback_forgets_the_categorys_engagement(store: Store) -> None:
+    sports = [(await send(store, ["alice", "bob"], category="sports")).id for _ in range(3)]
+    news = (await send(store, ["alice"], category="news")).id
+    for nid in sports:
+        assert await store.track(nid, "alice", "opened")
+        assert await store.track(nid, "bob", "opened")
+    assert await store.track(news, "alice", "clicked")
+    engaged = {"engaged": {"category": "sports", "within": "1d", "min": 1}}
+    assert await select(store, engaged) == ["alice", "bob"]
+    # other reasons leave engagement alone
+    assert await store.feedback(sports[0], "bob", "wrong_time", None)
+    assert await store.engagements("bob", "sports", DAY) == 3
+    assert await store.feedback(sports[1], "alice", "not_interested", "no more sports")
+    assert await store.engagements("alice", "sports", DAY) == 0
+    assert await store.engagements("alice", "news", DAY) == 1  # other categories stay
+    assert await store.engagements("bob", "sports", DAY) == 3  # other users too
+    assert await select(store, engaged) == ["bob"]
+    # best-time sending reads the same instants: only the news click is left
+    times = await store.engagement_times(["alice", "bob"], 0)
+    assert (len(times["alice"]), len(times["bob"])) == (1, 3)
+    # engaging again counts from then on; a second feedback changes nothing
+    assert await store.track(sports[2], "alice", "clicked")
+    assert not await store.feedback(sports[1], "alice", "not_interested", None)
+    assert await store.engagements("alice", "sports", DAY) == 1
+
+
 # -- selection -------------------------------------------------------------------------------
 
 async def test_each_part_selects(store: Store, clock: Clock) -> None:

@@ -12,14 +12,17 @@ devices.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Coroutine
 from typing import Any
 
 import orjson
+import pytest
 
 from support.inbox import ids_in, payload, policy, send
 from support.stores import MAX_INBOX, Clock, OpenStore
 from tidings.store.base import (
+    NewJob,
     NotifyResult,
     Store,
     UserChange,
@@ -266,6 +269,54 @@ async def test_category_stats(store: Store) -> None:
     assert cats["news"]["notifications"] == 1 and cats["news"]["opened"] == 0
 
 
+async def test_feedback_counts_once_per_user_the_first_wins(store: Store) -> None:
+    r = await send(store, ["alice", "bob", "carol"], category="orders")
+    assert await store.feedback(r.id, "alice", "too_many", "three a day") is True
+    assert await store.feedback(r.id, "alice", "other", None) is False  # the first wins
+    assert await store.feedback(r.id, "bob", "too_many", None) is True
+    assert await store.feedback(r.id, "carol", "wrong_time", "") is True
+    assert await store.feedback(r.id, "dave", "other", None) is False  # not a target
+    assert await store.feedback("n_unknown", "alice", "other", None) is False
+    await store.track(r.id, "alice", "opened")  # feedback is no tracked event's twin
+    stats = await store.stats(r.id)
+    assert stats is not None
+    assert stats["feedback"] == 3 and stats["opened"] == 1 and stats["dismissed"] == 0
+    assert stats["feedback_reasons"] == {"not_interested": 0, "too_many": 2,
+                                         "wrong_time": 1, "other": 0}
+    cats = await store.category_stats()
+    assert cats["orders"]["feedback"] == 3 and cats["orders"]["opened"] == 1
+
+
+async def test_stats_count_feedback_zero_before_any(store: Store) -> None:
+    r = await send(store, ["alice"], category="news")
+    stats = await store.stats(r.id)
+    assert stats is not None and stats["feedback"] == 0
+    assert set(stats["feedback_reasons"].values()) == {0}
+    assert (await store.category_stats())["news"]["feedback"] == 0
+
+
+async def test_feedback_of_an_unknown_reason_is_a_caller_error(store: Store) -> None:
+    r = await send(store, ["alice"])
+    with pytest.raises(ValueError, match="reason"):
+        await store.feedback(r.id, "alice", "boring", None)
+    assert (await store.stats(r.id) or {})["feedback"] == 0
+
+
+async def test_recent_notifications_newest_first_with_jobs(store: Store, clock: Clock
+                                                           ) -> None:
+    """The dashboard's list: notifications sent at once and jobs alike, newest
+    first, at most ``limit``."""
+    first = (await send(store, ["alice"])).id
+    clock.advance(1)
+    job = NewJob("n_" + secrets.token_hex(8), "news", {"title": "later",
+                 "audience": {"tags": ["x"]}}, 5, clock.now + 60, None)
+    await store.job_create(job)
+    clock.advance(1)
+    last = (await send(store, ["bob"])).id
+    assert await store.recent_notifications(10) == [last, job.id, first]
+    assert await store.recent_notifications(2) == [last, job.id]
+
+
 # -- durability and atomicity ---------------------------------------------------------
 
 
@@ -281,6 +332,31 @@ async def test_inbox_and_counts_survive_reopen(open_store: OpenStore) -> None:
     assert await ids_in(s, "alice") == [ids[2], ids[0]]
     assert await s.latest(notifications_topic("alice")) == offset
     assert await s.track(ids[2], "alice", "opened") is True
+
+
+async def test_feedback_survives_reopen_and_still_counts_once(open_store: OpenStore) -> None:
+    s = await open_store()
+    nid = (await send(s, ["alice", "bob"], category="orders")).id
+    assert await s.feedback(nid, "alice", "not_interested", "x" * 500)
+    await s.close()
+    s = await open_store()
+    assert await s.feedback(nid, "alice", "other", None) is False
+    assert await s.feedback(nid, "bob", "other", None) is True
+    stats = await s.stats(nid)
+    assert stats is not None and stats["feedback"] == 2
+    assert (stats["feedback_reasons"]["not_interested"], stats["feedback_reasons"]["other"]) \
+        == (1, 1)
+    assert (await s.category_stats())["orders"]["feedback"] == 2
+
+
+async def test_concurrent_feedback_of_one_user_is_recorded_once(store: Store) -> None:
+    nid = (await send(store, ["alice"])).id
+    reasons = ["not_interested", "too_many", "wrong_time", "other"] * 5
+    results = await asyncio.gather(*(store.feedback(nid, "alice", r, None) for r in reasons))
+    assert results.count(True) == 1
+    stats = await store.stats(nid)
+    assert stats is not None and stats["feedback"] == 1
+    assert sum(stats["feedback_reasons"].values()) == 1
 
 
 async def test_concurrent_changes_keep_the_count_exact(store: Store) -> None:

@@ -6,7 +6,8 @@ Redis and Redis Cluster join when they implement it). Time is the fake clock:
 leases expire and queue entries fall due by moving it. The rules under test:
 a job is claimed by one node at a time and resumed after its lease expires;
 a chunk replayed after a crash writes nobody anything twice; held users get
-no inbox item (and no unread) until the due queue fires them.
+no inbox item (and no unread) until the due queue fires them; each target's
+first recorded variant stays, and its states and events count for it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import pytest
 from support.inbox import ids_in, payload, policy
 from support.stores import Clock, OpenStore, backends_for
 from tidings.store.base import (
+    STAT_EVENTS,
+    TARGET_STATES,
     Delivery,
     NewJob,
     NotificationStore,
@@ -126,6 +129,38 @@ async def test_an_expired_lease_is_resumed_by_another_node_from_its_cursor(
         "sent", None, None)
     clock.advance(3 * LEASE)
     assert await store.job_claim("c", lease=LEASE) == []  # sent is final
+
+
+async def test_requeue_schedules_the_next_phase_for_one_node(open_store: OpenStore,
+                                                              clock: Clock) -> None:
+    one, two = await open_store(), await open_store()
+    job, _ = await one.job_create(new_job(due=clock.now))
+    await one.job_claim("a", lease=LEASE)
+    assert await one.job_progress(job.id, "a", "u0100", lease=LEASE)
+    phase = {**job.request, "experiment_state": {"phase": "testing"}}
+    assert not await one.job_requeue(job.id, "b", phase, due=clock.now + 60)  # not b's
+    assert await one.job_requeue(job.id, "a", phase, due=clock.now + 60)
+    again = await two.job_get(job.id)
+    assert again is not None
+    assert (again.status, again.due, again.cursor, again.lease_owner, again.request) == (
+        "scheduled", clock.now + 60, None, None, phase)
+    assert [j.id for j in (await two.jobs("scheduled")).jobs] == [job.id]
+    assert (await two.jobs("sending")).jobs == []
+    assert not await one.job_requeue(job.id, "a", job.request, due=clock.now)  # lease gone
+    assert not await one.job_finish(job.id, "a")
+    assert await two.job_claim("b", lease=LEASE) == []  # not due yet
+    clock.advance(60)
+    got = await asyncio.gather(one.job_claim("a", lease=LEASE), two.job_claim("b", lease=LEASE))
+    claimed = [j for jobs in got for j in jobs]
+    assert [(j.id, j.request, j.cursor) for j in claimed] == [(job.id, phase, None)]
+    assert await (one if got[0] else two).job_finish(job.id, claimed[0].lease_owner or "")
+    # a cancelled job is not requeued
+    other, _ = await one.job_create(new_job(due=clock.now))
+    await one.job_claim("a", lease=LEASE)
+    await one.job_cancel(other.id)
+    assert not await one.job_requeue(other.id, "a", phase, due=clock.now)
+    cancelled = await one.job_get(other.id)
+    assert cancelled is not None and cancelled.status == "cancelled"
 
 
 async def test_cancel_stops_what_is_not_sent(store: Store, clock: Clock) -> None:
@@ -306,3 +341,110 @@ async def test_engagement_times_read_a_chunk_in_one_call(store: Store, clock: Cl
     got = await store.engagement_times(["ann", "bob", "cy"], t1 - 1)
     assert got == {"ann": [t1, clock.now], "bob": [clock.now]}
     assert await store.engagement_times(["ann"], t1) == {"ann": [clock.now]}
+
+
+# -- counts per variant ---------------------------------------------------------------------
+
+
+def counted(**fields: int) -> dict[str, int]:
+    """One variant's ``variant_counts`` entry: the named counts, every other zero."""
+    row = {"targets": 0, **dict.fromkeys(TARGET_STATES, 0), **dict.fromkeys(STAT_EVENTS, 0)}
+    for name, n in fields.items():
+        assert name in row, name
+        row[name] = n
+    return row
+
+
+async def test_variant_counts_count_targets_states_and_events_per_variant(
+        store: Store, clock: Clock) -> None:
+    job, _ = await store.job_create(new_job(due=clock.now))
+    assert await store.variant_counts(job.id) == {}  # nothing delivered yet
+    await deliver(store, job.id, [
+        Delivery("ann", "pushed", fields(), edges=None, variant="A"),
+        Delivery("bob", "silent_capped", fields(), edges=(), variant="B"),
+        Delivery("cy", "suppressed_category", variant="A"),
+        Delivery("dee", "pushed", fields(), edges=None),  # no variant: not listed
+    ])
+    assert await store.track(job.id, "ann", "opened")
+    assert not await store.track(job.id, "ann", "opened")  # once per user
+    assert await store.track(job.id, "ann", "clicked")
+    assert await store.track(job.id, "bob", "delivered")
+    assert await store.track(job.id, "dee", "opened")
+    assert await store.variant_counts(job.id) == {
+        "A": counted(targets=2, pushed=1, suppressed_category=1, opened=1, clicked=1),
+        "B": counted(targets=1, silent_capped=1, delivered=1),
+    }
+    # the notification's totals still count every target's events
+    stats = await store.stats(job.id)
+    assert stats is not None and stats["opened"] == 2
+    assert await store.variant_counts("n_unknown") == {}
+
+
+async def test_feedback_counts_per_variant_like_a_tracked_event(store: Store,
+                                                                clock: Clock) -> None:
+    job, _ = await store.job_create(new_job(due=clock.now))
+    await deliver(store, job.id, [
+        Delivery("ann", "pushed", fields(), edges=None, variant="A"),
+        Delivery("bob", "pushed", fields(), edges=None, variant="B"),
+        Delivery("cy", "pushed", fields(), edges=None, variant="B"),
+    ])
+    assert await store.feedback(job.id, "ann", "too_many", None)
+    assert not await store.feedback(job.id, "ann", "other", None)  # once per user
+    assert await store.feedback(job.id, "bob", "not_interested", "no")
+    assert await store.track(job.id, "cy", "opened")
+    assert await store.variant_counts(job.id) == {
+        "A": counted(targets=1, pushed=1, feedback=1),
+        "B": counted(targets=2, pushed=2, feedback=1, opened=1),
+    }
+    stats = await store.stats(job.id)
+    assert stats is not None and stats["feedback"] == 2
+
+
+async def test_variant_counts_are_empty_without_variants(store: Store, clock: Clock) -> None:
+    job, _ = await store.job_create(new_job(due=clock.now))
+    await deliver(store, job.id, [Delivery("ann", "pushed", fields(), edges=None)])
+    assert await store.track(job.id, "ann", "opened")
+    assert await store.variant_counts(job.id) == {}
+
+
+async def test_a_replayed_chunk_keeps_the_first_variant(store: Store, clock: Clock) -> None:
+    job, _ = await store.job_create(new_job(due=clock.now))
+    await deliver(store, job.id, [Delivery("ann", "pushed", fields(), edges=None,
+                                           variant="A")])
+    again = await deliver(store, job.id, [
+        Delivery("ann", "pushed", fields(), edges=None, variant="B"),
+        Delivery("bob", "pushed", fields(), edges=None, variant="B")])
+    assert again.recorded == ["bob"]
+    assert await store.track(job.id, "ann", "opened")
+    assert await store.variant_counts(job.id) == {"A": counted(targets=1, pushed=1, opened=1),
+                                                  "B": counted(targets=1, pushed=1)}
+
+
+async def test_a_fired_user_keeps_the_variant_and_moves_state(store: Store,
+                                                              clock: Clock) -> None:
+    job, _ = await store.job_create(new_job(due=clock.now))
+    await deliver(store, job.id, [Delivery("ann", "held", due_at=clock.now + 60, variant="A"),
+                                  Delivery("bob", "held", due_at=clock.now + 60, variant="B")])
+    assert await store.variant_counts(job.id) == {"A": counted(targets=1, held=1),
+                                                  "B": counted(targets=1, held=1)}
+    clock.advance(60)
+    assert len(await store.due_claim("a", lease=LEASE, limit=10)) == 2
+    # a firing that names another variant, or none, keeps the first recorded
+    await deliver(store, job.id, [Delivery("ann", "pushed", fields(), edges=None, variant="B"),
+                                  Delivery("bob", "pushed", fields(), edges=None)], due=True)
+    assert await store.track(job.id, "ann", "clicked")
+    assert await store.track(job.id, "bob", "opened")
+    assert await store.variant_counts(job.id) == {
+        "A": counted(targets=1, pushed=1, clicked=1),
+        "B": counted(targets=1, pushed=1, opened=1)}
+
+
+async def test_variant_counts_survive_a_reopen(open_store: OpenStore, clock: Clock) -> None:
+    first = await open_store()
+    job, _ = await first.job_create(new_job(due=clock.now))
+    await deliver(first, job.id, [Delivery("ann", "pushed", fields(), edges=None,
+                                           variant="A")])
+    await first.close()
+    again = await open_store()
+    assert await again.track(job.id, "ann", "opened")
+    assert await again.variant_counts(job.id) == {"A": counted(targets=1, pushed=1, opened=1)}

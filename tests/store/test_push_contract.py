@@ -8,9 +8,11 @@ import base64
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from support.inbox import send
 from support.stores import Clock
 from tidings.push.endpoints import Endpoint, parse_endpoint
 from tidings.store.base import Store
+from tidings.store.contracts.push import PUSH_OUTCOMES
 
 pytest_plugins = ["support.redis_servers"]  # session-wide redis-server / cluster fixtures
 
@@ -89,3 +91,25 @@ async def test_many_users_at_once(store: Store) -> None:
     assert sorted(many) == sorted(users[::2])
     assert all(len(v) == 1 and v[0].endpoint.address == f"tok{users.index(u)}"
                for u, v in many.items())
+
+
+async def test_push_outcomes_are_counted_per_notification(store: Store) -> None:
+    assert await store.push_counts("n_none") == dict.fromkeys(PUSH_OUTCOMES, 0)
+    await store.push_tally("n_1", {"pushed_webpush": 2, "endpoint_gone": 1})
+    await store.push_tally("n_1", {"pushed_webpush": 1, "pushed_fcm": 1, "provider_failed": 0})
+    await store.push_tally("n_2", {"pushed_apns": 5})
+    await store.push_tally("n_2", {})
+    assert await store.push_counts("n_1") == {**dict.fromkeys(PUSH_OUTCOMES, 0),
+                                              "pushed_webpush": 3, "pushed_fcm": 1,
+                                              "endpoint_gone": 1}
+    assert (await store.push_counts("n_2"))["pushed_apns"] == 5
+
+
+async def test_push_acked_names_the_users_who_reported_delivered(store: Store) -> None:
+    result = await send(store, ["ann", "bob", "cat"])
+    assert await store.push_acked(result.id, ["ann", "bob"]) == set()
+    assert await store.track(result.id, "ann", "delivered")
+    assert await store.track(result.id, "bob", "opened")  # not a delivery report
+    assert await store.push_acked(result.id, ["ann", "bob", "cat", "ann"]) == {"ann"}
+    assert await store.push_acked("n_other", ["ann"]) == set()
+    assert await store.push_acked(result.id, []) == set()

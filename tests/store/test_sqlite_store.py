@@ -8,7 +8,9 @@ outside where a test needs an older data folder:
 * calls made in one loop pass commit together, yet a failing call rolls back
   alone and the others are stored;
 * a data folder from an older version opens: the unread counters are filled
-  from the inbox once, retained messages get their QoS column (QoS 1);
+  from the inbox once, retained messages get their QoS column (QoS 1), send
+  targets their variant column (none for those recorded before), the counts
+  per variant are filled once from the targets and events;
 * a tags-only audience is counted by one SQL query, equal to the paged count.
 """
 
@@ -23,7 +25,7 @@ import pytest
 
 from support.stores import KEEP, Clock
 from tidings.audience import parse_audience
-from tidings.store.base import HistoryPolicy, MqttSessionState
+from tidings.store.base import Delivery, HistoryPolicy, MqttSessionState, NewJob
 from tidings.store.contracts.audience import AudienceStore
 from tidings.store.sqlite import SqliteStore
 from tidings.types import PayloadKind
@@ -125,6 +127,60 @@ async def test_a_folder_from_before_retained_kept_its_qos(tmp_path: Path,
             (r.publication.offset, b"on", 1)]  # unknown then: QoS 1, as before
         await store.publish("dev/1", b"off", PayloadKind.TEXT, retain=True, policy=KEEP, qos=2)
         assert [(p.payload, p.qos) for p in await store.retained("dev/1")] == [(b"off", 2)]
+    finally:
+        await store.close()
+
+
+_BEFORE_VARIANT_COUNTS = """
+DROP TRIGGER variant_target; DROP TRIGGER variant_target_state; DROP TRIGGER variant_event;
+DROP TABLE variant_counts;
+"""
+
+
+async def test_a_folder_from_before_the_variant_counts_is_counted_once(
+        tmp_path: Path, clock: Clock) -> None:
+    store = await opened(tmp_path, clock)
+    job, _ = await store.job_create(NewJob("n_ab", "c", {"title": "hi"}, 3, clock.now))
+    await store.deliver(job.id, [Delivery("ann", "pushed", {"title": "hi"}, edges=None,
+                                          variant="A"),
+                                 Delivery("bob", "held", due_at=clock.now + 60, variant="B"),
+                                 Delivery("cy", "pushed", {"title": "hi"}, edges=None)],
+                        category="c", expires_at=None, collapse_key=None, policy=policy)
+    assert await store.track(job.id, "ann", "opened")
+    want = await store.variant_counts(job.id)
+    assert (want["A"]["opened"], want["B"]["held"]) == (1, 1)
+    await store.close()
+    with sqlite3.connect(store.path) as db:
+        db.executescript(_BEFORE_VARIANT_COUNTS)
+    store = await opened(tmp_path, clock)
+    try:
+        assert await store.variant_counts(job.id) == want
+        await store.close()
+        store = await opened(tmp_path, clock)  # filled once: not counted again
+        assert await store.variant_counts(job.id) == want
+        assert await store.track(job.id, "ann", "clicked")  # and counted from then on
+        assert (await store.variant_counts(job.id))["A"]["clicked"] == 1
+    finally:
+        await store.close()
+
+
+async def test_a_folder_from_before_targets_kept_their_variant(tmp_path: Path,
+                                                               clock: Clock) -> None:
+    store = await opened(tmp_path, clock)
+    job, _ = await store.job_create(NewJob("n_old", "c", {"title": "hi"}, 2, clock.now))
+    await store.deliver(job.id, [Delivery("ann", "suppressed_category")], category="c",
+                        expires_at=None, collapse_key=None, policy=policy)
+    await store.close()
+    with sqlite3.connect(store.path) as db:
+        db.executescript(_BEFORE_VARIANT_COUNTS + "ALTER TABLE job_targets DROP COLUMN variant;")
+    store = await opened(tmp_path, clock)
+    try:
+        await store.deliver(job.id, [Delivery("bob", "suppressed_category", variant="B")],
+                            category="c", expires_at=None, collapse_key=None, policy=policy)
+        counts = await store.variant_counts(job.id)
+        assert list(counts) == ["B"] and counts["B"]["targets"] == 1  # ann: none recorded
+        got = await store.job_get(job.id)
+        assert got is not None and got.outcomes == {"suppressed_category": 2}
     finally:
         await store.close()
 

@@ -1,7 +1,10 @@
 """A node for pipeline tests: a real :class:`~tidings.node.Node` on the memory bus and
 SQLite in a folder, with a ``raw`` wire (subscribers get the payload bytes), no edge.
 
-Used by ``tests/test_notify.py`` and ``tests/test_sending.py``.
+Used by ``tests/test_notify.py``, ``tests/test_sending.py`` and
+``tests/test_variants.py``; the last two take the fixtures ``clock`` (a
+:class:`~support.clock.FakeClock`) and ``node`` (a node on it) by importing
+``fake_clock`` and ``clocked_node``.
 """
 
 from __future__ import annotations
@@ -10,6 +13,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
+
+from support.clock import FakeClock
 from tidings.bus.memory import MemoryBus
 from tidings.clock import Clock
 from tidings.config import HistorySettings
@@ -17,7 +23,7 @@ from tidings.metrics import Metrics
 from tidings.node import Node
 from tidings.store.sqlite import SqliteStore
 
-__all__ = ["memory_node"]
+__all__ = ["clocked_node", "fake_clock", "memory_node"]
 
 
 @asynccontextmanager
@@ -31,3 +37,15 @@ async def memory_node(folder: Path, clock: Clock | None = None) -> AsyncIterator
         yield n
     finally:
         await n.close()
+
+
+@pytest.fixture(name="clock")
+def fake_clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(name="node")
+async def clocked_node(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Node]:
+    """A :func:`memory_node` in ``tmp_path`` on the test's fake ``clock``."""
+    async with memory_node(tmp_path, clock) as n:
+        yield n

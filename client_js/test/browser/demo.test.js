@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { browserSuite } from "../helpers/browser.js";
+import { browserSuite, openDemo } from "../helpers/browser.js";
 import { until, WAIT } from "../helpers/server.js";
 
 const { missing, server, browser } = browserSuite("js-browser");
@@ -19,15 +19,7 @@ const TIMEOUT = { timeout: 12 * WAIT };
  * @param {import("playwright-core").BrowserContext} context
  * @param {string} user
  */
-async function open(context, user) {
-  const page = await context.newPage();
-  /** @type {string[]} */
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(e.message));
-  await page.goto(`${server.pageUrl}/?user=${encodeURIComponent(user)}`);
-  await page.waitForSelector('#status[data-state="connected"]', { timeout: 2 * WAIT });
-  return Object.assign(page, { errors });
-}
+const open = (context, user) => openDemo(server, context, user, 2 * WAIT);
 
 /** @param {import("playwright-core").Page} page */
 const badge = (page) => page.textContent("#unread");

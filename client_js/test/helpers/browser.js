@@ -68,3 +68,21 @@ export function browserSuite(name) {
     browser: () => /** @type {any} */ (chromium).browser,
   };
 }
+
+/**
+ * Open the demo page as `user` in `context` (a browser context: one device)
+ * and wait until it is live; `errors` collects the page's uncaught errors.
+ * @param {import("./server.js").TestServer} server
+ * @param {import("playwright-core").BrowserContext} context
+ * @param {string} user
+ * @param {number} timeout
+ */
+export async function openDemo(server, context, user, timeout) {
+  const page = await context.newPage();
+  /** @type {string[]} */
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  await page.goto(`${server.pageUrl}/?user=${encodeURIComponent(user)}`);
+  await page.waitForSelector('#status[data-state="connected"]', { timeout });
+  return Object.assign(page, { errors });
+}

@@ -23,10 +23,11 @@ from aiohttp import web
 
 from ..auth import ApiKeys
 from ..demo_files import dashboard_file
-from .common import KEYS, METRICS, NODE, TOKENS, json_response
+from ..errors import NotFound
+from .common import KEYS, METRICS, NODE, NOTIFIER, TOKENS, int_query, json_response
 
 __all__ = ["COOKIE", "DASHBOARD_HEADER", "PUBLIC_PREFIX", "cookie_key_id", "is_public",
-           "login", "logout", "page", "static", "summary"]
+           "login", "logout", "page", "recent", "static", "summary"]
 
 COOKIE = "tidings_dashboard"
 DASHBOARD_HEADER = "X-Tidings-Dashboard"
@@ -151,3 +152,19 @@ async def summary(request: web.Request) -> web.Response:
         "messages_out": metrics.total("tidings_messages_out_total"),
         "notifications": metrics.total("tidings_notifications_total"),
     })
+
+
+async def recent(request: web.Request) -> web.Response:
+    """``GET /v1/dashboard/recent?limit=``: the newest notifications (sent at once
+    or as jobs, on any node), newest first, each as ``GET /v1/notifications/{id}``
+    answers (status, outcomes, tracked counts). The page then reads each one's
+    ``/stats`` for its funnel and variants."""
+    limit = int_query(request, "limit", 10, 1, 100)
+    notifier = request.app[NOTIFIER]
+    out = []
+    for nid in await request.app[NODE].recent_notifications(limit):
+        try:
+            out.append(await notifier.get(nid))
+        except NotFound:  # its record went meanwhile: nothing to show
+            continue
+    return json_response({"notifications": out})

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..errors import BadRequest
 from ..notify import NOTIFY_FIELDS
+from ..rates import csv_table, rates
 from .common import (
     NODE,
     NOTIFIER,
@@ -29,8 +31,20 @@ async def notify(request: web.Request) -> web.Response:
     return json_response({"id": result.id, "targets": result.targets})
 
 
+_STATS_FORMATS = ("json", "csv")
+
+
 async def notification_stats(request: web.Request) -> web.Response:
-    return json_response(await request.app[NOTIFIER].stats(request.match_info["nid"]))
+    """``GET /v1/notifications/{id}/stats[?format=csv]``: the funnel, rates,
+    variants and verdict as JSON, or the same table as CSV (a ``total`` row,
+    then one per variant)."""
+    fmt = request.query.get("format", "json")
+    if fmt not in _STATS_FORMATS:
+        raise BadRequest(f"format: must be one of {', '.join(_STATS_FORMATS)}")
+    stats = await request.app[NOTIFIER].stats(request.match_info["nid"])
+    if fmt == "csv":
+        return web.Response(text=csv_table(stats), content_type="text/csv", charset="utf-8")
+    return json_response(stats)
 
 
 async def get_notification(request: web.Request) -> web.Response:
@@ -52,4 +66,8 @@ async def cancel_notification(request: web.Request) -> web.Response:
 
 
 async def category_stats(request: web.Request) -> web.Response:
-    return json_response({"categories": await request.app[NODE].category_stats()})
+    """``GET /v1/stats/categories``: per category its totals and their ``rates``."""
+    totals = await request.app[NODE].category_stats()
+    return json_response({"categories": {
+        c: {**counts, "rates": {k: r.to_dict() for k, r in rates(counts).items()}}
+        for c, counts in totals.items()}})

@@ -11,12 +11,13 @@ from ..errors import BadRequest
 from ..notify import valid_user
 from .common import OPS, field, int_query, json_body, json_response, only
 
-__all__ = ["attributes", "change_tags", "devices", "inbox", "mark", "preferences",
-           "put_attributes", "put_preferences", "put_tags", "tags", "unread"]
+__all__ = ["attributes", "change_tags", "devices", "feedback", "inbox", "mark",
+           "preferences", "put_attributes", "put_preferences", "put_tags", "tags", "unread"]
 
 _MARK_FIELDS = frozenset({"ids", "all", "device"})
 _TAGS_FIELDS = frozenset({"tags"})
 _CHANGE_TAGS_FIELDS = frozenset({"add", "remove"})
+_FEEDBACK_FIELDS = frozenset({"notification", "reason", "comment"})
 
 
 async def inbox(request: web.Request) -> web.Response:
@@ -44,6 +45,17 @@ async def mark(request: web.Request) -> web.Response:
     device = ops.device(field(body, "device", str, default="api"))
     change = await ops.mark(user, action, ids, everything, device)  # type: ignore[arg-type]
     return json_response({"unread": change.unread, "changed": change.changed})
+
+
+async def feedback(request: web.Request) -> web.Response:
+    """``POST /v1/users/{uid}/feedback`` ``{notification, reason, comment}``: the
+    user's feedback, as their devices give it (issue 13); ``{"recorded": bool}``."""
+    user = valid_user(request.match_info["uid"])
+    body = await json_body(request)
+    only(body, _FEEDBACK_FIELDS)
+    recorded = await request.app[OPS].feedback(user, body.get("notification"),
+                                               body.get("reason"), body.get("comment"))
+    return json_response({"recorded": recorded})
 
 
 async def devices(request: web.Request) -> web.Response:

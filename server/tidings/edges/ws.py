@@ -458,6 +458,9 @@ class WsSession:
                 self._ok(rid, {"unread": unread, "changed": changed})
         elif op == "track":
             self._ok(rid, {"recorded": await s.track(a["notification"], a["event"])})
+        elif op == "feedback":
+            self._ok(rid, {"recorded": await s.feedback(a["notification"], a["reason"],
+                                                        a.get("comment"))})
         elif op == "devices":
             self._ok(rid, {"devices": await s.devices()})
         elif op == "register_push":

@@ -69,6 +69,8 @@ OPS: dict[str, _Spec] = {
     "unread": {"ids": (_IDS, False), "all": (_BOOL, False)},
     "archive": {"ids": (_IDS, False), "all": (_BOOL, False)},
     "track": {"notification": (_STR, True), "event": (_STR, True), "action": (_STR, False)},
+    "feedback": {"notification": (_STR, True), "reason": (_STR, True),
+                 "comment": (_STR, False)},
     "devices": {},
     # platform push (issue 16): this device's endpoint, the forms of push/endpoints.py
     "register_push": {"kind": (_STR, True), "subscription": ((dict,), False),

@@ -14,37 +14,81 @@ key) and logs which are on and which are skipped. Then, for one user:
   also counted in ``tidings_push_total{outcome}``.
 * :meth:`withdraw` sends the withdrawal (a ``dismiss`` with the same
   collapse id) to every endpoint of the user, when a notification is read,
-  archived or expires anywhere.
+  archived (:meth:`withdraw_many`) or its inbox item expires
+  (:meth:`withdraw_expired`, from the sweeper) anywhere.
 * :meth:`submit` runs either in the background (a :class:`TaskSet`), so a
   slow provider never holds up the live channels.
+
+The fallback (``push.fallback_after``): :meth:`live_first` skips a connected
+device, which got the notification live, but keeps it waiting: if the user
+has not reported the notification ``delivered`` by ``fallback_after`` seconds
+later (the node's clock), :meth:`fire_due` sends it through the device's
+platform after all. The report is per user, not per device: ``track`` carries
+no device and the store records ``delivered`` once per user, so a report from
+any of the user's devices cancels the fallback for all of them. A report on
+this node drops the wait at once (:meth:`acknowledged`); one made on another
+node is seen in the store when the wait ends (``push_acked``). Waits are held
+in insertion order, which is their due order; at most
+``push.fallback_pending_max`` of them, the oldest dropped over it (counted in
+``tidings_push_fallback_dropped_total``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from ..clock import Clock, SystemClock
 from ..config import PushSettings
+from ..errors import TidingsError
 from ..events import EventLog
 from ..metrics import Metrics
 from ..plumbing import TaskSet
-from ..store.contracts.push import PushEndpointStore, Registered
+from ..preferences import LIVE_EDGES
+from ..store.contracts.push import PUSH_OUTCOMES, PushEndpointStore, Registered
 from .endpoints import KINDS, parse_endpoint
 from .providers import Provider, PushMessage, Result, Retrying
 from .track import TrackSigner
 
-__all__ = ["OUTCOMES", "PushChannel"]
+__all__ = ["EVERYWHERE", "OUTCOMES", "WITHDRAW_MOST", "PushChannel", "Route"]
 
 log = logging.getLogger("tidings.push")
 
-OUTCOMES = ("pushed_webpush", "pushed_fcm", "pushed_apns", "provider_failed",
-            "endpoint_gone")
+OUTCOMES = PUSH_OUTCOMES
+WITHDRAW_MOST = 20  # notifications one change (a read, an expiry) withdraws per user, at most
+FALLBACK_TICK = 1.0  # seconds between looks at the fallback waits while any are held
 Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one user's notification may go on the platforms (the user's
+    per-channel category switches, decided by policy.decide): ``kinds`` the
+    platform channels allowed (None: every one); ``live`` the live edges that
+    pushed it, so a device connected on one of them got it and is skipped (and
+    waits for the fallback). A device connected only on another edge got
+    nothing live: it is sent to like one that is away."""
+
+    kinds: frozenset[str] | None = None
+    live: frozenset[str] = frozenset(LIVE_EDGES)
+
+
+EVERYWHERE = Route()
+
+
+@dataclass(slots=True)
+class _Waiting:
+    due: float  # the node clock's time the fallback goes
+    message: PushMessage
+    endpoints: list[Registered]  # the connected devices' endpoints
 
 
 def _outcome(kind: str, result: Result) -> str:
@@ -68,10 +112,16 @@ class PushChannel:
         # the signer of the service worker's report links
         self.connected: Callable[[str], Awaitable[list[dict[str, Any]]]] | None = None
         self.signer: TrackSigner | None = None
+        self.clock: Clock = SystemClock()  # the node's, set by the app
+        self._waiting: OrderedDict[tuple[str, str], _Waiting] = OrderedDict()
+        self._ticker = TaskSet("push-fallback")
         if metrics is not None:
             metrics.describe("tidings_push_total",
                              "Platform push attempts per endpoint, by outcome (pushed_webpush, "
                              "pushed_fcm, pushed_apns, provider_failed, endpoint_gone).")
+            metrics.describe("tidings_push_fallback_dropped_total",
+                             "Fallback waits dropped over push.fallback_pending_max (their "
+                             "connected devices get no platform push).")
 
     @classmethod
     async def open(cls, settings: PushSettings, folder: str, store: PushEndpointStore,
@@ -141,6 +191,11 @@ class PushChannel:
                   and r.endpoint.kind in self.providers
                   and (kinds is None or r.endpoint.kind in kinds)]
         results = await asyncio.gather(*(self._one(user, r, message) for r in chosen))
+        if results and not message.dismiss:
+            try:
+                await self.store.push_tally(message.notification, Counter(results))
+            except TidingsError as e:  # the store is down: the sends happened, uncounted
+                log.info("push outcomes of %s not counted: %s", message.notification, e.code)
         return {r.device: outcome for r, outcome in zip(chosen, results, strict=True)}
 
     async def _one(self, user: str, r: Registered, message: PushMessage) -> str:
@@ -156,36 +211,111 @@ class PushChannel:
         return outcome
 
     async def live_first(self, notification: str, fields: Mapping[str, dict[str, Any]], *,
-                         ttl: int, collapse_key: str | None = None) -> int:
-        """The live-first rule for users just sent ``notification`` live (``fields``:
-        each one's rendered item): each endpoint whose device is not connected now
-        gets it through its platform; a connected device got it live. Returns how
-        many endpoints were sent to. One store read for all the users; presence
-        only for those with endpoints."""
+                         ttl: int, collapse_key: str | None = None,
+                         routes: Mapping[str, Route] | None = None) -> int:
+        """The live-first rule for users just sent ``notification`` (``fields``: each
+        one's rendered item; ``routes``: each one's :class:`Route`, missing:
+        :data:`EVERYWHERE`): each endpoint whose device is not connected now gets
+        it through its platform; a connected one got it live, and waits for the
+        fallback. Returns how many endpoints were sent to now. One store read for
+        all the users; presence only for those with endpoints."""
         if not fields or not self.providers:
             return 0
         endpoints = await self.store.push_endpoints_many(list(fields))
         sent = 0
         for user, registered in endpoints.items():
-            skip: set[str] = set()
-            if self.connected is not None:
-                skip = {str(d.get("device")) for d in await self.connected(user)}
-            away = [r for r in registered if r.device not in skip]
-            if not away:
+            route = EVERYWHERE if routes is None else routes.get(user, EVERYWHERE)
+            allowed = [r for r in registered if r.endpoint.kind in self.providers
+                       and (route.kinds is None or r.endpoint.kind in route.kinds)]
+            if not allowed:
                 continue
-            item = fields[user]
-            media = item.get("media")
-            image = media.get("image") if isinstance(media, dict) else None
-            message = PushMessage(
-                notification, title=str(item.get("title") or ""),
-                body=str(item.get("body") or ""), data=item.get("data"), image=image,
-                category=str(item.get("category") or "general"),
-                priority=str(item.get("priority") or "normal"), ttl=ttl,
-                collapse_key=collapse_key,
-                track=None if self.signer is None else self.signer.track(user, notification))
-            sent += len(away)
-            self.submit(self.deliver(user, message, endpoints=away))
+            here: set[str] = set()
+            if route.live and self.connected is not None:
+                here = {str(d.get("device")) for d in await self.connected(user)
+                        if d.get("edge") in route.live}
+            away = [r for r in allowed if r.device not in here]
+            connected = [r for r in allowed if r.device in here]
+            message = self._message(notification, user, fields[user], ttl, collapse_key)
+            if away:
+                sent += len(away)
+                self.submit(self.deliver(user, message, endpoints=away))
+            if connected and self.settings.fallback_after > 0:
+                self._wait(user, message, connected)
         return sent
+
+    def _message(self, notification: str, user: str, item: Mapping[str, Any], ttl: int,
+                 collapse_key: str | None) -> PushMessage:
+        media = item.get("media")
+        image = media.get("image") if isinstance(media, dict) else None
+        return PushMessage(
+            notification, title=str(item.get("title") or ""),
+            body=str(item.get("body") or ""), data=item.get("data"), image=image,
+            category=str(item.get("category") or "general"),
+            priority=str(item.get("priority") or "normal"), ttl=ttl,
+            collapse_key=collapse_key,
+            track=None if self.signer is None else self.signer.track(user, notification))
+
+    # -- the fallback ---------------------------------------------------------------------
+
+    def _wait(self, user: str, message: PushMessage, endpoints: list[Registered]) -> None:
+        key = (user, message.notification)
+        self._waiting[key] = _Waiting(self.clock.now() + self.settings.fallback_after,
+                                      message, endpoints)
+        self._waiting.move_to_end(key)
+        while len(self._waiting) > self.settings.fallback_pending_max:
+            self._waiting.popitem(last=False)
+            if self.metrics is not None:
+                self.metrics.inc("tidings_push_fallback_dropped_total")
+        if not self._ticker:
+            self._ticker.spawn(self._tick())
+
+    @property
+    def waiting(self) -> int:
+        """Fallback waits held now."""
+        return len(self._waiting)
+
+    def acknowledged(self, user: str, notification: str) -> None:
+        """The user reported ``notification`` delivered: no fallback for it."""
+        self._waiting.pop((user, notification), None)
+
+    async def fire_due(self) -> int:
+        """Send the fallbacks whose time has come (by the node's clock) to the
+        users who have not reported them delivered anywhere; returns how many
+        endpoints were sent to. A store that cannot say who reported counts as
+        no report: a second notification beats a lost one."""
+        now = self.clock.now()
+        due: dict[str, list[tuple[str, _Waiting]]] = {}
+        while self._waiting:
+            (user, nid), waiting = next(iter(self._waiting.items()))
+            if waiting.due > now:
+                break
+            self._waiting.popitem(last=False)
+            due.setdefault(nid, []).append((user, waiting))
+        sent = 0
+        for nid, entries in due.items():
+            try:
+                acked = await self.store.push_acked(nid, [u for u, _ in entries])
+            except TidingsError as e:
+                log.info("push fallback of %s: acknowledgements unknown (%s)", nid, e.code)
+                acked = set()
+            for user, waiting in entries:
+                if user in acked:
+                    continue
+                late = int(now - waiting.due + self.settings.fallback_after)
+                message = dataclasses.replace(waiting.message,
+                                              ttl=max(0, waiting.message.ttl - late))
+                sent += len(waiting.endpoints)
+                self.submit(self.deliver(user, message, endpoints=waiting.endpoints))
+        return sent
+
+    async def _tick(self) -> None:
+        """While waits are held, look at them every :data:`FALLBACK_TICK` seconds."""
+        while self._waiting:
+            await asyncio.sleep(FALLBACK_TICK)
+            try:
+                await self.fire_due()
+            except Exception:  # our bug: logged, and the next tick tries again
+                log.exception("push fallback: a tick failed")
 
     async def withdraw(self, user: str, notification: str, collapse_key: str | None = None
                        ) -> dict[str, str]:
@@ -193,13 +323,27 @@ class PushChannel:
         return await self.deliver(user, PushMessage(notification, collapse_key=collapse_key,
                                                     dismiss=True, priority="normal"))
 
-    async def withdraw_many(self, user: str, notifications: Collection[str]) -> None:
-        """:meth:`withdraw` each of ``notifications`` (read or archived together),
-        reading the user's endpoints once; nothing at all for a user without any."""
+    async def withdraw_many(self, user: str, notifications: Sequence[str]) -> None:
+        """:meth:`withdraw` each of ``notifications`` (read or archived together;
+        the first :data:`WITHDRAW_MOST`), reading the user's endpoints once;
+        nothing at all for a user without any."""
         endpoints = await self.store.push_endpoints(user)
-        if not endpoints:
+        if endpoints:
+            await self._dismiss(user, notifications, endpoints)
+
+    async def withdraw_expired(self, expired: Mapping[str, Sequence[str]]) -> None:
+        """Withdraw the OS notifications of inbox items that expired (the sweeper's
+        changes, user -> ids; the first :data:`WITHDRAW_MOST` of each user's), with
+        one store read of endpoints for all the users."""
+        if not expired or not self.providers:
             return
-        for nid in notifications:
+        endpoints = await self.store.push_endpoints_many(list(expired))
+        await asyncio.gather(*(self._dismiss(user, expired[user], registered)
+                               for user, registered in endpoints.items()))
+
+    async def _dismiss(self, user: str, notifications: Sequence[str],
+                       endpoints: list[Registered]) -> None:
+        for nid in notifications[:WITHDRAW_MOST]:
             await self.deliver(user, PushMessage(nid, dismiss=True, priority="normal"),
                                endpoints=endpoints)
 
@@ -216,6 +360,8 @@ class PushChannel:
         await self._tasks.wait()
 
     async def close(self) -> None:
+        await self._ticker.close()
+        self._waiting.clear()
         await self._tasks.close(grace=2.0)
         for provider in self.providers.values():
             await provider.close()

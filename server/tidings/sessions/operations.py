@@ -49,6 +49,7 @@ __all__ = ["INBOX_LIMIT", "SEGMENT_PAGE_LIMIT", "Operations", "fitting"]
 INBOX_LIMIT = 100  # items in one inbox page, at most
 SEGMENT_PAGE_LIMIT = 1000  # users in one page of a segment's listing, at most
 _MAX_CURSOR = 256  # characters of a listing cursor (a user id)
+_FEEDBACK_FIELDS = frozenset({"notification", "reason", "comment"})
 
 
 class Expiring(Hashable, Protocol):
@@ -285,11 +286,8 @@ class Operations:
     async def device_preferences(self, user: str, payload: bytes) -> dict[str, Any]:
         """A ``users/{uid}/preferences/set`` message: a JSON object merged into
         the user's preferences; anything else ``bad_payload`` (MQTT 0x99)."""
-        try:
-            doc = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            doc = None
-        if not isinstance(doc, dict):
+        doc = _json_object(payload)
+        if doc is None:
             raise BadPayload("preferences: not a JSON object")
         try:
             return await self.set_preferences(user, doc, merge=True)
@@ -362,6 +360,60 @@ class Operations:
     async def track(self, user: str, notification: Any, event: Any) -> bool:
         return await self.notifier.track(user, notification, event)
 
+    # -- feedback (issue 13) ------------------------------------------------------------
+
+    async def feedback(self, user: str, notification: Any, reason: Any, comment: Any
+                       ) -> bool:
+        """The user's feedback on a notification in their inbox (checked, counted
+        once, emitted: :meth:`Notifier.feedback`); True if recorded. A recorded
+        ``too_many`` halves the user's cap on the notification's category
+        (:func:`preferences.halve_cap`), stored and announced like any change of
+        their preferences."""
+        recorded = await self.notifier.feedback(user, notification, reason, comment)
+        if recorded and reason == "too_many":
+            await self._fewer(user, notification)
+        return recorded
+
+    async def _fewer(self, user: str, notification_id: str) -> None:
+        stats = await self.node.store.stats(notification_id)
+        if stats is None:
+            return
+        rules, category = self._rules(), str(stats["category"])
+        base = self.settings.preferences.feedback_cap_per_day
+        if preferences.halve_cap(preferences.Preferences(), category, rules, base) is None:
+            return  # always_on or not a category users may cap
+
+        def lowered(current: dict[str, Any]) -> dict[str, Any]:
+            try:
+                halved = preferences.halve_cap(preferences.parse(current, rules), category,
+                                               rules, base)
+            except BadRequest:  # stored under older rules: left for the user to mend
+                return current
+            return current if halved is None else halved.to_dict()
+
+        await self.node.change_user_preferences(user, lowered)
+
+    @staticmethod
+    def is_feedback_topic(user: str | None, topic: str) -> bool:
+        """Whether ``topic`` is ``users/{user}/feedback`` (MQTT): recorded as the
+        user's feedback, never published."""
+        return user is not None and topic == f"users/{user}/feedback"
+
+    async def device_feedback(self, user: str, payload: bytes) -> bool:
+        """A ``users/{uid}/feedback`` message: ``{"notification", "reason",
+        "comment"}``; anything else, or a bad field, ``bad_payload`` (MQTT 0x99)."""
+        body = _json_object(payload)
+        if body is None:
+            raise BadPayload("feedback: not a JSON object")
+        unknown = sorted(set(body) - _FEEDBACK_FIELDS)
+        if unknown:
+            raise BadPayload(f"feedback: unknown field {unknown[0][:64]!r}")
+        try:
+            return await self.feedback(user, body.get("notification"), body.get("reason"),
+                                       body.get("comment"))
+        except BadRequest as e:
+            raise BadPayload(f"feedback: {e.message}") from None
+
     # -- platform push (issue 16) ---------------------------------------------------------
 
     def _push(self) -> PushChannel:
@@ -407,6 +459,15 @@ class Operations:
 
     async def devices(self, user: str) -> list[dict[str, Any]]:
         return await self.presence.devices(user)
+
+
+def _json_object(payload: bytes) -> dict[str, Any] | None:
+    """An MQTT message's payload as a JSON object, or None if it is not one."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def fitting(items: list[dict[str, Any]], budget: int, encoding: Encoding) -> int:

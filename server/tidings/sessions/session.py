@@ -439,6 +439,9 @@ class Session:
     async def track(self, notification: Any, event: Any) -> bool:
         return await self.ops.track(self.me("track"), notification, event)
 
+    async def feedback(self, notification: Any, reason: Any, comment: Any) -> bool:
+        return await self.ops.feedback(self.me("feedback"), notification, reason, comment)
+
     async def devices(self) -> list[dict[str, Any]]:
         return await self.ops.devices(self.me("devices"))
 

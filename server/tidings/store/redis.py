@@ -53,8 +53,14 @@ key                            type    what
 ``P {n:<id>}:m``               hash    notification: category, targets, created,
                                        and a counter per tracked event
 ``P {n:<id>}:tr``              set     ``event \\0 user`` tracked (once each)
+``P {n:<id>}:uv``              hash    user -> the variant the user was given
+``P {n:<id>}:v``               hash    ``variant \\0 state-or-event`` -> users
+``P {n:<id>}:fb``              hash    user -> their feedback (JSON: reason, comment,
+                                       ts); ``r:<reason>`` counts in ``:m``
 ``P {nk:<key>}``               string  a notify idempotency key: id, targets, done
 ``P {s}:categories``           hash    ``category \\0 field`` -> total
+``P {s}:recent``               zset    the newest notification ids by creation (ms),
+                                       the newest ``RECENT_KEPT`` kept (dashboard)
 ``P {due}:at`` / ``P {due}:v`` zset /  users with expiring items, by (at most) their
                                hash    earliest expiry / a version per user (sweeper)
 ``P {ms:<bucket>}:state``      hash    MQTT session state by client id (64 buckets)
@@ -67,6 +73,7 @@ key                            type    what
                                        cursor); ``P {jobs}:seq`` numbers them
 ``P {jobs}:k:<key>``           string  a job's idempotency key -> job id (PX ttl)
 ``P {u:<uid>}:nt``             hash    notification -> the user's target state
+``P {u:<uid>}:nv``             hash    notification -> the user's variant (if any)
 ``P {u:<uid>}:push:<cat>``     zset    notification by live-push time (caps; 24 h)
 ``P {dq:<n>}:q``               zset    due entries ``<id>\0<user>`` by when they may
                                        be handed out (due, or lease end once claimed)
@@ -138,6 +145,14 @@ Trade-offs (what one slot per topic / per user costs)
   scripts and the counts leaves the job's counts short by those users (the
   targets themselves are exact); one between a ``held`` record and its entry
   is mended when the chunk is replayed.
+* Variants: a chunk whose users have variants first records them in the
+  notification's slot (``{n:<id>}:uv``, the first variant stays), so the TRACK
+  script, which runs there, finds a user's variant and bumps its counter in
+  the same step; each DELIVER script keeps the variant beside the target
+  (``:nv``); after the chunk one call counts the recorded users' states per
+  variant (``{n:<id>}:v``). :meth:`variant_counts` reads that one hash:
+  O(variants). A crash before that call leaves those states uncounted per
+  variant, as it does the job's counts.
 * The due queue is spread over :data:`DUE_BUCKETS` slots by user; a claim
   walks the buckets from a random one until it has ``limit`` entries (an
   empty queue costs a node 16 small calls per poll). A claimed entry stays in
@@ -200,8 +215,11 @@ from ..redis_wire import (
 from ..types import Offset, PayloadKind, Publication, format_offset, is_cursor, parse_offset
 from . import redis_lua as lua
 from .base import (
+    FEEDBACK_REASONS,
     JOB_STATUSES,
     PRUNE_STEP,
+    RECENT_KEPT,
+    STAT_EVENTS,
     TRACK_EVENTS,
     DeliverResult,
     Delivery,
@@ -236,6 +254,7 @@ from .contracts.audience import (
     check_attribute_values,
 )
 from .contracts.audience import matches as selects
+from .contracts.notifications import variant_row
 from .redis_events import RedisEvents
 from .redis_push import RedisPushEndpoints
 
@@ -796,12 +815,15 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
         """The notification's stats record, and its category's totals when new."""
         key = self._p + "{n:" + escape_tag(nid) + "}:m"
         cats = self._p + "{s}:categories"
+        recent = self._p + "{s}:recent"
 
         async def run(client: Any) -> None:
             if await self._script("NOTE", [key], [category, targets, now]):
                 pipe = client.pipeline(transaction=False)
                 pipe.hincrby(cats, category + "\0notifications", 1)
                 pipe.hincrby(cats, category + "\0targets", targets)
+                pipe.zadd(recent, {nid: now})  # the dashboard's list, the newest kept
+                pipe.zremrangebyrank(recent, 0, -RECENT_KEPT - 1)
                 await pipe.execute()
 
         await self._io(run)
@@ -980,27 +1002,73 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
                 changes.append(self._change(user, stream, now, [r[2], *r[3:7]], ids))
         return SweepResult(0, deleted, 0, changes, more)
 
+    async def _recorded(self, client: Any, notification_id: str, user: str, event: str,
+                        keys: list[str], extra: list[Any]) -> str | None:
+        """The TRACK script for a user with the notification in their inbox, then
+        the category's total: the category when the event is new, else None
+        (``track`` and ``feedback`` both)."""
+        if not await client.hexists(self._uk(user, ":items"), notification_id):
+            return None
+        category = await self._script("TRACK", keys, [event, user, *extra])
+        if category is None:
+            return None
+        category = _text(category)
+        await client.hincrby(self._p + "{s}:categories", category + "\0" + event, 1)
+        return category
+
     async def track(self, notification_id: str, user: str, event: str) -> bool:
         if event not in TRACK_EVENTS:
             raise ValueError(f"unknown event {event!r}")
-        items = self._uk(user, ":items")
-        note = self._p + "{n:" + escape_tag(notification_id) + "}"
 
         async def run(client: Any) -> bool:
-            if not await client.hexists(items, notification_id):
-                return False
-            category = await self._script("TRACK", [note + ":m", note + ":tr"], [event, user])
+            category = await self._recorded(client, notification_id, user, event,
+                                            self._track_keys(notification_id), [])
             if category is None:
                 return False
-            await client.hincrby(self._p + "{s}:categories", _text(category) + "\0" + event, 1)
             if event in ENGAGEMENT_EVENTS:  # a step of its own, in the user's slot
-                await self._engage(client, user, _text(category), event, notification_id)
+                await self._engage(client, user, category, event, notification_id)
+            return True
+
+        return await self._io(run)
+
+    def _nk(self, notification_id: str, suffix: str) -> str:
+        """A key in the notification's slot (``{n:<id>}``)."""
+        return self._p + "{n:" + escape_tag(notification_id) + "}" + suffix
+
+    def _track_keys(self, notification_id: str) -> list[str]:
+        """KEYS of the TRACK script: the record, the tracked set and the variants."""
+        return [self._nk(notification_id, s) for s in (":m", ":tr", ":uv", ":v")]
+
+    async def variant_counts(self, notification_id: str) -> dict[str, dict[str, int]]:
+        raw = await self._io(lambda c: c.hgetall(self._nk(notification_id, ":v")))
+        counted: dict[str, dict[str, int]] = {}
+        for k, v in raw.items():
+            variant, _, name = _text(k).rpartition("\0")
+            counted.setdefault(variant, {})[name] = int(v)
+        return {v: variant_row(c) for v, c in sorted(counted.items())}
+
+    async def feedback(self, notification_id: str, user: str, reason: str,
+                       comment: str | None) -> bool:
+        if reason not in FEEDBACK_REASONS:
+            raise ValueError(f"unknown feedback reason {reason!r}")
+        # the event where track records events, with the feedback hash beside it
+        keys = [*self._track_keys(notification_id), self._nk(notification_id, ":fb")]
+        record = orjson.dumps({"reason": reason, "comment": comment, "ts": self._now_ms()})
+
+        async def run(client: Any) -> bool:
+            category = await self._recorded(client, notification_id, user, "feedback", keys,
+                                            [reason, record])
+            if category is None:
+                return False
+            if reason == "not_interested":  # a step of its own, in the user's slot
+                await self._script("FORGET_ENGAGEMENT", [self._uk(user, ":eng:" + category),
+                                                         self._uk(user, ":engall")], [])
             return True
 
         return await self._io(run)
 
     async def stats(self, notification_id: str) -> dict[str, Any] | None:
-        key = self._p + "{n:" + escape_tag(notification_id) + "}:m"
+        key = self._nk(notification_id, ":m")
         raw = await self._io(lambda c: c.hgetall(key))
         record = {_text(k): _text(v) for k, v in raw.items()}
         if "category" not in record:
@@ -1008,7 +1076,8 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
         out: dict[str, Any] = {"id": notification_id, "category": record["category"],
                                "targets": int(record["targets"]),
                                "created": int(record["created"])}
-        out.update({e: int(record.get(e, 0)) for e in TRACK_EVENTS})
+        out.update({e: int(record.get(e, 0)) for e in STAT_EVENTS})
+        out["feedback_reasons"] = {r: int(record.get("r:" + r, 0)) for r in FEEDBACK_REASONS}
         return out
 
     async def category_stats(self) -> dict[str, dict[str, int]]:
@@ -1017,9 +1086,14 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
         for k, v in raw.items():
             category, _, name = _text(k).rpartition("\0")
             totals = out.setdefault(category, {"notifications": 0, "targets": 0,
-                                               **{e: 0 for e in TRACK_EVENTS}})
+                                               **{e: 0 for e in STAT_EVENTS}})
             totals[name] = int(v)
         return out
+
+    async def recent_notifications(self, limit: int) -> list[str]:
+        limit = min(limit, RECENT_KEPT)
+        raw = await self._io(lambda c: c.zrevrange(self._p + "{s}:recent", 0, limit - 1))
+        return [_text(r) for r in raw]
 
     # -- MQTT sessions --------------------------------------------------------------------
 
@@ -1500,6 +1574,14 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
         keys = [self._jk("j:" + job_id), self._jk("lease")]
         return bool(await self._io(lambda c: self._script("JOB_PROGRESS", keys, args)))
 
+    async def job_requeue(self, job_id: str, owner: str, request: dict[str, Any], *,
+                          due: float) -> bool:
+        now = self._clock()
+        keys = [self._jk("j:" + job_id), self._jk("due"), self._jk("lease"),
+                *self._job_keys("scheduled", "sending")]
+        args = [job_id, repr(now), owner, orjson.dumps(request), repr(float(due))]
+        return bool(await self._io(lambda c: self._script("JOB_REQUEUE", keys, args)))
+
     async def job_finish(self, job_id: str, owner: str) -> bool:
         now = self._clock()
         keys = [self._jk("j:" + job_id), self._jk("lease"), *self._job_keys("sending", "sent")]
@@ -1534,6 +1616,7 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
             nid, 1 if due else 0, expires, collapse_key or False, self._max_inbox, PRUNE_STEP,
             now_s, PUSH_KEEP))
         rendered: dict[int, tuple[bytes, bytes]] = {}  # fields shared by users: once
+        variants = await self._note_variants(nid, todo, due)
 
         def render(shared: dict[str, Any]) -> tuple[bytes, bytes]:
             known = rendered.get(id(shared))
@@ -1551,12 +1634,13 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
             stream = notifications_topic(d.user) if live else events_topic(d.user)
             inbox = self._inbox_keys(d.user, stream)
             keys = [*inbox[:16], self._uk(d.user, ":nt"),
-                    self._uk(d.user, ":push:" + category), *inbox[16:]]
+                    self._uk(d.user, ":push:" + category), self._uk(d.user, ":nv"),
+                    *inbox[16:]]
             fields_json, push_base = (b"", b"") if d.fields is None else render(d.fields)
             flags = ("w" if d.fields is not None else "") + ("l" if live else "s")
             extra = b"" if not d.edges else b',"edges":' + orjson.dumps(list(d.edges))
             return keys, [*self._inbox_args(d.user, stream, now, policy), own, d.state, flags,
-                          fields_json, push_base, extra]
+                          fields_json, push_base, extra, variants.get(d.user, "")]
 
         async def batch(chunk: list[Delivery]) -> list[Any]:
             async def run(client: Any) -> list[Any]:
@@ -1572,6 +1656,7 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
         changes: list[UserChange] = []
         recorded: list[str] = []
         counts: dict[str, int] = {}
+        by_variant: dict[str, int] = {}  # variant \0 state -> users
         puts: dict[int, list[Any]] = {}
         done: dict[int, list[str]] = {}
         expiring: list[str] = []
@@ -1588,6 +1673,12 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
                     counts[d.state] = counts.get(d.state, 0) + 1
                     if prev:
                         counts[prev] = counts.get(prev, 0) - 1
+                    variant = variants.get(d.user)
+                    if variant is not None:
+                        for state, n in ((d.state, 1), (prev, -1)):
+                            if state:
+                                k = variant + "\0" + state
+                                by_variant[k] = by_variant.get(k, 0) + n
                     if len(raw) > 2:
                         live = d.edges is None or bool(d.edges)
                         stream = notifications_topic(d.user) if live else events_topic(d.user)
@@ -1601,9 +1692,23 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
                 elif due:  # fired: the entry goes (its user's, or one served meanwhile)
                     done.setdefault(b, []).append(d.user)
         await self._after_deliver(nid, counts, puts, done, expiring, expires)
+        deltas = [v for k, n in by_variant.items() if n for v in (k, n)]
+        if deltas:
+            await self._io(self._call("VARIANT_COUNT", [self._nk(nid, ":v")], deltas))
         if failure is not None:
             raise failure
         return DeliverResult(changes, recorded)
+
+    async def _note_variants(self, nid: str, deliveries: Sequence[Delivery], due: bool
+                             ) -> dict[str, str]:
+        """The variant each user of a chunk has (the first recorded; see the module
+        doc), recorded in the notification's slot first. A firing reads them even
+        when its deliveries name none; a chunk without variants costs nothing."""
+        if not due and all(d.variant is None for d in deliveries):
+            return {}
+        args = [v for d in deliveries for v in (d.user, d.variant or "")]
+        raw = await self._io(self._call("VARIANT_NOTE", [self._nk(nid, ":uv")], args))
+        return {d.user: _text(v) for d, v in zip(deliveries, raw, strict=True) if v}
 
     async def _after_deliver(self, nid: str, counts: dict[str, int],
                              puts: dict[int, list[Any]], done: dict[int, list[str]],

@@ -31,6 +31,7 @@ __all__ = [
     "DUE_PUT",
     "DUE_SET",
     "DUE_TAKE",
+    "FORGET_ENGAGEMENT",
     "HISTORY",
     "INBOX",
     "JOBS_PAGE",
@@ -40,6 +41,7 @@ __all__ = [
     "JOB_CREATE",
     "JOB_FINISH",
     "JOB_PROGRESS",
+    "JOB_REQUEUE",
     "MARK",
     "MQTT_DELETE",
     "MQTT_ENQUEUE",
@@ -58,6 +60,8 @@ __all__ = [
     "TAGS",
     "TAG_HAS",
     "TRACK",
+    "VARIANT_COUNT",
+    "VARIANT_NOTE",
 ]
 
 # Shared functions, prepended to the scripts that append to a topic.
@@ -542,11 +546,59 @@ return 1
 """
 
 TRACK = r"""
--- KEYS: notification record, its tracked set.  ARGV: event, user
--- Returns false if already recorded, else the notification's category.
+-- KEYS: notification record, its tracked set [, its users' variants, its variant
+--   counts (see VARIANT_NOTE) [, its feedback hash]].
+-- ARGV: event, user [, reason, the feedback record (JSON: reason, comment, ts)]
+-- Returns false if already recorded, else the notification's category. The event
+-- also counts for the variant the user was given, if any. The event 'feedback'
+-- (issue 13) also counts its reason ('r:' .. reason) and keeps the record.
 if redis.call('SADD', KEYS[2], ARGV[1] .. '\0' .. ARGV[2]) == 0 then return false end
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+if KEYS[4] then
+  local variant = redis.call('HGET', KEYS[3], ARGV[2])
+  if variant then redis.call('HINCRBY', KEYS[4], variant .. '\0' .. ARGV[1], 1) end
+end
+if KEYS[5] then
+  redis.call('HINCRBY', KEYS[1], 'r:' .. ARGV[3], 1)
+  redis.call('HSET', KEYS[5], ARGV[2], ARGV[4])
+end
 return redis.call('HGET', KEYS[1], 'category') or ''
+"""
+
+VARIANT_NOTE = r"""
+-- KEYS: the notification's users' variants (hash: user -> variant).
+-- ARGV: user, variant ('' : none given), ...
+-- Records each given variant unless the user has one (the first stays), before
+-- the users' DELIVER scripts, so a track that follows finds it. Returns each
+-- user's recorded variant (false: none).
+local out = {}
+for i = 1, #ARGV, 2 do
+  if ARGV[i + 1] ~= '' then redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  out[#out + 1] = redis.call('HGET', KEYS[1], ARGV[i])
+end
+return out
+"""
+
+VARIANT_COUNT = r"""
+-- KEYS: the notification's variant counts (hash: variant \0 field -> n).
+-- ARGV: field, delta, ...  (target states, after the per-user writes)
+for i = 1, #ARGV, 2 do
+  if redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) == 0 then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return 1
+"""
+
+FORGET_ENGAGEMENT = r"""
+-- KEYS: the user's engagement zset of one category, the user's over every category.
+-- Forgets the category's engagement in both (a not_interested feedback).
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+for i = 1, #members, 1000 do
+  redis.call('ZREM', KEYS[2], unpack(members, i, math.min(i + 999, #members)))
+end
+redis.call('DEL', KEYS[1])
+return #members
 """
 
 CLAIM = r"""
@@ -705,19 +757,20 @@ return {redis.call('SMEMBERS', KEYS[1]), redis.call('GET', KEYS[2]),
 
 DELIVER = _INBOX_COMMON + r"""
 -- KEYS 17: the user's target records (hash: notification -> state), 18: the user's
---   live pushes of the category (zset: notification by time) [, 19 users with
---   retained topics]
+--   live pushes of the category (zset: notification by time), 19: the variants of
+--   the user's targets (hash: notification -> variant) [, 20 users with retained
+--   topics]
 -- ARGV from 13: the call's own, the same for every user (msgpack objects: id, due
 --   firing (1 / 0), expires (-1 none), collapse key (false: none), the cap on the
 --   user's items, the most items to prune, now (seconds), push history kept
 --   (seconds)); then the user's: state, flags ('w': write an item, 'l': a live
 --   push, 's': silent, the stream keys and ARGV 3-7 being the user's events, which
 --   get a "silent" event), fields JSON, push JSON ('': the fields), extra push
---   members (raw JSON)
+--   members (raw JSON), variant ('': none; the first recorded stays)
 -- Returns {0, state} when the user is already recorded (skipped), {1, previous state
 -- or ''} when recorded without an item, else {1, previous, count, stream offset,
 -- push, unread offset, unread payload}.
-users_key = KEYS[19]
+users_key = KEYS[20]
 local nid, due, expires, ck, cap, step, t, keep = cmsgpack.unpack(ARGV[13])
 local state, flags = ARGV[14], ARGV[15]
 local prev = redis.call('HGET', KEYS[17], nid)
@@ -725,6 +778,7 @@ if prev and not (due == 1 and (prev == 'held' or prev == 'scheduled')) then
   return {0, prev}
 end
 redis.call('HSET', KEYS[17], nid, state)
+if ARGV[19] ~= '' then redis.call('HSETNX', KEYS[19], nid, ARGV[19]) end
 if string.find(flags, 'l', 1, true) then
   redis.call('ZREMRANGEBYSCORE', KEYS[18], '-inf', '(' .. (t - keep))
   redis.call('ZADD', KEYS[18], t, nid)
@@ -827,6 +881,21 @@ redis.call('HDEL', KEYS[1], 'cursor', 'owner', 'until')
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZADD', KEYS[4], redis.call('HGET', KEYS[1], 'seq'), ARGV[1])
+return 1
+"""
+
+JOB_REQUEUE = _JOB_HELD + r"""
+-- KEYS: job, due zset, lease zset, 'scheduled' index, 'sending' index
+-- ARGV: id, now, owner, request, due
+-- Back to scheduled at due with the new request and no cursor (a next phase).
+-- Returns 1, or 0 (nothing changed) when the lease is not held.
+if not held(KEYS[1], tonumber(ARGV[2]), ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'scheduled', 'request', ARGV[4], 'due', ARGV[5])
+redis.call('HDEL', KEYS[1], 'cursor', 'owner', 'until')
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('ZADD', KEYS[4], redis.call('HGET', KEYS[1], 'seq'), ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
 return 1
 """
 

@@ -4,6 +4,11 @@ Keys (``P`` the store's prefix)::
 
     P{u:<uid>}:push   hash   device -> JSON endpoint (kind, address, keys, topic, created)
     P{pa}:owner       hash   address -> JSON [user, device]
+    P{n:<id>}:push    hash   outcome -> count of a notification's platform pushes
+
+The counts sit in the notification's slot beside its stats record; who
+reported a notification ``delivered`` is read from the set ``track`` keeps
+there (``P{n:<id>}:tr``, members ``event\0user``).
 
 A user's endpoints live in the user's slot, so registering (replace, add,
 drop the oldest over the cap) is one script. The owner index has a slot of
@@ -16,13 +21,20 @@ never reach it. A mixin of :class:`~tidings.store.redis.RedisStore`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
 
 from ..push.endpoints import Endpoint
-from .contracts.push import PushEndpointStore, Registered, endpoint_from_row, endpoint_row
+from ..redis_wire import escape_tag
+from .contracts.push import (
+    PUSH_OUTCOMES,
+    PushEndpointStore,
+    Registered,
+    endpoint_from_row,
+    endpoint_row,
+)
 
 __all__ = ["RedisPushEndpoints"]
 
@@ -45,6 +57,12 @@ while redis.call('HLEN', KEYS[1]) > cap do
   dropped[#dropped + 1] = addr
 end
 return dropped
+"""
+
+# KEYS[1] the notification's counts; ARGV outcome, n, outcome, n ... (one step: they move together)
+_TALLY = """
+for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
 """
 
 
@@ -168,3 +186,31 @@ class RedisPushEndpoints(PushEndpointStore):
 
         result: bool = await self._io(run)
         return result
+
+    def _note_key(self, notification: str, suffix: str) -> str:
+        return self._p + "{n:" + escape_tag(notification) + "}" + suffix
+
+    async def push_tally(self, notification: str, counts: Mapping[str, int]) -> None:
+        adds = {k: n for k, n in counts.items() if n}
+        if not adds:
+            return
+        key = self._note_key(notification, ":push")
+
+        args = [x for k, n in adds.items() for x in (k, n)]
+        await self._io(lambda c: c.eval(_TALLY, 1, key, *args))
+
+    async def push_counts(self, notification: str) -> dict[str, int]:
+        raw = await self._io(lambda c: c.hgetall(self._note_key(notification, ":push")))
+        out = dict.fromkeys(PUSH_OUTCOMES, 0)
+        for k, v in raw.items():
+            if _text(k) in out:
+                out[_text(k)] = int(v)
+        return out
+
+    async def push_acked(self, notification: str, users: Sequence[str]) -> set[str]:
+        wanted = list(dict.fromkeys(users))
+        if not wanted:
+            return set()
+        key = self._note_key(notification, ":tr")
+        found = await self._io(lambda c: c.smismember(key, [f"delivered\0{u}" for u in wanted]))
+        return {u for u, hit in zip(wanted, found, strict=True) if hit}

@@ -26,9 +26,12 @@ from ..protocol.topics import is_wildcard, matches
 from ..redis_wire import MetaCodec
 from ..types import Offset, PayloadKind, Publication, format_offset, parse_offset
 from .base import (
+    FEEDBACK_REASONS,
     JOB_STATUSES,
     MAX_EVENT_IDS,
     PRUNE_STEP,
+    RECENT_KEPT,
+    STAT_EVENTS,
     TRACK_EVENTS,
     DeliverResult,
     Delivery,
@@ -65,6 +68,7 @@ from .contracts.audience import (
 )
 from .sqlite_events import EVENTS_SCHEMA, SqliteEvents
 from .sqlite_push import PUSH_SCHEMA, SqlitePushEndpoints
+from .sqlite_variants import VARIANTS_FILL, VARIANTS_SCHEMA, variant_counts
 
 __all__ = ["SqliteStore"]
 
@@ -118,6 +122,7 @@ CREATE TABLE IF NOT EXISTS notifications (
     targets INTEGER NOT NULL,
     created INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS notifications_created ON notifications (created);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -194,6 +199,7 @@ CREATE TABLE IF NOT EXISTS job_targets (
     id TEXT NOT NULL,
     user TEXT NOT NULL,
     state TEXT NOT NULL,
+    variant TEXT,
     PRIMARY KEY (id, user)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS job_counts (
@@ -221,6 +227,18 @@ CREATE INDEX IF NOT EXISTS pushes_ts ON pushes (ts);
 CREATE TABLE IF NOT EXISTS user_preferences (
     user TEXT PRIMARY KEY,
     doc BLOB NOT NULL
+) WITHOUT ROWID;
+"""
+
+# feedback: the reason and comment beside each 'feedback' event in tracks (issue 13)
+_FEEDBACK_SCHEMA = """
+CREATE TABLE IF NOT EXISTS feedback (
+    id TEXT NOT NULL,
+    user TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    comment TEXT,
+    ts INTEGER NOT NULL,
+    PRIMARY KEY (id, user)
 ) WITHOUT ROWID;
 """
 
@@ -348,9 +366,12 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             db.execute("PRAGMA busy_timeout=5000")
             counted = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'"
                                  " AND name = 'inbox_counts'").fetchone() is not None
+            by_variant = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'"
+                                    " AND name = 'variant_counts'").fetchone() is not None
             db.executescript(_SCHEMA)
             db.executescript(PUSH_SCHEMA)
             db.executescript(EVENTS_SCHEMA)
+            db.executescript(_FEEDBACK_SCHEMA)
             if not counted:  # a data folder from before the counters: count once
                 db.execute(_COUNTS_FILL)
             columns = {row[1] for row in db.execute("PRAGMA table_info(retained)")}
@@ -358,6 +379,12 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                 db.execute("ALTER TABLE retained ADD COLUMN qos INTEGER NOT NULL DEFAULT 1")
             if "meta" not in columns:  # ... or its MQTT 5.0 properties
                 db.execute("ALTER TABLE retained ADD COLUMN meta BLOB")
+            targets = {row[1] for row in db.execute("PRAGMA table_info(job_targets)")}
+            if "variant" not in targets:  # ... or from before targets kept their variant
+                db.execute("ALTER TABLE job_targets ADD COLUMN variant TEXT")
+            db.executescript(VARIANTS_SCHEMA)
+            if not by_variant:  # ... or from before the counters per variant: count once
+                db.executescript(VARIANTS_FILL)
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
                        (secrets.token_hex(4),))
             self._epoch = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
@@ -904,23 +931,54 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                 self._unread_retained(db, user, count, now)]
         return UserChange(user, count, ids, pubs)
 
+    @staticmethod
+    def _record(db: sqlite3.Connection, notification_id: str, user: str, event: str) -> bool:
+        """Record ``event`` in ``tracks`` once for a user with the notification in
+        their inbox; whether it is new (``track`` and ``feedback`` both)."""
+        known = db.execute("SELECT 1 FROM inbox WHERE user = ? AND id = ?",
+                           (user, notification_id)).fetchone()
+        if known is None:
+            return False
+        cur = db.execute("INSERT OR IGNORE INTO tracks (id, user, event) VALUES (?, ?, ?)",
+                         (notification_id, user, event))
+        return cur.rowcount == 1
+
+    @staticmethod
+    def _category(db: sqlite3.Connection, notification_id: str) -> str | None:
+        row = db.execute("SELECT category FROM notifications WHERE id = ?",
+                         (notification_id,)).fetchone()
+        return None if row is None else str(row[0])
+
     async def track(self, notification_id: str, user: str, event: str) -> bool:
         if event not in TRACK_EVENTS:
             raise ValueError(f"unknown event {event!r}")
 
         def tx(db: sqlite3.Connection) -> bool:
-            known = db.execute("SELECT 1 FROM inbox WHERE user = ? AND id = ?",
-                               (user, notification_id)).fetchone()
-            if known is None:
+            if not self._record(db, notification_id, user, event):
                 return False
-            cur = db.execute("INSERT OR IGNORE INTO tracks (id, user, event) VALUES (?, ?, ?)",
-                             (notification_id, user, event))
-            if cur.rowcount == 1 and event in ENGAGEMENT_EVENTS:
-                row = db.execute("SELECT category FROM notifications WHERE id = ?",
-                                 (notification_id,)).fetchone()
-                if row is not None:
-                    self._engage(db, user, row[0], event, notification_id)
-            return cur.rowcount == 1
+            category = self._category(db, notification_id)
+            if event in ENGAGEMENT_EVENTS and category is not None:
+                self._engage(db, user, category, event, notification_id)
+            return True
+
+        return await self._run(tx)
+
+    async def feedback(self, notification_id: str, user: str, reason: str,
+                       comment: str | None) -> bool:
+        if reason not in FEEDBACK_REASONS:
+            raise ValueError(f"unknown feedback reason {reason!r}")
+
+        def tx(db: sqlite3.Connection) -> bool:
+            if not self._record(db, notification_id, user, "feedback"):
+                return False  # the first feedback wins
+            db.execute("INSERT INTO feedback (id, user, reason, comment, ts)"
+                       " VALUES (?, ?, ?, ?, ?)",
+                       (notification_id, user, reason, comment, self._now_ms()))
+            category = self._category(db, notification_id)
+            if reason == "not_interested" and category is not None:
+                db.execute("DELETE FROM engagements WHERE user = ? AND category = ?",
+                           (user, category))
+            return True
 
         return await self._run(tx)
 
@@ -932,10 +990,14 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                 return None
             out: dict[str, Any] = {"id": notification_id, "category": row[0],
                                    "targets": row[1], "created": row[2]}
-            out.update({e: 0 for e in TRACK_EVENTS})
+            out.update({e: 0 for e in STAT_EVENTS})
             for event, n in db.execute("SELECT event, COUNT(*) FROM tracks WHERE id = ?"
                                        " GROUP BY event", (notification_id,)):
                 out[event] = n
+            out["feedback_reasons"] = reasons = dict.fromkeys(FEEDBACK_REASONS, 0)
+            for reason, n in db.execute("SELECT reason, COUNT(*) FROM feedback WHERE id = ?"
+                                        " GROUP BY reason", (notification_id,)):
+                reasons[reason] = n
             return out
 
         return await self._run(tx)
@@ -947,7 +1009,7 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                     "SELECT category, COUNT(*), SUM(targets) FROM notifications"
                     " GROUP BY category"):
                 out[cat] = {"notifications": n, "targets": int(targets or 0),
-                            **{e: 0 for e in TRACK_EVENTS}}
+                            **{e: 0 for e in STAT_EVENTS}}
             for cat, event, n in db.execute(
                     "SELECT n.category, t.event, COUNT(*) FROM tracks t"
                     " JOIN notifications n ON n.id = t.id GROUP BY n.category, t.event"):
@@ -955,6 +1017,11 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             return out
 
         return await self._run(tx)
+
+    async def recent_notifications(self, limit: int) -> list[str]:
+        limit = min(limit, RECENT_KEPT)
+        return await self._run(lambda db: [r[0] for r in db.execute(
+            "SELECT id FROM notifications ORDER BY created DESC, id DESC LIMIT ?", (limit,))])
 
     # -- MQTT sessions --------------------------------------------------------------
 
@@ -1418,6 +1485,20 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
 
         return await self._run(tx)
 
+    async def job_requeue(self, job_id: str, owner: str, request: dict[str, Any], *,
+                          due: float) -> bool:
+        now = self._clock()
+        doc = orjson.dumps(request)
+
+        def tx(db: sqlite3.Connection) -> bool:
+            return db.execute(
+                "UPDATE jobs SET status = 'scheduled', request = ?, due = ?, cursor = NULL,"
+                " lease_owner = NULL, lease_until = NULL WHERE id = ? AND status = 'sending'"
+                " AND lease_owner = ? AND lease_until > ?",
+                (doc, due, job_id, owner, now)).rowcount == 1
+
+        return await self._run(tx)
+
     async def job_finish(self, job_id: str, owner: str) -> bool:
         now = self._clock()
 
@@ -1453,7 +1534,7 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             items: list[_Item] = []
             recorded: list[str] = []
             tally: dict[str, int] = {}
-            targets: list[tuple[str, str, str]] = []
+            targets: list[tuple[str, str, str, str | None]] = []
             undue: list[tuple[str, str]] = []
             queue: list[tuple[str, str, float]] = []
             pushes: list[tuple[str, str, float]] = []
@@ -1470,7 +1551,7 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                     if not (due and was in _HELD):
                         continue
                     tally[was] = tally.get(was, 0) - 1
-                targets.append((nid, d.user, d.state))
+                targets.append((nid, d.user, d.state, d.variant))
                 tally[d.state] = tally.get(d.state, 0) + 1
                 recorded.append(d.user)
                 if d.fields is not None:
@@ -1485,8 +1566,10 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             changes = self._write_items(db, nid, items, now, expires, collapse_key, policy) \
                 if items else []
             db.executemany("DELETE FROM due_queue WHERE id = ? AND user = ?", undue)
-            db.executemany("INSERT OR REPLACE INTO job_targets (id, user, state) VALUES (?, ?, ?)",
-                           targets)
+            # a firing replaces the state; the first variant recorded stays
+            db.executemany("INSERT INTO job_targets (id, user, state, variant)"
+                           " VALUES (?, ?, ?, ?) ON CONFLICT (id, user)"
+                           " DO UPDATE SET state = excluded.state", targets)
             db.executemany("INSERT OR REPLACE INTO due_queue (id, user, due) VALUES (?, ?, ?)",
                            queue)
             db.executemany("INSERT INTO pushes (user, category, ts) VALUES (?, ?, ?)", pushes)
@@ -1496,6 +1579,10 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             return DeliverResult(changes, recorded)
 
         return await self._run(tx)
+
+    async def variant_counts(self, notification_id: str) -> dict[str, dict[str, int]]:
+        """The counters triggers keep (:mod:`.sqlite_variants`): O(variants)."""
+        return await self._run(lambda db: variant_counts(db, notification_id))
 
     async def due_claim(self, owner: str, *, lease: float, limit: int) -> list[DueEntry]:
         now = self._clock()

@@ -9,11 +9,17 @@ mixin of :class:`~tidings.store.sqlite.SqliteStore`, which creates
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ..push.endpoints import Endpoint
-from .contracts.push import PushEndpointStore, Registered, endpoint_from_row, endpoint_row
+from .contracts.push import (
+    PUSH_OUTCOMES,
+    PushEndpointStore,
+    Registered,
+    endpoint_from_row,
+    endpoint_row,
+)
 
 __all__ = ["PUSH_SCHEMA", "SqlitePushEndpoints"]
 
@@ -32,6 +38,12 @@ CREATE TABLE IF NOT EXISTS push_endpoints (
     UNIQUE (user, device)
 );
 CREATE INDEX IF NOT EXISTS push_endpoints_user ON push_endpoints (user, created);
+CREATE TABLE IF NOT EXISTS push_counts (
+    id TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (id, outcome)
+) WITHOUT ROWID;
 """
 
 _COLUMNS = "user, device, kind, address, p256dh, auth, topic, created"
@@ -108,3 +120,34 @@ class SqlitePushEndpoints(PushEndpointStore):
         result: int = await self._run(lambda db: db.execute(
             "DELETE FROM push_endpoints WHERE address = ?", (address,)).rowcount)
         return result > 0
+
+    async def push_tally(self, notification: str, counts: Mapping[str, int]) -> None:
+        rows = [(notification, k, n) for k, n in counts.items() if n]
+        if not rows:
+            return
+        await self._run(lambda db: db.executemany(
+            "INSERT INTO push_counts (id, outcome, n) VALUES (?, ?, ?) "
+            "ON CONFLICT (id, outcome) DO UPDATE SET n = n + excluded.n", rows))
+
+    async def push_counts(self, notification: str) -> dict[str, int]:
+        rows = await self._run(lambda db: db.execute(
+            "SELECT outcome, n FROM push_counts WHERE id = ?", (notification,)).fetchall())
+        out = dict.fromkeys(PUSH_OUTCOMES, 0)
+        out.update({k: n for k, n in rows if k in out})
+        return out
+
+    async def push_acked(self, notification: str, users: Sequence[str]) -> set[str]:
+        wanted = list(dict.fromkeys(users))
+
+        def tx(db: sqlite3.Connection) -> set[str]:
+            out: set[str] = set()
+            for i in range(0, len(wanted), 500):
+                part = wanted[i:i + 500]
+                marks = ",".join("?" * len(part))
+                out.update(u for (u,) in db.execute(
+                    f"SELECT user FROM tracks WHERE id = ? AND event = 'delivered' AND user IN "
+                    f"({marks})", [notification, *part]))
+            return out
+
+        result: set[str] = await self._run(tx)
+        return result

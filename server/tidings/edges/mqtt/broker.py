@@ -713,7 +713,8 @@ class MqttBroker:
                 future: asyncio.Future[Any] = asyncio.ensure_future(
                     self._apply_read(session, packet))
             elif self.ops.is_preferences_set_topic(session.user, topic) or \
-                    self.ops.is_push_register_topic(session.user, topic):
+                    self.ops.is_push_register_topic(session.user, topic) or \
+                    self.ops.is_feedback_topic(session.user, topic):
                 future = asyncio.ensure_future(self._apply_document(
                     session, topic, packet, conn.proto.version == Version.V5))
             else:
@@ -793,14 +794,17 @@ class MqttBroker:
 
     async def _apply_document(self, session: MqttSession, topic: str, packet: Publish,
                               v5: bool) -> None:
-        """A PUBLISH to the user's preferences topic or this device's push
-        registration: applied, never published. A bad document is refused: 5.0
-        PUBACK / PUBREC 0x99 Payload format invalid (section 3.4.2.1); 3.1.1
-        cannot refuse in an acknowledgement: acknowledged, dropped, counted."""
+        """A PUBLISH to the user's preferences topic, this device's push
+        registration or the user's feedback topic: applied, never published. A
+        bad document is refused: 5.0 PUBACK / PUBREC 0x99 Payload format invalid
+        (section 3.4.2.1); 3.1.1 cannot refuse in an acknowledgement:
+        acknowledged, dropped, counted."""
         assert session.user is not None
         try:
             if self.ops.is_preferences_set_topic(session.user, topic):
                 await self.ops.device_preferences(session.user, packet.payload)
+            elif self.ops.is_feedback_topic(session.user, topic):
+                await self.ops.device_feedback(session.user, packet.payload)
             else:
                 await self.ops.device_push_register(session.user, packet.payload,
                                                     session.client_id)

@@ -74,89 +74,169 @@ async function traffic() {
 
 // -- notifications ------------------------------------------------------------------------
 
+// The funnel's steps, as GET /v1/notifications/{id}/stats counts them.
 const FUNNEL = ["targets", "pushed", "held", "silent", "suppressed", "delivered", "opened",
-  "clicked", "dismissed"];
+  "clicked", "dismissed", "feedback"];
+const RECENT = 8; // notifications shown
 
-function interval(r) {
-  const box = document.createElement("span");
-  box.className = "interval";
-  box.title = `${(100 * r.rate).toFixed(1)}% (95% CI ${(100 * r.low).toFixed(1)}-${(100 * r.high).toFixed(1)}%)`;
-  const span = document.createElement("span");
-  span.style.left = `${100 * r.low}%`;
-  span.style.width = `${100 * (r.high - r.low)}%`;
-  const mark = document.createElement("i");
-  mark.style.left = `${100 * r.rate}%`;
-  box.append(span, mark);
-  return box;
+const pct = (x) => `${(100 * x).toFixed(1)}%`;
+const pts = (d) => `${d > 0 ? "+" : d < 0 ? "−" : "±"}${Math.abs(100 * d).toFixed(1)} pts`;
+
+function el(tag, className, text) {
+  const e = document.createElement(tag);
+  if (className) e.className = className;
+  if (text !== undefined) e.textContent = text;
+  return e;
 }
 
-function variantsTable(id, stats) {
-  if (!stats || !Array.isArray(stats.variants) || stats.variants.length === 0) return null;
-  const wrap = document.createElement("div");
-  const h = document.createElement("h3");
-  h.textContent = `${id}: ${stats.metric}, winner ${stats.winner ?? "not yet"}`;
-  const table = document.createElement("table");
-  table.className = "table";
-  const tbody = document.createElement("tbody");
-  rows(tbody, stats.variants, (v) => {
-    const rate = v.rates?.[stats.metric];
-    const bar = document.createElement("td");
-    if (rate) bar.append(interval(rate), ` ${(100 * rate.rate).toFixed(1)}%`);
-    const p = v.vs_control ? `p=${v.vs_control.p_value.toPrecision(2)}` : "control";
-    return [cell(v.name), cell(fmt(v.targets)), bar, cell(p)];
-  });
-  table.append(tbody);
-  wrap.append(h, table);
+/** A rate with its 95% interval: a bar (the interval shaded, the rate marked) and the %. */
+function rateCell(r) {
+  const td = el("td", "rate");
+  if (!r) { td.textContent = "–"; return td; }
+  const box = el("span", "interval");
+  box.title = `${pct(r.rate)} (95% interval ${pct(r.low)} – ${pct(r.high)})`;
+  Object.assign(box.dataset, { rate: String(r.rate), low: String(r.low), high: String(r.high) });
+  const span = el("span");
+  span.style.left = `${100 * r.low}%`;
+  span.style.width = `${Math.max(0.5, 100 * (r.high - r.low))}%`;
+  const mark = el("i");
+  mark.style.left = `calc(${100 * r.rate}% - 1px)`;
+  box.append(span, mark);
+  td.append(box, el("span", "pct", pct(r.rate)));
+  return td;
+}
+
+/**
+ * The stats in the issue's shape ({total, variants, metric, winner}); a server
+ * without them answers the flat counts, which stand in for the total (no rates).
+ */
+function normalise(item, stats) {
+  if (stats && stats.total) return stats;
+  const o = item.outcomes ?? {};
+  const flat = { ...(stats ?? {}), ...item };
+  const total = { ...flat, pushed: o.pushed ?? 0, held: o.held ?? 0,
+    silent: (o.silent_quiet_hours ?? 0) + (o.silent_capped ?? 0),
+    suppressed: o.suppressed_category ?? 0 };
+  return { total, variants: [], metric: "opened", winner: null };
+}
+
+function funnelBars(total) {
+  const wrap = el("div", "funnel");
+  const top = Math.max(1, total.targets ?? 0);
+  for (const k of ["targets", "delivered", "opened", "clicked"]) {
+    const row = el("div", "step");
+    const bar = el("span", `fill ${k}`);
+    bar.style.width = `${(100 * (total[k] ?? 0)) / top}%`;
+    row.append(el("span", "label", k), el("span", "track"), el("b", "", fmt(total[k] ?? 0)));
+    row.children[1].append(bar);
+    wrap.append(row);
+  }
   return wrap;
 }
 
-async function recent() {
-  const list = await get("/v1/notifications?limit=10");
-  const items = list.notifications ?? [];
-  const stats = await Promise.all(items.map((n) => get(`/v1/notifications/${encodeURIComponent(n.id)}/stats`)
-    .catch(() => null)));
-  rows($("recent").tBodies[0], items, (n, i) => {
-    const s = { ...(n.outcomes ?? {}), ...n, ...(stats[i] ?? {}) };
-    const silent = (s.silent_quiet_hours ?? 0) + (s.silent_capped ?? 0);
-    const values = { ...s, silent: s.silent ?? silent, suppressed: s.suppressed ?? s.suppressed_category };
-    return [cell(n.id), cell(n.status ?? "sent"), ...FUNNEL.map((k) => cell(fmt(values[k] ?? 0)))];
+function verdict(stats) {
+  const p = el("p", "verdict");
+  if (!stats.variants.length) return null;
+  if (stats.winner) {
+    const w = stats.variants.find((v) => v.name === stats.winner);
+    const vs = w?.vs_control;
+    p.classList.add("won");
+    p.textContent = `Winner by ${stats.metric}: ${stats.winner}` +
+      (vs ? ` (${pts(vs.diff)} against the control, p = ${vs.p_value.toPrecision(2)})` : "");
+  } else {
+    p.textContent = `No winner by ${stats.metric} yet: no variant beats the others at p < 0.05.`;
+  }
+  return p;
+}
+
+/** One notification: its funnel (total and per variant), rates, comparison, verdict. */
+function notificationCard(item, raw) {
+  const stats = normalise(item, raw);
+  const card = el("article", "notification");
+  card.dataset.id = item.id;
+  const head = el("header");
+  const created = item.created; // seconds
+  head.append(el("b", "nid", item.id), el("span", `status ${item.status ?? "sent"}`, item.status ?? "sent"),
+    el("span", "category", item.category || "(no category)"),
+    el("span", "muted", created ? new Date(created * 1000).toLocaleString() : ""));
+  if (item.status === "scheduled" || item.status === "cancelled") { // nothing sent: no funnel
+    const at = item.send_at ? new Date(item.send_at * 1000).toLocaleString() : "–";
+    card.append(head, el("p", "when", item.status === "scheduled"
+      ? `Scheduled for ${at}, to ${fmt(item.targets)} users.` : "Cancelled before it was sent."));
+    return card;
+  }
+  const table = el("table", "table stats");
+  const thead = el("thead");
+  const hr = el("tr");
+  hr.append(el("th", "", ""), ...FUNNEL.map((k) => el("th", "", k)),
+    el("th", "", `${stats.metric} rate`), el("th", "", "vs control"));
+  thead.append(hr);
+  const tbody = el("tbody");
+  const groups = [{ name: "total", ...stats.total }, ...stats.variants];
+  rows(tbody, groups, (g, i) => {
+    const vs = g.vs_control;
+    const cmp = i === 0 ? "" : vs ? `${pts(vs.diff)}, p = ${vs.p_value.toPrecision(2)}` : "control";
+    return [cell(i === 0 ? "total" : g.name), ...FUNNEL.map((k) => cell(fmt(g[k] ?? 0))),
+      rateCell(g.rates?.[stats.metric]), cell(cmp)];
   });
-  const tables = items.map((n, i) => variantsTable(n.id, stats[i])).filter(Boolean);
-  $("variants").replaceChildren(...tables);
+  [...tbody.rows].forEach((tr, i) => {
+    tr.dataset.group = i === 0 ? "total" : groups[i].name;
+    if (i > 0 && groups[i].name === stats.winner) tr.classList.add("winner");
+  });
+  table.append(thead, tbody);
+  const body = el("div", "body");
+  body.append(funnelBars(stats.total), table);
+  card.append(head, body);
+  const v = verdict(stats);
+  if (v) card.append(v);
+  return card;
+}
+
+async function recent() {
+  const { notifications: items } = await get(`/v1/dashboard/recent?limit=${RECENT}`);
+  const stats = await Promise.all(items.map((n) =>
+    get(`/v1/notifications/${encodeURIComponent(n.id)}/stats`).catch(() => null)));
+  const cards = items.map((n, i) => notificationCard(n, stats[i]));
+  $("recent").replaceChildren(...(cards.length ? cards : [el("p", "muted", "No notifications yet.")]));
 }
 
 async function categories() {
   const { categories: cats } = await get("/v1/stats/categories");
   const names = Object.keys(cats).sort();
   rows($("categories").tBodies[0], names, (c) => [cell(c),
-    ...["notifications", "targets", "delivered", "opened", "clicked", "dismissed"].map((k) => cell(fmt(cats[c][k] ?? 0)))]);
+    ...["notifications", "targets", "delivered", "opened", "clicked", "dismissed", "feedback"]
+      .map((k) => cell(fmt(cats[c][k] ?? 0))),
+    rateCell(cats[c].rates?.opened), rateCell(cats[c].rates?.clicked)]);
 }
 
-async function cancel(id) {
+async function cancel(id, button) {
+  button.disabled = true;
   const res = await fetch(`/v1/notifications/${encodeURIComponent(id)}`, {
     method: "DELETE", credentials: "same-origin", headers: { "X-Tidings-Dashboard": "1" } });
   if (!res.ok) {
     const body = await res.json().catch(() => ({}));
     $("sched-error").textContent = `could not cancel ${id}: ${body.error?.message ?? res.status}`;
+    button.disabled = false;
   } else {
     $("sched-error").textContent = "";
   }
-  await scheduled();
+  await Promise.allSettled([scheduled(), recent()]);
 }
 
 async function scheduled() {
   const list = await get("/v1/notifications?status=scheduled&limit=50");
   const items = list.notifications ?? [];
+  $("sched-empty").hidden = items.length > 0;
   rows($("scheduled").tBodies[0], items, (n) => {
-    const button = document.createElement("button");
+    const button = el("button", "", "Cancel");
     button.type = "button";
-    button.textContent = "Cancel";
     button.dataset.cancel = n.id;
-    button.addEventListener("click", () => cancel(n.id));
-    const td = document.createElement("td");
+    button.addEventListener("click", () => cancel(n.id, button));
+    const td = el("td");
     td.append(button);
-    const due = n.due ? new Date(n.due * 1000).toLocaleString() : "–";
-    return [cell(n.id), cell(n.title ?? ""), cell(due), td];
+    const at = n.send_at ?? n.due;
+    return [cell(n.id), cell(n.category || "–"), cell(fmt(n.targets)),
+      cell(at ? new Date(at * 1000).toLocaleString() : "–"), td];
   });
 }
 

@@ -41,6 +41,7 @@ __all__ = [
     "FEEDBACK_REASONS",
     "MAX_EVENT_IDS",
     "PRUNE_STEP",
+    "RECENT_KEPT",
     "STAT_EVENTS",
     "TRACK_EVENTS",
     "InboxItem",
@@ -58,6 +59,8 @@ __all__ = [
 MarkAction = Literal["read", "unread", "archive"]
 PRUNE_STEP = 100  # items one notify prunes at most (see "Inbox cap")
 TRACK_EVENTS = ("delivered", "opened", "clicked", "dismissed")
+RECENT_KEPT = 1000
+"""Notifications ``recent_notifications`` can list (Redis keeps this many ids)."""
 """What a device reports with ``track`` (counted once per user and notification)."""
 FEEDBACK_REASONS = ("not_interested", "too_many", "wrong_time", "other")
 """Why a user gives ``feedback`` on a notification (issue 13)."""
@@ -204,9 +207,34 @@ class InboxStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def feedback(self, notification_id: str, user: str, reason: str,
+                       comment: str | None) -> bool:
+        """Record the user's feedback (``reason`` one of :data:`FEEDBACK_REASONS`,
+        an optional ``comment``) on a notification in their inbox.
+
+        It is the event ``feedback`` where :meth:`track` records its events, so
+        it is counted once per user and notification like them: the first
+        feedback wins, a later one changes nothing and returns False (as does
+        feedback on a notification the user was not a target of, or an unknown
+        one). The reason and comment are kept beside it, counted per reason in
+        :meth:`stats`. A recorded ``not_interested`` also forgets the user's
+        engagement (:meth:`~.audience.AudienceStore.engagements`) in the
+        notification's category, in the same step where the backend can, so a
+        segment's ``engaged`` condition on that category stops selecting them
+        until they engage again.
+        """
+
+    @abc.abstractmethod
     async def stats(self, notification_id: str) -> dict[str, Any] | None:
-        """``{id, category, targets, delivered, opened, clicked, dismissed}`` or None."""
+        """``{id, category, targets, <each of STAT_EVENTS>, feedback_reasons}``
+        or None; ``feedback_reasons`` maps every reason of
+        :data:`FEEDBACK_REASONS` to its count."""
 
     @abc.abstractmethod
     async def category_stats(self) -> dict[str, dict[str, int]]:
-        """Totals by category: notifications, targets and each tracked event."""
+        """Totals by category: notifications, targets and each of :data:`STAT_EVENTS`."""
+
+    @abc.abstractmethod
+    async def recent_notifications(self, limit: int) -> list[str]:
+        """Ids of the newest notifications (sent at once or as jobs), newest first,
+        at most ``limit`` (up to :data:`RECENT_KEPT`): the dashboard's list."""

@@ -23,6 +23,11 @@ Jobs
     ``job_finish`` makes it ``sent`` (``cursor`` None). Both are refused
     (False, nothing changed) unless the caller still holds an unexpired lease
     and the job is ``sending`` (a cancelled job stops at its next chunk).
+  * ``job_requeue`` puts a ``sending`` job whose lease the caller holds back
+    to ``scheduled`` at ``due``, its stored request replaced by ``request``
+    and its cursor cleared (refused like ``job_progress``): a job in phases,
+    like an experiment's test group, verdict and rest (``tidings.sending``),
+    is claimed again for its next phase by exactly one node.
   * ``job_cancel`` cancels a ``scheduled`` or ``sending`` job, or a ``sent``
     one that still has due-queue entries (users held or waiting for their own
     time), and drops those entries (the users stay recorded ``held`` or
@@ -58,6 +63,12 @@ Delivery (what makes a resumed send exactly once)
   * A delivery whose ``edges`` is not empty (None included) records one live push for
     ``(user, category, now)`` for caps (:meth:`recent_pushes` reads them).
   * The job's ``outcomes`` count its targets by their current state.
+  * A delivery's ``variant`` is recorded with the target; the first one
+    recorded stays (a replayed chunk or a due-queue firing keeps it).
+    ``variant_counts`` counts, per variant recorded for the notification's
+    targets, ``targets``, the targets in each of :data:`TARGET_STATES`, and
+    each of :data:`STAT_EVENTS` once per user (an event counts for the variant
+    its user was given). Targets without a variant are not counted there.
 
 Due queue
   * ``due_claim`` hands a node at most ``limit`` entries due now whose lease
@@ -88,7 +99,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .inbox import UserChange
+from .inbox import STAT_EVENTS, UserChange
 from .topics import PolicyFor
 
 __all__ = [
@@ -103,6 +114,7 @@ __all__ = [
     "JobStatus",
     "NewJob",
     "NotificationStore",
+    "variant_row",
 ]
 
 JobStatus = Literal["scheduled", "sending", "sent", "cancelled"]
@@ -113,6 +125,15 @@ OUTCOMES = ("pushed", "held", "silent_quiet_hours", "silent_capped", "suppressed
 TARGET_STATES = (*OUTCOMES, "scheduled")
 """What a target may be recorded as: an outcome, or ``scheduled`` (waiting for
 the user's own send time in the due queue)."""
+
+
+def variant_row(counts: Mapping[str, int]) -> dict[str, int]:
+    """One variant's ``variant_counts`` entry from what a backend counted:
+    every field present (zero when not counted), ``targets`` the sum of the
+    states (each target is in exactly one)."""
+    states = {s: int(counts.get(s, 0)) for s in TARGET_STATES}
+    return {"targets": sum(states.values()), **states,
+            **{e: int(counts.get(e, 0)) for e in STAT_EVENTS}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +244,12 @@ class NotificationStore(abc.ABC):
         """Move the cursor and renew the lease for ``lease`` seconds; False if not held."""
 
     @abc.abstractmethod
+    async def job_requeue(self, job_id: str, owner: str, request: dict[str, Any], *,
+                          due: float) -> bool:
+        """Back to ``scheduled`` at ``due`` with ``request`` and no cursor; False if
+        the lease is not held."""
+
+    @abc.abstractmethod
     async def job_finish(self, job_id: str, owner: str) -> bool:
         """Mark the job ``sent``; False if the lease is not held (or it was cancelled)."""
 
@@ -231,6 +258,12 @@ class NotificationStore(abc.ABC):
                       category: str, expires_at: float | None, collapse_key: str | None,
                       policy: PolicyFor, due: bool = False) -> DeliverResult:
         """Record and write one chunk of users (see "Delivery")."""
+
+    @abc.abstractmethod
+    async def variant_counts(self, notification_id: str) -> dict[str, dict[str, int]]:
+        """Per variant name: ``{"targets": n, <each TARGET_STATE>: n, <each
+        STAT_EVENT>: n}`` (see "Delivery"); empty without variants (or an
+        unknown notification)."""
 
     @abc.abstractmethod
     async def due_claim(self, owner: str, *, lease: float, limit: int) -> list[DueEntry]:

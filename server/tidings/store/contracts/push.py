@@ -11,6 +11,13 @@ The rules every backend keeps (``tests/store/test_push_contract.py``):
   the oldest (browsers renew subscriptions; old ones die silently).
 * Listing returns the user's endpoints, oldest first; removing by device, by
   address or all of a user's are each one step.
+* Per notification, the platform push outcomes are counted
+  (:meth:`PushEndpointStore.push_tally` adds, :meth:`PushEndpointStore.push_counts`
+  reads: ``pushed_webpush``, ``pushed_fcm``, ``pushed_apns``,
+  ``provider_failed``, ``endpoint_gone``), kept as long as the notification's
+  stats; and :meth:`PushEndpointStore.push_acked` tells which users reported
+  a notification ``delivered`` (the ``track`` record, once per user), so a
+  node deciding the fallback sees an acknowledgement made on any node.
 * Every call raises :class:`tidings.errors.Unavailable` when the backend
   cannot answer within its bound.
 """
@@ -24,7 +31,11 @@ from typing import Any
 
 from ...push.endpoints import Endpoint
 
-__all__ = ["PushEndpointStore", "Registered", "endpoint_from_row", "endpoint_row"]
+__all__ = ["PUSH_OUTCOMES", "PushEndpointStore", "Registered", "endpoint_from_row", "endpoint_row"]
+
+
+PUSH_OUTCOMES = ("pushed_webpush", "pushed_fcm", "pushed_apns", "provider_failed",
+                 "endpoint_gone")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,3 +84,18 @@ class PushEndpointStore(abc.ABC):
     async def push_remove_address(self, address: str) -> bool:
         """Remove the endpoint with this address, whoever has it (the provider
         said it is gone); whether there was one."""
+
+    @abc.abstractmethod
+    async def push_tally(self, notification: str, counts: Mapping[str, int]) -> None:
+        """Add ``counts`` (outcome -> n, outcomes from :data:`PUSH_OUTCOMES`) to the
+        notification's platform push counts, atomically per call."""
+
+    @abc.abstractmethod
+    async def push_counts(self, notification: str) -> dict[str, int]:
+        """The notification's platform push counts: every outcome of
+        :data:`PUSH_OUTCOMES`, 0 where none."""
+
+    @abc.abstractmethod
+    async def push_acked(self, notification: str, users: Sequence[str]) -> set[str]:
+        """Those of ``users`` who reported ``notification`` ``delivered`` (from any
+        device, through ``track``)."""
