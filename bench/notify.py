@@ -26,7 +26,8 @@ set-up is not what is measured), ``--online`` of them connected over
 WebSocket, then one ``POST /v1/notify`` to ``{"tags": ["bench"]}`` with a
 templated title. It reports the time to the answer, to the first and to the
 last online push, users written per second (targets over the time until
-``GET /v1/notifications/{id}`` says ``sent``), and the node's answer time to
+``GET /v1/notifications/{id}`` says ``sent``), the node's CPU time per user
+meanwhile (steadier than the rate on a shared machine), and the node's answer time to
 WS ``ping`` ops sent every 25 ms by one more client meanwhile. ``--store
 redis`` runs the node on a redis-server of its own (started and stopped by
 PID here).
@@ -422,6 +423,8 @@ async def targeted(args: argparse.Namespace) -> int:
             baseline = len(pinger.rtts_ns)
             api = f"http://127.0.0.1:{server.api_port}"
             headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+            assert server.proc is not None
+            cpu0 = cpu_seconds(server.proc.pid)
             async with aiohttp.ClientSession() as http:
                 sent = time.perf_counter_ns()
                 t0 = time.monotonic()
@@ -444,6 +447,7 @@ async def targeted(args: argparse.Namespace) -> int:
                         break
                     await asyncio.sleep(0.05)
                 written = time.monotonic() - t0
+                cpu = cpu_seconds(server.proc.pid) - cpu0
                 await drain(tally, len(clients), deadline)
             pinger.stop.set()
             await ping_task
@@ -453,7 +457,8 @@ async def targeted(args: argparse.Namespace) -> int:
             print(f"store={args.store} targets={reply['targets']:,} "
                   f"status={status.get('status')} outcomes={status.get('outcomes')}")
             print(f"answer: {answered * 1000:.0f} ms; users written: "
-                  f"{int(reply['targets']) / written:,.0f}/s ({written:.2f} s to 'sent')")
+                  f"{int(reply['targets']) / written:,.0f}/s ({written:.2f} s to 'sent'); node "
+                  f"CPU {cpu / max(1, int(reply['targets'])) * 1e6:.0f} us/user")
             if lat:
                 print(f"online pushes: {len(lat)}/{len(clients)}; first {lat[0] / 1e6:.0f} ms, "
                       f"last {lat[-1] / 1e6:.0f} ms after the request")

@@ -340,6 +340,23 @@ async def test_a_removed_tag_no_longer_selects(store: Store) -> None:
     assert await select(store, {"tags": ["y"]}) == ["b"]
 
 
+async def test_a_refused_tag_change_selects_nobody(store: Store) -> None:
+    """A change refused for too many tags is not half-applied to selection:
+    neither the pages nor the count of a tags-only audience see the tags it
+    named (Redis puts the user in those tags' indexes before the change)."""
+    await store.set_user_tags("alice", ["a"], max_tags=2)
+    await store.set_user_tags("bob", ["c"], max_tags=2)
+    with pytest.raises(BadRequest, match=r"^tags:"):
+        await store.change_user_tags("alice", ["b", "c"], [], max_tags=2)
+    cases: list[tuple[dict[str, Any], list[str]]] = [
+        ({"tags": ["b"]}, []), ({"tags": ["c"]}, ["bob"]),
+        ({"tags": {"any": ["b", "c"], "none": ["a"]}}, ["bob"]),
+        ({"tags": {"all": ["a", "c"]}}, []), ({"tags": ["a"]}, ["alice"])]
+    for audience, who in cases:
+        assert await select(store, audience) == who, audience
+        assert await store.audience_count(parse_audience(audience)) == len(who), audience
+
+
 async def test_concurrent_tag_changes_keep_selection_exact(store: Store) -> None:
     """Adds and removes of one tag for one user racing each other: whatever the
     order, what selection answers is what the user's tags say."""

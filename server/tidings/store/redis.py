@@ -253,6 +253,7 @@ from .contracts.audience import (
     Profile,
     check_attribute_values,
 )
+from .contracts.audience import matches as selects
 from .contracts.notifications import variant_row
 from .redis_events import RedisEvents
 from .redis_push import RedisPushEndpoints
@@ -269,6 +270,9 @@ PUSH_KEEP = 86400.0  # seconds of live-push history kept per user (the longest c
 RETAINED_GRACE = 300.0  # seconds an unconfirmed retained-index entry is kept (cluster)
 _IN_FLIGHT = 64  # calls of one store in flight at once (each holds a connection)
 _BATCH = 100  # per-user notify scripts sent in one pipeline
+_MASK_TAGS = 50  # tags a TAG_HAS bit mask holds (Lua numbers are exact to 2^53)
+_TAG_HAS_KEYS = 1000  # users one TAG_HAS script checks (Redis serves others between them)
+_COUNT_PAGE = 10000  # candidates one round of a tags-only count reads
 _KNOWN_USERS_MAX = 100_000  # users remembered as listed in {r}:users
 _NOT_JSON_KEYS = ("unread", "replaces")  # added to a push by the script
 _WAITING = ("held", "scheduled")  # target states the due queue replaces when it fires
@@ -1301,15 +1305,23 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
         if not wanted:
             return {}
 
-        async def run(client: Any) -> list[Any]:
-            pipe = client.pipeline(transaction=False)
-            for u in wanted:
-                pipe.get(self._uk(u, ":prefs"))
-            return await pipe.execute()  # type: ignore[no-any-return]
-
-        raw = await self._io(run)
+        raw = await self._get_many([self._uk(u, ":prefs") for u in wanted])
         return {u: {} if r is None else dict(orjson.loads(r))
                 for u, r in zip(wanted, raw, strict=True)}
+
+    async def _get_many(self, keys: list[str]) -> list[Any]:
+        """GET of keys in many slots: one MGET on one Redis; in a cluster one
+        pipeline of GETs (a round trip per node)."""
+        if not self._cluster:
+            return await self._io(lambda c: c.mget(keys))
+
+        async def run(client: Any) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for k in keys:
+                pipe.get(k)
+            return await pipe.execute()  # type: ignore[no-any-return]
+
+        return await self._io(run)
 
     async def seen(self, user: str) -> None:
         await self.seen_many([user])
@@ -1378,6 +1390,14 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
 
     async def _audience_profiles(self, users: list[str], query: AudienceQuery
                                  ) -> list[Profile]:
+        if not (query.attributes or query.active_within is not None or query.engaged
+                is not None):
+            if query.tags_all or query.tags_any or query.tags_none:
+                return await self._tag_profiles(users, query)
+            # nothing to test: the attributes only (the sender's read for content)
+            raw = await self._get_many([self._uk(u, ":attrs") for u in users]) if users else []
+            return [Profile(u, attributes={} if not a else orjson.loads(a))
+                    for u, a in zip(users, raw, strict=True)]
         now = self._now_ms()
         eng = query.engaged
         since = 0 if eng is None else now - _ms(eng.within)
@@ -1395,6 +1415,51 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
                                None if not seen else (now - int(seen)) / 1000,
                                int(engaged)))
         return out
+
+    async def _tag_profiles(self, users: list[str], query: AudienceQuery) -> list[Profile]:
+        """A query of tags only needs nothing but which of its tags each user has,
+        so counting and paging a large tag audience is cheap: on one Redis, one
+        TAG_HAS script for the whole page (its keys are the users' tag sets);
+        in a cluster (the users' keys in many slots), one SMISMEMBER per user,
+        pipelined (a round trip per node). Either replaces a PROFILE script per user."""
+        tags = list(dict.fromkeys(query.tags_all + query.tags_any + query.tags_none))
+        if not users:
+            return []
+        if self._cluster or len(tags) > _MASK_TAGS:
+            async def run(client: Any) -> list[Any]:
+                pipe = client.pipeline(transaction=False)
+                for u in users:
+                    pipe.smismember(self._uk(u, ":tags"), tags)
+                return await pipe.execute()  # type: ignore[no-any-return]
+
+            found = [frozenset(t for t, has in zip(tags, got, strict=True) if has)
+                     for got in await self._io(run)]
+        else:
+            keys = [self._uk(u, ":tags") for u in users]
+            calls = [(keys[i:i + _TAG_HAS_KEYS], list(tags))
+                     for i in range(0, len(keys), _TAG_HAS_KEYS)]
+            parts = await self._io(lambda c: self._eval_many(c, "TAG_HAS", calls))
+            found = [frozenset(t for i, t in enumerate(tags) if int(m) >> i & 1)
+                     for part in parts for m in part]
+        return [Profile(u, has) for u, has in zip(users, found, strict=True)]
+
+    async def audience_count(self, query: AudienceQuery, *, page: int = 1000) -> int:
+        """A query of tags only, on one Redis: the source tags' candidates in pages
+        of :data:`_COUNT_PAGE`, each checked by TAG_HAS scripts in one pipeline,
+        so counting 100,000 tagged users is a few dozen round trips, not two hundred
+        (the answer to a send waits for it); any other query as the contract does."""
+        source = query.source_tags()
+        if self._cluster or source is None or query.attributes or query.engaged is not None \
+                or query.active_within is not None:
+            return await super().audience_count(query, page=page)
+        count, after = 0, None
+        while True:
+            candidates = await self._audience_candidates(source, after, _COUNT_PAGE)
+            count += sum(1 for p in await self._tag_profiles(candidates, query)
+                         if selects(query, p))
+            if len(candidates) < _COUNT_PAGE:
+                return count
+            after = candidates[-1]
 
     # -- notification jobs ----------------------------------------------------------------
     # Jobs in one slot ({jobs}: the job hashes, the due and lease zsets, the status

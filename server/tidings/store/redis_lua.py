@@ -58,6 +58,7 @@ __all__ = [
     "RESERVE",
     "SWEEP",
     "TAGS",
+    "TAG_HAS",
     "TRACK",
     "VARIANT_COUNT",
     "VARIANT_NOTE",
@@ -714,6 +715,22 @@ for i = 1, #new, 1000 do
   redis.call('SADD', KEYS[1], unpack(new, i, math.min(i + 999, #new)))
 end
 return {old, new}
+"""
+
+# Which of the query's tags each of many users has (a tags-only selection, one
+# Redis only: the users' keys are in many slots). KEYS: the users' tag sets;
+# ARGV: the tags (at most 50). Returns per user a bit mask (bit i: has ARGV[i + 1]).
+TAG_HAS = """
+local out = {}
+for k = 1, #KEYS do
+  local mask, bit = 0, 1
+  for i = 1, #ARGV do
+    if redis.call('SISMEMBER', KEYS[k], ARGV[i]) == 1 then mask = mask + bit end
+    bit = bit * 2
+  end
+  out[k] = mask
+end
+return out
 """
 
 # What a selection needs of one user (audience contract), in one call per user.

@@ -12,7 +12,7 @@ import hashlib
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -61,6 +61,7 @@ from .base import (
 from .contracts.audience import (
     ENGAGEMENT_EVENTS,
     ENGAGEMENT_KEEP,
+    AudiencePage,
     AudienceQuery,
     Profile,
     check_attribute_values,
@@ -421,31 +422,52 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                 meta: bytes | None = None) -> Publication:
         """Inside a transaction: next offset, history append and trim, retained
         (with ``meta``, the encoded properties it is delivered with)."""
-        row = db.execute("SELECT epoch, seq FROM topics WHERE topic = ?", (topic,)).fetchone()
-        if row is None:
-            epoch, seq = self._topic_epoch(topic), 1
-            db.execute("INSERT INTO topics (topic, epoch, seq) VALUES (?, ?, 1)", (topic, epoch))
-        else:
-            epoch, seq = row[0], row[1] + 1
-            db.execute("UPDATE topics SET seq = ? WHERE topic = ?", (seq, topic))
-        offset = format_offset(epoch, seq)
-        if policy.size > 0:
-            db.execute(
-                "INSERT INTO history (topic, seq, ts, expires, kind, payload)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (topic, seq, now, now + int(policy.ttl * 1000), int(kind), payload),
-            )
-        db.execute("DELETE FROM history WHERE topic = ? AND (seq <= ? OR expires <= ?)",
-                   (topic, seq - policy.size, now))
-        if retain:
-            if payload:
-                db.execute(
-                    "INSERT OR REPLACE INTO retained (topic, offset, ts, kind, payload, qos, meta)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (topic, offset, now, int(kind), payload, qos, meta))
+        return self._append_many(db, [(topic, payload, kind, policy, retain, qos, meta)], now)[0]
+
+    def _append_many(self, db: sqlite3.Connection, entries: Sequence[_Entry], now: int
+                     ) -> list[Publication]:
+        """:meth:`_append` for many entries at once (a chunk's streams and retained
+        counts): one read of the topics' sequences, then one statement per table run
+        over all of them (``executemany``), in order, as one append after another
+        would leave them (a topic named twice gets two offsets)."""
+        state: dict[str, tuple[str, int]] = {
+            t: (epoch, seq) for t, epoch, seq in _select_in(
+                db, "SELECT topic, epoch, seq FROM topics WHERE topic IN ({marks})",
+                list(dict.fromkeys(e[0] for e in entries)))}
+        history: list[tuple[str, int, int, int, int, bytes]] = []
+        trims: list[tuple[str, int, int]] = []
+        retained: dict[str, tuple[str, str, int, int, bytes, int, bytes | None] | None] = {}
+        pubs = []
+        for topic, payload, kind, policy, retain, qos, meta in entries:
+            known = state.get(topic)
+            if known is None:
+                epoch, seq = self._topic_epoch(topic), 1
             else:
-                db.execute("DELETE FROM retained WHERE topic = ?", (topic,))
-        return Publication(topic, offset, payload, kind, now)
+                epoch, seq = known[0], known[1] + 1
+            state[topic] = (epoch, seq)
+            offset = format_offset(epoch, seq)
+            if policy.size > 0:
+                history.append((topic, seq, now, now + int(policy.ttl * 1000), int(kind),
+                                payload))
+            if known is not None:  # a topic without a row has no history yet
+                trims.append((topic, seq - policy.size, now))
+            if retain:  # an empty payload clears it; the last one for a topic holds
+                retained[topic] = (topic, offset, now, int(kind), payload, qos, meta) \
+                    if payload else None
+            pubs.append(Publication(topic, offset, payload, kind, now))
+        db.executemany("INSERT INTO topics (topic, epoch, seq) VALUES (?, ?, ?)"
+                       " ON CONFLICT (topic) DO UPDATE SET seq = excluded.seq",
+                       [(t, epoch, seq) for t, (epoch, seq) in state.items()])
+        db.executemany("INSERT INTO history (topic, seq, ts, expires, kind, payload)"
+                       " VALUES (?, ?, ?, ?, ?, ?)", history)
+        db.executemany("DELETE FROM history WHERE topic = ? AND (seq <= ? OR expires <= ?)",
+                       trims)
+        db.executemany("INSERT OR REPLACE INTO retained (topic, offset, ts, kind, payload, qos,"
+                       " meta) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       [r for r in retained.values() if r is not None])
+        db.executemany("DELETE FROM retained WHERE topic = ?",
+                       [(t,) for t, r in retained.items() if r is None])
+        return pubs
 
     def _idem_get(self, db: sqlite3.Connection, key: str | None, now: int) -> Any:
         if key is None:
@@ -668,53 +690,77 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
         return self._append(db, unread_topic(user), orjson.dumps({"count": count}),
                             PayloadKind.JSON, now, _NO_HISTORY, True)
 
-    def _write_item(self, db: sqlite3.Connection, user: str, nid: str, fields: dict[str, Any],
-                    fields_json: bytes, now: int, expires: int | None,
-                    collapse_key: str | None, policy: PolicyFor,
-                    edges: Sequence[str] | None) -> UserChange:
-        """One user's inbox write (the per-user step of ``notify`` and ``deliver``):
-        collapse, insert, cap, the stream entry and the retained count. ``edges``
-        None: a push for every edge; a list: only for those (in the entry); an
-        empty one (an inbox item without a live push) appends a ``silent`` event
-        to ``users/{uid}/events`` instead, so devices keep the count and list exact."""
-        replaced: list[str] = []
+    def _write_items(self, db: sqlite3.Connection, nid: str, items: Sequence[_Item], now: int,
+                     expires: int | None, collapse_key: str | None, policy: PolicyFor
+                     ) -> list[UserChange]:
+        """Each user's inbox write (the step of ``notify`` and ``deliver``, for a
+        chunk of distinct users at once): collapse, insert, cap, the stream entry and
+        the retained count. An item is (user, fields, fields as JSON, edges):
+        ``edges`` None is a push for every edge; a list, only for those (named in the
+        entry); an empty one (an inbox item without a live push) appends a ``silent``
+        event to ``users/{uid}/events`` instead, so devices keep the count and list
+        exact. Set-based: a few statements per table for the whole chunk (one read
+        per slice of users, one ``executemany`` per write), not a dozen per user."""
+        users = [it[0] for it in items]
+        replaced: dict[str, list[str]] = {}
         if collapse_key is not None:
-            rows = db.execute(
-                "SELECT seq, id, read, archived FROM inbox INDEXED BY inbox_collapse"
-                " WHERE user = ? AND collapse_key = ? AND read = 0 AND archived = 0",
-                (user, collapse_key)).fetchall()
-            replaced = [r[1] for r in rows]
-            self._delete_items(db, user, rows)
-        db.execute(
+            gone = []
+            for seq, user, old in _select_in(
+                    db, "SELECT seq, user, id FROM inbox INDEXED BY inbox_collapse"
+                    " WHERE collapse_key = ? AND read = 0 AND archived = 0"
+                    " AND user IN ({marks})", users, (collapse_key,)):
+                replaced.setdefault(user, []).append(old)
+                gone.append((seq,))
+            db.executemany("DELETE FROM inbox WHERE seq = ?", gone)
+        db.executemany(
             "INSERT INTO inbox (user, id, created, expires, collapse_key, fields)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (user, nid, now, expires, collapse_key, fields_json))
-        self._bump(db, user, 1, 1)
-        pruned = self._prune(db, user)
-        count = self._count(db, user, now)
-        pubs = []
-        if edges is None or edges:
-            push = {**fields, "unread": count}
-            if replaced:
-                push["replaces"] = replaced
-            if pruned:
-                push["pruned"] = pruned
-            if edges is not None:
-                push["edges"] = list(edges)
-            topic = notifications_topic(user)
-            pubs.append(self._append(db, topic, orjson.dumps(push), PayloadKind.JSON, now,
-                                     policy(topic), False))
-        else:
-            event: dict[str, Any] = {"type": "silent", "ids": [nid], "unread": count}
-            if replaced:
-                event["replaces"] = replaced
-            if pruned:
-                event["pruned"] = pruned
-            topic = events_topic(user)
-            pubs.append(self._append(db, topic, orjson.dumps(event), PayloadKind.JSON, now,
-                                     policy(topic), False))
-        pubs.append(self._unread_retained(db, user, count, now))
-        return UserChange(user, count, [nid], pubs)
+            [(user, nid, now, expires, collapse_key, fields_json)
+             for user, _, fields_json, _ in items])
+        # one new unread item each, less the unread ones it replaced
+        db.executemany("INSERT INTO inbox_counts (user, unread, total) VALUES (?, ?, ?)"
+                       " ON CONFLICT (user) DO UPDATE SET unread = unread + excluded.unread,"
+                       " total = total + excluded.total",
+                       [(u, d, d) for u in users
+                        for d in (1 - len(replaced.get(u, ())),)])
+        pruned = {u: self._prune(db, u) for (u,) in _select_in(
+            db, "SELECT user FROM inbox_counts WHERE total > ? AND user IN ({marks})",
+            users, (self._max_inbox,))}
+        counts = self._counts(db, users, now)
+        entries: list[_Entry] = []
+        for user, fields, _, edges in items:
+            count = counts.get(user, 0)
+            if edges is None or edges:
+                body = {**fields, "unread": count}
+                topic = notifications_topic(user)
+            else:
+                body = {"type": "silent", "ids": [nid], "unread": count}
+                topic = events_topic(user)
+            if user in replaced:
+                body["replaces"] = replaced[user]
+            if pruned.get(user):
+                body["pruned"] = pruned[user]
+            if edges:
+                body["edges"] = list(edges)
+            entries.append((topic, orjson.dumps(body), PayloadKind.JSON, policy(topic), False,
+                            1, None))
+            entries.append((unread_topic(user), orjson.dumps({"count": count}),
+                            PayloadKind.JSON, _NO_HISTORY, True, 1, None))
+        pubs = self._append_many(db, entries, now)
+        return [UserChange(user, counts.get(user, 0), [nid], pubs[2 * i:2 * i + 2])
+                for i, user in enumerate(users)]
+
+    def _counts(self, db: sqlite3.Connection, users: Sequence[str], now: int
+                ) -> dict[str, int]:
+        """:meth:`_count` for many users (those with no counter left out)."""
+        counts = dict(_select_in(db, "SELECT user, unread FROM inbox_counts"
+                                     " WHERE user IN ({marks})", users))
+        for user, n in _select_in(
+                db, "SELECT user, COUNT(*) FROM inbox INDEXED BY inbox_user_expires"
+                " WHERE expires IS NOT NULL AND expires <= ? AND read = 0 AND archived = 0"
+                " AND user IN ({marks}) GROUP BY user", users, (now,)):
+            counts[user] -= n
+        return counts
 
     async def notify(
         self,
@@ -739,9 +785,9 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             db.execute("INSERT INTO notifications (id, category, targets, created)"
                        " VALUES (?, ?, ?, ?)",
                        (nid, str(notification.get("category", "")), len(users), now))
-            changes = [self._write_item(db, user, nid, fields, fields_json, now, expires,
-                                        collapse_key, policy, None)
-                       for user in users]
+            changes = self._write_items(
+                db, nid, [(user, fields, fields_json, None) for user in dict.fromkeys(users)],
+                now, expires, collapse_key, policy)
             self._idem_put(db, idempotency_key, now, {"id": nid, "targets": len(users)})
             return NotifyResult(nid, len(users), changes)
 
@@ -1226,35 +1272,70 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
 
         return await self._run(tx)
 
-    async def audience_count(self, query: AudienceQuery, *, page: int = 1000) -> int:
-        """A query of tags only (``all`` / ``any``, with or without ``none``) is one
-        SQL count over the tag index, so a send to 100,000 tagged users is answered
-        at once; any other query pages through the users as the contract does."""
+    @staticmethod
+    def _tags_only(query: AudienceQuery, after: str | None = None
+                   ) -> tuple[str, list[Any]] | None:
+        """A query of tags only (``all`` / ``any``, with or without ``none``) as one
+        SQL selection of its users over the tag index (above ``after`` when given),
+        with its parameters; None for any other query."""
         if query.attributes or query.active_within is not None or query.engaged is not None \
                 or not (query.tags_all or query.tags_any):
-            return await super().audience_count(query, page=page)
+            return None
 
         def marks(tags: tuple[str, ...]) -> str:
             return ",".join("?" * len(tags))
 
         source = tuple(dict.fromkeys(query.tags_all + query.tags_any))
-        having = []
         args: list[Any] = list(source)
-        if query.tags_all:
-            having.append(f"SUM(tag IN ({marks(query.tags_all)})) = ?")
-            args += [*query.tags_all, len(query.tags_all)]
-        if query.tags_any:
-            having.append(f"SUM(tag IN ({marks(query.tags_any)})) > 0")
-            args += query.tags_any
-        sql = (f"SELECT user FROM user_tags WHERE tag IN ({marks(source)}) GROUP BY user"
-               f" HAVING {' AND '.join(having)}")
+        where = ""
+        if after is not None:
+            where = " AND user > ?"
+            args.append(after)
+        if len(source) == 1:  # one tag: its index range as it is ((tag, user) is the key)
+            sql = f"SELECT user FROM user_tags WHERE tag = ?{where}"
+        else:
+            having = []
+            if query.tags_all:
+                having.append(f"SUM(tag IN ({marks(query.tags_all)})) = ?")
+                args += [*query.tags_all, len(query.tags_all)]
+            if query.tags_any:
+                having.append(f"SUM(tag IN ({marks(query.tags_any)})) > 0")
+                args += query.tags_any
+            sql = (f"SELECT user FROM user_tags WHERE tag IN ({marks(source)}){where}"
+                   f" GROUP BY user HAVING {' AND '.join(having)}")
         if query.tags_none:
             sql = (f"SELECT user FROM ({sql}) WHERE user NOT IN (SELECT user FROM user_tags"
                    f" WHERE tag IN ({marks(query.tags_none)}))")
             args += query.tags_none
+        return sql, args
+
+    async def audience_count(self, query: AudienceQuery, *, page: int = 1000) -> int:
+        """A query of tags only is one SQL count over the tag index, so a send to
+        100,000 tagged users is answered at once; any other query pages through
+        the users as the contract does."""
+        selection = self._tags_only(query)
+        if selection is None:
+            return await super().audience_count(query, page=page)
+        sql, args = selection
 
         def tx(db: sqlite3.Connection) -> int:
             return int(db.execute(f"SELECT COUNT(*) FROM ({sql})", args).fetchone()[0])
+
+        return await self._run(tx)
+
+    async def audience_page(self, query: AudienceQuery, *, cursor: str | None = None,
+                            limit: int = 1000) -> AudiencePage:
+        """A query of one tag (with or without ``none``) is one SQL range over the
+        tag index (no profiles read to test candidates one by one); any other as
+        the contract does (with more tags SQLite would sort the rest at every page)."""
+        selection = self._tags_only(query, cursor or "")
+        if selection is None or len(set(query.tags_all + query.tags_any)) > 1 or limit < 1:
+            return await super().audience_page(query, cursor=cursor, limit=limit)
+        sql, args = selection
+
+        def tx(db: sqlite3.Connection) -> AudiencePage:
+            users = [r[0] for r in db.execute(f"{sql} ORDER BY user LIMIT ?", (*args, limit))]
+            return AudiencePage(users, users[-1] if len(users) == limit else None)
 
         return await self._run(tx)
 
@@ -1262,6 +1343,9 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                                  ) -> list[Profile]:
         now = int(self._clock() * 1000)
         eng = query.engaged
+
+        # a query that tests no tag (the sender's read of attributes) reads none
+        tagged = bool(query.tags_all or query.tags_any or query.tags_none)
 
         def tx(db: sqlite3.Connection) -> list[Profile]:
             tags: dict[str, set[str]] = {u: set() for u in users}
@@ -1271,7 +1355,8 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                 part = users[i:i + 500]
                 marks = ",".join("?" * len(part))
                 for user, tag in db.execute(
-                        f"SELECT user, tag FROM user_tags WHERE user IN ({marks})", part):
+                        f"SELECT user, tag FROM user_tags WHERE user IN ({marks})",
+                        part) if tagged else ():
                     tags[user].add(tag)
                 for user, attrs, seen in db.execute(
                         "SELECT user, attributes, seen FROM audience_users"
@@ -1442,16 +1527,11 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
 
         def tx(db: sqlite3.Connection) -> DeliverResult:
             # one read of who is recorded, one write per table, one tally per state:
-            # a chunk costs a few statements plus each user's inbox write
-            known: dict[str, str] = {}
-            users = [d.user for d in deliveries]
-            for i in range(0, len(users), 500):  # SQLite's bound on host parameters
-                part = users[i:i + 500]
-                marks = ",".join("?" * len(part))
-                known.update(db.execute(
-                    f"SELECT user, state FROM job_targets WHERE id = ? AND user IN ({marks})",
-                    (nid, *part)).fetchall())
-            changes: list[UserChange] = []
+            # a chunk costs a few statements, the inbox writes included (_write_items)
+            known: dict[str, str] = dict(_select_in(
+                db, "SELECT user, state FROM job_targets WHERE id = ? AND user IN ({marks})",
+                [d.user for d in deliveries], (nid,)))
+            items: list[_Item] = []
             recorded: list[str] = []
             tally: dict[str, int] = {}
             targets: list[tuple[str, str, str, str | None]] = []
@@ -1478,13 +1558,13 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                     if shared is None or shared[0] != id(d.fields):
                         fields = {**d.fields, "id": nid, "ts": now}
                         shared = (id(d.fields), fields, orjson.dumps(fields))
-                    changes.append(self._write_item(
-                        db, d.user, nid, shared[1], shared[2], now, expires, collapse_key,
-                        policy, d.edges))
+                    items.append((d.user, shared[1], shared[2], d.edges))
                 if d.due_at is not None:
                     queue.append((nid, d.user, d.due_at))
                 if d.edges is None or d.edges:
                     pushes.append((d.user, category, now_s))
+            changes = self._write_items(db, nid, items, now, expires, collapse_key, policy) \
+                if items else []
             db.executemany("DELETE FROM due_queue WHERE id = ? AND user = ?", undue)
             # a firing replaces the state; the first variant recorded stays
             db.executemany("INSERT INTO job_targets (id, user, state, variant)"
@@ -1547,6 +1627,22 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
         return await self._run(lambda db: self._instants(db, sql, chunk, (category, since), 1))
 
 
+def _select_in(db: sqlite3.Connection, sql: str, keys: Sequence[Any],
+               args: Sequence[Any] = ()) -> Iterator[Any]:
+    """The rows of ``sql`` (whose ``{marks}`` is an ``IN`` list, after the
+    parameters ``args``) over ``keys``, in slices SQLite binds."""
+    for i in range(0, len(keys), _IN_SLICE):
+        part = keys[i:i + _IN_SLICE]
+        yield from db.execute(sql.format(marks=",".join("?" * len(part))), (*args, *part))
+
+
+_IN_SLICE = 500  # keys per IN list: well under SQLite's bound on host parameters
+_Item = tuple[str, dict[str, Any], bytes, Sequence[str] | None]
+"""One user's inbox write (:meth:`SqliteStore._write_items`): user, fields,
+fields as JSON, edges."""
+_Entry = tuple[str, bytes, PayloadKind, HistoryPolicy, bool, int, bytes | None]
+"""One append (:meth:`SqliteStore._append_many`): topic, payload, kind, its
+history policy, retain, QoS and a retained message's meta."""
 _JOB_COLUMNS = ("id, status, category, request, targets, created, due, expires_at, cursor,"
                 " lease_owner, lease_until")
 _HELD = ("held", "scheduled")  # target states the due queue may replace
