@@ -253,36 +253,36 @@ test("the demo page's switch registers the worker and reports what the browser s
     }
   });
 
-test("a click reports opened once per user and brings up the tab showing its URL",
+test("clicks on three devices count opened and clicked once for the user; the tab showing the URL comes up",
   { ...TIMEOUT, skip: missing }, async () => {
-    const { context, worker, push, shown } = await withWorker();
+    // three browser contexts: three devices of ann, each with its own worker,
+    // each shown the notification (a click closes it: one click per device)
+    const devices = [await withWorker(), await withWorker(), await withWorker()];
+    const [laptop, desktop, tablet] = devices;
     try {
       const tab = `${server.pageUrl}/client/index.js`; // the page withWorker opened
       const id = await server.notify("ann", { title: "Order shipped" });
       const payload = { type: "notification", id, title: "Order shipped", category: "general",
         data: { url: "/client/index.js" }, actions: [{ action: "track", title: "Track it" }],
         track: track("ann", id) };
-      await push(payload);
-      await until(async () => (await shown()).length === 1, "the notification shown");
+      await laptop.push(payload);
+      await desktop.push(payload);
+      await tablet.push({ ...payload, data: {} }); // no URL: any tab of the app comes up
+      for (const d of devices) await until(async () => (await d.shown()).length === 1, "shown");
 
-      const first = await dispatch(worker, id, "notificationclick");
+      const first = await dispatch(laptop.worker, id, "notificationclick");
       assert.deepEqual(reported(first), ["opened 204"]);
       // the worker went for the open tab that shows data.url; Chromium refuses
       // a focus outside a real click, and the waitUntil of a script-built event
       assert.deepEqual(first.calls,
         [{ call: "focus", url: tab, outcome: "InvalidAccessError: Not allowed to focus a window." }]);
       assert.deepEqual(first.errors, [SCRIPT_EVENT]);
-      assert.deepEqual(await shown(), [], "the click closed the notification");
+      assert.deepEqual(await laptop.shown(), [], "the click closed the notification");
       await until(async () => (await stats(id)).opened === 1, "opened in the stats");
 
-      // the same notification shown and clicked again (its body, then its
-      // action button, with no URL this time: any tab of the app comes up)
-      await push(payload);
-      await until(async () => (await shown()).length === 1, "shown again");
-      assert.deepEqual(reported(await dispatch(worker, id, "notificationclick")), ["opened 204"]);
-      await push({ ...payload, data: {} });
-      await until(async () => (await shown()).length === 1, "shown a third time");
-      const action = await dispatch(worker, id, "notificationclick", "track");
+      assert.deepEqual(reported(await dispatch(desktop.worker, id, "notificationclick")),
+        ["opened 204"]);
+      const action = await dispatch(tablet.worker, id, "notificationclick", "track");
       assert.deepEqual(reported(action), ["clicked 204"]);
       assert.deepEqual(action.calls.map((c) => [c.call, c.url]), [["focus", tab]]);
       await until(async () => (await stats(id)).clicked === 1, "clicked in the stats");
@@ -290,7 +290,7 @@ test("a click reports opened once per user and brings up the tab showing its URL
       assert.deepEqual([counted.opened, counted.clicked, counted.dismissed], [1, 1, 0],
         "opened and clicked once for ann; closing it on a click is no dismissal");
     } finally {
-      await context.close();
+      for (const d of devices) await d.context.close();
     }
   });
 
