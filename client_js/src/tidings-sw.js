@@ -13,8 +13,9 @@
  *
  * A notification is shown with its id as the tag (a newer one with the same
  * id replaces it) and reported `delivered`; a click reports `clicked` (an
- * action button) or `opened` and focuses an open tab of the app (or opens
- * `data.url`); closing it reports `dismissed`; a `dismiss` push closes it
+ * action button) or `opened` and focuses the tab showing `data.url` (or
+ * opens it; with no `data.url`, focuses any tab of the app); closing it
+ * reports `dismissed`; a `dismiss` push closes it
  * (the notification was read on another device). Reports go to
  * `{server}/push/track?u=&n=&e=&t=` with the signed `track` token the payload
  * carries, so no user credentials live in the worker.
@@ -84,17 +85,30 @@ self.addEventListener("push", (event) => {
     .then(() => report(msg, "delivered")));
 });
 
+/**
+ * Bring the user to what a clicked notification is about: the open tab that
+ * already shows its `data.url`, else that URL in a new window, else (no URL)
+ * any open tab of the app. The browser allows one focus or openWindow while
+ * it dispatches a click, and refuses them at any other time.
+ * @param {string | null} url the payload's `data.url`, relative to the worker
+ */
+async function bringUp(url) {
+  const target = url ? new URL(url, self.location.href).href : null;
+  const tabs = await clients.matchAll({ type: "window", includeUncontrolled: true });
+  const showing = target ? tabs.find((c) => c.url === target && "focus" in c) : undefined;
+  if (showing) return showing.focus();
+  if (target) return clients.openWindow(target);
+  const tab = tabs.find((c) => "focus" in c);
+  return tab ? tab.focus() : undefined;
+}
+
 self.addEventListener("notificationclick", (event) => {
   const msg = event.notification.data;
   event.notification.close();
-  const target = msg && msg.data && typeof msg.data.url === "string" ? msg.data.url : null;
+  const url = msg && msg.data && typeof msg.data.url === "string" ? msg.data.url : null;
   event.waitUntil(Promise.all([
     report(msg, event.action ? "clicked" : "opened"),
-    clients.matchAll({ type: "window", includeUncontrolled: true }).then((tabs) => {
-      const tab = tabs.find((c) => "focus" in c);
-      if (tab) return tab.focus();
-      return target ? clients.openWindow(target) : undefined;
-    }),
+    bringUp(url),
   ]));
 });
 

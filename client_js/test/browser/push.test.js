@@ -3,6 +3,21 @@
 // are handed to the worker through the DevTools protocol
 // (ServiceWorker.deliverPushMessage): no push service is reachable here, and
 // the worker cannot tell the difference.
+//
+// Clicks and closes: Chromium has no DevTools method to click or close an OS
+// notification (none in its protocol; WPT issue 51125 asks for one), so the
+// test takes the shown Notification from registration.getNotifications() in
+// the worker's own scope and dispatches a NotificationEvent to it: the
+// worker's own handlers run on the real Notification. Two things differ from
+// a user's click, both by the Service Worker spec and Chromium's code:
+// - a script-built event has no lifetime to extend, so the handler's
+//   waitUntil throws InvalidStateError ("Can not call waitUntil on a script
+//   constructed ExtendableEvent", blink's ExtendableEvent::waitUntil); the
+//   work it started (the report, the tab lookup) goes on regardless;
+// - focus() and openWindow() are allowed only while the browser dispatches a
+//   real click (blink's WaitUntilObserver::WillDispatchEvent grants the
+//   window interaction), so they are refused with InvalidAccessError; the
+//   test records which of them the worker called, and for which URL.
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
 import { readFileSync } from "node:fs";
@@ -70,15 +85,96 @@ async function withWorker() {
   const scope = `${server.pageUrl}/client/`;
   await until(async () => registrations.has(scope), "the worker's registration");
   const registrationId = /** @type {string} */ (registrations.get(scope));
+  const worker = await until(
+    async () => context.serviceWorkers().find((w) => w.url().startsWith(`${scope}tidings-sw.js`)),
+    "the worker's scope");
   /** @param {any} payload */
   const push = (payload) => cdp.send("ServiceWorker.deliverPushMessage", {
     origin: server.pageUrl, registrationId, data: JSON.stringify(payload) });
-  const shown = () => page.evaluate(async () => {
-    const reg = await navigator.serviceWorker.getRegistration("/client/");
-    const list = reg ? await reg.getNotifications() : [];
-    return list.map((n) => ({ title: n.title, body: n.body, tag: n.tag }));
+  // asked in the worker's scope, so it answers with every tab closed too
+  const shown = () => worker.evaluate(async () => {
+    const list = await /** @type {any} */ (self).registration.getNotifications();
+    return list.map((/** @type {Notification} */ n) => ({ title: n.title, body: n.body, tag: n.tag }));
   });
-  return { context, page, push, shown };
+  return { context, page, worker, push, shown };
+}
+
+/**
+ * Dispatch `type` (notificationclick or notificationclose) for the shown
+ * notification `tag` in the worker's scope, so the worker's own handler runs
+ * on the real Notification, and wait until what it started has settled.
+ * Returns the errors the handler threw (`error`), the focus/openWindow calls
+ * it made with their outcome (passed through to the browser's own), and the
+ * report it sent with the server's answer.
+ * @param {import("playwright-core").Worker} worker
+ * @param {string} tag
+ * @param {string} type
+ * @param {string} [action] the action button clicked ("" for the body)
+ */
+function dispatch(worker, tag, type, action = "") {
+  return worker.evaluate(async ({ tag, type, action, wait }) => {
+    const scope = /** @type {any} */ (self);
+    /** @type {string[]} */
+    const errors = [];
+    /** @type {{call: string, url: string, outcome?: string}[]} */
+    const calls = [];
+    /** @type {{url: string, status?: number}[]} */
+    const reports = [];
+    const onError = (/** @type {ErrorEvent} */ e) => { errors.push(e.message); e.preventDefault(); };
+    const onRejection = (/** @type {PromiseRejectionEvent} */ e) => e.preventDefault();
+    /** @param {{outcome?: string}} entry @param {Promise<any>} p */
+    const settle = (entry, p) => p.then(
+      (v) => { entry.outcome = "done"; return v; },
+      (e) => { entry.outcome = `${e.name}: ${e.message}`; throw e; });
+    const realFocus = scope.WindowClient.prototype.focus;
+    const realOpen = scope.clients.openWindow;
+    const realFetch = scope.fetch;
+    scope.WindowClient.prototype.focus = function focus() {
+      const entry = { call: "focus", url: this.url };
+      calls.push(entry);
+      return settle(entry, realFocus.call(this));
+    };
+    scope.clients.openWindow = (/** @type {string} */ url) => {
+      const entry = { call: "openWindow", url };
+      calls.push(entry);
+      return settle(entry, realOpen.call(scope.clients, url));
+    };
+    scope.fetch = (/** @type {string} */ url, /** @type {any} */ init) => {
+      /** @type {{url: string, status?: number}} */
+      const entry = { url };
+      reports.push(entry);
+      return realFetch(url, init).then((/** @type {Response} */ r) => { entry.status = r.status; return r; });
+    };
+    scope.addEventListener("error", onError);
+    scope.addEventListener("unhandledrejection", onRejection);
+    try {
+      const [notification] = await scope.registration.getNotifications({ tag });
+      if (!notification) throw new Error(`no notification shown with tag ${tag}`);
+      scope.dispatchEvent(new scope.NotificationEvent(type, { notification, action }));
+      const end = Date.now() + wait;
+      while (!(reports.every((r) => r.status) && calls.every((c) => c.outcome)
+               && reports.length > 0 && (type !== "notificationclick" || calls.length > 0))) {
+        if (Date.now() > end) break;
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      return { errors, calls, reports };
+    } finally {
+      scope.WindowClient.prototype.focus = realFocus;
+      scope.clients.openWindow = realOpen;
+      scope.fetch = realFetch;
+      scope.removeEventListener("error", onError);
+      scope.removeEventListener("unhandledrejection", onRejection);
+    }
+  }, { tag, type, action, wait: WAIT });
+}
+
+/** What Chromium says when the handler calls waitUntil on a script-built event. */
+const SCRIPT_EVENT = "Uncaught InvalidStateError: Failed to execute 'waitUntil' on "
+  + "'ExtendableEvent': Can not call waitUntil on a script constructed ExtendableEvent.";
+
+/** @param {{reports: {url: string, status?: number}[]}} seen @returns {string[]} */
+function reported(seen) {
+  return seen.reports.map((r) => `${new URL(r.url).searchParams.get("e")} ${r.status}`);
 }
 
 test("a pushed notification is shown and reported delivered", { ...TIMEOUT, skip: missing }, async () => {
@@ -134,7 +230,9 @@ test("the demo page's switch registers the worker and reports what the browser s
       await page.goto(`${server.pageUrl}/?user=switcher`);
       await page.waitForSelector('#status[data-state="connected"]', { timeout: 2 * WAIT });
       assert.equal(await page.isEnabled("#push-switch"), true);
-      await page.check("#push-switch");
+      // a click, not page.check: check() fails when the page has already
+      // turned the switch back off (a fast refusal from the browser)
+      await page.click("#push-switch");
       // No push service is reachable from this machine, so the browser's
       // subscribe fails: the page says so and turns the switch back off.
       // Everything before it ran: permission, the worker's registration.
@@ -156,3 +254,94 @@ test("the demo page's switch registers the worker and reports what the browser s
       await context.close();
     }
   });
+
+test("clicks on three devices count opened and clicked once for the user; the tab showing the URL comes up",
+  { ...TIMEOUT, skip: missing }, async () => {
+    // three browser contexts: three devices of ann, each with its own worker,
+    // each shown the notification (a click closes it: one click per device)
+    const devices = [await withWorker(), await withWorker(), await withWorker()];
+    const [laptop, desktop, tablet] = devices;
+    try {
+      const tab = `${server.pageUrl}/client/index.js`; // the page withWorker opened
+      const id = await server.notify("ann", { title: "Order shipped" });
+      const payload = { type: "notification", id, title: "Order shipped", category: "general",
+        data: { url: "/client/index.js" }, actions: [{ action: "track", title: "Track it" }],
+        track: track("ann", id) };
+      await laptop.push(payload);
+      await desktop.push(payload);
+      await tablet.push({ ...payload, data: {} }); // no URL: any tab of the app comes up
+      for (const d of devices) await until(async () => (await d.shown()).length === 1, "shown");
+
+      const first = await dispatch(laptop.worker, id, "notificationclick");
+      assert.deepEqual(reported(first), ["opened 204"]);
+      // the worker went for the open tab that shows data.url; Chromium refuses
+      // a focus outside a real click, and the waitUntil of a script-built event
+      assert.deepEqual(first.calls,
+        [{ call: "focus", url: tab, outcome: "InvalidAccessError: Not allowed to focus a window." }]);
+      assert.deepEqual(first.errors, [SCRIPT_EVENT]);
+      assert.deepEqual(await laptop.shown(), [], "the click closed the notification");
+      await until(async () => (await stats(id)).opened === 1, "opened in the stats");
+
+      assert.deepEqual(reported(await dispatch(desktop.worker, id, "notificationclick")),
+        ["opened 204"]);
+      const action = await dispatch(tablet.worker, id, "notificationclick", "track");
+      assert.deepEqual(reported(action), ["clicked 204"]);
+      assert.deepEqual(action.calls.map((c) => [c.call, c.url]), [["focus", tab]]);
+      await until(async () => (await stats(id)).clicked === 1, "clicked in the stats");
+      const counted = await stats(id);
+      assert.deepEqual([counted.opened, counted.clicked, counted.dismissed], [1, 1, 0],
+        "opened and clicked once for ann; closing it on a click is no dismissal");
+    } finally {
+      for (const d of devices) await d.context.close();
+    }
+  });
+
+test("a click whose URL no tab shows opens it, with the app open or closed",
+  { ...TIMEOUT, skip: missing }, async () => {
+    const { context, page, worker, push, shown } = await withWorker();
+    try {
+      const orders = `${server.pageUrl}/orders/42`;
+      const refused = "InvalidAccessError: Not allowed to open a window.";
+      const a = await server.notify("bob", { title: "Price alert" });
+      const b = await server.notify("bob", { title: "Price alert again" });
+      for (const id of [a, b]) {
+        await push({ type: "notification", id, title: "Price alert", data: { url: "/orders/42" },
+          actions: [{ action: "buy", title: "Buy" }], track: track("bob", id) });
+      }
+      await until(async () => (await shown()).length === 2, "both shown");
+
+      // the app's tab is open but shows another page: a new window for data.url
+      const open = await dispatch(worker, a, "notificationclick");
+      assert.deepEqual(reported(open), ["opened 204"]);
+      assert.deepEqual(open.calls, [{ call: "openWindow", url: orders, outcome: refused }]);
+
+      await page.close(); // no tab of the app is left
+      const closed = await dispatch(worker, b, "notificationclick", "buy");
+      assert.deepEqual(reported(closed), ["clicked 204"]);
+      assert.deepEqual(closed.calls, [{ call: "openWindow", url: orders, outcome: refused }]);
+      assert.deepEqual(closed.errors, [SCRIPT_EVENT]);
+      await until(async () => (await stats(b)).clicked === 1, "clicked in b's stats");
+      assert.equal((await stats(b)).opened, 0);
+      assert.deepEqual([(await stats(a)).opened, (await stats(a)).clicked], [1, 0]);
+    } finally {
+      await context.close();
+    }
+  });
+
+test("closing the notification reports dismissed", { ...TIMEOUT, skip: missing }, async () => {
+  const { context, worker, push, shown } = await withWorker();
+  try {
+    const id = await server.notify("cat", { title: "Weekly digest" });
+    await push({ type: "notification", id, title: "Weekly digest", track: track("cat", id) });
+    await until(async () => (await shown()).length === 1, "the notification shown");
+    const seen = await dispatch(worker, id, "notificationclose");
+    assert.deepEqual(reported(seen), ["dismissed 204"]);
+    assert.deepEqual(seen.calls, [], "a close brings nothing up");
+    assert.deepEqual(seen.errors, [SCRIPT_EVENT]);
+    await until(async () => (await stats(id)).dismissed === 1, "dismissed in the stats");
+    const counted = await stats(id);
+    assert.deepEqual([counted.opened, counted.clicked], [0, 0]);
+  } finally {
+    await context.close();
+  }
+});
