@@ -52,7 +52,7 @@ from .preferences import LIVE_EDGES, PLATFORMS, Preferences, Rules, parse
 from .push.channel import EVERYWHERE, Route
 from .rates import funnel, rates, winner
 from .schedule import BEST_TIME_HISTORY, LocalTime, best_time, local_fire_time, parse_send_at_local
-from .store.base import OUTCOMES, AudienceQuery, Delivery, Job, UserChange
+from .store.base import OUTCOMES, AudienceQuery, Delivery, Job
 from .store.contracts.audience import matches
 from .variants import (
     Experiment,
@@ -100,37 +100,6 @@ def route_of(decision: Decision) -> Route:
     if len(live) == len(LIVE_EDGES) and len(kinds) == len(PLATFORMS):
         return EVERYWHERE
     return Route(None if len(kinds) == len(PLATFORMS) else kinds, live)
-
-
-@dataclass(slots=True)
-class _Inputs:
-    """A chunk's users and what deciding them reads from the store (:meth:`Sender._read`)."""
-
-    users: list[str]
-    due: bool
-    now: float
-    docs: Mapping[str, dict[str, Any]]
-    recent: Mapping[str, list[float]]
-    attrs: Mapping[str, Mapping[str, Any]]
-    engaged: Mapping[str, list[float]]
-
-
-@dataclass(slots=True)
-class _Chunk:
-    """A decided chunk, not yet written (:meth:`Sender._choose`)."""
-
-    deliveries: list[Delivery]
-    routes: dict[str, Route]
-    now: float
-    due: bool
-
-
-@dataclass(slots=True)
-class _Written:
-    """A written chunk: the inbox changes to fan out and the users recorded."""
-
-    changes: list[UserChange]
-    recorded: list[str]
 
 
 @dataclass
@@ -303,13 +272,20 @@ class Sender:
         plan = self.plan(job)
         if plan.testing and plan.state.get("phase") == "testing":
             return await self._decide(job, plan)  # the test group was sent; its time came
+        cursor = job.cursor
         done = 0
-        if job.cursor is None:  # a fresh start (a resumed job already wrote its first chunks)
+        if cursor is None:  # a fresh start (a resumed job already wrote its first chunks)
             done += await self._online_first(job, plan)
-        sent = await self._paged(job, plan)
-        done += sent[0]
-        if not sent[1]:
-            return done  # cancelled, or the lease was lost to another node
+        while True:
+            users, nxt = await self._page(job, plan, cursor)
+            if users:
+                done += await self.send_chunk(job, plan, users, due=False)
+            if nxt is None:
+                break
+            if not await store.job_progress(job.id, self.owner, nxt, lease=self.settings.lease):
+                return done  # cancelled, or the lease was lost to another node
+            cursor = nxt
+            await asyncio.sleep(0)  # let the node answer between chunks
         if plan.testing:
             assert plan.experiment is not None
             now = self.node.clock.now()
@@ -320,53 +296,6 @@ class Sender:
             return done
         await store.job_finish(job.id, self.owner)
         return done
-
-    async def _paged(self, job: Job, plan: Plan) -> tuple[int, bool]:
-        """Send the audience from the job's cursor, page by page, as a pipeline: while
-        the store writes page N (``deliver``, in the store's thread), the event loop
-        fans out page N-1 and decides and renders page N+1, whose reads were done
-        just before page N's write was queued (the store runs its calls in order).
-        Each page's ``deliver`` is queued only once the cursor moved past the page
-        before (``job_progress``, which renews the lease and sees a cancel), and
-        the cursor moves only after the page before it committed; its fan-out
-        follows its commit. Return the users recorded and whether it reached the
-        end (False: cancelled, or the lease was lost)."""
-        store = self.node.store
-        done = 0
-        users, nxt = await self._page(job, plan, job.cursor)
-        chunk = await self._choose(job, plan, await self._read(job, plan, users, due=False))
-        fanning: asyncio.Future[None] | None = None
-        writing: asyncio.Future[_Written] | None = None
-        try:
-            while True:
-                inputs = after = None
-                if nxt is not None:  # the next page's reads, before this page's write
-                    following, after = await self._page(job, plan, nxt)
-                    inputs = await self._read(job, plan, following, due=False)
-                writing = asyncio.ensure_future(self._write(job, plan, chunk))
-                if fanning is not None:
-                    await fanning  # the page before's pushes go out first
-                    fanning = None
-                if inputs is not None:  # decided while the store writes this page
-                    chunk = await self._choose(job, plan, inputs)
-                written = await writing
-                writing = None
-                done += len(written.recorded)
-                if nxt is None:
-                    await self._fan_out(written)
-                    return done, True
-                moved = await store.job_progress(job.id, self.owner, nxt,
-                                                 lease=self.settings.lease)
-                fanning = asyncio.ensure_future(self._fan_out(written))
-                if not moved:
-                    await fanning
-                    fanning = None
-                    return done, False
-                nxt = after
-        finally:  # an error (or a cancelled task): no step left running on its own
-            for task in (writing, fanning):
-                if task is not None and not task.done():
-                    task.cancel()
 
     async def _decide(self, job: Job, plan: Plan) -> int:
         """An experiment's verdict, once, on the node that claimed the job: the
@@ -444,23 +373,14 @@ class Sender:
                          ) -> int:
         """Decide and write one chunk of users (``due``: fired from the due queue, so
         decided now whatever the schedule said); fan out; count the outcomes."""
-        chunk = await self._choose(job, plan, await self._read(job, plan, users, due=due))
-        written = await self._write(job, plan, chunk)
-        await self._fan_out(written)
-        return len(written.recorded)
-
-    async def _read(self, job: Job, plan: Plan, users: Sequence[str], *, due: bool
-                    ) -> _Inputs:
-        """What deciding a chunk needs from the store: its users' preferences, recent
-        pushes (when a cap applies), attributes (personal content) and engagement
-        times (``best_time``): a few reads, each one call for the chunk."""
         store = self.node.store
         if plan.testing:  # an experiment's first pass: the others wait for the verdict
             assert plan.experiment is not None
             users = [u for u in users if in_test_group(plan.experiment, job.id, u)]
-        if not users:
-            return _Inputs([], due, 0.0, {}, {}, {}, {})
+            if not users:
+                return 0
         now = self.node.clock.now()
+        now_dt = utc(now)
         category = job.category
         docs = await store.preferences_many(users)
         capped = category in self.rules.caps or any(
@@ -476,15 +396,6 @@ class Sender:
         if plan.best and not due:
             engaged = await store.engagement_times(
                 users, now - BEST_TIME_HISTORY.total_seconds())
-        return _Inputs(list(users), due, now, docs, recent, attrs, engaged)
-
-    async def _choose(self, job: Job, plan: Plan, inputs: _Inputs) -> _Chunk:
-        """Each user's decision and rendered item (on the event loop, yielding every
-        :data:`_YIELD_EVERY` users); no store call, so it can run while the
-        store writes the chunk before."""
-        now, due, docs, recent, attrs = (inputs.now, inputs.due, inputs.docs, inputs.recent,
-                                         inputs.attrs)
-        now_dt = utc(now)
         shared: dict[str | None, dict[str, Any]] = {}  # one rendering per variant
 
         def fields_of(user: str, prefs: Preferences, variant: str | None) -> dict[str, Any]:
@@ -500,14 +411,14 @@ class Sender:
         plain: tuple[Decision, tuple[str, tuple[str, ...] | None]] | None = None
         deliveries = []
         routes: dict[str, Route] = {}  # the platform channels, where not every one
-        for n, user in enumerate(inputs.users, 1):
+        for n, user in enumerate(users, 1):
             if n % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
             prefs = self._prefs(docs, user)
             chosen = plan.variant_of(job.id, user)
             variant = None if chosen is None else chosen.name
             if not due and (plan.local is not None or plan.best):
-                fire = self._fire_time(plan, prefs, inputs.engaged.get(user, ()), now_dt)
+                fire = self._fire_time(plan, prefs, engaged.get(user, ()), now_dt)
                 if fire > now:
                     deliveries.append(Delivery(user, "scheduled", due_at=fire,
                                                variant=variant))
@@ -531,19 +442,9 @@ class Sender:
                 variant))
         if plan.variants is not None:  # each variant's users together: the store
             deliveries.sort(key=lambda d: d.variant or "")  # encodes each rendering once
-        return _Chunk(deliveries, routes, now, due)
-
-    async def _write(self, job: Job, plan: Plan, chunk: _Chunk) -> _Written:
-        """Write a decided chunk (one ``store.deliver``), hand its live pushes to the
-        platform channels and count its outcomes; the fan-out is the caller's,
-        after this returned (so after the commit)."""
-        if not chunk.deliveries:
-            return _Written([], [])
-        store = self.node.store
-        deliveries, routes = chunk.deliveries, chunk.routes
-        result = await store.deliver(job.id, deliveries, category=job.category,
+        result = await store.deliver(job.id, deliveries, category=category,
                                      expires_at=plan.expires_at, collapse_key=plan.collapse_key,
-                                     policy=self.node.policy, due=chunk.due)
+                                     policy=self.node.policy, due=due)
         states = {d.user: d.state for d in deliveries}
         push = self.node.push
         if push is not None:  # live first: devices that are away get it from their platform
@@ -552,8 +453,7 @@ class Sender:
                     if states[u] == Outcome.PUSHED.value and (f := items.get(u)) is not None
                     and (u not in routes or routes[u].kinds != frozenset())}
             if live:
-                ttl = (DAY.total_seconds() if plan.expires_at is None
-                       else plan.expires_at - chunk.now)
+                ttl = DAY.total_seconds() if plan.expires_at is None else plan.expires_at - now
                 await push.live_first(job.id, live, ttl=max(0, int(ttl)),
                                       collapse_key=plan.collapse_key, routes=routes)
         counted = Counter(states[user] for user in result.recorded)
@@ -561,17 +461,14 @@ class Sender:
             if outcome in OUTCOMES:
                 self.node.metrics.inc("tidings_notification_outcomes_total", n,
                                       outcome=outcome)
-        return _Written(result.changes, result.recorded)
-
-    async def _fan_out(self, written: _Written) -> None:
-        """A written chunk's pushes to the online sessions, a slice of
-        :data:`_YIELD_EVERY` users per bus call; the node answers others between
-        slices."""
-        changes = written.changes
+        changes = result.changes
         for i in range(0, len(changes), _YIELD_EVERY):
+            # a slice of the chunk's pushes in one bus call; the node answers others
+            # between slices
             await self.node.fan_out([p for c in changes[i:i + _YIELD_EVERY]
                                      for p in c.publications])
             await asyncio.sleep(0)
+        return len(result.recorded)
 
     def _fire_time(self, plan: Plan, prefs: Preferences, engaged: Sequence[float],
                    now: datetime) -> float:
