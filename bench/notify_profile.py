@@ -10,7 +10,9 @@ sent by ``Sender.step`` to the end. It prints users/s, the CPU time per user
 of the event loop's thread and of the store's thread (``time.thread_time``:
 steadier than wall time on a shared machine), how late a 5 ms timer woke
 meanwhile (the loop's stalls: what a ping waits; the same for 2 s before the
-send, the machine's own share), and with ``--profile`` the
+send, the machine's own share), the garbage collector's pauses by
+generation (the start-up's objects frozen first, as ``tidings serve`` does;
+``--no-freeze`` leaves them), and with ``--profile`` the
 top functions of each thread (cProfile, one profiler per thread).
 
     python bench/notify_profile.py --users 20000
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import io
 import pstats
 import tempfile
@@ -70,6 +73,25 @@ class ThreadCost:
         store._commit_batch = timed  # type: ignore[method-assign,assignment]
 
 
+class GcPauses:
+    """The garbage collector's pauses (any thread), by generation: a long one
+    stops the event loop as any stall does."""
+
+    def __init__(self) -> None:
+        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses[info["generation"]].append(time.perf_counter() - self._started)
+
+    def summary(self) -> str:
+        return ", ".join(f"gen{g} {len(p)} x, max {max(p, default=0) * 1000:.1f} ms"
+                         for g, p in self.pauses.items())
+
+
 async def ticker(stalls: list[float], stop: asyncio.Event) -> None:
     """Wake every 5 ms and note how late each wake-up was: the longest stretch the
     event loop could not answer anything (a ping's wait, less the network)."""
@@ -91,6 +113,9 @@ async def run(args: argparse.Namespace) -> None:
         node = Node("bench", store, MemoryBus(), HistorySettings(), Metrics())
         node.hub.register_wire("raw", lambda p: p.payload)
         await node.start()
+        if not args.no_freeze:  # as ``tidings serve`` does once started
+            gc.collect()
+            gc.freeze()
         try:
             users = [f"t{i:06d}" for i in range(args.users)]
             for u in users:
@@ -118,6 +143,8 @@ async def run(args: argparse.Namespace) -> None:
             stalls: list[float] = []
             stop = asyncio.Event()
             ticking = asyncio.create_task(ticker(stalls, stop))
+            pauses = GcPauses()
+            gc.callbacks.append(pauses)
             started, cpu = time.perf_counter(), time.thread_time()
             if loop_profile is not None:
                 loop_profile.enable()
@@ -128,6 +155,7 @@ async def run(args: argparse.Namespace) -> None:
             if loop_profile is not None:
                 loop_profile.disable()
             wall, cpu = time.perf_counter() - started, time.thread_time() - cpu
+            gc.callbacks.remove(pauses)
             stop.set()
             await ticking
             stalls.sort()
@@ -139,7 +167,9 @@ async def run(args: argparse.Namespace) -> None:
                   f"devices got {sum(d.n for d in devices):,} publications; the loop "
                   f"stalled p99 {stalls[len(stalls) * 99 // 100] * 1000:.1f} ms, max "
                   f"{stalls[-1] * 1000:.1f} ms (idle before: p99 "
-                  f"{idle[len(idle) * 99 // 100] * 1000:.1f} ms, max {idle[-1] * 1000:.1f} ms)")
+                  f"{idle[len(idle) * 99 // 100] * 1000:.1f} ms, max {idle[-1] * 1000:.1f} ms); "
+                  f"garbage collections: "
+                  f"{pauses.summary()}")
             if loop_profile is not None and cost.profiler is not None:
                 print("\n-- event loop --\n" + top(loop_profile, args.profile))
                 print("\n-- store thread --\n" + top(cost.profiler, args.profile))
@@ -151,6 +181,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--users", type=int, default=20000, help="tagged users (the audience)")
     p.add_argument("--online", type=int, default=400, help="of them subscribed")
+    p.add_argument("--no-freeze", action="store_true",
+                   help="leave the start-up's objects to the garbage collector")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="print each thread's top N functions (cProfile)")
     asyncio.run(run(p.parse_args()))

@@ -414,6 +414,37 @@ async def test_cancel_stops_what_is_not_sent(node: Node, notifier: Notifier,
     assert await ids(node, "bob") == []
 
 
+async def test_a_cancel_while_a_page_is_written_stops_before_the_next_page(
+        node: Node, notifier: Notifier, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the sender decides the next page while the store writes one: a cancel that
+    # lands meanwhile still stops it before that decided page is written
+    users = [f"u{i}" for i in range(6)]
+    await tag(node, ["t"], *users)
+    devices = {u: await device_of(node, u) for u in users}
+    result = await notifier.notify({"tags": ["t"], "title": "stop"})
+    store = node.store
+    deliver = store.deliver
+    written: list[list[str]] = []
+
+    async def cancelled_meanwhile(nid: str, deliveries: Any, **kw: Any) -> Any:
+        got = await deliver(nid, deliveries, **kw)
+        written.append([d.user for d in deliveries])
+        if len(written) == 1:
+            await notifier.cancel(nid)
+        return got
+
+    monkeypatch.setattr(store, "deliver", cancelled_meanwhile)
+    assert await notifier.sender.step() == 2
+    assert written == [["u0", "u1"]]
+    for u in users:
+        assert await ids(node, u) == ([result.id] if u in ("u0", "u1") else [])
+    # the written page is pushed all the same (after its commit); nobody else
+    await settle(lambda: all(devices[u].on(notifications_topic(u)) for u in ("u0", "u1")))
+    assert all(not devices[u].on(notifications_topic(u)) for u in users[2:])
+    got = await status(notifier, result.id)
+    assert (got["status"], got["outcomes"]["pushed"]) == ("cancelled", 2)
+
+
 async def test_a_send_interrupted_mid_way_resumes_without_duplicates(
         node: Node, notifier: Notifier, clock: FakeClock) -> None:
     users = [f"u{i}" for i in range(5)]
