@@ -28,7 +28,8 @@ templated title. It reports the time to the answer, to the first and to the
 last online push, users written per second (targets over the time until
 ``GET /v1/notifications/{id}`` says ``sent``), the node's CPU time per user
 meanwhile (steadier than the rate on a shared machine), and the node's answer time to
-WS ``ping`` ops sent every 25 ms by one more client meanwhile. ``--store
+WS ``ping`` ops sent every 25 ms meanwhile by one more client, in a process of
+its own (so the bench's burst of reading 2,000 pushes does not delay it). ``--store
 redis`` runs the node on a redis-server of its own (started and stopped by
 PID here).
 
@@ -370,26 +371,46 @@ async def prepare_audience(args: argparse.Namespace, data: str, redis_url: str |
 @dataclass
 class Pinger:
     """One more WS client sending ``ping`` ops every 25 ms (under ws.commands_per_second):
-    the node's answer times."""
+    the node's answer times, as (sent at, in ``time.monotonic_ns``, round trip ns)."""
 
-    rtts_ns: list[int] = field(default_factory=list)
+    rtts: list[tuple[int, int]] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self, url: str, token: str, max_seconds: float) -> None:
         async with websockets.connect(url, subprotocols=["tidings.v1.json"],  # type: ignore[list-item]
                                       ping_interval=None, compression=None) as ws:
             await ws.send(orjson.dumps({"op": "connect", "id": 1, "token": token}).decode())
             await ws.recv()
+            self.ready.set()
             deadline = time.monotonic() + max_seconds
             n = 1
             while not self.stop.is_set() and time.monotonic() < deadline:
                 n += 1
-                t = time.perf_counter_ns()
+                t = time.monotonic_ns()
                 await ws.send(orjson.dumps({"op": "ping", "id": n}).decode())
                 while orjson.loads(await ws.recv()).get("id") != n:
                     pass
-                self.rtts_ns.append(time.perf_counter_ns() - t)
+                self.rtts.append((t, time.monotonic_ns() - t))
                 await asyncio.sleep(0.025)
+
+
+async def pinger_process(url: str, token: str, max_seconds: float) -> int:
+    """``--pinger``: the pinger in a process of its own, so the 2,000 devices this
+    bench reads pushes for (a burst of JSON decoding in the bench's own loop) do not
+    delay its round trips: what it measures is the node. Prints ``ready`` once
+    connected, runs until stdin closes (or ``max_seconds``), then prints its
+    (sent at, round trip) pairs as one JSON line. CLOCK_MONOTONIC is one clock for
+    every process of the machine, so the parent can cut the window of the send."""
+    pinger = Pinger()
+    task = asyncio.get_running_loop().create_task(pinger.run(url, token, max_seconds))
+    await pinger.ready.wait()
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    pinger.stop.set()
+    await task
+    print(orjson.dumps(pinger.rtts).decode(), flush=True)
+    return 0
 
 
 async def targeted(args: argparse.Namespace) -> int:
@@ -398,6 +419,7 @@ async def targeted(args: argparse.Namespace) -> int:
         print(f"RLIMIT_NOFILE is {soft}: too low for {args.online} connections", file=sys.stderr)
         return 2
     redis_proc: subprocess.Popen[bytes] | None = None
+    pinger: subprocess.Popen[str] | None = None
     with tempfile.TemporaryDirectory(prefix="tidings-bench-") as data:
         env = {"TIDINGS_NODE_LOG_LEVEL": "WARNING"}
         redis_url = None
@@ -416,17 +438,22 @@ async def targeted(args: argparse.Namespace) -> int:
             clients = await connect_all(url, online, 1, tally)
             print(f"{len(clients)} of them online over WebSocket", flush=True)
             tokens = TokenAuthority(JWT_SECRET, max_ttl=86400, default_ttl=86400)
-            pinger = Pinger()
-            ping_task = asyncio.get_running_loop().create_task(
-                pinger.run(url, tokens.issue("pinger", ttl=86400), args.max_seconds))
-            await asyncio.sleep(0.5)  # a baseline of ping answers before the send
-            baseline = len(pinger.rtts_ns)
+            pinger = subprocess.Popen(  # noqa: ASYNC220 -- started once, read at the end
+                [sys.executable, __file__, "--pinger", url, tokens.issue("pinger", ttl=86400),
+                 "--max-seconds", str(args.max_seconds)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert pinger.stdout is not None and pinger.stdin is not None
+            ready = await asyncio.to_thread(pinger.stdout.readline)
+            if ready.strip() != "ready":
+                print(f"the pinger did not start: {ready!r}", file=sys.stderr)
+                return 1
             api = f"http://127.0.0.1:{server.api_port}"
             headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
             assert server.proc is not None
             cpu0 = cpu_seconds(server.proc.pid)
             async with aiohttp.ClientSession() as http:
                 sent = time.perf_counter_ns()
+                window = time.monotonic_ns()
                 t0 = time.monotonic()
                 body = {"tags": ["bench"], "title": "Hello {{first_name|there}}",
                         "body": "targeted", "data": {"t": sent}}
@@ -449,10 +476,12 @@ async def targeted(args: argparse.Namespace) -> int:
                 written = time.monotonic() - t0
                 cpu = cpu_seconds(server.proc.pid) - cpu0
                 await drain(tally, len(clients), deadline)
-            pinger.stop.set()
-            await ping_task
+            window_end = time.monotonic_ns()
+            out, _ = await asyncio.to_thread(pinger.communicate, "", args.max_seconds + 10)
+            rtts = orjson.loads(out.strip().splitlines()[-1])
             lat = sorted(tally.latencies_ns)
-            during = sorted(pinger.rtts_ns[baseline:]) or [0]
+            # answers to pings sent while the send ran (the pinger is its own process)
+            during = sorted(rtt for at, rtt in rtts if window <= at <= window_end) or [0]
             print()
             print(f"store={args.store} targets={reply['targets']:,} "
                   f"status={status.get('status')} outcomes={status.get('outcomes')}")
@@ -469,6 +498,9 @@ async def targeted(args: argparse.Namespace) -> int:
                 task.cancel()
                 ws.transport.abort()
             server.stop()
+            if pinger is not None and pinger.poll() is None:  # a run that failed early
+                pinger.kill()
+                pinger.wait(10)
             if redis_proc is not None:
                 redis_proc.terminate()
                 redis_proc.wait(10)
@@ -509,7 +541,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="targeted: tagged users connected over WebSocket")
     p.add_argument("--store", choices=("sqlite", "redis"), default="sqlite",
                    help="targeted: the node's store")
+    p.add_argument("--pinger", nargs=2, metavar=("URL", "TOKEN"),
+                   help=argparse.SUPPRESS)  # the targeted run's pinger process
     args = p.parse_args(argv)
+    if args.pinger:
+        url, token = args.pinger
+        return asyncio.run(pinger_process(url, token, args.max_seconds))
     run = targeted if args.targeted else bench
     try:
         import uvloop
