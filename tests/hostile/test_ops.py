@@ -250,9 +250,13 @@ async def test_readyz_fails_while_sqlite_cannot_write_and_logs_once(
     assert (await api_post(sp, "/v1/publish", {"topic": "fill/after", "data": 1}))[0] == 200
     assert sp.stop() == 0
     log = sp.output
-    assert log.count("store: cannot write") == 1, log
+    # One line when writes stop and one when they work again, not one per failed write.
+    # A small write may still fit in the pages SQLite already has (a reset WAL) while
+    # the file cannot grow, so the outage can end and start again in between: each
+    # start has its end, and there are far fewer than the 21+ refused writes.
+    starts, ends = log.count("store: cannot write"), log.count("store: writes work again")
+    assert 1 <= starts == ends <= 3, log
     assert "disk I/O error" in log, log  # EFBIG past the limit, as SQLite reports it
-    assert log.count("store: writes work again") == 1
     assert "Traceback" not in log
 
 
