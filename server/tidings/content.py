@@ -47,6 +47,7 @@ from typing import Any
 
 from jinja2 import Template, nodes
 from jinja2.exceptions import TemplateSyntaxError
+from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
 from .errors import BadRequest, TooLarge
@@ -122,13 +123,11 @@ class _Fill:
         """The text for one user: ``values[n]`` is slot ``n``'s text."""
         return self.pattern.format(*values)
 
-    def fill_jinja(self, values: Sequence[str]) -> str:
+    def fill_jinja(self, ctx: Context) -> str:
         """The same text through Jinja's runtime: the tree compiled (once, here)
-        and run with the slot values in a template context."""
+        and run in a template context holding the slot values."""
         if self._template is None:
             self._template = _ENV.from_string(self.tree)
-        ctx = _BLANK.new_context({f"{_VAR}{n}": v for n, v in enumerate(values)},
-                                 shared=True)
         return str(_ENV.concat(self._template.root_render_func(ctx)))
 
 
@@ -276,9 +275,11 @@ class Rendered:
     data: Any
 
 
-def _fill_in(compiled: str | _Fill | None, values: list[str], jinja: bool) -> str | None:
+def _fill_in(compiled: str | _Fill | None, values: list[str],
+             ctx: Context | None) -> str | None:
+    """A field's text: a template filled from ``values`` (through Jinja with a ``ctx``)."""
     if isinstance(compiled, _Fill):
-        return compiled.fill_jinja(values) if jinja else compiled.fill(values)
+        return compiled.fill(values) if ctx is None else compiled.fill_jinja(ctx)
     return compiled
 
 
@@ -371,30 +372,34 @@ class Content:
                     body, found_body = entry["body"], True
         if not self.personal:
             return Rendered(title, body, self._data)  # type: ignore[arg-type]
-        if jinja:  # the reference, as every render was: each slot through _filled
+        ctx = None
+        if jinja:  # the reference, as every render was: each slot through _filled,
+            # into one template context that serves every template
             values = [_filled(attributes.get(name), default) for name, default in self._slots]
+            ctx = _BLANK.new_context({f"{_VAR}{n}": v for n, v in enumerate(values)},
+                                     shared=True)
         else:  # slot n's text; a non-empty string is itself (the common case, inline)
             get = attributes.get
             values = [v if (v := get(name)).__class__ is str and v else _filled(v, default)
                       for name, default in self._slots]
-        return Rendered(_fill_in(title, values, jinja), _fill_in(body, values, jinja),
-                        self._render_data(values, jinja))
+        return Rendered(_fill_in(title, values, ctx), _fill_in(body, values, ctx),
+                        self._render_data(values, ctx))
 
-    def _render_data(self, values: list[str], jinja: bool) -> Any:
+    def _render_data(self, values: list[str], ctx: Context | None) -> Any:
         """``data`` with its templated strings filled: the containers on their
         paths are copied, the rest is shared with the notification's ``data``."""
         plan = self._plan
         if plan is None:
             return self._data
         if isinstance(plan, _Fill):
-            return _fill_in(plan, values, jinja)
+            return _fill_in(plan, values, ctx)
         root = _shallow(self._data)
         stack: list[tuple[Any, _Trie]] = [(root, plan)]
         while stack:  # no recursion: data may nest as deep as its parser allows
             copy, trie = stack.pop()
             for key, sub in trie.items():
                 if isinstance(sub, _Fill):
-                    copy[key] = _fill_in(sub, values, jinja)
+                    copy[key] = _fill_in(sub, values, ctx)
                 else:
                     child = copy[key] = _shallow(copy[key])
                     stack.append((child, sub))
