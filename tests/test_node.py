@@ -100,6 +100,49 @@ async def test_resync_after_reconnect_delivers_what_was_missed(tmp_path: Path) -
         await node.close()
 
 
+async def test_fan_out_reaches_exact_and_wildcard_subscribers_and_nobody_else(
+        tmp_path: Path) -> None:
+    """Stored publications fanned out on the memory bus (a send's inbox changes):
+    each reaches the local subscribers whose filters match, exact or wildcard,
+    in order; those nobody here follows go nowhere. A topic followed again
+    after publications nobody followed starts from its next one: nothing of
+    what went by unfollowed is filled in as a "gap"."""
+    node = await make(tmp_path, MemoryBus())
+    store = node.store
+    exact, wild, later = Sink(), Sink(), Sink()
+    exact.want, wild.want, later.want = 2, 1, 1
+
+    async def stored(topic: str) -> Publication:
+        result = await store.publish(topic, b"{}", PayloadKind.JSON, retain=False,
+                                     policy=node.policy(topic))
+        return result.publication
+
+    try:
+        await node.subscribe("u/1/n", exact)
+        await node.subscribe("w/+/n", wild)
+        await node.fan_out([await stored("u/1/n"), await stored("u/2/n"),
+                            await stored("w/7/n"), await stored("u/1/n")])
+        await asyncio.wait_for(exact.done.wait(), WAIT)
+        await asyncio.wait_for(wild.done.wait(), WAIT)
+        assert exact.seqs == [1, 2]
+        assert wild.seqs == [1]
+        await node.unsubscribe("u/1/n", exact)
+        await node.fan_out([await stored("u/1/n"), await stored("u/1/n")])  # 3, 4
+        await node.subscribe("u/1/n", later)
+        await node.fan_out([await stored("u/1/n")])
+        await asyncio.wait_for(later.done.wait(), WAIT)
+        assert later.seqs == [5]
+        later.want = 2
+        later.done.clear()
+        await node.fan_out([await stored("u/1/n")])
+        await asyncio.wait_for(later.done.wait(), WAIT)
+        assert later.seqs == [5, 6]
+        assert exact.seqs == [1, 2]
+        assert node.metrics.get("tidings_bus_gaps_total") == 0
+    finally:
+        await node.close()
+
+
 # -- memory-only topics -------------------------------------------------------------------
 
 

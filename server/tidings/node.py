@@ -334,11 +334,34 @@ class Node:
 
     async def fan_out(self, publications: Sequence[Publication]) -> None:
         """Send already-stored publications (e.g. an inbox change) to every node, in
-        order, in one bus call (one round trip on Redis)."""
+        order, in one bus call (one round trip on Redis).
+
+        On a bus that reaches only this node (:attr:`Bus.local`), only those a
+        local subscriber follows (or a gap fill of their topic waits for) are
+        handed over: a large targeted send publishes two per user, and most of
+        its users have no device here, so the rest would cost the loop a
+        bus delivery and a hub lookup each for nothing."""
+        if self.bus.local:
+            publications = self._followed(publications)
         if len(publications) == 1:
             await self.bus.publish(publications[0], announced=self.store.announces)
         elif publications:
             await self.bus.publish_many(publications, announced=self.store.announces)
+
+    def _followed(self, publications: Sequence[Publication]) -> Sequence[Publication]:
+        """``publications`` without those no local subscriber follows. Their topics'
+        delivery positions are forgotten (as when ``_last`` is cleared): one that
+        is followed again later starts afresh from its next publication, not with
+        a "gap" to fill back to what nobody here was following."""
+        match, filling, last = self.hub.subscribers, self._filling, self._last
+        kept = []
+        for pub in publications:
+            topic = pub.topic
+            if topic in filling or match(topic):
+                kept.append(pub)
+            elif last:
+                last.pop(topic, None)
+        return kept
 
     async def subscribe(self, flt: str, sub: Subscriber) -> None:
         """Route publications matching ``flt`` to ``sub`` from now on."""

@@ -49,6 +49,11 @@ class Bus(abc.ABC):
     filter again, so the node can fill from history whatever was published
     meanwhile. A bus that cannot lose its connection never calls it."""
 
+    local: bool = False
+    """True for a bus whose only node is this one (the memory bus): a publication
+    that no local subscriber follows reaches no one, so the node need not hand
+    it over at all (see :meth:`tidings.node.Node.fan_out`)."""
+
     @abc.abstractmethod
     async def start(self, deliver: Deliver) -> None:
         """Connect and begin calling ``deliver`` for every publication received.

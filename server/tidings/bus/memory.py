@@ -16,6 +16,8 @@ class MemoryBus(Bus):
     already filters by its own subscriptions.
     """
 
+    local = True
+
     def __init__(self) -> None:
         self._deliver: Deliver | None = None
 
