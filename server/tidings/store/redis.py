@@ -253,7 +253,6 @@ from .contracts.audience import (
     Profile,
     check_attribute_values,
 )
-from .contracts.audience import matches as selects
 from .contracts.notifications import variant_row
 from .redis_events import RedisEvents
 from .redis_push import RedisPushEndpoints
@@ -290,7 +289,8 @@ _IN_FLIGHT = 64  # calls of one store in flight at once (each holds a connection
 _BATCH = 100  # per-user notify scripts sent in one pipeline
 _MASK_TAGS = 50  # tags a TAG_HAS bit mask holds (Lua numbers are exact to 2^53)
 _TAG_HAS_KEYS = 1000  # users one TAG_HAS script checks (Redis serves others between them)
-_COUNT_PAGE = 10000  # candidates one round of a tags-only count reads
+_COUNT_PAGE = 5000  # candidates one TAG_COUNT call tests (a few ms of Redis)
+_COUNT_TAGS = 1000  # query tags TAG_COUNT tests (Lua's unpack takes ~8,000)
 _KNOWN_USERS_MAX = 100_000  # users remembered as listed in {r}:users
 _NOT_JSON_KEYS = ("unread", "replaces")  # added to a push by the script
 _WAITING = ("held", "scheduled")  # target states the due queue replaces when it fires
@@ -1462,22 +1462,28 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
         return [Profile(u, has) for u, has in zip(users, found, strict=True)]
 
     async def audience_count(self, query: AudienceQuery, *, page: int = 1000) -> int:
-        """A query of tags only, on one Redis: the source tags' candidates in pages
-        of :data:`_COUNT_PAGE`, each checked by TAG_HAS scripts in one pipeline,
-        so counting 100,000 tagged users is a few dozen round trips, not two hundred
-        (the answer to a send waits for it); any other query as the contract does."""
+        """A query of tags only, on one Redis: counted in Redis by TAG_COUNT, a page
+        of :data:`_COUNT_PAGE` candidates a call (a few ms of Redis each, so others
+        are served between them), so counting 100,000 tagged users costs the node
+        a few dozen round trips and next to no CPU (the answer to a send waits for
+        it); any other query, or a cluster (the users' keys in many slots), as the
+        contract does."""
         source = query.source_tags()
-        if self._cluster or source is None or query.attributes or query.engaged is not None \
-                or query.active_within is not None:
+        tags = [*query.tags_all, *query.tags_any, *query.tags_none]
+        if self._cluster or query.attributes or query.engaged is not None \
+                or query.active_within is not None or len(tags) > _COUNT_TAGS:
             return await super().audience_count(query, page=page)
-        count, after = 0, None
+        keys = [self._known_key()] if source is None else [self._tag_key(t) for t in source]
+        shape = [self._p + "{u:", len(query.tags_all), len(query.tags_any),
+                 len(query.tags_none), *tags]
+        count, after = 0, b""
         while True:
-            candidates = await self._audience_candidates(source, after, _COUNT_PAGE)
-            count += sum(1 for p in await self._tag_profiles(candidates, query)
-                         if selects(query, p))
-            if len(candidates) < _COUNT_PAGE:
+            n, last = await self._io(self._call("TAG_COUNT", keys,
+                                                [after, _COUNT_PAGE, *shape]))
+            count += int(n)
+            if last is None:
                 return count
-            after = candidates[-1]
+            after = last
 
     # -- notification jobs ----------------------------------------------------------------
     # Jobs in one slot ({jobs}: the job hashes, the due and lease zsets, the status

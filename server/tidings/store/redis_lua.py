@@ -4,7 +4,9 @@ Each script is one atomic step on one hash slot: every key it names shares
 one hash tag (a topic's ``{t:...}``, a user's ``{u:...}``, a notification's
 ``{n:...}``, an MQTT session bucket's ``{ms:...}``), except in single-Redis
 mode, where the publish, notify and mark scripts also update the global
-retained indexes (there is no slot rule on one server). Time ("now", in
+retained indexes, and TAG_COUNT reads users' tag sets by names it builds from
+the tag index it walks (there is no slot rule on one server; on a cluster the
+store counts another way). Time ("now", in
 milliseconds) is always an argument from the store's clock, never Redis
 ``TIME``, so a fake clock drives expiry in tests.
 
@@ -58,6 +60,7 @@ __all__ = [
     "RESERVE",
     "SWEEP",
     "TAGS",
+    "TAG_COUNT",
     "TAG_HAS",
     "TRACK",
     "VARIANT_COUNT",
@@ -731,6 +734,72 @@ for k = 1, #KEYS do
   out[k] = mask
 end
 return out
+"""
+
+# How many of a tags-only selection's candidates it selects, one page of them
+# (one Redis only: the users' tag sets are reached by names the script builds,
+# which a cluster forbids; a page of a few thousand keeps Redis busy a few ms).
+# KEYS: the source indexes (zsets of user ids: the candidates are their union).
+# ARGV: 1 the last candidate of the page before ('' none), 2 the page size, 3 the
+# prefix of a user's keys up to the id ('<prefix>{u:'), 4-6 how many of the tags
+# are the query's all / any / none, then those tags in that order. Each candidate
+# is tested against its own tag set (an index may hold extra users: see the
+# store's _write_tags), as the query's matches() would.
+# Returns {selected, the page's last candidate, or false after the last page}.
+TAG_COUNT = """
+local after, size, pre = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local na, ny, nn = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local tags = {unpack(ARGV, 7)}
+local start = '-'
+if after ~= '' then start = '(' .. after end
+local cands = redis.call('ZRANGEBYLEX', KEYS[1], start, '+', 'LIMIT', 0, size)
+if #KEYS > 1 then  -- the union's first page is within each index's first page
+  local seen = {}
+  for _, u in ipairs(cands) do seen[u] = true end
+  for k = 2, #KEYS do
+    for _, u in ipairs(redis.call('ZRANGEBYLEX', KEYS[k], start, '+', 'LIMIT', 0, size)) do
+      if not seen[u] then
+        seen[u] = true
+        cands[#cands + 1] = u
+      end
+    end
+  end
+  table.sort(cands)
+  for i = #cands, size + 1, -1 do cands[i] = nil end
+end
+local find, gsub, call = string.find, string.gsub, redis.call
+local n = 0
+for _, u in ipairs(cands) do
+  if find(u, '%', 1, true) or find(u, '}', 1, true) then  -- as redis_wire.escape_tag
+    u = gsub(gsub(u, '%%', '%%25'), '}', '%%7D')
+  end
+  local key = pre .. u .. '}:tags'
+  if #tags == 0 then  -- no condition: every candidate
+    n = n + 1
+  elseif #tags == 1 then  -- one tag, in one of the three parts: selected unless 'none'
+    if call('SISMEMBER', key, tags[1]) ~= nn then n = n + 1 end
+  else
+    local has = call('SMISMEMBER', key, unpack(tags))
+    local ok = true
+    for i = 1, na do
+      if has[i] == 0 then ok = false break end
+    end
+    if ok and ny > 0 then
+      ok = false
+      for i = na + 1, na + ny do
+        if has[i] == 1 then ok = true break end
+      end
+    end
+    if ok then
+      for i = na + ny + 1, na + ny + nn do
+        if has[i] == 1 then ok = false break end
+      end
+    end
+    if ok then n = n + 1 end
+  end
+end
+if #cands < size then return {n, false} end
+return {n, cands[#cands]}
 """
 
 # What a selection needs of one user (audience contract), in one call per user.
