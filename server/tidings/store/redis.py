@@ -202,6 +202,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 from ..errors import BadRequest, Unavailable
 from ..protocol.topics import is_wildcard, matches
 from ..redis_wire import (
+    CHANNEL_PREFIX,
     MetaCodec,
     channel_for,
     escape_tag,
@@ -765,13 +766,13 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
 
     def _inbox_keys(self, user: str, stream: str) -> list[str]:
         """KEYS of the notify / mark scripts (see :mod:`.redis_lua`)."""
-        unread = unread_topic(user)
-        keys = [self._uk(user, s) for s in (":items", ":order", ":unread", ":useq", ":exp",
-                                            ":ck", ":meta")]
-        keys += [self._tk(stream, ":m"), self._tk(stream, ":h"),
-                 self._tk(unread, ":m"), self._tk(unread, ":h"), self._tk(unread, ":r"),
-                 self._uk(user, ":ret"), channel_for(stream), channel_for(unread),
-                 self._uk(user, ":done")]
+        # each base made once (a large send makes these for every user)
+        u = self._p + user_tag(user)
+        sb, rb = topic_base(stream), topic_base(unread_topic(user))
+        s, r = self._p + sb, self._p + rb
+        keys = [u + ":items", u + ":order", u + ":unread", u + ":useq", u + ":exp", u + ":ck",
+                u + ":meta", s + ":m", s + ":h", r + ":m", r + ":h", r + ":r", u + ":ret",
+                CHANNEL_PREFIX + sb, CHANNEL_PREFIX + rb, u + ":done"]
         if not self._cluster:
             keys.append(self._p + "{r}:users")
         return keys
@@ -893,7 +894,8 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
         return changes
 
     async def _eval_many(self, client: Any, name: str,
-                         calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+                         calls: Sequence[tuple[Sequence[str | bytes], list[Any]]]
+                         ) -> list[Any]:
         """Run script ``name`` once per (keys, args) in one pipeline (a round trip per
         node); those that met an empty script cache run again once it is loaded."""
         script = self._scripts[name]
@@ -1652,25 +1654,62 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
                 rendered[id(shared)] = known
             return known
 
-        def call(d: Delivery) -> tuple[list[str], list[Any]]:
+        def parts(d: Delivery) -> tuple[str, list[str], bytes, bytes]:
+            """The user's stream, its DELIVER keys 1-19, flags and extra push members."""
             live = d.edges is None or bool(d.edges)
             # silent: the item is named by an event on the user's events stream
             stream = notifications_topic(d.user) if live else events_topic(d.user)
-            inbox = self._inbox_keys(d.user, stream)
-            keys = [*inbox[:16], self._uk(d.user, ":nt"),
-                    self._uk(d.user, ":push:" + category), self._uk(d.user, ":nv"),
-                    *inbox[16:]]
-            fields_json, push_base = (b"", b"") if d.fields is None else render(d.fields)
-            flags = ("w" if d.fields is not None else "") + ("l" if live else "s")
+            uk = self._p + user_tag(d.user)
+            keys = [*self._inbox_keys(d.user, stream)[:16], uk + ":nt",
+                    uk + ":push:" + category, uk + ":nv"]
+            flags = (b"w" if d.fields is not None else b"") + (b"l" if live else b"s")
             extra = b"" if not d.edges else b',"edges":' + orjson.dumps(list(d.edges))
+            return stream, keys, flags, extra
+
+        def call(d: Delivery) -> tuple[list[str], list[Any]]:
+            stream, keys, flags, extra = parts(d)
+            if not self._cluster:
+                keys.append(self._p + "{r}:users")
+            fields_json, push_base = (b"", b"") if d.fields is None else render(d.fields)
             return keys, [*self._inbox_args(d.user, stream, now, policy), own, d.state, flags,
                           fields_json, push_base, extra, variants.get(d.user, "")]
 
+        def call_many(chunk: list[Delivery]) -> tuple[list[bytes], list[Any]]:
+            """One DELIVER_MANY for the chunk: what the users share travels once."""
+            keys: list[bytes] = []
+            texts: list[bytes] = []
+            at: dict[int, int] = {}  # id of shared fields -> index in texts (from 1)
+            users = []
+            mode = self._mode
+            for d in chunk:
+                stream, own_keys, flags, extra = parts(d)
+                keys += [k.encode() for k in own_keys]  # bytes: redis-py's quickest path
+                unread = unread_topic(d.user)
+                p = policy(stream)
+                fi = 0
+                if d.fields is not None:
+                    fi = at.get(id(d.fields), 0)
+                    if not fi:
+                        fi = at[id(d.fields)] = len(texts) + 1
+                        texts += render(d.fields)
+                users.append([self._topic_epoch(stream), p.size, _ms(p.ttl),
+                              wire_head(stream) if mode else b"", self._topic_epoch(unread),
+                              wire_head(unread) if mode else b"", unread, d.user, d.state,
+                              flags, fi, extra, variants.get(d.user, "")])
+            keys.append((self._p + "{r}:users").encode())
+            # raw, not bin: Redis's cmsgpack reads no bin types
+            shared = b"".join(msgpack.packb(v, use_bin_type=False) for v in (
+                now, mode, wire_tail(PayloadKind.JSON) if mode else b"")) + own
+            return keys, [shared, msgpack.packb(texts, use_bin_type=False),
+                          msgpack.packb(users, use_bin_type=False)]
+
         async def batch(chunk: list[Delivery]) -> list[Any]:
             async def run(client: Any) -> list[Any]:
-                if self._cluster:
-                    await self._register_users(client, [d.user for d in chunk])
                 # made here: topic epochs need the store epoch _io ensured
+                if not self._cluster:
+                    return list((await self._eval_many(client, "DELIVER_MANY",
+                                                       [call_many(chunk)]))[0])
+                await self._register_users(client, [d.user for d in chunk])
                 return await self._eval_many(client, "DELIVER", [call(d) for d in chunk])
 
             return await self._io(run)

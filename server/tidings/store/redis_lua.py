@@ -26,6 +26,7 @@ from __future__ import annotations
 __all__ = [
     "CLAIM",
     "DELIVER",
+    "DELIVER_MANY",
     "DUE_ADD",
     "DUE_CANCEL",
     "DUE_CLAIM",
@@ -824,7 +825,33 @@ return {redis.call('SMEMBERS', KEYS[1]), redis.call('GET', KEYS[2]),
 # that reaches a job or a bucket's j:<id> set by a name it builds (prefix from
 # ARGV) stays in the slot of the keys it was given: those names share their tag.
 
-DELIVER = _INBOX_COMMON + r"""
+# One user's delivery, as DELIVER and DELIVER_MANY run it (KEYS 1-20 and ARGV 1-12
+# the user's, as _INBOX_COMMON names them, and KEYS as DELIVER lists them).
+_DELIVER_ONE = r"""
+local function deliver(nid, due, expires, ck, cap, step, t, keep, state, flags, fields,
+                       push, extra, variant)
+  local prev = redis.call('HGET', KEYS[17], nid)
+  if prev and not (due == 1 and (prev == 'held' or prev == 'scheduled')) then
+    return {0, prev}
+  end
+  redis.call('HSET', KEYS[17], nid, state)
+  if variant ~= '' then redis.call('HSETNX', KEYS[19], nid, variant) end
+  if string.find(flags, 'l', 1, true) then
+    redis.call('ZREMRANGEBYSCORE', KEYS[18], '-inf', '(' .. (t - keep))
+    redis.call('ZADD', KEYS[18], t, nid)
+    redis.call('PEXPIRE', KEYS[18], math.ceil(keep * 1000))
+  end
+  if not string.find(flags, 'w', 1, true) or redis.call('HEXISTS', KEYS[1], nid) == 1 then
+    return {1, prev or ''}
+  end
+  if push == '' then push = fields end
+  local r = write_item(tonumber(ARGV[1]), nid, expires, ck, fields, push, cap, step,
+                       extra, string.find(flags, 's', 1, true) ~= nil)
+  return {1, prev or '', r[1], r[2], r[3], r[4], r[5]}
+end
+"""
+
+DELIVER = _INBOX_COMMON + _DELIVER_ONE + r"""
 -- KEYS 17: the user's target records (hash: notification -> state), 18: the user's
 --   live pushes of the category (zset: notification by time), 19: the variants of
 --   the user's targets (hash: notification -> variant) [, 20 users with retained
@@ -841,26 +868,45 @@ DELIVER = _INBOX_COMMON + r"""
 -- push, unread offset, unread payload}.
 users_key = KEYS[20]
 local nid, due, expires, ck, cap, step, t, keep = cmsgpack.unpack(ARGV[13])
-local state, flags = ARGV[14], ARGV[15]
-local prev = redis.call('HGET', KEYS[17], nid)
-if prev and not (due == 1 and (prev == 'held' or prev == 'scheduled')) then
-  return {0, prev}
+return deliver(nid, due, expires, ck, cap, step, t, keep, ARGV[14], ARGV[15], ARGV[16],
+               ARGV[17], ARGV[18], ARGV[19])
+"""
+
+# DELIVER for many users in one call (one Redis only: the users' keys are in many
+# slots): each user's step is DELIVER's, the same guarantees (the call is atomic as
+# a whole), and what every user shares travels once. The shared functions read
+# KEYS / ARGV: here those are locals the loop fills with each user's in turn.
+# KEYS: per user DELIVER's keys 1-19, then the users with retained topics.
+# ARGV: 1 msgpack objects: now (ms), announce mode, the JSON wire tail, then
+#   DELIVER's ARGV 13 (id .. push history kept); 2 a msgpack array of texts
+#   (fields JSON, push JSON pairs); 3 a msgpack array, per user: stream epoch,
+#   stream size, stream ttl, stream head, unread-topic epoch, unread head, unread
+#   topic, user id, state, flags, the index of its fields in the texts (0: none),
+#   extra push members, variant.
+# Returns per user what DELIVER returns.
+DELIVER_MANY = r"""
+local CALL_KEYS, CALL_ARGV = KEYS, ARGV
+local KEYS, ARGV = {}, {}
+""" + _INBOX_COMMON + _DELIVER_ONE + r"""
+local now, mode, tail, nid, due, expires, ck, cap, step, t, keep =
+  cmsgpack.unpack(CALL_ARGV[1])
+local texts = cmsgpack.unpack(CALL_ARGV[2])
+local users = cmsgpack.unpack(CALL_ARGV[3])
+users_key = CALL_KEYS[#CALL_KEYS]
+ARGV[1], ARGV[2], ARGV[7], ARGV[10] = now, mode, tail, tail
+KEYS[20] = users_key
+local out = {}
+for i, u in ipairs(users) do
+  local base = (i - 1) * 19
+  for k = 1, 19 do KEYS[k] = CALL_KEYS[base + k] end
+  ARGV[3], ARGV[4], ARGV[5], ARGV[6] = u[1], u[2], u[3], u[4]
+  ARGV[8], ARGV[9], ARGV[11], ARGV[12] = u[5], u[6], u[7], u[8]
+  local fields, push = '', ''
+  if u[11] > 0 then fields, push = texts[u[11]], texts[u[11] + 1] end
+  out[i] = deliver(nid, due, expires, ck, cap, step, t, keep, u[9], u[10], fields, push,
+                   u[12], u[13])
 end
-redis.call('HSET', KEYS[17], nid, state)
-if ARGV[19] ~= '' then redis.call('HSETNX', KEYS[19], nid, ARGV[19]) end
-if string.find(flags, 'l', 1, true) then
-  redis.call('ZREMRANGEBYSCORE', KEYS[18], '-inf', '(' .. (t - keep))
-  redis.call('ZADD', KEYS[18], t, nid)
-  redis.call('PEXPIRE', KEYS[18], math.ceil(keep * 1000))
-end
-if not string.find(flags, 'w', 1, true) or redis.call('HEXISTS', KEYS[1], nid) == 1 then
-  return {1, prev or ''}
-end
-local push = ARGV[17]
-if push == '' then push = ARGV[16] end
-local r = write_item(tonumber(ARGV[1]), nid, expires, ck, ARGV[16], push, cap, step,
-                     ARGV[18], string.find(flags, 's', 1, true) ~= nil)
-return {1, prev or '', r[1], r[2], r[3], r[4], r[5]}
+return out
 """
 
 JOB_CREATE = r"""
