@@ -272,15 +272,16 @@ async def test_a_cleared_retained_topic_leaves_the_index(target: Target, store: 
 # -- audience count -----------------------------------------------------------------------
 
 
-async def test_a_tags_only_count_is_exact_across_pages(target: Target, store: RedisStore,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """A tags-only count (on one Redis, counted in Redis a page at a time) counts
-    what each user's own tags say: across pages of the index (3 candidates a page
-    here), users whose ids need escaping in key names, and index entries the
-    user's tags no longer back (what a writer stopped between the index and the
-    tags leaves behind: the count tests each candidate, it does not trust the
-    index). A cluster counts the contract's way: the same answers."""
-    monkeypatch.setattr(redis_store, "_COUNT_PAGE", 3)
+async def test_a_tags_only_selection_is_exact_across_pages(
+        target: Target, store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tags-only count and pages (on one Redis, selected in Redis, at most 3
+    candidates a call here) select what each user's own tags say: across calls
+    and pages, for users whose ids need escaping in key names, and past index
+    entries the user's tags no longer back (what a writer stopped between the
+    index and the tags leaves behind: each candidate is tested, the index is not
+    trusted). A page still scans at most 10 candidates per user it may hold. A
+    cluster selects the contract's way: the same answers."""
+    monkeypatch.setattr(redis_store, "_SELECT_PAGE", 3)
     tags = {"u0": {"x"}, "u1": {"x", "y"}, "u2": {"y"}, "u3": {"x", "z"}, "u4": {"z"},
             "a}b": {"x", "y"}, "a%7Db": {"x"}, "a%b": {"y", "z"}, "{u:u0}": {"x"},
             "u5": {"w"}, "u6": {"x", "y", "z"}, "u7": {"x"}}
@@ -306,8 +307,24 @@ async def test_a_tags_only_count_is_exact_across_pages(target: Target, store: Re
         ({}, lambda t: True),  # every known user
     ]
     for audience, rule in cases:
-        want = sum(1 for has in tags.values() if rule(has))
-        assert await store.audience_count(parse_audience(audience)) == want, audience
+        want = sorted(u for u, has in tags.items() if rule(has))
+        query = parse_audience(audience)
+        assert await store.audience_count(query) == len(want), audience
+        for limit in (1, 2, 5):
+            got: list[str] = []
+            cursor: str | None = None
+            for _ in range(100):  # bounded: each page moves the cursor on
+                page = await store.audience_page(query, cursor=cursor, limit=limit)
+                assert len(page.users) <= limit
+                got += page.users
+                if page.next is None:
+                    break
+                cursor = page.next
+            assert got == want, (audience, limit)
+    # nobody matches: a page scans its budget (10 x 1 candidates), empty, and moves on
+    page = await store.audience_page(parse_audience({"tags": {"none": ["x", "y", "z", "w"]}}),
+                                     limit=1)
+    assert page.users == [] and page.next == sorted(tags)[9]
 
 
 # -- presence ---------------------------------------------------------------------------

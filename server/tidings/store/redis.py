@@ -250,6 +250,8 @@ from .base import (
 from .contracts.audience import (
     ENGAGEMENT_EVENTS,
     ENGAGEMENT_KEEP,
+    SCAN_FACTOR,
+    AudiencePage,
     AudienceQuery,
     Profile,
     check_attribute_values,
@@ -290,8 +292,8 @@ _IN_FLIGHT = 64  # calls of one store in flight at once (each holds a connection
 _BATCH = 100  # per-user notify scripts sent in one pipeline
 _MASK_TAGS = 50  # tags a TAG_HAS bit mask holds (Lua numbers are exact to 2^53)
 _TAG_HAS_KEYS = 1000  # users one TAG_HAS script checks (Redis serves others between them)
-_COUNT_PAGE = 5000  # candidates one TAG_COUNT call tests (a few ms of Redis)
-_COUNT_TAGS = 1000  # query tags TAG_COUNT tests (Lua's unpack takes ~8,000)
+_SELECT_PAGE = 5000  # candidates one TAG_SELECT call tests at most (a few ms of Redis)
+_SELECT_TAGS = 1000  # query tags TAG_SELECT tests at most (Lua's unpack takes ~8,000)
 _KNOWN_USERS_MAX = 100_000  # users remembered as listed in {r}:users
 _NOT_JSON_KEYS = ("unread", "replaces")  # added to a push by the script
 _WAITING = ("held", "scheduled")  # target states the due queue replaces when it fires
@@ -1463,25 +1465,60 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
                      for part in parts for m in part]
         return [Profile(u, has) for u, has in zip(users, found, strict=True)]
 
+    def _select_shape(self, query: AudienceQuery) -> tuple[list[str], list[Any]] | None:
+        """TAG_SELECT's keys and its ARGV from 4 for a query of tags only on one
+        Redis; None for any other (the contract's way: profiles per page)."""
+        tags = [*query.tags_all, *query.tags_any, *query.tags_none]
+        if self._cluster or query.attributes or query.engaged is not None \
+                or query.active_within is not None or len(tags) > _SELECT_TAGS:
+            return None
+        source = query.source_tags()
+        keys = [self._known_key()] if source is None else [self._tag_key(t) for t in source]
+        return keys, [self._p + "{u:", len(query.tags_all), len(query.tags_any),
+                      len(query.tags_none), *tags]
+
+    async def audience_page(self, query: AudienceQuery, *, cursor: str | None = None,
+                            limit: int = 1000) -> AudiencePage:
+        """A query of tags only, on one Redis: selected in Redis by TAG_SELECT (at
+        most :data:`_SELECT_PAGE` candidates a call), the contract's page exactly
+        (the same scan budget and cursor), without a profile per candidate on the
+        node; any other query as the contract does."""
+        shape = self._select_shape(query)
+        if shape is None:
+            return await super().audience_page(query, cursor=cursor, limit=limit)
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        keys, rest = shape
+        users: list[str] = []
+        after: str = cursor or ""
+        budget = SCAN_FACTOR * limit
+        while True:
+            size = min(budget, _SELECT_PAGE)
+            _, last, got = await self._io(self._call(
+                "TAG_SELECT", keys, [after, size, limit - len(users), *rest]))
+            users += [_text(u) for u in got]
+            if last is None:
+                return AudiencePage(users, None)
+            after = _text(last)
+            budget -= size
+            if len(users) == limit or budget <= 0:
+                return AudiencePage(users, after)
+
     async def audience_count(self, query: AudienceQuery, *, page: int = 1000) -> int:
-        """A query of tags only, on one Redis: counted in Redis by TAG_COUNT, a page
-        of :data:`_COUNT_PAGE` candidates a call (a few ms of Redis each, so others
+        """A query of tags only, on one Redis: counted in Redis by TAG_SELECT, a page
+        of :data:`_SELECT_PAGE` candidates a call (a few ms of Redis each, so others
         are served between them), so counting 100,000 tagged users costs the node
         a few dozen round trips and next to no CPU (the answer to a send waits for
         it); any other query, or a cluster (the users' keys in many slots), as the
         contract does."""
-        source = query.source_tags()
-        tags = [*query.tags_all, *query.tags_any, *query.tags_none]
-        if self._cluster or query.attributes or query.engaged is not None \
-                or query.active_within is not None or len(tags) > _COUNT_TAGS:
+        shape = self._select_shape(query)
+        if shape is None:
             return await super().audience_count(query, page=page)
-        keys = [self._known_key()] if source is None else [self._tag_key(t) for t in source]
-        shape = [self._p + "{u:", len(query.tags_all), len(query.tags_any),
-                 len(query.tags_none), *tags]
+        keys, rest = shape
         count, after = 0, b""
         while True:
-            n, last = await self._io(self._call("TAG_COUNT", keys,
-                                                [after, _COUNT_PAGE, *shape]))
+            n, last, _ = await self._io(self._call("TAG_SELECT", keys,
+                                                   [after, _SELECT_PAGE, 0, *rest]))
             count += int(n)
             if last is None:
                 return count

@@ -4,9 +4,9 @@ Each script is one atomic step on one hash slot: every key it names shares
 one hash tag (a topic's ``{t:...}``, a user's ``{u:...}``, a notification's
 ``{n:...}``, an MQTT session bucket's ``{ms:...}``), except in single-Redis
 mode, where the publish, notify and mark scripts also update the global
-retained indexes, and TAG_COUNT reads users' tag sets by names it builds from
+retained indexes, and TAG_SELECT reads users' tag sets by names it builds from
 the tag index it walks (there is no slot rule on one server; on a cluster the
-store counts another way). Time ("now", in
+store selects another way). Time ("now", in
 milliseconds) is always an argument from the store's clock, never Redis
 ``TIME``, so a fake clock drives expiry in tests.
 
@@ -61,8 +61,8 @@ __all__ = [
     "RESERVE",
     "SWEEP",
     "TAGS",
-    "TAG_COUNT",
     "TAG_HAS",
+    "TAG_SELECT",
     "TRACK",
     "VARIANT_COUNT",
     "VARIANT_NOTE",
@@ -737,20 +737,23 @@ end
 return out
 """
 
-# How many of a tags-only selection's candidates it selects, one page of them
-# (one Redis only: the users' tag sets are reached by names the script builds,
-# which a cluster forbids; a page of a few thousand keeps Redis busy a few ms).
+# A tags-only selection, one page of candidates at a time, in Redis (one Redis
+# only: the users' tag sets are reached by names the script builds, which a
+# cluster forbids; a page of a few thousand keeps Redis busy a few ms).
 # KEYS: the source indexes (zsets of user ids: the candidates are their union).
-# ARGV: 1 the last candidate of the page before ('' none), 2 the page size, 3 the
-# prefix of a user's keys up to the id ('<prefix>{u:'), 4-6 how many of the tags
+# ARGV: 1 the last candidate tested before ('' none), 2 how many candidates to
+# test at most, 3 how many users to select at most (0: no limit: a count), 4 the
+# prefix of a user's keys up to the id ('<prefix>{u:'), 5-7 how many of the tags
 # are the query's all / any / none, then those tags in that order. Each candidate
 # is tested against its own tag set (an index may hold extra users: see the
-# store's _write_tags), as the query's matches() would.
-# Returns {selected, the page's last candidate, or false after the last page}.
-TAG_COUNT = """
-local after, size, pre = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local na, ny, nn = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local tags = {unpack(ARGV, 7)}
+# store's _write_tags), as the query's matches() does.
+# Returns {selected count, where it stopped (the last user selected when the limit
+# was reached, else the last candidate tested) or false after the last candidate,
+# the users selected (none when counting)}.
+TAG_SELECT = """
+local after, size, limit, pre = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local na, ny, nn = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local tags = {unpack(ARGV, 8)}
 local start = '-'
 if after ~= '' then start = '(' .. after end
 local cands = redis.call('ZRANGEBYLEX', KEYS[1], start, '+', 'LIMIT', 0, size)
@@ -769,19 +772,21 @@ if #KEYS > 1 then  -- the union's first page is within each index's first page
   for i = #cands, size + 1, -1 do cands[i] = nil end
 end
 local find, gsub, call = string.find, string.gsub, redis.call
-local n = 0
-for _, u in ipairs(cands) do
+local n, users = 0, {}
+for _, id in ipairs(cands) do
+  local u = id
   if find(u, '%', 1, true) or find(u, '}', 1, true) then  -- as redis_wire.escape_tag
     u = gsub(gsub(u, '%%', '%%25'), '}', '%%7D')
   end
   local key = pre .. u .. '}:tags'
+  local ok
   if #tags == 0 then  -- no condition: every candidate
-    n = n + 1
+    ok = true
   elseif #tags == 1 then  -- one tag, in one of the three parts: selected unless 'none'
-    if call('SISMEMBER', key, tags[1]) ~= nn then n = n + 1 end
+    ok = call('SISMEMBER', key, tags[1]) ~= nn
   else
     local has = call('SMISMEMBER', key, unpack(tags))
-    local ok = true
+    ok = true
     for i = 1, na do
       if has[i] == 0 then ok = false break end
     end
@@ -796,11 +801,17 @@ for _, u in ipairs(cands) do
         if has[i] == 1 then ok = false break end
       end
     end
-    if ok then n = n + 1 end
+  end
+  if ok then
+    n = n + 1
+    if limit > 0 then
+      users[n] = id
+      if n == limit then return {n, id, users} end
+    end
   end
 end
-if #cands < size then return {n, false} end
-return {n, cands[#cands]}
+if #cands < size then return {n, false, users} end
+return {n, cands[#cands], users}
 """
 
 # What a selection needs of one user (audience contract), in one call per user.
