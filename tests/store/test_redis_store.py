@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -325,6 +325,47 @@ async def test_a_tags_only_selection_is_exact_across_pages(
     page = await store.audience_page(parse_audience({"tags": {"none": ["x", "y", "z", "w"]}}),
                                      limit=1)
     assert page.users == [] and page.next == sorted(tags)[9]
+
+
+async def test_a_tag_added_while_a_removal_races_it_stays_selectable(
+        store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interleaving that lost a tagged user from the tag's index: the
+    removal's script runs, then the add writes the index entry, then the
+    removal takes the entry out and checks the tags (not back yet), then the
+    add's script puts the tag back. The calls are real; only their order is
+    forced (each script call waits for the step before it)."""
+    await store.set_user_tags("u", ["t"], max_tags=10)
+    removed, indexed, checked = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    script = store._script
+
+    def ordered(name: str, keys: Sequence[str], args: Sequence[Any]) -> Awaitable[Any]:
+        async def run() -> Any:
+            if name == "TAGS" and args[2] == 0:  # the removal's script: first
+                result = await script(name, keys, args)
+                removed.set()
+                await indexed.wait()  # its index removal and check after the add's entry
+                return result
+            if name == "TAGS":  # the add's script: last
+                indexed.set()
+                await checked.wait()
+            return await script(name, keys, args)
+        return run()
+
+    monkeypatch.setattr(store, "_script", ordered)
+
+    async def add() -> None:
+        await removed.wait()
+        await store.change_user_tags("u", ["t"], [], max_tags=10)
+
+    async def remove() -> None:
+        await store.change_user_tags("u", [], ["t"], max_tags=10)
+        checked.set()
+
+    await asyncio.wait_for(asyncio.gather(remove(), add()), WAIT)
+    assert await store.user_tags("u") == ["t"]
+    query = parse_audience({"tags": ["t"]})
+    assert (await store.audience_page(query, limit=10)).users == ["u"]
+    assert await store.audience_count(query) == 1
 
 
 # -- presence ---------------------------------------------------------------------------

@@ -1247,7 +1247,10 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
                           replace: bool) -> list[str]:
         """The user's script changes the tags; the per-tag indexes get the user
         before it (added tags) and lose it after it (removed tags, unless the
-        user has the tag again by then), so they stay supersets."""
+        user has the tag again by then), so they stay supersets. An added tag's
+        index gets the user again after the script too: a removal racing this
+        call (its script first, its index removal and check between our index
+        write and our script) would otherwise leave the user, tagged, out of it."""
         removed = set(remove)
         added = [t for t in add if t not in removed]
 
@@ -1264,11 +1267,15 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
                 raise BadRequest(f"tags: at most {max_tags} tags per user")
             old, new = {_text(t) for t in r[0]}, {_text(t) for t in r[1]}
             gone = sorted(old - new)
-            if gone:
+            kept = [t for t in added if t in new]
+            if gone or kept:
                 pipe = client.pipeline(transaction=False)
+                for t in kept:
+                    pipe.zadd(self._tag_key(t), {user: 0})
                 for t in gone:
                     pipe.zrem(self._tag_key(t), user)
                 await pipe.execute()
+            if gone:
                 again = await client.smismember(key, gone)
                 back = [t for t, has in zip(gone, again, strict=True) if has]
                 for t in back:  # re-added by a concurrent call meanwhile
