@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,9 +32,11 @@ from conftest import WAIT, start_node, stop_node
 from support.redis_servers import RedisClusterProcs, RedisFactory, RedisServer
 from support.stores import Clock
 from tidings.app import _make_store
+from tidings.audience import parse_audience
 from tidings.errors import Unavailable
 from tidings.protocol.mqtt.properties import PROPERTIES_MAP, Properties
 from tidings.redis_wire import channel_for, decode_publication, encode_publication
+from tidings.store import redis as redis_store
 from tidings.store.base import HistoryPolicy, events_topic, notifications_topic, unread_topic
 from tidings.store.redis import RETAINED_GRACE, RedisStore
 from tidings.types import PayloadKind, Publication, parse_offset
@@ -265,6 +267,105 @@ async def test_a_cleared_retained_topic_leaves_the_index(target: Target, store: 
         assert c.zrange(index, 0, -1) == []
     await store.publish("a/b", b"2", PayloadKind.JSON, retain=True, policy=KEEP)
     assert [p.payload for p in await store.retained("a/+")] == [b"2"]
+
+
+# -- audience count -----------------------------------------------------------------------
+
+
+async def test_a_tags_only_selection_is_exact_across_pages(
+        target: Target, store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tags-only count and pages (on one Redis, selected in Redis, at most 3
+    candidates a call here) select what each user's own tags say: across calls
+    and pages, for users whose ids need escaping in key names, and past index
+    entries the user's tags no longer back (what a writer stopped between the
+    index and the tags leaves behind: each candidate is tested, the index is not
+    trusted). A page still scans at most 10 candidates per user it may hold. A
+    cluster selects the contract's way: the same answers."""
+    monkeypatch.setattr(redis_store, "_SELECT_PAGE", 3)
+    tags = {"u0": {"x"}, "u1": {"x", "y"}, "u2": {"y"}, "u3": {"x", "z"}, "u4": {"z"},
+            "a}b": {"x", "y"}, "a%7Db": {"x"}, "a%b": {"y", "z"}, "{u:u0}": {"x"},
+            "u5": {"w"}, "u6": {"x", "y", "z"}, "u7": {"x"}}
+    for user, has in tags.items():
+        await store.set_user_tags(user, sorted(has), max_tags=10)
+    client = aioredis.Redis.from_url(target.url) if isinstance(target, RedisServer) else None
+    if client is not None:  # stale entries: in x's index, x not among their tags
+        try:
+            await client.zadd(store._tag_key("x"), {"u2": 0, "a%b": 0, "ghost": 0})
+        finally:
+            await client.aclose()
+    cases: list[tuple[dict[str, Any], Callable[[set[str]], bool]]] = [
+        ({"tags": ["x"]}, lambda t: "x" in t),
+        ({"tags": ["x", "z"]}, lambda t: bool(t & {"x", "z"})),
+        ({"tags": {"all": ["x", "y"]}}, lambda t: {"x", "y"} <= t),
+        ({"tags": {"any": ["x", "y"], "none": ["z"]}},
+         lambda t: bool(t & {"x", "y"}) and "z" not in t),
+        ({"tags": {"all": ["x"], "any": ["y", "z"], "none": ["w"]}},
+         lambda t: "x" in t and bool(t & {"y", "z"})),
+        ({"tags": {"none": ["x"]}}, lambda t: "x" not in t),
+        ({"tags": {"all": ["x"], "none": ["x"]}}, lambda t: False),
+        ({"tags": ["nobody-has-this"]}, lambda t: False),
+        ({}, lambda t: True),  # every known user
+    ]
+    for audience, rule in cases:
+        want = sorted(u for u, has in tags.items() if rule(has))
+        query = parse_audience(audience)
+        assert await store.audience_count(query) == len(want), audience
+        for limit in (1, 2, 5):
+            got: list[str] = []
+            cursor: str | None = None
+            for _ in range(100):  # bounded: each page moves the cursor on
+                page = await store.audience_page(query, cursor=cursor, limit=limit)
+                assert len(page.users) <= limit
+                got += page.users
+                if page.next is None:
+                    break
+                cursor = page.next
+            assert got == want, (audience, limit)
+    # nobody matches: a page scans its budget (10 x 1 candidates), empty, and moves on
+    page = await store.audience_page(parse_audience({"tags": {"none": ["x", "y", "z", "w"]}}),
+                                     limit=1)
+    assert page.users == [] and page.next == sorted(tags)[9]
+
+
+async def test_a_tag_added_while_a_removal_races_it_stays_selectable(
+        store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interleaving that lost a tagged user from the tag's index: the
+    removal's script runs, then the add writes the index entry, then the
+    removal takes the entry out and checks the tags (not back yet), then the
+    add's script puts the tag back. The calls are real; only their order is
+    forced (each script call waits for the step before it)."""
+    await store.set_user_tags("u", ["t"], max_tags=10)
+    removed, indexed, checked = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    script = store._script
+
+    def ordered(name: str, keys: Sequence[str], args: Sequence[Any]) -> Awaitable[Any]:
+        async def run() -> Any:
+            if name == "TAGS" and args[2] == 0:  # the removal's script: first
+                result = await script(name, keys, args)
+                removed.set()
+                await indexed.wait()  # its index removal and check after the add's entry
+                return result
+            if name == "TAGS":  # the add's script: last
+                indexed.set()
+                await checked.wait()
+            return await script(name, keys, args)
+        return run()
+
+    monkeypatch.setattr(store, "_script", ordered)
+
+    async def add() -> None:
+        await removed.wait()
+        await store.change_user_tags("u", ["t"], [], max_tags=10)
+
+    async def remove() -> None:
+        await store.change_user_tags("u", [], ["t"], max_tags=10)
+        checked.set()
+
+    await asyncio.wait_for(asyncio.gather(remove(), add()), WAIT)
+    assert await store.user_tags("u") == ["t"]
+    query = parse_audience({"tags": ["t"]})
+    assert (await store.audience_page(query, limit=10)).users == ["u"]
+    assert await store.audience_count(query) == 1
 
 
 # -- presence ---------------------------------------------------------------------------

@@ -202,6 +202,7 @@ from redis.maint_notifications import MaintNotificationsConfig
 from ..errors import BadRequest, Unavailable
 from ..protocol.topics import is_wildcard, matches
 from ..redis_wire import (
+    CHANNEL_PREFIX,
     MetaCodec,
     channel_for,
     escape_tag,
@@ -249,11 +250,12 @@ from .base import (
 from .contracts.audience import (
     ENGAGEMENT_EVENTS,
     ENGAGEMENT_KEEP,
+    SCAN_FACTOR,
+    AudiencePage,
     AudienceQuery,
     Profile,
     check_attribute_values,
 )
-from .contracts.audience import matches as selects
 from .contracts.notifications import variant_row
 from .redis_events import RedisEvents
 from .redis_push import RedisPushEndpoints
@@ -290,7 +292,8 @@ _IN_FLIGHT = 64  # calls of one store in flight at once (each holds a connection
 _BATCH = 100  # per-user notify scripts sent in one pipeline
 _MASK_TAGS = 50  # tags a TAG_HAS bit mask holds (Lua numbers are exact to 2^53)
 _TAG_HAS_KEYS = 1000  # users one TAG_HAS script checks (Redis serves others between them)
-_COUNT_PAGE = 10000  # candidates one round of a tags-only count reads
+_SELECT_PAGE = 5000  # candidates one TAG_SELECT call tests at most (a few ms of Redis)
+_SELECT_TAGS = 1000  # query tags TAG_SELECT tests at most (Lua's unpack takes ~8,000)
 _KNOWN_USERS_MAX = 100_000  # users remembered as listed in {r}:users
 _NOT_JSON_KEYS = ("unread", "replaces")  # added to a push by the script
 _WAITING = ("held", "scheduled")  # target states the due queue replaces when it fires
@@ -765,13 +768,13 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
 
     def _inbox_keys(self, user: str, stream: str) -> list[str]:
         """KEYS of the notify / mark scripts (see :mod:`.redis_lua`)."""
-        unread = unread_topic(user)
-        keys = [self._uk(user, s) for s in (":items", ":order", ":unread", ":useq", ":exp",
-                                            ":ck", ":meta")]
-        keys += [self._tk(stream, ":m"), self._tk(stream, ":h"),
-                 self._tk(unread, ":m"), self._tk(unread, ":h"), self._tk(unread, ":r"),
-                 self._uk(user, ":ret"), channel_for(stream), channel_for(unread),
-                 self._uk(user, ":done")]
+        # each base made once (a large send makes these for every user)
+        u = self._p + user_tag(user)
+        sb, rb = topic_base(stream), topic_base(unread_topic(user))
+        s, r = self._p + sb, self._p + rb
+        keys = [u + ":items", u + ":order", u + ":unread", u + ":useq", u + ":exp", u + ":ck",
+                u + ":meta", s + ":m", s + ":h", r + ":m", r + ":h", r + ":r", u + ":ret",
+                CHANNEL_PREFIX + sb, CHANNEL_PREFIX + rb, u + ":done"]
         if not self._cluster:
             keys.append(self._p + "{r}:users")
         return keys
@@ -893,7 +896,8 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
         return changes
 
     async def _eval_many(self, client: Any, name: str,
-                         calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+                         calls: Sequence[tuple[Sequence[str | bytes], list[Any]]]
+                         ) -> list[Any]:
         """Run script ``name`` once per (keys, args) in one pipeline (a round trip per
         node); those that met an empty script cache run again once it is loaded."""
         script = self._scripts[name]
@@ -1243,7 +1247,10 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
                           replace: bool) -> list[str]:
         """The user's script changes the tags; the per-tag indexes get the user
         before it (added tags) and lose it after it (removed tags, unless the
-        user has the tag again by then), so they stay supersets."""
+        user has the tag again by then), so they stay supersets. An added tag's
+        index gets the user again after the script too: a removal racing this
+        call (its script first, its index removal and check between our index
+        write and our script) would otherwise leave the user, tagged, out of it."""
         removed = set(remove)
         added = [t for t in add if t not in removed]
 
@@ -1260,11 +1267,15 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
                 raise BadRequest(f"tags: at most {max_tags} tags per user")
             old, new = {_text(t) for t in r[0]}, {_text(t) for t in r[1]}
             gone = sorted(old - new)
-            if gone:
+            kept = [t for t in added if t in new]
+            if gone or kept:
                 pipe = client.pipeline(transaction=False)
+                for t in kept:
+                    pipe.zadd(self._tag_key(t), {user: 0})
                 for t in gone:
                     pipe.zrem(self._tag_key(t), user)
                 await pipe.execute()
+            if gone:
                 again = await client.smismember(key, gone)
                 back = [t for t, has in zip(gone, again, strict=True) if has]
                 for t in back:  # re-added by a concurrent call meanwhile
@@ -1461,23 +1472,64 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
                      for part in parts for m in part]
         return [Profile(u, has) for u, has in zip(users, found, strict=True)]
 
-    async def audience_count(self, query: AudienceQuery, *, page: int = 1000) -> int:
-        """A query of tags only, on one Redis: the source tags' candidates in pages
-        of :data:`_COUNT_PAGE`, each checked by TAG_HAS scripts in one pipeline,
-        so counting 100,000 tagged users is a few dozen round trips, not two hundred
-        (the answer to a send waits for it); any other query as the contract does."""
+    def _select_shape(self, query: AudienceQuery) -> tuple[list[str], list[Any]] | None:
+        """TAG_SELECT's keys and its ARGV from 4 for a query of tags only on one
+        Redis; None for any other (the contract's way: profiles per page)."""
+        tags = [*query.tags_all, *query.tags_any, *query.tags_none]
+        if self._cluster or query.attributes or query.engaged is not None \
+                or query.active_within is not None or len(tags) > _SELECT_TAGS:
+            return None
         source = query.source_tags()
-        if self._cluster or source is None or query.attributes or query.engaged is not None \
-                or query.active_within is not None:
-            return await super().audience_count(query, page=page)
-        count, after = 0, None
+        keys = [self._known_key()] if source is None else [self._tag_key(t) for t in source]
+        return keys, [self._p + "{u:", len(query.tags_all), len(query.tags_any),
+                      len(query.tags_none), *tags]
+
+    async def audience_page(self, query: AudienceQuery, *, cursor: str | None = None,
+                            limit: int = 1000) -> AudiencePage:
+        """A query of tags only, on one Redis: selected in Redis by TAG_SELECT (at
+        most :data:`_SELECT_PAGE` candidates a call), the contract's page exactly
+        (the same scan budget and cursor), without a profile per candidate on the
+        node; any other query as the contract does."""
+        shape = self._select_shape(query)
+        if shape is None:
+            return await super().audience_page(query, cursor=cursor, limit=limit)
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        keys, rest = shape
+        users: list[str] = []
+        after: str = cursor or ""
+        budget = SCAN_FACTOR * limit
         while True:
-            candidates = await self._audience_candidates(source, after, _COUNT_PAGE)
-            count += sum(1 for p in await self._tag_profiles(candidates, query)
-                         if selects(query, p))
-            if len(candidates) < _COUNT_PAGE:
+            size = min(budget, _SELECT_PAGE)
+            _, last, got = await self._io(self._call(
+                "TAG_SELECT", keys, [after, size, limit - len(users), *rest]))
+            users += [_text(u) for u in got]
+            if last is None:
+                return AudiencePage(users, None)
+            after = _text(last)
+            budget -= size
+            if len(users) == limit or budget <= 0:
+                return AudiencePage(users, after)
+
+    async def audience_count(self, query: AudienceQuery, *, page: int = 1000) -> int:
+        """A query of tags only, on one Redis: counted in Redis by TAG_SELECT, a page
+        of :data:`_SELECT_PAGE` candidates a call (a few ms of Redis each, so others
+        are served between them), so counting 100,000 tagged users costs the node
+        a few dozen round trips and next to no CPU (the answer to a send waits for
+        it); any other query, or a cluster (the users' keys in many slots), as the
+        contract does."""
+        shape = self._select_shape(query)
+        if shape is None:
+            return await super().audience_count(query, page=page)
+        keys, rest = shape
+        count, after = 0, b""
+        while True:
+            n, last, _ = await self._io(self._call("TAG_SELECT", keys,
+                                                   [after, _SELECT_PAGE, 0, *rest]))
+            count += int(n)
+            if last is None:
                 return count
-            after = candidates[-1]
+            after = last
 
     # -- notification jobs ----------------------------------------------------------------
     # Jobs in one slot ({jobs}: the job hashes, the due and lease zsets, the status
@@ -1646,25 +1698,62 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
                 rendered[id(shared)] = known
             return known
 
-        def call(d: Delivery) -> tuple[list[str], list[Any]]:
+        def parts(d: Delivery) -> tuple[str, list[str], bytes, bytes]:
+            """The user's stream, its DELIVER keys 1-19, flags and extra push members."""
             live = d.edges is None or bool(d.edges)
             # silent: the item is named by an event on the user's events stream
             stream = notifications_topic(d.user) if live else events_topic(d.user)
-            inbox = self._inbox_keys(d.user, stream)
-            keys = [*inbox[:16], self._uk(d.user, ":nt"),
-                    self._uk(d.user, ":push:" + category), self._uk(d.user, ":nv"),
-                    *inbox[16:]]
-            fields_json, push_base = (b"", b"") if d.fields is None else render(d.fields)
-            flags = ("w" if d.fields is not None else "") + ("l" if live else "s")
+            uk = self._p + user_tag(d.user)
+            keys = [*self._inbox_keys(d.user, stream)[:16], uk + ":nt",
+                    uk + ":push:" + category, uk + ":nv"]
+            flags = (b"w" if d.fields is not None else b"") + (b"l" if live else b"s")
             extra = b"" if not d.edges else b',"edges":' + orjson.dumps(list(d.edges))
+            return stream, keys, flags, extra
+
+        def call(d: Delivery) -> tuple[list[str], list[Any]]:
+            stream, keys, flags, extra = parts(d)
+            if not self._cluster:
+                keys.append(self._p + "{r}:users")
+            fields_json, push_base = (b"", b"") if d.fields is None else render(d.fields)
             return keys, [*self._inbox_args(d.user, stream, now, policy), own, d.state, flags,
                           fields_json, push_base, extra, variants.get(d.user, "")]
 
+        def call_many(chunk: list[Delivery]) -> tuple[list[bytes], list[Any]]:
+            """One DELIVER_MANY for the chunk: what the users share travels once."""
+            keys: list[bytes] = []
+            texts: list[bytes] = []
+            at: dict[int, int] = {}  # id of shared fields -> index in texts (from 1)
+            users = []
+            mode = self._mode
+            for d in chunk:
+                stream, own_keys, flags, extra = parts(d)
+                keys += [k.encode() for k in own_keys]  # bytes: redis-py's quickest path
+                unread = unread_topic(d.user)
+                p = policy(stream)
+                fi = 0
+                if d.fields is not None:
+                    fi = at.get(id(d.fields), 0)
+                    if not fi:
+                        fi = at[id(d.fields)] = len(texts) + 1
+                        texts += render(d.fields)
+                users.append([self._topic_epoch(stream), p.size, _ms(p.ttl),
+                              wire_head(stream) if mode else b"", self._topic_epoch(unread),
+                              wire_head(unread) if mode else b"", unread, d.user, d.state,
+                              flags, fi, extra, variants.get(d.user, "")])
+            keys.append((self._p + "{r}:users").encode())
+            # raw, not bin: Redis's cmsgpack reads no bin types
+            shared = b"".join(msgpack.packb(v, use_bin_type=False) for v in (
+                now, mode, wire_tail(PayloadKind.JSON) if mode else b"")) + own
+            return keys, [shared, msgpack.packb(texts, use_bin_type=False),
+                          msgpack.packb(users, use_bin_type=False)]
+
         async def batch(chunk: list[Delivery]) -> list[Any]:
             async def run(client: Any) -> list[Any]:
-                if self._cluster:
-                    await self._register_users(client, [d.user for d in chunk])
                 # made here: topic epochs need the store epoch _io ensured
+                if not self._cluster:
+                    return list((await self._eval_many(client, "DELIVER_MANY",
+                                                       [call_many(chunk)]))[0])
+                await self._register_users(client, [d.user for d in chunk])
                 return await self._eval_many(client, "DELIVER", [call(d) for d in chunk])
 
             return await self._io(run)

@@ -4,7 +4,9 @@ Each script is one atomic step on one hash slot: every key it names shares
 one hash tag (a topic's ``{t:...}``, a user's ``{u:...}``, a notification's
 ``{n:...}``, an MQTT session bucket's ``{ms:...}``), except in single-Redis
 mode, where the publish, notify and mark scripts also update the global
-retained indexes (there is no slot rule on one server). Time ("now", in
+retained indexes, and TAG_SELECT reads users' tag sets by names it builds from
+the tag index it walks (there is no slot rule on one server; on a cluster the
+store selects another way). Time ("now", in
 milliseconds) is always an argument from the store's clock, never Redis
 ``TIME``, so a fake clock drives expiry in tests.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 __all__ = [
     "CLAIM",
     "DELIVER",
+    "DELIVER_MANY",
     "DUE_ADD",
     "DUE_CANCEL",
     "DUE_CLAIM",
@@ -59,6 +62,7 @@ __all__ = [
     "SWEEP",
     "TAGS",
     "TAG_HAS",
+    "TAG_SELECT",
     "TRACK",
     "VARIANT_COUNT",
     "VARIANT_NOTE",
@@ -733,6 +737,83 @@ end
 return out
 """
 
+# A tags-only selection, one page of candidates at a time, in Redis (one Redis
+# only: the users' tag sets are reached by names the script builds, which a
+# cluster forbids; a page of a few thousand keeps Redis busy a few ms).
+# KEYS: the source indexes (zsets of user ids: the candidates are their union).
+# ARGV: 1 the last candidate tested before ('' none), 2 how many candidates to
+# test at most, 3 how many users to select at most (0: no limit: a count), 4 the
+# prefix of a user's keys up to the id ('<prefix>{u:'), 5-7 how many of the tags
+# are the query's all / any / none, then those tags in that order. Each candidate
+# is tested against its own tag set (an index may hold extra users: see the
+# store's _write_tags), as the query's matches() does.
+# Returns {selected count, where it stopped (the last user selected when the limit
+# was reached, else the last candidate tested) or false after the last candidate,
+# the users selected (none when counting)}.
+TAG_SELECT = """
+local after, size, limit, pre = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local na, ny, nn = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local tags = {unpack(ARGV, 8)}
+local start = '-'
+if after ~= '' then start = '(' .. after end
+local cands = redis.call('ZRANGEBYLEX', KEYS[1], start, '+', 'LIMIT', 0, size)
+if #KEYS > 1 then  -- the union's first page is within each index's first page
+  local seen = {}
+  for _, u in ipairs(cands) do seen[u] = true end
+  for k = 2, #KEYS do
+    for _, u in ipairs(redis.call('ZRANGEBYLEX', KEYS[k], start, '+', 'LIMIT', 0, size)) do
+      if not seen[u] then
+        seen[u] = true
+        cands[#cands + 1] = u
+      end
+    end
+  end
+  table.sort(cands)
+  for i = #cands, size + 1, -1 do cands[i] = nil end
+end
+local find, gsub, call = string.find, string.gsub, redis.call
+local n, users = 0, {}
+for _, id in ipairs(cands) do
+  local u = id
+  if find(u, '%', 1, true) or find(u, '}', 1, true) then  -- as redis_wire.escape_tag
+    u = gsub(gsub(u, '%%', '%%25'), '}', '%%7D')
+  end
+  local key = pre .. u .. '}:tags'
+  local ok
+  if #tags == 0 then  -- no condition: every candidate
+    ok = true
+  elseif #tags == 1 then  -- one tag, in one of the three parts: selected unless 'none'
+    ok = call('SISMEMBER', key, tags[1]) ~= nn
+  else
+    local has = call('SMISMEMBER', key, unpack(tags))
+    ok = true
+    for i = 1, na do
+      if has[i] == 0 then ok = false break end
+    end
+    if ok and ny > 0 then
+      ok = false
+      for i = na + 1, na + ny do
+        if has[i] == 1 then ok = true break end
+      end
+    end
+    if ok then
+      for i = na + ny + 1, na + ny + nn do
+        if has[i] == 1 then ok = false break end
+      end
+    end
+  end
+  if ok then
+    n = n + 1
+    if limit > 0 then
+      users[n] = id
+      if n == limit then return {n, id, users} end
+    end
+  end
+end
+if #cands < size then return {n, false, users} end
+return {n, cands[#cands], users}
+"""
+
 # What a selection needs of one user (audience contract), in one call per user.
 # KEYS: the user's tag set, attributes, last seen [, engagement zset of the
 # query's category]; ARGV[1]: the engagement window's start (ms).
@@ -755,7 +836,33 @@ return {redis.call('SMEMBERS', KEYS[1]), redis.call('GET', KEYS[2]),
 # that reaches a job or a bucket's j:<id> set by a name it builds (prefix from
 # ARGV) stays in the slot of the keys it was given: those names share their tag.
 
-DELIVER = _INBOX_COMMON + r"""
+# One user's delivery, as DELIVER and DELIVER_MANY run it (KEYS 1-20 and ARGV 1-12
+# the user's, as _INBOX_COMMON names them, and KEYS as DELIVER lists them).
+_DELIVER_ONE = r"""
+local function deliver(nid, due, expires, ck, cap, step, t, keep, state, flags, fields,
+                       push, extra, variant)
+  local prev = redis.call('HGET', KEYS[17], nid)
+  if prev and not (due == 1 and (prev == 'held' or prev == 'scheduled')) then
+    return {0, prev}
+  end
+  redis.call('HSET', KEYS[17], nid, state)
+  if variant ~= '' then redis.call('HSETNX', KEYS[19], nid, variant) end
+  if string.find(flags, 'l', 1, true) then
+    redis.call('ZREMRANGEBYSCORE', KEYS[18], '-inf', '(' .. (t - keep))
+    redis.call('ZADD', KEYS[18], t, nid)
+    redis.call('PEXPIRE', KEYS[18], math.ceil(keep * 1000))
+  end
+  if not string.find(flags, 'w', 1, true) or redis.call('HEXISTS', KEYS[1], nid) == 1 then
+    return {1, prev or ''}
+  end
+  if push == '' then push = fields end
+  local r = write_item(tonumber(ARGV[1]), nid, expires, ck, fields, push, cap, step,
+                       extra, string.find(flags, 's', 1, true) ~= nil)
+  return {1, prev or '', r[1], r[2], r[3], r[4], r[5]}
+end
+"""
+
+DELIVER = _INBOX_COMMON + _DELIVER_ONE + r"""
 -- KEYS 17: the user's target records (hash: notification -> state), 18: the user's
 --   live pushes of the category (zset: notification by time), 19: the variants of
 --   the user's targets (hash: notification -> variant) [, 20 users with retained
@@ -772,26 +879,45 @@ DELIVER = _INBOX_COMMON + r"""
 -- push, unread offset, unread payload}.
 users_key = KEYS[20]
 local nid, due, expires, ck, cap, step, t, keep = cmsgpack.unpack(ARGV[13])
-local state, flags = ARGV[14], ARGV[15]
-local prev = redis.call('HGET', KEYS[17], nid)
-if prev and not (due == 1 and (prev == 'held' or prev == 'scheduled')) then
-  return {0, prev}
+return deliver(nid, due, expires, ck, cap, step, t, keep, ARGV[14], ARGV[15], ARGV[16],
+               ARGV[17], ARGV[18], ARGV[19])
+"""
+
+# DELIVER for many users in one call (one Redis only: the users' keys are in many
+# slots): each user's step is DELIVER's, the same guarantees (the call is atomic as
+# a whole), and what every user shares travels once. The shared functions read
+# KEYS / ARGV: here those are locals the loop fills with each user's in turn.
+# KEYS: per user DELIVER's keys 1-19, then the users with retained topics.
+# ARGV: 1 msgpack objects: now (ms), announce mode, the JSON wire tail, then
+#   DELIVER's ARGV 13 (id .. push history kept); 2 a msgpack array of texts
+#   (fields JSON, push JSON pairs); 3 a msgpack array, per user: stream epoch,
+#   stream size, stream ttl, stream head, unread-topic epoch, unread head, unread
+#   topic, user id, state, flags, the index of its fields in the texts (0: none),
+#   extra push members, variant.
+# Returns per user what DELIVER returns.
+DELIVER_MANY = r"""
+local CALL_KEYS, CALL_ARGV = KEYS, ARGV
+local KEYS, ARGV = {}, {}
+""" + _INBOX_COMMON + _DELIVER_ONE + r"""
+local now, mode, tail, nid, due, expires, ck, cap, step, t, keep =
+  cmsgpack.unpack(CALL_ARGV[1])
+local texts = cmsgpack.unpack(CALL_ARGV[2])
+local users = cmsgpack.unpack(CALL_ARGV[3])
+users_key = CALL_KEYS[#CALL_KEYS]
+ARGV[1], ARGV[2], ARGV[7], ARGV[10] = now, mode, tail, tail
+KEYS[20] = users_key
+local out = {}
+for i, u in ipairs(users) do
+  local base = (i - 1) * 19
+  for k = 1, 19 do KEYS[k] = CALL_KEYS[base + k] end
+  ARGV[3], ARGV[4], ARGV[5], ARGV[6] = u[1], u[2], u[3], u[4]
+  ARGV[8], ARGV[9], ARGV[11], ARGV[12] = u[5], u[6], u[7], u[8]
+  local fields, push = '', ''
+  if u[11] > 0 then fields, push = texts[u[11]], texts[u[11] + 1] end
+  out[i] = deliver(nid, due, expires, ck, cap, step, t, keep, u[9], u[10], fields, push,
+                   u[12], u[13])
 end
-redis.call('HSET', KEYS[17], nid, state)
-if ARGV[19] ~= '' then redis.call('HSETNX', KEYS[19], nid, ARGV[19]) end
-if string.find(flags, 'l', 1, true) then
-  redis.call('ZREMRANGEBYSCORE', KEYS[18], '-inf', '(' .. (t - keep))
-  redis.call('ZADD', KEYS[18], t, nid)
-  redis.call('PEXPIRE', KEYS[18], math.ceil(keep * 1000))
-end
-if not string.find(flags, 'w', 1, true) or redis.call('HEXISTS', KEYS[1], nid) == 1 then
-  return {1, prev or ''}
-end
-local push = ARGV[17]
-if push == '' then push = ARGV[16] end
-local r = write_item(tonumber(ARGV[1]), nid, expires, ck, ARGV[16], push, cap, step,
-                     ARGV[18], string.find(flags, 's', 1, true) ~= nil)
-return {1, prev or '', r[1], r[2], r[3], r[4], r[5]}
+return out
 """
 
 JOB_CREATE = r"""
