@@ -5,7 +5,8 @@ users in chunks of ``--chunk`` (one ``SqliteStore.deliver`` per chunk, each
 user with their own rendered fields and a ``pushed`` outcome, as the sender
 writes them): the first send meets new topics, the later ones the steady
 state (every user's streams known, history trimmed). For each send it prints
-the store thread's CPU per user (``time.thread_time`` around each group
+the store thread's CPU per user (and per user of the median chunk: steadier on
+a busy machine) (``time.thread_time`` around each group
 commit, as bench/notify_profile.py measures it) and with ``--floor`` the floor: the very
 statements that send ran, with the very rows, recorded as they went and
 replayed by prebuilt ``execute``/``executemany`` on a copy of the database as
@@ -23,6 +24,7 @@ import re
 import secrets
 import shutil
 import sqlite3
+import statistics
 import tempfile
 import time
 from collections.abc import Iterable
@@ -75,6 +77,7 @@ class Measured:
 
     def __init__(self, store: SqliteStore, record: bool) -> None:
         self.cpu = 0.0
+        self.each: list[float] = []  # per group commit (a chunk's deliver)
         self.log: list[Statement] = []
         commit = store._commit_batch
 
@@ -83,7 +86,8 @@ class Measured:
             try:
                 commit(Recorder(db, self.log) if record else db, *args)  # type: ignore[arg-type]
             finally:
-                self.cpu += time.thread_time() - t
+                self.each.append(time.thread_time() - t)
+                self.cpu += self.each[-1]
 
         store._commit_batch = timed  # type: ignore[method-assign,assignment]
 
@@ -129,14 +133,16 @@ async def run(args: argparse.Namespace) -> None:
                 await store.open()
                 nid = "n_" + secrets.token_hex(8)
                 await store.job_create(NewJob(nid, "general", {"title": "x"}, len(users), 0.0))
-                measured.cpu, measured.log = 0.0, []
+                measured.cpu, measured.each, measured.log = 0.0, [], []
                 for i in range(0, len(users), args.chunk):
                     part = [Delivery(u, "pushed", fields(u), edges=None)
                             for u in users[i:i + args.chunk]]
                     await store.deliver(nid, part, category="general", expires_at=None,
                                         collapse_key=None, policy=policy)
                 n = len(users)
-                print(f"send {send}: store thread {measured.cpu / n * 1e6:.1f} us/user"
+                chunk = statistics.median(measured.each) / args.chunk
+                print(f"send {send}: store thread {measured.cpu / n * 1e6:.1f} us/user "
+                      f"(median chunk {chunk * 1e6:.1f})"
                       + (" (recording)" if args.floor else ""))
                 if not args.floor:
                     continue

@@ -712,17 +712,23 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                 replaced.setdefault(user, []).append(old)
                 gone.append((seq,))
             db.executemany("DELETE FROM inbox WHERE seq = ?", gone)
-        db.executemany(
+        # the rows as one JSON array (user, fields) that SQLite unpacks (json_each):
+        # in order, so seq follows the items; fields are orjson's, so valid UTF-8
+        db.execute(
             "INSERT INTO inbox (user, id, created, expires, collapse_key, fields)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [(user, nid, now, expires, collapse_key, fields_json)
-             for user, _, fields_json, _ in items])
+            " SELECT json_extract(value, '$[0]'), ?, ?, ?, ?,"
+            " CAST(json_extract(value, '$[1]') AS BLOB) FROM json_each(?)",
+            (nid, now, expires, collapse_key,
+             orjson.dumps([(user, fields_json.decode()) for user, _, fields_json, _ in items])))
         # one new unread item each, less the unread ones it replaced
-        db.executemany("INSERT INTO inbox_counts (user, unread, total) VALUES (?, ?, ?)"
+        by_delta: dict[int, list[str]] = {}
+        for u in users:
+            by_delta.setdefault(1 - len(replaced.get(u, ())), []).append(u)
+        for d, who in by_delta.items():
+            db.execute("INSERT INTO inbox_counts (user, unread, total)"
+                       " SELECT value, ?, ? FROM json_each(?) WHERE true"
                        " ON CONFLICT (user) DO UPDATE SET unread = unread + excluded.unread,"
-                       " total = total + excluded.total",
-                       [(u, d, d) for u in users
-                        for d in (1 - len(replaced.get(u, ())),)])
+                       " total = total + excluded.total", (d, d, orjson.dumps(who)))
         pruned = {u: self._prune(db, u) for (u,) in _select_in(
             db, "SELECT user FROM inbox_counts WHERE total > ? AND user IN ({marks})",
             users, (self._max_inbox,))}
@@ -1534,10 +1540,10 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             items: list[_Item] = []
             recorded: list[str] = []
             tally: dict[str, int] = {}
-            targets: list[tuple[str, str, str, str | None]] = []
+            targets: dict[tuple[str, str | None], list[str]] = {}  # by (state, variant)
             undue: list[tuple[str, str]] = []
             queue: list[tuple[str, str, float]] = []
-            pushes: list[tuple[str, str, float]] = []
+            pushes: list[str] = []
             shared: tuple[int, dict[str, Any], bytes] | None = None  # one rendering, many users
             seen: set[str] = set()
             for d in deliveries:
@@ -1551,7 +1557,7 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                     if not (due and was in _HELD):
                         continue
                     tally[was] = tally.get(was, 0) - 1
-                targets.append((nid, d.user, d.state, d.variant))
+                targets.setdefault((d.state, d.variant), []).append(d.user)
                 tally[d.state] = tally.get(d.state, 0) + 1
                 recorded.append(d.user)
                 if d.fields is not None:
@@ -1562,17 +1568,24 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                 if d.due_at is not None:
                     queue.append((nid, d.user, d.due_at))
                 if d.edges is None or d.edges:
-                    pushes.append((d.user, category, now_s))
+                    pushes.append(d.user)
             changes = self._write_items(db, nid, items, now, expires, collapse_key, policy) \
                 if items else []
             db.executemany("DELETE FROM due_queue WHERE id = ? AND user = ?", undue)
-            # a firing replaces the state; the first variant recorded stays
-            db.executemany("INSERT INTO job_targets (id, user, state, variant)"
-                           " VALUES (?, ?, ?, ?) ON CONFLICT (id, user)"
-                           " DO UPDATE SET state = excluded.state", targets)
+            # a firing replaces the state; the first variant recorded stays. The users
+            # of each (state, variant) as one JSON array SQLite unpacks (json_each):
+            # a statement per group, not a bound row per user
+            for (state, variant), who in targets.items():
+                db.execute("INSERT INTO job_targets (id, user, state, variant)"
+                           " SELECT ?, value, ?, ? FROM json_each(?) WHERE true"
+                           " ON CONFLICT (id, user) DO UPDATE SET state = excluded.state",
+                           (nid, state, variant, orjson.dumps(who)))
             db.executemany("INSERT OR REPLACE INTO due_queue (id, user, due) VALUES (?, ?, ?)",
                            queue)
-            db.executemany("INSERT INTO pushes (user, category, ts) VALUES (?, ?, ?)", pushes)
+            if pushes:
+                db.execute("INSERT INTO pushes (user, category, ts)"
+                           " SELECT value, ?, ? FROM json_each(?)",
+                           (category, now_s, orjson.dumps(pushes)))
             for state, n in tally.items():
                 if n:
                     self._tally(db, nid, state, n)
