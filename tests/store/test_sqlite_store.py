@@ -11,7 +11,10 @@ outside where a test needs an older data folder:
   from the inbox once, retained messages get their QoS column (QoS 1), send
   targets their variant column (none for those recorded before), the counts
   per variant are filled once from the targets and events;
-* a tags-only audience is counted by one SQL query, equal to the paged count.
+* a tags-only audience is counted by one SQL query, equal to the paged count;
+* history on disk keeps each topic's size, however appended (a trim runs only
+  where the oldest kept message is past it); expired messages are hidden, then
+  swept.
 """
 
 from __future__ import annotations
@@ -19,13 +22,20 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from support.stores import KEEP, Clock
 from tidings.audience import parse_audience
-from tidings.store.base import Delivery, HistoryPolicy, MqttSessionState, NewJob
+from tidings.store.base import (
+    Delivery,
+    HistoryPolicy,
+    MqttSessionState,
+    NewJob,
+    PublishRequest,
+)
 from tidings.store.contracts.audience import AudienceStore
 from tidings.store.sqlite import SqliteStore
 from tidings.types import PayloadKind
@@ -213,3 +223,72 @@ async def test_a_tags_only_count_is_one_query_and_equals_the_paged_count(
         assert await store.audience_count(query) == paged, selector
     assert await store.audience_count(parse_audience({"tags": {"any": ["t0"]}})) > 0
     await store.close()
+
+
+def _history_rows(path: Path) -> dict[str, list[int]]:
+    """The history sequences on disk, per topic (read from outside the store)."""
+    out: dict[str, list[int]] = {}
+    with sqlite3.connect(path) as db:
+        for topic, seq in db.execute("SELECT topic, seq FROM history ORDER BY topic, seq"):
+            out.setdefault(topic, []).append(seq)
+    return out
+
+
+async def test_history_on_disk_keeps_the_size_however_appended(tmp_path: Path,
+                                                              clock: Clock) -> None:
+    """The trim deletes by sequence only where the oldest kept message is past the
+    size: one publish after another, a topic named many times in one group, a policy
+    that shrinks to nothing, and a user's streams (the retained count keeps none)."""
+    store = await opened(tmp_path, clock)
+    three, none = HistoryPolicy(3, 3600.0), HistoryPolicy(0, 3600.0)
+    try:
+        for i in range(1, 6):
+            await store.publish("one", b"%d" % i, PayloadKind.JSON, retain=False,
+                                policy=three)
+            assert _history_rows(store.path)["one"] == list(range(max(1, i - 2), i + 1))
+        def many(n: int, size: int) -> Callable[[sqlite3.Connection], object]:
+            """One append of a topic named ``n`` times (what a chunk's streams are)."""
+            entries = [("many", b"%d" % i, PayloadKind.JSON, HistoryPolicy(size, 3600.0),
+                        False, 1, None) for i in range(n)]
+            return lambda db: store._append_many(db, entries, 0)
+
+        await store._run(many(5, 3))
+        assert _history_rows(store.path)["many"] == [3, 4, 5]
+        await store._run(many(2, 2))
+        await store.publish_many([PublishRequest("shrinks", b"%d" % i, PayloadKind.JSON,
+                                                 three) for i in range(3)])
+        assert _history_rows(store.path) == {"one": [3, 4, 5], "many": [6, 7],
+                                             "shrinks": [1, 2, 3]}
+        await store.publish("shrinks", b"x", PayloadKind.JSON, retain=False, policy=none)
+        assert "shrinks" not in _history_rows(store.path)
+        assert [p.payload for p in (await store.history("one", None, 10)).items] == \
+            [b"3", b"4", b"5"]
+        for n in range(1, 6):  # notifications keep 3: the unread count keeps none
+            await store.notify(["alice"], {"id": f"n_{n}", "category": "c"}, ttl=None,
+                               collapse_key=None, policy=lambda t: three)
+        rows = _history_rows(store.path)
+        assert rows["users/alice/notifications"] == [3, 4, 5]
+        assert "users/alice/unread" not in rows
+        assert [p.data() for p in await store.retained("users/alice/unread")] == \
+            [{"count": 5}]
+    finally:
+        await store.close()
+
+
+async def test_expired_history_is_hidden_then_swept_not_trimmed(tmp_path: Path,
+                                                               clock: Clock) -> None:
+    """A publish trims by size only: a message past its TTL stays on disk until the
+    sweeper deletes it, and no read shows it meanwhile."""
+    store = await opened(tmp_path, clock)
+    short = HistoryPolicy(10, 60.0)
+    try:
+        await store.publish("t", b"old", PayloadKind.JSON, retain=False, policy=short)
+        clock.advance(61)
+        await store.publish("t", b"new", PayloadKind.JSON, retain=False, policy=short)
+        assert _history_rows(store.path) == {"t": [1, 2]}
+        page = await store.history("t", None, 10)
+        assert [p.payload for p in page.items] == [b"new"] and not page.complete
+        swept = await store.sweep(policy=policy, limit=100)
+        assert swept.history == 1 and _history_rows(store.path) == {"t": [2]}
+    finally:
+        await store.close()

@@ -429,13 +429,24 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
         """:meth:`_append` for many entries at once (a chunk's streams and retained
         counts): one read of the topics' sequences, then one statement per table run
         over all of them (``executemany``), in order, as one append after another
-        would leave them (a topic named twice gets two offsets)."""
-        state: dict[str, tuple[str, int]] = {
-            t: (epoch, seq) for t, epoch, seq in _select_in(
-                db, "SELECT topic, epoch, seq FROM topics WHERE topic IN ({marks})",
-                list(dict.fromkeys(e[0] for e in entries)))}
+        would leave them (a topic named twice gets two offsets).
+
+        The history trim deletes by sequence only where something is there to
+        delete: the read gives each topic's oldest kept sequence too (one index
+        seek), so a topic below its size, or keeping none and having none (a
+        user's retained count), costs no statement. Expired messages are not
+        trimmed here: every read skips them and the sweeper deletes them."""
+        state: dict[str, tuple[str, int]] = {}
+        oldest: dict[str, int] = {}  # the lowest sequence history may hold, per topic
+        for t, epoch, seq, first in _select_in(
+                db, "SELECT topic, epoch, seq, (SELECT seq FROM history h WHERE h.topic = t.topic"
+                " ORDER BY seq LIMIT 1) FROM topics t WHERE topic IN ({marks})",
+                list(dict.fromkeys(e[0] for e in entries))):
+            state[t] = (epoch, seq)
+            if first is not None:
+                oldest[t] = first
         history: list[tuple[str, int, int, int, int, bytes]] = []
-        trims: list[tuple[str, int, int]] = []
+        trims: list[tuple[str, int]] = []
         retained: dict[str, tuple[str, str, int, int, bytes, int, bytes | None] | None] = {}
         pubs = []
         for topic, payload, kind, policy, retain, qos, meta in entries:
@@ -446,11 +457,16 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                 epoch, seq = known[0], known[1] + 1
             state[topic] = (epoch, seq)
             offset = format_offset(epoch, seq)
+            cut = seq - policy.size  # what a history of this size no longer keeps
+            first = oldest.get(topic)
+            if first is not None and first <= cut:
+                trims.append((topic, cut))
+                oldest[topic] = cut + 1  # at most: later ones may be there
             if policy.size > 0:
                 history.append((topic, seq, now, now + int(policy.ttl * 1000), int(kind),
                                 payload))
-            if known is not None:  # a topic without a row has no history yet
-                trims.append((topic, seq - policy.size, now))
+                if first is None:
+                    oldest[topic] = seq
             if retain:  # an empty payload clears it; the last one for a topic holds
                 retained[topic] = (topic, offset, now, int(kind), payload, qos, meta) \
                     if payload else None
@@ -460,8 +476,7 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                        [(t, epoch, seq) for t, (epoch, seq) in state.items()])
         db.executemany("INSERT INTO history (topic, seq, ts, expires, kind, payload)"
                        " VALUES (?, ?, ?, ?, ?, ?)", history)
-        db.executemany("DELETE FROM history WHERE topic = ? AND (seq <= ? OR expires <= ?)",
-                       trims)
+        db.executemany("DELETE FROM history WHERE topic = ? AND seq <= ?", trims)
         db.executemany("INSERT OR REPLACE INTO retained (topic, offset, ts, kind, payload, qos,"
                        " meta) VALUES (?, ?, ?, ?, ?, ?, ?)",
                        [r for r in retained.values() if r is not None])
