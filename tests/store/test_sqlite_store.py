@@ -25,6 +25,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import pytest
 
 from support.stores import KEEP, Clock
@@ -290,5 +291,45 @@ async def test_expired_history_is_hidden_then_swept_not_trimmed(tmp_path: Path,
         assert [p.payload for p in page.items] == [b"new"] and not page.complete
         swept = await store.sweep(policy=policy, limit=100)
         assert swept.history == 1 and _history_rows(store.path) == {"t": [2]}
+    finally:
+        await store.close()
+
+
+async def test_a_stream_entry_is_the_item_plus_what_it_adds(tmp_path: Path,
+                                                            clock: Clock) -> None:
+    """The live entry is the stored item's fields with ``unread`` (and ``edges``,
+    ``replaces``) after them, also when the fields name one of those keys
+    themselves (then replaced in place); a silent entry carries the id and the
+    count. What devices parse, pinned to the byte."""
+    store = await opened(tmp_path, clock)
+    plain = {"title": "Hi é \"x\"", "body": None, "data": {"k": [1, 2.5]}}
+    clash = {"title": "clash", "unread": "mine", "edges": 7}
+    try:
+        job, _ = await store.job_create(NewJob("n_1", "c", {"title": "x"}, 4, clock.now))
+        result = await store.deliver(
+            job.id, [Delivery("ann", "pushed", plain, edges=None),
+                     Delivery("bob", "pushed", plain, edges=("ws",)),
+                     Delivery("cy", "pushed", clash, edges=("mqtt",)),
+                     Delivery("di", "pushed", plain, edges=())],
+            category="c", expires_at=None, collapse_key="k", policy=policy)
+        ts = int(clock.now * 1000)
+        entries = [c.publications[0] for c in result.changes]
+        item = {**plain, "id": "n_1", "ts": ts}
+        assert [(p.topic, p.payload) for p in entries] == [
+            ("users/ann/notifications", orjson.dumps({**item, "unread": 1})),
+            ("users/bob/notifications", orjson.dumps({**item, "unread": 1,
+                                                      "edges": ["ws"]})),
+            ("users/cy/notifications", orjson.dumps({"title": "clash", "unread": 1,
+                                                     "edges": ["mqtt"], "id": "n_1",
+                                                     "ts": ts})),
+            ("users/di/events", orjson.dumps({"type": "silent", "ids": ["n_1"],
+                                              "unread": 1}))]
+        job, _ = await store.job_create(NewJob("n_2", "c", {"title": "x"}, 1, clock.now))
+        again = await store.deliver(job.id, [Delivery("ann", "pushed", plain, edges=None)],
+                                    category="c", expires_at=None, collapse_key="k",
+                                    policy=policy)
+        assert again.changes[0].publications[0].payload == orjson.dumps(
+            {**plain, "id": "n_2", "ts": ts, "unread": 1, "replaces": ["n_1"]})
+        assert [p.payload for p in again.changes[0].publications[1:]] == [b'{"count":1}']
     finally:
         await store.close()

@@ -744,10 +744,16 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                        " SELECT value, ?, ? FROM json_each(?) WHERE true"
                        " ON CONFLICT (user) DO UPDATE SET unread = unread + excluded.unread,"
                        " total = total + excluded.total", (d, d, orjson.dumps(who)))
-        pruned = {u: self._prune(db, u) for (u,) in _select_in(
-            db, "SELECT user FROM inbox_counts WHERE total > ? AND user IN ({marks})",
-            users, (self._max_inbox,))}
-        counts = self._counts(db, users, now)
+        # the counts and who is over the cap, in one read; the few over it are pruned,
+        # then counted again
+        counts: dict[str, int] = {}
+        over: list[str] = []
+        for user, unread, total in _select_in(db, _COUNTS_READ, users, (now,)):
+            counts[user] = unread
+            if total > self._max_inbox:
+                over.append(user)
+        pruned = {u: self._prune(db, u) for u in over}
+        counts.update((u, self._count(db, u, now)) for u in over)
         entries: list[_Entry] = []
         for user, fields, _, edges in items:
             count = counts.get(user, 0)
@@ -770,18 +776,6 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
         pubs = self._append_many(db, entries, now)
         return [UserChange(user, counts.get(user, 0), [nid], pubs[2 * i:2 * i + 2])
                 for i, user in enumerate(users)]
-
-    def _counts(self, db: sqlite3.Connection, users: Sequence[str], now: int
-                ) -> dict[str, int]:
-        """:meth:`_count` for many users (those with no counter left out)."""
-        counts = dict(_select_in(db, "SELECT user, unread FROM inbox_counts"
-                                     " WHERE user IN ({marks})", users))
-        for user, n in _select_in(
-                db, "SELECT user, COUNT(*) FROM inbox INDEXED BY inbox_user_expires"
-                " WHERE expires IS NOT NULL AND expires <= ? AND read = 0 AND archived = 0"
-                " AND user IN ({marks}) GROUP BY user", users, (now,)):
-            counts[user] -= n
-        return counts
 
     async def notify(
         self,
@@ -1665,6 +1659,12 @@ def _select_in(db: sqlite3.Connection, sql: str, keys: Sequence[Any],
 
 
 _IN_SLICE = 500  # keys per IN list: well under SQLite's bound on host parameters
+_COUNTS_READ = (
+    "SELECT c.user, c.unread - (SELECT COUNT(*) FROM inbox INDEXED BY inbox_user_expires"
+    " WHERE inbox.user = c.user AND expires IS NOT NULL AND expires <= ? AND read = 0"
+    " AND archived = 0), c.total FROM inbox_counts c WHERE c.user IN ({marks})")
+""":meth:`SqliteStore._count` (the counter less the expired unread) of many users,
+with their totals (who is over the cap)."""
 _Item = tuple[str, dict[str, Any], bytes, Sequence[str] | None]
 """One user's inbox write (:meth:`SqliteStore._write_items`): user, fields,
 fields as JSON, edges."""
