@@ -146,7 +146,12 @@ async def run(args: argparse.Namespace) -> None:
                       + (" (recording)" if args.floor else ""))
                 if not args.floor:
                     continue
-                floor, by = replay(folder / "copy" / store.path.name, measured.log)
+                runs = []  # each on a fresh copy; the least disturbed kept
+                for r in range(args.replays):
+                    shutil.copytree(folder / "copy", folder / f"replay{r}")
+                    runs.append(replay(folder / f"replay{r}" / store.path.name, measured.log))
+                    shutil.rmtree(folder / f"replay{r}")
+                floor, by = min(runs, key=lambda run: run[0])
                 print(f"  floor (the same statements and rows, prebuilt) "
                       f"{floor / n * 1e6:.1f} us/user, of which:")
                 for name, spent in sorted(by.items(), key=lambda kv: -kv[1])[:args.top]:
@@ -162,6 +167,8 @@ def main() -> None:
     p.add_argument("--sends", type=int, default=2, help="sends to the same users")
     p.add_argument("--floor", action="store_true",
                    help="record each send's statements and replay them (the floor)")
+    p.add_argument("--replays", type=int, default=3,
+                   help="replays of each send for the floor (the least CPU kept)")
     p.add_argument("--top", type=int, default=14, help="statements listed per send")
     asyncio.run(run(p.parse_args()))
 

@@ -20,6 +20,7 @@ outside where a test needs an older data folder:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import sqlite3
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from tidings.store.base import (
 )
 from tidings.store.contracts.audience import AudienceStore
 from tidings.store.sqlite import SqliteStore
-from tidings.types import PayloadKind
+from tidings.types import PayloadKind, Publication
 
 
 def policy(topic: str) -> HistoryPolicy:
@@ -331,5 +332,11 @@ async def test_a_stream_entry_is_the_item_plus_what_it_adds(tmp_path: Path,
         assert again.changes[0].publications[0].payload == orjson.dumps(
             {**plain, "id": "n_2", "ts": ts, "unread": 1, "replaces": ["n_1"]})
         assert [p.payload for p in again.changes[0].publications[1:]] == [b'{"count":1}']
+        for pub in [p for c in result.changes + again.changes for p in c.publications]:
+            # made by setting its slots (_publication): a Publication like any other
+            made = Publication(pub.topic, pub.offset, pub.payload, pub.kind, pub.ts)
+            assert pub == made and hash(pub) == hash(made) and repr(pub) == repr(made)
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                pub.qos = 0  # type: ignore[misc]
     finally:
         await store.close()
