@@ -13,8 +13,8 @@ outside where a test needs an older data folder:
   per variant are filled once from the targets and events;
 * a tags-only audience is counted by one SQL query, equal to the paged count;
 * history on disk keeps each topic's size, however appended (a trim runs only
-  where the oldest kept message is past it); expired messages are hidden, then
-  swept.
+  where the oldest kept message is past it or expired); messages expired
+  behind an unexpired oldest are hidden, then swept.
 """
 
 from __future__ import annotations
@@ -277,21 +277,27 @@ async def test_history_on_disk_keeps_the_size_however_appended(tmp_path: Path,
         await store.close()
 
 
-async def test_expired_history_is_hidden_then_swept_not_trimmed(tmp_path: Path,
-                                                               clock: Clock) -> None:
-    """A publish trims by size only: a message past its TTL stays on disk until the
-    sweeper deletes it, and no read shows it meanwhile."""
+async def test_expired_history_is_trimmed_at_its_oldest_else_swept(tmp_path: Path,
+                                                                  clock: Clock) -> None:
+    """A publish trims what expired once the topic's oldest message has; one that
+    expired behind an unexpired oldest (its TTL was shorter) stays on disk until
+    the sweeper deletes it, and no read shows it meanwhile."""
     store = await opened(tmp_path, clock)
-    short = HistoryPolicy(10, 60.0)
+    hour, minute = HistoryPolicy(10, 3600.0), HistoryPolicy(10, 60.0)
     try:
-        await store.publish("t", b"old", PayloadKind.JSON, retain=False, policy=short)
+        await store.publish("t", b"a", PayloadKind.JSON, retain=False, policy=hour)
+        await store.publish("t", b"b", PayloadKind.JSON, retain=False, policy=minute)
         clock.advance(61)
-        await store.publish("t", b"new", PayloadKind.JSON, retain=False, policy=short)
-        assert _history_rows(store.path) == {"t": [1, 2]}
+        await store.publish("t", b"c", PayloadKind.JSON, retain=False, policy=minute)
+        assert _history_rows(store.path) == {"t": [1, 2, 3]}
         page = await store.history("t", None, 10)
-        assert [p.payload for p in page.items] == [b"new"] and not page.complete
+        assert [p.payload for p in page.items] == [b"a", b"c"] and page.complete
         swept = await store.sweep(policy=policy, limit=100)
-        assert swept.history == 1 and _history_rows(store.path) == {"t": [2]}
+        assert swept.history == 1 and _history_rows(store.path) == {"t": [1, 3]}
+        clock.advance(3600)
+        await store.publish("t", b"d", PayloadKind.JSON, retain=False, policy=minute)
+        assert _history_rows(store.path) == {"t": [4]}  # a and c: gone with the publish
+        assert [p.payload for p in (await store.history("t", None, 10)).items] == [b"d"]
     finally:
         await store.close()
 
