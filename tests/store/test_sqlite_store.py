@@ -12,9 +12,9 @@ outside where a test needs an older data folder:
   targets their variant column (none for those recorded before), the counts
   per variant are filled once from the targets and events;
 * a tags-only audience is counted by one SQL query, equal to the paged count;
-* history on disk keeps each topic's size, however appended (a trim runs only
-  where the oldest kept message is past it or expired); messages expired
-  behind an unexpired oldest are hidden, then swept.
+* history on disk keeps each topic's size, however appended (one publish after
+  another, a topic named many times in one append, a policy that shrinks);
+* a stream entry is the item's fields plus what it adds, to the byte.
 """
 
 from __future__ import annotations
@@ -238,9 +238,9 @@ def _history_rows(path: Path) -> dict[str, list[int]]:
 
 async def test_history_on_disk_keeps_the_size_however_appended(tmp_path: Path,
                                                               clock: Clock) -> None:
-    """The trim deletes by sequence only where the oldest kept message is past the
-    size: one publish after another, a topic named many times in one group, a policy
-    that shrinks to nothing, and a user's streams (the retained count keeps none)."""
+    """The trim leaves exactly the size: one publish after another, a topic named
+    many times in one append, a policy that shrinks to nothing, and a user's
+    streams (the retained count keeps none)."""
     store = await opened(tmp_path, clock)
     three, none = HistoryPolicy(3, 3600.0), HistoryPolicy(0, 3600.0)
     try:
@@ -273,31 +273,6 @@ async def test_history_on_disk_keeps_the_size_however_appended(tmp_path: Path,
         assert "users/alice/unread" not in rows
         assert [p.data() for p in await store.retained("users/alice/unread")] == \
             [{"count": 5}]
-    finally:
-        await store.close()
-
-
-async def test_expired_history_is_trimmed_at_its_oldest_else_swept(tmp_path: Path,
-                                                                  clock: Clock) -> None:
-    """A publish trims what expired once the topic's oldest message has; one that
-    expired behind an unexpired oldest (its TTL was shorter) stays on disk until
-    the sweeper deletes it, and no read shows it meanwhile."""
-    store = await opened(tmp_path, clock)
-    hour, minute = HistoryPolicy(10, 3600.0), HistoryPolicy(10, 60.0)
-    try:
-        await store.publish("t", b"a", PayloadKind.JSON, retain=False, policy=hour)
-        await store.publish("t", b"b", PayloadKind.JSON, retain=False, policy=minute)
-        clock.advance(61)
-        await store.publish("t", b"c", PayloadKind.JSON, retain=False, policy=minute)
-        assert _history_rows(store.path) == {"t": [1, 2, 3]}
-        page = await store.history("t", None, 10)
-        assert [p.payload for p in page.items] == [b"a", b"c"] and page.complete
-        swept = await store.sweep(policy=policy, limit=100)
-        assert swept.history == 1 and _history_rows(store.path) == {"t": [1, 3]}
-        clock.advance(3600)
-        await store.publish("t", b"d", PayloadKind.JSON, retain=False, policy=minute)
-        assert _history_rows(store.path) == {"t": [4]}  # a and c: gone with the publish
-        assert [p.payload for p in (await store.history("t", None, 10)).items] == [b"d"]
     finally:
         await store.close()
 

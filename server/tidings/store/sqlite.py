@@ -430,24 +430,11 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
         """:meth:`_append` for many entries at once (a chunk's streams and retained
         counts): one read of the topics' sequences, then one statement per table run
         over all of them (``executemany``), in order, as one append after another
-        would leave them (a topic named twice gets two offsets).
-
-        The history trim runs only where something is there to delete: the read
-        gives each topic's oldest kept message too (its sequence, and whether it
-        has expired: an index seek), and a topic whose oldest is within the size
-        and unexpired (or that keeps none and has none: a user's retained count)
-        costs no statement. Expired messages behind an unexpired oldest (a TTL
-        shortened) wait for the sweeper; every read skips them meanwhile."""
-        state: dict[str, tuple[str, int]] = {}
-        # per topic, the oldest message history may hold: its sequence, and whether
-        # it has expired (after a trim in this call: the least it can be, and True,
-        # so a later entry trims again)
-        oldest: dict[str, tuple[int, bool]] = {}
-        for t, epoch, seq, first in _select_in(db, _TOPICS_READ, list(
-                dict.fromkeys(e[0] for e in entries)), (now,)):
-            state[t] = (epoch, seq)
-            if first is not None:
-                oldest[t] = (abs(first), first < 0)
+        would leave them (a topic named twice gets two offsets)."""
+        state: dict[str, tuple[str, int]] = {
+            t: (epoch, seq) for t, epoch, seq in _select_in(
+                db, "SELECT topic, epoch, seq FROM topics WHERE topic IN ({marks})",
+                list(dict.fromkeys(e[0] for e in entries)))}
         history: list[tuple[str, int, int, int, int, bytes]] = []
         trims: list[tuple[str, int, int]] = []
         retained: dict[str, tuple[str, str, int, int, bytes, int, bytes | None] | None] = {}
@@ -460,16 +447,11 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                 epoch, seq = known[0], known[1] + 1
             state[topic] = (epoch, seq)
             offset = format_offset(epoch, seq)
-            cut = seq - policy.size  # what a history of this size no longer keeps
-            first = oldest.get(topic)
-            if first is not None and (first[0] <= cut or first[1]):
-                trims.append((topic, cut, now))
-                oldest[topic] = (cut + 1, True)
             if policy.size > 0:
                 history.append((topic, seq, now, now + int(policy.ttl * 1000), int(kind),
                                 payload))
-                if first is None:
-                    oldest[topic] = (seq, policy.ttl <= 0)
+            if known is not None:  # a topic without a row has no history yet
+                trims.append((topic, seq - policy.size, now))
             if retain:  # an empty payload clears it; the last one for a topic holds
                 retained[topic] = (topic, offset, now, int(kind), payload, qos, meta) \
                     if payload else None
@@ -1663,12 +1645,6 @@ def _select_in(db: sqlite3.Connection, sql: str, keys: Sequence[Any],
 
 
 _IN_SLICE = 500  # keys per IN list: well under SQLite's bound on host parameters
-_TOPICS_READ = (
-    "SELECT topic, epoch, seq, (SELECT CASE WHEN expires <= ? THEN -seq ELSE seq END"
-    " FROM history h WHERE h.topic = t.topic ORDER BY seq LIMIT 1)"
-    " FROM topics t WHERE topic IN ({marks})")
-"""Topics' sequences, with the sequence of their oldest history message, negative
-if it has expired (:meth:`SqliteStore._append_many`)."""
 _COUNTS_READ = (
     "SELECT c.user, c.unread - (SELECT COUNT(*) FROM inbox INDEXED BY inbox_user_expires"
     " WHERE inbox.user = c.user AND expires IS NOT NULL AND expires <= ? AND read = 0"
