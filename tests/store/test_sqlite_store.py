@@ -11,24 +11,36 @@ outside where a test needs an older data folder:
   from the inbox once, retained messages get their QoS column (QoS 1), send
   targets their variant column (none for those recorded before), the counts
   per variant are filled once from the targets and events;
-* a tags-only audience is counted by one SQL query, equal to the paged count.
+* a tags-only audience is counted by one SQL query, equal to the paged count;
+* history on disk keeps each topic's size, however appended (one publish after
+  another, a topic named many times in one append, a policy that shrinks);
+* a stream entry is the item's fields plus what it adds, to the byte.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import pytest
 
 from support.stores import KEEP, Clock
 from tidings.audience import parse_audience
-from tidings.store.base import Delivery, HistoryPolicy, MqttSessionState, NewJob
+from tidings.store.base import (
+    Delivery,
+    HistoryPolicy,
+    MqttSessionState,
+    NewJob,
+    PublishRequest,
+)
 from tidings.store.contracts.audience import AudienceStore
 from tidings.store.sqlite import SqliteStore
-from tidings.types import PayloadKind
+from tidings.types import PayloadKind, Publication
 
 
 def policy(topic: str) -> HistoryPolicy:
@@ -213,3 +225,99 @@ async def test_a_tags_only_count_is_one_query_and_equals_the_paged_count(
         assert await store.audience_count(query) == paged, selector
     assert await store.audience_count(parse_audience({"tags": {"any": ["t0"]}})) > 0
     await store.close()
+
+
+def _history_rows(path: Path) -> dict[str, list[int]]:
+    """The history sequences on disk, per topic (read from outside the store)."""
+    out: dict[str, list[int]] = {}
+    with sqlite3.connect(path) as db:
+        for topic, seq in db.execute("SELECT topic, seq FROM history ORDER BY topic, seq"):
+            out.setdefault(topic, []).append(seq)
+    return out
+
+
+async def test_history_on_disk_keeps_the_size_however_appended(tmp_path: Path,
+                                                              clock: Clock) -> None:
+    """The trim leaves exactly the size: one publish after another, a topic named
+    many times in one append, a policy that shrinks to nothing, and a user's
+    streams (the retained count keeps none)."""
+    store = await opened(tmp_path, clock)
+    three, none = HistoryPolicy(3, 3600.0), HistoryPolicy(0, 3600.0)
+    try:
+        for i in range(1, 6):
+            await store.publish("one", b"%d" % i, PayloadKind.JSON, retain=False,
+                                policy=three)
+            assert _history_rows(store.path)["one"] == list(range(max(1, i - 2), i + 1))
+        def many(n: int, size: int) -> Callable[[sqlite3.Connection], object]:
+            """One append of a topic named ``n`` times (what a chunk's streams are)."""
+            entries = [("many", b"%d" % i, PayloadKind.JSON, HistoryPolicy(size, 3600.0),
+                        False, 1, None) for i in range(n)]
+            return lambda db: store._append_many(db, entries, 0)
+
+        await store._run(many(5, 3))
+        assert _history_rows(store.path)["many"] == [3, 4, 5]
+        await store._run(many(2, 2))
+        await store.publish_many([PublishRequest("shrinks", b"%d" % i, PayloadKind.JSON,
+                                                 three) for i in range(3)])
+        assert _history_rows(store.path) == {"one": [3, 4, 5], "many": [6, 7],
+                                             "shrinks": [1, 2, 3]}
+        await store.publish("shrinks", b"x", PayloadKind.JSON, retain=False, policy=none)
+        assert "shrinks" not in _history_rows(store.path)
+        assert [p.payload for p in (await store.history("one", None, 10)).items] == \
+            [b"3", b"4", b"5"]
+        for n in range(1, 6):  # notifications keep 3: the unread count keeps none
+            await store.notify(["alice"], {"id": f"n_{n}", "category": "c"}, ttl=None,
+                               collapse_key=None, policy=lambda t: three)
+        rows = _history_rows(store.path)
+        assert rows["users/alice/notifications"] == [3, 4, 5]
+        assert "users/alice/unread" not in rows
+        assert [p.data() for p in await store.retained("users/alice/unread")] == \
+            [{"count": 5}]
+    finally:
+        await store.close()
+
+
+async def test_a_stream_entry_is_the_item_plus_what_it_adds(tmp_path: Path,
+                                                            clock: Clock) -> None:
+    """The live entry is the stored item's fields with ``unread`` (and ``edges``,
+    ``replaces``) after them, also when the fields name one of those keys
+    themselves (then replaced in place); a silent entry carries the id and the
+    count. What devices parse, pinned to the byte."""
+    store = await opened(tmp_path, clock)
+    plain = {"title": "Hi é \"x\"", "body": None, "data": {"k": [1, 2.5]}}
+    clash = {"title": "clash", "unread": "mine", "edges": 7}
+    try:
+        job, _ = await store.job_create(NewJob("n_1", "c", {"title": "x"}, 4, clock.now))
+        result = await store.deliver(
+            job.id, [Delivery("ann", "pushed", plain, edges=None),
+                     Delivery("bob", "pushed", plain, edges=("ws",)),
+                     Delivery("cy", "pushed", clash, edges=("mqtt",)),
+                     Delivery("di", "pushed", plain, edges=())],
+            category="c", expires_at=None, collapse_key="k", policy=policy)
+        ts = int(clock.now * 1000)
+        entries = [c.publications[0] for c in result.changes]
+        item = {**plain, "id": "n_1", "ts": ts}
+        assert [(p.topic, p.payload) for p in entries] == [
+            ("users/ann/notifications", orjson.dumps({**item, "unread": 1})),
+            ("users/bob/notifications", orjson.dumps({**item, "unread": 1,
+                                                      "edges": ["ws"]})),
+            ("users/cy/notifications", orjson.dumps({"title": "clash", "unread": 1,
+                                                     "edges": ["mqtt"], "id": "n_1",
+                                                     "ts": ts})),
+            ("users/di/events", orjson.dumps({"type": "silent", "ids": ["n_1"],
+                                              "unread": 1}))]
+        job, _ = await store.job_create(NewJob("n_2", "c", {"title": "x"}, 1, clock.now))
+        again = await store.deliver(job.id, [Delivery("ann", "pushed", plain, edges=None)],
+                                    category="c", expires_at=None, collapse_key="k",
+                                    policy=policy)
+        assert again.changes[0].publications[0].payload == orjson.dumps(
+            {**plain, "id": "n_2", "ts": ts, "unread": 1, "replaces": ["n_1"]})
+        assert [p.payload for p in again.changes[0].publications[1:]] == [b'{"count":1}']
+        for pub in [p for c in result.changes + again.changes for p in c.publications]:
+            # made by setting its slots (_publication): a Publication like any other
+            made = Publication(pub.topic, pub.offset, pub.payload, pub.kind, pub.ts)
+            assert pub == made and hash(pub) == hash(made) and repr(pub) == repr(made)
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                pub.qos = 0  # type: ignore[misc]
+    finally:
+        await store.close()

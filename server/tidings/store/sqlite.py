@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import secrets
 import sqlite3
@@ -454,7 +455,7 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             if retain:  # an empty payload clears it; the last one for a topic holds
                 retained[topic] = (topic, offset, now, int(kind), payload, qos, meta) \
                     if payload else None
-            pubs.append(Publication(topic, offset, payload, kind, now))
+            pubs.append(_publication(topic, offset, payload, kind, now))
         db.executemany("INSERT INTO topics (topic, epoch, seq) VALUES (?, ?, ?)"
                        " ON CONFLICT (topic) DO UPDATE SET seq = excluded.seq",
                        [(t, epoch, seq) for t, (epoch, seq) in state.items()])
@@ -712,21 +713,33 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                 replaced.setdefault(user, []).append(old)
                 gone.append((seq,))
             db.executemany("DELETE FROM inbox WHERE seq = ?", gone)
-        db.executemany(
+        # the rows as one JSON array (user, fields) that SQLite unpacks (json_each):
+        # in order, so seq follows the items; fields are orjson's, so valid UTF-8
+        db.execute(
             "INSERT INTO inbox (user, id, created, expires, collapse_key, fields)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [(user, nid, now, expires, collapse_key, fields_json)
-             for user, _, fields_json, _ in items])
+            " SELECT json_extract(value, '$[0]'), ?, ?, ?, ?,"
+            " CAST(json_extract(value, '$[1]') AS BLOB) FROM json_each(?)",
+            (nid, now, expires, collapse_key,
+             orjson.dumps([(user, fields_json.decode()) for user, _, fields_json, _ in items])))
         # one new unread item each, less the unread ones it replaced
-        db.executemany("INSERT INTO inbox_counts (user, unread, total) VALUES (?, ?, ?)"
+        by_delta: dict[int, list[str]] = {}
+        for u in users:
+            by_delta.setdefault(1 - len(replaced.get(u, ())), []).append(u)
+        for d, who in by_delta.items():
+            db.execute("INSERT INTO inbox_counts (user, unread, total)"
+                       " SELECT value, ?, ? FROM json_each(?) WHERE true"
                        " ON CONFLICT (user) DO UPDATE SET unread = unread + excluded.unread,"
-                       " total = total + excluded.total",
-                       [(u, d, d) for u in users
-                        for d in (1 - len(replaced.get(u, ())),)])
-        pruned = {u: self._prune(db, u) for (u,) in _select_in(
-            db, "SELECT user FROM inbox_counts WHERE total > ? AND user IN ({marks})",
-            users, (self._max_inbox,))}
-        counts = self._counts(db, users, now)
+                       " total = total + excluded.total", (d, d, orjson.dumps(who)))
+        # the counts and who is over the cap, in one read; the few over it are pruned,
+        # then counted again
+        counts: dict[str, int] = {}
+        over: list[str] = []
+        for user, unread, total in _select_in(db, _COUNTS_READ, users, (now,)):
+            counts[user] = unread
+            if total > self._max_inbox:
+                over.append(user)
+        pruned = {u: self._prune(db, u) for u in over}
+        counts.update((u, self._count(db, u, now)) for u in over)
         entries: list[_Entry] = []
         for user, fields, _, edges in items:
             count = counts.get(user, 0)
@@ -749,18 +762,6 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
         pubs = self._append_many(db, entries, now)
         return [UserChange(user, counts.get(user, 0), [nid], pubs[2 * i:2 * i + 2])
                 for i, user in enumerate(users)]
-
-    def _counts(self, db: sqlite3.Connection, users: Sequence[str], now: int
-                ) -> dict[str, int]:
-        """:meth:`_count` for many users (those with no counter left out)."""
-        counts = dict(_select_in(db, "SELECT user, unread FROM inbox_counts"
-                                     " WHERE user IN ({marks})", users))
-        for user, n in _select_in(
-                db, "SELECT user, COUNT(*) FROM inbox INDEXED BY inbox_user_expires"
-                " WHERE expires IS NOT NULL AND expires <= ? AND read = 0 AND archived = 0"
-                " AND user IN ({marks}) GROUP BY user", users, (now,)):
-            counts[user] -= n
-        return counts
 
     async def notify(
         self,
@@ -1534,10 +1535,10 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             items: list[_Item] = []
             recorded: list[str] = []
             tally: dict[str, int] = {}
-            targets: list[tuple[str, str, str, str | None]] = []
+            targets: dict[tuple[str, str | None], list[str]] = {}  # by (state, variant)
             undue: list[tuple[str, str]] = []
             queue: list[tuple[str, str, float]] = []
-            pushes: list[tuple[str, str, float]] = []
+            pushes: list[str] = []
             shared: tuple[int, dict[str, Any], bytes] | None = None  # one rendering, many users
             seen: set[str] = set()
             for d in deliveries:
@@ -1551,7 +1552,7 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                     if not (due and was in _HELD):
                         continue
                     tally[was] = tally.get(was, 0) - 1
-                targets.append((nid, d.user, d.state, d.variant))
+                targets.setdefault((d.state, d.variant), []).append(d.user)
                 tally[d.state] = tally.get(d.state, 0) + 1
                 recorded.append(d.user)
                 if d.fields is not None:
@@ -1562,17 +1563,24 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                 if d.due_at is not None:
                     queue.append((nid, d.user, d.due_at))
                 if d.edges is None or d.edges:
-                    pushes.append((d.user, category, now_s))
+                    pushes.append(d.user)
             changes = self._write_items(db, nid, items, now, expires, collapse_key, policy) \
                 if items else []
             db.executemany("DELETE FROM due_queue WHERE id = ? AND user = ?", undue)
-            # a firing replaces the state; the first variant recorded stays
-            db.executemany("INSERT INTO job_targets (id, user, state, variant)"
-                           " VALUES (?, ?, ?, ?) ON CONFLICT (id, user)"
-                           " DO UPDATE SET state = excluded.state", targets)
+            # a firing replaces the state; the first variant recorded stays. The users
+            # of each (state, variant) as one JSON array SQLite unpacks (json_each):
+            # a statement per group, not a bound row per user
+            for (state, variant), who in targets.items():
+                db.execute("INSERT INTO job_targets (id, user, state, variant)"
+                           " SELECT ?, value, ?, ? FROM json_each(?) WHERE true"
+                           " ON CONFLICT (id, user) DO UPDATE SET state = excluded.state",
+                           (nid, state, variant, orjson.dumps(who)))
             db.executemany("INSERT OR REPLACE INTO due_queue (id, user, due) VALUES (?, ?, ?)",
                            queue)
-            db.executemany("INSERT INTO pushes (user, category, ts) VALUES (?, ?, ?)", pushes)
+            if pushes:
+                db.execute("INSERT INTO pushes (user, category, ts)"
+                           " SELECT value, ?, ? FROM json_each(?)",
+                           (category, now_s, orjson.dumps(pushes)))
             for state, n in tally.items():
                 if n:
                     self._tally(db, nid, state, n)
@@ -1637,6 +1645,12 @@ def _select_in(db: sqlite3.Connection, sql: str, keys: Sequence[Any],
 
 
 _IN_SLICE = 500  # keys per IN list: well under SQLite's bound on host parameters
+_COUNTS_READ = (
+    "SELECT c.user, c.unread - (SELECT COUNT(*) FROM inbox INDEXED BY inbox_user_expires"
+    " WHERE inbox.user = c.user AND expires IS NOT NULL AND expires <= ? AND read = 0"
+    " AND archived = 0), c.total FROM inbox_counts c WHERE c.user IN ({marks})")
+""":meth:`SqliteStore._count` (the counter less the expired unread) of many users,
+with their totals (who is over the cap)."""
 _Item = tuple[str, dict[str, Any], bytes, Sequence[str] | None]
 """One user's inbox write (:meth:`SqliteStore._write_items`): user, fields,
 fields as JSON, edges."""
@@ -1669,3 +1683,27 @@ def _resolve(results: list[tuple[Any, Any, BaseException | None]],
 
 
 _NO_HISTORY = HistoryPolicy(0, 1.0)
+
+_SLOTS = dataclasses.fields(Publication)
+_SET_TOPIC, _SET_OFFSET, _SET_PAYLOAD, _SET_KIND, _SET_TS = (
+    getattr(Publication, f.name).__set__ for f in _SLOTS[:5])
+_DEFAULTS = tuple((getattr(Publication, f.name).__set__, f.default) for f in _SLOTS[5:])
+assert [f.name for f in _SLOTS[:5]] == ["topic", "offset", "payload", "kind", "ts"]
+assert all(d is not dataclasses.MISSING for _, d in _DEFAULTS)
+
+
+def _publication(topic: str, offset: Offset, payload: bytes, kind: PayloadKind, ts: int
+                 ) -> Publication:
+    """``Publication(topic, offset, payload, kind, ts)``, the other fields at their
+    defaults, made by setting its slots directly: the generated ``__init__`` of a
+    frozen dataclass sets each of its ten fields through ``object.__setattr__``,
+    which made it the largest Python cost of a send after SQLite's (two per user)."""
+    pub: Publication = object.__new__(Publication)
+    _SET_TOPIC(pub, topic)
+    _SET_OFFSET(pub, offset)
+    _SET_PAYLOAD(pub, payload)
+    _SET_KIND(pub, kind)
+    _SET_TS(pub, ts)
+    for put, default in _DEFAULTS:
+        put(pub, default)
+    return pub
