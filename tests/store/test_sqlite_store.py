@@ -314,7 +314,7 @@ async def test_a_stream_entry_is_the_item_plus_what_it_adds(tmp_path: Path,
             {**plain, "id": "n_2", "ts": ts, "unread": 1, "replaces": ["n_1"]})
         assert [p.payload for p in again.changes[0].publications[1:]] == [b'{"count":1}']
         for pub in [p for c in result.changes + again.changes for p in c.publications]:
-            # made by setting its slots (_publication): a Publication like any other
+            # made by setting its slots (stored_publication): a Publication like any other
             made = Publication(pub.topic, pub.offset, pub.payload, pub.kind, pub.ts)
             assert pub == made and hash(pub) == hash(made) and repr(pub) == repr(made)
             with pytest.raises(dataclasses.FrozenInstanceError):

@@ -213,7 +213,15 @@ from ..redis_wire import (
     wire_head,
     wire_tail,
 )
-from ..types import Offset, PayloadKind, Publication, format_offset, is_cursor, parse_offset
+from ..types import (
+    Offset,
+    PayloadKind,
+    Publication,
+    format_offset,
+    is_cursor,
+    parse_offset,
+    stored_publication,
+)
 from . import redis_lua as lua
 from .base import (
     FEEDBACK_REASONS,
@@ -791,9 +799,10 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
     def _change(self, user: str, stream: str, now: int, raw: list[Any], changed: list[str]
                 ) -> UserChange:
         count, soffset, spayload, uoffset, upayload = raw[:5]
-        pubs = [Publication(stream, Offset(_text(soffset)), spayload, PayloadKind.JSON, now),
-                Publication(unread_topic(user), Offset(_text(uoffset)), upayload,
-                            PayloadKind.JSON, now)]
+        pubs = [stored_publication(stream, Offset(_text(soffset)), spayload, PayloadKind.JSON,
+                                   now),
+                stored_publication(unread_topic(user), Offset(_text(uoffset)), upayload,
+                                   PayloadKind.JSON, now)]
         return UserChange(user, int(count), changed, pubs)
 
     async def notify(

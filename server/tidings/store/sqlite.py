@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import secrets
 import sqlite3
@@ -25,7 +24,14 @@ from ..errors import BadRequest, Unavailable
 from ..health import StoreHealth
 from ..protocol.topics import is_wildcard, matches
 from ..redis_wire import MetaCodec
-from ..types import Offset, PayloadKind, Publication, format_offset, parse_offset
+from ..types import (
+    Offset,
+    PayloadKind,
+    Publication,
+    format_offset,
+    parse_offset,
+    stored_publication,
+)
 from .base import (
     FEEDBACK_REASONS,
     JOB_STATUSES,
@@ -455,7 +461,7 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             if retain:  # an empty payload clears it; the last one for a topic holds
                 retained[topic] = (topic, offset, now, int(kind), payload, qos, meta) \
                     if payload else None
-            pubs.append(_publication(topic, offset, payload, kind, now))
+            pubs.append(stored_publication(topic, offset, payload, kind, now))
         db.executemany("INSERT INTO topics (topic, epoch, seq) VALUES (?, ?, ?)"
                        " ON CONFLICT (topic) DO UPDATE SET seq = excluded.seq",
                        [(t, epoch, seq) for t, (epoch, seq) in state.items()])
@@ -1683,27 +1689,3 @@ def _resolve(results: list[tuple[Any, Any, BaseException | None]],
 
 
 _NO_HISTORY = HistoryPolicy(0, 1.0)
-
-_SLOTS = dataclasses.fields(Publication)
-_SET_TOPIC, _SET_OFFSET, _SET_PAYLOAD, _SET_KIND, _SET_TS = (
-    getattr(Publication, f.name).__set__ for f in _SLOTS[:5])
-_DEFAULTS = tuple((getattr(Publication, f.name).__set__, f.default) for f in _SLOTS[5:])
-assert [f.name for f in _SLOTS[:5]] == ["topic", "offset", "payload", "kind", "ts"]
-assert all(d is not dataclasses.MISSING for _, d in _DEFAULTS)
-
-
-def _publication(topic: str, offset: Offset, payload: bytes, kind: PayloadKind, ts: int
-                 ) -> Publication:
-    """``Publication(topic, offset, payload, kind, ts)``, the other fields at their
-    defaults, made by setting its slots directly: the generated ``__init__`` of a
-    frozen dataclass sets each of its ten fields through ``object.__setattr__``,
-    which made it the largest Python cost of a send after SQLite's (two per user)."""
-    pub: Publication = object.__new__(Publication)
-    _SET_TOPIC(pub, topic)
-    _SET_OFFSET(pub, offset)
-    _SET_PAYLOAD(pub, payload)
-    _SET_KIND(pub, kind)
-    _SET_TS(pub, ts)
-    for put, default in _DEFAULTS:
-        put(pub, default)
-    return pub
