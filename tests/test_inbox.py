@@ -607,6 +607,7 @@ async def test_track_a_batch_of_deliveries(node: Node) -> None:
         assert status == 200 and stats["delivered"] == delivered
     for args, says in (({}, "notification is required"),
                        ({"notification": None}, "notification is required"),
+                       ({"notification": ""}, "must be a notification id"),
                        ({"notifications": []}, "1 to 100 ids"),
                        ({"notifications": [a["id"]] * 101}, "1 to 100 ids"),
                        ({"notifications": [a["id"], 7]}, "1 to 100 ids"),

@@ -179,8 +179,8 @@ async def test_track_counts_each_event_once_per_target(notifier: Notifier) -> No
 
 
 @pytest.mark.parametrize(("notification", "event"), [
-    ("n_1", "liked"), (5, "opened"), ("x" * 129, "opened")],
-    ids=["unknown-event", "id-not-text", "id-too-long"])
+    ("n_1", "liked"), (5, "opened"), ("x" * 129, "opened"), ("", "opened")],
+    ids=["unknown-event", "id-not-text", "id-too-long", "id-empty"])
 async def test_track_refuses_what_it_cannot_record(notifier: Notifier, notification: Any,
                                                    event: str) -> None:
     with pytest.raises(BadRequest):

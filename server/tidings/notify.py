@@ -38,6 +38,7 @@ from .store.base import (
     NotifyResult,
     UserChange,
 )
+from .store.contracts.inbox import is_notification_id
 from .types import is_cursor
 from .variants import compile_variants, parse_experiment, parse_variants
 
@@ -361,7 +362,7 @@ class Notifier:
     async def track(self, user: str, notification_id: Any, event: Any) -> bool:
         if event not in TRACK_EVENTS:
             raise BadRequest(f"event must be one of {', '.join(TRACK_EVENTS)}")
-        if not isinstance(notification_id, str) or len(notification_id) > 128:
+        if not is_notification_id(notification_id):
             raise BadRequest("notification must be a notification id")
         recorded = await self.node.store.track(notification_id, user, event)
         if event == "delivered" and self.node.push is not None:
@@ -377,7 +378,7 @@ class Notifier:
         counted once per user and notification (the first wins; False when not
         recorded, as :meth:`track`), then emitted as the event ``feedback``.
         Bad input: ``bad_request`` naming the field."""
-        if not isinstance(notification_id, str) or not 0 < len(notification_id) <= 128:
+        if not is_notification_id(notification_id):
             raise BadRequest("notification must be a notification id")
         if reason not in FEEDBACK_REASONS:
             raise BadRequest(f"reason must be one of {', '.join(FEEDBACK_REASONS)}")

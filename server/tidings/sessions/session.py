@@ -40,6 +40,7 @@ from ..store.base import (
     notifications_topic,
     routed_away,
 )
+from ..store.contracts.inbox import is_notification_id
 from ..types import PayloadKind, Publication, UserId, parse_offset
 from .operations import Operations
 
@@ -449,7 +450,7 @@ class Session:
         if one is not None:
             raise BadRequest("track: give notification or notifications, not both")
         if not notifications or len(notifications) > TRACK_MANY or not all(
-                isinstance(n, str) and 0 < len(n) <= 128 for n in notifications):
+                is_notification_id(n) for n in notifications):
             raise BadRequest(f"track: notifications must list 1 to {TRACK_MANY} ids")
         user = self.me("track")
         return [n for n in dict.fromkeys(notifications)

@@ -40,6 +40,7 @@ from .topics import PolicyFor
 __all__ = [
     "FEEDBACK_REASONS",
     "MAX_EVENT_IDS",
+    "NOTIFICATION_ID_MAX",
     "PRUNE_STEP",
     "RECENT_KEPT",
     "STAT_EVENTS",
@@ -51,6 +52,7 @@ __all__ = [
     "NotifyResult",
     "UserChange",
     "events_topic",
+    "is_notification_id",
     "notifications_topic",
     "routed_away",
     "unread_topic",
@@ -59,9 +61,19 @@ __all__ = [
 MarkAction = Literal["read", "unread", "archive"]
 PRUNE_STEP = 100  # items one notify prunes at most (see "Inbox cap")
 TRACK_EVENTS = ("delivered", "opened", "clicked", "dismissed")
+"""What a device reports with ``track`` (counted once per user and notification)."""
 RECENT_KEPT = 1000
 """Notifications ``recent_notifications`` can list (Redis keeps this many ids)."""
-"""What a device reports with ``track`` (counted once per user and notification)."""
+NOTIFICATION_ID_MAX = 128
+"""The longest notification id ``track`` and ``feedback`` take (the server makes
+ids of 18 characters, ``n_`` and 16 hex digits; the bound leaves room)."""
+
+
+def is_notification_id(value: object) -> bool:
+    """Whether a client's ``value`` can name a notification: a non-empty string of
+    at most :data:`NOTIFICATION_ID_MAX` characters (what ``track``, its list
+    form and ``feedback`` accept; anything else is a 400 / ``bad_request``)."""
+    return isinstance(value, str) and 0 < len(value) <= NOTIFICATION_ID_MAX
 FEEDBACK_REASONS = ("not_interested", "too_many", "wrong_time", "other")
 """Why a user gives ``feedback`` on a notification (issue 13)."""
 STAT_EVENTS = (*TRACK_EVENTS, "feedback")
