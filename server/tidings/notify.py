@@ -42,11 +42,17 @@ from .store.contracts.inbox import is_notification_id
 from .types import is_cursor
 from .variants import compile_variants, parse_experiment, parse_variants
 
-__all__ = ["FEEDBACK_COMMENT_MAX", "NOTIFY_FIELDS", "PRIORITIES", "Notifier", "Request"]
+__all__ = ["FEEDBACK_COMMENT_MAX", "FEEDBACK_FIELDS", "NOTIFY_FIELDS", "PRIORITIES",
+           "TEXT_LIMITS", "Notifier", "Request"]
 
 FEEDBACK_COMMENT_MAX = 500  # characters of a feedback's optional comment
+# the fields of a feedback document (HTTP body, MQTT payload); anything else is refused
+FEEDBACK_FIELDS = frozenset({"notification", "reason", "comment"})
 
 PRIORITIES = ("low", "normal", "high", "urgent")
+TEXT_LIMITS = {"title": 256, "body": 4096}
+"""Characters a notification's title and body may hold, at the top level and in
+each variant."""
 _MEDIA = ("image", "video", "audio")
 # Every field a notify request may carry; anything else is a 400 naming it.
 NOTIFY_FIELDS = frozenset({*TARGET_KEYS, "title", "body", "data", "locales", "category",
@@ -128,8 +134,8 @@ class Notifier:
             users = list(dict.fromkeys(valid_user(u) for u in users))
         fields: dict[str, Any] = {
             "id": "n_" + secrets.token_hex(8),
-            "title": _str(body, "title", 256, default=""),
-            "body": _str(body, "body", 4096, default=""),
+            "title": _str(body, "title", TEXT_LIMITS["title"], default=""),
+            "body": _str(body, "body", TEXT_LIMITS["body"], default=""),
             "data": body.get("data"),
             "category": _str(body, "category", 64, default="general"),
             "priority": _str(body, "priority", 16, default="normal"),
@@ -171,7 +177,7 @@ class Notifier:
         variants = parse_variants(raw)
         for i, v in enumerate(variants.items):
             where = f"variants[{i}]"
-            for key, limit in (("title", 256), ("body", 4096)):
+            for key, limit in TEXT_LIMITS.items():
                 if key in v.content and not (isinstance(v.content[key], str)
                                              and len(v.content[key]) <= limit):
                     raise BadRequest(f"{where}.{key}: must be a string of at most "
