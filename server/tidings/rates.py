@@ -50,6 +50,7 @@ __all__ = [
     "rates",
     "report",
     "summary",
+    "variant_funnels",
     "wilson",
     "winner",
 ]
@@ -197,9 +198,17 @@ def report(states: Mapping[str, int], events: Mapping[str, Any],
     """The :func:`summary` of one notification from what the store counted: its
     targets by state and its events (each once per user), the store's
     ``variant_counts`` and the job's stored request (variants' order, metric)."""
-    variants = [(name, funnel(per_variant.get(name, {}), per_variant.get(name, {})))
-                for name in _variant_order(per_variant, request)]
+    variants = variant_funnels(per_variant, _variant_order(per_variant, request))
     return summary(funnel(states, events), variants, metric_of(request))
+
+
+def variant_funnels(per_variant: Mapping[str, Mapping[str, int]], names: Sequence[str]
+                    ) -> list[tuple[str, dict[str, int]]]:
+    """Each of ``names``' funnel from the store's ``variant_counts`` (a variant's
+    targets by state and its events in one mapping), in that order: what the
+    stats show and what an experiment's verdict compares."""
+    return [(name, funnel(per_variant.get(name, {}), per_variant.get(name, {})))
+            for name in names]
 
 
 def csv_table(stats: Mapping[str, Any]) -> str:

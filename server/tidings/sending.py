@@ -50,7 +50,7 @@ from .plumbing import TaskSet
 from .policy import DAY, Decision, Notice, Outcome, decide
 from .preferences import LIVE_EDGES, PLATFORMS, Preferences, Rules, parse
 from .push.channel import EVERYWHERE, Route
-from .rates import funnel, rates, winner
+from .rates import rates, variant_funnels, winner
 from .schedule import BEST_TIME_HISTORY, LocalTime, best_time, local_fire_time, parse_send_at_local
 from .store.base import OUTCOMES, AudienceQuery, Delivery, Job
 from .store.contracts.audience import matches
@@ -307,8 +307,7 @@ class Sender:
         metric = plan.experiment.metric
         counts = await self.node.store.variant_counts(job.id)
         # the funnel each variant has in its stats (GET .../stats), so both agree
-        groups = [(name, funnel(counts.get(name, {}), counts.get(name, {})))
-                  for name in plan.variants.names]
+        groups = variant_funnels(counts, plan.variants.names)
         chosen = winner(groups, metric)
         significant = chosen is not None
         if chosen is None:
