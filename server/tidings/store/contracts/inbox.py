@@ -67,13 +67,6 @@ RECENT_KEPT = 1000
 NOTIFICATION_ID_MAX = 128
 """The longest notification id ``track`` and ``feedback`` take (the server makes
 ids of 18 characters, ``n_`` and 16 hex digits; the bound leaves room)."""
-
-
-def is_notification_id(value: object) -> bool:
-    """Whether a client's ``value`` can name a notification: a non-empty string of
-    at most :data:`NOTIFICATION_ID_MAX` characters (what ``track``, its list
-    form and ``feedback`` accept; anything else is a 400 / ``bad_request``)."""
-    return isinstance(value, str) and 0 < len(value) <= NOTIFICATION_ID_MAX
 FEEDBACK_REASONS = ("not_interested", "too_many", "wrong_time", "other")
 """Why a user gives ``feedback`` on a notification (issue 13)."""
 STAT_EVENTS = (*TRACK_EVENTS, "feedback")
@@ -84,6 +77,13 @@ MAX_EVENT_IDS = 1000
 """Most ids a read-family event lists: an ``all: true`` change of more lists
 none (the event still says ``all``), so the push stays bounded whatever the
 inbox holds (Redis's script has the same number)."""
+
+
+def is_notification_id(value: object) -> bool:
+    """Whether a client's ``value`` can name a notification: a non-empty string of
+    at most :data:`NOTIFICATION_ID_MAX` characters (what ``track``, its list
+    form and ``feedback`` accept; anything else is a 400 / ``bad_request``)."""
+    return isinstance(value, str) and 0 < len(value) <= NOTIFICATION_ID_MAX
 
 
 def notifications_topic(user: str) -> str:
