@@ -8,7 +8,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..errors import BadRequest
-from ..notify import valid_user
+from ..notify import FEEDBACK_FIELDS, valid_user
 from .common import OPS, field, int_query, json_body, json_response, only
 
 __all__ = ["attributes", "change_tags", "devices", "feedback", "inbox", "mark",
@@ -17,7 +17,6 @@ __all__ = ["attributes", "change_tags", "devices", "feedback", "inbox", "mark",
 _MARK_FIELDS = frozenset({"ids", "all", "device"})
 _TAGS_FIELDS = frozenset({"tags"})
 _CHANGE_TAGS_FIELDS = frozenset({"add", "remove"})
-_FEEDBACK_FIELDS = frozenset({"notification", "reason", "comment"})
 
 
 async def inbox(request: web.Request) -> web.Response:
@@ -52,7 +51,7 @@ async def feedback(request: web.Request) -> web.Response:
     user's feedback, as their devices give it (issue 13); ``{"recorded": bool}``."""
     user = valid_user(request.match_info["uid"])
     body = await json_body(request)
-    only(body, _FEEDBACK_FIELDS)
+    only(body, FEEDBACK_FIELDS)
     recorded = await request.app[OPS].feedback(user, body.get("notification"),
                                                body.get("reason"), body.get("comment"))
     return json_response({"recorded": recorded})

@@ -35,7 +35,7 @@ from ..errors import (
 )
 from ..metrics import Metrics
 from ..node import Node
-from ..notify import Notifier
+from ..notify import FEEDBACK_FIELDS, Notifier
 from ..plumbing import Deadlines
 from ..presence import Presence
 from ..protocol.frames import Encoding, encode
@@ -49,7 +49,6 @@ __all__ = ["INBOX_LIMIT", "SEGMENT_PAGE_LIMIT", "Operations", "fitting"]
 INBOX_LIMIT = 100  # items in one inbox page, at most
 SEGMENT_PAGE_LIMIT = 1000  # users in one page of a segment's listing, at most
 _MAX_CURSOR = 256  # characters of a listing cursor (a user id)
-_FEEDBACK_FIELDS = frozenset({"notification", "reason", "comment"})
 
 
 class Expiring(Hashable, Protocol):
@@ -405,7 +404,7 @@ class Operations:
         body = _json_object(payload)
         if body is None:
             raise BadPayload("feedback: not a JSON object")
-        unknown = sorted(set(body) - _FEEDBACK_FIELDS)
+        unknown = sorted(set(body) - FEEDBACK_FIELDS)
         if unknown:
             raise BadPayload(f"feedback: unknown field {unknown[0][:64]!r}")
         try:
