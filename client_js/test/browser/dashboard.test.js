@@ -170,7 +170,7 @@ test("the variant comparison shows the API's numbers: funnel, rates and interval
       }
     }
     const stats = await until(async () => {
-      const s = await server.api("GET", `/v1/notifications/${id}/stats`);
+      const s = await server.stats(id);
       return s.total.opened === b.length + 2 && s.total.delivered === users.length && s;
     }, "the opens counted");
     assert.deepEqual(stats.variants.map((/** @type {any} */ v) => [v.name, v.targets, v.opened]),

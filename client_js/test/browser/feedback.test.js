@@ -27,7 +27,6 @@ const feedback = (page, args) => page.evaluate((a) => /** @type {any} */ (window
   .feedback(...a).then((r) => r, (e) => [e.code, e.message]), args);
 
 /** @param {string} id */
-const stats = (id) => server.api("GET", `/v1/notifications/${id}/stats`);
 
 test("feedback from the leader and a follower tab is counted once per notification", { skip: missing, ...TIMEOUT }, async () => {
   await until(async () => (await server.wsConnections()) === 0, "no connection left from other tests");
@@ -51,10 +50,10 @@ test("feedback from the leader and a follower tab is counted once per notificati
     assert.equal(long[0], "bad_request");
     assert.match(String(long[1]), /^comment/);
 
-    const adStats = await stats(ad);
+    const adStats = await server.stats(ad);
     assert.equal(adStats.feedback, 1);
     assert.deepEqual(adStats.feedback_reasons, { not_interested: 0, too_many: 1, wrong_time: 0, other: 0 });
-    assert.equal((await stats(news)).feedback_reasons.wrong_time, 1);
+    assert.equal((await server.stats(news)).feedback_reasons.wrong_time, 1);
     // too_many halved erin's marketing cap (the operator's 2 an hour, 6 a day)
     assert.deepEqual(await server.api("GET", "/v1/users/erin/preferences"),
       { caps: { marketing: { per_hour: 1, per_day: 3 } } });

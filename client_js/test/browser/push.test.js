@@ -45,11 +45,6 @@ function track(user, id) {
   return { user, token: mac.toString("base64url") };
 }
 
-/** @param {string} id */
-async function stats(id) {
-  return server.api("GET", `/v1/notifications/${id}/stats`);
-}
-
 /** Reports the server refused for a bad signature, from /metrics. */
 async function refusedReports() {
   const res = await fetch(`${server.apiUrl}/metrics`, {
@@ -185,7 +180,7 @@ test("a pushed notification is shown and reported delivered", { ...TIMEOUT, skip
       category: "general", track: track("ann", id) });
     await until(async () => (await shown()).length === 1, "the notification shown");
     assert.deepEqual(await shown(), [{ title: "Order shipped", body: "Track it", tag: id }]);
-    await until(async () => (await stats(id)).delivered === 1, "delivered in the stats");
+    await until(async () => (await server.stats(id)).delivered === 1, "delivered in the stats");
   } finally {
     await context.close();
   }
@@ -215,7 +210,7 @@ test("a report with a forged token changes no stats", { ...TIMEOUT, skip: missin
     await until(async () => (await shown()).length === 1, "shown all the same");
     // the server refused the report (counted in /metrics), and counted nothing
     await until(async () => (await refusedReports()) === 1, "the forged report refused");
-    assert.equal((await stats(id)).delivered, 0);
+    assert.equal((await server.stats(id)).delivered, 0);
   } finally {
     await context.close();
   }
@@ -280,15 +275,15 @@ test("clicks on three devices count opened and clicked once for the user; the ta
         [{ call: "focus", url: tab, outcome: "InvalidAccessError: Not allowed to focus a window." }]);
       assert.deepEqual(first.errors, [SCRIPT_EVENT]);
       assert.deepEqual(await laptop.shown(), [], "the click closed the notification");
-      await until(async () => (await stats(id)).opened === 1, "opened in the stats");
+      await until(async () => (await server.stats(id)).opened === 1, "opened in the stats");
 
       assert.deepEqual(reported(await dispatch(desktop.worker, id, "notificationclick")),
         ["opened 204"]);
       const action = await dispatch(tablet.worker, id, "notificationclick", "track");
       assert.deepEqual(reported(action), ["clicked 204"]);
       assert.deepEqual(action.calls.map((c) => [c.call, c.url]), [["focus", tab]]);
-      await until(async () => (await stats(id)).clicked === 1, "clicked in the stats");
-      const counted = await stats(id);
+      await until(async () => (await server.stats(id)).clicked === 1, "clicked in the stats");
+      const counted = await server.stats(id);
       assert.deepEqual([counted.opened, counted.clicked, counted.dismissed], [1, 1, 0],
         "opened and clicked once for ann; closing it on a click is no dismissal");
     } finally {
@@ -320,9 +315,9 @@ test("a click whose URL no tab shows opens it, with the app open or closed",
       assert.deepEqual(reported(closed), ["clicked 204"]);
       assert.deepEqual(closed.calls, [{ call: "openWindow", url: orders, outcome: refused }]);
       assert.deepEqual(closed.errors, [SCRIPT_EVENT]);
-      await until(async () => (await stats(b)).clicked === 1, "clicked in b's stats");
-      assert.equal((await stats(b)).opened, 0);
-      assert.deepEqual([(await stats(a)).opened, (await stats(a)).clicked], [1, 0]);
+      await until(async () => (await server.stats(b)).clicked === 1, "clicked in b's stats");
+      assert.equal((await server.stats(b)).opened, 0);
+      assert.deepEqual([(await server.stats(a)).opened, (await server.stats(a)).clicked], [1, 0]);
     } finally {
       await context.close();
     }
@@ -338,8 +333,8 @@ test("closing the notification reports dismissed", { ...TIMEOUT, skip: missing }
     assert.deepEqual(reported(seen), ["dismissed 204"]);
     assert.deepEqual(seen.calls, [], "a close brings nothing up");
     assert.deepEqual(seen.errors, [SCRIPT_EVENT]);
-    await until(async () => (await stats(id)).dismissed === 1, "dismissed in the stats");
-    const counted = await stats(id);
+    await until(async () => (await server.stats(id)).dismissed === 1, "dismissed in the stats");
+    const counted = await server.stats(id);
     assert.deepEqual([counted.opened, counted.clicked], [0, 0]);
   } finally {
     await context.close();

@@ -165,6 +165,11 @@ export class TestServer {
     return (await this.api("GET", `/v1/users/${encodeURIComponent(user)}/unread`)).unread;
   }
 
+  /** @param {string} id @returns {Promise<any>} `GET /v1/notifications/{id}/stats` */
+  async stats(id) {
+    return this.api("GET", `/v1/notifications/${encodeURIComponent(id)}/stats`);
+  }
+
   /** @param {string} user @returns {Promise<any[]>} */
   async devices(user) {
     return (await this.api("GET", `/v1/users/${encodeURIComponent(user)}/devices`)).devices;

@@ -322,7 +322,7 @@ test("live notifications are reported delivered, a batch a second, once per user
   const ids = [];
   for (let i = 0; i < 3; i++) ids.push(await server.notify("dee", { title: `d${i}` }));
   const delivered = async (/** @type {string} */ id) =>
-    (await server.api("GET", `/v1/notifications/${id}/stats`)).delivered;
+    (await server.stats(id)).delivered;
   await until(async () => (await Promise.all(ids.map(delivered))).every((n) => n === 1),
     "each counted delivered once, though two devices reported it");
   const other = client("quinn", { device: "quinn-watch", reportDelivered: false });
