@@ -107,8 +107,8 @@ function rateCell(r) {
 }
 
 /**
- * The stats in the issue's shape ({total, variants, metric, winner}); a server
- * without them answers the flat counts, which stand in for the total (no rates).
+ * The stats in the issue's shape ({total, variants, metric, winner}); when its
+ * /stats could not be read, the item's own counts stand in for the total (no rates).
  */
 function normalise(item, stats) {
   if (stats && stats.total) return stats;
@@ -234,9 +234,8 @@ async function scheduled() {
     button.addEventListener("click", () => cancel(n.id, button));
     const td = el("td");
     td.append(button);
-    const at = n.send_at ?? n.due;
     return [cell(n.id), cell(n.category || "–"), cell(fmt(n.targets)),
-      cell(at ? new Date(at * 1000).toLocaleString() : "–"), td];
+      cell(n.send_at ? new Date(n.send_at * 1000).toLocaleString() : "–"), td];
   });
 }
 
