@@ -22,6 +22,7 @@ import { Emitter } from "./emitter.js";
  * @property {string} priority
  * @property {any} media
  * @property {number} ts
+ * @property {string | null} variant the A/B variant this user was sent (null: none)
  * @property {boolean} read
  * @property {boolean} archived
  */
