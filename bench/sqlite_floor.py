@@ -31,23 +31,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from notify_store import fields
+from notify_store import fields, policy
 
-from tidings.config import HistorySettings
-from tidings.store.base import Delivery, HistoryPolicy, NewJob
+from tidings.store.base import Delivery, NewJob
 from tidings.store.sqlite import SqliteStore
 
 __all__ = ["main"]
 
-_DEFAULTS = HistorySettings()
-_POLICY = HistoryPolicy(_DEFAULTS.size, _DEFAULTS.ttl)
-
 Statement = tuple[str, bool, list[Any]]  # sql, many, parameters (a list of rows if many)
-
-
-def policy(topic: str) -> HistoryPolicy:
-    """The node's default history policy (no rules), for every topic."""
-    return _POLICY
 
 
 class Recorder:
@@ -76,7 +67,6 @@ class Measured:
     (which the time then includes)."""
 
     def __init__(self, store: SqliteStore, record: bool) -> None:
-        self.cpu = 0.0
         self.each: list[float] = []  # per group commit (a chunk's deliver)
         self.log: list[Statement] = []
         commit = store._commit_batch
@@ -87,7 +77,6 @@ class Measured:
                 commit(Recorder(db, self.log) if record else db, *args)  # type: ignore[arg-type]
             finally:
                 self.each.append(time.thread_time() - t)
-                self.cpu += self.each[-1]
 
         store._commit_batch = timed  # type: ignore[method-assign,assignment]
 
@@ -133,7 +122,7 @@ async def run(args: argparse.Namespace) -> None:
                 await store.open()
                 nid = "n_" + secrets.token_hex(8)
                 await store.job_create(NewJob(nid, "general", {"title": "x"}, len(users), 0.0))
-                measured.cpu, measured.each, measured.log = 0.0, [], []
+                measured.each, measured.log = [], []
                 for i in range(0, len(users), args.chunk):
                     part = [Delivery(u, "pushed", fields(u), edges=None)
                             for u in users[i:i + args.chunk]]
@@ -141,7 +130,7 @@ async def run(args: argparse.Namespace) -> None:
                                         collapse_key=None, policy=policy)
                 n = len(users)
                 chunk = statistics.median(measured.each) / args.chunk
-                print(f"send {send}: store thread {measured.cpu / n * 1e6:.1f} us/user "
+                print(f"send {send}: store thread {sum(measured.each) / n * 1e6:.1f} us/user "
                       f"(median chunk {chunk * 1e6:.1f})"
                       + (" (recording)" if args.floor else ""))
                 if not args.floor:
