@@ -9,27 +9,12 @@ import asyncio
 import hashlib
 import hmac
 from pathlib import Path
-from typing import Any
 
 import orjson
 
 from conftest import WAIT, Node, start_node, stop_node
+from support.events_api import read_events
 from support.push_standins import Reply, StandIn
-
-
-async def read_events(node: Node, since: str | None = None, *, want: int = 0,
-                      limit: int = 100) -> tuple[list[dict[str, Any]], str | None]:
-    """Events after ``since``, waiting (bounded) until at least ``want`` are there."""
-    async with asyncio.timeout(WAIT):
-        while True:
-            assert node.app.node.events is not None
-            await node.app.node.events.flushed()
-            q = f"?limit={limit}" + (f"&since={since}" if since else "")
-            status, body = await node.api("GET", "/v1/events" + q)
-            assert status == 200, body
-            if len(body["events"]) >= want:
-                return body["events"], body["next"]
-            await asyncio.sleep(0.02)
 
 
 async def test_presence_and_engagement_become_events_in_order(node: Node) -> None:

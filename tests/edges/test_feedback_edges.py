@@ -10,13 +10,13 @@ tests/hostile/test_feedback_input.py.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
 import pytest
 
-from conftest import WAIT, Node
+from conftest import Node
+from support.events_api import read_events
 from support.mqtt import clients, paho
 
 __all__ = ["clients"]  # the fixture, imported by name
@@ -39,19 +39,6 @@ async def stats(node: Node, nid: str) -> dict[str, Any]:
     return reply
 
 
-async def feedback_events(node: Node, want: int) -> list[dict[str, Any]]:
-    """The ``feedback`` events at ``GET /v1/events``, waiting (bounded) for ``want``."""
-    async with asyncio.timeout(WAIT):
-        while True:
-            assert node.app.node.events is not None
-            await node.app.node.events.flushed()
-            body = await ok(node, "GET", "/v1/events?limit=1000")
-            got = [e for e in body["events"] if e["type"] == "feedback"]
-            if len(got) >= want:
-                return got
-            await asyncio.sleep(0.02)
-
-
 async def test_ws_feedback_is_counted_once_and_becomes_an_event(node: Node) -> None:
     nid = await notify(node)
     await notify(node, "bob")
@@ -71,7 +58,7 @@ async def test_ws_feedback_is_counted_once_and_becomes_an_event(node: Node) -> N
                                        "other": 0}
     cats = (await ok(node, "GET", "/v1/stats/categories"))["categories"]
     assert cats["general"]["feedback"] == 1
-    (event,) = await feedback_events(node, 1)
+    (event,), _ = await read_events(node, want=1, limit=1000, event_type="feedback")
     assert {k: event[k] for k in ("user", "notification", "reason", "comment")} == {
         "user": "alice", "notification": nid, "reason": "wrong_time",
         "comment": "not at 3 am"}
@@ -92,7 +79,7 @@ async def test_mqtt_feedback_on_the_users_topic(node: Node, clients: list[Any],
     assert await tablet.publish("users/alice/feedback", orjson.dumps(again), 1) == 0
     got = await stats(node, nid)
     assert (got["feedback"], got["feedback_reasons"]["not_interested"]) == (1, 0)
-    (event,) = await feedback_events(node, 1)
+    (event,), _ = await read_events(node, want=1, limit=1000, event_type="feedback")
     assert (event["user"], event["reason"], event["comment"]) == ("alice", "other", "meh")
     await dev.no_message()  # applied, never forwarded
 
@@ -120,7 +107,7 @@ async def test_http_feedback_for_a_user(node: Node) -> None:
     assert status == 401
     got = await stats(node, nid)
     assert (got["feedback"], got["feedback_reasons"]["other"]) == (1, 1)
-    (event,) = await feedback_events(node, 1)
+    (event,), _ = await read_events(node, want=1, limit=1000, event_type="feedback")
     assert (event["user"], event["notification"], event["comment"]) == ("alice", nid, None)
 
 
