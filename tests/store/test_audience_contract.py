@@ -17,36 +17,19 @@ from typing import Any
 
 import pytest
 
+from support.audience import everyone
 from support.inbox import send
 from support.stores import Clock, OpenStore
 from tidings.audience import parse_audience
 from tidings.errors import BadRequest
 from tidings.preferences import Rules, merge, parse
 from tidings.store.base import Store
-from tidings.store.contracts.audience import ENGAGEMENT_KEEP, AudienceQuery
+from tidings.store.contracts.audience import ENGAGEMENT_KEEP
 
 pytest_plugins = ["support.redis_servers"]  # session-wide redis-server / cluster fixtures
 
 DAY = 86400.0
 MAX_TAGS = 10
-
-
-async def everyone(store: Store, query: AudienceQuery, limit: int) -> list[str]:
-    """Every selected user, page by page (asserting what each page promises)."""
-    out: list[str] = []
-    cursor: str | None = None
-    for _ in range(100_000):  # bounded: each page moves the cursor forward
-        page = await store.audience_page(query, cursor=cursor, limit=limit)
-        assert len(page.users) <= limit
-        assert page.users == sorted(page.users)
-        if out and page.users:
-            assert page.users[0] > out[-1]
-        out += page.users
-        if page.next is None:
-            return out
-        assert cursor is None or page.next > cursor
-        cursor = page.next
-    raise AssertionError("paging never ended")
 
 
 async def select(store: Store, audience: dict[str, Any], limit: int = 1000) -> list[str]:
