@@ -22,9 +22,8 @@ import pytest
 from conftest import API_KEY, WAIT, ServerProcess
 from support.clock import FakeClock, at
 from support.mqtt import wait_until
-from support.pipeline import clocked_node, fake_clock
+from support.pipeline import clocked_node, fake_clock, notifier_of
 from tidings.clock import utc
-from tidings.config import AudienceSettings, NotifySettings
 from tidings.errors import BadRequest, Conflict, NotFound
 from tidings.node import Node
 from tidings.notify import Notifier
@@ -63,7 +62,7 @@ class Device:
 
 @pytest.fixture
 def notifier(node: Node) -> Notifier:
-    return Notifier(node, NotifySettings(), AudienceSettings(page_size=2), RULES)
+    return notifier_of(node)
 
 
 async def device_of(node: Node, user: str) -> Device:

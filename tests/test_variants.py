@@ -20,11 +20,10 @@ from typing import Any
 import pytest
 
 from support.clock import FakeClock, at
-from support.pipeline import clocked_node, fake_clock
+from support.pipeline import clocked_node, fake_clock, notifier_of
 from tidings.config import AudienceSettings, NotifySettings
 from tidings.errors import BadRequest
 from tidings.node import Node
-from tidings.notify import Notifier
 from tidings.preferences import Rules
 from tidings.sending import Sender
 from tidings.variants import (
@@ -137,10 +136,6 @@ __all__ = ["clocked_node", "fake_clock"]  # the fixtures clock and node
 HOUR = 3600.0
 RULES = Rules.default()
 AB = [{"name": "A", "title": "Plain"}, {"name": "B", "title": "Bold"}]
-
-
-def notifier_of(node: Node, page_size: int = 2) -> Notifier:
-    return Notifier(node, NotifySettings(), AudienceSettings(page_size=page_size), RULES)
 
 
 def another_sender(node: Node, page_size: int = 2) -> Sender:
