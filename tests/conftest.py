@@ -27,6 +27,7 @@ import websockets
 
 from tidings import config
 from tidings.app import App
+from tidings.clock import Clock
 
 # The helpers in tests/support/ assert too: their asserts get pytest's messages.
 pytest.register_assert_rewrite("support")
@@ -175,6 +176,14 @@ class Client:
     async def push(self, within: float = WAIT) -> dict[str, Any]:
         return await asyncio.wait_for(self.pushes.get(), within)
 
+    async def push_of(self, kind: str) -> dict[str, Any]:
+        """The next push of ``type`` ``kind`` (e.g. ``notification``), skipping the
+        others (the unread counts and events around it); each waits ``WAIT``."""
+        while True:
+            p = await self.push()
+            if p["type"] == kind:
+                return p
+
     async def no_push(self, within: float = 0.3) -> None:
         """Assert nothing arrives within ``within`` seconds (a bounded negative check)."""
         try:
@@ -193,15 +202,17 @@ class Client:
         self._reader.cancel()
 
 
-async def start_with(settings: config.Settings) -> Node:
-    """A node from ready-made settings (e.g. with ``[[acl]]`` rules or from a TOML file)."""
-    app = App(settings)
+async def start_with(settings: config.Settings, clock: Clock | None = None) -> Node:
+    """A node from ready-made settings (e.g. with ``[[acl]]`` rules or from a TOML
+    file); ``clock`` (a fake one) is its time: the sender, quiet hours, caps, the
+    push fallback and the store read it."""
+    app = App(settings) if clock is None else App(settings, clock=clock)
     await app.start()
     return Node(app, settings, aiohttp.ClientSession())
 
 
-async def start_node(tmp_path: Path, **overrides: Any) -> Node:
-    return await start_with(make_settings(tmp_path, **overrides))
+async def start_node(tmp_path: Path, *, clock: Clock | None = None, **overrides: Any) -> Node:
+    return await start_with(make_settings(tmp_path, **overrides), clock)
 
 
 async def stop_node(n: Node) -> None:

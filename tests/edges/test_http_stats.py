@@ -19,13 +19,11 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
-import aiohttp
 import pytest
 
-from conftest import API_KEY, Node, make_settings, stop_node
+from conftest import API_KEY, Node, start_node, stop_node
 from support.clock import FakeClock
 from support.http import assert_error
-from tidings.app import App
 from tidings.rates import CSV_COLUMNS, FUNNEL
 from tidings.store.base import Delivery, NewJob, Store
 from tidings.variants import parse_variants
@@ -184,9 +182,7 @@ async def test_category_stats_carry_rates(node: Node) -> None:
 
 async def test_variants_sent_through_notify_are_counted_per_variant(tmp_path: Path) -> None:
     clock = FakeClock()
-    app = App(make_settings(tmp_path), clock=clock)
-    await app.start()
-    node = Node(app, app.settings, aiohttp.ClientSession())
+    node = await start_node(tmp_path, clock=clock)
     try:
         users = [f"u{i}" for i in range(40)]
         variants = [{"name": "B", "title": "Last chance"}, {"name": "A", "title": "Sale"}]
@@ -198,7 +194,7 @@ async def test_variants_sent_through_notify_are_counted_per_variant(tmp_path: Pa
         given = {u: parse_variants(variants).assign(nid, u).name for u in users}
         assert set(given.values()) == {"A", "B"}
         clock.advance(60)
-        await app.notifier.sender.step()
+        await node.app.notifier.sender.step()
         # two users of each variant open it from their WebSocket (twice: once counted)
         openers = [u for v in ("A", "B") for u in [u for u in users if given[u] == v][:2]]
         for user in openers:

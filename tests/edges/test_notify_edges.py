@@ -11,44 +11,22 @@ survives a restart, and the notification endpoints answer as documented.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 
-from conftest import Client, Node, make_settings, stop_node
+from conftest import Node, start_node, stop_node
 from support.clock import FakeClock, at
-from support.mqtt import Paho, clients, metric, wait_until
-from tidings.app import App
+from support.clocked_app import clocked_app_node
+from support.mqtt import clients, metric, notifications_device, wait_until
+from support.pipeline import fake_clock
 from tidings.preferences import Rules, parse
 
-__all__ = ["clients"]
+__all__ = ["clients", "clocked_app_node", "fake_clock"]  # fixtures, by name
 
 RULES = Rules.default()
-
-
-async def start_at(folder: Path, clock: FakeClock) -> Node:
-    """A node on ``clock`` (its sender, quiet hours, caps and store read it)."""
-    app = App(make_settings(folder), clock=clock)
-    await app.start()
-    return Node(app, app.settings, aiohttp.ClientSession())
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def node(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Node]:
-    n = await start_at(tmp_path, clock)
-    try:
-        yield n
-    finally:
-        await stop_node(n)
 
 
 async def prefer(node: Node, user: str, doc: dict[str, Any]) -> None:
@@ -61,33 +39,18 @@ async def notify(node: Node, **body: Any) -> dict[str, Any]:
     return dict(reply)
 
 
-async def next_notification(c: Client) -> dict[str, Any]:
-    while True:
-        p = await c.push()
-        if p["type"] == "notification":
-            return p
-
-
-async def mqtt_device(node: Node, user: str, made: list[Any]) -> Paho:
-    dev = Paho(node.app.mqtt_port, f"{user}-phone", token=node.token(user))
-    made.append(dev)
-    await dev.connack()
-    assert await dev.subscribe((f"users/{user}/notifications", 1)) == [1]
-    return dev
-
-
 async def test_a_category_off_on_mqtt_reaches_ws_only_live_and_in_recovery(
         node: Node, clients: list[Any]) -> None:
     await prefer(node, "ann", {"categories": {"social": {"edges": ["ws"]},
                                               "digest": {"edges": ["mqtt"]}}})
     ws = await node.client("ann")
-    mqtt = await mqtt_device(node, "ann", clients)
+    mqtt = await notifications_device(node, "ann", clients)
     social = await notify(node, users=["ann"], title="friend request", category="social")
     digest = await notify(node, users=["ann"], title="weekly digest", category="digest")
     marker = await notify(node, users=["ann"], title="marker")
     # WS: the social one, then the marker (the digest never came)
-    assert (await next_notification(ws))["id"] == social["id"]
-    assert (await next_notification(ws))["id"] == marker["id"]
+    assert (await ws.push_of("notification"))["id"] == social["id"]
+    assert (await ws.push_of("notification"))["id"] == marker["id"]
     # MQTT: the digest, then the marker (the social one never came)
     got = [orjson.loads((await mqtt.message()).payload)["id"] for _ in range(2)]
     assert got == [digest["id"], marker["id"]]
@@ -125,7 +88,7 @@ async def test_a_held_notification_arrives_when_quiet_hours_end(node: Node,
     assert unread["unread"] == 0  # not unread until delivered
     clock.set(at("2026-01-16T06:00:00Z"))  # Paris 07:00
     await node.app.notifier.sender.step()
-    pushed = await next_notification(ws)
+    pushed = await ws.push_of("notification")
     assert (pushed["id"], pushed["title"], pushed["unread"]) == (sent["id"], "good morning", 1)
     status, got = await node.api("GET", f"/v1/notifications/{sent['id']}")
     assert (got["outcomes"]["held"], got["outcomes"]["pushed"]) == (0, 1)
@@ -141,7 +104,7 @@ async def test_tags_over_http_send_in_the_background_and_report_their_status(
     ws = await node.client("ann")
     sent = await notify(node, tags={"any": ["sports"], "none": ["muted"]}, title="Goal!")
     assert sent["targets"] == 2
-    assert (await next_notification(ws))["id"] == sent["id"]  # the node's sender sent it
+    assert (await ws.push_of("notification"))["id"] == sent["id"]  # the node's sender sent it
 
     async def done() -> bool:
         _, got = await node.api("GET", f"/v1/notifications/{sent['id']}")
@@ -169,23 +132,23 @@ async def test_scheduled_notifications_are_listed_cancelled_and_fired(
     assert status == 404 and err["error"]["code"] == "not_found"
     clock.set(at("2026-01-15T13:00:00Z"))
     await node.app.notifier.sender.step()
-    assert (await next_notification(ws))["id"] == keep["id"]
+    assert (await ws.push_of("notification"))["id"] == keep["id"]
     marker = await notify(node, users=["ann"], title="marker")
-    assert (await next_notification(ws))["id"] == marker["id"]  # the dropped one never came
+    assert (await ws.push_of("notification"))["id"] == marker["id"]  # the dropped one never came
     status, err = await node.api("DELETE", f"/v1/notifications/{keep['id']}")
     assert status == 409 and err["error"]["code"] == "conflict"
 
 
 async def test_a_schedule_survives_a_restart_and_a_missed_one_fires_at_start(
         tmp_path: Path, clock: FakeClock) -> None:
-    first = await start_at(tmp_path, clock)
+    first = await start_node(tmp_path, clock=clock)
     try:
         sent = await notify(first, users=["ann"], title="later",
                             send_at="2026-01-15T13:00:00Z")
     finally:
         await stop_node(first)
     clock.set(at("2026-01-15T14:00:00Z"))  # the server was down at 13:00
-    second = await start_at(tmp_path, clock)
+    second = await start_node(tmp_path, clock=clock)
     try:
         async def delivered() -> bool:
             _, inbox = await second.api("GET", "/v1/users/ann/inbox")

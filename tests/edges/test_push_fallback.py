@@ -16,13 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from conftest import Node, make_settings, stop_node
+from conftest import Node, make_settings, start_with, stop_node
 from support.clock import FakeClock
 from support.push_standins import Browser, StandIn, TestCA
-from tidings.app import App
 from tidings.push.channel import PushChannel
 
 AFTER = 10.0
@@ -84,9 +82,7 @@ async def running(tmp_path: Path, **overrides: Any) -> AsyncIterator[Rig]:
     clock = FakeClock()
     settings = make_settings(tmp_path / "node", **{
         "push__ca_file": str(ca.ca_file), "push__fallback_after": AFTER, **overrides})
-    app = App(settings, clock=clock)
-    await app.start()
-    node = Node(app, settings, aiohttp.ClientSession())
+    node = await start_with(settings, clock)
     try:
         yield Rig(node, clock, service, base)
     finally:

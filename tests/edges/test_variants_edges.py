@@ -11,44 +11,26 @@ variant again when the job is resumed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
-import pytest
 
-from conftest import Client, Node, make_settings, stop_node
+from conftest import Client, Node, start_node, stop_node
 from support.clock import FakeClock
-from support.mqtt import Paho, clients
+from support.clocked_app import clocked_app_node
+from support.mqtt import Paho, clients, notifications_device
+from support.pipeline import fake_clock
 from support.push_standins import Browser, StandIn, TestCA
-from tidings.app import App
 from tidings.variants import parse_variants
 
-__all__ = ["clients"]
+__all__ = ["clients", "clocked_app_node", "fake_clock"]  # fixtures, by name
 
 VARIANTS = [
     {"name": "A", "title": "Spring sale", "data": {"cta": "shop"}},
     {"name": "B", "title": "Last chance, {{first_name|friend}}", "body": "Ends tonight",
      "media": {"image": "https://img.example/b.png"}},
 ]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def node(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Node]:
-    app = App(make_settings(tmp_path), clock=clock)
-    await app.start()
-    n = Node(app, app.settings, aiohttp.ClientSession())
-    try:
-        yield n
-    finally:
-        await stop_node(n)
 
 
 async def scheduled_ab(node: Node, **body: Any) -> tuple[str, dict[str, str]]:
@@ -71,13 +53,6 @@ async def scheduled_ab(node: Node, **body: Any) -> tuple[str, dict[str, str]]:
     return nid, pick
 
 
-async def next_notification(c: Client) -> dict[str, Any]:
-    while True:
-        p = await c.push()
-        if p["type"] == "notification":
-            return p
-
-
 async def test_each_user_gets_their_variant_on_ws_mqtt_and_in_the_inbox(
         node: Node, clock: FakeClock, clients: list[Any]) -> None:
     nid, pick = await scheduled_ab(node)
@@ -87,10 +62,7 @@ async def test_each_user_gets_their_variant_on_ws_mqtt_and_in_the_inbox(
     for name, user in pick.items():
         await store.set_user_attributes(user, {"first_name": "Ann"})
         ws[name] = await node.client(user)
-        dev = mqtt[name] = Paho(node.app.mqtt_port, f"{user}-phone", token=node.token(user))
-        clients.append(dev)
-        await dev.connack()
-        assert await dev.subscribe((f"users/{user}/notifications", 1)) == [1]
+        mqtt[name] = await notifications_device(node, user, clients)
     clock.advance(60)
     await node.app.notifier.sender.step()
     expected: dict[str, dict[str, Any]] = {
@@ -101,7 +73,7 @@ async def test_each_user_gets_their_variant_on_ws_mqtt_and_in_the_inbox(
     }
     for name, user in pick.items():
         want = expected[name]
-        live = await next_notification(ws[name])
+        live = await ws[name].push_of("notification")
         assert live["id"] == nid
         assert {k: live.get(k) for k in want} == want, (name, live)
         payload = orjson.loads((await mqtt[name].message()).payload)
@@ -118,9 +90,7 @@ async def test_the_os_push_of_an_away_device_carries_its_variant(tmp_path: Path,
     ca = TestCA(tmp_path)
     service = StandIn()
     base = await service.start(ca.server_context(["localhost"]))
-    app = App(make_settings(tmp_path / "node", push__ca_file=str(ca.ca_file)), clock=clock)
-    await app.start()
-    node = Node(app, app.settings, aiohttp.ClientSession())
+    node = await start_node(tmp_path / "node", clock=clock, push__ca_file=str(ca.ca_file))
     try:
         nid, pick = await scheduled_ab(node)
         browsers: dict[str, Browser] = {}
@@ -132,9 +102,9 @@ async def test_the_os_push_of_an_away_device_carries_its_variant(tmp_path: Path,
                  "subscription": browsers[name].subscription(f"{base}/s/{user}")})
             assert status == 200, body
         clock.advance(60)
-        await app.notifier.sender.step()
-        assert app.node.push is not None
-        await app.node.push.wait_idle()
+        await node.app.notifier.sender.step()
+        assert node.app.node.push is not None
+        await node.app.node.push.wait_idle()
         got: dict[str, dict[str, Any]] = {}
         for req in service.requests:
             for name, user in pick.items():

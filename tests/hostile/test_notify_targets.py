@@ -128,8 +128,5 @@ async def test_an_attribute_holding_template_code_is_sent_as_text(
                                                       "title": "Hi {{name}}",
                                                       "variants": variants})
     assert got == 200
-    while True:
-        push = await ws.push()
-        if push["type"] == "notification":
-            break
+    push = await ws.push_of("notification")
     assert (push["id"], push["title"]) == (sent["id"], "Hi {{ 7*7 }}{% raw %}")

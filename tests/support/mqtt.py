@@ -574,6 +574,14 @@ async def paho(clients: list[Any], port: int, client_id: str = "", *,
     return p
 
 
+async def notifications_device(node: Node, user: str, clients: list[Any]) -> Paho:
+    """``user``'s phone on MQTT (``<user>-phone``), subscribed at QoS 1 to their
+    ``users/{uid}/notifications``; closed at the end of the test."""
+    dev = await paho(clients, node.app.mqtt_port, f"{user}-phone", token=node.token(user))
+    assert await dev.subscribe((f"users/{user}/notifications", 1)) == [1]
+    return dev
+
+
 async def raw(clients: list[Any], port: int, client_id: str, *, v5: bool = False,
               expect: int = 0, **kw: Any) -> Raw:
     r, _ = await Raw.connect(port, client_id, v5=v5, expect=expect, **kw)
