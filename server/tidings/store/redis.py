@@ -843,7 +843,7 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
 
     async def _note(self, nid: str, category: str, targets: int, now: int) -> None:
         """The notification's stats record, and its category's totals when new."""
-        key = self._p + "{n:" + escape_tag(nid) + "}:m"
+        key = self._note_key(nid, ":m")
         cats = self._p + "{s}:categories"
         recent = self._p + "{s}:recent"
 
@@ -1062,16 +1062,12 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
 
         return await self._io(run)
 
-    def _nk(self, notification_id: str, suffix: str) -> str:
-        """A key in the notification's slot (``{n:<id>}``)."""
-        return self._p + "{n:" + escape_tag(notification_id) + "}" + suffix
-
     def _track_keys(self, notification_id: str) -> list[str]:
         """KEYS of the TRACK script: the record, the tracked set and the variants."""
-        return [self._nk(notification_id, s) for s in (":m", ":tr", ":uv", ":v")]
+        return [self._note_key(notification_id, s) for s in (":m", ":tr", ":uv", ":v")]
 
     async def variant_counts(self, notification_id: str) -> dict[str, dict[str, int]]:
-        raw = await self._io(lambda c: c.hgetall(self._nk(notification_id, ":v")))
+        raw = await self._io(lambda c: c.hgetall(self._note_key(notification_id, ":v")))
         counted: dict[str, dict[str, int]] = {}
         for k, v in raw.items():
             variant, _, name = _text(k).rpartition("\0")
@@ -1083,7 +1079,7 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
         if reason not in FEEDBACK_REASONS:
             raise ValueError(f"unknown feedback reason {reason!r}")
         # the event where track records events, with the feedback hash beside it
-        keys = [*self._track_keys(notification_id), self._nk(notification_id, ":fb")]
+        keys = [*self._track_keys(notification_id), self._note_key(notification_id, ":fb")]
         record = orjson.dumps({"reason": reason, "comment": comment, "ts": self._now_ms()})
 
         async def run(client: Any) -> bool:
@@ -1099,7 +1095,7 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
         return await self._io(run)
 
     async def stats(self, notification_id: str) -> dict[str, Any] | None:
-        key = self._nk(notification_id, ":m")
+        key = self._note_key(notification_id, ":m")
         raw = await self._io(lambda c: c.hgetall(key))
         record = {_text(k): _text(v) for k, v in raw.items()}
         if "category" not in record:
@@ -1810,7 +1806,7 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
         await self._after_deliver(nid, counts, puts, done, expiring, expires)
         deltas = [v for k, n in by_variant.items() if n for v in (k, n)]
         if deltas:
-            await self._io(self._call("VARIANT_COUNT", [self._nk(nid, ":v")], deltas))
+            await self._io(self._call("VARIANT_COUNT", [self._note_key(nid, ":v")], deltas))
         if failure is not None:
             raise failure
         return DeliverResult(changes, recorded)
@@ -1823,7 +1819,7 @@ class RedisStore(RedisPushEndpoints, RedisEvents, Store):
         if not due and all(d.variant is None for d in deliveries):
             return {}
         args = [v for d in deliveries for v in (d.user, d.variant or "")]
-        raw = await self._io(self._call("VARIANT_NOTE", [self._nk(nid, ":uv")], args))
+        raw = await self._io(self._call("VARIANT_NOTE", [self._note_key(nid, ":uv")], args))
         return {d.user: _text(v) for d, v in zip(deliveries, raw, strict=True) if v}
 
     async def _after_deliver(self, nid: str, counts: dict[str, int],

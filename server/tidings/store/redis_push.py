@@ -188,6 +188,8 @@ class RedisPushEndpoints(PushEndpointStore):
         return result
 
     def _note_key(self, notification: str, suffix: str) -> str:
+        """A key in the notification's slot (``{n:<id>}``): its stats record,
+        tracked set, variants and push counts (the RedisStore's too)."""
         return self._p + "{n:" + escape_tag(notification) + "}" + suffix
 
     async def push_tally(self, notification: str, counts: Mapping[str, int]) -> None:
