@@ -12,7 +12,7 @@ import hashlib
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -74,6 +74,7 @@ from .contracts.audience import (
     check_attribute_values,
 )
 from .sqlite_events import EVENTS_SCHEMA, SqliteEvents
+from .sqlite_in import IN_SLICE, select_in
 from .sqlite_push import PUSH_SCHEMA, SqlitePushEndpoints
 from .sqlite_variants import VARIANTS_FILL, VARIANTS_SCHEMA, variant_counts
 
@@ -438,7 +439,7 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
         over all of them (``executemany``), in order, as one append after another
         would leave them (a topic named twice gets two offsets)."""
         state: dict[str, tuple[str, int]] = {
-            t: (epoch, seq) for t, epoch, seq in _select_in(
+            t: (epoch, seq) for t, epoch, seq in select_in(
                 db, "SELECT topic, epoch, seq FROM topics WHERE topic IN ({marks})",
                 list(dict.fromkeys(e[0] for e in entries)))}
         history: list[tuple[str, int, int, int, int, bytes]] = []
@@ -712,7 +713,7 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
         replaced: dict[str, list[str]] = {}
         if collapse_key is not None:
             gone = []
-            for seq, user, old in _select_in(
+            for seq, user, old in select_in(
                     db, "SELECT seq, user, id FROM inbox INDEXED BY inbox_collapse"
                     " WHERE collapse_key = ? AND read = 0 AND archived = 0"
                     " AND user IN ({marks})", users, (collapse_key,)):
@@ -740,7 +741,7 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
         # then counted again
         counts: dict[str, int] = {}
         over: list[str] = []
-        for user, unread, total in _select_in(db, _COUNTS_READ, users, (now,)):
+        for user, unread, total in select_in(db, _COUNTS_READ, users, (now,)):
             counts[user] = unread
             if total > self._max_inbox:
                 over.append(user)
@@ -834,18 +835,12 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
         now = self._now_ms()
 
         def tx(db: sqlite3.Connection) -> dict[str, bool]:
-            out: dict[str, bool] = {}
-            for i in range(0, len(ids), 500):
-                chunk = ids[i:i + 500]
-                marks = ",".join("?" * len(chunk))
-                # Only items still in the inbox: recovery must not resurrect
-                # archived or expired notifications.
-                for nid, read in db.execute(
-                        f"SELECT id, read FROM inbox WHERE user = ? AND archived = 0"
-                        f" AND (expires IS NULL OR expires > ?) AND id IN ({marks})",
-                        (user, now, *chunk)):
-                    out[nid] = bool(read)
-            return out
+            # Only items still in the inbox: recovery must not resurrect
+            # archived or expired notifications.
+            return {nid: bool(read) for nid, read in select_in(
+                db, "SELECT id, read FROM inbox WHERE user = ? AND archived = 0"
+                " AND (expires IS NULL OR expires > ?) AND id IN ({marks})", ids,
+                (user, now))}
 
         return await self._run(tx)
 
@@ -865,8 +860,8 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
                 rows = db.execute(f"SELECT id, read FROM inbox WHERE {where}", args).fetchall()
                 db.execute(f"UPDATE inbox SET {column} = ? WHERE {where}", [value, *args])
             else:
-                for i in range(0, len(id_list), 500):
-                    chunk = id_list[i:i + 500]
+                for i in range(0, len(id_list), IN_SLICE):  # two statements a slice
+                    chunk = id_list[i:i + IN_SLICE]
                     marks = ",".join("?" * len(chunk))
                     w = f"{where} AND id IN ({marks})"
                     rows += db.execute(f"SELECT id, read FROM inbox WHERE {w}",
@@ -1205,12 +1200,9 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
 
         def tx(db: sqlite3.Connection) -> dict[str, dict[str, Any]]:
             out: dict[str, dict[str, Any]] = {u: {} for u in wanted}
-            for i in range(0, len(wanted), 500):  # SQLite's bound on host parameters
-                part = wanted[i:i + 500]
-                marks = ",".join("?" * len(part))
-                for user, doc in db.execute(
-                        f"SELECT user, doc FROM user_preferences WHERE user IN ({marks})", part):
-                    out[user] = dict(orjson.loads(doc))
+            for user, doc in select_in(
+                    db, "SELECT user, doc FROM user_preferences WHERE user IN ({marks})", wanted):
+                out[user] = dict(orjson.loads(doc))
             return out
 
         return await self._run(tx) if wanted else {}
@@ -1358,8 +1350,8 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             tags: dict[str, set[str]] = {u: set() for u in users}
             rows: dict[str, tuple[Any, Any]] = {}
             counts: dict[str, int] = {}
-            for i in range(0, len(users), 500):  # SQLite's bound on host parameters
-                part = users[i:i + 500]
+            for i in range(0, len(users), IN_SLICE):  # two reads a slice
+                part = users[i:i + IN_SLICE]
                 marks = ",".join("?" * len(part))
                 for user, tag in db.execute(
                         f"SELECT user, tag FROM user_tags WHERE user IN ({marks})",
@@ -1535,7 +1527,7 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
         def tx(db: sqlite3.Connection) -> DeliverResult:
             # one read of who is recorded, one write per table, one tally per state:
             # a chunk costs a few statements, the inbox writes included (_write_items)
-            known: dict[str, str] = dict(_select_in(
+            known: dict[str, str] = dict(select_in(
                 db, "SELECT user, state FROM job_targets WHERE id = ? AND user IN ({marks})",
                 [d.user for d in deliveries], (nid,)))
             items: list[_Item] = []
@@ -1619,11 +1611,8 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
         """``sql`` (``SELECT user, ts ... user IN ({marks}) ... ORDER BY ts``) over
         ``users`` in slices SQLite binds: each user's instants, in seconds."""
         out: dict[str, list[float]] = {}
-        for i in range(0, len(users), 500):  # SQLite's bound on host parameters
-            part = users[i:i + 500]
-            for user, ts in db.execute(sql.format(marks=",".join("?" * len(part))),
-                                       (*args, *part)):
-                out.setdefault(user, []).append(ts / scale)
+        for user, ts in select_in(db, sql, users, args):
+            out.setdefault(user, []).append(ts / scale)
         return out
 
     async def engagement_times(self, users: Sequence[str], since: float
@@ -1641,16 +1630,6 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
         return await self._run(lambda db: self._instants(db, sql, chunk, (category, since), 1))
 
 
-def _select_in(db: sqlite3.Connection, sql: str, keys: Sequence[Any],
-               args: Sequence[Any] = ()) -> Iterator[Any]:
-    """The rows of ``sql`` (whose ``{marks}`` is an ``IN`` list, after the
-    parameters ``args``) over ``keys``, in slices SQLite binds."""
-    for i in range(0, len(keys), _IN_SLICE):
-        part = keys[i:i + _IN_SLICE]
-        yield from db.execute(sql.format(marks=",".join("?" * len(part))), (*args, *part))
-
-
-_IN_SLICE = 500  # keys per IN list: well under SQLite's bound on host parameters
 _COUNTS_READ = (
     "SELECT c.user, c.unread - (SELECT COUNT(*) FROM inbox INDEXED BY inbox_user_expires"
     " WHERE inbox.user = c.user AND expires IS NOT NULL AND expires <= ? AND read = 0"

@@ -20,6 +20,7 @@ from .contracts.push import (
     endpoint_from_row,
     endpoint_row,
 )
+from .sqlite_in import select_in
 
 __all__ = ["PUSH_SCHEMA", "SqlitePushEndpoints"]
 
@@ -95,12 +96,9 @@ class SqlitePushEndpoints(PushEndpointStore):
 
         def tx(db: sqlite3.Connection) -> dict[str, list[Registered]]:
             out: dict[str, list[Registered]] = {}
-            for i in range(0, len(wanted), 500):
-                part = wanted[i:i + 500]
-                marks = ",".join("?" * len(part))
-                for r in db.execute(f"SELECT {_COLUMNS} FROM push_endpoints WHERE user IN "
-                                    f"({marks}) ORDER BY created, rowid", part):
-                    out.setdefault(r[0], []).append(_registered(r))
+            for r in select_in(db, f"SELECT {_COLUMNS} FROM push_endpoints WHERE user IN"
+                                   " ({marks}) ORDER BY created, rowid", wanted):
+                out.setdefault(r[0], []).append(_registered(r))
             return out
 
         result: dict[str, list[Registered]] = await self._run(tx)
@@ -140,14 +138,9 @@ class SqlitePushEndpoints(PushEndpointStore):
         wanted = list(dict.fromkeys(users))
 
         def tx(db: sqlite3.Connection) -> set[str]:
-            out: set[str] = set()
-            for i in range(0, len(wanted), 500):
-                part = wanted[i:i + 500]
-                marks = ",".join("?" * len(part))
-                out.update(u for (u,) in db.execute(
-                    f"SELECT user FROM tracks WHERE id = ? AND event = 'delivered' AND user IN "
-                    f"({marks})", [notification, *part]))
-            return out
+            return {u for (u,) in select_in(
+                db, "SELECT user FROM tracks WHERE id = ? AND event = 'delivered'"
+                " AND user IN ({marks})", wanted, (notification,))}
 
         result: set[str] = await self._run(tx)
         return result
