@@ -958,9 +958,10 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
         def tx(db: sqlite3.Connection) -> bool:
             if not self._record(db, notification_id, user, event):
                 return False
-            category = self._category(db, notification_id)
-            if event in ENGAGEMENT_EVENTS and category is not None:
-                self._engage(db, user, category, event, notification_id)
+            if event in ENGAGEMENT_EVENTS:  # a delivered report needs no category read
+                category = self._category(db, notification_id)
+                if category is not None:
+                    self._engage(db, user, category, event, notification_id)
             return True
 
         return await self._run(tx)
@@ -976,10 +977,11 @@ class SqliteStore(SqlitePushEndpoints, SqliteEvents, Store):
             db.execute("INSERT INTO feedback (id, user, reason, comment, ts)"
                        " VALUES (?, ?, ?, ?, ?)",
                        (notification_id, user, reason, comment, self._now_ms()))
-            category = self._category(db, notification_id)
-            if reason == "not_interested" and category is not None:
-                db.execute("DELETE FROM engagements WHERE user = ? AND category = ?",
-                           (user, category))
+            if reason == "not_interested":
+                category = self._category(db, notification_id)
+                if category is not None:
+                    db.execute("DELETE FROM engagements WHERE user = ? AND category = ?",
+                               (user, category))
             return True
 
         return await self._run(tx)
