@@ -26,8 +26,6 @@ const open = (context, user) => openDemo(server, context, user, 2 * WAIT);
 const feedback = (page, args) => page.evaluate((a) => /** @type {any} */ (window).tidings.inbox
   .feedback(...a).then((r) => r, (e) => [e.code, e.message]), args);
 
-/** @param {string} id */
-
 test("feedback from the leader and a follower tab is counted once per notification", { skip: missing, ...TIMEOUT }, async () => {
   await until(async () => (await server.wsConnections()) === 0, "no connection left from other tests");
   const device = await browser().newContext();
